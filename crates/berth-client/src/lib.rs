@@ -1,0 +1,211 @@
+//! Native client library of Berth: finds the cluster (flags, environment,
+//! defaults), opens one gRPC channel to the first server that answers, and
+//! hands out ready-to-use `berth.v1` clients that carry the caller's ticket.
+//! Used by the `berth` CLI and the FUSE mount.
+//!
+//! Invariants:
+//! - *The ticket is never logged or printed*: it lives in [`ClientConfig`]
+//!   (whose `Debug` redacts it) and in a metadata value marked sensitive.
+//! - *TLS unless explicitly insecure*: without `insecure` the channel is TLS,
+//!   verified against the cluster CA; there is no silent fallback to plain
+//!   text.
+//! - Every failure surfaces as one [`ClientError`]; a gRPC status is turned
+//!   into one only by [`ClientError::from_status`].
+
+mod config;
+mod error;
+
+use std::time::Duration;
+
+use berth_api::v1::{
+    cluster_client::ClusterClient, namespace_client::NamespaceClient,
+    security_client::SecurityClient, volumes_client::VolumesClient,
+};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+pub use config::{ClientConfig, Overrides, DEFAULT_DATA_DIR, DEFAULT_NATIVE_PORT};
+pub use error::{berth_code_description, ClientError};
+
+/// Time allowed to open a connection to one server.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Time allowed for one call, end to end.
+pub const REQUEST_TIMEOUT_MS: u64 = 60_000;
+
+/// The transport under every client: the channel plus the ticket interceptor.
+pub type Transport = InterceptedService<Channel, AuthInterceptor>;
+
+/// Adds `authorization: Bearer <ticket>` to every call.
+#[derive(Clone)]
+pub struct AuthInterceptor {
+    value: Option<MetadataValue<Ascii>>,
+}
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.value {
+            req.metadata_mut()
+                .insert(berth_api::AUTH_METADATA, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connection to a Berth cluster. Cheap to clone; clones share the channel.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+    auth: AuthInterceptor,
+    server: String,
+}
+
+impl Client {
+    /// Connects and authenticates every call with the configured ticket.
+    /// Fails with [`ClientError::Config`] when there is no ticket.
+    pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
+        let ticket = cfg.require_ticket()?.to_string();
+        let mut value = MetadataValue::try_from(format!("Bearer {ticket}")).map_err(|_| {
+            ClientError::Config(
+                "the ticket holds characters that cannot be sent: check the ticket file".into(),
+            )
+        })?;
+        value.set_sensitive(true);
+        Self::open(&cfg, AuthInterceptor { value: Some(value) }).await
+    }
+
+    /// Connects without a ticket, for `Security.Login`.
+    pub async fn connect_without_ticket(cfg: ClientConfig) -> Result<Client, ClientError> {
+        Self::open(&cfg, AuthInterceptor { value: None }).await
+    }
+
+    async fn open(cfg: &ClientConfig, auth: AuthInterceptor) -> Result<Client, ClientError> {
+        if !cfg.insecure && cfg.ca_pem.is_none() {
+            return Err(ClientError::Config(
+                "no CA certificate to verify the server: set BERTH_CA_FILE or pass --ca-file \
+                 (the cluster CA is <data-dir>/tls/ca.crt), or --insecure for a server \
+                 started with --insecure"
+                    .into(),
+            ));
+        }
+        let mut last = None;
+        for server in &cfg.servers {
+            let endpoint = endpoint(cfg, server)?;
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    return Ok(Client {
+                        channel,
+                        auth,
+                        server: server.clone(),
+                    })
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(source) => Err(ClientError::Connect {
+                addr: cfg.servers.join(", "),
+                source,
+            }),
+            None => Err(ClientError::Config(
+                "no servers: set BERTH_SERVERS=host:port or pass --servers".into(),
+            )),
+        }
+    }
+
+    /// The server this client is connected to, `host:port`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn transport(&self) -> Transport {
+        InterceptedService::new(self.channel.clone(), self.auth.clone())
+    }
+
+    /// Namespace service: entries, directories, ACLs.
+    pub fn namespace(&self) -> NamespaceClient<Transport> {
+        NamespaceClient::new(self.transport())
+    }
+
+    /// Volume service.
+    pub fn volumes(&self) -> VolumesClient<Transport> {
+        VolumesClient::new(self.transport())
+    }
+
+    /// Security service: login, tickets, users, groups, keys.
+    pub fn security(&self) -> SecurityClient<Transport> {
+        SecurityClient::new(self.transport())
+    }
+
+    /// Cluster service: status.
+    pub fn cluster(&self) -> ClusterClient<Transport> {
+        ClusterClient::new(self.transport())
+    }
+}
+
+fn endpoint(cfg: &ClientConfig, server: &str) -> Result<Endpoint, ClientError> {
+    let bad = |e: tonic::transport::Error| {
+        ClientError::Config(format!("bad server address {server:?}: {e}"))
+    };
+    let scheme = if cfg.insecure { "http" } else { "https" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{server}"))
+        .map_err(bad)?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+        .tcp_nodelay(true);
+    if !cfg.insecure {
+        let ca = cfg.ca_pem.as_deref().unwrap_or_default();
+        let (host, _) = config::split_host_port(server);
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name(host);
+        ep = ep.tls_config(tls).map_err(|e| {
+            ClientError::Config(format!(
+                "TLS setup for {server} failed: {e}; check the CA file"
+            ))
+        })?;
+    }
+    Ok(ep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connect_needs_a_ticket() {
+        let cfg = ClientConfig {
+            servers: vec!["127.0.0.1:1".into()],
+            insecure: true,
+            ..Default::default()
+        };
+        let e = Client::connect(cfg).await.err().unwrap();
+        assert!(matches!(e, ClientError::Config(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn tls_needs_a_ca() {
+        let cfg = ClientConfig {
+            servers: vec!["127.0.0.1:1".into()],
+            ..Default::default()
+        };
+        let e = Client::connect_without_ticket(cfg).await.err().unwrap();
+        assert!(e.to_string().contains("BERTH_CA_FILE"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn connect_error_names_the_servers() {
+        // Port 1 on loopback: nothing listens there.
+        let cfg = ClientConfig {
+            servers: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            insecure: true,
+            ticket: Some("t".into()),
+            ..Default::default()
+        };
+        let e = Client::connect(cfg).await.err().unwrap();
+        let text = e.to_string();
+        assert!(matches!(e, ClientError::Connect { .. }), "{text}");
+        assert!(text.contains("127.0.0.1:1, 127.0.0.1:2"), "{text}");
+        assert!(text.contains("is the server running"), "{text}");
+    }
+}

@@ -1,0 +1,20 @@
+//! berth-fs: the namespace service — directories, files (metadata; the data
+//! path arrives with the files work), symlinks, typed entries for tables and
+//! streams — and volumes, the subtrees that carry policy.
+//!
+//! Invariants:
+//! - Every operation takes the caller's `Principal` and authorizes it (ticket
+//!   scope, volume ACE, entry ACE, mode bits) before changing anything.
+//! - State changes only through the shard router's conditional commands; a
+//!   volume's namespace lives in one shard, so each change within a volume
+//!   (rename included) is atomic.
+//! - This crate knows nothing about gRPC, FUSE or any protocol.
+
+pub mod access;
+pub mod namespace;
+pub mod records;
+pub mod volumes;
+
+pub use namespace::{EntryInfo, Namespace, SetAttr};
+pub use records::{EntryAcl, EntryKind, Inode};
+pub use volumes::{VolumeSpec, VolumeStatus};

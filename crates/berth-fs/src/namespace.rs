@@ -1,0 +1,956 @@
+//! The namespace service: path resolution across volumes and every
+//! namespace operation, each authorized for the calling [`Principal`] and
+//! committed as one conditional command on the volume's shard.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use berth_meta::map::{components, normalize_path, split_parent, VolumeRecord, VolumeState};
+use berth_meta::router::{backoff, too_much_contention, Commit, Tx, TX_RETRIES_MAX};
+use berth_meta::{Code, Error, Meta, ROOT_INODE};
+use berth_raft::ShardId;
+use berth_security::principal::Principal;
+use berth_security::scope::Access;
+use parking_lot::Mutex;
+
+use crate::access::{check_entry, check_owner, check_scope, validate_ace, Need};
+use crate::records::*;
+
+/// Most symbolic links followed while resolving one path.
+pub const SYMLINK_HOPS_MAX: usize = 40;
+/// Largest page a listing returns.
+pub const LIST_LIMIT_MAX: usize = 10_000;
+/// Inode numbers reserved per allocation round trip.
+const INODE_BLOCK: u64 = 1024;
+/// gid given to entries created by a principal without groups.
+pub const NOGROUP_GID: u32 = 65534;
+
+/// One namespace entry as returned to callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    pub path: String,
+    pub name: String,
+    pub volume_id: u64,
+    pub volume_path: String,
+    pub ino: u64,
+    pub volume_root: bool,
+    pub inode: Inode,
+}
+
+/// Attribute changes of [`Namespace::set_attr`].
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime_ns: Option<i64>,
+    pub mtime_ns: Option<i64>,
+    pub size: Option<u64>,
+}
+
+/// A resolved entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Loc {
+    pub vol: VolumeRecord,
+    pub ino: u64,
+    pub inode: Inode,
+    pub path: String,
+}
+
+pub struct Namespace {
+    pub(crate) meta: Arc<Meta>,
+    /// Per volume: the next free inode number and the end of the reserved block.
+    ids: Mutex<HashMap<u64, (u64, u64)>>,
+}
+
+/// Reads across shards with one read barrier per shard per operation.
+struct Reader {
+    txs: HashMap<ShardId, Tx>,
+}
+
+impl Reader {
+    fn new() -> Reader {
+        Reader {
+            txs: HashMap::new(),
+        }
+    }
+    async fn tx(&mut self, meta: &Meta, shard: ShardId) -> Result<&Tx, Error> {
+        if !self.txs.contains_key(&shard) {
+            let tx = meta.router().begin(shard).await?;
+            self.txs.insert(shard, tx);
+        }
+        Ok(&self.txs[&shard])
+    }
+    async fn inode(
+        &mut self,
+        meta: &Meta,
+        vol: &VolumeRecord,
+        ino: u64,
+    ) -> Result<Option<Inode>, Error> {
+        let tx = self.tx(meta, vol.shard_id).await?;
+        tx.peek(&inode_key(vol.id, ino))?
+            .map(|b| decode_inode(&b))
+            .transpose()
+    }
+    async fn dirent(
+        &mut self,
+        meta: &Meta,
+        vol: &VolumeRecord,
+        parent: u64,
+        name: &str,
+    ) -> Result<Option<Dirent>, Error> {
+        let tx = self.tx(meta, vol.shard_id).await?;
+        tx.peek(&dirent_key(vol.id, parent, name))?
+            .map(|b| decode_dirent(&b))
+            .transpose()
+    }
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Resolves `.` and `..` in `target` relative to directory `base`, lexically
+/// (as a symlink target is interpreted). `..` at the root stays at the root.
+fn lexical(base: &str, target: &str) -> String {
+    let mut parts: Vec<&str> = if target.starts_with('/') {
+        Vec::new()
+    } else {
+        components(base).collect()
+    };
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        "/".to_string()
+    } else {
+        parts.iter().fold(String::new(), |mut s, c| {
+            s.push('/');
+            s.push_str(c);
+            s
+        })
+    }
+}
+
+fn not_dir(path: &str) -> Error {
+    Error::new(Code::NotDir, format!("not a directory: {path}"))
+}
+
+impl Namespace {
+    pub fn new(meta: Arc<Meta>) -> Arc<Namespace> {
+        Arc::new(Namespace {
+            meta,
+            ids: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn meta(&self) -> &Arc<Meta> {
+        &self.meta
+    }
+
+    pub(crate) fn volume(&self, id: u64) -> Result<VolumeRecord, Error> {
+        self.meta.map().volume(id).cloned().ok_or_else(|| {
+            Error::new(
+                Code::Again,
+                format!("volume {id} is not in the cluster map yet; retry"),
+            )
+        })
+    }
+
+    /// Resolves `path`. Symbolic links in the middle are followed; the last
+    /// component is followed only when `follow` is set. Every directory
+    /// passed through must be searchable by `p`.
+    pub(crate) async fn resolve(
+        &self,
+        p: &Principal,
+        path: &str,
+        follow: bool,
+    ) -> Result<Loc, Error> {
+        let mut reader = Reader::new();
+        let mut path = normalize_path(path)?;
+        let mut hops = 0;
+        'restart: loop {
+            let mut vol = self.volume(berth_meta::map::ROOT_VOLUME)?;
+            let mut ino = ROOT_INODE;
+            let mut inode = reader.inode(&self.meta, &vol, ino).await?.ok_or_else(|| {
+                Error::new(Code::Again, "root directory not initialised yet; retry")
+            })?;
+            let mut cur = "/".to_string();
+            let comps: Vec<String> = components(&path).map(str::to_string).collect();
+            for (i, comp) in comps.iter().enumerate() {
+                if inode.kind != EntryKind::Dir {
+                    return Err(not_dir(&cur));
+                }
+                check_entry(p, &cur, &vol, &inode, Need::Search)?;
+                let next = join(&cur, comp);
+                let d = reader
+                    .dirent(&self.meta, &vol, ino, comp)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&next))?;
+                match d.mount {
+                    Some(m) => {
+                        let v = self.volume(m)?;
+                        if v.state != VolumeState::Ready {
+                            return Err(Error::not_found(&next));
+                        }
+                        ino = v.root_inode;
+                        vol = v;
+                    }
+                    None => ino = d.ino,
+                }
+                inode = reader
+                    .inode(&self.meta, &vol, ino)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&next))?;
+                let last = i + 1 == comps.len();
+                if inode.kind == EntryKind::Symlink && (!last || follow) {
+                    hops += 1;
+                    if hops > SYMLINK_HOPS_MAX {
+                        return Err(Error::new(
+                            Code::Loop,
+                            format!("too many levels of symbolic links: {path}"),
+                        ));
+                    }
+                    let target = inode.target.clone().unwrap_or_default();
+                    let mut rest = lexical(&cur, &target);
+                    for c in &comps[i + 1..] {
+                        rest = join(&rest, c);
+                    }
+                    path = rest;
+                    continue 'restart;
+                }
+                cur = next;
+            }
+            return Ok(Loc {
+                vol,
+                ino,
+                inode,
+                path: cur,
+            });
+        }
+    }
+
+    /// Resolves the parent directory of `path` (following links) and
+    /// returns it with the last name.
+    async fn resolve_parent(&self, p: &Principal, path: &str) -> Result<(Loc, String), Error> {
+        let (parent, name) = split_parent(path).ok_or_else(|| {
+            Error::new(Code::Busy, "the root directory cannot be changed this way")
+        })?;
+        let loc = self.resolve(p, parent, true).await?;
+        if loc.inode.kind != EntryKind::Dir {
+            return Err(not_dir(parent));
+        }
+        Ok((loc, name.to_string()))
+    }
+
+    fn info(loc: &Loc) -> EntryInfo {
+        let name = split_parent(&loc.path)
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_else(|| "/".to_string());
+        EntryInfo {
+            path: loc.path.clone(),
+            name,
+            volume_id: loc.vol.id,
+            volume_path: loc.vol.path.clone(),
+            ino: loc.ino,
+            volume_root: loc.ino == loc.vol.root_inode,
+            inode: loc.inode.clone(),
+        }
+    }
+
+    /// Reserves an inode number in `vol`.
+    async fn alloc_ino(&self, vol: &VolumeRecord) -> Result<u64, Error> {
+        {
+            let mut ids = self.ids.lock();
+            if let Some((next, end)) = ids.get_mut(&vol.id) {
+                if *next < *end {
+                    *next += 1;
+                    return Ok(*next - 1);
+                }
+            }
+        }
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.meta.router().begin(vol.shard_id).await?;
+            let key = counter_key(vol.id);
+            let start = match tx.get(&key)? {
+                Some(b) => u64::from_be_bytes(
+                    b.as_slice()
+                        .try_into()
+                        .map_err(|_| Error::corrupt("inode counter"))?,
+                ),
+                None => ROOT_INODE + 1,
+            };
+            tx.put(key, (start + INODE_BLOCK).to_be_bytes().to_vec());
+            if let Commit::Done(_) = tx.commit().await? {
+                let mut ids = self.ids.lock();
+                ids.insert(vol.id, (start + 1, start + INODE_BLOCK));
+                return Ok(start);
+            }
+        }
+        Err(too_much_contention("inode allocation"))
+    }
+
+    // ------------------------------------------------------------ reads
+
+    /// Attributes of `path` (a final symlink is not followed).
+    pub async fn stat(&self, p: &Principal, path: &str) -> Result<EntryInfo, Error> {
+        let loc = self.resolve(p, path, false).await?;
+        check_scope(p, &loc.path, Access::Traverse)?;
+        Ok(Self::info(&loc))
+    }
+
+    /// One page of a directory's entries, in name order, strictly after
+    /// `start_after`. Returns the entries and whether more follow.
+    pub async fn list(
+        &self,
+        p: &Principal,
+        path: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<(Vec<EntryInfo>, bool), Error> {
+        let loc = self.resolve(p, path, true).await?;
+        if loc.inode.kind != EntryKind::Dir {
+            return Err(not_dir(&loc.path));
+        }
+        check_entry(p, &loc.path, &loc.vol, &loc.inode, Need::Read)?;
+        let limit = match limit {
+            0 => 1000,
+            l => l.min(LIST_LIMIT_MAX),
+        };
+        let (mut start, end) = children_range(loc.vol.id, loc.ino);
+        if !start_after.is_empty() {
+            start = dirent_key(loc.vol.id, loc.ino, start_after);
+            start.push(0);
+        }
+        let mut reader = Reader::new();
+        let rows =
+            reader
+                .tx(&self.meta, loc.vol.shard_id)
+                .await?
+                .peek_range(&start, &end, limit + 1)?;
+        let more = rows.len() > limit;
+        let mut out = Vec::with_capacity(rows.len().min(limit));
+        for (k, v) in rows.into_iter().take(limit) {
+            let name = dirent_name(&k)?;
+            let d = decode_dirent(&v)?;
+            let (vol, ino) = match d.mount {
+                Some(m) => {
+                    let v = self.volume(m)?;
+                    if v.state != VolumeState::Ready {
+                        continue;
+                    }
+                    let root = v.root_inode;
+                    (v, root)
+                }
+                None => (loc.vol.clone(), d.ino),
+            };
+            // An entry removed between the two reads is skipped.
+            let Some(inode) = reader.inode(&self.meta, &vol, ino).await? else {
+                continue;
+            };
+            out.push(EntryInfo {
+                path: join(&loc.path, &name),
+                name,
+                volume_id: vol.id,
+                volume_path: vol.path.clone(),
+                ino,
+                volume_root: d.mount.is_some(),
+                inode,
+            });
+        }
+        Ok((out, more))
+    }
+
+    pub async fn readlink(&self, p: &Principal, path: &str) -> Result<String, Error> {
+        let loc = self.resolve(p, path, false).await?;
+        check_scope(p, &loc.path, Access::Read)?;
+        match (&loc.inode.kind, &loc.inode.target) {
+            (EntryKind::Symlink, Some(t)) => Ok(t.clone()),
+            _ => Err(Error::invalid(format!("not a symbolic link: {}", loc.path))),
+        }
+    }
+
+    pub async fn get_acl(&self, p: &Principal, path: &str) -> Result<(String, EntryAcl), Error> {
+        let loc = self.resolve(p, path, true).await?;
+        check_scope(p, &loc.path, Access::Read)?;
+        Ok((loc.path, loc.inode.acl))
+    }
+
+    // ------------------------------------------------------------ changes
+
+    /// Creates a directory; with `parents`, also its missing ancestors, and
+    /// an existing directory is not an error.
+    pub async fn mkdir(
+        &self,
+        p: &Principal,
+        path: &str,
+        mode: u32,
+        parents: bool,
+    ) -> Result<EntryInfo, Error> {
+        let path = normalize_path(path)?;
+        let mode = if mode == 0 { 0o755 } else { mode };
+        if !parents {
+            return self.make(p, &path, EntryKind::Dir, mode, None, true).await;
+        }
+        let mut cur = String::from("/");
+        let mut last = None;
+        for c in components(&path) {
+            cur = join(&cur, c);
+            last = Some(
+                self.make(p, &cur, EntryKind::Dir, mode, None, false)
+                    .await?,
+            );
+        }
+        match last {
+            Some(e) => Ok(e),
+            None => self.stat(p, "/").await,
+        }
+    }
+
+    /// Creates a file, table or stream entry. Without `exclusive`, an
+    /// existing entry of the same kind is returned unchanged.
+    pub async fn create(
+        &self,
+        p: &Principal,
+        path: &str,
+        kind: EntryKind,
+        mode: u32,
+        exclusive: bool,
+    ) -> Result<EntryInfo, Error> {
+        if kind == EntryKind::Dir || kind == EntryKind::Symlink {
+            return Err(Error::invalid(
+                "create makes files, tables and streams; use mkdir or symlink",
+            ));
+        }
+        let path = normalize_path(path)?;
+        let mode = if mode == 0 { 0o644 } else { mode };
+        self.make(p, &path, kind, mode, None, exclusive).await
+    }
+
+    pub async fn symlink(
+        &self,
+        p: &Principal,
+        path: &str,
+        target: &str,
+    ) -> Result<EntryInfo, Error> {
+        if target.is_empty() || target.len() > 4096 || target.contains('\0') {
+            return Err(Error::invalid(
+                "symlink target must be 1-4096 bytes without NUL",
+            ));
+        }
+        let path = normalize_path(path)?;
+        self.make(
+            p,
+            &path,
+            EntryKind::Symlink,
+            0o777,
+            Some(target.to_string()),
+            true,
+        )
+        .await
+    }
+
+    async fn make(
+        &self,
+        p: &Principal,
+        path: &str,
+        kind: EntryKind,
+        mode: u32,
+        target: Option<String>,
+        exclusive: bool,
+    ) -> Result<EntryInfo, Error> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let (parent, name) = self.resolve_parent(p, path).await?;
+            let vol = parent.vol.clone();
+            let ino = self.alloc_ino(&vol).await?;
+            let mut tx = self.meta.router().begin(vol.shard_id).await?;
+            let pkey = inode_key(vol.id, parent.ino);
+            let mut pinode = decode_inode(
+                &tx.get(&pkey)?
+                    .ok_or_else(|| Error::not_found(&parent.path))?,
+            )?;
+            let dkey = dirent_key(vol.id, parent.ino, &name);
+            if let Some(existing) = tx.peek(&dkey)? {
+                let d = decode_dirent(&existing)?;
+                if !exclusive && d.kind == kind {
+                    return self.stat(p, path).await;
+                }
+                return Err(Error::exists(path));
+            }
+            tx.get(&dkey)?; // condition: still absent
+            check_entry(p, &parent.path, &vol, &pinode, Need::Search)?;
+            check_entry(p, &parent.path, &vol, &pinode, Need::Write)?;
+            check_scope(p, path, Access::Write)?;
+            let now = now_ns();
+            let gid = if pinode.mode & 0o2000 != 0 {
+                pinode.gid
+            } else {
+                p.gids.first().copied().unwrap_or(NOGROUP_GID)
+            };
+            let mut mode = mode & 0o7777;
+            if kind == EntryKind::Dir && pinode.mode & 0o2000 != 0 {
+                mode |= 0o2000; // setgid directories propagate
+            }
+            let inode = Inode {
+                kind,
+                mode,
+                uid: p.uid,
+                gid,
+                size: target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+                nlink: if kind == EntryKind::Dir { 2 } else { 1 },
+                atime_ns: now,
+                mtime_ns: now,
+                ctime_ns: now,
+                parent: if kind == EntryKind::Dir {
+                    parent.ino
+                } else {
+                    0
+                },
+                target: target.clone(),
+                acl: EntryAcl::default(),
+            };
+            if kind == EntryKind::Dir {
+                pinode.nlink += 1;
+            }
+            pinode.mtime_ns = now;
+            pinode.ctime_ns = now;
+            tx.put(inode_key(vol.id, ino), encode_inode(&inode));
+            tx.put(
+                dkey,
+                encode_dirent(&Dirent {
+                    ino,
+                    kind,
+                    mount: None,
+                }),
+            );
+            tx.put(pkey, encode_inode(&pinode));
+            if let Commit::Done(_) = tx.commit().await? {
+                return Ok(EntryInfo {
+                    path: path.to_string(),
+                    name,
+                    volume_id: vol.id,
+                    volume_path: vol.path.clone(),
+                    ino,
+                    volume_root: false,
+                    inode,
+                });
+            }
+        }
+        Err(too_much_contention(path))
+    }
+
+    /// Removes an entry; a non-empty directory only with `recursive`.
+    pub async fn remove(&self, p: &Principal, path: &str, recursive: bool) -> Result<(), Error> {
+        let path = normalize_path(path)?;
+        if path == "/" {
+            return Err(Error::new(
+                Code::Busy,
+                "the root directory cannot be removed",
+            ));
+        }
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let (parent, name) = self.resolve_parent(p, &path).await?;
+            let vol = parent.vol.clone();
+            let mut tx = self.meta.router().begin(vol.shard_id).await?;
+            let pkey = inode_key(vol.id, parent.ino);
+            let mut pinode = decode_inode(
+                &tx.get(&pkey)?
+                    .ok_or_else(|| Error::not_found(&parent.path))?,
+            )?;
+            check_entry(p, &parent.path, &vol, &pinode, Need::Write)?;
+            check_scope(p, &path, Access::Write)?;
+            let dkey = dirent_key(vol.id, parent.ino, &name);
+            let d = decode_dirent(&tx.get(&dkey)?.ok_or_else(|| Error::not_found(&path))?)?;
+            if let Some(m) = d.mount {
+                return Err(Error::new(
+                    Code::Busy,
+                    format!("{path} is the mount point of volume {m}; remove it with `berth volume remove {path}`"),
+                ));
+            }
+            let ikey = inode_key(vol.id, d.ino);
+            let mut inode = decode_inode(&tx.get(&ikey)?.ok_or_else(|| Error::not_found(&path))?)?;
+            let now = now_ns();
+            if inode.kind == EntryKind::Dir {
+                let (cs, ce) = children_range(vol.id, d.ino);
+                if !tx.is_range_empty(&cs, &ce)? {
+                    if !recursive {
+                        return Err(Error::new(
+                            Code::NotEmpty,
+                            format!("directory not empty: {path}"),
+                        ));
+                    }
+                    drop(tx);
+                    Box::pin(self.remove_children(p, &path)).await?;
+                    continue;
+                }
+                pinode.nlink = pinode.nlink.saturating_sub(1);
+                tx.delete(ikey);
+            } else if inode.nlink > 1 {
+                inode.nlink -= 1;
+                inode.ctime_ns = now;
+                tx.put(ikey, encode_inode(&inode));
+            } else {
+                tx.delete(ikey);
+            }
+            tx.delete(dkey);
+            pinode.mtime_ns = now;
+            pinode.ctime_ns = now;
+            tx.put(pkey, encode_inode(&pinode));
+            if let Commit::Done(_) = tx.commit().await? {
+                return Ok(());
+            }
+        }
+        Err(too_much_contention(&path))
+    }
+
+    async fn remove_children(&self, p: &Principal, dir: &str) -> Result<(), Error> {
+        loop {
+            let (page, _) = self.list(p, dir, "", 1000).await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for e in page {
+                match self.remove(p, &e.path, true).await {
+                    Ok(()) => {}
+                    Err(err) if err.code == Code::NotFound => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+    }
+
+    /// Atomically renames `from` to `to` within one volume, replacing an
+    /// existing `to` as rename(2) does unless `no_replace`.
+    pub async fn rename(
+        &self,
+        p: &Principal,
+        from: &str,
+        to: &str,
+        no_replace: bool,
+    ) -> Result<(), Error> {
+        let from = normalize_path(from)?;
+        let to = normalize_path(to)?;
+        if from == "/" || to == "/" {
+            return Err(Error::new(
+                Code::Busy,
+                "the root directory cannot be renamed",
+            ));
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(Error::invalid(format!(
+                "cannot move {from} into its own subdirectory {to}"
+            )));
+        }
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let (fp, fname) = self.resolve_parent(p, &from).await?;
+            let (tp, tname) = self.resolve_parent(p, &to).await?;
+            if fp.vol.id != tp.vol.id {
+                return Err(Error::new(
+                    Code::CrossVolume,
+                    format!(
+                        "cannot rename across volumes ({} → {}); copy instead",
+                        fp.vol.path, tp.vol.path
+                    ),
+                ));
+            }
+            let vol = fp.vol.clone();
+            let same_parent = fp.ino == tp.ino;
+            let mut tx = self.meta.router().begin(vol.shard_id).await?;
+            let fpkey = inode_key(vol.id, fp.ino);
+            let tpkey = inode_key(vol.id, tp.ino);
+            let mut fpi =
+                decode_inode(&tx.get(&fpkey)?.ok_or_else(|| Error::not_found(&fp.path))?)?;
+            let mut tpi = if same_parent {
+                fpi.clone()
+            } else {
+                decode_inode(&tx.get(&tpkey)?.ok_or_else(|| Error::not_found(&tp.path))?)?
+            };
+            check_entry(p, &fp.path, &vol, &fpi, Need::Write)?;
+            check_entry(p, &tp.path, &vol, &tpi, Need::Write)?;
+            check_scope(p, &from, Access::Write)?;
+            check_scope(p, &to, Access::Write)?;
+            let fdkey = dirent_key(vol.id, fp.ino, &fname);
+            let tdkey = dirent_key(vol.id, tp.ino, &tname);
+            let fd = decode_dirent(&tx.get(&fdkey)?.ok_or_else(|| Error::not_found(&from))?)?;
+            if fd.mount.is_some() {
+                return Err(Error::new(
+                    Code::Busy,
+                    format!("{from} is a volume mount point and cannot be renamed"),
+                ));
+            }
+            if same_parent && fname == tname {
+                return Ok(());
+            }
+            let fikey = inode_key(vol.id, fd.ino);
+            let mut fi = decode_inode(&tx.get(&fikey)?.ok_or_else(|| Error::not_found(&from))?)?;
+            let moving_dir = fi.kind == EntryKind::Dir;
+            let now = now_ns();
+            if let Some(tdb) = tx.get(&tdkey)? {
+                let td = decode_dirent(&tdb)?;
+                if no_replace {
+                    return Err(Error::exists(&to));
+                }
+                if td.mount.is_some() {
+                    return Err(Error::new(
+                        Code::Busy,
+                        format!("{to} is a volume mount point"),
+                    ));
+                }
+                if td.ino == fd.ino {
+                    return Ok(()); // both names link the same inode: rename(2) does nothing
+                }
+                let tikey = inode_key(vol.id, td.ino);
+                let mut ti = decode_inode(&tx.get(&tikey)?.ok_or_else(|| Error::not_found(&to))?)?;
+                match (moving_dir, ti.kind == EntryKind::Dir) {
+                    (true, false) => return Err(not_dir(&to)),
+                    (false, true) => {
+                        return Err(Error::new(Code::IsDir, format!("is a directory: {to}")))
+                    }
+                    (true, true) => {
+                        let (cs, ce) = children_range(vol.id, td.ino);
+                        if !tx.is_range_empty(&cs, &ce)? {
+                            return Err(Error::new(
+                                Code::NotEmpty,
+                                format!("directory not empty: {to}"),
+                            ));
+                        }
+                        tpi.nlink = tpi.nlink.saturating_sub(1);
+                        tx.delete(tikey);
+                    }
+                    (false, false) => {
+                        if ti.nlink > 1 {
+                            ti.nlink -= 1;
+                            ti.ctime_ns = now;
+                            tx.put(tikey, encode_inode(&ti));
+                        } else {
+                            tx.delete(tikey);
+                        }
+                    }
+                }
+            }
+            if moving_dir && !same_parent {
+                // Moving a directory rewrites its `..`: needs write on it too.
+                check_entry(p, &from, &vol, &fi, Need::Write)?;
+                // Refuse cycles: the destination may not lie below the source.
+                // Each ancestor read becomes a condition, so a concurrent
+                // rename that would create a cycle conflicts with this one.
+                let mut cur = tp.ino;
+                let mut steps = 0;
+                while cur != 0 && cur != vol.root_inode {
+                    if cur == fd.ino {
+                        return Err(Error::invalid(format!(
+                            "cannot move {from} into its own subdirectory {to}"
+                        )));
+                    }
+                    steps += 1;
+                    if steps > 4096 {
+                        return Err(Error::new(
+                            Code::Loop,
+                            "directory tree deeper than 4096 levels",
+                        ));
+                    }
+                    let a = decode_inode(&tx.get(&inode_key(vol.id, cur))?.ok_or_else(|| {
+                        Error::new(Code::Again, "directory moved concurrently; retry")
+                    })?)?;
+                    cur = a.parent;
+                }
+                fi.parent = tp.ino;
+                fpi.nlink = fpi.nlink.saturating_sub(1);
+                tpi.nlink += 1;
+            }
+            fi.ctime_ns = now;
+            tx.put(fikey, encode_inode(&fi));
+            tx.delete(fdkey);
+            tx.put(
+                tdkey,
+                encode_dirent(&Dirent {
+                    ino: fd.ino,
+                    kind: fd.kind,
+                    mount: None,
+                }),
+            );
+            if same_parent {
+                // fpi and tpi are the same directory: merge the link count change.
+                let mut pi = tpi;
+                pi.mtime_ns = now;
+                pi.ctime_ns = now;
+                tx.put(fpkey, encode_inode(&pi));
+            } else {
+                for (key, mut pi) in [(fpkey, fpi), (tpkey, tpi)] {
+                    pi.mtime_ns = now;
+                    pi.ctime_ns = now;
+                    tx.put(key, encode_inode(&pi));
+                }
+            }
+            if let Commit::Done(_) = tx.commit().await? {
+                return Ok(());
+            }
+        }
+        Err(too_much_contention(&from))
+    }
+
+    /// chmod, chown, utimes and truncate (the size is metadata only until
+    /// file data exists).
+    pub async fn set_attr(
+        &self,
+        p: &Principal,
+        path: &str,
+        a: &SetAttr,
+    ) -> Result<EntryInfo, Error> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let loc = self.resolve(p, path, true).await?;
+            let vol = loc.vol.clone();
+            let mut tx = self.meta.router().begin(vol.shard_id).await?;
+            let key = inode_key(vol.id, loc.ino);
+            let mut i = decode_inode(&tx.get(&key)?.ok_or_else(|| Error::not_found(&loc.path))?)?;
+            if let Some(mode) = a.mode {
+                check_owner(p, &loc.path, &i, "change the mode of")?;
+                let mut mode = mode & 0o7777;
+                if !p.is_admin() && mode & 0o2000 != 0 && !p.gids.contains(&i.gid) {
+                    mode &= !0o2000; // as Linux: setgid needs group membership
+                }
+                i.mode = mode;
+            }
+            if let Some(uid) = a.uid {
+                if uid != i.uid && !p.is_admin() {
+                    return Err(Error::new(
+                        Code::Perm,
+                        format!("operation not permitted: only an administrator may change the owner of {}", loc.path),
+                    ));
+                }
+                check_scope(p, &loc.path, Access::Write)?;
+                i.uid = uid;
+            }
+            if let Some(gid) = a.gid {
+                if gid != i.gid && !p.is_admin() && !(p.uid == i.uid && p.gids.contains(&gid)) {
+                    return Err(Error::new(
+                        Code::Perm,
+                        format!("operation not permitted: the owner may only change the group of {} to one of their groups", loc.path),
+                    ));
+                }
+                check_scope(p, &loc.path, Access::Write)?;
+                i.gid = gid;
+            }
+            if a.atime_ns.is_some() || a.mtime_ns.is_some() {
+                if check_owner(p, &loc.path, &i, "set the times of").is_err() {
+                    check_entry(p, &loc.path, &vol, &i, Need::Write)?;
+                }
+                if let Some(t) = a.atime_ns {
+                    i.atime_ns = t;
+                }
+                if let Some(t) = a.mtime_ns {
+                    i.mtime_ns = t;
+                }
+            }
+            if let Some(size) = a.size {
+                match i.kind {
+                    EntryKind::File => {}
+                    EntryKind::Dir => {
+                        return Err(Error::new(
+                            Code::IsDir,
+                            format!("is a directory: {}", loc.path),
+                        ))
+                    }
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "only files can be truncated: {}",
+                            loc.path
+                        )))
+                    }
+                }
+                check_entry(p, &loc.path, &vol, &i, Need::Write)?;
+                i.size = size;
+                i.mtime_ns = now_ns();
+            }
+            i.ctime_ns = now_ns();
+            tx.put(key, encode_inode(&i));
+            if let Commit::Done(_) = tx.commit().await? {
+                let mut loc = loc;
+                loc.inode = i;
+                return Ok(Self::info(&loc));
+            }
+        }
+        Err(too_much_contention(path))
+    }
+
+    /// Sets (or with `clear`, removes) an entry's access control expressions.
+    pub async fn set_acl(
+        &self,
+        p: &Principal,
+        path: &str,
+        acl: &EntryAcl,
+        clear: bool,
+    ) -> Result<(String, EntryAcl), Error> {
+        for (what, e) in [
+            ("read", &acl.read),
+            ("write", &acl.write),
+            ("admin", &acl.admin),
+        ] {
+            if let Some(e) = e {
+                validate_ace(what, e)?;
+            }
+        }
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let loc = self.resolve(p, path, true).await?;
+            let mut tx = self.meta.router().begin(loc.vol.shard_id).await?;
+            let key = inode_key(loc.vol.id, loc.ino);
+            let mut i = decode_inode(&tx.get(&key)?.ok_or_else(|| Error::not_found(&loc.path))?)?;
+            check_owner(p, &loc.path, &i, "change the ACL of")?;
+            if clear {
+                i.acl = EntryAcl::default();
+            }
+            if acl.read.is_some() {
+                i.acl.read = acl.read.clone();
+            }
+            if acl.write.is_some() {
+                i.acl.write = acl.write.clone();
+            }
+            if acl.admin.is_some() {
+                i.acl.admin = acl.admin.clone();
+            }
+            i.ctime_ns = now_ns();
+            tx.put(key, encode_inode(&i));
+            if let Commit::Done(_) = tx.commit().await? {
+                return Ok((loc.path, i.acl));
+            }
+        }
+        Err(too_much_contention(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lexical;
+
+    #[test]
+    fn lexical_resolution() {
+        assert_eq!(lexical("/a/b", "c"), "/a/b/c");
+        assert_eq!(lexical("/a/b", "../c"), "/a/c");
+        assert_eq!(lexical("/a/b", "/x/./y"), "/x/y");
+        assert_eq!(lexical("/", "../../x"), "/x");
+        assert_eq!(lexical("/a", ".."), "/");
+    }
+}

@@ -1,0 +1,110 @@
+//! What the namespace stores in a volume's key range, and where.
+//!
+//! | key (see `berth_store::keys`)              | value        |
+//! |--------------------------------------------|--------------|
+//! | `vol · Inode · 0`                          | next inode number (u64 BE) |
+//! | `vol · Inode · ino`                        | [`Inode`]    |
+//! | `vol · Dirent · parent_ino · name`         | [`Dirent`]   |
+//!
+//! A volume's whole namespace lives in one shard, so every namespace change
+//! within a volume (rename included) is one atomic command. A dirent whose
+//! `mount` is set is the mount point of another volume: lookups continue at
+//! that volume's root inode.
+
+use berth_meta::codec::{decode, encode};
+use berth_meta::Error;
+use berth_store::keys::{self, Key, Kind};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink,
+    Table,
+    Stream,
+}
+
+impl EntryKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::Dir => "directory",
+            EntryKind::File => "file",
+            EntryKind::Symlink => "symlink",
+            EntryKind::Table => "table",
+            EntryKind::Stream => "stream",
+        }
+    }
+}
+
+/// Access control expressions of one entry; `None` = decided by mode bits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryAcl {
+    pub read: Option<String>,
+    pub write: Option<String>,
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub kind: EntryKind,
+    /// Permission bits (07777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// Directories: the parent directory's inode (0 for a volume root).
+    pub parent: u64,
+    /// Symlinks: the target.
+    pub target: Option<String>,
+    pub acl: EntryAcl,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dirent {
+    pub ino: u64,
+    pub kind: EntryKind,
+    /// Set when this entry is the mount point of another volume.
+    pub mount: Option<u64>,
+}
+
+pub fn counter_key(vol: u64) -> Vec<u8> {
+    Key::new(vol, Kind::Inode, 0).build()
+}
+pub fn inode_key(vol: u64, ino: u64) -> Vec<u8> {
+    Key::new(vol, Kind::Inode, ino).build()
+}
+pub fn dirent_key(vol: u64, parent: u64, name: &str) -> Vec<u8> {
+    Key::new(vol, Kind::Dirent, parent).str(name).build()
+}
+/// The range holding every entry of directory `parent`.
+pub fn children_range(vol: u64, parent: u64) -> (Vec<u8>, Vec<u8>) {
+    keys::object_range(vol, Kind::Dirent, parent)
+}
+/// The range holding every inode of a volume (the counter included).
+pub fn inodes_range(vol: u64) -> (Vec<u8>, Vec<u8>) {
+    keys::kind_range(vol, Kind::Inode)
+}
+/// Decodes the name of a dirent key of directory `parent`.
+pub fn dirent_name(key: &[u8]) -> Result<String, Error> {
+    keys::KeyReader::new(key)
+        .and_then(|mut r| r.next_str())
+        .map_err(|e| Error::corrupt(format!("dirent key: {e}")))
+}
+
+pub fn encode_inode(i: &Inode) -> Vec<u8> {
+    encode(i)
+}
+pub fn decode_inode(b: &[u8]) -> Result<Inode, Error> {
+    decode(b, "inode")
+}
+pub fn encode_dirent(d: &Dirent) -> Vec<u8> {
+    encode(d)
+}
+pub fn decode_dirent(b: &[u8]) -> Result<Dirent, Error> {
+    decode(b, "dirent")
+}

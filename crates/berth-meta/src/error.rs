@@ -1,0 +1,157 @@
+//! The one error type of the cluster layer and the services above it.
+//!
+//! Every failure carries a stable [`Code`]. Gateways translate codes into their
+//! protocol's terms in one table each (the native API: gRPC status plus the
+//! symbolic code in `x-berth-code`; the FUSE mount: errno). A code, once
+//! published, keeps its meaning forever.
+
+use berth_raft::RaftError;
+
+/// Stable error codes, named after the POSIX errno they map to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// ENOENT: the path or record does not exist.
+    NotFound,
+    /// EEXIST: the path or record already exists.
+    Exists,
+    /// ENOTDIR: a path component is not a directory.
+    NotDir,
+    /// EISDIR: the operation needs a non-directory.
+    IsDir,
+    /// ENOTEMPTY: the directory or volume still holds entries.
+    NotEmpty,
+    /// EACCES: denied by mode bits, an ACE or the ticket's scope.
+    Access,
+    /// EPERM: only the owner or an administrator may do this.
+    Perm,
+    /// EXDEV: the operation would cross volumes.
+    CrossVolume,
+    /// EINVAL: malformed argument.
+    Invalid,
+    /// EDQUOT: the volume quota is exhausted.
+    Quota,
+    /// EBUSY: the entry is in use (e.g. a volume mount point).
+    Busy,
+    /// EAUTH: no, or an invalid, credential.
+    Auth,
+    /// EAGAIN: transient; retrying the same request may succeed.
+    Again,
+    /// EIO: storage or internal failure.
+    Io,
+    /// ENAMETOOLONG: a name exceeds 255 bytes or a path 4096.
+    NameTooLong,
+    /// ELOOP: too many symbolic links or a rename into its own subtree.
+    Loop,
+}
+
+impl Code {
+    /// The symbolic name sent on the wire (`x-berth-code`).
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Code::NotFound => "ENOENT",
+            Code::Exists => "EEXIST",
+            Code::NotDir => "ENOTDIR",
+            Code::IsDir => "EISDIR",
+            Code::NotEmpty => "ENOTEMPTY",
+            Code::Access => "EACCES",
+            Code::Perm => "EPERM",
+            Code::CrossVolume => "EXDEV",
+            Code::Invalid => "EINVAL",
+            Code::Quota => "EDQUOT",
+            Code::Busy => "EBUSY",
+            Code::Auth => "EAUTH",
+            Code::Again => "EAGAIN",
+            Code::Io => "EIO",
+            Code::NameTooLong => "ENAMETOOLONG",
+            Code::Loop => "ELOOP",
+        }
+    }
+
+    /// Parses a symbol produced by [`Code::symbol`].
+    pub fn from_symbol(s: &str) -> Option<Code> {
+        ALL.iter().copied().find(|c| c.symbol() == s)
+    }
+
+    /// Whether retrying the identical request may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Code::Again)
+    }
+}
+
+/// Every code, for tables and tests.
+pub const ALL: [Code; 16] = [
+    Code::NotFound,
+    Code::Exists,
+    Code::NotDir,
+    Code::IsDir,
+    Code::NotEmpty,
+    Code::Access,
+    Code::Perm,
+    Code::CrossVolume,
+    Code::Invalid,
+    Code::Quota,
+    Code::Busy,
+    Code::Auth,
+    Code::Again,
+    Code::Io,
+    Code::NameTooLong,
+    Code::Loop,
+];
+
+/// A failure with a stable code and a message for humans.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct Error {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(code: Code, message: impl Into<String>) -> Error {
+        Error {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(what: impl std::fmt::Display) -> Error {
+        Error::new(Code::NotFound, format!("no such file or directory: {what}"))
+    }
+    pub fn exists(what: impl std::fmt::Display) -> Error {
+        Error::new(Code::Exists, format!("already exists: {what}"))
+    }
+    pub fn invalid(message: impl Into<String>) -> Error {
+        Error::new(Code::Invalid, message)
+    }
+    pub fn access(message: impl Into<String>) -> Error {
+        Error::new(Code::Access, message)
+    }
+    pub fn corrupt(message: impl Into<String>) -> Error {
+        Error::new(Code::Io, format!("corrupt record: {}", message.into()))
+    }
+}
+
+impl From<RaftError> for Error {
+    fn from(e: RaftError) -> Error {
+        let code = if e.is_retryable() {
+            Code::Again
+        } else {
+            Code::Io
+        };
+        Error::new(code, format!("replication: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbols_are_unique_and_parse_back() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ALL {
+            assert!(seen.insert(c.symbol()), "duplicate symbol {}", c.symbol());
+            assert_eq!(Code::from_symbol(c.symbol()), Some(c));
+        }
+        assert_eq!(Code::from_symbol("nope"), None);
+    }
+}

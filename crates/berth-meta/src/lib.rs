@@ -1,0 +1,25 @@
+//! berth-meta: the cluster layer.
+//!
+//! Owns the cluster map (nodes, volumes, shards, principals, groups, ticket
+//! signing keys) held by the meta shard, the node-local cache of that map,
+//! ticket authentication against it, and the shard router (key → shard →
+//! leader) with its optimistic transactions.
+//!
+//! Invariants:
+//! - Everything here changes state only through replicated commands on a
+//!   shard ([`router::Tx`]); nothing writes the node store directly.
+//! - Ticket secrets never leave the meta shard and are never logged.
+//! - Only unscoped administrators change principals, groups and keys.
+
+pub mod codec;
+pub mod error;
+pub mod map;
+pub mod meta;
+pub mod router;
+
+pub use error::{Code, Error};
+pub use meta::{Bootstrap, MapCache, Meta};
+pub use router::{Commit, Router, Tx};
+
+/// Inode number of every volume's root directory.
+pub const ROOT_INODE: u64 = 1;

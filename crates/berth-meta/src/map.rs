@@ -1,0 +1,316 @@
+//! The cluster map: the records the meta shard holds and where they live.
+//!
+//! Layout (all keys in meta volume 0, kind `Meta`, see `berth_store::keys`):
+//!
+//! | object (table)   | sub-key      | value            |
+//! |------------------|--------------|------------------|
+//! | 1 cluster        | –            | [`ClusterRecord`]|
+//! | 2 nodes          | u64 node id  | [`NodeRecord`]   |
+//! | 3 volumes        | u64 volume id| [`VolumeRecord`] |
+//! | 4 volume paths   | str path     | u64 volume id (8 bytes BE) |
+//! | 5 shards         | u64 shard id | [`ShardRecord`]  |
+//! | 6 users          | str name     | [`UserRecord`]   |
+//! | 7 groups         | str name     | [`GroupRecord`]  |
+//! | 8 signing keys   | u64 key id   | [`KeyRecord`]    |
+//! | 9 counters       | str name     | u64 (8 bytes BE) |
+//!
+//! Values are encoded with [`crate::codec`] (version byte + postcard).
+
+use berth_raft::{NodeId, ShardId};
+use berth_security::principal::PrincipalKind;
+use berth_store::keys::{self, Key, Kind};
+use serde::{Deserialize, Serialize};
+
+/// The meta volume: holds the cluster map.
+pub const META_VOLUME: u64 = 0;
+/// The meta shard's id.
+pub const META_SHARD: ShardId = 1;
+/// The root volume `/`, created on first start.
+pub const ROOT_VOLUME: u64 = 1;
+/// The root volume's shard.
+pub const ROOT_SHARD: ShardId = 2;
+
+pub const T_CLUSTER: u64 = 1;
+pub const T_NODE: u64 = 2;
+pub const T_VOLUME: u64 = 3;
+pub const T_VOLUME_PATH: u64 = 4;
+pub const T_SHARD: u64 = 5;
+pub const T_USER: u64 = 6;
+pub const T_GROUP: u64 = 7;
+pub const T_KEY: u64 = 8;
+pub const T_COUNTER: u64 = 9;
+
+/// Counter names.
+pub const C_VOLUME_ID: &str = "volume_id";
+pub const C_SHARD_ID: &str = "shard_id";
+pub const C_UID: &str = "uid";
+pub const C_GID: &str = "gid";
+pub const C_KEY_ID: &str = "key_id";
+
+/// First uid/gid handed out to users and groups created without one.
+pub const FIRST_ID: u32 = 1000;
+
+pub fn cluster_key() -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_CLUSTER).build()
+}
+pub fn node_key(id: NodeId) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_NODE).u64(id).build()
+}
+pub fn volume_key(id: u64) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_VOLUME).u64(id).build()
+}
+pub fn volume_path_key(path: &str) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_VOLUME_PATH)
+        .str(path)
+        .build()
+}
+pub fn shard_key(id: ShardId) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_SHARD).u64(id).build()
+}
+pub fn user_key(name: &str) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_USER).str(name).build()
+}
+pub fn group_key(name: &str) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_GROUP).str(name).build()
+}
+pub fn signing_key_key(id: u32) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_KEY)
+        .u64(u64::from(id))
+        .build()
+}
+pub fn counter_key(name: &str) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_COUNTER)
+        .str(name)
+        .build()
+}
+/// The key range of one meta table.
+pub fn table_range(table: u64) -> (Vec<u8>, Vec<u8>) {
+    keys::object_range(META_VOLUME, Kind::Meta, table)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub name: String,
+    /// Random identifier, fixed at first start.
+    pub id: String,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub native_addr: String,
+    pub admin_addr: String,
+    pub advertise: Vec<String>,
+    pub started_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeState {
+    /// Records written; shard, root directory or mount point may be missing.
+    Creating,
+    Ready,
+    /// Being removed; the mount point is gone or going.
+    Removing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub id: u64,
+    /// Absolute, normalised mount path.
+    pub path: String,
+    /// Requested replication factor.
+    pub replication: u32,
+    /// 0 = unlimited.
+    pub quota_bytes: u64,
+    /// None = not restricted by the volume (mode bits and entry ACEs decide).
+    pub read_ace: Option<String>,
+    pub write_ace: Option<String>,
+    pub shard_id: ShardId,
+    pub root_inode: u64,
+    pub created_ns: i64,
+    pub state: VolumeState,
+    /// The volume holding the mount point (0 for the root volume).
+    pub parent_volume: u64,
+}
+
+/// A shard: a Raft group owning the key range `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    pub id: ShardId,
+    pub volume_id: u64,
+    pub start: Vec<u8>,
+    /// Exclusive; empty = unbounded.
+    pub end: Vec<u8>,
+    pub replicas: Vec<NodeId>,
+}
+
+impl ShardRecord {
+    /// The meta shard: all of volume 0.
+    pub fn meta(replicas: Vec<NodeId>) -> ShardRecord {
+        let (start, end) = keys::volume_range(META_VOLUME);
+        ShardRecord {
+            id: META_SHARD,
+            volume_id: META_VOLUME,
+            start,
+            end,
+            replicas,
+        }
+    }
+
+    /// The shard covering a whole volume.
+    pub fn for_volume(id: ShardId, volume: u64, replicas: Vec<NodeId>) -> ShardRecord {
+        let (start, end) = keys::volume_range(volume);
+        ShardRecord {
+            id,
+            volume_id: volume,
+            start,
+            end,
+            replicas,
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+
+    pub fn desc(&self) -> berth_raft::ShardDesc {
+        berth_raft::ShardDesc {
+            id: self.id,
+            start: self.start.clone(),
+            end: self.end.clone(),
+            voters: self.replicas.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    pub uid: u32,
+    pub kind: PrincipalKind,
+    /// argon2id PHC string; None for service principals (tickets only).
+    pub password_hash: Option<String>,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub name: String,
+    pub gid: u32,
+}
+
+/// An Ed25519 ticket-signing key. The secret lives only in the meta shard,
+/// which is replicated between cluster nodes over TLS and never served.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: u32,
+    pub secret: [u8; 32],
+    pub public: [u8; 32],
+    pub created_at: u64,
+    /// The one key new tickets are signed with.
+    pub active: bool,
+    /// Verification with this key stops after this time (0 = never).
+    pub retire_after: u64,
+}
+
+impl std::fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("id", &self.id)
+            .field("created_at", &self.created_at)
+            .field("active", &self.active)
+            .field("retire_after", &self.retire_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Validates and normalises an absolute namespace path: no empty, `.` or
+/// `..` components, no trailing slash, names at most 255 bytes, path at most
+/// 4096 bytes.
+pub fn normalize_path(path: &str) -> Result<String, crate::Error> {
+    use crate::{Code, Error};
+    if !path.starts_with('/') {
+        return Err(Error::invalid(format!(
+            "path must be absolute (start with '/'): {path:?}"
+        )));
+    }
+    if path.len() > 4096 {
+        return Err(Error::new(Code::NameTooLong, "path longer than 4096 bytes"));
+    }
+    let mut out = String::with_capacity(path.len());
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        if comp == "." || comp == ".." {
+            return Err(Error::invalid(format!(
+                "path may not contain '.' or '..' components: {path:?}"
+            )));
+        }
+        if comp.len() > 255 {
+            return Err(Error::new(
+                Code::NameTooLong,
+                format!("name longer than 255 bytes in {path:?}"),
+            ));
+        }
+        if comp.contains('\0') {
+            return Err(Error::invalid("path contains a NUL byte"));
+        }
+        out.push('/');
+        out.push_str(comp);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// Splits a normalised path into its components.
+pub fn components(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|c| !c.is_empty())
+}
+
+/// Splits a normalised non-root path into (parent, name).
+pub fn split_parent(path: &str) -> Option<(&str, &str)> {
+    if path == "/" {
+        return None;
+    }
+    let i = path.rfind('/')?;
+    let parent = if i == 0 { "/" } else { &path[..i] };
+    Some((parent, &path[i + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize() {
+        assert_eq!(normalize_path("/").unwrap(), "/");
+        assert_eq!(normalize_path("//a//b/").unwrap(), "/a/b");
+        assert!(normalize_path("a").is_err());
+        assert!(normalize_path("/a/../b").is_err());
+        assert_eq!(
+            normalize_path(&format!("/{}", "x".repeat(256)))
+                .unwrap_err()
+                .code,
+            crate::Code::NameTooLong
+        );
+    }
+
+    #[test]
+    fn split() {
+        assert_eq!(split_parent("/a"), Some(("/", "a")));
+        assert_eq!(split_parent("/a/b"), Some(("/a", "b")));
+        assert_eq!(split_parent("/"), None);
+    }
+
+    #[test]
+    fn meta_shard_covers_meta_keys_only() {
+        let m = ShardRecord::meta(vec![1]);
+        assert!(m.contains(&user_key("admin")));
+        assert!(m.contains(&counter_key("x")));
+        let v = ShardRecord::for_volume(2, ROOT_VOLUME, vec![1]);
+        assert!(!m.contains(&Key::new(ROOT_VOLUME, Kind::Inode, 1).build()));
+        assert!(v.contains(&Key::new(ROOT_VOLUME, Kind::Inode, 1).build()));
+        assert!(!v.contains(&user_key("admin")));
+    }
+}

@@ -1,0 +1,826 @@
+//! The meta service: reads and changes the cluster map held by the meta shard,
+//! keeps a node-local cache of it, and authenticates tickets against it.
+//!
+//! Every change is an optimistic [`Tx`](crate::router::Tx) on the meta shard;
+//! every node refreshes its cache when the meta shard applies an entry, so a
+//! ticket is verified locally, without a round trip.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_raft::{NodeId, ShardId};
+use berth_security::principal::{Principal, PrincipalKind};
+use berth_security::scope::Scope;
+use berth_security::ticket::{KeyRing, TicketBody, TicketSigner};
+use parking_lot::RwLock;
+
+use crate::codec::{decode, encode};
+use crate::map::*;
+use crate::router::{backoff, too_much_contention, Commit, Router, Tx, TX_RETRIES_MAX};
+use crate::{Code, Error};
+
+/// Default ticket lifetime.
+pub const TICKET_TTL_DEFAULT_SECS: u64 = 24 * 3600;
+/// Longest ticket lifetime we sign; also how long a rotated-out key keeps
+/// verifying the tickets it signed.
+pub const TICKET_TTL_MAX_SECS: u64 = 365 * 24 * 3600;
+
+/// A consistent copy of the cluster map, rebuilt whenever the meta shard
+/// applies an entry.
+#[derive(Default)]
+pub struct MapCache {
+    pub cluster: Option<ClusterRecord>,
+    pub nodes: Vec<NodeRecord>,
+    pub volumes: Vec<VolumeRecord>,
+    pub shards: Vec<ShardRecord>,
+    pub users: BTreeMap<String, UserRecord>,
+    pub groups: BTreeMap<String, GroupRecord>,
+    pub keys: Vec<KeyRecord>,
+    pub keyring: KeyRing,
+}
+
+impl MapCache {
+    pub fn cluster_name(&self) -> &str {
+        self.cluster.as_ref().map(|c| c.name.as_str()).unwrap_or("")
+    }
+    pub fn volume(&self, id: u64) -> Option<&VolumeRecord> {
+        self.volumes.iter().find(|v| v.id == id)
+    }
+    pub fn volume_at(&self, path: &str) -> Option<&VolumeRecord> {
+        self.volumes.iter().find(|v| v.path == path)
+    }
+    pub fn shard(&self, id: ShardId) -> Option<&ShardRecord> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+    pub fn gid_of(&self, group: &str) -> Option<u32> {
+        self.groups.get(group).map(|g| g.gid)
+    }
+}
+
+/// What the first start of a cluster writes.
+pub struct Bootstrap {
+    pub cluster_name: String,
+    pub cluster_id: String,
+    pub node: NodeRecord,
+    pub now_secs: u64,
+    pub now_ns: i64,
+}
+
+pub struct Meta {
+    router: Arc<Router>,
+    cache: RwLock<Arc<MapCache>>,
+}
+
+impl Meta {
+    pub fn new(router: Arc<Router>) -> Arc<Meta> {
+        Arc::new(Meta {
+            router,
+            cache: RwLock::new(Arc::new(MapCache::default())),
+        })
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// The current cached cluster map.
+    pub fn map(&self) -> Arc<MapCache> {
+        self.cache.read().clone()
+    }
+
+    /// Rebuilds the cache from the meta shard (linearizable read), updates the
+    /// router's shard table, and creates local replicas of shards this node
+    /// is assigned but does not host yet.
+    pub async fn refresh(&self) -> Result<(), Error> {
+        let tx = self.router.begin(META_SHARD).await?;
+        let mut map = MapCache::default();
+        if let Some(v) = tx.peek(&cluster_key())? {
+            map.cluster = Some(decode(&v, "cluster")?);
+        }
+        map.nodes = scan_table(&tx, T_NODE, "node")?;
+        map.volumes = scan_table(&tx, T_VOLUME, "volume")?;
+        map.shards = scan_table(&tx, T_SHARD, "shard")?;
+        for u in scan_table::<UserRecord>(&tx, T_USER, "user")? {
+            map.users.insert(u.name.clone(), u);
+        }
+        for g in scan_table::<GroupRecord>(&tx, T_GROUP, "group")? {
+            map.groups.insert(g.name.clone(), g);
+        }
+        map.keys = scan_table(&tx, T_KEY, "signing key")?;
+        let now = berth_security::now_secs();
+        for k in &map.keys {
+            if k.retire_after == 0 || k.retire_after > now {
+                map.keyring.insert(k.id, k.public);
+            }
+        }
+        self.router.set_shards(map.shards.clone());
+        let me = self.router.node_id();
+        let hosted: Vec<ShardId> = self.router.raft().shards().iter().map(|d| d.id).collect();
+        for s in &map.shards {
+            if s.replicas.contains(&me) && !hosted.contains(&s.id) {
+                self.router.raft().create_shard(s.desc())?;
+            }
+        }
+        *self.cache.write() = Arc::new(map);
+        Ok(())
+    }
+
+    /// Keeps the cache fresh: refreshes after every applied meta entry (and
+    /// every few seconds, so retired keys drop out of the key ring).
+    pub fn spawn_watcher(self: &Arc<Self>) {
+        let Some(mut watch) = self.router.raft().applied_watch(META_SHARD) else {
+            tracing::error!("meta shard is not hosted here; cluster map cache will not refresh");
+            return;
+        };
+        let meta = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let changed = tokio::time::timeout(Duration::from_secs(5), watch.changed()).await;
+                if let Ok(Err(_)) = changed {
+                    return; // the raft node stopped
+                }
+                let Some(meta) = meta.upgrade() else { return };
+                if let Err(e) = meta.refresh().await {
+                    tracing::debug!(error = %e, "cluster map refresh failed; will retry");
+                }
+            }
+        });
+    }
+
+    /// Writes the initial cluster map. Idempotent: does nothing when the
+    /// cluster record already exists. Returns the admin ticket.
+    pub async fn bootstrap(&self, b: &Bootstrap) -> Result<(), Error> {
+        let signer = TicketSigner::generate(1);
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            if tx.get(&cluster_key())?.is_some() {
+                return Ok(());
+            }
+            tx.put(
+                cluster_key(),
+                encode(&ClusterRecord {
+                    name: b.cluster_name.clone(),
+                    id: b.cluster_id.clone(),
+                    created_at: b.now_secs,
+                }),
+            );
+            tx.put(node_key(b.node.id), encode(&b.node));
+            tx.put(
+                signing_key_key(1),
+                encode(&KeyRecord {
+                    id: 1,
+                    secret: signer.secret_bytes(),
+                    public: signer.verifying_key_bytes(),
+                    created_at: b.now_secs,
+                    active: true,
+                    retire_after: 0,
+                }),
+            );
+            tx.put(
+                group_key("admin"),
+                encode(&GroupRecord {
+                    name: "admin".into(),
+                    gid: 0,
+                }),
+            );
+            tx.put(
+                user_key("admin"),
+                encode(&UserRecord {
+                    name: "admin".into(),
+                    uid: 0,
+                    kind: PrincipalKind::User,
+                    password_hash: None,
+                    groups: vec!["admin".into()],
+                }),
+            );
+            let shard = ShardRecord::for_volume(ROOT_SHARD, ROOT_VOLUME, vec![b.node.id]);
+            tx.put(shard_key(ROOT_SHARD), encode(&shard));
+            tx.put(
+                volume_key(ROOT_VOLUME),
+                encode(&VolumeRecord {
+                    id: ROOT_VOLUME,
+                    path: "/".into(),
+                    replication: 3,
+                    quota_bytes: 0,
+                    read_ace: None,
+                    write_ace: None,
+                    shard_id: ROOT_SHARD,
+                    root_inode: crate::ROOT_INODE,
+                    created_ns: b.now_ns,
+                    state: VolumeState::Creating,
+                    parent_volume: 0,
+                }),
+            );
+            tx.put(volume_path_key("/"), ROOT_VOLUME.to_be_bytes().to_vec());
+            for (name, next) in [
+                (C_VOLUME_ID, ROOT_VOLUME + 1),
+                (C_SHARD_ID, ROOT_SHARD + 1),
+                (C_UID, u64::from(FIRST_ID)),
+                (C_GID, u64::from(FIRST_ID)),
+                (C_KEY_ID, 2),
+            ] {
+                tx.put(counter_key(name), next.to_be_bytes().to_vec());
+            }
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(());
+            }
+        }
+        Err(too_much_contention("bootstrap"))
+    }
+
+    /// Records (or updates) this node's addresses in the cluster map.
+    pub async fn register_node(&self, node: &NodeRecord) -> Result<(), Error> {
+        self.update(&node_key(node.id), "register node", |_| {
+            Ok(Some(encode(node)))
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------ tickets
+
+    /// Verifies a ticket locally against the cached key ring and returns the
+    /// principal it proves. A ticket of a removed user or service is refused.
+    pub fn authenticate(&self, ticket: &str) -> Result<Principal, Error> {
+        let map = self.map();
+        let now = berth_security::now_secs();
+        let principal = map
+            .keyring
+            .verify(ticket, map.cluster_name(), now)
+            .map_err(|e| Error::new(Code::Auth, format!("invalid ticket: {e}")))?;
+        match principal.kind {
+            PrincipalKind::Node => Ok(principal),
+            PrincipalKind::User | PrincipalKind::Service => match map.users.get(&principal.name) {
+                Some(u) if u.uid == principal.uid => Ok(principal),
+                _ => Err(Error::new(
+                    Code::Auth,
+                    format!(
+                        "ticket of {:?} is no longer valid: the principal was removed",
+                        principal.name
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// Signs a ticket for `user` (which must exist) with the active key.
+    pub fn sign_for(
+        &self,
+        user: &str,
+        scope: Option<Scope>,
+        ttl_secs: u64,
+    ) -> Result<(String, TicketBody), Error> {
+        let map = self.map();
+        let u = map
+            .users
+            .get(user)
+            .ok_or_else(|| Error::not_found(format!("principal {user:?}")))?;
+        let key = map
+            .keys
+            .iter()
+            .find(|k| k.active)
+            .ok_or_else(|| Error::new(Code::Io, "no active signing key in the cluster map"))?;
+        let ttl = match ttl_secs {
+            0 => TICKET_TTL_DEFAULT_SECS,
+            t if t > TICKET_TTL_MAX_SECS => {
+                return Err(Error::invalid(format!(
+                    "ticket lifetime {t}s exceeds the maximum of {TICKET_TTL_MAX_SECS}s"
+                )))
+            }
+            t => t,
+        };
+        let now = berth_security::now_secs();
+        let gids = u.groups.iter().filter_map(|g| map.gid_of(g)).collect();
+        let body = TicketBody {
+            version: 1,
+            key_id: key.id,
+            cluster: map.cluster_name().to_string(),
+            principal: u.name.clone(),
+            kind: u.kind.clone(),
+            uid: u.uid,
+            gids,
+            groups: u.groups.clone(),
+            issued_at: now,
+            expires_at: now + ttl,
+            scope,
+        };
+        let signer = TicketSigner::from_bytes(key.id, &key.secret);
+        Ok((signer.sign(&body), body))
+    }
+
+    /// Signs a ticket for a node of this cluster (node-to-node traffic).
+    pub fn sign_node_ticket(&self, node: NodeId) -> Result<String, Error> {
+        let map = self.map();
+        let key = map
+            .keys
+            .iter()
+            .find(|k| k.active)
+            .ok_or_else(|| Error::new(Code::Io, "no active signing key in the cluster map"))?;
+        let now = berth_security::now_secs();
+        let body = TicketBody {
+            version: 1,
+            key_id: key.id,
+            cluster: map.cluster_name().to_string(),
+            principal: format!("node:{node}"),
+            kind: PrincipalKind::Node,
+            uid: 0,
+            gids: vec![0],
+            groups: vec![],
+            issued_at: now,
+            expires_at: now + TICKET_TTL_DEFAULT_SECS,
+            scope: None,
+        };
+        Ok(TicketSigner::from_bytes(key.id, &key.secret).sign(&body))
+    }
+
+    /// Exchanges a user's password for a ticket.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+        ttl_secs: u64,
+    ) -> Result<(String, TicketBody), Error> {
+        // Read through the barrier so a just-changed password counts.
+        self.refresh().await?;
+        let map = self.map();
+        let denied = || Error::new(Code::Auth, "login failed: unknown user or wrong password");
+        let u = map.users.get(user).ok_or_else(denied)?;
+        let hash = u.password_hash.as_deref().ok_or_else(denied)?;
+        if !berth_security::password::verify_password(password, hash) {
+            return Err(denied());
+        }
+        self.sign_for(user, None, ttl_secs)
+    }
+
+    /// Issues a ticket. Administrators may issue for anyone; any principal may
+    /// issue for itself, narrowed to a scope within its own.
+    pub fn issue_ticket(
+        &self,
+        by: &Principal,
+        principal: &str,
+        scope: Option<Scope>,
+        ttl_secs: u64,
+    ) -> Result<(String, TicketBody), Error> {
+        if by.is_admin() && by.scope.is_none() {
+            return self.sign_for(principal, scope, ttl_secs);
+        }
+        if by.name != principal {
+            return Err(Error::new(
+                Code::Perm,
+                "only an administrator may issue tickets for another principal",
+            ));
+        }
+        let scope = match (&by.scope, scope) {
+            (None, s) => s,
+            (Some(own), None) => Some(own.clone()),
+            (Some(own), Some(s)) => {
+                for e in &s.0 {
+                    let want = match e.rights {
+                        berth_security::scope::Rights::Read => berth_security::scope::Access::Read,
+                        berth_security::scope::Rights::ReadWrite => {
+                            berth_security::scope::Access::Write
+                        }
+                        berth_security::scope::Rights::Admin => {
+                            berth_security::scope::Access::Admin
+                        }
+                    };
+                    if !own.allows(&e.prefix, want) {
+                        return Err(Error::access(format!(
+                            "scope {e} is wider than the caller's own ticket scope"
+                        )));
+                    }
+                }
+                Some(s)
+            }
+        };
+        self.sign_for(principal, scope, ttl_secs)
+    }
+
+    // ------------------------------------------------------------ principals
+
+    pub async fn user_add(
+        &self,
+        by: &Principal,
+        name: &str,
+        password: Option<&str>,
+        uid: Option<u32>,
+        groups: Vec<String>,
+        service: bool,
+    ) -> Result<UserRecord, Error> {
+        require_admin(by)?;
+        validate_name(name)?;
+        if !service && password.map(str::is_empty).unwrap_or(true) {
+            return Err(Error::invalid(
+                "a user needs a password (or add a service principal with --service)",
+            ));
+        }
+        let password_hash = match password {
+            Some(p) if !p.is_empty() => Some(
+                berth_security::password::hash_password(p)
+                    .map_err(|e| Error::new(Code::Io, format!("hashing password: {e}")))?,
+            ),
+            _ => None,
+        };
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            if tx.get(&user_key(name))?.is_some() {
+                return Err(Error::exists(format!("principal {name:?}")));
+            }
+            for g in &groups {
+                if tx.get(&group_key(g))?.is_none() {
+                    return Err(Error::not_found(format!(
+                        "group {g:?} (create it with `berth group add {g}`)"
+                    )));
+                }
+            }
+            let uid = match uid {
+                Some(u) => u,
+                None => next_counter(&mut tx, C_UID)? as u32,
+            };
+            let users: Vec<UserRecord> = scan_table(&tx, T_USER, "user")?;
+            if let Some(other) = users.iter().find(|u| u.uid == uid) {
+                return Err(Error::exists(format!(
+                    "uid {uid} already belongs to {:?}",
+                    other.name
+                )));
+            }
+            let rec = UserRecord {
+                name: name.to_string(),
+                uid,
+                kind: if service {
+                    PrincipalKind::Service
+                } else {
+                    PrincipalKind::User
+                },
+                password_hash: password_hash.clone(),
+                groups: groups.clone(),
+            };
+            tx.put(user_key(name), encode(&rec));
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(rec);
+            }
+        }
+        Err(too_much_contention("user add"))
+    }
+
+    pub async fn user_remove(&self, by: &Principal, name: &str) -> Result<(), Error> {
+        require_admin(by)?;
+        if name == "admin" {
+            return Err(Error::new(
+                Code::Perm,
+                "the admin principal cannot be removed",
+            ));
+        }
+        self.update(&user_key(name), "user remove", |cur| match cur {
+            None => Err(Error::not_found(format!("principal {name:?}"))),
+            Some(_) => Ok(None),
+        })
+        .await
+    }
+
+    pub async fn user_password(
+        &self,
+        by: &Principal,
+        name: &str,
+        password: &str,
+    ) -> Result<(), Error> {
+        if !(by.is_admin() && by.scope.is_none()) && by.name != name {
+            return Err(Error::new(
+                Code::Perm,
+                "only an administrator may change another principal's password",
+            ));
+        }
+        if password.is_empty() {
+            return Err(Error::invalid("the password may not be empty"));
+        }
+        let hash = berth_security::password::hash_password(password)
+            .map_err(|e| Error::new(Code::Io, format!("hashing password: {e}")))?;
+        self.update(&user_key(name), "user password", |cur| {
+            let mut u: UserRecord = decode(
+                &cur.ok_or_else(|| Error::not_found(format!("principal {name:?}")))?,
+                "user",
+            )?;
+            u.password_hash = Some(hash.clone());
+            Ok(Some(encode(&u)))
+        })
+        .await
+    }
+
+    pub async fn group_add(
+        &self,
+        by: &Principal,
+        name: &str,
+        gid: Option<u32>,
+    ) -> Result<GroupRecord, Error> {
+        require_admin(by)?;
+        validate_name(name)?;
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            if tx.get(&group_key(name))?.is_some() {
+                return Err(Error::exists(format!("group {name:?}")));
+            }
+            let gid = match gid {
+                Some(g) => g,
+                None => next_counter(&mut tx, C_GID)? as u32,
+            };
+            let groups: Vec<GroupRecord> = scan_table(&tx, T_GROUP, "group")?;
+            if let Some(other) = groups.iter().find(|g| g.gid == gid) {
+                return Err(Error::exists(format!(
+                    "gid {gid} already belongs to group {:?}",
+                    other.name
+                )));
+            }
+            let rec = GroupRecord {
+                name: name.to_string(),
+                gid,
+            };
+            tx.put(group_key(name), encode(&rec));
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(rec);
+            }
+        }
+        Err(too_much_contention("group add"))
+    }
+
+    pub async fn group_remove(&self, by: &Principal, name: &str) -> Result<(), Error> {
+        require_admin(by)?;
+        if name == "admin" {
+            return Err(Error::new(Code::Perm, "the admin group cannot be removed"));
+        }
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            if tx.get(&group_key(name))?.is_none() {
+                return Err(Error::not_found(format!("group {name:?}")));
+            }
+            tx.delete(group_key(name));
+            // Drop the membership from every user in the same command.
+            for mut u in scan_table::<UserRecord>(&tx, T_USER, "user")? {
+                if u.groups.iter().any(|g| g == name) {
+                    let key = user_key(&u.name);
+                    tx.get(&key)?;
+                    u.groups.retain(|g| g != name);
+                    tx.put(key, encode(&u));
+                }
+            }
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(());
+            }
+        }
+        Err(too_much_contention("group remove"))
+    }
+
+    /// Adds (`add = true`) or removes a user from a group.
+    pub async fn group_member(
+        &self,
+        by: &Principal,
+        group: &str,
+        user: &str,
+        add: bool,
+    ) -> Result<(), Error> {
+        require_admin(by)?;
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            if tx.get(&group_key(group))?.is_none() {
+                return Err(Error::not_found(format!("group {group:?}")));
+            }
+            let key = user_key(user);
+            let mut u: UserRecord = decode(
+                &tx.get(&key)?
+                    .ok_or_else(|| Error::not_found(format!("principal {user:?}")))?,
+                "user",
+            )?;
+            let member = u.groups.iter().any(|g| g == group);
+            match (add, member) {
+                (true, true) | (false, false) => return Ok(()),
+                (true, false) => u.groups.push(group.to_string()),
+                (false, true) => u.groups.retain(|g| g != group),
+            }
+            tx.put(key, encode(&u));
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(());
+            }
+        }
+        Err(too_much_contention("group membership"))
+    }
+
+    /// Members of a group, from the cache.
+    pub fn group_members(&self, group: &str) -> Vec<String> {
+        self.map()
+            .users
+            .values()
+            .filter(|u| u.groups.iter().any(|g| g == group))
+            .map(|u| u.name.clone())
+            .collect()
+    }
+
+    // ------------------------------------------------------------ keys
+
+    /// Makes a new signing key active. The old active key keeps verifying the
+    /// tickets it signed until they can have expired.
+    pub async fn rotate_key(&self, by: &Principal) -> Result<(), Error> {
+        require_admin(by)?;
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            let id = next_counter(&mut tx, C_KEY_ID)? as u32;
+            let now = berth_security::now_secs();
+            for mut k in scan_table::<KeyRecord>(&tx, T_KEY, "signing key")? {
+                if k.active {
+                    let key = signing_key_key(k.id);
+                    tx.get(&key)?;
+                    k.active = false;
+                    k.retire_after = now + TICKET_TTL_MAX_SECS;
+                    tx.put(key, encode(&k));
+                }
+            }
+            let signer = TicketSigner::generate(id);
+            tx.put(
+                signing_key_key(id),
+                encode(&KeyRecord {
+                    id,
+                    secret: signer.secret_bytes(),
+                    public: signer.verifying_key_bytes(),
+                    created_at: now,
+                    active: true,
+                    retire_after: 0,
+                }),
+            );
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(());
+            }
+        }
+        Err(too_much_contention("key rotation"))
+    }
+
+    // ------------------------------------------------------------ volumes
+
+    /// Allocates the next value of a counter in its own transaction.
+    pub async fn allocate(&self, counter: &str) -> Result<u64, Error> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            let v = next_counter(&mut tx, counter)?;
+            if let Commit::Done(_) = tx.commit().await? {
+                return Ok(v);
+            }
+        }
+        Err(too_much_contention("id allocation"))
+    }
+
+    /// Writes a new volume and its shard, state `Creating`. Fails with EEXIST
+    /// when a volume is already mounted at the path.
+    pub async fn create_volume_record(
+        &self,
+        vol: &VolumeRecord,
+        shard: &ShardRecord,
+    ) -> Result<(), Error> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            if tx.get(&volume_path_key(&vol.path))?.is_some() {
+                return Err(Error::exists(format!("volume at {}", vol.path)));
+            }
+            tx.put(volume_key(vol.id), encode(vol));
+            tx.put(volume_path_key(&vol.path), vol.id.to_be_bytes().to_vec());
+            tx.put(shard_key(shard.id), encode(shard));
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(());
+            }
+        }
+        Err(too_much_contention("volume create"))
+    }
+
+    /// Changes a volume record with `f` (read-modify-write).
+    pub async fn update_volume(
+        &self,
+        id: u64,
+        f: impl Fn(&mut VolumeRecord) -> Result<(), Error>,
+    ) -> Result<VolumeRecord, Error> {
+        let mut out = None;
+        self.update(&volume_key(id), "volume update", |cur| {
+            let mut v: VolumeRecord = decode(
+                &cur.ok_or_else(|| Error::not_found(format!("volume {id}")))?,
+                "volume",
+            )?;
+            f(&mut v)?;
+            let bytes = encode(&v);
+            out = Some(v);
+            Ok(Some(bytes))
+        })
+        .await?;
+        self.refresh().await?;
+        out.ok_or_else(|| Error::new(Code::Io, "volume update produced no record"))
+    }
+
+    /// Deletes a volume's records (volume, path index, shard).
+    pub async fn delete_volume_record(&self, vol: &VolumeRecord) -> Result<(), Error> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            tx.get(&volume_key(vol.id))?;
+            tx.delete(volume_key(vol.id));
+            tx.delete(volume_path_key(&vol.path));
+            tx.delete(shard_key(vol.shard_id));
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(());
+            }
+        }
+        Err(too_much_contention("volume remove"))
+    }
+
+    /// Read-modify-write of one key: `f` gets the current value and returns
+    /// the new one (None deletes).
+    async fn update(
+        &self,
+        key: &[u8],
+        what: &str,
+        mut f: impl FnMut(Option<Vec<u8>>) -> Result<Option<Vec<u8>>, Error>,
+    ) -> Result<(), Error> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            let cur = tx.get(key)?;
+            match f(cur)? {
+                Some(v) => tx.put(key.to_vec(), v),
+                None => tx.delete(key.to_vec()),
+            }
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(());
+            }
+        }
+        Err(too_much_contention(what))
+    }
+}
+
+fn scan_table<T: serde::de::DeserializeOwned>(
+    tx: &Tx,
+    table: u64,
+    what: &str,
+) -> Result<Vec<T>, Error> {
+    let (start, end) = table_range(table);
+    tx.peek_range(&start, &end, usize::MAX)?
+        .iter()
+        .map(|(_, v)| decode(v, what))
+        .collect()
+}
+
+/// Reads and bumps a counter inside `tx`; returns the value before the bump.
+fn next_counter(tx: &mut Tx, name: &str) -> Result<u64, Error> {
+    let key = counter_key(name);
+    let cur = match tx.get(&key)? {
+        Some(v) => u64::from_be_bytes(
+            v.as_slice()
+                .try_into()
+                .map_err(|_| Error::corrupt(format!("counter {name}")))?,
+        ),
+        None => 1,
+    };
+    tx.put(key, (cur + 1).to_be_bytes().to_vec());
+    Ok(cur)
+}
+
+/// Only an unscoped administrator may manage the cluster's principals.
+pub fn require_admin(p: &Principal) -> Result<(), Error> {
+    if p.is_admin() && p.scope.is_none() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            Code::Perm,
+            format!(
+                "{:?} is not a cluster administrator (needs membership of group 'admin' and an unscoped ticket)",
+                p.name
+            ),
+        ))
+    }
+}
+
+/// Principal and group names: 1–64 of `[A-Za-z0-9._@-]`, not starting with `-`.
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid name {name:?}: use 1-64 characters of A-Z a-z 0-9 . _ @ - (not starting with -)"
+        )))
+    }
+}

@@ -1,0 +1,243 @@
+//! The shard router: key → shard → leader, and optimistic transactions.
+//!
+//! Services never address shards themselves: they ask the router for the
+//! shard owning a key and run a [`Tx`] against it. A `Tx` reads the shard's
+//! applied state after a linearizable read barrier, records every value it
+//! read, and commits as one conditional Raft command whose conditions are
+//! exactly those reads. If anything it read changed in between, the command
+//! applies nothing and the caller retries from fresh reads (bounded).
+//!
+//! Architecture invariant: the router is the only place outside berth-raft
+//! that proposes commands.
+
+use std::sync::Arc;
+
+use berth_raft::cmd::{Condition, Op, Txn, TxnOutcome};
+use berth_raft::{NodeId, RaftError, RaftNode, ShardId};
+use parking_lot::RwLock;
+
+use crate::map::ShardRecord;
+use crate::{Code, Error};
+
+/// Upper bound on optimistic retries of one operation.
+pub const TX_RETRIES_MAX: usize = 64;
+
+/// Routes keys to shards and runs transactions on them.
+pub struct Router {
+    raft: RaftNode,
+    node_id: NodeId,
+    /// Every shard of the cluster, sorted by range start.
+    shards: RwLock<Vec<ShardRecord>>,
+}
+
+impl Router {
+    pub fn new(raft: RaftNode, node_id: NodeId) -> Router {
+        Router {
+            raft,
+            node_id,
+            shards: RwLock::new(vec![ShardRecord::meta(vec![node_id])]),
+        }
+    }
+
+    pub fn raft(&self) -> &RaftNode {
+        &self.raft
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Replaces the shard table (called when the cluster map changes). The
+    /// meta shard is always present.
+    pub fn set_shards(&self, mut shards: Vec<ShardRecord>) {
+        if !shards.iter().any(|s| s.id == crate::map::META_SHARD) {
+            shards.push(ShardRecord::meta(vec![self.node_id]));
+        }
+        shards.sort_by(|a, b| a.start.cmp(&b.start));
+        *self.shards.write() = shards;
+    }
+
+    pub fn shards(&self) -> Vec<ShardRecord> {
+        self.shards.read().clone()
+    }
+
+    /// The shard whose range holds `key`.
+    pub fn shard_for(&self, key: &[u8]) -> Result<ShardRecord, Error> {
+        let shards = self.shards.read();
+        shards
+            .iter()
+            .find(|s| s.contains(key))
+            .cloned()
+            .ok_or_else(|| Error::new(Code::Again, "no shard owns this key yet; retry"))
+    }
+
+    /// Starts a transaction on `shard`: waits for a linearizable read barrier
+    /// so the reads below see every write acknowledged before this call.
+    pub async fn begin(self: &Arc<Self>, shard: ShardId) -> Result<Tx, Error> {
+        self.ensure_local_leader(shard)?;
+        self.raft.read_index(shard).await?;
+        Ok(Tx {
+            router: self.clone(),
+            shard,
+            conditions: Vec::new(),
+            ops: Vec::new(),
+        })
+    }
+
+    /// Reads one key with a read barrier (no transaction).
+    pub async fn get(
+        self: &Arc<Self>,
+        shard: ShardId,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let tx = self.begin(shard).await?;
+        tx.peek(key)
+    }
+
+    /// Scans `[start, end)` with a read barrier (no transaction).
+    pub async fn scan(
+        self: &Arc<Self>,
+        shard: ShardId,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let tx = self.begin(shard).await?;
+        tx.peek_range(start, end, limit)
+    }
+
+    /// Requests are served on the node that leads the shard. Forwarding to a
+    /// remote leader belongs to the scale-out work; until then a follower
+    /// answers with a retryable error naming the leader.
+    fn ensure_local_leader(&self, shard: ShardId) -> Result<(), Error> {
+        match self.raft.leader(shard) {
+            Some(l) if l == self.node_id => Ok(()),
+            Some(l) => Err(Error::new(
+                Code::Again,
+                format!("shard {shard} is led by node {l}; send the request there"),
+            )),
+            None => Err(Error::new(
+                Code::Again,
+                format!("shard {shard} has no leader yet; retry"),
+            )),
+        }
+    }
+}
+
+/// An optimistic transaction on one shard. Reads are recorded as conditions;
+/// writes are buffered until [`Tx::commit`].
+pub struct Tx {
+    router: Arc<Router>,
+    shard: ShardId,
+    conditions: Vec<Condition>,
+    ops: Vec<Op>,
+}
+
+/// The result of [`Tx::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Applied at this Raft index.
+    Done(u64),
+    /// Something read changed before the command applied; nothing was written.
+    Conflict,
+}
+
+impl Tx {
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Reads `key` and makes the transaction conditional on its value.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let value = self.peek(key)?;
+        self.conditions.push(Condition::ValueIs {
+            key: key.to_vec(),
+            value: value.clone(),
+        });
+        Ok(value)
+    }
+
+    /// Reads `key` without making the transaction depend on it.
+    pub fn peek(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.router.raft.get(self.shard, key)?)
+    }
+
+    /// Scans without making the transaction depend on the result.
+    pub fn peek_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        Ok(self.router.raft.scan(self.shard, start, end, limit)?)
+    }
+
+    /// Whether `[start, end)` holds no key; when it is empty the transaction
+    /// becomes conditional on it staying empty.
+    pub fn is_range_empty(&mut self, start: &[u8], end: &[u8]) -> Result<bool, Error> {
+        let empty = self.peek_range(start, end, 1)?.is_empty();
+        if empty {
+            self.conditions.push(Condition::RangeEmpty {
+                start: start.to_vec(),
+                end: end.to_vec(),
+            });
+        }
+        Ok(empty)
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op::Put { key, value });
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.ops.push(Op::Delete { key });
+    }
+
+    pub fn delete_range(&mut self, start: Vec<u8>, end: Vec<u8>) {
+        self.ops.push(Op::DeleteRange { start, end });
+    }
+
+    pub fn has_writes(&self) -> bool {
+        !self.ops.is_empty()
+    }
+
+    /// Proposes the buffered writes under the recorded conditions. Returns
+    /// only once the command is durable on a majority and applied.
+    pub async fn commit(self) -> Result<Commit, Error> {
+        if self.ops.is_empty() {
+            return Ok(Commit::Done(0));
+        }
+        let txn = Txn {
+            conditions: self.conditions,
+            ops: self.ops,
+        };
+        match self.router.raft.propose(self.shard, txn).await {
+            Ok(TxnOutcome::Applied { index }) => Ok(Commit::Done(index)),
+            Ok(TxnOutcome::ConditionFailed { .. }) => Ok(Commit::Conflict),
+            Err(RaftError::KeyOutOfRange { shard }) => Err(Error::new(
+                Code::Io,
+                format!("internal: transaction wrote outside shard {shard}"),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Error for an operation that kept conflicting past [`TX_RETRIES_MAX`].
+pub fn too_much_contention(what: &str) -> Error {
+    Error::new(
+        Code::Again,
+        format!("{what}: too many concurrent changes to the same entries; retry"),
+    )
+}
+
+/// Sleeps a little before retry `attempt` (bounded, jittered) so contending
+/// writers spread out.
+pub async fn backoff(attempt: usize) {
+    if attempt == 0 {
+        return;
+    }
+    let base_us = 200u64 << attempt.min(6);
+    let jitter = rand::random::<u64>() % base_us.max(1);
+    tokio::time::sleep(std::time::Duration::from_micros(base_us + jitter)).await;
+}

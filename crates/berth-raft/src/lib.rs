@@ -1,0 +1,387 @@
+//! berth-raft — replication: every shard is a Raft group (raft-rs `RawNode`) owning a key
+//! range, and one multi-raft loop per node drives all of them.
+//!
+//! # The loop
+//! One dedicated std thread per node ([`RaftNode::start`]) owns every group. It is fed by a
+//! bounded crossbeam channel (inbound messages, proposals, read requests, new shards) and a
+//! single coalesced tick timer for all groups. It does no async I/O: the raft logic advances
+//! only on ticks, messages and proposals. Each iteration:
+//! 1. drains the channel (bounded per iteration), ticks every awake group if the tick is due,
+//!    and issues at most one raft ReadIndex per shard for all queued `read_index` calls;
+//! 2. collects every group's `Ready` and persists all of them — log entries, hard states,
+//!    received snapshots — in **one** `WriteBatch` with **one** `Durability::Sync` write
+//!    (group commit; `Buffered` when raft says no sync is needed, i.e. only the commit index
+//!    moved);
+//! 3. only then sends messages, batched per destination: one [`Transport::send`] per peer
+//!    per iteration;
+//! 4. applies committed entries of all groups in one atomic batch that also records each
+//!    group's applied index (`Buffered`: the log is the durable source; on restart entries
+//!    after the persisted applied index are applied again), then completes waiters.
+//!
+//! # Hibernation
+//! A group whose only voter is this node stops ticking once it is leader with nothing in
+//! flight (no pending proposal or read, everything committed and applied); any proposal,
+//! read or message wakes it. Groups with several voters never hibernate: leaders and
+//! followers keep ticking, because `check_quorum` (an isolated leader must step down so its
+//! waiters fail) and elections need the clock. TiKV-style hibernation of multi-voter groups
+//! is future work.
+//!
+//! # Persistence
+//! See the `storage` module: log in `Space::RaftLog` (`shard_id BE · index BE`, each entry
+//! checksummed and verified when read), hard/apply/log state and the [`ShardDesc`] in
+//! `Space::RaftState`, state-machine data in `Space::Data` under the cluster key itself.
+//! After a group's applied index passes `log_compact_threshold` entries beyond its first log
+//! index, the applied prefix of its log is deleted. Snapshots are built from a consistent
+//! store snapshot of the shard's range + apply state (`version · crc32 · postcard`) and
+//! installed atomically (range delete + puts + raft state, in the Sync group commit).
+//!
+//! # Invariants
+//! - Nothing is acknowledged before it is durable on a majority and applied locally.
+//! - A proposal's waiter succeeds only when the entry at exactly the (index, term) it was
+//!   appended at is applied; if leadership is lost first it gets an error, never a success.
+//! - No write outside a shard's key range: checked at propose time and again at apply time.
+//! - An undecodable committed entry (or any raft-rs invariant panic) stops that group loudly;
+//!   it is never skipped. A failed store write stops the whole loop (the store is poisoned).
+//!
+//! # Not handled yet
+//! - A node that is not in a shard's voters and receives messages for an unknown shard drops
+//!   them (joining a group by message is a scale-out feature: replicas are created by the
+//!   cluster layer with [`RaftNode::create_shard`]). Membership changes are not supported: a
+//!   committed conf-change entry stops the group.
+//! - Snapshots are built in memory and sent as one message.
+//! - `read_index` is served by the leader only (followers answer `NotLeader`).
+
+pub mod cmd;
+mod logger;
+mod node;
+mod storage;
+
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use serde::{Deserialize, Serialize};
+
+pub use node::RaftNode;
+
+/// Identifies a shard (one Raft group) cluster-wide.
+pub type ShardId = u64;
+/// Identifies a node (one `berth server` process) cluster-wide; never 0.
+pub type NodeId = u64;
+
+/// A shard: its id, the key range it owns, and its voters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardDesc {
+    /// Shard id.
+    pub id: ShardId,
+    /// Inclusive start of the key range.
+    pub start: Vec<u8>,
+    /// Exclusive end of the key range; empty = unbounded.
+    pub end: Vec<u8>,
+    /// Nodes holding a voting replica.
+    pub voters: Vec<NodeId>,
+}
+
+impl ShardDesc {
+    /// True when `key` lies in `[start, end)`.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+
+    /// True when `[start, end)` (empty `end` = unbounded) lies inside the shard's range. An
+    /// empty range (`start >= end`) touches no key and is always inside.
+    pub fn contains_range(&self, start: &[u8], end: &[u8]) -> bool {
+        if !end.is_empty() && start >= end {
+            return true;
+        }
+        let end_ok = if self.end.is_empty() {
+            true
+        } else {
+            !end.is_empty() && end <= self.end.as_slice()
+        };
+        start >= self.start.as_slice() && end_ok
+    }
+
+    /// True when the two shards' ranges intersect.
+    pub fn overlaps(&self, other: &ShardDesc) -> bool {
+        let a_before_b = !self.end.is_empty() && self.end <= other.start;
+        let b_before_a = !other.end.is_empty() && other.end <= self.start;
+        !(a_before_b || b_before_a)
+    }
+
+    /// Clamps `[start, end)` to the shard's range.
+    pub fn clamp(&self, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let s = if start < self.start.as_slice() {
+            self.start.clone()
+        } else {
+            start.to_vec()
+        };
+        let e = match (end.is_empty(), self.end.is_empty()) {
+            (true, _) => self.end.clone(),
+            (false, true) => end.to_vec(),
+            (false, false) => end.min(self.end.as_slice()).to_vec(),
+        };
+        (s, e)
+    }
+}
+
+/// Sends raft messages to other nodes.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `msgs` to node `to`. Must not block; may drop (raft retries). Every message
+    /// carries its shard id (see [`message_shard`]); snapshot messages may be large.
+    fn send(&self, to: NodeId, msgs: Vec<Message>);
+}
+
+/// Node-wide raft settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id (non-zero).
+    pub node_id: NodeId,
+    /// Length of one raft tick.
+    pub tick_interval: Duration,
+    /// Ticks without a leader before a follower campaigns.
+    pub election_tick: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_tick: usize,
+    /// Append messages in flight per follower.
+    pub max_inflight_msgs: usize,
+    /// Bytes of entries per append message.
+    pub max_size_per_msg: u64,
+    /// Applied entries kept in a group's log before its prefix is deleted.
+    pub log_compact_threshold: u64,
+    /// How long `propose` and `read_index` wait.
+    pub propose_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for a node: 100 ms ticks, elections after 10 ticks, heartbeats every 2.
+    pub fn new(node_id: NodeId) -> Config {
+        Config {
+            node_id,
+            tick_interval: Duration::from_millis(100),
+            election_tick: 10,
+            heartbeat_tick: 2,
+            max_inflight_msgs: 256,
+            max_size_per_msg: 1024 * 1024,
+            log_compact_threshold: 10_000,
+            propose_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors of the replication layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    /// This node is not the shard's leader; `leader` is a hint. Returned by `propose` either
+    /// before the proposal was appended, or when leadership was lost while it was pending (then
+    /// the outcome is unknown: it may still commit under the new leader).
+    #[error("shard {shard}: not the leader (leader hint: {leader:?})")]
+    NotLeader {
+        /// The shard.
+        shard: ShardId,
+        /// The current leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The shard has no replica on this node.
+    #[error("shard {0} not found on this node")]
+    ShardNotFound(ShardId),
+    /// A key or range lies outside the shard's range.
+    #[error("shard {shard}: key outside the shard's range")]
+    KeyOutOfRange {
+        /// The shard.
+        shard: ShardId,
+    },
+    /// The node is shutting down or its loop stopped.
+    #[error("raft node stopped")]
+    Stopped,
+    /// No answer within the timeout (or the loop's queue was full); the outcome is unknown.
+    #[error("raft request timed out")]
+    Timeout,
+    /// The node store failed.
+    #[error("store: {0}")]
+    Store(#[from] berth_store::StoreError),
+    /// The node store is poisoned after a failed fsync; the node must restart.
+    #[error("node store poisoned after a failed write; restart the node")]
+    Poisoned,
+    /// An invariant was violated (the affected group is stopped) or a codec failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl RaftError {
+    /// True when the same request may succeed if retried (possibly on another node). Note
+    /// that a retried `propose` may apply twice unless its conditions make it idempotent.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            RaftError::NotLeader { .. } | RaftError::Timeout | RaftError::Stopped
+        )
+    }
+
+    pub(crate) fn from_store(e: berth_store::StoreError) -> RaftError {
+        match e {
+            berth_store::StoreError::Poisoned => RaftError::Poisoned,
+            e => RaftError::Store(e),
+        }
+    }
+}
+
+/// A group's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Leader.
+    Leader,
+    /// Follower.
+    Follower,
+    /// Campaigning.
+    Candidate,
+    /// Pre-vote campaign.
+    PreCandidate,
+}
+
+/// A snapshot of one group's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// Shard id.
+    pub id: ShardId,
+    /// Role of this replica.
+    pub role: Role,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Leader, if known.
+    pub leader: Option<NodeId>,
+    /// Not ticking (idle single-voter leader).
+    pub hibernating: bool,
+    /// First index still in the log.
+    pub log_first: u64,
+    /// Last index in the log.
+    pub log_last: u64,
+    /// Set when the group was stopped by a fatal error; the reason.
+    pub stopped: Option<String>,
+}
+
+/// Counters since the node started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RaftMetrics {
+    /// Loop iterations.
+    pub loop_iterations: u64,
+    /// Raft `Ready`s handled.
+    pub readies: u64,
+    /// Group-commit writes.
+    pub persist_batches: u64,
+    /// Log entries persisted.
+    pub entries_persisted: u64,
+    /// Proposals submitted.
+    pub proposals: u64,
+    /// Proposals that ended in an error.
+    pub proposals_failed: u64,
+    /// Raft messages handed to the transport.
+    pub messages_sent: u64,
+    /// Snapshot messages handed to the transport.
+    pub snapshots_sent: u64,
+    /// Snapshots received and installed.
+    pub snapshots_applied: u64,
+    /// Time spent in group-commit writes, microseconds.
+    pub persist_micros_total: u64,
+}
+
+/// Version byte of [`encode_message`].
+pub const MESSAGE_FORMAT_VERSION: u8 = 1;
+/// Protobuf field number carrying the shard id inside a raft `Message` (a field raft-rs does
+/// not know; protobuf keeps it as an unknown field through encode and decode).
+pub const SHARD_ID_FIELD: u32 = 1000;
+
+/// The shard a message belongs to.
+pub fn message_shard(m: &Message) -> Option<ShardId> {
+    m.unknown_fields
+        .get(SHARD_ID_FIELD)
+        .and_then(|v| v.varint.first().copied())
+}
+
+/// Tags a message with its shard.
+pub fn set_message_shard(m: &mut Message, shard: ShardId) {
+    m.mut_unknown_fields().remove(SHARD_ID_FIELD);
+    m.mut_unknown_fields().add_varint(SHARD_ID_FIELD, shard);
+}
+
+/// Encodes a raft message for the wire: `version (u8 = 1) · protobuf bytes`.
+pub fn encode_message(m: &Message) -> Vec<u8> {
+    let mut out = vec![MESSAGE_FORMAT_VERSION];
+    match m.write_to_bytes() {
+        Ok(b) => out.extend_from_slice(&b),
+        // proto3 messages without required fields always encode; keep the frame decodable.
+        Err(e) => tracing::error!(error = %e, "raft message failed to encode"),
+    }
+    out
+}
+
+/// Decodes a message produced by [`encode_message`].
+pub fn decode_message(bytes: &[u8]) -> Result<Message, RaftError> {
+    match bytes.split_first() {
+        Some((&MESSAGE_FORMAT_VERSION, rest)) => Message::parse_from_bytes(rest)
+            .map_err(|e| RaftError::Internal(format!("undecodable raft message: {e}"))),
+        Some((v, _)) => Err(RaftError::Internal(format!(
+            "unknown raft message format version {v}"
+        ))),
+        None => Err(RaftError::Internal("empty raft message".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{Entry, MessageType};
+
+    #[test]
+    fn message_roundtrip_keeps_shard() {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.to = 2;
+        m.from = 1;
+        m.term = 7;
+        let e = Entry {
+            index: 9,
+            data: b"payload".to_vec().into(),
+            ..Entry::default()
+        };
+        m.mut_entries().push(e);
+        set_message_shard(&mut m, 42);
+        let d = decode_message(&encode_message(&m)).unwrap();
+        assert_eq!(message_shard(&d), Some(42));
+        assert_eq!(d.term, 7);
+        assert_eq!(&d.entries[0].data[..], b"payload");
+        assert!(decode_message(&[]).is_err());
+        assert!(decode_message(&[9, 1, 2]).is_err());
+        assert!(decode_message(&[1, 0xFF, 0xFF]).is_err());
+    }
+
+    #[test]
+    fn ranges() {
+        let d = ShardDesc {
+            id: 1,
+            start: b"b".to_vec(),
+            end: b"d".to_vec(),
+            voters: vec![1],
+        };
+        assert!(d.contains(b"b") && d.contains(b"c\xff") && !d.contains(b"d") && !d.contains(b"a"));
+        assert!(
+            d.contains_range(b"b", b"d")
+                && !d.contains_range(b"b", b"")
+                && !d.contains_range(b"a", b"c")
+        );
+        assert!(d.contains_range(b"z", b"a"));
+        assert_eq!(d.clamp(b"", b""), (b"b".to_vec(), b"d".to_vec()));
+        assert_eq!(d.clamp(b"c", b"cc"), (b"c".to_vec(), b"cc".to_vec()));
+        let u = ShardDesc {
+            id: 2,
+            start: b"d".to_vec(),
+            end: Vec::new(),
+            voters: vec![1],
+        };
+        assert!(!d.overlaps(&u) && u.contains_range(b"x", b"") && u.overlaps(&u));
+    }
+}

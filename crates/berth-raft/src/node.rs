@@ -1,0 +1,1312 @@
+//! The node handle ([`RaftNode`]) and the multi-raft loop it starts.
+//!
+//! The loop ([`Core`]) is plain, single-threaded code: `handle` (one command), `tick` (one
+//! coalesced tick for all groups) and `process` (one round of ready handling). The thread
+//! around it only decides *when* to call them, so the raft logic sees no clock.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use berth_store::{Durability, KvPairs, Space, Store, StoreError, WriteBatch};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use raft::{RawNode, ReadOnlyOption, ReadState, SnapshotStatus, StateRole};
+use tokio::sync::{oneshot, watch};
+
+use crate::cmd::{self, ApplyResult, Txn, TxnOutcome};
+use crate::storage::{self, ShardStorage};
+use crate::{
+    message_shard, set_message_shard, Config, NodeId, RaftError, RaftMetrics, Role, ShardDesc,
+    ShardId, ShardStatus, Transport,
+};
+
+/// Commands queued to the loop.
+const QUEUE_CAPACITY: usize = 65_536;
+/// Commands handled per iteration before readies are processed.
+const COMMANDS_PER_ITERATION_MAX: usize = 4_096;
+/// Proposals waiting per group.
+const PENDING_PROPOSALS_MAX: usize = 65_536;
+/// Read requests waiting per group.
+const PENDING_READS_MAX: usize = 65_536;
+/// Largest encoded transaction.
+pub const TXN_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Bytes of committed entries handed to apply per group per iteration.
+const COMMITTED_BYTES_PER_READY_MAX: u64 = 16 * 1024 * 1024;
+/// How long `shutdown` waits to enqueue its stop command.
+const SHUTDOWN_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
+
+enum Cmd {
+    Step(Vec<Message>),
+    Propose {
+        shard: ShardId,
+        txn: Txn,
+        reply: Reply<TxnOutcome>,
+    },
+    ReadIndex {
+        shard: ShardId,
+        reply: Reply<()>,
+    },
+    AddShard(ShardDesc),
+    Shutdown,
+}
+
+#[derive(Default)]
+struct Metrics {
+    loop_iterations: AtomicU64,
+    readies: AtomicU64,
+    persist_batches: AtomicU64,
+    entries_persisted: AtomicU64,
+    proposals: AtomicU64,
+    proposals_failed: AtomicU64,
+    messages_sent: AtomicU64,
+    snapshots_sent: AtomicU64,
+    snapshots_applied: AtomicU64,
+    persist_micros_total: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+struct ShardEntry {
+    desc: ShardDesc,
+    status: ShardStatus,
+    applied: Arc<watch::Sender<u64>>,
+}
+
+/// State shared by the handles and the loop thread.
+struct Shared {
+    shards: RwLock<BTreeMap<ShardId, ShardEntry>>,
+    metrics: Metrics,
+    stopped: AtomicBool,
+}
+
+impl Shared {
+    fn insert_shard(&self, desc: ShardDesc) {
+        let mut shards = self.shards.write();
+        let id = desc.id;
+        shards.entry(id).or_insert_with(|| ShardEntry {
+            desc,
+            status: ShardStatus {
+                id,
+                role: Role::Follower,
+                term: 0,
+                commit: 0,
+                applied: 0,
+                leader: None,
+                hibernating: false,
+                log_first: 0,
+                log_last: 0,
+                stopped: None,
+            },
+            applied: Arc::new(watch::channel(0).0),
+        });
+    }
+}
+
+struct NodeInner {
+    node_id: NodeId,
+    shared: Arc<Shared>,
+    tx: Sender<Cmd>,
+    store: Arc<Store>,
+    propose_timeout: Duration,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    create_lock: Mutex<()>,
+}
+
+impl NodeInner {
+    fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        let Some(handle) = self.thread.lock().take() else {
+            return;
+        };
+        let _ = self.tx.send_timeout(Cmd::Shutdown, SHUTDOWN_SEND_TIMEOUT);
+        // The last handle may be dropped on the loop thread itself (a transport holding
+        // nodes): never join yourself.
+        if handle.thread().id() != std::thread::current().id() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for NodeInner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A cheap, cloneable handle to this node's multi-raft loop. Dropping the last handle stops
+/// the loop.
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("node_id", &self.inner.node_id)
+            .finish()
+    }
+}
+
+impl RaftNode {
+    /// Restores every shard persisted in `store` and spawns the loop thread.
+    pub fn start(
+        store: Arc<Store>,
+        cfg: Config,
+        transport: Arc<dyn Transport>,
+    ) -> Result<RaftNode, RaftError> {
+        if cfg.node_id == 0 {
+            return Err(RaftError::Internal("node id must not be 0".into()));
+        }
+        if cfg.tick_interval.is_zero()
+            || cfg.heartbeat_tick == 0
+            || cfg.election_tick <= cfg.heartbeat_tick
+        {
+            return Err(RaftError::Internal(
+                "need tick_interval > 0 and election_tick > heartbeat_tick > 0".into(),
+            ));
+        }
+        let shared = Arc::new(Shared {
+            shards: RwLock::new(BTreeMap::new()),
+            metrics: Metrics::default(),
+            stopped: AtomicBool::new(false),
+        });
+        let mut core = Core {
+            node_id: cfg.node_id,
+            cfg: cfg.clone(),
+            store: store.clone(),
+            transport,
+            shared: shared.clone(),
+            logger: crate::logger::root(cfg.node_id),
+            groups: BTreeMap::new(),
+            next_read_ctx: 1,
+            touched: BTreeSet::new(),
+            fatal: false,
+        };
+        for desc in storage::load_descs(&store).map_err(RaftError::from_store)? {
+            shared.insert_shard(desc.clone());
+            core.add_group_or_mark(desc);
+        }
+        core.publish_status();
+        let (tx, rx) = bounded(QUEUE_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-loop-{}", cfg.node_id))
+            .spawn(move || core.run(rx))
+            .map_err(|e| RaftError::Internal(format!("spawn raft loop: {e}")))?;
+        Ok(RaftNode {
+            inner: Arc::new(NodeInner {
+                node_id: cfg.node_id,
+                shared,
+                tx,
+                store,
+                propose_timeout: cfg.propose_timeout,
+                thread: Mutex::new(Some(thread)),
+                create_lock: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// Creates a replica of a shard on this node. Idempotent: an identical descriptor is
+    /// accepted again; a different one with the same id, or one overlapping another shard, is
+    /// refused. The initial state (conf state = `desc.voters`, empty log) is durable before
+    /// this returns. This node must be one of the voters.
+    pub fn create_shard(&self, desc: ShardDesc) -> Result<(), RaftError> {
+        let node = self.inner.node_id;
+        if desc.voters.is_empty() || !desc.voters.contains(&node) {
+            return Err(RaftError::Internal(format!(
+                "shard {}: node {node} is not among voters {:?}",
+                desc.id, desc.voters
+            )));
+        }
+        let mut voters = desc.voters.clone();
+        voters.sort_unstable();
+        voters.dedup();
+        if voters.len() != desc.voters.len() || voters.contains(&0) {
+            return Err(RaftError::Internal(format!(
+                "shard {}: voters must be distinct and non-zero",
+                desc.id
+            )));
+        }
+        if !desc.end.is_empty() && desc.start >= desc.end {
+            return Err(RaftError::Internal(format!(
+                "shard {}: empty key range",
+                desc.id
+            )));
+        }
+        let _guard = self.inner.create_lock.lock();
+        {
+            let shards = self.inner.shared.shards.read();
+            if let Some(e) = shards.get(&desc.id) {
+                return if e.desc == desc {
+                    Ok(())
+                } else {
+                    Err(RaftError::Internal(format!(
+                        "shard {} exists with another descriptor",
+                        desc.id
+                    )))
+                };
+            }
+            if let Some(e) = shards.values().find(|e| e.desc.overlaps(&desc)) {
+                return Err(RaftError::Internal(format!(
+                    "shard {} overlaps shard {}",
+                    desc.id, e.desc.id
+                )));
+            }
+        }
+        if self.inner.shared.stopped.load(Ordering::SeqCst) {
+            return Err(RaftError::Stopped);
+        }
+        ShardStorage::create(&self.inner.store, &desc).map_err(RaftError::from_store)?;
+        self.inner.shared.insert_shard(desc.clone());
+        self.inner
+            .tx
+            .send(Cmd::AddShard(desc))
+            .map_err(|_| RaftError::Stopped)
+    }
+
+    /// Descriptors of every shard with a replica on this node.
+    pub fn shards(&self) -> Vec<ShardDesc> {
+        self.inner
+            .shared
+            .shards
+            .read()
+            .values()
+            .map(|e| e.desc.clone())
+            .collect()
+    }
+
+    fn desc(&self, shard: ShardId) -> Result<ShardDesc, RaftError> {
+        self.inner
+            .shared
+            .shards
+            .read()
+            .get(&shard)
+            .map(|e| e.desc.clone())
+            .ok_or(RaftError::ShardNotFound(shard))
+    }
+
+    fn try_send(&self, cmd: Cmd) -> Result<(), RaftError> {
+        if self.inner.shared.stopped.load(Ordering::SeqCst) {
+            return Err(RaftError::Stopped);
+        }
+        match self.inner.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(RaftError::Timeout),
+            Err(TrySendError::Disconnected(_)) => Err(RaftError::Stopped),
+        }
+    }
+
+    async fn wait<T>(&self, rx: oneshot::Receiver<Result<T, RaftError>>) -> Result<T, RaftError> {
+        match tokio::time::timeout(self.inner.propose_timeout, rx).await {
+            Err(_) => Err(RaftError::Timeout),
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// Replicates and applies `txn` on `shard`. Resolves after the entry is durable on a
+    /// majority and applied on this node. Errors: `NotLeader` (with a hint) when this node is
+    /// not the leader or loses leadership before the entry applies; `KeyOutOfRange` when a
+    /// key lies outside the shard (nothing proposed); `Timeout` after `propose_timeout`.
+    /// After `NotLeader` from a pending proposal, `Timeout` or `Stopped`, the outcome is
+    /// unknown; never is an error reported as success or vice versa.
+    pub async fn propose(&self, shard: ShardId, txn: Txn) -> Result<TxnOutcome, RaftError> {
+        add(&self.inner.shared.metrics.proposals, 1);
+        let r = self.propose_inner(shard, txn).await;
+        if r.is_err() {
+            add(&self.inner.shared.metrics.proposals_failed, 1);
+        }
+        r
+    }
+
+    async fn propose_inner(&self, shard: ShardId, txn: Txn) -> Result<TxnOutcome, RaftError> {
+        let desc = self.desc(shard)?;
+        cmd_valid(&desc, &txn)?;
+        let (tx, rx) = oneshot::channel();
+        self.try_send(Cmd::Propose {
+            shard,
+            txn,
+            reply: tx,
+        })?;
+        self.wait(rx).await
+    }
+
+    /// Linearizable barrier (raft ReadIndex, leader only): when it returns, local reads
+    /// ([`RaftNode::get`], [`RaftNode::scan`]) reflect every write acknowledged before the
+    /// call. Concurrent calls share one raft ReadIndex per shard per loop iteration.
+    pub async fn read_index(&self, shard: ShardId) -> Result<(), RaftError> {
+        self.desc(shard)?;
+        let (tx, rx) = oneshot::channel();
+        self.try_send(Cmd::ReadIndex { shard, reply: tx })?;
+        self.wait(rx).await
+    }
+
+    /// Reads a key from this replica's applied state.
+    pub fn get(&self, shard: ShardId, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError> {
+        let desc = self.desc(shard)?;
+        if !desc.contains(key) {
+            return Err(RaftError::KeyOutOfRange { shard });
+        }
+        self.inner
+            .store
+            .get(Space::Data, key)
+            .map_err(RaftError::from_store)
+    }
+
+    /// Scans this replica's applied state; `[start, end)` is clamped to the shard's range.
+    pub fn scan(
+        &self,
+        shard: ShardId,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<KvPairs, RaftError> {
+        let desc = self.desc(shard)?;
+        let (s, e) = desc.clamp(start, end);
+        self.inner
+            .store
+            .scan(Space::Data, &s, &e, limit)
+            .map_err(RaftError::from_store)
+    }
+
+    /// Hands inbound messages (from the transport) to the loop. Never blocks: when the
+    /// loop's queue is full the messages are dropped (raft retries).
+    pub fn step(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        if let Err(TrySendError::Full(_)) = self.inner.tx.try_send(Cmd::Step(msgs)) {
+            tracing::debug!(
+                node = self.inner.node_id,
+                "raft queue full; inbound messages dropped"
+            );
+        }
+    }
+
+    /// The shard's leader as last seen by this node.
+    pub fn leader(&self, shard: ShardId) -> Option<NodeId> {
+        self.inner
+            .shared
+            .shards
+            .read()
+            .get(&shard)
+            .and_then(|e| e.status.leader)
+    }
+
+    /// Watches the shard's applied index on this node.
+    pub fn applied_watch(&self, shard: ShardId) -> Option<watch::Receiver<u64>> {
+        self.inner
+            .shared
+            .shards
+            .read()
+            .get(&shard)
+            .map(|e| e.applied.subscribe())
+    }
+
+    /// Status of every group on this node.
+    pub fn status(&self) -> Vec<ShardStatus> {
+        self.inner
+            .shared
+            .shards
+            .read()
+            .values()
+            .map(|e| e.status.clone())
+            .collect()
+    }
+
+    /// Counters since start.
+    pub fn metrics(&self) -> RaftMetrics {
+        let m = &self.inner.shared.metrics;
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RaftMetrics {
+            loop_iterations: l(&m.loop_iterations),
+            readies: l(&m.readies),
+            persist_batches: l(&m.persist_batches),
+            entries_persisted: l(&m.entries_persisted),
+            proposals: l(&m.proposals),
+            proposals_failed: l(&m.proposals_failed),
+            messages_sent: l(&m.messages_sent),
+            snapshots_sent: l(&m.snapshots_sent),
+            snapshots_applied: l(&m.snapshots_applied),
+            persist_micros_total: l(&m.persist_micros_total),
+        }
+    }
+
+    /// Stops the loop (joining its thread) and fails every waiter with `Stopped`.
+    pub fn shutdown(&self) {
+        self.inner.stop();
+    }
+}
+
+/// Checks a transaction before it is proposed (and again before it is applied).
+fn cmd_valid(desc: &ShardDesc, txn: &Txn) -> Result<(), RaftError> {
+    if !txn.within(desc) || !keys_storable(txn) {
+        return Err(RaftError::KeyOutOfRange { shard: desc.id });
+    }
+    Ok(())
+}
+
+/// Keys the store can hold: 1..=MAX_KEY_BYTES bytes; values within MAX_VALUE_BYTES. A key
+/// outside these bounds lies outside every valid key range.
+fn keys_storable(txn: &Txn) -> bool {
+    let key_ok = |k: &[u8]| !k.is_empty() && k.len() <= berth_store::MAX_KEY_BYTES;
+    let conds = txn.conditions.iter().all(|c| match c {
+        cmd::Condition::ValueIs { key, .. } => key_ok(key),
+        cmd::Condition::RangeEmpty { .. } => true,
+    });
+    conds
+        && txn.ops.iter().all(|o| match o {
+            cmd::Op::Put { key, value } => {
+                key_ok(key) && value.len() <= berth_store::MAX_VALUE_BYTES
+            }
+            cmd::Op::Delete { key } => key_ok(key),
+            cmd::Op::DeleteRange { .. } => true,
+        })
+}
+
+struct Proposal {
+    index: u64,
+    term: u64,
+    reply: Reply<TxnOutcome>,
+}
+
+struct Group {
+    raw: RawNode<ShardStorage>,
+    proposals: VecDeque<Proposal>,
+    /// `read_index` calls not yet issued to raft.
+    read_queue: Vec<Reply<()>>,
+    /// Issued to raft, keyed by request context.
+    reads_inflight: Vec<(Vec<u8>, Vec<Reply<()>>)>,
+    /// Confirmed read index, waiting for apply to reach it.
+    reads_ready: Vec<(u64, Vec<Reply<()>>)>,
+    hibernating: bool,
+    stopped: Option<String>,
+    applied_tx: Arc<watch::Sender<u64>>,
+}
+
+impl Group {
+    fn id(&self) -> ShardId {
+        self.raw.store().desc.id
+    }
+
+    fn leader_hint(&self) -> Option<NodeId> {
+        let l = self.raw.raft.leader_id;
+        (l != 0).then_some(l)
+    }
+
+    fn not_leader(&self) -> RaftError {
+        RaftError::NotLeader {
+            shard: self.id(),
+            leader: self.leader_hint(),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    fn fail_all(&mut self, make: impl Fn() -> RaftError) {
+        for p in self.proposals.drain(..) {
+            let _ = p.reply.send(Err(make()));
+        }
+        let reads = self
+            .read_queue
+            .drain(..)
+            .chain(self.reads_inflight.drain(..).flat_map(|(_, w)| w))
+            .chain(self.reads_ready.drain(..).flat_map(|(_, w)| w));
+        for r in reads {
+            let _ = r.send(Err(make()));
+        }
+    }
+
+    fn fail_not_leader(&mut self) {
+        let (shard, leader) = (self.id(), self.leader_hint());
+        self.fail_all(|| RaftError::NotLeader { shard, leader });
+    }
+
+    /// Stops the group after a fatal invariant violation: loudly, with every waiter failed.
+    fn stop(&mut self, reason: String) {
+        tracing::error!(shard = self.id(), %reason, "raft group stopped by a fatal error");
+        let r = reason.clone();
+        self.fail_all(|| RaftError::Internal(r.clone()));
+        self.stopped = Some(reason);
+    }
+
+    fn on_read_state(&mut self, rs: ReadState) {
+        if let Some(pos) = self
+            .reads_inflight
+            .iter()
+            .position(|(c, _)| *c == rs.request_ctx)
+        {
+            let (_, waiters) = self.reads_inflight.swap_remove(pos);
+            self.reads_ready.push((rs.index, waiters));
+        }
+    }
+
+    fn complete_reads(&mut self) {
+        let applied = self.raw.store().applied_index;
+        self.reads_ready.retain_mut(|(index, waiters)| {
+            if *index > applied {
+                return true;
+            }
+            for w in waiters.drain(..) {
+                let _ = w.send(Ok(()));
+            }
+            false
+        });
+    }
+
+    fn purge_abandoned(&mut self) {
+        self.proposals.retain(|p| !p.reply.is_closed());
+        self.read_queue.retain(|r| !r.is_closed());
+        for (_, w) in self.reads_inflight.iter_mut() {
+            w.retain(|r| !r.is_closed());
+        }
+        for (_, w) in self.reads_ready.iter_mut() {
+            w.retain(|r| !r.is_closed());
+        }
+        self.reads_inflight.retain(|(_, w)| !w.is_empty());
+        self.reads_ready.retain(|(_, w)| !w.is_empty());
+    }
+
+    fn idle(&self) -> bool {
+        self.proposals.is_empty()
+            && self.read_queue.is_empty()
+            && self.reads_inflight.is_empty()
+            && self.reads_ready.is_empty()
+    }
+
+    fn status(&self) -> ShardStatus {
+        let s = self.raw.store();
+        ShardStatus {
+            id: s.desc.id,
+            role: match self.raw.raft.state {
+                StateRole::Leader => Role::Leader,
+                StateRole::Follower => Role::Follower,
+                StateRole::Candidate => Role::Candidate,
+                StateRole::PreCandidate => Role::PreCandidate,
+            },
+            term: self.raw.raft.term,
+            commit: self.raw.raft.raft_log.committed,
+            applied: s.applied_index,
+            leader: self.leader_hint(),
+            hibernating: self.hibernating,
+            log_first: s.first_log_index(),
+            log_last: s.last_log_index(),
+            stopped: self.stopped.clone(),
+        }
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+/// Runs a raft-rs call; raft-rs panics on violated invariants (e.g. an unreadable log), which
+/// stops this group only, loudly, instead of the whole node.
+fn guarded<T>(
+    g: &mut Group,
+    what: &str,
+    f: impl FnOnce(&mut RawNode<ShardStorage>) -> T,
+) -> Option<T> {
+    match catch_unwind(AssertUnwindSafe(|| f(&mut g.raw))) {
+        Ok(v) => Some(v),
+        Err(p) => {
+            g.stop(format!(
+                "raft-rs {what} panicked: {}",
+                panic_text(p.as_ref())
+            ));
+            None
+        }
+    }
+}
+
+/// The multi-raft loop: every group of this node.
+struct Core {
+    node_id: NodeId,
+    cfg: Config,
+    store: Arc<Store>,
+    transport: Arc<dyn Transport>,
+    shared: Arc<Shared>,
+    logger: slog::Logger,
+    groups: BTreeMap<ShardId, Group>,
+    next_read_ctx: u64,
+    /// Groups whose visible status may have changed this iteration.
+    touched: BTreeSet<ShardId>,
+    /// A store write failed: the loop stops.
+    fatal: bool,
+}
+
+impl Core {
+    fn add_group(&mut self, desc: ShardDesc) -> Result<(), RaftError> {
+        let id = desc.id;
+        if self.groups.contains_key(&id) {
+            return Ok(());
+        }
+        let applied_tx = self
+            .shared
+            .shards
+            .read()
+            .get(&id)
+            .map(|e| e.applied.clone())
+            .ok_or(RaftError::ShardNotFound(id))?;
+        let storage =
+            ShardStorage::load(self.store.clone(), desc).map_err(RaftError::from_store)?;
+        let single = storage.voters() == [self.node_id];
+        let applied = storage.applied_index;
+        let rc = raft::Config {
+            id: self.node_id,
+            election_tick: self.cfg.election_tick,
+            heartbeat_tick: self.cfg.heartbeat_tick,
+            applied,
+            max_size_per_msg: self.cfg.max_size_per_msg,
+            max_inflight_msgs: self.cfg.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            max_committed_size_per_ready: COMMITTED_BYTES_PER_READY_MAX,
+            ..raft::Config::default()
+        };
+        let logger = self.logger.new(slog::o!("shard" => id));
+        let raw = catch_unwind(AssertUnwindSafe(|| RawNode::new(&rc, storage, &logger)))
+            .map_err(|p| {
+                RaftError::Internal(format!(
+                    "shard {id}: raft init panicked: {}",
+                    panic_text(p.as_ref())
+                ))
+            })?
+            .map_err(|e| RaftError::Internal(format!("shard {id}: raft init: {e}")))?;
+        applied_tx.send_replace(applied);
+        let mut g = Group {
+            raw,
+            proposals: VecDeque::new(),
+            read_queue: Vec::new(),
+            reads_inflight: Vec::new(),
+            reads_ready: Vec::new(),
+            hibernating: false,
+            stopped: None,
+            applied_tx,
+        };
+        if single {
+            // The only voter: no need to wait an election timeout.
+            let _ = guarded(&mut g, "campaign", |raw| raw.campaign());
+        }
+        self.groups.insert(id, g);
+        self.touched.insert(id);
+        Ok(())
+    }
+
+    /// Starts a group; a shard whose state cannot be loaded is reported as stopped (in its
+    /// status, loudly in the log) instead of taking the whole node down.
+    fn add_group_or_mark(&mut self, desc: ShardDesc) {
+        let id = desc.id;
+        if let Err(e) = self.add_group(desc) {
+            tracing::error!(shard = id, error = %e, "cannot start raft group");
+            if let Some(entry) = self.shared.shards.write().get_mut(&id) {
+                entry.status.stopped = Some(e.to_string());
+            }
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Cmd>) {
+        let tick = self.cfg.tick_interval;
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = if self.has_ready() {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
+            let mut shutdown = match rx.recv_timeout(wait) {
+                Ok(cmd) => self.handle(cmd),
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            for _ in 0..COMMANDS_PER_ITERATION_MAX {
+                if shutdown {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(cmd) => shutdown = self.handle(cmd),
+                    Err(_) => break,
+                }
+            }
+            if shutdown {
+                break;
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.tick();
+                next_tick = if now.duration_since(next_tick) > tick {
+                    now + tick
+                } else {
+                    next_tick + tick
+                };
+            }
+            self.process();
+            if self.fatal {
+                break;
+            }
+        }
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        for g in self.groups.values_mut() {
+            g.fail_all(|| RaftError::Stopped);
+        }
+        // Fail whatever is still queued.
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Cmd::Propose { reply, .. } => {
+                    let _ = reply.send(Err(RaftError::Stopped));
+                }
+                Cmd::ReadIndex { reply, .. } => {
+                    let _ = reply.send(Err(RaftError::Stopped));
+                }
+                _ => {}
+            }
+        }
+        tracing::info!(node = self.node_id, "raft loop stopped");
+    }
+
+    fn has_ready(&self) -> bool {
+        self.groups
+            .values()
+            .any(|g| g.stopped.is_none() && g.raw.has_ready())
+    }
+
+    /// Handles one command; true = shut down.
+    fn handle(&mut self, cmd: Cmd) -> bool {
+        match cmd {
+            Cmd::Step(msgs) => {
+                for m in msgs {
+                    self.on_message(m);
+                }
+            }
+            Cmd::Propose { shard, txn, reply } => self.on_propose(shard, txn, reply),
+            Cmd::ReadIndex { shard, reply } => {
+                let Some(g) = self.groups.get_mut(&shard) else {
+                    let _ = reply.send(Err(RaftError::ShardNotFound(shard)));
+                    return false;
+                };
+                if let Some(r) = &g.stopped {
+                    let _ = reply.send(Err(RaftError::Internal(r.clone())));
+                } else if !g.is_leader() {
+                    let _ = reply.send(Err(g.not_leader()));
+                } else if g.read_queue.len() >= PENDING_READS_MAX {
+                    let _ = reply.send(Err(RaftError::Timeout));
+                } else {
+                    g.hibernating = false;
+                    g.read_queue.push(reply);
+                    self.touched.insert(shard);
+                }
+            }
+            Cmd::AddShard(desc) => self.add_group_or_mark(desc),
+            Cmd::Shutdown => return true,
+        }
+        false
+    }
+
+    fn on_message(&mut self, m: Message) {
+        let Some(shard) = message_shard(&m) else {
+            tracing::debug!(node = self.node_id, "raft message without shard id dropped");
+            return;
+        };
+        if m.to != self.node_id {
+            tracing::debug!(
+                node = self.node_id,
+                to = m.to,
+                "raft message for another node dropped"
+            );
+            return;
+        }
+        let Some(g) = self.groups.get_mut(&shard) else {
+            // Not handled yet: creating a replica from a message (scale-out).
+            tracing::debug!(
+                node = self.node_id,
+                shard,
+                "raft message for unknown shard dropped"
+            );
+            return;
+        };
+        if g.stopped.is_some() {
+            return;
+        }
+        if g.hibernating {
+            g.hibernating = false;
+            self.touched.insert(shard);
+        }
+        match guarded(g, "step", |raw| raw.step(m)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::debug!(shard, error = %e, "raft step refused a message"),
+            None => {
+                self.touched.insert(shard);
+            }
+        }
+    }
+
+    fn on_propose(&mut self, shard: ShardId, txn: Txn, reply: Reply<TxnOutcome>) {
+        let Some(g) = self.groups.get_mut(&shard) else {
+            let _ = reply.send(Err(RaftError::ShardNotFound(shard)));
+            return;
+        };
+        if let Some(r) = &g.stopped {
+            let _ = reply.send(Err(RaftError::Internal(r.clone())));
+            return;
+        }
+        if !g.is_leader() {
+            let _ = reply.send(Err(g.not_leader()));
+            return;
+        }
+        if let Err(e) = cmd_valid(&g.raw.store().desc, &txn) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        if g.proposals.len() >= PENDING_PROPOSALS_MAX {
+            let _ = reply.send(Err(RaftError::Timeout));
+            return;
+        }
+        let data = match cmd::encode(&txn) {
+            Ok(d) if d.len() <= TXN_BYTES_MAX => d,
+            Ok(d) => {
+                let _ = reply.send(Err(RaftError::Internal(format!(
+                    "txn of {} bytes exceeds {TXN_BYTES_MAX}",
+                    d.len()
+                ))));
+                return;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(RaftError::Internal(format!("encode txn: {e}"))));
+                return;
+            }
+        };
+        g.hibernating = false;
+        self.touched.insert(shard);
+        let before = g.raw.raft.raft_log.last_index();
+        match guarded(g, "propose", |raw| raw.propose(Vec::new(), data)) {
+            None => {
+                let _ = reply.send(Err(RaftError::Internal("raft group stopped".into())));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(shard, error = %e, "proposal dropped by raft");
+                let _ = reply.send(Err(g.not_leader()));
+            }
+            Some(Ok(())) => {
+                let index = g.raw.raft.raft_log.last_index();
+                if index != before + 1 {
+                    let _ = reply.send(Err(RaftError::Internal(format!(
+                        "proposal not appended (last index {before} -> {index})"
+                    ))));
+                    return;
+                }
+                let term = g.raw.raft.term;
+                g.proposals.push_back(Proposal { index, term, reply });
+            }
+        }
+    }
+
+    /// One coalesced tick for every awake group; also drops waiters whose caller gave up.
+    fn tick(&mut self) {
+        for g in self.groups.values_mut() {
+            if g.stopped.is_some() {
+                continue;
+            }
+            if !g.hibernating && guarded(g, "tick", |raw| raw.tick()).is_none() {
+                self.touched.insert(g.id());
+            }
+            g.purge_abandoned();
+        }
+    }
+
+    /// Issues one raft ReadIndex per shard for every queued read.
+    fn issue_reads(&mut self) {
+        for (id, g) in self.groups.iter_mut() {
+            if g.read_queue.is_empty() || g.stopped.is_some() {
+                continue;
+            }
+            if !g.is_leader() {
+                let (shard, leader) = (*id, g.leader_hint());
+                for r in g.read_queue.drain(..) {
+                    let _ = r.send(Err(RaftError::NotLeader { shard, leader }));
+                }
+                continue;
+            }
+            // raft-rs drops a ReadIndex until the leader committed an entry of its term;
+            // keep the reads queued until then.
+            if !g.raw.raft.commit_to_current_term() {
+                continue;
+            }
+            let ctx = self.next_read_ctx.to_be_bytes().to_vec();
+            self.next_read_ctx += 1;
+            let c = ctx.clone();
+            if guarded(g, "read_index", |raw| raw.read_index(c)).is_some() {
+                let waiters = std::mem::take(&mut g.read_queue);
+                g.reads_inflight.push((ctx, waiters));
+                self.touched.insert(*id);
+            }
+        }
+    }
+
+    fn fail_store(&mut self, e: StoreError) {
+        tracing::error!(node = self.node_id, error = %e, "node store write failed; raft loop stops");
+        self.fatal = true;
+        let poisoned = matches!(e, StoreError::Poisoned) || self.store.is_poisoned();
+        let text = e.to_string();
+        for g in self.groups.values_mut() {
+            if poisoned {
+                g.fail_all(|| RaftError::Poisoned);
+            } else {
+                g.fail_all(|| RaftError::Internal(format!("store write failed: {text}")));
+            }
+        }
+    }
+
+    /// One round: persist every group's Ready in one write, send, apply.
+    fn process(&mut self) {
+        add(&self.shared.metrics.loop_iterations, 1);
+        self.issue_reads();
+        let shared = self.shared.clone();
+        let metrics = &shared.metrics;
+
+        // 1. Collect every ready and stage its persistent part in one batch.
+        let mut batch = self.store.batch();
+        let mut must_sync = false;
+        let mut readies = Vec::new();
+        let mut lost_leadership = Vec::new();
+        for (&id, g) in self.groups.iter_mut() {
+            if g.stopped.is_some() || !g.raw.has_ready() {
+                continue;
+            }
+            let Some(mut rd) = guarded(g, "ready", |raw| raw.ready()) else {
+                continue;
+            };
+            add(&metrics.readies, 1);
+            self.touched.insert(id);
+            // Waiters of a leader that stepped down fail after this iteration's committed
+            // entries are applied (step 5): those may still complete their proposals.
+            if rd.ss().is_some_and(|ss| ss.raft_state != StateRole::Leader) {
+                lost_leadership.push(id);
+            }
+            for rs in rd.take_read_states() {
+                g.on_read_state(rs);
+            }
+            let mut installed = false;
+            if !rd.snapshot().is_empty() {
+                if let Err(e) = g.raw.mut_store().apply_snapshot(&mut batch, rd.snapshot()) {
+                    g.stop(format!("cannot install snapshot: {e}"));
+                    continue;
+                }
+                installed = true;
+            }
+            if !rd.entries().is_empty() {
+                if let Err(e) = g.raw.mut_store().append(&mut batch, rd.entries()) {
+                    g.stop(format!("cannot append entries: {e}"));
+                    continue;
+                }
+                add(&metrics.entries_persisted, rd.entries().len() as u64);
+            }
+            if let Some(hs) = rd.hs() {
+                if let Err(e) = g.raw.mut_store().set_hard_state(&mut batch, hs) {
+                    g.stop(format!("cannot persist hard state: {e}"));
+                    continue;
+                }
+            }
+            must_sync |= rd.must_sync();
+            readies.push((id, rd, installed));
+        }
+        if !batch.is_empty() {
+            let started = Instant::now();
+            let durability = if must_sync {
+                Durability::Sync
+            } else {
+                Durability::Buffered
+            };
+            if let Err(e) = self.store.write(batch, durability) {
+                self.fail_store(e);
+                return;
+            }
+            add(&metrics.persist_batches, 1);
+            add(
+                &metrics.persist_micros_total,
+                started.elapsed().as_micros() as u64,
+            );
+        }
+
+        // 2. Advance: messages and committed entries become available.
+        let mut outbox: BTreeMap<NodeId, Vec<Message>> = BTreeMap::new();
+        let mut snapshot_reports = Vec::new();
+        let mut to_apply: Vec<(ShardId, Vec<Entry>)> = Vec::new();
+        for (id, mut rd, installed) in readies {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let mut msgs = rd.take_messages();
+            msgs.extend(rd.take_persisted_messages());
+            let mut committed = rd.take_committed_entries();
+            let Some(mut light) = guarded(g, "advance", |raw| raw.advance_append(rd)) else {
+                continue;
+            };
+            if let Some(commit) = light.commit_index() {
+                g.raw.mut_store().set_commit(commit);
+            }
+            msgs.extend(light.take_messages());
+            committed.extend(light.take_committed_entries());
+            if installed {
+                add(&metrics.snapshots_applied, 1);
+                tracing::info!(
+                    shard = id,
+                    applied = g.raw.store().applied_index,
+                    "raft snapshot installed"
+                );
+            }
+            for mut m in msgs {
+                if m.to == self.node_id || m.to == 0 {
+                    continue;
+                }
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    snapshot_reports.push((id, m.to));
+                }
+                set_message_shard(&mut m, id);
+                outbox.entry(m.to).or_default().push(m);
+            }
+            if !committed.is_empty() {
+                to_apply.push((id, committed));
+            }
+        }
+
+        // 3. Send: one transport call per destination node.
+        for (to, msgs) in outbox {
+            let snaps = msgs
+                .iter()
+                .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+                .count();
+            add(&metrics.messages_sent, msgs.len() as u64);
+            add(&metrics.snapshots_sent, snaps as u64);
+            self.transport.send(to, msgs);
+        }
+        // The transport took the snapshot; if it is lost the follower rejects the next append
+        // and raft sends a new one.
+        for (id, to) in snapshot_reports {
+            if let Some(g) = self.groups.get_mut(&id) {
+                guarded(g, "report_snapshot", |raw| {
+                    raw.report_snapshot(to, SnapshotStatus::Finish)
+                });
+            }
+        }
+
+        // 4. Apply committed entries of every group in one batch, with their applied index.
+        let mut batch = self.store.batch();
+        let mut completions = Vec::new();
+        let applied_ids: Vec<ShardId> = to_apply.iter().map(|(id, _)| *id).collect();
+        let mut result = Ok(());
+        for (id, ents) in to_apply {
+            if let Some(g) = self.groups.get_mut(&id) {
+                result = apply_entries(
+                    &self.store,
+                    &self.cfg,
+                    g,
+                    &mut batch,
+                    ents,
+                    &mut completions,
+                );
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+        // A failed read while applying leaves the batch half-built: write none of it (data
+        // and applied index must move together) and stop, as after a failed write.
+        let result = result.and_then(|()| {
+            if batch.is_empty() {
+                Ok(())
+            } else {
+                self.store.write(batch, Durability::Buffered)
+            }
+        });
+        if let Err(e) = result {
+            let poisoned = matches!(e, StoreError::Poisoned) || self.store.is_poisoned();
+            for (reply, _) in completions {
+                let _ = reply.send(Err(if poisoned {
+                    RaftError::Poisoned
+                } else {
+                    RaftError::Internal("store failed while applying".into())
+                }));
+            }
+            self.fail_store(e);
+            return;
+        }
+        // Watchers see the new applied index no later than the proposers.
+        for id in &applied_ids {
+            if let Some(g) = self.groups.get(id) {
+                publish_applied(g);
+            }
+        }
+        for (reply, result) in completions {
+            let _ = reply.send(result);
+        }
+
+        // 5. Tell raft what is applied; wake readers and watchers; hibernate idle groups.
+        let touched = std::mem::take(&mut self.touched);
+        for id in &touched {
+            let Some(g) = self.groups.get_mut(id) else {
+                continue;
+            };
+            let applied = g.raw.store().applied_index;
+            if g.stopped.is_none() && applied > g.raw.raft.raft_log.applied {
+                guarded(g, "advance_apply", |raw| raw.advance_apply_to(applied));
+            }
+            g.complete_reads();
+            publish_applied(g);
+            if lost_leadership.contains(id) && !g.is_leader() {
+                g.fail_not_leader();
+            }
+            if g.stopped.is_none() && !g.hibernating && may_hibernate(self.node_id, g) {
+                g.hibernating = true;
+            }
+        }
+        self.touched = touched;
+        self.publish_status();
+    }
+
+    /// Copies the status of touched groups to the shared map.
+    fn publish_status(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        if touched.is_empty() {
+            return;
+        }
+        let mut shards = self.shared.shards.write();
+        for id in touched {
+            if let (Some(g), Some(e)) = (self.groups.get(&id), shards.get_mut(&id)) {
+                e.status = g.status();
+            }
+        }
+    }
+}
+
+fn publish_applied(g: &Group) {
+    let applied = g.raw.store().applied_index;
+    g.applied_tx.send_if_modified(|v| {
+        let changed = *v != applied;
+        *v = applied;
+        changed
+    });
+}
+
+/// Single-voter leader with nothing in flight: ticks would do nothing.
+fn may_hibernate(node_id: NodeId, g: &Group) -> bool {
+    let log = &g.raw.raft.raft_log;
+    g.raw.store().voters() == [node_id]
+        && g.is_leader()
+        && g.idle()
+        && !g.raw.has_ready()
+        && log.committed == log.last_index()
+        && g.raw.store().applied_index == log.committed
+}
+
+type Completion = (Reply<TxnOutcome>, Result<TxnOutcome, RaftError>);
+
+/// Applies committed entries of one group into `batch`, records the applied index there, and
+/// compacts the log when it grew past the threshold. Waiter results go to `completions`
+/// (sent only after the batch is written).
+fn apply_entries(
+    store: &Store,
+    cfg: &Config,
+    g: &mut Group,
+    batch: &mut WriteBatch,
+    ents: Vec<Entry>,
+    completions: &mut Vec<Completion>,
+) -> Result<(), StoreError> {
+    let desc = g.raw.store().desc.clone();
+    let mut last = None;
+    for e in ents {
+        if e.index <= g.raw.store().applied_index {
+            continue;
+        }
+        let mut result: Option<Result<TxnOutcome, RaftError>> = None;
+        match e.get_entry_type() {
+            EntryType::EntryNormal if e.data.is_empty() => {}
+            EntryType::EntryNormal => {
+                let txn = match cmd::decode(&e.data) {
+                    Ok(t) => t,
+                    Err(why) => {
+                        if let Some((i, t)) = last {
+                            g.raw.mut_store().set_applied(batch, i, t)?;
+                        }
+                        g.stop(format!("entry {} is not a valid command: {why}", e.index));
+                        return Ok(());
+                    }
+                };
+                let applied = if keys_storable(&txn) {
+                    cmd::apply(store, batch, &desc, &txn, e.index)?
+                } else {
+                    ApplyResult::OutOfRange
+                };
+                result = Some(match applied {
+                    ApplyResult::Done(o) => Ok(o),
+                    ApplyResult::OutOfRange => {
+                        tracing::error!(
+                            shard = desc.id,
+                            index = e.index,
+                            "committed txn touches keys outside the shard; skipped"
+                        );
+                        Err(RaftError::KeyOutOfRange { shard: desc.id })
+                    }
+                });
+            }
+            other => {
+                if let Some((i, t)) = last {
+                    g.raw.mut_store().set_applied(batch, i, t)?;
+                }
+                g.stop(format!(
+                    "entry {} is a {other:?}: membership changes are not supported",
+                    e.index
+                ));
+                return Ok(());
+            }
+        }
+        last = Some((e.index, e.term));
+        while let Some(p) = g.proposals.front() {
+            if p.index > e.index {
+                break;
+            }
+            let Some(p) = g.proposals.pop_front() else {
+                break;
+            };
+            if p.index == e.index && p.term == e.term {
+                let r = result
+                    .take()
+                    .unwrap_or_else(|| Err(RaftError::Internal("entry is not a command".into())));
+                completions.push((p.reply, r));
+            } else {
+                // Another leader's entry took this index: ours is lost.
+                completions.push((p.reply, Err(g.not_leader())));
+            }
+        }
+    }
+    if let Some((index, term)) = last {
+        let s = g.raw.mut_store();
+        s.set_applied(batch, index, term)?;
+        if index.saturating_sub(s.first_log_index()) >= cfg.log_compact_threshold {
+            s.compact(batch, index)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,706 @@
+//! Raft persistence in the node store, and `raft::Storage` over it.
+//!
+//! On-disk layout (a high-risk surface: change only with a version bump):
+//!
+//! ```text
+//! Space::RaftLog    shard_id BE(8) · index BE(8)        -> record(protobuf Entry)
+//! Space::RaftState  shard_id BE(8) · 0x01               -> record(postcard ShardDesc)
+//!                   shard_id BE(8) · 0x02               -> record(postcard HardStateRec)
+//!                   shard_id BE(8) · 0x03               -> record(postcard ApplyStateRec)
+//!                   shard_id BE(8) · 0x04               -> record(postcard LogStateRec)
+//! Space::Data       the cluster key itself              -> value (state machine data)
+//! record            = version (u8 = 1) · crc32(payload) BE(4) · payload
+//! ```
+//!
+//! The hard state and log are written by the loop's group commit (Sync); the apply state
+//! (applied index/term + conf state) is written in the same atomic batch as the data it
+//! covers; the log state (truncation point) in the same batch as the deleted entries.
+//! Snapshot payload: `record(postcard SnapshotData)`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use berth_store::{Durability, Space, Store, StoreError, WriteBatch};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use serde::{Deserialize, Serialize};
+
+use crate::{ShardDesc, ShardId};
+
+const RECORD_VERSION: u8 = 1;
+const TAG_DESC: u8 = 0x01;
+const TAG_HARD: u8 = 0x02;
+const TAG_APPLY: u8 = 0x03;
+const TAG_LOG: u8 = 0x04;
+/// Entries kept in memory per group (the log's tail), to serve raft without disk reads.
+const CACHE_ENTRIES_MAX: usize = 1024;
+/// Page size for scans of the log and of a shard's data.
+const PAGE: usize = 512;
+
+/// Wraps a payload with version and checksum.
+pub(crate) fn seal(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 5);
+    out.push(RECORD_VERSION);
+    out.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Verifies version and checksum; returns the payload.
+pub(crate) fn open(what: &str, rec: &[u8]) -> Result<Vec<u8>, StoreError> {
+    if rec.len() < 5 {
+        return Err(StoreError::Corrupt(format!("{what}: record too short")));
+    }
+    if rec[0] != RECORD_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "{what}: unknown record version {}",
+            rec[0]
+        )));
+    }
+    let crc = u32::from_be_bytes([rec[1], rec[2], rec[3], rec[4]]);
+    let payload = &rec[5..];
+    if crc32fast::hash(payload) != crc {
+        return Err(StoreError::Corrupt(format!("{what}: checksum mismatch")));
+    }
+    Ok(payload.to_vec())
+}
+
+fn seal_serde<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    let p = postcard::to_stdvec(v).map_err(|e| StoreError::Invalid(format!("encode: {e}")))?;
+    Ok(seal(&p))
+}
+
+fn open_serde<T: for<'de> Deserialize<'de>>(what: &str, rec: &[u8]) -> Result<T, StoreError> {
+    let p = open(what, rec)?;
+    postcard::from_bytes(&p).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+pub(crate) fn state_key(shard: ShardId, tag: u8) -> Vec<u8> {
+    let mut k = shard.to_be_bytes().to_vec();
+    k.push(tag);
+    k
+}
+
+pub(crate) fn log_key(shard: ShardId, index: u64) -> Vec<u8> {
+    let mut k = shard.to_be_bytes().to_vec();
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn log_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
+    let start = log_key(shard, 0);
+    let end = match shard.checked_add(1) {
+        Some(next) => log_key(next, 0),
+        None => Vec::new(),
+    };
+    (start, end)
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ConfRec {
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    voters_outgoing: Vec<u64>,
+    learners_next: Vec<u64>,
+    auto_leave: bool,
+}
+
+impl ConfRec {
+    fn from_pb(c: &ConfState) -> ConfRec {
+        ConfRec {
+            voters: c.voters.clone(),
+            learners: c.learners.clone(),
+            voters_outgoing: c.voters_outgoing.clone(),
+            learners_next: c.learners_next.clone(),
+            auto_leave: c.auto_leave,
+        }
+    }
+
+    fn to_pb(&self) -> ConfState {
+        ConfState {
+            voters: self.voters.clone(),
+            learners: self.learners.clone(),
+            voters_outgoing: self.voters_outgoing.clone(),
+            learners_next: self.learners_next.clone(),
+            auto_leave: self.auto_leave,
+            ..ConfState::default()
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct HardStateRec {
+    term: u64,
+    vote: u64,
+    commit: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ApplyStateRec {
+    applied_index: u64,
+    applied_term: u64,
+    conf: ConfRec,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct LogStateRec {
+    truncated_index: u64,
+    truncated_term: u64,
+}
+
+/// The payload of a raft snapshot of one shard.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotData {
+    desc: ShardDesc,
+    applied_index: u64,
+    applied_term: u64,
+    kvs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn encode_entry(e: &Entry) -> Result<Vec<u8>, StoreError> {
+    let b = e
+        .write_to_bytes()
+        .map_err(|err| StoreError::Invalid(format!("encode entry: {err}")))?;
+    Ok(seal(&b))
+}
+
+fn decode_entry(shard: ShardId, index: u64, rec: &[u8]) -> Result<Entry, StoreError> {
+    let what = format!("shard {shard} log entry {index}");
+    let p = open(&what, rec)?;
+    let e =
+        Entry::parse_from_bytes(&p).map_err(|err| StoreError::Corrupt(format!("{what}: {err}")))?;
+    if e.index != index {
+        return Err(StoreError::Corrupt(format!(
+            "{what}: holds index {}",
+            e.index
+        )));
+    }
+    Ok(e)
+}
+
+fn other(e: StoreError) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+/// Every shard descriptor persisted in the store.
+pub(crate) fn load_descs(store: &Store) -> Result<Vec<ShardDesc>, StoreError> {
+    let mut out = Vec::new();
+    let mut cursor = Vec::new();
+    loop {
+        let page = store.scan(Space::RaftState, &cursor, &[], PAGE)?;
+        for (k, v) in &page {
+            if k.len() == 9 && k[8] == TAG_DESC {
+                out.push(open_serde::<ShardDesc>("shard descriptor", v)?);
+            }
+        }
+        match page.last() {
+            Some((k, _)) if page.len() == PAGE => {
+                cursor = k.clone();
+                cursor.push(0);
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// One group's raft storage: hard state, conf state, log (cached tail), apply state.
+pub(crate) struct ShardStorage {
+    store: Arc<Store>,
+    pub(crate) desc: ShardDesc,
+    hard: HardState,
+    conf: ConfState,
+    truncated_index: u64,
+    truncated_term: u64,
+    last_index: u64,
+    /// Contiguous entries ending at `last_index` (when not empty).
+    cache: VecDeque<Entry>,
+    pub(crate) applied_index: u64,
+    pub(crate) applied_term: u64,
+}
+
+impl ShardStorage {
+    /// Persists the initial state of a new group durably: descriptor, empty log, conf state =
+    /// the descriptor's voters (every replica starts from the same state).
+    pub(crate) fn create(store: &Store, desc: &ShardDesc) -> Result<(), StoreError> {
+        let mut b = store.batch();
+        b.put(
+            Space::RaftState,
+            &state_key(desc.id, TAG_DESC),
+            &seal_serde(desc)?,
+        );
+        b.put(
+            Space::RaftState,
+            &state_key(desc.id, TAG_HARD),
+            &seal_serde(&HardStateRec::default())?,
+        );
+        let apply = ApplyStateRec {
+            applied_index: 0,
+            applied_term: 0,
+            conf: ConfRec {
+                voters: desc.voters.clone(),
+                ..ConfRec::default()
+            },
+        };
+        b.put(
+            Space::RaftState,
+            &state_key(desc.id, TAG_APPLY),
+            &seal_serde(&apply)?,
+        );
+        b.put(
+            Space::RaftState,
+            &state_key(desc.id, TAG_LOG),
+            &seal_serde(&LogStateRec::default())?,
+        );
+        store.write(b, Durability::Sync)
+    }
+
+    /// Loads a group's persisted state.
+    pub(crate) fn load(store: Arc<Store>, desc: ShardDesc) -> Result<ShardStorage, StoreError> {
+        let id = desc.id;
+        let get = |tag: u8, what: &str| -> Result<Vec<u8>, StoreError> {
+            store
+                .get(Space::RaftState, &state_key(id, tag))?
+                .ok_or_else(|| StoreError::Corrupt(format!("shard {id}: missing {what}")))
+        };
+        let hs: HardStateRec = open_serde("hard state", &get(TAG_HARD, "hard state")?)?;
+        let apply: ApplyStateRec = open_serde("apply state", &get(TAG_APPLY, "apply state")?)?;
+        let log: LogStateRec = open_serde("log state", &get(TAG_LOG, "log state")?)?;
+        let (start, end) = log_range(id);
+        let last_index = match store.last_in_range(Space::RaftLog, &start, &end)? {
+            Some((k, v)) => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&k[8..16]);
+                let idx = u64::from_be_bytes(b);
+                decode_entry(id, idx, &v)?;
+                idx.max(log.truncated_index)
+            }
+            None => log.truncated_index,
+        };
+        if apply.applied_index < log.truncated_index || apply.applied_index > last_index {
+            return Err(StoreError::Corrupt(format!(
+                "shard {id}: applied {} outside [{}, {last_index}]",
+                apply.applied_index, log.truncated_index
+            )));
+        }
+        let hard = HardState {
+            term: hs.term,
+            vote: hs.vote,
+            // Commit is persisted lazily; everything applied was committed.
+            commit: hs.commit.max(apply.applied_index).min(last_index),
+            ..HardState::default()
+        };
+        let mut s = ShardStorage {
+            store,
+            desc,
+            hard,
+            conf: apply.conf.to_pb(),
+            truncated_index: log.truncated_index,
+            truncated_term: log.truncated_term,
+            last_index,
+            cache: VecDeque::new(),
+            applied_index: apply.applied_index,
+            applied_term: apply.applied_term,
+        };
+        // Warm the cache with the tail of the log.
+        let from = last_index
+            .saturating_sub(CACHE_ENTRIES_MAX as u64)
+            .max(s.truncated_index)
+            + 1;
+        if from <= last_index {
+            let ents = s.read_entries(from, last_index + 1, u64::MAX)?;
+            s.cache.extend(ents);
+        }
+        Ok(s)
+    }
+
+    pub(crate) fn first_log_index(&self) -> u64 {
+        self.truncated_index + 1
+    }
+
+    pub(crate) fn last_log_index(&self) -> u64 {
+        self.last_index
+    }
+
+    pub(crate) fn voters(&self) -> &[u64] {
+        &self.conf.voters
+    }
+
+    /// Adds new log entries (and removes any conflicting suffix) to `batch`.
+    pub(crate) fn append(
+        &mut self,
+        batch: &mut WriteBatch,
+        ents: &[Entry],
+    ) -> Result<(), StoreError> {
+        let (Some(first), Some(last)) = (ents.first(), ents.last()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.index, last.index);
+        if first <= self.truncated_index || first > self.last_index + 1 {
+            return Err(StoreError::Invalid(format!(
+                "shard {}: append [{first}, {last}] to log ({}, {}]",
+                self.desc.id, self.truncated_index, self.last_index
+            )));
+        }
+        for e in ents {
+            batch.put(
+                Space::RaftLog,
+                &log_key(self.desc.id, e.index),
+                &encode_entry(e)?,
+            );
+        }
+        for stale in last + 1..=self.last_index {
+            batch.delete(Space::RaftLog, &log_key(self.desc.id, stale));
+        }
+        while self.cache.back().is_some_and(|e| e.index >= first) {
+            self.cache.pop_back();
+        }
+        if self.cache.back().is_some_and(|e| e.index + 1 != first) {
+            self.cache.clear();
+        }
+        self.cache.extend(ents.iter().cloned());
+        while self.cache.len() > CACHE_ENTRIES_MAX {
+            self.cache.pop_front();
+        }
+        self.last_index = last;
+        Ok(())
+    }
+
+    pub(crate) fn set_hard_state(
+        &mut self,
+        batch: &mut WriteBatch,
+        hs: &HardState,
+    ) -> Result<(), StoreError> {
+        let rec = HardStateRec {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit,
+        };
+        batch.put(
+            Space::RaftState,
+            &state_key(self.desc.id, TAG_HARD),
+            &seal_serde(&rec)?,
+        );
+        self.hard = hs.clone();
+        Ok(())
+    }
+
+    pub(crate) fn set_commit(&mut self, commit: u64) {
+        self.hard.commit = commit;
+    }
+
+    /// Records the new applied position into `batch` (the same batch as the applied data).
+    pub(crate) fn set_applied(
+        &mut self,
+        batch: &mut WriteBatch,
+        index: u64,
+        term: u64,
+    ) -> Result<(), StoreError> {
+        let rec = ApplyStateRec {
+            applied_index: index,
+            applied_term: term,
+            conf: ConfRec::from_pb(&self.conf),
+        };
+        batch.put(
+            Space::RaftState,
+            &state_key(self.desc.id, TAG_APPLY),
+            &seal_serde(&rec)?,
+        );
+        self.applied_index = index;
+        self.applied_term = term;
+        Ok(())
+    }
+
+    /// Deletes log entries up to and including `to` (which must be applied).
+    pub(crate) fn compact(&mut self, batch: &mut WriteBatch, to: u64) -> Result<(), StoreError> {
+        if to <= self.truncated_index {
+            return Ok(());
+        }
+        if to > self.applied_index {
+            return Err(StoreError::Invalid(format!(
+                "shard {}: compact to {to} beyond applied {}",
+                self.desc.id, self.applied_index
+            )));
+        }
+        let term = self.entry_term(to)?;
+        for i in self.truncated_index + 1..=to {
+            batch.delete(Space::RaftLog, &log_key(self.desc.id, i));
+        }
+        let rec = LogStateRec {
+            truncated_index: to,
+            truncated_term: term,
+        };
+        batch.put(
+            Space::RaftState,
+            &state_key(self.desc.id, TAG_LOG),
+            &seal_serde(&rec)?,
+        );
+        self.truncated_index = to;
+        self.truncated_term = term;
+        while self.cache.front().is_some_and(|e| e.index <= to) {
+            self.cache.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Replaces the shard's state with a received snapshot, in `batch`: its key range, its
+    /// log, its hard, apply and log state. Verifies the payload before writing anything.
+    pub(crate) fn apply_snapshot(
+        &mut self,
+        batch: &mut WriteBatch,
+        snap: &Snapshot,
+    ) -> Result<(), StoreError> {
+        let meta = snap.get_metadata();
+        let data: SnapshotData = open_serde("snapshot", &snap.data)?;
+        if data.desc.id != self.desc.id
+            || data.desc.start != self.desc.start
+            || data.desc.end != self.desc.end
+        {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot for {:?} received by shard {:?}",
+                data.desc, self.desc
+            )));
+        }
+        if data.applied_index != meta.index || data.applied_term != meta.term {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot payload at {}/{} but metadata at {}/{}",
+                data.applied_index, data.applied_term, meta.index, meta.term
+            )));
+        }
+        if let Some((k, _)) = data.kvs.iter().find(|(k, _)| !self.desc.contains(k)) {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot key {k:?} outside shard {}",
+                self.desc.id
+            )));
+        }
+        let id = self.desc.id;
+        batch.delete_range(Space::Data, &self.desc.start, &self.desc.end)?;
+        for (k, v) in &data.kvs {
+            batch.put(Space::Data, k, v);
+        }
+        let (ls, le) = log_range(id);
+        batch.delete_range(Space::RaftLog, &ls, &le)?;
+        self.conf = meta.get_conf_state().clone();
+        self.truncated_index = meta.index;
+        self.truncated_term = meta.term;
+        self.last_index = meta.index;
+        self.cache.clear();
+        let log = LogStateRec {
+            truncated_index: meta.index,
+            truncated_term: meta.term,
+        };
+        batch.put(
+            Space::RaftState,
+            &state_key(id, TAG_LOG),
+            &seal_serde(&log)?,
+        );
+        self.set_applied(batch, meta.index, meta.term)?;
+        let mut hs = self.hard.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        self.set_hard_state(batch, &hs)
+    }
+
+    fn entry_term(&self, idx: u64) -> Result<u64, StoreError> {
+        if idx == self.truncated_index {
+            return Ok(self.truncated_term);
+        }
+        Ok(self
+            .read_entries(idx, idx + 1, u64::MAX)?
+            .first()
+            .map_or(0, |e| e.term))
+    }
+
+    /// Entries `[low, high)` from the cache or the store, at least one, at most `max_bytes`.
+    fn read_entries(&self, low: u64, high: u64, max_bytes: u64) -> Result<Vec<Entry>, StoreError> {
+        let mut out: Vec<Entry> = Vec::new();
+        let mut size = 0u64;
+        let cache_first = self.cache.front().map_or(u64::MAX, |e| e.index);
+        let mut next = low;
+        let mut push = |e: Entry, out: &mut Vec<Entry>| -> bool {
+            size += u64::from(e.compute_size());
+            if !out.is_empty() && size > max_bytes {
+                return false;
+            }
+            out.push(e);
+            true
+        };
+        // From the store, below the cache.
+        while next < high.min(cache_first) {
+            let stop = high.min(cache_first);
+            let page = self.store.scan(
+                Space::RaftLog,
+                &log_key(self.desc.id, next),
+                &log_key(self.desc.id, stop),
+                PAGE,
+            )?;
+            if page.is_empty() {
+                return Err(StoreError::Corrupt(format!(
+                    "shard {}: log entry {next} missing",
+                    self.desc.id
+                )));
+            }
+            for (k, v) in page {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&k[8..16]);
+                let idx = u64::from_be_bytes(b);
+                if idx != next {
+                    return Err(StoreError::Corrupt(format!(
+                        "shard {}: log entry {next} missing",
+                        self.desc.id
+                    )));
+                }
+                if !push(decode_entry(self.desc.id, idx, &v)?, &mut out) {
+                    return Ok(out);
+                }
+                next += 1;
+            }
+        }
+        // From the cache.
+        while next < high {
+            let Some(e) = self.cache.get((next - cache_first) as usize) else {
+                return Err(StoreError::Corrupt(format!(
+                    "shard {}: cached entry {next} missing",
+                    self.desc.id
+                )));
+            };
+            debug_assert_eq!(e.index, next);
+            if !push(e.clone(), &mut out) {
+                return Ok(out);
+            }
+            next += 1;
+        }
+        Ok(out)
+    }
+
+    /// Builds a snapshot from a consistent view of the shard's range and apply state.
+    fn build_snapshot(&self, request_index: u64) -> raft::Result<Snapshot> {
+        let view = self.store.snapshot();
+        let rec = view
+            .get(Space::RaftState, &state_key(self.desc.id, TAG_APPLY))
+            .map_err(other)?
+            .ok_or_else(|| other(StoreError::Corrupt("apply state missing".into())))?;
+        let apply: ApplyStateRec = open_serde("apply state", &rec).map_err(other)?;
+        if apply.applied_index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut kvs = Vec::new();
+        let mut cursor = self.desc.start.clone();
+        loop {
+            let page = view
+                .scan(Space::Data, &cursor, &self.desc.end, PAGE)
+                .map_err(other)?;
+            let full = page.len() == PAGE;
+            if let Some((k, _)) = page.last() {
+                cursor = k.clone();
+                cursor.push(0);
+            }
+            kvs.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let data = SnapshotData {
+            desc: self.desc.clone(),
+            applied_index: apply.applied_index,
+            applied_term: apply.applied_term,
+            kvs,
+        };
+        let mut snap = Snapshot {
+            data: seal_serde(&data).map_err(other)?.into(),
+            ..Snapshot::default()
+        };
+        let meta = snap.mut_metadata();
+        meta.index = apply.applied_index;
+        meta.term = apply.applied_term;
+        meta.set_conf_state(apply.conf.to_pb());
+        Ok(snap)
+    }
+}
+
+impl raft::Storage for ShardStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard.clone(), self.conf.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        let max = max_size.into().unwrap_or(u64::MAX);
+        self.read_entries(low, high, max).map_err(other)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.truncated_index {
+            return Ok(self.truncated_term);
+        }
+        if idx < self.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if let Some(front) = self.cache.front() {
+            if idx >= front.index {
+                if let Some(e) = self.cache.get((idx - front.index) as usize) {
+                    return Ok(e.term);
+                }
+            }
+        }
+        self.entry_term(idx).map_err(other)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        self.build_snapshot(request_index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_detect_corruption() {
+        let rec = seal(b"hello");
+        assert_eq!(open("t", &rec).unwrap(), b"hello");
+        let mut bad = rec.clone();
+        bad[6] ^= 1;
+        assert!(open("t", &bad).is_err());
+        let mut bad = rec;
+        bad[0] = 9;
+        assert!(open("t", &bad).is_err());
+        assert!(open("t", &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn log_keys_sort_by_shard_then_index() {
+        assert!(log_key(1, u64::MAX) < log_key(2, 0));
+        assert!(log_key(1, 255) < log_key(1, 256));
+        let (s, e) = log_range(u64::MAX);
+        assert_eq!(s, log_key(u64::MAX, 0));
+        assert!(e.is_empty());
+    }
+}

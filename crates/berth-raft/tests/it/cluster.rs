@@ -1,0 +1,141 @@
+use berth_raft::cmd::{Op, Txn, TxnOutcome};
+use berth_raft::{RaftError, Role};
+
+use crate::harness::{bounded, eventually, key, shard, Cluster};
+
+fn put(k: &[u8], v: &[u8]) -> Txn {
+    Txn::ops(vec![Op::Put {
+        key: k.to_vec(),
+        value: v.to_vec(),
+    }])
+}
+
+#[tokio::test]
+async fn elect_replicate_fail_over_and_heal() {
+    let c = Cluster::start(3, |_| {});
+    for n in &c.nodes {
+        n.create_shard(shard(1, vec![1, 2, 3])).unwrap();
+    }
+    let l1 = c.leader(1, &[]).await;
+    let a = key(1, "a");
+    let r = bounded("propose", 20, c.node(l1).propose(1, put(&a, b"1"))).await;
+    assert!(matches!(r, Ok(TxnOutcome::Applied { .. })), "{r:?}");
+    for n in &c.nodes {
+        eventually("replication", 10, || {
+            (n.get(1, &a).unwrap() == Some(b"1".to_vec())).then_some(())
+        })
+        .await;
+    }
+
+    // A follower refuses proposals and reads, and names the leader.
+    let f = (1..=3).find(|&n| n != l1).unwrap();
+    let r = c.node(f).propose(1, put(&a, b"2")).await;
+    assert!(
+        matches!(r, Err(RaftError::NotLeader { shard: 1, leader: Some(l) }) if l == l1),
+        "{r:?}"
+    );
+    assert!(r.unwrap_err().is_retryable());
+    assert!(matches!(
+        c.node(f).read_index(1).await,
+        Err(RaftError::NotLeader { .. })
+    ));
+
+    // Isolate the leader: its pending proposal fails (it steps down), the others elect a
+    // new leader.
+    c.router.isolate(l1);
+    let lost = key(1, "lost");
+    let r = bounded(
+        "pending proposal on isolated leader",
+        20,
+        c.node(l1).propose(1, put(&lost, b"x")),
+    )
+    .await;
+    assert!(
+        matches!(
+            r,
+            Err(RaftError::NotLeader { .. }) | Err(RaftError::Timeout)
+        ),
+        "{r:?}"
+    );
+    let l2 = c.leader(1, &[l1]).await;
+    assert_ne!(l1, l2);
+    let b = key(1, "b");
+    let r = bounded(
+        "propose on new leader",
+        20,
+        c.node(l2).propose(1, put(&b, b"2")),
+    )
+    .await;
+    assert!(matches!(r, Ok(TxnOutcome::Applied { .. })), "{r:?}");
+    bounded("read_index on new leader", 20, c.node(l2).read_index(1))
+        .await
+        .unwrap();
+    assert_eq!(c.node(l2).get(1, &b).unwrap(), Some(b"2".to_vec()));
+
+    // Heal: the old leader follows and catches up; the failed write is nowhere.
+    c.router.heal();
+    for n in &c.nodes {
+        eventually("catch up after heal", 20, || {
+            (n.get(1, &b).unwrap() == Some(b"2".to_vec())).then_some(())
+        })
+        .await;
+    }
+    for n in &c.nodes {
+        assert_eq!(n.get(1, &lost).unwrap(), None, "node {}", n.node_id());
+    }
+    let st = c.node(l1).status();
+    assert!(st[0].role != Role::Leader || c.node(l1).leader(1) == Some(l1));
+    assert!(c.node(l1).metrics().proposals_failed >= 1);
+    c.shutdown();
+}
+
+#[tokio::test]
+async fn lagging_follower_catches_up_by_snapshot() {
+    let c = Cluster::start(3, |cfg| cfg.log_compact_threshold = 20);
+    for n in &c.nodes {
+        n.create_shard(shard(1, vec![1, 2, 3])).unwrap();
+    }
+    let l = c.leader(1, &[]).await;
+    let f = (1..=3).find(|&n| n != l).unwrap();
+    c.router.isolate(f);
+    for i in 0..60u64 {
+        let r = bounded(
+            "propose",
+            20,
+            c.node(l).propose(1, put(&key(i, "k"), &i.to_be_bytes())),
+        )
+        .await;
+        assert!(matches!(r, Ok(TxnOutcome::Applied { .. })), "{i}: {r:?}");
+    }
+    let st = c.node(l).status().into_iter().find(|s| s.id == 1).unwrap();
+    assert!(st.log_first > 20, "leader compacted its log: {st:?}");
+    assert!(c.node(f).get(1, &key(0, "k")).unwrap().is_none());
+
+    c.router.heal();
+    let want = c.node(l).scan(1, b"", b"", 1000).unwrap();
+    assert_eq!(want.len(), 60);
+    eventually("follower data equals leader data", 20, || {
+        (c.node(f).scan(1, b"", b"", 1000).unwrap() == want).then_some(())
+    })
+    .await;
+    assert!(
+        c.node(f).metrics().snapshots_applied >= 1,
+        "{:?}",
+        c.node(f).metrics()
+    );
+    assert!(c.node(l).metrics().snapshots_sent >= 1);
+
+    // The follower keeps replicating normally after the snapshot.
+    let r = bounded(
+        "propose",
+        20,
+        c.node(l).propose(1, put(&key(99, "k"), b"after")),
+    )
+    .await;
+    assert!(matches!(r, Ok(TxnOutcome::Applied { .. })), "{r:?}");
+    eventually("replication after snapshot", 20, || {
+        (c.node(f).get(1, &key(99, "k")).unwrap() == Some(b"after".to_vec())).then_some(())
+    })
+    .await;
+    c.shutdown();
+}

@@ -1,0 +1,177 @@
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_raft::{
+    decode_message, encode_message, Config, NodeId, RaftNode, Role, ShardDesc, Transport,
+};
+use berth_store::keys::{self, Key, Kind};
+use berth_store::Store;
+use parking_lot::{Mutex, RwLock};
+use raft::eraftpb::Message;
+
+/// Test settings: fast ticks, generous timeouts.
+pub fn config(node: NodeId) -> Config {
+    let mut c = Config::new(node);
+    c.tick_interval = Duration::from_millis(10);
+    c.propose_timeout = Duration::from_secs(10);
+    c
+}
+
+/// The shard used by the tests: all of volume 1.
+pub fn shard(id: u64, voters: Vec<NodeId>) -> ShardDesc {
+    shard_in(id, 1, voters)
+}
+
+/// A shard owning all of `volume`.
+pub fn shard_in(id: u64, volume: u64, voters: Vec<NodeId>) -> ShardDesc {
+    let (start, end) = keys::volume_range(volume);
+    ShardDesc {
+        id,
+        start,
+        end,
+        voters,
+    }
+}
+
+pub fn key(object: u64, name: &str) -> Vec<u8> {
+    key_in(1, object, name)
+}
+
+pub fn key_in(volume: u64, object: u64, name: &str) -> Vec<u8> {
+    Key::new(volume, Kind::Inode, object).str(name).build()
+}
+
+/// Polls `f` until it returns `Some`, for at most `secs` seconds.
+pub async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Awaits `fut` with an outer bound so a hung test fails instead of hanging.
+pub async fn bounded<T>(what: &str, secs: u64, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// Drops everything.
+pub struct NullTransport;
+
+impl Transport for NullTransport {
+    fn send(&self, _to: NodeId, _msgs: Vec<Message>) {}
+}
+
+/// Delivers messages between nodes of one process, through the wire codec, unless a filter
+/// drops them.
+#[derive(Default)]
+pub struct Router {
+    nodes: RwLock<HashMap<NodeId, RaftNode>>,
+    isolated: Mutex<HashSet<NodeId>>,
+}
+
+impl Router {
+    pub fn isolate(&self, n: NodeId) {
+        self.isolated.lock().insert(n);
+    }
+
+    pub fn heal(&self) {
+        self.isolated.lock().clear();
+    }
+}
+
+pub struct MemTransport {
+    from: NodeId,
+    router: Arc<Router>,
+}
+
+impl Transport for MemTransport {
+    fn send(&self, to: NodeId, msgs: Vec<Message>) {
+        {
+            let iso = self.router.isolated.lock();
+            if iso.contains(&self.from) || iso.contains(&to) {
+                return;
+            }
+        }
+        let msgs: Vec<Message> = msgs
+            .iter()
+            .map(|m| decode_message(&encode_message(m)).expect("codec roundtrip"))
+            .collect();
+        if let Some(n) = self.router.nodes.read().get(&to) {
+            n.step(msgs);
+        }
+    }
+}
+
+pub struct Cluster {
+    pub router: Arc<Router>,
+    pub nodes: Vec<RaftNode>,
+    pub stores: Vec<Arc<Store>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    pub fn start(n: u64, tweak: impl Fn(&mut Config)) -> Cluster {
+        let router = Arc::new(Router::default());
+        let mut c = Cluster {
+            router: router.clone(),
+            nodes: Vec::new(),
+            stores: Vec::new(),
+            _dirs: Vec::new(),
+        };
+        for id in 1..=n {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let mut cfg = config(id);
+            tweak(&mut cfg);
+            let t = Arc::new(MemTransport {
+                from: id,
+                router: router.clone(),
+            });
+            let node = RaftNode::start(store.clone(), cfg, t).unwrap();
+            router.nodes.write().insert(id, node.clone());
+            c.nodes.push(node);
+            c.stores.push(store);
+            c._dirs.push(dir);
+        }
+        c
+    }
+
+    pub fn node(&self, id: NodeId) -> &RaftNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// Waits until every node not in `excluded` agrees on one leader not in `excluded`.
+    pub async fn leader(&self, shard: u64, excluded: &[NodeId]) -> NodeId {
+        eventually("an agreed leader", 20, || {
+            let live: Vec<&RaftNode> = self
+                .nodes
+                .iter()
+                .filter(|n| !excluded.contains(&n.node_id()))
+                .collect();
+            let l = live[0].leader(shard)?;
+            let agreed = live.iter().all(|n| n.leader(shard) == Some(l));
+            let is_leader = self
+                .node(l)
+                .status()
+                .iter()
+                .any(|s| s.id == shard && s.role == Role::Leader);
+            (agreed && is_leader && !excluded.contains(&l)).then_some(l)
+        })
+        .await
+    }
+
+    pub fn shutdown(self) {
+        self.router.nodes.write().clear();
+        for n in &self.nodes {
+            n.shutdown();
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The one table translating service errors into the native API's terms:
+//! a gRPC status code plus the stable symbolic code in `x-berth-code`.
+
+use berth_api::CODE_METADATA;
+use berth_meta::{Code, Error};
+use tonic::metadata::MetadataValue;
+use tonic::Status;
+
+/// The gRPC status code of each service error code.
+pub fn grpc_code(code: Code) -> tonic::Code {
+    match code {
+        Code::NotFound => tonic::Code::NotFound,
+        Code::Exists => tonic::Code::AlreadyExists,
+        Code::NotDir | Code::IsDir | Code::NotEmpty | Code::Busy | Code::CrossVolume => {
+            tonic::Code::FailedPrecondition
+        }
+        Code::Access | Code::Perm => tonic::Code::PermissionDenied,
+        Code::Invalid | Code::NameTooLong | Code::Loop => tonic::Code::InvalidArgument,
+        Code::Quota => tonic::Code::ResourceExhausted,
+        Code::Auth => tonic::Code::Unauthenticated,
+        Code::Again => tonic::Code::Unavailable,
+        Code::Io => tonic::Code::Internal,
+    }
+}
+
+/// Converts a service error into a gRPC status carrying the symbolic code.
+pub fn to_status(e: &Error) -> Status {
+    let mut status = Status::new(grpc_code(e.code), e.message.clone());
+    status
+        .metadata_mut()
+        .insert(CODE_METADATA, MetadataValue::from_static(e.code.symbol()));
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_maps_and_carries_its_symbol() {
+        for code in berth_meta::error::ALL {
+            let s = to_status(&Error::new(code, "m"));
+            assert_eq!(s.code(), grpc_code(code));
+            assert_ne!(s.code(), tonic::Code::Ok);
+            assert_eq!(s.metadata().get(CODE_METADATA).unwrap(), code.symbol());
+            assert_eq!(s.message(), "m");
+        }
+        assert_eq!(grpc_code(Code::Access), tonic::Code::PermissionDenied);
+        assert_eq!(grpc_code(Code::Auth), tonic::Code::Unauthenticated);
+    }
+}

@@ -1,0 +1,115 @@
+//! The native gRPC gateway (`berth.v1`): authenticates each call's ticket,
+//! hands the resulting `Principal` to the services, and translates results
+//! and errors. It decides nothing itself.
+
+pub mod cluster;
+pub mod errors;
+pub mod namespace;
+pub mod raft;
+pub mod security;
+pub mod volumes;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use berth_api::AUTH_METADATA;
+use berth_fs::Namespace;
+use berth_meta::{Code, Error, Meta};
+use berth_raft::RaftNode;
+use berth_security::principal::Principal;
+use tonic::{Request, Response, Status};
+
+use crate::metrics::RequestMetrics;
+
+pub use raft::GrpcTransport;
+
+/// Shared state of every native service.
+pub struct Native {
+    pub meta: Arc<Meta>,
+    pub ns: Arc<Namespace>,
+    pub raft: RaftNode,
+    pub metrics: Arc<RequestMetrics>,
+    pub node_id: u64,
+}
+
+/// Extracts the bearer ticket from a request's metadata.
+pub fn bearer<T>(req: &Request<T>) -> Result<&str, Error> {
+    let v = req.metadata().get(AUTH_METADATA).ok_or_else(|| {
+        Error::new(
+            Code::Auth,
+            "no ticket: send `authorization: Bearer <ticket>` (berth CLI: set BERTH_TICKET_FILE or run `berth login`)",
+        )
+    })?;
+    let v = v.to_str().map_err(|_| {
+        Error::new(
+            Code::Auth,
+            "the authorization metadata is not printable text",
+        )
+    })?;
+    v.strip_prefix("Bearer ").map(str::trim).ok_or_else(|| {
+        Error::new(
+            Code::Auth,
+            "the authorization metadata must read `Bearer <ticket>`",
+        )
+    })
+}
+
+impl Native {
+    pub fn authenticate<T>(&self, req: &Request<T>) -> Result<Principal, Error> {
+        self.meta.authenticate(bearer(req)?)
+    }
+
+    /// Runs one authenticated call: verifies the ticket, runs `f` with the
+    /// principal, records metrics, logs denials, maps errors.
+    pub async fn call<T, R, F, Fut>(
+        &self,
+        method: &'static str,
+        req: Request<T>,
+        f: F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(Principal, T) -> Fut,
+        Fut: Future<Output = Result<R, Error>>,
+    {
+        let started = Instant::now();
+        let result = match self.authenticate(&req) {
+            Ok(p) => {
+                let who = p.name.clone();
+                let r = f(p, req.into_inner()).await;
+                if let Err(e) = &r {
+                    if matches!(e.code, Code::Access | Code::Perm) {
+                        tracing::info!(target: "audit", method, principal = %who, reason = %e.message, "denied");
+                    }
+                }
+                r
+            }
+            Err(e) => {
+                tracing::info!(target: "audit", method, reason = %e.message, "unauthenticated");
+                Err(e)
+            }
+        };
+        self.finish(method, started, result)
+    }
+
+    /// Records and converts a result (also for calls without a ticket).
+    pub fn finish<R>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        result: Result<R, Error>,
+    ) -> Result<Response<R>, Status> {
+        let code = match &result {
+            Ok(_) => "OK",
+            Err(e) => e.code.symbol(),
+        };
+        self.metrics.record(method, code, started.elapsed());
+        result.map(Response::new).map_err(|e| errors::to_status(&e))
+    }
+}
+
+pub use cluster::ClusterService;
+pub use namespace::NamespaceService;
+pub use raft::{RaftService, RAFT_BATCH_BYTES_MAX};
+pub use security::SecurityService;
+pub use volumes::VolumesService;

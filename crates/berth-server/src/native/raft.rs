@@ -1,0 +1,199 @@
+//! Node-to-node Raft traffic over the native listener: one long-lived
+//! client stream per peer node, each item a batch of messages for many
+//! shards (the multi-raft loop already batches per peer per iteration).
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ::raft::eraftpb::Message;
+use berth_api::v1::raft_transport_client::RaftTransportClient;
+use berth_api::v1::raft_transport_server::RaftTransport;
+use berth_api::v1::{Empty, RaftBatch};
+use berth_meta::{Code, Error, Meta};
+use berth_raft::{decode_message, encode_message, NodeId, Transport};
+use berth_security::principal::PrincipalKind;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{errors::to_status, Native};
+
+/// Batches queued per peer before further ones are dropped (Raft resends).
+const PEER_QUEUE_MAX: usize = 1024;
+/// Largest encoded batch accepted from a peer.
+pub const RAFT_BATCH_BYTES_MAX: usize = 64 << 20;
+
+pub struct RaftService(pub Arc<Native>);
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn stream(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<Empty>, Status> {
+        let p = self.0.authenticate(&req).map_err(|e| to_status(&e))?;
+        if p.kind != PrincipalKind::Node {
+            return Err(to_status(&Error::new(
+                Code::Perm,
+                "only cluster nodes may send Raft traffic",
+            )));
+        }
+        let mut stream = req.into_inner();
+        while let Some(batch) = stream.message().await? {
+            let mut msgs = Vec::with_capacity(batch.messages.len());
+            for m in &batch.messages {
+                match decode_message(m) {
+                    Ok(m) => msgs.push(m),
+                    Err(e) => {
+                        tracing::warn!(from = batch.from_node, error = %e, "dropping undecodable raft message");
+                    }
+                }
+            }
+            self.0.raft.step(msgs);
+        }
+        Ok(Response::new(Empty {}))
+    }
+}
+
+/// How the transport reaches peers: addresses from the cluster map, TLS
+/// from the cluster CA, a node ticket for authentication.
+struct PeerContext {
+    node_id: NodeId,
+    meta: OnceLock<Arc<Meta>>,
+    ca_pem: Option<String>,
+}
+
+impl PeerContext {
+    fn addr_of(&self, node: NodeId) -> Option<String> {
+        let meta = self.meta.get()?;
+        meta.map()
+            .nodes
+            .iter()
+            .find(|n| n.id == node)
+            .map(|n| n.native_addr.clone())
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Channel, String> {
+        let uri = match self.ca_pem {
+            Some(_) => format!("https://{addr}"),
+            None => format!("http://{addr}"),
+        };
+        let mut ep = Channel::from_shared(uri).map_err(|e| e.to_string())?;
+        if let Some(ca) = &self.ca_pem {
+            let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            ep = ep
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(ca))
+                        .domain_name(host),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        ep.connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The gRPC implementation of the multi-raft [`Transport`].
+pub struct GrpcTransport {
+    ctx: Arc<PeerContext>,
+    rt: tokio::runtime::Handle,
+    peers: Mutex<HashMap<NodeId, mpsc::Sender<Vec<Message>>>>,
+}
+
+impl GrpcTransport {
+    pub fn new(
+        node_id: NodeId,
+        ca_pem: Option<String>,
+        rt: tokio::runtime::Handle,
+    ) -> Arc<GrpcTransport> {
+        Arc::new(GrpcTransport {
+            ctx: Arc::new(PeerContext {
+                node_id,
+                meta: OnceLock::new(),
+                ca_pem,
+            }),
+            rt,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Connects the transport to the cluster map (for peer addresses and
+    /// node tickets). Messages sent before this are dropped.
+    pub fn attach(&self, meta: Arc<Meta>) {
+        let _ = self.ctx.meta.set(meta);
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, to: NodeId, msgs: Vec<Message>) {
+        let mut peers = self.peers.lock();
+        let tx = peers.entry(to).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            self.rt.spawn(peer_loop(self.ctx.clone(), to, rx));
+            tx
+        });
+        if tx.try_send(msgs).is_err() {
+            tracing::debug!(to, "raft queue to peer full or closed; dropping a batch");
+        }
+    }
+}
+
+async fn peer_loop(ctx: Arc<PeerContext>, to: NodeId, mut rx: mpsc::Receiver<Vec<Message>>) {
+    let mut attempt: u32 = 0;
+    loop {
+        if attempt > 0 {
+            let ms = 100u64 << attempt.min(5);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        attempt += 1;
+        let (Some(addr), Some(meta)) = (ctx.addr_of(to), ctx.meta.get().cloned()) else {
+            // Drain what is queued so the channel does not fill with stale
+            // traffic; Raft resends what matters.
+            while rx.try_recv().is_ok() {}
+            continue;
+        };
+        let channel = match ctx.connect(&addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(to, addr, error = %e, "cannot reach peer");
+                while rx.try_recv().is_ok() {}
+                continue;
+            }
+        };
+        let ticket = match meta.sign_node_ticket(ctx.node_id) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sign a node ticket");
+                continue;
+            }
+        };
+        let (conn_tx, conn_rx) = mpsc::channel::<RaftBatch>(64);
+        let mut req = Request::new(ReceiverStream::new(conn_rx));
+        match format!("Bearer {ticket}").parse() {
+            Ok(v) => {
+                req.metadata_mut().insert(berth_api::AUTH_METADATA, v);
+            }
+            Err(_) => continue,
+        }
+        let mut client =
+            RaftTransportClient::new(channel).max_encoding_message_size(RAFT_BATCH_BYTES_MAX);
+        let call = tokio::spawn(async move { client.stream(req).await });
+        loop {
+            let Some(msgs) = rx.recv().await else {
+                return; // transport dropped
+            };
+            let batch = RaftBatch {
+                from_node: ctx.node_id,
+                messages: msgs.iter().map(encode_message).collect(),
+            };
+            if conn_tx.send(batch).await.is_err() || call.is_finished() {
+                break;
+            }
+        }
+        attempt = 1;
+    }
+}

@@ -1,0 +1,79 @@
+//! `berth.v1.Volumes`.
+
+use std::sync::Arc;
+
+use berth_api::v1::volumes_server::Volumes as VolumesApi;
+use berth_api::v1::*;
+use berth_fs::{VolumeSpec, VolumeStatus};
+use tonic::{Request, Response, Status};
+
+use super::Native;
+
+pub struct VolumesService(pub Arc<Native>);
+
+fn to_volume(s: VolumeStatus) -> Volume {
+    let r = s.record;
+    Volume {
+        id: r.id,
+        path: r.path,
+        replication: r.replication,
+        effective_replication: s.effective_replication,
+        quota_bytes: r.quota_bytes,
+        used_bytes: s.used_bytes,
+        read_ace: r.read_ace.unwrap_or_else(|| "p".into()),
+        write_ace: r.write_ace.unwrap_or_else(|| "p".into()),
+        shard_id: r.shard_id,
+        replicas: s.replicas,
+        leader: s.leader.unwrap_or(0),
+        created_ns: r.created_ns,
+        root_inode: r.root_inode,
+        entries: s.entries,
+    }
+}
+
+#[tonic::async_trait]
+impl VolumesApi for VolumesService {
+    async fn create(&self, req: Request<VolumeCreateRequest>) -> Result<Response<Volume>, Status> {
+        let n = &self.0;
+        n.call("Volumes/Create", req, |p, r| async move {
+            let spec = VolumeSpec {
+                path: r.path,
+                replication: r.replication,
+                quota_bytes: r.quota_bytes,
+                read_ace: r.read_ace,
+                write_ace: r.write_ace,
+            };
+            n.ns.volume_create(&p, &spec).await.map(to_volume)
+        })
+        .await
+    }
+
+    async fn list(&self, req: Request<Empty>) -> Result<Response<VolumeList>, Status> {
+        let n = &self.0;
+        n.call("Volumes/List", req, |p, _| async move {
+            let vols = n.ns.volume_list(&p).await?;
+            Ok(VolumeList {
+                volumes: vols.into_iter().map(to_volume).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn info(&self, req: Request<PathRequest>) -> Result<Response<Volume>, Status> {
+        let n = &self.0;
+        n.call("Volumes/Info", req, |p, r| async move {
+            n.ns.volume_info(&p, &r.path).await.map(to_volume)
+        })
+        .await
+    }
+
+    async fn remove(&self, req: Request<VolumeRemoveRequest>) -> Result<Response<Empty>, Status> {
+        let n = &self.0;
+        n.call("Volumes/Remove", req, |p, r| async move {
+            n.ns.volume_remove(&p, &r.path, r.force)
+                .await
+                .map(|_| Empty {})
+        })
+        .await
+    }
+}

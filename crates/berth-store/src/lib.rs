@@ -1,0 +1,546 @@
+//! berth-store — the node store: one embedded engine per node, the cluster key encoding, and
+//! the durability rule of the write path.
+//!
+//! What it owns:
+//! - the node-local engine, [fjall] 3.1 (an LSM tree with keyspaces, pure Rust, atomic
+//!   cross-keyspace write batches). Each [`Space`] is one fjall keyspace. fjall writes go to
+//!   its journal; they reach the disk only on `persist(SyncAll)`, which is what
+//!   [`Durability::Sync`] does before [`Store::write`] returns;
+//! - the order-preserving cluster key encoding ([`keys`]): the one documented place for it;
+//! - the write path's durability rule (below).
+//!
+//! *Invariant (poisoning)*: after a write or fsync fails, the store is **poisoned**: every
+//! later [`Store::write`] returns [`StoreError::Poisoned`] without touching the engine. A failed
+//! fsync leaves the journal in an unknown state, so pretending and continuing could
+//! acknowledge data that is not durable. Reads keep working; recovery is a restart, which
+//! replays the journal.
+//!
+//! *Invariant (ordering)*: the journal is one sequential file, so a write that reached the disk
+//! implies every earlier write (of any durability) reached it too. The Raft layer relies on
+//! this to write applied state with [`Durability::Buffered`].
+//!
+//! What it must never do: interpret keys or values (beyond [`keys`]), know about Raft, or
+//! talk to the network.
+
+pub mod keys;
+
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+
+/// Largest key the engine accepts (fjall limit).
+pub const MAX_KEY_BYTES: usize = u16::MAX as usize;
+/// Largest value we accept; large blobs belong in separate files.
+pub const MAX_VALUE_BYTES: usize = 256 * 1024 * 1024;
+/// Largest number of items a scan returns in one call.
+pub const MAX_SCAN_LIMIT: usize = 1_000_000;
+
+/// One key-value pair.
+pub type KvPair = (Vec<u8>, Vec<u8>);
+/// Key-value pairs in key order (the result of a scan).
+pub type KvPairs = Vec<KvPair>;
+
+/// A keyspace of the node store, one per purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Space {
+    /// Raft log entries (`shard_id BE · index BE`).
+    RaftLog,
+    /// Raft hard state, conf state, apply state, shard descriptors.
+    RaftState,
+    /// State machine data, keyed by the cluster key itself.
+    Data,
+    /// Node-local, unreplicated records.
+    Local,
+}
+
+impl Space {
+    /// Every space, in index order.
+    pub const ALL: [Space; 4] = [Space::RaftLog, Space::RaftState, Space::Data, Space::Local];
+
+    fn index(self) -> usize {
+        match self {
+            Space::RaftLog => 0,
+            Space::RaftState => 1,
+            Space::Data => 2,
+            Space::Local => 3,
+        }
+    }
+
+    /// The fjall keyspace name (part of the on-disk format: never rename).
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::RaftLog => "raft_log",
+            Space::RaftState => "raft_state",
+            Space::Data => "data",
+            Space::Local => "local",
+        }
+    }
+}
+
+/// How durable a write is when [`Store::write`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync'd (`persist(SyncAll)`) before returning.
+    Sync,
+    /// Handed to the OS; survives a process crash, not a power loss, unless a later
+    /// `Sync` write persists it (the journal is sequential).
+    Buffered,
+}
+
+/// Errors of the node store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A write or sync failed earlier; the store refuses writes until restarted.
+    #[error("store is poisoned after a failed write or sync; restart the node")]
+    Poisoned,
+    /// The engine reported an error.
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    /// A key, value or argument is outside the limits.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// Stored bytes failed verification.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    fn engine(e: fjall::Error) -> StoreError {
+        match e {
+            fjall::Error::Poisoned => StoreError::Poisoned,
+            e => StoreError::Engine(e.to_string()),
+        }
+    }
+}
+
+/// Counters since the store was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreMetrics {
+    /// Write batches committed.
+    pub writes: u64,
+    /// Key + value bytes in committed batches.
+    pub bytes_written: u64,
+    /// fsyncs performed (Sync writes).
+    pub syncs: u64,
+    /// Total time spent in Sync writes, microseconds.
+    pub sync_micros_total: u64,
+    /// Disk space used by the engine (journal + tables), bytes.
+    pub disk_space_bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    writes: AtomicU64,
+    bytes_written: AtomicU64,
+    syncs: AtomicU64,
+    sync_micros_total: AtomicU64,
+}
+
+struct Inner {
+    db: Database,
+    spaces: [Keyspace; 4],
+    poisoned: AtomicBool,
+    /// Test hook: the next Sync write fails as if fsync had failed.
+    fail_next_sync: AtomicBool,
+    /// Serialises writers with the poison check so no write slips in after poisoning.
+    write_lock: Mutex<()>,
+    counters: Counters,
+}
+
+impl Inner {
+    fn space(&self, s: Space) -> &Keyspace {
+        &self.spaces[s.index()]
+    }
+}
+
+/// The node store. `Send + Sync`; share it behind an `Arc`.
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("poisoned", &self.is_poisoned())
+            .finish()
+    }
+}
+
+fn bounds<'a>(start: &'a [u8], end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    let hi = if end.is_empty() {
+        Bound::Unbounded
+    } else {
+        Bound::Excluded(end)
+    };
+    (Bound::Included(start), hi)
+}
+
+/// True when `[start, end)` cannot contain a key.
+fn range_is_empty(start: &[u8], end: &[u8]) -> bool {
+    !end.is_empty() && start >= end
+}
+
+fn collect(iter: fjall::Iter, limit: usize) -> Result<KvPairs, StoreError> {
+    let mut out = Vec::new();
+    for guard in iter.take(limit.min(MAX_SCAN_LIMIT)) {
+        let (k, v) = guard.into_inner().map_err(StoreError::engine)?;
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = Database::builder(dir)
+            // Two cores on the target machines: keep background work modest.
+            .worker_threads(2)
+            .open()
+            .map_err(StoreError::engine)?;
+        let mut spaces = Vec::with_capacity(4);
+        for s in Space::ALL {
+            spaces.push(
+                db.keyspace(s.name(), KeyspaceCreateOptions::default)
+                    .map_err(StoreError::engine)?,
+            );
+        }
+        let spaces: [Keyspace; 4] = spaces
+            .try_into()
+            .map_err(|_| StoreError::Engine("keyspace count".into()))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                spaces,
+                poisoned: AtomicBool::new(false),
+                fail_next_sync: AtomicBool::new(false),
+                write_lock: Mutex::new(()),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// Reads one key.
+    pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let v = self
+            .inner
+            .space(space)
+            .get(key)
+            .map_err(StoreError::engine)?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    /// Up to `limit` pairs with `start <= key < end` (empty `end` = unbounded), in key order.
+    pub fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<KvPairs, StoreError> {
+        if range_is_empty(start, end) || limit == 0 {
+            return Ok(Vec::new());
+        }
+        collect(
+            self.inner
+                .space(space)
+                .range::<&[u8], _>(bounds(start, end)),
+            limit,
+        )
+    }
+
+    /// The last pair with `start <= key < end`, if any.
+    pub fn last_in_range(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Option<KvPair>, StoreError> {
+        if range_is_empty(start, end) {
+            return Ok(None);
+        }
+        match self
+            .inner
+            .space(space)
+            .range::<&[u8], _>(bounds(start, end))
+            .next_back()
+        {
+            None => Ok(None),
+            Some(g) => {
+                let (k, v) = g.into_inner().map_err(StoreError::engine)?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+        }
+    }
+
+    /// A new, empty write batch for this store.
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch {
+            inner: self.inner.clone(),
+            ops: BTreeMap::new(),
+        }
+    }
+
+    /// Commits `batch` atomically (all of it or none of it, across spaces).
+    ///
+    /// With [`Durability::Sync`] the journal is fsync'd before returning. If the write or the
+    /// fsync fails the store becomes poisoned (see the crate doc).
+    pub fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), StoreError> {
+        if !Arc::ptr_eq(&batch.inner, &self.inner) {
+            return Err(StoreError::Invalid(
+                "write batch belongs to another store".into(),
+            ));
+        }
+        // fjall asserts on these; refuse them as errors instead (before anything is written).
+        for ((_, key), value) in &batch.ops {
+            if key.is_empty() || key.len() > MAX_KEY_BYTES {
+                return Err(StoreError::Invalid(format!(
+                    "key length {} outside 1..={MAX_KEY_BYTES}",
+                    key.len()
+                )));
+            }
+            if value.as_ref().is_some_and(|v| v.len() > MAX_VALUE_BYTES) {
+                return Err(StoreError::Invalid(format!(
+                    "value larger than {MAX_VALUE_BYTES} bytes"
+                )));
+            }
+        }
+        let inner = &*self.inner;
+        let _guard = inner.write_lock.lock();
+        if self.is_poisoned() {
+            return Err(StoreError::Poisoned);
+        }
+        let started = Instant::now();
+        let inject =
+            durability == Durability::Sync && inner.fail_next_sync.swap(false, Ordering::SeqCst);
+        let mode = match durability {
+            Durability::Sync if !inject => PersistMode::SyncAll,
+            _ => PersistMode::Buffer,
+        };
+        let mut bytes = 0u64;
+        if batch.ops.is_empty() {
+            if durability == Durability::Sync && !inject {
+                inner.db.persist(mode).map_err(|e| self.poison(e))?;
+            }
+        } else {
+            let mut b = inner.db.batch().durability(Some(mode));
+            for ((space, key), value) in batch.ops {
+                bytes += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
+                match value {
+                    Some(v) => b.insert(inner.space(space), key, v),
+                    None => b.remove(inner.space(space), key),
+                }
+            }
+            b.commit().map_err(|e| self.poison(e))?;
+        }
+        if inject {
+            inner.poisoned.store(true, Ordering::SeqCst);
+            tracing::error!("store: injected fsync failure; store is now poisoned");
+            return Err(StoreError::Engine(
+                "injected fsync failure (test hook)".into(),
+            ));
+        }
+        let c = &inner.counters;
+        c.writes.fetch_add(1, Ordering::Relaxed);
+        c.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        if durability == Durability::Sync {
+            c.syncs.fetch_add(1, Ordering::Relaxed);
+            c.sync_micros_total
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn poison(&self, e: fjall::Error) -> StoreError {
+        self.inner.poisoned.store(true, Ordering::SeqCst);
+        tracing::error!(error = %e, "store: write or fsync failed; store is now poisoned and refuses writes");
+        StoreError::engine(e)
+    }
+
+    /// True after a failed write or fsync.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// Test hook: makes the next [`Durability::Sync`] write fail as a failed fsync would
+    /// (the batch reaches the journal but is reported as failed, and the store is poisoned).
+    #[doc(hidden)]
+    pub fn fail_next_sync_for_test(&self) {
+        self.inner.fail_next_sync.store(true, Ordering::SeqCst);
+    }
+
+    /// A consistent point-in-time view of every space. Keep it short-lived: it pins old data.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        StoreSnapshot {
+            inner: self.inner.clone(),
+            snap: self.inner.db.snapshot(),
+        }
+    }
+
+    /// Counters since open, plus current disk usage.
+    pub fn metrics(&self) -> StoreMetrics {
+        let c = &self.inner.counters;
+        StoreMetrics {
+            writes: c.writes.load(Ordering::Relaxed),
+            bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
+            sync_micros_total: c.sync_micros_total.load(Ordering::Relaxed),
+            disk_space_bytes: self.inner.db.disk_space().unwrap_or(0),
+        }
+    }
+}
+
+/// A consistent, read-only view of the store at one instant.
+pub struct StoreSnapshot {
+    inner: Arc<Inner>,
+    snap: fjall::Snapshot,
+}
+
+impl StoreSnapshot {
+    /// Reads one key as of the snapshot.
+    pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let v = self
+            .snap
+            .get(self.inner.space(space), key)
+            .map_err(StoreError::engine)?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    /// Like [`Store::scan`], as of the snapshot.
+    pub fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<KvPairs, StoreError> {
+        if range_is_empty(start, end) || limit == 0 {
+            return Ok(Vec::new());
+        }
+        collect(
+            self.snap
+                .range::<&[u8], _>(self.inner.space(space), bounds(start, end)),
+            limit,
+        )
+    }
+}
+
+type OpsIter<'a> = Box<dyn Iterator<Item = (&'a (Space, Vec<u8>), &'a Option<Vec<u8>>)> + 'a>;
+
+/// An atomic set of writes, possibly across spaces. The last operation on a key wins.
+///
+/// The batch can be read back ([`WriteBatch::pending`], [`WriteBatch::pending_range`]) so a
+/// caller can evaluate later operations against its own earlier writes.
+pub struct WriteBatch {
+    inner: Arc<Inner>,
+    /// `None` = delete.
+    ops: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl WriteBatch {
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, space: Space, key: &[u8], value: &[u8]) {
+        self.ops.insert((space, key.to_vec()), Some(value.to_vec()));
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&mut self, space: Space, key: &[u8]) {
+        self.ops.insert((space, key.to_vec()), None);
+    }
+
+    /// Deletes every key in `[start, end)` (empty `end` = unbounded): the keys the store holds
+    /// at the time of this call plus the keys put earlier into this batch. fjall has no range
+    /// tombstones, so this scans and deletes key by key; the caller must be the only writer of
+    /// that range (the Raft loop is, for a shard's range).
+    pub fn delete_range(
+        &mut self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<usize, StoreError> {
+        if range_is_empty(start, end) {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for g in self
+            .inner
+            .space(space)
+            .range::<&[u8], _>(bounds(start, end))
+        {
+            let k = g.key().map_err(StoreError::engine)?;
+            self.ops.insert((space, k.to_vec()), None);
+            n += 1;
+        }
+        let pending: Vec<Vec<u8>> = self
+            .pending_range(space, start, end)
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        for k in pending {
+            self.ops.insert((space, k), None);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// What this batch does to `key`: `None` = untouched, `Some(None)` = deleted,
+    /// `Some(Some(v))` = set to `v`.
+    pub fn pending(&self, space: Space, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.ops.get(&(space, key.to_vec())).map(|v| v.as_deref())
+    }
+
+    /// This batch's operations on keys in `[start, end)`, in key order.
+    pub fn pending_range<'a>(
+        &'a self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+    ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        let lo = Bound::Included((space, start.to_vec()));
+        let iter: OpsIter<'a> = if range_is_empty(start, end) {
+            Box::new(std::iter::empty())
+        } else if end.is_empty() {
+            // `take_while` below stops at the next space.
+            Box::new(self.ops.range((lo, Bound::Unbounded)))
+        } else {
+            Box::new(self.ops.range((lo, Bound::Excluded((space, end.to_vec())))))
+        };
+        iter.take_while(move |((s, _), _)| *s == space)
+            .map(|((_, k), v)| (k.as_slice(), v.as_deref()))
+    }
+
+    /// True when the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Number of distinct keys the batch writes or deletes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_range_stays_in_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = store.batch();
+        b.put(Space::Data, b"a", b"1");
+        b.put(Space::Data, b"c", b"3");
+        b.put(Space::Local, b"b", b"x");
+        let all: Vec<_> = b.pending_range(Space::Data, b"", b"").collect();
+        assert_eq!(all.len(), 2);
+        let some: Vec<_> = b.pending_range(Space::Data, b"b", b"z").collect();
+        assert_eq!(some, vec![(&b"c"[..], Some(&b"3"[..]))]);
+        assert_eq!(b.pending_range(Space::RaftLog, b"", b"").count(), 0);
+    }
+}

@@ -1,0 +1,382 @@
+//! Command-line grammar (clap derive). Only types live here; each command
+//! family has its own module that runs it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::server::ServerArgs;
+
+/// Berth: files, tables and streams in one namespace, one security model.
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Connection flags shared by every client command.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Native API servers, host:port, comma-separated; tried in order.
+    #[arg(long, env = "BERTH_SERVERS", value_delimiter = ',', global = true)]
+    pub servers: Vec<String>,
+    /// File holding the ticket (default: <data-dir>/admin.ticket, then ~/.berth/ticket).
+    #[arg(long, env = "BERTH_TICKET_FILE", global = true)]
+    pub ticket_file: Option<PathBuf>,
+    /// Cluster CA certificate, PEM (default: <data-dir>/tls/ca.crt).
+    #[arg(long, env = "BERTH_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// No TLS (development only). For `server`: listen without TLS.
+    #[arg(
+        long,
+        env = "BERTH_INSECURE",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub insecure: bool,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a Berth node.
+    Server(ServerArgs),
+    /// Exchange a password for a ticket and store it.
+    Login(LoginArgs),
+    /// Show who the current ticket proves.
+    Whoami,
+    /// Issue, inspect and sign tickets.
+    #[command(subcommand)]
+    Ticket(TicketCmd),
+    /// Manage users and service principals.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage groups.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// List directory contents.
+    Ls(LsArgs),
+    /// Create directories.
+    Mkdir(MkdirArgs),
+    /// Remove entries.
+    Rm(RmArgs),
+    /// Show an entry's attributes.
+    Stat(PathArg),
+    /// Move or rename an entry.
+    Mv(MvArgs),
+    /// Create a file entry, or update its times.
+    Touch(PathsArg),
+    /// Create a symbolic link (only -s is supported).
+    Ln(LnArgs),
+    /// Change permission bits.
+    Chmod(ChmodArgs),
+    /// Change owner and group.
+    Chown(ChownArgs),
+    /// Read and write access control expressions.
+    #[command(subcommand)]
+    Acl(AclCmd),
+    /// Show nodes and shards.
+    Status,
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// User name (default: $USER).
+    #[arg(long, short)]
+    pub user: Option<String>,
+    /// Read the password from the first line of stdin.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Lifetime of the ticket, e.g. 24h, 30m, 7days.
+    #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+    pub ttl: std::time::Duration,
+    /// Where to store the ticket (default: ~/.berth/ticket), mode 0600.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TicketCmd {
+    /// Mint a ticket for a principal (admin).
+    Issue {
+        /// Principal the ticket proves.
+        #[arg(long)]
+        principal: String,
+        /// Narrow the ticket to PATH:r, PATH:rw or PATH:admin (repeatable).
+        #[arg(long)]
+        scope: Vec<String>,
+        /// Lifetime, e.g. 24h, 90d.
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+        /// File to write (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Decode a ticket file and show its contents (no signature check).
+    Print {
+        /// Ticket file.
+        file: PathBuf,
+    },
+    /// Make a new signing key the active one.
+    RotateKey,
+    /// List signing keys.
+    Keys,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Add a user or service principal.
+    Add {
+        name: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long, conflicts_with = "password")]
+        password_stdin: bool,
+        /// The password (visible to other local users: prefer --password-stdin).
+        #[arg(long)]
+        password: Option<String>,
+        /// Numeric uid (default: next free from 1000).
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Group to join (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// A service principal: no password, tickets only via `ticket issue`.
+        #[arg(long)]
+        service: bool,
+    },
+    /// List principals.
+    List,
+    /// Remove a principal.
+    Remove { name: String },
+    /// Set a user's password.
+    Passwd {
+        name: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// Add a group.
+    Add {
+        name: String,
+        /// Numeric gid (default: next free from 1000).
+        #[arg(long)]
+        gid: Option<u32>,
+    },
+    /// List groups.
+    List,
+    /// Remove a group.
+    Remove { name: String },
+    /// Add a user to a group.
+    AddMember { group: String, user: String },
+    /// Remove a user from a group.
+    RemoveMember { group: String, user: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCmd {
+    /// Create a volume mounted at PATH.
+    Create {
+        path: String,
+        /// Replication factor (default 3, capped at the node count).
+        #[arg(long)]
+        replication: Option<u32>,
+        /// Quota, e.g. 10G, 512MiB (default: unlimited).
+        #[arg(long, value_parser = crate::output::parse_size)]
+        quota: Option<u64>,
+        /// Who may read, e.g. 'g:ops | u:alice' (default: mode bits decide).
+        #[arg(long)]
+        read_ace: Option<String>,
+        /// Who may write.
+        #[arg(long)]
+        write_ace: Option<String>,
+    },
+    /// List volumes.
+    List,
+    /// Show one volume.
+    Info { path: String },
+    /// Remove a volume.
+    Remove {
+        path: String,
+        /// Remove even if it holds entries.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Long format: mode, links, owner, size, time.
+    #[arg(short = 'l')]
+    pub long: bool,
+    /// Paths to list (default: /).
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MkdirArgs {
+    /// Create missing parents; no error if the directory exists.
+    #[arg(short = 'p', long)]
+    pub parents: bool,
+    /// Permission bits, octal (default 755).
+    #[arg(short = 'm', long, value_parser = crate::output::parse_mode)]
+    pub mode: Option<u32>,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Remove directories and their contents.
+    #[arg(short = 'r', short_alias = 'R', long)]
+    pub recursive: bool,
+    /// Ignore entries that do not exist.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PathArg {
+    pub path: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PathsArg {
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MvArgs {
+    pub src: String,
+    pub dst: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LnArgs {
+    /// Make a symbolic link (required: hard links are not offered).
+    #[arg(short = 's', long, required = true)]
+    pub symbolic: bool,
+    pub target: String,
+    pub path: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ChmodArgs {
+    /// Octal mode, e.g. 755 or 0640.
+    #[arg(value_parser = crate::output::parse_mode)]
+    pub mode: u32,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ChownArgs {
+    /// UID[:GID], numbers or names.
+    pub owner: String,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCmd {
+    /// Show the expressions on an entry.
+    Get { path: String },
+    /// Set expressions on an entry ('' means nobody).
+    Set {
+        path: String,
+        #[arg(long)]
+        read: Option<String>,
+        #[arg(long)]
+        write: Option<String>,
+        #[arg(long)]
+        admin: Option<String>,
+        /// Remove every expression (mode bits decide again).
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Metadata operations: mkdir, create, stat.
+    Meta(BenchMetaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchMetaArgs {
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub clients: u32,
+    /// Operations of each kind per client.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub ops: u32,
+    /// Berth directory to work under (a fresh run-* subdirectory is used and removed).
+    #[arg(long, default_value = "/bench")]
+    pub dir: String,
+    /// Also run the same operations on this local directory, for comparison.
+    #[arg(long)]
+    pub local_dir: Option<PathBuf>,
+}
+
+/// Parses a lifetime such as `24h`, `30m`, `7d`.
+pub fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 24h, 30m, 7d)"))?;
+    if d.as_secs() == 0 {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_after_subcommand() {
+        let cli = Cli::try_parse_from(["berth", "volume", "list", "--json"]).unwrap();
+        assert!(cli.global.json);
+        let cli = Cli::try_parse_from(["berth", "ls", "-l", "/a", "--servers", "h:1,g:2"]).unwrap();
+        assert_eq!(cli.global.servers, vec!["h:1", "g:2"]);
+    }
+
+    #[test]
+    fn ln_needs_s() {
+        assert!(Cli::try_parse_from(["berth", "ln", "a", "b"]).is_err());
+        assert!(Cli::try_parse_from(["berth", "ln", "-s", "a", "b"]).is_ok());
+    }
+
+    #[test]
+    fn ttl() {
+        assert_eq!(parse_ttl("24h").unwrap().as_secs(), 86_400);
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("soon").is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! `berth server`: flags, environment and an optional TOML file become one
+//! `berth_server::Config` (flags and environment beat the file, the file
+//! beats the defaults), then the node runs until it is stopped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+/// Largest config file read, in bytes.
+const CONFIG_SIZE_MAX_BYTES: u64 = 1024 * 1024;
+
+const DEFAULT_DATA_DIR: &str = "./berth-data";
+const DEFAULT_NATIVE_ADDR: &str = "0.0.0.0:5660";
+const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:8443";
+const DEFAULT_CLUSTER: &str = "berth";
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServerArgs {
+    /// TOML file with the same keys as the long flags (`native_addr = "…"`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./berth-data].
+    #[arg(long, env = "BERTH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Native API (gRPC) listen address [default: 0.0.0.0:5660].
+    #[arg(long, value_name = "ADDR")]
+    pub native_addr: Option<SocketAddr>,
+    /// Admin HTTP listen address [default: 0.0.0.0:8443].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Host name or IP for the node certificate and cluster map, repeatable
+    /// [default: this machine's host name].
+    #[arg(long, value_name = "HOST")]
+    pub advertise: Vec<String>,
+    /// Cluster name, used on first start only [default: berth].
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// Listen without TLS: set from the global `--insecure` flag, which
+    /// `berth server --insecure` also reaches.
+    #[arg(skip)]
+    pub insecure: bool,
+}
+
+/// The config file: every key optional, unknown keys rejected so a typo
+/// does not go unnoticed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    native_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    advertise: Option<Vec<String>>,
+    cluster: Option<String>,
+    insecure: Option<bool>,
+}
+
+pub async fn run(args: ServerArgs) -> Result<()> {
+    let config = resolve(args)?;
+    if config.insecure {
+        eprintln!(
+            "warning: --insecure: every listener speaks plain text and tickets travel \
+             unencrypted; use this for local development only"
+        );
+    }
+    init_logging();
+    berth_server::run(config).await
+}
+
+/// Merges flags, file and defaults.
+fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
+    let file = match &args.config {
+        Some(path) => read_config(path)?,
+        None => FileConfig::default(),
+    };
+    let addr = |s: &str| -> SocketAddr { s.parse().expect("default address parses") };
+    let advertise = if !args.advertise.is_empty() {
+        args.advertise
+    } else if let Some(a) = file.advertise.filter(|a| !a.is_empty()) {
+        a
+    } else {
+        vec![hostname()]
+    };
+    Ok(berth_server::Config {
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+        native_addr: args
+            .native_addr
+            .or(file.native_addr)
+            .unwrap_or_else(|| addr(DEFAULT_NATIVE_ADDR)),
+        admin_addr: args
+            .admin_addr
+            .or(file.admin_addr)
+            .unwrap_or_else(|| addr(DEFAULT_ADMIN_ADDR)),
+        advertise,
+        cluster_name: args
+            .cluster
+            .or(file.cluster)
+            .unwrap_or_else(|| DEFAULT_CLUSTER.into()),
+        insecure: args.insecure || file.insecure.unwrap_or(false),
+    })
+}
+
+fn read_config(path: &Path) -> Result<FileConfig> {
+    let ctx = || format!("reading config file {}", path.display());
+    let len = std::fs::metadata(path).with_context(ctx)?.len();
+    anyhow::ensure!(
+        len <= CONFIG_SIZE_MAX_BYTES,
+        "config file {} is larger than 1 MiB",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path).with_context(ctx)?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// This machine's host name, or `localhost` when it has none.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(h) if !h.is_empty() => h.to_string(),
+        _ => "localhost".into(),
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`). A no-op when
+/// a subscriber is already installed.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = resolve(ServerArgs::default()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./berth-data"));
+        assert_eq!(c.native_addr.to_string(), "0.0.0.0:5660");
+        assert_eq!(c.admin_addr.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.cluster_name, "berth");
+        assert_eq!(c.advertise.len(), 1);
+        assert!(!c.insecure);
+    }
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("berth.toml");
+        std::fs::write(
+            &p,
+            "native_addr = \"127.0.0.1:7000\"\nadmin_addr = \"127.0.0.1:7001\"\n\
+             cluster = \"filecl\"\nadvertise = [\"a\", \"b\"]\ninsecure = true\n",
+        )
+        .unwrap();
+        let args = ServerArgs {
+            config: Some(p),
+            native_addr: Some("127.0.0.1:9000".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = resolve(args).unwrap();
+        assert_eq!(c.native_addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:7001");
+        assert_eq!(c.cluster_name, "filecl");
+        assert_eq!(c.advertise, vec!["a", "b"]);
+        assert!(c.insecure);
+    }
+
+    #[test]
+    fn unknown_keys_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("berth.toml");
+        std::fs::write(&p, "native-addr = \"127.0.0.1:7000\"\n").unwrap();
+        let Err(e) = resolve(ServerArgs {
+            config: Some(p),
+            ..Default::default()
+        }) else {
+            panic!("a misspelt key must be rejected");
+        };
+        assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+    }
+}

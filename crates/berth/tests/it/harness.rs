@@ -1,0 +1,283 @@
+//! `TestServer`: one real `berth server` process on loopback ports with its
+//! own temporary data directory, and a way to run the real `berth` CLI
+//! against it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to become ready.
+const READY_TIMEOUT_S: u64 = 60;
+/// How long one CLI invocation may take before the test fails.
+const CLI_TIMEOUT_S: u64 = 60;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_berth");
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub home: PathBuf,
+    pub native_port: u16,
+    pub admin_port: u16,
+    child: Option<Child>,
+}
+
+/// A port that was free a moment ago (bind :0, read it, drop the listener).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+impl TestServer {
+    /// Starts a server and waits until it is ready.
+    pub fn start() -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-it-")
+            .tempdir()
+            .expect("tempdir");
+        let data = dir.path().join("data");
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).expect("home dir");
+        std::fs::create_dir_all(dir.path().join("work")).expect("work dir");
+        let native_port = free_port();
+        let mut admin_port = free_port();
+        while admin_port == native_port {
+            admin_port = free_port();
+        }
+        let mut s = TestServer {
+            dir,
+            data,
+            home,
+            native_port,
+            admin_port,
+            child: None,
+        };
+        s.spawn();
+        s.wait_ready();
+        s
+    }
+
+    fn log_file(&self, name: &str) -> File {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(name))
+            .expect("server log file")
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--native-addr")
+            .arg(format!("127.0.0.1:{}", self.native_port))
+            .arg("--admin-addr")
+            .arg(format!("127.0.0.1:{}", self.admin_port))
+            .arg("--advertise")
+            .arg("127.0.0.1")
+            .current_dir(self.dir.path().join("work"))
+            .env("HOME", &self.home)
+            .stdin(Stdio::null())
+            .stdout(self.log_file("server.stdout.log"))
+            .stderr(self.log_file("server.stderr.log"));
+        for k in ENV_TO_CLEAR {
+            cmd.env_remove(k);
+        }
+        self.child = Some(cmd.spawn().expect("spawn berth server"));
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(READY_TIMEOUT_S);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.native_port).parse().unwrap();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "berth server exited during startup ({status})\n{}",
+                    self.log()
+                );
+            }
+            let ticket = self.data.join("admin.ticket").is_file();
+            if ticket && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "berth server not ready after {READY_TIMEOUT_S} s\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Both log files of the server, for failure messages.
+    pub fn log(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
+        format!(
+            "--- server stdout ---\n{}\n--- server stderr ---\n{}",
+            read("server.stdout.log"),
+            read("server.stderr.log")
+        )
+    }
+
+    pub fn admin_ticket(&self) -> PathBuf {
+        self.data.join("admin.ticket")
+    }
+
+    /// Runs `berth ARGS` as the admin.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with(args, &[], None)
+    }
+
+    /// Runs `berth ARGS` with extra environment (which may replace the
+    /// defaults, e.g. BERTH_TICKET_FILE) and optional stdin.
+    pub fn cli_with(&self, args: &[&str], env: &[(&str, &Path)], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(BIN);
+        for k in ENV_TO_CLEAR {
+            cmd.env_remove(k);
+        }
+        cmd.args(args)
+            .current_dir(self.dir.path().join("work"))
+            .env("HOME", &self.home)
+            .env("BERTH_SERVERS", format!("127.0.0.1:{}", self.native_port))
+            .env("BERTH_TICKET_FILE", self.admin_ticket())
+            .env("BERTH_CA_FILE", self.data.join("tls").join("ca.crt"))
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn berth");
+        if let Some(text) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin pipe");
+            pipe.write_all(text.as_bytes()).expect("write stdin");
+        }
+        // Bound the wait: a hung CLI must fail the test, not hang it.
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(Duration::from_secs(CLI_TIMEOUT_S)) {
+            Ok(out) => out.expect("collect berth output"),
+            Err(_) => {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                panic!(
+                    "berth {args:?} did not finish in {CLI_TIMEOUT_S} s\n{}",
+                    self.log()
+                );
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same data directory and ports.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Variables of the developer's shell that would change what the CLI does.
+const ENV_TO_CLEAR: [&str; 7] = [
+    "BERTH_TICKET",
+    "BERTH_INSECURE",
+    "BERTH_DATA_DIR",
+    "BERTH_SERVERS",
+    "BERTH_TICKET_FILE",
+    "BERTH_CA_FILE",
+    "RUST_BACKTRACE",
+];
+
+/// Assertions on CLI runs, with the server log in every failure message.
+impl TestServer {
+    fn explain(&self, args: &[&str], out: &Output) -> String {
+        format!(
+            "berth {args:?} exited with {}\nstdout: {}\nstderr: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        )
+    }
+
+    /// Checks that a run succeeded; returns its stdout.
+    pub fn check_ok(&self, args: &[&str], out: Output) -> String {
+        assert!(out.status.success(), "{}", self.explain(args, &out));
+        String::from_utf8(out.stdout).expect("stdout is UTF-8")
+    }
+
+    /// Runs as admin and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        self.check_ok(args, out)
+    }
+
+    /// Runs as admin with `--json` and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let text = self.ok(&a);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("berth {a:?}: bad JSON ({e}):\n{text}"))
+    }
+
+    /// Checks that a run failed the Berth way: exit 1, one `error:` line on
+    /// stderr that names `code`, no panic or Debug dump. Returns stderr.
+    pub fn check_err(&self, args: &[&str], out: Output, code: &str) -> String {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{}", self.explain(args, &out));
+        assert!(
+            stderr.starts_with("error: "),
+            "{}",
+            self.explain(args, &out)
+        );
+        assert!(
+            stderr.contains(code),
+            "expected {code}\n{}",
+            self.explain(args, &out)
+        );
+        for bad in ["panicked", "backtrace", "Status {", "RUST_BACKTRACE"] {
+            assert!(
+                !stderr.contains(bad),
+                "{bad:?} in stderr\n{}",
+                self.explain(args, &out)
+            );
+        }
+        stderr
+    }
+
+    /// Runs as admin and expects failure with `code`.
+    pub fn err(&self, args: &[&str], code: &str) -> String {
+        let out = self.cli(args);
+        self.check_err(args, out, code)
+    }
+}

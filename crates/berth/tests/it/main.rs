@@ -1,0 +1,9 @@
+//! Whole-system tests of the `berth` binary: a real server process, the real
+//! CLI, over TLS with the admin ticket the server wrote on first start.
+//! One integration binary for the crate (see STYLE.md).
+
+mod errors;
+mod harness;
+mod tour;
+
+pub use harness::TestServer;
