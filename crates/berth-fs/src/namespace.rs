@@ -75,9 +75,8 @@ impl Reader {
         }
     }
     async fn tx(&mut self, meta: &Meta, shard: ShardId) -> Result<&Tx, Error> {
-        if !self.txs.contains_key(&shard) {
-            let tx = meta.router().begin(shard).await?;
-            self.txs.insert(shard, tx);
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.txs.entry(shard) {
+            slot.insert(meta.router().begin(shard).await?);
         }
         Ok(&self.txs[&shard])
     }

@@ -195,6 +195,10 @@ impl Meta {
                     groups: vec!["admin".into()],
                 }),
             );
+            tx.put(
+                shard_key(META_SHARD),
+                encode(&ShardRecord::meta(vec![b.node.id])),
+            );
             let shard = ShardRecord::for_volume(ROOT_SHARD, ROOT_VOLUME, vec![b.node.id]);
             tx.put(shard_key(ROOT_SHARD), encode(&shard));
             tx.put(

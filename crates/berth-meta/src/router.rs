@@ -101,7 +101,7 @@ impl Router {
         start: &[u8],
         end: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    ) -> Result<berth_store::KvPairs, Error> {
         let tx = self.begin(shard).await?;
         tx.peek_range(start, end, limit)
     }
@@ -168,7 +168,7 @@ impl Tx {
         start: &[u8],
         end: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    ) -> Result<berth_store::KvPairs, Error> {
         Ok(self.router.raft.scan(self.shard, start, end, limit)?)
     }
 

@@ -1,0 +1,405 @@
+//! Namespace and volume semantics against a real single-node kernel
+//! (store, multi-raft loop, meta shard) in a temp dir, no network.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_fs::{EntryAcl, EntryKind, Namespace, SetAttr, VolumeSpec};
+use berth_meta::map::{NodeRecord, ShardRecord, META_SHARD};
+use berth_meta::{Bootstrap, Code, Meta, Router};
+use berth_raft::{NodeId, RaftNode, Transport};
+use berth_security::principal::Principal;
+use berth_store::Store;
+
+struct NullTransport;
+impl Transport for NullTransport {
+    fn send(&self, _to: NodeId, _msgs: Vec<raft::eraftpb::Message>) {}
+}
+
+struct Kernel {
+    _dir: tempfile::TempDir,
+    ns: Arc<Namespace>,
+    meta: Arc<Meta>,
+    admin: Principal,
+}
+
+async fn wait_leader(raft: &RaftNode, shard: u64) {
+    for _ in 0..2000 {
+        if raft.leader(shard).is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("shard {shard} elected no leader");
+}
+
+async fn kernel() -> Kernel {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let mut cfg = berth_raft::Config::new(1);
+    cfg.tick_interval = Duration::from_millis(10);
+    let raft = RaftNode::start(store, cfg, Arc::new(NullTransport)).unwrap();
+    raft.create_shard(ShardRecord::meta(vec![1]).desc())
+        .unwrap();
+    wait_leader(&raft, META_SHARD).await;
+    let meta = Meta::new(Arc::new(Router::new(raft.clone(), 1)));
+    meta.bootstrap(&Bootstrap {
+        cluster_name: "test".into(),
+        cluster_id: "t".into(),
+        node: NodeRecord {
+            id: 1,
+            native_addr: "127.0.0.1:1".into(),
+            admin_addr: "127.0.0.1:2".into(),
+            advertise: vec![],
+            started_at: 0,
+        },
+        now_secs: 0,
+        now_ns: 0,
+    })
+    .await
+    .unwrap();
+    meta.refresh().await.unwrap();
+    wait_leader(&raft, berth_meta::map::ROOT_SHARD).await;
+    let ns = Namespace::new(meta.clone());
+    ns.reconcile().await.unwrap();
+    let (t, _) = meta.sign_for("admin", None, 3600).unwrap();
+    let admin = meta.authenticate(&t).unwrap();
+    Kernel {
+        _dir: dir,
+        ns,
+        meta,
+        admin,
+    }
+}
+
+impl Kernel {
+    async fn user(&self, name: &str, groups: &[&str]) -> Principal {
+        for g in groups {
+            if !self.meta.map().groups.contains_key(*g) {
+                self.meta.group_add(&self.admin, g, None).await.unwrap();
+            }
+        }
+        self.meta
+            .user_add(
+                &self.admin,
+                name,
+                Some("pw"),
+                None,
+                groups.iter().map(|g| g.to_string()).collect(),
+                false,
+            )
+            .await
+            .unwrap();
+        let (t, _) = self.meta.sign_for(name, None, 3600).unwrap();
+        self.meta.authenticate(&t).unwrap()
+    }
+
+    async fn names(&self, p: &Principal, dir: &str) -> Vec<String> {
+        let (entries, more) = self.ns.list(p, dir, "", 0).await.unwrap();
+        assert!(!more);
+        entries.into_iter().map(|e| e.name).collect()
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, berth_meta::Error>) -> Code {
+    r.expect_err("expected an error").code
+}
+
+#[tokio::test]
+async fn directories_files_and_links() {
+    let k = kernel().await;
+    let a = &k.admin;
+    k.ns.mkdir(a, "/d", 0, false).await.unwrap();
+    assert_eq!(code(k.ns.mkdir(a, "/d", 0, false).await), Code::Exists);
+    k.ns.mkdir(a, "/d/e/f", 0, true).await.unwrap();
+    k.ns.mkdir(a, "/d/e/f", 0, true).await.unwrap(); // -p: no error
+    assert_eq!(code(k.ns.mkdir(a, "/x/y", 0, false).await), Code::NotFound);
+    k.ns.create(a, "/d/file", EntryKind::File, 0, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        code(k.ns.mkdir(a, "/d/file/sub", 0, false).await),
+        Code::NotDir
+    );
+    k.ns.create(a, "/d/tbl", EntryKind::Table, 0, true)
+        .await
+        .unwrap();
+    k.ns.create(a, "/d/str", EntryKind::Stream, 0, true)
+        .await
+        .unwrap();
+    assert_eq!(k.names(a, "/d").await, ["e", "file", "str", "tbl"]);
+    // nlink: 2 + subdirectories.
+    assert_eq!(k.ns.stat(a, "/d").await.unwrap().inode.nlink, 3);
+    assert_eq!(
+        k.ns.stat(a, "/d/tbl").await.unwrap().inode.kind,
+        EntryKind::Table
+    );
+
+    // Symlinks: intermediate links are followed, the last is not (lstat).
+    k.ns.symlink(a, "/link", "d/e").await.unwrap();
+    assert_eq!(k.ns.readlink(a, "/link").await.unwrap(), "d/e");
+    assert_eq!(
+        k.ns.stat(a, "/link").await.unwrap().inode.kind,
+        EntryKind::Symlink
+    );
+    assert_eq!(k.ns.stat(a, "/link/f").await.unwrap().path, "/d/e/f");
+    k.ns.symlink(a, "/loop1", "/loop2").await.unwrap();
+    k.ns.symlink(a, "/loop2", "/loop1").await.unwrap();
+    assert_eq!(code(k.ns.stat(a, "/loop1/x").await), Code::Loop);
+
+    // Remove: files, empty dirs, -r.
+    assert_eq!(code(k.ns.remove(a, "/d", false).await), Code::NotEmpty);
+    k.ns.remove(a, "/d/file", false).await.unwrap();
+    assert_eq!(code(k.ns.stat(a, "/d/file").await), Code::NotFound);
+    k.ns.remove(a, "/d", true).await.unwrap();
+    assert_eq!(code(k.ns.stat(a, "/d").await), Code::NotFound);
+    assert_eq!(code(k.ns.remove(a, "/", true).await), Code::Busy);
+    assert_eq!(k.ns.stat(a, "/").await.unwrap().inode.nlink, 2);
+
+    // Paging through a large directory.
+    k.ns.mkdir(a, "/big", 0, false).await.unwrap();
+    for i in 0..250 {
+        k.ns.create(a, &format!("/big/f{i:04}"), EntryKind::File, 0, true)
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (page, more) = k.ns.list(a, "/big", &after, 64).await.unwrap();
+        after = page.last().map(|e| e.name.clone()).unwrap_or_default();
+        seen.extend(page.into_iter().map(|e| e.name));
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 250);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[tokio::test]
+async fn rename_semantics() {
+    let k = kernel().await;
+    let a = &k.admin;
+    k.ns.mkdir(a, "/a/b/c", 0, true).await.unwrap();
+    k.ns.mkdir(a, "/z", 0, false).await.unwrap();
+    k.ns.create(a, "/a/f1", EntryKind::File, 0, true)
+        .await
+        .unwrap();
+    k.ns.create(a, "/a/f2", EntryKind::File, 0, true)
+        .await
+        .unwrap();
+    // File over file replaces it.
+    let f1 = k.ns.stat(a, "/a/f1").await.unwrap().ino;
+    k.ns.rename(a, "/a/f1", "/a/f2", false).await.unwrap();
+    assert_eq!(k.ns.stat(a, "/a/f2").await.unwrap().ino, f1);
+    assert_eq!(code(k.ns.stat(a, "/a/f1").await), Code::NotFound);
+    // No-replace.
+    k.ns.create(a, "/a/f3", EntryKind::File, 0, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        code(k.ns.rename(a, "/a/f3", "/a/f2", true).await),
+        Code::Exists
+    );
+    // Kinds must match.
+    assert_eq!(
+        code(k.ns.rename(a, "/a/b", "/a/f2", false).await),
+        Code::NotDir
+    );
+    assert_eq!(
+        code(k.ns.rename(a, "/a/f2", "/z", false).await),
+        Code::IsDir
+    );
+    // Directory over a non-empty directory.
+    k.ns.mkdir(a, "/z/full", 0, false).await.unwrap();
+    assert_eq!(
+        code(k.ns.rename(a, "/a/b", "/z", false).await),
+        Code::NotEmpty
+    );
+    // Into its own subtree.
+    assert_eq!(
+        code(k.ns.rename(a, "/a", "/a/b/c/a", false).await),
+        Code::Invalid
+    );
+    // Directory move across parents fixes link counts.
+    let a_nlink = k.ns.stat(a, "/a").await.unwrap().inode.nlink;
+    let z_nlink = k.ns.stat(a, "/z").await.unwrap().inode.nlink;
+    k.ns.rename(a, "/a/b", "/z/b", false).await.unwrap();
+    assert_eq!(k.ns.stat(a, "/a").await.unwrap().inode.nlink, a_nlink - 1);
+    assert_eq!(k.ns.stat(a, "/z").await.unwrap().inode.nlink, z_nlink + 1);
+    assert_eq!(k.ns.stat(a, "/z/b/c").await.unwrap().path, "/z/b/c");
+    // Empty directory over an empty directory.
+    k.ns.mkdir(a, "/e1", 0, false).await.unwrap();
+    k.ns.mkdir(a, "/e2", 0, false).await.unwrap();
+    let root = k.ns.stat(a, "/").await.unwrap().inode.nlink;
+    k.ns.rename(a, "/e1", "/e2", false).await.unwrap();
+    assert_eq!(k.ns.stat(a, "/").await.unwrap().inode.nlink, root - 1);
+    // Same name: nothing happens.
+    k.ns.rename(a, "/e2", "/e2", false).await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_creates_in_one_directory_all_land() {
+    let k = kernel().await;
+    k.ns.mkdir(&k.admin, "/c", 0, false).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let ns = k.ns.clone();
+        let a = k.admin.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                ns.mkdir(&a, &format!("/c/t{t}-{i}"), 0, false)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(k.names(&k.admin, "/c").await.len(), 200);
+    assert_eq!(k.ns.stat(&k.admin, "/c").await.unwrap().inode.nlink, 202);
+}
+
+#[tokio::test]
+async fn permissions_modes_and_acls() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let alice = k.user("alice", &["dev"]).await;
+    let bob = k.user("bob", &[]).await;
+    // / is 0755 root: nobody else creates there.
+    assert_eq!(code(k.ns.mkdir(&alice, "/x", 0, false).await), Code::Access);
+    k.ns.mkdir(a, "/home", 0o777, false).await.unwrap();
+    let e =
+        k.ns.mkdir(&alice, "/home/alice", 0o700, false)
+            .await
+            .unwrap();
+    assert_eq!(e.inode.uid, alice.uid);
+    assert_eq!(
+        code(k.ns.list(&bob, "/home/alice", "", 0).await),
+        Code::Access
+    );
+    assert_eq!(code(k.ns.stat(&bob, "/home/alice/x").await), Code::Access); // no search
+                                                                            // chmod only by the owner; chown only by admin.
+    let chmod = SetAttr {
+        mode: Some(0o755),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(k.ns.set_attr(&bob, "/home/alice", &chmod).await),
+        Code::Perm
+    );
+    k.ns.set_attr(&alice, "/home/alice", &chmod).await.unwrap();
+    k.ns.list(&bob, "/home/alice", "", 0).await.unwrap();
+    let chown = SetAttr {
+        uid: Some(bob.uid),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(k.ns.set_attr(&alice, "/home/alice", &chown).await),
+        Code::Perm
+    );
+    k.ns.set_attr(a, "/home/alice", &chown).await.unwrap();
+    // Entry ACE narrows what mode bits allow.
+    k.ns.mkdir(a, "/shared", 0o777, false).await.unwrap();
+    let acl = EntryAcl {
+        write: Some("g:dev".into()),
+        ..Default::default()
+    };
+    k.ns.set_acl(a, "/shared", &acl, false).await.unwrap();
+    k.ns.mkdir(&alice, "/shared/a", 0, false).await.unwrap();
+    assert_eq!(
+        code(k.ns.mkdir(&bob, "/shared/b", 0, false).await),
+        Code::Access
+    );
+    assert_eq!(
+        code(
+            k.ns.set_acl(
+                a,
+                "/shared",
+                &EntryAcl {
+                    read: Some("u:alice &".into()),
+                    ..Default::default()
+                },
+                false
+            )
+            .await
+        ),
+        Code::Invalid
+    );
+    // Ticket scope narrows even the admin.
+    let (t, _) = k
+        .meta
+        .sign_for(
+            "admin",
+            Some(berth_security::scope::Scope::parse("/shared:r").unwrap()),
+            60,
+        )
+        .unwrap();
+    let scoped = k.meta.authenticate(&t).unwrap();
+    k.ns.list(&scoped, "/shared", "", 0).await.unwrap();
+    assert_eq!(
+        code(k.ns.mkdir(&scoped, "/shared/s", 0, false).await),
+        Code::Access
+    );
+    assert_eq!(code(k.ns.list(&scoped, "/home", "", 0).await), Code::Access);
+}
+
+#[tokio::test]
+async fn volumes_mount_and_isolate() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let alice = k.user("alice", &["dev"]).await;
+    let spec = |path: &str| VolumeSpec {
+        path: path.into(),
+        replication: 3,
+        quota_bytes: 1 << 30,
+        read_ace: None,
+        write_ace: Some("g:dev".into()),
+    };
+    assert_eq!(
+        code(k.ns.volume_create(&alice, &spec("/v")).await),
+        Code::Perm
+    );
+    let v = k.ns.volume_create(a, &spec("/v")).await.unwrap();
+    assert_eq!(v.effective_replication, 1);
+    assert_eq!(code(k.ns.volume_create(a, &spec("/v")).await), Code::Exists);
+    assert_eq!(
+        code(k.ns.volume_create(a, &spec("/nope/v")).await),
+        Code::NotFound
+    );
+    let root = k.ns.stat(a, "/v").await.unwrap();
+    assert!(root.volume_root);
+    assert_eq!(root.volume_id, v.record.id);
+    k.ns.mkdir(a, "/v/d", 0o777, false).await.unwrap();
+    assert_eq!(k.ns.stat(a, "/v/d").await.unwrap().volume_path, "/v");
+    // Cross-volume rename is EXDEV; the mount point cannot be renamed or rm'd.
+    k.ns.mkdir(a, "/outside", 0, false).await.unwrap();
+    assert_eq!(
+        code(k.ns.rename(a, "/v/d", "/outside/d", false).await),
+        Code::CrossVolume
+    );
+    assert_eq!(code(k.ns.rename(a, "/v", "/w", false).await), Code::Busy);
+    assert_eq!(code(k.ns.remove(a, "/v", true).await), Code::Busy);
+    // The volume's write ACE applies inside it.
+    let bob = k.user("bob", &[]).await;
+    k.ns.mkdir(&alice, "/v/d/alice", 0, false).await.unwrap();
+    assert_eq!(
+        code(k.ns.mkdir(&bob, "/v/d/bob", 0, false).await),
+        Code::Access
+    );
+    // Nested volumes block removal of the outer one.
+    k.ns.volume_create(a, &spec("/v/inner")).await.unwrap();
+    assert_eq!(code(k.ns.volume_remove(a, "/v", true).await), Code::Busy);
+    k.ns.volume_remove(a, "/v/inner", false).await.unwrap();
+    assert_eq!(
+        code(k.ns.volume_remove(a, "/v", false).await),
+        Code::NotEmpty
+    );
+    k.ns.volume_remove(a, "/v", true).await.unwrap();
+    assert_eq!(code(k.ns.stat(a, "/v").await), Code::NotFound);
+    assert_eq!(k.ns.volume_list(a).await.unwrap().len(), 1);
+    // The path is free again.
+    k.ns.mkdir(a, "/v", 0, false).await.unwrap();
+}
