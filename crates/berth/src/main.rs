@@ -64,6 +64,15 @@ fn main() -> ExitCode {
     }));
 
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Server(_)) {
+        // A client writing into a closed pipe (`berth ls | head`) ends quietly,
+        // as coreutils do, instead of failing on every later print. The server
+        // keeps Rust's default (ignored) so a vanished peer is an error, not
+        // a death.
+        // SAFETY: called before any thread is spawned; SIG_DFL is a valid
+        // disposition for SIGPIPE.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -133,13 +133,18 @@ fn hostname() -> String {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`). A no-op when
-/// a subscriber is already installed.
+/// Logs go to stderr, filtered by `RUST_LOG`; the default keeps Berth's own
+/// `info` lines and only warnings from the chatty Raft and LSM libraries.
+/// Colours only on a terminal. A no-op when a subscriber is already installed.
 fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    const DEFAULT_FILTER: &str = "info,raft=warn,fjall=warn,lsm_tree=warn";
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -22,6 +22,8 @@ pub struct TestServer {
     pub home: PathBuf,
     pub native_port: u16,
     pub admin_port: u16,
+    /// Extra `berth server` arguments, kept for restarts.
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -34,6 +36,11 @@ fn free_port() -> u16 {
 impl TestServer {
     /// Starts a server and waits until it is ready.
     pub fn start() -> TestServer {
+        TestServer::start_with(&[])
+    }
+
+    /// Starts a server with extra `berth server` arguments.
+    pub fn start_with(extra_args: &[&str]) -> TestServer {
         let dir = tempfile::Builder::new()
             .prefix("berth-it-")
             .tempdir()
@@ -53,6 +60,7 @@ impl TestServer {
             home,
             native_port,
             admin_port,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         s.spawn();
@@ -80,6 +88,7 @@ impl TestServer {
             .arg(format!("127.0.0.1:{}", self.admin_port))
             .arg("--advertise")
             .arg("127.0.0.1")
+            .args(&self.extra_args)
             .current_dir(self.dir.path().join("work"))
             .env("HOME", &self.home)
             .stdin(Stdio::null())
@@ -131,6 +140,18 @@ impl TestServer {
 
     pub fn admin_ticket(&self) -> PathBuf {
         self.data.join("admin.ticket")
+    }
+
+    /// A native client configuration for this server, as the admin.
+    pub fn client_config(&self) -> berth_client::ClientConfig {
+        berth_client::ClientConfig {
+            servers: vec![format!("127.0.0.1:{}", self.native_port)],
+            ticket: std::fs::read_to_string(self.admin_ticket())
+                .ok()
+                .map(|t| t.trim().to_string()),
+            ca_pem: std::fs::read_to_string(self.data.join("tls").join("ca.crt")).ok(),
+            insecure: false,
+        }
     }
 
     /// Runs `berth ARGS` as the admin.

@@ -2,8 +2,10 @@
 //! CLI, over TLS with the admin ticket the server wrote on first start.
 //! One integration binary for the crate (see STYLE.md).
 
+mod crash;
 mod errors;
 mod harness;
+mod security;
 mod tour;
 
 pub use harness::TestServer;
