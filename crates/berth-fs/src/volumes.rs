@@ -371,7 +371,7 @@ impl Namespace {
             .collect();
         vols.sort_by(|a, b| a.path.cmp(&b.path));
         for v in vols {
-            out.push(self.status_of(v, false).await?);
+            out.push(self.status_of(v, true).await?);
         }
         Ok(out)
     }

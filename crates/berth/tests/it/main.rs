@@ -2,6 +2,7 @@
 //! CLI, over TLS with the admin ticket the server wrote on first start.
 //! One integration binary for the crate (see STYLE.md).
 
+mod admin;
 mod crash;
 mod errors;
 mod harness;

@@ -232,3 +232,47 @@ fn scope_ace_and_mode_bits_deny() {
     let out = s.cli_with(&["ls", "/"], &b, None);
     s.check_err(&["ls", "/"], out, "EAUTH");
 }
+
+#[test]
+fn signing_keys_rotate_without_breaking_old_tickets() {
+    let s = TestServer::start();
+    let before = s.dir.path().join("before.ticket");
+    s.ok(&[
+        "ticket",
+        "issue",
+        "--principal",
+        "admin",
+        "--out",
+        before.to_str().unwrap(),
+    ]);
+    let old_key =
+        berth_security::ticket::decode_unverified(std::fs::read_to_string(&before).unwrap().trim())
+            .unwrap()
+            .key_id;
+    s.ok(&["ticket", "rotate-key"]);
+    let keys = s.json(&["ticket", "keys"]);
+    let text = keys.to_string();
+    assert!(
+        text.contains("true") && text.contains("false"),
+        "one active and one retired key: {text}"
+    );
+    let after = s.dir.path().join("after.ticket");
+    s.ok(&[
+        "ticket",
+        "issue",
+        "--principal",
+        "admin",
+        "--out",
+        after.to_str().unwrap(),
+    ]);
+    let new_key =
+        berth_security::ticket::decode_unverified(std::fs::read_to_string(&after).unwrap().trim())
+            .unwrap()
+            .key_id;
+    assert_ne!(old_key, new_key, "new tickets are signed with the new key");
+    // Both verify: the old key stays in the ring until its tickets expire.
+    for t in [&before, &after] {
+        let out = s.cli_with(&["ls", "/"], &[("BERTH_TICKET_FILE", t.as_path())], None);
+        s.check_ok(&["ls", "/"], out);
+    }
+}
