@@ -32,7 +32,7 @@ use berth_store::{Durability, Space, Store};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::metrics::RequestMetrics;
-use crate::native::{GrpcTransport, Native};
+use crate::native::{GrpcTransport, MetaDirectory, Native};
 
 /// Largest gRPC message accepted or sent by the native listener.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -199,8 +199,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let cert_pem = berth_security::tls::load_pem(&tls.node_cert)?;
     let key_pem = berth_security::tls::load_pem(&tls.node_key)?;
 
+    let directory = MetaDirectory::new(node_id);
     let transport = GrpcTransport::new(
         node_id,
+        directory.clone(),
         (!cfg.insecure).then(|| ca_pem.clone()),
         tokio::runtime::Handle::current(),
     );
@@ -212,7 +214,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .context("starting the multi-raft loop")?;
     let router = Arc::new(Router::new(raft.clone(), node_id));
     let meta = Meta::new(router);
-    transport.attach(meta.clone());
+    directory.attach(meta.clone());
     let ns = Namespace::new(meta.clone());
     let native = Arc::new(Native {
         meta: meta.clone(),
@@ -265,8 +267,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .add_service(SecurityServer::new(native::SecurityService(native.clone())))
             .add_service(ClusterServer::new(native::ClusterService(native.clone())))
             .add_service(
-                RaftTransportServer::new(native::RaftService(native.clone()))
-                    .max_decoding_message_size(native::RAFT_BATCH_BYTES_MAX),
+                RaftTransportServer::new(native::RaftService {
+                    raft: raft.clone(),
+                    auth: meta.clone(),
+                })
+                .max_decoding_message_size(native::RAFT_BATCH_BYTES_MAX),
             );
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(native_listener);
         let mut stop = stop_rx.clone();

@@ -22,8 +22,6 @@ use tonic::{Request, Response, Status};
 
 use crate::metrics::RequestMetrics;
 
-pub use raft::GrpcTransport;
-
 /// Shared state of every native service.
 pub struct Native {
     pub meta: Arc<Meta>,
@@ -110,6 +108,8 @@ impl Native {
 
 pub use cluster::ClusterService;
 pub use namespace::NamespaceService;
-pub use raft::{RaftService, RAFT_BATCH_BYTES_MAX};
+pub use raft::{
+    Authenticator, GrpcTransport, MetaDirectory, PeerDirectory, RaftService, RAFT_BATCH_BYTES_MAX,
+};
 pub use security::SecurityService;
 pub use volumes::VolumesService;

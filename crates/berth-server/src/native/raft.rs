@@ -11,7 +11,8 @@ use berth_api::v1::raft_transport_client::RaftTransportClient;
 use berth_api::v1::raft_transport_server::RaftTransport;
 use berth_api::v1::{Empty, RaftBatch};
 use berth_meta::{Code, Error, Meta};
-use berth_raft::{decode_message, encode_message, NodeId, Transport};
+use berth_raft::{decode_message, encode_message, NodeId, RaftNode, Transport};
+use berth_security::principal::Principal;
 use berth_security::principal::PrincipalKind;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -19,20 +20,39 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{errors::to_status, Native};
+use super::errors::to_status;
 
 /// Batches queued per peer before further ones are dropped (Raft resends).
 const PEER_QUEUE_MAX: usize = 1024;
 /// Largest encoded batch accepted from a peer.
 pub const RAFT_BATCH_BYTES_MAX: usize = 64 << 20;
 
-pub struct RaftService(pub Arc<Native>);
+/// Verifies the ticket a peer presents on its Raft stream.
+pub trait Authenticator: Send + Sync + 'static {
+    fn authenticate(&self, ticket: &str) -> Result<Principal, Error>;
+}
+
+impl Authenticator for Meta {
+    fn authenticate(&self, ticket: &str) -> Result<Principal, Error> {
+        Meta::authenticate(self, ticket)
+    }
+}
+
+/// Server side of node-to-node Raft traffic: accepts streams from
+/// authenticated cluster nodes and steps their messages into the loop.
+pub struct RaftService {
+    pub raft: RaftNode,
+    pub auth: Arc<dyn Authenticator>,
+}
 
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     async fn stream(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<Empty>, Status> {
-        let p = self.0.authenticate(&req).map_err(|e| to_status(&e))?;
+        let p = super::bearer(&req)
+            .and_then(|t| self.auth.authenticate(t))
+            .map_err(|e| to_status(&e))?;
         if p.kind != PrincipalKind::Node {
+            tracing::info!(target: "audit", principal = %p.name, "refused raft stream from a non-node principal");
             return Err(to_status(&Error::new(
                 Code::Perm,
                 "only cluster nodes may send Raft traffic",
@@ -49,21 +69,40 @@ impl RaftTransport for RaftService {
                     }
                 }
             }
-            self.0.raft.step(msgs);
+            self.raft.step(msgs);
         }
         Ok(Response::new(Empty {}))
     }
 }
 
-/// How the transport reaches peers: addresses from the cluster map, TLS
-/// from the cluster CA, a node ticket for authentication.
-struct PeerContext {
-    node_id: NodeId,
-    meta: OnceLock<Arc<Meta>>,
-    ca_pem: Option<String>,
+/// Where peer nodes listen, and the ticket that proves this node to them.
+pub trait PeerDirectory: Send + Sync + 'static {
+    fn addr_of(&self, node: NodeId) -> Option<String>;
+    fn node_ticket(&self) -> Option<String>;
 }
 
-impl PeerContext {
+/// The peer directory of a running node: the cluster map.
+pub struct MetaDirectory {
+    node_id: NodeId,
+    meta: OnceLock<Arc<Meta>>,
+}
+
+impl MetaDirectory {
+    pub fn new(node_id: NodeId) -> Arc<MetaDirectory> {
+        Arc::new(MetaDirectory {
+            node_id,
+            meta: OnceLock::new(),
+        })
+    }
+
+    /// Connects the directory to the cluster map. Until then no peer is
+    /// known and messages are dropped (Raft resends).
+    pub fn attach(&self, meta: Arc<Meta>) {
+        let _ = self.meta.set(meta);
+    }
+}
+
+impl PeerDirectory for MetaDirectory {
     fn addr_of(&self, node: NodeId) -> Option<String> {
         let meta = self.meta.get()?;
         meta.map()
@@ -73,6 +112,26 @@ impl PeerContext {
             .map(|n| n.native_addr.clone())
     }
 
+    fn node_ticket(&self) -> Option<String> {
+        match self.meta.get()?.sign_node_ticket(self.node_id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sign a node ticket");
+                None
+            }
+        }
+    }
+}
+
+/// How the transport reaches peers: addresses and tickets from the
+/// directory, TLS from the cluster CA.
+struct PeerContext {
+    node_id: NodeId,
+    directory: Arc<dyn PeerDirectory>,
+    ca_pem: Option<String>,
+}
+
+impl PeerContext {
     async fn connect(&self, addr: &str) -> Result<Channel, String> {
         let uri = match self.ca_pem {
             Some(_) => format!("https://{addr}"),
@@ -105,26 +164,22 @@ pub struct GrpcTransport {
 }
 
 impl GrpcTransport {
+    /// `ca_pem` None = plaintext (insecure development mode).
     pub fn new(
         node_id: NodeId,
+        directory: Arc<dyn PeerDirectory>,
         ca_pem: Option<String>,
         rt: tokio::runtime::Handle,
     ) -> Arc<GrpcTransport> {
         Arc::new(GrpcTransport {
             ctx: Arc::new(PeerContext {
                 node_id,
-                meta: OnceLock::new(),
+                directory,
                 ca_pem,
             }),
             rt,
             peers: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Connects the transport to the cluster map (for peer addresses and
-    /// node tickets). Messages sent before this are dropped.
-    pub fn attach(&self, meta: Arc<Meta>) {
-        let _ = self.ctx.meta.set(meta);
     }
 }
 
@@ -150,7 +205,8 @@ async fn peer_loop(ctx: Arc<PeerContext>, to: NodeId, mut rx: mpsc::Receiver<Vec
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         attempt += 1;
-        let (Some(addr), Some(meta)) = (ctx.addr_of(to), ctx.meta.get().cloned()) else {
+        let (Some(addr), Some(ticket)) = (ctx.directory.addr_of(to), ctx.directory.node_ticket())
+        else {
             // Drain what is queued so the channel does not fill with stale
             // traffic; Raft resends what matters.
             while rx.try_recv().is_ok() {}
@@ -161,13 +217,6 @@ async fn peer_loop(ctx: Arc<PeerContext>, to: NodeId, mut rx: mpsc::Receiver<Vec
             Err(e) => {
                 tracing::debug!(to, addr, error = %e, "cannot reach peer");
                 while rx.try_recv().is_ok() {}
-                continue;
-            }
-        };
-        let ticket = match meta.sign_node_ticket(ctx.node_id) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot sign a node ticket");
                 continue;
             }
         };
