@@ -11,10 +11,12 @@
 //! - This crate knows nothing about gRPC, FUSE or any protocol.
 
 pub mod access;
+pub mod check;
 pub mod namespace;
 pub mod records;
 pub mod volumes;
 
+pub use check::CheckReport;
 pub use namespace::{EntryInfo, Namespace, SetAttr};
 pub use records::{EntryAcl, EntryKind, Inode};
 pub use volumes::{VolumeSpec, VolumeStatus};

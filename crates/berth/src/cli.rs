@@ -221,6 +221,8 @@ pub enum VolumeCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Check a volume's namespace for consistency (exit 1 on problems).
+    Check { path: String },
 }
 
 #[derive(Debug, Args)]

@@ -129,6 +129,39 @@ pub async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
             .await
             .map_err(|s| at_path(ClientError::from_status(s), &path))?;
         }
+        VolumeCmd::Check { path } => {
+            let path = abs(&path);
+            let r = vols
+                .check(PathRequest { path: path.clone() })
+                .await
+                .map_err(|s| at_path(ClientError::from_status(s), &path))?
+                .into_inner();
+            if ctx.json() {
+                print_json(&serde_json::json!({
+                    "path": r.path,
+                    "inodes": r.inodes,
+                    "entries": r.entries,
+                    "problems": r.problems,
+                }));
+            } else {
+                println!(
+                    "volume {}: {} inodes, {} entries, {} problems",
+                    r.path,
+                    r.inodes,
+                    r.entries,
+                    r.problems.len()
+                );
+                for p in &r.problems {
+                    println!("  {p}");
+                }
+            }
+            if !r.problems.is_empty() {
+                anyhow::bail!(
+                    "volume {path} is inconsistent ({} problems)",
+                    r.problems.len()
+                );
+            }
+        }
     }
     Ok(())
 }

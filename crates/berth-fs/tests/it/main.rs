@@ -101,6 +101,14 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Asserts the volume at `path` is consistent.
+    async fn consistent(&self, path: &str) {
+        let r = self.ns.volume_check(&self.admin, path).await.unwrap();
+        assert!(r.problems.is_empty(), "{path}: {:?}", r.problems);
+    }
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, berth_meta::Error>) -> Code {
     r.expect_err("expected an error").code
 }
@@ -175,6 +183,7 @@ async fn directories_files_and_links() {
     }
     assert_eq!(seen.len(), 250);
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    k.consistent("/").await;
 }
 
 #[tokio::test]
@@ -237,6 +246,7 @@ async fn rename_semantics() {
     assert_eq!(k.ns.stat(a, "/").await.unwrap().inode.nlink, root - 1);
     // Same name: nothing happens.
     k.ns.rename(a, "/e2", "/e2", false).await.unwrap();
+    k.consistent("/").await;
 }
 
 #[tokio::test]
@@ -260,6 +270,7 @@ async fn concurrent_creates_in_one_directory_all_land() {
     }
     assert_eq!(k.names(&k.admin, "/c").await.len(), 200);
     assert_eq!(k.ns.stat(&k.admin, "/c").await.unwrap().inode.nlink, 202);
+    k.consistent("/").await;
 }
 
 #[tokio::test]
@@ -402,4 +413,41 @@ async fn volumes_mount_and_isolate() {
     assert_eq!(k.ns.volume_list(a).await.unwrap().len(), 1);
     // The path is free again.
     k.ns.mkdir(a, "/v", 0, false).await.unwrap();
+    k.consistent("/").await;
+}
+
+#[tokio::test]
+async fn the_check_finds_damage() {
+    use berth_fs::records::{dirent_key, encode_dirent, Dirent};
+    let k = kernel().await;
+    let a = &k.admin;
+    k.ns.mkdir(a, "/d", 0, false).await.unwrap();
+    k.consistent("/").await;
+    let d = k.ns.stat(a, "/d").await.unwrap();
+    let shard = berth_meta::map::ROOT_SHARD;
+    // A dangling entry and an unreachable directory, written behind the
+    // service's back.
+    let mut tx = k.meta.router().begin(shard).await.unwrap();
+    tx.put(
+        dirent_key(1, d.ino, "ghost"),
+        encode_dirent(&Dirent {
+            ino: 999_999,
+            kind: EntryKind::File,
+            mount: None,
+        }),
+    );
+    tx.delete(dirent_key(1, berth_meta::ROOT_INODE, "d"));
+    tx.commit().await.unwrap();
+    let r = k.ns.volume_check(a, "/").await.unwrap();
+    let text = r.problems.join("\n");
+    assert!(text.contains("missing inode 999999"), "{text}");
+    assert!(
+        text.contains(&format!("inode {} (directory) is not reachable", d.ino)),
+        "{text}"
+    );
+    assert!(
+        text.contains("should have 2"),
+        "root nlink now wrong: {text}"
+    );
+    assert_eq!(code(k.ns.volume_check(a, "/nope").await), Code::NotFound);
 }

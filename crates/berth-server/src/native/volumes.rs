@@ -67,6 +67,20 @@ impl VolumesApi for VolumesService {
         .await
     }
 
+    async fn check(&self, req: Request<PathRequest>) -> Result<Response<VolumeCheck>, Status> {
+        let n = &self.0;
+        n.call("Volumes/Check", req, |p, r| async move {
+            let c = n.ns.volume_check(&p, &r.path).await?;
+            Ok(VolumeCheck {
+                path: c.path,
+                inodes: c.inodes,
+                entries: c.entries,
+                problems: c.problems,
+            })
+        })
+        .await
+    }
+
     async fn remove(&self, req: Request<VolumeRemoveRequest>) -> Result<Response<Empty>, Status> {
         let n = &self.0;
         n.call("Volumes/Remove", req, |p, r| async move {

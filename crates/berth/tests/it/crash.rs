@@ -199,6 +199,16 @@ fn acknowledged_mutations_survive_sigkill() {
             2 + listed.len(),
             "round {round}: nlink of /crash disagrees with its entries (seed {seed})"
         );
+        // Consistency of the whole namespace: entries, inodes, link counts.
+        let check = rt
+            .block_on(c.volumes().check(PathRequest { path: "/".into() }))
+            .expect("volume check")
+            .into_inner();
+        assert!(
+            check.problems.is_empty(),
+            "round {round}: namespace inconsistent after SIGKILL (seed {seed}): {:?}",
+            check.problems
+        );
         // Resolve the uncertain outcomes with what the server now says.
         for p in std::mem::take(&mut model.uncertain) {
             if listed.contains(&p) {
