@@ -233,22 +233,28 @@ fn scope_ace_and_mode_bits_deny() {
     s.check_err(&["ls", "/"], out, "EAUTH");
 }
 
-#[test]
-fn signing_keys_rotate_without_breaking_old_tickets() {
-    let s = TestServer::start();
-    let before = s.dir.path().join("before.ticket");
+/// Issues an unscoped admin ticket into `name` and returns its path and key id.
+fn issue_admin(s: &TestServer, name: &str) -> (std::path::PathBuf, u32) {
+    let path = s.dir.path().join(name);
     s.ok(&[
         "ticket",
         "issue",
         "--principal",
         "admin",
         "--out",
-        before.to_str().unwrap(),
+        path.to_str().unwrap(),
     ]);
-    let old_key =
-        berth_security::ticket::decode_unverified(std::fs::read_to_string(&before).unwrap().trim())
-            .unwrap()
-            .key_id;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let key = berth_security::ticket::decode_unverified(text.trim())
+        .unwrap()
+        .key_id;
+    (path, key)
+}
+
+#[test]
+fn signing_keys_rotate_without_breaking_old_tickets() {
+    let s = TestServer::start();
+    let (before, old_key) = issue_admin(&s, "before.ticket");
     s.ok(&["ticket", "rotate-key"]);
     let keys = s.json(&["ticket", "keys"]);
     let text = keys.to_string();
@@ -256,19 +262,7 @@ fn signing_keys_rotate_without_breaking_old_tickets() {
         text.contains("true") && text.contains("false"),
         "one active and one retired key: {text}"
     );
-    let after = s.dir.path().join("after.ticket");
-    s.ok(&[
-        "ticket",
-        "issue",
-        "--principal",
-        "admin",
-        "--out",
-        after.to_str().unwrap(),
-    ]);
-    let new_key =
-        berth_security::ticket::decode_unverified(std::fs::read_to_string(&after).unwrap().trim())
-            .unwrap()
-            .key_id;
+    let (after, new_key) = issue_admin(&s, "after.ticket");
     assert_ne!(old_key, new_key, "new tickets are signed with the new key");
     // Both verify: the old key stays in the ring until its tickets expire.
     for t in [&before, &after] {
