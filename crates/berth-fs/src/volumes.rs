@@ -393,7 +393,7 @@ impl Namespace {
             .map(|s| s.replicas.clone())
             .unwrap_or_default();
         let effective = (record.replication as usize).min(map.nodes.len().max(1)) as u32;
-        let leader = self.meta.router().raft().leader(record.shard_id);
+        let leader = self.meta.router().leader_of(record.shard_id);
         let mut entries = 0;
         if count && leader.is_some() {
             // Inodes other than the root and the allocation counter.

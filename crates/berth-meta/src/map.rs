@@ -143,6 +143,9 @@ pub struct ShardRecord {
     /// Exclusive; empty = unbounded.
     pub end: Vec<u8>,
     pub replicas: Vec<NodeId>,
+    /// The node that last reported leading this shard (0 = unknown). A hint:
+    /// the Raft group itself is the authority.
+    pub leader_hint: NodeId,
 }
 
 impl ShardRecord {
@@ -155,6 +158,7 @@ impl ShardRecord {
             start,
             end,
             replicas,
+            leader_hint: 0,
         }
     }
 
@@ -167,6 +171,7 @@ impl ShardRecord {
             start,
             end,
             replicas,
+            leader_hint: 0,
         }
     }
 

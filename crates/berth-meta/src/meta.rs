@@ -148,6 +148,43 @@ impl Meta {
         });
     }
 
+    /// Records this node as leader hint of every shard it leads whose hint
+    /// says otherwise, so any node can route a key to its leader.
+    pub async fn report_leaders(&self) -> Result<(), Error> {
+        let me = self.router.node_id();
+        let stale: Vec<ShardId> = self
+            .map()
+            .shards
+            .iter()
+            .filter(|s| s.leader_hint != me && self.router.raft().leader(s.id) == Some(me))
+            .map(|s| s.id)
+            .collect();
+        for id in stale {
+            self.update(&shard_key(id), "leader hint", |cur| {
+                let Some(cur) = cur else { return Ok(None) };
+                let mut s: ShardRecord = decode(&cur, "shard")?;
+                s.leader_hint = me;
+                Ok(Some(encode(&s)))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the leader hints of the shards this node leads current.
+    pub fn spawn_leader_reporter(self: &Arc<Self>, every: Duration) {
+        let meta = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(meta) = meta.upgrade() else { return };
+                if let Err(e) = meta.report_leaders().await {
+                    tracing::debug!(error = %e, "reporting shard leaders failed; will retry");
+                }
+            }
+        });
+    }
+
     /// Writes the initial cluster map. Idempotent: does nothing when the
     /// cluster record already exists. Returns the admin ticket.
     pub async fn bootstrap(&self, b: &Bootstrap) -> Result<(), Error> {

@@ -106,12 +106,25 @@ impl Router {
         tx.peek_range(start, end, limit)
     }
 
+    /// The shard's leader: from the local replica when this node hosts one,
+    /// else the hint the leader recorded in the cluster map.
+    pub fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
+        self.raft.leader(shard).or_else(|| {
+            self.shards
+                .read()
+                .iter()
+                .find(|s| s.id == shard)
+                .map(|s| s.leader_hint)
+                .filter(|l| *l != 0)
+        })
+    }
+
     /// Requests are served on the node that leads the shard. Forwarding to a
     /// remote leader belongs to the scale-out work; until then a follower
     /// answers with a retryable error naming the leader.
     fn ensure_local_leader(&self, shard: ShardId) -> Result<(), Error> {
-        match self.raft.leader(shard) {
-            Some(l) if l == self.node_id => Ok(()),
+        match self.leader_of(shard) {
+            Some(l) if l == self.node_id && self.raft.leader(shard) == Some(l) => Ok(()),
             Some(l) => Err(Error::new(
                 Code::Again,
                 format!("shard {shard} is led by node {l}; send the request there"),

@@ -40,6 +40,8 @@ pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
 const ADMIN_TICKET_TTL_SECS: u64 = 365 * 24 * 3600;
 /// The admin ticket file is rewritten when less than this is left.
 const ADMIN_TICKET_RENEW_SECS: u64 = 30 * 24 * 3600;
+/// How often a node records the shards it leads in the cluster map.
+const LEADER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest wait for the node's shards to elect leaders at startup.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -349,6 +351,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         wait_leader(&raft, s.id).await?;
     }
     settle("finishing interrupted volume changes", || ns.reconcile()).await?;
+    settle("recording shard leaders", || meta.report_leaders()).await?;
+    meta.spawn_leader_reporter(LEADER_REPORT_INTERVAL);
 
     // The admin ticket in the data directory (single-node convenience).
     let ticket_valid = std::fs::read_to_string(&paths.admin_ticket)

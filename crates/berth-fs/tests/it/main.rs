@@ -451,3 +451,29 @@ async fn the_check_finds_damage() {
     );
     assert_eq!(code(k.ns.volume_check(a, "/nope").await), Code::NotFound);
 }
+
+#[tokio::test]
+async fn the_router_finds_leaders_through_the_cluster_map() {
+    let k = kernel().await;
+    k.meta.report_leaders().await.unwrap();
+    let map = k.meta.map();
+    assert!(
+        map.shards.iter().all(|s| s.leader_hint == 1),
+        "{:?}",
+        map.shards
+    );
+    // A shard this node does not host: routed by its recorded leader hint.
+    let router = k.meta.router();
+    let mut shards = router.shards();
+    let mut remote = ShardRecord::for_volume(99, 99, vec![3]);
+    remote.leader_hint = 3;
+    shards.push(remote);
+    router.set_shards(shards);
+    assert_eq!(router.leader_of(99), Some(3));
+    assert_eq!(router.leader_of(META_SHARD), Some(1));
+    let key = berth_store::keys::Key::new(99, berth_store::keys::Kind::Inode, 1).build();
+    assert_eq!(router.shard_for(&key).unwrap().id, 99);
+    let err = router.begin(99).await.err().expect("not served here");
+    assert_eq!(err.code, Code::Again);
+    assert!(err.message.contains("node 3"), "{}", err.message);
+}

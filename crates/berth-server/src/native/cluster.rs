@@ -28,7 +28,7 @@ impl ClusterApi for ClusterService {
                         start: s.start.clone(),
                         end: s.end.clone(),
                         replicas: s.replicas.clone(),
-                        leader: n.raft.leader(s.id).unwrap_or(0),
+                        leader: n.meta.router().leader_of(s.id).unwrap_or(0),
                         term: st.map(|x| x.term).unwrap_or(0),
                         commit_index: st.map(|x| x.commit).unwrap_or(0),
                         applied_index: st.map(|x| x.applied).unwrap_or(0),
