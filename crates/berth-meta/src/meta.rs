@@ -286,6 +286,12 @@ impl Meta {
     /// principal it proves. A ticket of a removed user or service is refused.
     pub fn authenticate(&self, ticket: &str) -> Result<Principal, Error> {
         let map = self.map();
+        if map.cluster.is_none() {
+            return Err(Error::new(
+                Code::Again,
+                "this node is still loading the cluster map; retry",
+            ));
+        }
         let now = berth_security::now_secs();
         let principal = map
             .keyring

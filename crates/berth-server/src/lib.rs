@@ -218,12 +218,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let meta = Meta::new(router);
     directory.attach(meta.clone());
     let ns = Namespace::new(meta.clone());
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let native = Arc::new(Native {
         meta: meta.clone(),
         ns: ns.clone(),
         raft: raft.clone(),
         metrics: Arc::new(RequestMetrics::default()),
         node_id,
+        ready: ready_rx,
     });
     let node = Arc::new(Node {
         native: native.clone(),
@@ -365,6 +367,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         write_private(&paths.admin_ticket, &format!("{ticket}\n"))?;
     }
 
+    let _ = ready_tx.send(true);
     let cluster = meta.map().cluster_name().to_string();
     let scheme = if cfg.insecure { "plaintext" } else { "TLS" };
     println!("berth node {node_id} of cluster '{cluster}' is serving");

@@ -29,7 +29,13 @@ pub struct Native {
     pub raft: RaftNode,
     pub metrics: Arc<RequestMetrics>,
     pub node_id: u64,
+    /// Turns true once the node has loaded its shards and cluster map.
+    /// Calls arriving earlier wait for it (bounded) instead of failing.
+    pub ready: tokio::sync::watch::Receiver<bool>,
 }
+
+/// Longest a call waits for a starting node to become ready.
+pub const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Extracts the bearer ticket from a request's metadata.
 pub fn bearer<T>(req: &Request<T>) -> Result<&str, Error> {
@@ -71,6 +77,9 @@ impl Native {
         Fut: Future<Output = Result<R, Error>>,
     {
         let started = Instant::now();
+        if let Err(e) = self.wait_ready().await {
+            return self.finish(method, started, Err(e));
+        }
         let result = match self.authenticate(&req) {
             Ok(p) => {
                 let who = p.name.clone();
@@ -88,6 +97,26 @@ impl Native {
             }
         };
         self.finish(method, started, result)
+    }
+
+    /// Waits until the node serves requests (bounded by [`READY_WAIT`]).
+    pub async fn wait_ready(&self) -> Result<(), Error> {
+        if *self.ready.borrow() {
+            return Ok(());
+        }
+        let mut ready = self.ready.clone();
+        let became_ready = tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
+        if became_ready {
+            Ok(())
+        } else {
+            Err(Error::new(
+                Code::Again,
+                "this node is still starting; retry",
+            ))
+        }
     }
 
     /// Records and converts a result (also for calls without a ticket).

@@ -90,6 +90,9 @@ impl SecurityApi for SecurityService {
     /// The one call without a ticket: exchanges a password for one.
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<TicketResponse>, Status> {
         let started = Instant::now();
+        if let Err(e) = self.0.wait_ready().await {
+            return self.0.finish("Security/Login", started, Err(e));
+        }
         let r = req.into_inner();
         let result = self.0.meta.login(&r.user, &r.password, r.ttl_secs).await;
         match &result {
