@@ -57,6 +57,73 @@ pub enum Op {
         /// Exclusive end; empty = unbounded.
         end: Vec<u8>,
     },
+    /// Writes `data` into the value of `key` at byte `offset`, zero-filling
+    /// any gap and creating the value when absent. Splices of disjoint byte
+    /// ranges commute, so writers of different parts of a value never need a
+    /// condition; overlapping splices apply in log order.
+    Splice {
+        /// Key.
+        key: Vec<u8>,
+        /// Byte offset in the value.
+        offset: u32,
+        /// Bytes to write.
+        data: Vec<u8>,
+        /// When set, the number of bytes the value grew by is added to this
+        /// i64 counter (byte accounting, e.g. volume usage).
+        counter: Option<Vec<u8>>,
+    },
+    /// Cuts the value of `key` to at most `len` bytes (no-op when absent or
+    /// shorter).
+    Truncate {
+        /// Key.
+        key: Vec<u8>,
+        /// New maximum length.
+        len: u32,
+        /// When set, the number of bytes removed is subtracted from this
+        /// i64 counter.
+        counter: Option<Vec<u8>>,
+    },
+    /// Deletes every key in `[start, end)` like `DeleteRange` and subtracts
+    /// the total length of the deleted values from the i64 `counter`.
+    DeleteRangeCounted {
+        /// Inclusive start.
+        start: Vec<u8>,
+        /// Exclusive end; empty = unbounded.
+        end: Vec<u8>,
+        /// Counter key.
+        counter: Vec<u8>,
+    },
+    /// Raises the big-endian u64 at `key` to `value` when that is larger
+    /// (absent, or not 8 bytes, counts as 0). Commutative.
+    MaxU64 {
+        /// Key.
+        key: Vec<u8>,
+        /// Candidate value.
+        value: u64,
+    },
+    /// Adds `delta` to the big-endian i64 at `key` (absent, or not 8 bytes,
+    /// counts as 0), saturating. Commutative.
+    AddI64 {
+        /// Key.
+        key: Vec<u8>,
+        /// Amount to add.
+        delta: i64,
+    },
+}
+
+impl Op {
+    /// The single key an op writes, if it writes exactly one.
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Splice { key, .. }
+            | Op::Truncate { key, .. }
+            | Op::MaxU64 { key, .. }
+            | Op::AddI64 { key, .. } => Some(key),
+            Op::DeleteRange { .. } | Op::DeleteRangeCounted { .. } => None,
+        }
+    }
 }
 
 /// Conditions and operations applied atomically.
@@ -99,8 +166,23 @@ impl Txn {
             Condition::RangeEmpty { start, end } => desc.contains_range(start, end),
         });
         let ops = self.ops.iter().all(|o| match o {
-            Op::Put { key, .. } | Op::Delete { key } => desc.contains(key),
             Op::DeleteRange { start, end } => desc.contains_range(start, end),
+            Op::DeleteRangeCounted {
+                start,
+                end,
+                counter,
+            } => desc.contains_range(start, end) && desc.contains(counter),
+            Op::Splice {
+                key,
+                counter: Some(c),
+                ..
+            }
+            | Op::Truncate {
+                key,
+                counter: Some(c),
+                ..
+            } => desc.contains(key) && desc.contains(c),
+            o => o.key().is_some_and(|k| desc.contains(k)),
         });
         conds && ops
     }
@@ -163,9 +245,104 @@ pub(crate) fn apply(
             Op::DeleteRange { start, end } => {
                 batch.delete_range(Space::Data, start, end)?;
             }
+            Op::Splice {
+                key,
+                offset,
+                data,
+                counter,
+            } => {
+                let mut v = current(store, batch, key)?.unwrap_or_default();
+                let before = v.len();
+                let off = *offset as usize;
+                let end = off + data.len();
+                if v.len() < end {
+                    v.resize(end, 0);
+                }
+                v[off..end].copy_from_slice(data);
+                batch.put(Space::Data, key, &v);
+                if let Some(c) = counter {
+                    add_i64(store, batch, c, (v.len() - before) as i64)?;
+                }
+            }
+            Op::Truncate { key, len, counter } => {
+                if let Some(mut v) = current(store, batch, key)? {
+                    if v.len() > *len as usize {
+                        let removed = v.len() - *len as usize;
+                        v.truncate(*len as usize);
+                        batch.put(Space::Data, key, &v);
+                        if let Some(c) = counter {
+                            add_i64(store, batch, c, -(removed as i64))?;
+                        }
+                    }
+                }
+            }
+            Op::DeleteRangeCounted {
+                start,
+                end,
+                counter,
+            } => {
+                let bytes = range_bytes(store, batch, start, end)?;
+                batch.delete_range(Space::Data, start, end)?;
+                add_i64(store, batch, counter, -(bytes as i64))?;
+            }
+            Op::MaxU64 { key, value } => {
+                let cur = current(store, batch, key)?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                if *value > cur {
+                    batch.put(Space::Data, key, &value.to_be_bytes());
+                }
+            }
+            Op::AddI64 { key, delta } => add_i64(store, batch, key, *delta)?,
         }
     }
     Ok(ApplyResult::Done(TxnOutcome::Applied { index }))
+}
+
+fn add_i64(
+    store: &Store,
+    batch: &mut WriteBatch,
+    key: &[u8],
+    delta: i64,
+) -> Result<(), StoreError> {
+    let cur = current(store, batch, key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(i64::from_be_bytes)
+        .unwrap_or(0);
+    batch.put(Space::Data, key, &cur.saturating_add(delta).to_be_bytes());
+    Ok(())
+}
+
+/// Total length of the values in `[start, end)` as the batch would leave them.
+fn range_bytes(
+    store: &Store,
+    batch: &WriteBatch,
+    start: &[u8],
+    end: &[u8],
+) -> Result<u64, StoreError> {
+    let mut lens = std::collections::BTreeMap::new();
+    let mut cursor = start.to_vec();
+    loop {
+        let page = store.scan(Space::Data, &cursor, end, RANGE_PAGE)?;
+        for (k, v) in &page {
+            lens.insert(k.clone(), v.len() as u64);
+        }
+        match page.last() {
+            Some((k, _)) if page.len() == RANGE_PAGE => {
+                cursor = k.clone();
+                cursor.push(0);
+            }
+            _ => break,
+        }
+    }
+    for (k, v) in batch.pending_range(Space::Data, start, end) {
+        match v {
+            Some(v) => lens.insert(k.to_vec(), v.len() as u64),
+            None => lens.remove(k),
+        };
+    }
+    Ok(lens.values().sum())
 }
 
 fn current(store: &Store, batch: &WriteBatch, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -225,6 +402,25 @@ mod tests {
             (bytes(), bytes()).prop_map(|(key, value)| Op::Put { key, value }),
             bytes().prop_map(|key| Op::Delete { key }),
             (bytes(), bytes()).prop_map(|(start, end)| Op::DeleteRange { start, end }),
+            (bytes(), any::<u32>(), bytes(), prop::option::of(bytes())).prop_map(
+                |(key, offset, data, counter)| Op::Splice {
+                    key,
+                    offset,
+                    data,
+                    counter,
+                }
+            ),
+            (bytes(), any::<u32>(), prop::option::of(bytes()))
+                .prop_map(|(key, len, counter)| Op::Truncate { key, len, counter }),
+            (bytes(), bytes(), bytes()).prop_map(|(start, end, counter)| {
+                Op::DeleteRangeCounted {
+                    start,
+                    end,
+                    counter,
+                }
+            }),
+            (bytes(), any::<u64>()).prop_map(|(key, value)| Op::MaxU64 { key, value }),
+            (bytes(), any::<i64>()).prop_map(|(key, delta)| Op::AddI64 { key, delta }),
         ];
         (
             prop::collection::vec(cond, 0..4),
@@ -305,5 +501,110 @@ mod tests {
             store.scan(Space::Data, b"", b"", 10).unwrap(),
             vec![(b"k2".to_vec(), b"new".to_vec())]
         );
+    }
+
+    #[test]
+    fn value_ops_splice_truncate_max_add() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = desc();
+        let mut batch = store.batch();
+        let ops = vec![
+            // Splice into an absent value zero-fills the gap.
+            Op::Splice {
+                key: b"ka".to_vec(),
+                offset: 3,
+                data: b"xy".to_vec(),
+                counter: Some(b"ku".to_vec()),
+            },
+            // Disjoint splices commute; overlapping ones apply in order.
+            Op::Splice {
+                key: b"ka".to_vec(),
+                offset: 0,
+                data: b"ab".to_vec(),
+                counter: Some(b"ku".to_vec()),
+            },
+            Op::Splice {
+                key: b"ka".to_vec(),
+                offset: 4,
+                data: b"ZZ".to_vec(),
+                counter: Some(b"ku".to_vec()),
+            },
+            Op::Truncate {
+                key: b"ka".to_vec(),
+                len: 5,
+                counter: Some(b"ku".to_vec()),
+            },
+            Op::Truncate {
+                key: b"kz".to_vec(),
+                len: 1,
+                counter: None,
+            },
+            Op::Splice {
+                key: b"kb1".to_vec(),
+                offset: 0,
+                data: b"1234".to_vec(),
+                counter: Some(b"ku".to_vec()),
+            },
+            Op::Put {
+                key: b"kb2".to_vec(),
+                value: b"123".to_vec(),
+            },
+            Op::DeleteRangeCounted {
+                start: b"kb".to_vec(),
+                end: b"kc".to_vec(),
+                counter: b"kd".to_vec(),
+            },
+            Op::MaxU64 {
+                key: b"km".to_vec(),
+                value: 7,
+            },
+            Op::MaxU64 {
+                key: b"km".to_vec(),
+                value: 3,
+            },
+            Op::AddI64 {
+                key: b"kc".to_vec(),
+                delta: 10,
+            },
+            Op::AddI64 {
+                key: b"kc".to_vec(),
+                delta: -25,
+            },
+            Op::AddI64 {
+                key: b"kx".to_vec(),
+                delta: i64::MAX,
+            },
+            Op::AddI64 {
+                key: b"kx".to_vec(),
+                delta: 1,
+            },
+        ];
+        let r = apply(&store, &mut batch, &d, &Txn::ops(ops), 1).unwrap();
+        assert!(matches!(r, ApplyResult::Done(TxnOutcome::Applied { .. })));
+        store
+            .write(batch, berth_store::Durability::Buffered)
+            .unwrap();
+        let get = |k: &[u8]| store.get(Space::Data, k).unwrap();
+        assert_eq!(get(b"ka").unwrap(), b"ab\0xZ");
+        assert_eq!(get(b"kz"), None);
+        assert_eq!(get(b"km").unwrap(), 7u64.to_be_bytes());
+        assert_eq!(get(b"kc").unwrap(), (-15i64).to_be_bytes());
+        assert_eq!(get(b"kx").unwrap(), i64::MAX.to_be_bytes());
+        // ka grew to 6 bytes, was cut to 5; kb1 grew by 4: usage 9.
+        assert_eq!(get(b"ku").unwrap(), 9i64.to_be_bytes());
+        // kb1 (4 bytes, pending in the batch) and kb2 (3) were deleted.
+        assert_eq!(get(b"kd").unwrap(), (-7i64).to_be_bytes());
+        assert_eq!(get(b"kb1"), None);
+        // Out-of-range value ops are refused like any other op.
+        let outside = Txn::ops(vec![Op::MaxU64 {
+            key: b"z".to_vec(),
+            value: 1,
+        }]);
+        let mut batch = store.batch();
+        assert!(matches!(
+            apply(&store, &mut batch, &d, &outside, 2).unwrap(),
+            ApplyResult::OutOfRange
+        ));
     }
 }

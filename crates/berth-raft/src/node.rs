@@ -473,8 +473,18 @@ fn keys_storable(txn: &Txn) -> bool {
             cmd::Op::Put { key, value } => {
                 key_ok(key) && value.len() <= berth_store::MAX_VALUE_BYTES
             }
-            cmd::Op::Delete { key } => key_ok(key),
+            cmd::Op::Splice {
+                key, offset, data, ..
+            } => {
+                key_ok(key)
+                    && (*offset as usize).saturating_add(data.len()) <= berth_store::MAX_VALUE_BYTES
+            }
+            cmd::Op::Delete { key }
+            | cmd::Op::Truncate { key, .. }
+            | cmd::Op::MaxU64 { key, .. }
+            | cmd::Op::AddI64 { key, .. } => key_ok(key),
             cmd::Op::DeleteRange { .. } => true,
+            cmd::Op::DeleteRangeCounted { counter, .. } => key_ok(counter),
         })
 }
 

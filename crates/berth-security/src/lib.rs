@@ -8,6 +8,7 @@
 //!   against a key ring that supports rotation.
 //! - [`ace`]: the access control expression language (`u:alice | g:ops & !u:bob`).
 //! - [`posix`]: owner/group/other mode-bit checks.
+//! - [`handle`]: signed file handles (the capability `open` returns).
 //! - [`password`]: argon2id password hashing.
 //! - [`tls`]: the cluster CA, node certificates and rustls configurations.
 //!
@@ -24,6 +25,7 @@
 //! ACEs, scopes, PEM files) has an explicit size bound and fails closed.
 
 pub mod ace;
+pub mod handle;
 pub mod password;
 pub mod posix;
 pub mod principal;
