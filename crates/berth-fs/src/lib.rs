@@ -1,6 +1,6 @@
-//! berth-fs: the namespace service — directories, files (metadata; the data
-//! path arrives with the files work), symlinks, typed entries for tables and
-//! streams — and volumes, the subtrees that carry policy.
+//! berth-fs: the namespace service — directories, files (metadata and data
+//! in chunks), symlinks, typed entries for tables and streams — and volumes,
+//! the subtrees that carry policy (replication, quota, ACEs).
 //!
 //! Invariants:
 //! - Every operation takes the caller's `Principal` and authorizes it (ticket
@@ -12,11 +12,13 @@
 
 pub mod access;
 pub mod check;
+pub mod data;
 pub mod namespace;
 pub mod records;
 pub mod volumes;
 
 pub use check::CheckReport;
+pub use data::OpenSpec;
 pub use namespace::{EntryInfo, Namespace, SetAttr};
 pub use records::{EntryAcl, EntryKind, Inode};
 pub use volumes::{VolumeSpec, VolumeStatus};

@@ -91,6 +91,21 @@ impl Reader {
             .map(|b| decode_inode(&b))
             .transpose()
     }
+    /// Overlays a file's size and write time onto its inode.
+    async fn overlay(
+        &mut self,
+        meta: &Meta,
+        vol: &VolumeRecord,
+        ino: u64,
+        inode: &mut Inode,
+    ) -> Result<(), Error> {
+        if inode.kind != EntryKind::File {
+            return Ok(());
+        }
+        let tx = self.tx(meta, vol.shard_id).await?;
+        crate::data::overlay_file_attrs(tx, vol.id, ino, inode)
+    }
+
     async fn dirent(
         &mut self,
         meta: &Meta,
@@ -237,6 +252,7 @@ impl Namespace {
                 }
                 cur = next;
             }
+            reader.overlay(&self.meta, &vol, ino, &mut inode).await?;
             return Ok(Loc {
                 vol,
                 ino,
@@ -362,9 +378,10 @@ impl Namespace {
                 None => (loc.vol.clone(), d.ino),
             };
             // An entry removed between the two reads is skipped.
-            let Some(inode) = reader.inode(&self.meta, &vol, ino).await? else {
+            let Some(mut inode) = reader.inode(&self.meta, &vol, ino).await? else {
                 continue;
             };
+            reader.overlay(&self.meta, &vol, ino, &mut inode).await?;
             out.push(EntryInfo {
                 path: join(&loc.path, &name),
                 name,
@@ -376,6 +393,13 @@ impl Namespace {
             });
         }
         Ok((out, more))
+    }
+
+    /// Attributes of `path`, following a final symlink (as stat(2) does).
+    pub async fn stat_following(&self, p: &Principal, path: &str) -> Result<EntryInfo, Error> {
+        let loc = self.resolve(p, path, true).await?;
+        check_scope(p, &loc.path, Access::Traverse)?;
+        Ok(Self::info(&loc))
     }
 
     pub async fn readlink(&self, p: &Principal, path: &str) -> Result<String, Error> {
@@ -609,6 +633,9 @@ impl Namespace {
                 inode.ctime_ns = now;
                 tx.put(ikey, encode_inode(&inode));
             } else {
+                if inode.kind == EntryKind::File {
+                    crate::data::delete_data_ops(&mut tx, &vol, d.ino);
+                }
                 tx.delete(ikey);
             }
             tx.delete(dkey);
@@ -743,6 +770,9 @@ impl Namespace {
                             ti.ctime_ns = now;
                             tx.put(tikey, encode_inode(&ti));
                         } else {
+                            if ti.kind == EntryKind::File {
+                                crate::data::delete_data_ops(&mut tx, &vol, td.ino);
+                            }
                             tx.delete(tikey);
                         }
                     }
@@ -880,15 +910,15 @@ impl Namespace {
                     }
                 }
                 check_entry(p, &loc.path, &vol, &i, Need::Write)?;
+                crate::data::truncate_ops(&mut tx, &vol, loc.ino, size, now_ns());
                 i.size = size;
                 i.mtime_ns = now_ns();
             }
             i.ctime_ns = now_ns();
             tx.put(key, encode_inode(&i));
             if let Commit::Done(_) = tx.commit().await? {
-                let mut loc = loc;
-                loc.inode = i;
-                return Ok(Self::info(&loc));
+                // Re-read so a file's size and times come from its data keys.
+                return self.stat_following(p, &loc.path).await;
             }
         }
         Err(too_much_contention(path))

@@ -96,6 +96,52 @@ pub fn dirent_name(key: &[u8]) -> Result<String, Error> {
         .map_err(|e| Error::corrupt(format!("dirent key: {e}")))
 }
 
+// File data lives in the `Chunk` kind of the volume, in the same shard as
+// the inode, so a write (chunks + size + usage) is one atomic command:
+//
+// | key                                   | value                         |
+// |---------------------------------------|-------------------------------|
+// | `vol · Chunk · 0`                     | bytes stored in chunks (i64)  |
+// | `vol · Chunk · ino`                   | file size (u64)               |
+// | `vol · Chunk · ino · u64 index`       | chunk bytes (≤ chunk size)    |
+// | `vol · Chunk · ino · "mtime"`         | last write time, ns (u64)     |
+//
+// A chunk may be shorter than the chunk size; missing bytes and missing
+// chunks below the size read as zeros (sparse files).
+
+pub fn usage_key(vol: u64) -> Vec<u8> {
+    Key::new(vol, Kind::Chunk, 0).build()
+}
+pub fn file_size_key(vol: u64, ino: u64) -> Vec<u8> {
+    Key::new(vol, Kind::Chunk, ino).build()
+}
+pub fn file_mtime_key(vol: u64, ino: u64) -> Vec<u8> {
+    Key::new(vol, Kind::Chunk, ino).str("mtime").build()
+}
+pub fn chunk_key(vol: u64, ino: u64, index: u64) -> Vec<u8> {
+    Key::new(vol, Kind::Chunk, ino).u64(index).build()
+}
+/// Every chunk of a file (and nothing else: u64 components sort before
+/// string components).
+pub fn chunks_range(vol: u64, ino: u64) -> (Vec<u8>, Vec<u8>) {
+    (
+        Key::new(vol, Kind::Chunk, ino).u64(0).build(),
+        Key::new(vol, Kind::Chunk, ino).str("").build(),
+    )
+}
+/// Decodes the chunk index of a chunk key.
+pub fn chunk_index(key: &[u8]) -> Result<u64, Error> {
+    keys::KeyReader::new(key)
+        .and_then(|mut r| r.next_u64())
+        .map_err(|e| Error::corrupt(format!("chunk key: {e}")))
+}
+/// Reads a stored big-endian u64 (absent = 0).
+pub fn read_u64(v: Option<Vec<u8>>) -> u64 {
+    v.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
 pub fn encode_inode(i: &Inode) -> Vec<u8> {
     encode(i)
 }

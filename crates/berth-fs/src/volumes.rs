@@ -14,7 +14,8 @@
 use std::time::Duration;
 
 use berth_meta::map::{
-    normalize_path, split_parent, ShardRecord, VolumeRecord, VolumeState, C_SHARD_ID, C_VOLUME_ID,
+    normalize_path, split_parent, ShardRecord, VolumeRecord, VolumeState, CHUNK_SIZE_DEFAULT,
+    CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, C_SHARD_ID, C_VOLUME_ID,
 };
 use berth_meta::meta::require_admin;
 use berth_meta::router::{backoff, too_much_contention, Commit, TX_RETRIES_MAX};
@@ -42,6 +43,8 @@ pub struct VolumeSpec {
     pub quota_bytes: u64,
     pub read_ace: Option<String>,
     pub write_ace: Option<String>,
+    /// Bytes per file chunk (0 = 1 MiB); a power of two from 64 KiB to 16 MiB.
+    pub chunk_size: u32,
 }
 
 /// What `volume info` reports.
@@ -140,6 +143,15 @@ impl Namespace {
             }
             r => r,
         };
+        let chunk_size = match spec.chunk_size {
+            0 => CHUNK_SIZE_DEFAULT,
+            c if c.is_power_of_two() && (CHUNK_SIZE_MIN..=CHUNK_SIZE_MAX).contains(&c) => c,
+            c => {
+                return Err(Error::invalid(format!(
+                    "chunk size {c} must be a power of two from {CHUNK_SIZE_MIN} to {CHUNK_SIZE_MAX} bytes"
+                )))
+            }
+        };
         // Fail early (before allocating anything) when the path is taken.
         let (parent_path, _) = split_parent(&path).ok_or_else(|| Error::exists("/"))?;
         let parent = self.resolve(p, parent_path, true).await?;
@@ -177,6 +189,7 @@ impl Namespace {
             created_ns: now_ns(),
             state: VolumeState::Creating,
             parent_volume: parent.vol.id,
+            chunk_size,
         };
         let shard = ShardRecord::for_volume(shard_id, id, nodes);
         self.meta.create_volume_record(&vol, &shard).await?;
@@ -406,12 +419,21 @@ impl Namespace {
                 .await?;
             entries = rows.len().saturating_sub(2) as u64;
         }
+        let used_bytes = match leader {
+            Some(_) => read_u64(
+                self.meta
+                    .router()
+                    .get(record.shard_id, &usage_key(record.id))
+                    .await?,
+            ),
+            None => 0,
+        };
         Ok(VolumeStatus {
             effective_replication: effective,
             replicas,
             leader,
             entries,
-            used_bytes: 0,
+            used_bytes,
             record,
         })
     }

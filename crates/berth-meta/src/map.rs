@@ -132,7 +132,15 @@ pub struct VolumeRecord {
     pub state: VolumeState,
     /// The volume holding the mount point (0 for the root volume).
     pub parent_volume: u64,
+    /// Bytes per file chunk, fixed at creation.
+    pub chunk_size: u32,
 }
+
+/// Default chunk size of a volume's files.
+pub const CHUNK_SIZE_DEFAULT: u32 = 1 << 20;
+/// Allowed chunk sizes: powers of two in this range.
+pub const CHUNK_SIZE_MIN: u32 = 64 << 10;
+pub const CHUNK_SIZE_MAX: u32 = 16 << 20;
 
 /// A shard: a Raft group owning the key range `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -252,6 +252,7 @@ impl Meta {
                     created_ns: b.now_ns,
                     state: VolumeState::Creating,
                     parent_volume: 0,
+                    chunk_size: CHUNK_SIZE_DEFAULT,
                 }),
             );
             tx.put(volume_path_key("/"), ROOT_VOLUME.to_be_bytes().to_vec());
@@ -380,6 +381,35 @@ impl Meta {
             scope: None,
         };
         Ok(TicketSigner::from_bytes(key.id, &key.secret).sign(&body))
+    }
+
+    /// Signs a file handle with the active key.
+    pub fn seal_handle(&self, body: &berth_security::handle::HandleBody) -> Result<Vec<u8>, Error> {
+        let map = self.map();
+        let key = map
+            .keys
+            .iter()
+            .find(|k| k.active)
+            .ok_or_else(|| Error::new(Code::Io, "no active signing key in the cluster map"))?;
+        let signer = TicketSigner::from_bytes(key.id, &key.secret);
+        Ok(berth_security::handle::seal(body, &signer))
+    }
+
+    /// Verifies a file handle presented by `principal`.
+    pub fn open_handle(
+        &self,
+        handle: &[u8],
+        principal: &str,
+    ) -> Result<berth_security::handle::HandleBody, Error> {
+        let map = self.map();
+        berth_security::handle::open(
+            handle,
+            &map.keyring,
+            map.cluster_name(),
+            principal,
+            berth_security::now_secs(),
+        )
+        .map_err(|e| Error::new(Code::Access, e.to_string()))
     }
 
     /// Exchanges a user's password for a ticket.

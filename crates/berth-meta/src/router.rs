@@ -210,6 +210,42 @@ impl Tx {
         self.ops.push(Op::DeleteRange { start, end });
     }
 
+    /// Writes `data` into the value of `key` at `offset` (see `Op::Splice`);
+    /// the value's growth is added to `counter` when given.
+    pub fn splice(&mut self, key: Vec<u8>, offset: u32, data: Vec<u8>, counter: Option<Vec<u8>>) {
+        self.ops.push(Op::Splice {
+            key,
+            offset,
+            data,
+            counter,
+        });
+    }
+
+    /// Cuts the value of `key` to `len` bytes; the bytes removed are
+    /// subtracted from `counter` when given.
+    pub fn truncate_value(&mut self, key: Vec<u8>, len: u32, counter: Option<Vec<u8>>) {
+        self.ops.push(Op::Truncate { key, len, counter });
+    }
+
+    /// Raises the u64 at `key` to `value` (commutative).
+    pub fn max_u64(&mut self, key: Vec<u8>, value: u64) {
+        self.ops.push(Op::MaxU64 { key, value });
+    }
+
+    /// Adds `delta` to the i64 at `key` (commutative).
+    pub fn add_i64(&mut self, key: Vec<u8>, delta: i64) {
+        self.ops.push(Op::AddI64 { key, delta });
+    }
+
+    /// Deletes `[start, end)` and subtracts the deleted bytes from `counter`.
+    pub fn delete_range_counted(&mut self, start: Vec<u8>, end: Vec<u8>, counter: Vec<u8>) {
+        self.ops.push(Op::DeleteRangeCounted {
+            start,
+            end,
+            counter,
+        });
+    }
+
     pub fn has_writes(&self) -> bool {
         !self.ops.is_empty()
     }

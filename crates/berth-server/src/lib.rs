@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use berth_api::v1::{
-    cluster_server::ClusterServer, namespace_server::NamespaceServer,
+    cluster_server::ClusterServer, files_server::FilesServer, namespace_server::NamespaceServer,
     raft_transport_server::RaftTransportServer, security_server::SecurityServer,
     volumes_server::VolumesServer,
 };
@@ -266,6 +266,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .add_service(
                 NamespaceServer::new(native::NamespaceService(native.clone()))
                     .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+            )
+            .add_service(
+                FilesServer::new(native::FilesService(native.clone()))
+                    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
             )
             .add_service(VolumesServer::new(native::VolumesService(native.clone())))
             .add_service(SecurityServer::new(native::SecurityService(native.clone())))

@@ -29,6 +29,7 @@ pub async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
                 quota_bytes: quota.unwrap_or(0),
                 read_ace,
                 write_ace,
+                chunk_size: 0,
             };
             let v = vols
                 .create(req)

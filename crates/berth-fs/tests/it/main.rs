@@ -368,6 +368,7 @@ async fn volumes_mount_and_isolate() {
         quota_bytes: 1 << 30,
         read_ace: None,
         write_ace: Some("g:dev".into()),
+        chunk_size: 0,
     };
     assert_eq!(
         code(k.ns.volume_create(&alice, &spec("/v")).await),
@@ -476,4 +477,197 @@ async fn the_router_finds_leaders_through_the_cluster_map() {
     let err = router.begin(99).await.err().expect("not served here");
     assert_eq!(err.code, Code::Again);
     assert!(err.message.contains("node 3"), "{}", err.message);
+}
+
+fn open_spec(path: &str, write: bool, create: bool) -> berth_fs::OpenSpec {
+    berth_fs::OpenSpec {
+        path: path.into(),
+        read: true,
+        write,
+        create,
+        ..Default::default()
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[tokio::test]
+async fn file_data_write_read_sparse_truncate() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let (h, e) = k.ns.open(a, &open_spec("/f", true, true)).await.unwrap();
+    assert_eq!(e.inode.size, 0);
+    // 2.5 chunks in one write, read back in odd-sized pieces.
+    let data = pattern(5 << 19, 7);
+    assert_eq!(
+        k.ns.write(a, &h, 0, &data).await.unwrap(),
+        data.len() as u64
+    );
+    let mut back = Vec::new();
+    let mut off = 0u64;
+    loop {
+        let (chunk, size) = k.ns.read(a, &h, off, 777_777).await.unwrap();
+        assert_eq!(size, data.len() as u64);
+        if chunk.is_empty() {
+            break;
+        }
+        off += chunk.len() as u64;
+        back.extend(chunk);
+    }
+    assert_eq!(back, data);
+    assert_eq!(
+        k.ns.stat(a, "/f").await.unwrap().inode.size,
+        data.len() as u64
+    );
+    // Sparse: a write far beyond the end leaves a hole of zeros.
+    let far = 10u64 << 20;
+    k.ns.write(a, &h, far, b"tail").await.unwrap();
+    let (hole, size) = k.ns.read(a, &h, far - 8, 12).await.unwrap();
+    assert_eq!(size, far + 4);
+    assert_eq!(hole, b"\0\0\0\0\0\0\0\0tail");
+    // Truncate down into the middle of a chunk, then extend: zeros again.
+    let st =
+        k.ns.set_attr(
+            a,
+            "/f",
+            &SetAttr {
+                size: Some(1000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.inode.size, 1000);
+    k.ns.set_attr(
+        a,
+        "/f",
+        &SetAttr {
+            size: Some(3000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (all, _) = k.ns.read(a, &h, 0, 4000).await.unwrap();
+    assert_eq!(all.len(), 3000);
+    assert_eq!(&all[..1000], &data[..1000]);
+    assert!(
+        all[1000..].iter().all(|b| *b == 0),
+        "bytes past a truncation read as zeros"
+    );
+    // Usage counts stored bytes; removing the file frees them.
+    let used = k.ns.volume_info(a, "/").await.unwrap().used_bytes;
+    assert_eq!(used, 1000);
+    k.ns.remove(a, "/f", false).await.unwrap();
+    assert_eq!(k.ns.volume_info(a, "/").await.unwrap().used_bytes, 0);
+    assert_eq!(code(k.ns.read(a, &h, 0, 10).await), Code::NotFound);
+    k.consistent("/").await;
+}
+
+#[tokio::test]
+async fn open_semantics_and_handles() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let alice = k.user("alice", &[]).await;
+    let bob = k.user("bob", &[]).await;
+    assert_eq!(
+        code(k.ns.open(a, &open_spec("/nope", false, false)).await),
+        Code::NotFound
+    );
+    k.ns.mkdir(a, "/d", 0o777, false).await.unwrap();
+    assert_eq!(
+        code(k.ns.open(a, &open_spec("/d", false, false)).await),
+        Code::IsDir
+    );
+    // The creator may write a file created read-only through its handle.
+    let mut spec = open_spec("/d/ro", true, true);
+    spec.mode = 0o444;
+    let (h, e) = k.ns.open(&alice, &spec).await.unwrap();
+    assert_eq!(e.inode.mode, 0o444);
+    k.ns.write(&alice, &h, 0, b"hello").await.unwrap();
+    // ...but a later open for writing is refused by the mode bits.
+    assert_eq!(
+        code(k.ns.open(&alice, &open_spec("/d/ro", true, false)).await),
+        Code::Access
+    );
+    // Handles are bound to their principal and to their rights.
+    assert_eq!(code(k.ns.read(&bob, &h, 0, 5).await), Code::Access);
+    let (rh, _) =
+        k.ns.open(&bob, &open_spec("/d/ro", false, false))
+            .await
+            .unwrap();
+    assert_eq!(k.ns.read(&bob, &rh, 0, 5).await.unwrap().0, b"hello");
+    assert_eq!(code(k.ns.write(&bob, &rh, 0, b"x").await), Code::Access);
+    let mut forged = rh.clone();
+    let n = forged.len();
+    forged[n - 1] ^= 1;
+    assert_eq!(code(k.ns.read(&bob, &forged, 0, 5).await), Code::Access);
+    // O_EXCL and O_TRUNC.
+    let mut excl = open_spec("/d/ro", true, true);
+    excl.exclusive = true;
+    assert_eq!(code(k.ns.open(&alice, &excl).await), Code::Exists);
+    let mut trunc = open_spec("/d/t", true, true);
+    let (th, _) = k.ns.open(a, &trunc).await.unwrap();
+    k.ns.write(a, &th, 0, b"0123456789").await.unwrap();
+    trunc.create = false;
+    trunc.truncate = true;
+    let (_, te) = k.ns.open(a, &trunc).await.unwrap();
+    assert_eq!(te.inode.size, 0);
+    assert_eq!(k.ns.stat(a, "/d/t").await.unwrap().inode.size, 0);
+}
+
+#[tokio::test]
+async fn concurrent_writers_and_quota() {
+    let k = kernel().await;
+    let a = &k.admin;
+    k.ns.volume_create(
+        a,
+        &VolumeSpec {
+            path: "/q".into(),
+            quota_bytes: 3 << 20,
+            chunk_size: 64 << 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Eight writers fill disjoint parts of one file at once: no lost bytes.
+    let (h, _) =
+        k.ns.open(a, &open_spec("/q/shared", true, true))
+            .await
+            .unwrap();
+    let piece = 100_000usize;
+    let mut tasks = Vec::new();
+    for w in 0..8u8 {
+        let ns = k.ns.clone();
+        let a = a.clone();
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            ns.write(&a, &h, w as u64 * piece as u64, &pattern(piece, w))
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (all, size) = k.ns.read(a, &h, 0, 8 * piece).await.unwrap();
+    assert_eq!(size, 8 * piece as u64);
+    for w in 0..8u8 {
+        assert_eq!(
+            &all[w as usize * piece..(w as usize + 1) * piece],
+            pattern(piece, w).as_slice(),
+            "writer {w}"
+        );
+    }
+    assert_eq!(k.ns.volume_info(a, "/q").await.unwrap().used_bytes, 800_000);
+    // The quota stops growth with EDQUOT; overwriting in place still works.
+    let big = vec![1u8; (3 << 20) + 1];
+    assert_eq!(code(k.ns.write(a, &h, 0, &big).await), Code::Quota);
+    k.ns.write(a, &h, 0, &[9u8; 1000]).await.unwrap();
+    k.consistent("/q").await;
 }

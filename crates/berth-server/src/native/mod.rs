@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod errors;
+pub mod files;
 pub mod namespace;
 pub mod raft;
 pub mod security;
@@ -136,6 +137,7 @@ impl Native {
 }
 
 pub use cluster::ClusterService;
+pub use files::FilesService;
 pub use namespace::NamespaceService;
 pub use raft::{
     Authenticator, GrpcTransport, MetaDirectory, PeerDirectory, RaftService, RAFT_BATCH_BYTES_MAX,

@@ -28,6 +28,7 @@ fn to_volume(s: VolumeStatus) -> Volume {
         created_ns: r.created_ns,
         root_inode: r.root_inode,
         entries: s.entries,
+        chunk_size: r.chunk_size,
     }
 }
 
@@ -42,6 +43,7 @@ impl VolumesApi for VolumesService {
                 quota_bytes: r.quota_bytes,
                 read_ace: r.read_ace,
                 write_ace: r.write_ace,
+                chunk_size: r.chunk_size,
             };
             n.ns.volume_create(&p, &spec).await.map(to_volume)
         })

@@ -1,0 +1,320 @@
+//! File data: open (permission check once, as open(2) does, returning a
+//! signed handle), read and write through the handle, truncation, and the
+//! removal of a file's data with its last link.
+//!
+//! A file's chunks, size and write time live in the same shard as its inode
+//! (see `records`), so one write — every chunk it touches, the new size, the
+//! volume's byte count — is one atomic command. Writes use commutative value
+//! operations (splice, max, add), so concurrent writers of one file never
+//! conflict with each other; they only wait for their own command.
+//!
+//! Quota: a write that would grow the volume's stored bytes past its quota
+//! fails with EDQUOT. The check reads the byte count before the command, so
+//! concurrent writers near the limit may overshoot it by what is in flight.
+
+use berth_meta::map::VolumeRecord;
+use berth_meta::router::{backoff, too_much_contention, Commit, Tx, TX_RETRIES_MAX};
+use berth_meta::{Code, Error};
+use berth_security::handle::HandleBody;
+use berth_security::principal::Principal;
+
+use crate::access::{check_entry, Need};
+use crate::namespace::{now_ns, EntryInfo, Namespace};
+use crate::records::*;
+
+/// Largest read or write in one call.
+pub const IO_BYTES_MAX: usize = 4 << 20;
+/// How long a file handle stays valid.
+pub const HANDLE_TTL_SECS: u64 = 24 * 3600;
+/// Largest file size (2^62 bytes), far below offset overflow.
+pub const FILE_SIZE_MAX: u64 = 1 << 62;
+
+/// What `open` is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct OpenSpec {
+    pub path: String,
+    pub read: bool,
+    pub write: bool,
+    pub create: bool,
+    pub exclusive: bool,
+    pub truncate: bool,
+    pub mode: u32,
+}
+
+impl Namespace {
+    /// Opens (and with `create`, creates) a file; returns a handle granting
+    /// the rights checked now.
+    pub async fn open(
+        &self,
+        p: &Principal,
+        spec: &OpenSpec,
+    ) -> Result<(Vec<u8>, EntryInfo), Error> {
+        if !spec.read && !spec.write {
+            return Err(Error::invalid("open needs read, write or both"));
+        }
+        let mut created = false;
+        let mut entry = None;
+        for _ in 0..TX_RETRIES_MAX {
+            match self.stat_following(p, &spec.path).await {
+                Ok(e) => {
+                    if spec.create && spec.exclusive {
+                        return Err(Error::exists(&e.path));
+                    }
+                    entry = Some(e);
+                    break;
+                }
+                Err(e) if e.code == Code::NotFound && spec.create => {
+                    match self
+                        .create(p, &spec.path, EntryKind::File, spec.mode, true)
+                        .await
+                    {
+                        Ok(e) => {
+                            created = true;
+                            entry = Some(e);
+                            break;
+                        }
+                        // Lost a race with another creator: open theirs.
+                        Err(e) if e.code == Code::Exists && !spec.exclusive => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut entry = entry.ok_or_else(|| too_much_contention(&spec.path))?;
+        match entry.inode.kind {
+            EntryKind::File => {}
+            EntryKind::Dir => {
+                return Err(Error::new(
+                    Code::IsDir,
+                    format!("is a directory: {}", entry.path),
+                ))
+            }
+            k => {
+                return Err(Error::invalid(format!(
+                    "{} is a {}, not a file",
+                    entry.path,
+                    k.name()
+                )))
+            }
+        }
+        let vol = self.volume(entry.volume_id)?;
+        if !created {
+            if spec.read {
+                check_entry(p, &entry.path, &vol, &entry.inode, Need::Read)?;
+            }
+            if spec.write {
+                check_entry(p, &entry.path, &vol, &entry.inode, Need::Write)?;
+            }
+            if spec.write && spec.truncate {
+                entry = self.truncate_file(&vol, entry, 0).await?;
+            }
+        }
+        let map = self.meta().map();
+        let handle = self.meta().seal_handle(&HandleBody {
+            cluster: map.cluster_name().to_string(),
+            principal: p.name.clone(),
+            volume: vol.id,
+            ino: entry.ino,
+            read: spec.read,
+            write: spec.write,
+            expires_at: berth_security::now_secs() + HANDLE_TTL_SECS,
+        })?;
+        Ok((handle, entry))
+    }
+
+    /// Reads up to `len` bytes at `offset`; returns the bytes (short at end
+    /// of file, zeros in holes) and the file size.
+    pub async fn read(
+        &self,
+        p: &Principal,
+        handle: &[u8],
+        offset: u64,
+        len: usize,
+    ) -> Result<(Vec<u8>, u64), Error> {
+        let h = self.meta().open_handle(handle, &p.name)?;
+        if !h.read {
+            return Err(Error::access("the file was not opened for reading"));
+        }
+        if len > IO_BYTES_MAX {
+            return Err(Error::invalid(format!(
+                "read of {len} bytes exceeds {IO_BYTES_MAX}"
+            )));
+        }
+        let vol = self.volume(h.volume)?;
+        let tx = self.meta().router().begin(vol.shard_id).await?;
+        if tx.peek(&inode_key(vol.id, h.ino))?.is_none() {
+            return Err(Error::not_found("the file was removed"));
+        }
+        let size = read_u64(tx.peek(&file_size_key(vol.id, h.ino))?);
+        if offset >= size || len == 0 {
+            return Ok((Vec::new(), size));
+        }
+        let end = size.min(offset + len as u64);
+        let cs = u64::from(vol.chunk_size);
+        let mut out = vec![0u8; (end - offset) as usize];
+        let first = offset / cs;
+        let last = (end - 1) / cs;
+        let rows = tx.peek_range(
+            &chunk_key(vol.id, h.ino, first),
+            &chunk_key(vol.id, h.ino, last + 1),
+            (last - first + 1) as usize,
+        )?;
+        for (k, v) in rows {
+            let idx = chunk_index(&k)?;
+            let cstart = idx * cs;
+            // Overlap of [cstart, cstart + v.len()) with [offset, end).
+            let from = offset.max(cstart);
+            let to = end.min(cstart + v.len() as u64);
+            if from < to {
+                out[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&v[(from - cstart) as usize..(to - cstart) as usize]);
+            }
+        }
+        Ok((out, size))
+    }
+
+    /// Writes `data` at `offset`; durable (replicated, fsynced) on return.
+    /// Returns the file size after the write.
+    pub async fn write(
+        &self,
+        p: &Principal,
+        handle: &[u8],
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64, Error> {
+        let h = self.meta().open_handle(handle, &p.name)?;
+        if !h.write {
+            return Err(Error::access("the file was not opened for writing"));
+        }
+        if data.len() > IO_BYTES_MAX {
+            return Err(Error::invalid(format!(
+                "write of {} bytes exceeds {IO_BYTES_MAX}",
+                data.len()
+            )));
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= FILE_SIZE_MAX)
+            .ok_or_else(|| Error::invalid("write beyond the largest file size (2^62 bytes)"))?;
+        let vol = self.volume(h.volume)?;
+        let cs = u64::from(vol.chunk_size);
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.meta().router().begin(vol.shard_id).await?;
+            // Condition on the inode: a write racing with the file's removal
+            // (or a chmod/rename) retries instead of leaving orphan data.
+            if tx.get(&inode_key(vol.id, h.ino))?.is_none() {
+                return Err(Error::not_found("the file was removed"));
+            }
+            let size = read_u64(tx.peek(&file_size_key(vol.id, h.ino))?);
+            if vol.quota_bytes > 0 && end > size {
+                let used = read_u64(tx.peek(&usage_key(vol.id))?);
+                if used.saturating_add(end - size) > vol.quota_bytes {
+                    return Err(Error::new(
+                        Code::Quota,
+                        format!(
+                            "volume {} quota of {} bytes exceeded",
+                            vol.path, vol.quota_bytes
+                        ),
+                    ));
+                }
+            }
+            if data.is_empty() {
+                return Ok(size);
+            }
+            let mut pos = offset;
+            let mut rest = data;
+            while !rest.is_empty() {
+                let idx = pos / cs;
+                let in_chunk = pos % cs;
+                let n = rest.len().min((cs - in_chunk) as usize);
+                tx.splice(
+                    chunk_key(vol.id, h.ino, idx),
+                    in_chunk as u32,
+                    rest[..n].to_vec(),
+                    Some(usage_key(vol.id)),
+                );
+                pos += n as u64;
+                rest = &rest[n..];
+            }
+            tx.max_u64(file_size_key(vol.id, h.ino), end);
+            tx.max_u64(file_mtime_key(vol.id, h.ino), now_ns().max(0) as u64);
+            if let Commit::Done(_) = tx.commit().await? {
+                return Ok(size.max(end));
+            }
+        }
+        Err(too_much_contention("write"))
+    }
+
+    /// Sets a file's size (shrinking deletes the data beyond it).
+    async fn truncate_file(
+        &self,
+        vol: &VolumeRecord,
+        mut entry: EntryInfo,
+        size: u64,
+    ) -> Result<EntryInfo, Error> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.meta().router().begin(vol.shard_id).await?;
+            let key = inode_key(vol.id, entry.ino);
+            let mut inode =
+                decode_inode(&tx.get(&key)?.ok_or_else(|| Error::not_found(&entry.path))?)?;
+            let now = now_ns();
+            truncate_ops(&mut tx, vol, entry.ino, size, now);
+            inode.ctime_ns = now;
+            inode.mtime_ns = now;
+            inode.size = size;
+            tx.put(key, encode_inode(&inode));
+            if let Commit::Done(_) = tx.commit().await? {
+                entry.inode = inode;
+                return Ok(entry);
+            }
+        }
+        Err(too_much_contention(&entry.path))
+    }
+}
+
+/// The operations that set file `ino`'s size to `size`: the size key, the
+/// chunks wholly beyond it deleted, the chunk it falls in cut.
+pub(crate) fn truncate_ops(tx: &mut Tx, vol: &VolumeRecord, ino: u64, size: u64, now: i64) {
+    let cs = u64::from(vol.chunk_size);
+    let keep = size.div_ceil(cs);
+    let (_, end) = chunks_range(vol.id, ino);
+    tx.delete_range_counted(chunk_key(vol.id, ino, keep), end, usage_key(vol.id));
+    if !size.is_multiple_of(cs) {
+        tx.truncate_value(
+            chunk_key(vol.id, ino, size / cs),
+            (size % cs) as u32,
+            Some(usage_key(vol.id)),
+        );
+    }
+    tx.put(file_size_key(vol.id, ino), size.to_be_bytes().to_vec());
+    tx.max_u64(file_mtime_key(vol.id, ino), now.max(0) as u64);
+}
+
+/// The operations that delete file `ino`'s data (its last link is going).
+pub(crate) fn delete_data_ops(tx: &mut Tx, vol: &VolumeRecord, ino: u64) {
+    let (start, end) = chunks_range(vol.id, ino);
+    tx.delete_range_counted(start, end, usage_key(vol.id));
+    tx.delete(file_size_key(vol.id, ino));
+    tx.delete(file_mtime_key(vol.id, ino));
+}
+
+/// Overlays the size and write time kept beside a file's chunks onto its
+/// inode record.
+pub(crate) fn overlay_file_attrs(
+    tx: &Tx,
+    vol: u64,
+    ino: u64,
+    inode: &mut Inode,
+) -> Result<(), Error> {
+    if inode.kind != EntryKind::File {
+        return Ok(());
+    }
+    inode.size = read_u64(tx.peek(&file_size_key(vol, ino))?);
+    let written = read_u64(tx.peek(&file_mtime_key(vol, ino))?) as i64;
+    inode.mtime_ns = inode.mtime_ns.max(written);
+    inode.ctime_ns = inode.ctime_ns.max(written);
+    Ok(())
+}
