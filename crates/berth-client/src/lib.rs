@@ -18,7 +18,7 @@ mod error;
 use std::time::Duration;
 
 use berth_api::v1::{
-    cluster_client::ClusterClient, namespace_client::NamespaceClient,
+    cluster_client::ClusterClient, files_client::FilesClient, namespace_client::NamespaceClient,
     security_client::SecurityClient, volumes_client::VolumesClient,
 };
 use tonic::metadata::{Ascii, MetadataValue};
@@ -125,6 +125,13 @@ impl Client {
     /// Namespace service: entries, directories, ACLs.
     pub fn namespace(&self) -> NamespaceClient<Transport> {
         NamespaceClient::new(self.transport())
+    }
+
+    /// Files service: open, read, write file data. Messages up to 64 MiB.
+    pub fn files(&self) -> FilesClient<Transport> {
+        FilesClient::new(self.transport())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
     }
 
     /// Volume service.
