@@ -335,6 +335,6 @@ fn acknowledged_file_writes_survive_sigkill() {
     );
     eprintln!(
         "file crash test: {acked} records ({} MiB) acknowledged and intact",
-        acked as usize * RECORD >> 20
+        (acked as usize * RECORD) >> 20
     );
 }
