@@ -77,6 +77,8 @@ pub enum Command {
     Stat(PathArg),
     /// Move or rename an entry.
     Mv(MvArgs),
+    /// Copy files between the local disk and the cluster (cluster paths: berth:/path).
+    Cp(CpArgs),
     /// Create a file entry, or update its times.
     Touch(PathsArg),
     /// Create a symbolic link (only -s is supported).
@@ -273,6 +275,16 @@ pub struct PathsArg {
 pub struct MvArgs {
     pub src: String,
     pub dst: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Copy directories recursively.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Sources, then the destination; cluster paths are written berth:/path.
+    #[arg(required = true, num_args = 2..)]
+    pub paths: Vec<String>,
 }
 
 #[derive(Debug, Args)]

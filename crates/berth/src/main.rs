@@ -9,6 +9,7 @@ mod acl;
 mod auth;
 mod bench;
 mod cli;
+mod cp;
 mod ctx;
 mod fs;
 mod output;
@@ -112,6 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm(args) => fs::rm(&ctx, args).await,
         Command::Stat(args) => fs::stat(&ctx, args).await,
         Command::Mv(args) => fs::mv(&ctx, args).await,
+        Command::Cp(args) => cp::cp(&ctx, args.recursive, &args.paths).await,
         Command::Touch(args) => fs::touch(&ctx, args).await,
         Command::Ln(args) => fs::ln(&ctx, args).await,
         Command::Chmod(args) => fs::chmod(&ctx, args).await,

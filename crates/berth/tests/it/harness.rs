@@ -296,6 +296,20 @@ impl TestServer {
         stderr
     }
 
+    /// Runs as admin and expects a failure (exit 1, one `error:` line) of
+    /// any kind; returns stderr.
+    pub fn err_any(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{}", self.explain(args, &out));
+        assert!(
+            stderr.starts_with("error: "),
+            "{}",
+            self.explain(args, &out)
+        );
+        stderr
+    }
+
     /// Runs as admin and expects failure with `code`.
     pub fn err(&self, args: &[&str], code: &str) -> String {
         let out = self.cli(args);

@@ -5,6 +5,7 @@
 mod admin;
 mod crash;
 mod errors;
+mod files;
 mod harness;
 mod security;
 mod tour;
