@@ -43,6 +43,7 @@ pub enum Op {
         /// Key.
         key: Vec<u8>,
         /// New value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Deletes a key (no-op when absent).
@@ -67,6 +68,7 @@ pub enum Op {
         /// Byte offset in the value.
         offset: u32,
         /// Bytes to write.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         /// When set, the number of bytes the value grew by is added to this
         /// i64 counter (byte accounting, e.g. volume usage).

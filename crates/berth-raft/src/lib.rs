@@ -6,8 +6,9 @@
 //! bounded crossbeam channel (inbound messages, proposals, read requests, new shards) and a
 //! single coalesced tick timer for all groups. It does no async I/O: the raft logic advances
 //! only on ticks, messages and proposals. Each iteration:
-//! 1. drains the channel (bounded per iteration), ticks every awake group if the tick is due,
-//!    and issues at most one raft ReadIndex per shard for all queued `read_index` calls;
+//! 1. drains the channel (bounded per iteration); if the tick is due, counts peer-node
+//!    liveness, sends keepalives every `heartbeat_tick` ticks and ticks every awake group;
+//!    issues at most one raft ReadIndex per shard for all queued `read_index` calls;
 //! 2. collects every group's `Ready` and persists all of them — log entries, hard states,
 //!    received snapshots — in **one** `WriteBatch` with **one** `Durability::Sync` write
 //!    (group commit; `Buffered` when raft says no sync is needed, i.e. only the commit index
@@ -19,12 +20,27 @@
 //!    after the persisted applied index are applied again), then completes waiters.
 //!
 //! # Hibernation
-//! A group whose only voter is this node stops ticking once it is leader with nothing in
-//! flight (no pending proposal or read, everything committed and applied); any proposal,
-//! read or message wakes it. Groups with several voters never hibernate: leaders and
-//! followers keep ticking, because `check_quorum` (an isolated leader must step down so its
-//! waiters fail) and elections need the clock. TiKV-style hibernation of multi-voter groups
-//! is future work.
+//! An idle group stops ticking (see the `hibernate` module for the protocol and the raft-rs
+//! reasoning). A single-voter group sleeps as soon as it leads with nothing in flight. A
+//! multi-voter group sleeps only with node-level liveness watching over it:
+//! - the loop sends one empty batch to every peer node it shares a group with every
+//!   `heartbeat_tick` ticks, and the transport reports every batch it receives (empty or
+//!   not) with [`RaftNode::peer_alive`]; a peer silent for [`Config::peer_timeout`] is dead;
+//! - a leader quiescent for [`Config::hibernate_after_ticks`] ticks (nothing pending,
+//!   commit = applied = every voter's match index = last index, every voter's node alive)
+//!   flags its heartbeats "sleep", and stops ticking once every follower answered "asleep";
+//!   a caught-up follower sleeps on its leader's "sleep" heartbeat;
+//! - a proposal, a read, any other message for the group, or the death of the node it depends
+//!   on (a follower's leader, a leader's voter) wakes it; a woken leader restarts its
+//!   check-quorum window and heartbeats at once, a follower woken by anything but its leader
+//!   wakes the leader.
+//!
+//! The flags travel in raft heartbeats (protobuf field [`HIBERNATE_FIELD`]). A sleeping
+//! group sends nothing and costs a tick only a flag check. Failover of a sleeping group takes
+//! up to `peer_timeout` longer than of an awake one (its followers must first notice the
+//! death). A transport that never calls `peer_alive` stays correct — stepped messages count
+//! as proof of life too — but then idle peers look dead after `peer_timeout` and their
+//! groups wake, heartbeat, and fall asleep again, over and over.
 //!
 //! # Persistence
 //! See the `storage` module: log in `Space::RaftLog` (`shard_id BE · index BE`, each entry
@@ -37,6 +53,8 @@
 //!
 //! # Invariants
 //! - Nothing is acknowledged before it is durable on a majority and applied locally.
+//! - A multi-voter group sleeps only when every voter has the whole log and a live node, and
+//!   wakes when one of the nodes it depends on dies; a follower never campaigns while asleep.
 //! - A proposal's waiter succeeds only when the entry at exactly the (index, term) it was
 //!   appended at is applied; if leadership is lost first it gets an error, never a success.
 //! - No write outside a shard's key range: checked at propose time and again at apply time.
@@ -52,6 +70,7 @@
 //! - `read_index` is served by the leader only (followers answer `NotLeader`).
 
 pub mod cmd;
+mod hibernate;
 mod logger;
 mod node;
 mod storage;
@@ -128,7 +147,9 @@ impl ShardDesc {
 /// Sends raft messages to other nodes.
 pub trait Transport: Send + Sync + 'static {
     /// Sends `msgs` to node `to`. Must not block; may drop (raft retries). Every message
-    /// carries its shard id (see [`message_shard`]); snapshot messages may be large.
+    /// carries its shard id (see [`message_shard`]); snapshot messages may be large. An
+    /// empty `msgs` is a node keepalive and must be delivered like any batch: the receiving
+    /// side calls [`RaftNode::peer_alive`] for every batch, empty or not, before stepping it.
     fn send(&self, to: NodeId, msgs: Vec<Message>);
 }
 
@@ -151,10 +172,19 @@ pub struct Config {
     pub log_compact_threshold: u64,
     /// How long `propose` and `read_index` wait.
     pub propose_timeout: Duration,
+    /// Consecutive quiescent ticks after which a multi-voter leader starts putting its group
+    /// to sleep; 0 keeps multi-voter groups always awake.
+    pub hibernate_after_ticks: usize,
+    /// A peer node from which nothing (not even a keepalive) arrived for this long is dead.
+    /// `None` = 2 × `election_tick` × `tick_interval`; see [`Config::effective_peer_timeout`].
+    /// Must span at least two keepalive intervals (`heartbeat_tick` ticks each).
+    pub peer_timeout: Option<Duration>,
 }
 
 impl Config {
-    /// Defaults for a node: 100 ms ticks, elections after 10 ticks, heartbeats every 2.
+    /// Defaults for a node: 100 ms ticks, elections after 10 ticks, heartbeats (and peer
+    /// keepalives) every 2, hibernation after 20 idle ticks, peers dead after 2 election
+    /// timeouts of silence.
     pub fn new(node_id: NodeId) -> Config {
         Config {
             node_id,
@@ -165,7 +195,26 @@ impl Config {
             max_size_per_msg: 1024 * 1024,
             log_compact_threshold: 10_000,
             propose_timeout: Duration::from_secs(10),
+            hibernate_after_ticks: 20,
+            peer_timeout: None,
         }
+    }
+
+    /// The peer timeout in effect: [`Config::peer_timeout`] or its default, 2 ×
+    /// `election_tick` × `tick_interval`.
+    pub fn effective_peer_timeout(&self) -> Duration {
+        self.peer_timeout.unwrap_or_else(|| {
+            self.tick_interval.saturating_mul(
+                u32::try_from(self.election_tick.saturating_mul(2)).unwrap_or(u32::MAX),
+            )
+        })
+    }
+
+    /// The peer timeout in ticks, rounded up.
+    pub(crate) fn peer_timeout_ticks(&self) -> u64 {
+        let tick = self.tick_interval.as_nanos().max(1);
+        let ticks = self.effective_peer_timeout().as_nanos().div_ceil(tick);
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
     }
 }
 
@@ -254,7 +303,8 @@ pub struct ShardStatus {
     pub applied: u64,
     /// Leader, if known.
     pub leader: Option<NodeId>,
-    /// Not ticking (idle single-voter leader).
+    /// Asleep: not ticking (see Hibernation in the crate docs). A leader waiting for its
+    /// followers to acknowledge sleep is still awake.
     pub hibernating: bool,
     /// First index still in the log.
     pub log_first: u64,
@@ -287,6 +337,13 @@ pub struct RaftMetrics {
     pub snapshots_applied: u64,
     /// Time spent in group-commit writes, microseconds.
     pub persist_micros_total: u64,
+    /// Groups that fell asleep (stopped ticking).
+    pub hibernations: u64,
+    /// Sleeping groups woken up.
+    pub wakeups: u64,
+    /// Empty keepalive batches handed to the transport (one per peer node per
+    /// `heartbeat_tick` ticks).
+    pub keepalives_sent: u64,
 }
 
 /// Version byte of [`encode_message`].
@@ -294,6 +351,13 @@ pub const MESSAGE_FORMAT_VERSION: u8 = 1;
 /// Protobuf field number carrying the shard id inside a raft `Message` (a field raft-rs does
 /// not know; protobuf keeps it as an unknown field through encode and decode).
 pub const SHARD_ID_FIELD: u32 = 1000;
+
+/// Protobuf field number carrying a hibernation flag inside a raft `Message` (unknown to
+/// raft-rs, like [`SHARD_ID_FIELD`]): 1 = "going to sleep" on a leader's heartbeat, 2 =
+/// "asleep" on a follower's heartbeat response, 3 = "wake up" (a heartbeat response the loop
+/// handles itself and never steps into raft). A node that ignores it stays correct: its
+/// groups just never sleep.
+pub const HIBERNATE_FIELD: u32 = 1001;
 
 /// The shard a message belongs to.
 pub fn message_shard(m: &Message) -> Option<ShardId> {

@@ -1,8 +1,10 @@
 //! The node handle ([`RaftNode`]) and the multi-raft loop it starts.
 //!
 //! The loop ([`Core`]) is plain, single-threaded code: `handle` (one command), `tick` (one
-//! coalesced tick for all groups) and `process` (one round of ready handling). The thread
-//! around it only decides *when* to call them, so the raft logic sees no clock.
+//! coalesced tick for all groups, peer liveness and keepalives included) and `process` (one
+//! round of ready handling). The thread around it only decides *when* to call them, so the
+//! raft logic sees no clock: node liveness is counted in ticks, and `peer_alive` only sets a
+//! flag the next tick reads.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,6 +21,7 @@ use raft::{RawNode, ReadOnlyOption, ReadState, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
 use crate::cmd::{self, ApplyResult, Txn, TxnOutcome};
+use crate::hibernate::{self, PeerLiveness, Signal};
 use crate::storage::{self, ShardStorage};
 use crate::{
     message_shard, set_message_shard, Config, NodeId, RaftError, RaftMetrics, Role, ShardDesc,
@@ -69,6 +72,9 @@ struct Metrics {
     snapshots_sent: AtomicU64,
     snapshots_applied: AtomicU64,
     persist_micros_total: AtomicU64,
+    hibernations: AtomicU64,
+    wakeups: AtomicU64,
+    keepalives_sent: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -86,6 +92,9 @@ struct Shared {
     shards: RwLock<BTreeMap<ShardId, ShardEntry>>,
     metrics: Metrics,
     stopped: AtomicBool,
+    /// Peer nodes sharing a group with this node (entries added by the loop only) and
+    /// whether anything arrived from them since the loop's last tick.
+    peers_heard: RwLock<BTreeMap<NodeId, AtomicBool>>,
 }
 
 impl Shared {
@@ -175,10 +184,19 @@ impl RaftNode {
                 "need tick_interval > 0 and election_tick > heartbeat_tick > 0".into(),
             ));
         }
+        let peer_timeout_ticks = cfg.peer_timeout_ticks();
+        if peer_timeout_ticks < 2 * cfg.heartbeat_tick as u64 {
+            return Err(RaftError::Internal(format!(
+                "peer_timeout ({:?}) must span at least two keepalive intervals \
+                 (2 x heartbeat_tick x tick_interval)",
+                cfg.effective_peer_timeout()
+            )));
+        }
         let shared = Arc::new(Shared {
             shards: RwLock::new(BTreeMap::new()),
             metrics: Metrics::default(),
             stopped: AtomicBool::new(false),
+            peers_heard: RwLock::new(BTreeMap::new()),
         });
         let mut core = Core {
             node_id: cfg.node_id,
@@ -191,6 +209,9 @@ impl RaftNode {
             next_read_ctx: 1,
             touched: BTreeSet::new(),
             fatal: false,
+            liveness: PeerLiveness::new(peer_timeout_ticks),
+            ticks: 0,
+            wake_out: Vec::new(),
         };
         for desc in storage::load_descs(&store).map_err(RaftError::from_store)? {
             shared.insert_shard(desc.clone());
@@ -384,7 +405,9 @@ impl RaftNode {
     }
 
     /// Hands inbound messages (from the transport) to the loop. Never blocks: when the
-    /// loop's queue is full the messages are dropped (raft retries).
+    /// loop's queue is full the messages are dropped (raft retries). Each stepped message also
+    /// proves its sender's node alive; the transport still calls [`RaftNode::peer_alive`] for
+    /// every batch, because empty keepalive batches never reach the loop.
     pub fn step(&self, msgs: Vec<Message>) {
         if msgs.is_empty() {
             return;
@@ -394,6 +417,16 @@ impl RaftNode {
                 node = self.inner.node_id,
                 "raft queue full; inbound messages dropped"
             );
+        }
+    }
+
+    /// Records that a batch (possibly empty: a keepalive) arrived from node `from`. The
+    /// transport calls it for every batch it receives, before [`RaftNode::step`]; it is how
+    /// the loop knows which peer nodes are alive, which hibernating groups depend on.
+    /// Cheap and non-blocking; nodes sharing no group with this one are ignored.
+    pub fn peer_alive(&self, from: NodeId) {
+        if let Some(heard) = self.inner.shared.peers_heard.read().get(&from) {
+            heard.store(true, Ordering::Relaxed);
         }
     }
 
@@ -443,6 +476,9 @@ impl RaftNode {
             snapshots_sent: l(&m.snapshots_sent),
             snapshots_applied: l(&m.snapshots_applied),
             persist_micros_total: l(&m.persist_micros_total),
+            hibernations: l(&m.hibernations),
+            wakeups: l(&m.wakeups),
+            keepalives_sent: l(&m.keepalives_sent),
         }
     }
 
@@ -503,7 +539,18 @@ struct Group {
     reads_inflight: Vec<(Vec<u8>, Vec<Reply<()>>)>,
     /// Confirmed read index, waiting for apply to reach it.
     reads_ready: Vec<(u64, Vec<Reply<()>>)>,
+    /// The voters (fixed: membership changes are not supported).
+    voters: Vec<NodeId>,
+    /// Asleep: not ticking.
     hibernating: bool,
+    /// Leader only: consecutive quiescent ticks (saturates at `hibernate_after_ticks`).
+    idle_ticks: usize,
+    /// Leader only: announcing sleep (heartbeats carry `Signal::Sleep`), still ticking.
+    drowsy: bool,
+    /// Leader only, while drowsy: followers that answered "asleep".
+    sleep_acks: BTreeSet<NodeId>,
+    /// A stopped group told its peers to wake (so none waits on it asleep).
+    stop_announced: bool,
     stopped: Option<String>,
     applied_tx: Arc<watch::Sender<u64>>,
 }
@@ -527,6 +574,52 @@ impl Group {
 
     fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
+    }
+
+    fn multi_voter(&self) -> bool {
+        self.voters.len() > 1
+    }
+
+    /// Stops ticking.
+    fn sleep(&mut self, metrics: &Metrics) {
+        debug_assert!(!self.hibernating && self.stopped.is_none());
+        self.hibernating = true;
+        self.drowsy = false;
+        self.sleep_acks.clear();
+        self.idle_ticks = 0;
+        add(&metrics.hibernations, 1);
+    }
+
+    /// Back to ticking if asleep (a leader is then made safe to tick again: see
+    /// `hibernate`). True when the group was asleep.
+    fn wake(&mut self, metrics: &Metrics) -> bool {
+        if !self.hibernating {
+            return false;
+        }
+        self.hibernating = false;
+        self.drowsy = false;
+        self.sleep_acks.clear();
+        self.idle_ticks = 0;
+        add(&metrics.wakeups, 1);
+        if self.is_leader() {
+            guarded(self, "wake", hibernate::on_leader_wake);
+        }
+        true
+    }
+
+    /// A proposal or read arrived: wake, and restart the leader's idleness count.
+    fn busy(&mut self, metrics: &Metrics) {
+        self.wake(metrics);
+        self.drowsy = false;
+        self.sleep_acks.clear();
+        self.idle_ticks = 0;
+    }
+
+    /// Every other voter answered "asleep" to this drowsy leader.
+    fn all_acked(&self, me: NodeId) -> bool {
+        self.voters
+            .iter()
+            .all(|v| *v == me || self.sleep_acks.contains(v))
     }
 
     fn fail_all(&mut self, make: impl Fn() -> RaftError) {
@@ -665,6 +758,12 @@ struct Core {
     touched: BTreeSet<ShardId>,
     /// A store write failed: the loop stops.
     fatal: bool,
+    /// Which peer nodes are alive (see `hibernate`).
+    liveness: PeerLiveness,
+    /// Ticks since start (keepalives go out every `heartbeat_tick`).
+    ticks: u64,
+    /// `Signal::Wake` messages to send this iteration: (to, shard, term).
+    wake_out: Vec<(NodeId, ShardId, u64)>,
 }
 
 impl Core {
@@ -683,6 +782,7 @@ impl Core {
         let storage =
             ShardStorage::load(self.store.clone(), desc).map_err(RaftError::from_store)?;
         let single = storage.voters() == [self.node_id];
+        let voters = storage.voters().to_vec();
         let applied = storage.applied_index;
         let rc = raft::Config {
             id: self.node_id,
@@ -713,7 +813,12 @@ impl Core {
             read_queue: Vec::new(),
             reads_inflight: Vec::new(),
             reads_ready: Vec::new(),
+            voters,
             hibernating: false,
+            idle_ticks: 0,
+            drowsy: false,
+            sleep_acks: BTreeSet::new(),
+            stop_announced: false,
             stopped: None,
             applied_tx,
         };
@@ -721,6 +826,15 @@ impl Core {
             // The only voter: no need to wait an election timeout.
             let _ = guarded(&mut g, "campaign", |raw| raw.campaign());
         }
+        let mut heard = None;
+        for &v in g.voters.iter().filter(|&&v| v != self.node_id) {
+            if self.liveness.add(v) {
+                heard
+                    .get_or_insert_with(|| self.shared.peers_heard.write())
+                    .insert(v, AtomicBool::new(false));
+            }
+        }
+        drop(heard);
         self.groups.insert(id, g);
         self.touched.insert(id);
         Ok(())
@@ -824,7 +938,7 @@ impl Core {
                 } else if g.read_queue.len() >= PENDING_READS_MAX {
                     let _ = reply.send(Err(RaftError::Timeout));
                 } else {
-                    g.hibernating = false;
+                    g.busy(&self.shared.metrics);
                     g.read_queue.push(reply);
                     self.touched.insert(shard);
                 }
@@ -848,6 +962,8 @@ impl Core {
             );
             return;
         }
+        // Any message is proof that its sender's node lives.
+        self.liveness.heard(m.from);
         let Some(g) = self.groups.get_mut(&shard) else {
             // Not handled yet: creating a replica from a message (scale-out).
             tracing::debug!(
@@ -860,16 +976,63 @@ impl Core {
         if g.stopped.is_some() {
             return;
         }
-        if g.hibernating {
-            g.hibernating = false;
-            self.touched.insert(shard);
-        }
-        match guarded(g, "step", |raw| raw.step(m)) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => tracing::debug!(shard, error = %e, "raft step refused a message"),
-            None => {
-                self.touched.insert(shard);
+        let metrics = &self.shared.metrics;
+        let (from, term, ty) = (m.from, m.term, m.get_msg_type());
+        let signal = hibernate::signal(&m);
+        let mut woken = false;
+        match signal {
+            Some(Signal::Wake) => {
+                // Not a raft message: a peer asks the group to tick again.
+                woken = g.wake(metrics);
             }
+            Some(Signal::SleepAck) if ty == MessageType::MsgHeartbeatResponse => {
+                // Stepped without waking: it tells a drowsy leader that `from` is asleep.
+                step(g, shard, m);
+                if g.drowsy && g.is_leader() && g.raw.raft.term == term {
+                    g.sleep_acks.insert(from);
+                    let alive = |n: NodeId| self.liveness.is_alive(n);
+                    if g.all_acked(self.node_id)
+                        && g.stopped.is_none()
+                        && g.idle()
+                        && hibernate::leader_quiescent(&g.raw.raft, alive)
+                    {
+                        g.sleep(metrics);
+                        self.touched.insert(shard);
+                    }
+                }
+            }
+            Some(Signal::Sleep) if ty == MessageType::MsgHeartbeat => {
+                // Stepped without waking (it zeroes the follower's election clock); the group
+                // then sleeps if it is caught up with this leader, or wakes if it no longer may
+                // sleep. Its heartbeat response says "asleep" when it is.
+                step(g, shard, m);
+                let may = self.cfg.hibernate_after_ticks > 0
+                    && g.stopped.is_none()
+                    && g.idle()
+                    && self.liveness.is_alive(from)
+                    && hibernate::follower_may_sleep(&g.raw.raft, from, term);
+                if may && !g.hibernating {
+                    g.sleep(metrics);
+                    self.touched.insert(shard);
+                } else if !may {
+                    woken = g.wake(metrics);
+                }
+            }
+            _ => {
+                woken = g.wake(metrics);
+                step(g, shard, m);
+            }
+        }
+        if woken {
+            self.touched.insert(shard);
+            // A follower woken by someone other than its leader wakes the leader, which then
+            // heartbeats before this follower's election timer runs out.
+            if let Some(leader) = g.leader_hint().filter(|&l| !g.is_leader() && l != from) {
+                self.wake_out.push((leader, shard, g.raw.raft.term));
+            }
+        }
+        if g.stopped.is_some() {
+            self.touched.insert(shard);
         }
     }
 
@@ -908,7 +1071,7 @@ impl Core {
                 return;
             }
         };
-        g.hibernating = false;
+        g.busy(&self.shared.metrics);
         self.touched.insert(shard);
         let before = g.raw.raft.raft_log.last_index();
         match guarded(g, "propose", |raw| raw.propose(Vec::new(), data)) {
@@ -933,16 +1096,95 @@ impl Core {
         }
     }
 
-    /// One coalesced tick for every awake group; also drops waiters whose caller gave up.
+    /// One coalesced tick: node liveness and keepalives, then one raft tick for every awake
+    /// group with the leaders' hibernation bookkeeping; also drops waiters whose caller gave
+    /// up. Sleeping groups are skipped unless a peer node just died.
     fn tick(&mut self) {
-        for g in self.groups.values_mut() {
+        self.ticks = self.ticks.wrapping_add(1);
+        {
+            let heard = self.shared.peers_heard.read();
+            for (&id, flag) in heard.iter() {
+                if flag.swap(false, Ordering::Relaxed) {
+                    self.liveness.heard(id);
+                }
+            }
+        }
+        let died = self.liveness.tick();
+        for peer in &died {
+            tracing::info!(
+                node = self.node_id,
+                peer,
+                "peer node silent for peer_timeout: considered dead"
+            );
+        }
+        let shared = self.shared.clone();
+        let metrics = &shared.metrics;
+        if self.ticks.is_multiple_of(self.cfg.heartbeat_tick as u64) {
+            for peer in self.liveness.peers() {
+                add(&metrics.keepalives_sent, 1);
+                self.transport.send(peer, Vec::new());
+            }
+        }
+        let me = self.node_id;
+        let hibernate_after = self.cfg.hibernate_after_ticks;
+        for (&id, g) in self.groups.iter_mut() {
             if g.stopped.is_some() {
+                if !g.stop_announced {
+                    // Followers of a stopped leader must not sleep on, waiting for it.
+                    g.stop_announced = true;
+                    let term = g.raw.raft.term;
+                    for &v in g.voters.iter().filter(|&&v| v != me) {
+                        self.wake_out.push((v, id, term));
+                    }
+                }
                 continue;
             }
-            if !g.hibernating && guarded(g, "tick", |raw| raw.tick()).is_none() {
-                self.touched.insert(g.id());
+            if g.hibernating {
+                if died.is_empty() {
+                    continue;
+                }
+                let alive = |n: NodeId| self.liveness.is_alive(n);
+                let orphaned = if g.is_leader() {
+                    g.voters.iter().any(|&v| v != me && !alive(v))
+                } else {
+                    g.leader_hint().is_none_or(|l| !alive(l))
+                };
+                if !orphaned {
+                    continue;
+                }
+                tracing::debug!(
+                    shard = id,
+                    "a node this sleeping group depends on died: waking"
+                );
+                g.wake(metrics);
+                self.touched.insert(id);
+            }
+            if guarded(g, "tick", |raw| raw.tick()).is_none() {
+                self.touched.insert(id);
+                continue;
             }
             g.purge_abandoned();
+            if hibernate_after == 0 || !g.multi_voter() {
+                continue;
+            }
+            let quiescent =
+                g.idle() && hibernate::leader_quiescent(&g.raw.raft, |n| self.liveness.is_alive(n));
+            if !quiescent {
+                if g.idle_ticks > 0 || g.drowsy {
+                    g.idle_ticks = 0;
+                    g.drowsy = false;
+                    g.sleep_acks.clear();
+                }
+                continue;
+            }
+            g.idle_ticks = (g.idle_ticks + 1).min(hibernate_after);
+            if g.idle_ticks >= hibernate_after && !g.drowsy {
+                // Announce at once; heartbeats carry `Sleep` until every follower acked.
+                g.drowsy = true;
+                g.sleep_acks.clear();
+                guarded(g, "ping", |raw| raw.ping());
+                self.touched.insert(id);
+            }
         }
     }
 
@@ -1087,12 +1329,24 @@ impl Core {
                     "raft snapshot installed"
                 );
             }
+            // Hibernation flags: a drowsy (or sleeping) leader's heartbeats say "sleep", a
+            // sleeping follower's heartbeat responses say "asleep".
+            let leader = g.is_leader();
+            let sleep_flag = leader && (g.drowsy || g.hibernating);
+            let ack_flag = !leader && g.hibernating;
             for mut m in msgs {
                 if m.to == self.node_id || m.to == 0 {
                     continue;
                 }
-                if m.get_msg_type() == MessageType::MsgSnapshot {
-                    snapshot_reports.push((id, m.to));
+                match m.get_msg_type() {
+                    MessageType::MsgSnapshot => snapshot_reports.push((id, m.to)),
+                    MessageType::MsgHeartbeat if sleep_flag => {
+                        hibernate::set_signal(&mut m, Signal::Sleep);
+                    }
+                    MessageType::MsgHeartbeatResponse if ack_flag => {
+                        hibernate::set_signal(&mut m, Signal::SleepAck);
+                    }
+                    _ => {}
                 }
                 set_message_shard(&mut m, id);
                 outbox.entry(m.to).or_default().push(m);
@@ -1100,6 +1354,11 @@ impl Core {
             if !committed.is_empty() {
                 to_apply.push((id, committed));
             }
+        }
+
+        for (to, shard, term) in self.wake_out.drain(..) {
+            let m = hibernate::wake_message(self.node_id, to, term, shard);
+            outbox.entry(to).or_default().push(m);
         }
 
         // 3. Send: one transport call per destination node.
@@ -1189,7 +1448,7 @@ impl Core {
                 g.fail_not_leader();
             }
             if g.stopped.is_none() && !g.hibernating && may_hibernate(self.node_id, g) {
-                g.hibernating = true;
+                g.sleep(metrics);
             }
         }
         self.touched = touched;
@@ -1211,6 +1470,13 @@ impl Core {
     }
 }
 
+/// Steps one raft message into a group (a raft-rs panic stops only that group).
+fn step(g: &mut Group, shard: ShardId, m: Message) {
+    if let Some(Err(e)) = guarded(g, "step", |raw| raw.step(m)) {
+        tracing::debug!(shard, error = %e, "raft step refused a message");
+    }
+}
+
 fn publish_applied(g: &Group) {
     let applied = g.raw.store().applied_index;
     g.applied_tx.send_if_modified(|v| {
@@ -1220,7 +1486,8 @@ fn publish_applied(g: &Group) {
     });
 }
 
-/// Single-voter leader with nothing in flight: ticks would do nothing.
+/// Single-voter leader with nothing in flight: ticks would do nothing, and there is no peer to
+/// tell or to fail over to (multi-voter groups: see `hibernate`).
 fn may_hibernate(node_id: NodeId, g: &Group) -> bool {
     let log = &g.raw.raft.raft_log;
     g.raw.store().voters() == [node_id]
@@ -1314,7 +1581,9 @@ fn apply_entries(
     if let Some((index, term)) = last {
         let s = g.raw.mut_store();
         s.set_applied(batch, index, term)?;
-        if index.saturating_sub(s.first_log_index()) >= cfg.log_compact_threshold {
+        if index.saturating_sub(s.first_log_index()) >= cfg.log_compact_threshold
+            || s.bytes_since_compact >= crate::storage::LOG_COMPACT_BYTES
+        {
             s.compact(batch, index)?;
         }
     }

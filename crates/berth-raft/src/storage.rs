@@ -35,6 +35,9 @@ const TAG_APPLY: u8 = 0x03;
 const TAG_LOG: u8 = 0x04;
 /// Entries kept in memory per group (the log's tail), to serve raft without disk reads.
 const CACHE_ENTRIES_MAX: usize = 1024;
+/// Bytes of entry data kept in memory per group: large entries (file data)
+/// must not pin gigabytes of memory.
+const CACHE_BYTES_MAX: usize = 16 << 20;
 /// Page size for scans of the log and of a shard's data.
 const PAGE: usize = 512;
 
@@ -217,9 +220,29 @@ pub(crate) struct ShardStorage {
     cache: VecDeque<Entry>,
     pub(crate) applied_index: u64,
     pub(crate) applied_term: u64,
+    /// Entry bytes appended since the log was last compacted (approximate:
+    /// starts at 0 after a restart).
+    pub(crate) bytes_since_compact: u64,
 }
 
+/// The log is also compacted (up to the applied index) once this many entry
+/// bytes were appended since the last compaction, so bulk data does not
+/// keep gigabytes of log on disk.
+pub(crate) const LOG_COMPACT_BYTES: u64 = 64 << 20;
+
 impl ShardStorage {
+    /// Bounds the cached log tail by entry count and by bytes.
+    fn trim_cache(&mut self) {
+        let mut bytes: usize = self.cache.iter().map(|e| e.data.len()).sum();
+        while self.cache.len() > CACHE_ENTRIES_MAX
+            || (bytes > CACHE_BYTES_MAX && self.cache.len() > 1)
+        {
+            if let Some(e) = self.cache.pop_front() {
+                bytes -= e.data.len();
+            }
+        }
+    }
+
     /// Persists the initial state of a new group durably: descriptor, empty log, conf state =
     /// the descriptor's voters (every replica starts from the same state).
     pub(crate) fn create(store: &Store, desc: &ShardDesc) -> Result<(), StoreError> {
@@ -301,6 +324,7 @@ impl ShardStorage {
             cache: VecDeque::new(),
             applied_index: apply.applied_index,
             applied_term: apply.applied_term,
+            bytes_since_compact: 0,
         };
         // Warm the cache with the tail of the log.
         let from = last_index
@@ -310,6 +334,7 @@ impl ShardStorage {
         if from <= last_index {
             let ents = s.read_entries(from, last_index + 1, u64::MAX)?;
             s.cache.extend(ents);
+            s.trim_cache();
         }
         Ok(s)
     }
@@ -336,6 +361,7 @@ impl ShardStorage {
             return Ok(());
         };
         let (first, last) = (first.index, last.index);
+        self.bytes_since_compact += ents.iter().map(|e| e.data.len() as u64).sum::<u64>();
         if first <= self.truncated_index || first > self.last_index + 1 {
             return Err(StoreError::Invalid(format!(
                 "shard {}: append [{first}, {last}] to log ({}, {}]",
@@ -359,8 +385,13 @@ impl ShardStorage {
             self.cache.clear();
         }
         self.cache.extend(ents.iter().cloned());
-        while self.cache.len() > CACHE_ENTRIES_MAX {
-            self.cache.pop_front();
+        let mut bytes: usize = self.cache.iter().map(|e| e.data.len()).sum();
+        while self.cache.len() > CACHE_ENTRIES_MAX
+            || (bytes > CACHE_BYTES_MAX && self.cache.len() > 1)
+        {
+            if let Some(e) = self.cache.pop_front() {
+                bytes -= e.data.len();
+            }
         }
         self.last_index = last;
         Ok(())
@@ -437,6 +468,7 @@ impl ShardStorage {
         );
         self.truncated_index = to;
         self.truncated_term = term;
+        self.bytes_since_compact = 0;
         while self.cache.front().is_some_and(|e| e.index <= to) {
             self.cache.pop_front();
         }

@@ -70,7 +70,7 @@ impl Transport for NullTransport {
 }
 
 /// Delivers messages between nodes of one process, through the wire codec, unless a filter
-/// drops them.
+/// drops them. An isolated node neither sends nor receives anything, keepalives included.
 #[derive(Default)]
 pub struct Router {
     nodes: RwLock<HashMap<NodeId, RaftNode>>,
@@ -104,7 +104,10 @@ impl Transport for MemTransport {
             .iter()
             .map(|m| decode_message(&encode_message(m)).expect("codec roundtrip"))
             .collect();
+        // As the gRPC server does: every batch, even an empty keepalive, proves the sender
+        // alive; then its messages are stepped.
         if let Some(n) = self.router.nodes.read().get(&to) {
+            n.peer_alive(self.from);
             n.step(msgs);
         }
     }

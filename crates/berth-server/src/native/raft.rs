@@ -58,8 +58,15 @@ impl RaftTransport for RaftService {
                 "only cluster nodes may send Raft traffic",
             )));
         }
+        // The peer's node id comes from its authenticated ticket, never from
+        // what the batch claims.
+        let peer: Option<NodeId> = p.name.strip_prefix("node:").and_then(|n| n.parse().ok());
         let mut stream = req.into_inner();
         while let Some(batch) = stream.message().await? {
+            if let Some(peer) = peer {
+                // Every batch, empty keepalives included, proves the peer alive.
+                self.raft.peer_alive(peer);
+            }
             let mut msgs = Vec::with_capacity(batch.messages.len());
             for m in &batch.messages {
                 match decode_message(m) {
