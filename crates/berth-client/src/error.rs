@@ -92,6 +92,11 @@ pub fn berth_code_description(code: &str) -> Option<&'static str> {
         "EAUTH" => "authentication failed",
         "EAGAIN" => "try again",
         "EIO" => "input/output error",
+        "EPERM" => "operation not permitted",
+        "ENAMETOOLONG" => "file name too long",
+        "ELOOP" => "too many levels of symbolic links",
+        "ENODATA" => "no such attribute",
+        "E2BIG" => "value too large",
         _ => return None,
     })
 }

@@ -16,6 +16,7 @@ pub mod data;
 pub mod namespace;
 pub mod records;
 pub mod volumes;
+pub mod xattr;
 
 pub use check::CheckReport;
 pub use data::OpenSpec;

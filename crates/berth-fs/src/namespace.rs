@@ -627,6 +627,8 @@ impl Namespace {
                     continue;
                 }
                 pinode.nlink = pinode.nlink.saturating_sub(1);
+                let (xs, xe) = crate::xattr::xattr_range(vol.id, d.ino);
+                tx.delete_range(xs, xe);
                 tx.delete(ikey);
             } else if inode.nlink > 1 {
                 inode.nlink -= 1;
@@ -636,6 +638,8 @@ impl Namespace {
                 if inode.kind == EntryKind::File {
                     crate::data::delete_data_ops(&mut tx, &vol, d.ino);
                 }
+                let (xs, xe) = crate::xattr::xattr_range(vol.id, d.ino);
+                tx.delete_range(xs, xe);
                 tx.delete(ikey);
             }
             tx.delete(dkey);
@@ -762,6 +766,8 @@ impl Namespace {
                             ));
                         }
                         tpi.nlink = tpi.nlink.saturating_sub(1);
+                        let (xs, xe) = crate::xattr::xattr_range(vol.id, td.ino);
+                        tx.delete_range(xs, xe);
                         tx.delete(tikey);
                     }
                     (false, false) => {
@@ -773,6 +779,8 @@ impl Namespace {
                             if ti.kind == EntryKind::File {
                                 crate::data::delete_data_ops(&mut tx, &vol, td.ino);
                             }
+                            let (xs, xe) = crate::xattr::xattr_range(vol.id, td.ino);
+                            tx.delete_range(xs, xe);
                             tx.delete(tikey);
                         }
                     }

@@ -42,6 +42,10 @@ pub enum Code {
     NameTooLong,
     /// ELOOP: too many symbolic links or a rename into its own subtree.
     Loop,
+    /// ENODATA: no such extended attribute.
+    NoData,
+    /// E2BIG: a value (e.g. an extended attribute) is too large.
+    TooBig,
 }
 
 impl Code {
@@ -64,6 +68,8 @@ impl Code {
             Code::Io => "EIO",
             Code::NameTooLong => "ENAMETOOLONG",
             Code::Loop => "ELOOP",
+            Code::NoData => "ENODATA",
+            Code::TooBig => "E2BIG",
         }
     }
 
@@ -79,7 +85,7 @@ impl Code {
 }
 
 /// Every code, for tables and tests.
-pub const ALL: [Code; 16] = [
+pub const ALL: [Code; 18] = [
     Code::NotFound,
     Code::Exists,
     Code::NotDir,
@@ -96,6 +102,8 @@ pub const ALL: [Code; 16] = [
     Code::Io,
     Code::NameTooLong,
     Code::Loop,
+    Code::NoData,
+    Code::TooBig,
 ];
 
 /// A failure with a stable code and a message for humans.

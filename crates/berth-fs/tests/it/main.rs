@@ -671,3 +671,106 @@ async fn concurrent_writers_and_quota() {
     k.ns.write(a, &h, 0, &[9u8; 1000]).await.unwrap();
     k.consistent("/q").await;
 }
+
+#[tokio::test]
+async fn hard_links_and_xattrs() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let alice = k.user("alice", &[]).await;
+    k.ns.mkdir(a, "/d", 0o777, false).await.unwrap();
+    let (h, _) =
+        k.ns.open(&alice, &open_spec("/d/f", true, true))
+            .await
+            .unwrap();
+    k.ns.write(&alice, &h, 0, b"linked").await.unwrap();
+    let e = k.ns.link(&alice, "/d/f", "/d/g").await.unwrap();
+    assert_eq!(e.inode.nlink, 2);
+    assert_eq!(e.inode.size, 6);
+    assert_eq!(code(k.ns.link(&alice, "/d/f", "/d/g").await), Code::Exists);
+    assert_eq!(code(k.ns.link(a, "/d", "/d2").await), Code::Perm);
+    // Removing one name keeps the data; removing the last frees it.
+    k.ns.remove(&alice, "/d/f", false).await.unwrap();
+    assert_eq!(k.ns.stat(a, "/d/g").await.unwrap().inode.nlink, 1);
+    let (rh, _) =
+        k.ns.open(&alice, &open_spec("/d/g", false, false))
+            .await
+            .unwrap();
+    assert_eq!(k.ns.read(&alice, &rh, 0, 10).await.unwrap().0, b"linked");
+    k.ns.link(&alice, "/d/g", "/d/h").await.unwrap();
+    // Rename over another name of the same file does nothing (rename(2)).
+    k.ns.rename(&alice, "/d/g", "/d/h", false).await.unwrap();
+    assert_eq!(k.ns.stat(a, "/d/g").await.unwrap().inode.nlink, 2);
+    k.consistent("/").await;
+
+    // Extended attributes.
+    k.ns.set_xattr(&alice, "/d/g", "user.color", Some(b"blue"), false, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        k.ns.get_xattr(&alice, "/d/h", "user.color").await.unwrap(),
+        b"blue"
+    );
+    assert_eq!(
+        code(k.ns.get_xattr(&alice, "/d/g", "user.none").await),
+        Code::NoData
+    );
+    assert_eq!(
+        code(
+            k.ns.set_xattr(&alice, "/d/g", "user.color", Some(b"x"), true, false)
+                .await
+        ),
+        Code::Exists
+    );
+    assert_eq!(
+        code(
+            k.ns.set_xattr(&alice, "/d/g", "user.new", Some(b"x"), false, true)
+                .await
+        ),
+        Code::NoData
+    );
+    assert_eq!(
+        code(
+            k.ns.set_xattr(&alice, "/d/g", "trusted.x", Some(b"x"), false, false)
+                .await
+        ),
+        Code::Perm
+    );
+    k.ns.set_xattr(a, "/d/g", "trusted.x", Some(b"root"), false, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        k.ns.list_xattr(&alice, "/d/g").await.unwrap(),
+        ["user.color"]
+    );
+    assert_eq!(
+        k.ns.list_xattr(a, "/d/g").await.unwrap(),
+        ["trusted.x", "user.color"]
+    );
+    let big = vec![0u8; (64 << 10) + 1];
+    assert_eq!(
+        code(
+            k.ns.set_xattr(&alice, "/d/g", "user.big", Some(&big), false, false)
+                .await
+        ),
+        Code::TooBig
+    );
+    k.ns.set_xattr(&alice, "/d/g", "user.color", None, false, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        code(k.ns.get_xattr(&alice, "/d/g", "user.color").await),
+        Code::NoData
+    );
+    // The last link takes its attributes along.
+    k.ns.remove(a, "/d/g", false).await.unwrap();
+    k.ns.remove(a, "/d/h", false).await.unwrap();
+    k.ns.create(a, "/d/g", EntryKind::File, 0, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        k.ns.list_xattr(a, "/d/g").await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(k.ns.volume_info(a, "/").await.unwrap().used_bytes, 0);
+    k.consistent("/").await;
+}

@@ -15,7 +15,10 @@ pub fn grpc_code(code: Code) -> tonic::Code {
             tonic::Code::FailedPrecondition
         }
         Code::Access | Code::Perm => tonic::Code::PermissionDenied,
-        Code::Invalid | Code::NameTooLong | Code::Loop => tonic::Code::InvalidArgument,
+        Code::Invalid | Code::NameTooLong | Code::Loop | Code::TooBig => {
+            tonic::Code::InvalidArgument
+        }
+        Code::NoData => tonic::Code::NotFound,
         Code::Quota => tonic::Code::ResourceExhausted,
         Code::Auth => tonic::Code::Unauthenticated,
         Code::Again => tonic::Code::Unavailable,

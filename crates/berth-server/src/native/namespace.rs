@@ -184,4 +184,52 @@ impl NamespaceApi for NamespaceService {
         })
         .await
     }
+
+    async fn link(&self, req: Request<LinkRequest>) -> Result<Response<Entry>, Status> {
+        let n = &self.0;
+        n.call("Namespace/Link", req, |p, r| async move {
+            n.ns.link(&p, &r.existing, &r.path).await.map(to_entry)
+        })
+        .await
+    }
+
+    async fn get_xattr(&self, req: Request<XattrRequest>) -> Result<Response<XattrValue>, Status> {
+        let n = &self.0;
+        n.call("Namespace/GetXattr", req, |p, r| async move {
+            n.ns.get_xattr(&p, &r.path, &r.name)
+                .await
+                .map(|value| XattrValue { value })
+        })
+        .await
+    }
+
+    async fn set_xattr(&self, req: Request<SetXattrRequest>) -> Result<Response<Empty>, Status> {
+        let n = &self.0;
+        n.call("Namespace/SetXattr", req, |p, r| async move {
+            n.ns.set_xattr(&p, &r.path, &r.name, Some(&r.value), r.create, r.replace)
+                .await
+                .map(|_| Empty {})
+        })
+        .await
+    }
+
+    async fn list_xattr(&self, req: Request<PathRequest>) -> Result<Response<XattrNames>, Status> {
+        let n = &self.0;
+        n.call("Namespace/ListXattr", req, |p, r| async move {
+            n.ns.list_xattr(&p, &r.path)
+                .await
+                .map(|names| XattrNames { names })
+        })
+        .await
+    }
+
+    async fn remove_xattr(&self, req: Request<XattrRequest>) -> Result<Response<Empty>, Status> {
+        let n = &self.0;
+        n.call("Namespace/RemoveXattr", req, |p, r| async move {
+            n.ns.set_xattr(&p, &r.path, &r.name, None, false, false)
+                .await
+                .map(|_| Empty {})
+        })
+        .await
+    }
 }
