@@ -236,33 +236,45 @@ async fn upload_file(client: &Arc<Client>, src: &Path, dst: &str, bar: &Progress
         .into_inner();
     let handle = opened.handle;
     let file = Arc::new(file);
+    pipelined(len, bar, "write", move |at, n| {
+        let (file, client, handle) = (file.clone(), client.clone(), handle.clone());
+        async move {
+            let mut buf = vec![0u8; n as usize];
+            let buf =
+                tokio::task::spawn_blocking(move || file.read_exact_at(&mut buf, at).map(|_| buf))
+                    .await??;
+            client
+                .files()
+                .write(WriteRequest {
+                    handle,
+                    offset: at,
+                    data: buf,
+                })
+                .await
+                .map_err(ClientError::from_status)?;
+            Ok(n)
+        }
+    })
+    .await
+}
+
+/// Runs `op(offset, len)` over `[0, total)` in `IO_BYTES` pieces with up to
+/// `IN_FLIGHT_MAX` in flight, advancing `bar` by what each piece moved.
+async fn pipelined<F, Fut>(total: u64, bar: &ProgressBar, what: &str, op: F) -> Result<()>
+where
+    F: Fn(u64, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<u64>> + Send + 'static,
+{
     let mut tasks: JoinSet<Result<u64>> = JoinSet::new();
     let mut offset = 0u64;
-    while offset < len || !tasks.is_empty() {
-        while offset < len && tasks.len() < IN_FLIGHT_MAX {
-            let n = IO_BYTES.min(len - offset);
-            let (file, client, handle, at) = (file.clone(), client.clone(), handle.clone(), offset);
-            tasks.spawn(async move {
-                let mut buf = vec![0u8; n as usize];
-                let f = file.clone();
-                let buf =
-                    tokio::task::spawn_blocking(move || f.read_exact_at(&mut buf, at).map(|_| buf))
-                        .await??;
-                client
-                    .files()
-                    .write(WriteRequest {
-                        handle,
-                        offset: at,
-                        data: buf,
-                    })
-                    .await
-                    .map_err(ClientError::from_status)?;
-                Ok(n)
-            });
+    while offset < total || !tasks.is_empty() {
+        while offset < total && tasks.len() < IN_FLIGHT_MAX {
+            let n = IO_BYTES.min(total - offset);
+            tasks.spawn(op(offset, n));
             offset += n;
         }
         if let Some(done) = tasks.join_next().await {
-            bar.inc(done.context("write task")??);
+            bar.inc(done.with_context(|| format!("{what} task"))??);
         }
     }
     Ok(())
@@ -336,34 +348,27 @@ async fn download_file(
     let _ = file.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o777));
     let file = Arc::new(file);
     let handle = opened.handle;
-    let mut tasks: JoinSet<Result<u64>> = JoinSet::new();
-    let mut offset = 0u64;
-    while offset < len || !tasks.is_empty() {
-        while offset < len && tasks.len() < IN_FLIGHT_MAX {
-            let n = IO_BYTES.min(len - offset);
-            let (file, client, handle, at) = (file.clone(), client.clone(), handle.clone(), offset);
-            tasks.spawn(async move {
-                let data = client
-                    .files()
-                    .read(ReadRequest {
-                        handle,
-                        offset: at,
-                        length: n as u32,
-                    })
-                    .await
-                    .map_err(ClientError::from_status)?
-                    .into_inner()
-                    .data;
-                let got = data.len() as u64;
-                tokio::task::spawn_blocking(move || file.write_all_at(&data, at)).await??;
-                Ok(got)
-            });
-            offset += n;
+    let writer = file.clone();
+    pipelined(len, bar, "read", move |at, n| {
+        let (file, client, handle) = (writer.clone(), client.clone(), handle.clone());
+        async move {
+            let data = client
+                .files()
+                .read(ReadRequest {
+                    handle,
+                    offset: at,
+                    length: n as u32,
+                })
+                .await
+                .map_err(ClientError::from_status)?
+                .into_inner()
+                .data;
+            let got = data.len() as u64;
+            tokio::task::spawn_blocking(move || file.write_all_at(&data, at)).await??;
+            Ok(got)
         }
-        if let Some(done) = tasks.join_next().await {
-            bar.inc(done.context("read task")??);
-        }
-    }
+    })
+    .await?;
     let f = file.clone();
     tokio::task::spawn_blocking(move || f.sync_all()).await??;
     Ok(())
