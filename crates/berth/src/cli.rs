@@ -90,6 +90,10 @@ pub enum Command {
     /// Read and write access control expressions.
     #[command(subcommand)]
     Acl(AclCmd),
+    /// Mount the namespace (or a subtree) as a local file system (FUSE).
+    Mount(MountArgs),
+    /// Unmount a `berth mount`.
+    Umount(UmountArgs),
     /// Show nodes and shards.
     Status,
     /// Benchmarks.
@@ -332,6 +336,38 @@ pub enum AclCmd {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Local directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Namespace directory to show at the mount point.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Refuse every change (EROFS).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Let every local user in, all acting as the ticket's principal
+    /// (default: only this user and root).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Stay attached until SIGTERM/SIGINT or `berth umount` (default: return
+    /// once mounted, serving from a background process).
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Internal: the background process started by `berth mount`.
+    #[arg(long, hide = true)]
+    pub daemon_child: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// Mount point of a `berth mount`.
+    pub mountpoint: PathBuf,
+    /// Detach even while files are open (they work until closed).
+    #[arg(long, short = 'l')]
+    pub lazy: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
     /// Metadata operations: mkdir, create, stat.
@@ -385,6 +421,21 @@ mod tests {
     fn ln_needs_s() {
         assert!(Cli::try_parse_from(["berth", "ln", "a", "b"]).is_err());
         assert!(Cli::try_parse_from(["berth", "ln", "-s", "a", "b"]).is_ok());
+    }
+
+    #[test]
+    fn mount_grammar() {
+        let cli =
+            Cli::try_parse_from(["berth", "mount", "/mnt/b", "--path", "/apps", "-f"]).unwrap();
+        match cli.command {
+            Command::Mount(a) => {
+                assert_eq!(a.path, "/apps");
+                assert!(a.foreground && !a.read_only && !a.daemon_child);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["berth", "umount", "-l", "/mnt/b"]).is_ok());
+        assert!(Cli::try_parse_from(["berth", "umount"]).is_err());
     }
 
     #[test]

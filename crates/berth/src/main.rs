@@ -12,6 +12,7 @@ mod cli;
 mod cp;
 mod ctx;
 mod fs;
+mod mount;
 mod output;
 mod principals;
 mod server;
@@ -119,6 +120,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chmod(args) => fs::chmod(&ctx, args).await,
         Command::Chown(args) => fs::chown(&ctx, args).await,
         Command::Acl(cmd) => acl::acl(&ctx, cmd).await,
+        Command::Mount(args) => mount::mount(&ctx, args).await,
+        Command::Umount(args) => mount::umount(args).await,
         Command::Status => status::status(&ctx).await,
         Command::Bench(cmd) => bench::bench(&ctx, cmd).await,
     }

@@ -7,6 +7,7 @@ mod crash;
 mod errors;
 mod files;
 mod harness;
+mod mount;
 mod security;
 mod tour;
 

@@ -1,0 +1,1280 @@
+//! The `fuser::Filesystem` of a Berth mount: every kernel request becomes
+//! native API calls, run on the tokio runtime from one of the session's
+//! threads.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_api::v1::{
+    Entry, EntryType, ListRequest, MkdirRequest, OpenRequest, PathRequest, ReadRequest,
+    RemoveRequest, RenameRequest, SetAttrRequest, SymlinkRequest,
+};
+use berth_client::Client;
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+
+use crate::errors::call;
+use crate::inodes::{join, parent_of, Inodes, ROOT_INO, TTL};
+use crate::writes::{OpenFile, Writes};
+
+/// Largest read or write the kernel is asked to send (one chunk).
+pub const IO_BYTES_MAX: u32 = 1 << 20;
+/// Largest read the API accepts in one call.
+const API_IO_BYTES_MAX: u32 = 4 << 20;
+/// Block size reported by statfs.
+const STATFS_BLOCK_BYTES: u64 = 4096;
+/// Blocks reported by statfs for a volume without a quota (4 PiB).
+const UNLIMITED_BLOCKS: u64 = (4u64 << 50) / STATFS_BLOCK_BYTES;
+/// Inodes reported by statfs (the API has no inode limit).
+const STATFS_FILES: u64 = 1 << 32;
+/// Longest name, as the server enforces it.
+const NAME_BYTES_MAX: u32 = 255;
+/// Entries one open directory may hold in memory while it is read.
+const DIR_ENTRIES_MAX: usize = 1_000_000;
+
+/// Who the ticket proves, for `access(2)` answers.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub uid: u32,
+    pub gids: Vec<u32>,
+    pub admin: bool,
+}
+
+/// One open directory: its entries, fetched page by page as it is read.
+struct DirStream {
+    path: String,
+    ino: u64,
+    parent: u64,
+    entries: Vec<(u64, FileType, String)>,
+    after: String,
+    more: bool,
+}
+
+pub struct BerthFs {
+    rt: Handle,
+    client: Client,
+    read_only: bool,
+    /// Path of the volume holding the mount root (for statfs).
+    volume_path: String,
+    caller: Caller,
+    inodes: Mutex<Inodes>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
+    next_fh: AtomicU64,
+    notifier: Arc<OnceLock<Notifier>>,
+}
+
+/// Converts nanoseconds since the epoch.
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+/// Nanoseconds since the epoch (saturating).
+fn nanos(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+fn kind(e: &Entry) -> FileType {
+    match EntryType::try_from(e.r#type) {
+        Ok(EntryType::Directory) => FileType::Directory,
+        Ok(EntryType::Symlink) => FileType::Symlink,
+        // Files, and tables and streams shown as files.
+        _ => FileType::RegularFile,
+    }
+}
+
+/// Kernel attributes of an entry shown as FUSE inode `ino`.
+pub fn attr(ino: u64, e: &Entry) -> FileAttr {
+    let kind = kind(e);
+    let size = if kind == FileType::Symlink {
+        e.symlink_target.len() as u64
+    } else {
+        e.size
+    };
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: size.div_ceil(512),
+        atime: time(e.atime_ns),
+        mtime: time(e.mtime_ns),
+        ctime: time(e.ctime_ns),
+        crtime: time(e.ctime_ns),
+        kind,
+        perm: (e.mode & 0o7777) as u16,
+        nlink: e.nlink.max(1),
+        uid: e.uid,
+        gid: e.gid,
+        rdev: 0,
+        blksize: IO_BYTES_MAX,
+        flags: 0,
+    }
+}
+
+/// What `Files.Open` is asked for, from open(2) flags.
+pub fn open_rights(flags: i32) -> (bool, bool, bool) {
+    let (read, write) = match OpenFlags(flags).acc_mode() {
+        OpenAccMode::O_RDONLY => (true, false),
+        OpenAccMode::O_WRONLY => (false, true),
+        OpenAccMode::O_RDWR => (true, true),
+    };
+    let truncate = write && flags & libc::O_TRUNC != 0;
+    (read, write, truncate)
+}
+
+/// A name from the kernel as a namespace path component.
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    let s = name.to_str().ok_or(Errno::EILSEQ)?;
+    if s.is_empty() || s.contains('/') || s.contains('\0') {
+        return Err(Errno::EINVAL);
+    }
+    if s.len() > NAME_BYTES_MAX as usize {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(s)
+}
+
+/// POSIX permission check of `mask` on `e` for `who` (ACEs are left to the
+/// server, which checks again at the real operation).
+pub fn permits(who: &Caller, e: &Entry, mask: AccessFlags) -> bool {
+    let mode = e.mode & 0o7777;
+    if who.admin {
+        // Like root: read and write always, execute if anyone may.
+        return !mask.contains(AccessFlags::X_OK)
+            || kind(e) == FileType::Directory
+            || mode & 0o111 != 0;
+    }
+    let bits = if who.uid == e.uid {
+        (mode >> 6) & 7
+    } else if who.gids.contains(&e.gid) {
+        (mode >> 3) & 7
+    } else {
+        mode & 7
+    };
+    let want = (if mask.contains(AccessFlags::R_OK) {
+        4
+    } else {
+        0
+    }) | (if mask.contains(AccessFlags::W_OK) {
+        2
+    } else {
+        0
+    }) | (if mask.contains(AccessFlags::X_OK) {
+        1
+    } else {
+        0
+    });
+    bits & want == want
+}
+
+impl BerthFs {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rt: Handle,
+        client: Client,
+        read_only: bool,
+        root_path: &str,
+        root_real: u64,
+        root: Entry,
+        caller: Caller,
+        notifier: Arc<OnceLock<Notifier>>,
+    ) -> BerthFs {
+        BerthFs {
+            rt,
+            client,
+            read_only,
+            volume_path: if root.volume_path.is_empty() {
+                "/".to_string()
+            } else {
+                root.volume_path.clone()
+            },
+            caller,
+            inodes: Mutex::new(Inodes::new(root_path, root_real, root)),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            notifier,
+        }
+    }
+
+    fn fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn path(&self, ino: u64) -> Result<String, Errno> {
+        let m = self.inodes.lock();
+        match m.node(ino) {
+            Some(n) => n.path.clone().ok_or(Errno::ESTALE),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> Result<(String, String), Errno> {
+        let name = name_str(name)?;
+        let dir = self.path(parent)?;
+        let path = join(&dir, name);
+        Ok((dir, path))
+    }
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn stat(&self, path: &str) -> Result<Entry, Errno> {
+        call("stat", path, || {
+            let mut c = self.client.namespace();
+            let req = PathRequest {
+                path: path.to_string(),
+            };
+            async move { c.stat(req).await }
+        })
+        .await
+    }
+
+    /// The entry at `path`, from the cache when fresh.
+    async fn stat_cached(&self, path: &str) -> Result<Entry, Errno> {
+        let cached = self.inodes.lock().cached(path).cloned();
+        if let Some(e) = cached {
+            return Ok(e);
+        }
+        let e = self.stat(path).await?;
+        self.inodes.lock().cache(path, &e);
+        Ok(e)
+    }
+
+    /// Records a new kernel reference to the entry at `path` and returns its
+    /// attributes.
+    fn reference(&self, path: &str, e: &Entry) -> Result<FileAttr, Errno> {
+        let mut m = self.inodes.lock();
+        let ino = m.ino_of(e).ok_or_else(|| {
+            tracing::warn!(
+                path,
+                volume = e.volume_id,
+                inode = e.inode,
+                "inode number out of range"
+            );
+            Errno::EOVERFLOW
+        })?;
+        m.remember(ino, path, e);
+        m.cache(path, e);
+        if let Some(n) = m.node_mut(ino) {
+            n.told = Some((e.size, e.mtime_ns));
+        }
+        Ok(attr(ino, e))
+    }
+
+    /// Fresh attributes of `ino` (already referenced) for a reply.
+    fn told(&self, ino: u64, path: Option<&str>, e: &Entry) -> FileAttr {
+        let mut m = self.inodes.lock();
+        if let Some(p) = path {
+            m.cache(p, e);
+        }
+        if let Some(n) = m.node_mut(ino) {
+            n.entry = Some(e.clone());
+            n.told = Some((e.size, e.mtime_ns));
+        }
+        attr(ino, e)
+    }
+
+    /// The write-behind states of `ino` with writes in flight.
+    fn busy_writes(&self, ino: u64) -> Vec<Arc<Writes>> {
+        self.files
+            .lock()
+            .values()
+            .filter(|f| f.ino == ino && f.writes.busy())
+            .map(|f| f.writes.clone())
+            .collect()
+    }
+
+    /// Waits for every write in flight on `ino`, whatever handle sent it.
+    async fn settle(&self, ino: u64) {
+        for w in self.busy_writes(ino) {
+            w.drain().await;
+        }
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
+        self.files.lock().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn invalidate_parent(&self, path: &str) {
+        if let Some(p) = parent_of(path) {
+            self.inodes.lock().invalidate(p);
+        }
+    }
+
+    fn do_getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        self.rt.block_on(async {
+            self.settle(ino).await;
+            let path = self.inodes.lock().path(ino).map(str::to_string);
+            if let Some(path) = path {
+                let e = self.stat_cached(&path).await;
+                let same = match &e {
+                    Ok(e) => self.inodes.lock().ino_of(e) == Some(ino),
+                    Err(_) => false,
+                };
+                match e {
+                    Ok(e) if same => return Ok(self.told(ino, Some(&path), &e)),
+                    // The path names another object now: this one was
+                    // replaced behind our back.
+                    Ok(_) => self.inodes.lock().unlinked(&path),
+                    Err(e) if e == Errno::ENOENT => self.inodes.lock().unlinked(&path),
+                    Err(e) => return Err(e),
+                }
+            }
+            let m = self.inodes.lock();
+            match m.node(ino).and_then(|n| n.entry.as_ref()) {
+                Some(e) => Ok(attr(ino, e)),
+                None => Err(Errno::ENOENT),
+            }
+        })
+    }
+
+    /// `req` holds the changes; its path is filled in here.
+    fn do_setattr(&self, ino: u64, mut req: SetAttrRequest) -> Result<FileAttr, Errno> {
+        self.writable()?;
+        let path = self.path(ino)?;
+        let is_link = self
+            .inodes
+            .lock()
+            .node(ino)
+            .and_then(|n| n.entry.as_ref())
+            .is_some_and(|e| kind(e) == FileType::Symlink);
+        if is_link {
+            // SetAttr follows symbolic links; changing the target instead of
+            // the link would be wrong.
+            return Err(Errno::EOPNOTSUPP);
+        }
+        req.path = path.clone();
+        let size = req.size;
+        self.rt.block_on(async {
+            if size.is_some() {
+                self.settle(ino).await;
+            }
+            let e = call("setattr", &path, || {
+                let mut c = self.client.namespace();
+                let req = req.clone();
+                async move { c.set_attr(req).await }
+            })
+            .await?;
+            Ok(self.told(ino, Some(&path), &e))
+        })
+    }
+
+    fn do_unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
+        self.writable()?;
+        let (_, path) = self.child(parent, name)?;
+        self.rt.block_on(async {
+            // The API removes either kind: check it as unlink(2)/rmdir(2) do.
+            let e = self.stat_cached(&path).await?;
+            match (dir, kind(&e) == FileType::Directory) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                _ => {}
+            }
+            call("remove", &path, || {
+                let mut c = self.client.namespace();
+                let req = RemoveRequest {
+                    path: path.clone(),
+                    recursive: false,
+                };
+                async move { c.remove(req).await }
+            })
+            .await?;
+            self.inodes.lock().unlinked(&path);
+            self.invalidate_parent(&path);
+            Ok(())
+        })
+    }
+
+    fn do_open(
+        &self,
+        ino: u64,
+        flags: i32,
+        create: Option<(u32, bool)>,
+        path: &str,
+    ) -> Result<(Arc<OpenFile>, Entry), Errno> {
+        let (read, write, truncate) = open_rights(flags);
+        if write || truncate || create.is_some() {
+            self.writable()?;
+        }
+        let (create_flag, exclusive, mode) = match create {
+            Some((mode, excl)) => (true, excl, mode),
+            None => (false, false, 0),
+        };
+        let resp = self.rt.block_on(call("open", path, || {
+            let mut c = self.client.files();
+            let req = OpenRequest {
+                path: path.to_string(),
+                read,
+                write,
+                create: create_flag,
+                exclusive,
+                truncate,
+                mode,
+            };
+            async move { c.open(req).await }
+        }))?;
+        let e = resp.entry.ok_or(Errno::EIO)?;
+        let ino = if create.is_some() {
+            self.inodes.lock().ino_of(&e).ok_or(Errno::EOVERFLOW)?
+        } else {
+            ino
+        };
+        let file = Arc::new(OpenFile {
+            ino,
+            path: path.to_string(),
+            handle: resp.handle,
+            write,
+            writes: Arc::new(Writes::default()),
+        });
+        Ok((file, e))
+    }
+
+    fn do_readdir(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        reply: &mut ReplyDirectory,
+    ) -> Result<(), Errno> {
+        let ds = self.dirs.lock().get(&fh.0).cloned().ok_or(Errno::EBADF)?;
+        self.rt.block_on(async {
+            let mut d = ds.lock().await;
+            let mut i = usize::try_from(offset).map_err(|_| Errno::EINVAL)?;
+            let mut added = 0usize;
+            loop {
+                let (ino, kind, name) = match i {
+                    0 => (d.ino, FileType::Directory, ".".to_string()),
+                    1 => (d.parent, FileType::Directory, "..".to_string()),
+                    _ => {
+                        let k = i - 2;
+                        if k >= d.entries.len() && d.more {
+                            if let Err(e) = self.next_page(&mut d).await {
+                                if added == 0 {
+                                    return Err(e);
+                                }
+                                break;
+                            }
+                        }
+                        match d.entries.get(k) {
+                            Some(x) => x.clone(),
+                            None => break,
+                        }
+                    }
+                };
+                if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
+                    break;
+                }
+                added += 1;
+                i += 1;
+            }
+            Ok(())
+        })
+    }
+
+    async fn next_page(&self, d: &mut DirStream) -> Result<(), Errno> {
+        let resp = call("list", &d.path, || {
+            let mut c = self.client.namespace();
+            let req = ListRequest {
+                path: d.path.clone(),
+                start_after: d.after.clone(),
+                limit: 0,
+            };
+            async move { c.list(req).await }
+        })
+        .await?;
+        let mut m = self.inodes.lock();
+        for e in &resp.entries {
+            let Some(ino) = m.ino_of(e) else {
+                tracing::warn!(path = e.path, "inode number out of range; entry skipped");
+                continue;
+            };
+            let path = join(&d.path, &e.name);
+            m.cache(&path, e);
+            d.entries.push((ino, kind(e), e.name.clone()));
+        }
+        if let Some(last) = resp.entries.last() {
+            d.after = last.name.clone();
+        }
+        // An empty page that claims more would loop forever: stop instead.
+        d.more = resp.more && !resp.entries.is_empty();
+        if d.entries.len() >= DIR_ENTRIES_MAX {
+            tracing::warn!(
+                path = d.path,
+                "directory listing cut at {DIR_ENTRIES_MAX} entries"
+            );
+            d.more = false;
+        }
+        Ok(())
+    }
+
+    fn do_statfs(&self) -> Result<(u64, u64, u64, u64), Errno> {
+        let v = self.rt.block_on(call("statfs", &self.volume_path, || {
+            let mut c = self.client.volumes();
+            let req = PathRequest {
+                path: self.volume_path.clone(),
+            };
+            async move { c.info(req).await }
+        }))?;
+        let blocks = if v.quota_bytes == 0 {
+            UNLIMITED_BLOCKS
+        } else {
+            v.quota_bytes / STATFS_BLOCK_BYTES
+        };
+        let used = v.used_bytes.div_ceil(STATFS_BLOCK_BYTES);
+        let free = blocks.saturating_sub(used);
+        let ffree = STATFS_FILES.saturating_sub(v.entries);
+        Ok((blocks, free, STATFS_FILES, ffree))
+    }
+
+    /// Replies for a created entry. `fresh`: the call certainly created it
+    /// (not an existing entry opened).
+    fn created(&self, path: &str, e: Entry, mode: u32, fresh: bool) -> Result<FileAttr, Errno> {
+        self.invalidate_parent(path);
+        // The API reads mode 0 as "the default": set 0 explicitly.
+        let e = if fresh && mode == 0 && e.mode & 0o7777 != 0 {
+            self.rt.block_on(call("setattr", path, || {
+                let mut c = self.client.namespace();
+                let req = SetAttrRequest {
+                    path: path.to_string(),
+                    mode: Some(0),
+                    ..Default::default()
+                };
+                async move { c.set_attr(req).await }
+            }))?
+        } else {
+            e
+        };
+        self.reference(path, &e)
+    }
+
+    fn notify_changed(&self, ino: u64, e: &Entry) {
+        let changed = {
+            let m = self.inodes.lock();
+            m.node(ino)
+                .and_then(|n| n.told)
+                .is_some_and(|t| t != (e.size, e.mtime_ns))
+        };
+        if changed {
+            if let Some(n) = self.notifier.get() {
+                // Attributes only (offset < 0): the page cache is dropped on
+                // open anyway because no handle asks to keep it.
+                if let Err(err) = n.inval_inode(INodeNo(ino), -1, 0) {
+                    tracing::debug!(ino, "attribute invalidation failed: {err}");
+                }
+            }
+        }
+    }
+}
+
+impl Filesystem for BerthFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Errors carry the nearest value the kernel accepts: use it.
+        let w = config.set_max_write(IO_BYTES_MAX).unwrap_or_else(|v| v);
+        let _ = config.set_max_write(w.min(IO_BYTES_MAX));
+        if let Err(max) = config.set_max_readahead(IO_BYTES_MAX) {
+            let _ = config.set_max_readahead(max);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = (|| {
+            let (_, path) = self.child(parent.0, name)?;
+            let e = self.rt.block_on(self.stat_cached(&path))?;
+            self.reference(&path, &e)
+        })();
+        match r {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.lock().forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.do_getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let ns = |t: TimeOrNow| match t {
+            TimeOrNow::SpecificTime(t) => nanos(t),
+            TimeOrNow::Now => nanos(SystemTime::now()),
+        };
+        let req = SetAttrRequest {
+            path: String::new(),
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            atime_ns: atime.map(ns),
+            mtime_ns: mtime.map(ns),
+            size,
+        };
+        match self.do_setattr(ino.0, req) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let r = (|| {
+            let path = self.path(ino.0)?;
+            let e = self.rt.block_on(self.stat_cached(&path))?;
+            if kind(&e) != FileType::Symlink {
+                return Err(Errno::EINVAL);
+            }
+            Ok(e.symlink_target)
+        })();
+        match r {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Only regular files exist in Berth; devices, FIFOs and sockets do not.
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            reply.error(Errno::EPERM);
+            return;
+        }
+        let r = (|| {
+            self.writable()?;
+            let (_, path) = self.child(parent.0, name)?;
+            let mode = mode & !umask & 0o7777;
+            let e = self.rt.block_on(call("create", &path, || {
+                let mut c = self.client.namespace();
+                let req = berth_api::v1::CreateRequest {
+                    path: path.clone(),
+                    r#type: EntryType::File as i32,
+                    mode,
+                    exclusive: true,
+                };
+                async move { c.create(req).await }
+            }))?;
+            self.created(&path, e, mode, true)
+        })();
+        match r {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            self.writable()?;
+            let (_, path) = self.child(parent.0, name)?;
+            let mode = mode & !umask & 0o7777;
+            let e = self.rt.block_on(call("mkdir", &path, || {
+                let mut c = self.client.namespace();
+                let req = MkdirRequest {
+                    path: path.clone(),
+                    mode,
+                    parents: false,
+                };
+                async move { c.mkdir(req).await }
+            }))?;
+            self.created(&path, e, mode, true)
+        })();
+        match r {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_unlink(parent.0, name, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_unlink(parent.0, name, true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            self.writable()?;
+            let (_, path) = self.child(parent.0, link_name)?;
+            let target = target.to_str().ok_or(Errno::EILSEQ)?.to_string();
+            let e = self.rt.block_on(call("symlink", &path, || {
+                let mut c = self.client.namespace();
+                let req = SymlinkRequest {
+                    path: path.clone(),
+                    target: target.clone(),
+                };
+                async move { c.symlink(req).await }
+            }))?;
+            self.invalidate_parent(&path);
+            self.reference(&path, &e)
+        })();
+        match r {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            self.writable()?;
+            // Exchange (and whiteout) need API support first.
+            if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+                return Err(Errno::EINVAL);
+            }
+            let (_, from) = self.child(parent.0, name)?;
+            let (_, to) = self.child(newparent.0, newname)?;
+            let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+            self.rt.block_on(call("rename", &from, || {
+                let mut c = self.client.namespace();
+                let req = RenameRequest {
+                    from: from.clone(),
+                    to: to.clone(),
+                    no_replace,
+                };
+                async move { c.rename(req).await }
+            }))?;
+            let mut m = self.inodes.lock();
+            m.renamed(&from, &to);
+            for p in [parent_of(&from), parent_of(&to)].into_iter().flatten() {
+                m.invalidate(p);
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Hard links are not in the API yet.
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = (|| {
+            let path = self.path(ino.0)?;
+            let (file, e) = self.do_open(ino.0, flags.0, None, &path)?;
+            // Close-to-open: the path may name another object now.
+            let same = self.inodes.lock().ino_of(&e) == Some(ino.0);
+            if !same {
+                self.inodes.lock().unlinked(&path);
+                return Err(Errno::ESTALE);
+            }
+            self.notify_changed(ino.0, &e);
+            self.told(ino.0, Some(&path), &e);
+            let fh = self.fh();
+            self.files.lock().insert(fh, file);
+            Ok(fh)
+        })();
+        match r {
+            // No FOPEN_KEEP_CACHE: the kernel drops cached pages on open.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = (|| {
+            self.writable()?;
+            let (_, path) = self.child(parent.0, name)?;
+            let mode = mode & !umask & 0o7777;
+            let excl = flags & libc::O_EXCL != 0;
+            let (file, e) = self.do_open(0, flags, Some((mode, excl)), &path)?;
+            let a = self.created(&path, e, mode, excl)?;
+            let fh = self.fh();
+            self.files.lock().insert(fh, file);
+            Ok((a, fh))
+        })();
+        match r {
+            Ok((a, fh)) => {
+                reply.created(&TTL, &a, Generation(0), FileHandle(fh), FopenFlags::empty())
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let r = (|| {
+            let f = self.file(fh)?;
+            self.rt.block_on(async {
+                self.settle(ino.0).await;
+                call("read", &f.path, || {
+                    let mut c = self.client.files();
+                    let req = ReadRequest {
+                        handle: f.handle.clone(),
+                        offset,
+                        length: size.min(API_IO_BYTES_MAX),
+                    };
+                    async move { c.read(req).await }
+                })
+                .await
+            })
+        })();
+        match r {
+            Ok(resp) => reply.data(&resp.data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let r = (|| {
+            self.writable()?;
+            let f = self.file(fh)?;
+            if !f.write {
+                return Err(Errno::EBADF);
+            }
+            if data.len() > API_IO_BYTES_MAX as usize {
+                return Err(Errno::EINVAL);
+            }
+            let len = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
+            self.rt
+                .block_on(f.writes.submit(&self.client, &f, offset, data.to_vec()))?;
+            let mut m = self.inodes.lock();
+            if let Some(p) = m.path(f.ino).map(str::to_string) {
+                m.invalidate(&p);
+            }
+            Ok(len)
+        })();
+        match r {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.file(fh).and_then(|f| {
+            self.rt.block_on(f.writes.drain());
+            f.writes.error().map_or(Ok(()), Err)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let f = self.files.lock().remove(&fh.0);
+        if let Some(f) = f {
+            // Errors were reported by flush; the data must still be out
+            // before the handle is forgotten.
+            self.rt.block_on(f.writes.drain());
+        }
+        reply.ok();
+    }
+
+    /// Writes are durable once `Files.Write` returns, so fsync waits for
+    /// this handle's writes in flight and reports their first failure.
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.file(fh).and_then(|f| {
+            self.rt.block_on(f.writes.drain());
+            f.writes.error().map_or(Ok(()), Err)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let r = (|| {
+            let path = self.path(ino.0)?;
+            let parent = match parent_of(&path) {
+                _ if ino.0 == ROOT_INO => ROOT_INO,
+                Some(p) => self.inodes.lock().ino_at(p).unwrap_or(ROOT_INO),
+                None => ROOT_INO,
+            };
+            let fh = self.fh();
+            let ds = DirStream {
+                path,
+                ino: ino.0,
+                parent,
+                entries: Vec::new(),
+                after: String::new(),
+                more: true,
+            };
+            self.dirs
+                .lock()
+                .insert(fh, Arc::new(tokio::sync::Mutex::new(ds)));
+            Ok(fh)
+        })();
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.do_readdir(fh, offset, &mut reply) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Namespace changes are durable when their call returns.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.do_statfs() {
+            Ok((blocks, free, files, ffree)) => reply.statfs(
+                blocks,
+                free,
+                free,
+                files,
+                ffree,
+                STATFS_BLOCK_BYTES as u32,
+                NAME_BYTES_MAX,
+                STATFS_BLOCK_BYTES as u32,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Extended attributes are not in the API yet.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// Advisory locks are not in the API yet (the kernel keeps them local).
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        reply: fuser::ReplyLock,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        _sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let r = (|| {
+            let path = self.path(ino.0)?;
+            let e = self.rt.block_on(self.stat_cached(&path))?;
+            if mask.contains(AccessFlags::W_OK) && self.read_only {
+                return Err(Errno::EROFS);
+            }
+            if permits(&self.caller, &e, mask) {
+                Ok(())
+            } else {
+                Err(Errno::EACCES)
+            }
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(mode: u32, uid: u32, gid: u32) -> Entry {
+        Entry {
+            r#type: EntryType::File as i32,
+            mode,
+            uid,
+            gid,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn open_flags() {
+        assert_eq!(open_rights(libc::O_RDONLY), (true, false, false));
+        assert_eq!(
+            open_rights(libc::O_WRONLY | libc::O_TRUNC),
+            (false, true, true)
+        );
+        assert_eq!(open_rights(libc::O_RDWR), (true, true, false));
+        // O_TRUNC without write access truncates nothing.
+        assert_eq!(
+            open_rights(libc::O_RDONLY | libc::O_TRUNC),
+            (true, false, false)
+        );
+    }
+
+    #[test]
+    fn attributes() {
+        let mut e = file(0o640, 7, 8);
+        e.size = 1000;
+        e.mtime_ns = 1_500_000_000;
+        e.nlink = 0;
+        let a = attr(42, &e);
+        assert_eq!(a.ino, INodeNo(42));
+        assert_eq!(a.kind, FileType::RegularFile);
+        assert_eq!(a.perm, 0o640);
+        assert_eq!(a.blocks, 2);
+        assert_eq!(a.nlink, 1);
+        assert_eq!(a.mtime, UNIX_EPOCH + Duration::from_millis(1500));
+        let link = Entry {
+            r#type: EntryType::Symlink as i32,
+            symlink_target: "../x".into(),
+            ..Default::default()
+        };
+        assert_eq!(attr(3, &link).size, 4);
+        assert_eq!(time(-1_000_000_000), UNIX_EPOCH - Duration::from_secs(1));
+        assert_eq!(nanos(time(-5)), -5);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(name_str(OsStr::new("a.txt")), Ok("a.txt"));
+        assert_eq!(name_str(OsStr::new("a/b")), Err(Errno::EINVAL));
+        assert_eq!(
+            name_str(OsStr::new(&"x".repeat(256))),
+            Err(Errno::ENAMETOOLONG)
+        );
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(name_str(OsStr::from_bytes(b"\xff")), Err(Errno::EILSEQ));
+    }
+
+    #[test]
+    fn access_bits() {
+        let owner = Caller {
+            uid: 7,
+            gids: vec![100],
+            admin: false,
+        };
+        let other = Caller {
+            uid: 9,
+            gids: vec![],
+            admin: false,
+        };
+        let admin = Caller {
+            uid: 0,
+            gids: vec![],
+            admin: true,
+        };
+        let e = file(0o640, 7, 8);
+        assert!(permits(&owner, &e, AccessFlags::R_OK | AccessFlags::W_OK));
+        assert!(!permits(&owner, &e, AccessFlags::X_OK));
+        assert!(!permits(&other, &e, AccessFlags::R_OK));
+        assert!(permits(&other, &e, AccessFlags::F_OK));
+        assert!(permits(&admin, &e, AccessFlags::W_OK));
+        assert!(!permits(&admin, &e, AccessFlags::X_OK));
+        let group = Caller {
+            uid: 9,
+            gids: vec![8],
+            admin: false,
+        };
+        assert!(permits(&group, &e, AccessFlags::R_OK));
+        assert!(!permits(&group, &e, AccessFlags::W_OK));
+    }
+}

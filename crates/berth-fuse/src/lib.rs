@@ -1,0 +1,361 @@
+//! The FUSE client of Berth: serves the namespace (or one subtree of it) as
+//! a local POSIX file system through the native gRPC API, authenticated with
+//! the caller's ticket. It owns the mount lifecycle (mount, serve, unmount),
+//! the FUSE inode numbering and inode → path map (`inodes`), the write-behind
+//! of open files (`writes`), the errno table (`errors`) and the mount-table
+//! helpers behind `berth umount` (`mounts`).
+//!
+//! Invariants:
+//! - *Close-to-open consistency, never stale across it*: `open` always asks
+//!   the server (`Files.Open`), tells the kernel when the attributes changed
+//!   and lets it drop the file's cached pages; between opens, attributes
+//!   and entries are cached for at most one second (`inodes::TTL`). This
+//!   mount always sees its own writes: reads, attribute reads and
+//!   truncation of an inode first wait for its writes in flight.
+//! - *Durable on fsync and close*: a write is answered once queued (bounded
+//!   per handle); `fsync` and `flush` wait for the handle's writes in flight,
+//!   each durable once `Files.Write` returns, and report the first failure.
+//! - *One errno table*: every API failure becomes a POSIX errno in
+//!   [`classify`] and nowhere else.
+//! - *Never hang forever*: every call has a per-attempt timeout and bounded
+//!   retries of transient failures, then EIO; every wait (for writes in
+//!   flight, for the session to end) is bounded by those or by its own limit.
+//! - Authorization is the server's: every local user allowed into the mount
+//!   acts as the ticket's principal; `access(2)` answers from mode bits only.
+//!
+//! Not in the API yet, so ENOSYS: hard links (`link`), extended attributes,
+//! and advisory locks (the kernel then keeps locks local to this host).
+//! Known limits: the ticket is read once at mount (when it expires, calls
+//! fail with EACCES) and a file handle lives 24 h; `O_APPEND` writes at the
+//! size this mount last saw; setattr on a symbolic link is EOPNOTSUPP (the
+//! API's SetAttr follows links).
+
+mod errors;
+mod fs;
+mod inodes;
+mod mounts;
+mod writes;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use berth_api::v1::{Empty, EntryType, PathRequest};
+use berth_client::{Client, ClientError};
+use fuser::{Config, MountOption, SessionACL};
+
+pub use errors::{classify, Outcome};
+pub use inodes::fuse_ino;
+pub use mounts::{absolute, berth_mount_at, unmount, FS_NAME};
+
+/// Threads serving kernel requests.
+pub const FUSE_THREADS: usize = 4;
+/// How long `Mounted::unmount` waits for the session to end.
+pub const SESSION_END_WAIT_MS: u64 = 10_000;
+
+/// What can go wrong mounting or unmounting.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// A bad argument; the text says which and why.
+    #[error("{0}")]
+    Usage(String),
+    /// The cluster refused or failed a call.
+    #[error("{path}: {source}")]
+    Api {
+        path: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("{} is not a Berth mount", .0.display())]
+    NotMounted(PathBuf),
+    #[error("{} is already a Berth mount: unmount it first (berth umount)", .0.display())]
+    AlreadyMounted(PathBuf),
+    #[error("{} is busy (files are open under it): close them, or unmount with --lazy", .0.display())]
+    Busy(PathBuf),
+    #[error("cannot run fusermount3 ({0}): install fuse3, or unmount as root")]
+    NoFusermount(String),
+    /// The kernel or fusermount3 refused the mount.
+    #[error(
+        "cannot mount {}: {source}; is /dev/fuse there (containers need --device /dev/fuse \
+         --cap-add SYS_ADMIN) and fusermount3 installed (Debian: fuse3)?",
+        mount_point.display()
+    )]
+    Mount {
+        mount_point: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What to mount where.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// Local directory to mount on.
+    pub mount_point: PathBuf,
+    /// Namespace directory shown at the mount point (`/` for everything).
+    pub path: String,
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
+    /// Let every local user in (all act as the ticket's principal); by
+    /// default only the mounting user and root may enter.
+    pub allow_other: bool,
+    /// Threads serving kernel requests (at least 1).
+    pub threads: usize,
+}
+
+/// A live mount. Ends when unmounted from outside (`berth umount`), or by
+/// [`Mounted::unmount`].
+pub struct Mounted {
+    mount_point: PathBuf,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    ended: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Normalises a namespace path: absolute, no trailing slash, no `.`/`..`.
+fn normalize(path: &str) -> Result<String, MountError> {
+    if !path.starts_with('/') {
+        return Err(MountError::Usage(format!(
+            "--path {path:?} must be absolute (start with /)"
+        )));
+    }
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    if parts.iter().any(|c| *c == "." || *c == "..") {
+        return Err(MountError::Usage(format!(
+            "--path {path:?} must not hold . or .. components"
+        )));
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// Mounts `cfg.path` of the cluster at `cfg.mount_point` and starts serving
+/// it. Must be called inside a tokio runtime, which then serves every call.
+pub async fn mount(client: Client, cfg: MountConfig) -> Result<Mounted, MountError> {
+    let path = normalize(&cfg.path)?;
+    let mount_point = absolute(&cfg.mount_point).map_err(|e| MountError::Io {
+        what: format!("mount point {}", cfg.mount_point.display()),
+        source: e,
+    })?;
+    if let Ok(Some(_)) = berth_mount_at(&mount_point) {
+        return Err(MountError::AlreadyMounted(mount_point));
+    }
+    match std::fs::metadata(&mount_point) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(MountError::Usage(format!(
+                "mount point {} is not a directory",
+                mount_point.display()
+            )))
+        }
+        Err(e) => {
+            return Err(MountError::Io {
+                what: format!("mount point {}", mount_point.display()),
+                source: e,
+            })
+        }
+    }
+    let api = |path: &str| {
+        let path = path.to_string();
+        move |s: tonic::Status| MountError::Api {
+            path,
+            source: ClientError::from_status(s),
+        }
+    };
+    let root = client
+        .namespace()
+        .stat(PathRequest { path: path.clone() })
+        .await
+        .map_err(api(&path))?
+        .into_inner();
+    if root.r#type != EntryType::Directory as i32 {
+        return Err(MountError::Usage(format!("{path} is not a directory")));
+    }
+    let root_real = fuse_ino(root.volume_id, root.inode).ok_or_else(|| {
+        MountError::Usage(format!(
+            "{path}: inode {}/{} does not fit a FUSE inode number",
+            root.volume_id, root.inode
+        ))
+    })?;
+    let me = client
+        .security()
+        .who_am_i(Empty {})
+        .await
+        .map_err(api(&path))?
+        .into_inner();
+    let caller = fs::Caller {
+        uid: me.uid,
+        gids: me.gids.clone(),
+        admin: me.principal == "admin" || me.groups.iter().any(|g| g == "admin"),
+    };
+    let notifier = Arc::new(OnceLock::new());
+    let rt = tokio::runtime::Handle::current();
+    let make_fs = {
+        let (client, path, notifier) = (client.clone(), path.clone(), notifier.clone());
+        let read_only = cfg.read_only;
+        move || {
+            fs::BerthFs::new(
+                rt.clone(),
+                client.clone(),
+                read_only,
+                &path,
+                root_real,
+                root.clone(),
+                caller.clone(),
+                notifier.clone(),
+            )
+        }
+    };
+    let mut options = vec![
+        MountOption::FSName(format!("{FS_NAME}:{path}")),
+        MountOption::Subtype(FS_NAME.to_string()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if cfg.read_only {
+        options.push(MountOption::RO);
+    }
+    let threads = cfg.threads.max(1);
+    let allow_other = cfg.allow_other;
+    let acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::RootAndOwner
+    };
+    let mp = mount_point.clone();
+    let session = tokio::task::spawn_blocking(move || {
+        // First with auto-unmount (fusermount3 unmounts if this process
+        // dies; it needs allow_other, which fuser narrows to root and the
+        // owner unless every user is let in), then without it (e.g. no
+        // fusermount3, as root).
+        let mut auto = Config::default();
+        auto.mount_options = options.clone();
+        auto.mount_options.push(MountOption::AutoUnmount);
+        auto.acl = acl;
+        auto.n_threads = Some(threads);
+        match fuser::Session::new(make_fs(), &mp, &auto) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                tracing::debug!("mount with auto-unmount failed ({e}); mounting without it");
+                let mut plain = Config::default();
+                plain.mount_options = options;
+                plain.acl = if allow_other {
+                    SessionACL::All
+                } else {
+                    SessionACL::Owner
+                };
+                plain.n_threads = Some(threads);
+                fuser::Session::new(make_fs(), &mp, &plain)
+            }
+        }
+    })
+    .await
+    .map_err(|e| MountError::Io {
+        what: "mount thread".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?
+    .map_err(|e| MountError::Mount {
+        mount_point: mount_point.clone(),
+        source: e,
+    })?;
+    let _ = notifier.set(session.notifier());
+    let (tx, ended) = tokio::sync::watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("berth-fuse".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = tx.send(true);
+            r
+        })
+        .map_err(|e| MountError::Io {
+            what: "starting the FUSE session thread".into(),
+            source: e,
+        })?;
+    Ok(Mounted {
+        mount_point,
+        thread: Some(thread),
+        ended,
+    })
+}
+
+impl Mounted {
+    /// The absolute mount point.
+    pub fn mount_point(&self) -> &Path {
+        &self.mount_point
+    }
+
+    /// Resolves when the session has ended (unmounted from outside).
+    pub async fn ended(&mut self) {
+        // An error means the session thread is gone: ended too.
+        let _ = self.ended.wait_for(|v| *v).await;
+    }
+
+    /// Unmounts (lazily when files are still open) and waits, bounded, for
+    /// the session to end.
+    pub async fn unmount(self) -> Result<(), MountError> {
+        let Mounted {
+            mount_point,
+            thread,
+            mut ended,
+        } = self;
+        if !*ended.borrow() {
+            // Not fuser's unmount: with auto-unmount it only hangs up on
+            // fusermount3, which unmounts nothing while this process answers.
+            let mp = mount_point.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), MountError> {
+                if !matches!(berth_mount_at(&mp), Ok(Some(_))) {
+                    return Ok(()); // already unmounted from outside
+                }
+                match mounts::unmount_path(&mp, false) {
+                    Err(MountError::Busy(_)) => {
+                        tracing::warn!(
+                            "{} is busy: detaching it; open files keep working until closed",
+                            mp.display()
+                        );
+                        mounts::unmount_path(&mp, true)
+                    }
+                    r => r,
+                }
+            })
+            .await
+            .map_err(|e| MountError::Io {
+                what: "unmount thread".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        }
+        let wait = tokio::time::timeout(
+            Duration::from_millis(SESSION_END_WAIT_MS),
+            ended.wait_for(|v| *v),
+        )
+        .await;
+        match (wait, thread) {
+            (Ok(_), Some(t)) => match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("FUSE session ended with: {e}"),
+                Err(_) => tracing::warn!("FUSE session thread panicked"),
+            },
+            (Err(_), _) => tracing::warn!(
+                "FUSE session still busy after {SESSION_END_WAIT_MS} ms; exiting ends it"
+            ),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised() {
+        assert_eq!(normalize("/").unwrap(), "/");
+        assert_eq!(normalize("/a//b/").unwrap(), "/a/b");
+        assert!(normalize("a").is_err());
+        assert!(normalize("/a/../b").is_err());
+    }
+}
