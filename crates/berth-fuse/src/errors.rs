@@ -47,6 +47,8 @@ pub fn classify(code: &str) -> Outcome {
         "EBUSY" => Fail(Errno::EBUSY),
         "ENAMETOOLONG" => Fail(Errno::ENAMETOOLONG),
         "ELOOP" => Fail(Errno::ELOOP),
+        "ENODATA" => Fail(Errno::ENODATA),
+        "E2BIG" => Fail(Errno::E2BIG),
         // An expired or rejected ticket: the caller may not do this.
         "EAUTH" | "UNAUTHENTICATED" => Fail(Errno::EACCES),
         "UNIMPLEMENTED" => Fail(Errno::ENOSYS),

@@ -10,8 +10,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_api::v1::{
-    Entry, EntryType, ListRequest, MkdirRequest, OpenRequest, PathRequest, ReadRequest,
-    RemoveRequest, RenameRequest, SetAttrRequest, SymlinkRequest,
+    Entry, EntryType, LinkRequest, ListRequest, MkdirRequest, OpenRequest, PathRequest,
+    ReadRequest, RemoveRequest, RenameRequest, SetAttrRequest, SetXattrRequest, SymlinkRequest,
+    XattrRequest,
 };
 use berth_client::Client;
 use fuser::{
@@ -824,16 +825,34 @@ impl Filesystem for BerthFs {
         }
     }
 
-    /// Hard links are not in the API yet.
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::ENOSYS);
+        let r = (|| {
+            self.writable()?;
+            let existing = self.path(ino.0)?;
+            let (_, path) = self.child(newparent.0, newname)?;
+            let e = self.rt.block_on(call("link", &path, || {
+                let mut c = self.client.namespace();
+                let req = LinkRequest {
+                    existing: existing.clone(),
+                    path: path.clone(),
+                };
+                async move { c.link(req).await }
+            }))?;
+            self.invalidate_parent(&path);
+            self.inodes.lock().invalidate(&existing);
+            self.reference(&path, &e)
+        })();
+        match r {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -1096,37 +1115,104 @@ impl Filesystem for BerthFs {
         }
     }
 
-    /// Extended attributes are not in the API yet.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = (|| {
+            let path = self.path(ino.0)?;
+            let name = name_str(name)?.to_string();
+            self.rt.block_on(call("getxattr", &path, || {
+                let mut c = self.client.namespace();
+                let req = XattrRequest {
+                    path: path.clone(),
+                    name: name.clone(),
+                };
+                async move { c.get_xattr(req).await }
+            }))
+        })();
+        match r {
+            Ok(v) => xattr_reply(reply, &v.value, size),
+            Err(e) => reply.error(e),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = (|| {
+            let path = self.path(ino.0)?;
+            self.rt.block_on(call("listxattr", &path, || {
+                let mut c = self.client.namespace();
+                let req = PathRequest { path: path.clone() };
+                async move { c.list_xattr(req).await }
+            }))
+        })();
+        match r {
+            Ok(names) => {
+                // NUL-terminated names, as listxattr(2) returns them.
+                let mut buf = Vec::new();
+                for n in names.names {
+                    buf.extend_from_slice(n.as_bytes());
+                    buf.push(0);
+                }
+                xattr_reply(reply, &buf, size)
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        let r = (|| {
+            self.writable()?;
+            let path = self.path(ino.0)?;
+            let name = name_str(name)?.to_string();
+            let (create, replace) = (
+                flags & libc::XATTR_CREATE != 0,
+                flags & libc::XATTR_REPLACE != 0,
+            );
+            self.rt.block_on(call("setxattr", &path, || {
+                let mut c = self.client.namespace();
+                let req = SetXattrRequest {
+                    path: path.clone(),
+                    name: name.clone(),
+                    value: value.to_vec(),
+                    create,
+                    replace,
+                };
+                async move { c.set_xattr(req).await }
+            }))?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| {
+            self.writable()?;
+            let path = self.path(ino.0)?;
+            let name = name_str(name)?.to_string();
+            self.rt.block_on(call("removexattr", &path, || {
+                let mut c = self.client.namespace();
+                let req = XattrRequest {
+                    path: path.clone(),
+                    name: name.clone(),
+                };
+                async move { c.remove_xattr(req).await }
+            }))?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     /// Advisory locks are not in the API yet (the kernel keeps them local).
@@ -1178,6 +1264,18 @@ impl Filesystem for BerthFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+/// Answers a getxattr/listxattr: the size when asked with size 0, the bytes
+/// when they fit, else ERANGE.
+fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() <= size as usize {
+        reply.data(value);
+    } else {
+        reply.error(Errno::ERANGE);
     }
 }
 

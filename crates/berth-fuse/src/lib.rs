@@ -23,8 +23,11 @@
 //! - Authorization is the server's: every local user allowed into the mount
 //!   acts as the ticket's principal; `access(2)` answers from mode bits only.
 //!
-//! Not in the API yet, so ENOSYS: hard links (`link`), extended attributes,
-//! and advisory locks (the kernel then keeps locks local to this host).
+//! Hard links and extended attributes (`user.*`; `trusted.*`/`security.*`
+//! for administrators) go to the server. Not in the API yet, so ENOSYS:
+//! advisory locks (the kernel then keeps locks local to this host). A file
+//! unlinked while open here loses its data at once (POSIX keeps it until
+//! the last close): reads and writes through the open handle then fail.
 //! Known limits: the ticket is read once at mount (when it expires, calls
 //! fail with EACCES) and a file handle lives 24 h; `O_APPEND` writes at the
 //! size this mount last saw; setattr on a symbolic link is EOPNOTSUPP (the

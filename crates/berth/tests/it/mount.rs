@@ -267,9 +267,61 @@ fn exercise(mp: PathBuf) {
     assert_eq!(errno(fs::remove_dir(d.join("c.txt"))), libc::ENOTDIR);
     assert_eq!(errno(fs::remove_file(d.join("sub"))), libc::EISDIR);
     assert_eq!(errno(fs::remove_dir(d.join("sub"))), libc::ENOTEMPTY);
-    // No hard links in the API: ENOSYS, which newer kernels report as EPERM.
-    let e = errno(fs::hard_link(d.join("c.txt"), d.join("hard")));
-    assert!(e == libc::ENOSYS || e == libc::EPERM, "link: errno {e}");
+    // Hard links share data and count links.
+    fs::hard_link(d.join("c.txt"), d.join("hard")).unwrap();
+    assert_eq!(
+        fs::read(d.join("hard")).unwrap(),
+        fs::read(d.join("c.txt")).unwrap()
+    );
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(d.join("hard")).unwrap().nlink(), 2);
+    }
+    assert_eq!(
+        errno(fs::hard_link(d.join("sub"), d.join("dirlink"))),
+        libc::EPERM
+    );
+    fs::remove_file(d.join("hard")).unwrap();
+    // Extended attributes.
+    let file = std::ffi::CString::new(d.join("c.txt").to_str().unwrap()).unwrap();
+    let name = std::ffi::CString::new("user.color").unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let rc = unsafe { libc::setxattr(file.as_ptr(), name.as_ptr(), b"blue".as_ptr().cast(), 4, 0) };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+    let mut buf = [0u8; 64];
+    // SAFETY: as above.
+    let n = unsafe {
+        libc::getxattr(
+            file.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(&buf[..n as usize], b"blue");
+    // SAFETY: as above.
+    let n = unsafe { libc::listxattr(file.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(&buf[..n as usize], b"user.color\0");
+    let missing = std::ffi::CString::new("user.none").unwrap();
+    // SAFETY: as above.
+    let n = unsafe {
+        libc::getxattr(
+            file.as_ptr(),
+            missing.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(n, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENODATA)
+    );
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::removexattr(file.as_ptr(), name.as_ptr()) },
+        0
+    );
     // A 5 MiB file, byte-identical after the round trip.
     let big = pattern(5 << 20);
     fs::write(mp.join("big"), &big).unwrap();
