@@ -70,6 +70,10 @@ pub struct BerthFs {
     caller: Caller,
     inodes: Mutex<Inodes>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Files unlinked while open here: FUSE inode → the hidden name they were
+    /// renamed to, removed on the last close (as NFS clients do), so open
+    /// handles keep working as POSIX promises.
+    doomed: Mutex<HashMap<u64, String>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
     next_fh: AtomicU64,
     notifier: Arc<OnceLock<Notifier>>,
@@ -208,6 +212,7 @@ impl BerthFs {
             caller,
             inodes: Mutex::new(Inodes::new(root_path, root_real, root)),
             files: Mutex::new(HashMap::new()),
+            doomed: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             notifier,
@@ -393,19 +398,47 @@ impl BerthFs {
                 (false, true) => return Err(Errno::EISDIR),
                 _ => {}
             }
-            call("remove", &path, || {
-                let mut c = self.client.namespace();
-                let req = RemoveRequest {
-                    path: path.clone(),
-                    recursive: false,
-                };
-                async move { c.remove(req).await }
-            })
-            .await?;
+            let ino = self.inodes.lock().ino_of(&e);
+            let open_here = ino.is_some_and(|i| self.files.lock().values().any(|f| f.ino == i));
+            if let (false, true, Some(ino)) = (dir, open_here, ino) {
+                // Keep the data for the open handles: hide the name instead.
+                let hidden = join(
+                    parent_of(&path).unwrap_or("/"),
+                    &format!(".berth-unlinked-{ino:x}-{}", self.fh()),
+                );
+                call("rename", &path, || {
+                    let mut c = self.client.namespace();
+                    let req = RenameRequest {
+                        from: path.clone(),
+                        to: hidden.clone(),
+                        no_replace: true,
+                    };
+                    async move { c.rename(req).await }
+                })
+                .await?;
+                self.inodes.lock().renamed(&path, &hidden);
+                self.doomed.lock().insert(ino, hidden);
+                self.invalidate_parent(&path);
+                return Ok(());
+            }
+            self.remove_path(&path).await?;
             self.inodes.lock().unlinked(&path);
             self.invalidate_parent(&path);
             Ok(())
         })
+    }
+
+    async fn remove_path(&self, path: &str) -> Result<(), Errno> {
+        call("remove", path, || {
+            let mut c = self.client.namespace();
+            let req = RemoveRequest {
+                path: path.to_string(),
+                recursive: false,
+            };
+            async move { c.remove(req).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     fn do_open(
@@ -1009,6 +1042,20 @@ impl Filesystem for BerthFs {
             // Errors were reported by flush; the data must still be out
             // before the handle is forgotten.
             self.rt.block_on(f.writes.drain());
+            // The last close of a file unlinked while open removes it now.
+            let last = !self.files.lock().values().any(|o| o.ino == f.ino);
+            let hidden = if last {
+                self.doomed.lock().remove(&f.ino)
+            } else {
+                None
+            };
+            if let Some(hidden) = hidden {
+                if let Err(e) = self.rt.block_on(self.remove_path(&hidden)) {
+                    tracing::warn!(path = %hidden, errno = ?e, "could not remove a file unlinked while open");
+                }
+                self.inodes.lock().unlinked(&hidden);
+                self.invalidate_parent(&hidden);
+            }
         }
         reply.ok();
     }

@@ -26,8 +26,10 @@
 //! Hard links and extended attributes (`user.*`; `trusted.*`/`security.*`
 //! for administrators) go to the server. Not in the API yet, so ENOSYS:
 //! advisory locks (the kernel then keeps locks local to this host). A file
-//! unlinked while open here loses its data at once (POSIX keeps it until
-//! the last close): reads and writes through the open handle then fail.
+//! unlinked while open in this mount is renamed to a hidden
+//! `.berth-unlinked-*` name and removed at its last close here (as NFS
+//! clients do); unlinked from another mount or client, its open handles
+//! here fail with ENOENT.
 //! Known limits: the ticket is read once at mount (when it expires, calls
 //! fail with EACCES) and a file handle lives 24 h; `O_APPEND` writes at the
 //! size this mount last saw; setattr on a symbolic link is EOPNOTSUPP (the

@@ -334,6 +334,37 @@ fn exercise(mp: PathBuf) {
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
     assert!(st.f_blocks > 0 && st.f_bsize > 0);
+    // A file unlinked while open stays usable through its handle until the
+    // last close (temp-file pattern), then disappears.
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut t = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(d.join("tmpfile"))
+            .unwrap();
+        t.write_all(b"scratch").unwrap();
+        fs::remove_file(d.join("tmpfile")).unwrap();
+        assert!(!d.join("tmpfile").exists());
+        t.write_all(b" more").unwrap();
+        t.seek(SeekFrom::Start(0)).unwrap();
+        let mut back = String::new();
+        t.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "scratch more");
+        drop(t);
+        // The kernel sends RELEASE after close(2) returns: poll, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while names(&d).iter().any(|n| n.starts_with(".berth-unlinked")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hidden file not removed after the last close: {:?}",
+                names(&d)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
     // Unlink and rmdir.
     fs::remove_file(d.join("link")).unwrap();
     fs::remove_file(d.join("sub/x")).unwrap();
