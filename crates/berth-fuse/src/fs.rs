@@ -422,7 +422,18 @@ impl BerthFs {
                 return Ok(());
             }
             self.remove_path(&path).await?;
-            self.inodes.lock().unlinked(&path);
+            let mut m = self.inodes.lock();
+            m.unlinked(&path);
+            // Other names of the same file now show one link fewer: drop
+            // their cached entries, and keep the inode's last-known entry
+            // right for getattr until a lookup names it again.
+            m.invalidate_file(e.volume_id, e.inode);
+            if let Some(n) = ino.filter(|_| e.nlink > 1).and_then(|i| m.node_mut(i)) {
+                let mut left = e.clone();
+                left.nlink -= 1;
+                n.entry = Some(left);
+            }
+            drop(m);
             self.invalidate_parent(&path);
             Ok(())
         })
@@ -836,6 +847,9 @@ impl Filesystem for BerthFs {
             let (_, from) = self.child(parent.0, name)?;
             let (_, to) = self.child(newparent.0, newname)?;
             let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+            // A replaced target may have other names: note it to fix their
+            // link counts below.
+            let replaced = self.rt.block_on(self.stat_cached(&to)).ok();
             self.rt.block_on(call("rename", &from, || {
                 let mut c = self.client.namespace();
                 let req = RenameRequest {
@@ -846,7 +860,16 @@ impl Filesystem for BerthFs {
                 async move { c.rename(req).await }
             }))?;
             let mut m = self.inodes.lock();
+            let replaced_ino = replaced.as_ref().and_then(|e| m.ino_of(e));
             m.renamed(&from, &to);
+            if let (Some(e), Some(ino)) = (&replaced, replaced_ino) {
+                m.invalidate_file(e.volume_id, e.inode);
+                if let Some(n) = m.node_mut(ino).filter(|_| e.nlink > 1) {
+                    let mut left = e.clone();
+                    left.nlink -= 1;
+                    n.entry = Some(left);
+                }
+            }
             for p in [parent_of(&from), parent_of(&to)].into_iter().flatten() {
                 m.invalidate(p);
             }
@@ -879,7 +902,7 @@ impl Filesystem for BerthFs {
                 async move { c.link(req).await }
             }))?;
             self.invalidate_parent(&path);
-            self.inodes.lock().invalidate(&existing);
+            self.inodes.lock().invalidate_file(e.volume_id, e.inode);
             self.reference(&path, &e)
         })();
         match r {

@@ -251,6 +251,13 @@ impl Inodes {
         self.cache.remove(path);
     }
 
+    /// Drops the cached entry of every path naming the file `(volume,
+    /// inode)`: its link count or times changed through one of its names.
+    pub fn invalidate_file(&mut self, volume_id: u64, inode: u64) {
+        self.cache
+            .retain(|_, (e, _)| !(e.volume_id == volume_id && e.inode == inode));
+    }
+
     /// Number of inodes held (root included).
     #[cfg(test)]
     fn len(&self) -> usize {

@@ -3,9 +3,11 @@
 //! One integration binary for the crate (see STYLE.md).
 
 mod admin;
+mod container;
 mod crash;
 mod errors;
 mod files;
+mod fsx;
 mod harness;
 mod mount;
 mod security;

@@ -21,7 +21,7 @@ const CALLS_TIMEOUT_S: u64 = 180;
 /// How long the mount process may take to exit after SIGTERM or umount.
 const EXIT_TIMEOUT_S: u64 = 30;
 
-fn fuse_available() -> bool {
+pub(crate) fn fuse_available() -> bool {
     if !Path::new("/dev/fuse").exists() {
         eprintln!("skipping the mount test: /dev/fuse is absent");
         return false;
@@ -63,14 +63,14 @@ fn wait_until(what: &str, timeout_s: u64, mut ok: impl FnMut() -> bool) -> bool 
 
 /// A `berth mount --foreground` child process; killed and lazily unmounted
 /// on drop so a failing test leaves no mount behind.
-struct Mount {
+pub(crate) struct Mount {
     child: Option<Child>,
     mp: PathBuf,
     log: PathBuf,
 }
 
 impl Mount {
-    fn start(s: &TestServer, mp: &Path, extra: &[&str]) -> Mount {
+    pub(crate) fn start(s: &TestServer, mp: &Path, extra: &[&str]) -> Mount {
         let log = s.dir.path().join("mount.stderr.log");
         let mut cmd = Command::new(BIN);
         for k in [
@@ -171,7 +171,7 @@ fn lazy_unmount(mp: &Path) {
 
 /// Runs `f` on a helper thread; a hang past [`CALLS_TIMEOUT_S`] kills the
 /// mount (failing the stuck calls) and fails the test.
-fn bounded<F: FnOnce() + Send + 'static>(what: &str, m: &mut Mount, f: F) {
+pub(crate) fn bounded<F: FnOnce() + Send + 'static>(what: &str, m: &mut Mount, f: F) {
     let (tx, rx) = mpsc::channel();
     let h = std::thread::spawn(move || {
         f();
