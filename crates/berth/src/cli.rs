@@ -94,6 +94,10 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount a `berth mount`.
     Umount(UmountArgs),
+    /// Run CMD with the namespace mounted (entrypoint of the berth-client image).
+    ContainerRun(berth_container::ContainerRunArgs),
+    /// Serve the Docker volume plugin protocol (docker volume create -d berth).
+    DockerPlugin(berth_container::DockerPluginArgs),
     /// Show nodes and shards.
     Status,
     /// Benchmarks.

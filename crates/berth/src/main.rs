@@ -122,6 +122,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Acl(cmd) => acl::acl(&ctx, cmd).await,
         Command::Mount(args) => mount::mount(&ctx, args).await,
         Command::Umount(args) => mount::umount(args).await,
+        Command::ContainerRun(args) => {
+            std::process::exit(berth_container::container_run(args).await?)
+        }
+        Command::DockerPlugin(args) => berth_container::docker_plugin(args).await,
         Command::Status => status::status(&ctx).await,
         Command::Bench(cmd) => bench::bench(&ctx, cmd).await,
     }
