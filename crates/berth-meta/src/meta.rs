@@ -53,6 +53,14 @@ impl MapCache {
     pub fn shard(&self, id: ShardId) -> Option<&ShardRecord> {
         self.shards.iter().find(|s| s.id == id)
     }
+    /// The key new tickets and handles are signed with.
+    pub fn active_key(&self) -> Result<&KeyRecord, Error> {
+        self.keys
+            .iter()
+            .find(|k| k.active)
+            .ok_or_else(|| Error::new(Code::Io, "no active signing key in the cluster map"))
+    }
+
     pub fn gid_of(&self, group: &str) -> Option<u32> {
         self.groups.get(group).map(|g| g.gid)
     }
@@ -325,11 +333,7 @@ impl Meta {
             .users
             .get(user)
             .ok_or_else(|| Error::not_found(format!("principal {user:?}")))?;
-        let key = map
-            .keys
-            .iter()
-            .find(|k| k.active)
-            .ok_or_else(|| Error::new(Code::Io, "no active signing key in the cluster map"))?;
+        let key = map.active_key()?;
         let ttl = match ttl_secs {
             0 => TICKET_TTL_DEFAULT_SECS,
             t if t > TICKET_TTL_MAX_SECS => {
@@ -361,11 +365,7 @@ impl Meta {
     /// Signs a ticket for a node of this cluster (node-to-node traffic).
     pub fn sign_node_ticket(&self, node: NodeId) -> Result<String, Error> {
         let map = self.map();
-        let key = map
-            .keys
-            .iter()
-            .find(|k| k.active)
-            .ok_or_else(|| Error::new(Code::Io, "no active signing key in the cluster map"))?;
+        let key = map.active_key()?;
         let now = berth_security::now_secs();
         let body = TicketBody {
             version: 1,
@@ -386,11 +386,7 @@ impl Meta {
     /// Signs a file handle with the active key.
     pub fn seal_handle(&self, body: &berth_security::handle::HandleBody) -> Result<Vec<u8>, Error> {
         let map = self.map();
-        let key = map
-            .keys
-            .iter()
-            .find(|k| k.active)
-            .ok_or_else(|| Error::new(Code::Io, "no active signing key in the cluster map"))?;
+        let key = map.active_key()?;
         let signer = TicketSigner::from_bytes(key.id, &key.secret);
         Ok(berth_security::handle::seal(body, &signer))
     }
