@@ -185,6 +185,11 @@ impl Tx {
         Ok(self.router.raft.scan(self.shard, start, end, limit)?)
     }
 
+    /// Keys only, without making the transaction depend on the result.
+    pub fn peek_keys(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(self.router.raft.scan_keys(self.shard, start, end, limit)?)
+    }
+
     /// Whether `[start, end)` holds no key; when it is empty the transaction
     /// becomes conditional on it staying empty.
     pub fn is_range_empty(&mut self, start: &[u8], end: &[u8]) -> Result<bool, Error> {
@@ -244,6 +249,12 @@ impl Tx {
             end,
             counter,
         });
+    }
+
+    /// Appends a raw operation (the versioned and snapshot ops of
+    /// `berth_raft::cmd`).
+    pub fn op(&mut self, op: Op) {
+        self.ops.push(op);
     }
 
     pub fn has_writes(&self) -> bool {

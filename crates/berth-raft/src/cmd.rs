@@ -8,7 +8,7 @@
 //! Wire/log format of an entry: `version (u8 = 1) · postcard(Txn)`. A log entry that does not
 //! decode is a fatal invariant violation for its group (never skipped).
 
-use berth_store::{Space, Store, StoreError, WriteBatch};
+use berth_store::{keys, Space, Store, StoreError, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::ShardDesc;
@@ -111,6 +111,126 @@ pub enum Op {
         /// Amount to add.
         delta: i64,
     },
+    /// `Splice` on the versioned value at `base` (see [`VersionState`]).
+    VSplice {
+        /// Base key of the versioned value.
+        base: Vec<u8>,
+        /// Byte offset in the value.
+        offset: u32,
+        /// Bytes to write.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        /// i64 counter of current bytes, when kept.
+        counter: Option<Vec<u8>>,
+        /// Key of the [`VersionState`].
+        state: Vec<u8>,
+    },
+    /// `Truncate` on the versioned value at `base`.
+    VTruncate {
+        /// Base key of the versioned value.
+        base: Vec<u8>,
+        /// New maximum length.
+        len: u32,
+        /// i64 counter of current bytes, when kept.
+        counter: Option<Vec<u8>>,
+        /// Key of the [`VersionState`].
+        state: Vec<u8>,
+    },
+    /// Deletes every versioned value whose versions lie in `[start, end)`
+    /// (keeping what kept versions still read) and subtracts their current
+    /// bytes from the i64 `counter`.
+    VDeleteRange {
+        /// Inclusive start.
+        start: Vec<u8>,
+        /// Exclusive end (not empty).
+        end: Vec<u8>,
+        /// Counter key.
+        counter: Vec<u8>,
+        /// Key of the [`VersionState`].
+        state: Vec<u8>,
+    },
+    /// Drops the versions in `[start, end)` that no kept version reads any
+    /// longer (after a version stopped being kept).
+    VPrune {
+        /// Inclusive start.
+        start: Vec<u8>,
+        /// Exclusive end (not empty).
+        end: Vec<u8>,
+        /// Key of the [`VersionState`].
+        state: Vec<u8>,
+    },
+    /// Copies every key in `[start, end)` (both in one volume) to its
+    /// `keys::snapshot_key` for `snapshot`: a point-in-time copy done at
+    /// apply time, so the log carries no data.
+    SnapshotCopy {
+        /// Inclusive start.
+        start: Vec<u8>,
+        /// Exclusive end (not empty).
+        end: Vec<u8>,
+        /// Snapshot id.
+        snapshot: u64,
+    },
+}
+
+/// Which versions of versioned values are still read, stored (postcard) at a
+/// state key the versioned ops name; absent = epoch 0, nothing kept.
+///
+/// A versioned value at `base` is the keys `keys::versioned(base, v)`. The
+/// highest version is the current value; a reader of version `s` (a
+/// snapshot) sees the highest version `<= s`; an empty value reads as
+/// absent. Writes are stamped with `epoch`. When the current version is
+/// older than `epoch` and some kept version still reads it, a write copies
+/// it to a new version `epoch` first (copy-on-write); otherwise the write
+/// changes it in place. Versions no kept version reads are dropped whenever
+/// their value is written, and by [`Op::VPrune`]. Because the kernel reads
+/// the state at apply time, a snapshot (a new epoch) is exact: every write
+/// ordered before it is in it and none after.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionState {
+    /// The version new writes are stamped with.
+    pub epoch: u64,
+    /// Versions still read (ascending).
+    pub keep: Vec<u64>,
+    /// Set when the stored state did not decode: keep every version.
+    #[serde(skip)]
+    keep_all: bool,
+}
+
+impl VersionState {
+    /// A state at `epoch` keeping `keep`.
+    pub fn new(epoch: u64, mut keep: Vec<u64>) -> VersionState {
+        keep.sort_unstable();
+        keep.dedup();
+        VersionState {
+            epoch,
+            keep,
+            keep_all: false,
+        }
+    }
+
+    /// The stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Parses the stored form (absent = the default).
+    pub fn decode(b: Option<&[u8]>) -> Result<VersionState, String> {
+        match b {
+            None => Ok(VersionState::default()),
+            Some(b) => postcard::from_bytes(b).map_err(|e| format!("version state: {e}")),
+        }
+    }
+
+    /// Whether a version that is current from `from` until (excluding)
+    /// `until` is read by a kept version.
+    pub fn needed(&self, from: u64, until: u64) -> bool {
+        self.keep_all || self.keep.iter().any(|s| from <= *s && *s < until)
+    }
+
+    /// The version a reader of `version` sees among `versions` (ascending).
+    pub fn visible(versions: &[u64], version: u64) -> Option<u64> {
+        versions.iter().rev().copied().find(|v| *v <= version)
+    }
 }
 
 impl Op {
@@ -123,7 +243,13 @@ impl Op {
             | Op::Truncate { key, .. }
             | Op::MaxU64 { key, .. }
             | Op::AddI64 { key, .. } => Some(key),
-            Op::DeleteRange { .. } | Op::DeleteRangeCounted { .. } => None,
+            Op::DeleteRange { .. }
+            | Op::DeleteRangeCounted { .. }
+            | Op::VSplice { .. }
+            | Op::VTruncate { .. }
+            | Op::VDeleteRange { .. }
+            | Op::VPrune { .. }
+            | Op::SnapshotCopy { .. } => None,
         }
     }
 }
@@ -184,6 +310,51 @@ impl Txn {
                 counter: Some(c),
                 ..
             } => desc.contains(key) && desc.contains(c),
+            Op::VSplice {
+                base,
+                counter,
+                state,
+                ..
+            }
+            | Op::VTruncate {
+                base,
+                counter,
+                state,
+                ..
+            } => {
+                let (vs, ve) = keys::versions_range(base);
+                desc.contains_range(&vs, &ve)
+                    && desc.contains(state)
+                    && counter.as_ref().is_none_or(|c| desc.contains(c))
+            }
+            Op::VDeleteRange {
+                start,
+                end,
+                counter,
+                state,
+            } => {
+                !end.is_empty()
+                    && desc.contains_range(start, end)
+                    && desc.contains(counter)
+                    && desc.contains(state)
+            }
+            Op::VPrune { start, end, state } => {
+                !end.is_empty() && desc.contains_range(start, end) && desc.contains(state)
+            }
+            Op::SnapshotCopy {
+                start,
+                end,
+                snapshot,
+            } => {
+                start.len() >= 8
+                    && end.len() >= 8
+                    && start[..8] == end[..8]
+                    && desc.contains_range(start, end)
+                    && desc.contains_range(
+                        &keys::snapshot_key(start, *snapshot),
+                        &keys::snapshot_key(end, *snapshot),
+                    )
+            }
             o => o.key().is_some_and(|k| desc.contains(k)),
         });
         conds && ops
@@ -297,9 +468,273 @@ pub(crate) fn apply(
                 }
             }
             Op::AddI64 { key, delta } => add_i64(store, batch, key, *delta)?,
+            Op::VSplice {
+                base,
+                offset,
+                data,
+                counter,
+                state,
+            } => {
+                let st = version_state(store, batch, state)?;
+                let off = *offset as usize;
+                let end = off + data.len();
+                write_versioned(store, batch, &st, base, counter.as_deref(), |v| {
+                    if v.len() < end {
+                        v.resize(end, 0);
+                    }
+                    v[off..end].copy_from_slice(data);
+                })?;
+            }
+            Op::VTruncate {
+                base,
+                len,
+                counter,
+                state,
+            } => {
+                let st = version_state(store, batch, state)?;
+                let len = *len as usize;
+                let vs = versions(store, batch, base)?;
+                let cur = match vs.last() {
+                    Some(v) => value_len(store, batch, &keys::versioned(base, *v))?,
+                    None => 0,
+                };
+                if cur > len {
+                    write_versioned(store, batch, &st, base, counter.as_deref(), |v| {
+                        v.truncate(len)
+                    })?;
+                }
+            }
+            Op::VDeleteRange {
+                start,
+                end,
+                counter,
+                state,
+            } => {
+                let st = version_state(store, batch, state)?;
+                let mut removed = 0u64;
+                for base in bases(store, batch, start, end)? {
+                    removed += delete_versioned(store, batch, &st, &base)?;
+                }
+                add_i64(store, batch, counter, -(removed as i64))?;
+            }
+            Op::VPrune { start, end, state } => {
+                let st = version_state(store, batch, state)?;
+                for base in bases(store, batch, start, end)? {
+                    let vs = versions(store, batch, &base)?;
+                    let vs = prune(batch, &st, &base, vs);
+                    if let [only] = vs[..] {
+                        let key = keys::versioned(&base, only);
+                        if value_len(store, batch, &key)? == 0 {
+                            batch.delete(Space::Data, &key);
+                        }
+                    }
+                }
+            }
+            Op::SnapshotCopy {
+                start,
+                end,
+                snapshot,
+            } => {
+                for (k, v) in merged_range(store, batch, start, end)? {
+                    batch.put(Space::Data, &keys::snapshot_key(&k, *snapshot), &v);
+                }
+            }
         }
     }
     Ok(ApplyResult::Done(TxnOutcome::Applied { index }))
+}
+
+fn version_state(
+    store: &Store,
+    batch: &WriteBatch,
+    key: &[u8],
+) -> Result<VersionState, StoreError> {
+    let v = current(store, batch, key)?;
+    // A state that does not decode is a service bug; keeping every version
+    // is the safe reading of it.
+    Ok(VersionState::decode(v.as_deref()).unwrap_or(VersionState {
+        epoch: u64::MAX,
+        keep: Vec::new(),
+        keep_all: true,
+    }))
+}
+
+/// The versions of the versioned value at `base`, ascending, as the batch
+/// would leave them.
+fn versions(store: &Store, batch: &WriteBatch, base: &[u8]) -> Result<Vec<u64>, StoreError> {
+    let (start, end) = keys::versions_range(base);
+    let mut out = std::collections::BTreeSet::new();
+    let mut cursor = start.clone();
+    loop {
+        let page = store.scan_keys(Space::Data, &cursor, &end, RANGE_PAGE)?;
+        for k in &page {
+            if let Some((_, v)) = keys::split_version(k) {
+                out.insert(v);
+            }
+        }
+        match page.last() {
+            Some(k) if page.len() == RANGE_PAGE => {
+                cursor = k.clone();
+                cursor.push(0);
+            }
+            _ => break,
+        }
+    }
+    for (k, v) in batch.pending_range(Space::Data, &start, &end) {
+        if let Some((_, ver)) = keys::split_version(k) {
+            match v {
+                Some(_) => out.insert(ver),
+                None => out.remove(&ver),
+            };
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// The bases of every versioned value with a version in `[start, end)`.
+fn bases(
+    store: &Store,
+    batch: &WriteBatch,
+    start: &[u8],
+    end: &[u8],
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut cursor = start.to_vec();
+    loop {
+        let page = store.scan_keys(Space::Data, &cursor, end, RANGE_PAGE)?;
+        for k in &page {
+            if let Some((base, _)) = keys::split_version(k) {
+                out.insert(base.to_vec());
+            }
+        }
+        match page.last() {
+            Some(k) if page.len() == RANGE_PAGE => {
+                cursor = k.clone();
+                cursor.push(0);
+            }
+            _ => break,
+        }
+    }
+    for (k, v) in batch.pending_range(Space::Data, start, end) {
+        if let (Some((base, _)), Some(_)) = (keys::split_version(k), v) {
+            out.insert(base.to_vec());
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn value_len(store: &Store, batch: &WriteBatch, key: &[u8]) -> Result<usize, StoreError> {
+    match batch.pending(Space::Data, key) {
+        Some(v) => Ok(v.map_or(0, <[u8]>::len)),
+        None => Ok(store.size_of(Space::Data, key)?.unwrap_or(0) as usize),
+    }
+}
+
+/// Deletes the versions below the current one that no kept version reads;
+/// returns the versions left.
+fn prune(batch: &mut WriteBatch, st: &VersionState, base: &[u8], vs: Vec<u64>) -> Vec<u64> {
+    let mut left = Vec::with_capacity(vs.len());
+    for (i, v) in vs.iter().enumerate() {
+        match vs.get(i + 1) {
+            Some(next) if !st.needed(*v, *next) => {
+                batch.delete(Space::Data, &keys::versioned(base, *v));
+            }
+            _ => left.push(*v),
+        }
+    }
+    left
+}
+
+/// Changes the current value at `base` with `change`, copying it to a new
+/// version first when a kept version still reads it.
+fn write_versioned(
+    store: &Store,
+    batch: &mut WriteBatch,
+    st: &VersionState,
+    base: &[u8],
+    counter: Option<&[u8]>,
+    change: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), StoreError> {
+    let vs = prune(batch, st, base, versions(store, batch, base)?);
+    let (target, mut value) = match vs.last() {
+        None => (st.epoch, Vec::new()),
+        Some(&v) => {
+            let value = current(store, batch, &keys::versioned(base, v))?.unwrap_or_default();
+            if v < st.epoch && st.needed(v, st.epoch) {
+                (st.epoch, value)
+            } else {
+                (v, value)
+            }
+        }
+    };
+    let before = value.len();
+    change(&mut value);
+    batch.put(Space::Data, &keys::versioned(base, target), &value);
+    if let Some(c) = counter {
+        add_i64(store, batch, c, value.len() as i64 - before as i64)?;
+    }
+    Ok(())
+}
+
+/// Deletes the versioned value at `base` for current readers; returns the
+/// bytes it held.
+fn delete_versioned(
+    store: &Store,
+    batch: &mut WriteBatch,
+    st: &VersionState,
+    base: &[u8],
+) -> Result<u64, StoreError> {
+    let vs = prune(batch, st, base, versions(store, batch, base)?);
+    let Some(&v) = vs.last() else {
+        return Ok(0);
+    };
+    let key = keys::versioned(base, v);
+    let len = value_len(store, batch, &key)? as u64;
+    if v < st.epoch && st.needed(v, st.epoch) {
+        if len > 0 {
+            // An empty version hides the kept one from current readers.
+            batch.put(Space::Data, &keys::versioned(base, st.epoch), &[]);
+        }
+    } else if vs.len() > 1 {
+        batch.put(Space::Data, &key, &[]);
+    } else {
+        batch.delete(Space::Data, &key);
+    }
+    Ok(len)
+}
+
+/// Every pair in `[start, end)` as the batch would leave them.
+fn merged_range(
+    store: &Store,
+    batch: &WriteBatch,
+    start: &[u8],
+    end: &[u8],
+) -> Result<berth_store::KvPairs, StoreError> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut cursor = start.to_vec();
+    loop {
+        let page = store.scan(Space::Data, &cursor, end, RANGE_PAGE)?;
+        let next = match page.last() {
+            Some((k, _)) if page.len() == RANGE_PAGE => {
+                let mut c = k.clone();
+                c.push(0);
+                Some(c)
+            }
+            _ => None,
+        };
+        out.extend(page);
+        match next {
+            Some(c) => cursor = c,
+            None => break,
+        }
+    }
+    for (k, v) in batch.pending_range(Space::Data, start, end) {
+        match v {
+            Some(v) => out.insert(k.to_vec(), v.to_vec()),
+            None => out.remove(k),
+        };
+    }
+    Ok(out.into_iter().collect())
 }
 
 fn add_i64(
@@ -608,5 +1043,161 @@ mod tests {
             apply(&store, &mut batch, &d, &outside, 2).unwrap(),
             ApplyResult::OutOfRange
         ));
+    }
+
+    /// Applies `ops` as one entry and writes the batch.
+    fn run(store: &Store, ops: Vec<Op>) {
+        let d = ShardDesc {
+            id: 1,
+            start: Vec::new(),
+            end: Vec::new(),
+            voters: vec![1],
+        };
+        let mut batch = store.batch();
+        let r = apply(store, &mut batch, &d, &Txn::ops(ops), 1).unwrap();
+        assert!(matches!(r, ApplyResult::Done(TxnOutcome::Applied { .. })));
+        store
+            .write(batch, berth_store::Durability::Buffered)
+            .unwrap();
+    }
+
+    #[test]
+    fn versioned_values_copy_on_write_for_kept_versions_only() {
+        use berth_store::keys::{versioned, Key, Kind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let state = Key::new(1, Kind::Meta, 0).build();
+        let counter = Key::new(1, Kind::FileAttr, 0).build();
+        let base = |i: u64| Key::new(1, Kind::Chunk, 5).u64(i).build();
+        let splice = |i: u64, offset: u32, data: &[u8]| Op::VSplice {
+            base: base(i),
+            offset,
+            data: data.to_vec(),
+            counter: Some(counter.clone()),
+            state: state.clone(),
+        };
+        let set_state = |epoch: u64, keep: Vec<u64>| Op::Put {
+            key: state.clone(),
+            value: VersionState::new(epoch, keep).encode(),
+        };
+        let get = |k: &[u8]| store.get(Space::Data, k).unwrap();
+        let vers = |i: u64| {
+            let (s, e) = keys::versions_range(&base(i));
+            store
+                .scan(Space::Data, &s, &e, 100)
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (keys::split_version(&k).unwrap().1, v))
+                .collect::<Vec<_>>()
+        };
+        // No state yet: epoch 0, written in place.
+        run(&store, vec![splice(0, 0, b"aaaa"), splice(0, 1, b"b")]);
+        run(&store, vec![splice(1, 0, b"cc")]);
+        assert_eq!(vers(0), vec![(0, b"abaa".to_vec())]);
+        // Snapshot 0 taken: the next write copies, later ones change the copy.
+        run(&store, vec![set_state(1, vec![0])]);
+        run(&store, vec![splice(0, 0, b"X")]);
+        run(&store, vec![splice(0, 3, b"YZ")]);
+        assert_eq!(vers(0), vec![(0, b"abaa".to_vec()), (1, b"XbaYZ".to_vec())]);
+        // Delete both values: chunk 0's kept version stays hidden behind an
+        // empty version; chunk 1 likewise.
+        run(
+            &store,
+            vec![Op::VDeleteRange {
+                start: base(0),
+                end: Key::new(1, Kind::Chunk, 6).build(),
+                counter: counter.clone(),
+                state: state.clone(),
+            }],
+        );
+        assert_eq!(vers(0), vec![(0, b"abaa".to_vec()), (1, Vec::new())]);
+        assert_eq!(vers(1), vec![(0, b"cc".to_vec()), (1, Vec::new())]);
+        // Usage: 4 + 2 = 6 live, +1 grew to 5, -5 -2 deleted = 0.
+        assert_eq!(get(&counter).unwrap(), 0i64.to_be_bytes());
+        // Truncate of a value a snapshot reads copies too.
+        run(&store, vec![splice(2, 0, b"hello")]);
+        run(&store, vec![set_state(2, vec![0, 1])]);
+        run(
+            &store,
+            vec![Op::VTruncate {
+                base: base(2),
+                len: 2,
+                counter: Some(counter.clone()),
+                state: state.clone(),
+            }],
+        );
+        assert_eq!(vers(2), vec![(1, b"hello".to_vec()), (2, b"he".to_vec())]);
+        // Snapshots dropped: pruning leaves only what current readers see.
+        run(
+            &store,
+            vec![
+                set_state(2, vec![]),
+                Op::VPrune {
+                    start: base(0),
+                    end: Key::new(1, Kind::Chunk, 6).build(),
+                    state: state.clone(),
+                },
+            ],
+        );
+        assert_eq!(vers(0), vec![]);
+        assert_eq!(vers(1), vec![]);
+        assert_eq!(vers(2), vec![(2, b"he".to_vec())]);
+        assert_eq!(get(&versioned(&base(2), 1)), None);
+        assert_eq!(get(&counter).unwrap(), 2i64.to_be_bytes());
+        // Without kept versions an old version is changed in place.
+        run(&store, vec![splice(2, 2, b"y")]);
+        assert_eq!(vers(2), vec![(2, b"hey".to_vec())]);
+    }
+
+    #[test]
+    fn snapshot_copy_copies_a_range_at_apply_time() {
+        use berth_store::keys::{kind_range, snapshot_key, unsnapshot_key, Key, Kind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = Key::new(3, Kind::Inode, 1).build();
+        let b = Key::new(3, Kind::Dirent, 1).str("x").build();
+        let c = Key::new(3, Kind::Chunk, 1).u64(0).build();
+        let (start, _) = kind_range(3, Kind::Inode);
+        let (_, end) = kind_range(3, Kind::FileAttr);
+        run(
+            &store,
+            vec![
+                Op::Put {
+                    key: a.clone(),
+                    value: b"A".to_vec(),
+                },
+                Op::Put {
+                    key: c.clone(),
+                    value: b"C".to_vec(),
+                },
+            ],
+        );
+        // The put of `b` in the same entry is copied too; the chunk is not.
+        run(
+            &store,
+            vec![
+                Op::Put {
+                    key: b.clone(),
+                    value: b"B".to_vec(),
+                },
+                Op::SnapshotCopy {
+                    start,
+                    end,
+                    snapshot: 9,
+                },
+            ],
+        );
+        let (ss, se) = keys::object_range(3, Kind::Snapshot, 9);
+        let copied: Vec<_> = store
+            .scan(Space::Data, &ss, &se, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (unsnapshot_key(&k).unwrap(), v))
+            .collect();
+        assert_eq!(copied, vec![(a.clone(), b"A".to_vec()), (b, b"B".to_vec())]);
+        assert_eq!(
+            store.get(Space::Data, &snapshot_key(&a, 9)).unwrap(),
+            Some(b"A".to_vec())
+        );
     }
 }

@@ -404,6 +404,22 @@ impl RaftNode {
             .map_err(RaftError::from_store)
     }
 
+    /// Like [`RaftNode::scan`], keys only (values are not read).
+    pub fn scan_keys(
+        &self,
+        shard: ShardId,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, RaftError> {
+        let desc = self.desc(shard)?;
+        let (s, e) = desc.clamp(start, end);
+        self.inner
+            .store
+            .scan_keys(Space::Data, &s, &e, limit)
+            .map_err(RaftError::from_store)
+    }
+
     /// Hands inbound messages (from the transport) to the loop. Never blocks: when the
     /// loop's queue is full the messages are dropped (raft retries). Each stepped message also
     /// proves its sender's node alive; the transport still calls [`RaftNode::peer_alive`] for
@@ -521,6 +537,21 @@ fn keys_storable(txn: &Txn) -> bool {
             | cmd::Op::AddI64 { key, .. } => key_ok(key),
             cmd::Op::DeleteRange { .. } => true,
             cmd::Op::DeleteRangeCounted { counter, .. } => key_ok(counter),
+            cmd::Op::VSplice {
+                base,
+                offset,
+                data,
+                state,
+                ..
+            } => {
+                key_ok(base)
+                    && key_ok(state)
+                    && (*offset as usize).saturating_add(data.len()) <= berth_store::MAX_VALUE_BYTES
+            }
+            cmd::Op::VTruncate { base, state, .. } => key_ok(base) && key_ok(state),
+            cmd::Op::VDeleteRange { counter, state, .. } => key_ok(counter) && key_ok(state),
+            cmd::Op::VPrune { state, .. } => key_ok(state),
+            cmd::Op::SnapshotCopy { .. } => true,
         })
 }
 

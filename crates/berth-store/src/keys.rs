@@ -55,6 +55,10 @@ pub enum Kind {
     Dirent = 0x11,
     /// Extended attributes.
     Xattr = 0x12,
+    /// File attributes written with the data (size, write time, volume usage).
+    FileAttr = 0x13,
+    /// Snapshot copies of the kinds above (see [`snapshot_key`]).
+    Snapshot = 0x14,
     /// File data chunks.
     Chunk = 0x20,
     /// Table documents.
@@ -69,11 +73,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Meta,
         Kind::Inode,
         Kind::Dirent,
         Kind::Xattr,
+        Kind::FileAttr,
+        Kind::Snapshot,
         Kind::Chunk,
         Kind::TableDoc,
         Kind::TableIndex,
@@ -431,6 +437,56 @@ fn prefix_range(prefix: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
     (prefix, end)
 }
 
+/// The key under which snapshot `snapshot` keeps its copy of `key`: the header
+/// `(volume, Snapshot, snapshot)` followed by the raw bytes of `key` from its kind byte on.
+/// The mapping preserves order among keys (and range bounds) of one volume, so a range of
+/// live keys maps to a range of snapshot keys. `key` must hold at least the volume id.
+pub fn snapshot_key(key: &[u8], snapshot: u64) -> Vec<u8> {
+    let volume = read_u64(key, 0).unwrap_or(0);
+    let mut out = Key::new(volume, Kind::Snapshot, snapshot).build();
+    out.extend_from_slice(key.get(8..).unwrap_or(&[]));
+    out
+}
+
+/// The live key a [`snapshot_key`] copies; `None` when `skey` is not a snapshot key.
+pub fn unsnapshot_key(skey: &[u8]) -> Option<Vec<u8>> {
+    if skey.len() <= HEADER_LEN || skey[8] != Kind::Snapshot.as_u8() {
+        return None;
+    }
+    let mut out = skey[..8].to_vec();
+    out.extend_from_slice(&skey[HEADER_LEN..]);
+    Some(out)
+}
+
+/// A versioned value is stored as the keys `base · u64(version)`: [`versioned`] builds
+/// one, [`split_version`] takes one apart.
+pub fn versioned(base: &[u8], version: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(base.len() + 9);
+    out.extend_from_slice(base);
+    out.push(TAG_U64);
+    out.extend_from_slice(&version.to_be_bytes());
+    out
+}
+
+/// The base and version of a key built by [`versioned`]; `None` when the key does not end
+/// in a u64 component after a full header.
+pub fn split_version(key: &[u8]) -> Option<(&[u8], u64)> {
+    let at = key.len().checked_sub(9).filter(|at| *at >= HEADER_LEN)?;
+    if key[at] != TAG_U64 {
+        return None;
+    }
+    Some((&key[..at], read_u64(key, at + 1).ok()?))
+}
+
+/// `[start, end)` of every version of the versioned value at `base`.
+pub fn versions_range(base: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut start = base.to_vec();
+    start.push(TAG_U64);
+    let mut end = base.to_vec();
+    end.push(TAG_U64 + 1);
+    (start, end)
+}
+
 /// `[start, end)` of every key of a volume (end empty = unbounded).
 pub fn volume_range(volume: u64) -> (Vec<u8>, Vec<u8>) {
     prefix_range(volume.to_be_bytes().to_vec())
@@ -451,6 +507,37 @@ pub fn object_range(volume: u64, kind: Kind, object: u64) -> (Vec<u8>, Vec<u8>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_keys_keep_order_and_map_back() {
+        let a = Key::new(7, Kind::Dirent, 5).str("a").build();
+        let b = Key::new(7, Kind::Dirent, 5).str("b").build();
+        let (ks, ke) = kind_range(7, Kind::Dirent);
+        let m = |k: &[u8]| snapshot_key(k, 3);
+        assert!(m(&ks) < m(&a) && m(&a) < m(&b) && m(&b) < m(&ke));
+        assert_eq!(unsnapshot_key(&m(&a)).unwrap(), a);
+        assert!(m(&a) > Key::new(7, Kind::Snapshot, 2).build());
+        assert!(m(&a) < Key::new(7, Kind::Snapshot, 4).build());
+        assert_eq!(unsnapshot_key(&a), None);
+    }
+
+    #[test]
+    fn versions_split_and_sort() {
+        let base = Key::new(1, Kind::Chunk, 9).u64(4).build();
+        let v2 = versioned(&base, 2);
+        let v10 = versioned(&base, 10);
+        assert!(v2 < v10);
+        assert_eq!(split_version(&v10), Some((base.as_slice(), 10)));
+        let (s, e) = versions_range(&base);
+        assert!(s <= v2 && v10 < e);
+        let next = Key::new(1, Kind::Chunk, 9).u64(5).build();
+        assert!(e <= versioned(&next, 0));
+        assert_eq!(split_version(&Key::new(1, Kind::Chunk, 9).build()), None);
+        assert_eq!(
+            split_version(&Key::new(1, Kind::Chunk, 9).str("x").build()),
+            None
+        );
+    }
 
     #[test]
     fn layout_is_as_documented() {

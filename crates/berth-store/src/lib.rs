@@ -269,6 +269,38 @@ impl Store {
         )
     }
 
+    /// Up to `limit` keys with `start <= key < end`, in key order, without reading values
+    /// (large values stay in the value log).
+    pub fn scan_keys(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        if range_is_empty(start, end) || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let iter = self
+            .inner
+            .space(space)
+            .range::<&[u8], _>(bounds(start, end));
+        for guard in iter.take(limit.min(MAX_SCAN_LIMIT)) {
+            let (k, _) = guard.into_inner_if(|_| false).map_err(StoreError::engine)?;
+            out.push(k.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// The length of the value at `key`, without reading it.
+    pub fn size_of(&self, space: Space, key: &[u8]) -> Result<Option<u32>, StoreError> {
+        self.inner
+            .space(space)
+            .size_of(key)
+            .map_err(StoreError::engine)
+    }
+
     /// The last pair with `start <= key < end`, if any.
     pub fn last_in_range(
         &self,
