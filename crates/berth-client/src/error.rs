@@ -97,6 +97,9 @@ pub fn berth_code_description(code: &str) -> Option<&'static str> {
         "ELOOP" => "too many levels of symbolic links",
         "ENODATA" => "no such attribute",
         "E2BIG" => "value too large",
+        "ESTALE" => "stale: the server no longer knows it (e.g. a lost lock session)",
+        "ENOLCK" => "no locks available",
+        "EROFS" => "read-only (a snapshot or read-only mount)",
         _ => return None,
     })
 }

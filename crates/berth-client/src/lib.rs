@@ -18,8 +18,9 @@ mod error;
 use std::time::Duration;
 
 use berth_api::v1::{
-    cluster_client::ClusterClient, files_client::FilesClient, namespace_client::NamespaceClient,
-    security_client::SecurityClient, volumes_client::VolumesClient,
+    cluster_client::ClusterClient, files_client::FilesClient, locks_client::LocksClient,
+    namespace_client::NamespaceClient, security_client::SecurityClient,
+    volumes_client::VolumesClient,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -147,6 +148,11 @@ impl Client {
     /// Cluster service: status.
     pub fn cluster(&self) -> ClusterClient<Transport> {
         ClusterClient::new(self.transport())
+    }
+
+    /// Locks service: advisory locks shared by every client of the cluster.
+    pub fn locks(&self) -> LocksClient<Transport> {
+        LocksClient::new(self.transport())
     }
 }
 

@@ -1,5 +1,5 @@
-//! The FUSE mount as a child process: this same binary, run as
-//! `berth mount MOUNTPOINT --path P --foreground [--read-only]` with the
+//! The FUSE mount as a child process: this same binary, run as `berth mount
+//! MOUNTPOINT --path P --foreground [--read-only] [--allow-other]` with the
 //! connection settings in its environment. Started and awaited (bounded)
 //! until the kernel lists a FUSE file system at the mount point; stopped
 //! with SIGTERM (the child unmounts cleanly), then SIGKILL and a lazy
@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use crate::mountinfo;
 
 /// How long a mount may take to appear.
 pub const MOUNT_WAIT_MS: u64 = 30_000;
@@ -69,6 +67,12 @@ pub struct MountSpec {
     /// Cluster path shown at the mount point.
     pub path: String,
     pub read_only: bool,
+    /// Let every local uid in (`berth mount --allow-other`): the kernel then
+    /// checks each process's own uid/gids against the mode bits, and what a
+    /// process creates is its own. For mounts shared by processes of
+    /// several uids (Docker volumes); with it off only the mounting uid and
+    /// root get in.
+    pub allow_other: bool,
     /// Connection settings (`BERTH_SERVERS`, `BERTH_TICKET_FILE` or
     /// `BERTH_TICKET`, `BERTH_CA_FILE` or `BERTH_INSECURE`); the child gets
     /// these and `PATH`/`RUST_LOG`, nothing else of ours.
@@ -134,7 +138,7 @@ impl MountChild {
     /// Starts the mount process and waits (at most [`MOUNT_WAIT_MS`]) until
     /// the mount point is a FUSE mount.
     pub async fn start(spec: MountSpec) -> Result<MountChild, MountError> {
-        if mountinfo::is_fuse_mounted(&spec.mount_point).unwrap_or(false) {
+        if is_fuse_mounted(&spec.mount_point) {
             return Err(MountError::AlreadyMounted(spec.mount_point));
         }
         let exe = std::env::current_exe().map_err(|e| MountError::Spawn {
@@ -149,6 +153,9 @@ impl MountChild {
             .arg("--foreground");
         if spec.read_only {
             cmd.arg("--read-only");
+        }
+        if spec.allow_other {
+            cmd.arg("--allow-other");
         }
         cmd.env_clear()
             .env(
@@ -215,7 +222,7 @@ impl MountChild {
                     detail,
                 });
             }
-            if mountinfo::is_fuse_mounted(&me.mount_point).unwrap_or(false) {
+            if is_fuse_mounted(&me.mount_point) {
                 me.stderr
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -304,8 +311,8 @@ impl MountChild {
     async fn kill_and_detach(&mut self) {
         self.signal(libc::SIGKILL);
         self.wait_exit(STOP_WAIT_MS).await;
-        if mountinfo::is_fuse_mounted(&self.mount_point).unwrap_or(false) {
-            let _ = mountinfo::lazy_unmount(&self.mount_point);
+        if is_fuse_mounted(&self.mount_point) {
+            let _ = berth_fuse::lazy_unmount(&self.mount_point);
         }
     }
 
@@ -317,9 +324,9 @@ impl MountChild {
         if !clean {
             self.kill_and_detach().await;
         }
-        let still = mountinfo::is_fuse_mounted(&self.mount_point).unwrap_or(false);
+        let still = is_fuse_mounted(&self.mount_point);
         if still {
-            mountinfo::lazy_unmount(&self.mount_point).map_err(|e| MountError::Unmount {
+            berth_fuse::lazy_unmount(&self.mount_point).map_err(|e| MountError::Unmount {
                 mount_point: self.mount_point.clone(),
                 detail: e.to_string(),
             })?;
@@ -340,6 +347,12 @@ impl MountChild {
             _ => Ok(()),
         }
     }
+}
+
+/// True when the top-most mount at `mount_point` (absolute, canonical) is a
+/// FUSE file system; false also when the mount table cannot be read.
+pub fn is_fuse_mounted(mount_point: &Path) -> bool {
+    matches!(berth_fuse::fuse_mount_at(mount_point), Ok(Some(_)))
 }
 
 /// `exit status 3`, `killed by signal 9`, or `unknown status`.

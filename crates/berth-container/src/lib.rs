@@ -1,9 +1,9 @@
 //! Berth for containers: the entrypoint of the `berth-client` image
 //! (`berth container-run -- CMD...`) and the Docker volume plugin
 //! (`berth docker-plugin`). Both mount the namespace by running this same
-//! binary as a `berth mount --foreground` child and watching
-//! `/proc/self/mountinfo` until the FUSE mount is there (`child`); both
-//! unmount by SIGTERM to that child.
+//! binary as a `berth mount --foreground` child and watching the mount
+//! table (read with `berth-fuse`'s parser) until the FUSE mount is there
+//! (`child`); both unmount by SIGTERM to that child.
 //!
 //! Invariants:
 //! - *The application never runs as root*: `container-run` refuses uid/gid
@@ -16,12 +16,12 @@
 //! - Configuration problems are one line naming the variable and the fix
 //!   (exit code 2); Docker gets every failure as `{"Err": "..."}`.
 //! - This crate owns no file system logic: the mount is `berth-fuse`'s,
-//!   reached only through the `berth mount` command line.
+//!   reached only through the `berth mount` command line; of `berth-fuse`
+//!   it uses the mount-table helpers alone (finding and detaching mounts).
 
 mod child;
 mod config;
 mod conn;
-mod mountinfo;
 mod plugin;
 mod run;
 

@@ -465,6 +465,8 @@ async fn start_mount(cfg: &RunConfig, conn: &Connection) -> Result<MountChild, F
         mount_point: cfg.mount.clone(),
         path: cfg.path.clone(),
         read_only: cfg.read_only,
+        // Only the application's uid (the mount's) uses this mount.
+        allow_other: false,
         env: conn.env(),
         run_as,
         log: Arc::new(|line| eprintln!("berth mount: {line}")),

@@ -124,6 +124,27 @@ pub fn check_entry(
     }
 }
 
+/// Removing or renaming `victim` out of directory `dir`: in a sticky (01000)
+/// directory only the entry's owner, the directory's owner or a superuser
+/// may, as on Linux (EPERM otherwise).
+pub fn check_sticky(p: &Principal, path: &str, dir: &Inode, victim: &Inode) -> Result<(), Error> {
+    if dir.mode & 0o1000 == 0
+        || p.uid == 0
+        || p.is_admin()
+        || p.uid == dir.uid
+        || p.uid == victim.uid
+    {
+        return Ok(());
+    }
+    Err(Error::new(
+        Code::Perm,
+        format!(
+            "operation not permitted: {path} is in a sticky directory and belongs to uid {}",
+            victim.uid
+        ),
+    ))
+}
+
 /// Owner-or-administrator operations (chmod, utimes, ACL changes); an entry's
 /// admin ACE, when set, also grants them.
 pub fn check_owner(p: &Principal, path: &str, inode: &Inode, what: &str) -> Result<(), Error> {

@@ -8,6 +8,12 @@
 //! operations (splice, max, add), so concurrent writers of one file never
 //! conflict with each other; they only wait for their own command.
 //!
+//! Chunks are versioned (see `records`): the kernel copies a chunk a
+//! snapshot still reads before the first write after the snapshot changes
+//! it, and leaves an empty version behind when a truncate or unlink removes
+//! it, so writes never need to know about snapshots; reads pick the newest
+//! version their view may see.
+//!
 //! Quota: a write that would grow the volume's stored bytes past its quota
 //! fails with EDQUOT. The check reads the byte count before the command, so
 //! concurrent writers near the limit may overshoot it by what is in flight.
@@ -15,6 +21,7 @@
 use berth_meta::map::VolumeRecord;
 use berth_meta::router::{backoff, too_much_contention, Commit, Tx, TX_RETRIES_MAX};
 use berth_meta::{Code, Error};
+use berth_raft::cmd::Op;
 use berth_security::handle::HandleBody;
 use berth_security::principal::Principal;
 
@@ -99,6 +106,9 @@ impl Namespace {
             }
         }
         let vol = self.volume(entry.volume_id)?;
+        if spec.write && !entry.view.is_live() {
+            return Err(read_only(&entry.path));
+        }
         if !created {
             if spec.read {
                 check_entry(p, &entry.path, &vol, &entry.inode, Need::Read)?;
@@ -119,6 +129,10 @@ impl Namespace {
             read: spec.read,
             write: spec.write,
             expires_at: berth_security::now_secs() + HANDLE_TTL_SECS,
+            snapshot: match entry.view {
+                View::Snapshot(id) => Some(id),
+                _ => None,
+            },
         })?;
         Ok((handle, entry))
     }
@@ -142,11 +156,12 @@ impl Namespace {
             )));
         }
         let vol = self.volume(h.volume)?;
+        let view = h.snapshot.map_or(View::Live, View::Snapshot);
         let tx = self.meta().router().begin(vol.shard_id).await?;
-        if tx.peek(&inode_key(vol.id, h.ino))?.is_none() {
+        if tx.peek(&view.key(inode_key(vol.id, h.ino)))?.is_none() {
             return Err(Error::not_found("the file was removed"));
         }
-        let size = read_u64(tx.peek(&file_size_key(vol.id, h.ino))?);
+        let size = read_u64(tx.peek(&view.key(file_size_key(vol.id, h.ino)))?);
         if offset >= size || len == 0 {
             return Ok((Vec::new(), size));
         }
@@ -155,13 +170,28 @@ impl Namespace {
         let mut out = vec![0u8; (end - offset) as usize];
         let first = offset / cs;
         let last = (end - 1) / cs;
-        let rows = tx.peek_range(
-            &chunk_key(vol.id, h.ino, first),
-            &chunk_key(vol.id, h.ino, last + 1),
-            (last - first + 1) as usize,
+        // Which version of each chunk this view sees: the newest not above
+        // the view's version (keys are in index, then version order).
+        let keys = tx.peek_keys(
+            &chunk_base(vol.id, h.ino, first),
+            &chunk_base(vol.id, h.ino, last + 1),
+            usize::MAX,
         )?;
-        for (k, v) in rows {
-            let idx = chunk_index(&k)?;
+        let mut chosen: Vec<(u64, Vec<u8>)> = Vec::new();
+        for k in keys {
+            let (idx, ver) = chunk_index(&k)?;
+            if ver > view.version() {
+                continue;
+            }
+            match chosen.last_mut() {
+                Some((i, key)) if *i == idx => *key = k,
+                _ => chosen.push((idx, k)),
+            }
+        }
+        for (idx, k) in chosen {
+            // A version removed since the scan was superseded by a newer
+            // write; reading it as a hole is what a racing read may see.
+            let Some(v) = tx.peek(&k)? else { continue };
             let cstart = idx * cs;
             // Overlap of [cstart, cstart + v.len()) with [offset, end).
             let from = offset.max(cstart);
@@ -184,6 +214,9 @@ impl Namespace {
         data: &[u8],
     ) -> Result<u64, Error> {
         let h = self.meta().open_handle(handle, &p.name)?;
+        if h.snapshot.is_some() {
+            return Err(read_only("a snapshot"));
+        }
         if !h.write {
             return Err(Error::access("the file was not opened for writing"));
         }
@@ -229,12 +262,13 @@ impl Namespace {
                 let idx = pos / cs;
                 let in_chunk = pos % cs;
                 let n = rest.len().min((cs - in_chunk) as usize);
-                tx.splice(
-                    chunk_key(vol.id, h.ino, idx),
-                    in_chunk as u32,
-                    rest[..n].to_vec(),
-                    Some(usage_key(vol.id)),
-                );
+                tx.op(Op::VSplice {
+                    base: chunk_base(vol.id, h.ino, idx),
+                    offset: in_chunk as u32,
+                    data: rest[..n].to_vec(),
+                    counter: Some(usage_key(vol.id)),
+                    state: versions_key(vol.id),
+                });
                 pos += n as u64;
                 rest = &rest[n..];
             }
@@ -281,30 +315,51 @@ pub(crate) fn truncate_ops(tx: &mut Tx, vol: &VolumeRecord, ino: u64, size: u64,
     let cs = u64::from(vol.chunk_size);
     let keep = size.div_ceil(cs);
     let (_, end) = chunks_range(vol.id, ino);
-    tx.delete_range_counted(chunk_key(vol.id, ino, keep), end, usage_key(vol.id));
+    tx.op(Op::VDeleteRange {
+        start: chunk_base(vol.id, ino, keep),
+        end,
+        counter: usage_key(vol.id),
+        state: versions_key(vol.id),
+    });
     if !size.is_multiple_of(cs) {
-        tx.truncate_value(
-            chunk_key(vol.id, ino, size / cs),
-            (size % cs) as u32,
-            Some(usage_key(vol.id)),
-        );
+        tx.op(Op::VTruncate {
+            base: chunk_base(vol.id, ino, size / cs),
+            len: (size % cs) as u32,
+            counter: Some(usage_key(vol.id)),
+            state: versions_key(vol.id),
+        });
     }
     tx.put(file_size_key(vol.id, ino), size.to_be_bytes().to_vec());
     tx.max_u64(file_mtime_key(vol.id, ino), now.max(0) as u64);
 }
 
 /// The operations that delete file `ino`'s data (its last link is going).
+/// Versions a snapshot reads stay.
 pub(crate) fn delete_data_ops(tx: &mut Tx, vol: &VolumeRecord, ino: u64) {
     let (start, end) = chunks_range(vol.id, ino);
-    tx.delete_range_counted(start, end, usage_key(vol.id));
+    tx.op(Op::VDeleteRange {
+        start,
+        end,
+        counter: usage_key(vol.id),
+        state: versions_key(vol.id),
+    });
     tx.delete(file_size_key(vol.id, ino));
     tx.delete(file_mtime_key(vol.id, ino));
+}
+
+/// The error for a change under a snapshot.
+pub(crate) fn read_only(what: &str) -> Error {
+    Error::new(
+        Code::ReadOnly,
+        format!("read-only file system: {what} is in a snapshot"),
+    )
 }
 
 /// Overlays the size and write time kept beside a file's chunks onto its
 /// inode record.
 pub(crate) fn overlay_file_attrs(
     tx: &Tx,
+    view: View,
     vol: u64,
     ino: u64,
     inode: &mut Inode,
@@ -312,8 +367,8 @@ pub(crate) fn overlay_file_attrs(
     if inode.kind != EntryKind::File {
         return Ok(());
     }
-    inode.size = read_u64(tx.peek(&file_size_key(vol, ino))?);
-    let written = read_u64(tx.peek(&file_mtime_key(vol, ino))?) as i64;
+    inode.size = read_u64(tx.peek(&view.key(file_size_key(vol, ino)))?);
+    let written = read_u64(tx.peek(&view.key(file_mtime_key(vol, ino)))?) as i64;
     inode.mtime_ns = inode.mtime_ns.max(written);
     inode.ctime_ns = inode.ctime_ns.max(written);
     Ok(())

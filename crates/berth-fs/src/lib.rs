@@ -1,6 +1,7 @@
 //! berth-fs: the namespace service — directories, files (metadata and data
 //! in chunks), symlinks, typed entries for tables and streams — and volumes,
-//! the subtrees that carry policy (replication, quota, ACEs).
+//! the subtrees that carry policy (replication, quota, ACEs) — and the
+//! advisory locks of the cluster (`locks`, in memory, not replicated).
 //!
 //! Invariants:
 //! - Every operation takes the caller's `Principal` and authorizes it (ticket
@@ -13,8 +14,11 @@
 pub mod access;
 pub mod check;
 pub mod data;
+mod exchange;
+pub mod locks;
 pub mod namespace;
 pub mod records;
+pub mod snapshots;
 pub mod volumes;
 pub mod xattr;
 

@@ -13,7 +13,7 @@ use berth_security::principal::Principal;
 use berth_security::scope::Access;
 use parking_lot::Mutex;
 
-use crate::access::{check_entry, check_owner, check_scope, validate_ace, Need};
+use crate::access::{check_entry, check_owner, check_scope, check_sticky, validate_ace, Need};
 use crate::records::*;
 
 /// Most symbolic links followed while resolving one path.
@@ -35,6 +35,8 @@ pub struct EntryInfo {
     pub ino: u64,
     pub volume_root: bool,
     pub inode: Inode,
+    /// Live, or which snapshot the entry is read from.
+    pub view: View,
 }
 
 /// Attribute changes of [`Namespace::set_attr`].
@@ -55,6 +57,17 @@ pub(crate) struct Loc {
     pub ino: u64,
     pub inode: Inode,
     pub path: String,
+    pub view: View,
+}
+
+impl Loc {
+    /// Refuses changes to what is not live (snapshots and their directory).
+    pub fn writable(&self) -> Result<(), Error> {
+        match self.view {
+            View::Live => Ok(()),
+            _ => Err(crate::data::read_only(&self.path)),
+        }
+    }
 }
 
 pub struct Namespace {
@@ -84,10 +97,11 @@ impl Reader {
         &mut self,
         meta: &Meta,
         vol: &VolumeRecord,
+        view: View,
         ino: u64,
     ) -> Result<Option<Inode>, Error> {
         let tx = self.tx(meta, vol.shard_id).await?;
-        tx.peek(&inode_key(vol.id, ino))?
+        tx.peek(&view.key(inode_key(vol.id, ino)))?
             .map(|b| decode_inode(&b))
             .transpose()
     }
@@ -96,6 +110,7 @@ impl Reader {
         &mut self,
         meta: &Meta,
         vol: &VolumeRecord,
+        view: View,
         ino: u64,
         inode: &mut Inode,
     ) -> Result<(), Error> {
@@ -103,18 +118,24 @@ impl Reader {
             return Ok(());
         }
         let tx = self.tx(meta, vol.shard_id).await?;
-        crate::data::overlay_file_attrs(tx, vol.id, ino, inode)
+        crate::data::overlay_file_attrs(tx, view, vol.id, ino, inode)
+    }
+
+    async fn snapshots(&mut self, meta: &Meta, vol: &VolumeRecord) -> Result<SnapshotList, Error> {
+        let tx = self.tx(meta, vol.shard_id).await?;
+        decode_snapshots(tx.peek(&snapshots_key(vol.id))?.as_deref())
     }
 
     async fn dirent(
         &mut self,
         meta: &Meta,
         vol: &VolumeRecord,
+        view: View,
         parent: u64,
         name: &str,
     ) -> Result<Option<Dirent>, Error> {
         let tx = self.tx(meta, vol.shard_id).await?;
-        tx.peek(&dirent_key(vol.id, parent, name))?
+        tx.peek(&view.key(dirent_key(vol.id, parent, name)))?
             .map(|b| decode_dirent(&b))
             .transpose()
     }
@@ -163,6 +184,20 @@ fn lexical(base: &str, target: &str) -> String {
     }
 }
 
+/// The virtual `.snapshot` directory of a volume root: read-only, owned
+/// like the root.
+fn snapshot_dir_inode(root: &Inode, root_ino: u64) -> Inode {
+    Inode {
+        kind: EntryKind::Dir,
+        mode: 0o555,
+        nlink: 2,
+        size: 0,
+        parent: root_ino,
+        target: None,
+        ..root.clone()
+    }
+}
+
 fn not_dir(path: &str) -> Error {
     Error::new(Code::NotDir, format!("not a directory: {path}"))
 }
@@ -203,9 +238,13 @@ impl Namespace {
         'restart: loop {
             let mut vol = self.volume(berth_meta::map::ROOT_VOLUME)?;
             let mut ino = ROOT_INODE;
-            let mut inode = reader.inode(&self.meta, &vol, ino).await?.ok_or_else(|| {
-                Error::new(Code::Again, "root directory not initialised yet; retry")
-            })?;
+            let mut view = View::Live;
+            let mut inode = reader
+                .inode(&self.meta, &vol, view, ino)
+                .await?
+                .ok_or_else(|| {
+                    Error::new(Code::Again, "root directory not initialised yet; retry")
+                })?;
             let mut cur = "/".to_string();
             let comps: Vec<String> = components(&path).map(str::to_string).collect();
             for (i, comp) in comps.iter().enumerate() {
@@ -214,11 +253,31 @@ impl Namespace {
                 }
                 check_entry(p, &cur, &vol, &inode, Need::Search)?;
                 let next = join(&cur, comp);
+                if view == View::Live && ino == vol.root_inode && comp == SNAPSHOT_DIR {
+                    view = View::SnapshotDir;
+                    inode = snapshot_dir_inode(&inode, ino);
+                    cur = next;
+                    continue;
+                }
+                if view == View::SnapshotDir {
+                    let snaps = reader.snapshots(&self.meta, &vol).await?;
+                    let s = snaps.find(comp).ok_or_else(|| Error::not_found(&next))?;
+                    view = View::Snapshot(s.id);
+                    inode = reader
+                        .inode(&self.meta, &vol, view, ino)
+                        .await?
+                        .ok_or_else(|| Error::not_found(&next))?;
+                    cur = next;
+                    continue;
+                }
                 let d = reader
-                    .dirent(&self.meta, &vol, ino, comp)
+                    .dirent(&self.meta, &vol, view, ino, comp)
                     .await?
                     .ok_or_else(|| Error::not_found(&next))?;
                 match d.mount {
+                    // A snapshot holds one volume; volumes mounted in it
+                    // are not part of it.
+                    Some(_) if !view.is_live() => return Err(Error::not_found(&next)),
                     Some(m) => {
                         let v = self.volume(m)?;
                         if v.state != VolumeState::Ready {
@@ -230,7 +289,7 @@ impl Namespace {
                     None => ino = d.ino,
                 }
                 inode = reader
-                    .inode(&self.meta, &vol, ino)
+                    .inode(&self.meta, &vol, view, ino)
                     .await?
                     .ok_or_else(|| Error::not_found(&next))?;
                 let last = i + 1 == comps.len();
@@ -252,19 +311,26 @@ impl Namespace {
                 }
                 cur = next;
             }
-            reader.overlay(&self.meta, &vol, ino, &mut inode).await?;
+            reader
+                .overlay(&self.meta, &vol, view, ino, &mut inode)
+                .await?;
             return Ok(Loc {
                 vol,
                 ino,
                 inode,
                 path: cur,
+                view,
             });
         }
     }
 
     /// Resolves the parent directory of `path` (following links) and
     /// returns it with the last name.
-    async fn resolve_parent(&self, p: &Principal, path: &str) -> Result<(Loc, String), Error> {
+    pub(crate) async fn resolve_parent(
+        &self,
+        p: &Principal,
+        path: &str,
+    ) -> Result<(Loc, String), Error> {
         let (parent, name) = split_parent(path).ok_or_else(|| {
             Error::new(Code::Busy, "the root directory cannot be changed this way")
         })?;
@@ -272,7 +338,23 @@ impl Namespace {
         if loc.inode.kind != EntryKind::Dir {
             return Err(not_dir(parent));
         }
+        loc.writable()?;
+        if loc.ino == loc.vol.root_inode && name == SNAPSHOT_DIR {
+            return Err(crate::data::read_only(path));
+        }
         Ok((loc, name.to_string()))
+    }
+
+    /// Resolves an entry that is about to change: refuses snapshots.
+    pub(crate) async fn resolve_mut(
+        &self,
+        p: &Principal,
+        path: &str,
+        follow: bool,
+    ) -> Result<Loc, Error> {
+        let loc = self.resolve(p, path, follow).await?;
+        loc.writable()?;
+        Ok(loc)
     }
 
     fn info(loc: &Loc) -> EntryInfo {
@@ -285,8 +367,9 @@ impl Namespace {
             volume_id: loc.vol.id,
             volume_path: loc.vol.path.clone(),
             ino: loc.ino,
-            volume_root: loc.ino == loc.vol.root_inode,
+            volume_root: loc.ino == loc.vol.root_inode && loc.view != View::SnapshotDir,
             inode: loc.inode.clone(),
+            view: loc.view,
         }
     }
 
@@ -350,23 +433,28 @@ impl Namespace {
             0 => 1000,
             l => l.min(LIST_LIMIT_MAX),
         };
+        if loc.view == View::SnapshotDir {
+            return self.list_snapshots(&loc, start_after, limit).await;
+        }
+        let view = loc.view;
         let (mut start, end) = children_range(loc.vol.id, loc.ino);
         if !start_after.is_empty() {
             start = dirent_key(loc.vol.id, loc.ino, start_after);
             start.push(0);
         }
         let mut reader = Reader::new();
-        let rows =
-            reader
-                .tx(&self.meta, loc.vol.shard_id)
-                .await?
-                .peek_range(&start, &end, limit + 1)?;
+        let rows = reader.tx(&self.meta, loc.vol.shard_id).await?.peek_range(
+            &view.key(start),
+            &view.key(end),
+            limit + 1,
+        )?;
         let more = rows.len() > limit;
         let mut out = Vec::with_capacity(rows.len().min(limit));
         for (k, v) in rows.into_iter().take(limit) {
-            let name = dirent_name(&k)?;
+            let name = dirent_name(&view.unkey(k))?;
             let d = decode_dirent(&v)?;
             let (vol, ino) = match d.mount {
+                Some(_) if !view.is_live() => continue,
                 Some(m) => {
                     let v = self.volume(m)?;
                     if v.state != VolumeState::Ready {
@@ -377,11 +465,14 @@ impl Namespace {
                 }
                 None => (loc.vol.clone(), d.ino),
             };
+            let view = if d.mount.is_some() { View::Live } else { view };
             // An entry removed between the two reads is skipped.
-            let Some(mut inode) = reader.inode(&self.meta, &vol, ino).await? else {
+            let Some(mut inode) = reader.inode(&self.meta, &vol, view, ino).await? else {
                 continue;
             };
-            reader.overlay(&self.meta, &vol, ino, &mut inode).await?;
+            reader
+                .overlay(&self.meta, &vol, view, ino, &mut inode)
+                .await?;
             out.push(EntryInfo {
                 path: join(&loc.path, &name),
                 name,
@@ -390,6 +481,40 @@ impl Namespace {
                 ino,
                 volume_root: d.mount.is_some(),
                 inode,
+                view,
+            });
+        }
+        Ok((out, more))
+    }
+
+    /// The entries of a volume's `.snapshot` directory: one root per snapshot.
+    async fn list_snapshots(
+        &self,
+        loc: &Loc,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<(Vec<EntryInfo>, bool), Error> {
+        let mut reader = Reader::new();
+        let mut snaps = reader.snapshots(&self.meta, &loc.vol).await?.snapshots;
+        snaps.sort_by(|a, b| a.name.cmp(&b.name));
+        snaps.retain(|s| s.name.as_str() > start_after);
+        let more = snaps.len() > limit;
+        let mut out = Vec::new();
+        for s in snaps.into_iter().take(limit) {
+            let view = View::Snapshot(s.id);
+            let ino = loc.vol.root_inode;
+            let Some(inode) = reader.inode(&self.meta, &loc.vol, view, ino).await? else {
+                continue;
+            };
+            out.push(EntryInfo {
+                path: join(&loc.path, &s.name),
+                name: s.name,
+                volume_id: loc.vol.id,
+                volume_path: loc.vol.path.clone(),
+                ino,
+                volume_root: true,
+                inode,
+                view,
             });
         }
         Ok((out, more))
@@ -575,6 +700,7 @@ impl Namespace {
                     ino,
                     volume_root: false,
                     inode,
+                    view: View::Live,
                 });
             }
         }
@@ -612,6 +738,7 @@ impl Namespace {
             }
             let ikey = inode_key(vol.id, d.ino);
             let mut inode = decode_inode(&tx.get(&ikey)?.ok_or_else(|| Error::not_found(&path))?)?;
+            check_sticky(p, &path, &pinode, &inode)?;
             let now = now_ns();
             if inode.kind == EntryKind::Dir {
                 let (cs, ce) = children_range(vol.id, d.ino);
@@ -734,6 +861,7 @@ impl Namespace {
             }
             let fikey = inode_key(vol.id, fd.ino);
             let mut fi = decode_inode(&tx.get(&fikey)?.ok_or_else(|| Error::not_found(&from))?)?;
+            check_sticky(p, &from, &fpi, &fi)?;
             let moving_dir = fi.kind == EntryKind::Dir;
             let now = now_ns();
             if let Some(tdb) = tx.get(&tdkey)? {
@@ -752,6 +880,7 @@ impl Namespace {
                 }
                 let tikey = inode_key(vol.id, td.ino);
                 let mut ti = decode_inode(&tx.get(&tikey)?.ok_or_else(|| Error::not_found(&to))?)?;
+                check_sticky(p, &to, &tpi, &ti)?;
                 match (moving_dir, ti.kind == EntryKind::Dir) {
                     (true, false) => return Err(not_dir(&to)),
                     (false, true) => {
@@ -857,7 +986,7 @@ impl Namespace {
     ) -> Result<EntryInfo, Error> {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let loc = self.resolve(p, path, true).await?;
+            let loc = self.resolve_mut(p, path, true).await?;
             let vol = loc.vol.clone();
             let mut tx = self.meta.router().begin(vol.shard_id).await?;
             let key = inode_key(vol.id, loc.ino);
@@ -899,6 +1028,12 @@ impl Namespace {
                 }
                 if let Some(t) = a.mtime_ns {
                     i.mtime_ns = t;
+                    if i.kind == EntryKind::File {
+                        // The time kept beside the data (the latest write)
+                        // would win over the time set; an explicit time
+                        // replaces it (touch -d, cp -p, tar, rsync -t).
+                        tx.delete(file_mtime_key(vol.id, loc.ino));
+                    }
                 }
             }
             if let Some(size) = a.size {
@@ -951,7 +1086,7 @@ impl Namespace {
         }
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let loc = self.resolve(p, path, true).await?;
+            let loc = self.resolve_mut(p, path, true).await?;
             let mut tx = self.meta.router().begin(loc.vol.shard_id).await?;
             let key = inode_key(loc.vol.id, loc.ino);
             let mut i = decode_inode(&tx.get(&key)?.ok_or_else(|| Error::not_found(&loc.path))?)?;

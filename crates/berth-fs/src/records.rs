@@ -96,45 +96,143 @@ pub fn dirent_name(key: &[u8]) -> Result<String, Error> {
         .map_err(|e| Error::corrupt(format!("dirent key: {e}")))
 }
 
-// File data lives in the `Chunk` kind of the volume, in the same shard as
-// the inode, so a write (chunks + size + usage) is one atomic command:
+// File data lives in the volume's shard beside the inode, so a write
+// (chunks + size + usage) is one atomic command:
 //
-// | key                                   | value                         |
-// |---------------------------------------|-------------------------------|
-// | `vol · Chunk · 0`                     | bytes stored in chunks (i64)  |
-// | `vol · Chunk · ino`                   | file size (u64)               |
-// | `vol · Chunk · ino · u64 index`       | chunk bytes (≤ chunk size)    |
-// | `vol · Chunk · ino · "mtime"`         | last write time, ns (u64)     |
+// | key                                        | value                         |
+// |--------------------------------------------|-------------------------------|
+// | `vol · FileAttr · 0`                       | bytes stored in chunks (i64)  |
+// | `vol · FileAttr · ino`                     | file size (u64)               |
+// | `vol · FileAttr · ino · "mtime"`           | last write time, ns (u64)     |
+// | `vol · Chunk · ino · u64 index · u64 ver`  | chunk bytes (≤ chunk size)    |
 //
-// A chunk may be shorter than the chunk size; missing bytes and missing
-// chunks below the size read as zeros (sparse files).
+// Chunks are versioned values (`berth_raft::cmd::VersionState`, state at
+// [`versions_key`]): version = the volume's snapshot epoch when written, so
+// a snapshot keeps the chunks it reads while the live file moves on. A chunk
+// may be shorter than the chunk size; missing bytes and missing chunks below
+// the size read as zeros (sparse files), and an empty chunk reads as absent.
 
 pub fn usage_key(vol: u64) -> Vec<u8> {
-    Key::new(vol, Kind::Chunk, 0).build()
+    Key::new(vol, Kind::FileAttr, 0).build()
 }
 pub fn file_size_key(vol: u64, ino: u64) -> Vec<u8> {
-    Key::new(vol, Kind::Chunk, ino).build()
+    Key::new(vol, Kind::FileAttr, ino).build()
 }
 pub fn file_mtime_key(vol: u64, ino: u64) -> Vec<u8> {
-    Key::new(vol, Kind::Chunk, ino).str("mtime").build()
+    Key::new(vol, Kind::FileAttr, ino).str("mtime").build()
 }
-pub fn chunk_key(vol: u64, ino: u64, index: u64) -> Vec<u8> {
+/// The base key of chunk `index` (its versions follow, see `keys::versioned`).
+pub fn chunk_base(vol: u64, ino: u64, index: u64) -> Vec<u8> {
     Key::new(vol, Kind::Chunk, ino).u64(index).build()
 }
-/// Every chunk of a file (and nothing else: u64 components sort before
-/// string components).
+/// Every chunk of a file.
 pub fn chunks_range(vol: u64, ino: u64) -> (Vec<u8>, Vec<u8>) {
+    keys::object_range(vol, Kind::Chunk, ino)
+}
+/// Every chunk of a volume.
+pub fn volume_chunks_range(vol: u64) -> (Vec<u8>, Vec<u8>) {
+    keys::kind_range(vol, Kind::Chunk)
+}
+/// Decodes the chunk index and version of a chunk key.
+pub fn chunk_index(key: &[u8]) -> Result<(u64, u64), Error> {
+    let mut r = keys::KeyReader::new(key).map_err(|e| Error::corrupt(format!("chunk key: {e}")))?;
+    let index = r
+        .next_u64()
+        .map_err(|e| Error::corrupt(format!("chunk key: {e}")))?;
+    let version = r
+        .next_u64()
+        .map_err(|e| Error::corrupt(format!("chunk key: {e}")))?;
+    Ok((index, version))
+}
+/// The version state of a volume's chunks (which snapshots still read them).
+pub fn versions_key(vol: u64) -> Vec<u8> {
+    Key::new(vol, Kind::Meta, 0).str("versions").build()
+}
+/// The volume's snapshot list ([`SnapshotList`]).
+pub fn snapshots_key(vol: u64) -> Vec<u8> {
+    Key::new(vol, Kind::Meta, 0).str("snapshots").build()
+}
+/// The metadata a snapshot copies: inodes, dirents, xattrs, file attributes.
+pub fn snapshot_source_range(vol: u64) -> (Vec<u8>, Vec<u8>) {
     (
-        Key::new(vol, Kind::Chunk, ino).u64(0).build(),
-        Key::new(vol, Kind::Chunk, ino).str("").build(),
+        keys::kind_range(vol, Kind::Inode).0,
+        keys::kind_range(vol, Kind::FileAttr).1,
     )
 }
-/// Decodes the chunk index of a chunk key.
-pub fn chunk_index(key: &[u8]) -> Result<u64, Error> {
-    keys::KeyReader::new(key)
-        .and_then(|mut r| r.next_u64())
-        .map_err(|e| Error::corrupt(format!("chunk key: {e}")))
+/// Every key of snapshot `id`.
+pub fn snapshot_range(vol: u64, id: u64) -> (Vec<u8>, Vec<u8>) {
+    keys::object_range(vol, Kind::Snapshot, id)
 }
+
+/// One snapshot of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// The chunk version it reads (the volume's epoch when it was taken).
+    pub id: u64,
+    pub name: String,
+    pub created_ns: i64,
+}
+
+/// Every snapshot of a volume, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotRecord>,
+}
+
+impl SnapshotList {
+    pub fn find(&self, name: &str) -> Option<&SnapshotRecord> {
+        self.snapshots.iter().find(|s| s.name == name)
+    }
+}
+
+pub fn decode_snapshots(b: Option<&[u8]>) -> Result<SnapshotList, Error> {
+    b.map(|b| decode(b, "snapshot list"))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+/// The name under which a volume root shows its snapshots.
+pub const SNAPSHOT_DIR: &str = ".snapshot";
+
+/// Which copy of a volume's metadata a read sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum View {
+    /// The live file system.
+    #[default]
+    Live,
+    /// The virtual directory listing the snapshots of a volume root.
+    SnapshotDir,
+    /// Snapshot `id` (read-only).
+    Snapshot(u64),
+}
+
+impl View {
+    /// Where this view reads `key` (a live metadata key).
+    pub fn key(self, key: Vec<u8>) -> Vec<u8> {
+        match self {
+            View::Snapshot(id) => keys::snapshot_key(&key, id),
+            _ => key,
+        }
+    }
+    /// The live key of a key read through this view.
+    pub fn unkey(self, key: Vec<u8>) -> Vec<u8> {
+        match self {
+            View::Snapshot(_) => keys::unsnapshot_key(&key).unwrap_or(key),
+            _ => key,
+        }
+    }
+    /// The chunk version this view reads (`u64::MAX`: the newest).
+    pub fn version(self) -> u64 {
+        match self {
+            View::Snapshot(id) => id,
+            _ => u64::MAX,
+        }
+    }
+    pub fn is_live(self) -> bool {
+        self == View::Live
+    }
+}
+
 /// Reads a stored big-endian u64 (absent = 0).
 pub fn read_u64(v: Option<Vec<u8>>) -> u64 {
     v.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())

@@ -154,7 +154,7 @@ impl Namespace {
         };
         // Fail early (before allocating anything) when the path is taken.
         let (parent_path, _) = split_parent(&path).ok_or_else(|| Error::exists("/"))?;
-        let parent = self.resolve(p, parent_path, true).await?;
+        let parent = self.resolve_mut(p, parent_path, true).await?;
         if parent.inode.kind != EntryKind::Dir {
             return Err(Error::new(
                 Code::NotDir,

@@ -67,24 +67,17 @@ impl Namespace {
         let path = normalize_path(path)?;
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let src = self.resolve(p, existing, false).await?;
+            let src = self.resolve_mut(p, existing, false).await?;
             if src.inode.kind == EntryKind::Dir {
                 return Err(Error::new(
                     Code::Perm,
                     format!("cannot hard-link a directory: {}", src.path),
                 ));
             }
-            let (parent, name) = {
-                let (pp, n) =
-                    berth_meta::map::split_parent(&path).ok_or_else(|| Error::exists("/"))?;
-                (self.resolve(p, pp, true).await?, n.to_string())
-            };
-            if parent.inode.kind != EntryKind::Dir {
-                return Err(Error::new(
-                    Code::NotDir,
-                    format!("not a directory: {}", parent.path),
-                ));
+            if path == "/" {
+                return Err(Error::exists("/"));
             }
+            let (parent, name) = self.resolve_parent(p, &path).await?;
             if parent.vol.id != src.vol.id {
                 return Err(Error::new(
                     Code::CrossVolume,
@@ -138,7 +131,10 @@ impl Namespace {
         check_entry(p, &loc.path, &loc.vol, &loc.inode, Need::Read)?;
         self.meta()
             .router()
-            .get(loc.vol.shard_id, &xattr_key(loc.vol.id, loc.ino, name))
+            .get(
+                loc.vol.shard_id,
+                &loc.view.key(xattr_key(loc.vol.id, loc.ino, name)),
+            )
             .await?
             .ok_or_else(|| Error::new(Code::NoData, format!("no attribute {name} on {}", loc.path)))
     }
@@ -150,10 +146,16 @@ impl Namespace {
         let rows = self
             .meta()
             .router()
-            .scan(loc.vol.shard_id, &s, &e, XATTRS_PER_ENTRY_MAX)
+            .scan(
+                loc.vol.shard_id,
+                &loc.view.key(s),
+                &loc.view.key(e),
+                XATTRS_PER_ENTRY_MAX,
+            )
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for (k, _) in rows {
+            let k = loc.view.unkey(k);
             let name = keys::KeyReader::new(&k)
                 .and_then(|mut r| r.next_str())
                 .map_err(|e| Error::corrupt(format!("xattr key: {e}")))?;
@@ -183,7 +185,7 @@ impl Namespace {
         }
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let loc = self.resolve(p, path, true).await?;
+            let loc = self.resolve_mut(p, path, true).await?;
             let vol = loc.vol.clone();
             let mut tx = self.meta().router().begin(vol.shard_id).await?;
             let ikey = inode_key(vol.id, loc.ino);

@@ -49,6 +49,9 @@ pub fn classify(code: &str) -> Outcome {
         "ELOOP" => Fail(Errno::ELOOP),
         "ENODATA" => Fail(Errno::ENODATA),
         "E2BIG" => Fail(Errno::E2BIG),
+        "ESTALE" => Fail(Errno::ESTALE),
+        "ENOLCK" => Fail(Errno::ENOLCK),
+        "EROFS" => Fail(Errno::EROFS),
         // An expired or rejected ticket: the caller may not do this.
         "EAUTH" | "UNAUTHENTICATED" => Fail(Errno::EACCES),
         "UNIMPLEMENTED" => Fail(Errno::ENOSYS),
@@ -146,6 +149,9 @@ mod tests {
             ("ENAMETOOLONG", libc::ENAMETOOLONG),
             ("ELOOP", libc::ELOOP),
             ("EIO", libc::EIO),
+            ("ESTALE", libc::ESTALE),
+            ("ENOLCK", libc::ENOLCK),
+            ("EROFS", libc::EROFS),
         ];
         for (code, errno) in same {
             assert_eq!(

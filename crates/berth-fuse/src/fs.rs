@@ -17,15 +17,16 @@ use berth_api::v1::{
 use berth_client::Client;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
 use crate::errors::call;
 use crate::inodes::{join, parent_of, Inodes, ROOT_INO, TTL};
+use crate::locks::{Kind, LockClient, Want};
 use crate::writes::{OpenFile, Writes};
 
 /// Largest read or write the kernel is asked to send (one chunk).
@@ -65,6 +66,9 @@ pub struct BerthFs {
     rt: Handle,
     client: Client,
     read_only: bool,
+    /// Mounted with allow_other (and default_permissions): entries created
+    /// belong to the requesting process when the ticket may give them away.
+    multi_user: bool,
     /// Path of the volume holding the mount root (for statfs).
     volume_path: String,
     caller: Caller,
@@ -77,6 +81,8 @@ pub struct BerthFs {
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
     next_fh: AtomicU64,
     notifier: Arc<OnceLock<Notifier>>,
+    /// Advisory locks shared with every client of the cluster.
+    locks: Arc<LockClient>,
 }
 
 /// Converts nanoseconds since the epoch.
@@ -159,8 +165,9 @@ fn name_str(name: &OsStr) -> Result<&str, Errno> {
 /// server, which checks again at the real operation).
 pub fn permits(who: &Caller, e: &Entry, mask: AccessFlags) -> bool {
     let mode = e.mode & 0o7777;
-    if who.admin {
-        // Like root: read and write always, execute if anyone may.
+    if who.admin || who.uid == 0 {
+        // Root, as the server's mode-bit check sees it: read and write
+        // always, execute if anyone may.
         return !mask.contains(AccessFlags::X_OK)
             || kind(e) == FileType::Directory
             || mode & 0o111 != 0;
@@ -194,6 +201,7 @@ impl BerthFs {
         rt: Handle,
         client: Client,
         read_only: bool,
+        multi_user: bool,
         root_path: &str,
         root_real: u64,
         root: Entry,
@@ -202,8 +210,9 @@ impl BerthFs {
     ) -> BerthFs {
         BerthFs {
             rt,
-            client,
+            client: client.clone(),
             read_only,
+            multi_user,
             volume_path: if root.volume_path.is_empty() {
                 "/".to_string()
             } else {
@@ -216,6 +225,7 @@ impl BerthFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             notifier,
+            locks: LockClient::new(client),
         }
     }
 
@@ -372,9 +382,11 @@ impl BerthFs {
             return Err(Errno::EOPNOTSUPP);
         }
         req.path = path.clone();
-        let size = req.size;
+        // Writes in flight come first: they would undo a truncation, or
+        // move an explicit mtime (futimens after write) to their own time.
+        let after_writes = req.size.is_some() || req.mtime_ns.is_some();
         self.rt.block_on(async {
-            if size.is_some() {
+            if after_writes {
                 self.settle(ino).await;
             }
             let e = call("setattr", &path, || {
@@ -412,6 +424,7 @@ impl BerthFs {
                         from: path.clone(),
                         to: hidden.clone(),
                         no_replace: true,
+                        exchange: false,
                     };
                     async move { c.rename(req).await }
                 })
@@ -592,25 +605,100 @@ impl BerthFs {
         Ok((blocks, free, STATFS_FILES, ffree))
     }
 
-    /// Replies for a created entry. `fresh`: the call certainly created it
-    /// (not an existing entry opened).
-    fn created(&self, path: &str, e: Entry, mode: u32, fresh: bool) -> Result<FileAttr, Errno> {
-        self.invalidate_parent(path);
-        // The API reads mode 0 as "the default": set 0 explicitly.
-        let e = if fresh && mode == 0 && e.mode & 0o7777 != 0 {
-            self.rt.block_on(call("setattr", path, || {
-                let mut c = self.client.namespace();
-                let req = SetAttrRequest {
-                    path: path.to_string(),
-                    mode: Some(0),
-                    ..Default::default()
-                };
-                async move { c.set_attr(req).await }
-            }))?
+    /// Who must own what `req` creates in directory `dir`: on a multi-user
+    /// mount whose ticket may give entries away (an administrator's), the
+    /// requesting process, with the directory's group when the directory is
+    /// setgid (as the server chose already). `None`: the server's choice
+    /// (the ticket's uid) stands.
+    fn owner_for(&self, req: &Request, dir: &str) -> Result<Option<(u32, u32)>, Errno> {
+        if !self.multi_user || !self.caller.admin {
+            return Ok(None);
+        }
+        let d = self.rt.block_on(self.stat_cached(dir))?;
+        let gid = if d.mode & 0o2000 != 0 {
+            d.gid
         } else {
-            e
+            req.gid()
         };
-        self.reference(path, &e)
+        Ok(Some((req.uid(), gid)))
+    }
+
+    /// Replies for a created entry. `fresh`: the call certainly created it
+    /// (not an existing entry opened); only then are its mode and `owner`
+    /// (from [`BerthFs::owner_for`]) made right.
+    fn created(
+        &self,
+        path: &str,
+        e: Entry,
+        mode: u32,
+        fresh: bool,
+        owner: Option<(u32, u32)>,
+    ) -> Result<FileAttr, Errno> {
+        self.invalidate_parent(path);
+        let mut fix = SetAttrRequest {
+            path: path.to_string(),
+            ..Default::default()
+        };
+        if fresh {
+            // The API reads mode 0 as "the default": set 0 explicitly.
+            if mode == 0 && e.mode & 0o7777 != 0 {
+                fix.mode = Some(0);
+            }
+            if let Some((uid, gid)) = owner {
+                fix.uid = (e.uid != uid).then_some(uid);
+                fix.gid = (e.gid != gid).then_some(gid);
+            }
+        }
+        if fix.mode.is_none() && fix.uid.is_none() && fix.gid.is_none() {
+            return self.reference(path, &e);
+        }
+        let fixed = self.rt.block_on(call("setattr", path, || {
+            let mut c = self.client.namespace();
+            let req = fix.clone();
+            async move { c.set_attr(req).await }
+        }));
+        match fixed {
+            Ok(e) => self.reference(path, &e),
+            Err(err) => {
+                // Fail whole: leave no entry with the wrong owner or mode.
+                if let Err(rm) = self.rt.block_on(self.remove_path(path)) {
+                    tracing::warn!(path, errno = ?rm, "could not remove a new entry whose owner or mode could not be set");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// RENAME_EXCHANGE: the server swaps the two entries atomically; here
+    /// the two paths (and everything below them) swap in the inode map, and
+    /// the cached entries of both files and both parents go.
+    fn exchange(&self, a: &str, b: &str) -> Result<(), Errno> {
+        self.rt.block_on(call("rename", a, || {
+            let mut c = self.client.namespace();
+            let req = RenameRequest {
+                from: a.to_string(),
+                to: b.to_string(),
+                no_replace: false,
+                exchange: true,
+            };
+            async move { c.rename(req).await }
+        }))?;
+        let mut m = self.inodes.lock();
+        // Both entries' ctime changed: other names of the same files too.
+        let files: Vec<(u64, u64)> = [a, b]
+            .into_iter()
+            .filter_map(|p| m.ino_at(p))
+            .filter_map(|i| m.node(i).and_then(|n| n.entry.as_ref()))
+            .map(|e| (e.volume_id, e.inode))
+            .collect();
+        m.exchanged(a, b);
+        for (vol, ino) in files {
+            m.invalidate_file(vol, ino);
+        }
+        for p in [parent_of(a), parent_of(b)].into_iter().flatten() {
+            m.invalidate(p);
+        }
+        Ok(())
     }
 
     fn notify_changed(&self, ino: u64, e: &Entry) {
@@ -640,7 +728,24 @@ impl Filesystem for BerthFs {
         if let Err(max) = config.set_max_readahead(IO_BYTES_MAX) {
             let _ = config.set_max_readahead(max);
         }
+        // Send fcntl and flock locks here (cluster-wide) instead of keeping
+        // them in this host's kernel.
+        for (flag, what) in [
+            (InitFlags::FUSE_POSIX_LOCKS, "fcntl"),
+            (InitFlags::FUSE_FLOCK_LOCKS, "flock"),
+        ] {
+            if config.add_capabilities(flag).is_err() {
+                tracing::warn!(
+                    "the kernel cannot pass {what} locks on: they stay local to this host"
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Unmount: the mount's locks go with its lock session.
+    fn destroy(&mut self) {
+        self.rt.block_on(self.locks.close());
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -720,7 +825,7 @@ impl Filesystem for BerthFs {
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -735,8 +840,9 @@ impl Filesystem for BerthFs {
         }
         let r = (|| {
             self.writable()?;
-            let (_, path) = self.child(parent.0, name)?;
+            let (dir, path) = self.child(parent.0, name)?;
             let mode = mode & !umask & 0o7777;
+            let owner = self.owner_for(req, &dir)?;
             let e = self.rt.block_on(call("create", &path, || {
                 let mut c = self.client.namespace();
                 let req = berth_api::v1::CreateRequest {
@@ -747,7 +853,7 @@ impl Filesystem for BerthFs {
                 };
                 async move { c.create(req).await }
             }))?;
-            self.created(&path, e, mode, true)
+            self.created(&path, e, mode, true, owner)
         })();
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
@@ -757,7 +863,7 @@ impl Filesystem for BerthFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -766,8 +872,9 @@ impl Filesystem for BerthFs {
     ) {
         let r = (|| {
             self.writable()?;
-            let (_, path) = self.child(parent.0, name)?;
+            let (dir, path) = self.child(parent.0, name)?;
             let mode = mode & !umask & 0o7777;
+            let owner = self.owner_for(req, &dir)?;
             let e = self.rt.block_on(call("mkdir", &path, || {
                 let mut c = self.client.namespace();
                 let req = MkdirRequest {
@@ -777,7 +884,7 @@ impl Filesystem for BerthFs {
                 };
                 async move { c.mkdir(req).await }
             }))?;
-            self.created(&path, e, mode, true)
+            self.created(&path, e, mode, true, owner)
         })();
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
@@ -840,13 +947,19 @@ impl Filesystem for BerthFs {
     ) {
         let r = (|| {
             self.writable()?;
-            // Exchange (and whiteout) need API support first.
-            if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+            // Whiteouts are for overlay file systems' upper layers.
+            if flags.contains(RenameFlags::RENAME_WHITEOUT) {
                 return Err(Errno::EINVAL);
             }
             let (_, from) = self.child(parent.0, name)?;
             let (_, to) = self.child(newparent.0, newname)?;
             let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+            if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                if no_replace {
+                    return Err(Errno::EINVAL);
+                }
+                return self.exchange(&from, &to);
+            }
             // A replaced target may have other names: note it to fix their
             // link counts below.
             let replaced = self.rt.block_on(self.stat_cached(&to)).ok();
@@ -856,6 +969,7 @@ impl Filesystem for BerthFs {
                     from: from.clone(),
                     to: to.clone(),
                     no_replace,
+                    exchange: false,
                 };
                 async move { c.rename(req).await }
             }))?;
@@ -936,7 +1050,7 @@ impl Filesystem for BerthFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -946,11 +1060,23 @@ impl Filesystem for BerthFs {
     ) {
         let r = (|| {
             self.writable()?;
-            let (_, path) = self.child(parent.0, name)?;
+            let (dir, path) = self.child(parent.0, name)?;
             let mode = mode & !umask & 0o7777;
             let excl = flags & libc::O_EXCL != 0;
-            let (file, e) = self.do_open(0, flags, Some((mode, excl)), &path)?;
-            let a = self.created(&path, e, mode, excl)?;
+            let owner = self.owner_for(req, &dir)?;
+            // Exclusively first, to know whether this call made the file
+            // (only then are its mode and owner set); without O_EXCL an
+            // existing file is then opened. The kernel asks to create after
+            // a negative lookup, so the second call is rare.
+            let (file, e, fresh) = match self.do_open(0, flags, Some((mode, true)), &path) {
+                Ok((file, e)) => (file, e, true),
+                Err(err) if err == Errno::EEXIST && !excl => {
+                    let (file, e) = self.do_open(0, flags, Some((mode, false)), &path)?;
+                    (file, e, false)
+                }
+                Err(err) => return Err(err),
+            };
+            let a = self.created(&path, e, mode, fresh, owner)?;
             let fh = self.fh();
             self.files.lock().insert(fh, file);
             Ok((a, fh))
@@ -1037,12 +1163,19 @@ impl Filesystem for BerthFs {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         let r = self.file(fh).and_then(|f| {
             self.rt.block_on(f.writes.drain());
-            f.writes.error().map_or(Ok(()), Err)
+            // A close releases the POSIX locks the closing process holds on
+            // the file (whichever descriptor took them).
+            let unlocked =
+                self.rt.block_on(
+                    self.locks
+                        .release(f.ino, &f.handle, lock_owner.0, Kind::Posix),
+                );
+            f.writes.error().map_or(unlocked, Err)
         });
         match r {
             Ok(()) => reply.ok(),
@@ -1056,12 +1189,26 @@ impl Filesystem for BerthFs {
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let f = self.files.lock().remove(&fh.0);
         if let Some(f) = f {
+            // The last close of an open file description releases its flock
+            // lock (the kernel names the owner only then; see `setlk`).
+            if let Some(owner) = lock_owner {
+                let released =
+                    self.rt
+                        .block_on(self.locks.release(f.ino, &f.handle, owner.0, Kind::Posix));
+                if let Err(e) = released {
+                    tracing::warn!(path = %f.path, errno = ?e, "could not release a flock lock; it goes with the mount's lock session");
+                }
+            }
+            // And the open file description's own (F_OFD_*) locks.
+            if let Err(e) = self.rt.block_on(self.locks.file_closed(fh.0, &f.handle)) {
+                tracing::warn!(path = %f.path, errno = ?e, "could not release an OFD lock; it goes with the mount's lock session");
+            }
             // Errors were reported by flush; the data must still be out
             // before the handle is forgotten.
             self.rt.block_on(f.writes.drain());
@@ -1285,36 +1432,88 @@ impl Filesystem for BerthFs {
         }
     }
 
-    /// Advisory locks are not in the API yet (the kernel keeps them local).
+    /// F_GETLK: the lock that would block this one, from the cluster.
     fn getlk(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        _start: u64,
-        _end: u64,
-        _typ: i32,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
         _pid: u32,
         reply: fuser::ReplyLock,
     ) {
-        reply.error(Errno::ENOSYS);
+        let r = (|| {
+            let f = self.file(fh)?;
+            let want = Want::from_kernel(typ)?;
+            self.rt.block_on(
+                self.locks
+                    .test(ino.0, &f.handle, lock_owner.0, want, (start, end)),
+            )
+        })();
+        match r {
+            Ok(Some(l)) => reply.locked(l.start, l.end, l.typ, l.pid),
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Err(e) => reply.error(e),
+        }
     }
 
+    /// F_SETLK/F_SETLKW and flock(2). fuser does not pass the kernel's
+    /// `FUSE_LK_FLOCK` flag on, so a flock lock arrives as a whole-file
+    /// record lock owned by its open file description and is kept as one:
+    /// flock works across clients, and — as on Linux NFS, which emulates
+    /// flock the same way — it conflicts with fcntl locks on the same file.
+    /// A waiting request is answered from the runtime so it does not hold a
+    /// FUSE thread.
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        _start: u64,
-        _end: u64,
-        _typ: i32,
-        _pid: u32,
-        _sleep: bool,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        let kind = Kind::Posix;
+        let (f, want) = match self
+            .file(fh)
+            .and_then(|f| Want::from_kernel(typ).map(|w| (f, w)))
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let locks = self.locks.clone();
+        let waiter = req.pid();
+        let set = async move {
+            locks
+                .set(
+                    (f.ino, fh.0),
+                    &f.handle,
+                    lock_owner.0,
+                    kind,
+                    want,
+                    (start, end),
+                    pid,
+                    sleep,
+                    waiter,
+                )
+                .await
+        };
+        let answer = |r: Result<(), Errno>, reply: ReplyEmpty| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        };
+        if sleep && want != Want::Unlock {
+            self.rt.spawn(async move { answer(set.await, reply) });
+        } else {
+            answer(self.rt.block_on(set), reply);
+        }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -1437,6 +1636,14 @@ mod tests {
         assert!(permits(&other, &e, AccessFlags::F_OK));
         assert!(permits(&admin, &e, AccessFlags::W_OK));
         assert!(!permits(&admin, &e, AccessFlags::X_OK));
+        // uid 0 is the superuser for the server's mode-bit check, admin or not.
+        let root = Caller {
+            uid: 0,
+            gids: vec![],
+            admin: false,
+        };
+        assert!(permits(&root, &e, AccessFlags::R_OK | AccessFlags::W_OK));
+        assert!(!permits(&root, &e, AccessFlags::X_OK));
         let group = Caller {
             uid: 9,
             gids: vec![8],

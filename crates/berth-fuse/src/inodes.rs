@@ -80,7 +80,12 @@ pub struct Inodes {
     nodes: HashMap<u64, Node>,
     by_path: HashMap<String, u64>,
     cache: HashMap<String, (Entry, Instant)>,
+    /// Numbers given to snapshot entries: (volume, view, inode) → ino.
+    synthetic: HashMap<(u64, u64, u64), u64>,
 }
+
+/// First number handed to snapshot entries (1 is the mount root).
+const SYNTHETIC_FIRST: u64 = 2;
 
 impl Inodes {
     /// A map holding only the mount root.
@@ -102,11 +107,23 @@ impl Inodes {
             nodes,
             by_path,
             cache: HashMap::new(),
+            synthetic: HashMap::new(),
         }
     }
 
     /// The FUSE inode number of an entry as this mount shows it.
-    pub fn ino_of(&self, e: &Entry) -> Option<u64> {
+    pub fn ino_of(&mut self, e: &Entry) -> Option<u64> {
+        if e.view != 0 {
+            let next = SYNTHETIC_FIRST + self.synthetic.len() as u64;
+            if next >= 1 << INODE_BITS {
+                return None;
+            }
+            let ino = *self
+                .synthetic
+                .entry((e.volume_id, e.view, e.inode))
+                .or_insert(next);
+            return Some(if ino == self.root_real { ROOT_INO } else { ino });
+        }
         let ino = fuse_ino(e.volume_id, e.inode)?;
         Some(if ino == self.root_real { ROOT_INO } else { ino })
     }
@@ -226,6 +243,36 @@ impl Inodes {
         self.cache.retain(|p, _| !within(p, from) && !within(p, to));
     }
 
+    /// `a` and `b` swapped places (RENAME_EXCHANGE): each takes the other's
+    /// path, everything below them included. Neither lies inside the other
+    /// (the server refuses that).
+    pub fn exchanged(&mut self, a: &str, b: &str) {
+        if within(a, b) || within(b, a) {
+            return;
+        }
+        let moving: Vec<(String, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| within(p, a) || within(p, b))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        for (p, _) in &moving {
+            self.by_path.remove(p);
+        }
+        for (p, ino) in moving {
+            let new = if within(&p, a) {
+                format!("{b}{}", &p[a.len()..])
+            } else {
+                format!("{a}{}", &p[b.len()..])
+            };
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.path = Some(new.clone());
+            }
+            self.by_path.insert(new, ino);
+        }
+        self.cache.retain(|p, _| !within(p, a) && !within(p, b));
+    }
+
     /// A cached entry for `path` younger than [`TTL`].
     pub fn cached(&self, path: &str) -> Option<&Entry> {
         self.cache
@@ -303,9 +350,19 @@ mod tests {
     #[test]
     fn root_is_one() {
         let root = entry(1, 9);
-        let m = Inodes::new("/apps", fuse_ino(1, 9).unwrap(), root.clone());
+        let mut m = Inodes::new("/apps", fuse_ino(1, 9).unwrap(), root.clone());
         assert_eq!(m.ino_of(&root), Some(ROOT_INO));
         assert_eq!(m.ino_of(&entry(1, 10)), fuse_ino(1, 10));
+        // The same file in a snapshot is another inode, stable per view.
+        let snap = |view: u64| Entry {
+            view,
+            ..entry(1, 10)
+        };
+        let a = m.ino_of(&snap(4)).unwrap();
+        let b = m.ino_of(&snap(5)).unwrap();
+        assert!(a != b && a != fuse_ino(1, 10).unwrap() && a > ROOT_INO);
+        assert_eq!(a >> INODE_BITS, 0);
+        assert_eq!(m.ino_of(&snap(4)), Some(a));
         assert_eq!(m.path(ROOT_INO), Some("/apps"));
     }
 
@@ -329,6 +386,33 @@ mod tests {
         assert_eq!(m.path(14), None, "the replaced target lost its path");
         assert_eq!(m.ino_at("/e/f"), Some(11));
         assert_eq!(m.ino_at("/d/f"), None);
+    }
+
+    #[test]
+    fn exchange_swaps_both_subtrees() {
+        let mut m = Inodes::new("/", fuse_ino(1, 1).unwrap(), entry(1, 1));
+        m.remember(10, "/d", &entry(1, 10));
+        m.remember(11, "/d/f", &entry(1, 11));
+        m.remember(12, "/x/g", &entry(1, 12));
+        m.remember(13, "/dx", &entry(1, 13));
+        m.cache("/d/f", &entry(1, 11));
+        m.cache("/x/g", &entry(1, 12));
+        m.exchanged("/d", "/x/g");
+        assert_eq!(m.path(10), Some("/x/g"));
+        assert_eq!(m.path(11), Some("/x/g/f"));
+        assert_eq!(m.path(12), Some("/d"));
+        assert_eq!(
+            m.path(13),
+            Some("/dx"),
+            "a sibling with a common prefix stays"
+        );
+        assert_eq!(m.ino_at("/d"), Some(12));
+        assert_eq!(m.ino_at("/x/g/f"), Some(11));
+        assert_eq!(m.ino_at("/d/f"), None);
+        assert!(m.cached("/d/f").is_none() && m.cached("/x/g").is_none());
+        // Nested names are refused by the server; the map stays as it is.
+        m.exchanged("/x", "/x/g");
+        assert_eq!(m.path(10), Some("/x/g"));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! a local POSIX file system through the native gRPC API, authenticated with
 //! the caller's ticket. It owns the mount lifecycle (mount, serve, unmount),
 //! the FUSE inode numbering and inode → path map (`inodes`), the write-behind
-//! of open files (`writes`), the errno table (`errors`) and the mount-table
-//! helpers behind `berth umount` (`mounts`).
+//! of open files (`writes`), the errno table (`errors`) and the mount table
+//! (`mounts`: the one `/proc/self/mountinfo` parser, behind `berth umount`
+//! and `berth-container`).
 //!
 //! Invariants:
 //! - *Close-to-open consistency, never stale across it*: `open` always asks
@@ -20,12 +21,19 @@
 //! - *Never hang forever*: every call has a per-attempt timeout and bounded
 //!   retries of transient failures, then EIO; every wait (for writes in
 //!   flight, for the session to end) is bounded by those or by its own limit.
-//! - Authorization is the server's: every local user allowed into the mount
-//!   acts as the ticket's principal; `access(2)` answers from mode bits only.
+//! - Authorization is the server's: it checks every call against the
+//!   ticket's principal. Without `allow_other` only the mounting user (and
+//!   root) get in, acting as that principal; `access(2)` answers from mode
+//!   bits only. With `allow_other` the kernel also checks each process's own
+//!   uid/gids against the mode bits (`default_permissions`), so another local
+//!   uid never borrows the ticket's rights: both must allow. What a process
+//!   creates then belongs to its uid/gid when the ticket may give entries
+//!   away (an administrator's); else to the ticket's uid.
 //!
 //! Hard links and extended attributes (`user.*`; `trusted.*`/`security.*`
-//! for administrators) go to the server. Not in the API yet, so ENOSYS:
-//! advisory locks (the kernel then keeps locks local to this host). A file
+//! for administrators) go to the server, and so do advisory locks (fcntl
+//! and flock, through one lock session per mount: `locks`); rename handles
+//! RENAME_NOREPLACE and RENAME_EXCHANGE. A file
 //! unlinked while open in this mount is renamed to a hidden
 //! `.berth-unlinked-*` name and removed at its last close here (as NFS
 //! clients do); unlinked from another mount or client, its open handles
@@ -33,11 +41,14 @@
 //! Known limits: the ticket is read once at mount (when it expires, calls
 //! fail with EACCES) and a file handle lives 24 h; `O_APPEND` writes at the
 //! size this mount last saw; setattr on a symbolic link is EOPNOTSUPP (the
-//! API's SetAttr follows links).
+//! API's SetAttr follows links), so on a multi-user mount symbolic links
+//! keep the ticket's uid; a created entry gets its owner in a second call
+//! (it is removed again if that fails).
 
 mod errors;
 mod fs;
 mod inodes;
+mod locks;
 mod mounts;
 mod writes;
 
@@ -51,7 +62,10 @@ use fuser::{Config, MountOption, SessionACL};
 
 pub use errors::{classify, Outcome};
 pub use inodes::fuse_ino;
-pub use mounts::{absolute, berth_mount_at, unmount, FS_NAME};
+pub use mounts::{
+    absolute, berth_mount_at, fuse_mount_at, fuse_mounts_under, lazy_unmount, mounts, unmount,
+    MountEntry, FS_NAME,
+};
 
 /// Threads serving kernel requests.
 pub const FUSE_THREADS: usize = 4;
@@ -107,8 +121,9 @@ pub struct MountConfig {
     pub path: String,
     /// Refuse every change with EROFS.
     pub read_only: bool,
-    /// Let every local user in (all act as the ticket's principal); by
-    /// default only the mounting user and root may enter.
+    /// Let every local user in, each checked by the kernel as itself against
+    /// the mode bits besides the server's check of the ticket (see the crate
+    /// documentation); by default only the mounting user and root may enter.
     pub allow_other: bool,
     /// Threads serving kernel requests (at least 1).
     pub threads: usize,
@@ -201,12 +216,13 @@ pub async fn mount(client: Client, cfg: MountConfig) -> Result<Mounted, MountErr
     let rt = tokio::runtime::Handle::current();
     let make_fs = {
         let (client, path, notifier) = (client.clone(), path.clone(), notifier.clone());
-        let read_only = cfg.read_only;
+        let (read_only, multi_user) = (cfg.read_only, cfg.allow_other);
         move || {
             fs::BerthFs::new(
                 rt.clone(),
                 client.clone(),
                 read_only,
+                multi_user,
                 &path,
                 root_real,
                 root.clone(),
@@ -223,6 +239,10 @@ pub async fn mount(client: Client, cfg: MountConfig) -> Result<Mounted, MountErr
     ];
     if cfg.read_only {
         options.push(MountOption::RO);
+    }
+    if cfg.allow_other {
+        // Other local uids must not act with the ticket's rights unchecked.
+        options.push(MountOption::DefaultPermissions);
     }
     let threads = cfg.threads.max(1);
     let allow_other = cfg.allow_other;

@@ -1,6 +1,9 @@
-//! Finding and removing Berth mounts: `/proc/self/mountinfo` parsing and
-//! unmounting (umount(2) as root, `fusermount3 -u` otherwise).
+//! The mount table: `/proc/self/mountinfo` parsing (the one parser in the
+//! workspace; `berth-container` uses it too), finding FUSE and Berth
+//! mounts, and unmounting (umount(2) as root, `fusermount3 -u` otherwise).
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -14,20 +17,27 @@ pub const FS_NAME: &str = "berth";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
     pub mount_point: PathBuf,
+    /// `fuse`, `fuse.berth`, `ext4`, ...
     pub fs_type: String,
     pub source: String,
 }
 
 impl MountEntry {
+    /// Any FUSE file system (`fuse` or `fuse.<subtype>`).
+    pub fn is_fuse(&self) -> bool {
+        self.fs_type == "fuse" || self.fs_type.starts_with("fuse.")
+    }
+
     /// A FUSE mount made by `berth mount`.
     pub fn is_berth(&self) -> bool {
-        self.fs_type.starts_with("fuse")
+        self.is_fuse()
             && (self.source == FS_NAME || self.source.starts_with(&format!("{FS_NAME}:")))
     }
 }
 
-/// Undoes the octal escapes (`\040` for a space) of mount tables.
-fn unescape(s: &str) -> String {
+/// Undoes the octal escapes (`\040` for a space) of mount tables, byte for
+/// byte (paths need not be UTF-8).
+fn unescape(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -48,10 +58,10 @@ fn unescape(s: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
-/// Parses the text of `/proc/self/mountinfo`.
+/// Parses the text of `/proc/self/mountinfo`; malformed lines are skipped.
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -66,9 +76,9 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             continue;
         };
         out.push(MountEntry {
-            mount_point: PathBuf::from(unescape(mount_point)),
+            mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))),
             fs_type: fs_type.to_string(),
-            source: unescape(source),
+            source: String::from_utf8_lossy(&unescape(source)).into_owned(),
         });
     }
     out
@@ -81,14 +91,36 @@ pub fn mounts() -> std::io::Result<Vec<MountEntry>> {
     )?))
 }
 
-/// The Berth mount at `mount_point` (an absolute, canonical path), if any.
+/// The FUSE mount at `mount_point` (an absolute, canonical path), if any.
 /// The last matching line wins: it is the one on top.
-pub fn berth_mount_at(mount_point: &Path) -> std::io::Result<Option<MountEntry>> {
+pub fn fuse_mount_at(mount_point: &Path) -> std::io::Result<Option<MountEntry>> {
     Ok(mounts()?
         .into_iter()
         .rev()
         .find(|m| m.mount_point == mount_point)
-        .filter(MountEntry::is_berth))
+        .filter(MountEntry::is_fuse))
+}
+
+/// The Berth mount at `mount_point` (an absolute, canonical path), if any.
+pub fn berth_mount_at(mount_point: &Path) -> std::io::Result<Option<MountEntry>> {
+    Ok(fuse_mount_at(mount_point)?.filter(MountEntry::is_berth))
+}
+
+/// FUSE mounts strictly below `root`, deepest first (so children are
+/// detached before their parents).
+pub fn fuse_mounts_under(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    Ok(fuse_under(mounts()?, root))
+}
+
+fn fuse_under(table: Vec<MountEntry>, root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = table
+        .into_iter()
+        .filter(|m| m.is_fuse() && m.mount_point != root && m.mount_point.starts_with(root))
+        .map(|m| m.mount_point)
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out.dedup();
+    out
 }
 
 /// `mount_point` made absolute without touching the file system below it
@@ -126,6 +158,18 @@ pub fn unmount(mount_point: &Path, lazy: bool) -> Result<(), MountError> {
         return Err(MountError::NotMounted(abs));
     }
     unmount_path(&abs, lazy)
+}
+
+/// Detaches whatever is mounted at `abs` (absolute), Berth's or not, even
+/// while files are open (they keep working until closed). Nothing mounted
+/// there is not an error.
+pub fn lazy_unmount(abs: &Path) -> Result<(), MountError> {
+    match unmount_path(abs, true) {
+        Err(MountError::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+            Ok(()) // not a mount point (any more)
+        }
+        r => r,
+    }
 }
 
 /// Unmounts whatever is at `abs` (checked by the caller).
@@ -206,9 +250,61 @@ mod tests {
 
     #[test]
     fn unescape_octal() {
-        assert_eq!(unescape("a\\040b\\011c"), "a b\tc");
-        assert_eq!(unescape("plain"), "plain");
-        assert_eq!(unescape("end\\04"), "end\\04");
+        assert_eq!(unescape("a\\040b\\011c"), b"a b\tc");
+        assert_eq!(unescape("plain"), b"plain");
+        assert_eq!(unescape("end\\04"), b"end\\04");
+        assert_eq!(
+            unescape("\\377x"),
+            b"\xffx",
+            "not UTF-8, kept byte for byte"
+        );
+    }
+
+    const OTHERS: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:44 / /var/lib/p/mounts/v1 rw,nosuid,nodev shared:20 - fuse.berth berth:/apps/x rw,user_id=0
+41 22 0:45 / /var/lib/p/mounts/with\\040space rw - fuse berth:/ rw
+42 40 0:46 / /var/lib/p/mounts/v1/inner rw - fuse.berth berth:/ rw
+43 22 0:47 / /berth rw - fuse.fuse-overlayfs fuse-overlayfs rw
+44 22 0:48 / /var/lib/p/mounts/blk rw - fuseblk /dev/sdb1 rw
+garbage
+";
+
+    #[test]
+    fn recognises_fuse_mounts_of_every_kind() {
+        let m = parse_mountinfo(OTHERS);
+        assert_eq!(m.len(), 6, "the garbage line is skipped");
+        assert_eq!(m[1].mount_point, PathBuf::from("/var/lib/p/mounts/v1"));
+        assert!(m[1].is_fuse() && !m[0].is_fuse());
+        assert_eq!(
+            m[2].mount_point,
+            PathBuf::from("/var/lib/p/mounts/with space")
+        );
+        assert!(m[4].is_fuse(), "fuse.<subtype> counts as FUSE");
+        assert!(!m[4].is_berth(), "but is not Berth's");
+        assert!(
+            !m[5].is_fuse(),
+            "fuseblk is not counted (never a berth mount)"
+        );
+        assert_eq!(
+            fuse_under(m, Path::new("/var/lib/p/mounts")),
+            [
+                PathBuf::from("/var/lib/p/mounts/v1/inner"),
+                PathBuf::from("/var/lib/p/mounts/v1"),
+                PathBuf::from("/var/lib/p/mounts/with space"),
+            ],
+            "deepest first; the root itself and other trees left out"
+        );
+    }
+
+    #[test]
+    fn nothing_mounted_here() {
+        let p = Path::new("/nonexistent/berth-mount");
+        assert!(fuse_mount_at(p).unwrap().is_none());
+        assert!(berth_mount_at(p).unwrap().is_none());
+        assert!(fuse_mounts_under(Path::new("/nonexistent/root"))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -46,6 +46,13 @@ pub enum Code {
     NoData,
     /// E2BIG: a value (e.g. an extended attribute) is too large.
     TooBig,
+    /// ESTALE: the server no longer knows what the request names (a lock
+    /// session lost to a server restart or an expired lease).
+    Stale,
+    /// ENOLCK: the lock table (or the caller's share of it) is full.
+    NoLocks,
+    /// EROFS: the entry is read-only (a snapshot, a read-only mount).
+    ReadOnly,
 }
 
 impl Code {
@@ -70,6 +77,9 @@ impl Code {
             Code::Loop => "ELOOP",
             Code::NoData => "ENODATA",
             Code::TooBig => "E2BIG",
+            Code::Stale => "ESTALE",
+            Code::NoLocks => "ENOLCK",
+            Code::ReadOnly => "EROFS",
         }
     }
 
@@ -85,7 +95,7 @@ impl Code {
 }
 
 /// Every code, for tables and tests.
-pub const ALL: [Code; 18] = [
+pub const ALL: [Code; 21] = [
     Code::NotFound,
     Code::Exists,
     Code::NotDir,
@@ -104,6 +114,9 @@ pub const ALL: [Code; 18] = [
     Code::Loop,
     Code::NoData,
     Code::TooBig,
+    Code::Stale,
+    Code::NoLocks,
+    Code::ReadOnly,
 ];
 
 /// A failure with a stable code and a message for humans.

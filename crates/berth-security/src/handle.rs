@@ -29,6 +29,8 @@ pub struct HandleBody {
     pub read: bool,
     pub write: bool,
     pub expires_at: u64,
+    /// Set when the file is read from a snapshot (its id).
+    pub snapshot: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,6 +119,7 @@ mod tests {
             read: true,
             write: false,
             expires_at: 1000,
+            snapshot: None,
         };
         (signer, ring, body)
     }

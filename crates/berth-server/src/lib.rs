@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use berth_api::v1::{
-    cluster_server::ClusterServer, files_server::FilesServer, namespace_server::NamespaceServer,
-    raft_transport_server::RaftTransportServer, security_server::SecurityServer,
-    volumes_server::VolumesServer,
+    cluster_server::ClusterServer, files_server::FilesServer, locks_server::LocksServer,
+    namespace_server::NamespaceServer, raft_transport_server::RaftTransportServer,
+    security_server::SecurityServer, volumes_server::VolumesServer,
 };
 use berth_fs::Namespace;
 use berth_meta::map::{NodeRecord, META_SHARD};
@@ -57,6 +57,9 @@ pub struct Config {
     pub cluster_name: String,
     /// Serve without TLS (local development only).
     pub insecure: bool,
+    /// Lease of advisory-lock sessions in ms; 0 = the default (30 s).
+    /// Short leases are for tests: a dead client's locks go sooner.
+    pub lock_lease_ms: u64,
 }
 
 /// A running node's parts, shared by the listeners.
@@ -231,6 +234,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         native: native.clone(),
         store: store.clone(),
     });
+    let lease_ms = match cfg.lock_lease_ms {
+        0 => berth_fs::locks::LEASE_MS_DEFAULT,
+        ms => ms,
+    };
+    let locks = berth_fs::locks::LockService::new(meta.clone(), lease_ms, rand::random());
 
     // Listeners first, so peers can reach this node while it settles.
     let native_listener = tokio::net::TcpListener::bind(cfg.native_addr)
@@ -253,6 +261,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let admin_addr = admin_listener.local_addr()?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(locks.clone().run_expiry(stop_rx.clone()));
     let grpc = {
         let mut builder = Server::builder();
         if !cfg.insecure {
@@ -275,6 +284,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .add_service(VolumesServer::new(native::VolumesService(native.clone())))
             .add_service(SecurityServer::new(native::SecurityService(native.clone())))
             .add_service(ClusterServer::new(native::ClusterService(native.clone())))
+            .add_service(LocksServer::new(native::LocksService {
+                native: native.clone(),
+                locks: locks.clone(),
+            }))
             .add_service(
                 RaftTransportServer::new(native::RaftService {
                     raft: raft.clone(),

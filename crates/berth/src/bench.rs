@@ -80,7 +80,7 @@ impl Phase {
 }
 
 /// Nearest-rank percentile of sorted values; 0 for none.
-fn percentile(sorted: &[u64], pct: u64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], pct: u64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -91,6 +91,7 @@ fn percentile(sorted: &[u64], pct: u64) -> u64 {
 pub async fn bench(ctx: &Ctx, cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Meta(args) => meta(ctx, args).await,
+        BenchCmd::Fs(args) => crate::bench_fs::fs(ctx, args).await,
     }
 }
 
@@ -148,7 +149,7 @@ async fn meta(ctx: &Ctx, args: BenchMetaArgs) -> Result<()> {
     Ok(())
 }
 
-fn progress(show: bool, total: u64, what: &str) -> ProgressBar {
+pub(crate) fn progress(show: bool, total: u64, what: &str) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
@@ -395,7 +396,7 @@ fn print_report(
 }
 
 /// `850 µs`, `1.2 ms`, `35 ms`.
-fn format_us(us: u64) -> String {
+pub(crate) fn format_us(us: u64) -> String {
     if us < 1000 {
         format!("{us} µs")
     } else if us < 10_000 {
@@ -405,7 +406,7 @@ fn format_us(us: u64) -> String {
     }
 }
 
-fn unix_ms() -> u128 {
+pub(crate) fn unix_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())

@@ -67,6 +67,9 @@ pub enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Read-only point-in-time copies of a volume (at VOLUME/.snapshot/NAME).
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// List directory contents.
     Ls(LsArgs),
     /// Create directories.
@@ -219,6 +222,9 @@ pub enum VolumeCmd {
         /// Who may write.
         #[arg(long)]
         write_ace: Option<String>,
+        /// Bytes per file chunk, a power of two from 64KiB to 16MiB (default 1MiB).
+        #[arg(long, value_parser = crate::output::parse_size)]
+        chunk_size: Option<u64>,
     },
     /// List volumes.
     List,
@@ -233,6 +239,16 @@ pub enum VolumeCmd {
     },
     /// Check a volume's namespace for consistency (exit 1 on problems).
     Check { path: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Take snapshot NAME of the volume at VOLUME (O(metadata), no data copied).
+    Create { volume: String, name: String },
+    /// List the snapshots of the volume at VOLUME.
+    List { volume: String },
+    /// Remove snapshot NAME of the volume at VOLUME and free what only it kept.
+    Remove { volume: String, name: String },
 }
 
 #[derive(Debug, Args)]
@@ -350,8 +366,9 @@ pub struct MountArgs {
     /// Refuse every change (EROFS).
     #[arg(long)]
     pub read_only: bool,
-    /// Let every local user in, all acting as the ticket's principal
-    /// (default: only this user and root).
+    /// Let every local user in, each checked as itself against the mode
+    /// bits as well as by the ticket; what one creates is its own when the
+    /// ticket is an administrator's (default: only this user and root).
     #[arg(long)]
     pub allow_other: bool,
     /// Stay attached until SIGTERM/SIGINT or `berth umount` (default: return
@@ -376,6 +393,10 @@ pub struct UmountArgs {
 pub enum BenchCmd {
     /// Metadata operations: mkdir, create, stat.
     Meta(BenchMetaArgs),
+    /// File-system operations in any directory (a Berth mount, a local disk,
+    /// another file system): sequential write/read, 4 KiB random reads,
+    /// small-file create/stat/unlink.
+    Fs(BenchFsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -392,6 +413,25 @@ pub struct BenchMetaArgs {
     /// Also run the same operations on this local directory, for comparison.
     #[arg(long)]
     pub local_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchFsArgs {
+    /// Directory to work in (a fresh berth-bench-fs-* subdirectory is used and removed).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Size of the sequential file, e.g. 1GiB, 256MiB.
+    #[arg(long, default_value = "1GiB", value_parser = crate::output::parse_size)]
+    pub size: u64,
+    /// Small files to create, stat and unlink.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub files: u32,
+    /// 4 KiB random reads in the sequential file.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub random_reads: u32,
+    /// Seed of the random offsets and of the file's contents.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 /// Parses a lifetime such as `24h`, `30m`, `7d`.
@@ -440,6 +480,26 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["berth", "umount", "-l", "/mnt/b"]).is_ok());
         assert!(Cli::try_parse_from(["berth", "umount"]).is_err());
+    }
+
+    #[test]
+    fn bench_fs_grammar() {
+        let cli =
+            Cli::try_parse_from(["berth", "bench", "fs", "--dir", "/mnt/x", "--json"]).unwrap();
+        assert!(cli.global.json);
+        match cli.command {
+            Command::Bench(BenchCmd::Fs(a)) => {
+                assert_eq!(a.size, 1 << 30);
+                assert_eq!((a.files, a.random_reads), (10_000, 20_000));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["berth", "bench", "fs", "--dir", "d", "--size", "64MiB"]);
+        assert!(cli.is_ok());
+        assert!(Cli::try_parse_from(["berth", "bench", "fs"]).is_err());
+        assert!(
+            Cli::try_parse_from(["berth", "bench", "fs", "--dir", "d", "--files", "0"]).is_err()
+        );
     }
 
     #[test]

@@ -278,6 +278,7 @@ pub async fn mv(ctx: &Ctx, args: MvArgs) -> Result<()> {
         from: from.clone(),
         to,
         no_replace: false,
+        exchange: false,
     };
     client.namespace().rename(req).await.map_err(api(&from))?;
     Ok(())

@@ -8,6 +8,7 @@
 mod acl;
 mod auth;
 mod bench;
+mod bench_fs;
 mod cli;
 mod cp;
 mod ctx;
@@ -16,6 +17,7 @@ mod mount;
 mod output;
 mod principals;
 mod server;
+mod snapshot;
 mod status;
 mod volume;
 
@@ -109,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => principals::user(&ctx, cmd).await,
         Command::Group(cmd) => principals::group(&ctx, cmd).await,
         Command::Volume(cmd) => volume::volume(&ctx, cmd).await,
+        Command::Snapshot(cmd) => snapshot::snapshot(&ctx, cmd).await,
         Command::Ls(args) => fs::ls(&ctx, args).await,
         Command::Mkdir(args) => fs::mkdir(&ctx, args).await,
         Command::Rm(args) => fs::rm(&ctx, args).await,

@@ -42,6 +42,10 @@ pub struct ServerArgs {
     /// `berth server --insecure` also reaches.
     #[arg(skip)]
     pub insecure: bool,
+    /// Lease of advisory-lock sessions in ms [default: 30000]. Meant for
+    /// tests: a shorter lease releases a dead client's locks sooner.
+    #[arg(long, env = "BERTH_LOCK_LEASE_MS", value_name = "MS")]
+    pub lock_lease_ms: Option<u64>,
 }
 
 /// The config file: every key optional, unknown keys rejected so a typo
@@ -55,6 +59,7 @@ struct FileConfig {
     advertise: Option<Vec<String>>,
     cluster: Option<String>,
     insecure: Option<bool>,
+    lock_lease_ms: Option<u64>,
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
@@ -102,6 +107,7 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
             .or(file.cluster)
             .unwrap_or_else(|| DEFAULT_CLUSTER.into()),
         insecure: args.insecure || file.insecure.unwrap_or(false),
+        lock_lease_ms: args.lock_lease_ms.or(file.lock_lease_ms).unwrap_or(0),
     })
 }
 

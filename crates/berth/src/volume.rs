@@ -21,15 +21,21 @@ pub async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
             quota,
             read_ace,
             write_ace,
+            chunk_size,
         } => {
             let path = abs(&path);
+            let chunk_size = match chunk_size {
+                None => 0,
+                Some(c) => u32::try_from(c)
+                    .map_err(|_| anyhow::anyhow!("chunk size {c} is too large (at most 16MiB)"))?,
+            };
             let req = VolumeCreateRequest {
                 path: path.clone(),
                 replication: replication.unwrap_or(0),
                 quota_bytes: quota.unwrap_or(0),
                 read_ace,
                 write_ace,
-                chunk_size: 0,
+                chunk_size,
             };
             let v = vols
                 .create(req)

@@ -3,6 +3,12 @@
 //! name). `docker volume create -d berth -o path=/apps/x vol` defines a
 //! volume; each container using it gets the cluster path through one FUSE
 //! mount (a `berth mount` child) shared by every container on this host.
+//! Containers of any uid may use it (`docker run --user 1000:1000`): the
+//! mount lets every local uid in, the kernel checks each process's own
+//! uid/gids against the mode bits, and what a process creates is its own
+//! when the volume's ticket may give entries away (an administrator's).
+//! A non-root container therefore needs a directory it may write, e.g.
+//! after `berth chown 1000:1000 /apps/x`.
 //!
 //! Restarts: volume definitions live in `<state-dir>/volumes.json`; mounts
 //! do not survive the plugin. On start, FUSE mounts left under the mount
@@ -25,9 +31,8 @@ use berth_api::v1::{EntryType, MkdirRequest, PathRequest};
 use berth_client::{Client, ClientError};
 use tokio::net::UnixListener;
 
-use crate::child::{MountChild, MountSpec};
+use crate::child::{is_fuse_mounted, MountChild, MountSpec};
 use crate::conn::Connection;
-use crate::mountinfo;
 
 pub use driver::{Backend, Defaults, Driver};
 pub use state::Store;
@@ -100,6 +105,8 @@ impl Backend for BerthBackend {
             mount_point,
             path: path.to_string(),
             read_only,
+            // Containers run as any uid: each is checked as itself.
+            allow_other: true,
             env: conn.env(),
             run_as: None,
             log: Arc::new(move |line| tracing::warn!(mount = label.as_str(), "{line}")),
@@ -109,7 +116,7 @@ impl Backend for BerthBackend {
     }
 
     fn is_alive(&self, m: &mut MountChild) -> bool {
-        m.is_running() && mountinfo::is_fuse_mounted(m.mount_point()).unwrap_or(false)
+        m.is_running() && is_fuse_mounted(m.mount_point())
     }
 
     async fn unmount(&self, m: MountChild) -> Result<(), String> {
@@ -117,7 +124,7 @@ impl Backend for BerthBackend {
     }
 
     fn detach(&self, m: MountChild) {
-        if let Err(e) = mountinfo::lazy_unmount(m.mount_point()) {
+        if let Err(e) = berth_fuse::lazy_unmount(m.mount_point()) {
             tracing::warn!(mount = %m.mount_point().display(), "detaching: {e}");
         }
         // The mount process ends by itself once the last user is gone.
@@ -127,9 +134,9 @@ impl Backend for BerthBackend {
 
 /// Detaches every FUSE mount left under `root` by an earlier run.
 pub fn clean_stale_mounts(root: &Path) -> anyhow::Result<usize> {
-    let stale = mountinfo::fuse_mounts_under(root).context("reading /proc/self/mountinfo")?;
+    let stale = berth_fuse::fuse_mounts_under(root).context("reading /proc/self/mountinfo")?;
     for mp in &stale {
-        match mountinfo::lazy_unmount(mp) {
+        match berth_fuse::lazy_unmount(mp) {
             Ok(()) => tracing::info!(mount = %mp.display(), "detached a stale mount"),
             Err(e) => tracing::warn!(mount = %mp.display(), "cannot detach a stale mount: {e}"),
         }

@@ -11,6 +11,9 @@ use berth_raft::{NodeId, RaftNode, Transport};
 use berth_security::principal::Principal;
 use berth_store::Store;
 
+mod exchange;
+mod locks;
+
 struct NullTransport;
 impl Transport for NullTransport {
     fn send(&self, _to: NodeId, _msgs: Vec<raft::eraftpb::Message>) {}

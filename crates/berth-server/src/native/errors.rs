@@ -11,15 +11,19 @@ pub fn grpc_code(code: Code) -> tonic::Code {
     match code {
         Code::NotFound => tonic::Code::NotFound,
         Code::Exists => tonic::Code::AlreadyExists,
-        Code::NotDir | Code::IsDir | Code::NotEmpty | Code::Busy | Code::CrossVolume => {
-            tonic::Code::FailedPrecondition
-        }
+        Code::NotDir
+        | Code::IsDir
+        | Code::NotEmpty
+        | Code::Busy
+        | Code::CrossVolume
+        | Code::Stale
+        | Code::ReadOnly => tonic::Code::FailedPrecondition,
         Code::Access | Code::Perm => tonic::Code::PermissionDenied,
         Code::Invalid | Code::NameTooLong | Code::Loop | Code::TooBig => {
             tonic::Code::InvalidArgument
         }
         Code::NoData => tonic::Code::NotFound,
-        Code::Quota => tonic::Code::ResourceExhausted,
+        Code::Quota | Code::NoLocks => tonic::Code::ResourceExhausted,
         Code::Auth => tonic::Code::Unauthenticated,
         Code::Again => tonic::Code::Unavailable,
         Code::Io => tonic::Code::Internal,

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod errors;
 pub mod files;
+pub mod locks;
 pub mod namespace;
 pub mod raft;
 pub mod security;
@@ -138,6 +139,7 @@ impl Native {
 
 pub use cluster::ClusterService;
 pub use files::FilesService;
+pub use locks::LocksService;
 pub use namespace::NamespaceService;
 pub use raft::{
     Authenticator, GrpcTransport, MetaDirectory, PeerDirectory, RaftService, RAFT_BATCH_BYTES_MAX,

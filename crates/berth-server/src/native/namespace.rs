@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use berth_api::v1::namespace_server::Namespace as NamespaceApi;
 use berth_api::v1::*;
+use berth_fs::records::View;
 use berth_fs::{EntryAcl, EntryInfo, EntryKind, SetAttr};
 use berth_meta::Error;
 use tonic::{Request, Response, Status};
@@ -41,6 +42,11 @@ pub fn to_entry(e: EntryInfo) -> Entry {
         symlink_target: i.target.unwrap_or_default(),
         volume_root: e.volume_root,
         volume_path: e.volume_path,
+        view: match e.view {
+            View::Live => 0,
+            View::SnapshotDir => u64::MAX,
+            View::Snapshot(id) => id.saturating_add(1),
+        },
     }
 }
 
@@ -137,6 +143,14 @@ impl NamespaceApi for NamespaceService {
     async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
         let n = &self.0;
         n.call("Namespace/Rename", req, |p, r| async move {
+            if r.exchange {
+                if r.no_replace {
+                    return Err(Error::invalid(
+                        "exchange and no_replace exclude each other (as RENAME_EXCHANGE and RENAME_NOREPLACE do)",
+                    ));
+                }
+                return n.ns.exchange(&p, &r.from, &r.to).await.map(|_| Empty {});
+            }
             n.ns.rename(&p, &r.from, &r.to, r.no_replace)
                 .await
                 .map(|_| Empty {})

@@ -32,8 +32,57 @@ fn to_volume(s: VolumeStatus) -> Volume {
     }
 }
 
+fn to_snapshot(s: berth_fs::snapshots::SnapshotInfo) -> Snapshot {
+    Snapshot {
+        volume: s.volume_path,
+        name: s.name,
+        id: s.id,
+        created_ns: s.created_ns,
+        path: s.path,
+    }
+}
+
 #[tonic::async_trait]
 impl VolumesApi for VolumesService {
+    async fn snapshot_create(
+        &self,
+        req: Request<SnapshotRequest>,
+    ) -> Result<Response<Snapshot>, Status> {
+        let n = &self.0;
+        n.call("Volumes/SnapshotCreate", req, |p, r| async move {
+            n.ns.snapshot_create(&p, &r.volume, &r.name)
+                .await
+                .map(to_snapshot)
+        })
+        .await
+    }
+
+    async fn snapshot_list(
+        &self,
+        req: Request<PathRequest>,
+    ) -> Result<Response<Snapshots>, Status> {
+        let n = &self.0;
+        n.call("Volumes/SnapshotList", req, |p, r| async move {
+            let list = n.ns.snapshot_list(&p, &r.path).await?;
+            Ok(Snapshots {
+                snapshots: list.into_iter().map(to_snapshot).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn snapshot_remove(
+        &self,
+        req: Request<SnapshotRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let n = &self.0;
+        n.call("Volumes/SnapshotRemove", req, |p, r| async move {
+            n.ns.snapshot_remove(&p, &r.volume, &r.name).await?;
+            Ok(Empty {})
+        })
+        .await
+    }
+
     async fn create(&self, req: Request<VolumeCreateRequest>) -> Result<Response<Volume>, Status> {
         let n = &self.0;
         n.call("Volumes/Create", req, |p, r| async move {

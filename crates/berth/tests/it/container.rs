@@ -2,7 +2,8 @@
 //! socket with real FUSE mounts, and the berth-client image with real
 //! Docker (two containers on two Docker networks standing in for two hosts,
 //! a scoped ticket, the non-root application, signals, the volume plugin
-//! with an image that knows nothing of Berth).
+//! with an image that knows nothing of Berth, non-root containers on a
+//! plugin volume).
 //!
 //! Skipped with a line on stderr where /dev/fuse, root (for mounting), or
 //! Docker is missing, or while the binary lacks the two subcommands.
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::harness::{TestServer, BIN};
+use crate::posix_user::{run_op, Op, Who};
 
 /// Longest a docker command (build, run, stop) may take.
 const DOCKER_TIMEOUT_S: u64 = 180;
@@ -106,15 +108,11 @@ fn wired() -> bool {
 
 /// FUSE mount points in this mount namespace.
 fn fuse_mounts() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let fs_type = right.split(' ').next()?;
-            let mp = left.split(' ').nth(4)?;
-            (fs_type == "fuse" || fs_type.starts_with("fuse."))
-                .then(|| PathBuf::from(mp.replace("\\040", " ")))
-        })
+    berth_fuse::mounts()
+        .expect("reading /proc/self/mountinfo")
+        .into_iter()
+        .filter(berth_fuse::MountEntry::is_fuse)
+        .map(|m| m.mount_point)
         .collect()
 }
 
@@ -149,14 +147,17 @@ fn plugin_call(sock: &Path, endpoint: &str, body: Value) -> Value {
     s.set_read_timeout(Some(Duration::from_secs(REQUEST_TIMEOUT_S)))
         .unwrap();
     let body = body.to_string();
-    write!(
-        s,
+    // One write, as Docker sends it: endpoints that ignore the body answer
+    // and close at once, and body bytes arriving after that would make the
+    // write fail (EPIPE) or the read (ECONNRESET).
+    let req = format!(
         "POST /{endpoint} HTTP/1.1\r\nHost: plugin\r\n\
          Content-Type: application/vnd.docker.plugins.v1.2+json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    );
+    s.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
     let mut out = String::new();
     s.read_to_string(&mut out)
         .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
@@ -355,6 +356,31 @@ fn docker_plugin_with_fuse_mounts() {
     assert!(is_fuse(&mp), "{mp:?} is not a FUSE mount");
     std::fs::write(mp.join("hello"), "hi\n").unwrap();
     assert_eq!(s.json(&["stat", "/apps/vol1/data/hello"])["size"], 3);
+    // Any uid may use the volume (a container's `--user`), checked as
+    // itself against the mode bits; what it creates is its own.
+    let (u, other) = (
+        Who::user(1000, 1000, &[1000]),
+        Who::user(2000, 2000, &[2000]),
+    );
+    assert_eq!(run_op(&u, &Op::Create("mine", 0o644), &mp), libc::EACCES);
+    std::os::unix::fs::chown(&mp, Some(1000), Some(1000)).unwrap();
+    assert_eq!(
+        run_op(&u, &Op::Create("mine", 0o644), &mp),
+        0,
+        "{}",
+        p.log()
+    );
+    assert_eq!(run_op(&u, &Op::Read("mine"), &mp), 0);
+    let st = s.json(&["stat", "/apps/vol1/data/mine"]);
+    assert_eq!(
+        (&st["uid"], &st["gid"]),
+        (&json!(1000), &json!(1000)),
+        "{st}"
+    );
+    assert_eq!(run_op(&other, &Op::Read("mine"), &mp), 0);
+    assert_eq!(run_op(&other, &Op::Write("mine"), &mp), libc::EACCES);
+    assert_eq!(run_op(&other, &Op::Unlink("mine"), &mp), libc::EACCES);
+    assert_eq!(run_op(&u, &Op::Unlink("mine"), &mp), 0);
     let v = p.call("VolumeDriver.Mount", json!({"Name": "vol1", "ID": "c2"}));
     assert_eq!(v["Mountpoint"], mp.display().to_string());
     let v = p.call("VolumeDriver.Get", json!({"Name": "vol1"}));
@@ -941,6 +967,78 @@ fn docker_image_end_to_end() {
     let stat = server.cli(&["stat", "--json", &format!("/apps/vol-{id}/greeting")]);
     let stat: Value = serde_json::from_str(&stat).expect("stat --json");
     assert_eq!(stat["size"], 17, "{stat}");
+
+    // 8. Non-root containers (`--user`) on a plugin volume: each is checked
+    // as its own uid, and what one creates is its own.
+    let uvol = format!("berth-it-{id}-uvol");
+    junk.volumes.push(uvol.clone());
+    let upath = format!("/apps/uvol-{id}");
+    docker_ok(&[
+        "volume",
+        "create",
+        "-d",
+        &driver,
+        "-o",
+        &format!("path={upath}"),
+        &uvol,
+    ]);
+    server.cli(&["chown", "1000:1000", &upath]);
+    let umount = format!("{uvol}:/data");
+    let mut as_user = |user: &str, net: &str, cmd: &[&str]| -> Output {
+        let cname = format!("berth-it-{id}-u{}", junk.containers.len());
+        junk.containers.push(cname.clone());
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--name",
+            &cname,
+            "--network",
+            net,
+            "--user",
+            user,
+            "-v",
+            &umount,
+            "--entrypoint",
+            "/usr/local/bin/notes",
+            &app_image,
+        ];
+        args.extend(cmd);
+        docker(&args)
+    };
+    let out = as_user("1000:1000", &net_a, &["write", "/data/mine", "by", "1000"]);
+    let stdout = ok(&format!("write as 1000\n{}", plugin.log()), out);
+    assert!(stdout.contains("as uid 1000 gid 1000"), "{stdout}");
+    let out = as_user("1000:1000", &net_b, &["cat", "/data/mine"]);
+    assert_eq!(
+        ok(&format!("cat as 1000\n{}", plugin.log()), out),
+        "by 1000\n"
+    );
+    let out = as_user("1000:1000", &net_b, &["stat", "/data/mine"]);
+    let stdout = ok(&format!("stat as 1000\n{}", plugin.log()), out);
+    assert!(stdout.ends_with("mode=644 uid=1000 gid=1000\n"), "{stdout}");
+    let out = as_user("2000:2000", &net_a, &["cat", "/data/mine"]);
+    assert_eq!(ok("cat as 2000", out), "by 1000\n");
+    for cmd in [
+        &["append", "/data/mine", "by 2000"][..],
+        &["write", "/data/theirs", "by 2000"][..],
+    ] {
+        let out = as_user("2000:2000", &net_a, cmd);
+        assert_eq!(out.status.code(), Some(1), "{}", explain("as 2000", &out));
+        assert!(
+            text(&out.stderr).contains("Permission denied (os error 13)"),
+            "{}",
+            explain("as 2000", &out)
+        );
+    }
+    let stat = server.cli(&["stat", "--json", &format!("{upath}/mine")]);
+    let stat: Value = serde_json::from_str(&stat).expect("stat --json");
+    assert_eq!(
+        (&stat["uid"], &stat["gid"]),
+        (&json!(1000), &json!(1000)),
+        "{stat}"
+    );
+    assert_eq!(stat["size"], 8, "{stat}");
+    docker_ok(&["volume", "rm", &uvol]);
     assert!(
         !fuse_mounts().iter().any(|m| m.starts_with(&plugin.mounts)),
         "unmounted once no container uses it"

@@ -80,6 +80,7 @@ async fn mutate(c: berth_client::Client, round: usize, seed: u64, mut m: Model) 
                 from: from.clone(),
                 to: to.clone(),
                 no_replace: true,
+                exchange: false,
             });
             match tokio::time::timeout(CALL_TIMEOUT, call).await {
                 Ok(Ok(_)) => {

@@ -6,11 +6,15 @@ mod admin;
 mod container;
 mod crash;
 mod errors;
+mod exchange;
 mod files;
 mod fsx;
 mod harness;
+mod locks;
 mod mount;
+mod posix_user;
 mod security;
+mod snapshots;
 mod tour;
 
 pub use harness::TestServer;

@@ -223,6 +223,19 @@ fn exercise(mp: PathBuf) {
     let mode = fs::metadata(d.join("a.txt")).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o600);
     assert_eq!(mode & libc::S_IFMT, libc::S_IFREG);
+    // An explicit modification time sticks on a written file (touch -d,
+    // cp -p, tar, rsync -t), and a later write moves it on again.
+    let past = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(d.join("a.txt"))
+        .unwrap();
+    f.set_modified(past).unwrap();
+    drop(f);
+    assert_eq!(
+        fs::metadata(d.join("a.txt")).unwrap().modified().unwrap(),
+        past
+    );
     // Rename, then rename over an existing file.
     fs::rename(d.join("a.txt"), d.join("b.txt")).unwrap();
     assert_eq!(errno(fs::metadata(d.join("a.txt"))), libc::ENOENT);

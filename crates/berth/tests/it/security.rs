@@ -222,6 +222,39 @@ fn scope_ace_and_mode_bits_deny() {
         "ACE parse error should give a position: {msg}"
     );
 
+    // Sticky directory (as /tmp): others may create, but only an entry's
+    // owner (or the directory's, or an admin) may remove or rename it.
+    s.ok(&["mkdir", "/team/tmp"]);
+    s.ok(&["chmod", "1777", "/team/tmp"]);
+    let out = s.cli_with(&["touch", "/team/tmp/alices"], &a, None);
+    s.check_ok(&["touch"], out);
+    s.ok(&["group", "add-member", "dev", "bob"]);
+    let bob2 = s.dir.path().join("bob2.ticket");
+    let out = s.cli_with(
+        &[
+            "login",
+            "--user",
+            "bob",
+            "--password-stdin",
+            "--out",
+            bob2.to_str().unwrap(),
+        ],
+        &[],
+        Some("bob-pw\n"),
+    );
+    s.check_ok(&["login"], out);
+    let b2 = [("BERTH_TICKET_FILE", bob2.as_path())];
+    let out = s.cli_with(&["rm", "/team/tmp/alices"], &b2, None);
+    s.check_err(&["rm", "sticky"], out, "EPERM");
+    let out = s.cli_with(&["mv", "/team/tmp/alices", "/team/tmp/bobs"], &b2, None);
+    s.check_err(&["mv", "sticky"], out, "EPERM");
+    let out = s.cli_with(&["touch", "/team/tmp/bobs"], &b2, None);
+    s.check_ok(&["touch"], out);
+    let out = s.cli_with(&["rm", "/team/tmp/bobs"], &b2, None);
+    s.check_ok(&["rm", "own file in sticky dir"], out);
+    let out = s.cli_with(&["rm", "/team/tmp/alices"], &a, None);
+    s.check_ok(&["rm", "own file in sticky dir"], out);
+
     // The admin can do everything, ACEs and modes notwithstanding.
     s.ok(&["ls", "/team/alice"]);
     s.ok(&["mkdir", "/team/alice/by-admin"]);
