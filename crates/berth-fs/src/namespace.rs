@@ -48,6 +48,9 @@ pub struct SetAttr {
     pub atime_ns: Option<i64>,
     pub mtime_ns: Option<i64>,
     pub size: Option<u64>,
+    /// The given times are "now" (utimes(NULL)): the server's clock is used
+    /// and write access suffices; explicit times need the owner.
+    pub times_now: bool,
 }
 
 /// A resolved entry.
@@ -554,7 +557,6 @@ impl Namespace {
         parents: bool,
     ) -> Result<EntryInfo, Error> {
         let path = normalize_path(path)?;
-        let mode = if mode == 0 { 0o755 } else { mode };
         if !parents {
             return self.make(p, &path, EntryKind::Dir, mode, None, true).await;
         }
@@ -589,7 +591,6 @@ impl Namespace {
             ));
         }
         let path = normalize_path(path)?;
-        let mode = if mode == 0 { 0o644 } else { mode };
         self.make(p, &path, kind, mode, None, exclusive).await
     }
 
@@ -1020,14 +1021,17 @@ impl Namespace {
                 i.gid = gid;
             }
             if a.atime_ns.is_some() || a.mtime_ns.is_some() {
-                if check_owner(p, &loc.path, &i, "set the times of").is_err() {
+                if !a.times_now {
+                    check_owner(p, &loc.path, &i, "set explicit times on")?;
+                } else if check_owner(p, &loc.path, &i, "set the times of").is_err() {
                     check_entry(p, &loc.path, &vol, &i, Need::Write)?;
                 }
+                let now = now_ns();
                 if let Some(t) = a.atime_ns {
-                    i.atime_ns = t;
+                    i.atime_ns = if a.times_now { now } else { t };
                 }
                 if let Some(t) = a.mtime_ns {
-                    i.mtime_ns = t;
+                    i.mtime_ns = if a.times_now { now } else { t };
                     if i.kind == EntryKind::File {
                         // The time kept beside the data (the latest write)
                         // would win over the time set; an explicit time

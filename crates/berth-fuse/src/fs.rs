@@ -489,7 +489,7 @@ impl BerthFs {
                 create: create_flag,
                 exclusive,
                 truncate,
-                mode,
+                mode: Some(mode),
             };
             async move { c.open(req).await }
         }))?;
@@ -624,13 +624,12 @@ impl BerthFs {
     }
 
     /// Replies for a created entry. `fresh`: the call certainly created it
-    /// (not an existing entry opened); only then are its mode and `owner`
-    /// (from [`BerthFs::owner_for`]) made right.
+    /// (not an existing entry opened); only then is its `owner` (from
+    /// [`BerthFs::owner_for`]) made right.
     fn created(
         &self,
         path: &str,
         e: Entry,
-        mode: u32,
         fresh: bool,
         owner: Option<(u32, u32)>,
     ) -> Result<FileAttr, Errno> {
@@ -640,16 +639,12 @@ impl BerthFs {
             ..Default::default()
         };
         if fresh {
-            // The API reads mode 0 as "the default": set 0 explicitly.
-            if mode == 0 && e.mode & 0o7777 != 0 {
-                fix.mode = Some(0);
-            }
             if let Some((uid, gid)) = owner {
                 fix.uid = (e.uid != uid).then_some(uid);
                 fix.gid = (e.gid != gid).then_some(gid);
             }
         }
-        if fix.mode.is_none() && fix.uid.is_none() && fix.gid.is_none() {
+        if fix.uid.is_none() && fix.gid.is_none() {
             return self.reference(path, &e);
         }
         let fixed = self.rt.block_on(call("setattr", path, || {
@@ -801,6 +796,11 @@ impl Filesystem for BerthFs {
             atime_ns: atime.map(ns),
             mtime_ns: mtime.map(ns),
             size,
+            // utimes(NULL) sends both as "now": write access suffices then.
+            times_now: (atime.is_some() || mtime.is_some())
+                && [atime, mtime]
+                    .iter()
+                    .all(|t| matches!(t, None | Some(TimeOrNow::Now))),
         };
         match self.do_setattr(ino.0, req) {
             Ok(a) => reply.attr(&TTL, &a),
@@ -848,12 +848,12 @@ impl Filesystem for BerthFs {
                 let req = berth_api::v1::CreateRequest {
                     path: path.clone(),
                     r#type: EntryType::File as i32,
-                    mode,
+                    mode: Some(mode),
                     exclusive: true,
                 };
                 async move { c.create(req).await }
             }))?;
-            self.created(&path, e, mode, true, owner)
+            self.created(&path, e, true, owner)
         })();
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
@@ -879,12 +879,12 @@ impl Filesystem for BerthFs {
                 let mut c = self.client.namespace();
                 let req = MkdirRequest {
                     path: path.clone(),
-                    mode,
+                    mode: Some(mode),
                     parents: false,
                 };
                 async move { c.mkdir(req).await }
             }))?;
-            self.created(&path, e, mode, true, owner)
+            self.created(&path, e, true, owner)
         })();
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
@@ -1076,7 +1076,7 @@ impl Filesystem for BerthFs {
                 }
                 Err(err) => return Err(err),
             };
-            let a = self.created(&path, e, mode, fresh, owner)?;
+            let a = self.created(&path, e, fresh, owner)?;
             let fh = self.fh();
             self.files.lock().insert(fh, file);
             Ok((a, fh))

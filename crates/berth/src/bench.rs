@@ -172,7 +172,7 @@ async fn run_berth(
     let mut ns = clients[0].namespace();
     ns.mkdir(MkdirRequest {
         path: run_dir.to_string(),
-        mode: 0,
+        mode: None,
         parents: true,
     })
     .await
@@ -181,7 +181,7 @@ async fn run_berth(
         let dir = format!("{run_dir}/c{i}");
         ns.mkdir(MkdirRequest {
             path: dir.clone(),
-            mode: 0,
+            mode: None,
             parents: false,
         })
         .await
@@ -223,7 +223,7 @@ async fn berth_worker(
                 let path = format!("{dir}/d{j}");
                 ns.mkdir(MkdirRequest {
                     path,
-                    mode: 0,
+                    mode: None,
                     parents: false,
                 })
                 .await
@@ -234,7 +234,7 @@ async fn berth_worker(
                 let req = CreateRequest {
                     path,
                     r#type: EntryType::File as i32,
-                    mode: 0,
+                    mode: None,
                     exclusive: true,
                 };
                 ns.create(req).await.map(drop)

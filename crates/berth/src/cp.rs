@@ -185,7 +185,7 @@ fn upload_tree<'a>(
             .namespace()
             .mkdir(MkdirRequest {
                 path: dst.to_string(),
-                mode,
+                mode: Some(mode),
                 parents: true,
             })
             .await
@@ -229,7 +229,7 @@ async fn upload_file(client: &Arc<Client>, src: &Path, dst: &str, bar: &Progress
             create: true,
             exclusive: false,
             truncate: true,
-            mode: meta.permissions().mode() & 0o7777,
+            mode: Some(meta.permissions().mode() & 0o7777),
         })
         .await
         .map_err(|s| at_path(ClientError::from_status(s), dst))?

@@ -181,7 +181,7 @@ fn print_entries(entries: &[Entry], long: bool, show_path: bool) {
 
 pub async fn mkdir(ctx: &Ctx, args: MkdirArgs) -> Result<()> {
     let client = ctx.client().await?;
-    let (mode, parents) = (args.mode.unwrap_or(0), args.parents);
+    let (mode, parents) = (args.mode, args.parents);
     for_each_path(&args.paths, |path| {
         let mut ns = client.namespace();
         async move {
@@ -294,7 +294,7 @@ pub async fn touch(ctx: &Ctx, args: PathsArg) -> Result<()> {
             let req = CreateRequest {
                 path: path.clone(),
                 r#type: EntryType::File as i32,
-                mode: 0,
+                mode: None,
                 exclusive: true,
             };
             match ns.create(req).await {
@@ -309,6 +309,7 @@ pub async fn touch(ctx: &Ctx, args: PathsArg) -> Result<()> {
                         path: path.clone(),
                         atime_ns: Some(now),
                         mtime_ns: Some(now),
+                        times_now: true,
                         ..Default::default()
                     };
                     ns.set_attr(req).await.map_err(api(&path))?;

@@ -71,7 +71,7 @@ impl Backend for BerthBackend {
             .namespace()
             .mkdir(MkdirRequest {
                 path: path.to_string(),
-                mode: 0,
+                mode: None,
                 parents: true,
             })
             .await

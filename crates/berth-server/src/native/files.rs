@@ -24,7 +24,7 @@ impl FilesApi for FilesService {
                 create: r.create,
                 exclusive: r.exclusive,
                 truncate: r.truncate,
-                mode: r.mode,
+                mode: r.mode.unwrap_or(0o644),
             };
             let (handle, entry) = n.ns.open(&p, &spec).await?;
             Ok(OpenResponse {

@@ -86,7 +86,7 @@ impl NamespaceApi for NamespaceService {
     async fn mkdir(&self, req: Request<MkdirRequest>) -> Result<Response<Entry>, Status> {
         let n = &self.0;
         n.call("Namespace/Mkdir", req, |p, r| async move {
-            n.ns.mkdir(&p, &r.path, r.mode, r.parents)
+            n.ns.mkdir(&p, &r.path, r.mode.unwrap_or(0o755), r.parents)
                 .await
                 .map(to_entry)
         })
@@ -102,7 +102,7 @@ impl NamespaceApi for NamespaceService {
                 Ok(EntryType::Stream) => EntryKind::Stream,
                 _ => return Err(Error::invalid("create makes FILE, TABLE or STREAM entries")),
             };
-            n.ns.create(&p, &r.path, kind, r.mode, r.exclusive)
+            n.ns.create(&p, &r.path, kind, r.mode.unwrap_or(0o644), r.exclusive)
                 .await
                 .map(to_entry)
         })
@@ -168,6 +168,7 @@ impl NamespaceApi for NamespaceService {
                 atime_ns: r.atime_ns,
                 mtime_ns: r.mtime_ns,
                 size: r.size,
+                times_now: r.times_now,
             };
             n.ns.set_attr(&p, &r.path, &a).await.map(to_entry)
         })

@@ -60,7 +60,7 @@ async fn mutate(c: berth_client::Client, round: usize, seed: u64, mut m: Model) 
             let path = format!("/crash/r{round}-{i}");
             let call = ns.mkdir(MkdirRequest {
                 path: path.clone(),
-                mode: 0o755,
+                mode: Some(0o755),
                 parents: false,
             });
             match tokio::time::timeout(CALL_TIMEOUT, call).await {

@@ -236,6 +236,27 @@ fn exercise(mp: PathBuf) {
         fs::metadata(d.join("a.txt")).unwrap().modified().unwrap(),
         past
     );
+    // Mode 0 is mode 0 (not "the default"), for files and directories.
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o0)
+            .open(d.join("zero"))
+            .unwrap();
+        drop(f);
+        let m = fs::metadata(d.join("zero")).unwrap().permissions().mode();
+        assert_eq!(m & 0o7777, 0);
+        fs::DirBuilder::new()
+            .mode(0o0)
+            .create(d.join("zdir"))
+            .unwrap();
+        let m = fs::metadata(d.join("zdir")).unwrap().permissions().mode();
+        assert_eq!(m & 0o7777, 0);
+        fs::remove_file(d.join("zero")).unwrap();
+        fs::remove_dir(d.join("zdir")).unwrap();
+    }
     // Rename, then rename over an existing file.
     fs::rename(d.join("a.txt"), d.join("b.txt")).unwrap();
     assert_eq!(errno(fs::metadata(d.join("a.txt"))), libc::ENOENT);

@@ -252,6 +252,14 @@ fn scope_ace_and_mode_bits_deny() {
     s.check_ok(&["touch"], out);
     let out = s.cli_with(&["rm", "/team/tmp/bobs"], &b2, None);
     s.check_ok(&["rm", "own file in sticky dir"], out);
+    // touch (times = now) needs only write access; alice's file is 0644
+    // until she opens it up.
+    let out = s.cli_with(&["touch", "/team/tmp/alices"], &b2, None);
+    s.check_err(&["touch", "read-only file"], out, "EACCES");
+    let out = s.cli_with(&["chmod", "666", "/team/tmp/alices"], &a, None);
+    s.check_ok(&["chmod"], out);
+    let out = s.cli_with(&["touch", "/team/tmp/alices"], &b2, None);
+    s.check_ok(&["touch", "writable file"], out);
     let out = s.cli_with(&["rm", "/team/tmp/alices"], &a, None);
     s.check_ok(&["rm", "own file in sticky dir"], out);
 
