@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_api::v1::{
     Entry, EntryType, LinkRequest, ListRequest, MkdirRequest, OpenRequest, PathRequest,
@@ -83,7 +83,18 @@ pub struct BerthFs {
     notifier: Arc<OnceLock<Notifier>>,
     /// Advisory locks shared with every client of the cluster.
     locks: Arc<LockClient>,
+    /// Extended attribute answers (value, or ENODATA) for the attribute
+    /// TTL, like other attributes. The kernel asks for
+    /// `security.capability` before every write(2); without this each
+    /// write would wait for a server round trip behind the previous one.
+    xattrs: Mutex<HashMap<(u64, String), CachedXattr>>,
 }
+
+/// An extended attribute answer and when it was fetched.
+type CachedXattr = (Result<Vec<u8>, Errno>, Instant);
+
+/// Cached extended attribute answers kept at most (then all are dropped).
+const XATTR_CACHE_MAX: usize = 10_000;
 
 /// Converts nanoseconds since the epoch.
 fn time(ns: i64) -> SystemTime {
@@ -226,7 +237,13 @@ impl BerthFs {
             next_fh: AtomicU64::new(1),
             notifier,
             locks: LockClient::new(client),
+            xattrs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Forgets the cached extended attributes of `ino`.
+    fn forget_xattrs(&self, ino: u64) {
+        self.xattrs.lock().retain(|(i, _), _| *i != ino);
     }
 
     fn fh(&self) -> u64 {
@@ -1336,17 +1353,34 @@ impl Filesystem for BerthFs {
         let r = (|| {
             let path = self.path(ino.0)?;
             let name = name_str(name)?.to_string();
-            self.rt.block_on(call("getxattr", &path, || {
-                let mut c = self.client.namespace();
-                let req = XattrRequest {
-                    path: path.clone(),
-                    name: name.clone(),
-                };
-                async move { c.get_xattr(req).await }
-            }))
+            let key = (ino.0, name.clone());
+            if let Some((r, at)) = self.xattrs.lock().get(&key) {
+                if at.elapsed() < TTL {
+                    return r.clone();
+                }
+            }
+            let r = self
+                .rt
+                .block_on(call("getxattr", &path, || {
+                    let mut c = self.client.namespace();
+                    let req = XattrRequest {
+                        path: path.clone(),
+                        name: name.clone(),
+                    };
+                    async move { c.get_xattr(req).await }
+                }))
+                .map(|v| v.value);
+            if matches!(r, Ok(_) | Err(Errno::ENODATA)) {
+                let mut cache = self.xattrs.lock();
+                if cache.len() >= XATTR_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(key, (r.clone(), Instant::now()));
+            }
+            r
         })();
         match r {
-            Ok(v) => xattr_reply(reply, &v.value, size),
+            Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(e),
         }
     }
@@ -1405,6 +1439,7 @@ impl Filesystem for BerthFs {
             }))?;
             Ok(())
         })();
+        self.forget_xattrs(ino.0);
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1426,6 +1461,7 @@ impl Filesystem for BerthFs {
             }))?;
             Ok(())
         })();
+        self.forget_xattrs(ino.0);
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

@@ -300,11 +300,28 @@ pub async fn mount(client: Client, cfg: MountConfig) -> Result<Mounted, MountErr
             what: "starting the FUSE session thread".into(),
             source: e,
         })?;
+    widen_readahead(&mount_point);
     Ok(Mounted {
         mount_point,
         thread: Some(thread),
         ended,
     })
+}
+
+/// Readahead the mount asks the kernel for (also its largest read).
+const READAHEAD_KB: u32 = (fs::IO_BYTES_MAX / 1024) * 4;
+
+/// FUSE caps readahead at the backing device's default (128 KiB), so a
+/// sequential reader would wait for one 128 KiB round trip at a time.
+/// Root may raise it; others keep the default (logged at debug level).
+fn widen_readahead(mount_point: &Path) {
+    let Ok(Some(m)) = mounts::fuse_mount_at(mount_point) else {
+        return;
+    };
+    let path = format!("/sys/class/bdi/{}/read_ahead_kb", m.device);
+    if let Err(e) = std::fs::write(&path, READAHEAD_KB.to_string()) {
+        tracing::debug!(path, error = %e, "could not widen readahead");
+    }
 }
 
 impl Mounted {

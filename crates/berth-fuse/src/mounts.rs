@@ -20,6 +20,9 @@ pub struct MountEntry {
     /// `fuse`, `fuse.berth`, `ext4`, ...
     pub fs_type: String,
     pub source: String,
+    /// `major:minor` of the mounted file system (its backing device info
+    /// is `/sys/class/bdi/<device>`).
+    pub device: String,
 }
 
 impl MountEntry {
@@ -68,7 +71,8 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
         };
-        let Some(mount_point) = left.split(' ').nth(4) else {
+        let fields: Vec<&str> = left.split(' ').collect();
+        let (Some(device), Some(mount_point)) = (fields.get(2), fields.get(4)) else {
             continue;
         };
         let mut r = right.split(' ');
@@ -79,6 +83,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))),
             fs_type: fs_type.to_string(),
             source: String::from_utf8_lossy(&unescape(source)).into_owned(),
+            device: device.to_string(),
         });
     }
     out
@@ -242,6 +247,7 @@ mod tests {
         assert_eq!(m.len(), 4);
         assert_eq!(m[1].mount_point, PathBuf::from("/tmp/berth mnt"));
         assert_eq!(m[1].source, "berth:/apps");
+        assert_eq!(m[1].device, "0:52");
         assert!(m[1].is_berth());
         assert!(!m[0].is_berth());
         assert!(!m[2].is_berth());

@@ -478,7 +478,8 @@ pub(crate) fn apply(
                 let st = version_state(store, batch, state)?;
                 let off = *offset as usize;
                 let end = off + data.len();
-                write_versioned(store, batch, &st, base, counter.as_deref(), |v| {
+                let replace = (off == 0).then_some(data.as_slice());
+                write_versioned(store, batch, &st, base, counter.as_deref(), replace, |v| {
                     if v.len() < end {
                         v.resize(end, 0);
                     }
@@ -499,7 +500,7 @@ pub(crate) fn apply(
                     None => 0,
                 };
                 if cur > len {
-                    write_versioned(store, batch, &st, base, counter.as_deref(), |v| {
+                    write_versioned(store, batch, &st, base, counter.as_deref(), None, |v| {
                         v.truncate(len)
                     })?;
                 }
@@ -646,29 +647,40 @@ fn prune(batch: &mut WriteBatch, st: &VersionState, base: &[u8], vs: Vec<u64>) -
 }
 
 /// Changes the current value at `base` with `change`, copying it to a new
-/// version first when a kept version still reads it.
+/// version first when a kept version still reads it. `replace`: when the
+/// current value is no longer than it, the result is exactly these bytes
+/// (a splice at 0 covering the value), so the old value is not read.
 fn write_versioned(
     store: &Store,
     batch: &mut WriteBatch,
     st: &VersionState,
     base: &[u8],
     counter: Option<&[u8]>,
+    replace: Option<&[u8]>,
     change: impl FnOnce(&mut Vec<u8>),
 ) -> Result<(), StoreError> {
     let vs = prune(batch, st, base, versions(store, batch, base)?);
-    let (target, mut value) = match vs.last() {
-        None => (st.epoch, Vec::new()),
-        Some(&v) => {
-            let value = current(store, batch, &keys::versioned(base, v))?.unwrap_or_default();
-            if v < st.epoch && st.needed(v, st.epoch) {
-                (st.epoch, value)
-            } else {
-                (v, value)
-            }
+    let (target, old) = match vs.last() {
+        None => (st.epoch, None),
+        Some(&v) if v < st.epoch && st.needed(v, st.epoch) => (st.epoch, Some(v)),
+        Some(&v) => (v, Some(v)),
+    };
+    let old_key = old.map(|v| keys::versioned(base, v));
+    let before = match &old_key {
+        Some(k) => value_len(store, batch, k)?,
+        None => 0,
+    };
+    let value = match replace {
+        Some(r) if r.len() >= before => r.to_vec(),
+        _ => {
+            let mut value = match &old_key {
+                Some(k) => current(store, batch, k)?.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            change(&mut value);
+            value
         }
     };
-    let before = value.len();
-    change(&mut value);
     batch.put(Space::Data, &keys::versioned(base, target), &value);
     if let Some(c) = counter {
         add_i64(store, batch, c, value.len() as i64 - before as i64)?;

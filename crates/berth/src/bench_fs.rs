@@ -192,6 +192,7 @@ fn run_in(dir: &Path, base: &Path, plan: Plan, show: bool) -> Result<Report> {
 
     bar.set_message("seq read");
     bar.reset();
+    bar.set_length(plan.size_bytes.div_ceil(IO_BYTES as u64));
     let file = File::open(&big).with_context(|| format!("opening {}", big.display()))?;
     let cache_drop = drop_caches(&file, plan.drop_system_caches);
     let seq_read = seq_read(file, plan.size_bytes, &bar).context("seq read")?;
@@ -236,8 +237,9 @@ fn run_in(dir: &Path, base: &Path, plan: Plan, show: bool) -> Result<Report> {
     })
 }
 
-/// One MiB of seeded pseudo-random bytes (incompressible, so no layer can
-/// shortcut them); the file is this MiB repeated with a stamp per MiB.
+/// One MiB of seeded pseudo-random bytes, so compression gains nothing; the
+/// file repeats this MiB with a stamp per MiB (none of the file systems
+/// compared deduplicates).
 fn pattern(seed: u64) -> Vec<u8> {
     let mut rng = SplitMix64(seed);
     let mut out = Vec::with_capacity(IO_BYTES);
@@ -288,7 +290,8 @@ fn seq_write(
         let n = (size - done).min(IO_BYTES as u64) as usize;
         buf[..STAMP_BYTES].copy_from_slice(&stamp(index));
         let t = Instant::now();
-        f.write_all(&buf[..n])?;
+        f.write_all(&buf[..n])
+            .with_context(|| format!("write at offset {done}"))?;
         lat.push(t.elapsed().as_micros() as u64);
         done += n as u64;
         index += 1;
@@ -359,14 +362,13 @@ fn drop_caches(file: &File, system: bool) -> CacheDrop {
 
 /// Reads the whole file in 1 MiB calls, checking each MiB's stamp.
 fn seq_read(mut f: File, size: u64, bar: &ProgressBar) -> Result<Phase> {
-    bar.set_length(size.div_ceil(IO_BYTES as u64));
     let mut buf = vec![0u8; IO_BYTES];
     let mut lat = Vec::with_capacity(size.div_ceil(IO_BYTES as u64) as usize);
     let mut total = 0u64;
     let start = Instant::now();
     loop {
         let t = Instant::now();
-        let n = read_full(&mut f, &mut buf)?;
+        let n = read_full(&mut f, &mut buf).with_context(|| format!("read at offset {total}"))?;
         if n == 0 {
             break;
         }

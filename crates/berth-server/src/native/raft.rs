@@ -157,6 +157,7 @@ impl PeerContext {
                 .map_err(|e| e.to_string())?;
         }
         ep.connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
             .connect()
             .await
             .map_err(|e| e.to_string())
