@@ -21,7 +21,7 @@
 //! frees it.
 
 use berth_meta::map::normalize_path;
-use berth_meta::router::{backoff, too_much_contention, Commit, TX_RETRIES_MAX};
+use berth_meta::router::{backoff, too_much_contention, Commit, Tx, TX_RETRIES_MAX};
 use berth_meta::{Code, Error};
 use berth_raft::cmd::{Op, VersionState};
 use berth_security::principal::Principal;
@@ -98,9 +98,7 @@ impl Namespace {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.meta().router().begin(vol.shard_id).await?;
-            let mut list = decode_snapshots(tx.get(&snapshots_key(vol.id))?.as_deref())?;
-            let state = VersionState::decode(tx.get(&versions_key(vol.id))?.as_deref())
-                .map_err(Error::corrupt)?;
+            let (mut list, state) = read_state(&mut tx, vol.id)?;
             if list.find(name).is_some() {
                 return Err(Error::exists(format!("snapshot {name} of {}", vol.path)));
             }
@@ -170,9 +168,7 @@ impl Namespace {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.meta().router().begin(vol.shard_id).await?;
-            let mut list = decode_snapshots(tx.get(&snapshots_key(vol.id))?.as_deref())?;
-            let state = VersionState::decode(tx.get(&versions_key(vol.id))?.as_deref())
-                .map_err(Error::corrupt)?;
+            let (mut list, state) = read_state(&mut tx, vol.id)?;
             let Some(record) = list.find(name).cloned() else {
                 return Err(Error::not_found(format!(
                     "snapshot {name} of {} (see `berth snapshot list {}`)",
@@ -205,6 +201,15 @@ impl Namespace {
         }
         Err(too_much_contention("snapshot remove"))
     }
+}
+
+/// A volume's snapshot list and chunk version state, read as conditions of
+/// `tx` (a concurrent snapshot change makes the command retry).
+fn read_state(tx: &mut Tx, vol: u64) -> Result<(SnapshotList, VersionState), Error> {
+    let list = decode_snapshots(tx.get(&snapshots_key(vol))?.as_deref())?;
+    let state =
+        VersionState::decode(tx.get(&versions_key(vol))?.as_deref()).map_err(Error::corrupt)?;
+    Ok((list, state))
 }
 
 fn info(volume_path: &str, r: SnapshotRecord) -> SnapshotInfo {

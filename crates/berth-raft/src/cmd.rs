@@ -565,22 +565,11 @@ fn version_state(
 fn versions(store: &Store, batch: &WriteBatch, base: &[u8]) -> Result<Vec<u64>, StoreError> {
     let (start, end) = keys::versions_range(base);
     let mut out = std::collections::BTreeSet::new();
-    let mut cursor = start.clone();
-    loop {
-        let page = store.scan_keys(Space::Data, &cursor, &end, RANGE_PAGE)?;
-        for k in &page {
-            if let Some((_, v)) = keys::split_version(k) {
-                out.insert(v);
-            }
+    each_stored_key(store, &start, &end, |k| {
+        if let Some((_, v)) = keys::split_version(k) {
+            out.insert(v);
         }
-        match page.last() {
-            Some(k) if page.len() == RANGE_PAGE => {
-                cursor = k.clone();
-                cursor.push(0);
-            }
-            _ => break,
-        }
-    }
+    })?;
     for (k, v) in batch.pending_range(Space::Data, &start, &end) {
         if let Some((_, ver)) = keys::split_version(k) {
             match v {
@@ -600,28 +589,39 @@ fn bases(
     end: &[u8],
 ) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut out = std::collections::BTreeSet::new();
-    let mut cursor = start.to_vec();
-    loop {
-        let page = store.scan_keys(Space::Data, &cursor, end, RANGE_PAGE)?;
-        for k in &page {
-            if let Some((base, _)) = keys::split_version(k) {
-                out.insert(base.to_vec());
-            }
+    each_stored_key(store, start, end, |k| {
+        if let Some((base, _)) = keys::split_version(k) {
+            out.insert(base.to_vec());
         }
-        match page.last() {
-            Some(k) if page.len() == RANGE_PAGE => {
-                cursor = k.clone();
-                cursor.push(0);
-            }
-            _ => break,
-        }
-    }
+    })?;
     for (k, v) in batch.pending_range(Space::Data, start, end) {
         if let (Some((base, _)), Some(_)) = (keys::split_version(k), v) {
             out.insert(base.to_vec());
         }
     }
     Ok(out.into_iter().collect())
+}
+
+/// Calls `f` with every key stored in `[start, end)` (not the batch's), in
+/// pages, without reading values.
+fn each_stored_key(
+    store: &Store,
+    start: &[u8],
+    end: &[u8],
+    mut f: impl FnMut(&[u8]),
+) -> Result<(), StoreError> {
+    let mut cursor = start.to_vec();
+    loop {
+        let page = store.scan_keys(Space::Data, &cursor, end, RANGE_PAGE)?;
+        page.iter().for_each(|k| f(k));
+        match page.last() {
+            Some(k) if page.len() == RANGE_PAGE => {
+                cursor = k.clone();
+                cursor.push(0);
+            }
+            _ => return Ok(()),
+        }
+    }
 }
 
 fn value_len(store: &Store, batch: &WriteBatch, key: &[u8]) -> Result<usize, StoreError> {

@@ -262,6 +262,23 @@ impl TestServer {
         self.check_ok(args, out)
     }
 
+    /// `berth login` as `user`; returns the path of the ticket file
+    /// (`<user>.ticket` in the test directory, replaced on a second login).
+    pub fn login(&self, user: &str, password: &str) -> PathBuf {
+        let f = self.dir.path().join(format!("{user}.ticket"));
+        let args = [
+            "login",
+            "--user",
+            user,
+            "--password-stdin",
+            "--out",
+            f.to_str().expect("UTF-8 temp path"),
+        ];
+        let out = self.cli_with(&args, &[], Some(&format!("{password}\n")));
+        self.check_ok(&args, out);
+        f
+    }
+
     /// Runs as admin with `--json` and parses stdout.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();

@@ -40,7 +40,7 @@ fn is_mounted(mp: &Path) -> bool {
     matches!(berth_fuse::berth_mount_at(mp), Ok(Some(_)))
 }
 
-fn errno(r: std::io::Result<impl Sized>) -> i32 {
+pub(crate) fn errno(r: std::io::Result<impl Sized>) -> i32 {
     match r {
         Ok(_) => panic!("expected an error, got success"),
         Err(e) => e
@@ -192,7 +192,7 @@ pub(crate) fn bounded<F: FnOnce() + Send + 'static>(what: &str, m: &mut Mount, f
     }
 }
 
-fn names(dir: &Path) -> Vec<String> {
+pub(crate) fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

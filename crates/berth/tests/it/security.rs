@@ -139,25 +139,8 @@ fn scope_ace_and_mode_bits_deny() {
         "dev",
     ]);
     s.ok(&["user", "add", "bob", "--password", "bob-pw"]);
-    let login = |user: &str, pw: &str| {
-        let f = s.dir.path().join(format!("{user}.ticket"));
-        let out = s.cli_with(
-            &[
-                "login",
-                "--user",
-                user,
-                "--password-stdin",
-                "--out",
-                f.to_str().unwrap(),
-            ],
-            &[],
-            Some(&format!("{pw}\n")),
-        );
-        s.check_ok(&["login"], out);
-        f
-    };
-    let alice = login("alice", "alice-pw");
-    let bob = login("bob", "bob-pw");
+    let alice = s.login("alice", "alice-pw");
+    let bob = s.login("bob", "bob-pw");
     // Wrong password.
     let f = s.dir.path().join("x.ticket");
     let out = s.cli_with(
@@ -229,20 +212,8 @@ fn scope_ace_and_mode_bits_deny() {
     let out = s.cli_with(&["touch", "/team/tmp/alices"], &a, None);
     s.check_ok(&["touch"], out);
     s.ok(&["group", "add-member", "dev", "bob"]);
-    let bob2 = s.dir.path().join("bob2.ticket");
-    let out = s.cli_with(
-        &[
-            "login",
-            "--user",
-            "bob",
-            "--password-stdin",
-            "--out",
-            bob2.to_str().unwrap(),
-        ],
-        &[],
-        Some("bob-pw\n"),
-    );
-    s.check_ok(&["login"], out);
+    // Group membership is in the ticket: bob logs in again.
+    let bob2 = s.login("bob", "bob-pw");
     let b2 = [("BERTH_TICKET_FILE", bob2.as_path())];
     let out = s.cli_with(&["rm", "/team/tmp/alices"], &b2, None);
     s.check_err(&["rm", "sticky"], out, "EPERM");

@@ -10,16 +10,7 @@ use std::os::unix::fs::{symlink, FileExt};
 use std::path::{Path, PathBuf};
 
 use crate::harness::TestServer;
-use crate::mount::{bounded, fuse_available, Mount};
-
-fn errno(r: std::io::Result<impl Sized>) -> i32 {
-    match r {
-        Ok(_) => panic!("expected an error, got success"),
-        Err(e) => e
-            .raw_os_error()
-            .unwrap_or_else(|| panic!("no errno in {e}")),
-    }
-}
+use crate::mount::{bounded, errno, fuse_available, names, Mount};
 
 /// Deterministic bytes (a simple LCG), `n` long.
 fn pattern(seed: u64, n: usize) -> Vec<u8> {
@@ -32,15 +23,6 @@ fn pattern(seed: u64, n: usize) -> Vec<u8> {
             (x >> 56) as u8
         })
         .collect()
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 const CHUNK: usize = 64 << 10;
@@ -210,20 +192,7 @@ fn snapshots_keep_the_past_and_refuse_changes() {
 
     // Only the volume root's owner (or an administrator) takes snapshots.
     s.ok(&["user", "add", "bob", "--password", "bob-pw"]);
-    let bob = s.dir.path().join("bob.ticket");
-    let out = s.cli_with(
-        &[
-            "login",
-            "--user",
-            "bob",
-            "--password-stdin",
-            "--out",
-            bob.to_str().unwrap(),
-        ],
-        &[],
-        Some("bob-pw\n"),
-    );
-    s.check_ok(&["login"], out);
+    let bob = s.login("bob", "bob-pw");
     let env = [("BERTH_TICKET_FILE", bob.as_path())];
     let out = s.cli_with(&["snapshot", "create", "/sv", "mine"], &env, None);
     s.check_err(&["snapshot", "create"], out, "EPERM");
