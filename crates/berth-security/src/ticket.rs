@@ -304,6 +304,17 @@ impl KeyRing {
         cluster: &str,
         now_secs: u64,
     ) -> Result<Principal, TicketError> {
+        self.verify_body(ticket, cluster, now_secs)
+            .map(|b| b.to_principal())
+    }
+
+    /// Like [`KeyRing::verify`], returning the whole verified body.
+    pub fn verify_body(
+        &self,
+        ticket: &str,
+        cluster: &str,
+        now_secs: u64,
+    ) -> Result<TicketBody, TicketError> {
         let parts = split(ticket)?;
         let body = decode_body(&parts.body)?;
         let key = match self.keys.get(&body.key_id) {
@@ -332,7 +343,7 @@ impl KeyRing {
                 .validate()
                 .map_err(|e| TicketError::Malformed(format!("bad scope: {e}")))?;
         }
-        Ok(body.to_principal())
+        Ok(body)
     }
 }
 

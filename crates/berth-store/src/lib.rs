@@ -79,10 +79,15 @@ impl Space {
     /// amplification for bulk data stays near one extra write.
     fn options(self) -> KeyspaceCreateOptions {
         let o = KeyspaceCreateOptions::default();
+        let separated = fjall::KvSeparationOptions::default().separation_threshold(4 << 10);
         match self {
-            Space::RaftLog | Space::Data => o.with_kv_separation(Some(
-                fjall::KvSeparationOptions::default().separation_threshold(4 << 10),
-            )),
+            // Log entries live until compaction; compressing them (file
+            // data, mostly incompressible) only costs CPU on the write path.
+            // Fixed when the keyspace is created.
+            Space::RaftLog => {
+                o.with_kv_separation(Some(separated.compression(fjall::CompressionType::None)))
+            }
+            Space::Data => o.with_kv_separation(Some(separated)),
             Space::RaftState | Space::Local => o,
         }
     }
