@@ -91,7 +91,7 @@ async fn exchange_swaps_entries() {
         chunk_size: 0,
     };
     k.ns.volume_create(a, &spec).await.unwrap();
-    k.ns.create(a, "/v/y", EntryKind::File, 0, true)
+    k.ns.create(a, "/v/y", EntryKind::File, 0o644, true)
         .await
         .unwrap();
     assert_eq!(

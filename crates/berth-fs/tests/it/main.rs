@@ -120,22 +120,25 @@ fn code<T: std::fmt::Debug>(r: Result<T, berth_meta::Error>) -> Code {
 async fn directories_files_and_links() {
     let k = kernel().await;
     let a = &k.admin;
-    k.ns.mkdir(a, "/d", 0, false).await.unwrap();
-    assert_eq!(code(k.ns.mkdir(a, "/d", 0, false).await), Code::Exists);
-    k.ns.mkdir(a, "/d/e/f", 0, true).await.unwrap();
-    k.ns.mkdir(a, "/d/e/f", 0, true).await.unwrap(); // -p: no error
-    assert_eq!(code(k.ns.mkdir(a, "/x/y", 0, false).await), Code::NotFound);
-    k.ns.create(a, "/d/file", EntryKind::File, 0, true)
+    k.ns.mkdir(a, "/d", 0o755, false).await.unwrap();
+    assert_eq!(code(k.ns.mkdir(a, "/d", 0o755, false).await), Code::Exists);
+    k.ns.mkdir(a, "/d/e/f", 0o755, true).await.unwrap();
+    k.ns.mkdir(a, "/d/e/f", 0o755, true).await.unwrap(); // -p: no error
+    assert_eq!(
+        code(k.ns.mkdir(a, "/x/y", 0o755, false).await),
+        Code::NotFound
+    );
+    k.ns.create(a, "/d/file", EntryKind::File, 0o644, true)
         .await
         .unwrap();
     assert_eq!(
-        code(k.ns.mkdir(a, "/d/file/sub", 0, false).await),
+        code(k.ns.mkdir(a, "/d/file/sub", 0o755, false).await),
         Code::NotDir
     );
-    k.ns.create(a, "/d/tbl", EntryKind::Table, 0, true)
+    k.ns.create(a, "/d/tbl", EntryKind::Table, 0o644, true)
         .await
         .unwrap();
-    k.ns.create(a, "/d/str", EntryKind::Stream, 0, true)
+    k.ns.create(a, "/d/str", EntryKind::Stream, 0o644, true)
         .await
         .unwrap();
     assert_eq!(k.names(a, "/d").await, ["e", "file", "str", "tbl"]);
@@ -168,9 +171,9 @@ async fn directories_files_and_links() {
     assert_eq!(k.ns.stat(a, "/").await.unwrap().inode.nlink, 2);
 
     // Paging through a large directory.
-    k.ns.mkdir(a, "/big", 0, false).await.unwrap();
+    k.ns.mkdir(a, "/big", 0o755, false).await.unwrap();
     for i in 0..250 {
-        k.ns.create(a, &format!("/big/f{i:04}"), EntryKind::File, 0, true)
+        k.ns.create(a, &format!("/big/f{i:04}"), EntryKind::File, 0o644, true)
             .await
             .unwrap();
     }
@@ -193,12 +196,12 @@ async fn directories_files_and_links() {
 async fn rename_semantics() {
     let k = kernel().await;
     let a = &k.admin;
-    k.ns.mkdir(a, "/a/b/c", 0, true).await.unwrap();
-    k.ns.mkdir(a, "/z", 0, false).await.unwrap();
-    k.ns.create(a, "/a/f1", EntryKind::File, 0, true)
+    k.ns.mkdir(a, "/a/b/c", 0o755, true).await.unwrap();
+    k.ns.mkdir(a, "/z", 0o755, false).await.unwrap();
+    k.ns.create(a, "/a/f1", EntryKind::File, 0o644, true)
         .await
         .unwrap();
-    k.ns.create(a, "/a/f2", EntryKind::File, 0, true)
+    k.ns.create(a, "/a/f2", EntryKind::File, 0o644, true)
         .await
         .unwrap();
     // File over file replaces it.
@@ -207,7 +210,7 @@ async fn rename_semantics() {
     assert_eq!(k.ns.stat(a, "/a/f2").await.unwrap().ino, f1);
     assert_eq!(code(k.ns.stat(a, "/a/f1").await), Code::NotFound);
     // No-replace.
-    k.ns.create(a, "/a/f3", EntryKind::File, 0, true)
+    k.ns.create(a, "/a/f3", EntryKind::File, 0o644, true)
         .await
         .unwrap();
     assert_eq!(
@@ -224,7 +227,7 @@ async fn rename_semantics() {
         Code::IsDir
     );
     // Directory over a non-empty directory.
-    k.ns.mkdir(a, "/z/full", 0, false).await.unwrap();
+    k.ns.mkdir(a, "/z/full", 0o755, false).await.unwrap();
     assert_eq!(
         code(k.ns.rename(a, "/a/b", "/z", false).await),
         Code::NotEmpty
@@ -242,8 +245,8 @@ async fn rename_semantics() {
     assert_eq!(k.ns.stat(a, "/z").await.unwrap().inode.nlink, z_nlink + 1);
     assert_eq!(k.ns.stat(a, "/z/b/c").await.unwrap().path, "/z/b/c");
     // Empty directory over an empty directory.
-    k.ns.mkdir(a, "/e1", 0, false).await.unwrap();
-    k.ns.mkdir(a, "/e2", 0, false).await.unwrap();
+    k.ns.mkdir(a, "/e1", 0o755, false).await.unwrap();
+    k.ns.mkdir(a, "/e2", 0o755, false).await.unwrap();
     let root = k.ns.stat(a, "/").await.unwrap().inode.nlink;
     k.ns.rename(a, "/e1", "/e2", false).await.unwrap();
     assert_eq!(k.ns.stat(a, "/").await.unwrap().inode.nlink, root - 1);
@@ -255,14 +258,14 @@ async fn rename_semantics() {
 #[tokio::test]
 async fn concurrent_creates_in_one_directory_all_land() {
     let k = kernel().await;
-    k.ns.mkdir(&k.admin, "/c", 0, false).await.unwrap();
+    k.ns.mkdir(&k.admin, "/c", 0o755, false).await.unwrap();
     let mut tasks = Vec::new();
     for t in 0..8 {
         let ns = k.ns.clone();
         let a = k.admin.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..25 {
-                ns.mkdir(&a, &format!("/c/t{t}-{i}"), 0, false)
+                ns.mkdir(&a, &format!("/c/t{t}-{i}"), 0o755, false)
                     .await
                     .unwrap();
             }
@@ -283,7 +286,10 @@ async fn permissions_modes_and_acls() {
     let alice = k.user("alice", &["dev"]).await;
     let bob = k.user("bob", &[]).await;
     // / is 0755 root: nobody else creates there.
-    assert_eq!(code(k.ns.mkdir(&alice, "/x", 0, false).await), Code::Access);
+    assert_eq!(
+        code(k.ns.mkdir(&alice, "/x", 0o755, false).await),
+        Code::Access
+    );
     k.ns.mkdir(a, "/home", 0o777, false).await.unwrap();
     let e =
         k.ns.mkdir(&alice, "/home/alice", 0o700, false)
@@ -322,9 +328,9 @@ async fn permissions_modes_and_acls() {
         ..Default::default()
     };
     k.ns.set_acl(a, "/shared", &acl, false).await.unwrap();
-    k.ns.mkdir(&alice, "/shared/a", 0, false).await.unwrap();
+    k.ns.mkdir(&alice, "/shared/a", 0o755, false).await.unwrap();
     assert_eq!(
-        code(k.ns.mkdir(&bob, "/shared/b", 0, false).await),
+        code(k.ns.mkdir(&bob, "/shared/b", 0o755, false).await),
         Code::Access
     );
     assert_eq!(
@@ -354,7 +360,7 @@ async fn permissions_modes_and_acls() {
     let scoped = k.meta.authenticate(&t).unwrap();
     k.ns.list(&scoped, "/shared", "", 0).await.unwrap();
     assert_eq!(
-        code(k.ns.mkdir(&scoped, "/shared/s", 0, false).await),
+        code(k.ns.mkdir(&scoped, "/shared/s", 0o755, false).await),
         Code::Access
     );
     assert_eq!(code(k.ns.list(&scoped, "/home", "", 0).await), Code::Access);
@@ -390,7 +396,7 @@ async fn volumes_mount_and_isolate() {
     k.ns.mkdir(a, "/v/d", 0o777, false).await.unwrap();
     assert_eq!(k.ns.stat(a, "/v/d").await.unwrap().volume_path, "/v");
     // Cross-volume rename is EXDEV; the mount point cannot be renamed or rm'd.
-    k.ns.mkdir(a, "/outside", 0, false).await.unwrap();
+    k.ns.mkdir(a, "/outside", 0o755, false).await.unwrap();
     assert_eq!(
         code(k.ns.rename(a, "/v/d", "/outside/d", false).await),
         Code::CrossVolume
@@ -399,9 +405,11 @@ async fn volumes_mount_and_isolate() {
     assert_eq!(code(k.ns.remove(a, "/v", true).await), Code::Busy);
     // The volume's write ACE applies inside it.
     let bob = k.user("bob", &[]).await;
-    k.ns.mkdir(&alice, "/v/d/alice", 0, false).await.unwrap();
+    k.ns.mkdir(&alice, "/v/d/alice", 0o755, false)
+        .await
+        .unwrap();
     assert_eq!(
-        code(k.ns.mkdir(&bob, "/v/d/bob", 0, false).await),
+        code(k.ns.mkdir(&bob, "/v/d/bob", 0o755, false).await),
         Code::Access
     );
     // Nested volumes block removal of the outer one.
@@ -416,7 +424,7 @@ async fn volumes_mount_and_isolate() {
     assert_eq!(code(k.ns.stat(a, "/v").await), Code::NotFound);
     assert_eq!(k.ns.volume_list(a).await.unwrap().len(), 1);
     // The path is free again.
-    k.ns.mkdir(a, "/v", 0, false).await.unwrap();
+    k.ns.mkdir(a, "/v", 0o755, false).await.unwrap();
     k.consistent("/").await;
 }
 
@@ -425,7 +433,7 @@ async fn the_check_finds_damage() {
     use berth_fs::records::{dirent_key, encode_dirent, Dirent};
     let k = kernel().await;
     let a = &k.admin;
-    k.ns.mkdir(a, "/d", 0, false).await.unwrap();
+    k.ns.mkdir(a, "/d", 0o755, false).await.unwrap();
     k.consistent("/").await;
     let d = k.ns.stat(a, "/d").await.unwrap();
     let shard = berth_meta::map::ROOT_SHARD;
@@ -488,6 +496,7 @@ fn open_spec(path: &str, write: bool, create: bool) -> berth_fs::OpenSpec {
         read: true,
         write,
         create,
+        mode: 0o644,
         ..Default::default()
     }
 }
@@ -767,7 +776,7 @@ async fn hard_links_and_xattrs() {
     // The last link takes its attributes along.
     k.ns.remove(a, "/d/g", false).await.unwrap();
     k.ns.remove(a, "/d/h", false).await.unwrap();
-    k.ns.create(a, "/d/g", EntryKind::File, 0, true)
+    k.ns.create(a, "/d/g", EntryKind::File, 0o644, true)
         .await
         .unwrap();
     assert_eq!(
