@@ -1556,7 +1556,8 @@ impl Filesystem for BerthFs {
         let r = (|| {
             let path = self.path(ino.0)?;
             let e = self.rt.block_on(self.stat_cached(&path))?;
-            if mask.contains(AccessFlags::W_OK) && self.read_only {
+            // A read-only mount, and anything read from a snapshot.
+            if mask.contains(AccessFlags::W_OK) && (self.read_only || e.view != 0) {
                 return Err(Errno::EROFS);
             }
             if permits(&self.caller, &e, mask) {

@@ -122,6 +122,11 @@ fn snapshots_keep_the_past_and_refuse_changes() {
 
             // Read-only, as POSIX says for a read-only file system.
             let e = libc::EROFS;
+            let c =
+                std::ffi::CString::new(s1.join("a.txt").as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: access(2) on a NUL-terminated path.
+            assert_eq!(unsafe { libc::access(c.as_ptr(), libc::W_OK) }, -1);
+            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(e));
             assert_eq!(errno(fs::write(s1.join("a.txt"), b"x")), e);
             assert_eq!(
                 errno(OpenOptions::new().append(true).open(s1.join("a.txt"))),
