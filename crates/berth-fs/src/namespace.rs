@@ -201,6 +201,24 @@ fn snapshot_dir_inode(root: &Inode, root_ino: u64) -> Inode {
     }
 }
 
+/// Reads the parent directory of `path` as a condition of `tx` and checks
+/// that `p` may change its entries; returns its key and inode.
+pub(crate) fn writable_parent(
+    tx: &mut Tx,
+    p: &Principal,
+    parent: &Loc,
+    path: &str,
+) -> Result<(Vec<u8>, Inode), Error> {
+    let pkey = inode_key(parent.vol.id, parent.ino);
+    let pinode = decode_inode(
+        &tx.get(&pkey)?
+            .ok_or_else(|| Error::not_found(&parent.path))?,
+    )?;
+    check_entry(p, &parent.path, &parent.vol, &pinode, Need::Write)?;
+    check_scope(p, path, Access::Write)?;
+    Ok((pkey, pinode))
+}
+
 fn not_dir(path: &str) -> Error {
     Error::new(Code::NotDir, format!("not a directory: {path}"))
 }
@@ -722,13 +740,7 @@ impl Namespace {
             let (parent, name) = self.resolve_parent(p, &path).await?;
             let vol = parent.vol.clone();
             let mut tx = self.meta.router().begin(vol.shard_id).await?;
-            let pkey = inode_key(vol.id, parent.ino);
-            let mut pinode = decode_inode(
-                &tx.get(&pkey)?
-                    .ok_or_else(|| Error::not_found(&parent.path))?,
-            )?;
-            check_entry(p, &parent.path, &vol, &pinode, Need::Write)?;
-            check_scope(p, &path, Access::Write)?;
+            let (pkey, mut pinode) = writable_parent(&mut tx, p, &parent, &path)?;
             let dkey = dirent_key(vol.id, parent.ino, &name);
             let d = decode_dirent(&tx.get(&dkey)?.ok_or_else(|| Error::not_found(&path))?)?;
             if let Some(m) = d.mount {

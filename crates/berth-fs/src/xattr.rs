@@ -10,11 +10,10 @@ use berth_meta::map::normalize_path;
 use berth_meta::router::{backoff, too_much_contention, Commit, TX_RETRIES_MAX};
 use berth_meta::{Code, Error};
 use berth_security::principal::Principal;
-use berth_security::scope::Access;
 use berth_store::keys::{self, Key, Kind};
 
-use crate::access::{check_entry, check_scope, Need};
-use crate::namespace::{now_ns, EntryInfo, Namespace};
+use crate::access::{check_entry, Need};
+use crate::namespace::{now_ns, writable_parent, EntryInfo, Namespace};
 use crate::records::*;
 
 /// Largest attribute value.
@@ -86,13 +85,7 @@ impl Namespace {
             }
             let vol = parent.vol.clone();
             let mut tx = self.meta().router().begin(vol.shard_id).await?;
-            let pkey = inode_key(vol.id, parent.ino);
-            let mut pinode = decode_inode(
-                &tx.get(&pkey)?
-                    .ok_or_else(|| Error::not_found(&parent.path))?,
-            )?;
-            check_entry(p, &parent.path, &vol, &pinode, Need::Write)?;
-            check_scope(p, &path, Access::Write)?;
+            let (pkey, mut pinode) = writable_parent(&mut tx, p, &parent, &path)?;
             let dkey = dirent_key(vol.id, parent.ino, &name);
             if tx.get(&dkey)?.is_some() {
                 return Err(Error::exists(&path));

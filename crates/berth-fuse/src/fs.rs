@@ -90,6 +90,9 @@ pub struct BerthFs {
     xattrs: Mutex<HashMap<(u64, String), CachedXattr>>,
 }
 
+/// The (uid, gid) a new entry is given on a multi-user mount, if any.
+type Owner = Option<(u32, u32)>;
+
 /// An extended attribute answer and when it was fetched.
 type CachedXattr = (Result<Vec<u8>, Errno>, Instant);
 
@@ -627,7 +630,23 @@ impl BerthFs {
     /// requesting process, with the directory's group when the directory is
     /// setgid (as the server chose already). `None`: the server's choice
     /// (the ticket's uid) stands.
-    fn owner_for(&self, req: &Request, dir: &str) -> Result<Option<(u32, u32)>, Errno> {
+    /// What every creating call needs first: a writable mount, the new
+    /// path, the mode after the umask, and the owner to give the entry.
+    fn new_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> Result<(String, u32, Owner), Errno> {
+        self.writable()?;
+        let (dir, path) = self.child(parent.0, name)?;
+        let owner = self.owner_for(req, &dir)?;
+        Ok((path, mode & !umask & 0o7777, owner))
+    }
+
+    fn owner_for(&self, req: &Request, dir: &str) -> Result<Owner, Errno> {
         if !self.multi_user || !self.caller.admin {
             return Ok(None);
         }
@@ -856,10 +875,7 @@ impl Filesystem for BerthFs {
             return;
         }
         let r = (|| {
-            self.writable()?;
-            let (dir, path) = self.child(parent.0, name)?;
-            let mode = mode & !umask & 0o7777;
-            let owner = self.owner_for(req, &dir)?;
+            let (path, mode, owner) = self.new_entry(req, parent, name, mode, umask)?;
             let e = self.rt.block_on(call("create", &path, || {
                 let mut c = self.client.namespace();
                 let req = berth_api::v1::CreateRequest {
@@ -888,10 +904,7 @@ impl Filesystem for BerthFs {
         reply: ReplyEntry,
     ) {
         let r = (|| {
-            self.writable()?;
-            let (dir, path) = self.child(parent.0, name)?;
-            let mode = mode & !umask & 0o7777;
-            let owner = self.owner_for(req, &dir)?;
+            let (path, mode, owner) = self.new_entry(req, parent, name, mode, umask)?;
             let e = self.rt.block_on(call("mkdir", &path, || {
                 let mut c = self.client.namespace();
                 let req = MkdirRequest {
@@ -1076,11 +1089,8 @@ impl Filesystem for BerthFs {
         reply: ReplyCreate,
     ) {
         let r = (|| {
-            self.writable()?;
-            let (dir, path) = self.child(parent.0, name)?;
-            let mode = mode & !umask & 0o7777;
+            let (path, mode, owner) = self.new_entry(req, parent, name, mode, umask)?;
             let excl = flags & libc::O_EXCL != 0;
-            let owner = self.owner_for(req, &dir)?;
             // Exclusively first, to know whether this call made the file
             // (only then are its mode and owner set); without O_EXCL an
             // existing file is then opened. The kernel asks to create after
