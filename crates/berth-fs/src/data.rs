@@ -189,17 +189,18 @@ impl Namespace {
             }
         }
         for (idx, k) in chosen {
+            let cstart = idx * cs;
+            // The part of this chunk in [offset, end), relative to the chunk.
+            let from = offset.max(cstart) - cstart;
+            let to = end.min(cstart + cs) - cstart;
             // A version removed since the scan was superseded by a newer
             // write; reading it as a hole is what a racing read may see.
-            let Some(v) = tx.peek(&k)? else { continue };
-            let cstart = idx * cs;
-            // Overlap of [cstart, cstart + v.len()) with [offset, end).
-            let from = offset.max(cstart);
-            let to = end.min(cstart + v.len() as u64);
-            if from < to {
-                out[(from - offset) as usize..(to - offset) as usize]
-                    .copy_from_slice(&v[(from - cstart) as usize..(to - cstart) as usize]);
-            }
+            let Some(v) = tx.peek_part(&k, from as u32, (to - from) as u32)? else {
+                continue;
+            };
+            // The value may be shorter than the chunk (zeros beyond it).
+            let at = (cstart + from - offset) as usize;
+            out[at..at + v.len()].copy_from_slice(&v);
         }
         Ok((out, size))
     }
@@ -234,16 +235,31 @@ impl Namespace {
         let cs = u64::from(vol.chunk_size);
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let mut tx = self.meta().router().begin(vol.shard_id).await?;
+            // The first attempt reads without a barrier (everything that
+            // decides the write is a condition); a retry reads through one.
+            let router = self.meta().router();
+            let optimistic = attempt == 0;
+            let mut tx = if optimistic {
+                router.begin_optimistic(vol.shard_id)?
+            } else {
+                router.begin(vol.shard_id).await?
+            };
             // Condition on the inode: a write racing with the file's removal
             // (or a chmod/rename) retries instead of leaving orphan data.
             if tx.get(&inode_key(vol.id, h.ino))?.is_none() {
+                if optimistic {
+                    // Perhaps not applied here yet: ask again through a barrier.
+                    continue;
+                }
                 return Err(Error::not_found("the file was removed"));
             }
             let size = read_u64(tx.peek(&file_size_key(vol.id, h.ino))?);
             if vol.quota_bytes > 0 && end > size {
                 let used = read_u64(tx.peek(&usage_key(vol.id))?);
                 if used.saturating_add(end - size) > vol.quota_bytes {
+                    if optimistic {
+                        continue; // confirm on fresh reads before refusing
+                    }
                     return Err(Error::new(
                         Code::Quota,
                         format!(

@@ -84,6 +84,23 @@ impl Router {
         })
     }
 
+    /// Starts a transaction without the read barrier: its reads see this
+    /// node's applied state, which may lag writes already committed (by at
+    /// most the entries in flight on a leader). For transactions whose commit
+    /// is conditional on every read that decides what they write: a stale
+    /// read then fails its condition and the caller retries, with
+    /// [`Router::begin`]. Saves a round through the Raft loop, which lets
+    /// back-to-back writes (a file's write-behind) share log batches.
+    pub fn begin_optimistic(self: &Arc<Self>, shard: ShardId) -> Result<Tx, Error> {
+        self.ensure_local_leader(shard)?;
+        Ok(Tx {
+            router: self.clone(),
+            shard,
+            conditions: Vec::new(),
+            ops: Vec::new(),
+        })
+    }
+
     /// Reads one key with a read barrier (no transaction).
     pub async fn get(
         self: &Arc<Self>,
@@ -173,6 +190,12 @@ impl Tx {
     /// Reads `key` without making the transaction depend on it.
     pub fn peek(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         Ok(self.router.raft.get(self.shard, key)?)
+    }
+
+    /// Reads up to `len` bytes at `from` of a value without making the
+    /// transaction depend on it.
+    pub fn peek_part(&self, key: &[u8], from: u32, len: u32) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.router.raft.get_range(self.shard, key, from, len)?)
     }
 
     /// Scans without making the transaction depend on the result.

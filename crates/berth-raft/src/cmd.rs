@@ -170,6 +170,153 @@ pub enum Op {
         /// Snapshot id.
         snapshot: u64,
     },
+    /// A [`Op::VSplice`] whose bytes this node moved to its blob segments
+    /// when it persisted the entry (see [`offload`]): `blob` is the
+    /// node-local reference, `len` the number of bytes. Exists only in this
+    /// node's log: proposals carrying it are refused and entries leave the
+    /// node with the bytes back in place ([`inflate`]).
+    VSpliceBlob {
+        /// Base key of the versioned value.
+        base: Vec<u8>,
+        /// Byte offset in the value.
+        offset: u32,
+        /// Blob reference (berth-store `blobs`).
+        #[serde(with = "serde_bytes")]
+        blob: Vec<u8>,
+        /// Bytes in the blob.
+        len: u32,
+        /// i64 counter of current bytes, when kept.
+        counter: Option<Vec<u8>>,
+        /// Key of the [`VersionState`].
+        state: Vec<u8>,
+    },
+}
+
+/// Splices at least this large leave the log entry for a blob segment when
+/// the entry is persisted.
+pub const BLOB_MIN_BYTES: usize = 64 << 10;
+
+/// The stored form of a log entry's payload: every [`Op::VSplice`] of at
+/// least [`BLOB_MIN_BYTES`] becomes an [`Op::VSpliceBlob`] whose bytes are
+/// appended to the node's blob segments (synced by the store before the
+/// batch holding the entry is written). `None` when nothing moves.
+pub(crate) fn offload(store: &Store, data: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    if data.len() < BLOB_MIN_BYTES {
+        return Ok(None);
+    }
+    let Ok(mut txn) = decode(data) else {
+        return Ok(None); // applied as what it is: an undecodable entry
+    };
+    let mut moved = false;
+    for op in &mut txn.ops {
+        if let Op::VSplice { data, .. } = op {
+            if data.len() < BLOB_MIN_BYTES {
+                continue;
+            }
+            let len = u32::try_from(data.len())
+                .map_err(|_| StoreError::Invalid("splice larger than 4 GiB".into()))?;
+            let blob = store.put_blob(data)?;
+            let Op::VSplice {
+                base,
+                offset,
+                counter,
+                state,
+                ..
+            } = std::mem::replace(
+                op,
+                Op::AddI64 {
+                    key: Vec::new(),
+                    delta: 0,
+                },
+            )
+            else {
+                unreachable!("matched above");
+            };
+            *op = Op::VSpliceBlob {
+                base,
+                offset,
+                blob,
+                len,
+                counter,
+                state,
+            };
+            moved = true;
+        }
+    }
+    if !moved {
+        return Ok(None);
+    }
+    encode(&txn)
+        .map(Some)
+        .map_err(|e| StoreError::Invalid(format!("encode txn: {e}")))
+}
+
+/// The wire form of a stored payload: blob references replaced by their
+/// bytes (for peers, which cannot read this node's segments). `None` when
+/// the payload holds no reference.
+pub(crate) fn inflate(store: &Store, data: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    let Ok(mut txn) = decode(data) else {
+        return Ok(None);
+    };
+    if !txn.ops.iter().any(|o| matches!(o, Op::VSpliceBlob { .. })) {
+        return Ok(None);
+    }
+    for op in &mut txn.ops {
+        if let Op::VSpliceBlob { blob, .. } = op {
+            let bytes = blob_bytes(store, blob)?;
+            let Op::VSpliceBlob {
+                base,
+                offset,
+                counter,
+                state,
+                ..
+            } = std::mem::replace(
+                op,
+                Op::AddI64 {
+                    key: Vec::new(),
+                    delta: 0,
+                },
+            )
+            else {
+                unreachable!("matched above");
+            };
+            *op = Op::VSplice {
+                base,
+                offset,
+                data: bytes,
+                counter,
+                state,
+            };
+        }
+    }
+    encode(&txn)
+        .map(Some)
+        .map_err(|e| StoreError::Invalid(format!("encode txn: {e}")))
+}
+
+/// The bytes behind a blob reference of this node; an error when `blob` is
+/// not one (only this node's log holds references).
+fn blob_bytes(store: &Store, blob: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let r = store
+        .blobs()
+        .parse(blob)
+        .ok_or_else(|| StoreError::Corrupt("log entry holds a foreign blob reference".into()))?;
+    store.blobs().read(&r)
+}
+
+/// The blob references an encoded payload holds (for blob GC).
+pub(crate) fn blob_refs(data: &[u8]) -> Vec<Vec<u8>> {
+    match decode(data) {
+        Ok(txn) => txn
+            .ops
+            .into_iter()
+            .filter_map(|o| match o {
+                Op::VSpliceBlob { blob, .. } => Some(blob),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Which versions of versioned values are still read, stored (postcard) at a
@@ -249,7 +396,8 @@ impl Op {
             | Op::VTruncate { .. }
             | Op::VDeleteRange { .. }
             | Op::VPrune { .. }
-            | Op::SnapshotCopy { .. } => None,
+            | Op::SnapshotCopy { .. }
+            | Op::VSpliceBlob { .. } => None,
         }
     }
 }
@@ -311,6 +459,12 @@ impl Txn {
                 ..
             } => desc.contains(key) && desc.contains(c),
             Op::VSplice {
+                base,
+                counter,
+                state,
+                ..
+            }
+            | Op::VSpliceBlob {
                 base,
                 counter,
                 state,
@@ -478,12 +632,35 @@ pub(crate) fn apply(
                 let st = version_state(store, batch, state)?;
                 let off = *offset as usize;
                 let end = off + data.len();
-                let replace = (off == 0).then_some(data.as_slice());
+                let replace = (off == 0).then_some((data.as_slice(), data.len()));
                 write_versioned(store, batch, &st, base, counter.as_deref(), replace, |v| {
                     if v.len() < end {
                         v.resize(end, 0);
                     }
                     v[off..end].copy_from_slice(data);
+                    Ok(())
+                })?;
+            }
+            Op::VSpliceBlob {
+                base,
+                offset,
+                blob,
+                len,
+                counter,
+                state,
+            } => {
+                let st = version_state(store, batch, state)?;
+                let off = *offset as usize;
+                let end = off + *len as usize;
+                // Covering the value: the value becomes the reference (no copy).
+                let replace = (off == 0).then_some((blob.as_slice(), *len as usize));
+                write_versioned(store, batch, &st, base, counter.as_deref(), replace, |v| {
+                    let data = blob_bytes(store, blob)?;
+                    if v.len() < end {
+                        v.resize(end, 0);
+                    }
+                    v[off..end].copy_from_slice(&data);
+                    Ok(())
                 })?;
             }
             Op::VTruncate {
@@ -501,7 +678,8 @@ pub(crate) fn apply(
                 };
                 if cur > len {
                     write_versioned(store, batch, &st, base, counter.as_deref(), None, |v| {
-                        v.truncate(len)
+                        v.truncate(len);
+                        Ok(())
                     })?;
                 }
             }
@@ -624,9 +802,14 @@ fn each_stored_key(
     }
 }
 
+/// The length of a stored value as readers see it (a blob's for a reference).
+fn logical_len(store: &Store, v: &[u8]) -> usize {
+    store.blobs().parse(v).map_or(v.len(), |r| r.len as usize)
+}
+
 fn value_len(store: &Store, batch: &WriteBatch, key: &[u8]) -> Result<usize, StoreError> {
     match batch.pending(Space::Data, key) {
-        Some(v) => Ok(v.map_or(0, <[u8]>::len)),
+        Some(v) => Ok(v.map_or(0, |v| logical_len(store, v))),
         None => Ok(store.size_of(Space::Data, key)?.unwrap_or(0) as usize),
     }
 }
@@ -649,15 +832,16 @@ fn prune(batch: &mut WriteBatch, st: &VersionState, base: &[u8], vs: Vec<u64>) -
 /// Changes the current value at `base` with `change`, copying it to a new
 /// version first when a kept version still reads it. `replace`: when the
 /// current value is no longer than it, the result is exactly these bytes
-/// (a splice at 0 covering the value), so the old value is not read.
+/// (a splice at 0 covering the value), so the old value is not read: the
+/// stored value and its length as read (a blob reference is stored as is).
 fn write_versioned(
     store: &Store,
     batch: &mut WriteBatch,
     st: &VersionState,
     base: &[u8],
     counter: Option<&[u8]>,
-    replace: Option<&[u8]>,
-    change: impl FnOnce(&mut Vec<u8>),
+    replace: Option<(&[u8], usize)>,
+    change: impl FnOnce(&mut Vec<u8>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let vs = prune(batch, st, base, versions(store, batch, base)?);
     let (target, old) = match vs.last() {
@@ -670,20 +854,21 @@ fn write_versioned(
         Some(k) => value_len(store, batch, k)?,
         None => 0,
     };
-    let value = match replace {
-        Some(r) if r.len() >= before => r.to_vec(),
+    let (value, len) = match replace {
+        Some((stored, len)) if len >= before => (stored.to_vec(), len),
         _ => {
             let mut value = match &old_key {
                 Some(k) => current(store, batch, k)?.unwrap_or_default(),
                 None => Vec::new(),
             };
-            change(&mut value);
-            value
+            change(&mut value)?;
+            let len = value.len();
+            (value, len)
         }
     };
     batch.put(Space::Data, &keys::versioned(base, target), &value);
     if let Some(c) = counter {
-        add_i64(store, batch, c, value.len() as i64 - before as i64)?;
+        add_i64(store, batch, c, len as i64 - before as i64)?;
     }
     Ok(())
 }
@@ -770,24 +955,17 @@ fn range_bytes(
     start: &[u8],
     end: &[u8],
 ) -> Result<u64, StoreError> {
+    let mut stored = Vec::new();
+    each_stored_key(store, start, end, |k| stored.push(k.to_vec()))?;
     let mut lens = std::collections::BTreeMap::new();
-    let mut cursor = start.to_vec();
-    loop {
-        let page = store.scan(Space::Data, &cursor, end, RANGE_PAGE)?;
-        for (k, v) in &page {
-            lens.insert(k.clone(), v.len() as u64);
-        }
-        match page.last() {
-            Some((k, _)) if page.len() == RANGE_PAGE => {
-                cursor = k.clone();
-                cursor.push(0);
-            }
-            _ => break,
-        }
+    for k in stored {
+        // Lengths without reading large values (or blobs).
+        let n = store.size_of(Space::Data, &k)?.unwrap_or(0);
+        lens.insert(k, u64::from(n));
     }
     for (k, v) in batch.pending_range(Space::Data, start, end) {
         match v {
-            Some(v) => lens.insert(k.to_vec(), v.len() as u64),
+            Some(v) => lens.insert(k.to_vec(), logical_len(store, v) as u64),
             None => lens.remove(k),
         };
     }
@@ -796,7 +974,9 @@ fn range_bytes(
 
 fn current(store: &Store, batch: &WriteBatch, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
     match batch.pending(Space::Data, key) {
-        Some(v) => Ok(v.map(<[u8]>::to_vec)),
+        Some(v) => v
+            .map(|v| store.resolve(Space::Data, v.to_vec()))
+            .transpose(),
         None => store.get(Space::Data, key),
     }
 }

@@ -69,6 +69,7 @@
 //! - Snapshots are built in memory and sent as one message.
 //! - `read_index` is served by the leader only (followers answer `NotLeader`).
 
+mod blob_gc;
 pub mod cmd;
 mod hibernate;
 mod logger;
@@ -179,6 +180,10 @@ pub struct Config {
     /// `None` = 2 × `election_tick` × `tick_interval`; see [`Config::effective_peer_timeout`].
     /// Must span at least two keepalive intervals (`heartbeat_tick` ticks each).
     pub peer_timeout: Option<Duration>,
+    /// How often dead blob segments are looked for; a segment is deleted at
+    /// the second pass that finds it dead (see `blob_gc`). Zero disables the
+    /// background passes ([`RaftNode::collect_blobs`] still works).
+    pub blob_gc_interval: Duration,
 }
 
 impl Config {
@@ -197,6 +202,7 @@ impl Config {
             propose_timeout: Duration::from_secs(10),
             hibernate_after_ticks: 20,
             peer_timeout: None,
+            blob_gc_interval: Duration::from_secs(30),
         }
     }
 

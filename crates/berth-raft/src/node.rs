@@ -20,6 +20,7 @@ use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, ReadOnlyOption, ReadState, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
+use crate::blob_gc::BlobGc;
 use crate::cmd::{self, ApplyResult, Txn, TxnOutcome};
 use crate::hibernate::{self, PeerLiveness, Signal};
 use crate::storage::{self, ShardStorage};
@@ -128,11 +129,18 @@ struct NodeInner {
     propose_timeout: Duration,
     thread: Mutex<Option<JoinHandle<()>>>,
     create_lock: Mutex<()>,
+    blob_gc: Arc<Mutex<BlobGc>>,
+    gc_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl NodeInner {
     fn stop(&self) {
         self.shared.stopped.store(true, Ordering::SeqCst);
+        if let Some(gc) = self.gc_thread.lock().take() {
+            if gc.thread().id() != std::thread::current().id() {
+                let _ = gc.join();
+            }
+        }
         let Some(handle) = self.thread.lock().take() else {
             return;
         };
@@ -223,6 +231,28 @@ impl RaftNode {
             .name(format!("raft-loop-{}", cfg.node_id))
             .spawn(move || core.run(rx))
             .map_err(|e| RaftError::Internal(format!("spawn raft loop: {e}")))?;
+        let blob_gc = Arc::new(Mutex::new(BlobGc::default()));
+        let gc_thread = if cfg.blob_gc_interval.is_zero() {
+            None
+        } else {
+            let (store, shared, gc, every) = (
+                store.clone(),
+                shared.clone(),
+                blob_gc.clone(),
+                cfg.blob_gc_interval,
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("blob-gc-{}", cfg.node_id))
+                .spawn(move || blob_gc_loop(&store, &shared, &gc, every));
+            match spawned {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    // Space is not reclaimed; everything else works.
+                    tracing::error!(error = %e, "cannot start the blob collector");
+                    None
+                }
+            }
+        };
         Ok(RaftNode {
             inner: Arc::new(NodeInner {
                 node_id: cfg.node_id,
@@ -232,8 +262,20 @@ impl RaftNode {
                 propose_timeout: cfg.propose_timeout,
                 thread: Mutex::new(Some(thread)),
                 create_lock: Mutex::new(()),
+                blob_gc,
+                gc_thread: Mutex::new(gc_thread),
             }),
         })
+    }
+
+    /// Runs one pass of the blob collector now (see `blob_gc`); returns the
+    /// segments deleted. A segment goes at the second pass that finds it dead.
+    pub fn collect_blobs(&self) -> Result<usize, RaftError> {
+        self.inner
+            .blob_gc
+            .lock()
+            .pass(&self.inner.store)
+            .map_err(RaftError::from_store)
     }
 
     /// This node's id.
@@ -388,6 +430,25 @@ impl RaftNode {
             .map_err(RaftError::from_store)
     }
 
+    /// Reads up to `len` bytes at `from` of a key's value from this
+    /// replica's applied state (only those bytes when the value is a blob).
+    pub fn get_range(
+        &self,
+        shard: ShardId,
+        key: &[u8],
+        from: u32,
+        len: u32,
+    ) -> Result<Option<Vec<u8>>, RaftError> {
+        let desc = self.desc(shard)?;
+        if !desc.contains(key) {
+            return Err(RaftError::KeyOutOfRange { shard });
+        }
+        self.inner
+            .store
+            .get_range(Space::Data, key, from, len)
+            .map_err(RaftError::from_store)
+    }
+
     /// Scans this replica's applied state; `[start, end)` is clamped to the shard's range.
     pub fn scan(
         &self,
@@ -509,6 +570,16 @@ fn cmd_valid(desc: &ShardDesc, txn: &Txn) -> Result<(), RaftError> {
     if !txn.within(desc) || !keys_storable(txn) {
         return Err(RaftError::KeyOutOfRange { shard: desc.id });
     }
+    // Blob references are made by this node's log, never proposed.
+    if txn
+        .ops
+        .iter()
+        .any(|o| matches!(o, cmd::Op::VSpliceBlob { .. }))
+    {
+        return Err(RaftError::Internal(
+            "a proposal cannot carry blob references".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -547,6 +618,18 @@ fn keys_storable(txn: &Txn) -> bool {
                 key_ok(base)
                     && key_ok(state)
                     && (*offset as usize).saturating_add(data.len()) <= berth_store::MAX_VALUE_BYTES
+            }
+            cmd::Op::VSpliceBlob {
+                base,
+                offset,
+                len,
+                state,
+                ..
+            } => {
+                key_ok(base)
+                    && key_ok(state)
+                    && (*offset as usize).saturating_add(*len as usize)
+                        <= berth_store::MAX_VALUE_BYTES
             }
             cmd::Op::VTruncate { base, state, .. } => key_ok(base) && key_ok(state),
             cmd::Op::VDeleteRange { counter, state, .. } => key_ok(counter) && key_ok(state),
@@ -1552,7 +1635,10 @@ fn apply_entries(
         match e.get_entry_type() {
             EntryType::EntryNormal if e.data.is_empty() => {}
             EntryType::EntryNormal => {
-                let txn = match cmd::decode(&e.data) {
+                // The stored form when this node moved the entry's bulk
+                // bytes to blobs: apply references them instead of copying.
+                let stored = g.raw.mut_store().take_stored(e.index, e.term);
+                let txn = match cmd::decode(stored.as_deref().unwrap_or(&e.data)) {
                     Ok(t) => t,
                     Err(why) => {
                         if let Some((i, t)) = last {
@@ -1616,7 +1702,48 @@ fn apply_entries(
             || s.bytes_since_compact >= crate::storage::LOG_COMPACT_BYTES
         {
             s.compact(batch, index)?;
+        } else if s.bytes_since_compact >= crate::storage::LOG_TRIM_BYTES {
+            // Bulk data: drop what every replica has while the entries are
+            // still in the memtable, so they never reach the log's blob files.
+            if let Some(to) = replicated_floor(g, index) {
+                g.raw.mut_store().compact(batch, to)?;
+            }
         }
     }
     Ok(())
+}
+
+/// The highest index up to `applied` that every voter and learner of the
+/// group is known to hold, when this node leads it; `None` on followers
+/// (they keep their log for the day they lead) and when nothing is gained.
+fn replicated_floor(g: &Group, applied: u64) -> Option<u64> {
+    if !g.is_leader() {
+        return None;
+    }
+    let floor = g
+        .raw
+        .raft
+        .prs()
+        .iter()
+        .map(|(_, pr)| pr.matched)
+        .min()?
+        .min(applied);
+    (floor > g.raw.store().first_log_index().saturating_sub(1)).then_some(floor)
+}
+
+/// The blob collector's thread: one pass per interval until the node stops.
+fn blob_gc_loop(store: &Arc<Store>, shared: &Shared, gc: &Mutex<BlobGc>, every: Duration) {
+    let step = Duration::from_millis(100).min(every);
+    let mut waited = Duration::ZERO;
+    while !shared.stopped.load(Ordering::SeqCst) {
+        std::thread::sleep(step);
+        waited += step;
+        if waited < every {
+            continue;
+        }
+        waited = Duration::ZERO;
+        if let Err(e) = gc.lock().pass(store) {
+            tracing::warn!(error = %e, "blob gc pass failed");
+        }
+    }
 }

@@ -17,12 +17,12 @@
 //! covers; the log state (truncation point) in the same batch as the deleted entries.
 //! Snapshot payload: `record(postcard SnapshotData)`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use berth_store::{Durability, Space, Store, StoreError, WriteBatch};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +182,17 @@ fn decode_entry(shard: ShardId, index: u64, rec: &[u8]) -> Result<Entry, StoreEr
     Ok(e)
 }
 
+/// The blob references a stored log record holds; `None` when the record
+/// does not decode.
+pub(crate) fn entry_blob_refs(rec: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let p = open("log entry", rec).ok()?;
+    let e = Entry::parse_from_bytes(&p).ok()?;
+    Some(match e.get_entry_type() {
+        EntryType::EntryNormal if !e.data.is_empty() => crate::cmd::blob_refs(&e.data),
+        _ => Vec::new(),
+    })
+}
+
 fn other(e: StoreError) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
@@ -223,12 +234,21 @@ pub(crate) struct ShardStorage {
     /// Entry bytes appended since the log was last compacted (approximate:
     /// starts at 0 after a restart).
     pub(crate) bytes_since_compact: u64,
+    /// Stored payloads (bulk bytes moved to blobs, see `cmd::offload`) of
+    /// entries appended and not yet applied, by index, with their term:
+    /// apply uses them so the state references the bytes the log wrote.
+    stored: BTreeMap<u64, (u64, Vec<u8>)>,
 }
 
 /// The log is also compacted (up to the applied index) once this many entry
 /// bytes were appended since the last compaction, so bulk data does not
 /// keep gigabytes of log on disk.
 pub(crate) const LOG_COMPACT_BYTES: u64 = 64 << 20;
+
+/// A leader also compacts up to what every peer holds once this many entry
+/// bytes were appended: bulk entries are then deleted before their memtable
+/// is flushed, so file data is not written to the log's blob files as well.
+pub(crate) const LOG_TRIM_BYTES: u64 = 8 << 20;
 
 impl ShardStorage {
     /// Bounds the cached log tail by entry count and by bytes.
@@ -325,6 +345,7 @@ impl ShardStorage {
             applied_index: apply.applied_index,
             applied_term: apply.applied_term,
             bytes_since_compact: 0,
+            stored: BTreeMap::new(),
         };
         // Warm the cache with the tail of the log.
         let from = last_index
@@ -332,7 +353,7 @@ impl ShardStorage {
             .max(s.truncated_index)
             + 1;
         if from <= last_index {
-            let ents = s.read_entries(from, last_index + 1, u64::MAX)?;
+            let ents = s.read_entries(from, last_index + 1, CACHE_BYTES_MAX as u64)?;
             s.cache.extend(ents);
             s.trim_cache();
         }
@@ -368,12 +389,22 @@ impl ShardStorage {
                 self.desc.id, self.truncated_index, self.last_index
             )));
         }
+        self.stored.split_off(&first);
         for e in ents {
-            batch.put(
-                Space::RaftLog,
-                &log_key(self.desc.id, e.index),
-                &encode_entry(e)?,
-            );
+            let stored = match e.get_entry_type() {
+                EntryType::EntryNormal => crate::cmd::offload(&self.store, &e.data)?,
+                _ => None,
+            };
+            let rec = match stored {
+                Some(data) => {
+                    let mut s = e.clone();
+                    s.data = data.clone().into();
+                    self.stored.insert(e.index, (e.term, data));
+                    encode_entry(&s)?
+                }
+                None => encode_entry(e)?,
+            };
+            batch.put(Space::RaftLog, &log_key(self.desc.id, e.index), &rec);
         }
         for stale in last + 1..=self.last_index {
             batch.delete(Space::RaftLog, &log_key(self.desc.id, stale));
@@ -440,6 +471,15 @@ impl ShardStorage {
         self.applied_index = index;
         self.applied_term = term;
         Ok(())
+    }
+
+    /// The stored payload of entry `index` if this node moved its bulk bytes
+    /// to blobs, once (apply calls this); drops the ones before it.
+    pub(crate) fn take_stored(&mut self, index: u64, term: u64) -> Option<Vec<u8>> {
+        let later = self.stored.split_off(&(index + 1));
+        let found = self.stored.remove(&index);
+        self.stored = later;
+        found.filter(|(t, _)| *t == term).map(|(_, d)| d)
     }
 
     /// Deletes log entries up to and including `to` (which must be applied).
@@ -582,7 +622,14 @@ impl ShardStorage {
                         self.desc.id
                     )));
                 }
-                if !push(decode_entry(self.desc.id, idx, &v)?, &mut out) {
+                let mut e = decode_entry(self.desc.id, idx, &v)?;
+                // Peers and raft get the bytes, not this node's references.
+                if e.get_entry_type() == EntryType::EntryNormal {
+                    if let Some(d) = crate::cmd::inflate(&self.store, &e.data)? {
+                        e.data = d.into();
+                    }
+                }
+                if !push(e, &mut out) {
                     return Ok(out);
                 }
                 next += 1;

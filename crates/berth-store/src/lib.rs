@@ -22,6 +22,7 @@
 //! What it must never do: interpret keys or values (beyond [`keys`]), know about Raft, or
 //! talk to the network.
 
+pub mod blobs;
 pub mod keys;
 
 use parking_lot::Mutex;
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use blobs::Blobs;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
 /// Largest key the engine accepts (fjall limit).
@@ -87,7 +89,12 @@ impl Space {
             Space::RaftLog => {
                 o.with_kv_separation(Some(separated.compression(fjall::CompressionType::None)))
             }
-            Space::Data => o.with_kv_separation(Some(separated)),
+            // File data mostly does not compress (media, archives, already
+            // compressed formats); lz4 over it was a third of the store's
+            // CPU on the write path. Fixed when the keyspace is created.
+            Space::Data => {
+                o.with_kv_separation(Some(separated.compression(fjall::CompressionType::None)))
+            }
             Space::RaftState | Space::Local => o,
         }
     }
@@ -150,7 +157,7 @@ pub struct StoreMetrics {
     pub syncs: u64,
     /// Total time spent in Sync writes, microseconds.
     pub sync_micros_total: u64,
-    /// Disk space used by the engine (journal + tables), bytes.
+    /// Disk space used by the engine (journal + tables) and blob segments, bytes.
     pub disk_space_bytes: u64,
 }
 
@@ -165,6 +172,8 @@ struct Counters {
 struct Inner {
     db: Database,
     spaces: [Keyspace; 4],
+    /// Large values written once, referenced from the engine (see [`blobs`]).
+    blobs: Blobs,
     poisoned: AtomicBool,
     /// Test hook: the next Sync write fails as if fsync had failed.
     fail_next_sync: AtomicBool,
@@ -176,6 +185,28 @@ struct Inner {
 impl Inner {
     fn space(&self, s: Space) -> &Keyspace {
         &self.spaces[s.index()]
+    }
+
+    /// A `Data` value as readers see it: a blob reference replaced by the
+    /// blob's bytes.
+    fn resolve(&self, space: Space, v: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        match space {
+            Space::Data => match self.blobs.parse(&v) {
+                Some(r) => self.blobs.read(&r),
+                None => Ok(v),
+            },
+            _ => Ok(v),
+        }
+    }
+
+    fn resolve_pairs(&self, space: Space, pairs: KvPairs) -> Result<KvPairs, StoreError> {
+        if space != Space::Data {
+            return Ok(pairs);
+        }
+        pairs
+            .into_iter()
+            .map(|(k, v)| Ok((k, self.resolve(space, v)?)))
+            .collect()
     }
 }
 
@@ -221,6 +252,10 @@ impl Store {
         let db = Database::builder(dir)
             // Two cores on the target machines: keep background work modest.
             .worker_threads(2)
+            // Journal values uncompressed: a file's data would be compressed
+            // twice on the write path (log entry and state machine), mostly
+            // for nothing.
+            .journal_compression(fjall::CompressionType::None)
             .open()
             .map_err(StoreError::engine)?;
         let mut spaces = Vec::with_capacity(4);
@@ -233,10 +268,12 @@ impl Store {
         let spaces: [Keyspace; 4] = spaces
             .try_into()
             .map_err(|_| StoreError::Engine("keyspace count".into()))?;
+        let blobs = Blobs::open(&dir.join("blobs"))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
                 spaces,
+                blobs,
                 poisoned: AtomicBool::new(false),
                 fail_next_sync: AtomicBool::new(false),
                 write_lock: Mutex::new(()),
@@ -245,14 +282,67 @@ impl Store {
         })
     }
 
-    /// Reads one key.
+    /// Reads one key (a blob reference in `Data` reads as the blob's bytes).
     pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.get_raw(space, key)? {
+            Some(v) => Ok(Some(self.inner.resolve(space, v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads one key as stored: a blob reference stays a reference.
+    pub fn get_raw(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let v = self
             .inner
             .space(space)
             .get(key)
             .map_err(StoreError::engine)?;
         Ok(v.map(|v| v.to_vec()))
+    }
+
+    /// Up to `len` bytes at `from` of the value at `key` (short at its end),
+    /// reading only those bytes when the value is a blob.
+    pub fn get_range(
+        &self,
+        space: Space,
+        key: &[u8],
+        from: u32,
+        len: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(v) = self.get_raw(space, key)? else {
+            return Ok(None);
+        };
+        if space == Space::Data {
+            if let Some(r) = self.inner.blobs.parse(&v) {
+                return self.inner.blobs.read_range(&r, from, len).map(Some);
+            }
+        }
+        let from = (from as usize).min(v.len());
+        let to = from + (len as usize).min(v.len() - from);
+        Ok(Some(v[from..to].to_vec()))
+    }
+
+    /// Appends `data` to the node's blob segments and returns the reference
+    /// to store in its place (in `Data`, or inside a log entry). It becomes
+    /// durable with the next [`Store::write`], before that batch is written.
+    pub fn put_blob(&self, data: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if self.is_poisoned() {
+            return Err(StoreError::Poisoned);
+        }
+        self.inner.blobs.append(data).inspect_err(|e| {
+            self.inner.poisoned.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, "store: blob append failed; store is now poisoned");
+        })
+    }
+
+    /// The node's blob segments.
+    pub fn blobs(&self) -> &Blobs {
+        &self.inner.blobs
+    }
+
+    /// `value` as readers see it: a blob reference (in `Data`) replaced by its bytes.
+    pub fn resolve(&self, space: Space, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        self.inner.resolve(space, value)
     }
 
     /// Up to `limit` pairs with `start <= key < end` (empty `end` = unbounded), in key order.
@@ -266,12 +356,13 @@ impl Store {
         if range_is_empty(start, end) || limit == 0 {
             return Ok(Vec::new());
         }
-        collect(
+        let pairs = collect(
             self.inner
                 .space(space)
                 .range::<&[u8], _>(bounds(start, end)),
             limit,
-        )
+        )?;
+        self.inner.resolve_pairs(space, pairs)
     }
 
     /// Up to `limit` keys with `start <= key < end`, in key order, without reading values
@@ -298,12 +389,22 @@ impl Store {
         Ok(out)
     }
 
-    /// The length of the value at `key`, without reading it.
+    /// The length of the value at `key` (a blob's length for a reference),
+    /// without reading large values.
     pub fn size_of(&self, space: Space, key: &[u8]) -> Result<Option<u32>, StoreError> {
-        self.inner
+        let n = self
+            .inner
             .space(space)
             .size_of(key)
-            .map_err(StoreError::engine)
+            .map_err(StoreError::engine)?;
+        if space == Space::Data && n == Some(blobs::REF_LEN as u32) {
+            if let Some(v) = self.get_raw(space, key)? {
+                if let Some(r) = self.inner.blobs.parse(&v) {
+                    return Ok(Some(r.len));
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// The last pair with `start <= key < end`, if any.
@@ -325,7 +426,7 @@ impl Store {
             None => Ok(None),
             Some(g) => {
                 let (k, v) = g.into_inner().map_err(StoreError::engine)?;
-                Ok(Some((k.to_vec(), v.to_vec())))
+                Ok(Some((k.to_vec(), self.inner.resolve(space, v.to_vec())?)))
             }
         }
     }
@@ -368,6 +469,14 @@ impl Store {
             return Err(StoreError::Poisoned);
         }
         let started = Instant::now();
+        // Blob bytes first: no batch may make a reference durable before them.
+        if inner.blobs.dirty() {
+            if let Err(e) = inner.blobs.sync() {
+                inner.poisoned.store(true, Ordering::SeqCst);
+                tracing::error!(error = %e, "store: blob sync failed; store is now poisoned");
+                return Err(e);
+            }
+        }
         let inject =
             durability == Durability::Sync && inner.fail_next_sync.swap(false, Ordering::SeqCst);
         let mode = match durability {
@@ -390,6 +499,7 @@ impl Store {
             }
             b.commit().map_err(|e| self.poison(e))?;
         }
+        inner.blobs.settle();
         if inject {
             inner.poisoned.store(true, Ordering::SeqCst);
             tracing::error!("store: injected fsync failure; store is now poisoned");
@@ -442,7 +552,8 @@ impl Store {
             bytes_written: c.bytes_written.load(Ordering::Relaxed),
             syncs: c.syncs.load(Ordering::Relaxed),
             sync_micros_total: c.sync_micros_total.load(Ordering::Relaxed),
-            disk_space_bytes: self.inner.db.disk_space().unwrap_or(0),
+            disk_space_bytes: self.inner.db.disk_space().unwrap_or(0)
+                + self.inner.blobs.disk_bytes(),
         }
     }
 }
@@ -460,7 +571,56 @@ impl StoreSnapshot {
             .snap
             .get(self.inner.space(space), key)
             .map_err(StoreError::engine)?;
-        Ok(v.map(|v| v.to_vec()))
+        v.map(|v| self.inner.resolve(space, v.to_vec())).transpose()
+    }
+
+    /// Every blob reference stored as a value in `space` (values of exactly
+    /// [`blobs::REF_LEN`] bytes are read; larger ones are not).
+    pub fn each_blob_ref(
+        &self,
+        space: Space,
+        mut f: impl FnMut(blobs::BlobRef),
+    ) -> Result<(), StoreError> {
+        let ks = self.inner.space(space);
+        // Two walks of one snapshot yield the same keys in the same order:
+        // one gives sizes (no value read), the other keys.
+        let sizes = self.snap.iter(ks);
+        let keys = self.snap.iter(ks);
+        for (size, key) in sizes.zip(keys) {
+            let size = size.size().map_err(StoreError::engine)?;
+            if size as usize != blobs::REF_LEN {
+                continue;
+            }
+            let (k, _) = key.into_inner_if(|_| false).map_err(StoreError::engine)?;
+            if let Some(v) = self.snap.get(ks, &k).map_err(StoreError::engine)? {
+                if let Some(r) = self.inner.blobs.parse(&v) {
+                    f(r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every pair in `[start, end)` (empty `end` = unbounded) as stored (blob
+    /// references stay references), page by page through `f`.
+    pub fn each_raw(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), StoreError> {
+        if range_is_empty(start, end) {
+            return Ok(());
+        }
+        for g in self
+            .snap
+            .range::<&[u8], _>(self.inner.space(space), bounds(start, end))
+        {
+            let (k, v) = g.into_inner().map_err(StoreError::engine)?;
+            f(&k, &v);
+        }
+        Ok(())
     }
 
     /// Like [`Store::scan`], as of the snapshot.
@@ -474,11 +634,12 @@ impl StoreSnapshot {
         if range_is_empty(start, end) || limit == 0 {
             return Ok(Vec::new());
         }
-        collect(
+        let pairs = collect(
             self.snap
                 .range::<&[u8], _>(self.inner.space(space), bounds(start, end)),
             limit,
-        )
+        )?;
+        self.inner.resolve_pairs(space, pairs)
     }
 }
 

@@ -139,3 +139,95 @@ async fn lagging_follower_catches_up_by_snapshot() {
     .await;
     c.shutdown();
 }
+
+/// Bulk entries make the leader trim its log early, but never past what a
+/// peer still lacks: a lagging follower catches up from the log, not by a
+/// snapshot; once everyone holds the entries they go.
+#[tokio::test]
+async fn bulk_log_is_trimmed_only_to_what_every_peer_holds() {
+    let c = Cluster::start(3, |_| {});
+    for n in &c.nodes {
+        n.create_shard(shard(1, vec![1, 2, 3])).unwrap();
+    }
+    let l = c.leader(1, &[]).await;
+    let f = (1..=3).find(|&n| n != l).unwrap();
+    let bulk = vec![7u8; 512 << 10];
+    let propose_bulk = |from: u64| {
+        let c = &c;
+        let bulk = &bulk;
+        async move {
+            for i in from..from + 24 {
+                let r = bounded("propose", 20, c.node(l).propose(1, put(&key(i, "b"), bulk))).await;
+                assert!(matches!(r, Ok(TxnOutcome::Applied { .. })), "{i}: {r:?}");
+            }
+        }
+    };
+    c.router.isolate(f);
+    let before = c.node(l).status().into_iter().find(|s| s.id == 1).unwrap();
+    propose_bulk(0).await;
+    let st = c.node(l).status().into_iter().find(|s| s.id == 1).unwrap();
+    assert!(
+        st.log_first <= before.log_last + 1,
+        "trimmed past the isolated follower: {before:?} -> {st:?}"
+    );
+
+    c.router.heal();
+    let want = c.node(l).scan(1, b"", b"", 1000).unwrap();
+    assert_eq!(want.len(), 24);
+    eventually("follower data equals leader data", 20, || {
+        (c.node(f).scan(1, b"", b"", 1000).unwrap() == want).then_some(())
+    })
+    .await;
+    assert_eq!(c.node(f).metrics().snapshots_applied, 0);
+    assert_eq!(c.node(l).metrics().snapshots_sent, 0);
+
+    // Everyone holds the entries now: the next bulk trims the log.
+    let mark = c.node(l).status().into_iter().find(|s| s.id == 1).unwrap();
+    propose_bulk(100).await;
+    let st = c.node(l).status().into_iter().find(|s| s.id == 1).unwrap();
+    assert!(
+        st.log_first > mark.log_last,
+        "log not trimmed: {mark:?} -> {st:?}"
+    );
+    c.shutdown();
+}
+
+/// Peers never see a node's blob references: a follower that lags behind
+/// the leader's in-memory log catches up from the stored log (references
+/// turned back into bytes), and one that lags behind the log by a snapshot
+/// (values resolved); both end with the same bytes, which they keep in their
+/// own blobs.
+#[tokio::test]
+async fn followers_catch_up_on_bulk_data_from_the_stored_log_and_snapshots() {
+    let c = Cluster::start(3, |cfg| cfg.blob_gc_interval = std::time::Duration::ZERO);
+    for n in &c.nodes {
+        n.create_shard(shard(1, vec![1, 2, 3])).unwrap();
+    }
+    let l = c.leader(1, &[]).await;
+    let f = (1..=3).find(|&n| n != l).unwrap();
+    let splice = |i: u64, byte: u8| {
+        Txn::ops(vec![Op::VSplice {
+            base: key(i, "chunk"),
+            offset: 0,
+            data: vec![byte; 1 << 20],
+            counter: None,
+            state: key(999, "versions"),
+        }])
+    };
+    c.router.isolate(f);
+    // 24 MiB: more than the leader keeps in memory, less than forces a snapshot.
+    for i in 0..24u64 {
+        let r = bounded("propose", 20, c.node(l).propose(1, splice(i, i as u8))).await;
+        assert!(matches!(r, Ok(TxnOutcome::Applied { .. })), "{i}: {r:?}");
+    }
+    c.router.heal();
+    let chunk = |i: u64| berth_store::keys::versioned(&key(i, "chunk"), 0);
+    for i in [0u64, 11, 23] {
+        eventually("follower has the bulk data", 30, || {
+            (c.node(f).get(1, &chunk(i)).unwrap() == Some(vec![i as u8; 1 << 20])).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(c.node(f).metrics().snapshots_applied, 0);
+    c.shutdown();
+}

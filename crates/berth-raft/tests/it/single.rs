@@ -367,3 +367,137 @@ async fn corrupt_or_undecodable_entries_stop_only_their_shard() {
     assert!(stopped(3).is_none());
     node.shutdown();
 }
+
+fn vsplice(base: &[u8], offset: u32, data: Vec<u8>) -> Op {
+    Op::VSplice {
+        base: base.to_vec(),
+        offset,
+        data,
+        counter: Some(key(9, "usage")),
+        state: key(9, "versions"),
+    }
+}
+
+fn usage(node: &RaftNode) -> i64 {
+    node.get(1, &key(9, "usage"))
+        .unwrap()
+        .map_or(0, |v| i64::from_be_bytes(v.try_into().unwrap()))
+}
+
+/// Bulk splices are written once, to a blob segment: the state machine keeps
+/// a reference to the log's bytes. Reads (whole and partial), partial
+/// overwrites, restarts and the collector all see the same bytes, and dead
+/// segments go away.
+#[tokio::test]
+async fn bulk_values_live_in_blobs_and_dead_segments_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = key(1, "chunk");
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let cur = keys::versioned(&base, 0);
+    {
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let node = start(&store, |c| c.blob_gc_interval = std::time::Duration::ZERO);
+        node.create_shard(shard(1, vec![1])).unwrap();
+        wait_leader(&node, 1).await;
+        let journal_before = store.metrics().bytes_written;
+        node.propose(1, Txn::ops(vec![vsplice(&base, 0, big.clone())]))
+            .await
+            .unwrap();
+        // The bytes went to a segment, not through the engine.
+        let through_engine = store.metrics().bytes_written - journal_before;
+        assert!(through_engine < 10_000, "{through_engine} bytes journaled");
+        assert!(store.blobs().disk_bytes() >= big.len() as u64);
+        assert_eq!(node.get(1, &cur).unwrap(), Some(big.clone()));
+        assert_eq!(
+            node.get_range(1, &cur, 1000, 10).unwrap(),
+            Some(big[1000..1010].to_vec())
+        );
+        assert_eq!(
+            node.get_range(1, &cur, 299_995, 100).unwrap(),
+            Some(big[299_995..].to_vec())
+        );
+        assert_eq!(usage(&node), big.len() as i64);
+        // A small splice into the middle materialises the value.
+        node.propose(1, Txn::ops(vec![vsplice(&base, 10, b"xyz".to_vec())]))
+            .await
+            .unwrap();
+        let mut want = big.clone();
+        want[10..13].copy_from_slice(b"xyz");
+        assert_eq!(node.get(1, &cur).unwrap(), Some(want.clone()));
+        assert_eq!(usage(&node), big.len() as i64);
+        // A large splice not at 0 reads its bytes back from the blob.
+        node.propose(1, Txn::ops(vec![vsplice(&base, 200_000, big.clone())]))
+            .await
+            .unwrap();
+        want.resize(500_000, 0);
+        want[200_000..].copy_from_slice(&big);
+        assert_eq!(node.get(1, &cur).unwrap(), Some(want.clone()));
+        assert_eq!(usage(&node), 500_000);
+        // And a covering one becomes a reference again.
+        let whole: Vec<u8> = (0..600_000u32).map(|i| (i % 13) as u8).collect();
+        node.propose(1, Txn::ops(vec![vsplice(&base, 0, whole.clone())]))
+            .await
+            .unwrap();
+        assert_eq!(node.get(1, &cur).unwrap(), Some(whole.clone()));
+        assert_eq!(store.size_of(Space::Data, &cur).unwrap(), Some(600_000));
+        assert_eq!(usage(&node), 600_000);
+        node.shutdown();
+    }
+    // The log holds references too: let it be compacted at every apply.
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let node = start(&store, |c| {
+        c.blob_gc_interval = std::time::Duration::ZERO;
+        c.log_compact_threshold = 1;
+    });
+    wait_leader(&node, 1).await;
+    let whole: Vec<u8> = (0..600_000u32).map(|i| (i % 13) as u8).collect();
+    assert_eq!(node.get(1, &cur).unwrap(), Some(whole), "after restart");
+    let sealed = store.blobs().sealed();
+    assert_eq!(sealed.len(), 1, "the segment written before the restart");
+    // Still referenced (by the value): two passes keep it.
+    node.collect_blobs().unwrap();
+    assert_eq!(node.collect_blobs().unwrap(), 0);
+    assert_eq!(store.blobs().sealed(), sealed);
+    // Deleted: the second pass that finds it dead removes it.
+    node.propose(
+        1,
+        Txn::ops(vec![Op::VDeleteRange {
+            start: base.clone(),
+            end: keys::versions_range(&base).1,
+            counter: key(9, "usage"),
+            state: key(9, "versions"),
+        }]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(node.get(1, &cur).unwrap(), None);
+    assert_eq!(usage(&node), 0);
+    let mut removed = 0;
+    for _ in 0..3 {
+        removed += node.collect_blobs().unwrap();
+    }
+    assert_eq!(removed, 1);
+    assert!(store.blobs().sealed().is_empty());
+    node.shutdown();
+}
+
+/// Proposals may not carry blob references (only a node's own log makes them).
+#[tokio::test]
+async fn proposals_cannot_carry_blob_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let node = start(&store, |_| {});
+    node.create_shard(shard(1, vec![1])).unwrap();
+    wait_leader(&node, 1).await;
+    let forged = Op::VSpliceBlob {
+        base: key(1, "chunk"),
+        offset: 0,
+        blob: vec![0; berth_store::blobs::REF_LEN],
+        len: 10,
+        counter: None,
+        state: key(9, "versions"),
+    };
+    let r = node.propose(1, Txn::ops(vec![forged])).await;
+    assert!(r.is_err(), "{r:?}");
+    node.shutdown();
+}
