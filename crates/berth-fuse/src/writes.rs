@@ -109,6 +109,8 @@ impl Writes {
         let client = client.clone();
         let handle = file.handle.clone();
         let path = file.path.clone();
+        // Shared, not copied, by every attempt of the call.
+        let data = tonic::codegen::Bytes::from(data);
         tokio::spawn(async move {
             let r = call("write", &path, || {
                 let mut c = client.files();

@@ -1732,18 +1732,23 @@ fn replicated_floor(g: &Group, applied: u64) -> Option<u64> {
 }
 
 /// The blob collector's thread: one pass per interval until the node stops.
+/// A pass reads every key of the node, so on a large store the interval
+/// stretches to keep the collector under 5 % of a core.
 fn blob_gc_loop(store: &Arc<Store>, shared: &Shared, gc: &Mutex<BlobGc>, every: Duration) {
     let step = Duration::from_millis(100).min(every);
+    let mut wait = every;
     let mut waited = Duration::ZERO;
     while !shared.stopped.load(Ordering::SeqCst) {
         std::thread::sleep(step);
         waited += step;
-        if waited < every {
+        if waited < wait {
             continue;
         }
         waited = Duration::ZERO;
+        let started = Instant::now();
         if let Err(e) = gc.lock().pass(store) {
             tracing::warn!(error = %e, "blob gc pass failed");
         }
+        wait = every.max(started.elapsed().saturating_mul(20));
     }
 }

@@ -248,7 +248,7 @@ async fn upload_file(client: &Arc<Client>, src: &Path, dst: &str, bar: &Progress
                 .write(WriteRequest {
                     handle,
                     offset: at,
-                    data: buf,
+                    data: buf.into(),
                 })
                 .await
                 .map_err(ClientError::from_status)?;

@@ -41,7 +41,10 @@ impl FilesApi for FilesService {
             let (data, size) =
                 n.ns.read(&p, &r.handle, r.offset, r.length as usize)
                     .await?;
-            Ok(ReadResponse { data, size })
+            Ok(ReadResponse {
+                data: data.into(),
+                size,
+            })
         })
         .await
     }

@@ -271,7 +271,7 @@ fn acknowledged_file_writes_survive_sigkill() {
                 let w = files.write(WriteRequest {
                     handle: h.clone(),
                     offset: n * RECORD as u64,
-                    data: record(n),
+                    data: record(n).into(),
                 });
                 match tokio::time::timeout(CALL_TIMEOUT, w).await {
                     Ok(Ok(_)) => n += 1,
