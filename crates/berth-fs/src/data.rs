@@ -167,7 +167,8 @@ impl Namespace {
         }
         let end = size.min(offset + len as u64);
         let cs = u64::from(vol.chunk_size);
-        let mut out = vec![0u8; (end - offset) as usize];
+        let want = (end - offset) as usize;
+        let mut out = Vec::new();
         let first = offset / cs;
         let last = (end - 1) / cs;
         // Which version of each chunk this view sees: the newest not above
@@ -198,10 +199,16 @@ impl Namespace {
             let Some(v) = tx.peek_part(&k, from as u32, (to - from) as u32)? else {
                 continue;
             };
+            if v.len() == want {
+                // One chunk held every byte asked for: no copy.
+                return Ok((v, size));
+            }
             // The value may be shorter than the chunk (zeros beyond it).
+            out.resize(want, 0);
             let at = (cstart + from - offset) as usize;
             out[at..at + v.len()].copy_from_slice(&v);
         }
+        out.resize(want, 0);
         Ok((out, size))
     }
 
