@@ -14,3 +14,12 @@ pub mod v1 {
 pub const AUTH_METADATA: &str = "authorization";
 /// Metadata key carrying the stable symbolic error code of a failed call.
 pub const CODE_METADATA: &str = "x-berth-code";
+
+/// HTTP/2 flow-control window per stream, bytes (client and server): room
+/// for several 1 MiB file reads or writes in flight.
+pub const H2_STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window per connection, bytes.
+pub const H2_CONNECTION_WINDOW: u32 = 64 << 20;
+/// Largest HTTP/2 frame a peer may send, bytes (h2's default is 16 KiB,
+/// which cuts every MiB of file data into 64 frames).
+pub const H2_FRAME_BYTES: u32 = 1 << 20;

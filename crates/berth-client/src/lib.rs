@@ -165,7 +165,12 @@ fn endpoint(cfg: &ClientConfig, server: &str) -> Result<Endpoint, ClientError> {
         .map_err(bad)?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // Room for several 1 MiB reads in flight and large frames (see the
+        // server's settings).
+        .initial_stream_window_size(berth_api::H2_STREAM_WINDOW)
+        .initial_connection_window_size(berth_api::H2_CONNECTION_WINDOW)
+        .max_frame_size(berth_api::H2_FRAME_BYTES);
     if !cfg.insecure {
         let ca = cfg.ca_pem.as_deref().unwrap_or_default();
         let (host, _) = config::split_host_port(server);

@@ -263,7 +263,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(locks.clone().run_expiry(stop_rx.clone()));
     let grpc = {
-        let mut builder = Server::builder();
+        // File data moves in 1 MiB messages, several in flight per
+        // connection: h2's defaults (1 MiB windows, 16 KiB frames) made a
+        // write wait for window updates mid-message and cut every MiB into
+        // 64 frames.
+        let mut builder = Server::builder()
+            .initial_stream_window_size(berth_api::H2_STREAM_WINDOW)
+            .initial_connection_window_size(berth_api::H2_CONNECTION_WINDOW)
+            .max_frame_size(berth_api::H2_FRAME_BYTES);
         if !cfg.insecure {
             builder = builder
                 .tls_config(
