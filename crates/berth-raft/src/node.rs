@@ -50,7 +50,8 @@ enum Cmd {
     Step(Vec<Message>),
     Propose {
         shard: ShardId,
-        txn: Txn,
+        /// The encoded transaction.
+        data: Vec<u8>,
         reply: Reply<TxnOutcome>,
     },
     ReadIndex {
@@ -399,10 +400,21 @@ impl RaftNode {
     async fn propose_inner(&self, shard: ShardId, txn: Txn) -> Result<TxnOutcome, RaftError> {
         let desc = self.desc(shard)?;
         cmd_valid(&desc, &txn)?;
+        // Encoding (a copy of the bulk bytes) happens here, on the caller's
+        // thread, not on the one Raft loop thread every shard shares.
+        let data =
+            cmd::encode(&txn).map_err(|e| RaftError::Internal(format!("encode txn: {e}")))?;
+        if data.len() > TXN_BYTES_MAX {
+            return Err(RaftError::Internal(format!(
+                "txn of {} bytes exceeds {TXN_BYTES_MAX}",
+                data.len()
+            )));
+        }
+        drop(txn);
         let (tx, rx) = oneshot::channel();
         self.try_send(Cmd::Propose {
             shard,
-            txn,
+            data,
             reply: tx,
         })?;
         self.wait(rx).await
@@ -1061,7 +1073,7 @@ impl Core {
                     self.on_message(m);
                 }
             }
-            Cmd::Propose { shard, txn, reply } => self.on_propose(shard, txn, reply),
+            Cmd::Propose { shard, data, reply } => self.on_propose(shard, data, reply),
             Cmd::ReadIndex { shard, reply } => {
                 let Some(g) = self.groups.get_mut(&shard) else {
                     let _ = reply.send(Err(RaftError::ShardNotFound(shard)));
@@ -1172,7 +1184,7 @@ impl Core {
         }
     }
 
-    fn on_propose(&mut self, shard: ShardId, txn: Txn, reply: Reply<TxnOutcome>) {
+    fn on_propose(&mut self, shard: ShardId, data: Vec<u8>, reply: Reply<TxnOutcome>) {
         let Some(g) = self.groups.get_mut(&shard) else {
             let _ = reply.send(Err(RaftError::ShardNotFound(shard)));
             return;
@@ -1185,28 +1197,12 @@ impl Core {
             let _ = reply.send(Err(g.not_leader()));
             return;
         }
-        if let Err(e) = cmd_valid(&g.raw.store().desc, &txn) {
-            let _ = reply.send(Err(e));
-            return;
-        }
+        // The proposing thread checked the transaction against this shard's
+        // (fixed) descriptor and encoded it.
         if g.proposals.len() >= PENDING_PROPOSALS_MAX {
             let _ = reply.send(Err(RaftError::Timeout));
             return;
         }
-        let data = match cmd::encode(&txn) {
-            Ok(d) if d.len() <= TXN_BYTES_MAX => d,
-            Ok(d) => {
-                let _ = reply.send(Err(RaftError::Internal(format!(
-                    "txn of {} bytes exceeds {TXN_BYTES_MAX}",
-                    d.len()
-                ))));
-                return;
-            }
-            Err(e) => {
-                let _ = reply.send(Err(RaftError::Internal(format!("encode txn: {e}"))));
-                return;
-            }
-        };
         g.busy(&self.shared.metrics);
         self.touched.insert(shard);
         let before = g.raw.raft.raft_log.last_index();
