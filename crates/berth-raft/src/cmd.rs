@@ -208,47 +208,35 @@ pub(crate) fn offload(store: &Store, data: &[u8]) -> Result<Option<Vec<u8>>, Sto
         return Ok(None); // applied as what it is: an undecodable entry
     };
     let mut moved = false;
-    for op in &mut txn.ops {
-        if let Op::VSplice { data, .. } = op {
-            if data.len() < BLOB_MIN_BYTES {
-                continue;
+    txn.ops = txn
+        .ops
+        .into_iter()
+        .map(|op| match op {
+            Op::VSplice {
+                base,
+                offset,
+                data,
+                counter,
+                state,
+            } if data.len() >= BLOB_MIN_BYTES => {
+                moved = true;
+                Ok(Op::VSpliceBlob {
+                    base,
+                    offset,
+                    len: u32::try_from(data.len())
+                        .map_err(|_| StoreError::Invalid("splice larger than 4 GiB".into()))?,
+                    blob: store.put_blob(&data)?,
+                    counter,
+                    state,
+                })
             }
-            let len = u32::try_from(data.len())
-                .map_err(|_| StoreError::Invalid("splice larger than 4 GiB".into()))?;
-            let blob = store.put_blob(data)?;
-            let Op::VSplice {
-                base,
-                offset,
-                counter,
-                state,
-                ..
-            } = std::mem::replace(
-                op,
-                Op::AddI64 {
-                    key: Vec::new(),
-                    delta: 0,
-                },
-            )
-            else {
-                unreachable!("matched above");
-            };
-            *op = Op::VSpliceBlob {
-                base,
-                offset,
-                blob,
-                len,
-                counter,
-                state,
-            };
-            moved = true;
-        }
-    }
+            other => Ok(other),
+        })
+        .collect::<Result<_, StoreError>>()?;
     if !moved {
         return Ok(None);
     }
-    encode(&txn)
-        .map(Some)
-        .map_err(|e| StoreError::Invalid(format!("encode txn: {e}")))
+    encode_txn(&txn).map(Some)
 }
 
 /// The wire form of a stored payload: blob references replaced by their
@@ -261,37 +249,32 @@ pub(crate) fn inflate(store: &Store, data: &[u8]) -> Result<Option<Vec<u8>>, Sto
     if !txn.ops.iter().any(|o| matches!(o, Op::VSpliceBlob { .. })) {
         return Ok(None);
     }
-    for op in &mut txn.ops {
-        if let Op::VSpliceBlob { blob, .. } = op {
-            let bytes = blob_bytes(store, blob)?;
-            let Op::VSpliceBlob {
+    txn.ops = txn
+        .ops
+        .into_iter()
+        .map(|op| match op {
+            Op::VSpliceBlob {
                 base,
                 offset,
+                blob,
                 counter,
                 state,
                 ..
-            } = std::mem::replace(
-                op,
-                Op::AddI64 {
-                    key: Vec::new(),
-                    delta: 0,
-                },
-            )
-            else {
-                unreachable!("matched above");
-            };
-            *op = Op::VSplice {
+            } => Ok(Op::VSplice {
                 base,
                 offset,
-                data: bytes,
+                data: blob_bytes(store, &blob)?,
                 counter,
                 state,
-            };
-        }
-    }
-    encode(&txn)
-        .map(Some)
-        .map_err(|e| StoreError::Invalid(format!("encode txn: {e}")))
+            }),
+            other => Ok(other),
+        })
+        .collect::<Result<_, StoreError>>()?;
+    encode_txn(&txn).map(Some)
+}
+
+fn encode_txn(txn: &Txn) -> Result<Vec<u8>, StoreError> {
+    encode(txn).map_err(|e| StoreError::Invalid(format!("encode txn: {e}")))
 }
 
 /// The bytes behind a blob reference of this node; an error when `blob` is
