@@ -577,14 +577,28 @@ impl ShardStorage {
         if idx == self.truncated_index {
             return Ok(self.truncated_term);
         }
+        // The term only: references stay references (no blob read).
         Ok(self
-            .read_entries(idx, idx + 1, u64::MAX)?
+            .read_entries_as(idx, idx + 1, u64::MAX, false)?
             .first()
             .map_or(0, |e| e.term))
     }
 
-    /// Entries `[low, high)` from the cache or the store, at least one, at most `max_bytes`.
+    /// Entries `[low, high)` from the cache or the store, at least one, at most `max_bytes`,
+    /// with their bytes (blob references resolved).
     fn read_entries(&self, low: u64, high: u64, max_bytes: u64) -> Result<Vec<Entry>, StoreError> {
+        self.read_entries_as(low, high, max_bytes, true)
+    }
+
+    /// [`ShardStorage::read_entries`]; `inflate = false` leaves entries
+    /// read from the store in their stored form (for their terms).
+    fn read_entries_as(
+        &self,
+        low: u64,
+        high: u64,
+        max_bytes: u64,
+        inflate: bool,
+    ) -> Result<Vec<Entry>, StoreError> {
         let mut out: Vec<Entry> = Vec::new();
         let mut size = 0u64;
         let cache_first = self.cache.front().map_or(u64::MAX, |e| e.index);
@@ -624,7 +638,7 @@ impl ShardStorage {
                 }
                 let mut e = decode_entry(self.desc.id, idx, &v)?;
                 // Peers and raft get the bytes, not this node's references.
-                if e.get_entry_type() == EntryType::EntryNormal {
+                if inflate && e.get_entry_type() == EntryType::EntryNormal {
                     if let Some(d) = crate::cmd::inflate(&self.store, &e.data)? {
                         e.data = d.into();
                     }
