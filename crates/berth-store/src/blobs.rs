@@ -37,7 +37,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -308,7 +308,14 @@ fn load_secret(dir: &Path) -> Result<[u8; 16], StoreError> {
             let mut secret = [0u8; 16];
             getrandom(&mut secret).map_err(|e| io("read random bytes for", &p, e))?;
             let tmp = dir.join("secret.tmp");
-            let mut f = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+            // Readable by the server only: whoever knows it could forge references.
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| io("create", &tmp, e))?;
             f.write_all(&secret)
                 .and_then(|()| f.sync_all())
                 .map_err(|e| io("write", &tmp, e))?;
@@ -371,6 +378,12 @@ mod tests {
         assert!(b.parse(&forged).is_none());
         assert!(b.parse(&r[..REF_LEN - 1]).is_none());
         assert!(b.parse(&[0u8; REF_LEN]).is_none());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         // Another node (another secret) cannot read this node's references.
         let other = tempfile::tempdir().unwrap();
         assert!(Blobs::open(other.path()).unwrap().parse(&r).is_none());
