@@ -8,6 +8,7 @@
 //! Wire/log format of an entry: `version (u8 = 1) · postcard(Txn)`. A log entry that does not
 //! decode is a fatal invariant violation for its group (never skipped).
 
+use berth_store::blobs::Pin;
 use berth_store::{keys, Space, Store, StoreError, WriteBatch};
 use serde::{Deserialize, Serialize};
 
@@ -199,15 +200,26 @@ pub const BLOB_MIN_BYTES: usize = 64 << 10;
 /// The stored form of a log entry's payload: every [`Op::VSplice`] of at
 /// least [`BLOB_MIN_BYTES`] becomes an [`Op::VSpliceBlob`] whose bytes are
 /// appended to the node's blob segments (synced by the store before the
-/// batch holding the entry is written). `None` when nothing moves.
-pub(crate) fn offload(store: &Store, data: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+/// batch holding the entry is written), with the pins that keep those
+/// segments from the collector until the entry is stored. `None` when
+/// nothing moves.
+pub(crate) fn offload(store: &Store, data: &[u8]) -> Result<Option<Stored>, StoreError> {
     if data.len() < BLOB_MIN_BYTES {
         return Ok(None);
     }
-    let Ok(mut txn) = decode(data) else {
+    let Ok(txn) = decode(data) else {
         return Ok(None); // applied as what it is: an undecodable entry
     };
-    let mut moved = false;
+    offload_txn(store, txn)
+}
+
+/// A payload's stored form and the pins on the segments it refers to.
+pub(crate) type Stored = (Vec<u8>, Vec<Pin>);
+
+/// [`offload`] of a transaction not yet encoded (a leader does this on the
+/// proposing thread, so the Raft loop neither copies nor writes the bytes).
+pub(crate) fn offload_txn(store: &Store, mut txn: Txn) -> Result<Option<Stored>, StoreError> {
+    let mut pins = Vec::new();
     txn.ops = txn
         .ops
         .into_iter()
@@ -219,13 +231,15 @@ pub(crate) fn offload(store: &Store, data: &[u8]) -> Result<Option<Vec<u8>>, Sto
                 counter,
                 state,
             } if data.len() >= BLOB_MIN_BYTES => {
-                moved = true;
+                let len = u32::try_from(data.len())
+                    .map_err(|_| StoreError::Invalid("splice larger than 4 GiB".into()))?;
+                let (blob, pin) = store.put_blob(&data)?;
+                pins.push(pin);
                 Ok(Op::VSpliceBlob {
                     base,
                     offset,
-                    len: u32::try_from(data.len())
-                        .map_err(|_| StoreError::Invalid("splice larger than 4 GiB".into()))?,
-                    blob: store.put_blob(&data)?,
+                    len,
+                    blob,
                     counter,
                     state,
                 })
@@ -233,10 +247,10 @@ pub(crate) fn offload(store: &Store, data: &[u8]) -> Result<Option<Vec<u8>>, Sto
             other => Ok(other),
         })
         .collect::<Result<_, StoreError>>()?;
-    if !moved {
+    if pins.is_empty() {
         return Ok(None);
     }
-    encode_txn(&txn).map(Some)
+    Ok(Some((encode_txn(&txn)?, pins)))
 }
 
 /// The wire form of a stored payload: blob references replaced by their

@@ -50,8 +50,11 @@ enum Cmd {
     Step(Vec<Message>),
     Propose {
         shard: ShardId,
-        /// The encoded transaction.
+        /// The encoded transaction (what raft replicates).
         data: Vec<u8>,
+        /// Its stored form when the proposer already wrote its bulk bytes
+        /// to this node's blobs (see `cmd::offload_txn`).
+        stored: Option<cmd::Stored>,
         reply: Reply<TxnOutcome>,
     },
     ReadIndex {
@@ -400,8 +403,10 @@ impl RaftNode {
     async fn propose_inner(&self, shard: ShardId, txn: Txn) -> Result<TxnOutcome, RaftError> {
         let desc = self.desc(shard)?;
         cmd_valid(&desc, &txn)?;
-        // Encoding (a copy of the bulk bytes) happens here, on the caller's
-        // thread, not on the one Raft loop thread every shard shares.
+        // Encoding (a copy of the bulk bytes) and, on the leader, writing
+        // them to blobs happen here, on the caller's thread, not on the one
+        // Raft loop thread every shard shares. Blobs of a proposal that then
+        // fails are garbage for blob_gc.
         let data =
             cmd::encode(&txn).map_err(|e| RaftError::Internal(format!("encode txn: {e}")))?;
         if data.len() > TXN_BYTES_MAX {
@@ -410,11 +415,16 @@ impl RaftNode {
                 data.len()
             )));
         }
-        drop(txn);
+        let stored = if self.leader(shard) == Some(self.inner.node_id) {
+            cmd::offload_txn(&self.inner.store, txn).map_err(RaftError::from_store)?
+        } else {
+            None
+        };
         let (tx, rx) = oneshot::channel();
         self.try_send(Cmd::Propose {
             shard,
             data,
+            stored,
             reply: tx,
         })?;
         self.wait(rx).await
@@ -1073,7 +1083,12 @@ impl Core {
                     self.on_message(m);
                 }
             }
-            Cmd::Propose { shard, data, reply } => self.on_propose(shard, data, reply),
+            Cmd::Propose {
+                shard,
+                data,
+                stored,
+                reply,
+            } => self.on_propose(shard, data, stored, reply),
             Cmd::ReadIndex { shard, reply } => {
                 let Some(g) = self.groups.get_mut(&shard) else {
                     let _ = reply.send(Err(RaftError::ShardNotFound(shard)));
@@ -1184,7 +1199,13 @@ impl Core {
         }
     }
 
-    fn on_propose(&mut self, shard: ShardId, data: Vec<u8>, reply: Reply<TxnOutcome>) {
+    fn on_propose(
+        &mut self,
+        shard: ShardId,
+        data: Vec<u8>,
+        stored: Option<cmd::Stored>,
+        reply: Reply<TxnOutcome>,
+    ) {
         let Some(g) = self.groups.get_mut(&shard) else {
             let _ = reply.send(Err(RaftError::ShardNotFound(shard)));
             return;
@@ -1223,6 +1244,9 @@ impl Core {
                     return;
                 }
                 let term = g.raw.raft.term;
+                if let Some(stored) = stored {
+                    g.raw.mut_store().set_stored(index, term, stored);
+                }
                 g.proposals.push_back(Proposal { index, term, reply });
             }
         }

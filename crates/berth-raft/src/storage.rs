@@ -235,9 +235,11 @@ pub(crate) struct ShardStorage {
     /// starts at 0 after a restart).
     pub(crate) bytes_since_compact: u64,
     /// Stored payloads (bulk bytes moved to blobs, see `cmd::offload`) of
-    /// entries appended and not yet applied, by index, with their term:
-    /// apply uses them so the state references the bytes the log wrote.
-    stored: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// entries appended and not yet applied, by index, with their term and
+    /// the pins on their blob segments: apply uses them so the state
+    /// references the bytes the log wrote. Also the ones a proposer made on
+    /// this node for entries not yet appended.
+    stored: BTreeMap<u64, (u64, crate::cmd::Stored)>,
 }
 
 /// The log is also compacted (up to the applied index) once this many entry
@@ -389,17 +391,24 @@ impl ShardStorage {
                 self.desc.id, self.truncated_index, self.last_index
             )));
         }
-        self.stored.split_off(&first);
+        // Stored forms a proposer made for these very entries are used; the
+        // others at or after `first` belonged to a replaced suffix.
+        let mut made = self.stored.split_off(&first);
         for e in ents {
-            let stored = match e.get_entry_type() {
-                EntryType::EntryNormal => crate::cmd::offload(&self.store, &e.data)?,
-                _ => None,
+            let made = made
+                .remove(&e.index)
+                .filter(|(t, _)| *t == e.term)
+                .map(|(_, s)| s);
+            let stored = match (made, e.get_entry_type()) {
+                (Some(s), _) => Some(s),
+                (None, EntryType::EntryNormal) => crate::cmd::offload(&self.store, &e.data)?,
+                (None, _) => None,
             };
             let rec = match stored {
-                Some(data) => {
+                Some((data, pins)) => {
                     let mut s = e.clone();
                     s.data = data.clone().into();
-                    self.stored.insert(e.index, (e.term, data));
+                    self.stored.insert(e.index, (e.term, (data, pins)));
                     encode_entry(&s)?
                 }
                 None => encode_entry(e)?,
@@ -473,13 +482,21 @@ impl ShardStorage {
         Ok(())
     }
 
+    /// Records the stored form a proposer made for the entry it just
+    /// proposed at `index` (bulk bytes already in blobs): persisting the
+    /// entry writes it instead of moving the bytes again.
+    pub(crate) fn set_stored(&mut self, index: u64, term: u64, stored: crate::cmd::Stored) {
+        self.stored.insert(index, (term, stored));
+    }
+
     /// The stored payload of entry `index` if this node moved its bulk bytes
-    /// to blobs, once (apply calls this); drops the ones before it.
+    /// to blobs, once (apply calls this); drops the ones before it. Their
+    /// pins go too: the references are in the log and the state by now.
     pub(crate) fn take_stored(&mut self, index: u64, term: u64) -> Option<Vec<u8>> {
         let later = self.stored.split_off(&(index + 1));
         let found = self.stored.remove(&index);
         self.stored = later;
-        found.filter(|(t, _)| *t == term).map(|(_, d)| d)
+        found.filter(|(t, _)| *t == term).map(|(_, (d, _))| d)
     }
 
     /// Deletes log entries up to and including `to` (which must be applied).

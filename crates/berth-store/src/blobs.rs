@@ -69,9 +69,36 @@ struct Writer {
     len: u64,
     /// Files with appends not yet synced (the current one last, if dirty).
     unsynced: Vec<Arc<File>>,
-    /// Segments closed since the last store write: references to them may
-    /// still wait in an unwritten batch, so they are not [`Blobs::sealed`] yet.
-    unsettled: Vec<u64>,
+}
+
+/// Appends whose references may not be in the engine yet, per segment.
+type Pins = Arc<Mutex<HashMap<u64, usize>>>;
+
+/// Keeps a segment out of [`Blobs::sealed`] while a reference into it may
+/// exist only in memory (an entry on its way to the log); drop it once the
+/// reference is stored.
+#[must_use = "the segment is collectable as soon as the pin is dropped"]
+pub struct Pin {
+    pins: Pins,
+    segment: u64,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut p = self.pins.lock();
+        if let Some(n) = p.get_mut(&self.segment) {
+            *n -= 1;
+            if *n == 0 {
+                p.remove(&self.segment);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pin({})", self.segment)
+    }
 }
 
 /// The blob segments of one node store.
@@ -80,6 +107,7 @@ pub struct Blobs {
     secret: [u8; 16],
     writer: Mutex<Writer>,
     files: RwLock<HashMap<u64, Arc<File>>>,
+    pins: Pins,
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -117,42 +145,56 @@ impl Blobs {
                 file,
                 len: 0,
                 unsynced: Vec::new(),
-                unsettled: Vec::new(),
             }),
             files: RwLock::new(files),
+            pins: Arc::default(),
         })
     }
 
-    /// Appends `data` (not yet synced) and returns its encoded reference.
-    pub fn append(&self, data: &[u8]) -> Result<Vec<u8>, StoreError> {
+    /// Appends `data` (not yet synced) and returns its encoded reference,
+    /// with a [`Pin`] on its segment to hold until the reference is stored.
+    /// Appends from several threads write in parallel (only the space is
+    /// reserved under the lock).
+    pub fn append(&self, data: &[u8]) -> Result<(Vec<u8>, Pin), StoreError> {
         let len = u32::try_from(data.len())
             .map_err(|_| StoreError::Invalid("blob larger than 4 GiB".into()))?;
+        let (segment, file, offset, pin) = {
+            let mut w = self.writer.lock();
+            if w.len > 0 && w.len + data.len() as u64 > SEGMENT_BYTES {
+                let segment = w.segment + 1;
+                let file = Arc::new(create_segment(&self.dir, segment)?);
+                self.files.write().insert(segment, file.clone());
+                w.segment = segment;
+                w.file = file;
+                w.len = 0;
+            }
+            let offset = w.len;
+            w.len += data.len() as u64;
+            // Pinned before the lock is released: `sealed` (under the same
+            // lock) never lists a segment with an unstored reference.
+            *self.pins.lock().entry(w.segment).or_insert(0) += 1;
+            let pin = Pin {
+                pins: self.pins.clone(),
+                segment: w.segment,
+            };
+            (w.segment, w.file.clone(), offset, pin)
+        };
+        file.write_all_at(data, offset)
+            .map_err(|e| io("write", &self.path(segment), e))?;
+        // Dirty only once written: a sync that started earlier does not
+        // cover these bytes, so the next one must.
         let mut w = self.writer.lock();
-        if w.len > 0 && w.len + data.len() as u64 > SEGMENT_BYTES {
-            let segment = w.segment + 1;
-            let file = Arc::new(create_segment(&self.dir, segment)?);
-            self.files.write().insert(segment, file.clone());
-            let closed = w.segment;
-            w.unsettled.push(closed);
-            w.segment = segment;
-            w.file = file;
-            w.len = 0;
+        if !w.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
+            w.unsynced.push(file);
         }
-        let offset = w.len;
-        w.file
-            .write_all_at(data, offset)
-            .map_err(|e| io("write", &self.path(w.segment), e))?;
-        w.len += data.len() as u64;
-        if !w.unsynced.last().is_some_and(|f| Arc::ptr_eq(f, &w.file)) {
-            let f = w.file.clone();
-            w.unsynced.push(f);
-        }
-        Ok(self.encode(&BlobRef {
-            segment: w.segment,
+        drop(w);
+        let r = BlobRef {
+            segment,
             offset,
             len,
             crc: crc32fast::hash(data),
-        }))
+        };
+        Ok((self.encode(&r), pin))
     }
 
     /// True when appended bytes wait for [`Blobs::sync`].
@@ -161,13 +203,13 @@ impl Blobs {
     }
 
     /// Makes every appended byte durable (fdatasync of each written segment).
+    /// Appends that finish meanwhile mark their segment dirty again.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let mut w = self.writer.lock();
-        for f in &w.unsynced {
+        let files = std::mem::take(&mut self.writer.lock().unsynced);
+        for f in &files {
             f.sync_data()
                 .map_err(|e| StoreError::Engine(format!("sync blob segment: {e}")))?;
         }
-        w.unsynced.clear();
         Ok(())
     }
 
@@ -224,23 +266,18 @@ impl Blobs {
         Ok(out)
     }
 
-    /// Called by the store after it wrote a batch: every reference to a
-    /// closed segment is in the engine now.
-    pub(crate) fn settle(&self) {
-        self.writer.lock().unsettled.clear();
-    }
-
-    /// Segments no longer appended to and whose references all reached the
-    /// engine, ascending: a consistent store snapshot taken after this call
-    /// sees every reference into them that exists.
+    /// Segments no longer appended to and not pinned, ascending: a
+    /// consistent store snapshot taken after this call sees every reference
+    /// into them that exists.
     pub fn sealed(&self) -> Vec<u64> {
         let w = self.writer.lock();
+        let pins = self.pins.lock();
         let mut v: Vec<u64> = self
             .files
             .read()
             .keys()
             .copied()
-            .filter(|s| *s != w.segment && !w.unsettled.contains(s))
+            .filter(|s| *s != w.segment && !pins.contains_key(s))
             .collect();
         v.sort_unstable();
         v
@@ -343,8 +380,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = Blobs::open(dir.path()).unwrap();
         let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
-        let r1 = b.append(&data).unwrap();
-        let r2 = b.append(b"second").unwrap();
+        let (r1, _p1) = b.append(&data).unwrap();
+        let (r2, _p2) = b.append(b"second").unwrap();
         assert!(b.dirty());
         b.sync().unwrap();
         assert!(!b.dirty());
@@ -359,7 +396,7 @@ mod tests {
         let p1 = b.parse(&r1).expect("same secret after reopen");
         assert_eq!(b.read(&p1).unwrap(), data);
         assert_eq!(b.sealed(), vec![p1.segment]);
-        let r3 = b.parse(&b.append(b"x").unwrap()).unwrap();
+        let r3 = b.parse(&b.append(b"x").unwrap().0).unwrap();
         assert!(r3.segment > p1.segment);
 
         b.remove(p1.segment).unwrap();
@@ -371,7 +408,7 @@ mod tests {
     fn foreign_values_are_not_references() {
         let dir = tempfile::tempdir().unwrap();
         let b = Blobs::open(dir.path()).unwrap();
-        let r = b.append(b"abc").unwrap();
+        let (r, _pin) = b.append(b"abc").unwrap();
         assert!(b.parse(&r).is_some());
         let mut forged = r.clone();
         forged[0] ^= 1;
@@ -393,7 +430,7 @@ mod tests {
     fn corruption_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let b = Blobs::open(dir.path()).unwrap();
-        let r = b.parse(&b.append(b"hello world").unwrap()).unwrap();
+        let r = b.parse(&b.append(b"hello world").unwrap().0).unwrap();
         b.sync().unwrap();
         let f = OpenOptions::new()
             .write(true)
@@ -408,13 +445,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = Blobs::open(dir.path()).unwrap();
         let big = vec![1u8; (SEGMENT_BYTES / 2 + 1) as usize];
-        let a = b.parse(&b.append(&big).unwrap()).unwrap();
-        let c = b.parse(&b.append(&big).unwrap()).unwrap();
+        let (ra, pin) = b.append(&big).unwrap();
+        let a = b.parse(&ra).unwrap();
+        let c = b.parse(&b.append(&big).unwrap().0).unwrap();
         assert_eq!(c.segment, a.segment + 1);
         assert_eq!(c.offset, 0);
         b.sync().unwrap();
-        assert!(b.sealed().is_empty(), "not settled by a store write yet");
-        b.settle();
+        assert!(
+            b.sealed().is_empty(),
+            "pinned: its reference is not stored yet"
+        );
+        drop(pin);
         assert_eq!(b.sealed(), vec![a.segment]);
         assert_eq!(b.read(&c).unwrap().len(), big.len());
     }

@@ -323,9 +323,11 @@ impl Store {
     }
 
     /// Appends `data` to the node's blob segments and returns the reference
-    /// to store in its place (in `Data`, or inside a log entry). It becomes
-    /// durable with the next [`Store::write`], before that batch is written.
-    pub fn put_blob(&self, data: &[u8]) -> Result<Vec<u8>, StoreError> {
+    /// to store in its place (in `Data`, or inside a log entry), with a pin
+    /// to hold until the reference is stored (see [`blobs::Pin`]). It
+    /// becomes durable with the next [`Store::write`], before that batch is
+    /// written.
+    pub fn put_blob(&self, data: &[u8]) -> Result<(Vec<u8>, blobs::Pin), StoreError> {
         if self.is_poisoned() {
             return Err(StoreError::Poisoned);
         }
@@ -499,7 +501,6 @@ impl Store {
             }
             b.commit().map_err(|e| self.poison(e))?;
         }
-        inner.blobs.settle();
         if inject {
             inner.poisoned.store(true, Ordering::SeqCst);
             tracing::error!("store: injected fsync failure; store is now poisoned");
