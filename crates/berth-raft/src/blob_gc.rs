@@ -2,11 +2,12 @@
 //!
 //! A blob is referenced from a log entry of this node (its bytes moved out
 //! when the entry was persisted) and, once applied, from the state machine
-//! (a versioned value that is exactly the blob). A sealed segment is dead
-//! when neither the log nor the state refers to it in one consistent store
-//! snapshot taken after the segment was sealed: no reference can appear
-//! later, since the only sources of new references to an old blob are
-//! entries still in the log (seen) and copies of state values (seen).
+//! (a versioned value that is exactly the blob). A sealed segment (no
+//! longer appended to, and pinned by no append whose reference is still
+//! only in memory) is dead when neither the log nor the state refers to it
+//! in one consistent store snapshot taken after it was listed: no reference
+//! can appear later, since the only sources of new references to an old
+//! blob are entries in the log (seen) and copies of state values (seen).
 //!
 //! A dead segment is deleted only when it was already dead at the previous
 //! pass, an interval earlier, so a reader that fetched a reference just
