@@ -193,6 +193,16 @@ pub(crate) fn entry_blob_refs(rec: &[u8]) -> Option<Vec<Vec<u8>>> {
     })
 }
 
+/// Puts the bytes of a stored entry's blob references back in place.
+fn inflate_entry(store: &Store, e: &mut Entry) -> Result<(), StoreError> {
+    if e.get_entry_type() == EntryType::EntryNormal {
+        if let Some(d) = crate::cmd::inflate(store, &e.data)? {
+            e.data = d.into();
+        }
+    }
+    Ok(())
+}
+
 fn other(e: StoreError) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
@@ -355,8 +365,18 @@ impl ShardStorage {
             .max(s.truncated_index)
             + 1;
         if from <= last_index {
-            let ents = s.read_entries(from, last_index + 1, CACHE_BYTES_MAX as u64)?;
-            s.cache.extend(ents);
+            // The cache is the log's tail: read the entries as stored (small),
+            // then keep, from the end, what fits once their bytes are back.
+            let ents = s.read_entries_as(from, last_index + 1, u64::MAX, false)?;
+            let mut bytes = 0usize;
+            for mut e in ents.into_iter().rev() {
+                inflate_entry(&s.store, &mut e)?;
+                bytes += e.data.len();
+                if bytes > CACHE_BYTES_MAX && !s.cache.is_empty() {
+                    break;
+                }
+                s.cache.push_front(e);
+            }
             s.trim_cache();
         }
         Ok(s)
@@ -655,10 +675,8 @@ impl ShardStorage {
                 }
                 let mut e = decode_entry(self.desc.id, idx, &v)?;
                 // Peers and raft get the bytes, not this node's references.
-                if inflate && e.get_entry_type() == EntryType::EntryNormal {
-                    if let Some(d) = crate::cmd::inflate(&self.store, &e.data)? {
-                        e.data = d.into();
-                    }
+                if inflate {
+                    inflate_entry(&self.store, &mut e)?;
                 }
                 if !push(e, &mut out) {
                     return Ok(out);
@@ -803,6 +821,56 @@ mod tests {
         bad[0] = 9;
         assert!(open("t", &bad).is_err());
         assert!(open("t", &[1, 2]).is_err());
+    }
+
+    /// A reloaded log whose tail holds more bulk bytes than the cache keeps:
+    /// the cache is a tail, and every entry reads back whole.
+    #[test]
+    fn reload_caches_a_tail_of_a_bulk_log() {
+        use raft::Storage as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let desc = ShardDesc {
+            id: 7,
+            start: Vec::new(),
+            end: Vec::new(),
+            voters: vec![1],
+        };
+        ShardStorage::create(&store, &desc).unwrap();
+        let mut st = ShardStorage::load(store.clone(), desc.clone()).unwrap();
+        let n = 40u64; // 40 MiB of splices, more than CACHE_BYTES_MAX
+        let ents: Vec<Entry> = (1..=n)
+            .map(|i| {
+                let txn = crate::cmd::Txn::ops(vec![crate::cmd::Op::VSplice {
+                    base: vec![i as u8; 9],
+                    offset: 0,
+                    data: vec![i as u8; 1 << 20],
+                    counter: None,
+                    state: vec![0; 9],
+                }]);
+                let mut e = Entry::default();
+                e.index = i;
+                e.term = 1;
+                e.data = crate::cmd::encode(&txn).unwrap().into();
+                e
+            })
+            .collect();
+        let mut b = store.batch();
+        st.append(&mut b, &ents).unwrap();
+        store.write(b, Durability::Sync).unwrap();
+        drop(st);
+
+        let st = ShardStorage::load(store.clone(), desc).unwrap();
+        assert!(st.cache.back().is_some_and(|e| e.index == n));
+        let cached: usize = st.cache.iter().map(|e| e.data.len()).sum();
+        assert!(cached <= CACHE_BYTES_MAX + (2 << 20), "{cached}");
+        for i in 1..=n {
+            let got = st
+                .entries(i, i + 1, None, GetEntriesContext::empty(false))
+                .unwrap();
+            assert_eq!(got[0].data, ents[i as usize - 1].data, "entry {i}");
+            assert_eq!(st.term(i).unwrap(), 1);
+        }
     }
 
     #[test]

@@ -235,8 +235,11 @@ fn acknowledged_mutations_survive_sigkill() {
 fn acknowledged_file_writes_survive_sigkill() {
     use berth_api::v1::{OpenRequest, ReadRequest, WriteRequest};
     const RECORD: usize = 64 << 10;
-    let seed: u64 = rand::random();
-    eprintln!("file crash test seed {seed}");
+    let seed: u64 = std::env::var("BERTH_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("file crash test seed {seed} (rerun with BERTH_CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
