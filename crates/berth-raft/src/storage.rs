@@ -848,11 +848,12 @@ mod tests {
                     counter: None,
                     state: vec![0; 9],
                 }]);
-                let mut e = Entry::default();
-                e.index = i;
-                e.term = 1;
-                e.data = crate::cmd::encode(&txn).unwrap().into();
-                e
+                Entry {
+                    index: i,
+                    term: 1,
+                    data: crate::cmd::encode(&txn).unwrap().into(),
+                    ..Default::default()
+                }
             })
             .collect();
         let mut b = store.batch();
