@@ -438,17 +438,7 @@ impl BerthFs {
                     parent_of(&path).unwrap_or("/"),
                     &format!(".berth-unlinked-{ino:x}-{}", self.fh()),
                 );
-                call("rename", &path, || {
-                    let mut c = self.client.namespace();
-                    let req = RenameRequest {
-                        from: path.clone(),
-                        to: hidden.clone(),
-                        no_replace: true,
-                        exchange: false,
-                    };
-                    async move { c.rename(req).await }
-                })
-                .await?;
+                self.rename_on_server(&path, &hidden, true, false).await?;
                 self.inodes.lock().renamed(&path, &hidden);
                 self.doomed.lock().insert(ino, hidden);
                 self.invalidate_parent(&path);
@@ -700,20 +690,34 @@ impl BerthFs {
         }
     }
 
+    /// The server's rename: `no_replace` is RENAME_NOREPLACE, `exchange`
+    /// RENAME_EXCHANGE.
+    async fn rename_on_server(
+        &self,
+        from: &str,
+        to: &str,
+        no_replace: bool,
+        exchange: bool,
+    ) -> Result<(), Errno> {
+        call("rename", from, || {
+            let mut c = self.client.namespace();
+            let req = RenameRequest {
+                from: from.to_string(),
+                to: to.to_string(),
+                no_replace,
+                exchange,
+            };
+            async move { c.rename(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// RENAME_EXCHANGE: the server swaps the two entries atomically; here
     /// the two paths (and everything below them) swap in the inode map, and
     /// the cached entries of both files and both parents go.
     fn exchange(&self, a: &str, b: &str) -> Result<(), Errno> {
-        self.rt.block_on(call("rename", a, || {
-            let mut c = self.client.namespace();
-            let req = RenameRequest {
-                from: a.to_string(),
-                to: b.to_string(),
-                no_replace: false,
-                exchange: true,
-            };
-            async move { c.rename(req).await }
-        }))?;
+        self.rt.block_on(self.rename_on_server(a, b, false, true))?;
         let mut m = self.inodes.lock();
         // Both entries' ctime changed: other names of the same files too.
         let files: Vec<(u64, u64)> = [a, b]
@@ -993,16 +997,8 @@ impl Filesystem for BerthFs {
             // A replaced target may have other names: note it to fix their
             // link counts below.
             let replaced = self.rt.block_on(self.stat_cached(&to)).ok();
-            self.rt.block_on(call("rename", &from, || {
-                let mut c = self.client.namespace();
-                let req = RenameRequest {
-                    from: from.clone(),
-                    to: to.clone(),
-                    no_replace,
-                    exchange: false,
-                };
-                async move { c.rename(req).await }
-            }))?;
+            self.rt
+                .block_on(self.rename_on_server(&from, &to, no_replace, false))?;
             let mut m = self.inodes.lock();
             let replaced_ino = replaced.as_ref().and_then(|e| m.ino_of(e));
             m.renamed(&from, &to);

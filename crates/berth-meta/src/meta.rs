@@ -97,8 +97,26 @@ struct Verified {
     handles: std::collections::HashMap<Vec<u8>, berth_security::handle::HandleBody>,
 }
 
-/// Verified tickets kept at most (then the cache starts over).
+/// Verified tickets (and handles) kept at most (then that cache starts over).
 const VERIFIED_MAX: usize = 4096;
+
+/// Keeps `value` under `key` if no new map replaced the one it was checked
+/// under (`generation`); a full cache starts over.
+fn remember<K: std::hash::Hash + Eq, V>(
+    current: u64,
+    generation: u64,
+    cache: &mut std::collections::HashMap<K, V>,
+    key: K,
+    value: V,
+) {
+    if current != generation {
+        return;
+    }
+    if cache.len() >= VERIFIED_MAX {
+        cache.clear();
+    }
+    cache.insert(key, value);
+}
 
 impl Meta {
     pub fn new(router: Arc<Router>) -> Arc<Meta> {
@@ -346,14 +364,15 @@ impl Meta {
                     .verify_body(ticket, map.cluster_name(), now)
                     .map_err(|e| Error::new(Code::Auth, format!("invalid ticket: {e}")))?;
                 let p = body.to_principal();
-                let mut v = self.verified.lock();
-                if v.generation == generation {
-                    if v.tickets.len() >= VERIFIED_MAX {
-                        v.tickets.clear();
-                    }
-                    v.tickets
-                        .insert(ticket.to_string(), (p.clone(), body.expires_at));
-                }
+                let v = &mut *self.verified.lock();
+                let entry = (p.clone(), body.expires_at);
+                remember(
+                    v.generation,
+                    generation,
+                    &mut v.tickets,
+                    ticket.to_string(),
+                    entry,
+                );
                 p
             }
         };
@@ -476,13 +495,14 @@ impl Meta {
         let body =
             berth_security::handle::open(handle, &map.keyring, map.cluster_name(), principal, now)
                 .map_err(denied)?;
-        let mut v = self.verified.lock();
-        if v.generation == generation {
-            if v.handles.len() >= VERIFIED_MAX {
-                v.handles.clear();
-            }
-            v.handles.insert(handle.to_vec(), body.clone());
-        }
+        let v = &mut *self.verified.lock();
+        remember(
+            v.generation,
+            generation,
+            &mut v.handles,
+            handle.to_vec(),
+            body.clone(),
+        );
         Ok(body)
     }
 

@@ -29,7 +29,8 @@
 //! the network (a Raft entry or snapshot sent to a peer carries the bytes).
 //!
 //! Reclaiming space is the caller's: [`Blobs::sealed`] lists the segments no
-//! longer appended to and [`Blobs::remove`] deletes one. A segment is
+//! longer appended to and not [`Pin`]ned by an append whose reference is not
+//! stored yet, and [`Blobs::remove`] deletes one. A segment is
 //! deleted whole once nothing refers to it (see berth-raft's blob GC); a
 //! segment with some live blobs keeps all its bytes (no segment compaction
 //! yet).
