@@ -59,6 +59,8 @@ pub struct Client {
     channel: Channel,
     auth: AuthInterceptor,
     server: String,
+    /// How `channel` was made, for [`Client::another_connection`].
+    endpoint: Endpoint,
 }
 
 impl Client {
@@ -98,6 +100,7 @@ impl Client {
                         channel,
                         auth,
                         server: server.clone(),
+                        endpoint,
                     })
                 }
                 Err(e) => last = Some(e),
@@ -117,6 +120,21 @@ impl Client {
     /// The server this client is connected to, `host:port`.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// A client with its own connection to the same server, with the same
+    /// ticket, opened on its first call. Its background tasks (the
+    /// connection, the request queue) run on the tokio runtime current when
+    /// this is called, so a caller that drives its own current-thread
+    /// runtime gets calls with no hand-off to other threads. Must be called
+    /// within a runtime.
+    pub fn another_connection(&self) -> Client {
+        Client {
+            channel: self.endpoint.connect_lazy(),
+            auth: self.auth.clone(),
+            server: self.server.clone(),
+            endpoint: self.endpoint.clone(),
+        }
     }
 
     fn transport(&self) -> Transport {

@@ -26,6 +26,7 @@ use tokio::runtime::Handle;
 
 use crate::errors::call;
 use crate::inodes::{join, parent_of, Inodes, ROOT_INO, TTL};
+use crate::local::Local;
 use crate::locks::{Kind, LockClient, Want};
 use crate::writes::{OpenFile, Writes};
 
@@ -63,8 +64,12 @@ struct DirStream {
 }
 
 pub struct BerthFs {
+    /// The shared runtime: write-behind and lock-session work.
     rt: Handle,
+    /// For write-behind (spawned on `rt`).
     client: Client,
+    /// Every other call, made on the session thread that waits for it.
+    local: Local,
     read_only: bool,
     /// Mounted with allow_other (and default_permissions): entries created
     /// belong to the requesting process when the ticket may give them away.
@@ -223,6 +228,7 @@ impl BerthFs {
         notifier: Arc<OnceLock<Notifier>>,
     ) -> BerthFs {
         BerthFs {
+            local: Local::new(rt.clone(), client.clone()),
             rt,
             client: client.clone(),
             read_only,
@@ -278,7 +284,7 @@ impl BerthFs {
 
     async fn stat(&self, path: &str) -> Result<Entry, Errno> {
         call("stat", path, || {
-            let mut c = self.client.namespace();
+            let mut c = self.local.client().namespace();
             let req = PathRequest {
                 path: path.to_string(),
             };
@@ -360,7 +366,7 @@ impl BerthFs {
     }
 
     fn do_getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
-        self.rt.block_on(async {
+        self.local.block_on(async {
             self.settle(ino).await;
             let path = self.inodes.lock().path(ino).map(str::to_string);
             if let Some(path) = path {
@@ -405,12 +411,12 @@ impl BerthFs {
         // Writes in flight come first: they would undo a truncation, or
         // move an explicit mtime (futimens after write) to their own time.
         let after_writes = req.size.is_some() || req.mtime_ns.is_some();
-        self.rt.block_on(async {
+        self.local.block_on(async {
             if after_writes {
                 self.settle(ino).await;
             }
             let e = call("setattr", &path, || {
-                let mut c = self.client.namespace();
+                let mut c = self.local.client().namespace();
                 let req = req.clone();
                 async move { c.set_attr(req).await }
             })
@@ -422,7 +428,7 @@ impl BerthFs {
     fn do_unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
         self.writable()?;
         let (_, path) = self.child(parent, name)?;
-        self.rt.block_on(async {
+        self.local.block_on(async {
             // The API removes either kind: check it as unlink(2)/rmdir(2) do.
             let e = self.stat_cached(&path).await?;
             match (dir, kind(&e) == FileType::Directory) {
@@ -464,7 +470,7 @@ impl BerthFs {
 
     async fn remove_path(&self, path: &str) -> Result<(), Errno> {
         call("remove", path, || {
-            let mut c = self.client.namespace();
+            let mut c = self.local.client().namespace();
             let req = RemoveRequest {
                 path: path.to_string(),
                 recursive: false,
@@ -490,8 +496,8 @@ impl BerthFs {
             Some((mode, excl)) => (true, excl, mode),
             None => (false, false, 0),
         };
-        let resp = self.rt.block_on(call("open", path, || {
-            let mut c = self.client.files();
+        let resp = self.local.block_on(call("open", path, || {
+            let mut c = self.local.client().files();
             let req = OpenRequest {
                 path: path.to_string(),
                 read,
@@ -526,7 +532,7 @@ impl BerthFs {
         reply: &mut ReplyDirectory,
     ) -> Result<(), Errno> {
         let ds = self.dirs.lock().get(&fh.0).cloned().ok_or(Errno::EBADF)?;
-        self.rt.block_on(async {
+        self.local.block_on(async {
             let mut d = ds.lock().await;
             let mut i = usize::try_from(offset).map_err(|_| Errno::EINVAL)?;
             let mut added = 0usize;
@@ -562,7 +568,7 @@ impl BerthFs {
 
     async fn next_page(&self, d: &mut DirStream) -> Result<(), Errno> {
         let resp = call("list", &d.path, || {
-            let mut c = self.client.namespace();
+            let mut c = self.local.client().namespace();
             let req = ListRequest {
                 path: d.path.clone(),
                 start_after: d.after.clone(),
@@ -597,8 +603,8 @@ impl BerthFs {
     }
 
     fn do_statfs(&self) -> Result<(u64, u64, u64, u64), Errno> {
-        let v = self.rt.block_on(call("statfs", &self.volume_path, || {
-            let mut c = self.client.volumes();
+        let v = self.local.block_on(call("statfs", &self.volume_path, || {
+            let mut c = self.local.client().volumes();
             let req = PathRequest {
                 path: self.volume_path.clone(),
             };
@@ -640,7 +646,7 @@ impl BerthFs {
         if !self.multi_user || !self.caller.admin {
             return Ok(None);
         }
-        let d = self.rt.block_on(self.stat_cached(dir))?;
+        let d = self.local.block_on(self.stat_cached(dir))?;
         let gid = if d.mode & 0o2000 != 0 {
             d.gid
         } else {
@@ -673,8 +679,8 @@ impl BerthFs {
         if fix.uid.is_none() && fix.gid.is_none() {
             return self.reference(path, &e);
         }
-        let fixed = self.rt.block_on(call("setattr", path, || {
-            let mut c = self.client.namespace();
+        let fixed = self.local.block_on(call("setattr", path, || {
+            let mut c = self.local.client().namespace();
             let req = fix.clone();
             async move { c.set_attr(req).await }
         }));
@@ -682,7 +688,7 @@ impl BerthFs {
             Ok(e) => self.reference(path, &e),
             Err(err) => {
                 // Fail whole: leave no entry with the wrong owner or mode.
-                if let Err(rm) = self.rt.block_on(self.remove_path(path)) {
+                if let Err(rm) = self.local.block_on(self.remove_path(path)) {
                     tracing::warn!(path, errno = ?rm, "could not remove a new entry whose owner or mode could not be set");
                 }
                 Err(err)
@@ -700,7 +706,7 @@ impl BerthFs {
         exchange: bool,
     ) -> Result<(), Errno> {
         call("rename", from, || {
-            let mut c = self.client.namespace();
+            let mut c = self.local.client().namespace();
             let req = RenameRequest {
                 from: from.to_string(),
                 to: to.to_string(),
@@ -717,7 +723,8 @@ impl BerthFs {
     /// the two paths (and everything below them) swap in the inode map, and
     /// the cached entries of both files and both parents go.
     fn exchange(&self, a: &str, b: &str) -> Result<(), Errno> {
-        self.rt.block_on(self.rename_on_server(a, b, false, true))?;
+        self.local
+            .block_on(self.rename_on_server(a, b, false, true))?;
         let mut m = self.inodes.lock();
         // Both entries' ctime changed: other names of the same files too.
         let files: Vec<(u64, u64)> = [a, b]
@@ -786,7 +793,7 @@ impl Filesystem for BerthFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = (|| {
             let (_, path) = self.child(parent.0, name)?;
-            let e = self.rt.block_on(self.stat_cached(&path))?;
+            let e = self.local.block_on(self.stat_cached(&path))?;
             self.reference(&path, &e)
         })();
         match r {
@@ -851,7 +858,7 @@ impl Filesystem for BerthFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let r = (|| {
             let path = self.path(ino.0)?;
-            let e = self.rt.block_on(self.stat_cached(&path))?;
+            let e = self.local.block_on(self.stat_cached(&path))?;
             if kind(&e) != FileType::Symlink {
                 return Err(Errno::EINVAL);
             }
@@ -880,8 +887,8 @@ impl Filesystem for BerthFs {
         }
         let r = (|| {
             let (path, mode, owner) = self.new_entry(req, parent, name, mode, umask)?;
-            let e = self.rt.block_on(call("create", &path, || {
-                let mut c = self.client.namespace();
+            let e = self.local.block_on(call("create", &path, || {
+                let mut c = self.local.client().namespace();
                 let req = berth_api::v1::CreateRequest {
                     path: path.clone(),
                     r#type: EntryType::File as i32,
@@ -909,8 +916,8 @@ impl Filesystem for BerthFs {
     ) {
         let r = (|| {
             let (path, mode, owner) = self.new_entry(req, parent, name, mode, umask)?;
-            let e = self.rt.block_on(call("mkdir", &path, || {
-                let mut c = self.client.namespace();
+            let e = self.local.block_on(call("mkdir", &path, || {
+                let mut c = self.local.client().namespace();
                 let req = MkdirRequest {
                     path: path.clone(),
                     mode: Some(mode),
@@ -952,8 +959,8 @@ impl Filesystem for BerthFs {
             self.writable()?;
             let (_, path) = self.child(parent.0, link_name)?;
             let target = target.to_str().ok_or(Errno::EILSEQ)?.to_string();
-            let e = self.rt.block_on(call("symlink", &path, || {
-                let mut c = self.client.namespace();
+            let e = self.local.block_on(call("symlink", &path, || {
+                let mut c = self.local.client().namespace();
                 let req = SymlinkRequest {
                     path: path.clone(),
                     target: target.clone(),
@@ -996,8 +1003,8 @@ impl Filesystem for BerthFs {
             }
             // A replaced target may have other names: note it to fix their
             // link counts below.
-            let replaced = self.rt.block_on(self.stat_cached(&to)).ok();
-            self.rt
+            let replaced = self.local.block_on(self.stat_cached(&to)).ok();
+            self.local
                 .block_on(self.rename_on_server(&from, &to, no_replace, false))?;
             let mut m = self.inodes.lock();
             let replaced_ino = replaced.as_ref().and_then(|e| m.ino_of(e));
@@ -1033,8 +1040,8 @@ impl Filesystem for BerthFs {
             self.writable()?;
             let existing = self.path(ino.0)?;
             let (_, path) = self.child(newparent.0, newname)?;
-            let e = self.rt.block_on(call("link", &path, || {
-                let mut c = self.client.namespace();
+            let e = self.local.block_on(call("link", &path, || {
+                let mut c = self.local.client().namespace();
                 let req = LinkRequest {
                     existing: existing.clone(),
                     path: path.clone(),
@@ -1125,10 +1132,10 @@ impl Filesystem for BerthFs {
     ) {
         let r = (|| {
             let f = self.file(fh)?;
-            self.rt.block_on(async {
+            self.local.block_on(async {
                 self.settle(ino.0).await;
                 call("read", &f.path, || {
-                    let mut c = self.client.files();
+                    let mut c = self.local.client().files();
                     let req = ReadRequest {
                         handle: f.handle.clone(),
                         offset,
@@ -1190,7 +1197,7 @@ impl Filesystem for BerthFs {
         reply: ReplyEmpty,
     ) {
         let r = self.file(fh).and_then(|f| {
-            self.rt.block_on(f.writes.drain());
+            self.local.block_on(f.writes.drain());
             // A close releases the POSIX locks the closing process holds on
             // the file (whichever descriptor took them).
             let unlocked =
@@ -1234,7 +1241,7 @@ impl Filesystem for BerthFs {
             }
             // Errors were reported by flush; the data must still be out
             // before the handle is forgotten.
-            self.rt.block_on(f.writes.drain());
+            self.local.block_on(f.writes.drain());
             // The last close of a file unlinked while open removes it now.
             let last = !self.files.lock().values().any(|o| o.ino == f.ino);
             let hidden = if last {
@@ -1243,7 +1250,7 @@ impl Filesystem for BerthFs {
                 None
             };
             if let Some(hidden) = hidden {
-                if let Err(e) = self.rt.block_on(self.remove_path(&hidden)) {
+                if let Err(e) = self.local.block_on(self.remove_path(&hidden)) {
                     tracing::warn!(path = %hidden, errno = ?e, "could not remove a file unlinked while open");
                 }
                 self.inodes.lock().unlinked(&hidden);
@@ -1264,7 +1271,7 @@ impl Filesystem for BerthFs {
         reply: ReplyEmpty,
     ) {
         let r = self.file(fh).and_then(|f| {
-            self.rt.block_on(f.writes.drain());
+            self.local.block_on(f.writes.drain());
             f.writes.error().map_or(Ok(()), Err)
         });
         match r {
@@ -1368,7 +1375,7 @@ impl Filesystem for BerthFs {
             let r = self
                 .rt
                 .block_on(call("getxattr", &path, || {
-                    let mut c = self.client.namespace();
+                    let mut c = self.local.client().namespace();
                     let req = XattrRequest {
                         path: path.clone(),
                         name: name.clone(),
@@ -1394,8 +1401,8 @@ impl Filesystem for BerthFs {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let r = (|| {
             let path = self.path(ino.0)?;
-            self.rt.block_on(call("listxattr", &path, || {
-                let mut c = self.client.namespace();
+            self.local.block_on(call("listxattr", &path, || {
+                let mut c = self.local.client().namespace();
                 let req = PathRequest { path: path.clone() };
                 async move { c.list_xattr(req).await }
             }))
@@ -1432,8 +1439,8 @@ impl Filesystem for BerthFs {
                 flags & libc::XATTR_CREATE != 0,
                 flags & libc::XATTR_REPLACE != 0,
             );
-            self.rt.block_on(call("setxattr", &path, || {
-                let mut c = self.client.namespace();
+            self.local.block_on(call("setxattr", &path, || {
+                let mut c = self.local.client().namespace();
                 let req = SetXattrRequest {
                     path: path.clone(),
                     name: name.clone(),
@@ -1457,8 +1464,8 @@ impl Filesystem for BerthFs {
             self.writable()?;
             let path = self.path(ino.0)?;
             let name = name_str(name)?.to_string();
-            self.rt.block_on(call("removexattr", &path, || {
-                let mut c = self.client.namespace();
+            self.local.block_on(call("removexattr", &path, || {
+                let mut c = self.local.client().namespace();
                 let req = XattrRequest {
                     path: path.clone(),
                     name: name.clone(),
@@ -1561,7 +1568,7 @@ impl Filesystem for BerthFs {
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let r = (|| {
             let path = self.path(ino.0)?;
-            let e = self.rt.block_on(self.stat_cached(&path))?;
+            let e = self.local.block_on(self.stat_cached(&path))?;
             // A read-only mount, and anything read from a snapshot.
             if mask.contains(AccessFlags::W_OK) && (self.read_only || e.view != 0) {
                 return Err(Errno::EROFS);

@@ -16,6 +16,9 @@
 //! - *Durable on fsync and close*: a write is answered once queued (bounded
 //!   per handle); `fsync` and `flush` wait for the handle's writes in flight,
 //!   each durable once `Files.Write` returns, and report the first failure.
+//! - *Calls stay on the thread that waits*: each FUSE session thread has
+//!   its own current-thread runtime and connection (`local`); only
+//!   write-behind and the lock session use the shared runtime.
 //! - *One errno table*: every API failure becomes a POSIX errno in
 //!   [`classify`] and nowhere else.
 //! - *Never hang forever*: every call has a per-attempt timeout and bounded
@@ -48,6 +51,7 @@
 mod errors;
 mod fs;
 mod inodes;
+mod local;
 mod locks;
 mod mounts;
 mod writes;
