@@ -45,7 +45,20 @@ impl ClientError {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
-        let code = berth_code.unwrap_or_else(|| grpc_code_name(status.code()).to_string());
+        // A connection that failed under the call (closed by a restarted
+        // server, reset) gives no answer at all: that is an unavailable
+        // server, which callers may retry, not an unknown error.
+        let transport = status.code() == tonic::Code::Unknown
+            && status
+                .source()
+                .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some());
+        let code = berth_code.unwrap_or_else(|| {
+            if transport {
+                "UNAVAILABLE".to_string()
+            } else {
+                grpc_code_name(status.code()).to_string()
+            }
+        });
         let mut message = status.message().to_string();
         if message.is_empty() && berth_code_description(&code).is_none() {
             // Transport-level failures carry their detail in the source chain.
@@ -100,6 +113,8 @@ pub fn berth_code_description(code: &str) -> Option<&'static str> {
         "ESTALE" => "stale: the server no longer knows it (e.g. a lost lock session)",
         "ENOLCK" => "no locks available",
         "EROFS" => "read-only (a snapshot or read-only mount)",
+        "ERANGE" => "out of range (e.g. a stream offset outside the log)",
+        "EBADMSG" => "malformed data",
         _ => return None,
     })
 }

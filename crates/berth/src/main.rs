@@ -19,6 +19,7 @@ mod principals;
 mod server;
 mod snapshot;
 mod status;
+mod stream;
 mod volume;
 
 use std::process::ExitCode;
@@ -68,11 +69,18 @@ fn main() -> ExitCode {
     }));
 
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Server(_)) {
+    let long_running = matches!(
+        cli.command,
+        Command::Server(_)
+            | Command::Mount(_)
+            | Command::ContainerRun(_)
+            | Command::DockerPlugin(_)
+    );
+    if !long_running {
         // A client writing into a closed pipe (`berth ls | head`) ends quietly,
-        // as coreutils do, instead of failing on every later print. The server
-        // keeps Rust's default (ignored) so a vanished peer is an error, not
-        // a death.
+        // as coreutils do, instead of failing on every later print. Servers
+        // and mounts keep Rust's default (ignored) so a vanished peer (a
+        // restarted server's socket) is an error, not a death.
         // SAFETY: called before any thread is spawned; SIG_DFL is a valid
         // disposition for SIGPIPE.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -112,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(cmd) => principals::group(&ctx, cmd).await,
         Command::Volume(cmd) => volume::volume(&ctx, cmd).await,
         Command::Snapshot(cmd) => snapshot::snapshot(&ctx, cmd).await,
+        Command::Stream(cmd) => stream::stream(&ctx, cmd).await,
         Command::Ls(args) => fs::ls(&ctx, args).await,
         Command::Mkdir(args) => fs::mkdir(&ctx, args).await,
         Command::Rm(args) => fs::rm(&ctx, args).await,
