@@ -20,7 +20,7 @@ use std::time::Duration;
 use berth_api::v1::{
     cluster_client::ClusterClient, files_client::FilesClient, locks_client::LocksClient,
     namespace_client::NamespaceClient, security_client::SecurityClient,
-    volumes_client::VolumesClient,
+    streams_client::StreamsClient, volumes_client::VolumesClient,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -166,6 +166,12 @@ impl Client {
     /// Cluster service: status.
     pub fn cluster(&self) -> ClusterClient<Transport> {
         ClusterClient::new(self.transport())
+    }
+
+    /// Streams service: streams and their topics (records go through the
+    /// Kafka listener).
+    pub fn streams(&self) -> StreamsClient<Transport> {
+        StreamsClient::new(self.transport())
     }
 
     /// Locks service: advisory locks shared by every client of the cluster.

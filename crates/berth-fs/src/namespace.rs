@@ -11,6 +11,7 @@ use berth_meta::{Code, Error, Meta, ROOT_INODE};
 use berth_raft::ShardId;
 use berth_security::principal::Principal;
 use berth_security::scope::Access;
+use berth_store::keys::Kind;
 use parking_lot::Mutex;
 
 use crate::access::{check_entry, check_owner, check_scope, check_sticky, validate_ace, Need};
@@ -777,6 +778,17 @@ impl Namespace {
             } else {
                 if inode.kind == EntryKind::File {
                     crate::data::delete_data_ops(&mut tx, &vol, d.ino);
+                }
+                // A table's documents and a stream's topics and logs go
+                // with its last name.
+                let kinds: &[Kind] = match inode.kind {
+                    EntryKind::Stream => &[Kind::StreamLog, Kind::StreamState],
+                    EntryKind::Table => &[Kind::TableDoc, Kind::TableIndex],
+                    _ => &[],
+                };
+                for &k in kinds {
+                    let (s, e) = berth_store::keys::object_range(vol.id, k, d.ino);
+                    tx.delete_range(s, e);
                 }
                 let (xs, xe) = crate::xattr::xattr_range(vol.id, d.ino);
                 tx.delete_range(xs, xe);

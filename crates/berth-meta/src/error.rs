@@ -53,6 +53,11 @@ pub enum Code {
     NoLocks,
     /// EROFS: the entry is read-only (a snapshot, a read-only mount).
     ReadOnly,
+    /// ERANGE: a position outside what exists (a stream offset before the
+    /// log start or past its end).
+    Range,
+    /// EBADMSG: malformed data (a record batch that fails its checks).
+    BadMessage,
 }
 
 impl Code {
@@ -80,6 +85,8 @@ impl Code {
             Code::Stale => "ESTALE",
             Code::NoLocks => "ENOLCK",
             Code::ReadOnly => "EROFS",
+            Code::Range => "ERANGE",
+            Code::BadMessage => "EBADMSG",
         }
     }
 
@@ -95,7 +102,7 @@ impl Code {
 }
 
 /// Every code, for tables and tests.
-pub const ALL: [Code; 21] = [
+pub const ALL: [Code; 23] = [
     Code::NotFound,
     Code::Exists,
     Code::NotDir,
@@ -117,6 +124,8 @@ pub const ALL: [Code; 21] = [
     Code::Stale,
     Code::NoLocks,
     Code::ReadOnly,
+    Code::Range,
+    Code::BadMessage,
 ];
 
 /// A failure with a stable code and a message for humans.

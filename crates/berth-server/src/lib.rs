@@ -10,6 +10,7 @@
 //! - One data directory is used by at most one process (an exclusive lock).
 
 pub mod admin;
+pub mod kafka;
 pub mod metrics;
 pub mod native;
 
@@ -22,7 +23,7 @@ use anyhow::{bail, Context};
 use berth_api::v1::{
     cluster_server::ClusterServer, files_server::FilesServer, locks_server::LocksServer,
     namespace_server::NamespaceServer, raft_transport_server::RaftTransportServer,
-    security_server::SecurityServer, volumes_server::VolumesServer,
+    security_server::SecurityServer, streams_server::StreamsServer, volumes_server::VolumesServer,
 };
 use berth_fs::Namespace;
 use berth_meta::map::{NodeRecord, META_SHARD};
@@ -60,6 +61,10 @@ pub struct Config {
     /// Lease of advisory-lock sessions in ms; 0 = the default (30 s).
     /// Short leases are for tests: a dead client's locks go sooner.
     pub lock_lease_ms: u64,
+    /// Kafka listener; `None`: no Kafka listener.
+    pub kafka_addr: Option<SocketAddr>,
+    /// The stream plain Kafka topic names live in.
+    pub kafka_default_stream: String,
 }
 
 /// A running node's parts, shared by the listeners.
@@ -221,6 +226,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let meta = Meta::new(router);
     directory.attach(meta.clone());
     let ns = Namespace::new(meta.clone());
+    let streams = berth_streams::Streams::new(ns.clone());
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let native = Arc::new(Native {
         meta: meta.clone(),
@@ -257,8 +263,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 cfg.admin_addr
             )
         })?;
+    let kafka_listener =
+        match cfg.kafka_addr {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| {
+                format!("binding the Kafka listener to {a} (use --kafka-addr)")
+            })?),
+            None => None,
+        };
     let native_addr = native_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let kafka_addr = kafka_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(locks.clone().run_expiry(stop_rx.clone()));
@@ -289,6 +306,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
             )
             .add_service(VolumesServer::new(native::VolumesService(native.clone())))
+            .add_service(StreamsServer::new(native::StreamsService {
+                native: native.clone(),
+                streams: streams.clone(),
+            }))
             .add_service(SecurityServer::new(native::SecurityService(native.clone())))
             .add_service(ClusterServer::new(native::ClusterService(native.clone())))
             .add_service(LocksServer::new(native::LocksService {
@@ -403,12 +424,55 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         write_private(&paths.admin_ticket, &format!("{ticket}\n"))?;
     }
 
+    // Kafka clients are told this node's address in Metadata, so they
+    // connect only once the cluster map is known.
+    let kafka = match (kafka_listener, kafka_addr) {
+        (Some(listener), Some(addr)) => {
+            let tls = if cfg.insecure {
+                None
+            } else {
+                Some(
+                    berth_security::tls::server_config(&cert_pem, &key_pem)
+                        .context("configuring TLS for the Kafka listener")?,
+                )
+            };
+            let backend = Arc::new(kafka::StreamsBackend::new(
+                streams.clone(),
+                cfg.kafka_default_stream.clone(),
+            ));
+            let kcfg = berth_kafka::KafkaConfig {
+                node_id: i32::try_from(node_id).unwrap_or(i32::MAX),
+                advertised_host: advertise[0].clone(),
+                advertised_port: i32::from(addr.port()),
+                cluster_id: meta.map().cluster_name().to_string(),
+                max_request_bytes: berth_kafka::MAX_REQUEST_BYTES_DEFAULT,
+            };
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = berth_kafka::serve(listener, tls, backend, kcfg, shutdown).await {
+                    tracing::error!(error = %e, "the Kafka listener stopped");
+                }
+            }))
+        }
+        _ => None,
+    };
+
     let _ = ready_tx.send(true);
     let cluster = meta.map().cluster_name().to_string();
     let scheme = if cfg.insecure { "plaintext" } else { "TLS" };
     println!("berth node {node_id} of cluster '{cluster}' is serving");
     println!("  native API   {native_addr} ({scheme})");
     println!("  admin HTTP   {admin_addr} ({scheme}: /health, /metrics)");
+    if let Some(a) = kafka_addr {
+        println!(
+            "  kafka        {a} ({}, SASL PLAIN; plain topic names in {})",
+            if cfg.insecure { "plaintext" } else { "TLS" },
+            cfg.kafka_default_stream
+        );
+    }
     println!("  data         {}", cfg.data_dir.display());
     println!("  cluster CA   {}", tls.ca_cert.display());
     println!("  admin ticket {}", paths.admin_ticket.display());
@@ -423,6 +487,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
+    if let Some(k) = kafka {
+        let _ = tokio::time::timeout(Duration::from_secs(5), k).await;
+    }
     raft.shutdown();
     Ok(())
 }

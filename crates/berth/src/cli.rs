@@ -70,6 +70,9 @@ pub enum Command {
     /// Read-only point-in-time copies of a volume (at VOLUME/.snapshot/NAME).
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Streams and their topics (records go through the Kafka listener).
+    #[command(subcommand)]
+    Stream(StreamCmd),
     /// List directory contents.
     Ls(LsArgs),
     /// Create directories.
@@ -249,6 +252,96 @@ pub enum SnapshotCmd {
     List { volume: String },
     /// Remove snapshot NAME of the volume at VOLUME and free what only it kept.
     Remove { volume: String, name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StreamCmd {
+    /// Create a stream at PATH (defaults: 1 partition, 7 days, autocreate on).
+    Create {
+        path: String,
+        /// Partitions of a topic created without a count (default 1).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        partitions: Option<u32>,
+        #[command(flatten)]
+        settings: StreamSettings,
+    },
+    /// Show a stream's settings (any of its rights suffices).
+    Info { path: String },
+    /// List the streams directly in DIR (default: /).
+    List { dir: Option<String> },
+    /// Remove a stream with its topics and records (admin right).
+    Delete { path: String },
+    /// Change a stream's settings (admin right); what is not given stays.
+    Edit {
+        path: String,
+        /// Partitions of a topic created without a count.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        default_partitions: Option<u32>,
+        #[command(flatten)]
+        settings: StreamSettings,
+        /// Unset an ACE, back to "the stream's owner only" (repeatable).
+        #[arg(long, value_parser = ["produce", "consume", "topic", "admin"])]
+        clear_ace: Vec<String>,
+    },
+    /// Manage the topics of a stream.
+    #[command(subcommand)]
+    Topic(TopicCmd),
+}
+
+/// Settings of `stream create` and `stream edit`.
+#[derive(Debug, Clone, Args)]
+pub struct StreamSettings {
+    /// How long records are kept, e.g. 7d, 12h, 30min, or `forever`.
+    #[arg(long, value_parser = crate::stream::parse_retention)]
+    pub retention: Option<i64>,
+    /// Size a partition may keep, e.g. 10GiB, or `unlimited` (the default).
+    #[arg(long, value_parser = crate::stream::parse_retention_bytes)]
+    pub retention_bytes: Option<i64>,
+    /// Keep the last record per key instead of deleting by age (--compact=false: off).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub compact: Option<bool>,
+    /// Create topics on first use: true or false (default true).
+    #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+    pub autocreate: Option<bool>,
+    /// Who may produce, e.g. 'u:alice | g:dev' (default: the stream's owner).
+    #[arg(long)]
+    pub produce_ace: Option<String>,
+    /// Who may consume.
+    #[arg(long)]
+    pub consume_ace: Option<String>,
+    /// Who may create, delete and grow topics.
+    #[arg(long)]
+    pub topic_ace: Option<String>,
+    /// Who may change the settings and delete the stream.
+    #[arg(long)]
+    pub admin_ace: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCmd {
+    /// Create topic TOPIC in the stream at PATH (topic right).
+    Create {
+        path: String,
+        topic: String,
+        /// Partitions (default: the stream's default).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        partitions: Option<u32>,
+    },
+    /// List the topics of the stream at PATH.
+    List { path: String },
+    /// Show a topic and the offsets of its partitions (consume right).
+    Info { path: String, topic: String },
+    /// Delete a topic and its records (topic right).
+    Delete { path: String, topic: String },
+    /// Grow a topic to N partitions in all (topic right).
+    AddPartitions {
+        path: String,
+        topic: String,
+        /// The new total, larger than the current count.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        partitions: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -500,6 +593,107 @@ mod tests {
         assert!(
             Cli::try_parse_from(["berth", "bench", "fs", "--dir", "d", "--files", "0"]).is_err()
         );
+    }
+
+    #[test]
+    fn stream_grammar() {
+        let cli = Cli::try_parse_from([
+            "berth",
+            "stream",
+            "create",
+            "/s",
+            "--partitions",
+            "3",
+            "--retention",
+            "forever",
+            "--compact",
+            "--autocreate",
+            "false",
+            "--topic-ace",
+            "u:alice",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Stream(StreamCmd::Create {
+                path,
+                partitions,
+                settings,
+            }) => {
+                assert_eq!((path.as_str(), partitions), ("/s", Some(3)));
+                assert_eq!(settings.retention, Some(-1));
+                assert_eq!(settings.compact, Some(true));
+                assert_eq!(settings.autocreate, Some(false));
+                assert_eq!(settings.topic_ace.as_deref(), Some("u:alice"));
+                assert_eq!(settings.retention_bytes, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // `--compact` takes no separate value, so a path may follow it.
+        let cli = Cli::try_parse_from(["berth", "stream", "create", "--compact", "/s"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Stream(StreamCmd::Create { ref path, .. }) if path == "/s"
+        ));
+        let cli = Cli::try_parse_from([
+            "berth",
+            "stream",
+            "edit",
+            "/s",
+            "--compact=false",
+            "--default-partitions",
+            "2",
+            "--clear-ace",
+            "produce",
+            "--retention-bytes",
+            "1GiB",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Stream(StreamCmd::Edit {
+                default_partitions,
+                settings,
+                clear_ace,
+                ..
+            }) => {
+                assert_eq!(default_partitions, Some(2));
+                assert_eq!(settings.compact, Some(false));
+                assert_eq!(settings.retention_bytes, Some(1 << 30));
+                assert_eq!(clear_ace, vec!["produce"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &["berth", "stream", "edit", "/s", "--partitions", "2"][..],
+            &["berth", "stream", "edit", "/s", "--clear-ace", "write"],
+            &["berth", "stream", "create", "/s", "--partitions", "0"],
+            &["berth", "stream", "create", "/s", "--retention", "soon"],
+            &["berth", "stream", "topic", "add-partitions", "/s", "t"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "berth",
+            "stream",
+            "topic",
+            "add-partitions",
+            "/s",
+            "t",
+            "--partitions",
+            "4",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Stream(StreamCmd::Topic(TopicCmd::AddPartitions {
+                partitions: 4,
+                ..
+            }))
+        ));
+        let cli = Cli::try_parse_from(["berth", "stream", "list"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Stream(StreamCmd::List { dir: None })
+        ));
     }
 
     #[test]

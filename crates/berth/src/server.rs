@@ -16,6 +16,7 @@ const DEFAULT_DATA_DIR: &str = "./berth-data";
 const DEFAULT_NATIVE_ADDR: &str = "0.0.0.0:5660";
 const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:8443";
 const DEFAULT_CLUSTER: &str = "berth";
+const DEFAULT_KAFKA_ADDR: &str = "0.0.0.0:9092";
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServerArgs {
@@ -46,6 +47,13 @@ pub struct ServerArgs {
     /// tests: a shorter lease releases a dead client's locks sooner.
     #[arg(long, env = "BERTH_LOCK_LEASE_MS", value_name = "MS")]
     pub lock_lease_ms: Option<u64>,
+    /// Kafka listen address, or `off` [default: 0.0.0.0:9092].
+    #[arg(long, value_name = "ADDR|off")]
+    pub kafka_addr: Option<String>,
+    /// Stream that plain Kafka topic names (without `/stream:`) live in
+    /// [default: /streams/default].
+    #[arg(long, value_name = "PATH")]
+    pub kafka_default_stream: Option<String>,
 }
 
 /// The config file: every key optional, unknown keys rejected so a typo
@@ -60,6 +68,8 @@ struct FileConfig {
     cluster: Option<String>,
     insecure: Option<bool>,
     lock_lease_ms: Option<u64>,
+    kafka_addr: Option<String>,
+    kafka_default_stream: Option<String>,
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
@@ -108,6 +118,17 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
             .unwrap_or_else(|| DEFAULT_CLUSTER.into()),
         insecure: args.insecure || file.insecure.unwrap_or(false),
         lock_lease_ms: args.lock_lease_ms.or(file.lock_lease_ms).unwrap_or(0),
+        kafka_addr: match args.kafka_addr.or(file.kafka_addr).as_deref() {
+            Some("off") => None,
+            Some(a) => Some(a.parse().with_context(|| {
+                format!("--kafka-addr {a:?}: an address like 0.0.0.0:9092, or off")
+            })?),
+            None => Some(addr(DEFAULT_KAFKA_ADDR)),
+        },
+        kafka_default_stream: args
+            .kafka_default_stream
+            .or(file.kafka_default_stream)
+            .unwrap_or_else(|| berth_server::kafka::DEFAULT_STREAM.into()),
     })
 }
 

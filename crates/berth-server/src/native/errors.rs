@@ -19,9 +19,10 @@ pub fn grpc_code(code: Code) -> tonic::Code {
         | Code::Stale
         | Code::ReadOnly => tonic::Code::FailedPrecondition,
         Code::Access | Code::Perm => tonic::Code::PermissionDenied,
-        Code::Invalid | Code::NameTooLong | Code::Loop | Code::TooBig => {
+        Code::Invalid | Code::NameTooLong | Code::Loop | Code::TooBig | Code::BadMessage => {
             tonic::Code::InvalidArgument
         }
+        Code::Range => tonic::Code::OutOfRange,
         Code::NoData => tonic::Code::NotFound,
         Code::Quota | Code::NoLocks => tonic::Code::ResourceExhausted,
         Code::Auth => tonic::Code::Unauthenticated,

@@ -9,6 +9,7 @@ pub mod locks;
 pub mod namespace;
 pub mod raft;
 pub mod security;
+mod streams;
 pub mod volumes;
 
 use std::future::Future;
@@ -145,4 +146,5 @@ pub use raft::{
     Authenticator, GrpcTransport, MetaDirectory, PeerDirectory, RaftService, RAFT_BATCH_BYTES_MAX,
 };
 pub use security::SecurityService;
+pub use streams::StreamsService;
 pub use volumes::VolumesService;

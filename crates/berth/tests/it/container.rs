@@ -545,6 +545,7 @@ impl BridgeServer {
             .arg(format!("{ip}:{native_port}"))
             .arg("--admin-addr")
             .arg(format!("127.0.0.1:{admin_port}"))
+            .args(["--kafka-addr", "off"])
             .args(["--advertise", ip, "--advertise", "127.0.0.1"])
             .current_dir(dir)
             .stdin(Stdio::null())

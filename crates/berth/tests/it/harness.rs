@@ -21,6 +21,8 @@ pub struct TestServer {
     pub data: PathBuf,
     pub home: PathBuf,
     pub native_port: u16,
+    /// The Kafka listener's port.
+    pub kafka_port: u16,
     pub admin_port: u16,
     /// Extra `berth server` arguments, kept for restarts.
     extra_args: Vec<String>,
@@ -54,11 +56,16 @@ impl TestServer {
         while admin_port == native_port {
             admin_port = free_port();
         }
+        let mut kafka_port = free_port();
+        while kafka_port == native_port || kafka_port == admin_port {
+            kafka_port = free_port();
+        }
         let mut s = TestServer {
             dir,
             data,
             home,
             native_port,
+            kafka_port,
             admin_port,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
@@ -86,6 +93,8 @@ impl TestServer {
             .arg(format!("127.0.0.1:{}", self.native_port))
             .arg("--admin-addr")
             .arg(format!("127.0.0.1:{}", self.admin_port))
+            .arg("--kafka-addr")
+            .arg(format!("127.0.0.1:{}", self.kafka_port))
             .arg("--advertise")
             .arg("127.0.0.1")
             .args(&self.extra_args)
@@ -140,6 +149,11 @@ impl TestServer {
 
     pub fn admin_ticket(&self) -> PathBuf {
         self.data.join("admin.ticket")
+    }
+
+    /// The cluster CA certificate (PEM).
+    pub fn ca_file(&self) -> PathBuf {
+        self.data.join("tls").join("ca.crt")
     }
 
     /// A native client configuration for this server, as the admin.

@@ -10,11 +10,13 @@ mod exchange;
 mod files;
 mod fsx;
 mod harness;
+mod kafka;
 mod locks;
 mod mount;
 mod posix_user;
 mod security;
 mod snapshots;
+mod streams;
 mod tour;
 
 pub use harness::TestServer;

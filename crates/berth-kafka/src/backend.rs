@@ -1,0 +1,225 @@
+//! What the Kafka gateway needs from the streams service. The gateway only
+//! translates the wire protocol into these calls and back; it holds no data
+//! and decides no access itself: every call carries the authenticated
+//! principal and the backend answers with an [`StreamError`] that the
+//! gateway maps to Kafka's error codes.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// Where a topic lives: the stream's namespace path and the topic's name in
+/// it. The Kafka topic name `/apps/events:clicks` is
+/// `{ stream: "/apps/events", topic: "clicks" }`; a plain name `clicks` is
+/// resolved by the backend ([`Backend::resolve`]) in the principal's default
+/// stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopicRef {
+    pub stream: String,
+    pub topic: String,
+}
+
+/// A topic as Metadata and DescribeConfigs report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// The name clients use (as they asked for it).
+    pub name: String,
+    /// Stable 16-byte id (Kafka's topic UUID).
+    pub id: [u8; 16],
+    pub partitions: u32,
+    /// Topic configs as Kafka names them (`retention.ms`, `cleanup.policy`, ...).
+    pub configs: Vec<(String, String)>,
+}
+
+/// Offsets of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartitionOffsets {
+    /// First offset still stored (log start).
+    pub log_start: i64,
+    /// Next offset to be written (log end = high watermark: only what is
+    /// durable on a majority is ever visible).
+    pub high_watermark: i64,
+}
+
+/// Answer to a produce of one partition's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset given to the first record of the first batch.
+    pub base_offset: i64,
+    pub log_start: i64,
+    /// The broker's append time in ms when the topic uses LogAppendTime,
+    /// else -1.
+    pub log_append_time_ms: i64,
+}
+
+/// Answer to a fetch of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fetched {
+    pub offsets: PartitionOffsets,
+    /// Whole record batches (v2 bytes as stored), the first one holding the
+    /// requested offset; empty when there is nothing at or after it yet.
+    pub batches: Vec<Bytes>,
+}
+
+/// Which offset ListOffsets asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    /// The first offset whose record timestamp is >= this (ms).
+    Timestamp(i64),
+}
+
+/// Failures, in terms the gateway maps to Kafka error codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// UNKNOWN_TOPIC_OR_PARTITION (3).
+    #[error("unknown topic or partition: {0}")]
+    UnknownTopic(String),
+    /// TOPIC_AUTHORIZATION_FAILED (29).
+    #[error("not authorized: {0}")]
+    TopicDenied(String),
+    /// GROUP_AUTHORIZATION_FAILED (30).
+    #[error("not authorized for group: {0}")]
+    GroupDenied(String),
+    /// CLUSTER_AUTHORIZATION_FAILED (31).
+    #[error("not authorized: {0}")]
+    ClusterDenied(String),
+    /// OFFSET_OUT_OF_RANGE (1).
+    #[error("offset out of range: {0}")]
+    OffsetOutOfRange(String),
+    /// CORRUPT_MESSAGE (2): a batch that is not record batch v2 or fails its CRC.
+    #[error("corrupt record batch: {0}")]
+    CorruptBatch(String),
+    /// TOPIC_ALREADY_EXISTS (36).
+    #[error("topic exists: {0}")]
+    TopicExists(String),
+    /// INVALID_TOPIC_EXCEPTION (17).
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+    /// INVALID_PARTITIONS (37).
+    #[error("invalid partitions: {0}")]
+    InvalidPartitions(String),
+    /// MESSAGE_TOO_LARGE (10).
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// REQUEST_TIMED_OUT (7) / NOT_LEADER... retriable: the client should retry.
+    #[error("temporarily unavailable: {0}")]
+    Retriable(String),
+    /// KAFKA_STORAGE_ERROR (56) / UNKNOWN_SERVER_ERROR (-1).
+    #[error("server error: {0}")]
+    Internal(String),
+}
+
+/// The streams service as the gateway sees it. `P` is the authenticated
+/// principal, opaque to the gateway.
+pub trait Backend: Send + Sync + 'static {
+    type Principal: Clone + Send + Sync + 'static;
+
+    /// SASL PLAIN: `password` may be a Berth ticket (any user name, or the
+    /// ticket's principal) or a user's password. Err = authentication failed
+    /// (the message is logged, not sent).
+    fn authenticate_plain(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> impl Future<Output = Result<Self::Principal, String>> + Send;
+
+    /// Resolves a Kafka topic name (`/path/stream:topic` or a plain name in
+    /// the principal's default stream).
+    fn resolve(&self, p: &Self::Principal, name: &str) -> Result<TopicRef, StreamError>;
+
+    /// The topic; when it does not exist and `auto_create` is set, creates
+    /// it if the stream allows auto-creation (with the stream's default
+    /// partition count).
+    fn topic(
+        &self,
+        p: &Self::Principal,
+        t: &TopicRef,
+        name: &str,
+        auto_create: bool,
+    ) -> impl Future<Output = Result<TopicInfo, StreamError>> + Send;
+
+    /// Every topic of the principal's default stream it may see (Metadata
+    /// with a null topic list).
+    fn default_topics(
+        &self,
+        p: &Self::Principal,
+    ) -> impl Future<Output = Result<Vec<TopicInfo>, StreamError>> + Send;
+
+    /// CreateTopics (`partitions` <= 0: the stream's default).
+    fn create_topic(
+        &self,
+        p: &Self::Principal,
+        t: &TopicRef,
+        name: &str,
+        partitions: i32,
+        configs: Vec<(String, String)>,
+    ) -> impl Future<Output = Result<TopicInfo, StreamError>> + Send;
+
+    /// DeleteTopics.
+    fn delete_topic(
+        &self,
+        p: &Self::Principal,
+        t: &TopicRef,
+    ) -> impl Future<Output = Result<(), StreamError>> + Send;
+
+    /// CreatePartitions: grows the topic to `count` partitions.
+    fn add_partitions(
+        &self,
+        p: &Self::Principal,
+        t: &TopicRef,
+        count: u32,
+    ) -> impl Future<Output = Result<(), StreamError>> + Send;
+
+    /// Appends one partition's records (`records`: one or more record batch
+    /// v2, as the producer sent them). Returns once durable (acks=all and
+    /// acks=1 alike; acks=0 is the gateway not answering).
+    fn produce(
+        &self,
+        p: &Self::Principal,
+        t: &TopicRef,
+        partition: i32,
+        records: Bytes,
+    ) -> impl Future<Output = Result<Appended, StreamError>> + Send;
+
+    /// Batches from `offset` on, up to about `max_bytes` (at least one whole
+    /// batch when any exists). Returns at once; long polling is
+    /// [`Backend::wait`].
+    fn fetch(
+        &self,
+        p: &Self::Principal,
+        t: &TopicRef,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<Fetched, StreamError>> + Send;
+
+    /// Resolves when the partition's high watermark passes `offset` or
+    /// after `max_wait`, whichever is first (Fetch long poll).
+    fn wait(
+        &self,
+        t: &TopicRef,
+        partition: i32,
+        offset: i64,
+        max_wait: Duration,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// ListOffsets.
+    fn list_offset(
+        &self,
+        p: &Self::Principal,
+        t: &TopicRef,
+        partition: i32,
+        spec: OffsetSpec,
+    ) -> impl Future<Output = Result<i64, StreamError>> + Send;
+
+    /// Partition offsets (for Fetch and Metadata).
+    fn offsets(
+        &self,
+        p: &Self::Principal,
+        t: &TopicRef,
+        partition: i32,
+    ) -> impl Future<Output = Result<PartitionOffsets, StreamError>> + Send;
+}

@@ -1,0 +1,335 @@
+//! One client connection: read a frame, check the SASL state, decode,
+//! call the handler, write the answer, in order, one request at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use crate::backend::Backend;
+use crate::{api, codes, frame, guard, handlers, sasl, KafkaConfig};
+
+/// A connection silent this long is closed (Kafka's
+/// `connections.max.idle.ms` default).
+pub const IDLE_MS_MAX: u64 = 10 * 60 * 1000;
+/// Bound on writing one response to a client that does not read.
+pub const WRITE_MS_MAX: u64 = 60 * 1000;
+
+/// Why the gateway closed a connection: logged once, as the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Close {
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    #[error("frame of {size} bytes exceeds the limit of {max_bytes}")]
+    TooLarge { size: usize, max_bytes: usize },
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("unsupported request: api key {key} version {version}")]
+    Unsupported { key: i16, version: i16 },
+    #[error("illegal SASL state: {0}")]
+    IllegalSaslState(String),
+    #[error("SASL: {0}")]
+    Sasl(String),
+    #[error("idle for {0} ms")]
+    Idle(u64),
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Close {
+    pub fn truncated(e: std::io::Error, what: &str) -> Close {
+        Close::Io(std::io::Error::new(e.kind(), format!("{what}: {e}")))
+    }
+}
+
+/// What a request produces on the wire.
+pub enum Reply {
+    /// Send this frame.
+    Send(Bytes),
+    /// Nothing (Produce with acks=0).
+    Nothing,
+    /// Send this frame, then close.
+    SendThenClose(Bytes, Close),
+}
+
+pub struct Conn<S, B: Backend> {
+    pub io: S,
+    pub backend: Arc<B>,
+    pub cfg: Arc<KafkaConfig>,
+    pub state: sasl::State<B::Principal>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
+    /// Serves requests until the client closes (`Ok`), the server stops
+    /// (`Ok`) or something closes the connection (`Err`, the reason).
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), Close> {
+        loop {
+            let read = tokio::time::timeout(
+                Duration::from_millis(IDLE_MS_MAX),
+                frame::read(&mut self.io, self.cfg.max_request_bytes),
+            );
+            let frame = tokio::select! {
+                r = read => r.map_err(|_| Close::Idle(IDLE_MS_MAX))??,
+                _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            };
+            let Some(frame) = frame else { return Ok(()) };
+            let reply = if matches!(self.state, sasl::State::HandshakenRaw) {
+                self.raw_token(frame).await?
+            } else {
+                self.request(frame).await?
+            };
+            match reply {
+                Reply::Send(bytes) => self.write(&bytes).await?,
+                Reply::Nothing => {}
+                Reply::SendThenClose(bytes, why) => {
+                    self.write(&bytes).await?;
+                    return Err(why);
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Close> {
+        tokio::time::timeout(
+            Duration::from_millis(WRITE_MS_MAX),
+            frame::write(&mut self.io, bytes),
+        )
+        .await
+        .map_err(|_| Close::Io(std::io::ErrorKind::TimedOut.into()))?
+    }
+
+    /// A bare PLAIN token after SaslHandshake v0: success is answered with
+    /// an empty token, failure closes the connection.
+    async fn raw_token(&mut self, token: Bytes) -> Result<Reply, Close> {
+        let principal = self.authenticate(&token).await?;
+        self.state = sasl::State::Authenticated(principal);
+        Ok(Reply::Send(frame::finish(frame::start())?))
+    }
+
+    async fn authenticate(&self, token: &[u8]) -> Result<B::Principal, Close> {
+        let plain = sasl::parse_plain(token)
+            .map_err(|why| Close::Sasl(format!("authentication failed: {why}")))?;
+        self.backend
+            .authenticate_plain(plain.user, plain.password)
+            .await
+            .map_err(|why| {
+                Close::Sasl(format!(
+                    "authentication failed for user {:?}: {why}",
+                    plain.user
+                ))
+            })
+    }
+
+    async fn request(&mut self, mut frame: Bytes) -> Result<Reply, Close> {
+        if frame.len() < 8 {
+            return Err(Close::Malformed(format!(
+                "{} bytes, shorter than a request header",
+                frame.len()
+            )));
+        }
+        let key = i16::from_be_bytes([frame[0], frame[1]]);
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let Ok(api) = ApiKey::try_from(key) else {
+            return Err(Close::Unsupported { key, version });
+        };
+        if api == ApiKey::ApiVersions && version > api::API_VERSIONS_MAX {
+            // KIP-511: the client cannot know our header format yet; answer
+            // in v0 so it can read the list and retry lower.
+            let resp = api::api_versions(codes::UNSUPPORTED_VERSION);
+            return Ok(Reply::Send(encode(api, 0, correlation_id, &resp)?));
+        }
+        if !api::served(api, version) {
+            return Err(Close::Unsupported { key, version });
+        }
+        let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+            .map_err(|e| Close::Malformed(format!("{api:?} v{version} header: {e}")))?;
+        let r = Req {
+            api,
+            version,
+            correlation_id: header.correlation_id,
+            body: frame,
+        };
+        self.dispatch(r).await
+    }
+
+    async fn dispatch(&mut self, mut r: Req) -> Result<Reply, Close> {
+        match r.api {
+            ApiKey::ApiVersions => {
+                // The v3 body only names the client software: not needed,
+                // but it must decode.
+                r.decode::<kafka_protocol::messages::ApiVersionsRequest>()?;
+                let resp: ApiVersionsResponse = api::api_versions(codes::NONE);
+                r.reply(&resp)
+            }
+            ApiKey::SaslHandshake => {
+                let req: SaslHandshakeRequest = r.decode()?;
+                self.handshake(&r, req)
+            }
+            ApiKey::SaslAuthenticate => {
+                let req: SaslAuthenticateRequest = r.decode()?;
+                self.sasl_authenticate(&r, req).await
+            }
+            api => {
+                let sasl::State::Authenticated(p) = &self.state else {
+                    return Err(Close::IllegalSaslState(format!(
+                        "{api:?} before SASL authentication"
+                    )));
+                };
+                let (b, cfg, v) = (&*self.backend, &*self.cfg, r.version);
+                match api {
+                    ApiKey::Metadata => {
+                        let resp = handlers::metadata(b, p, cfg, r.decode()?, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::Produce => match handlers::produce(b, p, r.decode()?, v).await {
+                        Some(resp) => r.reply(&resp),
+                        None => Ok(Reply::Nothing),
+                    },
+                    ApiKey::Fetch => {
+                        let resp = handlers::fetch(b, p, r.decode()?, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::ListOffsets => {
+                        let resp = handlers::list_offsets(b, p, r.decode()?, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::CreateTopics => {
+                        let resp = handlers::create_topics(b, p, r.decode()?, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::DeleteTopics => {
+                        let resp = handlers::delete_topics(b, p, r.decode()?, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::CreatePartitions => {
+                        let resp = handlers::create_partitions(b, p, r.decode()?, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::DescribeConfigs => {
+                        let resp = handlers::describe_configs(b, p, r.decode()?, v).await;
+                        r.reply(&resp)
+                    }
+                    // `api::served` admits only the keys above.
+                    _ => Err(Close::Unsupported {
+                        key: api as i16,
+                        version: v,
+                    }),
+                }
+            }
+        }
+    }
+
+    fn handshake(&mut self, r: &Req, req: SaslHandshakeRequest) -> Result<Reply, Close> {
+        if !matches!(self.state, sasl::State::Start) {
+            return Err(Close::IllegalSaslState("second SaslHandshake".into()));
+        }
+        let mut resp = SaslHandshakeResponse::default();
+        resp.mechanisms = sasl::MECHANISMS
+            .iter()
+            .map(|m| StrBytes::from_static_str(m))
+            .collect();
+        if !sasl::MECHANISMS.contains(&req.mechanism.as_str()) {
+            resp.error_code = codes::UNSUPPORTED_SASL_MECHANISM;
+            let why = Close::Sasl(format!(
+                "unsupported mechanism {:?}",
+                req.mechanism.as_str()
+            ));
+            return Ok(Reply::SendThenClose(r.encode(&resp)?, why));
+        }
+        self.state = if r.version == 0 {
+            sasl::State::HandshakenRaw
+        } else {
+            sasl::State::Handshaken
+        };
+        r.reply(&resp)
+    }
+
+    async fn sasl_authenticate(
+        &mut self,
+        r: &Req,
+        req: SaslAuthenticateRequest,
+    ) -> Result<Reply, Close> {
+        if !matches!(self.state, sasl::State::Handshaken) {
+            return Err(Close::IllegalSaslState(
+                "SaslAuthenticate without SaslHandshake v1".into(),
+            ));
+        }
+        let mut resp = SaslAuthenticateResponse::default();
+        // session_lifetime_ms 0: no re-authentication (KIP-368) expected.
+        resp.session_lifetime_ms = 0;
+        match self.authenticate(&req.auth_bytes).await {
+            Ok(p) => {
+                self.state = sasl::State::Authenticated(p);
+                r.reply(&resp)
+            }
+            Err(why) => {
+                resp.error_code = codes::SASL_AUTHENTICATION_FAILED;
+                resp.error_message = Some(StrBytes::from_static_str("authentication failed"));
+                Ok(Reply::SendThenClose(r.encode(&resp)?, why))
+            }
+        }
+    }
+}
+
+/// A request whose header has been read.
+pub struct Req {
+    pub api: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub body: Bytes,
+}
+
+impl Req {
+    fn decode<T: Decodable>(&mut self) -> Result<T, Close> {
+        guard::check(self.api, self.version, &self.body)
+            .map_err(|e| Close::Malformed(format!("{:?} v{}: {e}", self.api, self.version)))?;
+        let t = T::decode(&mut self.body, self.version)
+            .map_err(|e| Close::Malformed(format!("{:?} v{}: {e}", self.api, self.version)))?;
+        if self.body.has_remaining() {
+            tracing::debug!(
+                api = ?self.api,
+                version = self.version,
+                trailing_bytes = self.body.remaining(),
+                "kafka: ignoring bytes after the request body"
+            );
+        }
+        Ok(t)
+    }
+
+    fn encode<T: Encodable>(&self, body: &T) -> Result<Bytes, Close> {
+        encode(self.api, self.version, self.correlation_id, body)
+    }
+
+    fn reply<T: Encodable>(&self, body: &T) -> Result<Reply, Close> {
+        Ok(Reply::Send(self.encode(body)?))
+    }
+}
+
+/// Response header and body in one frame. Failing here is the gateway's
+/// bug (a field set that the version lacks): the connection is closed
+/// rather than the process.
+pub fn encode<T: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Result<Bytes, Close> {
+    let mut buf = frame::start();
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    header
+        .encode(&mut buf, api.response_header_version(version))
+        .and_then(|()| body.encode(&mut buf, version))
+        .map_err(|e| Close::Internal(format!("encoding {api:?} v{version} response: {e}")))?;
+    frame::finish(buf)
+}

@@ -1,0 +1,229 @@
+//! The Kafka wire-protocol gateway of Berth: lets Kafka clients (librdkafka,
+//! the Java client, kafka-python, ...) produce to and fetch from Berth
+//! streams. It owns the listener and its connections, the framing, the SASL
+//! exchange, the table of served API versions (`api`), the translation of
+//! each request into [`Backend`] calls (`handlers`) and the one table from
+//! [`StreamError`] to Kafka error codes (`codes`). It is one broker to its
+//! clients: Metadata names this node as the leader of every partition.
+//!
+//! Invariants:
+//! - *SASL before anything*: until SASL PLAIN succeeds, a connection may
+//!   send only ApiVersions, SaslHandshake and SaslAuthenticate (or the bare
+//!   token after SaslHandshake v0); anything else closes it, as Kafka does
+//!   (ILLEGAL_SASL_STATE). The principal returned by
+//!   [`Backend::authenticate_plain`] goes with every later call.
+//! - *Translate, never decide*: the gateway holds no data and takes no
+//!   access decision; record batches go to the backend and come back as
+//!   the producer sent them (never decompressed or rewritten here).
+//! - *Responses in request order*: one connection's requests are served one
+//!   after another, so answers leave in the order Kafka requires.
+//! - *One log line per closed connection*: a connection closed for a bad
+//!   TLS handshake, an oversized or malformed frame, an unsupported request,
+//!   a SASL failure or an I/O error gets exactly one `warn!` naming the peer
+//!   and the reason; every other connection keeps being served. Input never
+//!   panics the gateway; if a bug does, only that connection's task dies
+//!   (and is logged the same way).
+//! - *Bounded*: frames by [`KafkaConfig::max_request_bytes`] (memory grows
+//!   with what arrives, not with what is announced), idle connections by
+//!   `conn::IDLE_MS_MAX`, a response write by `conn::WRITE_MS_MAX`, a Fetch
+//!   long poll by `handlers::FETCH_WAIT_MS_MAX`, shutdown by
+//!   [`SHUTDOWN_GRACE_MS`].
+//!
+//! Served now: ApiVersions, SASL, Metadata, Produce, Fetch, ListOffsets,
+//! CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs (topics).
+//! Not yet: consumer groups, InitProducerId (so no idempotent or
+//! transactional producers: transactional produce is refused), fetch
+//! sessions (every fetch is a full one), Fetch v13+ (topic ids).
+//! Every request body passes `guard` before kafka-protocol decodes it:
+//! that codec sizes arrays from the count on the wire before reading them,
+//! and a failed huge allocation aborts the process.
+
+pub mod backend;
+
+mod api;
+mod codes;
+mod conn;
+mod frame;
+mod guard;
+mod handlers;
+mod sasl;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+pub use backend::{
+    Appended, Backend, Fetched, OffsetSpec, PartitionOffsets, StreamError, TopicInfo, TopicRef,
+};
+
+/// Default bound on one request frame (Kafka's `socket.request.max.bytes`).
+pub const MAX_REQUEST_BYTES_DEFAULT: usize = 100 * 1024 * 1024;
+/// Bound on the TLS handshake of a new connection.
+pub const TLS_HANDSHAKE_MS_MAX: u64 = 10_000;
+/// After shutdown, how long connections may finish the request in hand.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// Pause after a failed accept (e.g. out of file descriptors).
+const ACCEPT_RETRY_MS: u64 = 100;
+
+/// How the gateway presents itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// This node's broker id in Metadata (leader of every partition).
+    pub node_id: i32,
+    /// Host and port clients are told to connect to.
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub cluster_id: String,
+    /// Largest request frame accepted; a larger one closes the connection.
+    pub max_request_bytes: usize,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            node_id: 0,
+            advertised_host: "localhost".into(),
+            advertised_port: 9092,
+            cluster_id: "berth".into(),
+            max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// Serves Kafka clients on `listener` until `shutdown` resolves, one task
+/// per connection; TLS when `tls` is given, plaintext otherwise (a
+/// development mode that the caller chooses). After `shutdown`, no new
+/// connection is accepted, open ones end after the request in hand, and
+/// those still busy after [`SHUTDOWN_GRACE_MS`] are dropped.
+pub async fn serve<B: Backend>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    backend: Arc<B>,
+    cfg: KafkaConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let cfg = Arc::new(cfg);
+    let acceptor = tls.map(TlsAcceptor::from);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let mut peers: HashMap<tokio::task::Id, SocketAddr> = HashMap::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let task = connection(
+                        stream,
+                        peer,
+                        acceptor.clone(),
+                        backend.clone(),
+                        cfg.clone(),
+                        stop_rx.clone(),
+                    );
+                    let handle = conns.spawn(task);
+                    peers.insert(handle.id(), peer);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka: accept failed");
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                }
+            },
+            Some(done) = conns.join_next_with_id(), if !conns.is_empty() => {
+                reap(done, &mut peers);
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_millis(SHUTDOWN_GRACE_MS);
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(done) = conns.join_next_with_id().await {
+            reap(done, &mut peers);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            connections = conns.len(),
+            "kafka: dropping connections still busy after shutdown"
+        );
+        conns.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Logs a connection task that died instead of returning (a bug: input
+/// should never panic the gateway).
+fn reap(
+    done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    peers: &mut HashMap<tokio::task::Id, SocketAddr>,
+) {
+    match done {
+        Ok((id, ())) => {
+            peers.remove(&id);
+        }
+        Err(e) => {
+            let peer = peers.remove(&e.id());
+            if e.is_panic() {
+                tracing::warn!(?peer, "kafka connection closed: internal panic");
+            }
+        }
+    }
+}
+
+/// One connection, from TLS handshake to close; logs why it closed.
+async fn connection<B: Backend>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    backend: Arc<B>,
+    cfg: Arc<KafkaConfig>,
+    stop: watch::Receiver<bool>,
+) {
+    // Requests and answers are small and latency-bound.
+    let _ = stream.set_nodelay(true);
+    let result = match acceptor {
+        None => {
+            let conn = conn::Conn {
+                io: stream,
+                backend,
+                cfg,
+                state: sasl::State::Start,
+            };
+            conn.run(stop).await
+        }
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(
+                Duration::from_millis(TLS_HANDSHAKE_MS_MAX),
+                acceptor.accept(stream),
+            )
+            .await;
+            match handshake {
+                Ok(Ok(io)) => {
+                    let conn = conn::Conn {
+                        io,
+                        backend,
+                        cfg,
+                        state: sasl::State::Start,
+                    };
+                    conn.run(stop).await
+                }
+                Ok(Err(e)) => Err(conn::Close::Tls(e.to_string())),
+                Err(_) => Err(conn::Close::Tls(format!(
+                    "no handshake within {TLS_HANDSHAKE_MS_MAX} ms"
+                ))),
+            }
+        }
+    };
+    match result {
+        Ok(()) => tracing::debug!(%peer, "kafka connection closed"),
+        Err(reason) => tracing::warn!(%peer, %reason, "kafka connection closed"),
+    }
+}

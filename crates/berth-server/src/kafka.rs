@@ -1,0 +1,364 @@
+//! The Kafka gateway's view of the streams service (`berth_kafka::Backend`
+//! over `berth_streams::Streams`): topic names to streams, service errors
+//! to Kafka's terms. No authorization here: the service decides.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_kafka::backend::{
+    Appended, Backend, Fetched, OffsetSpec, PartitionOffsets, StreamError, TopicInfo, TopicRef,
+};
+use berth_meta::{Code, Error};
+use berth_security::principal::Principal;
+use berth_streams::{authorize, Right, StreamConfig, StreamRef, Streams, TopicRecord};
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+/// Where plain topic names live when the operator names no stream.
+pub const DEFAULT_STREAM: &str = "/streams/default";
+/// Partitions remembered for long polls, at most.
+const KNOWN_MAX: usize = 100_000;
+
+pub struct StreamsBackend {
+    streams: Arc<Streams>,
+    default_stream: String,
+    /// Partitions recently read, so a long poll can wait on them without a
+    /// principal (the fetch that precedes it authorized the reader).
+    known: Mutex<HashMap<TopicRef, (StreamRef, TopicRecord)>>,
+}
+
+impl StreamsBackend {
+    pub fn new(streams: Arc<Streams>, default_stream: String) -> StreamsBackend {
+        StreamsBackend {
+            streams,
+            default_stream,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The stream and topic, with `right` checked on the stream.
+    async fn open(
+        &self,
+        p: &Principal,
+        t: &TopicRef,
+        right: Right,
+    ) -> Result<(StreamRef, TopicRecord), StreamError> {
+        let s = self
+            .streams
+            .stream(p, &t.stream, right)
+            .await
+            .map_err(|e| to_kafka(e, &t.topic))?;
+        let topic = self
+            .streams
+            .topic(&s, &t.topic)
+            .await
+            .map_err(|e| to_kafka(e, &t.topic))?
+            .ok_or_else(|| StreamError::UnknownTopic(format!("{}:{}", t.stream, t.topic)))?;
+        let mut known = self.known.lock();
+        if known.len() >= KNOWN_MAX {
+            known.clear();
+        }
+        known.insert(t.clone(), (s.clone(), topic.clone()));
+        Ok((s, topic))
+    }
+}
+
+fn partition(p: i32) -> Result<u32, StreamError> {
+    u32::try_from(p).map_err(|_| StreamError::UnknownTopic(format!("partition {p}")))
+}
+
+/// Service errors in Kafka's terms (`what` names the topic in messages).
+fn to_kafka(e: Error, what: &str) -> StreamError {
+    let m = format!("{what}: {}", e.message);
+    match e.code {
+        Code::NotFound | Code::NotDir => StreamError::UnknownTopic(m),
+        Code::Access | Code::Perm | Code::Auth => StreamError::TopicDenied(m),
+        Code::Range => StreamError::OffsetOutOfRange(m),
+        Code::BadMessage => StreamError::CorruptBatch(m),
+        Code::Exists => StreamError::TopicExists(m),
+        Code::Invalid | Code::NameTooLong => StreamError::InvalidTopic(m),
+        Code::TooBig | Code::Quota => StreamError::TooLarge(m),
+        Code::Again => StreamError::Retriable(m),
+        _ => StreamError::Internal(m),
+    }
+}
+
+fn info(name: &str, t: &TopicRecord, c: &StreamConfig) -> TopicInfo {
+    TopicInfo {
+        name: name.to_string(),
+        id: t.uuid,
+        partitions: t.partitions,
+        configs: vec![
+            ("retention.ms".into(), c.retention_ms.to_string()),
+            ("retention.bytes".into(), c.retention_bytes.to_string()),
+            (
+                "cleanup.policy".into(),
+                if c.compact { "compact" } else { "delete" }.into(),
+            ),
+            ("message.timestamp.type".into(), "CreateTime".into()),
+        ],
+    }
+}
+
+impl Backend for StreamsBackend {
+    type Principal = Principal;
+
+    async fn authenticate_plain(&self, user: &str, password: &str) -> Result<Principal, String> {
+        // A ticket (checked locally) first, then a user's password.
+        match self.streams.authenticate(password) {
+            Ok(p) => Ok(p),
+            Err(ticket_err) => self.streams.login(user, password).await.map_err(|e| {
+                format!("user {user:?}: not a valid ticket ({ticket_err}) nor password ({e})")
+            }),
+        }
+    }
+
+    fn resolve(&self, _p: &Principal, name: &str) -> Result<TopicRef, StreamError> {
+        match name.rsplit_once(':') {
+            Some((stream, topic)) if stream.starts_with('/') && !topic.is_empty() => Ok(TopicRef {
+                stream: stream.to_string(),
+                topic: topic.to_string(),
+            }),
+            Some(_) => Err(StreamError::InvalidTopic(format!(
+                "{name:?}: a stream topic is /path/to/stream:topic"
+            ))),
+            None => Ok(TopicRef {
+                stream: self.default_stream.clone(),
+                topic: name.to_string(),
+            }),
+        }
+    }
+
+    async fn topic(
+        &self,
+        p: &Principal,
+        t: &TopicRef,
+        name: &str,
+        auto_create: bool,
+    ) -> Result<TopicInfo, StreamError> {
+        let s = self
+            .streams
+            .lookup(p, &t.stream)
+            .await
+            .map_err(|e| to_kafka(e, name))?;
+        // Describing a topic needs one of the stream's data rights.
+        authorize(p, &s, Right::Consume)
+            .or_else(|_| authorize(p, &s, Right::Produce))
+            .map_err(|e| to_kafka(e, name))?;
+        let topic = self
+            .streams
+            .topic_or_create(p, &s, &t.topic, auto_create)
+            .await
+            .map_err(|e| to_kafka(e, name))?;
+        Ok(info(name, &topic, &s.config))
+    }
+
+    async fn default_topics(&self, p: &Principal) -> Result<Vec<TopicInfo>, StreamError> {
+        let s = match self.streams.lookup(p, &self.default_stream).await {
+            Ok(s) => s,
+            // No default stream: nothing to list.
+            Err(e) if e.code == Code::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(to_kafka(e, &self.default_stream)),
+        };
+        let topics = match self.streams.topics(p, &s).await {
+            Ok(t) => t,
+            Err(e) if matches!(e.code, Code::Access | Code::Perm) => return Ok(Vec::new()),
+            Err(e) => return Err(to_kafka(e, &self.default_stream)),
+        };
+        Ok(topics
+            .iter()
+            .map(|(name, t)| info(name, t, &s.config))
+            .collect())
+    }
+
+    async fn create_topic(
+        &self,
+        p: &Principal,
+        t: &TopicRef,
+        name: &str,
+        partitions: i32,
+        configs: Vec<(String, String)>,
+    ) -> Result<TopicInfo, StreamError> {
+        if !configs.is_empty() {
+            tracing::debug!(
+                topic = name,
+                "topic configs ignored: retention and compaction are the stream's settings"
+            );
+        }
+        let s = self
+            .streams
+            .stream(p, &t.stream, Right::Topic)
+            .await
+            .map_err(|e| to_kafka(e, name))?;
+        let count = u32::try_from(partitions.max(0))
+            .map_err(|_| StreamError::InvalidPartitions(partitions.to_string()))?;
+        let topic = self
+            .streams
+            .create_topic(p, &s, &t.topic, count)
+            .await
+            .map_err(|e| match e.code {
+                Code::Invalid if e.message.starts_with("partitions") => {
+                    StreamError::InvalidPartitions(e.message)
+                }
+                _ => to_kafka(e, name),
+            })?;
+        Ok(info(name, &topic, &s.config))
+    }
+
+    async fn delete_topic(&self, p: &Principal, t: &TopicRef) -> Result<(), StreamError> {
+        let s = self
+            .streams
+            .stream(p, &t.stream, Right::Topic)
+            .await
+            .map_err(|e| to_kafka(e, &t.topic))?;
+        self.known.lock().remove(t);
+        self.streams
+            .delete_topic(p, &s, &t.topic)
+            .await
+            .map_err(|e| to_kafka(e, &t.topic))
+    }
+
+    async fn add_partitions(
+        &self,
+        p: &Principal,
+        t: &TopicRef,
+        count: u32,
+    ) -> Result<(), StreamError> {
+        let s = self
+            .streams
+            .stream(p, &t.stream, Right::Topic)
+            .await
+            .map_err(|e| to_kafka(e, &t.topic))?;
+        self.known.lock().remove(t);
+        self.streams
+            .add_partitions(p, &s, &t.topic, count)
+            .await
+            .map(drop)
+            .map_err(|e| match e.code {
+                Code::Invalid => StreamError::InvalidPartitions(e.message),
+                _ => to_kafka(e, &t.topic),
+            })
+    }
+
+    async fn produce(
+        &self,
+        p: &Principal,
+        t: &TopicRef,
+        part: i32,
+        records: Bytes,
+    ) -> Result<Appended, StreamError> {
+        let part = partition(part)?;
+        let (s, topic) = self.open(p, t, Right::Produce).await?;
+        let a = self
+            .streams
+            .append(p, &s, &t.topic, &topic, part, records)
+            .await
+            .map_err(|e| match e.code {
+                // Unsupported batch kinds (idempotent, transactional).
+                Code::Invalid => StreamError::CorruptBatch(e.message),
+                _ => to_kafka(e, &t.topic),
+            })?;
+        Ok(Appended {
+            base_offset: a.base_offset,
+            log_start: a.state.log_start,
+            log_append_time_ms: -1,
+        })
+    }
+
+    async fn fetch(
+        &self,
+        p: &Principal,
+        t: &TopicRef,
+        part: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Fetched, StreamError> {
+        let part = partition(part)?;
+        let (s, topic) = self.open(p, t, Right::Consume).await?;
+        let (state, batches) = self
+            .streams
+            .read(p, &s, &topic, part, offset, max_bytes)
+            .await
+            .map_err(|e| to_kafka(e, &t.topic))?;
+        Ok(Fetched {
+            offsets: PartitionOffsets {
+                log_start: state.log_start,
+                high_watermark: state.next,
+            },
+            batches,
+        })
+    }
+
+    async fn wait(&self, t: &TopicRef, part: i32, offset: i64, max_wait: Duration) {
+        let found = self.known.lock().get(t).cloned();
+        match (found, u32::try_from(part)) {
+            (Some((s, topic)), Ok(part)) => {
+                self.streams.wait(&s, &topic, part, offset, max_wait).await
+            }
+            _ => tokio::time::sleep(max_wait).await,
+        }
+    }
+
+    async fn list_offset(
+        &self,
+        p: &Principal,
+        t: &TopicRef,
+        part: i32,
+        spec: OffsetSpec,
+    ) -> Result<i64, StreamError> {
+        let part = partition(part)?;
+        let (s, topic) = self.open(p, t, Right::Consume).await?;
+        let r = match spec {
+            OffsetSpec::Earliest => self
+                .streams
+                .offsets(p, &s, &topic, part)
+                .await
+                .map(|o| o.log_start),
+            OffsetSpec::Latest => self
+                .streams
+                .offsets(p, &s, &topic, part)
+                .await
+                .map(|o| o.next),
+            OffsetSpec::Timestamp(ts) => {
+                self.streams.offset_for_time(p, &s, &topic, part, ts).await
+            }
+        };
+        r.map_err(|e| to_kafka(e, &t.topic))
+    }
+
+    async fn offsets(
+        &self,
+        p: &Principal,
+        t: &TopicRef,
+        part: i32,
+    ) -> Result<PartitionOffsets, StreamError> {
+        let part = partition(part)?;
+        let (s, topic) = self.open(p, t, Right::Consume).await?;
+        let o = self
+            .streams
+            .offsets(p, &s, &topic, part)
+            .await
+            .map_err(|e| to_kafka(e, &t.topic))?;
+        Ok(PartitionOffsets {
+            log_start: o.log_start,
+            high_watermark: o.next,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_kafka_terms() {
+        let e = |c| to_kafka(Error::new(c, "x"), "t");
+        assert!(matches!(e(Code::NotFound), StreamError::UnknownTopic(_)));
+        assert!(matches!(e(Code::Access), StreamError::TopicDenied(_)));
+        assert!(matches!(e(Code::Range), StreamError::OffsetOutOfRange(_)));
+        assert!(matches!(e(Code::BadMessage), StreamError::CorruptBatch(_)));
+        assert!(matches!(e(Code::Again), StreamError::Retriable(_)));
+        assert!(matches!(e(Code::Io), StreamError::Internal(_)));
+    }
+}

@@ -1,0 +1,270 @@
+//! Kafka record batches (format v2, "magic 2") as the broker sees them: a
+//! header it reads and, for the offset and leader epoch, rewrites; the
+//! records themselves (possibly compressed) are passed through untouched.
+//!
+//! ```text
+//! baseOffset: i64 | batchLength: i32 | partitionLeaderEpoch: i32 | magic: i8 (= 2)
+//! crc: u32 (CRC-32C of everything after it) | attributes: i16 | lastOffsetDelta: i32
+//! baseTimestamp: i64 | maxTimestamp: i64 | producerId: i64 | producerEpoch: i16
+//! baseSequence: i32 | recordsCount: i32 | records...
+//! ```
+//! `batchLength` counts the bytes after itself. The CRC does not cover the
+//! base offset or the leader epoch, which is why a broker may set them.
+
+/// Bytes before `batchLength`'s count starts (baseOffset + batchLength).
+const LOG_OVERHEAD: usize = 12;
+/// Smallest valid batch: the whole header with zero records.
+pub const HEADER_LEN: usize = 61;
+const MAGIC_AT: usize = 16;
+const CRC_AT: usize = 17;
+const ATTRIBUTES_AT: usize = 21;
+const LAST_OFFSET_DELTA_AT: usize = 23;
+const MAX_TIMESTAMP_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const RECORDS_COUNT_AT: usize = 57;
+/// Attributes bit: the batch belongs to a transaction.
+const TRANSACTIONAL: i16 = 1 << 4;
+/// Attributes bit: a transaction control batch.
+const CONTROL: i16 = 1 << 5;
+
+/// One batch's header fields the broker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// Where the batch starts in the buffer given to [`split`].
+    pub start: usize,
+    /// Its total length in bytes.
+    pub len: usize,
+    /// Offsets it takes: `lastOffsetDelta + 1`.
+    pub offsets: u32,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+}
+
+/// Splits a produce request's records into batches and checks each: magic 2,
+/// consistent lengths, CRC-32C, a sane offset count, no transactional or
+/// control batches (transactions are not supported). Err: why, for
+/// CORRUPT_MESSAGE / INVALID_RECORD.
+pub fn split(buf: &[u8]) -> Result<Vec<BatchInfo>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    if buf.is_empty() {
+        return Err("no record batch".into());
+    }
+    while at < buf.len() {
+        let rest = &buf[at..];
+        if rest.len() < HEADER_LEN {
+            return Err(format!(
+                "truncated batch at byte {at}: {} bytes left",
+                rest.len()
+            ));
+        }
+        let batch_len = i32::from_be_bytes(rest[8..12].try_into().unwrap_or_default());
+        let len = usize::try_from(batch_len)
+            .ok()
+            .and_then(|l| l.checked_add(LOG_OVERHEAD))
+            .filter(|l| *l >= HEADER_LEN && *l <= rest.len())
+            .ok_or_else(|| format!("batch at byte {at}: bad length {batch_len}"))?;
+        let b = &rest[..len];
+        if b[MAGIC_AT] != 2 {
+            return Err(format!(
+                "batch at byte {at}: magic {} (only record batch v2 is accepted)",
+                b[MAGIC_AT]
+            ));
+        }
+        let want = u32::from_be_bytes(b[CRC_AT..CRC_AT + 4].try_into().unwrap_or_default());
+        let got = crc32c(&b[ATTRIBUTES_AT..]);
+        if want != got {
+            return Err(format!(
+                "batch at byte {at}: CRC-32C {got:08x}, header says {want:08x}"
+            ));
+        }
+        let attributes = i16::from_be_bytes([b[ATTRIBUTES_AT], b[ATTRIBUTES_AT + 1]]);
+        if attributes & (TRANSACTIONAL | CONTROL) != 0 {
+            return Err("transactional batches are not supported".into());
+        }
+        let delta = i32::from_be_bytes(
+            b[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        let count = i32::from_be_bytes(
+            b[RECORDS_COUNT_AT..RECORDS_COUNT_AT + 4]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        // A producer's batch numbers its records 0..count, so the last delta
+        // is count - 1 (compaction may leave gaps, but producers do not).
+        if delta < 0 || count <= 0 || delta < count - 1 {
+            return Err(format!(
+                "batch at byte {at}: {count} records with last offset delta {delta}"
+            ));
+        }
+        out.push(BatchInfo {
+            start: at,
+            len,
+            offsets: delta as u32 + 1,
+            max_timestamp: read_i64(b, MAX_TIMESTAMP_AT),
+            producer_id: read_i64(b, PRODUCER_ID_AT),
+        });
+        at += len;
+    }
+    Ok(out)
+}
+
+/// Gives a batch its place in the log: the base offset and the leader epoch
+/// (neither is covered by the CRC).
+pub fn place(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
+    batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    batch[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+}
+
+/// The base offset of a stored batch.
+pub fn base_offset(batch: &[u8]) -> i64 {
+    read_i64(batch, 0)
+}
+
+/// The max timestamp of a stored batch.
+pub fn max_timestamp(batch: &[u8]) -> i64 {
+    read_i64(batch, MAX_TIMESTAMP_AT)
+}
+
+fn read_i64(b: &[u8], at: usize) -> i64 {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(i64::from_be_bytes)
+        .unwrap_or(-1)
+}
+
+/// CRC-32C (Castagnoli, reflected 0x82F63B78), as Kafka's batches use.
+pub fn crc32c(data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[[u32; 256]; 8]> = std::sync::OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        let mut t = [[0u32; 256]; 8];
+        for i in 0..256u32 {
+            let mut c = i;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0x82F6_3B78
+                } else {
+                    c >> 1
+                };
+            }
+            t[0][i as usize] = c;
+        }
+        for i in 0..256 {
+            for k in 1..8 {
+                let prev = t[k - 1][i];
+                t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            }
+        }
+        t
+    });
+    let mut crc = !0u32;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let lo = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) ^ crc;
+        let hi = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+        crc = t[7][(lo & 0xff) as usize]
+            ^ t[6][((lo >> 8) & 0xff) as usize]
+            ^ t[5][((lo >> 16) & 0xff) as usize]
+            ^ t[4][(lo >> 24) as usize]
+            ^ t[3][(hi & 0xff) as usize]
+            ^ t[2][((hi >> 8) & 0xff) as usize]
+            ^ t[1][((hi >> 16) & 0xff) as usize]
+            ^ t[0][(hi >> 24) as usize];
+    }
+    for &b in chunks.remainder() {
+        crc = (crc >> 8) ^ t[0][((crc ^ b as u32) & 0xff) as usize];
+    }
+    !crc
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A batch of `n` empty records (each record: length varint + fields),
+    /// with a correct CRC.
+    pub fn batch(n: u32, max_ts: i64) -> Vec<u8> {
+        let mut records = Vec::new();
+        for i in 0..n {
+            // attributes 0, timestampDelta 0, offsetDelta i, key -1, value -1, headers 0
+            let body = [0u8, 0, (i as u8) << 1, 1, 1, 0];
+            records.push((body.len() as u8) << 1);
+            records.extend_from_slice(&body);
+        }
+        let mut b = Vec::new();
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b.extend_from_slice(&0i32.to_be_bytes()); // length, set below
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.push(2);
+        b.extend_from_slice(&0u32.to_be_bytes()); // crc, set below
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(n as i32 - 1).to_be_bytes());
+        b.extend_from_slice(&max_ts.to_be_bytes());
+        b.extend_from_slice(&max_ts.to_be_bytes());
+        b.extend_from_slice(&(-1i64).to_be_bytes());
+        b.extend_from_slice(&(-1i16).to_be_bytes());
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.extend_from_slice(&(n as i32).to_be_bytes());
+        b.extend_from_slice(&records);
+        let len = (b.len() - LOG_OVERHEAD) as i32;
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        let crc = crc32c(&b[ATTRIBUTES_AT..]);
+        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn crc32c_known_value() {
+        // RFC 3720 test vector: 32 bytes of zeros.
+        assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    #[test]
+    fn splits_and_checks_batches() {
+        let mut two = batch(3, 10);
+        two.extend_from_slice(&batch(1, 20));
+        let got = split(&two).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].offsets, 3);
+        assert_eq!(got[1].offsets, 1);
+        assert_eq!(got[1].start, got[0].len);
+        assert_eq!(got[1].max_timestamp, 20);
+    }
+
+    #[test]
+    fn placing_keeps_the_crc_valid() {
+        let mut b = batch(2, 0);
+        place(&mut b, 1234, 7);
+        assert_eq!(base_offset(&b), 1234);
+        assert!(split(&b).is_ok());
+    }
+
+    #[test]
+    fn refuses_bad_batches() {
+        let good = batch(2, 0);
+        let mut bad_crc = good.clone();
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 1;
+        assert!(split(&bad_crc).unwrap_err().contains("CRC"));
+        let mut magic = good.clone();
+        magic[MAGIC_AT] = 1;
+        assert!(split(&magic).unwrap_err().contains("magic"));
+        assert!(split(&good[..good.len() - 1]).is_err());
+        assert!(split(&[]).is_err());
+        let mut txn = good.clone();
+        txn[ATTRIBUTES_AT + 1] |= TRANSACTIONAL as u8;
+        let crc = crc32c(&txn[ATTRIBUTES_AT..]);
+        txn[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        assert!(split(&txn).unwrap_err().contains("transactional"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = split(&bytes);
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! berth-streams: the streams service. A stream is a namespace entry
+//! (`EntryKind::Stream`) holding topics; a topic has partitions; a
+//! partition is an ordered log of Kafka record batches (format v2, stored
+//! as the producer sent them, compression untouched, with the broker's base
+//! offset written in).
+//!
+//! Layout (all in the stream's volume, so in its namespace shard):
+//!
+//! ```text
+//! StreamState(vol, ino)                       StreamConfig (absent = defaults)
+//! StreamState(vol, ino) · str(topic)          TopicRecord
+//! StreamLog(vol, ino) · u64(topic id) · u64(partition)
+//!                                             PartState: next offset, log start
+//! StreamLog(vol, ino) · u64(topic id) · u64(partition) · u64(last offset)
+//!                                             one batch, keyed by its LAST offset
+//! ```
+//!
+//! Keying a batch by its last offset makes "the batch holding offset X" the
+//! first key at or after X: a forward scan, even when a fetch starts in the
+//! middle of a batch.
+//!
+//! Invariants:
+//! - An append is one conditional transaction: the batches and the
+//!   partition's new next offset commit together, conditional on the state
+//!   read, so offsets are contiguous and never reused; appends to one
+//!   partition on this node queue on a lock so they do not conflict.
+//! - Nothing is visible before it is durable: the high watermark is the
+//!   committed next offset (the transaction returns once applied on a
+//!   majority), so a consumer never reads what could still be lost.
+//! - Every call authorizes its principal: the ticket scope, the volume's
+//!   ACEs, then the stream's ACE for the right asked (produce, consume,
+//!   topic, admin; unset = the stream's owner only; administrators always).
+//!
+//! Not yet: retention by time and size and compaction (the settings are
+//! stored and reported, nothing is deleted), consumer groups, idempotent
+//! producers and transactions (their batches are refused).
+
+pub mod batch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_fs::access::{ace_allows, check_scope};
+use berth_fs::{EntryInfo, EntryKind, Namespace};
+use berth_meta::codec::{decode, encode};
+use berth_meta::map::VolumeRecord;
+use berth_meta::router::backoff;
+use berth_meta::router::TX_RETRIES_MAX;
+use berth_meta::{Code, Commit, Error, Tx};
+use berth_security::principal::Principal;
+use berth_security::scope::Access;
+use berth_store::keys::{prefix_end, Key, Kind};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// Retention when none is given: 7 days, as Kafka and MapR.
+pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Most partitions one topic may have.
+pub const PARTITIONS_MAX: u32 = 10_000;
+/// Longest topic name (Kafka's limit).
+pub const TOPIC_NAME_MAX: usize = 249;
+/// Most bytes one append may carry.
+pub const APPEND_BYTES_MAX: usize = 16 << 20;
+/// Batches read per fetch scan.
+const FETCH_BATCHES_MAX: usize = 1024;
+
+/// A stream's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamConfig {
+    /// Partitions of a topic created without a count.
+    pub default_partitions: u32,
+    /// Records older than this may go (-1: forever).
+    pub retention_ms: i64,
+    /// A partition may shrink to this many bytes (-1: no limit).
+    pub retention_bytes: i64,
+    /// Topics keep the last record per key instead of deleting by age.
+    pub compact: bool,
+    /// Topics are created on first use (Metadata, Produce).
+    pub autocreate: bool,
+    pub produce_ace: Option<String>,
+    pub consume_ace: Option<String>,
+    pub topic_ace: Option<String>,
+    pub admin_ace: Option<String>,
+    /// Id for the next topic.
+    pub next_topic: u64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            default_partitions: 1,
+            retention_ms: DEFAULT_RETENTION_MS,
+            retention_bytes: -1,
+            compact: false,
+            autocreate: true,
+            produce_ace: None,
+            consume_ace: None,
+            topic_ace: None,
+            admin_ace: None,
+            next_topic: 1,
+        }
+    }
+}
+
+/// One topic of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub id: u64,
+    /// Kafka's topic id.
+    pub uuid: [u8; 16],
+    pub partitions: u32,
+    pub created_ms: i64,
+}
+
+/// The offsets of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PartState {
+    /// Next offset to give (the log end; the high watermark).
+    pub next: i64,
+    /// First offset still stored.
+    pub log_start: i64,
+}
+
+/// What a principal wants of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    Produce,
+    Consume,
+    /// Create, delete and grow topics.
+    Topic,
+    /// Change the stream's settings, delete it.
+    Admin,
+}
+
+impl Right {
+    fn name(self) -> &'static str {
+        match self {
+            Right::Produce => "produce",
+            Right::Consume => "consume",
+            Right::Topic => "topic",
+            Right::Admin => "admin",
+        }
+    }
+}
+
+/// A stream found and authorized.
+#[derive(Debug, Clone)]
+pub struct StreamRef {
+    pub entry: EntryInfo,
+    pub vol: VolumeRecord,
+    pub config: StreamConfig,
+}
+
+/// Answer to an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub state: PartState,
+}
+
+/// The streams service.
+pub struct Streams {
+    ns: Arc<Namespace>,
+    /// Appends to one partition on this node queue here.
+    append_locks: parking_lot::Mutex<HashMap<PartKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The latest committed next offset per partition, for long polls.
+    ends: parking_lot::Mutex<HashMap<PartKey, watch::Sender<i64>>>,
+}
+
+/// Identifies a partition on this node: volume, stream inode, topic id,
+/// partition.
+type PartKey = (u64, u64, u64, u32);
+
+fn config_key(vol: u64, ino: u64) -> Vec<u8> {
+    Key::new(vol, Kind::StreamState, ino).build()
+}
+fn topic_key(vol: u64, ino: u64, topic: &str) -> Vec<u8> {
+    Key::new(vol, Kind::StreamState, ino).str(topic).build()
+}
+fn part_key(vol: u64, ino: u64, topic: u64, part: u32) -> Vec<u8> {
+    Key::new(vol, Kind::StreamLog, ino)
+        .u64(topic)
+        .u64(part as u64)
+        .build()
+}
+fn batch_key(vol: u64, ino: u64, topic: u64, part: u32, last: i64) -> Vec<u8> {
+    Key::new(vol, Kind::StreamLog, ino)
+        .u64(topic)
+        .u64(part as u64)
+        .u64(last as u64)
+        .build()
+}
+
+/// Checks a topic name: 1–249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`
+/// (Kafka's rule).
+pub fn valid_topic_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > TOPIC_NAME_MAX || name == "." || name == ".." {
+        return Err(Error::invalid(format!(
+            "topic name {name:?}: 1 to {TOPIC_NAME_MAX} characters, not . or .."
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(Error::invalid(format!(
+            "topic name {name:?}: {c:?} is not allowed (letters, digits, '.', '_', '-')"
+        )));
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    berth_fs::namespace::now_ns() / 1_000_000
+}
+
+impl Streams {
+    pub fn new(ns: Arc<Namespace>) -> Arc<Streams> {
+        Arc::new(Streams {
+            ns,
+            append_locks: parking_lot::Mutex::new(HashMap::new()),
+            ends: parking_lot::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Authenticates a ticket.
+    pub fn authenticate(&self, ticket: &str) -> Result<Principal, Error> {
+        self.ns.meta().authenticate(ticket)
+    }
+
+    /// Authenticates a user's password.
+    pub async fn login(&self, user: &str, password: &str) -> Result<Principal, Error> {
+        let (ticket, _) = self.ns.meta().login(user, password, 3600).await?;
+        self.ns.meta().authenticate(&ticket)
+    }
+
+    /// Creates a stream entry at `path` with `config`.
+    pub async fn create_stream(
+        &self,
+        p: &Principal,
+        path: &str,
+        config: StreamConfig,
+    ) -> Result<StreamRef, Error> {
+        check_config(&config)?;
+        let entry = self
+            .ns
+            .create(p, path, EntryKind::Stream, 0o644, true)
+            .await?;
+        let vol = self.volume(entry.volume_id)?;
+        // The entry exists from here; a stream without a stored config has
+        // the defaults, so only a non-default config needs a second write.
+        if config != StreamConfig::default() {
+            let mut tx = self.ns.meta().router().begin(vol.shard_id).await?;
+            tx.put(config_key(vol.id, entry.ino), encode(&config));
+            tx.commit().await?;
+        }
+        Ok(StreamRef { entry, vol, config })
+    }
+
+    /// The stream at `path`, if `p` has `right` on it.
+    pub async fn stream(
+        &self,
+        p: &Principal,
+        path: &str,
+        right: Right,
+    ) -> Result<StreamRef, Error> {
+        let s = self.lookup(p, path).await?;
+        authorize(p, &s, right)?;
+        Ok(s)
+    }
+
+    /// The stream at `path` (every directory on the way searchable by `p`);
+    /// the caller authorizes what it does with it ([`authorize`]; the calls
+    /// below that read or write a partition do so themselves).
+    pub async fn lookup(&self, p: &Principal, path: &str) -> Result<StreamRef, Error> {
+        let entry = self.ns.stat_following(p, path).await?;
+        if entry.inode.kind != EntryKind::Stream {
+            return Err(Error::invalid(format!(
+                "{} is a {}, not a stream",
+                entry.path,
+                entry.inode.kind.name()
+            )));
+        }
+        let vol = self.volume(entry.volume_id)?;
+        let tx = self.ns.meta().router().begin(vol.shard_id).await?;
+        let config = match tx.peek(&config_key(vol.id, entry.ino))? {
+            Some(b) => decode(&b, "stream config")?,
+            None => StreamConfig::default(),
+        };
+        Ok(StreamRef { entry, vol, config })
+    }
+
+    /// Removes a stream with its topics and logs (admin right, and the
+    /// right to change its directory).
+    pub async fn delete_stream(&self, p: &Principal, path: &str) -> Result<(), Error> {
+        self.stream(p, path, Right::Admin).await?;
+        self.ns.remove(p, path, false).await
+    }
+
+    /// Changes a stream's settings (admin right).
+    pub async fn configure(
+        &self,
+        p: &Principal,
+        path: &str,
+        change: impl Fn(&mut StreamConfig),
+    ) -> Result<StreamConfig, Error> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let s = self.stream(p, path, Right::Admin).await?;
+            let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
+            let key = config_key(s.vol.id, s.entry.ino);
+            let mut config = read_config(&mut tx, &key)?;
+            change(&mut config);
+            check_config(&config)?;
+            tx.put(key, encode(&config));
+            if let Commit::Done(_) = tx.commit().await? {
+                return Ok(config);
+            }
+        }
+        Err(berth_meta::router::too_much_contention(path))
+    }
+
+    /// Every topic of a stream (consume or topic right).
+    pub async fn topics(
+        &self,
+        p: &Principal,
+        s: &StreamRef,
+    ) -> Result<Vec<(String, TopicRecord)>, Error> {
+        if authorize(p, s, Right::Consume).is_err() {
+            authorize(p, s, Right::Topic)?;
+        }
+        let tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
+        let start = topic_key(s.vol.id, s.entry.ino, "");
+        let end = prefix_end(&config_key(s.vol.id, s.entry.ino));
+        let mut out = Vec::new();
+        for (k, v) in tx.peek_range(&start, &end, usize::MAX)? {
+            let decoded = berth_store::keys::decode(&k)
+                .map_err(|e| Error::corrupt(format!("topic key: {e}")))?;
+            if let Some(berth_store::keys::Component::Str(name)) = decoded.components.first() {
+                out.push((name.clone(), decode(&v, "topic")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A topic; `None` when it does not exist.
+    pub async fn topic(&self, s: &StreamRef, name: &str) -> Result<Option<TopicRecord>, Error> {
+        let tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
+        tx.peek(&topic_key(s.vol.id, s.entry.ino, name))?
+            .map(|b| decode(&b, "topic"))
+            .transpose()
+    }
+
+    /// Creates a topic (topic right); `partitions` 0 = the stream's default.
+    pub async fn create_topic(
+        &self,
+        p: &Principal,
+        s: &StreamRef,
+        name: &str,
+        partitions: u32,
+    ) -> Result<TopicRecord, Error> {
+        authorize(p, s, Right::Topic)?;
+        valid_topic_name(name)?;
+        let partitions = if partitions == 0 {
+            s.config.default_partitions
+        } else {
+            partitions
+        };
+        if partitions == 0 || partitions > PARTITIONS_MAX {
+            return Err(Error::invalid(format!(
+                "partitions: 1 to {PARTITIONS_MAX}, not {partitions}"
+            )));
+        }
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
+            let tkey = topic_key(s.vol.id, s.entry.ino, name);
+            if tx.get(&tkey)?.is_some() {
+                return Err(Error::exists(format!("topic {name} in {}", s.entry.path)));
+            }
+            let ckey = config_key(s.vol.id, s.entry.ino);
+            let mut config = read_config(&mut tx, &ckey)?;
+            let id = config.next_topic;
+            config.next_topic += 1;
+            let t = TopicRecord {
+                id,
+                uuid: rand::random(),
+                partitions,
+                created_ms: now_ms(),
+            };
+            // Clear what a deleted topic with this id could have left (ids
+            // are never reused, so this is only belt and braces).
+            let (start, end) = topic_log_range(s, id);
+            tx.delete_range(start, end);
+            tx.put(ckey, encode(&config));
+            tx.put(tkey, encode(&t));
+            if let Commit::Done(_) = tx.commit().await? {
+                return Ok(t);
+            }
+        }
+        Err(berth_meta::router::too_much_contention(name))
+    }
+
+    /// The topic, created first when missing and the stream auto-creates
+    /// (with the topic right).
+    pub async fn topic_or_create(
+        &self,
+        p: &Principal,
+        s: &StreamRef,
+        name: &str,
+        create: bool,
+    ) -> Result<TopicRecord, Error> {
+        if let Some(t) = self.topic(s, name).await? {
+            return Ok(t);
+        }
+        if !create || !s.config.autocreate {
+            return Err(Error::not_found(format!(
+                "topic {name} in {}",
+                s.entry.path
+            )));
+        }
+        match self.create_topic(p, s, name, 0).await {
+            Err(e) if e.code == Code::Exists => self
+                .topic(s, name)
+                .await?
+                .ok_or_else(|| Error::not_found(name)),
+            r => r,
+        }
+    }
+
+    /// Deletes a topic and its partition logs (topic right).
+    pub async fn delete_topic(
+        &self,
+        p: &Principal,
+        s: &StreamRef,
+        name: &str,
+    ) -> Result<(), Error> {
+        authorize(p, s, Right::Topic)?;
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
+            let tkey = topic_key(s.vol.id, s.entry.ino, name);
+            let t: TopicRecord = match tx.get(&tkey)? {
+                Some(b) => decode(&b, "topic")?,
+                None => {
+                    return Err(Error::not_found(format!(
+                        "topic {name} in {}",
+                        s.entry.path
+                    )))
+                }
+            };
+            let (start, end) = topic_log_range(s, t.id);
+            tx.delete_range(start, end);
+            tx.delete(tkey);
+            if let Commit::Done(_) = tx.commit().await? {
+                let mut ends = self.ends.lock();
+                ends.retain(|k, _| !(k.0 == s.vol.id && k.1 == s.entry.ino && k.2 == t.id));
+                return Ok(());
+            }
+        }
+        Err(berth_meta::router::too_much_contention(name))
+    }
+
+    /// Grows a topic to `count` partitions (topic right).
+    pub async fn add_partitions(
+        &self,
+        p: &Principal,
+        s: &StreamRef,
+        name: &str,
+        count: u32,
+    ) -> Result<TopicRecord, Error> {
+        authorize(p, s, Right::Topic)?;
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
+            let tkey = topic_key(s.vol.id, s.entry.ino, name);
+            let mut t: TopicRecord = match tx.get(&tkey)? {
+                Some(b) => decode(&b, "topic")?,
+                None => {
+                    return Err(Error::not_found(format!(
+                        "topic {name} in {}",
+                        s.entry.path
+                    )))
+                }
+            };
+            if count <= t.partitions || count > PARTITIONS_MAX {
+                return Err(Error::invalid(format!(
+                    "topic {name} has {} partitions: the new count must be larger and at most {PARTITIONS_MAX}, not {count}",
+                    t.partitions
+                )));
+            }
+            t.partitions = count;
+            tx.put(tkey, encode(&t));
+            if let Commit::Done(_) = tx.commit().await? {
+                return Ok(t);
+            }
+        }
+        Err(berth_meta::router::too_much_contention(name))
+    }
+
+    /// Appends a produce request's batches to a partition (produce right);
+    /// returns once they are durable and applied.
+    pub async fn append(
+        &self,
+        p: &Principal,
+        s: &StreamRef,
+        name: &str,
+        t: &TopicRecord,
+        part: u32,
+        records: Bytes,
+    ) -> Result<Appended, Error> {
+        authorize(p, s, Right::Produce)?;
+        check_partition(t, part)?;
+        if records.len() > APPEND_BYTES_MAX {
+            return Err(Error::new(
+                Code::TooBig,
+                format!(
+                    "{} bytes in one append; at most {APPEND_BYTES_MAX}",
+                    records.len()
+                ),
+            ));
+        }
+        let batches = batch::split(&records).map_err(|e| Error::new(Code::BadMessage, e))?;
+        if let Some(b) = batches.iter().find(|b| b.producer_id >= 0) {
+            return Err(Error::invalid(format!(
+                "batch with producer id {}: idempotent producers are not supported yet (set enable.idempotence=false)",
+                b.producer_id
+            )));
+        }
+        let pk: PartKey = (s.vol.id, s.entry.ino, t.id, part);
+        let lock = self.append_locks.lock().entry(pk).or_default().clone();
+        let _queued = lock.lock().await;
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
+            // The topic must still be the one asked for (not deleted, or
+            // deleted and created again, meanwhile).
+            let live: Option<TopicRecord> = tx
+                .get(&topic_key(s.vol.id, s.entry.ino, name))?
+                .map(|b| decode(&b, "topic"))
+                .transpose()?;
+            match live {
+                Some(l) if l.id == t.id && part < l.partitions => {}
+                _ => {
+                    return Err(Error::not_found(format!(
+                        "topic {name} in {}",
+                        s.entry.path
+                    )))
+                }
+            }
+            let skey = part_key(s.vol.id, s.entry.ino, t.id, part);
+            let state: PartState = match tx.get(&skey)? {
+                Some(b) => decode(&b, "partition state")?,
+                None => PartState::default(),
+            };
+            let mut next = state.next;
+            for b in &batches {
+                let mut bytes = records[b.start..b.start + b.len].to_vec();
+                batch::place(&mut bytes, next, 0);
+                let last = next + b.offsets as i64 - 1;
+                tx.put(batch_key(s.vol.id, s.entry.ino, t.id, part, last), bytes);
+                next = last + 1;
+            }
+            let new = PartState {
+                next,
+                log_start: state.log_start,
+            };
+            tx.put(skey, encode(&new));
+            if let Commit::Done(_) = tx.commit().await? {
+                self.advanced(pk, new.next);
+                return Ok(Appended {
+                    base_offset: state.next,
+                    state: new,
+                });
+            }
+        }
+        Err(berth_meta::router::too_much_contention(&s.entry.path))
+    }
+
+    /// Batches from `offset` on, about `max_bytes` of them (at least one
+    /// whole batch when any), with the partition's offsets (consume right).
+    pub async fn read(
+        &self,
+        p: &Principal,
+        s: &StreamRef,
+        t: &TopicRecord,
+        part: u32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<(PartState, Vec<Bytes>), Error> {
+        authorize(p, s, Right::Consume)?;
+        check_partition(t, part)?;
+        let tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
+        let state = read_state(&tx, s, t, part)?;
+        if offset < state.log_start || offset > state.next {
+            return Err(Error::new(
+                Code::Range,
+                format!(
+                    "offset {offset} is outside the log [{}, {}]",
+                    state.log_start, state.next
+                ),
+            ));
+        }
+        let mut out = Vec::new();
+        if offset == state.next {
+            return Ok((state, out));
+        }
+        let start = batch_key(s.vol.id, s.entry.ino, t.id, part, offset);
+        let end = prefix_end(&part_key(s.vol.id, s.entry.ino, t.id, part));
+        let mut bytes = 0usize;
+        for (_, v) in tx.peek_range(&start, &end, FETCH_BATCHES_MAX)? {
+            if !out.is_empty() && bytes + v.len() > max_bytes {
+                break;
+            }
+            bytes += v.len();
+            out.push(Bytes::from(v));
+        }
+        Ok((state, out))
+    }
+
+    /// The partition's offsets (consume right).
+    pub async fn offsets(
+        &self,
+        p: &Principal,
+        s: &StreamRef,
+        t: &TopicRecord,
+        part: u32,
+    ) -> Result<PartState, Error> {
+        authorize(p, s, Right::Consume)?;
+        check_partition(t, part)?;
+        let tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
+        read_state(&tx, s, t, part)
+    }
+
+    /// The first offset whose batch holds a timestamp >= `ts` (batch
+    /// resolution: the base offset of the first batch whose max timestamp
+    /// is >= `ts`); the log end when none.
+    pub async fn offset_for_time(
+        &self,
+        p: &Principal,
+        s: &StreamRef,
+        t: &TopicRecord,
+        part: u32,
+        ts: i64,
+    ) -> Result<i64, Error> {
+        authorize(p, s, Right::Consume)?;
+        check_partition(t, part)?;
+        let tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
+        let state = read_state(&tx, s, t, part)?;
+        let mut from = batch_key(s.vol.id, s.entry.ino, t.id, part, state.log_start);
+        let end = prefix_end(&part_key(s.vol.id, s.entry.ino, t.id, part));
+        loop {
+            let page = tx.peek_range(&from, &end, FETCH_BATCHES_MAX)?;
+            let Some((last_key, _)) = page.last() else {
+                return Ok(state.next);
+            };
+            for (_, v) in &page {
+                if batch::max_timestamp(v) >= ts {
+                    return Ok(batch::base_offset(v));
+                }
+            }
+            let mut next = last_key.clone();
+            next.push(0);
+            from = next;
+        }
+    }
+
+    /// Resolves when the partition's end passes `offset`, or after
+    /// `max_wait`. Only appends through this node wake it early (the
+    /// partition's shard is led here).
+    pub async fn wait(
+        &self,
+        s: &StreamRef,
+        t: &TopicRecord,
+        part: u32,
+        offset: i64,
+        max_wait: Duration,
+    ) {
+        let pk: PartKey = (s.vol.id, s.entry.ino, t.id, part);
+        let mut rx = {
+            let mut ends = self.ends.lock();
+            ends.entry(pk)
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe()
+        };
+        // Subscribed first, then read: an append that lands in between is
+        // seen by one or the other.
+        let now = match self.ns.meta().router().begin(s.vol.shard_id).await {
+            Ok(tx) => read_state(&tx, s, t, part).map(|st| st.next).unwrap_or(0),
+            Err(_) => 0,
+        };
+        if now > offset {
+            return;
+        }
+        let _ = tokio::time::timeout(max_wait, rx.wait_for(|end| *end > offset)).await;
+    }
+
+    fn advanced(&self, pk: PartKey, next: i64) {
+        let ends = self.ends.lock();
+        if let Some(tx) = ends.get(&pk) {
+            tx.send_if_modified(|end| {
+                let moved = next > *end;
+                if moved {
+                    *end = next;
+                }
+                moved
+            });
+        }
+    }
+
+    fn volume(&self, id: u64) -> Result<VolumeRecord, Error> {
+        self.ns.meta().map().volume(id).cloned().ok_or_else(|| {
+            Error::new(
+                Code::Again,
+                format!("volume {id} is not in the cluster map yet; retry"),
+            )
+        })
+    }
+}
+
+fn topic_log_range(s: &StreamRef, topic: u64) -> (Vec<u8>, Vec<u8>) {
+    let start = Key::new(s.vol.id, Kind::StreamLog, s.entry.ino)
+        .u64(topic)
+        .build();
+    let end = prefix_end(&start);
+    (start, end)
+}
+
+fn read_config(tx: &mut Tx, key: &[u8]) -> Result<StreamConfig, Error> {
+    Ok(match tx.get(key)? {
+        Some(b) => decode(&b, "stream config")?,
+        None => StreamConfig::default(),
+    })
+}
+
+fn read_state(tx: &Tx, s: &StreamRef, t: &TopicRecord, part: u32) -> Result<PartState, Error> {
+    Ok(
+        match tx.peek(&part_key(s.vol.id, s.entry.ino, t.id, part))? {
+            Some(b) => decode(&b, "partition state")?,
+            None => PartState::default(),
+        },
+    )
+}
+
+fn check_partition(t: &TopicRecord, part: u32) -> Result<(), Error> {
+    if part < t.partitions {
+        Ok(())
+    } else {
+        Err(Error::not_found(format!(
+            "partition {part} (the topic has {})",
+            t.partitions
+        )))
+    }
+}
+
+fn check_config(c: &StreamConfig) -> Result<(), Error> {
+    if c.retention_ms < -1 || c.retention_bytes < -1 {
+        return Err(Error::invalid(
+            "retention: -1 (no limit) or a positive amount",
+        ));
+    }
+    if c.default_partitions == 0 || c.default_partitions > PARTITIONS_MAX {
+        return Err(Error::invalid(format!(
+            "partitions: 1 to {PARTITIONS_MAX}, not {}",
+            c.default_partitions
+        )));
+    }
+    for (what, ace) in [
+        ("produce", &c.produce_ace),
+        ("consume", &c.consume_ace),
+        ("topic", &c.topic_ace),
+        ("admin", &c.admin_ace),
+    ] {
+        if let Some(a) = ace {
+            berth_fs::access::validate_ace(what, a)?;
+        }
+    }
+    Ok(())
+}
+
+/// Ticket scope, volume ACE, then the stream's ACE for `right` (unset: the
+/// stream's owner); administrators pass the last two.
+pub fn authorize(p: &Principal, s: &StreamRef, right: Right) -> Result<(), Error> {
+    let path = &s.entry.path;
+    let access = match right {
+        Right::Consume => Access::Read,
+        Right::Produce | Right::Topic => Access::Write,
+        Right::Admin => Access::Admin,
+    };
+    check_scope(p, path, access)?;
+    if p.is_admin() {
+        return Ok(());
+    }
+    let vol_ace = match right {
+        Right::Consume => s.vol.read_ace.as_deref(),
+        _ => s.vol.write_ace.as_deref(),
+    };
+    if let Some(expr) = vol_ace {
+        if !ace_allows(expr, p) {
+            return Err(Error::access(format!(
+                "permission denied: volume {} ACE does not allow {} to {}",
+                s.vol.path,
+                p.name,
+                right.name()
+            )));
+        }
+    }
+    let ace = match right {
+        Right::Produce => s.config.produce_ace.as_deref(),
+        Right::Consume => s.config.consume_ace.as_deref(),
+        Right::Topic => s.config.topic_ace.as_deref(),
+        Right::Admin => s.config.admin_ace.as_deref(),
+    };
+    let allowed = match ace {
+        Some(expr) => ace_allows(expr, p),
+        None => p.uid == s.entry.inode.uid,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Error::access(format!(
+            "permission denied: the {} ACE of stream {path} does not allow {}",
+            right.name(),
+            p.name
+        )))
+    }
+}

@@ -1,0 +1,385 @@
+//! The streams service against a real single-node kernel (store, multi-raft
+//! loop, meta shard) in a temp dir: offsets, reads, topics, rights.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_fs::Namespace;
+use berth_meta::map::{NodeRecord, ShardRecord, META_SHARD};
+use berth_meta::{Bootstrap, Code, Meta, Router};
+use berth_raft::{NodeId, RaftNode, Transport};
+use berth_security::principal::Principal;
+use berth_store::Store;
+use berth_streams::{batch, Right, StreamConfig, Streams};
+use bytes::Bytes;
+
+struct NullTransport;
+impl Transport for NullTransport {
+    fn send(&self, _to: NodeId, _msgs: Vec<raft::eraftpb::Message>) {}
+}
+
+struct Kernel {
+    _dir: tempfile::TempDir,
+    meta: Arc<Meta>,
+    streams: Arc<Streams>,
+    admin: Principal,
+}
+
+async fn wait_leader(raft: &RaftNode, shard: u64) {
+    for _ in 0..2000 {
+        if raft.leader(shard).is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("shard {shard} elected no leader");
+}
+
+async fn kernel() -> Kernel {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let mut cfg = berth_raft::Config::new(1);
+    cfg.tick_interval = Duration::from_millis(10);
+    let raft = RaftNode::start(store, cfg, Arc::new(NullTransport)).unwrap();
+    raft.create_shard(ShardRecord::meta(vec![1]).desc())
+        .unwrap();
+    wait_leader(&raft, META_SHARD).await;
+    let meta = Meta::new(Arc::new(Router::new(raft.clone(), 1)));
+    meta.bootstrap(&Bootstrap {
+        cluster_name: "test".into(),
+        cluster_id: "t".into(),
+        node: NodeRecord {
+            id: 1,
+            native_addr: "127.0.0.1:1".into(),
+            admin_addr: "127.0.0.1:2".into(),
+            advertise: vec![],
+            started_at: 0,
+        },
+        now_secs: 0,
+        now_ns: 0,
+    })
+    .await
+    .unwrap();
+    meta.refresh().await.unwrap();
+    wait_leader(&raft, berth_meta::map::ROOT_SHARD).await;
+    let ns = Namespace::new(meta.clone());
+    ns.reconcile().await.unwrap();
+    let (t, _) = meta.sign_for("admin", None, 3600).unwrap();
+    let admin = meta.authenticate(&t).unwrap();
+    Kernel {
+        _dir: dir,
+        meta,
+        streams: Streams::new(ns),
+        admin,
+    }
+}
+
+impl Kernel {
+    async fn user(&self, name: &str) -> Principal {
+        self.meta
+            .user_add(&self.admin, name, Some("pw"), None, vec![], false)
+            .await
+            .unwrap();
+        let (t, _) = self.meta.sign_for(name, None, 3600).unwrap();
+        self.meta.authenticate(&t).unwrap()
+    }
+}
+
+/// A record batch v2 of `n` empty records with max timestamp `ts`.
+fn batch_of(n: u32, ts: i64) -> Vec<u8> {
+    let mut records = Vec::new();
+    for i in 0..n {
+        let body = [0u8, 0, (i as u8) << 1, 1, 1, 0];
+        records.push((body.len() as u8) << 1);
+        records.extend_from_slice(&body);
+    }
+    let mut b = Vec::new();
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.push(2);
+    b.extend_from_slice(&0u32.to_be_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(n as i32 - 1).to_be_bytes());
+    b.extend_from_slice(&ts.to_be_bytes());
+    b.extend_from_slice(&ts.to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes());
+    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&(n as i32).to_be_bytes());
+    b.extend_from_slice(&records);
+    let len = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = batch::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+#[tokio::test]
+async fn appends_get_contiguous_offsets_and_read_back_from_any_offset() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let s = k
+        .streams
+        .create_stream(a, "/s", StreamConfig::default())
+        .await
+        .unwrap();
+    let t = k.streams.create_topic(a, &s, "t", 2).await.unwrap();
+    assert_eq!(t.partitions, 2);
+    let mut bases = Vec::new();
+    for (n, ts) in [(3, 100), (1, 200), (5, 300)] {
+        let r = k
+            .streams
+            .append(a, &s, "t", &t, 1, Bytes::from(batch_of(n, ts)))
+            .await
+            .unwrap();
+        bases.push(r.base_offset);
+    }
+    assert_eq!(bases, [0, 3, 4]);
+    let o = k.streams.offsets(a, &s, &t, 1).await.unwrap();
+    assert_eq!((o.log_start, o.next), (0, 9));
+    // Partition 0 is untouched.
+    assert_eq!(k.streams.offsets(a, &s, &t, 0).await.unwrap().next, 0);
+    // From the middle of the first batch: that whole batch first.
+    let (_, got) = k.streams.read(a, &s, &t, 1, 1, 1 << 20).await.unwrap();
+    let got: Vec<i64> = got.iter().map(|b| batch::base_offset(b)).collect();
+    assert_eq!(got, [0, 3, 4]);
+    let (_, got) = k.streams.read(a, &s, &t, 1, 4, 1 << 20).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(batch::base_offset(&got[0]), 4);
+    assert!(
+        batch::split(&got[0]).is_ok(),
+        "stored batches keep a valid CRC"
+    );
+    // At the end: nothing; past it: out of range.
+    let (_, got) = k.streams.read(a, &s, &t, 1, 9, 1 << 20).await.unwrap();
+    assert!(got.is_empty());
+    let e = k.streams.read(a, &s, &t, 1, 10, 1 << 20).await.unwrap_err();
+    assert_eq!(e.code, Code::Range);
+    // A small max_bytes still returns one whole batch.
+    let (_, got) = k.streams.read(a, &s, &t, 1, 0, 1).await.unwrap();
+    assert_eq!(got.len(), 1);
+    // By time: the first batch whose max timestamp reaches it.
+    assert_eq!(
+        k.streams.offset_for_time(a, &s, &t, 1, 150).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        k.streams.offset_for_time(a, &s, &t, 1, 301).await.unwrap(),
+        9
+    );
+    // No such partition.
+    let e = k
+        .streams
+        .append(a, &s, "t", &t, 2, Bytes::from(batch_of(1, 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::NotFound);
+}
+
+#[tokio::test]
+async fn bad_batches_are_refused_and_nothing_is_written() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let s = k
+        .streams
+        .create_stream(a, "/s", StreamConfig::default())
+        .await
+        .unwrap();
+    let t = k.streams.create_topic(a, &s, "t", 1).await.unwrap();
+    let mut bad = batch_of(2, 0);
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    let e = k
+        .streams
+        .append(a, &s, "t", &t, 0, Bytes::from(bad))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::BadMessage);
+    assert_eq!(k.streams.offsets(a, &s, &t, 0).await.unwrap().next, 0);
+}
+
+#[tokio::test]
+async fn topics_are_created_grown_and_deleted_with_their_logs() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let s = k
+        .streams
+        .create_stream(
+            a,
+            "/s",
+            StreamConfig {
+                default_partitions: 3,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let t = k
+        .streams
+        .topic_or_create(a, &s, "auto", true)
+        .await
+        .unwrap();
+    assert_eq!(t.partitions, 3);
+    assert_eq!(
+        k.streams
+            .create_topic(a, &s, "auto", 1)
+            .await
+            .unwrap_err()
+            .code,
+        Code::Exists
+    );
+    assert_eq!(
+        k.streams
+            .create_topic(a, &s, "bad/name", 1)
+            .await
+            .unwrap_err()
+            .code,
+        Code::Invalid
+    );
+    k.streams
+        .append(a, &s, "auto", &t, 0, Bytes::from(batch_of(2, 0)))
+        .await
+        .unwrap();
+    let grown = k.streams.add_partitions(a, &s, "auto", 5).await.unwrap();
+    assert_eq!(grown.partitions, 5);
+    assert!(k.streams.add_partitions(a, &s, "auto", 4).await.is_err());
+    k.streams.delete_topic(a, &s, "auto").await.unwrap();
+    assert!(k.streams.topic(&s, "auto").await.unwrap().is_none());
+    // The old record is stale: appending with it fails, nothing is written.
+    let e = k
+        .streams
+        .append(a, &s, "auto", &t, 0, Bytes::from(batch_of(1, 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::NotFound);
+    // A new topic of the same name starts empty.
+    let t2 = k.streams.create_topic(a, &s, "auto", 1).await.unwrap();
+    assert_ne!(t2.id, t.id);
+    assert_eq!(k.streams.offsets(a, &s, &t2, 0).await.unwrap().next, 0);
+    let names: Vec<String> = k
+        .streams
+        .topics(a, &s)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["auto"]);
+    // Autocreate off: a missing topic stays missing.
+    k.streams
+        .configure(a, "/s", |c| c.autocreate = false)
+        .await
+        .unwrap();
+    let s = k.streams.stream(a, "/s", Right::Admin).await.unwrap();
+    let e = k
+        .streams
+        .topic_or_create(a, &s, "other", true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::NotFound);
+    // Deleting the stream takes its data along.
+    k.streams.delete_stream(a, "/s").await.unwrap();
+    let again = k
+        .streams
+        .create_stream(a, "/s", StreamConfig::default())
+        .await
+        .unwrap();
+    assert!(k.streams.topics(a, &again).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn rights_come_from_the_stream_aces() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let bob = k.user("bob").await;
+    let s = k
+        .streams
+        .create_stream(a, "/s", StreamConfig::default())
+        .await
+        .unwrap();
+    let t = k.streams.create_topic(a, &s, "t", 1).await.unwrap();
+    // Unset ACEs: the owner (admin) only.
+    let e = k
+        .streams
+        .append(&bob, &s, "t", &t, 0, Bytes::from(batch_of(1, 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::Access);
+    assert_eq!(
+        k.streams
+            .read(&bob, &s, &t, 0, 0, 100)
+            .await
+            .unwrap_err()
+            .code,
+        Code::Access
+    );
+    assert_eq!(
+        k.streams
+            .create_topic(&bob, &s, "b", 1)
+            .await
+            .unwrap_err()
+            .code,
+        Code::Access
+    );
+    assert_eq!(
+        k.streams
+            .configure(&bob, "/s", |c| c.autocreate = false)
+            .await
+            .unwrap_err()
+            .code,
+        Code::Access
+    );
+    k.streams
+        .configure(a, "/s", |c| {
+            c.produce_ace = Some("u:bob".into());
+            c.consume_ace = Some("u:bob".into());
+        })
+        .await
+        .unwrap();
+    let s = k.streams.lookup(&bob, "/s").await.unwrap();
+    k.streams
+        .append(&bob, &s, "t", &t, 0, Bytes::from(batch_of(1, 0)))
+        .await
+        .unwrap();
+    let (_, got) = k.streams.read(&bob, &s, &t, 0, 0, 100).await.unwrap();
+    assert_eq!(got.len(), 1);
+    // Still no topic right.
+    assert_eq!(
+        k.streams
+            .create_topic(&bob, &s, "b", 1)
+            .await
+            .unwrap_err()
+            .code,
+        Code::Access
+    );
+}
+
+#[tokio::test]
+async fn a_long_poll_wakes_on_append() {
+    let k = kernel().await;
+    let a = k.admin.clone();
+    let s = k
+        .streams
+        .create_stream(&a, "/s", StreamConfig::default())
+        .await
+        .unwrap();
+    let t = k.streams.create_topic(&a, &s, "t", 1).await.unwrap();
+    let streams = k.streams.clone();
+    let (s2, t2) = (s.clone(), t.clone());
+    let waiter = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        streams.wait(&s2, &t2, 0, 0, Duration::from_secs(30)).await;
+        start.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    k.streams
+        .append(&a, &s, "t", &t, 0, Bytes::from(batch_of(1, 0)))
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the long poll woke")
+        .unwrap();
+    assert!(waited < Duration::from_secs(10));
+}
