@@ -1,7 +1,9 @@
 //! Which requests the gateway serves, in which versions: the one table that
-//! ApiVersions advertises and the dispatcher checks. Adding an API (the
-//! consumer-group family, InitProducerId) is a row here plus an arm in
-//! `conn::Conn::dispatch`.
+//! ApiVersions advertises and the dispatcher checks. Adding an API is a row
+//! here, an arm in `conn::Conn::dispatch` and its schema in `guard` (when
+//! it has arrays). Versions stop where Kafka starts addressing topics by
+//! id, or where a version only adds what the gateway does not offer
+//! (KIP-848 member epochs, share groups, two-phase-commit transactions).
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -31,10 +33,24 @@ pub const SUPPORTED: &[Supported] = &[
     row(ApiKey::Fetch, 4, 12),
     row(ApiKey::ListOffsets, 1, 7),
     row(ApiKey::Metadata, 0, 12),
+    // kafka-protocol decodes OffsetCommit v2+ and OffsetFetch v1+; v9 is
+    // KIP-848's, v10 names topics by id.
+    row(ApiKey::OffsetCommit, 2, 8),
+    row(ApiKey::OffsetFetch, 1, 8),
+    // v5+: transaction errors and share groups.
+    row(ApiKey::FindCoordinator, 0, 4),
+    row(ApiKey::JoinGroup, 0, 9),
+    row(ApiKey::Heartbeat, 0, 4),
+    row(ApiKey::LeaveGroup, 0, 5),
+    row(ApiKey::SyncGroup, 0, 5),
+    row(ApiKey::DescribeGroups, 0, 5),
+    row(ApiKey::ListGroups, 0, 4),
     row(ApiKey::SaslHandshake, 0, 1),
     row(ApiKey::ApiVersions, 0, 3),
     row(ApiKey::CreateTopics, 2, 7),
     row(ApiKey::DeleteTopics, 1, 5),
+    // Idempotent producers only; v5+ is for transactions.
+    row(ApiKey::InitProducerId, 0, 4),
     // kafka-protocol decodes DescribeConfigs v1+ only.
     row(ApiKey::DescribeConfigs, 1, 4),
     row(ApiKey::SaslAuthenticate, 0, 2),
@@ -94,9 +110,12 @@ mod tests {
     fn exactly_these_apis() {
         let mut keys: Vec<i16> = SUPPORTED.iter().map(|s| s.key as i16).collect();
         keys.sort_unstable();
-        assert_eq!(keys, [0, 1, 2, 3, 17, 18, 19, 20, 32, 36, 37]);
-        // Consumer groups and InitProducerId come later: not advertised yet.
-        for k in [10, 11, 12, 13, 14, 8, 9, 15, 16, 22] {
+        assert_eq!(
+            keys,
+            [0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 32, 36, 37]
+        );
+        // Transactions are not offered.
+        for k in [24, 25, 26, 28] {
             assert!(!keys.contains(&k), "{k}");
         }
     }
@@ -106,7 +125,10 @@ mod tests {
         assert!(!served(ApiKey::Produce, 2), "advertised but not decodable");
         assert!(served(ApiKey::Produce, 3));
         assert!(!served(ApiKey::Fetch, 13), "decodable but not advertised");
-        assert!(!served(ApiKey::JoinGroup, 0));
+        assert!(served(ApiKey::JoinGroup, 0));
+        assert!(!served(ApiKey::OffsetCommit, 1), "advertised from v2 only");
+        assert!(!served(ApiKey::OffsetCommit, 9));
+        assert!(!served(ApiKey::OffsetFetch, 9));
         assert!(!served(ApiKey::ApiVersions, 4));
     }
 }

@@ -62,6 +62,49 @@ pub struct Fetched {
     pub batches: Vec<Bytes>,
 }
 
+/// Where a consumer group lives: groups are named like topics. The group
+/// `/apps/events:billing` lives in stream `/apps/events`; a plain name
+/// `billing` in the principal's default stream. Joining it and committing
+/// or fetching its offsets need the consume right on that stream
+/// (GROUP_AUTHORIZATION_FAILED otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupRef {
+    pub stream: String,
+    pub group: String,
+}
+
+/// A committed offset of a group for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    /// The client's metadata string ("" when none).
+    pub metadata: String,
+}
+
+/// A producer id and epoch handed out by InitProducerId.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerId {
+    pub id: i64,
+    pub epoch: i16,
+}
+
+/// SCRAM mechanisms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScramMechanism {
+    Sha256,
+    Sha512,
+}
+
+/// What a server keeps of a password for SCRAM (RFC 5802): never the
+/// password itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScramCredential {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
 /// Which offset ListOffsets asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {
@@ -104,6 +147,13 @@ pub enum StreamError {
     /// MESSAGE_TOO_LARGE (10).
     #[error("too large: {0}")]
     TooLarge(String),
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER (45): an idempotent producer's batch
+    /// does not follow its previous one.
+    #[error("out of order sequence: {0}")]
+    OutOfOrderSequence(String),
+    /// INVALID_PRODUCER_EPOCH (47): a fenced (older) producer epoch.
+    #[error("invalid producer epoch: {0}")]
+    InvalidProducerEpoch(String),
     /// REQUEST_TIMED_OUT (7) / NOT_LEADER... retriable: the client should retry.
     #[error("temporarily unavailable: {0}")]
     Retriable(String),
@@ -214,6 +264,76 @@ pub trait Backend: Send + Sync + 'static {
         partition: i32,
         spec: OffsetSpec,
     ) -> impl Future<Output = Result<i64, StreamError>> + Send;
+
+    /// Resolves a group name (`/path/stream:group` or a plain name in the
+    /// default stream).
+    fn resolve_group(&self, p: &Self::Principal, name: &str) -> Result<GroupRef, StreamError>;
+
+    /// Whether `p` may use the group (join it, commit and fetch its
+    /// offsets): Err(GroupDenied) when not.
+    fn authorize_group(
+        &self,
+        p: &Self::Principal,
+        g: &GroupRef,
+    ) -> impl Future<Output = Result<(), StreamError>> + Send;
+
+    /// OffsetCommit for one partition: durable before it returns. Needs
+    /// the group (see [`Backend::authorize_group`]) and the consume right
+    /// on the topic.
+    fn commit_offset(
+        &self,
+        p: &Self::Principal,
+        g: &GroupRef,
+        t: &TopicRef,
+        partition: i32,
+        c: Committed,
+    ) -> impl Future<Output = Result<(), StreamError>> + Send;
+
+    /// OffsetFetch for one partition: `None` when the group committed none.
+    fn committed_offset(
+        &self,
+        p: &Self::Principal,
+        g: &GroupRef,
+        t: &TopicRef,
+        partition: i32,
+    ) -> impl Future<Output = Result<Option<Committed>, StreamError>> + Send;
+
+    /// OffsetFetch with a null topic list: every committed offset of the
+    /// group, with the topic names as clients use them.
+    fn group_offsets(
+        &self,
+        p: &Self::Principal,
+        g: &GroupRef,
+    ) -> impl Future<Output = Result<Vec<(String, i32, Committed)>, StreamError>> + Send;
+
+    /// InitProducerId for an idempotent producer (`transactional_id` is
+    /// None; transactions are not supported). A fresh id, unique in the
+    /// cluster, epoch 0.
+    fn init_producer_id(
+        &self,
+        p: &Self::Principal,
+    ) -> impl Future<Output = Result<ProducerId, StreamError>> + Send;
+
+    /// SCRAM: the stored credential of `user` for `mechanism`, `None` when
+    /// the user is unknown or has none (the exchange then fails the same
+    /// way as a wrong password).
+    fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: ScramMechanism,
+    ) -> impl Future<Output = Option<ScramCredential>> + Send;
+
+    /// The principal of `user` once its SCRAM proof checked out.
+    fn scram_principal(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<Self::Principal, String>> + Send;
+
+    /// OAUTHBEARER: the token is a Berth ticket.
+    fn authenticate_token(
+        &self,
+        token: &str,
+    ) -> impl Future<Output = Result<Self::Principal, String>> + Send;
 
     /// Partition offsets (for Fetch and Metadata).
     fn offsets(

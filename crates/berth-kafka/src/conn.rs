@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::backend::Backend;
-use crate::{api, codes, frame, guard, handlers, sasl, KafkaConfig};
+use crate::{api, codes, frame, group, group_handlers, guard, handlers, sasl, KafkaConfig};
 
 /// A connection silent this long is closed (Kafka's
 /// `connections.max.idle.ms` default).
@@ -66,6 +66,10 @@ pub struct Conn<S, B: Backend> {
     pub backend: Arc<B>,
     pub cfg: Arc<KafkaConfig>,
     pub state: sasl::State<B::Principal>,
+    /// The group coordinator, shared by every connection.
+    pub groups: Arc<group::Coordinator>,
+    /// The peer as Kafka reports client hosts (`/` and the address).
+    pub client_host: String,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
@@ -82,7 +86,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
                 _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
             };
             let Some(frame) = frame else { return Ok(()) };
-            let reply = if matches!(self.state, sasl::State::HandshakenRaw) {
+            let reply = if self.state.raw() {
                 self.raw_token(frame).await?
             } else {
                 self.request(frame).await?
@@ -107,12 +111,96 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
         .map_err(|_| Close::Io(std::io::ErrorKind::TimedOut.into()))?
     }
 
-    /// A bare PLAIN token after SaslHandshake v0: success is answered with
-    /// an empty token, failure closes the connection.
+    /// A bare SASL token after SaslHandshake v0: answered with a bare
+    /// token (empty for PLAIN and OAUTHBEARER, the server-first and then
+    /// the server-final for SCRAM); a failure closes the connection, since
+    /// v0 has no way to report it (as Kafka does).
     async fn raw_token(&mut self, token: Bytes) -> Result<Reply, Close> {
-        let principal = self.authenticate(&token).await?;
-        self.state = sasl::State::Authenticated(principal);
-        Ok(Reply::Send(frame::finish(frame::start())?))
+        let answer = self.sasl_step(&token).await?;
+        let mut buf = frame::start();
+        buf.extend_from_slice(&answer);
+        Ok(Reply::Send(frame::finish(buf)?))
+    }
+
+    /// One client SASL token, in the state the handshake (and, for SCRAM,
+    /// the previous round) left: returns the server's answer token. On
+    /// success the state moves on (to `Authenticated` once the mechanism is
+    /// done); an error is the reason to fail the exchange and close.
+    async fn sasl_step(&mut self, token: &[u8]) -> Result<Vec<u8>, Close> {
+        use berth_security::scram;
+        use sasl::{Mechanism, State};
+        let failed = |why: String| Close::Sasl(format!("authentication failed: {why}"));
+        if token.len() > sasl::TOKEN_BYTES_MAX {
+            return Err(failed("token too long".into()));
+        }
+        // Any failure closes the connection, so the state may stay `Start`.
+        match std::mem::replace(&mut self.state, State::Start) {
+            State::Handshaken {
+                mechanism: Mechanism::Plain,
+                ..
+            } => {
+                let p = self.authenticate(token).await?;
+                self.state = State::Authenticated(p);
+                Ok(Vec::new())
+            }
+            State::Handshaken {
+                mechanism: Mechanism::OAuthBearer,
+                ..
+            } => {
+                let ticket = sasl::parse_oauthbearer(token).map_err(|e| failed(e.into()))?;
+                let p = self
+                    .backend
+                    .authenticate_token(ticket)
+                    .await
+                    .map_err(|e| failed(format!("OAUTHBEARER: {e}")))?;
+                self.state = State::Authenticated(p);
+                Ok(Vec::new())
+            }
+            State::Handshaken {
+                mechanism: Mechanism::Scram(m),
+                raw,
+            } => {
+                let first = scram::parse_client_first(token)
+                    .map_err(|e| failed(format!("{}: {e}", m.name())))?;
+                // An unknown user (or one without a credential) goes on
+                // with a fake one and fails at the proof, as a wrong
+                // password does: the exchange does not reveal who exists.
+                let credential = match self
+                    .backend
+                    .scram_credential(&first.user, sasl::backend_mechanism(m))
+                    .await
+                {
+                    Some(c) => sasl::credential(c),
+                    None => scram::fake_credential(&first.user, m, sasl::fake_secret()),
+                };
+                let (exchange, server_first) =
+                    scram::ServerExchange::start(m, first, credential, &scram::nonce());
+                self.state = State::ScramFinal {
+                    exchange: Box::new(exchange),
+                    raw,
+                };
+                Ok(server_first.into_bytes())
+            }
+            State::ScramFinal { exchange, .. } => {
+                let (m, user) = (exchange.mechanism().name(), exchange.user());
+                let server_final = exchange
+                    .finish(token)
+                    .map_err(|e| failed(format!("{m} for user {user:?}: {e}")))?;
+                let p = self
+                    .backend
+                    .scram_principal(user)
+                    .await
+                    .map_err(|e| failed(format!("{m} for user {user:?}: {e}")))?;
+                self.state = State::Authenticated(p);
+                Ok(server_final.into_bytes())
+            }
+            other => {
+                self.state = other;
+                Err(Close::IllegalSaslState(
+                    "SASL token outside an exchange".into(),
+                ))
+            }
+        }
     }
 
     async fn authenticate(&self, token: &[u8]) -> Result<B::Principal, Close> {
@@ -157,6 +245,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
             api,
             version,
             correlation_id: header.correlation_id,
+            client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
             body: frame,
         };
         self.dispatch(r).await
@@ -219,6 +308,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
                         let resp = handlers::describe_configs(b, p, r.decode()?, v).await;
                         r.reply(&resp)
                     }
+                    ApiKey::InitProducerId => {
+                        let resp = handlers::init_producer_id(b, p, r.decode()?, v).await;
+                        r.reply(&resp)
+                    }
+                    // The group APIs. JoinGroup and a follower's SyncGroup
+                    // wait for the other members; only this connection waits.
+                    ApiKey::FindCoordinator => {
+                        let req = r.decode()?;
+                        let resp = group_handlers::find_coordinator(b, p, cfg, req, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::JoinGroup => {
+                        let req = r.decode()?;
+                        let client = group_handlers::Client {
+                            client_id: &r.client_id,
+                            host: &self.client_host,
+                        };
+                        let g = &*self.groups;
+                        let resp = group_handlers::join_group(b, p, g, &client, req, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::SyncGroup => {
+                        let req = r.decode()?;
+                        let resp = group_handlers::sync_group(b, p, &self.groups, req, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::Heartbeat => {
+                        let req = r.decode()?;
+                        let resp = group_handlers::heartbeat(b, p, &self.groups, req, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::LeaveGroup => {
+                        let req = r.decode()?;
+                        let resp = group_handlers::leave_group(b, p, &self.groups, req, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::OffsetCommit => {
+                        let req = r.decode()?;
+                        let resp = group_handlers::offset_commit(b, p, &self.groups, req, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::OffsetFetch => {
+                        let resp = group_handlers::offset_fetch(b, p, r.decode()?, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::DescribeGroups => {
+                        let req = r.decode()?;
+                        let g = &*self.groups;
+                        let resp = group_handlers::describe_groups(b, p, g, req, v).await;
+                        r.reply(&resp)
+                    }
+                    ApiKey::ListGroups => {
+                        let req = r.decode()?;
+                        let resp = group_handlers::list_groups(b, p, &self.groups, req, v).await;
+                        r.reply(&resp)
+                    }
                     // `api::served` admits only the keys above.
                     _ => Err(Close::Unsupported {
                         key: api as i16,
@@ -238,18 +383,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
             .iter()
             .map(|m| StrBytes::from_static_str(m))
             .collect();
-        if !sasl::MECHANISMS.contains(&req.mechanism.as_str()) {
+        let Some(mechanism) = sasl::Mechanism::from_name(req.mechanism.as_str()) else {
             resp.error_code = codes::UNSUPPORTED_SASL_MECHANISM;
             let why = Close::Sasl(format!(
                 "unsupported mechanism {:?}",
                 req.mechanism.as_str()
             ));
             return Ok(Reply::SendThenClose(r.encode(&resp)?, why));
-        }
-        self.state = if r.version == 0 {
-            sasl::State::HandshakenRaw
-        } else {
-            sasl::State::Handshaken
+        };
+        self.state = sasl::State::Handshaken {
+            mechanism,
+            raw: r.version == 0,
         };
         r.reply(&resp)
     }
@@ -259,7 +403,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
         r: &Req,
         req: SaslAuthenticateRequest,
     ) -> Result<Reply, Close> {
-        if !matches!(self.state, sasl::State::Handshaken) {
+        if !matches!(
+            self.state,
+            sasl::State::Handshaken { raw: false, .. } | sasl::State::ScramFinal { raw: false, .. }
+        ) {
             return Err(Close::IllegalSaslState(
                 "SaslAuthenticate without SaslHandshake v1".into(),
             ));
@@ -267,9 +414,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
         let mut resp = SaslAuthenticateResponse::default();
         // session_lifetime_ms 0: no re-authentication (KIP-368) expected.
         resp.session_lifetime_ms = 0;
-        match self.authenticate(&req.auth_bytes).await {
-            Ok(p) => {
-                self.state = sasl::State::Authenticated(p);
+        match self.sasl_step(&req.auth_bytes).await {
+            Ok(answer) => {
+                resp.auth_bytes = Bytes::from(answer);
                 r.reply(&resp)
             }
             Err(why) => {
@@ -286,6 +433,8 @@ pub struct Req {
     pub api: ApiKey,
     pub version: i16,
     pub correlation_id: i32,
+    /// From the request header ("" when null).
+    pub client_id: String,
     pub body: Bytes,
 }
 

@@ -12,8 +12,8 @@
 //!
 //! The walk mirrors the request schemas of the served versions only (see
 //! `api::SUPPORTED`); the tests check it against kafka-protocol's encoder
-//! for every one of them. ApiVersions, SaslHandshake, SaslAuthenticate and
-//! the request header hold no arrays.
+//! for every one of them. ApiVersions, SaslHandshake, SaslAuthenticate,
+//! Heartbeat, InitProducerId and the request header hold no arrays.
 
 use kafka_protocol::messages::ApiKey;
 
@@ -143,7 +143,15 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Res<usize> {
         ApiKey::DeleteTopics => 4,
         ApiKey::CreatePartitions => 2,
         ApiKey::DescribeConfigs => 4,
-        // No arrays in these (or not served: refused before decoding).
+        ApiKey::OffsetCommit => 8,
+        ApiKey::OffsetFetch => 6,
+        ApiKey::FindCoordinator => 3,
+        ApiKey::JoinGroup => 6,
+        ApiKey::LeaveGroup => 4,
+        ApiKey::SyncGroup => 4,
+        ApiKey::DescribeGroups => 5,
+        ApiKey::ListGroups => 3,
+        // No arrays in these (Heartbeat, InitProducerId, ...) (or not served: refused before decoding).
         _ => return Ok(0),
     };
     let mut w = Walk {
@@ -293,6 +301,133 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Res<usize> {
                 w.i8()?; // include_documentation
             }
         }
+        ApiKey::OffsetCommit => {
+            w.string()?; // group_id
+            w.i32()?; // generation_id_or_member_epoch
+            w.string()?; // member_id
+            if v >= 7 {
+                w.string()?; // group_instance_id
+            }
+            if (2..=4).contains(&v) {
+                w.i64()?; // retention_time_ms
+            }
+            w.array(|w| {
+                w.string()?; // name (v <= 9)
+                w.array(|w| {
+                    w.i32()?; // partition_index
+                    w.i64()?; // committed_offset
+                    if v >= 6 {
+                        w.i32()?; // committed_leader_epoch
+                    }
+                    w.string()?; // committed_metadata
+                    w.tags()
+                })?;
+                w.tags()
+            })?;
+        }
+        ApiKey::OffsetFetch => {
+            let topics = |w: &mut Walk| {
+                w.array(|w| {
+                    w.string()?; // name
+                    w.array(|w| w.i32().map(drop))?; // partition_indexes
+                    w.tags()
+                })
+            };
+            if v <= 7 {
+                w.string()?; // group_id
+                topics(&mut w)?;
+            } else {
+                w.array(|w| {
+                    w.string()?; // group_id
+                    if v >= 9 {
+                        w.string()?; // member_id
+                        w.i32()?; // member_epoch
+                    }
+                    topics(w)?;
+                    w.tags()
+                })?;
+            }
+            if v >= 7 {
+                w.i8()?; // require_stable
+            }
+        }
+        ApiKey::FindCoordinator => {
+            if v <= 3 {
+                w.string()?; // key
+            }
+            if v >= 1 {
+                w.i8()?; // key_type
+            }
+            if v >= 4 {
+                w.array(|w| w.string())?; // coordinator_keys
+            }
+        }
+        ApiKey::JoinGroup => {
+            w.string()?; // group_id
+            w.i32()?; // session_timeout_ms
+            if v >= 1 {
+                w.i32()?; // rebalance_timeout_ms
+            }
+            w.string()?; // member_id
+            if v >= 5 {
+                w.string()?; // group_instance_id
+            }
+            w.string()?; // protocol_type
+            w.array(|w| {
+                w.string()?; // name
+                w.bytes()?; // metadata
+                w.tags()
+            })?;
+            if v >= 8 {
+                w.string()?; // reason
+            }
+        }
+        ApiKey::LeaveGroup => {
+            w.string()?; // group_id
+            if v <= 2 {
+                w.string()?; // member_id
+            } else {
+                w.array(|w| {
+                    w.string()?; // member_id
+                    w.string()?; // group_instance_id
+                    if v >= 5 {
+                        w.string()?; // reason
+                    }
+                    w.tags()
+                })?;
+            }
+        }
+        ApiKey::SyncGroup => {
+            w.string()?; // group_id
+            w.i32()?; // generation_id
+            w.string()?; // member_id
+            if v >= 3 {
+                w.string()?; // group_instance_id
+            }
+            if v >= 5 {
+                w.string()?; // protocol_type
+                w.string()?; // protocol_name
+            }
+            w.array(|w| {
+                w.string()?; // member_id
+                w.bytes()?; // assignment
+                w.tags()
+            })?;
+        }
+        ApiKey::DescribeGroups => {
+            w.array(|w| w.string())?; // groups
+            if v >= 3 {
+                w.i8()?; // include_authorized_operations
+            }
+        }
+        ApiKey::ListGroups => {
+            if v >= 4 {
+                w.array(|w| w.string())?; // states_filter
+            }
+            if v >= 5 {
+                w.array(|w| w.string())?; // types_filter
+            }
+        }
         _ => unreachable!("handled above"),
     }
     w.tags()?;
@@ -414,6 +549,123 @@ mod tests {
                 r.resources = vec![res.clone(), res];
                 r.encode(&mut buf, v).ok()?;
             }
+            ApiKey::OffsetCommit => {
+                let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+                p.committed_offset = 7;
+                p.committed_metadata = Some(s("meta"));
+                let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+                t.name = name("t");
+                t.partitions = vec![p.clone(), p];
+                let mut r = OffsetCommitRequest::default();
+                r.group_id = GroupId(s("g"));
+                r.member_id = s("m");
+                if v >= 7 {
+                    r.group_instance_id = Some(s("i"));
+                }
+                r.topics = vec![t.clone(), t];
+                r.encode(&mut buf, v).ok()?;
+            }
+            ApiKey::OffsetFetch => {
+                let mut r = OffsetFetchRequest::default();
+                if v <= 7 {
+                    let mut t = offset_fetch_request::OffsetFetchRequestTopic::default();
+                    t.name = name("t");
+                    t.partition_indexes = vec![0, 1];
+                    r.group_id = GroupId(s("g"));
+                    r.topics = Some(vec![t.clone(), t]);
+                } else {
+                    let mut t = offset_fetch_request::OffsetFetchRequestTopics::default();
+                    t.name = name("t");
+                    t.partition_indexes = vec![0, 1];
+                    let mut g = offset_fetch_request::OffsetFetchRequestGroup::default();
+                    g.group_id = GroupId(s("g"));
+                    g.topics = Some(vec![t.clone(), t]);
+                    let mut all = g.clone();
+                    all.topics = None;
+                    r.groups = vec![g, all];
+                }
+                if v >= 7 {
+                    r.require_stable = true;
+                }
+                r.encode(&mut buf, v).ok()?;
+            }
+            ApiKey::FindCoordinator => {
+                let mut r = FindCoordinatorRequest::default();
+                if v <= 3 {
+                    r.key = s("g");
+                } else {
+                    r.coordinator_keys = vec![s("a"), s("b")];
+                }
+                r.encode(&mut buf, v).ok()?;
+            }
+            ApiKey::JoinGroup => {
+                let mut p = join_group_request::JoinGroupRequestProtocol::default();
+                p.name = s("range");
+                p.metadata = Bytes::from_static(b"meta");
+                let mut r = JoinGroupRequest::default();
+                r.group_id = GroupId(s("g"));
+                r.session_timeout_ms = 10_000;
+                r.rebalance_timeout_ms = if v >= 1 { 30_000 } else { -1 };
+                r.member_id = s("m");
+                if v >= 5 {
+                    r.group_instance_id = Some(s("i"));
+                }
+                r.protocol_type = s("consumer");
+                r.protocols = vec![p.clone(), p];
+                if v >= 8 {
+                    r.reason = Some(s("why"));
+                }
+                r.encode(&mut buf, v).ok()?;
+            }
+            ApiKey::LeaveGroup => {
+                let mut r = LeaveGroupRequest::default();
+                r.group_id = GroupId(s("g"));
+                if v <= 2 {
+                    r.member_id = s("m");
+                } else {
+                    let mut m = leave_group_request::MemberIdentity::default();
+                    m.member_id = s("m");
+                    m.group_instance_id = Some(s("i"));
+                    if v >= 5 {
+                        m.reason = Some(s("why"));
+                    }
+                    r.members = vec![m.clone(), m];
+                }
+                r.encode(&mut buf, v).ok()?;
+            }
+            ApiKey::SyncGroup => {
+                let mut a = sync_group_request::SyncGroupRequestAssignment::default();
+                a.member_id = s("m");
+                a.assignment = Bytes::from_static(b"assignment");
+                let mut r = SyncGroupRequest::default();
+                r.group_id = GroupId(s("g"));
+                r.generation_id = 1;
+                r.member_id = s("m");
+                if v >= 3 {
+                    r.group_instance_id = Some(s("i"));
+                }
+                if v >= 5 {
+                    r.protocol_type = Some(s("consumer"));
+                    r.protocol_name = Some(s("range"));
+                }
+                r.assignments = vec![a.clone(), a];
+                r.encode(&mut buf, v).ok()?;
+            }
+            ApiKey::DescribeGroups => {
+                let mut r = DescribeGroupsRequest::default();
+                r.groups = vec![GroupId(s("a")), GroupId(s("b"))];
+                if v >= 3 {
+                    r.include_authorized_operations = true;
+                }
+                r.encode(&mut buf, v).ok()?;
+            }
+            ApiKey::ListGroups => {
+                let mut r = ListGroupsRequest::default();
+                if v >= 4 {
+                    r.states_filter = vec![s("Stable"), s("Empty")];
+                }
+                r.encode(&mut buf, v).ok()?;
+            }
             _ => return None,
         }
         Some(buf.to_vec())
@@ -431,6 +683,14 @@ mod tests {
             ApiKey::DeleteTopics => DeleteTopicsRequest::decode(&mut b, v).is_ok(),
             ApiKey::CreatePartitions => CreatePartitionsRequest::decode(&mut b, v).is_ok(),
             ApiKey::DescribeConfigs => DescribeConfigsRequest::decode(&mut b, v).is_ok(),
+            ApiKey::OffsetCommit => OffsetCommitRequest::decode(&mut b, v).is_ok(),
+            ApiKey::OffsetFetch => OffsetFetchRequest::decode(&mut b, v).is_ok(),
+            ApiKey::FindCoordinator => FindCoordinatorRequest::decode(&mut b, v).is_ok(),
+            ApiKey::JoinGroup => JoinGroupRequest::decode(&mut b, v).is_ok(),
+            ApiKey::LeaveGroup => LeaveGroupRequest::decode(&mut b, v).is_ok(),
+            ApiKey::SyncGroup => SyncGroupRequest::decode(&mut b, v).is_ok(),
+            ApiKey::DescribeGroups => DescribeGroupsRequest::decode(&mut b, v).is_ok(),
+            ApiKey::ListGroups => ListGroupsRequest::decode(&mut b, v).is_ok(),
             _ => true,
         }
     }
@@ -457,8 +717,10 @@ mod tests {
             }
         }
         // Produce 7 + Fetch 9 + Metadata 13 + ListOffsets 7 + CreateTopics 6
-        // + DeleteTopics 5 + CreatePartitions 4 + DescribeConfigs 4.
-        assert_eq!(checked, 55);
+        // + DeleteTopics 5 + CreatePartitions 4 + DescribeConfigs 4
+        // + OffsetCommit 7 + OffsetFetch 8 + FindCoordinator 5 + JoinGroup 10
+        // + LeaveGroup 6 + SyncGroup 6 + DescribeGroups 6 + ListGroups 5.
+        assert_eq!(checked, 55 + 7 + 8 + 5 + 10 + 6 + 6 + 6 + 5);
     }
 
     /// Any single corrupted byte or truncation: the walk rejects it or the

@@ -25,8 +25,9 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{
     BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
     CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
+    DescribeConfigsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::time::Instant;
@@ -611,5 +612,37 @@ pub async fn describe_configs<B: Backend>(
     });
     let mut resp = DescribeConfigsResponse::default();
     resp.results = join_all(resources).await;
+    resp
+}
+
+// ---------------------------------------------------------- InitProducerId
+
+/// Idempotent producers get an id from the backend; transactional ones are
+/// refused (transactions are not supported), as Produce refuses them.
+pub async fn init_producer_id<B: Backend>(
+    b: &B,
+    p: &B::Principal,
+    req: InitProducerIdRequest,
+    _version: i16,
+) -> InitProducerIdResponse {
+    let mut resp = InitProducerIdResponse::default();
+    resp.producer_id = ProducerId(-1);
+    resp.producer_epoch = -1;
+    let result = match &req.transactional_id {
+        // Kafka checks the transactional id's authorization first: nobody
+        // is authorized for one here (an empty one included).
+        Some(_) => Err(codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
+        None => b
+            .init_producer_id(p)
+            .await
+            .map_err(|e| codes::code(&e, Scope::Topic)),
+    };
+    match result {
+        Ok(id) => {
+            resp.producer_id = ProducerId(id.id);
+            resp.producer_epoch = id.epoch;
+        }
+        Err(code) => resp.error_code = code,
+    }
     resp
 }

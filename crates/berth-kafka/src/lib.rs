@@ -3,20 +3,37 @@
 //! streams. It owns the listener and its connections, the framing, the SASL
 //! exchange, the table of served API versions (`api`), the translation of
 //! each request into [`Backend`] calls (`handlers`) and the one table from
-//! [`StreamError`] to Kafka error codes (`codes`). It is one broker to its
-//! clients: Metadata names this node as the leader of every partition.
+//! [`StreamError`] to Kafka error codes (`codes`), and the consumer-group
+//! coordinator (`group`, with its request handlers in `group_handlers`). It
+//! is one broker to its clients: Metadata names this node as the leader of
+//! every partition and FindCoordinator as the coordinator of every group.
 //!
 //! Invariants:
-//! - *SASL before anything*: until SASL PLAIN succeeds, a connection may
-//!   send only ApiVersions, SaslHandshake and SaslAuthenticate (or the bare
-//!   token after SaslHandshake v0); anything else closes it, as Kafka does
-//!   (ILLEGAL_SASL_STATE). The principal returned by
-//!   [`Backend::authenticate_plain`] goes with every later call.
+//! - *SASL before anything*: until SASL (PLAIN, SCRAM-SHA-256/512 or
+//!   OAUTHBEARER) succeeds, a connection may send only ApiVersions,
+//!   SaslHandshake and SaslAuthenticate (or bare tokens after SaslHandshake
+//!   v0); anything else closes it, as Kafka does (ILLEGAL_SASL_STATE). A
+//!   failed exchange answers SASL_AUTHENTICATION_FAILED and closes. The
+//!   principal the backend returns ([`Backend::authenticate_plain`],
+//!   [`Backend::scram_principal`], [`Backend::authenticate_token`]) goes
+//!   with every later call. SCRAM runs `berth_security::scram` (shared with
+//!   other gateways) against [`Backend::scram_credential`]; an unknown user
+//!   gets a fake credential and fails exactly like a wrong password.
 //! - *Translate, never decide*: the gateway holds no data and takes no
 //!   access decision; record batches go to the backend and come back as
 //!   the producer sent them (never decompressed or rewritten here).
 //! - *Responses in request order*: one connection's requests are served one
-//!   after another, so answers leave in the order Kafka requires.
+//!   after another, so answers leave in the order Kafka requires. A
+//!   JoinGroup (until the rebalance completes) or a follower's SyncGroup
+//!   (until the leader's) holds its own connection only, as in Kafka;
+//!   clients use a separate coordinator connection for group calls.
+//! - *Group membership is in memory, offsets are not*: one coordinator per
+//!   gateway, shared by its connections, keeps members, generations and
+//!   assignments (Kafka's classic protocol, `group`); committed offsets go
+//!   to the backend and are durable. After a gateway restart the members'
+//!   heartbeats and commits get UNKNOWN_MEMBER_ID / ILLEGAL_GENERATION and
+//!   the clients rejoin; ListGroups shows only groups with members here.
+//!   Every group API asks [`Backend::authorize_group`] first.
 //! - *One log line per closed connection*: a connection closed for a bad
 //!   TLS handshake, an oversized or malformed frame, an unsupported request,
 //!   a SASL failure or an I/O error gets exactly one `warn!` naming the peer
@@ -26,14 +43,23 @@
 //! - *Bounded*: frames by [`KafkaConfig::max_request_bytes`] (memory grows
 //!   with what arrives, not with what is announced), idle connections by
 //!   `conn::IDLE_MS_MAX`, a response write by `conn::WRITE_MS_MAX`, a Fetch
-//!   long poll by `handlers::FETCH_WAIT_MS_MAX`, shutdown by
+//!   long poll by `handlers::FETCH_WAIT_MS_MAX`, a JoinGroup or SyncGroup
+//!   wait by the group's rebalance timeout (at most
+//!   `group::REBALANCE_TIMEOUT_MS_MAX`), groups and members by
+//!   `group::GROUPS_MAX` and `group::MEMBERS_MAX`, shutdown by
 //!   [`SHUTDOWN_GRACE_MS`].
 //!
 //! Served now: ApiVersions, SASL, Metadata, Produce, Fetch, ListOffsets,
-//! CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs (topics).
-//! Not yet: consumer groups, InitProducerId (so no idempotent or
-//! transactional producers: transactional produce is refused), fetch
-//! sessions (every fetch is a full one), Fetch v13+ (topic ids).
+//! CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs (topics),
+//! the classic consumer-group protocol (FindCoordinator, JoinGroup,
+//! SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
+//! DescribeGroups, ListGroups) and InitProducerId for idempotent producers
+//! (versions in `api`). Not offered: transactions (a transactional id gets
+//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED, FindCoordinator for transactions
+//! COORDINATOR_NOT_AVAILABLE), the KIP-848 consumer protocol, Kafka's
+//! initial rebalance delay, fetch sessions (every fetch is a full one),
+//! Fetch v13+ (topic ids). Static members (`group.instance.id`) are
+//! accepted, but a restarted one triggers a rebalance like a new member.
 //! Every request body passes `guard` before kafka-protocol decodes it:
 //! that codec sizes arrays from the count on the wire before reading them,
 //! and a failed huge allocation aborts the process.
@@ -44,6 +70,8 @@ mod api;
 mod codes;
 mod conn;
 mod frame;
+mod group;
+mod group_handlers;
 mod guard;
 mod handlers;
 mod sasl;
@@ -60,8 +88,10 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 pub use backend::{
-    Appended, Backend, Fetched, OffsetSpec, PartitionOffsets, StreamError, TopicInfo, TopicRef,
+    Appended, Backend, Committed, Fetched, GroupRef, OffsetSpec, PartitionOffsets, ProducerId,
+    ScramCredential, ScramMechanism, StreamError, TopicInfo, TopicRef,
 };
+pub use group::{SESSION_TIMEOUT_MS_MAX_DEFAULT, SESSION_TIMEOUT_MS_MIN_DEFAULT};
 
 /// Default bound on one request frame (Kafka's `socket.request.max.bytes`).
 pub const MAX_REQUEST_BYTES_DEFAULT: usize = 100 * 1024 * 1024;
@@ -83,6 +113,11 @@ pub struct KafkaConfig {
     pub cluster_id: String,
     /// Largest request frame accepted; a larger one closes the connection.
     pub max_request_bytes: usize,
+    /// Session timeouts a group member may ask for (Kafka's
+    /// `group.min.session.timeout.ms` / `group.max.session.timeout.ms`);
+    /// outside them JoinGroup gets INVALID_SESSION_TIMEOUT.
+    pub group_session_timeout_ms_min: u64,
+    pub group_session_timeout_ms_max: u64,
 }
 
 impl Default for KafkaConfig {
@@ -93,6 +128,8 @@ impl Default for KafkaConfig {
             advertised_port: 9092,
             cluster_id: "berth".into(),
             max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
+            group_session_timeout_ms_min: SESSION_TIMEOUT_MS_MIN_DEFAULT,
+            group_session_timeout_ms_max: SESSION_TIMEOUT_MS_MAX_DEFAULT,
         }
     }
 }
@@ -109,6 +146,11 @@ pub async fn serve<B: Backend>(
     cfg: KafkaConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let groups = Arc::new(group::Coordinator::new(group::Limits {
+        session_timeout_ms_min: cfg.group_session_timeout_ms_min,
+        session_timeout_ms_max: cfg.group_session_timeout_ms_max,
+    }));
+    let sweeper = tokio::spawn(sweep(Arc::downgrade(&groups)));
     let cfg = Arc::new(cfg);
     let acceptor = tls.map(TlsAcceptor::from);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -126,6 +168,7 @@ pub async fn serve<B: Backend>(
                         acceptor.clone(),
                         backend.clone(),
                         cfg.clone(),
+                        groups.clone(),
                         stop_rx.clone(),
                     );
                     let handle = conns.spawn(task);
@@ -156,7 +199,22 @@ pub async fn serve<B: Backend>(
         );
         conns.shutdown().await;
     }
+    sweeper.abort();
     Ok(())
+}
+
+/// Runs the group coordinator's timers (session expiry, rebalance and sync
+/// deadlines) every `group::SWEEP_MS` until the gateway is gone.
+async fn sweep(groups: std::sync::Weak<group::Coordinator>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(group::SWEEP_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let now = tick.tick().await;
+        let Some(groups) = groups.upgrade() else {
+            return;
+        };
+        groups.sweep(now);
+    }
 }
 
 /// Logs a connection task that died instead of returning (a bug: input
@@ -185,8 +243,11 @@ async fn connection<B: Backend>(
     acceptor: Option<TlsAcceptor>,
     backend: Arc<B>,
     cfg: Arc<KafkaConfig>,
+    groups: Arc<group::Coordinator>,
     stop: watch::Receiver<bool>,
 ) {
+    // Kafka reports client hosts as `/address`.
+    let client_host = format!("/{}", peer.ip());
     // Requests and answers are small and latency-bound.
     let _ = stream.set_nodelay(true);
     let result = match acceptor {
@@ -196,6 +257,8 @@ async fn connection<B: Backend>(
                 backend,
                 cfg,
                 state: sasl::State::Start,
+                groups,
+                client_host,
             };
             conn.run(stop).await
         }
@@ -212,6 +275,8 @@ async fn connection<B: Backend>(
                         backend,
                         cfg,
                         state: sasl::State::Start,
+                        groups,
+                        client_host,
                     };
                     conn.run(stop).await
                 }

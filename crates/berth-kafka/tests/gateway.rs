@@ -1,15 +1,19 @@
 //! The gateway over a real TCP socket, spoken to with kafka-protocol's own
 //! client encoding, against an in-memory backend.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use berth_kafka::backend::{ScramCredential, ScramMechanism};
 use berth_kafka::{
-    serve, Appended, Backend, Fetched, KafkaConfig, OffsetSpec, PartitionOffsets, StreamError,
-    TopicInfo, TopicRef,
+    serve, Appended, Backend, Committed, Fetched, GroupRef, KafkaConfig, OffsetSpec,
+    PartitionOffsets, ProducerId, StreamError, TopicInfo, TopicRef,
 };
+use berth_security::scram::{self, Mechanism};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
@@ -61,6 +65,27 @@ struct Fake {
     next_id: Mutex<u8>,
     /// Bumped on every append: what `wait` watches.
     appends: watch::Sender<u64>,
+    /// alice's SCRAM credentials (password "secret"), as the server stores them.
+    scram: HashMap<ScramMechanism, ScramCredential>,
+    /// Committed offsets by (group, topic, partition).
+    offsets: Mutex<HashMap<(String, String, i32), Committed>>,
+    /// The last producer id handed out.
+    producer_id: Mutex<i64>,
+    /// Groups alice may not use (besides `secret-group`).
+    denied_groups: Mutex<HashSet<String>>,
+}
+
+/// The OAUTHBEARER token the fake backend accepts (for alice).
+const GOOD_TOKEN: &str = "berth1.alice.signature";
+
+fn stored_credential(password: &str, m: Mechanism) -> ScramCredential {
+    let c = scram::credential(password, m).unwrap();
+    ScramCredential {
+        salt: c.salt,
+        iterations: c.iterations,
+        stored_key: c.stored_key,
+        server_key: c.server_key,
+    }
 }
 
 impl Fake {
@@ -69,6 +94,19 @@ impl Fake {
             topics: Mutex::new(HashMap::new()),
             next_id: Mutex::new(1),
             appends: watch::channel(0).0,
+            offsets: Mutex::new(HashMap::new()),
+            producer_id: Mutex::new(999),
+            denied_groups: Mutex::new(HashSet::new()),
+            scram: HashMap::from([
+                (
+                    ScramMechanism::Sha256,
+                    stored_credential("secret", Mechanism::Sha256),
+                ),
+                (
+                    ScramMechanism::Sha512,
+                    stored_credential("secret", Mechanism::Sha512),
+                ),
+            ]),
         }
     }
 
@@ -104,6 +142,96 @@ impl Backend for Fake {
             Ok(user.to_string())
         } else {
             Err(format!("bad password for {user}"))
+        }
+    }
+
+    fn resolve_group(&self, p: &String, name: &str) -> Result<GroupRef, StreamError> {
+        assert_eq!(p, "alice", "every call carries the principal");
+        if name.is_empty() || name.contains(' ') {
+            return Err(StreamError::InvalidTopic(name.to_string()));
+        }
+        Ok(GroupRef {
+            stream: "/default".into(),
+            group: name.into(),
+        })
+    }
+
+    async fn authorize_group(&self, _p: &String, g: &GroupRef) -> Result<(), StreamError> {
+        if g.group == "secret-group" || self.denied_groups.lock().unwrap().contains(&g.group) {
+            return Err(StreamError::GroupDenied(g.group.clone()));
+        }
+        Ok(())
+    }
+
+    async fn commit_offset(
+        &self,
+        p: &String,
+        g: &GroupRef,
+        t: &TopicRef,
+        partition: i32,
+        c: Committed,
+    ) -> Result<(), StreamError> {
+        self.authorize_group(p, g).await?;
+        self.hw(t, partition).ok_or_else(|| unknown(t))?;
+        let key = (g.group.clone(), t.topic.clone(), partition);
+        self.offsets.lock().unwrap().insert(key, c);
+        Ok(())
+    }
+
+    async fn committed_offset(
+        &self,
+        p: &String,
+        g: &GroupRef,
+        t: &TopicRef,
+        partition: i32,
+    ) -> Result<Option<Committed>, StreamError> {
+        self.authorize_group(p, g).await?;
+        self.hw(t, partition).ok_or_else(|| unknown(t))?;
+        let key = (g.group.clone(), t.topic.clone(), partition);
+        Ok(self.offsets.lock().unwrap().get(&key).cloned())
+    }
+
+    async fn group_offsets(
+        &self,
+        p: &String,
+        g: &GroupRef,
+    ) -> Result<Vec<(String, i32, Committed)>, StreamError> {
+        self.authorize_group(p, g).await?;
+        let mut all: Vec<(String, i32, Committed)> = self
+            .offsets
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((group, _, _), _)| *group == g.group)
+            .map(|((_, topic, partition), c)| (topic.clone(), *partition, c.clone()))
+            .collect();
+        all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        Ok(all)
+    }
+
+    async fn init_producer_id(&self, _p: &String) -> Result<ProducerId, StreamError> {
+        let mut last = self.producer_id.lock().unwrap();
+        *last += 1;
+        Ok(ProducerId {
+            id: *last,
+            epoch: 0,
+        })
+    }
+
+    async fn scram_credential(&self, user: &str, m: ScramMechanism) -> Option<ScramCredential> {
+        (user == "alice").then(|| self.scram[&m].clone())
+    }
+
+    async fn scram_principal(&self, user: &str) -> Result<String, String> {
+        assert_eq!(user, "alice", "only after a proof that checked out");
+        Ok(user.to_string())
+    }
+
+    async fn authenticate_token(&self, token: &str) -> Result<String, String> {
+        if token == GOOD_TOKEN {
+            Ok("alice".to_string())
+        } else {
+            Err("invalid ticket".to_string())
         }
     }
 
@@ -302,6 +430,7 @@ impl Backend for Fake {
 
 struct Server {
     addr: SocketAddr,
+    backend: Arc<Fake>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -315,13 +444,18 @@ async fn start() -> Server {
         advertised_port: 19092,
         cluster_id: "test-cluster".into(),
         max_request_bytes: MAX_REQUEST_BYTES,
+        // Short sessions keep the expiry tests quick.
+        group_session_timeout_ms_min: 100,
+        group_session_timeout_ms_max: 60_000,
     };
     let (tx, rx) = oneshot::channel();
-    let done = tokio::spawn(serve(listener, None, Arc::new(Fake::new()), cfg, async {
+    let backend = Arc::new(Fake::new());
+    let done = tokio::spawn(serve(listener, None, backend.clone(), cfg, async {
         let _ = rx.await;
     }));
     Server {
         addr,
+        backend,
         stop: Some(tx),
         done,
     }
@@ -406,8 +540,12 @@ impl Client {
     }
 
     async fn authenticate(&mut self, token: &'static [u8]) -> SaslAuthenticateResponse {
+        self.sasl(token.to_vec()).await
+    }
+
+    async fn sasl(&mut self, token: Vec<u8>) -> SaslAuthenticateResponse {
         let mut req = SaslAuthenticateRequest::default();
-        req.auth_bytes = Bytes::from_static(token);
+        req.auth_bytes = Bytes::from(token);
         self.call(2, &req).await
     }
 
@@ -546,6 +684,10 @@ fn records(bytes: &Bytes) -> Vec<(i64, String)> {
 
 // ------------------------------------------------------------------- tests
 
+/// Consumer groups, offsets and InitProducerId.
+#[path = "gateway/groups.rs"]
+mod groups;
+
 #[tokio::test]
 async fn api_versions_lists_exactly_the_served_apis() {
     let server = start().await;
@@ -566,13 +708,22 @@ async fn api_versions_lists_exactly_the_served_apis() {
     assert_eq!(ranges[&(ApiKey::ApiVersions as i16)], (0, 3));
     assert_eq!(ranges[&(ApiKey::SaslHandshake as i16)], (0, 1));
     assert_eq!(ranges[&(ApiKey::SaslAuthenticate as i16)], (0, 2));
-    assert!(!ranges.contains_key(&(ApiKey::JoinGroup as i16)));
-    assert!(!ranges.contains_key(&(ApiKey::InitProducerId as i16)));
-    assert_eq!(ranges.len(), 11);
+    assert_eq!(ranges[&(ApiKey::FindCoordinator as i16)], (0, 4));
+    assert_eq!(ranges[&(ApiKey::JoinGroup as i16)], (0, 9));
+    assert_eq!(ranges[&(ApiKey::SyncGroup as i16)], (0, 5));
+    assert_eq!(ranges[&(ApiKey::Heartbeat as i16)], (0, 4));
+    assert_eq!(ranges[&(ApiKey::LeaveGroup as i16)], (0, 5));
+    assert_eq!(ranges[&(ApiKey::OffsetCommit as i16)], (2, 8));
+    assert_eq!(ranges[&(ApiKey::OffsetFetch as i16)], (1, 8));
+    assert_eq!(ranges[&(ApiKey::DescribeGroups as i16)], (0, 5));
+    assert_eq!(ranges[&(ApiKey::ListGroups as i16)], (0, 4));
+    assert_eq!(ranges[&(ApiKey::InitProducerId as i16)], (0, 4));
+    assert!(!ranges.contains_key(&(ApiKey::EndTxn as i16)));
+    assert_eq!(ranges.len(), 21);
 
     // Older versions on the same connection, before authentication too.
     let resp = c.call(0, &ApiVersionsRequest::default()).await;
-    assert_eq!(resp.api_keys.len(), 11);
+    assert_eq!(resp.api_keys.len(), 21);
 }
 
 #[tokio::test]
@@ -616,7 +767,7 @@ async fn sasl_wrong_password_is_refused_and_closed() {
     let mut c = Client::connect(server.addr).await;
     let h = c.handshake(1, "PLAIN").await;
     assert_eq!(h.error_code, 0);
-    assert_eq!(h.mechanisms, vec![StrBytes::from_static_str("PLAIN")]);
+    assert_eq!(h.mechanisms, all_mechanisms());
     let a = c.authenticate(b"\0alice\0wrong").await;
     assert_eq!(a.error_code, 58);
     assert_eq!(a.error_message.as_deref(), Some("authentication failed"));
@@ -627,10 +778,223 @@ async fn sasl_wrong_password_is_refused_and_closed() {
 async fn sasl_other_mechanism_is_refused_with_the_enabled_list() {
     let server = start().await;
     let mut c = Client::connect(server.addr).await;
-    let h = c.handshake(1, "SCRAM-SHA-256").await;
+    let h = c.handshake(1, "GSSAPI").await;
     assert_eq!(h.error_code, 33);
-    assert_eq!(h.mechanisms, vec![StrBytes::from_static_str("PLAIN")]);
+    assert_eq!(h.mechanisms, all_mechanisms());
     assert!(c.closed().await);
+}
+
+fn all_mechanisms() -> Vec<StrBytes> {
+    ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+        .into_iter()
+        .map(StrBytes::from_static_str)
+        .collect()
+}
+
+// ------------------------------------------------------------------ SCRAM
+
+/// The client side of a SCRAM exchange, as a Kafka client runs it.
+struct ScramClient {
+    m: Mechanism,
+    password: &'static str,
+    client_first_bare: String,
+    nonce: String,
+}
+
+impl ScramClient {
+    fn new(m: Mechanism, user: &str, password: &'static str) -> ScramClient {
+        let nonce = "fyko+d2lbbFgONRv9qkxdawL".to_string();
+        ScramClient {
+            m,
+            password,
+            client_first_bare: format!("n={user},r={nonce}"),
+            nonce,
+        }
+    }
+
+    fn first(&self) -> Vec<u8> {
+        format!("n,,{}", self.client_first_bare).into_bytes()
+    }
+
+    /// Checks the server-first message; returns the client-final message
+    /// and the server-final message a genuine server must answer with.
+    fn finish(&self, server_first: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let server_first = std::str::from_utf8(server_first).unwrap();
+        let attrs: HashMap<&str, &str> = server_first
+            .split(',')
+            .map(|a| a.split_once('=').unwrap())
+            .collect();
+        let nonce = attrs["r"];
+        assert!(nonce.starts_with(&self.nonce) && nonce.len() >= self.nonce.len() + 16);
+        let salt = B64.decode(attrs["s"]).unwrap();
+        let iterations: u32 = attrs["i"].parse().unwrap();
+        assert!(iterations >= 4096, "Kafka clients refuse fewer iterations");
+        let salted = self
+            .m
+            .salted_password(self.password.as_bytes(), &salt, iterations);
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
+        let proof = scram::client_proof(self.m, &salted, auth_message.as_bytes());
+        let server_key = self.m.hmac(&salted, b"Server Key");
+        let v = scram::server_signature(self.m, &server_key, auth_message.as_bytes());
+        (
+            format!("{without_proof},p={}", B64.encode(proof)).into_bytes(),
+            format!("v={}", B64.encode(v)).into_bytes(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn sasl_scram_exchanges_succeed() {
+    let server = start().await;
+    for m in Mechanism::ALL {
+        let mut c = Client::connect(server.addr).await;
+        assert_eq!(c.handshake(1, m.name()).await.error_code, 0);
+        let scram = ScramClient::new(m, "alice", "secret");
+        let first = c.sasl(scram.first()).await;
+        assert_eq!(first.error_code, 0, "{:?}", first.error_message);
+        let (client_final, server_final) = scram.finish(&first.auth_bytes);
+        let last = c.sasl(client_final).await;
+        assert_eq!(last.error_code, 0, "{:?}", last.error_message);
+        assert_eq!(&last.auth_bytes[..], &server_final[..], "{}", m.name());
+        let resp = c.metadata(12, &["scram"], true).await;
+        assert_eq!(resp.topics[0].error_code, 0);
+    }
+}
+
+/// A wrong password and an unknown user fail at the same step, with the
+/// same answers: the exchange does not tell who exists.
+#[tokio::test]
+async fn sasl_scram_wrong_password_and_unknown_user_fail_alike() {
+    let server = start().await;
+    let mut answers = vec![];
+    for (user, password) in [("alice", "wrong"), ("mallory", "secret")] {
+        let mut c = Client::connect(server.addr).await;
+        assert_eq!(c.handshake(1, "SCRAM-SHA-256").await.error_code, 0);
+        let scram = ScramClient::new(Mechanism::Sha256, user, password);
+        let first = c.sasl(scram.first()).await;
+        assert_eq!(first.error_code, 0, "{user}: the first round succeeds");
+        let fields: Vec<&str> = std::str::from_utf8(&first.auth_bytes)
+            .unwrap()
+            .split(',')
+            .collect();
+        let salt_bytes = B64.decode(&fields[1][2..]).unwrap().len();
+        let (client_final, _) = scram.finish(&first.auth_bytes);
+        let last = c.sasl(client_final).await;
+        assert_eq!(last.error_code, 58, "{user}");
+        assert!(c.closed().await, "{user}");
+        answers.push((salt_bytes, fields[2].to_string(), last));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(
+        answers[0].2.error_message.as_deref(),
+        Some("authentication failed")
+    );
+
+    // An unknown user sees the same salt every time, as a real user does.
+    let mut salts = vec![];
+    for _ in 0..2 {
+        let mut c = Client::connect(server.addr).await;
+        assert_eq!(c.handshake(1, "SCRAM-SHA-512").await.error_code, 0);
+        let first = c
+            .sasl(ScramClient::new(Mechanism::Sha512, "mallory", "x").first())
+            .await;
+        salts.push(
+            first
+                .auth_bytes
+                .split(|b| *b == b',')
+                .nth(1)
+                .unwrap()
+                .to_vec(),
+        );
+    }
+    assert_eq!(salts[0], salts[1]);
+}
+
+#[tokio::test]
+async fn sasl_scram_refuses_bad_first_messages() {
+    let server = start().await;
+    for bad in [
+        &b"p=tls-unique,,n=alice,r=abc"[..],
+        b"n,,n=alice,r=abc,tokenauth=true",
+        b"n,a=bob,n=alice,r=abc",
+        b"garbage",
+    ] {
+        let mut c = Client::connect(server.addr).await;
+        assert_eq!(c.handshake(1, "SCRAM-SHA-256").await.error_code, 0);
+        let a = c.sasl(bad.to_vec()).await;
+        assert_eq!(a.error_code, 58, "{bad:?}");
+        assert!(c.closed().await, "{bad:?}");
+    }
+
+    // A replayed client-first instead of the client-final fails too.
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.handshake(1, "SCRAM-SHA-256").await.error_code, 0);
+    let scram = ScramClient::new(Mechanism::Sha256, "alice", "secret");
+    assert_eq!(c.sasl(scram.first()).await.error_code, 0);
+    assert_eq!(c.sasl(scram.first()).await.error_code, 58);
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn sasl_scram_over_handshake_v0_raw_tokens() {
+    let server = start().await;
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.handshake(0, "SCRAM-SHA-512").await.error_code, 0);
+    let scram = ScramClient::new(Mechanism::Sha512, "alice", "secret");
+    c.write_frame(&scram.first()).await;
+    let server_first = c.read_frame().await.unwrap();
+    let (client_final, server_final) = scram.finish(&server_first);
+    c.write_frame(&client_final).await;
+    assert_eq!(c.read_frame().await.unwrap(), server_final);
+    let resp = c.metadata(1, &["raw-scram"], true).await;
+    assert_eq!(resp.topics[0].error_code, 0);
+
+    let mut bad = Client::connect(server.addr).await;
+    assert_eq!(bad.handshake(0, "SCRAM-SHA-512").await.error_code, 0);
+    let scram = ScramClient::new(Mechanism::Sha512, "alice", "wrong");
+    bad.write_frame(&scram.first()).await;
+    let server_first = bad.read_frame().await.unwrap();
+    bad.write_frame(&scram.finish(&server_first).0).await;
+    assert!(bad.closed().await);
+}
+
+// ------------------------------------------------------------ OAUTHBEARER
+
+#[tokio::test]
+async fn sasl_oauthbearer_takes_a_ticket() {
+    let server = start().await;
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.handshake(1, "OAUTHBEARER").await.error_code, 0);
+    let msg = format!("n,,\x01auth=Bearer {GOOD_TOKEN}\x01\x01");
+    let a = c.sasl(msg.into_bytes()).await;
+    assert_eq!(a.error_code, 0, "{:?}", a.error_message);
+    assert!(a.auth_bytes.is_empty());
+    let resp = c.metadata(12, &["oauth"], true).await;
+    assert_eq!(resp.topics[0].error_code, 0);
+
+    for bad in [
+        "n,,\x01auth=Bearer berth1.forged.signature\x01\x01".to_string(),
+        format!("n,,\x01auth=Bearer {GOOD_TOKEN}\x01"),
+        format!("n,a=bob,\x01auth=Bearer {GOOD_TOKEN}\x01\x01"),
+    ] {
+        let mut c = Client::connect(server.addr).await;
+        assert_eq!(c.handshake(1, "OAUTHBEARER").await.error_code, 0);
+        let a = c.sasl(bad.clone().into_bytes()).await;
+        assert_eq!(a.error_code, 58, "{bad:?}");
+        assert!(c.closed().await, "{bad:?}");
+    }
+
+    // Handshake v0: the bare initial response, answered with an empty token.
+    let mut c = Client::connect(server.addr).await;
+    assert_eq!(c.handshake(0, "OAUTHBEARER").await.error_code, 0);
+    c.write_frame(format!("n,,\x01auth=Bearer {GOOD_TOKEN}\x01\x01").as_bytes())
+        .await;
+    assert!(c.read_frame().await.unwrap().is_empty());
+    assert_eq!(
+        c.metadata(1, &["oauth"], true).await.topics[0].error_code,
+        0
+    );
 }
 
 #[tokio::test]
@@ -1017,7 +1381,10 @@ async fn bad_frames_close_only_their_own_connection() {
 
     // Unsupported APIs and versions, even when authenticated.
     let mut c = Client::authenticated(server.addr).await;
-    c.send(0, &JoinGroupRequest::default()).await;
+    c.send(0, &DeleteGroupsRequest::default()).await;
+    assert!(c.closed().await);
+    let mut c = Client::authenticated(server.addr).await;
+    c.send(9, &OffsetCommitRequest::default()).await;
     assert!(c.closed().await);
     let mut c = Client::authenticated(server.addr).await;
     c.send(13, &FetchRequest::default()).await;

@@ -1,14 +1,15 @@
 //! berth-meta: the cluster layer.
 //!
-//! Owns the cluster map (nodes, volumes, shards, principals, groups, ticket
-//! signing keys) held by the meta shard, the node-local cache of that map,
-//! ticket authentication against it, and the shard router (key → shard →
-//! leader) with its optimistic transactions.
+//! Owns the cluster map (nodes, volumes, shards, principals and their SCRAM
+//! credentials, groups, ticket signing keys) held by the meta shard, the
+//! node-local cache of that map, ticket authentication against it, and the
+//! shard router (key → shard → leader) with its optimistic transactions.
 //!
 //! Invariants:
 //! - Everything here changes state only through replicated commands on a
 //!   shard ([`router::Tx`]); nothing writes the node store directly.
-//! - Ticket secrets never leave the meta shard and are never logged.
+//! - Ticket secrets never leave the meta shard and are never logged; nor
+//!   are SCRAM keys, which change only together with the password.
 //! - Only unscoped administrators change principals, groups and keys.
 
 pub mod codec;
@@ -18,7 +19,7 @@ pub mod meta;
 pub mod router;
 
 pub use error::{Code, Error};
-pub use meta::{Bootstrap, MapCache, Meta};
+pub use meta::{Bootstrap, MapCache, Meta, ScramLookup};
 pub use router::{Commit, Router, Tx};
 
 /// Inode number of every volume's root directory.

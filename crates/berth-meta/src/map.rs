@@ -13,11 +13,13 @@
 //! | 7 groups         | str name     | [`GroupRecord`]  |
 //! | 8 signing keys   | u64 key id   | [`KeyRecord`]    |
 //! | 9 counters       | str name     | u64 (8 bytes BE) |
+//! | 10 SCRAM         | str name     | [`ScramRecord`]  |
 //!
 //! Values are encoded with [`crate::codec`] (version byte + postcard).
 
 use berth_raft::{NodeId, ShardId};
 use berth_security::principal::PrincipalKind;
+use berth_security::scram;
 use berth_store::keys::{self, Key, Kind};
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +41,7 @@ pub const T_USER: u64 = 6;
 pub const T_GROUP: u64 = 7;
 pub const T_KEY: u64 = 8;
 pub const T_COUNTER: u64 = 9;
+pub const T_SCRAM: u64 = 10;
 
 /// Counter names.
 pub const C_VOLUME_ID: &str = "volume_id";
@@ -82,6 +85,9 @@ pub fn counter_key(name: &str) -> Vec<u8> {
     Key::new(META_VOLUME, Kind::Meta, T_COUNTER)
         .str(name)
         .build()
+}
+pub fn scram_key(name: &str) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_SCRAM).str(name).build()
 }
 /// The key range of one meta table.
 pub fn table_range(table: u64) -> (Vec<u8>, Vec<u8>) {
@@ -205,6 +211,110 @@ pub struct UserRecord {
     /// argon2id PHC string; None for service principals (tickets only).
     pub password_hash: Option<String>,
     pub groups: Vec<String>,
+}
+
+/// A user's SCRAM credentials (Kafka's SASL SCRAM-SHA-256 and -512),
+/// derived from the password whenever it is set; never the password.
+///
+/// Kept under a key of its own (table 10), not as a field of
+/// [`UserRecord`]: records are a version byte and postcard, which has no
+/// optional trailing fields, so a new field would make every stored user
+/// record undecodable (and a newer node's records undecodable for an older
+/// one). A separate table is simply unknown to older code; users whose
+/// password was set before it existed have no record, and SCRAM fails for
+/// them until the password is set again.
+///
+/// `password_hash_sha256` ties the record to the password it was derived
+/// from: the SHA-256 of the user's `password_hash` (the PHC string, whose
+/// salt is fresh for every password set). A password changed by a node
+/// that writes no SCRAM records (an older one, during a rolling upgrade)
+/// leaves a record that no longer matches, and it is ignored instead of
+/// still letting the old password in.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScramRecord {
+    pub name: String,
+    pub password_hash_sha256: Vec<u8>,
+    pub credentials: Vec<ScramCredentialRecord>,
+}
+
+/// One mechanism's credential (RFC 5802: salt, iterations, StoredKey,
+/// ServerKey). The keys are secrets: not shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScramCredentialRecord {
+    /// The SASL mechanism name: `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: String,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+impl ScramRecord {
+    /// Credentials of every SCRAM mechanism for `password`, whose argon2
+    /// hash (as stored in the user record) is `password_hash`.
+    pub fn derive(
+        name: &str,
+        password: &str,
+        password_hash: &str,
+    ) -> Result<ScramRecord, berth_security::PasswordError> {
+        let credentials = scram::Mechanism::ALL
+            .into_iter()
+            .map(|m| {
+                let c = scram::credential(password, m)?;
+                Ok(ScramCredentialRecord {
+                    mechanism: m.name().to_string(),
+                    salt: c.salt,
+                    iterations: c.iterations,
+                    stored_key: c.stored_key,
+                    server_key: c.server_key,
+                })
+            })
+            .collect::<Result<_, berth_security::PasswordError>>()?;
+        Ok(ScramRecord {
+            name: name.to_string(),
+            password_hash_sha256: binding(password_hash),
+            credentials,
+        })
+    }
+
+    /// Whether this record was derived from the password `password_hash`
+    /// is the hash of.
+    pub fn is_for(&self, password_hash: &str) -> bool {
+        self.password_hash_sha256 == binding(password_hash)
+    }
+
+    /// The credential of mechanism `m`, if the record has one.
+    pub fn credential(&self, m: scram::Mechanism) -> Option<scram::Credential> {
+        let c = self.credentials.iter().find(|c| c.mechanism == m.name())?;
+        Some(scram::Credential {
+            salt: c.salt.clone(),
+            iterations: c.iterations,
+            stored_key: c.stored_key.clone(),
+            server_key: c.server_key.clone(),
+        })
+    }
+}
+
+fn binding(password_hash: &str) -> Vec<u8> {
+    scram::Mechanism::Sha256.hash(password_hash.as_bytes())
+}
+
+impl std::fmt::Debug for ScramRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramRecord")
+            .field("name", &self.name)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ScramCredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramCredentialRecord")
+            .field("mechanism", &self.mechanism)
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,6 +38,20 @@ pub struct MapCache {
     pub groups: BTreeMap<String, GroupRecord>,
     pub keys: Vec<KeyRecord>,
     pub keyring: KeyRing,
+    /// SCRAM credentials by user name (see [`ScramRecord`]).
+    pub scram: BTreeMap<String, ScramRecord>,
+}
+
+/// A user's SCRAM credential for one mechanism, or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScramLookup {
+    Found(berth_security::scram::Credential),
+    UnknownUser,
+    /// A principal without a password (a service, or the bootstrap admin).
+    NoPassword,
+    /// The password was set before SCRAM credentials were stored (or by a
+    /// node that stores none): setting the password again derives them.
+    Missing,
 }
 
 impl MapCache {
@@ -63,6 +77,22 @@ impl MapCache {
 
     pub fn gid_of(&self, group: &str) -> Option<u32> {
         self.groups.get(group).map(|g| g.gid)
+    }
+
+    /// The SCRAM credential of `user` for mechanism `m`: only one derived
+    /// from the user's current password counts (see [`ScramRecord`]).
+    pub fn scram_credential(&self, user: &str, m: berth_security::scram::Mechanism) -> ScramLookup {
+        let Some(u) = self.users.get(user) else {
+            return ScramLookup::UnknownUser;
+        };
+        let Some(hash) = u.password_hash.as_deref() else {
+            return ScramLookup::NoPassword;
+        };
+        self.scram
+            .get(user)
+            .filter(|r| r.is_for(hash))
+            .and_then(|r| r.credential(m))
+            .map_or(ScramLookup::Missing, ScramLookup::Found)
     }
 }
 
@@ -155,6 +185,17 @@ impl Meta {
             map.groups.insert(g.name.clone(), g);
         }
         map.keys = scan_table(&tx, T_KEY, "signing key")?;
+        // Only Kafka SCRAM logins depend on these: a record this build
+        // cannot decode costs that user SCRAM, not the whole map.
+        let (start, end) = table_range(T_SCRAM);
+        for (_, v) in tx.peek_range(&start, &end, usize::MAX)? {
+            match decode::<ScramRecord>(&v, "SCRAM credentials") {
+                Ok(r) => {
+                    map.scram.insert(r.name.clone(), r);
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping a SCRAM record"),
+            }
+        }
         let now = berth_security::now_secs();
         for k in &map.keys {
             if k.retire_after == 0 || k.retire_after > now {
@@ -594,6 +635,10 @@ impl Meta {
             ),
             _ => None,
         };
+        let scram = match (password, &password_hash) {
+            (Some(p), Some(hash)) => Some(derive_scram(name, p, hash)?),
+            _ => None,
+        };
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
@@ -630,6 +675,10 @@ impl Meta {
                 groups: groups.clone(),
             };
             tx.put(user_key(name), encode(&rec));
+            match &scram {
+                Some(r) => tx.put(scram_key(name), encode(r)),
+                None => tx.delete(scram_key(name)),
+            }
             if let Commit::Done(_) = tx.commit().await? {
                 self.refresh().await?;
                 return Ok(rec);
@@ -646,11 +695,20 @@ impl Meta {
                 "the admin principal cannot be removed",
             ));
         }
-        self.update(&user_key(name), "user remove", |cur| match cur {
-            None => Err(Error::not_found(format!("principal {name:?}"))),
-            Some(_) => Ok(None),
-        })
-        .await
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            if tx.get(&user_key(name))?.is_none() {
+                return Err(Error::not_found(format!("principal {name:?}")));
+            }
+            tx.delete(user_key(name));
+            tx.delete(scram_key(name));
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(());
+            }
+        }
+        Err(too_much_contention("user remove"))
     }
 
     pub async fn user_password(
@@ -670,15 +728,25 @@ impl Meta {
         }
         let hash = berth_security::password::hash_password(password)
             .map_err(|e| Error::new(Code::Io, format!("hashing password: {e}")))?;
-        self.update(&user_key(name), "user password", |cur| {
-            let mut u: UserRecord = decode(
-                &cur.ok_or_else(|| Error::not_found(format!("principal {name:?}")))?,
-                "user",
-            )?;
+        // The SCRAM credentials change with the password, in the same
+        // transaction.
+        let scram = derive_scram(name, password, &hash)?;
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            let cur = tx
+                .get(&user_key(name))?
+                .ok_or_else(|| Error::not_found(format!("principal {name:?}")))?;
+            let mut u: UserRecord = decode(&cur, "user")?;
             u.password_hash = Some(hash.clone());
-            Ok(Some(encode(&u)))
-        })
-        .await
+            tx.put(user_key(name), encode(&u));
+            tx.put(scram_key(name), encode(&scram));
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(());
+            }
+        }
+        Err(too_much_contention("user password"))
     }
 
     pub async fn group_add(
@@ -935,6 +1003,12 @@ impl Meta {
         }
         Err(too_much_contention(what))
     }
+}
+
+/// The SCRAM credentials of a password being set (`hash`: its argon2 hash).
+fn derive_scram(name: &str, password: &str, hash: &str) -> Result<ScramRecord, Error> {
+    ScramRecord::derive(name, password, hash)
+        .map_err(|e| Error::new(Code::Io, format!("deriving SCRAM credentials: {e}")))
 }
 
 fn scan_table<T: serde::de::DeserializeOwned>(

@@ -10,6 +10,8 @@
 //! - [`posix`]: owner/group/other mode-bit checks.
 //! - [`handle`]: signed file handles (the capability `open` returns).
 //! - [`password`]: argon2id password hashing.
+//! - [`scram`]: SCRAM-SHA-256/512 credentials derived from a password, and
+//!   the server side of the SCRAM exchange (no I/O), shared by the gateways.
 //! - [`tls`]: the cluster CA, node certificates and rustls configurations.
 //!
 //! *Architecture Invariant*: this crate is pure. It performs no I/O except in
@@ -18,11 +20,12 @@
 //! and every decision takes the time as an argument so it can be tested.
 //!
 //! *Architecture Invariant*: secrets (signing keys, private keys, passwords,
-//! password hashes, tickets) are never logged and never appear in `Debug`
-//! output or error messages.
+//! password hashes, SCRAM stored and server keys, tickets) are never logged
+//! and never appear in `Debug` output or error messages.
 //!
 //! *Architecture Invariant*: everything that decodes outside input (tickets,
-//! ACEs, scopes, PEM files) has an explicit size bound and fails closed.
+//! ACEs, scopes, PEM files, SCRAM messages) has an explicit size bound and
+//! fails closed.
 
 pub mod ace;
 pub mod handle;
@@ -30,6 +33,7 @@ pub mod password;
 pub mod posix;
 pub mod principal;
 pub mod scope;
+pub mod scram;
 pub mod ticket;
 pub mod tls;
 

@@ -7,11 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_kafka::backend::{
-    Appended, Backend, Fetched, OffsetSpec, PartitionOffsets, StreamError, TopicInfo, TopicRef,
+    Appended, Backend, Committed, Fetched, GroupRef, OffsetSpec, PartitionOffsets, ProducerId,
+    ScramCredential, ScramMechanism, StreamError, TopicInfo, TopicRef,
 };
+use berth_meta::Meta;
 use berth_meta::{Code, Error};
 use berth_security::principal::Principal;
-use berth_streams::{authorize, Right, StreamConfig, StreamRef, Streams, TopicRecord};
+use berth_streams::{
+    authorize, AppendError, Refused, Right, StreamConfig, StreamRef, Streams, TopicRecord,
+};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
@@ -22,6 +26,7 @@ const KNOWN_MAX: usize = 100_000;
 
 pub struct StreamsBackend {
     streams: Arc<Streams>,
+    meta: Arc<Meta>,
     default_stream: String,
     /// Partitions recently read, so a long poll can wait on them without a
     /// principal (the fetch that precedes it authorized the reader).
@@ -29,9 +34,10 @@ pub struct StreamsBackend {
 }
 
 impl StreamsBackend {
-    pub fn new(streams: Arc<Streams>, default_stream: String) -> StreamsBackend {
+    pub fn new(streams: Arc<Streams>, meta: Arc<Meta>, default_stream: String) -> StreamsBackend {
         StreamsBackend {
             streams,
+            meta,
             default_stream,
             known: Mutex::new(HashMap::new()),
         }
@@ -64,6 +70,25 @@ impl StreamsBackend {
     }
 }
 
+/// Splits `/path/stream:name` into (stream, name); a plain name lives in
+/// `default`.
+fn split_name(name: &str, default: &str, what: &str) -> Result<(String, String), StreamError> {
+    match name.rsplit_once(':') {
+        Some((stream, n)) if stream.starts_with('/') && !n.is_empty() => {
+            Ok((stream.to_string(), n.to_string()))
+        }
+        Some(_) => Err(StreamError::InvalidTopic(format!(
+            "{name:?}: a stream {what} is /path/to/stream:{what}"
+        ))),
+        None => Ok((default.to_string(), name.to_string())),
+    }
+}
+
+/// A topic's full name, `/path/stream:topic`, as committed offsets record it.
+fn full_name(t: &TopicRef) -> String {
+    format!("{}:{}", t.stream, t.topic)
+}
+
 fn partition(p: i32) -> Result<u32, StreamError> {
     u32::try_from(p).map_err(|_| StreamError::UnknownTopic(format!("partition {p}")))
 }
@@ -81,6 +106,16 @@ fn to_kafka(e: Error, what: &str) -> StreamError {
         Code::TooBig | Code::Quota => StreamError::TooLarge(m),
         Code::Again => StreamError::Retriable(m),
         _ => StreamError::Internal(m),
+    }
+}
+
+/// A group's stream could not be used: denied means GROUP_AUTHORIZATION_FAILED.
+fn group_error(e: Error, g: &GroupRef) -> StreamError {
+    match e.code {
+        Code::Access | Code::Perm | Code::Auth => {
+            StreamError::GroupDenied(format!("{}:{}: {}", g.stream, g.group, e.message))
+        }
+        _ => to_kafka(e, &g.group),
     }
 }
 
@@ -115,19 +150,8 @@ impl Backend for StreamsBackend {
     }
 
     fn resolve(&self, _p: &Principal, name: &str) -> Result<TopicRef, StreamError> {
-        match name.rsplit_once(':') {
-            Some((stream, topic)) if stream.starts_with('/') && !topic.is_empty() => Ok(TopicRef {
-                stream: stream.to_string(),
-                topic: topic.to_string(),
-            }),
-            Some(_) => Err(StreamError::InvalidTopic(format!(
-                "{name:?}: a stream topic is /path/to/stream:topic"
-            ))),
-            None => Ok(TopicRef {
-                stream: self.default_stream.clone(),
-                topic: name.to_string(),
-            }),
-        }
+        let (stream, topic) = split_name(name, &self.default_stream, "topic")?;
+        Ok(TopicRef { stream, topic })
     }
 
     async fn topic(
@@ -254,14 +278,16 @@ impl Backend for StreamsBackend {
             .streams
             .append(p, &s, &t.topic, &topic, part, records)
             .await
-            .map_err(|e| match e.code {
-                // Unsupported batch kinds (idempotent, transactional).
-                Code::Invalid => StreamError::CorruptBatch(e.message),
-                _ => to_kafka(e, &t.topic),
+            .map_err(|e| match e {
+                AppendError::Refused(Refused::OutOfOrder(m)) => StreamError::OutOfOrderSequence(m),
+                AppendError::Refused(Refused::StaleEpoch(m)) => {
+                    StreamError::InvalidProducerEpoch(m)
+                }
+                AppendError::Failed(e) => to_kafka(e, &t.topic),
             })?;
         Ok(Appended {
             base_offset: a.base_offset,
-            log_start: a.state.log_start,
+            log_start: a.log_start,
             log_append_time_ms: -1,
         })
     }
@@ -327,6 +353,139 @@ impl Backend for StreamsBackend {
         r.map_err(|e| to_kafka(e, &t.topic))
     }
 
+    fn resolve_group(&self, _p: &Principal, name: &str) -> Result<GroupRef, StreamError> {
+        let (stream, group) = split_name(name, &self.default_stream, "group")?;
+        Ok(GroupRef { stream, group })
+    }
+
+    async fn authorize_group(&self, p: &Principal, g: &GroupRef) -> Result<(), StreamError> {
+        self.streams
+            .stream(p, &g.stream, Right::Consume)
+            .await
+            .map(drop)
+            .map_err(|e| group_error(e, g))
+    }
+
+    async fn commit_offset(
+        &self,
+        p: &Principal,
+        g: &GroupRef,
+        t: &TopicRef,
+        part: i32,
+        c: Committed,
+    ) -> Result<(), StreamError> {
+        let part = partition(part)?;
+        let gs = self
+            .streams
+            .stream(p, &g.stream, Right::Consume)
+            .await
+            .map_err(|e| group_error(e, g))?;
+        // Committing for a topic needs its consume right too.
+        let (_, topic) = self.open(p, t, Right::Consume).await?;
+        if part >= topic.partitions {
+            return Err(StreamError::UnknownTopic(format!(
+                "{}: partition {part}",
+                full_name(t)
+            )));
+        }
+        self.streams
+            .commit_offset(
+                p,
+                &gs,
+                &g.group,
+                (&full_name(t), part),
+                c.offset,
+                &c.metadata,
+            )
+            .await
+            .map_err(|e| to_kafka(e, &t.topic))
+    }
+
+    async fn committed_offset(
+        &self,
+        p: &Principal,
+        g: &GroupRef,
+        t: &TopicRef,
+        part: i32,
+    ) -> Result<Option<Committed>, StreamError> {
+        let part = partition(part)?;
+        let gs = self
+            .streams
+            .stream(p, &g.stream, Right::Consume)
+            .await
+            .map_err(|e| group_error(e, g))?;
+        self.open(p, t, Right::Consume).await?;
+        let c = self
+            .streams
+            .committed(p, &gs, &g.group, &full_name(t), part)
+            .await
+            .map_err(|e| to_kafka(e, &t.topic))?;
+        Ok(c.map(|c| Committed {
+            offset: c.offset,
+            metadata: c.metadata,
+        }))
+    }
+
+    async fn group_offsets(
+        &self,
+        p: &Principal,
+        g: &GroupRef,
+    ) -> Result<Vec<(String, i32, Committed)>, StreamError> {
+        let gs = self
+            .streams
+            .stream(p, &g.stream, Right::Consume)
+            .await
+            .map_err(|e| group_error(e, g))?;
+        let all = self
+            .streams
+            .group_offsets(p, &gs, &g.group)
+            .await
+            .map_err(|e| group_error(e, g))?;
+        let default_prefix = format!("{}:", self.default_stream);
+        Ok(all
+            .into_iter()
+            .filter_map(|(topic, part, c)| {
+                // The name the client used: plain for the default stream.
+                let name = match topic.strip_prefix(&default_prefix) {
+                    Some(plain) => plain.to_string(),
+                    None => topic,
+                };
+                let part = i32::try_from(part).ok()?;
+                Some((
+                    name,
+                    part,
+                    Committed {
+                        offset: c.offset,
+                        metadata: c.metadata,
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    async fn init_producer_id(&self, _p: &Principal) -> Result<ProducerId, StreamError> {
+        // Random ids in [1, 2^62): unique in practice without a cluster-wide
+        // counter (two producers collide with probability ~n²/2^63), and a
+        // restarted producer never inherits another's sequence state.
+        let id = (rand::random::<u64>() >> 2).max(1);
+        Ok(ProducerId {
+            id: i64::try_from(id).unwrap_or(1),
+            epoch: 0,
+        })
+    }
+
+    async fn scram_credential(&self, user: &str, m: ScramMechanism) -> Option<ScramCredential> {
+        crate::kafka_sasl::scram_credential(&self.meta, user, m).await
+    }
+
+    async fn scram_principal(&self, user: &str) -> Result<Principal, String> {
+        crate::kafka_sasl::scram_principal(&self.meta, user).await
+    }
+
+    async fn authenticate_token(&self, token: &str) -> Result<Principal, String> {
+        crate::kafka_sasl::authenticate_token(&self.meta, token)
+    }
+
     async fn offsets(
         &self,
         p: &Principal,
@@ -350,6 +509,22 @@ impl Backend for StreamsBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_split_into_stream_and_topic() {
+        let d = "/streams/default";
+        let ok = |n: &str| split_name(n, d, "topic").unwrap();
+        assert_eq!(ok("clicks"), (d.to_string(), "clicks".to_string()));
+        assert_eq!(ok("/apps/e:clicks"), ("/apps/e".into(), "clicks".into()));
+        // The last colon splits: stream paths may hold colons.
+        assert_eq!(ok("/a:b/e:c"), ("/a:b/e".into(), "c".into()));
+        for bad in ["apps/e:clicks", "/apps/e:", ":x"] {
+            assert!(matches!(
+                split_name(bad, d, "topic"),
+                Err(StreamError::InvalidTopic(_))
+            ));
+        }
+    }
 
     #[test]
     fn errors_map_to_kafka_terms() {

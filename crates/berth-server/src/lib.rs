@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod kafka;
+pub mod kafka_sasl;
 pub mod metrics;
 pub mod native;
 
@@ -41,6 +42,8 @@ pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
 const ADMIN_TICKET_TTL_SECS: u64 = 365 * 24 * 3600;
 /// The admin ticket file is rewritten when less than this is left.
 const ADMIN_TICKET_RENEW_SECS: u64 = 30 * 24 * 3600;
+/// How often stream partitions are trimmed to their retention.
+const STREAM_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a node records the shards it leads in the cluster map.
 const LEADER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest wait for the node's shards to elect leaders at startup.
@@ -227,6 +230,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     directory.attach(meta.clone());
     let ns = Namespace::new(meta.clone());
     let streams = berth_streams::Streams::new(ns.clone());
+    let retention = streams.spawn_retention(STREAM_RETENTION_INTERVAL);
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let native = Arc::new(Native {
         meta: meta.clone(),
@@ -438,6 +442,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             };
             let backend = Arc::new(kafka::StreamsBackend::new(
                 streams.clone(),
+                meta.clone(),
                 cfg.kafka_default_stream.clone(),
             ));
             let kcfg = berth_kafka::KafkaConfig {
@@ -445,7 +450,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 advertised_host: advertise[0].clone(),
                 advertised_port: i32::from(addr.port()),
                 cluster_id: meta.map().cluster_name().to_string(),
-                max_request_bytes: berth_kafka::MAX_REQUEST_BYTES_DEFAULT,
+                ..Default::default()
             };
             let mut stop = stop_rx.clone();
             Some(tokio::spawn(async move {
@@ -468,7 +473,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     println!("  admin HTTP   {admin_addr} ({scheme}: /health, /metrics)");
     if let Some(a) = kafka_addr {
         println!(
-            "  kafka        {a} ({}, SASL PLAIN; plain topic names in {})",
+            "  kafka        {a} ({}, SASL PLAIN, SCRAM-SHA-256/512, OAUTHBEARER; plain topic names in {})",
             if cfg.insecure { "plaintext" } else { "TLS" },
             cfg.kafka_default_stream
         );
@@ -490,6 +495,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(k) = kafka {
         let _ = tokio::time::timeout(Duration::from_secs(5), k).await;
     }
+    retention.abort();
     raft.shutdown();
     Ok(())
 }

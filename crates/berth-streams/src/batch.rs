@@ -21,6 +21,8 @@ const ATTRIBUTES_AT: usize = 21;
 const LAST_OFFSET_DELTA_AT: usize = 23;
 const MAX_TIMESTAMP_AT: usize = 35;
 const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
 const RECORDS_COUNT_AT: usize = 57;
 /// Attributes bit: the batch belongs to a transaction.
 const TRANSACTIONAL: i16 = 1 << 4;
@@ -37,7 +39,11 @@ pub struct BatchInfo {
     /// Offsets it takes: `lastOffsetDelta + 1`.
     pub offsets: u32,
     pub max_timestamp: i64,
+    /// -1 unless an idempotent producer wrote it.
     pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// Sequence number of the first record (-1 without a producer id).
+    pub base_sequence: i32,
 }
 
 /// Splits a produce request's records into batches and checks each: magic 2,
@@ -105,6 +111,12 @@ pub fn split(buf: &[u8]) -> Result<Vec<BatchInfo>, String> {
             offsets: delta as u32 + 1,
             max_timestamp: read_i64(b, MAX_TIMESTAMP_AT),
             producer_id: read_i64(b, PRODUCER_ID_AT),
+            producer_epoch: i16::from_be_bytes([b[PRODUCER_EPOCH_AT], b[PRODUCER_EPOCH_AT + 1]]),
+            base_sequence: i32::from_be_bytes(
+                b[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4]
+                    .try_into()
+                    .unwrap_or_default(),
+            ),
         });
         at += len;
     }
@@ -121,6 +133,16 @@ pub fn place(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
 /// The base offset of a stored batch.
 pub fn base_offset(batch: &[u8]) -> i64 {
     read_i64(batch, 0)
+}
+
+/// Offsets a stored batch takes (its last offset delta + 1).
+pub fn offsets(batch: &[u8]) -> i64 {
+    batch
+        .get(LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4)
+        .and_then(|s| s.try_into().ok())
+        .map(|b| i64::from(i32::from_be_bytes(b)) + 1)
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// The max timestamp of a stored batch.

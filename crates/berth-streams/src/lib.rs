@@ -31,9 +31,18 @@
 //!   ACEs, then the stream's ACE for the right asked (produce, consume,
 //!   topic, admin; unset = the stream's owner only; administrators always).
 //!
-//! Not yet: retention by time and size and compaction (the settings are
-//! stored and reported, nothing is deleted), consumer groups, idempotent
-//! producers and transactions (their batches are refused).
+//! Retention: [`Streams::retain`] deletes the oldest batches past the
+//! stream's `retention_ms` / `retention_bytes`; a sweep
+//! ([`Streams::spawn_retention`]) visits the partitions appended to through
+//! this node since it started. Idempotent producers: the partition state
+//! keeps each producer's last five batches, so a retried batch is answered
+//! with its first offset and a gap is refused, in the append's own
+//! transaction. Committed offsets of consumer groups live in the group's
+//! stream (`StreamState(vol, ino) · u64(1) · str(group) · str(topic) ·
+//! u64(partition)`).
+//!
+//! Not yet: compaction (the setting is stored and reported; compacted
+//! topics keep everything), transactions (their batches are refused).
 
 pub mod batch;
 
@@ -114,13 +123,138 @@ pub struct TopicRecord {
     pub created_ms: i64,
 }
 
-/// The offsets of one partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// The offsets of one partition, and what its idempotent producers wrote
+/// last (so a retried batch is recognised in the same transaction that
+/// would append it).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PartState {
     /// Next offset to give (the log end; the high watermark).
     pub next: i64,
     /// First offset still stored.
     pub log_start: i64,
+    /// Bytes of the batches stored (for size retention).
+    pub bytes: u64,
+    /// Most recently active first, at most [`PRODUCERS_MAX`].
+    pub producers: Vec<ProducerState>,
+}
+
+/// One idempotent producer's recent batches in one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerState {
+    pub id: i64,
+    pub epoch: i16,
+    /// (first sequence, last sequence, base offset) of its last batches,
+    /// oldest first, at most [`PRODUCER_BATCHES_KEPT`] (Kafka keeps five:
+    /// a producer has at most five requests in flight).
+    pub batches: Vec<(i32, i32, i64)>,
+}
+
+/// Producers remembered per partition.
+pub const PRODUCERS_MAX: usize = 1000;
+/// Batches remembered per producer and partition.
+pub const PRODUCER_BATCHES_KEPT: usize = 5;
+
+/// Why an idempotent producer's batch is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Not the next sequence (OUT_OF_ORDER_SEQUENCE_NUMBER).
+    OutOfOrder(String),
+    /// An epoch older than the producer's current one (INVALID_PRODUCER_EPOCH).
+    StaleEpoch(String),
+}
+
+/// What an append ran into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendError {
+    Failed(Error),
+    Refused(Refused),
+}
+
+impl AppendError {
+    /// The service error, when the append failed as any call can.
+    pub fn failed(&self) -> Option<&Error> {
+        match self {
+            AppendError::Failed(e) => Some(e),
+            AppendError::Refused(_) => None,
+        }
+    }
+}
+
+impl From<Error> for AppendError {
+    fn from(e: Error) -> Self {
+        AppendError::Failed(e)
+    }
+}
+
+/// What to do with one batch of an idempotent producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seq {
+    /// Append it.
+    Append,
+    /// Already written at this base offset: answer that, write nothing.
+    Duplicate(i64),
+}
+
+/// Checks an idempotent batch against the producer's state (Kafka's
+/// rules): a batch seen among the last five is a duplicate; otherwise its
+/// first sequence must follow the last one (sequences wrap at i32::MAX);
+/// a newer epoch starts over at any sequence; an older epoch is refused.
+fn check_sequence(
+    st: &PartState,
+    pid: i64,
+    epoch: i16,
+    first: i32,
+    last: i32,
+) -> Result<Seq, Refused> {
+    let Some(p) = st.producers.iter().find(|p| p.id == pid) else {
+        return Ok(Seq::Append);
+    };
+    if epoch < p.epoch {
+        return Err(Refused::StaleEpoch(format!(
+            "producer {pid}: epoch {epoch} is older than {}",
+            p.epoch
+        )));
+    }
+    if epoch > p.epoch {
+        return Ok(Seq::Append);
+    }
+    if let Some(&(_, _, base)) = p.batches.iter().find(|b| b.0 == first && b.1 == last) {
+        return Ok(Seq::Duplicate(base));
+    }
+    let expected = match p.batches.last() {
+        Some(&(_, l, _)) if l == i32::MAX => 0,
+        Some(&(_, l, _)) => l + 1,
+        None => return Ok(Seq::Append),
+    };
+    if first == expected {
+        Ok(Seq::Append)
+    } else {
+        Err(Refused::OutOfOrder(format!(
+            "producer {pid}: sequence {first}, expected {expected}"
+        )))
+    }
+}
+
+/// Records an appended batch of producer `pid` in the partition state.
+fn remember_batch(st: &mut PartState, pid: i64, epoch: i16, first: i32, last: i32, base: i64) {
+    let mut p = match st.producers.iter().position(|p| p.id == pid) {
+        Some(i) => st.producers.remove(i),
+        None => ProducerState {
+            id: pid,
+            epoch,
+            batches: Vec::new(),
+        },
+    };
+    if epoch != p.epoch {
+        p.epoch = epoch;
+        p.batches.clear();
+    }
+    p.batches.push((first, last, base));
+    if p.batches.len() > PRODUCER_BATCHES_KEPT {
+        p.batches.remove(0);
+    }
+    st.producers.insert(0, p);
+    st.producers.truncate(PRODUCERS_MAX);
 }
 
 /// What a principal wants of a stream.
@@ -156,8 +290,11 @@ pub struct StreamRef {
 /// Answer to an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
+    /// Where the first batch went (for a duplicate: where it went before).
     pub base_offset: i64,
-    pub state: PartState,
+    /// The partition's log start and end after the append.
+    pub log_start: i64,
+    pub next: i64,
 }
 
 /// The streams service.
@@ -167,6 +304,9 @@ pub struct Streams {
     append_locks: parking_lot::Mutex<HashMap<PartKey, Arc<tokio::sync::Mutex<()>>>>,
     /// The latest committed next offset per partition, for long polls.
     ends: parking_lot::Mutex<HashMap<PartKey, watch::Sender<i64>>>,
+    /// Partitions appended to through this node since it started: the ones
+    /// the retention sweep visits.
+    retained: parking_lot::Mutex<HashMap<PartKey, (StreamRef, String, TopicRecord)>>,
 }
 
 /// Identifies a partition on this node: volume, stream inode, topic id,
@@ -179,6 +319,35 @@ fn config_key(vol: u64, ino: u64) -> Vec<u8> {
 fn topic_key(vol: u64, ino: u64, topic: &str) -> Vec<u8> {
     Key::new(vol, Kind::StreamState, ino).str(topic).build()
 }
+/// Committed offsets live under this integer component of the stream's
+/// state (integers sort before the topic names, which are text).
+const GROUPS: u64 = 1;
+/// Longest consumer group name.
+pub const GROUP_NAME_MAX: usize = 255;
+
+fn group_prefix(vol: u64, ino: u64, group: &str) -> Vec<u8> {
+    Key::new(vol, Kind::StreamState, ino)
+        .u64(GROUPS)
+        .str(group)
+        .build()
+}
+fn offset_key(vol: u64, ino: u64, group: &str, topic: &str, part: u32) -> Vec<u8> {
+    Key::new(vol, Kind::StreamState, ino)
+        .u64(GROUPS)
+        .str(group)
+        .str(topic)
+        .u64(part as u64)
+        .build()
+}
+
+/// A consumer group's committed offset for one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub metadata: String,
+    pub at_ms: i64,
+}
+
 fn part_key(vol: u64, ino: u64, topic: u64, part: u32) -> Vec<u8> {
     Key::new(vol, Kind::StreamLog, ino)
         .u64(topic)
@@ -222,6 +391,7 @@ impl Streams {
             ns,
             append_locks: parking_lot::Mutex::new(HashMap::new()),
             ends: parking_lot::Mutex::new(HashMap::new()),
+            retained: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -510,25 +680,19 @@ impl Streams {
         t: &TopicRecord,
         part: u32,
         records: Bytes,
-    ) -> Result<Appended, Error> {
+    ) -> Result<Appended, AppendError> {
         authorize(p, s, Right::Produce)?;
         check_partition(t, part)?;
         if records.len() > APPEND_BYTES_MAX {
-            return Err(Error::new(
+            return Err(AppendError::Failed(Error::new(
                 Code::TooBig,
                 format!(
                     "{} bytes in one append; at most {APPEND_BYTES_MAX}",
                     records.len()
                 ),
-            ));
-        }
-        let batches = batch::split(&records).map_err(|e| Error::new(Code::BadMessage, e))?;
-        if let Some(b) = batches.iter().find(|b| b.producer_id >= 0) {
-            return Err(Error::invalid(format!(
-                "batch with producer id {}: idempotent producers are not supported yet (set enable.idempotence=false)",
-                b.producer_id
             )));
         }
+        let batches = batch::split(&records).map_err(|e| Error::new(Code::BadMessage, e))?;
         let pk: PartKey = (s.vol.id, s.entry.ino, t.id, part);
         let lock = self.append_locks.lock().entry(pk).or_default().clone();
         let _queued = lock.lock().await;
@@ -544,10 +708,9 @@ impl Streams {
             match live {
                 Some(l) if l.id == t.id && part < l.partitions => {}
                 _ => {
-                    return Err(Error::not_found(format!(
-                        "topic {name} in {}",
-                        s.entry.path
-                    )))
+                    return Err(
+                        Error::not_found(format!("topic {name} in {}", s.entry.path)).into(),
+                    )
                 }
             }
             let skey = part_key(s.vol.id, s.entry.ino, t.id, part);
@@ -555,28 +718,145 @@ impl Streams {
                 Some(b) => decode(&b, "partition state")?,
                 None => PartState::default(),
             };
-            let mut next = state.next;
+            let mut new = state.clone();
+            let mut first_base = None;
             for b in &batches {
+                let idempotent = b.producer_id >= 0;
+                let last_seq = b.base_sequence.wrapping_add(b.offsets as i32 - 1);
+                if idempotent {
+                    match check_sequence(
+                        &new,
+                        b.producer_id,
+                        b.producer_epoch,
+                        b.base_sequence,
+                        last_seq,
+                    )
+                    .map_err(AppendError::Refused)?
+                    {
+                        Seq::Duplicate(base) => {
+                            first_base.get_or_insert(base);
+                            continue;
+                        }
+                        Seq::Append => {}
+                    }
+                }
                 let mut bytes = records[b.start..b.start + b.len].to_vec();
-                batch::place(&mut bytes, next, 0);
-                let last = next + b.offsets as i64 - 1;
+                let base = new.next;
+                batch::place(&mut bytes, base, 0);
+                let last = base + b.offsets as i64 - 1;
                 tx.put(batch_key(s.vol.id, s.entry.ino, t.id, part, last), bytes);
-                next = last + 1;
+                if idempotent {
+                    remember_batch(
+                        &mut new,
+                        b.producer_id,
+                        b.producer_epoch,
+                        b.base_sequence,
+                        last_seq,
+                        base,
+                    );
+                }
+                first_base.get_or_insert(base);
+                new.next = last + 1;
+                new.bytes += b.len as u64;
             }
-            let new = PartState {
-                next,
-                log_start: state.log_start,
-            };
+            let base_offset = first_base.unwrap_or(state.next);
+            if new == state {
+                // Only duplicates: nothing to write.
+                return Ok(Appended {
+                    base_offset,
+                    log_start: state.log_start,
+                    next: state.next,
+                });
+            }
             tx.put(skey, encode(&new));
             if let Commit::Done(_) = tx.commit().await? {
                 self.advanced(pk, new.next);
+                self.retained
+                    .lock()
+                    .insert(pk, (s.clone(), name.to_string(), t.clone()));
                 return Ok(Appended {
-                    base_offset: state.next,
-                    state: new,
+                    base_offset,
+                    log_start: new.log_start,
+                    next: new.next,
                 });
             }
         }
-        Err(berth_meta::router::too_much_contention(&s.entry.path))
+        Err(berth_meta::router::too_much_contention(&s.entry.path).into())
+    }
+
+    /// Commits a consumer group's offset for partition `part` of `topic`
+    /// (the topic's full name, `/stream:topic`), durably. Groups live in stream
+    /// `gs`; using one needs the consume right on it (the caller checks the
+    /// consume right on the topic's own stream).
+    pub async fn commit_offset(
+        &self,
+        p: &Principal,
+        gs: &StreamRef,
+        group: &str,
+        (topic, part): (&str, u32),
+        offset: i64,
+        metadata: &str,
+    ) -> Result<(), Error> {
+        authorize(p, gs, Right::Consume)?;
+        check_group(group)?;
+        if metadata.len() > 4096 {
+            return Err(Error::new(Code::TooBig, "offset metadata over 4096 bytes"));
+        }
+        let mut tx = self.ns.meta().router().begin(gs.vol.shard_id).await?;
+        let c = CommittedOffset {
+            offset,
+            metadata: metadata.to_string(),
+            at_ms: now_ms(),
+        };
+        tx.put(
+            offset_key(gs.vol.id, gs.entry.ino, group, topic, part),
+            encode(&c),
+        );
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A group's committed offset for a partition.
+    pub async fn committed(
+        &self,
+        p: &Principal,
+        gs: &StreamRef,
+        group: &str,
+        topic: &str,
+        part: u32,
+    ) -> Result<Option<CommittedOffset>, Error> {
+        authorize(p, gs, Right::Consume)?;
+        check_group(group)?;
+        let tx = self.ns.meta().router().begin(gs.vol.shard_id).await?;
+        tx.peek(&offset_key(gs.vol.id, gs.entry.ino, group, topic, part))?
+            .map(|b| decode(&b, "committed offset"))
+            .transpose()
+    }
+
+    /// Every committed offset of a group: (topic, partition, offset).
+    pub async fn group_offsets(
+        &self,
+        p: &Principal,
+        gs: &StreamRef,
+        group: &str,
+    ) -> Result<Vec<(String, u32, CommittedOffset)>, Error> {
+        authorize(p, gs, Right::Consume)?;
+        check_group(group)?;
+        let tx = self.ns.meta().router().begin(gs.vol.shard_id).await?;
+        let start = group_prefix(gs.vol.id, gs.entry.ino, group);
+        let end = prefix_end(&start);
+        let mut out = Vec::new();
+        for (k, v) in tx.peek_range(&start, &end, usize::MAX)? {
+            let d = berth_store::keys::decode(&k)
+                .map_err(|e| Error::corrupt(format!("offset key: {e}")))?;
+            use berth_store::keys::Component;
+            if let [_, _, Component::Str(topic), Component::U64(part)] = d.components.as_slice() {
+                let part = u32::try_from(*part)
+                    .map_err(|_| Error::corrupt("offset key: partition out of range"))?;
+                out.push((topic.clone(), part, decode(&v, "committed offset")?));
+            }
+        }
+        Ok(out)
     }
 
     /// Batches from `offset` on, about `max_bytes` of them (at least one
@@ -697,6 +977,108 @@ impl Streams {
         let _ = tokio::time::timeout(max_wait, rx.wait_for(|end| *end > offset)).await;
     }
 
+    /// Deletes the oldest batches of a partition that its stream's
+    /// retention no longer keeps: older than `retention_ms` (by the
+    /// batch's max timestamp) or beyond `retention_bytes`; the log start
+    /// moves past them. The batch holding the log end is never deleted by
+    /// size. Returns the number of batches deleted. Housekeeping: no
+    /// principal, the stream's own settings decide.
+    pub async fn retain(
+        &self,
+        s: &StreamRef,
+        name: &str,
+        t: &TopicRecord,
+        part: u32,
+    ) -> Result<usize, Error> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
+            let config = read_config(&mut tx, &config_key(s.vol.id, s.entry.ino))?;
+            // A deleted (or re-created) topic is not ours to trim.
+            let live: Option<TopicRecord> = tx
+                .get(&topic_key(s.vol.id, s.entry.ino, name))?
+                .map(|b| decode(&b, "topic"))
+                .transpose()?;
+            if live.is_none_or(|l| l.id != t.id) {
+                return Ok(0);
+            }
+            let skey = part_key(s.vol.id, s.entry.ino, t.id, part);
+            let Some(raw) = tx.get(&skey)? else {
+                return Ok(0);
+            };
+            let mut st: PartState = decode(&raw, "partition state")?;
+            let oldest_kept = if config.retention_ms >= 0 {
+                now_ms().saturating_sub(config.retention_ms)
+            } else {
+                i64::MIN
+            };
+            let start = batch_key(s.vol.id, s.entry.ino, t.id, part, st.log_start);
+            let end = prefix_end(&skey);
+            let mut deleted = 0;
+            let mut from = start;
+            'scan: loop {
+                let page = tx.peek_range(&from, &end, FETCH_BATCHES_MAX)?;
+                if page.is_empty() {
+                    break;
+                }
+                for (k, v) in &page {
+                    let too_old = batch::max_timestamp(v) < oldest_kept;
+                    let too_big =
+                        config.retention_bytes >= 0 && st.bytes > config.retention_bytes as u64;
+                    let last = batch::base_offset(v) + batch::offsets(v) - 1;
+                    let holds_end = last + 1 >= st.next;
+                    if !(too_old || (too_big && !holds_end)) {
+                        break 'scan;
+                    }
+                    tx.delete(k.clone());
+                    st.bytes = st.bytes.saturating_sub(v.len() as u64);
+                    st.log_start = last + 1;
+                    deleted += 1;
+                }
+                let mut next = page.last().map(|(k, _)| k.clone()).unwrap_or_default();
+                next.push(0);
+                from = next;
+            }
+            if deleted == 0 {
+                return Ok(0);
+            }
+            tx.put(skey, encode(&st));
+            if let Commit::Done(_) = tx.commit().await? {
+                return Ok(deleted);
+            }
+        }
+        Err(berth_meta::router::too_much_contention(&s.entry.path))
+    }
+
+    /// Runs [`Streams::retain`] over the partitions this node appended to,
+    /// every `every`, until the returned task is dropped or aborted.
+    pub fn spawn_retention(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(streams) = me.upgrade() else { return };
+                let parts: Vec<(PartKey, (StreamRef, String, TopicRecord))> = streams
+                    .retained
+                    .lock()
+                    .iter()
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect();
+                for ((_, _, _, part), (s, name, t)) in parts {
+                    match streams.retain(&s, &name, &t, part).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::debug!(stream = %s.entry.path, topic = name, part, batches = n, "retention deleted batches")
+                        }
+                        Err(e) => {
+                            tracing::debug!(stream = %s.entry.path, topic = name, part, error = %e, "retention sweep failed; next round retries")
+                        }
+                    }
+                }
+            }
+        })
+    }
+
     fn advanced(&self, pk: PartKey, next: i64) {
         let ends = self.ends.lock();
         if let Some(tx) = ends.get(&pk) {
@@ -742,6 +1124,15 @@ fn read_state(tx: &Tx, s: &StreamRef, t: &TopicRecord, part: u32) -> Result<Part
             None => PartState::default(),
         },
     )
+}
+
+fn check_group(group: &str) -> Result<(), Error> {
+    if group.is_empty() || group.len() > GROUP_NAME_MAX {
+        return Err(Error::invalid(format!(
+            "group name: 1 to {GROUP_NAME_MAX} bytes"
+        )));
+    }
+    Ok(())
 }
 
 fn check_partition(t: &TopicRecord, part: u32) -> Result<(), Error> {

@@ -10,7 +10,7 @@ use berth_meta::{Bootstrap, Code, Meta, Router};
 use berth_raft::{NodeId, RaftNode, Transport};
 use berth_security::principal::Principal;
 use berth_store::Store;
-use berth_streams::{batch, Right, StreamConfig, Streams};
+use berth_streams::{batch, AppendError, Refused, Right, StreamConfig, Streams};
 use bytes::Bytes;
 
 struct NullTransport;
@@ -87,6 +87,11 @@ impl Kernel {
 
 /// A record batch v2 of `n` empty records with max timestamp `ts`.
 fn batch_of(n: u32, ts: i64) -> Vec<u8> {
+    producer_batch(n, ts, -1, -1, -1)
+}
+
+/// The same from an idempotent producer.
+fn producer_batch(n: u32, ts: i64, pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
     let mut records = Vec::new();
     for i in 0..n {
         let body = [0u8, 0, (i as u8) << 1, 1, 1, 0];
@@ -103,9 +108,9 @@ fn batch_of(n: u32, ts: i64) -> Vec<u8> {
     b.extend_from_slice(&(n as i32 - 1).to_be_bytes());
     b.extend_from_slice(&ts.to_be_bytes());
     b.extend_from_slice(&ts.to_be_bytes());
-    b.extend_from_slice(&(-1i64).to_be_bytes());
-    b.extend_from_slice(&(-1i16).to_be_bytes());
-    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&pid.to_be_bytes());
+    b.extend_from_slice(&epoch.to_be_bytes());
+    b.extend_from_slice(&seq.to_be_bytes());
     b.extend_from_slice(&(n as i32).to_be_bytes());
     b.extend_from_slice(&records);
     let len = (b.len() - 12) as i32;
@@ -174,7 +179,7 @@ async fn appends_get_contiguous_offsets_and_read_back_from_any_offset() {
         .append(a, &s, "t", &t, 2, Bytes::from(batch_of(1, 0)))
         .await
         .unwrap_err();
-    assert_eq!(e.code, Code::NotFound);
+    assert_eq!(e.failed().expect("a failure").code, Code::NotFound);
 }
 
 #[tokio::test]
@@ -195,7 +200,7 @@ async fn bad_batches_are_refused_and_nothing_is_written() {
         .append(a, &s, "t", &t, 0, Bytes::from(bad))
         .await
         .unwrap_err();
-    assert_eq!(e.code, Code::BadMessage);
+    assert_eq!(e.failed().expect("a failure").code, Code::BadMessage);
     assert_eq!(k.streams.offsets(a, &s, &t, 0).await.unwrap().next, 0);
 }
 
@@ -252,7 +257,7 @@ async fn topics_are_created_grown_and_deleted_with_their_logs() {
         .append(a, &s, "auto", &t, 0, Bytes::from(batch_of(1, 0)))
         .await
         .unwrap_err();
-    assert_eq!(e.code, Code::NotFound);
+    assert_eq!(e.failed().expect("a failure").code, Code::NotFound);
     // A new topic of the same name starts empty.
     let t2 = k.streams.create_topic(a, &s, "auto", 1).await.unwrap();
     assert_ne!(t2.id, t.id);
@@ -305,7 +310,7 @@ async fn rights_come_from_the_stream_aces() {
         .append(&bob, &s, "t", &t, 0, Bytes::from(batch_of(1, 0)))
         .await
         .unwrap_err();
-    assert_eq!(e.code, Code::Access);
+    assert_eq!(e.failed().expect("a failure").code, Code::Access);
     assert_eq!(
         k.streams
             .read(&bob, &s, &t, 0, 0, 100)
@@ -382,4 +387,208 @@ async fn a_long_poll_wakes_on_append() {
         .expect("the long poll woke")
         .unwrap();
     assert!(waited < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn idempotent_producers_are_deduplicated_and_kept_in_order() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let s = k
+        .streams
+        .create_stream(a, "/s", StreamConfig::default())
+        .await
+        .unwrap();
+    let t = k.streams.create_topic(a, &s, "t", 1).await.unwrap();
+    let append = |b: Vec<u8>| {
+        let (streams, s, t) = (k.streams.clone(), s.clone(), t.clone());
+        let a = a.clone();
+        async move { streams.append(&a, &s, "t", &t, 0, Bytes::from(b)).await }
+    };
+    // Producer 7: sequences 0..2, then 3..3.
+    assert_eq!(
+        append(producer_batch(3, 0, 7, 0, 0))
+            .await
+            .unwrap()
+            .base_offset,
+        0
+    );
+    assert_eq!(
+        append(producer_batch(1, 0, 7, 0, 3))
+            .await
+            .unwrap()
+            .base_offset,
+        3
+    );
+    // A retry of the first batch: its old offset, nothing written.
+    let dup = append(producer_batch(3, 0, 7, 0, 0)).await.unwrap();
+    assert_eq!((dup.base_offset, dup.next), (0, 4));
+    assert_eq!(k.streams.offsets(a, &s, &t, 0).await.unwrap().next, 4);
+    // A gap is refused.
+    assert!(matches!(
+        append(producer_batch(1, 0, 7, 0, 9)).await.unwrap_err(),
+        AppendError::Refused(Refused::OutOfOrder(_))
+    ));
+    // Another producer interleaves freely.
+    assert_eq!(
+        append(producer_batch(2, 0, 8, 0, 0))
+            .await
+            .unwrap()
+            .base_offset,
+        4
+    );
+    assert_eq!(
+        append(producer_batch(1, 0, 7, 0, 4))
+            .await
+            .unwrap()
+            .base_offset,
+        6
+    );
+    // A new epoch starts over; the old one is fenced.
+    assert_eq!(
+        append(producer_batch(1, 0, 7, 1, 0))
+            .await
+            .unwrap()
+            .base_offset,
+        7
+    );
+    assert!(matches!(
+        append(producer_batch(1, 0, 7, 0, 5)).await.unwrap_err(),
+        AppendError::Refused(Refused::StaleEpoch(_))
+    ));
+    // Non-idempotent batches are never deduplicated.
+    append(batch_of(1, 0)).await.unwrap();
+    append(batch_of(1, 0)).await.unwrap();
+    assert_eq!(k.streams.offsets(a, &s, &t, 0).await.unwrap().next, 10);
+}
+
+#[tokio::test]
+async fn group_offsets_are_committed_durably_and_need_the_consume_right() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let bob = k.user("bob").await;
+    let s = k
+        .streams
+        .create_stream(a, "/s", StreamConfig::default())
+        .await
+        .unwrap();
+    k.streams.create_topic(a, &s, "t", 2).await.unwrap();
+    assert!(k
+        .streams
+        .committed(a, &s, "g", "/s:t", 0)
+        .await
+        .unwrap()
+        .is_none());
+    k.streams
+        .commit_offset(a, &s, "g", ("/s:t", 0), 42, "m")
+        .await
+        .unwrap();
+    k.streams
+        .commit_offset(a, &s, "g", ("/s:t", 1), 7, "")
+        .await
+        .unwrap();
+    k.streams
+        .commit_offset(a, &s, "g", ("/s:t", 0), 43, "m2")
+        .await
+        .unwrap();
+    k.streams
+        .commit_offset(a, &s, "other", ("/s:t", 0), 1, "")
+        .await
+        .unwrap();
+    let c = k
+        .streams
+        .committed(a, &s, "g", "/s:t", 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((c.offset, c.metadata.as_str()), (43, "m2"));
+    let all: Vec<(String, u32, i64)> = k
+        .streams
+        .group_offsets(a, &s, "g")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(t, p, c)| (t, p, c.offset))
+        .collect();
+    assert_eq!(
+        all,
+        [("/s:t".to_string(), 0, 43), ("/s:t".to_string(), 1, 7)]
+    );
+    // Offsets are not topics.
+    assert_eq!(k.streams.topics(a, &s).await.unwrap().len(), 1);
+    // Without the consume right: denied.
+    let e = k
+        .streams
+        .commit_offset(&bob, &s, "g", ("/s:t", 0), 1, "")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::Access);
+    assert_eq!(
+        k.streams
+            .committed(&bob, &s, "g", "/s:t", 0)
+            .await
+            .unwrap_err()
+            .code,
+        Code::Access
+    );
+}
+
+#[tokio::test]
+async fn retention_deletes_old_and_excess_batches() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let s = k
+        .streams
+        .create_stream(
+            a,
+            "/s",
+            StreamConfig {
+                retention_ms: 60_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let t = k.streams.create_topic(a, &s, "t", 1).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // Two old batches, then three recent ones.
+    for (n, ts) in [(2, 1_000), (3, 2_000), (1, now), (1, now), (1, now)] {
+        k.streams
+            .append(a, &s, "t", &t, 0, Bytes::from(batch_of(n, ts)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(k.streams.retain(&s, "t", &t, 0).await.unwrap(), 2);
+    let o = k.streams.offsets(a, &s, &t, 0).await.unwrap();
+    assert_eq!((o.log_start, o.next), (5, 8));
+    assert_eq!(
+        k.streams
+            .read(a, &s, &t, 0, 0, 1 << 20)
+            .await
+            .unwrap_err()
+            .code,
+        Code::Range
+    );
+    let (_, got) = k.streams.read(a, &s, &t, 0, 5, 1 << 20).await.unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(k.streams.retain(&s, "t", &t, 0).await.unwrap(), 0);
+    // By size: keep at most one batch's bytes; the last batch stays.
+    let one = batch_of(1, now).len() as i64;
+    k.streams
+        .configure(a, "/s", |c| c.retention_bytes = one)
+        .await
+        .unwrap();
+    let s = k.streams.stream(a, "/s", Right::Admin).await.unwrap();
+    assert_eq!(k.streams.retain(&s, "t", &t, 0).await.unwrap(), 2);
+    let o = k.streams.offsets(a, &s, &t, 0).await.unwrap();
+    assert_eq!((o.log_start, o.next), (7, 8));
+    // Appends continue at the end.
+    let r = k
+        .streams
+        .append(a, &s, "t", &t, 0, Bytes::from(batch_of(1, now)))
+        .await
+        .unwrap();
+    assert_eq!(r.base_offset, 8);
 }

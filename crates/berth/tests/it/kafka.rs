@@ -45,7 +45,20 @@ fn run_clients(
     password: &str,
     topic: &str,
 ) -> (bool, String) {
+    run_clients_with(s, "PLAIN", check, user, password, topic)
+}
+
+/// [`run_clients`] with another SASL mechanism for the librdkafka checks.
+fn run_clients_with(
+    s: &TestServer,
+    mechanism: &str,
+    check: &str,
+    user: &str,
+    password: &str,
+    topic: &str,
+) -> (bool, String) {
     let out = Command::new("python3")
+        .env("KAFKA_SASL_MECHANISM", mechanism)
         .arg(CLIENTS)
         .args([
             check,
@@ -205,4 +218,196 @@ fn kcat_produces_and_consumes() {
     for (i, l) in got.iter().enumerate() {
         assert_eq!(*l, format!("key{i}:line {i}:{i}"));
     }
+}
+
+/// kill -9 the server while an idempotent producer writes with acks=all;
+/// after a restart every acknowledged record is there, at the offset it was
+/// acknowledged with, and the offsets are contiguous.
+#[test]
+fn acknowledged_records_survive_kill_9() {
+    if !have("confluent_kafka", python_has("confluent_kafka")) {
+        return;
+    }
+    let mut s = server();
+    let admin = ticket(&s.admin_ticket());
+    s.ok(&["stream", "topic", "create", "/apps/s1", "crash"]);
+    let topic = "/apps/s1:crash";
+    let mut producer = Command::new("python3")
+        .arg(CLIENTS)
+        .args([
+            "crash-produce",
+            &format!("127.0.0.1:{}", s.kafka_port),
+            s.ca_file().to_str().expect("UTF-8 path"),
+            "admin",
+            &admin,
+            topic,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 crash-produce");
+    // Read acknowledgements until enough arrived, then kill the server.
+    let stdout = producer.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut acked = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while acked.len() < 2000 && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            acked.push(l);
+        }
+    }
+    assert!(
+        acked.len() >= 2000,
+        "only {} records acknowledged in 60 s",
+        acked.len()
+    );
+    s.kill9();
+    // Whatever the producer reports after the kill was acknowledged before.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = producer.kill();
+    let _ = producer.wait();
+    let _ = reader.join();
+    while let Ok(l) = rx.try_recv() {
+        acked.push(l);
+    }
+    s.restart();
+    let (ok, text) = run_clients(&s, "dump", "admin", &admin, topic);
+    assert!(ok, "{text}\n{}", s.log());
+    // "offset value" lines; the client's own log lines are mixed in.
+    let stored: Vec<(i64, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let (o, v) = l.split_once(' ')?;
+            Some((o.parse().ok()?, v.to_string()))
+        })
+        .filter(|(_, v): &(i64, String)| v.starts_with('r'))
+        .collect();
+    for (i, (o, _)) in stored.iter().enumerate() {
+        assert_eq!(*o, i as i64, "offsets are contiguous from 0");
+    }
+    let by_offset: std::collections::HashMap<i64, &str> =
+        stored.iter().map(|(o, v)| (*o, v.as_str())).collect();
+    for l in &acked {
+        let (o, v) = l.split_once(' ').expect("offset value");
+        let o: i64 = o.parse().expect("offset");
+        assert_eq!(
+            by_offset.get(&o).copied(),
+            Some(v),
+            "acknowledged record {v} at offset {o} is missing after the restart"
+        );
+    }
+    // No record was written twice (the producer is idempotent).
+    let mut values: Vec<&str> = stored.iter().map(|(_, v)| v.as_str()).collect();
+    values.sort_unstable();
+    let n = values.len();
+    values.dedup();
+    assert_eq!(values.len(), n, "duplicates in the log");
+}
+
+/// A consumer group of three (librdkafka): all records consumed, no
+/// partition held by two members at once, rebalances when one leaves and
+/// when partitions are added.
+#[test]
+fn a_consumer_group_rebalances() {
+    if !have("confluent_kafka", python_has("confluent_kafka")) {
+        return;
+    }
+    let s = server();
+    let admin = ticket(&s.admin_ticket());
+    s.ok(&[
+        "stream",
+        "topic",
+        "create",
+        "/apps/s1",
+        "grp",
+        "--partitions",
+        "6",
+    ]);
+    let (ok, text) = run_clients(&s, "group", "admin", &admin, "/apps/s1:grp");
+    assert!(ok, "{text}\n{}", s.log());
+    let info = s.json(&["stream", "topic", "info", "/apps/s1", "grp"]);
+    assert_eq!(info["partition_count"], 8, "{info}");
+}
+
+/// Committed offsets survive a kill -9 of the broker.
+#[test]
+fn committed_offsets_survive_a_restart() {
+    if !have("confluent_kafka", python_has("confluent_kafka")) {
+        return;
+    }
+    let mut s = server();
+    let admin = ticket(&s.admin_ticket());
+    let topic = "/apps/s1:resume";
+    s.ok(&["stream", "topic", "create", "/apps/s1", "resume"]);
+    // 100 records in partition 0.
+    let (ok, text) = run_clients(&s, "confluent", "admin", &admin, topic);
+    assert!(ok, "{text}");
+    let (ok, text) = run_clients(&s, "group-commit", "admin", &admin, topic);
+    assert!(ok, "{text}\n{}", s.log());
+    let committed: i64 = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("committed offset in {text:?}"));
+    assert_eq!(committed, 30, "committed after the 30th record");
+    s.kill9();
+    s.restart();
+    let (ok, text) = run_clients(&s, "group-resume", "admin", &admin, topic);
+    assert!(ok, "{text}\n{}", s.log());
+    let first: i64 = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("first offset in {text:?}"));
+    assert_eq!(first, committed, "the group resumes where it committed");
+}
+
+/// SCRAM-SHA-256/512 with a user's password and OAUTHBEARER with a ticket,
+/// through librdkafka; a wrong SCRAM password fails authentication.
+#[test]
+fn scram_and_oauthbearer_authenticate_librdkafka() {
+    if !have("confluent_kafka", python_has("confluent_kafka")) {
+        return;
+    }
+    let s = server();
+    s.ok(&["user", "add", "carol", "--password", "carol-pw"]);
+    s.ok(&[
+        "stream",
+        "edit",
+        "/apps/s1",
+        "--produce-ace",
+        "u:carol",
+        "--consume-ace",
+        "u:carol",
+    ]);
+    for (mech, topic) in [("SCRAM-SHA-256", "sha256"), ("SCRAM-SHA-512", "sha512")] {
+        s.ok(&["stream", "topic", "create", "/apps/s1", topic]);
+        let t = format!("/apps/s1:{topic}");
+        let (ok, text) = run_clients_with(&s, mech, "confluent", "carol", "carol-pw", &t);
+        assert!(ok, "{mech}: {text}\n{}", s.log());
+        let (ok, text) = run_clients_with(&s, mech, "bad-login", "carol", "wrong", &t);
+        assert!(ok, "{mech} with a wrong password: {text}\n{}", s.log());
+    }
+    s.ok(&["stream", "topic", "create", "/apps/s1", "oauth"]);
+    let carol = ticket(&s.login("carol", "carol-pw"));
+    let (ok, text) = run_clients_with(&s, "OAUTHBEARER", "confluent", "", &carol, "/apps/s1:oauth");
+    assert!(ok, "OAUTHBEARER: {text}\n{}", s.log());
+    let (ok, text) = run_clients_with(
+        &s,
+        "OAUTHBEARER",
+        "bad-login",
+        "",
+        "not-a-ticket",
+        "/apps/s1:oauth",
+    );
+    assert!(ok, "OAUTHBEARER with a bad token: {text}\n{}", s.log());
 }

@@ -12,13 +12,30 @@ line reason otherwise. Checks:
   aiokafka    the same with aiokafka (gzip and none)
   denied-produce  producing must fail with TOPIC_AUTHORIZATION_FAILED
   bad-login   connecting must fail SASL authentication
+  crash-produce  produce r0, r1, ... with acks=all (idempotent) forever,
+              printing "offset value" for every acknowledged record; stops
+              when killed
+  dump        print "offset value" of every record of partition 0 up to
+              its end, then exit
+  group       three consumers in one group on TOPIC (6 partitions, made
+              by the test): every record is consumed, no partition is held by
+              two members at once, one member leaves and partitions are
+              added (to 8) while they consume, and the others take over
+  group-commit   a group member reads 30 records of partition 0 and commits
+              (synchronously) after them; prints the committed offset
+  group-resume   a new member of the same group starts at the committed
+              offset; prints the first offset it reads
 """
 
 import asyncio
+import os
 import sys
 import time
 
 CHECK, BOOTSTRAP, CA, USER, PASSWORD, TOPIC = sys.argv[1:7]
+# SASL mechanism for the librdkafka checks: PLAIN (default), SCRAM-SHA-256,
+# SCRAM-SHA-512 or OAUTHBEARER (PASSWORD is then the token: a ticket).
+MECHANISM = os.environ.get("KAFKA_SASL_MECHANISM", "PLAIN")
 N = 20  # records per codec
 DEADLINE_S = 60
 
@@ -48,14 +65,25 @@ def confluent_conf(extra=None):
     c = {
         "bootstrap.servers": BOOTSTRAP,
         "security.protocol": "SASL_SSL",
-        "sasl.mechanisms": "PLAIN",
-        "sasl.username": USER,
-        "sasl.password": PASSWORD,
+        "sasl.mechanisms": MECHANISM,
         "ssl.ca.location": CA,
         "enable.idempotence": False,
     }
+    if MECHANISM == "OAUTHBEARER":
+        c["oauth_cb"] = lambda _config: (PASSWORD, time.time() + 3600)
+    else:
+        c["sasl.username"] = USER
+        c["sasl.password"] = PASSWORD
     c.update(extra or {})
     return c
+
+
+def probe_group():
+    """A group in the topic's own stream (librdkafka looks up a coordinator
+    for any group.id, and using a group needs the consume right on its
+    stream)."""
+    stream, sep, _ = TOPIC.rpartition(":")
+    return f"{stream}:probe" if sep else "probe"
 
 
 def confluent():
@@ -81,7 +109,7 @@ def confluent():
             fail(f"{codec}: delivery failed: {errors[0]}")
     if offsets != sorted(offsets) or len(set(offsets)) != len(offsets):
         fail(f"offsets not increasing: {offsets}")
-    c = Consumer(confluent_conf({"group.id": "unused", "enable.auto.commit": False}))
+    c = Consumer(confluent_conf({"group.id": probe_group(), "enable.auto.commit": False}))
     c.assign([TopicPartition(TOPIC, 0, OFFSET_BEGINNING)])
     got = []
     end = time.time() + DEADLINE_S
@@ -202,7 +230,181 @@ async def aiokafka_check():
     check_order(got, codecs)
 
 
+def crash_produce():
+    from confluent_kafka import Producer
+
+    p = Producer(confluent_conf({"acks": "all", "enable.idempotence": True, "linger.ms": 2,
+                                 "message.timeout.ms": 600000}))
+
+    def done(err, msg):
+        if err is None:
+            print(f"{msg.offset()} {msg.value().decode()}", flush=True)
+
+    i = 0
+    while True:
+        try:
+            p.produce(TOPIC, value=f"r{i}".encode(), partition=0, on_delivery=done)
+            i += 1
+        except BufferError:
+            pass
+        p.poll(0.001 if i % 50 else 0.01)
+
+
+def dump():
+    from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+
+    c = Consumer(confluent_conf({"group.id": probe_group(), "enable.auto.commit": False}))
+    _, high = c.get_watermark_offsets(TopicPartition(TOPIC, 0), timeout=DEADLINE_S)
+    c.assign([TopicPartition(TOPIC, 0, OFFSET_BEGINNING)])
+    n = 0
+    end = time.time() + DEADLINE_S
+    while n < high and time.time() < end:
+        m = c.poll(1.0)
+        if m is None:
+            continue
+        if m.error():
+            fail(f"consume: {m.error()}")
+        print(f"{m.offset()} {m.value().decode()}")
+        n += 1
+    c.close()
+    if n < high:
+        fail(f"read {n} of {high} records")
+
+
+def group():
+    import threading
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewPartitions
+
+    per_partition = 50
+
+    def produce(parts, tag):
+        p = Producer(confluent_conf({"acks": "all", "linger.ms": 5}))
+        for part in parts:
+            for i in range(per_partition):
+                p.produce(TOPIC, key=f"{part}".encode(), value=f"{tag}-{part}-{i}".encode(),
+                          partition=part)
+        if p.flush(DEADLINE_S) != 0:
+            fail("records still undelivered")
+        return {f"{tag}-{part}-{i}" for part in parts for i in range(per_partition)}
+
+    want = produce(range(6), "a")
+    lock = threading.Lock()
+    holder = {}  # partition -> member name
+    seen = set()
+    problems = []
+    stop = {"all": False}
+
+    def member(name, leave_after):
+        c = Consumer(confluent_conf({
+            "group.id": "g3", "auto.offset.reset": "earliest",
+            "enable.auto.commit": True, "auto.commit.interval.ms": 200,
+            "session.timeout.ms": 10000, "heartbeat.interval.ms": 500,
+            "topic.metadata.refresh.interval.ms": 1000,
+            "partition.assignment.strategy": "range",
+        }))
+
+        def on_assign(consumer, parts):
+            with lock:
+                for tp in parts:
+                    other = holder.get(tp.partition)
+                    if other is not None and other != name:
+                        problems.append(f"partition {tp.partition} given to {name} "
+                                        f"while {other} holds it")
+                    holder[tp.partition] = name
+
+        def on_revoke(consumer, parts):
+            # Commit what was read before giving partitions up.
+            try:
+                consumer.commit(asynchronous=False)
+            except Exception:
+                pass
+            with lock:
+                for tp in parts:
+                    if holder.get(tp.partition) == name:
+                        del holder[tp.partition]
+
+        c.subscribe([TOPIC], on_assign=on_assign, on_revoke=on_revoke)
+        got = 0
+        end = time.time() + 3 * DEADLINE_S  # the test ends them (stop) sooner
+        while not stop["all"] and time.time() < end:
+            m = c.poll(0.2)
+            if m is None or m.error():
+                continue
+            with lock:
+                seen.add(m.value().decode())
+            got += 1
+            if leave_after and got >= leave_after:
+                break
+        c.close()  # LeaveGroup: the others rebalance
+
+    threads = [threading.Thread(target=member, args=(f"m{i}", 40 if i == 0 else 0))
+               for i in range(3)]
+    for t in threads:
+        t.start()
+    # Once the leaver has left and the rest rebalanced, add partitions and
+    # fill them: the group must pick them up.
+    end = time.time() + DEADLINE_S
+    while time.time() < end:
+        with lock:
+            if len(seen) >= 200 and not threads[0].is_alive():
+                break
+        time.sleep(0.2)
+    admin = AdminClient(confluent_conf())
+    fs = admin.create_partitions([NewPartitions(TOPIC, 8)])
+    for f in fs.values():
+        f.result(30)
+    want |= produce(range(6, 8), "b")
+    end = time.time() + DEADLINE_S
+    while time.time() < end:
+        with lock:
+            if want <= seen:
+                break
+        time.sleep(0.2)
+    stop["all"] = True
+    for t in threads:
+        t.join(30)
+    if problems:
+        fail(problems[0])
+    missing = want - seen
+    if missing:
+        fail(f"{len(missing)} records never consumed, e.g. {sorted(missing)[:3]}")
+
+
+def group_member(commit_after):
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(confluent_conf({
+        "group.id": "resume", "auto.offset.reset": "earliest",
+        "enable.auto.commit": False, "session.timeout.ms": 10000,
+    }))
+    c.subscribe([TOPIC])
+    end = time.time() + DEADLINE_S
+    got = []
+    while time.time() < end:
+        m = c.poll(0.5)
+        if m is None or m.error() or m.partition() != 0:
+            continue
+        got.append(m)
+        if commit_after is None or len(got) >= commit_after:
+            break
+    if not got:
+        fail("no record read")
+    if commit_after is None:
+        print(got[0].offset())
+    else:
+        c.commit(message=got[-1], asynchronous=False)
+        committed = c.committed([TopicPartition(TOPIC, 0)], timeout=10)[0].offset
+        print(committed)
+    c.close()
+
+
 CHECKS = {
+    "group": group,
+    "group-commit": lambda: group_member(30),
+    "group-resume": lambda: group_member(None),
+    "crash-produce": crash_produce,
+    "dump": dump,
     "confluent": confluent,
     "kafka-python": kafka_python,
     "aiokafka": lambda: asyncio.run(aiokafka_check()),

@@ -1,0 +1,201 @@
+//! The meta service against a real single-node kernel (store, multi-raft
+//! loop, meta shard) in a temp dir, no network.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_meta::codec::{decode, encode};
+use berth_meta::map::{
+    scram_key, user_key, NodeRecord, ScramRecord, ShardRecord, UserRecord, META_SHARD,
+};
+use berth_meta::{Bootstrap, Commit, Meta, Router, ScramLookup};
+use berth_raft::{NodeId, RaftNode, Transport};
+use berth_security::principal::Principal;
+use berth_security::scram::{self, Mechanism};
+use berth_store::Store;
+
+struct NullTransport;
+impl Transport for NullTransport {
+    fn send(&self, _to: NodeId, _msgs: Vec<raft::eraftpb::Message>) {}
+}
+
+struct Kernel {
+    _dir: tempfile::TempDir,
+    meta: Arc<Meta>,
+    admin: Principal,
+}
+
+async fn wait_leader(raft: &RaftNode, shard: u64) {
+    for _ in 0..2000 {
+        if raft.leader(shard).is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("shard {shard} elected no leader");
+}
+
+async fn kernel() -> Kernel {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let mut cfg = berth_raft::Config::new(1);
+    cfg.tick_interval = Duration::from_millis(10);
+    let raft = RaftNode::start(store, cfg, Arc::new(NullTransport)).unwrap();
+    raft.create_shard(ShardRecord::meta(vec![1]).desc())
+        .unwrap();
+    wait_leader(&raft, META_SHARD).await;
+    let meta = Meta::new(Arc::new(Router::new(raft.clone(), 1)));
+    meta.bootstrap(&Bootstrap {
+        cluster_name: "test".into(),
+        cluster_id: "t".into(),
+        node: NodeRecord {
+            id: 1,
+            native_addr: "127.0.0.1:1".into(),
+            admin_addr: "127.0.0.1:2".into(),
+            advertise: vec![],
+            started_at: 0,
+        },
+        now_secs: 0,
+        now_ns: 0,
+    })
+    .await
+    .unwrap();
+    meta.refresh().await.unwrap();
+    let (t, _) = meta.sign_for("admin", None, 3600).unwrap();
+    let admin = meta.authenticate(&t).unwrap();
+    Kernel {
+        _dir: dir,
+        meta,
+        admin,
+    }
+}
+
+impl Kernel {
+    fn scram(&self, user: &str, m: Mechanism) -> ScramLookup {
+        self.meta.map().scram_credential(user, m)
+    }
+
+    /// Whether the stored credential of `user` is the one `password` gives.
+    fn scram_matches(&self, user: &str, password: &str) -> bool {
+        Mechanism::ALL.into_iter().all(|m| {
+            let ScramLookup::Found(c) = self.scram(user, m) else {
+                panic!("no {} credential for {user}", m.name());
+            };
+            assert_eq!(c.iterations, scram::ITERATIONS_DEFAULT);
+            assert!(c.salt.len() >= 16);
+            scram::credential_with(password, &c.salt, c.iterations, m).unwrap() == c
+        })
+    }
+
+    /// Writes raw records into the meta shard, as an older node would.
+    async fn put_raw(&self, records: Vec<(Vec<u8>, Vec<u8>)>) {
+        let mut tx = self.meta.router().begin(META_SHARD).await.unwrap();
+        for (k, v) in records {
+            tx.put(k, v);
+        }
+        assert!(matches!(tx.commit().await.unwrap(), Commit::Done(_)));
+        self.meta.refresh().await.unwrap();
+    }
+
+    fn user(&self, name: &str) -> UserRecord {
+        self.meta.map().users.get(name).unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn setting_a_password_stores_scram_credentials() {
+    let k = kernel().await;
+    k.meta
+        .user_add(&k.admin, "alice", Some("pencil"), None, vec![], false)
+        .await
+        .unwrap();
+    assert!(k.scram_matches("alice", "pencil"));
+    assert!(!k.scram_matches("alice", "pencil2"));
+    let before = k.meta.map().scram.get("alice").cloned().unwrap();
+
+    // A password change replaces them, with fresh salts.
+    k.meta
+        .user_password(&k.admin, "alice", "crayon")
+        .await
+        .unwrap();
+    assert!(k.scram_matches("alice", "crayon"));
+    assert!(!k.scram_matches("alice", "pencil"));
+    let after = k.meta.map().scram.get("alice").cloned().unwrap();
+    assert_ne!(before.credentials[0].salt, after.credentials[0].salt);
+
+    // Nothing secret in Debug output.
+    let shown = format!("{after:?}");
+    assert!(
+        !shown.contains("stored_key") && !shown.contains("salt"),
+        "{shown}"
+    );
+
+    // Unknown users and principals without a password have none.
+    assert_eq!(
+        k.scram("nobody", Mechanism::Sha256),
+        ScramLookup::UnknownUser
+    );
+    assert_eq!(k.scram("admin", Mechanism::Sha256), ScramLookup::NoPassword);
+    k.meta
+        .user_add(&k.admin, "svc", None, None, vec![], true)
+        .await
+        .unwrap();
+    assert_eq!(k.scram("svc", Mechanism::Sha512), ScramLookup::NoPassword);
+
+    // Removing the user removes its credentials.
+    k.meta.user_remove(&k.admin, "alice").await.unwrap();
+    assert!(!k.meta.map().scram.contains_key("alice"));
+    assert_eq!(
+        k.scram("alice", Mechanism::Sha256),
+        ScramLookup::UnknownUser
+    );
+}
+
+#[tokio::test]
+async fn passwords_set_without_scram_have_no_credential() {
+    let k = kernel().await;
+    // A user whose password was set before SCRAM credentials existed: the
+    // user record as it was always encoded, no SCRAM record.
+    let hash = berth_security::password::hash_password("pencil").unwrap();
+    let old = UserRecord {
+        name: "bob".into(),
+        uid: 2000,
+        kind: berth_security::principal::PrincipalKind::User,
+        password_hash: Some(hash),
+        groups: vec![],
+    };
+    k.put_raw(vec![(user_key("bob"), encode(&old))]).await;
+    assert_eq!(k.user("bob"), old, "user records decode as before");
+    assert_eq!(k.scram("bob", Mechanism::Sha256), ScramLookup::Missing);
+    // Password login still works; setting the password again derives them.
+    k.meta.login("bob", "pencil", 60).await.unwrap();
+    k.meta
+        .user_password(&k.admin, "bob", "pencil")
+        .await
+        .unwrap();
+    assert!(k.scram_matches("bob", "pencil"));
+
+    // A password changed by a node that writes no SCRAM records (rolling
+    // upgrade): the old credentials no longer count.
+    let mut changed = k.user("bob");
+    changed.password_hash = Some(berth_security::password::hash_password("crayon").unwrap());
+    k.put_raw(vec![(user_key("bob"), encode(&changed))]).await;
+    assert!(k.meta.map().scram.contains_key("bob"));
+    assert_eq!(k.scram("bob", Mechanism::Sha512), ScramLookup::Missing);
+}
+
+#[tokio::test]
+async fn scram_records_round_trip_and_bad_ones_are_skipped() {
+    let k = kernel().await;
+    k.meta
+        .user_add(&k.admin, "carol", Some("pw"), None, vec![], false)
+        .await
+        .unwrap();
+    let rec = k.meta.map().scram.get("carol").cloned().unwrap();
+    let bytes = encode(&rec);
+    assert_eq!(decode::<ScramRecord>(&bytes, "scram").unwrap(), rec);
+    // An undecodable SCRAM record costs that user SCRAM, not the map.
+    k.put_raw(vec![(scram_key("carol"), vec![1, 0xff])]).await;
+    assert!(k.meta.map().users.contains_key("carol"));
+    assert_eq!(k.scram("carol", Mechanism::Sha256), ScramLookup::Missing);
+}
