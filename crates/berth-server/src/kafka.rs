@@ -28,19 +28,35 @@ pub struct StreamsBackend {
     streams: Arc<Streams>,
     meta: Arc<Meta>,
     default_stream: String,
+    /// Principals whose plain names resolve in another stream.
+    principal_streams: HashMap<String, String>,
     /// Partitions recently read, so a long poll can wait on them without a
     /// principal (the fetch that precedes it authorized the reader).
     known: Mutex<HashMap<TopicRef, (StreamRef, TopicRecord)>>,
 }
 
 impl StreamsBackend {
-    pub fn new(streams: Arc<Streams>, meta: Arc<Meta>, default_stream: String) -> StreamsBackend {
+    /// `principal_streams`: per-principal overrides of `default_stream`.
+    pub fn new(
+        streams: Arc<Streams>,
+        meta: Arc<Meta>,
+        default_stream: String,
+        principal_streams: HashMap<String, String>,
+    ) -> StreamsBackend {
         StreamsBackend {
             streams,
             meta,
             default_stream,
+            principal_streams,
             known: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The stream `p`'s plain topic and group names live in.
+    fn default_for(&self, p: &Principal) -> &str {
+        self.principal_streams
+            .get(&p.name)
+            .unwrap_or(&self.default_stream)
     }
 
     /// The stream and topic, with `right` checked on the stream.
@@ -149,8 +165,8 @@ impl Backend for StreamsBackend {
         }
     }
 
-    fn resolve(&self, _p: &Principal, name: &str) -> Result<TopicRef, StreamError> {
-        let (stream, topic) = split_name(name, &self.default_stream, "topic")?;
+    fn resolve(&self, p: &Principal, name: &str) -> Result<TopicRef, StreamError> {
+        let (stream, topic) = split_name(name, self.default_for(p), "topic")?;
         Ok(TopicRef { stream, topic })
     }
 
@@ -179,16 +195,17 @@ impl Backend for StreamsBackend {
     }
 
     async fn default_topics(&self, p: &Principal) -> Result<Vec<TopicInfo>, StreamError> {
-        let s = match self.streams.lookup(p, &self.default_stream).await {
+        let default = self.default_for(p);
+        let s = match self.streams.lookup(p, default).await {
             Ok(s) => s,
             // No default stream: nothing to list.
             Err(e) if e.code == Code::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(to_kafka(e, &self.default_stream)),
+            Err(e) => return Err(to_kafka(e, default)),
         };
         let topics = match self.streams.topics(p, &s).await {
             Ok(t) => t,
             Err(e) if matches!(e.code, Code::Access | Code::Perm) => return Ok(Vec::new()),
-            Err(e) => return Err(to_kafka(e, &self.default_stream)),
+            Err(e) => return Err(to_kafka(e, default)),
         };
         Ok(topics
             .iter()
@@ -353,8 +370,8 @@ impl Backend for StreamsBackend {
         r.map_err(|e| to_kafka(e, &t.topic))
     }
 
-    fn resolve_group(&self, _p: &Principal, name: &str) -> Result<GroupRef, StreamError> {
-        let (stream, group) = split_name(name, &self.default_stream, "group")?;
+    fn resolve_group(&self, p: &Principal, name: &str) -> Result<GroupRef, StreamError> {
+        let (stream, group) = split_name(name, self.default_for(p), "group")?;
         Ok(GroupRef { stream, group })
     }
 
@@ -441,7 +458,7 @@ impl Backend for StreamsBackend {
             .group_offsets(p, &gs, &g.group)
             .await
             .map_err(|e| group_error(e, g))?;
-        let default_prefix = format!("{}:", self.default_stream);
+        let default_prefix = format!("{}:", self.default_for(p));
         Ok(all
             .into_iter()
             .filter_map(|(topic, part, c)| {

@@ -68,6 +68,12 @@ pub struct Config {
     pub kafka_addr: Option<SocketAddr>,
     /// The stream plain Kafka topic names live in.
     pub kafka_default_stream: String,
+    /// Per-principal overrides of `kafka_default_stream`.
+    pub kafka_principal_streams: std::collections::HashMap<String, String>,
+    /// `host:port` Kafka clients are told to connect to (Kafka's advertised
+    /// listener), when not this node's first advertised name and the
+    /// listener's port: behind NAT, a port mapping or a proxy.
+    pub kafka_advertise: Option<String>,
 }
 
 /// A running node's parts, shared by the listeners.
@@ -444,11 +450,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 streams.clone(),
                 meta.clone(),
                 cfg.kafka_default_stream.clone(),
+                cfg.kafka_principal_streams.clone(),
             ));
+            let (advertised_host, advertised_port) = match &cfg.kafka_advertise {
+                Some(hp) => {
+                    let (h, p) = hp
+                        .rsplit_once(':')
+                        .with_context(|| format!("--kafka-advertise {hp:?}: HOST:PORT"))?;
+                    let p: u16 = p
+                        .parse()
+                        .with_context(|| format!("--kafka-advertise {hp:?}: bad port"))?;
+                    (h.trim_matches(['[', ']']).to_string(), i32::from(p))
+                }
+                None => (advertise[0].clone(), i32::from(addr.port())),
+            };
             let kcfg = berth_kafka::KafkaConfig {
                 node_id: i32::try_from(node_id).unwrap_or(i32::MAX),
-                advertised_host: advertise[0].clone(),
-                advertised_port: i32::from(addr.port()),
+                advertised_host,
+                advertised_port,
                 cluster_id: meta.map().cluster_name().to_string(),
                 ..Default::default()
             };

@@ -54,6 +54,14 @@ pub struct ServerArgs {
     /// [default: /streams/default].
     #[arg(long, value_name = "PATH")]
     pub kafka_default_stream: Option<String>,
+    /// PRINCIPAL=PATH: plain Kafka topic and group names of this principal
+    /// live in stream PATH instead (repeatable).
+    #[arg(long, value_name = "PRINCIPAL=PATH")]
+    pub kafka_principal_stream: Vec<String>,
+    /// HOST:PORT Kafka clients are told to connect to, when not this node's
+    /// first --advertise name and the Kafka port (NAT, port mapping, proxy).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka_advertise: Option<String>,
 }
 
 /// The config file: every key optional, unknown keys rejected so a typo
@@ -70,6 +78,9 @@ struct FileConfig {
     lock_lease_ms: Option<u64>,
     kafka_addr: Option<String>,
     kafka_default_stream: Option<String>,
+    /// `{ alice = "/apps/alice/events" }`
+    kafka_principal_streams: Option<std::collections::HashMap<String, String>>,
+    kafka_advertise: Option<String>,
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
@@ -129,6 +140,20 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
             .kafka_default_stream
             .or(file.kafka_default_stream)
             .unwrap_or_else(|| berth_server::kafka::DEFAULT_STREAM.into()),
+        kafka_principal_streams: {
+            let mut m = file.kafka_principal_streams.unwrap_or_default();
+            for kv in &args.kafka_principal_stream {
+                let (who, path) = kv
+                    .split_once('=')
+                    .filter(|(w, p)| !w.is_empty() && p.starts_with('/'))
+                    .with_context(|| {
+                        format!("--kafka-principal-stream {kv:?}: PRINCIPAL=/path/to/stream")
+                    })?;
+                m.insert(who.to_string(), path.to_string());
+            }
+            m
+        },
+        kafka_advertise: args.kafka_advertise.or(file.kafka_advertise),
     })
 }
 
@@ -212,6 +237,41 @@ mod tests {
         assert_eq!(c.cluster_name, "filecl");
         assert_eq!(c.advertise, vec!["a", "b"]);
         assert!(c.insecure);
+    }
+
+    #[test]
+    fn kafka_settings() {
+        let c = resolve(ServerArgs::default()).unwrap();
+        assert_eq!(c.kafka_addr.unwrap().to_string(), "0.0.0.0:9092");
+        assert_eq!(c.kafka_default_stream, "/streams/default");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("berth.toml");
+        std::fs::write(
+            &p,
+            "kafka_addr = \"off\"\n[kafka_principal_streams]\nalice = \"/a/s\"\nbob = \"/b/s\"\n",
+        )
+        .unwrap();
+        let c = resolve(ServerArgs {
+            config: Some(p),
+            kafka_principal_stream: vec!["bob=/b/other".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.kafka_addr.is_none());
+        assert_eq!(c.kafka_principal_streams["alice"], "/a/s");
+        assert_eq!(c.kafka_principal_streams["bob"], "/b/other");
+        for bad in ["bob", "=/x", "bob=relative"] {
+            assert!(resolve(ServerArgs {
+                kafka_principal_stream: vec![bad.into()],
+                ..Default::default()
+            })
+            .is_err());
+        }
+        assert!(resolve(ServerArgs {
+            kafka_addr: Some("nope".into()),
+            ..Default::default()
+        })
+        .is_err());
     }
 
     #[test]

@@ -117,6 +117,30 @@ fn python_clients_round_trip_over_tls_and_sasl() {
     }
 }
 
+/// A principal's plain topic names can live in a stream of its own
+/// (`--kafka-principal-stream`).
+#[test]
+fn plain_names_resolve_in_the_principals_stream() {
+    if !have("confluent_kafka", python_has("confluent_kafka")) {
+        return;
+    }
+    let s = TestServer::start_with(&["--kafka-principal-stream", "erin=/apps/erin"]);
+    s.ok(&["mkdir", "/apps"]);
+    s.ok(&["user", "add", "erin", "--password", "erin-pw"]);
+    s.ok(&["chown", "erin", "/apps"]);
+    let erin = s.login("erin", "erin-pw");
+    let out = s.cli_with(
+        &["stream", "create", "/apps/erin"],
+        &[("BERTH_TICKET_FILE", &erin)],
+        None,
+    );
+    s.check_ok(&["stream", "create"], out);
+    let (ok, text) = run_clients(&s, "confluent", "erin", "erin-pw", "mine");
+    assert!(ok, "{text}\n{}", s.log());
+    let info = s.json(&["stream", "topic", "info", "/apps/erin", "mine"]);
+    assert_eq!(info["partition_count"], 1, "{info}");
+}
+
 #[test]
 fn denied_and_failed_logins_get_kafka_errors() {
     if !have("confluent_kafka", python_has("confluent_kafka")) {
@@ -512,4 +536,43 @@ fn rdkafka_round_trip_with_scram() {
             )
         );
     }
+}
+
+/// An idempotent producer whose connections are cut mid-request (through a
+/// proxy the broker advertises) retries without writing any record twice.
+#[test]
+fn idempotent_retries_after_dropped_connections_leave_no_duplicates() {
+    if !have("confluent_kafka", python_has("confluent_kafka")) {
+        return;
+    }
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let advertise = format!("127.0.0.1:{proxy}");
+    let s = TestServer::start_with(&["--kafka-advertise", &advertise]);
+    s.ok(&["mkdir", "/apps"]);
+    s.ok(&["stream", "create", "/apps/s1"]);
+    s.ok(&["stream", "topic", "create", "/apps/s1", "drops"]);
+    let admin = ticket(&s.admin_ticket());
+    let out = Command::new("python3")
+        .env("PROXY_LISTEN", proxy.to_string())
+        .env("PROXY_TARGET", format!("127.0.0.1:{}", s.kafka_port))
+        .arg(CLIENTS)
+        .args([
+            "idempotent-drops",
+            &advertise,
+            s.ca_file().to_str().expect("UTF-8 path"),
+            "admin",
+            &admin,
+            "/apps/s1:drops",
+        ])
+        .output()
+        .expect("run python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}\n{}", s.log());
 }

@@ -25,6 +25,11 @@ line reason otherwise. Checks:
               (synchronously) after them; prints the committed offset
   group-resume   a new member of the same group starts at the committed
               offset; prints the first offset it reads
+  idempotent-drops  BOOTSTRAP is a proxy this check runs (env PROXY_LISTEN
+              port, forwarding to env PROXY_TARGET host:port) that cuts
+              connections after a random number of bytes while an idempotent
+              producer writes 3000 records with acks=all; then every record
+              must be in partition 0 exactly once, in order
 """
 
 import asyncio
@@ -399,7 +404,106 @@ def group_member(commit_after):
     c.close()
 
 
+def idempotent_drops():
+    import random
+    import socket
+    import threading
+    from confluent_kafka import Producer
+
+    listen = int(os.environ["PROXY_LISTEN"])
+    host, port = os.environ["PROXY_TARGET"].rsplit(":", 1)
+    dropping = {"on": True, "cuts": 0}
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", listen))
+    srv.listen(64)
+
+    def pump(src, dst, budget):
+        sent = 0
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if budget is not None and dropping["on"] and sent + len(data) > budget:
+                    # Forward part of it, then cut both ways mid-request.
+                    dst.sendall(data[: max(0, budget - sent)])
+                    dropping["cuts"] += 1
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def accept():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            u = socket.create_connection((host, int(port)))
+            budget = random.randint(6_000, 40_000)
+            threading.Thread(target=pump, args=(c, u, budget), daemon=True).start()
+            threading.Thread(target=pump, args=(u, c, None), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    n = 3000
+    PAD = b"." * 200
+    p = Producer(confluent_conf({"acks": "all", "enable.idempotence": True, "linger.ms": 5,
+                                 "batch.num.messages": 50, "message.timeout.ms": 120000,
+                                 "reconnect.backoff.ms": 10, "reconnect.backoff.max.ms": 100}))
+    errors = []
+
+    def done(err, msg):
+        if err is not None:
+            errors.append(str(err))
+
+    for i in range(n):
+        while True:
+            try:
+                p.produce(TOPIC, value=f"r{i}".encode() + PAD, partition=0, on_delivery=done)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    if p.flush(DEADLINE_S * 2) != 0:
+        fail("records still undelivered")
+    if errors:
+        fail(f"delivery failed: {errors[0]}")
+    cuts = dropping["cuts"]
+    dropping["on"] = False
+    if cuts == 0:
+        fail("the proxy cut no connection: nothing was tested")
+    from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+
+    c = Consumer(confluent_conf({"group.id": probe_group(), "enable.auto.commit": False}))
+    c.assign([TopicPartition(TOPIC, 0, OFFSET_BEGINNING)])
+    got = []
+    end = time.time() + DEADLINE_S
+    while len(got) < n and time.time() < end:
+        m = c.poll(1.0)
+        if m is None or m.error():
+            continue
+        got.append(m.value().decode().rstrip("."))
+    # Anything past n would be a duplicate.
+    more = c.poll(2.0)
+    c.close()
+    want = [f"r{i}" for i in range(n)]
+    if got != want or (more is not None and not more.error()):
+        dup = len(got) - len(set(got))
+        fail(f"read {len(got)} records ({dup} duplicates), first difference at "
+             f"{next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(got))}")
+    print(f"{cuts} connections cut")
+
+
 CHECKS = {
+    "idempotent-drops": idempotent_drops,
     "group": group,
     "group-commit": lambda: group_member(30),
     "group-resume": lambda: group_member(None),
