@@ -17,6 +17,13 @@ pub mod error;
 pub mod map;
 pub mod meta;
 pub mod router;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+// Lets `testing` name this crate `berth_meta::` both here and when
+// berth-meta's own integration test compiles it in with `#[path]`.
+#[cfg(feature = "testing")]
+extern crate self as berth_meta;
 
 pub use error::{Code, Error};
 pub use meta::{Bootstrap, MapCache, Meta, ScramLookup};

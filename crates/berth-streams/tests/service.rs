@@ -5,72 +5,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_fs::Namespace;
-use berth_meta::map::{NodeRecord, ShardRecord, META_SHARD};
-use berth_meta::{Bootstrap, Code, Meta, Router};
-use berth_raft::{NodeId, RaftNode, Transport};
+use berth_meta::testing::{single_node, SingleNode};
+use berth_meta::{Code, Meta};
 use berth_security::principal::Principal;
-use berth_store::Store;
 use berth_streams::{batch, AppendError, Refused, Right, StreamConfig, Streams};
 use bytes::Bytes;
 
-struct NullTransport;
-impl Transport for NullTransport {
-    fn send(&self, _to: NodeId, _msgs: Vec<raft::eraftpb::Message>) {}
-}
-
 struct Kernel {
-    _dir: tempfile::TempDir,
+    /// Keeps the node and its temp dir alive for the test.
+    _node: SingleNode,
     meta: Arc<Meta>,
     streams: Arc<Streams>,
     admin: Principal,
 }
 
-async fn wait_leader(raft: &RaftNode, shard: u64) {
-    for _ in 0..2000 {
-        if raft.leader(shard).is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("shard {shard} elected no leader");
-}
-
 async fn kernel() -> Kernel {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
-    let mut cfg = berth_raft::Config::new(1);
-    cfg.tick_interval = Duration::from_millis(10);
-    let raft = RaftNode::start(store, cfg, Arc::new(NullTransport)).unwrap();
-    raft.create_shard(ShardRecord::meta(vec![1]).desc())
-        .unwrap();
-    wait_leader(&raft, META_SHARD).await;
-    let meta = Meta::new(Arc::new(Router::new(raft.clone(), 1)));
-    meta.bootstrap(&Bootstrap {
-        cluster_name: "test".into(),
-        cluster_id: "t".into(),
-        node: NodeRecord {
-            id: 1,
-            native_addr: "127.0.0.1:1".into(),
-            admin_addr: "127.0.0.1:2".into(),
-            advertise: vec![],
-            started_at: 0,
-        },
-        now_secs: 0,
-        now_ns: 0,
-    })
-    .await
-    .unwrap();
-    meta.refresh().await.unwrap();
-    wait_leader(&raft, berth_meta::map::ROOT_SHARD).await;
-    let ns = Namespace::new(meta.clone());
+    let node = single_node().await;
+    let ns = Namespace::new(node.meta.clone());
     ns.reconcile().await.unwrap();
-    let (t, _) = meta.sign_for("admin", None, 3600).unwrap();
-    let admin = meta.authenticate(&t).unwrap();
     Kernel {
-        _dir: dir,
-        meta,
+        meta: node.meta.clone(),
         streams: Streams::new(ns),
-        admin,
+        admin: node.admin.clone(),
+        _node: node,
     }
 }
 

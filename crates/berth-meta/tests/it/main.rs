@@ -2,71 +2,38 @@
 //! loop, meta shard) in a temp dir, no network.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use berth_meta::codec::{decode, encode};
-use berth_meta::map::{
-    scram_key, user_key, NodeRecord, ScramRecord, ShardRecord, UserRecord, META_SHARD,
-};
-use berth_meta::{Bootstrap, Commit, Meta, Router, ScramLookup};
-use berth_raft::{NodeId, RaftNode, Transport};
+use berth_meta::map::{scram_key, user_key, ScramRecord, UserRecord, META_SHARD};
+use berth_meta::{Commit, Meta, ScramLookup};
 use berth_security::principal::Principal;
 use berth_security::scram::{self, Mechanism};
-use berth_store::Store;
 
-struct NullTransport;
-impl Transport for NullTransport {
-    fn send(&self, _to: NodeId, _msgs: Vec<raft::eraftpb::Message>) {}
-}
+// The shared single-node harness, compiled straight into this binary: a
+// package cannot turn on its own `testing` feature for its integration
+// tests (no self dev-dependency), and `required-features` would make
+// `cargo test -p berth-meta` skip them. So `cargo test -p berth-meta` and
+// `cargo test --workspace` (where berth-fs enables the feature) both run
+// this same file. Not every item of the harness is used here.
+#[allow(dead_code)]
+#[path = "../../src/testing.rs"]
+mod testing;
+
+use testing::{single_node, SingleNode};
 
 struct Kernel {
-    _dir: tempfile::TempDir,
+    /// Keeps the node and its temp dir alive for the test.
+    _node: SingleNode,
     meta: Arc<Meta>,
     admin: Principal,
 }
 
-async fn wait_leader(raft: &RaftNode, shard: u64) {
-    for _ in 0..2000 {
-        if raft.leader(shard).is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("shard {shard} elected no leader");
-}
-
 async fn kernel() -> Kernel {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
-    let mut cfg = berth_raft::Config::new(1);
-    cfg.tick_interval = Duration::from_millis(10);
-    let raft = RaftNode::start(store, cfg, Arc::new(NullTransport)).unwrap();
-    raft.create_shard(ShardRecord::meta(vec![1]).desc())
-        .unwrap();
-    wait_leader(&raft, META_SHARD).await;
-    let meta = Meta::new(Arc::new(Router::new(raft.clone(), 1)));
-    meta.bootstrap(&Bootstrap {
-        cluster_name: "test".into(),
-        cluster_id: "t".into(),
-        node: NodeRecord {
-            id: 1,
-            native_addr: "127.0.0.1:1".into(),
-            admin_addr: "127.0.0.1:2".into(),
-            advertise: vec![],
-            started_at: 0,
-        },
-        now_secs: 0,
-        now_ns: 0,
-    })
-    .await
-    .unwrap();
-    meta.refresh().await.unwrap();
-    let (t, _) = meta.sign_for("admin", None, 3600).unwrap();
-    let admin = meta.authenticate(&t).unwrap();
+    let node = single_node().await;
     Kernel {
-        _dir: dir,
-        meta,
-        admin,
+        meta: node.meta.clone(),
+        admin: node.admin.clone(),
+        _node: node,
     }
 }
 
