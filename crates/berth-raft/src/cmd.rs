@@ -191,9 +191,21 @@ pub enum Op {
         /// Key of the [`VersionState`].
         state: Vec<u8>,
     },
+    /// A [`Op::Put`] of at least [`BLOB_MIN_BYTES`] whose value this node
+    /// moved to its blob segments (see [`Op::VSpliceBlob`]): the key's value
+    /// becomes the reference. Exists only in this node's log.
+    PutBlob {
+        /// Key.
+        key: Vec<u8>,
+        /// Blob reference (berth-store `blobs`).
+        #[serde(with = "serde_bytes")]
+        blob: Vec<u8>,
+        /// Bytes in the blob.
+        len: u32,
+    },
 }
 
-/// Splices at least this large leave the log entry for a blob segment when
+/// Splices (and puts) at least this large leave the log entry for a blob segment when
 /// the entry is persisted.
 pub const BLOB_MIN_BYTES: usize = 64 << 10;
 
@@ -244,6 +256,13 @@ pub(crate) fn offload_txn(store: &Store, mut txn: Txn) -> Result<Option<Stored>,
                     state,
                 })
             }
+            Op::Put { key, value } if value.len() >= BLOB_MIN_BYTES => {
+                let len = u32::try_from(value.len())
+                    .map_err(|_| StoreError::Invalid("value larger than 4 GiB".into()))?;
+                let (blob, pin) = store.put_blob(&value)?;
+                pins.push(pin);
+                Ok(Op::PutBlob { key, blob, len })
+            }
             other => Ok(other),
         })
         .collect::<Result<_, StoreError>>()?;
@@ -260,7 +279,7 @@ pub(crate) fn inflate(store: &Store, data: &[u8]) -> Result<Option<Vec<u8>>, Sto
     let Ok(mut txn) = decode(data) else {
         return Ok(None);
     };
-    if !txn.ops.iter().any(|o| matches!(o, Op::VSpliceBlob { .. })) {
+    if !txn.ops.iter().any(Op::is_blob) {
         return Ok(None);
     }
     txn.ops = txn
@@ -280,6 +299,10 @@ pub(crate) fn inflate(store: &Store, data: &[u8]) -> Result<Option<Vec<u8>>, Sto
                 data: blob_bytes(store, &blob)?,
                 counter,
                 state,
+            }),
+            Op::PutBlob { key, blob, .. } => Ok(Op::Put {
+                key,
+                value: blob_bytes(store, &blob)?,
             }),
             other => Ok(other),
         })
@@ -308,7 +331,7 @@ pub(crate) fn blob_refs(data: &[u8]) -> Vec<Vec<u8>> {
             .ops
             .into_iter()
             .filter_map(|o| match o {
-                Op::VSpliceBlob { blob, .. } => Some(blob),
+                Op::VSpliceBlob { blob, .. } | Op::PutBlob { blob, .. } => Some(blob),
                 _ => None,
             })
             .collect(),
@@ -378,6 +401,12 @@ impl VersionState {
 }
 
 impl Op {
+    /// Whether the op carries a blob reference (only a node's own log holds
+    /// such ops).
+    pub fn is_blob(&self) -> bool {
+        matches!(self, Op::VSpliceBlob { .. } | Op::PutBlob { .. })
+    }
+
     /// The single key an op writes, if it writes exactly one.
     pub fn key(&self) -> Option<&[u8]> {
         match self {
@@ -386,7 +415,8 @@ impl Op {
             | Op::Splice { key, .. }
             | Op::Truncate { key, .. }
             | Op::MaxU64 { key, .. }
-            | Op::AddI64 { key, .. } => Some(key),
+            | Op::AddI64 { key, .. }
+            | Op::PutBlob { key, .. } => Some(key),
             Op::DeleteRange { .. }
             | Op::DeleteRangeCounted { .. }
             | Op::VSplice { .. }
@@ -565,6 +595,8 @@ pub(crate) fn apply(
     for op in &txn.ops {
         match op {
             Op::Put { key, value } => batch.put(Space::Data, key, value),
+            // The value is the reference: reads resolve it.
+            Op::PutBlob { key, blob, .. } => batch.put(Space::Data, key, blob),
             Op::Delete { key } => batch.delete(Space::Data, key),
             Op::DeleteRange { start, end } => {
                 batch.delete_range(Space::Data, start, end)?;

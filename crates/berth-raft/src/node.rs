@@ -615,11 +615,7 @@ fn cmd_valid(desc: &ShardDesc, txn: &Txn) -> Result<(), RaftError> {
         return Err(RaftError::KeyOutOfRange { shard: desc.id });
     }
     // Blob references are made by this node's log, never proposed.
-    if txn
-        .ops
-        .iter()
-        .any(|o| matches!(o, cmd::Op::VSpliceBlob { .. }))
-    {
+    if txn.ops.iter().any(cmd::Op::is_blob) {
         return Err(RaftError::Internal(
             "a proposal cannot carry blob references".into(),
         ));
@@ -674,6 +670,9 @@ fn keys_storable(txn: &Txn) -> bool {
                     && key_ok(state)
                     && (*offset as usize).saturating_add(*len as usize)
                         <= berth_store::MAX_VALUE_BYTES
+            }
+            cmd::Op::PutBlob { key, len, .. } => {
+                key_ok(key) && *len as usize <= berth_store::MAX_VALUE_BYTES
             }
             cmd::Op::VTruncate { base, state, .. } => key_ok(base) && key_ok(state),
             cmd::Op::VDeleteRange { counter, state, .. } => key_ok(counter) && key_ok(state),

@@ -501,3 +501,52 @@ async fn proposals_cannot_carry_blob_references() {
     assert!(r.is_err(), "{r:?}");
     node.shutdown();
 }
+
+/// Bulk puts (a stream's record batches) are written once too: the value is
+/// a reference to the log's bytes, read back whole by gets and scans, after
+/// a restart as well; forged references are refused.
+#[tokio::test]
+async fn bulk_puts_live_in_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(1, "batch");
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    {
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let node = start(&store, |c| c.blob_gc_interval = std::time::Duration::ZERO);
+        node.create_shard(shard(1, vec![1])).unwrap();
+        wait_leader(&node, 1).await;
+        let journal_before = store.metrics().bytes_written;
+        node.propose(
+            1,
+            Txn::ops(vec![Op::Put {
+                key: k.clone(),
+                value: big.clone(),
+            }]),
+        )
+        .await
+        .unwrap();
+        let through_engine = store.metrics().bytes_written - journal_before;
+        assert!(through_engine < 10_000, "{through_engine} bytes journaled");
+        assert!(store.blobs().disk_bytes() >= big.len() as u64);
+        assert_eq!(node.get(1, &k).unwrap(), Some(big.clone()));
+        let (start_key, end_key) = (key(1, ""), key(2, ""));
+        let scanned = node.scan(1, &start_key, &end_key, 10).unwrap();
+        assert_eq!(scanned, vec![(k.clone(), big.clone())]);
+        let forged = Op::PutBlob {
+            key: key(1, "forged"),
+            blob: vec![0; berth_store::blobs::REF_LEN],
+            len: 10,
+        };
+        assert!(node.propose(1, Txn::ops(vec![forged])).await.is_err());
+        node.shutdown();
+    }
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let node = start(&store, |c| c.blob_gc_interval = std::time::Duration::ZERO);
+    wait_leader(&node, 1).await;
+    assert_eq!(node.get(1, &k).unwrap(), Some(big), "after restart");
+    node.propose(1, Txn::ops(vec![Op::Delete { key: k.clone() }]))
+        .await
+        .unwrap();
+    assert_eq!(node.get(1, &k).unwrap(), None);
+    node.shutdown();
+}
