@@ -234,6 +234,26 @@ pub trait Backend: Send + Sync + 'static {
         records: Bytes,
     ) -> impl Future<Output = Result<Appended, StreamError>> + Send;
 
+    /// [`Backend::produce`] for several partitions of one topic (a produce
+    /// request's), one result per input in order. A backend that can make
+    /// them durable together (one transaction, one fsync) overrides this;
+    /// by default each partition is produced on its own, concurrently.
+    fn produce_partitions(
+        &self,
+        p: &Self::Principal,
+        t: &TopicRef,
+        parts: Vec<(i32, Bytes)>,
+    ) -> impl Future<Output = Vec<Result<Appended, StreamError>>> + Send {
+        async move {
+            futures_util::future::join_all(
+                parts
+                    .into_iter()
+                    .map(|(part, records)| self.produce(p, t, part, records)),
+            )
+            .await
+        }
+    }
+
     /// Batches from `offset` on, up to about `max_bytes` (at least one whole
     /// batch when any exists). Returns at once; long polling is
     /// [`Backend::wait`].

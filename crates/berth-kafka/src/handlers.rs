@@ -160,42 +160,49 @@ pub async fn produce<B: Backend>(
     let topics = req.topic_data.into_iter().map(|topic| async move {
         let name = topic.name.0.to_string();
         let resolved = b.resolve(p, &name);
-        let partitions = topic.partition_data.into_iter().map(|part| {
-            let resolved = &resolved;
-            async move {
-                let mut out = PartitionProduceResponse::default();
-                out.index = part.index;
-                out.base_offset = -1;
-                out.log_append_time_ms = -1;
-                out.log_start_offset = -1;
-                let result = match (transactional, resolved, part.records) {
-                    (true, _, _) => Err(codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
-                    (_, Err(e), _) => Err(codes::code(e, Scope::Partition)),
-                    (_, Ok(_), None) => Err(codes::CORRUPT_MESSAGE),
-                    (_, Ok(_), Some(r)) if r.is_empty() => Err(codes::CORRUPT_MESSAGE),
-                    (_, Ok(t), Some(records)) => {
-                        b.produce(p, t, part.index, records).await.map_err(|e| {
-                            if version >= 8 {
-                                out.error_message = error_message(&e);
-                            }
-                            codes::code(&e, Scope::Partition)
-                        })
-                    }
-                };
-                match result {
+        let mut outs: Vec<PartitionProduceResponse> = Vec::new();
+        // Partitions that reach the backend, all in one call: (position in
+        // `outs`, partition, records).
+        let mut sent: Vec<(usize, i32, Bytes)> = Vec::new();
+        for part in topic.partition_data {
+            let mut out = PartitionProduceResponse::default();
+            out.index = part.index;
+            out.base_offset = -1;
+            out.log_append_time_ms = -1;
+            out.log_start_offset = -1;
+            match (transactional, &resolved, part.records) {
+                (true, _, _) => out.error_code = codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                (_, Err(e), _) => out.error_code = codes::code(e, Scope::Partition),
+                (_, Ok(_), None) => out.error_code = codes::CORRUPT_MESSAGE,
+                (_, Ok(_), Some(r)) if r.is_empty() => out.error_code = codes::CORRUPT_MESSAGE,
+                (_, Ok(_), Some(records)) => sent.push((outs.len(), part.index, records)),
+            }
+            outs.push(out);
+        }
+        if let (Ok(t), false) = (&resolved, sent.is_empty()) {
+            let at: Vec<usize> = sent.iter().map(|s| s.0).collect();
+            let parts = sent.into_iter().map(|(_, part, r)| (part, r)).collect();
+            let results = b.produce_partitions(p, t, parts).await;
+            for (i, r) in at.into_iter().zip(results) {
+                let out = &mut outs[i];
+                match r {
                     Ok(a) => {
                         out.base_offset = a.base_offset;
                         out.log_append_time_ms = a.log_append_time_ms;
                         out.log_start_offset = a.log_start;
                     }
-                    Err(code) => out.error_code = code,
+                    Err(e) => {
+                        if version >= 8 {
+                            out.error_message = error_message(&e);
+                        }
+                        out.error_code = codes::code(&e, Scope::Partition);
+                    }
                 }
-                out
             }
-        });
+        }
         let mut out = TopicProduceResponse::default();
         out.name = topic.name;
-        out.partition_responses = join_all(partitions).await;
+        out.partition_responses = outs;
         out
     });
     let responses = join_all(topics).await;

@@ -125,6 +125,24 @@ fn to_kafka(e: Error, what: &str) -> StreamError {
     }
 }
 
+/// An append's answer in Kafka's terms.
+fn appended(a: berth_streams::Appended) -> Appended {
+    Appended {
+        base_offset: a.base_offset,
+        log_start: a.log_start,
+        log_append_time_ms: -1,
+    }
+}
+
+/// An append's failure in Kafka's terms.
+fn append_error(e: AppendError, topic: &str) -> StreamError {
+    match e {
+        AppendError::Refused(Refused::OutOfOrder(m)) => StreamError::OutOfOrderSequence(m),
+        AppendError::Refused(Refused::StaleEpoch(m)) => StreamError::InvalidProducerEpoch(m),
+        AppendError::Failed(e) => to_kafka(e, topic),
+    }
+}
+
 /// A group's stream could not be used: denied means GROUP_AUTHORIZATION_FAILED.
 fn group_error(e: Error, g: &GroupRef) -> StreamError {
     match e.code {
@@ -291,22 +309,47 @@ impl Backend for StreamsBackend {
     ) -> Result<Appended, StreamError> {
         let part = partition(part)?;
         let (s, topic) = self.open(p, t, Right::Produce).await?;
-        let a = self
-            .streams
+        self.streams
             .append(p, &s, &t.topic, &topic, part, records)
             .await
-            .map_err(|e| match e {
-                AppendError::Refused(Refused::OutOfOrder(m)) => StreamError::OutOfOrderSequence(m),
-                AppendError::Refused(Refused::StaleEpoch(m)) => {
-                    StreamError::InvalidProducerEpoch(m)
+            .map(appended)
+            .map_err(|e| append_error(e, &t.topic))
+    }
+
+    async fn produce_partitions(
+        &self,
+        p: &Principal,
+        t: &TopicRef,
+        parts: Vec<(i32, Bytes)>,
+    ) -> Vec<Result<Appended, StreamError>> {
+        let n = parts.len();
+        let (s, topic) = match self.open(p, t, Right::Produce).await {
+            Ok(x) => x,
+            Err(e) => return (0..n).map(|_| Err(e.clone())).collect(),
+        };
+        // Negative partition numbers fail alone; the rest go in one append.
+        let mut out: Vec<Option<Result<Appended, StreamError>>> = vec![None; n];
+        let mut at = Vec::new();
+        let mut valid = Vec::new();
+        for (i, (part, records)) in parts.into_iter().enumerate() {
+            match partition(part) {
+                Ok(part) => {
+                    at.push(i);
+                    valid.push((part, records));
                 }
-                AppendError::Failed(e) => to_kafka(e, &t.topic),
-            })?;
-        Ok(Appended {
-            base_offset: a.base_offset,
-            log_start: a.log_start,
-            log_append_time_ms: -1,
-        })
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        let results = self
+            .streams
+            .append_many(p, &s, &t.topic, &topic, valid)
+            .await;
+        for (i, r) in at.into_iter().zip(results) {
+            out[i] = Some(r.map(appended).map_err(|e| append_error(e, &t.topic)));
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StreamError::Internal("no result".into()))))
+            .collect()
     }
 
     async fn fetch(

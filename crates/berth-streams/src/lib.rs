@@ -681,21 +681,85 @@ impl Streams {
         part: u32,
         records: Bytes,
     ) -> Result<Appended, AppendError> {
-        authorize(p, s, Right::Produce)?;
-        check_partition(t, part)?;
-        if records.len() > APPEND_BYTES_MAX {
-            return Err(AppendError::Failed(Error::new(
-                Code::TooBig,
-                format!(
-                    "{} bytes in one append; at most {APPEND_BYTES_MAX}",
-                    records.len()
-                ),
-            )));
+        self.append_many(p, s, name, t, vec![(part, records)])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Error::new(Code::Io, "internal: no append result").into()))
+    }
+
+    /// Appends batches to several partitions of one topic in ONE
+    /// transaction (a produce request's partitions share one Raft entry and
+    /// one fsync); one result per input, in order. A partition whose
+    /// batches are refused (bad batch, sequence gap, fenced epoch) fails
+    /// alone; the others are written.
+    pub async fn append_many(
+        &self,
+        p: &Principal,
+        s: &StreamRef,
+        name: &str,
+        t: &TopicRecord,
+        parts: Vec<(u32, Bytes)>,
+    ) -> Vec<Result<Appended, AppendError>> {
+        let n = parts.len();
+        let all = |e: AppendError| (0..n).map(|_| Err(e.clone())).collect::<Vec<_>>();
+        if let Err(e) = authorize(p, s, Right::Produce) {
+            return all(e.into());
         }
-        let batches = batch::split(&records).map_err(|e| Error::new(Code::BadMessage, e))?;
-        let pk: PartKey = (s.vol.id, s.entry.ino, t.id, part);
-        let lock = self.append_locks.lock().entry(pk).or_default().clone();
-        let _queued = lock.lock().await;
+        // A partition named twice in one request: one at a time, in order.
+        let mut seen = std::collections::HashSet::new();
+        if !parts.iter().all(|(part, _)| seen.insert(*part)) {
+            let mut out = Vec::with_capacity(n);
+            for (part, records) in parts {
+                out.extend(Box::pin(self.append_many(p, s, name, t, vec![(part, records)])).await);
+            }
+            return out;
+        }
+        let mut results: Vec<Option<Result<Appended, AppendError>>> = vec![None; n];
+        let mut work = Vec::new();
+        for (i, (part, records)) in parts.into_iter().enumerate() {
+            match check_append(t, part, &records) {
+                Ok(batches) => work.push((i, part, records, batches)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        // Appends to one partition queue on the node; taking the locks in
+        // partition order keeps two multi-partition appends from deadlocking.
+        work.sort_by_key(|w| w.1);
+        let mut guards = Vec::with_capacity(work.len());
+        for (_, part, _, _) in &work {
+            let pk: PartKey = (s.vol.id, s.entry.ino, t.id, *part);
+            let lock = self.append_locks.lock().entry(pk).or_default().clone();
+            guards.push(lock.lock_owned().await);
+        }
+        if !work.is_empty() {
+            match self.append_locked(s, name, t, &work).await {
+                Ok(done) => {
+                    for (i, r) in done {
+                        results[i] = Some(r);
+                    }
+                }
+                Err(e) => {
+                    for (i, _, _, _) in &work {
+                        results[*i] = Some(Err(e.clone().into()));
+                    }
+                }
+            }
+        }
+        drop(guards);
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::new(Code::Io, "internal: no result").into())))
+            .collect()
+    }
+
+    /// The transaction of [`Streams::append_many`], its partitions locked.
+    async fn append_locked(
+        &self,
+        s: &StreamRef,
+        name: &str,
+        t: &TopicRecord,
+        work: &[(usize, u32, Bytes, Vec<batch::BatchInfo>)],
+    ) -> Result<Vec<(usize, Result<Appended, AppendError>)>, Error> {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
@@ -705,83 +769,109 @@ impl Streams {
                 .get(&topic_key(s.vol.id, s.entry.ino, name))?
                 .map(|b| decode(&b, "topic"))
                 .transpose()?;
-            match live {
-                Some(l) if l.id == t.id && part < l.partitions => {}
+            let live_parts = match live {
+                Some(l) if l.id == t.id => l.partitions,
                 _ => {
-                    return Err(
-                        Error::not_found(format!("topic {name} in {}", s.entry.path)).into(),
-                    )
+                    return Err(Error::not_found(format!(
+                        "topic {name} in {}",
+                        s.entry.path
+                    )))
                 }
-            }
-            let skey = part_key(s.vol.id, s.entry.ino, t.id, part);
-            let state: PartState = match tx.get(&skey)? {
-                Some(b) => decode(&b, "partition state")?,
-                None => PartState::default(),
             };
-            let mut new = state.clone();
-            let mut first_base = None;
-            for b in &batches {
-                let idempotent = b.producer_id >= 0;
-                let last_seq = b.base_sequence.wrapping_add(b.offsets as i32 - 1);
-                if idempotent {
-                    match check_sequence(
-                        &new,
-                        b.producer_id,
-                        b.producer_epoch,
-                        b.base_sequence,
-                        last_seq,
-                    )
-                    .map_err(AppendError::Refused)?
-                    {
-                        Seq::Duplicate(base) => {
-                            first_base.get_or_insert(base);
-                            continue;
+            let mut out = Vec::with_capacity(work.len());
+            let mut advanced = Vec::new();
+            for (i, part, records, batches) in work {
+                if *part >= live_parts {
+                    out.push((
+                        *i,
+                        Err(Error::not_found(format!("partition {part} of {name}")).into()),
+                    ));
+                    continue;
+                }
+                let skey = part_key(s.vol.id, s.entry.ino, t.id, *part);
+                let state: PartState = match tx.get(&skey)? {
+                    Some(b) => decode(&b, "partition state")?,
+                    None => PartState::default(),
+                };
+                // Staged first, written only when the whole partition passes.
+                let mut new = state.clone();
+                let mut first_base = None;
+                let mut puts = Vec::new();
+                let mut refused = None;
+                for b in batches {
+                    let idempotent = b.producer_id >= 0;
+                    let last_seq = b.base_sequence.wrapping_add(b.offsets as i32 - 1);
+                    if idempotent {
+                        match check_sequence(
+                            &new,
+                            b.producer_id,
+                            b.producer_epoch,
+                            b.base_sequence,
+                            last_seq,
+                        ) {
+                            Ok(Seq::Duplicate(base)) => {
+                                first_base.get_or_insert(base);
+                                continue;
+                            }
+                            Ok(Seq::Append) => {}
+                            Err(r) => {
+                                refused = Some(r);
+                                break;
+                            }
                         }
-                        Seq::Append => {}
                     }
+                    let mut bytes = records[b.start..b.start + b.len].to_vec();
+                    let base = new.next;
+                    batch::place(&mut bytes, base, 0);
+                    let last = base + b.offsets as i64 - 1;
+                    puts.push((batch_key(s.vol.id, s.entry.ino, t.id, *part, last), bytes));
+                    if idempotent {
+                        remember_batch(
+                            &mut new,
+                            b.producer_id,
+                            b.producer_epoch,
+                            b.base_sequence,
+                            last_seq,
+                            base,
+                        );
+                    }
+                    first_base.get_or_insert(base);
+                    new.next = last + 1;
+                    new.bytes += b.len as u64;
                 }
-                let mut bytes = records[b.start..b.start + b.len].to_vec();
-                let base = new.next;
-                batch::place(&mut bytes, base, 0);
-                let last = base + b.offsets as i64 - 1;
-                tx.put(batch_key(s.vol.id, s.entry.ino, t.id, part, last), bytes);
-                if idempotent {
-                    remember_batch(
-                        &mut new,
-                        b.producer_id,
-                        b.producer_epoch,
-                        b.base_sequence,
-                        last_seq,
-                        base,
-                    );
+                if let Some(r) = refused {
+                    out.push((*i, Err(AppendError::Refused(r))));
+                    continue;
                 }
-                first_base.get_or_insert(base);
-                new.next = last + 1;
-                new.bytes += b.len as u64;
+                let base_offset = first_base.unwrap_or(state.next);
+                if new != state {
+                    for (k, v) in puts {
+                        tx.put(k, v);
+                    }
+                    tx.put(skey, encode(&new));
+                    advanced.push((*part, new.next));
+                }
+                out.push((
+                    *i,
+                    Ok(Appended {
+                        base_offset,
+                        log_start: new.log_start,
+                        next: new.next,
+                    }),
+                ));
             }
-            let base_offset = first_base.unwrap_or(state.next);
-            if new == state {
-                // Only duplicates: nothing to write.
-                return Ok(Appended {
-                    base_offset,
-                    log_start: state.log_start,
-                    next: state.next,
-                });
-            }
-            tx.put(skey, encode(&new));
             if let Commit::Done(_) = tx.commit().await? {
-                self.advanced(pk, new.next);
-                self.retained
-                    .lock()
-                    .insert(pk, (s.clone(), name.to_string(), t.clone()));
-                return Ok(Appended {
-                    base_offset,
-                    log_start: new.log_start,
-                    next: new.next,
-                });
+                for (part, next) in advanced {
+                    let pk: PartKey = (s.vol.id, s.entry.ino, t.id, part);
+                    self.advanced(pk, next);
+                    self.retained
+                        .lock()
+                        .insert(pk, (s.clone(), name.to_string(), t.clone()));
+                }
+                return Ok(out);
             }
         }
-        Err(berth_meta::router::too_much_contention(&s.entry.path).into())
+        Err(berth_meta::router::too_much_contention(&s.entry.path))
     }
 
     /// Commits a consumer group's offset for partition `part` of `topic`
@@ -1133,6 +1223,27 @@ fn check_group(group: &str) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// What an append of `records` to `part` must pass before any lock is taken:
+/// the partition exists, the size bound, well-formed batches.
+fn check_append(
+    t: &TopicRecord,
+    part: u32,
+    records: &[u8],
+) -> Result<Vec<batch::BatchInfo>, AppendError> {
+    check_partition(t, part)?;
+    if records.len() > APPEND_BYTES_MAX {
+        return Err(Error::new(
+            Code::TooBig,
+            format!(
+                "{} bytes in one append; at most {APPEND_BYTES_MAX}",
+                records.len()
+            ),
+        )
+        .into());
+    }
+    Ok(batch::split(records).map_err(|e| Error::new(Code::BadMessage, e))?)
 }
 
 fn check_partition(t: &TopicRecord, part: u32) -> Result<(), Error> {

@@ -549,3 +549,82 @@ async fn retention_deletes_old_and_excess_batches() {
         .unwrap();
     assert_eq!(r.base_offset, 8);
 }
+
+#[tokio::test]
+async fn appends_to_several_partitions_share_one_transaction_and_fail_alone() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let s = k
+        .streams
+        .create_stream(a, "/s", StreamConfig::default())
+        .await
+        .unwrap();
+    let t = k.streams.create_topic(a, &s, "t", 3).await.unwrap();
+    let mut bad = batch_of(1, 0);
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let r = k
+        .streams
+        .append_many(
+            a,
+            &s,
+            "t",
+            &t,
+            vec![
+                (2, Bytes::from(batch_of(2, 0))),
+                (0, Bytes::from(batch_of(3, 0))),
+                (1, Bytes::from(bad)),
+                (7, Bytes::from(batch_of(1, 0))),
+                // Producer 5 starts at sequence 0 in partition 0 only.
+                (1, Bytes::from(producer_batch(1, 0, 5, 0, 3))),
+            ],
+        )
+        .await;
+    assert_eq!(r.len(), 5);
+    assert_eq!(r[0].as_ref().unwrap().base_offset, 0);
+    assert_eq!(r[1].as_ref().unwrap().base_offset, 0);
+    assert_eq!(
+        r[2].as_ref().unwrap_err().failed().unwrap().code,
+        Code::BadMessage
+    );
+    assert_eq!(
+        r[3].as_ref().unwrap_err().failed().unwrap().code,
+        Code::NotFound
+    );
+    // Partition 1 named twice: handled one after the other.
+    assert_eq!(r[4].as_ref().unwrap().base_offset, 0);
+    let ends: Vec<i64> = partition_ends(&k, &s, &t).await;
+    assert_eq!(ends, [3, 1, 2]);
+    // A sequence gap fails its partition alone.
+    let r = k
+        .streams
+        .append_many(
+            a,
+            &s,
+            "t",
+            &t,
+            vec![
+                (1, Bytes::from(producer_batch(1, 0, 5, 0, 9))),
+                (2, Bytes::from(batch_of(1, 0))),
+            ],
+        )
+        .await;
+    assert!(matches!(
+        r[0],
+        Err(AppendError::Refused(Refused::OutOfOrder(_)))
+    ));
+    assert_eq!(r[1].as_ref().unwrap().base_offset, 2);
+    assert_eq!(partition_ends(&k, &s, &t).await, [3, 1, 3]);
+}
+
+async fn partition_ends(
+    k: &Kernel,
+    s: &berth_streams::StreamRef,
+    t: &berth_streams::TopicRecord,
+) -> Vec<i64> {
+    let mut out = Vec::new();
+    for part in 0..t.partitions {
+        out.push(k.streams.offsets(&k.admin, s, t, part).await.unwrap().next);
+    }
+    out
+}
