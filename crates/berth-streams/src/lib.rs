@@ -41,10 +41,17 @@
 //! stream (`StreamState(vol, ino) · u64(1) · str(group) · str(topic) ·
 //! u64(partition)`).
 //!
-//! Not yet: compaction (the setting is stored and reported; compacted
-//! topics keep everything), transactions (their batches are refused).
+//! Compaction (streams created `--compact`): the same sweep deletes whole
+//! batches whose every record is superseded by a later record with the
+//! same key (`compact`: the four codecs are decoded to read the keys);
+//! compacted topics are not trimmed by age or size. Records are not
+//! rewritten, so a batch with one live record stays whole, and tombstones
+//! are kept (no `delete.retention.ms`).
+//!
+//! Not yet: transactions (their batches are refused).
 
 pub mod batch;
+pub mod compact;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -1097,6 +1104,19 @@ impl Streams {
                 return Ok(0);
             };
             let mut st: PartState = decode(&raw, "partition state")?;
+            if config.compact {
+                // Compacted topics keep the last record of every key, not
+                // an age or a size (Kafka's cleanup.policy=compact).
+                let deleted = compact_window(&mut tx, s, t, part, &mut st)?;
+                if deleted == 0 {
+                    return Ok(0);
+                }
+                tx.put(skey, encode(&st));
+                if let Commit::Done(_) = tx.commit().await? {
+                    return Ok(deleted);
+                }
+                continue;
+            }
             let oldest_kept = if config.retention_ms >= 0 {
                 now_ms().saturating_sub(config.retention_ms)
             } else {
@@ -1190,6 +1210,61 @@ impl Streams {
             )
         })
     }
+}
+
+/// Batches one compaction pass looks at (from the log start).
+const COMPACT_WINDOW_BATCHES: usize = 4096;
+
+/// One compaction pass over the oldest [`COMPACT_WINDOW_BATCHES`] batches of
+/// a partition (never the batch holding the log end): a batch goes when
+/// every one of its records has a key and a later record in the window has
+/// the same key. A window smaller than the log only keeps more (a later
+/// record outside it is not seen). Batches with unkeyed records, the latest
+/// record of a key (tombstones too: they are not expired) and batches that
+/// cannot be read stay whole; offsets of deleted batches become gaps, as in
+/// Kafka. Returns the number of batches deleted.
+fn compact_window(
+    tx: &mut Tx,
+    s: &StreamRef,
+    t: &TopicRecord,
+    part: u32,
+    st: &mut PartState,
+) -> Result<usize, Error> {
+    let skey = part_key(s.vol.id, s.entry.ino, t.id, part);
+    let start = batch_key(s.vol.id, s.entry.ino, t.id, part, st.log_start);
+    let page = tx.peek_range(&start, &prefix_end(&skey), COMPACT_WINDOW_BATCHES)?;
+    let mut batches = Vec::with_capacity(page.len());
+    let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
+    for (k, v) in &page {
+        let last = batch::base_offset(v) + batch::offsets(v) - 1;
+        if last + 1 >= st.next {
+            break; // the active batch
+        }
+        let recs = compact::record_keys(v).ok();
+        for r in recs.iter().flatten() {
+            if let Some(key) = &r.key {
+                let e = latest.entry(key.clone()).or_insert(r.offset);
+                *e = (*e).max(r.offset);
+            }
+        }
+        batches.push((k, v.len(), recs));
+    }
+    let mut deleted = 0;
+    for (k, len, recs) in batches {
+        let Some(recs) = recs else { continue };
+        let superseded = !recs.is_empty()
+            && recs.iter().all(|r| {
+                r.key
+                    .as_ref()
+                    .is_some_and(|key| latest.get(key).is_some_and(|l| *l > r.offset))
+            });
+        if superseded {
+            tx.delete(k.clone());
+            st.bytes = st.bytes.saturating_sub(len as u64);
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 fn topic_log_range(s: &StreamRef, topic: u64) -> (Vec<u8>, Vec<u8>) {
