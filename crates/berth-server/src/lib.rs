@@ -42,7 +42,8 @@ pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
 const ADMIN_TICKET_TTL_SECS: u64 = 365 * 24 * 3600;
 /// The admin ticket file is rewritten when less than this is left.
 const ADMIN_TICKET_RENEW_SECS: u64 = 30 * 24 * 3600;
-/// How often stream partitions are trimmed to their retention.
+/// How often stream partitions are trimmed to their retention or compacted
+/// (unless `Config::stream_sweep_ms` says otherwise).
 const STREAM_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a node records the shards it leads in the cluster map.
 const LEADER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -68,6 +69,9 @@ pub struct Config {
     pub kafka_addr: Option<SocketAddr>,
     /// The stream plain Kafka topic names live in.
     pub kafka_default_stream: String,
+    /// Interval of the stream retention / compaction sweep in ms; 0 = the
+    /// default (60 s). Short intervals are for tests.
+    pub stream_sweep_ms: u64,
     /// Per-principal overrides of `kafka_default_stream`.
     pub kafka_principal_streams: std::collections::HashMap<String, String>,
     /// `host:port` Kafka clients are told to connect to (Kafka's advertised
@@ -236,7 +240,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     directory.attach(meta.clone());
     let ns = Namespace::new(meta.clone());
     let streams = berth_streams::Streams::new(ns.clone());
-    let retention = streams.spawn_retention(STREAM_RETENTION_INTERVAL);
+    let retention = streams.spawn_retention(match cfg.stream_sweep_ms {
+        0 => STREAM_RETENTION_INTERVAL,
+        ms => Duration::from_millis(ms),
+    });
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let native = Arc::new(Native {
         meta: meta.clone(),

@@ -25,6 +25,11 @@ line reason otherwise. Checks:
               (synchronously) after them; prints the committed offset
   group-resume   a new member of the same group starts at the committed
               offset; prints the first offset it reads
+  compact     produce a1 b1 a2 c1 b2 a3 d1 (key = first letter, one batch
+              each) to a compacted stream; once the broker's compaction sweep
+              ran, reading from the first offset gives exactly the records
+              whose key has no later record, in order, across the offset
+              gaps: c1 b2 a3 d1
   idempotent-drops  BOOTSTRAP is a proxy this check runs (env PROXY_LISTEN
               port, forwarding to env PROXY_TARGET host:port) that cuts
               connections after a random number of bytes while an idempotent
@@ -502,7 +507,40 @@ def idempotent_drops():
     print(f"{cuts} connections cut")
 
 
+def compact():
+    from confluent_kafka import Consumer, Producer, TopicPartition, OFFSET_BEGINNING
+
+    p = Producer(confluent_conf({"acks": "all", "linger.ms": 0}))
+    for k, v in [("a", "a1"), ("b", "b1"), ("a", "a2"), ("c", "c1"), ("b", "b2"),
+                 ("a", "a3"), ("d", "d1")]:
+        p.produce(TOPIC, key=k.encode(), value=v.encode(), partition=0)
+        if p.flush(DEADLINE_S) != 0:  # one batch per record
+            fail("record undelivered")
+    want = ["c1", "b2", "a3", "d1"]
+    end = time.time() + DEADLINE_S
+    got = []
+    while time.time() < end:
+        c = Consumer(confluent_conf({"group.id": probe_group(), "enable.auto.commit": False}))
+        c.assign([TopicPartition(TOPIC, 0, OFFSET_BEGINNING)])
+        got = []
+        quiet = 0
+        while quiet < 3:
+            m = c.poll(0.5)
+            if m is None:
+                quiet += 1
+                continue
+            if m.error():
+                fail(f"consume: {m.error()}")
+            got.append(m.value().decode())
+        c.close()
+        if got == want:
+            return
+        time.sleep(0.5)  # the sweep has not run yet
+    fail(f"after compaction read {got}, wanted {want}")
+
+
 CHECKS = {
+    "compact": compact,
     "idempotent-drops": idempotent_drops,
     "group": group,
     "group-commit": lambda: group_member(30),
