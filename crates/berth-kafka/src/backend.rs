@@ -7,6 +7,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+// SCRAM credentials and mechanisms are berth-security's (one definition).
+pub use berth_security::scram::{Credential as ScramCredential, Mechanism as ScramMechanism};
 use bytes::Bytes;
 
 /// Where a topic lives: the stream's namespace path and the topic's name in
@@ -86,23 +88,6 @@ pub struct Committed {
 pub struct ProducerId {
     pub id: i64,
     pub epoch: i16,
-}
-
-/// SCRAM mechanisms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ScramMechanism {
-    Sha256,
-    Sha512,
-}
-
-/// What a server keeps of a password for SCRAM (RFC 5802): never the
-/// password itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScramCredential {
-    pub salt: Vec<u8>,
-    pub iterations: u32,
-    pub stored_key: Vec<u8>,
-    pub server_key: Vec<u8>,
 }
 
 /// Which offset ListOffsets asks for.

@@ -165,12 +165,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
                 // An unknown user (or one without a credential) goes on
                 // with a fake one and fails at the proof, as a wrong
                 // password does: the exchange does not reveal who exists.
-                let credential = match self
-                    .backend
-                    .scram_credential(&first.user, sasl::backend_mechanism(m))
-                    .await
-                {
-                    Some(c) => sasl::credential(c),
+                let credential = match self.backend.scram_credential(&first.user, m).await {
+                    Some(c) => c,
                     None => scram::fake_credential(&first.user, m, sasl::fake_secret()),
                 };
                 let (exchange, server_first) =

@@ -12,8 +12,6 @@
 
 use berth_security::scram;
 
-use crate::backend::{ScramCredential, ScramMechanism};
-
 /// Mechanisms offered in SaslHandshake.
 pub const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
 
@@ -66,23 +64,6 @@ impl<P> State<P> {
             self,
             State::Handshaken { raw: true, .. } | State::ScramFinal { raw: true, .. }
         )
-    }
-}
-
-/// The backend's name for a SCRAM mechanism.
-pub fn backend_mechanism(m: scram::Mechanism) -> ScramMechanism {
-    match m {
-        scram::Mechanism::Sha256 => ScramMechanism::Sha256,
-        scram::Mechanism::Sha512 => ScramMechanism::Sha512,
-    }
-}
-
-pub fn credential(c: ScramCredential) -> scram::Credential {
-    scram::Credential {
-        salt: c.salt,
-        iterations: c.iterations,
-        stored_key: c.stored_key,
-        server_key: c.server_key,
     }
 }
 

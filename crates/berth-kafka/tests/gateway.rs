@@ -79,13 +79,7 @@ struct Fake {
 const GOOD_TOKEN: &str = "berth1.alice.signature";
 
 fn stored_credential(password: &str, m: Mechanism) -> ScramCredential {
-    let c = scram::credential(password, m).unwrap();
-    ScramCredential {
-        salt: c.salt,
-        iterations: c.iterations,
-        stored_key: c.stored_key,
-        server_key: c.server_key,
-    }
+    scram::credential(password, m).unwrap()
 }
 
 impl Fake {

@@ -59,6 +59,22 @@ impl StreamsBackend {
             .unwrap_or(&self.default_stream)
     }
 
+    /// A group's stream, with the consume right it takes to use the group.
+    async fn group_stream(&self, p: &Principal, g: &GroupRef) -> Result<StreamRef, StreamError> {
+        self.streams
+            .stream(p, &g.stream, Right::Consume)
+            .await
+            .map_err(|e| group_error(e, g))
+    }
+
+    /// A topic's stream, with the topic right (create, delete, grow).
+    async fn topic_stream(&self, p: &Principal, t: &TopicRef) -> Result<StreamRef, StreamError> {
+        self.streams
+            .stream(p, &t.stream, Right::Topic)
+            .await
+            .map_err(|e| to_kafka(e, &t.topic))
+    }
+
     /// The stream and topic, with `right` checked on the stream.
     async fn open(
         &self,
@@ -266,11 +282,7 @@ impl Backend for StreamsBackend {
     }
 
     async fn delete_topic(&self, p: &Principal, t: &TopicRef) -> Result<(), StreamError> {
-        let s = self
-            .streams
-            .stream(p, &t.stream, Right::Topic)
-            .await
-            .map_err(|e| to_kafka(e, &t.topic))?;
+        let s = self.topic_stream(p, t).await?;
         self.known.lock().remove(t);
         self.streams
             .delete_topic(p, &s, &t.topic)
@@ -284,11 +296,7 @@ impl Backend for StreamsBackend {
         t: &TopicRef,
         count: u32,
     ) -> Result<(), StreamError> {
-        let s = self
-            .streams
-            .stream(p, &t.stream, Right::Topic)
-            .await
-            .map_err(|e| to_kafka(e, &t.topic))?;
+        let s = self.topic_stream(p, t).await?;
         self.known.lock().remove(t);
         self.streams
             .add_partitions(p, &s, &t.topic, count)
@@ -419,11 +427,7 @@ impl Backend for StreamsBackend {
     }
 
     async fn authorize_group(&self, p: &Principal, g: &GroupRef) -> Result<(), StreamError> {
-        self.streams
-            .stream(p, &g.stream, Right::Consume)
-            .await
-            .map(drop)
-            .map_err(|e| group_error(e, g))
+        self.group_stream(p, g).await.map(drop)
     }
 
     async fn commit_offset(
@@ -435,11 +439,7 @@ impl Backend for StreamsBackend {
         c: Committed,
     ) -> Result<(), StreamError> {
         let part = partition(part)?;
-        let gs = self
-            .streams
-            .stream(p, &g.stream, Right::Consume)
-            .await
-            .map_err(|e| group_error(e, g))?;
+        let gs = self.group_stream(p, g).await?;
         // Committing for a topic needs its consume right too.
         let (_, topic) = self.open(p, t, Right::Consume).await?;
         if part >= topic.partitions {
@@ -469,11 +469,7 @@ impl Backend for StreamsBackend {
         part: i32,
     ) -> Result<Option<Committed>, StreamError> {
         let part = partition(part)?;
-        let gs = self
-            .streams
-            .stream(p, &g.stream, Right::Consume)
-            .await
-            .map_err(|e| group_error(e, g))?;
+        let gs = self.group_stream(p, g).await?;
         self.open(p, t, Right::Consume).await?;
         let c = self
             .streams
@@ -491,11 +487,7 @@ impl Backend for StreamsBackend {
         p: &Principal,
         g: &GroupRef,
     ) -> Result<Vec<(String, i32, Committed)>, StreamError> {
-        let gs = self
-            .streams
-            .stream(p, &g.stream, Right::Consume)
-            .await
-            .map_err(|e| group_error(e, g))?;
+        let gs = self.group_stream(p, g).await?;
         let all = self
             .streams
             .group_offsets(p, &gs, &g.group)
@@ -524,12 +516,8 @@ impl Backend for StreamsBackend {
     }
 
     async fn init_producer_id(&self, _p: &Principal) -> Result<ProducerId, StreamError> {
-        // Random ids in [1, 2^62): unique in practice without a cluster-wide
-        // counter (two producers collide with probability ~n²/2^63), and a
-        // restarted producer never inherits another's sequence state.
-        let id = (rand::random::<u64>() >> 2).max(1);
         Ok(ProducerId {
-            id: i64::try_from(id).unwrap_or(1),
+            id: self.streams.new_producer_id(),
             epoch: 0,
         })
     }

@@ -11,7 +11,6 @@
 use berth_kafka::backend::{ScramCredential, ScramMechanism};
 use berth_meta::{Meta, ScramLookup};
 use berth_security::principal::Principal;
-use berth_security::scram::Mechanism;
 
 /// The stored SCRAM credential of `user` for `m`; `None` when the user is
 /// unknown or has none (the gateway then fails the exchange exactly as for
@@ -22,17 +21,8 @@ pub async fn scram_credential(
     user: &str,
     m: ScramMechanism,
 ) -> Option<ScramCredential> {
-    let m = match m {
-        ScramMechanism::Sha256 => Mechanism::Sha256,
-        ScramMechanism::Sha512 => Mechanism::Sha512,
-    };
     match meta.map().scram_credential(user, m) {
-        ScramLookup::Found(c) => Some(ScramCredential {
-            salt: c.salt,
-            iterations: c.iterations,
-            stored_key: c.stored_key,
-            server_key: c.server_key,
-        }),
+        ScramLookup::Found(c) => Some(c),
         ScramLookup::Missing => {
             tracing::warn!(
                 user,

@@ -157,6 +157,98 @@ fn read_i64(b: &[u8], at: usize) -> i64 {
         .unwrap_or(-1)
 }
 
+/// One record to encode: key and value, `None` for null.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// Who wrote a batch, for idempotent producers: id, epoch, first sequence.
+pub type Producer = (i64, i16, i32);
+
+/// The records section of a batch (uncompressed): offset deltas 0.., no
+/// timestamp deltas, no headers.
+pub fn encode_records(records: &[Record]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let mut one = vec![0u8]; // attributes
+        zigzag(0, &mut one); // timestamp delta
+        zigzag(i as i64, &mut one); // offset delta
+        for field in [r.key, r.value] {
+            match field {
+                Some(b) => {
+                    zigzag(b.len() as i64, &mut one);
+                    one.extend_from_slice(b);
+                }
+                None => zigzag(-1, &mut one),
+            }
+        }
+        zigzag(0, &mut one); // headers
+        zigzag(one.len() as i64, &mut body);
+        body.extend_from_slice(&one);
+    }
+    body
+}
+
+/// A whole batch around a records section of `count` records, `section`
+/// compressed with `codec` (the attributes' low bits) or not (0), with a
+/// valid CRC; base offset 0 (the broker places it).
+pub fn encode_batch(
+    section: &[u8],
+    count: u32,
+    codec: i16,
+    timestamp_ms: i64,
+    producer: Option<Producer>,
+) -> Vec<u8> {
+    let (pid, epoch, seq) = producer.unwrap_or((-1, -1, -1));
+    let mut b = Vec::with_capacity(HEADER_LEN + section.len());
+    b.extend_from_slice(&0i64.to_be_bytes()); // base offset
+    b.extend_from_slice(&0i32.to_be_bytes()); // length, set below
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
+    b.push(2);
+    b.extend_from_slice(&0u32.to_be_bytes()); // crc, set below
+    b.extend_from_slice(&codec.to_be_bytes());
+    b.extend_from_slice(&(count as i32 - 1).to_be_bytes());
+    b.extend_from_slice(&timestamp_ms.to_be_bytes());
+    b.extend_from_slice(&timestamp_ms.to_be_bytes());
+    b.extend_from_slice(&pid.to_be_bytes());
+    b.extend_from_slice(&epoch.to_be_bytes());
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.extend_from_slice(&(count as i32).to_be_bytes());
+    b.extend_from_slice(section);
+    let len = (b.len() - LOG_OVERHEAD) as i32;
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c(&b[ATTRIBUTES_AT..]);
+    b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// An uncompressed batch of `records`.
+pub fn encode(records: &[Record], timestamp_ms: i64, producer: Option<Producer>) -> Vec<u8> {
+    encode_batch(
+        &encode_records(records),
+        records.len() as u32,
+        0,
+        timestamp_ms,
+        producer,
+    )
+}
+
+/// Appends a zigzag varint (Kafka's varint and varlong).
+fn zigzag(v: i64, out: &mut Vec<u8>) {
+    let mut u = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let b = (u & 0x7f) as u8;
+        u >>= 7;
+        if u == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
 /// CRC-32C (Castagnoli), as Kafka's batches use; the `crc32c` crate uses
 /// the CPU's CRC instruction where there is one (SSE 4.2, ARMv8).
 pub fn crc32c(data: &[u8]) -> u32 {
@@ -167,36 +259,13 @@ pub fn crc32c(data: &[u8]) -> u32 {
 pub(crate) mod tests {
     use super::*;
 
-    /// A batch of `n` empty records (each record: length varint + fields),
-    /// with a correct CRC.
+    /// A batch of `n` records without key or value, max timestamp `ts`.
     pub fn batch(n: u32, max_ts: i64) -> Vec<u8> {
-        let mut records = Vec::new();
-        for i in 0..n {
-            // attributes 0, timestampDelta 0, offsetDelta i, key -1, value -1, headers 0
-            let body = [0u8, 0, (i as u8) << 1, 1, 1, 0];
-            records.push((body.len() as u8) << 1);
-            records.extend_from_slice(&body);
-        }
-        let mut b = Vec::new();
-        b.extend_from_slice(&0i64.to_be_bytes());
-        b.extend_from_slice(&0i32.to_be_bytes()); // length, set below
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-        b.push(2);
-        b.extend_from_slice(&0u32.to_be_bytes()); // crc, set below
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&(n as i32 - 1).to_be_bytes());
-        b.extend_from_slice(&max_ts.to_be_bytes());
-        b.extend_from_slice(&max_ts.to_be_bytes());
-        b.extend_from_slice(&(-1i64).to_be_bytes());
-        b.extend_from_slice(&(-1i16).to_be_bytes());
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-        b.extend_from_slice(&(n as i32).to_be_bytes());
-        b.extend_from_slice(&records);
-        let len = (b.len() - LOG_OVERHEAD) as i32;
-        b[8..12].copy_from_slice(&len.to_be_bytes());
-        let crc = crc32c(&b[ATTRIBUTES_AT..]);
-        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
-        b
+        let r = Record {
+            key: None,
+            value: None,
+        };
+        encode(&vec![r; n as usize], max_ts, None)
     }
 
     #[test]

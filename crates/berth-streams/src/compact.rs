@@ -168,43 +168,18 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn zigzag(v: i64, out: &mut Vec<u8>) {
-        let mut u = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            let b = (u & 0x7f) as u8;
-            u >>= 7;
-            if u == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
     /// A record's key and value (`None`: null).
     type Kv<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
-    /// Records with these (key, value) pairs, offsets 0.., then wrapped in a
-    /// batch with `codec` (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd).
+    /// A batch of records with these (key, value) pairs, the records section
+    /// compressed with `codec` (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd),
+    /// base offset 100.
     fn batch_with(records: &[Kv], codec: i16) -> Vec<u8> {
-        let mut body = Vec::new();
-        for (i, (k, v)) in records.iter().enumerate() {
-            let mut r = vec![0u8];
-            zigzag(0, &mut r);
-            zigzag(i as i64, &mut r);
-            for f in [k, v] {
-                match f {
-                    Some(b) => {
-                        zigzag(b.len() as i64, &mut r);
-                        r.extend_from_slice(b);
-                    }
-                    None => zigzag(-1, &mut r),
-                }
-            }
-            zigzag(0, &mut r);
-            zigzag(r.len() as i64, &mut body);
-            body.extend_from_slice(&r);
-        }
+        let recs: Vec<batch::Record> = records
+            .iter()
+            .map(|&(key, value)| batch::Record { key, value })
+            .collect();
+        let body = batch::encode_records(&recs);
         let body = match codec {
             0 => body,
             1 => {
@@ -224,26 +199,8 @@ mod tests {
             ),
             _ => unreachable!(),
         };
-        let n = records.len() as i32;
-        let mut b = Vec::new();
-        b.extend_from_slice(&100i64.to_be_bytes());
-        b.extend_from_slice(&0i32.to_be_bytes());
-        b.extend_from_slice(&0i32.to_be_bytes());
-        b.push(2);
-        b.extend_from_slice(&0u32.to_be_bytes());
-        b.extend_from_slice(&codec.to_be_bytes());
-        b.extend_from_slice(&(n - 1).to_be_bytes());
-        b.extend_from_slice(&0i64.to_be_bytes());
-        b.extend_from_slice(&0i64.to_be_bytes());
-        b.extend_from_slice(&(-1i64).to_be_bytes());
-        b.extend_from_slice(&(-1i16).to_be_bytes());
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-        b.extend_from_slice(&n.to_be_bytes());
-        b.extend_from_slice(&body);
-        let len = (b.len() - 12) as i32;
-        b[8..12].copy_from_slice(&len.to_be_bytes());
-        let crc = batch::crc32c(&b[21..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let mut b = batch::encode_batch(&body, recs.len() as u32, codec, 0, None);
+        batch::place(&mut b, 100, 0);
         b
     }
 

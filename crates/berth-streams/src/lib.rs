@@ -402,6 +402,14 @@ impl Streams {
         })
     }
 
+    /// A fresh idempotent-producer id: random in [1, 2^62), unique in
+    /// practice without a cluster-wide counter (two producers collide with
+    /// probability ~n²/2^63), so a restarted producer never inherits
+    /// another's sequence state.
+    pub fn new_producer_id(&self) -> i64 {
+        (rand::random::<u64>() >> 2).max(1) as i64
+    }
+
     /// Authenticates a ticket.
     pub fn authenticate(&self, ticket: &str) -> Result<Principal, Error> {
         self.ns.meta().authenticate(ticket)

@@ -42,39 +42,22 @@ impl Kernel {
     }
 }
 
-/// A record batch v2 of `n` empty records with max timestamp `ts`.
+/// A record batch v2 of `n` records without key or value, max timestamp `ts`.
 fn batch_of(n: u32, ts: i64) -> Vec<u8> {
-    producer_batch(n, ts, -1, -1, -1)
+    empty_records(n, ts, None)
 }
 
 /// The same from an idempotent producer.
 fn producer_batch(n: u32, ts: i64, pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
-    let mut records = Vec::new();
-    for i in 0..n {
-        let body = [0u8, 0, (i as u8) << 1, 1, 1, 0];
-        records.push((body.len() as u8) << 1);
-        records.extend_from_slice(&body);
-    }
-    let mut b = Vec::new();
-    b.extend_from_slice(&0i64.to_be_bytes());
-    b.extend_from_slice(&0i32.to_be_bytes());
-    b.extend_from_slice(&(-1i32).to_be_bytes());
-    b.push(2);
-    b.extend_from_slice(&0u32.to_be_bytes());
-    b.extend_from_slice(&0i16.to_be_bytes());
-    b.extend_from_slice(&(n as i32 - 1).to_be_bytes());
-    b.extend_from_slice(&ts.to_be_bytes());
-    b.extend_from_slice(&ts.to_be_bytes());
-    b.extend_from_slice(&pid.to_be_bytes());
-    b.extend_from_slice(&epoch.to_be_bytes());
-    b.extend_from_slice(&seq.to_be_bytes());
-    b.extend_from_slice(&(n as i32).to_be_bytes());
-    b.extend_from_slice(&records);
-    let len = (b.len() - 12) as i32;
-    b[8..12].copy_from_slice(&len.to_be_bytes());
-    let crc = batch::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b
+    empty_records(n, ts, Some((pid, epoch, seq)))
+}
+
+fn empty_records(n: u32, ts: i64, producer: Option<batch::Producer>) -> Vec<u8> {
+    let r = batch::Record {
+        key: None,
+        value: None,
+    };
+    batch::encode(&vec![r; n as usize], ts, producer)
 }
 
 #[tokio::test]
@@ -631,44 +614,14 @@ async fn partition_ends(
 
 /// A batch of records with these keys (`None`: no key) and non-null values.
 fn keyed_batch(keys: &[Option<&str>]) -> Vec<u8> {
-    fn zigzag(v: i64, out: &mut Vec<u8>) {
-        let mut u = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            let b = (u & 0x7f) as u8;
-            u >>= 7;
-            if u == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-    let mut body = Vec::new();
-    for (i, k) in keys.iter().enumerate() {
-        let mut r = vec![0u8];
-        zigzag(0, &mut r);
-        zigzag(i as i64, &mut r);
-        match k {
-            Some(k) => {
-                zigzag(k.len() as i64, &mut r);
-                r.extend_from_slice(k.as_bytes());
-            }
-            None => zigzag(-1, &mut r),
-        }
-        zigzag(1, &mut r);
-        r.push(b'v');
-        zigzag(0, &mut r);
-        zigzag(r.len() as i64, &mut body);
-        body.extend_from_slice(&r);
-    }
-    let mut b = producer_batch(keys.len() as u32, 0, -1, -1, -1);
-    b.truncate(61);
-    b.extend_from_slice(&body);
-    let len = (b.len() - 12) as i32;
-    b[8..12].copy_from_slice(&len.to_be_bytes());
-    let crc = batch::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b
+    let recs: Vec<batch::Record> = keys
+        .iter()
+        .map(|k| batch::Record {
+            key: k.map(str::as_bytes),
+            value: Some(b"v"),
+        })
+        .collect();
+    batch::encode(&recs, 0, None)
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use berth_api::v1::{
 use berth_client::{Client, ClientError};
 use serde_json::{json, Value};
 
-use crate::cli::{StreamCmd, StreamSettings, TopicCmd};
+use crate::cli::{StreamCmd, TopicCmd};
 use crate::ctx::{abs, at_path, Ctx};
 use crate::output::{
     entry_json, format_size, format_time_ns, parse_size, print_fields, print_json, Align, Table,
@@ -162,27 +162,17 @@ pub async fn stream(ctx: &Ctx, cmd: StreamCmd) -> Result<()> {
             settings,
         } => {
             let path = abs(&path);
-            let StreamSettings {
-                retention,
-                retention_bytes,
-                compact,
-                autocreate,
-                produce_ace,
-                consume_ace,
-                topic_ace,
-                admin_ace,
-            } = settings;
             let req = StreamCreateRequest {
                 path: path.clone(),
                 default_partitions: partitions.unwrap_or(0),
-                retention_ms: retention,
-                retention_bytes,
-                compact: compact.unwrap_or(false),
-                autocreate,
-                produce_ace,
-                consume_ace,
-                topic_ace,
-                admin_ace,
+                retention_ms: settings.retention,
+                retention_bytes: settings.retention_bytes,
+                compact: settings.compact.unwrap_or(false),
+                autocreate: settings.autocreate,
+                produce_ace: settings.produce_ace,
+                consume_ace: settings.consume_ace,
+                topic_ace: settings.topic_ace,
+                admin_ace: settings.admin_ace,
             };
             let s = streams
                 .create(req)
@@ -254,27 +244,17 @@ pub async fn stream(ctx: &Ctx, cmd: StreamCmd) -> Result<()> {
             clear_ace,
         } => {
             let path = abs(&path);
-            let StreamSettings {
-                retention,
-                retention_bytes,
-                compact,
-                autocreate,
-                produce_ace,
-                consume_ace,
-                topic_ace,
-                admin_ace,
-            } = settings;
             let req = StreamEditRequest {
                 path: path.clone(),
                 default_partitions,
-                retention_ms: retention,
-                retention_bytes,
-                compact,
-                autocreate,
-                produce_ace,
-                consume_ace,
-                topic_ace,
-                admin_ace,
+                retention_ms: settings.retention,
+                retention_bytes: settings.retention_bytes,
+                compact: settings.compact,
+                autocreate: settings.autocreate,
+                produce_ace: settings.produce_ace,
+                consume_ace: settings.consume_ace,
+                topic_ace: settings.topic_ace,
+                admin_ace: settings.admin_ace,
                 clear_aces: clear_ace,
             };
             let s = streams

@@ -57,19 +57,36 @@ fn run_clients_with(
     password: &str,
     topic: &str,
 ) -> (bool, String) {
-    let out = Command::new("python3")
-        .env("KAFKA_SASL_MECHANISM", mechanism)
-        .arg(CLIENTS)
-        .args([
-            check,
-            &format!("127.0.0.1:{}", s.kafka_port),
-            s.ca_file().to_str().expect("UTF-8 path"),
-            user,
-            password,
-            topic,
-        ])
-        .output()
-        .expect("run python3");
+    let bootstrap = format!("127.0.0.1:{}", s.kafka_port);
+    let mut cmd = clients(s, &bootstrap, check, user, password, topic);
+    cmd.env("KAFKA_SASL_MECHANISM", mechanism);
+    output(cmd)
+}
+
+/// `clients.py CHECK` against `bootstrap` with the server's CA.
+fn clients(
+    s: &TestServer,
+    bootstrap: &str,
+    check: &str,
+    user: &str,
+    password: &str,
+    topic: &str,
+) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(CLIENTS).args([
+        check,
+        bootstrap,
+        s.ca_file().to_str().expect("UTF-8 path"),
+        user,
+        password,
+        topic,
+    ]);
+    cmd
+}
+
+/// Runs `cmd`: whether it succeeded, and stdout + stderr.
+fn output(mut cmd: Command) -> (bool, String) {
+    let out = cmd.output().expect("run python3");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -256,16 +273,8 @@ fn acknowledged_records_survive_kill_9() {
     let admin = ticket(&s.admin_ticket());
     s.ok(&["stream", "topic", "create", "/apps/s1", "crash"]);
     let topic = "/apps/s1:crash";
-    let mut producer = Command::new("python3")
-        .arg(CLIENTS)
-        .args([
-            "crash-produce",
-            &format!("127.0.0.1:{}", s.kafka_port),
-            s.ca_file().to_str().expect("UTF-8 path"),
-            "admin",
-            &admin,
-            topic,
-        ])
+    let bootstrap = format!("127.0.0.1:{}", s.kafka_port);
+    let mut producer = clients(&s, &bootstrap, "crash-produce", "admin", &admin, topic)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -555,26 +564,18 @@ fn idempotent_retries_after_dropped_connections_leave_no_duplicates() {
     s.ok(&["stream", "create", "/apps/s1"]);
     s.ok(&["stream", "topic", "create", "/apps/s1", "drops"]);
     let admin = ticket(&s.admin_ticket());
-    let out = Command::new("python3")
-        .env("PROXY_LISTEN", proxy.to_string())
-        .env("PROXY_TARGET", format!("127.0.0.1:{}", s.kafka_port))
-        .arg(CLIENTS)
-        .args([
-            "idempotent-drops",
-            &advertise,
-            s.ca_file().to_str().expect("UTF-8 path"),
-            "admin",
-            &admin,
-            "/apps/s1:drops",
-        ])
-        .output()
-        .expect("run python3");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let mut cmd = clients(
+        &s,
+        &advertise,
+        "idempotent-drops",
+        "admin",
+        &admin,
+        "/apps/s1:drops",
     );
-    assert!(out.status.success(), "{text}\n{}", s.log());
+    cmd.env("PROXY_LISTEN", proxy.to_string())
+        .env("PROXY_TARGET", format!("127.0.0.1:{}", s.kafka_port));
+    let (ok, text) = output(cmd);
+    assert!(ok, "{text}\n{}", s.log());
 }
 
 /// A compacted stream keeps the last record of every key: librdkafka reads
