@@ -181,6 +181,10 @@ fn info(name: &str, t: &TopicRecord, c: &StreamConfig) -> TopicInfo {
                 "cleanup.policy".into(),
                 if c.compact { "compact" } else { "delete" }.into(),
             ),
+            (
+                "delete.retention.ms".into(),
+                c.delete_retention_ms.to_string(),
+            ),
             ("message.timestamp.type".into(), "CreateTime".into()),
         ],
     }

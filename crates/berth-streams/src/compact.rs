@@ -1,11 +1,15 @@
-//! Reading the keys out of record batches, for log compaction: the records
-//! section is decompressed (gzip, snappy — raw or in the xerial framing the
-//! Java client writes —, lz4 frames, zstd; all decoders pure Rust) and each
-//! record's offset, key and whether it is a tombstone (null value) are
-//! read. Nothing is rewritten: compaction deletes whole batches whose every
-//! record is superseded by a later record with the same key.
+//! Log compaction's view of record batches: the records section is
+//! decompressed (gzip, snappy — raw or in the xerial framing the Java
+//! client writes —, lz4 frames, zstd; all pure Rust) and each record's
+//! offset, key, whether it is a tombstone (null value) and where its bytes
+//! are is read ([`parse`]). [`rewrite`] builds the batch again with some of
+//! its records: same base offset, same last offset delta (so the batch keeps
+//! its key in the log and its offset range, as Kafka's cleaner does), same
+//! timestamps and producer fields, the kept records' bytes untouched, the
+//! section compressed again with the batch's own codec.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::ops::Range;
 
 use crate::batch;
 
@@ -15,6 +19,8 @@ pub const RECORDS_BYTES_MAX: u64 = 64 << 20;
 /// Bytes of the batch header before the records.
 const HEADER_LEN: usize = batch::HEADER_LEN;
 const ATTRIBUTES_AT: usize = 21;
+const CRC_AT: usize = 17;
+const RECORDS_COUNT_AT: usize = 57;
 /// The xerial snappy framing's magic (the Java client's).
 const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
 
@@ -26,19 +32,43 @@ pub struct RecordKey {
     pub key: Option<Vec<u8>>,
     /// The value is null: a deletion marker.
     pub tombstone: bool,
+    /// The record's bytes (length prefix included) in [`Parsed::records`].
+    pub span: Range<usize>,
+}
+
+/// A batch's records, decompressed.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub keys: Vec<RecordKey>,
+    /// The records section, uncompressed.
+    pub records: Vec<u8>,
+    /// The attributes' codec bits (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd).
+    pub codec: i16,
+    /// Snappy in the xerial framing.
+    pub xerial: bool,
 }
 
 /// The records of a stored batch (its base offset already placed). Err: the
 /// batch cannot be read (unknown codec, corrupt, too large) — keep it.
 pub fn record_keys(b: &[u8]) -> Result<Vec<RecordKey>, String> {
+    parse(b).map(|p| p.keys)
+}
+
+/// Reads a stored batch's records; see [`record_keys`].
+pub fn parse(b: &[u8]) -> Result<Parsed, String> {
     if b.len() < HEADER_LEN {
         return Err("short batch".into());
     }
     let base = batch::base_offset(b);
     let attributes = i16::from_be_bytes([b[ATTRIBUTES_AT], b[ATTRIBUTES_AT + 1]]);
-    let count = i32::from_be_bytes(b[57..61].try_into().map_err(|_| "count")?);
+    let count = i32::from_be_bytes(
+        b[RECORDS_COUNT_AT..RECORDS_COUNT_AT + 4]
+            .try_into()
+            .map_err(|_| "count")?,
+    );
     let body = &b[HEADER_LEN..];
-    let records = match attributes & 0x7 {
+    let codec = attributes & 0x7;
+    let records = match codec {
         0 => body.to_vec(),
         1 => read_bounded(flate2::read::MultiGzDecoder::new(body))?,
         2 => snappy(body)?,
@@ -53,8 +83,9 @@ pub fn record_keys(b: &[u8]) -> Result<Vec<RecordKey>, String> {
         buf: &records,
         at: 0,
     };
-    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 16));
+    let mut keys = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 16));
     for _ in 0..count {
+        let start = r.at;
         let len = r.varint()?;
         let end =
             r.at.checked_add(usize::try_from(len).map_err(|_| "negative record length")?)
@@ -65,14 +96,81 @@ pub fn record_keys(b: &[u8]) -> Result<Vec<RecordKey>, String> {
         let offset_delta = r.varint()?;
         let key = r.bytes()?;
         let value = r.bytes()?;
-        out.push(RecordKey {
+        keys.push(RecordKey {
             offset: base + offset_delta,
             key: key.map(<[u8]>::to_vec),
             tombstone: value.is_none(),
+            span: start..end,
         });
         r.at = end; // headers are not needed
     }
+    Ok(Parsed {
+        keys,
+        xerial: codec == 2 && body.starts_with(XERIAL_MAGIC),
+        records,
+        codec,
+    })
+}
+
+/// Batch `b` (as parsed into `p`) with only the records `keep` (indexes
+/// into `p.keys`, ascending, not empty): the header is kept but for the
+/// record count, length and CRC; the kept records' bytes are copied as they
+/// are (their offset and timestamp deltas still hold, since the base offset
+/// and timestamp do not change) and compressed again with the batch's
+/// codec. Err: the codec could not compress.
+pub fn rewrite(b: &[u8], p: &Parsed, keep: &[usize]) -> Result<Vec<u8>, String> {
+    let mut section = Vec::with_capacity(keep.iter().map(|i| p.keys[*i].span.len()).sum());
+    for i in keep {
+        section.extend_from_slice(&p.records[p.keys[*i].span.clone()]);
+    }
+    let section = compress(p.codec, p.xerial, section)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + section.len());
+    out.extend_from_slice(&b[..HEADER_LEN]);
+    out.extend_from_slice(&section);
+    out[RECORDS_COUNT_AT..RECORDS_COUNT_AT + 4].copy_from_slice(&(keep.len() as i32).to_be_bytes());
+    let len = i32::try_from(out.len() - 12).map_err(|_| "batch too large")?;
+    out[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = batch::crc32c(&out[ATTRIBUTES_AT..]);
+    out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
     Ok(out)
+}
+
+fn compress(codec: i16, xerial: bool, section: Vec<u8>) -> Result<Vec<u8>, String> {
+    let err = |e: std::io::Error| e.to_string();
+    Ok(match codec {
+        0 => section,
+        1 => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&section).map_err(err)?;
+            e.finish().map_err(err)?
+        }
+        2 => {
+            let block = snap::raw::Encoder::new()
+                .compress_vec(&section)
+                .map_err(|e| e.to_string())?;
+            if !xerial {
+                return Ok(block);
+            }
+            // Magic, version 1, compatible version 1, one block.
+            let mut out = XERIAL_MAGIC.to_vec();
+            out.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+            out.extend_from_slice(&(block.len() as u32).to_be_bytes());
+            out.extend_from_slice(&block);
+            out
+        }
+        3 => {
+            // Independent blocks, no content size: what Kafka's own LZ4
+            // stream reads.
+            let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            e.write_all(&section).map_err(err)?;
+            e.finish().map_err(|e| e.to_string())?
+        }
+        4 => ruzstd::encoding::compress_to_vec(
+            section.as_slice(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        ),
+        c => return Err(format!("unknown compression codec {c}")),
+    })
 }
 
 fn read_bounded(r: impl Read) -> Result<Vec<u8>, String> {
@@ -214,29 +312,68 @@ mod tests {
         for codec in 0..=4 {
             let b = batch_with(&recs, codec);
             assert!(batch::split(&b).is_ok());
-            let got = record_keys(&b).unwrap();
+            let got: Vec<_> = record_keys(&b)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.offset, r.key, r.tombstone))
+                .collect();
             assert_eq!(
                 got,
                 vec![
-                    RecordKey {
-                        offset: 100,
-                        key: Some(b"a".to_vec()),
-                        tombstone: false
-                    },
-                    RecordKey {
-                        offset: 101,
-                        key: None,
-                        tombstone: false
-                    },
-                    RecordKey {
-                        offset: 102,
-                        key: Some(b"b".to_vec()),
-                        tombstone: true
-                    },
+                    (100, Some(b"a".to_vec()), false),
+                    (101, None, false),
+                    (102, Some(b"b".to_vec()), true),
                 ],
                 "codec {codec}"
             );
         }
+    }
+
+    #[test]
+    fn rewritten_batches_keep_their_place_in_every_codec() {
+        let recs: [Kv; 4] = [
+            (Some(b"a"), Some(b"1")),
+            (Some(b"b"), Some(b"2")),
+            (Some(b"a"), Some(b"3")),
+            (Some(b"c"), Some(b"4")),
+        ];
+        for codec in 0..=4 {
+            let b = batch_with(&recs, codec);
+            let p = parse(&b).unwrap();
+            let out = rewrite(&b, &p, &[1, 2]).unwrap();
+            // A valid batch (length, CRC) at the same offsets, same codec.
+            let info = batch::split(&out).unwrap();
+            assert_eq!(info.len(), 1, "codec {codec}");
+            assert_eq!(info[0].offsets, 4, "codec {codec}");
+            assert_eq!(batch::base_offset(&out), 100);
+            let q = parse(&out).unwrap();
+            assert_eq!(q.codec, codec);
+            let got: Vec<_> = q.keys.iter().map(|r| (r.offset, r.key.clone())).collect();
+            assert_eq!(
+                got,
+                vec![(101, Some(b"b".to_vec())), (102, Some(b"a".to_vec()))],
+                "codec {codec}"
+            );
+        }
+        // Xerial framing stays xerial.
+        let mut framed = XERIAL_MAGIC.to_vec();
+        framed.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        let body = batch::encode_records(
+            &[batch::Record {
+                key: Some(b"k"),
+                value: Some(b"v"),
+            }; 2],
+        );
+        let block = snap::raw::Encoder::new().compress_vec(&body).unwrap();
+        framed.extend_from_slice(&(block.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&block);
+        let mut b = batch::encode_batch(&framed, 2, 2, 0, None);
+        batch::place(&mut b, 7, 0);
+        let p = parse(&b).unwrap();
+        assert!(p.xerial);
+        let out = rewrite(&b, &p, &[1]).unwrap();
+        assert!(out[batch::HEADER_LEN..].starts_with(XERIAL_MAGIC));
+        assert_eq!(parse(&out).unwrap().keys[0].offset, 8);
     }
 
     #[test]

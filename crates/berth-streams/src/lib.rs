@@ -33,20 +33,22 @@
 //!
 //! Retention: [`Streams::retain`] deletes the oldest batches past the
 //! stream's `retention_ms` / `retention_bytes`; a sweep
-//! ([`Streams::spawn_retention`]) visits the partitions appended to through
-//! this node since it started. Idempotent producers: the partition state
+//! ([`Streams::spawn_retention`], [`Streams::sweep`]) visits every
+//! partition of every stream in the volumes whose shard this node leads. Idempotent producers: the partition state
 //! keeps each producer's last five batches, so a retried batch is answered
 //! with its first offset and a gap is refused, in the append's own
 //! transaction. Committed offsets of consumer groups live in the group's
 //! stream (`StreamState(vol, ino) · u64(1) · str(group) · str(topic) ·
 //! u64(partition)`).
 //!
-//! Compaction (streams created `--compact`): the same sweep deletes whole
-//! batches whose every record is superseded by a later record with the
-//! same key (`compact`: the four codecs are decoded to read the keys);
-//! compacted topics are not trimmed by age or size. Records are not
-//! rewritten, so a batch with one live record stays whole, and tombstones
-//! are kept (no `delete.retention.ms`).
+//! Compaction (streams created `--compact`): the same sweep keeps the last
+//! record of every key (`compact`: the four codecs are decoded to read the
+//! keys): a batch whose records are all superseded is deleted, one with
+//! some superseded is rewritten with the rest (same offsets, its own codec),
+//! and a tombstone that is the last of its key goes once its batch is older
+//! than `delete_retention_ms` (default one day, as Kafka). Compacted topics
+//! are not trimmed by age or size. Unkeyed records are kept (Kafka refuses
+//! them in compacted topics; Berth accepts and keeps them).
 //!
 //! Not yet: transactions (their batches are refused).
 
@@ -73,6 +75,9 @@ use tokio::sync::watch;
 
 /// Retention when none is given: 7 days, as Kafka and MapR.
 pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How long tombstones stay in compacted topics when not set: 1 day, as
+/// Kafka's `delete.retention.ms`.
+pub const DEFAULT_DELETE_RETENTION_MS: i64 = 24 * 3600 * 1000;
 /// Most partitions one topic may have.
 pub const PARTITIONS_MAX: u32 = 10_000;
 /// Longest topic name (Kafka's limit).
@@ -101,6 +106,50 @@ pub struct StreamConfig {
     pub admin_ace: Option<String>,
     /// Id for the next topic.
     pub next_topic: u64,
+    /// In compacted topics, a tombstone (a record with a null value) that is
+    /// the last of its key goes once its batch is older than this (-1:
+    /// never); Kafka's `delete.retention.ms`.
+    // Last: a config stored before it existed fails to decode as this
+    // layout (it ends early) and is read as `StreamConfigV1`.
+    pub delete_retention_ms: i64,
+}
+
+/// [`StreamConfig`] as stored before `delete_retention_ms` existed; read
+/// when a stored config does not decode as the current one.
+#[derive(Deserialize)]
+struct StreamConfigV1 {
+    default_partitions: u32,
+    retention_ms: i64,
+    retention_bytes: i64,
+    compact: bool,
+    autocreate: bool,
+    produce_ace: Option<String>,
+    consume_ace: Option<String>,
+    topic_ace: Option<String>,
+    admin_ace: Option<String>,
+    next_topic: u64,
+}
+
+/// A stored stream config, in the current layout or the one before it.
+fn decode_config(b: &[u8]) -> Result<StreamConfig, Error> {
+    decode::<StreamConfig>(b, "stream config").or_else(|e| {
+        let Ok(v1) = decode::<StreamConfigV1>(b, "stream config") else {
+            return Err(e);
+        };
+        Ok(StreamConfig {
+            default_partitions: v1.default_partitions,
+            retention_ms: v1.retention_ms,
+            retention_bytes: v1.retention_bytes,
+            compact: v1.compact,
+            delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
+            autocreate: v1.autocreate,
+            produce_ace: v1.produce_ace,
+            consume_ace: v1.consume_ace,
+            topic_ace: v1.topic_ace,
+            admin_ace: v1.admin_ace,
+            next_topic: v1.next_topic,
+        })
+    })
 }
 
 impl Default for StreamConfig {
@@ -116,6 +165,7 @@ impl Default for StreamConfig {
             topic_ace: None,
             admin_ace: None,
             next_topic: 1,
+            delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
         }
     }
 }
@@ -311,9 +361,10 @@ pub struct Streams {
     append_locks: parking_lot::Mutex<HashMap<PartKey, Arc<tokio::sync::Mutex<()>>>>,
     /// The latest committed next offset per partition, for long polls.
     ends: parking_lot::Mutex<HashMap<PartKey, watch::Sender<i64>>>,
-    /// Partitions appended to through this node since it started: the ones
-    /// the retention sweep visits.
-    retained: parking_lot::Mutex<HashMap<PartKey, (StreamRef, String, TopicRecord)>>,
+    /// Compacted partitions whose last pass changed nothing: the log end
+    /// then, when its oldest kept tombstone expires (ms) and the stream's
+    /// `delete_retention_ms`; a pass is skipped until one of them moves.
+    compacted: parking_lot::Mutex<HashMap<PartKey, (i64, i64, i64)>>,
 }
 
 /// Identifies a partition on this node: volume, stream inode, topic id,
@@ -398,7 +449,7 @@ impl Streams {
             ns,
             append_locks: parking_lot::Mutex::new(HashMap::new()),
             ends: parking_lot::Mutex::new(HashMap::new()),
-            retained: parking_lot::Mutex::new(HashMap::new()),
+            compacted: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -471,7 +522,7 @@ impl Streams {
         let vol = self.volume(entry.volume_id)?;
         let tx = self.ns.meta().router().begin(vol.shard_id).await?;
         let config = match tx.peek(&config_key(vol.id, entry.ino))? {
-            Some(b) => decode(&b, "stream config")?,
+            Some(b) => decode_config(&b)?,
             None => StreamConfig::default(),
         };
         Ok(StreamRef { entry, vol, config })
@@ -879,9 +930,6 @@ impl Streams {
                 for (part, next) in advanced {
                     let pk: PartKey = (s.vol.id, s.entry.ino, t.id, part);
                     self.advanced(pk, next);
-                    self.retained
-                        .lock()
-                        .insert(pk, (s.clone(), name.to_string(), t.clone()));
                 }
                 return Ok(out);
             }
@@ -1086,7 +1134,8 @@ impl Streams {
     /// retention no longer keeps: older than `retention_ms` (by the
     /// batch's max timestamp) or beyond `retention_bytes`; the log start
     /// moves past them. The batch holding the log end is never deleted by
-    /// size. Returns the number of batches deleted. Housekeeping: no
+    /// size. In a compacted stream, compacts instead ([`compact_window`]).
+    /// Returns the number of batches deleted or rewritten. Housekeeping: no
     /// principal, the stream's own settings decide.
     pub async fn retain(
         &self,
@@ -1095,19 +1144,35 @@ impl Streams {
         t: &TopicRecord,
         part: u32,
     ) -> Result<usize, Error> {
+        self.retain_at(&s.vol, s.entry.ino, &s.entry.path, name, t, part)
+            .await
+    }
+
+    /// [`Streams::retain`] for the stream `ino` of volume `vol`; `label`
+    /// names it in errors.
+    async fn retain_at(
+        &self,
+        vol: &VolumeRecord,
+        ino: u64,
+        label: &str,
+        name: &str,
+        t: &TopicRecord,
+        part: u32,
+    ) -> Result<usize, Error> {
+        let pk: PartKey = (vol.id, ino, t.id, part);
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
-            let config = read_config(&mut tx, &config_key(s.vol.id, s.entry.ino))?;
+            let mut tx = self.ns.meta().router().begin(vol.shard_id).await?;
+            let config = read_config(&mut tx, &config_key(vol.id, ino))?;
             // A deleted (or re-created) topic is not ours to trim.
             let live: Option<TopicRecord> = tx
-                .get(&topic_key(s.vol.id, s.entry.ino, name))?
+                .get(&topic_key(vol.id, ino, name))?
                 .map(|b| decode(&b, "topic"))
                 .transpose()?;
             if live.is_none_or(|l| l.id != t.id) {
                 return Ok(0);
             }
-            let skey = part_key(s.vol.id, s.entry.ino, t.id, part);
+            let skey = part_key(vol.id, ino, t.id, part);
             let Some(raw) = tx.get(&skey)? else {
                 return Ok(0);
             };
@@ -1115,27 +1180,42 @@ impl Streams {
             if config.compact {
                 // Compacted topics keep the last record of every key, not
                 // an age or a size (Kafka's cleanup.policy=compact).
-                let deleted = compact_window(&mut tx, s, t, part, &mut st)?;
-                if deleted == 0 {
+                let now = now_ms();
+                let skip = self.compacted.lock().get(&pk).copied();
+                if skip.is_some_and(|(next, expires, dr)| {
+                    next == st.next && now < expires && dr == config.delete_retention_ms
+                }) {
+                    return Ok(0);
+                }
+                let pass = compact_window(&mut tx, vol.id, ino, t, part, &mut st, &config, now)?;
+                if pass.changed == 0 {
+                    self.compacted
+                        .lock()
+                        .insert(pk, (st.next, pass.next_expiry, config.delete_retention_ms));
                     return Ok(0);
                 }
                 tx.put(skey, encode(&st));
                 if let Commit::Done(_) = tx.commit().await? {
-                    return Ok(deleted);
+                    return Ok(pass.changed);
                 }
                 continue;
+            }
+            if config.retention_ms < 0 && config.retention_bytes < 0 {
+                return Ok(0);
             }
             let oldest_kept = if config.retention_ms >= 0 {
                 now_ms().saturating_sub(config.retention_ms)
             } else {
                 i64::MIN
             };
-            let start = batch_key(s.vol.id, s.entry.ino, t.id, part, st.log_start);
+            let start = batch_key(vol.id, ino, t.id, part, st.log_start);
             let end = prefix_end(&skey);
             let mut deleted = 0;
             let mut from = start;
+            // Usually nothing or a few batches go: read a few first.
+            let mut page_len = 8;
             'scan: loop {
-                let page = tx.peek_range(&from, &end, FETCH_BATCHES_MAX)?;
+                let page = tx.peek_range(&from, &end, page_len)?;
                 if page.is_empty() {
                     break;
                 }
@@ -1156,6 +1236,7 @@ impl Streams {
                 let mut next = page.last().map(|(k, _)| k.clone()).unwrap_or_default();
                 next.push(0);
                 from = next;
+                page_len = (page_len * 4).min(FETCH_BATCHES_MAX);
             }
             if deleted == 0 {
                 return Ok(0);
@@ -1165,34 +1246,91 @@ impl Streams {
                 return Ok(deleted);
             }
         }
-        Err(berth_meta::router::too_much_contention(&s.entry.path))
+        Err(berth_meta::router::too_much_contention(label))
     }
 
-    /// Runs [`Streams::retain`] over the partitions this node appended to,
-    /// every `every`, until the returned task is dropped or aborted.
+    /// One retention and compaction pass over every partition of every
+    /// stream in the volumes whose shard this node leads (the node that
+    /// serves their appends). Returns the batches deleted or rewritten;
+    /// a partition that fails is logged and left for the next pass.
+    pub async fn sweep(&self) -> usize {
+        let map = self.ns.meta().map();
+        let router = self.ns.meta().router();
+        let mut changed = 0;
+        for vol in &map.volumes {
+            if router.leader_of(vol.shard_id) != Some(router.node_id()) {
+                continue;
+            }
+            match self.sweep_volume(vol).await {
+                Ok(n) => changed += n,
+                Err(e) => {
+                    tracing::debug!(volume = %vol.path, error = %e, "stream sweep failed; the next one retries")
+                }
+            }
+        }
+        changed
+    }
+
+    async fn sweep_volume(&self, vol: &VolumeRecord) -> Result<usize, Error> {
+        let router = self.ns.meta().router();
+        let (mut from, end) = berth_store::keys::kind_range(vol.id, Kind::StreamState);
+        let mut changed = 0;
+        // Each stream: the first key at or after `from` names it; its topics
+        // are its state keys with one text component.
+        loop {
+            let first = router.scan(vol.shard_id, &from, &end, 1).await?;
+            let Some((k, _)) = first.first() else { break };
+            let ino = berth_store::keys::KeyReader::new(k)
+                .map_err(|e| Error::corrupt(format!("stream state key: {e}")))?
+                .object();
+            let label = format!("stream {ino} in volume {}", vol.path);
+            let (_, stream_end) = berth_store::keys::object_range(vol.id, Kind::StreamState, ino);
+            let mut tfrom = Key::new(vol.id, Kind::StreamState, ino).str("").build();
+            loop {
+                let topics = router
+                    .scan(vol.shard_id, &tfrom, &stream_end, FETCH_BATCHES_MAX)
+                    .await?;
+                let Some((last, _)) = topics.last() else {
+                    break;
+                };
+                tfrom = last.clone();
+                tfrom.push(0);
+                for (k, v) in &topics {
+                    let mut r = berth_store::keys::KeyReader::new(k)
+                        .map_err(|e| Error::corrupt(format!("topic key: {e}")))?;
+                    let Ok(name) = r.next_str() else { continue };
+                    if !r.is_at_end() {
+                        continue;
+                    }
+                    let t: TopicRecord = decode(v, "topic")?;
+                    for part in 0..t.partitions {
+                        match self.retain_at(vol, ino, &label, &name, &t, part).await {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                changed += n;
+                                tracing::debug!(stream = %label, topic = name, part, batches = n, "retention or compaction changed batches")
+                            }
+                            Err(e) => {
+                                tracing::debug!(stream = %label, topic = name, part, error = %e, "stream sweep failed; the next one retries")
+                            }
+                        }
+                    }
+                }
+            }
+            from = stream_end;
+        }
+        Ok(changed)
+    }
+
+    /// Runs [`Streams::sweep`] every `every`, until the returned task is
+    /// dropped or aborted.
     pub fn spawn_retention(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(streams) = me.upgrade() else { return };
-                let parts: Vec<(PartKey, (StreamRef, String, TopicRecord))> = streams
-                    .retained
-                    .lock()
-                    .iter()
-                    .map(|(k, v)| (*k, v.clone()))
-                    .collect();
-                for ((_, _, _, part), (s, name, t)) in parts {
-                    match streams.retain(&s, &name, &t, part).await {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::debug!(stream = %s.entry.path, topic = name, part, batches = n, "retention deleted batches")
-                        }
-                        Err(e) => {
-                            tracing::debug!(stream = %s.entry.path, topic = name, part, error = %e, "retention sweep failed; next round retries")
-                        }
-                    }
-                }
+                streams.sweep().await;
             }
         })
     }
@@ -1223,23 +1361,36 @@ impl Streams {
 /// Batches one compaction pass looks at (from the log start).
 const COMPACT_WINDOW_BATCHES: usize = 4096;
 
+/// What a compaction pass did.
+struct CompactPass {
+    /// Batches deleted or rewritten.
+    changed: usize,
+    /// When the oldest tombstone it kept expires (ms; `i64::MAX`: none will).
+    next_expiry: i64,
+}
+
 /// One compaction pass over the oldest [`COMPACT_WINDOW_BATCHES`] batches of
-/// a partition (never the batch holding the log end): a batch goes when
-/// every one of its records has a key and a later record in the window has
-/// the same key. A window smaller than the log only keeps more (a later
-/// record outside it is not seen). Batches with unkeyed records, the latest
-/// record of a key (tombstones too: they are not expired) and batches that
-/// cannot be read stay whole; offsets of deleted batches become gaps, as in
-/// Kafka. Returns the number of batches deleted.
+/// a partition, never the batch holding the log end (Kafka's active
+/// segment). A record stays when it has no key, or is the latest record of
+/// its key in the window (later records outside it are not seen: a smaller
+/// window only keeps more) — except a latest tombstone whose batch is older
+/// than `delete_retention_ms`. A batch with no record left is deleted, its
+/// offsets becoming a gap as in Kafka; a batch with some is rewritten with
+/// them ([`compact::rewrite`]: same key, same offsets, its own codec) when
+/// that makes it smaller. Batches that cannot be read stay whole.
+#[allow(clippy::too_many_arguments)]
 fn compact_window(
     tx: &mut Tx,
-    s: &StreamRef,
+    vol: u64,
+    ino: u64,
     t: &TopicRecord,
     part: u32,
     st: &mut PartState,
-) -> Result<usize, Error> {
-    let skey = part_key(s.vol.id, s.entry.ino, t.id, part);
-    let start = batch_key(s.vol.id, s.entry.ino, t.id, part, st.log_start);
+    config: &StreamConfig,
+    now: i64,
+) -> Result<CompactPass, Error> {
+    let skey = part_key(vol, ino, t.id, part);
+    let start = batch_key(vol, ino, t.id, part, st.log_start);
     let page = tx.peek_range(&start, &prefix_end(&skey), COMPACT_WINDOW_BATCHES)?;
     let mut batches = Vec::with_capacity(page.len());
     let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
@@ -1248,31 +1399,54 @@ fn compact_window(
         if last + 1 >= st.next {
             break; // the active batch
         }
-        let recs = compact::record_keys(v).ok();
-        for r in recs.iter().flatten() {
+        let parsed = compact::parse(v).ok();
+        for r in parsed.iter().flat_map(|p| &p.keys) {
             if let Some(key) = &r.key {
                 let e = latest.entry(key.clone()).or_insert(r.offset);
                 *e = (*e).max(r.offset);
             }
         }
-        batches.push((k, v.len(), recs));
+        batches.push((k, v, parsed));
     }
-    let mut deleted = 0;
-    for (k, len, recs) in batches {
-        let Some(recs) = recs else { continue };
-        let superseded = !recs.is_empty()
-            && recs.iter().all(|r| {
-                r.key
-                    .as_ref()
-                    .is_some_and(|key| latest.get(key).is_some_and(|l| *l > r.offset))
-            });
-        if superseded {
+    let keep_tombstones = config.delete_retention_ms < 0;
+    let mut pass = CompactPass {
+        changed: 0,
+        next_expiry: i64::MAX,
+    };
+    for (k, v, parsed) in batches {
+        let Some(p) = parsed else { continue };
+        let expires = batch::max_timestamp(v).saturating_add(config.delete_retention_ms);
+        let expired = !keep_tombstones && expires <= now;
+        let keep: Vec<usize> = (0..p.keys.len())
+            .filter(|i| {
+                let r = &p.keys[*i];
+                let Some(key) = &r.key else { return true };
+                latest.get(key) == Some(&r.offset) && !(r.tombstone && expired)
+            })
+            .collect();
+        if !keep_tombstones && keep.iter().any(|i| p.keys[*i].tombstone) {
+            pass.next_expiry = pass.next_expiry.min(expires);
+        }
+        if keep.len() == p.keys.len() {
+            continue;
+        }
+        if keep.is_empty() {
             tx.delete(k.clone());
-            st.bytes = st.bytes.saturating_sub(len as u64);
-            deleted += 1;
+            st.bytes = st.bytes.saturating_sub(v.len() as u64);
+            pass.changed += 1;
+            continue;
+        }
+        match compact::rewrite(v, &p, &keep) {
+            Ok(smaller) if smaller.len() < v.len() => {
+                st.bytes = st.bytes.saturating_sub((v.len() - smaller.len()) as u64);
+                tx.put(k.clone(), smaller);
+                pass.changed += 1;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "compaction could not rewrite a batch"),
         }
     }
-    Ok(deleted)
+    Ok(pass)
 }
 
 fn topic_log_range(s: &StreamRef, topic: u64) -> (Vec<u8>, Vec<u8>) {
@@ -1285,7 +1459,7 @@ fn topic_log_range(s: &StreamRef, topic: u64) -> (Vec<u8>, Vec<u8>) {
 
 fn read_config(tx: &mut Tx, key: &[u8]) -> Result<StreamConfig, Error> {
     Ok(match tx.get(key)? {
-        Some(b) => decode(&b, "stream config")?,
+        Some(b) => decode_config(&b)?,
         None => StreamConfig::default(),
     })
 }
@@ -1341,7 +1515,7 @@ fn check_partition(t: &TopicRecord, part: u32) -> Result<(), Error> {
 }
 
 fn check_config(c: &StreamConfig) -> Result<(), Error> {
-    if c.retention_ms < -1 || c.retention_bytes < -1 {
+    if c.retention_ms < -1 || c.retention_bytes < -1 || c.delete_retention_ms < -1 {
         return Err(Error::invalid(
             "retention: -1 (no limit) or a positive amount",
         ));

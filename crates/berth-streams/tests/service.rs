@@ -8,7 +8,7 @@ use berth_fs::Namespace;
 use berth_meta::testing::{single_node, SingleNode};
 use berth_meta::{Code, Meta};
 use berth_security::principal::Principal;
-use berth_streams::{batch, AppendError, Refused, Right, StreamConfig, Streams};
+use berth_streams::{batch, compact, AppendError, Refused, Right, StreamConfig, Streams};
 use bytes::Bytes;
 
 struct Kernel {
@@ -654,13 +654,23 @@ async fn compaction_keeps_the_last_record_of_every_key() {
             .await
             .unwrap();
     }
-    // [a b] is superseded (a@2, b@5); [a]@2 only by the active batch, which
-    // the window does not read; [None c] has an unkeyed record.
-    assert_eq!(k.streams.retain(&s, "t", &t, 0).await.unwrap(), 1);
+    // [a b] is superseded (a@2, b@5): deleted; [a]@2 only by the active
+    // batch, which the window does not read; [None c] keeps its unkeyed
+    // record: rewritten without c@4.
+    assert_eq!(k.streams.retain(&s, "t", &t, 0).await.unwrap(), 2);
     let (st, got) = k.streams.read(a, &s, &t, 0, 0, 1 << 20).await.unwrap();
     let bases: Vec<i64> = got.iter().map(|b| batch::base_offset(b)).collect();
     assert_eq!(bases, [2, 3, 5, 7]);
     assert_eq!((st.log_start, st.next), (0, 8));
+    // The rewritten batch is valid, keeps its offset range, holds one record.
+    let info = batch::split(&got[1]).unwrap();
+    assert_eq!(info[0].offsets, 2);
+    let left: Vec<_> = compact::record_keys(&got[1])
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.offset, r.key))
+        .collect();
+    assert_eq!(left, [(3, None)]);
     // Reading from inside the gap starts at the next batch.
     let (_, got) = k.streams.read(a, &s, &t, 0, 1, 1 << 20).await.unwrap();
     assert_eq!(batch::base_offset(&got[0]), 2);
@@ -675,4 +685,126 @@ async fn compaction_keeps_the_last_record_of_every_key() {
     let (_, got) = k.streams.read(a, &s, &t, 0, 0, 1 << 20).await.unwrap();
     let bases: Vec<i64> = got.iter().map(|b| batch::base_offset(b)).collect();
     assert_eq!(bases, [3, 5, 7, 8]);
+}
+
+/// A batch of (key, value) records, `None` values being tombstones, at
+/// `ts` ms.
+fn kv_batch(records: &[(&str, Option<&str>)], ts: i64) -> Vec<u8> {
+    let recs: Vec<batch::Record> = records
+        .iter()
+        .map(|(k, v)| batch::Record {
+            key: Some(k.as_bytes()),
+            value: v.map(str::as_bytes),
+        })
+        .collect();
+    batch::encode(&recs, ts, None)
+}
+
+#[tokio::test]
+async fn compaction_drops_tombstones_after_delete_retention() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let s = k
+        .streams
+        .create_stream(
+            a,
+            "/s",
+            StreamConfig {
+                compact: true,
+                delete_retention_ms: 60_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let t = k.streams.create_topic(a, &s, "t", 1).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // [a=1 b=1]@0-1, [a=∅]@2 (old), [b=∅]@3 (recent), [c=1]@4 (active).
+    for (recs, ts) in [
+        (vec![("a", Some("1")), ("b", Some("1"))], 0),
+        (vec![("a", None)], 0),
+        (vec![("b", None)], now),
+        (vec![("c", Some("1"))], now),
+    ] {
+        k.streams
+            .append(a, &s, "t", &t, 0, Bytes::from(kv_batch(&recs, ts)))
+            .await
+            .unwrap();
+    }
+    // The first batch is superseded; a's tombstone is past its minute.
+    assert_eq!(k.streams.retain(&s, "t", &t, 0).await.unwrap(), 2);
+    let (_, got) = k.streams.read(a, &s, &t, 0, 0, 1 << 20).await.unwrap();
+    let bases: Vec<i64> = got.iter().map(|b| batch::base_offset(b)).collect();
+    assert_eq!(bases, [3, 4]);
+    assert_eq!(k.streams.retain(&s, "t", &t, 0).await.unwrap(), 0);
+    // Kept forever with delete retention -1.
+    k.streams
+        .configure(a, "/s", |c| c.delete_retention_ms = -1)
+        .await
+        .unwrap();
+    k.streams
+        .append(a, &s, "t", &t, 0, Bytes::from(kv_batch(&[("c", None)], 0)))
+        .await
+        .unwrap();
+    k.streams
+        .append(
+            a,
+            &s,
+            "t",
+            &t,
+            0,
+            Bytes::from(kv_batch(&[("d", Some("1"))], 0)),
+        )
+        .await
+        .unwrap();
+    // c=1@4 is superseded by c=∅@5, which stays.
+    assert_eq!(k.streams.retain(&s, "t", &t, 0).await.unwrap(), 1);
+    let (_, got) = k.streams.read(a, &s, &t, 0, 0, 1 << 20).await.unwrap();
+    let bases: Vec<i64> = got.iter().map(|b| batch::base_offset(b)).collect();
+    assert_eq!(bases, [3, 5, 6]);
+}
+
+/// The sweep finds every partition of every stream by itself (nothing
+/// needs to have been appended through this process).
+#[tokio::test]
+async fn the_sweep_visits_every_stream_and_partition() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let old = StreamConfig {
+        retention_ms: 60_000,
+        ..Default::default()
+    };
+    let s1 = k
+        .streams
+        .create_stream(a, "/s1", old.clone())
+        .await
+        .unwrap();
+    let s2 = k.streams.create_stream(a, "/s2", old).await.unwrap();
+    let mut topics = Vec::new();
+    for (s, name, parts) in [(&s1, "x", 2), (&s1, "y", 1), (&s2, "z", 3)] {
+        let t = k.streams.create_topic(a, s, name, parts).await.unwrap();
+        for part in 0..parts {
+            for ts in [1_000, 2_000] {
+                k.streams
+                    .append(a, s, name, &t, part, Bytes::from(batch_of(1, ts)))
+                    .await
+                    .unwrap();
+            }
+        }
+        topics.push((s, t));
+    }
+    // A fresh service over the same namespace: it has seen no append.
+    let fresh = Streams::new(Namespace::new(k.meta.clone()));
+    // Everything is older than the minute kept.
+    assert_eq!(fresh.sweep().await, 12);
+    for (s, t) in topics {
+        for part in 0..t.partitions {
+            let o = k.streams.offsets(a, s, &t, part).await.unwrap();
+            assert_eq!((o.log_start, o.next), (2, 2));
+        }
+    }
+    assert_eq!(fresh.sweep().await, 0);
 }

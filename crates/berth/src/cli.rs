@@ -297,6 +297,10 @@ pub struct StreamSettings {
     /// Size a partition may keep, e.g. 10GiB, or `unlimited` (the default).
     #[arg(long, value_parser = crate::stream::parse_retention_bytes)]
     pub retention_bytes: Option<i64>,
+    /// In compacted streams, how long a deleted key's tombstone is kept,
+    /// e.g. 1d (the default), 10min, or `forever`.
+    #[arg(long, value_parser = crate::stream::parse_retention)]
+    pub delete_retention: Option<i64>,
     /// Keep the last record per key instead of deleting by age (--compact=false: off).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]

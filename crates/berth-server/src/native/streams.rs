@@ -29,11 +29,20 @@ const LIST_PAGES_MAX: usize = 16;
 const LIST_LIMIT_DEFAULT: usize = 1000;
 
 /// Retention values, as Kafka accepts them: -1 (no limit) or more.
-fn check_retention(retention_ms: Option<i64>, retention_bytes: Option<i64>) -> Result<(), Error> {
-    if let Some(ms) = retention_ms.filter(|ms| *ms < -1) {
-        return Err(Error::invalid(format!(
-            "retention_ms {ms}: -1 (forever) or a number of milliseconds"
-        )));
+fn check_retention(
+    retention_ms: Option<i64>,
+    retention_bytes: Option<i64>,
+    delete_retention_ms: Option<i64>,
+) -> Result<(), Error> {
+    for (what, ms) in [
+        ("retention_ms", retention_ms),
+        ("delete_retention_ms", delete_retention_ms),
+    ] {
+        if let Some(ms) = ms.filter(|ms| *ms < -1) {
+            return Err(Error::invalid(format!(
+                "{what} {ms}: -1 (forever) or a number of milliseconds"
+            )));
+        }
     }
     if let Some(b) = retention_bytes.filter(|b| *b < -1) {
         return Err(Error::invalid(format!(
@@ -44,7 +53,7 @@ fn check_retention(retention_ms: Option<i64>, retention_bytes: Option<i64>) -> R
 }
 
 fn create_config(r: &StreamCreateRequest) -> Result<StreamConfig, Error> {
-    check_retention(r.retention_ms, r.retention_bytes)?;
+    check_retention(r.retention_ms, r.retention_bytes, r.delete_retention_ms)?;
     let d = StreamConfig::default();
     Ok(StreamConfig {
         default_partitions: match r.default_partitions {
@@ -59,13 +68,14 @@ fn create_config(r: &StreamCreateRequest) -> Result<StreamConfig, Error> {
         consume_ace: r.consume_ace.clone(),
         topic_ace: r.topic_ace.clone(),
         admin_ace: r.admin_ace.clone(),
+        delete_retention_ms: r.delete_retention_ms.unwrap_or(d.delete_retention_ms),
         ..d
     })
 }
 
 /// Checks an edit before it is applied (so a bad name fails whole).
 fn check_edit(r: &StreamEditRequest) -> Result<(), Error> {
-    check_retention(r.retention_ms, r.retention_bytes)?;
+    check_retention(r.retention_ms, r.retention_bytes, r.delete_retention_ms)?;
     for name in &r.clear_aces {
         if !matches!(name.as_str(), "produce" | "consume" | "topic" | "admin") {
             return Err(Error::invalid(format!(
@@ -99,6 +109,9 @@ fn apply_edit(c: &mut StreamConfig, r: &StreamEditRequest) {
     if let Some(v) = r.compact {
         c.compact = v;
     }
+    if let Some(v) = r.delete_retention_ms {
+        c.delete_retention_ms = v;
+    }
     if let Some(v) = r.autocreate {
         c.autocreate = v;
     }
@@ -122,6 +135,7 @@ fn to_info(s: StreamRef, topics: Option<u32>) -> StreamInfo {
         default_partitions: c.default_partitions,
         retention_ms: c.retention_ms,
         retention_bytes: c.retention_bytes,
+        delete_retention_ms: c.delete_retention_ms,
         compact: c.compact,
         autocreate: c.autocreate,
         produce_ace: c.produce_ace,

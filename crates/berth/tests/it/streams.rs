@@ -68,6 +68,7 @@ fn streams_and_topics() {
     assert_eq!(info["retention_bytes"], -1);
     assert_eq!(info["autocreate"], true);
     assert_eq!(info["compact"], false);
+    assert_eq!(info["delete_retention_ms"], 24 * 3600 * 1000, "Kafka's default");
     assert_eq!(info["produce_ace"], "g:dev");
     assert_eq!(info["topic_ace"], "u:alice");
     assert_eq!(info["consume_ace"], Value::Null);
@@ -88,9 +89,12 @@ fn streams_and_topics() {
         "--retention-bytes",
         "10GiB",
         "--compact",
+        "--delete-retention",
+        "10min",
         "--autocreate",
         "false",
     ]);
+    assert_eq!(s2["delete_retention_ms"], 600_000);
     assert_eq!(s2["path"], "/apps/s2");
     assert_eq!(s2["retention_ms"], -1);
     assert_eq!(s2["retention_bytes"], 10i64 << 30);
@@ -187,6 +191,7 @@ fn streams_and_topics() {
         "u:alice",
     ]);
     assert_eq!(e["retention_ms"], 24 * 3600 * 1000);
+    assert_eq!(e["delete_retention_ms"], 24 * 3600 * 1000, "unchanged");
     assert_eq!(e["default_partitions"], 2);
     assert_eq!(e["produce_ace"], Value::Null);
     assert_eq!(e["consume_ace"], "u:alice");
