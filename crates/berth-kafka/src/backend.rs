@@ -11,6 +11,11 @@ use std::time::Duration;
 pub use berth_security::scram::{Credential as ScramCredential, Mechanism as ScramMechanism};
 use bytes::Bytes;
 
+/// The wait for a queued produce's results (see
+/// [`Backend::produce_partitions`]).
+pub type ProduceWait =
+    std::pin::Pin<Box<dyn Future<Output = Vec<Result<Appended, StreamError>>> + Send + 'static>>;
+
 /// Where a topic lives: the stream's namespace path and the topic's name in
 /// it. The Kafka topic name `/apps/events:clicks` is
 /// `{ stream: "/apps/events", topic: "clicks" }`; a plain name `clicks` is
@@ -220,22 +225,30 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Appended, StreamError>> + Send;
 
     /// [`Backend::produce`] for several partitions of one topic (a produce
-    /// request's), one result per input in order. A backend that can make
-    /// them durable together (one transaction, one fsync) overrides this;
-    /// by default each partition is produced on its own, concurrently.
+    /// request's), in two steps: the returned future finishes once the
+    /// appends are queued, in call order, and yields the wait for their
+    /// results (one per input, in order, once durable). The gateway awaits
+    /// the first step of one request before it reads the next, so
+    /// pipelined produce requests keep their order while their fsyncs
+    /// overlap. A backend that can make them durable together (one
+    /// transaction, one fsync) overrides this; by default each partition is
+    /// produced on its own, concurrently, all in the first step.
     fn produce_partitions(
         &self,
         p: &Self::Principal,
         t: &TopicRef,
         parts: Vec<(i32, Bytes)>,
-    ) -> impl Future<Output = Vec<Result<Appended, StreamError>>> + Send {
+    ) -> impl Future<Output = ProduceWait> + Send {
+        // The first step yields the (here already finished) second.
+        #[allow(clippy::async_yields_async)]
         async move {
-            futures_util::future::join_all(
+            let results = futures_util::future::join_all(
                 parts
                     .into_iter()
                     .map(|(part, records)| self.produce(p, t, part, records)),
             )
-            .await
+            .await;
+            Box::pin(std::future::ready(results)) as ProduceWait
         }
     }
 

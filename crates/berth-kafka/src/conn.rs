@@ -1,10 +1,19 @@
 //! One client connection: read a frame, check the SASL state, decode,
-//! call the handler, write the answer, in order, one request at a time.
+//! call the handler, write the answer, answers in request order.
+//!
+//! Produce requests are pipelined: once a request's appends are queued
+//! (in order, see [`crate::Backend::produce_partitions`]) the next request
+//! is read while they become durable, up to [`PIPELINE_MAX`] of them; any
+//! other request first waits until every earlier answer is written, so it
+//! is handled exactly as if requests were served one at a time.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
     SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
@@ -21,6 +30,20 @@ use crate::{api, codes, frame, group, group_handlers, guard, handlers, sasl, Kaf
 pub const IDLE_MS_MAX: u64 = 10 * 60 * 1000;
 /// Bound on writing one response to a client that does not read.
 pub const WRITE_MS_MAX: u64 = 60 * 1000;
+/// Produce requests of one connection waiting to be durable, at most (Kafka
+/// clients send up to five at once by default; librdkafka more).
+pub const PIPELINE_MAX: usize = 16;
+
+/// An answer still being worked on.
+type Later = Pin<Box<dyn Future<Output = Result<Reply, Close>> + Send>>;
+
+/// What handling a request gave.
+pub enum Step {
+    /// The answer.
+    Now(Reply),
+    /// A produce whose appends are queued: its answer once durable.
+    Later(Later),
+}
 
 /// Why the gateway closed a connection: logged once, as the reason.
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +66,6 @@ pub enum Close {
     Io(std::io::Error),
     #[error("internal: {0}")]
     Internal(String),
-}
-
-impl Close {
-    pub fn truncated(e: std::io::Error, what: &str) -> Close {
-        Close::Io(std::io::Error::new(e.kind(), format!("{what}: {e}")))
-    }
 }
 
 /// What a request produces on the wire.
@@ -76,28 +93,63 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
     /// Serves requests until the client closes (`Ok`), the server stops
     /// (`Ok`) or something closes the connection (`Err`, the reason).
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), Close> {
+        let mut reader = frame::Reader::new(self.cfg.max_request_bytes);
+        let mut later: FuturesOrdered<Later> = FuturesOrdered::new();
         loop {
-            let read = tokio::time::timeout(
-                Duration::from_millis(IDLE_MS_MAX),
-                frame::read(&mut self.io, self.cfg.max_request_bytes),
-            );
-            let frame = tokio::select! {
-                r = read => r.map_err(|_| Close::Idle(IDLE_MS_MAX))??,
-                _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            // The next request; answers of earlier produces go out meanwhile.
+            let idle = tokio::time::sleep(Duration::from_millis(IDLE_MS_MAX));
+            tokio::pin!(idle);
+            let frame = loop {
+                tokio::select! {
+                    r = reader.next(&mut self.io) => break r?,
+                    Some(reply) = later.next(), if !later.is_empty() => self.send(reply?).await?,
+                    _ = &mut idle, if later.is_empty() => return Err(Close::Idle(IDLE_MS_MAX)),
+                    // (The guard `wait_for` returns must not live in the
+                    // select's output: it is not Send.)
+                    () = async { drop(stop.wait_for(|stopped| *stopped).await) } => return Ok(()),
+                }
             };
             let Some(frame) = frame else { return Ok(()) };
-            let reply = if self.state.raw() {
-                self.raw_token(frame).await?
+            let produce = !self.state.raw()
+                && frame.len() >= 2
+                && i16::from_be_bytes([frame[0], frame[1]]) == ApiKey::Produce as i16;
+            if !produce {
+                while let Some(reply) = later.next().await {
+                    self.send(reply?).await?;
+                }
+            }
+            let step = if self.state.raw() {
+                Step::Now(self.raw_token(frame).await?)
             } else {
                 self.request(frame).await?
             };
-            match reply {
-                Reply::Send(bytes) => self.write(&bytes).await?,
-                Reply::Nothing => {}
-                Reply::SendThenClose(bytes, why) => {
-                    self.write(&bytes).await?;
-                    return Err(why);
+            match step {
+                Step::Now(reply) => {
+                    while let Some(reply) = later.next().await {
+                        self.send(reply?).await?;
+                    }
+                    self.send(reply).await?;
                 }
+                Step::Later(answer) => {
+                    later.push_back(answer);
+                    while later.len() > PIPELINE_MAX {
+                        if let Some(reply) = later.next().await {
+                            self.send(reply?).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a reply; `SendThenClose` ends the connection with its reason.
+    async fn send(&mut self, reply: Reply) -> Result<(), Close> {
+        match reply {
+            Reply::Send(bytes) => self.write(&bytes).await,
+            Reply::Nothing => Ok(()),
+            Reply::SendThenClose(bytes, why) => {
+                self.write(&bytes).await?;
+                Err(why)
             }
         }
     }
@@ -213,7 +265,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
             })
     }
 
-    async fn request(&mut self, mut frame: Bytes) -> Result<Reply, Close> {
+    async fn request(&mut self, mut frame: Bytes) -> Result<Step, Close> {
         if frame.len() < 8 {
             return Err(Close::Malformed(format!(
                 "{} bytes, shorter than a request header",
@@ -230,7 +282,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
             // KIP-511: the client cannot know our header format yet; answer
             // in v0 so it can read the list and retry lower.
             let resp = api::api_versions(codes::UNSUPPORTED_VERSION);
-            return Ok(Reply::Send(encode(api, 0, correlation_id, &resp)?));
+            return Ok(Step::Now(Reply::Send(encode(
+                api,
+                0,
+                correlation_id,
+                &resp,
+            )?)));
         }
         if !api::served(api, version) {
             return Err(Close::Unsupported { key, version });
@@ -244,7 +301,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
             client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
             body: frame,
         };
-        self.dispatch(r).await
+        if api == ApiKey::Produce {
+            return self.produce(r).await;
+        }
+        self.dispatch(r).await.map(Step::Now)
+    }
+
+    /// Queues a produce request's appends; its answer comes later.
+    async fn produce(&mut self, mut r: Req) -> Result<Step, Close> {
+        let sasl::State::Authenticated(p) = &self.state else {
+            return Err(Close::IllegalSaslState(
+                "Produce before SASL authentication".into(),
+            ));
+        };
+        let req = r.decode()?;
+        let pending = handlers::produce(&*self.backend, p, req, r.version).await;
+        Ok(Step::Later(Box::pin(async move {
+            match pending.await {
+                Some(resp) => r.reply(&resp),
+                None => Ok(Reply::Nothing),
+            }
+        })))
     }
 
     async fn dispatch(&mut self, mut r: Req) -> Result<Reply, Close> {
@@ -276,10 +353,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
                         let resp = handlers::metadata(b, p, cfg, r.decode()?, v).await;
                         r.reply(&resp)
                     }
-                    ApiKey::Produce => match handlers::produce(b, p, r.decode()?, v).await {
-                        Some(resp) => r.reply(&resp),
-                        None => Ok(Reply::Nothing),
-                    },
                     ApiKey::Fetch => {
                         let resp = handlers::fetch(b, p, r.decode()?, v).await;
                         r.reply(&resp)

@@ -2,6 +2,8 @@
 //! only translates: names are resolved and every decision is taken by the
 //! [`Backend`], whose errors become codes through [`codes::code`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -148,16 +150,25 @@ fn metadata_topic(
 // ----------------------------------------------------------------- Produce
 
 /// `None`: acks=0, no response at all.
+/// A produce request whose appends are queued: the wait for its response
+/// (`None` for acks=0).
+pub type ProducePending = Pin<Box<dyn Future<Output = Option<ProduceResponse>> + Send>>;
+
+/// Produce, in two steps (see [`Backend::produce_partitions`]): returns once
+/// every topic's appends are queued, in the request's order; the returned
+/// future waits for them to be durable and builds the response.
 pub async fn produce<B: Backend>(
     b: &B,
     p: &B::Principal,
     req: ProduceRequest,
     version: i16,
-) -> Option<ProduceResponse> {
+) -> ProducePending {
     // Transactions are not supported: a transactional producer is told it
     // may not use its transactional id.
     let transactional = req.transactional_id.is_some();
-    let topics = req.topic_data.into_iter().map(|topic| async move {
+    let acks = req.acks;
+    let mut topics = Vec::with_capacity(req.topic_data.len());
+    for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let resolved = b.resolve(p, &name);
         let mut outs: Vec<PartitionProduceResponse> = Vec::new();
@@ -179,39 +190,49 @@ pub async fn produce<B: Backend>(
             }
             outs.push(out);
         }
-        if let (Ok(t), false) = (&resolved, sent.is_empty()) {
-            let at: Vec<usize> = sent.iter().map(|s| s.0).collect();
-            let parts = sent.into_iter().map(|(_, part, r)| (part, r)).collect();
-            let results = b.produce_partitions(p, t, parts).await;
-            for (i, r) in at.into_iter().zip(results) {
-                let out = &mut outs[i];
-                match r {
-                    Ok(a) => {
-                        out.base_offset = a.base_offset;
-                        out.log_append_time_ms = a.log_append_time_ms;
-                        out.log_start_offset = a.log_start;
-                    }
-                    Err(e) => {
-                        if version >= 8 {
-                            out.error_message = error_message(&e);
+        let wait = match (&resolved, sent.is_empty()) {
+            (Ok(t), false) => {
+                let at: Vec<usize> = sent.iter().map(|s| s.0).collect();
+                let parts = sent.into_iter().map(|(_, part, r)| (part, r)).collect();
+                Some((at, b.produce_partitions(p, t, parts).await))
+            }
+            _ => None,
+        };
+        topics.push((topic.name, outs, wait));
+    }
+    Box::pin(async move {
+        let mut responses = Vec::with_capacity(topics.len());
+        for (name, mut outs, wait) in topics {
+            if let Some((at, wait)) = wait {
+                for (i, r) in at.into_iter().zip(wait.await) {
+                    let out = &mut outs[i];
+                    match r {
+                        Ok(a) => {
+                            out.base_offset = a.base_offset;
+                            out.log_append_time_ms = a.log_append_time_ms;
+                            out.log_start_offset = a.log_start;
                         }
-                        out.error_code = codes::code(&e, Scope::Partition);
+                        Err(e) => {
+                            if version >= 8 {
+                                out.error_message = error_message(&e);
+                            }
+                            out.error_code = codes::code(&e, Scope::Partition);
+                        }
                     }
                 }
             }
+            let mut out = TopicProduceResponse::default();
+            out.name = name;
+            out.partition_responses = outs;
+            responses.push(out);
         }
-        let mut out = TopicProduceResponse::default();
-        out.name = topic.name;
-        out.partition_responses = outs;
-        out
-    });
-    let responses = join_all(topics).await;
-    if req.acks == 0 {
-        return None;
-    }
-    let mut resp = ProduceResponse::default();
-    resp.responses = responses;
-    Some(resp)
+        if acks == 0 {
+            return None;
+        }
+        let mut resp = ProduceResponse::default();
+        resp.responses = responses;
+        Some(resp)
+    })
 }
 
 // ------------------------------------------------------------------- Fetch

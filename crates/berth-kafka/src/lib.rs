@@ -88,8 +88,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 pub use backend::{
-    Appended, Backend, Committed, Fetched, GroupRef, OffsetSpec, PartitionOffsets, ProducerId,
-    ScramCredential, ScramMechanism, StreamError, TopicInfo, TopicRef,
+    Appended, Backend, Committed, Fetched, GroupRef, OffsetSpec, PartitionOffsets, ProduceWait,
+    ProducerId, ScramCredential, ScramMechanism, StreamError, TopicInfo, TopicRef,
 };
 pub use group::{SESSION_TIMEOUT_MS_MAX_DEFAULT, SESSION_TIMEOUT_MS_MIN_DEFAULT};
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_kafka::backend::{
-    Appended, Backend, Committed, Fetched, GroupRef, OffsetSpec, PartitionOffsets, ProducerId,
-    ScramCredential, ScramMechanism, StreamError, TopicInfo, TopicRef,
+    Appended, Backend, Committed, Fetched, GroupRef, OffsetSpec, PartitionOffsets, ProduceWait,
+    ProducerId, ScramCredential, ScramMechanism, StreamError, TopicInfo, TopicRef,
 };
 use berth_meta::Meta;
 use berth_meta::{Code, Error};
@@ -333,13 +333,17 @@ impl Backend for StreamsBackend {
         p: &Principal,
         t: &TopicRef,
         parts: Vec<(i32, Bytes)>,
-    ) -> Vec<Result<Appended, StreamError>> {
+    ) -> ProduceWait {
         let n = parts.len();
         let (s, topic) = match self.open(p, t, Right::Produce).await {
             Ok(x) => x,
-            Err(e) => return (0..n).map(|_| Err(e.clone())).collect(),
+            Err(e) => {
+                let all = (0..n).map(|_| Err(e.clone())).collect();
+                return Box::pin(std::future::ready(all));
+            }
         };
-        // Negative partition numbers fail alone; the rest go in one append.
+        // Negative partition numbers fail alone; the rest go in one append,
+        // queued before this returns (the order of pipelined requests).
         let mut out: Vec<Option<Result<Appended, StreamError>>> = vec![None; n];
         let mut at = Vec::new();
         let mut valid = Vec::new();
@@ -352,16 +356,16 @@ impl Backend for StreamsBackend {
                 Err(e) => out[i] = Some(Err(e)),
             }
         }
-        let results = self
-            .streams
-            .append_many(p, &s, &t.topic, &topic, valid)
-            .await;
-        for (i, r) in at.into_iter().zip(results) {
-            out[i] = Some(r.map(appended).map_err(|e| append_error(e, &t.topic)));
-        }
-        out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(StreamError::Internal("no result".into()))))
-            .collect()
+        let wait = self.streams.append_submit(p, &s, &t.topic, &topic, valid);
+        let name = t.topic.clone();
+        Box::pin(async move {
+            for (i, r) in at.into_iter().zip(wait.await) {
+                out[i] = Some(r.map(appended).map_err(|e| append_error(e, &name)));
+            }
+            out.into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(StreamError::Internal("no result".into()))))
+                .collect()
+        })
     }
 
     async fn fetch(

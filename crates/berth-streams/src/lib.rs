@@ -20,10 +20,11 @@
 //! middle of a batch.
 //!
 //! Invariants:
-//! - An append is one conditional transaction: the batches and the
+//! - An append is part of one conditional transaction: the batches and the
 //!   partition's new next offset commit together, conditional on the state
-//!   read, so offsets are contiguous and never reused; appends to one
-//!   partition on this node queue on a lock so they do not conflict.
+//!   read, so offsets are contiguous and never reused. Appends to a topic
+//!   queue on this node and its committer takes everything queued into the
+//!   next transaction (group commit), in queue order.
 //! - Nothing is visible before it is durable: the high watermark is the
 //!   committed next offset (the transaction returns once applied on a
 //!   majority), so a consumer never reads what could still be lost.
@@ -357,8 +358,8 @@ pub struct Appended {
 /// The streams service.
 pub struct Streams {
     ns: Arc<Namespace>,
-    /// Appends to one partition on this node queue here.
-    append_locks: parking_lot::Mutex<HashMap<PartKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Appends waiting for their topic's next transaction.
+    appends: parking_lot::Mutex<HashMap<TopicKey, Arc<parking_lot::Mutex<AppendQueue>>>>,
     /// The latest committed next offset per partition, for long polls.
     ends: parking_lot::Mutex<HashMap<PartKey, watch::Sender<i64>>>,
     /// Compacted partitions whose last pass changed nothing: the log end
@@ -370,6 +371,46 @@ pub struct Streams {
 /// Identifies a partition on this node: volume, stream inode, topic id,
 /// partition.
 type PartKey = (u64, u64, u64, u32);
+/// Identifies a topic on this node: volume, stream inode, topic id.
+type TopicKey = (u64, u64, u64);
+
+/// One partition's part of an append: its place in the caller's list, the
+/// partition, the records and their checked batches.
+struct Work {
+    at: usize,
+    part: u32,
+    records: Bytes,
+    batches: Vec<batch::BatchInfo>,
+}
+
+/// One append's per-partition results: (place in the caller's list,
+/// result).
+type PartResults = Vec<(usize, Result<Appended, AppendError>)>;
+/// One append's results, or the error that failed its whole transaction.
+type AppendResult = Result<PartResults, Error>;
+
+/// A group's appends staged in a transaction: each append's results, and
+/// the partitions whose end moves (partition, new end).
+struct Staged {
+    results: Vec<PartResults>,
+    advanced: Vec<(u32, i64)>,
+}
+
+/// An append waiting in its topic's queue.
+struct Pending {
+    s: StreamRef,
+    name: String,
+    t: TopicRecord,
+    work: Vec<Work>,
+    done: tokio::sync::oneshot::Sender<AppendResult>,
+}
+
+/// A topic's appends not yet committed, and whether its committer runs.
+#[derive(Default)]
+struct AppendQueue {
+    pending: std::collections::VecDeque<Pending>,
+    running: bool,
+}
 
 fn config_key(vol: u64, ino: u64) -> Vec<u8> {
     Key::new(vol, Kind::StreamState, ino).build()
@@ -447,7 +488,7 @@ impl Streams {
     pub fn new(ns: Arc<Namespace>) -> Arc<Streams> {
         Arc::new(Streams {
             ns,
-            append_locks: parking_lot::Mutex::new(HashMap::new()),
+            appends: parking_lot::Mutex::new(HashMap::new()),
             ends: parking_lot::Mutex::new(HashMap::new()),
             compacted: parking_lot::Mutex::new(HashMap::new()),
         })
@@ -739,7 +780,7 @@ impl Streams {
     /// Appends a produce request's batches to a partition (produce right);
     /// returns once they are durable and applied.
     pub async fn append(
-        &self,
+        self: &Arc<Self>,
         p: &Principal,
         s: &StreamRef,
         name: &str,
@@ -753,118 +794,238 @@ impl Streams {
             .unwrap_or_else(|| Err(Error::new(Code::Io, "internal: no append result").into()))
     }
 
-    /// Appends batches to several partitions of one topic in ONE
-    /// transaction (a produce request's partitions share one Raft entry and
-    /// one fsync); one result per input, in order. A partition whose
-    /// batches are refused (bad batch, sequence gap, fenced epoch) fails
-    /// alone; the others are written.
+    /// Appends batches to several partitions of one topic; one result per
+    /// input, in order. See [`Streams::append_submit`].
     pub async fn append_many(
-        &self,
+        self: &Arc<Self>,
         p: &Principal,
         s: &StreamRef,
         name: &str,
         t: &TopicRecord,
         parts: Vec<(u32, Bytes)>,
     ) -> Vec<Result<Appended, AppendError>> {
-        let n = parts.len();
-        let all = |e: AppendError| (0..n).map(|_| Err(e.clone())).collect::<Vec<_>>();
-        if let Err(e) = authorize(p, s, Right::Produce) {
-            return all(e.into());
-        }
-        // A partition named twice in one request: one at a time, in order.
-        let mut seen = std::collections::HashSet::new();
-        if !parts.iter().all(|(part, _)| seen.insert(*part)) {
-            let mut out = Vec::with_capacity(n);
-            for (part, records) in parts {
-                out.extend(Box::pin(self.append_many(p, s, name, t, vec![(part, records)])).await);
-            }
-            return out;
-        }
-        let mut results: Vec<Option<Result<Appended, AppendError>>> = vec![None; n];
-        let mut work = Vec::new();
-        for (i, (part, records)) in parts.into_iter().enumerate() {
-            match check_append(t, part, &records) {
-                Ok(batches) => work.push((i, part, records, batches)),
-                Err(e) => results[i] = Some(Err(e)),
-            }
-        }
-        // Appends to one partition queue on the node; taking the locks in
-        // partition order keeps two multi-partition appends from deadlocking.
-        work.sort_by_key(|w| w.1);
-        let mut guards = Vec::with_capacity(work.len());
-        for (_, part, _, _) in &work {
-            let pk: PartKey = (s.vol.id, s.entry.ino, t.id, *part);
-            let lock = self.append_locks.lock().entry(pk).or_default().clone();
-            guards.push(lock.lock_owned().await);
-        }
-        if !work.is_empty() {
-            match self.append_locked(s, name, t, &work).await {
-                Ok(done) => {
-                    for (i, r) in done {
-                        results[i] = Some(r);
-                    }
-                }
-                Err(e) => {
-                    for (i, _, _, _) in &work {
-                        results[*i] = Some(Err(e.clone().into()));
-                    }
-                }
-            }
-        }
-        drop(guards);
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::new(Code::Io, "internal: no result").into())))
-            .collect()
+        self.append_submit(p, s, name, t, parts).await
     }
 
-    /// The transaction of [`Streams::append_many`], its partitions locked.
-    async fn append_locked(
-        &self,
+    /// Queues an append of batches to several partitions of one topic and
+    /// returns the wait for its results (one per input, in order), durable
+    /// when they come. Group commit: the appends queued on a topic while
+    /// its previous transaction commits go together in the next one (one
+    /// Raft entry, one fsync), in queue order, so successive calls keep
+    /// the order they were made in — a Kafka connection's pipelined
+    /// produce requests stay in order without waiting for each other's
+    /// fsync. A partition whose batches are refused (bad batch, sequence
+    /// gap, fenced epoch) fails alone; the others are written. Queueing
+    /// happens before this returns: the wait need not be polled for the
+    /// append to happen (dropping it only drops the answer).
+    pub fn append_submit(
+        self: &Arc<Self>,
+        p: &Principal,
         s: &StreamRef,
         name: &str,
         t: &TopicRecord,
-        work: &[(usize, u32, Bytes, Vec<batch::BatchInfo>)],
-    ) -> Result<Vec<(usize, Result<Appended, AppendError>)>, Error> {
+        parts: Vec<(u32, Bytes)>,
+    ) -> impl std::future::Future<Output = Vec<Result<Appended, AppendError>>> + Send + 'static
+    {
+        let n = parts.len();
+        let mut results: Vec<Option<Result<Appended, AppendError>>> = vec![None; n];
+        let mut work = Vec::new();
+        match authorize(p, s, Right::Produce) {
+            Err(e) => results
+                .iter_mut()
+                .for_each(|r| *r = Some(Err(e.clone().into()))),
+            Ok(()) => {
+                for (i, (part, records)) in parts.into_iter().enumerate() {
+                    match check_append(t, part, &records) {
+                        Ok(batches) => work.push(Work {
+                            at: i,
+                            part,
+                            records,
+                            batches,
+                        }),
+                        Err(e) => results[i] = Some(Err(e)),
+                    }
+                }
+            }
+        }
+        let queued: Vec<usize> = work.iter().map(|w| w.at).collect();
+        let rx = (!work.is_empty()).then(|| self.enqueue(s, name, t, work));
+        async move {
+            if let Some(rx) = rx {
+                match rx.await {
+                    Ok(Ok(done)) => {
+                        for (i, r) in done {
+                            results[i] = Some(r);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        for i in queued {
+                            results[i] = Some(Err(e.clone().into()));
+                        }
+                    }
+                    Err(_) => {} // the committer went away: "no result" below
+                }
+            }
+            results
+                .into_iter()
+                .map(|r| {
+                    r.unwrap_or_else(|| {
+                        Err(Error::new(Code::Io, "internal: no append result").into())
+                    })
+                })
+                .collect()
+        }
+    }
+
+    /// Puts an append in its topic's queue, starting the topic's committer
+    /// when none runs.
+    fn enqueue(
+        self: &Arc<Self>,
+        s: &StreamRef,
+        name: &str,
+        t: &TopicRecord,
+        work: Vec<Work>,
+    ) -> tokio::sync::oneshot::Receiver<AppendResult> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let key: TopicKey = (s.vol.id, s.entry.ino, t.id);
+        let q = self.appends.lock().entry(key).or_default().clone();
+        let start = {
+            let mut q = q.lock();
+            q.pending.push_back(Pending {
+                s: s.clone(),
+                name: name.to_string(),
+                t: t.clone(),
+                work,
+                done: tx,
+            });
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move { me.drain(q).await });
+        }
+        rx
+    }
+
+    /// A topic's committer: commits what is queued, as one transaction per
+    /// round (at most [`APPEND_BYTES_MAX`] of batches, at least one
+    /// append), until the queue is empty.
+    async fn drain(self: Arc<Self>, q: Arc<parking_lot::Mutex<AppendQueue>>) {
+        loop {
+            let group: Vec<Pending> = {
+                let mut q = q.lock();
+                if q.pending.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                let mut bytes = 0;
+                let mut group = Vec::new();
+                while let Some(next) = q.pending.front() {
+                    let len: usize = next.work.iter().map(|w| w.records.len()).sum();
+                    if !group.is_empty() && bytes + len > APPEND_BYTES_MAX {
+                        break;
+                    }
+                    bytes += len;
+                    group.extend(q.pending.pop_front());
+                }
+                group
+            };
+            let results = self.append_group(&group).await;
+            for (pending, r) in group.into_iter().zip(results) {
+                let _ = pending.done.send(r);
+            }
+        }
+    }
+
+    /// The transaction of one round of a topic's committer: every queued
+    /// append in order, each partition's state carried from one to the
+    /// next. One result per append: its per-partition results, or the
+    /// error that failed the whole transaction.
+    async fn append_group(&self, group: &[Pending]) -> Vec<AppendResult> {
+        let first = &group[0];
+        let (s, name, t) = (&first.s, first.name.as_str(), &first.t);
+        let fail = |e: Error| group.iter().map(|_| Err(e.clone())).collect();
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
-            // The topic must still be the one asked for (not deleted, or
-            // deleted and created again, meanwhile).
-            let live: Option<TopicRecord> = tx
-                .get(&topic_key(s.vol.id, s.entry.ino, name))?
-                .map(|b| decode(&b, "topic"))
-                .transpose()?;
-            let live_parts = match live {
-                Some(l) if l.id == t.id => l.partitions,
-                _ => {
-                    return Err(Error::not_found(format!(
-                        "topic {name} in {}",
-                        s.entry.path
-                    )))
-                }
+            let mut tx = match self.ns.meta().router().begin(s.vol.shard_id).await {
+                Ok(tx) => tx,
+                Err(e) => return fail(e),
             };
-            let mut out = Vec::with_capacity(work.len());
-            let mut advanced = Vec::new();
-            for (i, part, records, batches) in work {
-                if *part >= live_parts {
+            match self.stage_group(&mut tx, s, name, t, group) {
+                Ok(Staged { results, advanced }) => match tx.commit().await {
+                    Ok(Commit::Done(_)) => {
+                        for (part, next) in advanced {
+                            self.advanced((s.vol.id, s.entry.ino, t.id, part), next);
+                        }
+                        return results.into_iter().map(Ok).collect();
+                    }
+                    Ok(_) => continue,
+                    Err(e) => return fail(e),
+                },
+                Err(e) => return fail(e),
+            }
+        }
+        fail(berth_meta::router::too_much_contention(&s.entry.path))
+    }
+
+    /// Stages a group's batches in `tx`.
+    fn stage_group(
+        &self,
+        tx: &mut Tx,
+        s: &StreamRef,
+        name: &str,
+        t: &TopicRecord,
+        group: &[Pending],
+    ) -> Result<Staged, Error> {
+        // The topic must still be the one asked for (not deleted, or
+        // deleted and created again, meanwhile).
+        let live: Option<TopicRecord> = tx
+            .get(&topic_key(s.vol.id, s.entry.ino, name))?
+            .map(|b| decode(&b, "topic"))
+            .transpose()?;
+        let live_parts = match live {
+            Some(l) if l.id == t.id => l.partitions,
+            _ => {
+                return Err(Error::not_found(format!(
+                    "topic {name} in {}",
+                    s.entry.path
+                )))
+            }
+        };
+        // Each partition's state as staged so far (read once: the read is
+        // the transaction's condition).
+        let mut states: HashMap<u32, PartState> = HashMap::new();
+        let mut changed: std::collections::BTreeSet<u32> = Default::default();
+        let mut outs = Vec::with_capacity(group.len());
+        for pending in group {
+            let mut out = Vec::with_capacity(pending.work.len());
+            for w in &pending.work {
+                let part = w.part;
+                if part >= live_parts {
                     out.push((
-                        *i,
+                        w.at,
                         Err(Error::not_found(format!("partition {part} of {name}")).into()),
                     ));
                     continue;
                 }
-                let skey = part_key(s.vol.id, s.entry.ino, t.id, *part);
-                let state: PartState = match tx.get(&skey)? {
-                    Some(b) => decode(&b, "partition state")?,
-                    None => PartState::default(),
+                let state = match states.get(&part) {
+                    Some(st) => st.clone(),
+                    None => {
+                        let skey = part_key(s.vol.id, s.entry.ino, t.id, part);
+                        let st: PartState = match tx.get(&skey)? {
+                            Some(b) => decode(&b, "partition state")?,
+                            None => PartState::default(),
+                        };
+                        states.insert(part, st.clone());
+                        st
+                    }
                 };
-                // Staged first, written only when the whole partition passes.
+                // Staged first, kept only when the whole partition passes.
                 let mut new = state.clone();
                 let mut first_base = None;
                 let mut puts = Vec::new();
                 let mut refused = None;
-                for b in batches {
+                for b in &w.batches {
                     let idempotent = b.producer_id >= 0;
                     let last_seq = b.base_sequence.wrapping_add(b.offsets as i32 - 1);
                     if idempotent {
@@ -886,11 +1047,11 @@ impl Streams {
                             }
                         }
                     }
-                    let mut bytes = records[b.start..b.start + b.len].to_vec();
+                    let mut bytes = w.records[b.start..b.start + b.len].to_vec();
                     let base = new.next;
                     batch::place(&mut bytes, base, 0);
                     let last = base + b.offsets as i64 - 1;
-                    puts.push((batch_key(s.vol.id, s.entry.ino, t.id, *part, last), bytes));
+                    puts.push((batch_key(s.vol.id, s.entry.ino, t.id, part, last), bytes));
                     if idempotent {
                         remember_batch(
                             &mut new,
@@ -906,7 +1067,7 @@ impl Streams {
                     new.bytes += b.len as u64;
                 }
                 if let Some(r) = refused {
-                    out.push((*i, Err(AppendError::Refused(r))));
+                    out.push((w.at, Err(AppendError::Refused(r))));
                     continue;
                 }
                 let base_offset = first_base.unwrap_or(state.next);
@@ -914,27 +1075,30 @@ impl Streams {
                     for (k, v) in puts {
                         tx.put(k, v);
                     }
-                    tx.put(skey, encode(&new));
-                    advanced.push((*part, new.next));
+                    changed.insert(part);
                 }
                 out.push((
-                    *i,
+                    w.at,
                     Ok(Appended {
                         base_offset,
                         log_start: new.log_start,
                         next: new.next,
                     }),
                 ));
+                states.insert(part, new);
             }
-            if let Commit::Done(_) = tx.commit().await? {
-                for (part, next) in advanced {
-                    let pk: PartKey = (s.vol.id, s.entry.ino, t.id, part);
-                    self.advanced(pk, next);
-                }
-                return Ok(out);
-            }
+            outs.push(out);
         }
-        Err(berth_meta::router::too_much_contention(&s.entry.path))
+        let mut advanced = Vec::with_capacity(changed.len());
+        for part in changed {
+            let st = &states[&part];
+            tx.put(part_key(s.vol.id, s.entry.ino, t.id, part), encode(st));
+            advanced.push((part, st.next));
+        }
+        Ok(Staged {
+            results: outs,
+            advanced,
+        })
     }
 
     /// Commits a consumer group's offset for partition `part` of `topic`

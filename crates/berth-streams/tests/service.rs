@@ -808,3 +808,44 @@ async fn the_sweep_visits_every_stream_and_partition() {
     }
     assert_eq!(fresh.sweep().await, 0);
 }
+
+/// Appends keep the order they were submitted in, however their waits are
+/// polled: queued appends commit together (group commit), in queue order.
+#[tokio::test]
+async fn submitted_appends_keep_their_order() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let s = k
+        .streams
+        .create_stream(a, "/s", StreamConfig::default())
+        .await
+        .unwrap();
+    let t = k.streams.create_topic(a, &s, "t", 2).await.unwrap();
+    let waits: Vec<_> = (1..=20)
+        .map(|n| {
+            let parts = vec![
+                (0, Bytes::from(batch_of(n, 0))),
+                (1, Bytes::from(batch_of(1, 0))),
+            ];
+            k.streams.append_submit(a, &s, "t", &t, parts)
+        })
+        .collect();
+    // Waited for last to first.
+    let mut got = Vec::new();
+    for w in waits.into_iter().rev() {
+        let r = w.await;
+        got.push((
+            r[0].as_ref().unwrap().base_offset,
+            r[1].as_ref().unwrap().base_offset,
+        ));
+    }
+    got.reverse();
+    let mut want = Vec::new();
+    let mut next = 0;
+    for (i, n) in (1..=20).enumerate() {
+        want.push((next, i as i64));
+        next += n;
+    }
+    assert_eq!(got, want);
+    assert_eq!(partition_ends(&k, &s, &t).await, [next, 20]);
+}

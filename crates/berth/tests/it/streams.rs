@@ -68,7 +68,11 @@ fn streams_and_topics() {
     assert_eq!(info["retention_bytes"], -1);
     assert_eq!(info["autocreate"], true);
     assert_eq!(info["compact"], false);
-    assert_eq!(info["delete_retention_ms"], 24 * 3600 * 1000, "Kafka's default");
+    assert_eq!(
+        info["delete_retention_ms"],
+        24 * 3600 * 1000,
+        "Kafka's default"
+    );
     assert_eq!(info["produce_ace"], "g:dev");
     assert_eq!(info["topic_ace"], "u:alice");
     assert_eq!(info["consume_ace"], Value::Null);
