@@ -210,7 +210,7 @@ def main():
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--records", type=int, default=int(os.environ.get("BENCH_RECORDS", "100000")))
     ap.add_argument("--size", type=int, default=1024, help="record value bytes")
-    ap.add_argument("--inflight", type=int, default=int(os.environ.get("BENCH_INFLIGHT", "1000")),
+    ap.add_argument("--inflight", type=int, default=int(os.environ.get("BENCH_INFLIGHT", "10000")),
                     help="records produced and not yet reported, at most")
     ap.add_argument("--security", choices=["PLAINTEXT", "SASL_SSL"], default="PLAINTEXT")
     ap.add_argument("--user", default="admin")

@@ -181,7 +181,7 @@ def main():
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--records", type=int, default=int(os.environ.get("BENCH_RECORDS", "100000")))
     ap.add_argument("--size", type=int, default=1024, help="payload bytes")
-    ap.add_argument("--inflight", type=int, default=int(os.environ.get("BENCH_INFLIGHT", "1000")),
+    ap.add_argument("--inflight", type=int, default=int(os.environ.get("BENCH_INFLIGHT", "10000")),
                     help="publishes waiting for their ack, at most")
     ap.add_argument("--timeout", type=float, default=600, help="seconds for the whole run")
     a = ap.parse_args()

@@ -788,23 +788,10 @@ impl Streams {
         part: u32,
         records: Bytes,
     ) -> Result<Appended, AppendError> {
-        self.append_many(p, s, name, t, vec![(part, records)])
+        self.append_submit(p, s, name, t, vec![(part, records)])
             .await
             .pop()
             .unwrap_or_else(|| Err(Error::new(Code::Io, "internal: no append result").into()))
-    }
-
-    /// Appends batches to several partitions of one topic; one result per
-    /// input, in order. See [`Streams::append_submit`].
-    pub async fn append_many(
-        self: &Arc<Self>,
-        p: &Principal,
-        s: &StreamRef,
-        name: &str,
-        t: &TopicRecord,
-        parts: Vec<(u32, Bytes)>,
-    ) -> Vec<Result<Appended, AppendError>> {
-        self.append_submit(p, s, name, t, parts).await
     }
 
     /// Queues an append of batches to several partitions of one topic and

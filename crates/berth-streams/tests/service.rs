@@ -31,6 +31,40 @@ async fn kernel() -> Kernel {
     }
 }
 
+/// Stream /s with `config` and its one-partition topic t.
+async fn one_topic(
+    k: &Kernel,
+    config: StreamConfig,
+) -> (berth_streams::StreamRef, berth_streams::TopicRecord) {
+    topic_with(k, config, 1).await
+}
+
+/// Stream /s with `config` and its topic t of `partitions` partitions.
+async fn topic_with(
+    k: &Kernel,
+    config: StreamConfig,
+    partitions: u32,
+) -> (berth_streams::StreamRef, berth_streams::TopicRecord) {
+    let s = k
+        .streams
+        .create_stream(&k.admin, "/s", config)
+        .await
+        .unwrap();
+    let t = k
+        .streams
+        .create_topic(&k.admin, &s, "t", partitions)
+        .await
+        .unwrap();
+    (s, t)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 impl Kernel {
     async fn user(&self, name: &str) -> Principal {
         self.meta
@@ -64,12 +98,7 @@ fn empty_records(n: u32, ts: i64, producer: Option<batch::Producer>) -> Vec<u8> 
 async fn appends_get_contiguous_offsets_and_read_back_from_any_offset() {
     let k = kernel().await;
     let a = &k.admin;
-    let s = k
-        .streams
-        .create_stream(a, "/s", StreamConfig::default())
-        .await
-        .unwrap();
-    let t = k.streams.create_topic(a, &s, "t", 2).await.unwrap();
+    let (s, t) = topic_with(&k, StreamConfig::default(), 2).await;
     assert_eq!(t.partitions, 2);
     let mut bases = Vec::new();
     for (n, ts) in [(3, 100), (1, 200), (5, 300)] {
@@ -126,12 +155,7 @@ async fn appends_get_contiguous_offsets_and_read_back_from_any_offset() {
 async fn bad_batches_are_refused_and_nothing_is_written() {
     let k = kernel().await;
     let a = &k.admin;
-    let s = k
-        .streams
-        .create_stream(a, "/s", StreamConfig::default())
-        .await
-        .unwrap();
-    let t = k.streams.create_topic(a, &s, "t", 1).await.unwrap();
+    let (s, t) = topic_with(&k, StreamConfig::default(), 1).await;
     let mut bad = batch_of(2, 0);
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
@@ -238,12 +262,7 @@ async fn rights_come_from_the_stream_aces() {
     let k = kernel().await;
     let a = &k.admin;
     let bob = k.user("bob").await;
-    let s = k
-        .streams
-        .create_stream(a, "/s", StreamConfig::default())
-        .await
-        .unwrap();
-    let t = k.streams.create_topic(a, &s, "t", 1).await.unwrap();
+    let (s, t) = topic_with(&k, StreamConfig::default(), 1).await;
     // Unset ACEs: the owner (admin) only.
     let e = k
         .streams
@@ -333,12 +352,7 @@ async fn a_long_poll_wakes_on_append() {
 async fn idempotent_producers_are_deduplicated_and_kept_in_order() {
     let k = kernel().await;
     let a = &k.admin;
-    let s = k
-        .streams
-        .create_stream(a, "/s", StreamConfig::default())
-        .await
-        .unwrap();
-    let t = k.streams.create_topic(a, &s, "t", 1).await.unwrap();
+    let (s, t) = topic_with(&k, StreamConfig::default(), 1).await;
     let append = |b: Vec<u8>| {
         let (streams, s, t) = (k.streams.clone(), s.clone(), t.clone());
         let a = a.clone();
@@ -476,23 +490,15 @@ async fn group_offsets_are_committed_durably_and_need_the_consume_right() {
 async fn retention_deletes_old_and_excess_batches() {
     let k = kernel().await;
     let a = &k.admin;
-    let s = k
-        .streams
-        .create_stream(
-            a,
-            "/s",
-            StreamConfig {
-                retention_ms: 60_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let t = k.streams.create_topic(a, &s, "t", 1).await.unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let (s, t) = one_topic(
+        &k,
+        StreamConfig {
+            retention_ms: 60_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let now = now_ms();
     // Two old batches, then three recent ones.
     for (n, ts) in [(2, 1_000), (3, 2_000), (1, now), (1, now), (1, now)] {
         k.streams
@@ -537,18 +543,13 @@ async fn retention_deletes_old_and_excess_batches() {
 async fn appends_to_several_partitions_share_one_transaction_and_fail_alone() {
     let k = kernel().await;
     let a = &k.admin;
-    let s = k
-        .streams
-        .create_stream(a, "/s", StreamConfig::default())
-        .await
-        .unwrap();
-    let t = k.streams.create_topic(a, &s, "t", 3).await.unwrap();
+    let (s, t) = topic_with(&k, StreamConfig::default(), 3).await;
     let mut bad = batch_of(1, 0);
     let last = bad.len() - 1;
     bad[last] ^= 1;
     let r = k
         .streams
-        .append_many(
+        .append_submit(
             a,
             &s,
             "t",
@@ -581,7 +582,7 @@ async fn appends_to_several_partitions_share_one_transaction_and_fail_alone() {
     // A sequence gap fails its partition alone.
     let r = k
         .streams
-        .append_many(
+        .append_submit(
             a,
             &s,
             "t",
@@ -628,19 +629,14 @@ fn keyed_batch(keys: &[Option<&str>]) -> Vec<u8> {
 async fn compaction_keeps_the_last_record_of_every_key() {
     let k = kernel().await;
     let a = &k.admin;
-    let s = k
-        .streams
-        .create_stream(
-            a,
-            "/s",
-            StreamConfig {
-                compact: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let t = k.streams.create_topic(a, &s, "t", 1).await.unwrap();
+    let (s, t) = one_topic(
+        &k,
+        StreamConfig {
+            compact: true,
+            ..Default::default()
+        },
+    )
+    .await;
     // Offsets: [a b]=0-1, [a]=2, [None c]=3-4, [b c]=5-6, [a]=7 (active).
     for keys in [
         vec![Some("a"), Some("b")],
@@ -704,24 +700,16 @@ fn kv_batch(records: &[(&str, Option<&str>)], ts: i64) -> Vec<u8> {
 async fn compaction_drops_tombstones_after_delete_retention() {
     let k = kernel().await;
     let a = &k.admin;
-    let s = k
-        .streams
-        .create_stream(
-            a,
-            "/s",
-            StreamConfig {
-                compact: true,
-                delete_retention_ms: 60_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let t = k.streams.create_topic(a, &s, "t", 1).await.unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let (s, t) = one_topic(
+        &k,
+        StreamConfig {
+            compact: true,
+            delete_retention_ms: 60_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let now = now_ms();
     // [a=1 b=1]@0-1, [a=∅]@2 (old), [b=∅]@3 (recent), [c=1]@4 (active).
     for (recs, ts) in [
         (vec![("a", Some("1")), ("b", Some("1"))], 0),
@@ -815,12 +803,7 @@ async fn the_sweep_visits_every_stream_and_partition() {
 async fn submitted_appends_keep_their_order() {
     let k = kernel().await;
     let a = &k.admin;
-    let s = k
-        .streams
-        .create_stream(a, "/s", StreamConfig::default())
-        .await
-        .unwrap();
-    let t = k.streams.create_topic(a, &s, "t", 2).await.unwrap();
+    let (s, t) = topic_with(&k, StreamConfig::default(), 2).await;
     let waits: Vec<_> = (1..=20)
         .map(|n| {
             let parts = vec![
