@@ -1191,15 +1191,29 @@ impl Streams {
         if offset == state.next {
             return Ok((state, out));
         }
-        let start = batch_key(s.vol.id, s.entry.ino, t.id, part, offset);
+        let mut from = batch_key(s.vol.id, s.entry.ino, t.id, part, offset);
         let end = prefix_end(&part_key(s.vol.id, s.entry.ino, t.id, part));
         let mut bytes = 0usize;
-        for (_, v) in tx.peek_range(&start, &end, FETCH_BATCHES_MAX)? {
-            if !out.is_empty() && bytes + v.len() > max_bytes {
+        // Pages that grow: a scan copies every value it returns, so asking
+        // for many batches when a few fill `max_bytes` would copy the log.
+        let mut page_len = 4;
+        loop {
+            let page = tx.peek_range(&from, &end, page_len)?;
+            let full = page.len() == page_len;
+            let Some((last, _)) = page.last() else { break };
+            from = last.clone();
+            from.push(0);
+            for (_, v) in page {
+                if !out.is_empty() && bytes + v.len() > max_bytes {
+                    return Ok((state, out));
+                }
+                bytes += v.len();
+                out.push(Bytes::from(v));
+            }
+            if !full || bytes >= max_bytes || out.len() >= FETCH_BATCHES_MAX {
                 break;
             }
-            bytes += v.len();
-            out.push(Bytes::from(v));
+            page_len = (page_len * 4).min(FETCH_BATCHES_MAX);
         }
         Ok((state, out))
     }
