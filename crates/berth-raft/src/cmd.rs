@@ -544,9 +544,12 @@ impl Txn {
 
 /// Encodes a transaction for the log.
 pub fn encode(txn: &Txn) -> Result<Vec<u8>, postcard::Error> {
-    let mut out = vec![TXN_FORMAT_VERSION];
-    out.extend_from_slice(&postcard::to_stdvec(txn)?);
-    Ok(out)
+    // Sized first, then written once: a transaction carries bulk values
+    // (record batches, file data), and growing the buffer by doubling and
+    // then copying it behind the version byte copied them three times.
+    let mut out = Vec::with_capacity(1 + postcard::experimental::serialized_size(txn)?);
+    out.push(TXN_FORMAT_VERSION);
+    postcard::to_extend(txn, out)
 }
 
 /// Decodes a log entry's payload.
