@@ -34,6 +34,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 METADATA_TIMEOUT_S = 30
 CONSUME_BATCH = 10000
+# Produce calls between two polls for delivery reports (a poll per record
+# cost the load client more than the records did).
+POLL_EVERY = 64
 
 
 def die(msg):
@@ -138,7 +141,8 @@ def produce(a):
                 break
             except BufferError:
                 p.poll(0.001)
-        p.poll(0)
+        if i % POLL_EVERY == 0:
+            p.poll(0)  # delivery reports; one call serves all that are ready
     while state["done"] < n:
         p.poll(0.01)
         if time.monotonic() > deadline:

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use berth_kafka::backend::{ScramCredential, ScramMechanism};
 use berth_kafka::{
     serve, Appended, Backend, Committed, Fetched, GroupRef, KafkaConfig, OffsetSpec,
-    PartitionOffsets, ProducerId, StreamError, TopicInfo, TopicRef,
+    PartitionOffsets, ProduceWait, ProducerId, StreamError, TopicInfo, TopicRef,
 };
 use berth_security::scram::{self, Mechanism};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -73,6 +73,11 @@ struct Fake {
     producer_id: Mutex<i64>,
     /// Groups alice may not use (besides `secret-group`).
     denied_groups: Mutex<HashSet<String>>,
+    /// When set, a produce's answer waits for a permit (its appends are
+    /// made at once): stands for durability that takes a while.
+    durable: Option<Arc<tokio::sync::Semaphore>>,
+    /// Produce requests whose appends were made.
+    queued: std::sync::atomic::AtomicUsize,
 }
 
 /// The OAUTHBEARER token the fake backend accepts (for alice).
@@ -91,6 +96,8 @@ impl Fake {
             offsets: Mutex::new(HashMap::new()),
             producer_id: Mutex::new(999),
             denied_groups: Mutex::new(HashSet::new()),
+            durable: None,
+            queued: Default::default(),
             scram: HashMap::from([
                 (
                     ScramMechanism::Sha256,
@@ -340,6 +347,27 @@ impl Backend for Fake {
         })
     }
 
+    async fn produce_partitions(
+        &self,
+        p: &String,
+        t: &TopicRef,
+        parts: Vec<(i32, Bytes)>,
+    ) -> ProduceWait {
+        let mut results = Vec::new();
+        for (part, records) in parts {
+            results.push(self.produce(p, t, part, records).await);
+        }
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let durable = self.durable.clone();
+        Box::pin(async move {
+            if let Some(gate) = durable {
+                gate.acquire().await.unwrap().forget();
+            }
+            results
+        })
+    }
+
     async fn fetch(
         &self,
         _p: &String,
@@ -430,6 +458,10 @@ struct Server {
 }
 
 async fn start() -> Server {
+    start_with(Fake::new()).await
+}
+
+async fn start_with(backend: Fake) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = KafkaConfig {
@@ -443,7 +475,7 @@ async fn start() -> Server {
         group_session_timeout_ms_max: 60_000,
     };
     let (tx, rx) = oneshot::channel();
-    let backend = Arc::new(Fake::new());
+    let backend = Arc::new(backend);
     let done = tokio::spawn(serve(listener, None, backend.clone(), cfg, async {
         let _ = rx.await;
     }));
@@ -1133,6 +1165,51 @@ async fn acks_zero_gets_no_response_and_order_is_kept() {
     assert_eq!(resp.topics[0].error_code, 0);
     let p = c.fetch("events", 0, 0, 0, 1024).await;
     assert_eq!(records(p.records.as_ref().unwrap()), vec![(0, "x".into())]);
+}
+
+/// Produce requests are pipelined: the gateway reads the next while the
+/// earlier ones become durable, and answers in request order; a request
+/// of another kind is answered after them.
+#[tokio::test]
+async fn produce_requests_are_pipelined_and_answered_in_order() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let server = start_with(Fake {
+        durable: Some(gate.clone()),
+        ..Fake::new()
+    })
+    .await;
+    let mut c = Client::authenticated(server.addr).await;
+    c.metadata(12, &["events"], true).await;
+    let ids = [
+        c.produce("events", 0, batch(&["a", "b"]), -1).await,
+        c.produce("events", 0, batch(&["c"]), -1).await,
+        c.produce("events", 0, batch(&["d"]), -1).await,
+    ];
+    let mut req = MetadataRequest::default();
+    req.topics = None;
+    let meta = c.send(12, &req).await;
+    // All three were read and queued while none is durable.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while server
+        .backend
+        .queued
+        .load(std::sync::atomic::Ordering::SeqCst)
+        < 3
+    {
+        assert!(Instant::now() < deadline, "produce requests not pipelined");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gate.add_permits(3);
+    let mut bases = Vec::new();
+    for id in ids {
+        let resp = c.recv::<ProduceRequest>(7, id).await;
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, 0);
+        bases.push(p.base_offset);
+    }
+    assert_eq!(bases, [0, 2, 3]);
+    let m = c.recv::<MetadataRequest>(12, meta).await;
+    assert_eq!(m.topics.len(), 1);
 }
 
 #[tokio::test]
