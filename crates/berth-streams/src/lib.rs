@@ -405,6 +405,19 @@ struct Pending {
     done: tokio::sync::oneshot::Sender<AppendResult>,
 }
 
+/// Clears a topic's "committer runs" flag when its committer unwinds from a
+/// panic. Only then: on a normal exit the flag is cleared under the lock,
+/// and clearing it again could let two committers run at once.
+struct Unstick<'a>(&'a parking_lot::Mutex<AppendQueue>);
+
+impl Drop for Unstick<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().running = false;
+        }
+    }
+}
+
 /// A topic's appends not yet committed, and whether its committer runs.
 #[derive(Default)]
 struct AppendQueue {
@@ -898,6 +911,9 @@ impl Streams {
     /// round (at most [`APPEND_BYTES_MAX`] of batches, at least one
     /// append), until the queue is empty.
     async fn drain(self: Arc<Self>, q: Arc<parking_lot::Mutex<AppendQueue>>) {
+        // Should a round panic, the next append starts a new committer
+        // (the waiters of the lost round get "no result").
+        let _unstick = Unstick(&q);
         loop {
             let group: Vec<Pending> = {
                 let mut q = q.lock();
@@ -1249,8 +1265,10 @@ impl Streams {
         let state = read_state(&tx, s, t, part)?;
         let mut from = batch_key(s.vol.id, s.entry.ino, t.id, part, state.log_start);
         let end = prefix_end(&part_key(s.vol.id, s.entry.ino, t.id, part));
+        // Growing pages, as in `read`: the batch is often among the first.
+        let mut page_len = 4;
         loop {
-            let page = tx.peek_range(&from, &end, FETCH_BATCHES_MAX)?;
+            let page = tx.peek_range(&from, &end, page_len)?;
             let Some((last_key, _)) = page.last() else {
                 return Ok(state.next);
             };
@@ -1262,6 +1280,7 @@ impl Streams {
             let mut next = last_key.clone();
             next.push(0);
             from = next;
+            page_len = (page_len * 4).min(FETCH_BATCHES_MAX);
         }
     }
 

@@ -832,3 +832,32 @@ async fn submitted_appends_keep_their_order() {
     assert_eq!(got, want);
     assert_eq!(partition_ends(&k, &s, &t).await, [next, 20]);
 }
+
+/// Reads and time lookups across many small batches: pages of growing
+/// size, nothing skipped or repeated at their seams, max_bytes respected.
+#[tokio::test]
+async fn reads_and_time_lookups_cross_pages() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let (s, t) = one_topic(&k, StreamConfig::default()).await;
+    for i in 0..100 {
+        k.streams
+            .append(a, &s, "t", &t, 0, Bytes::from(batch_of(1, 1000 + i)))
+            .await
+            .unwrap();
+    }
+    let one = batch_of(1, 0).len();
+    let (_, got) = k.streams.read(a, &s, &t, 0, 0, 1 << 20).await.unwrap();
+    let bases: Vec<i64> = got.iter().map(|b| batch::base_offset(b)).collect();
+    assert_eq!(bases, (0..100).collect::<Vec<i64>>());
+    let (_, got) = k.streams.read(a, &s, &t, 0, 7, one * 30).await.unwrap();
+    let bases: Vec<i64> = got.iter().map(|b| batch::base_offset(b)).collect();
+    assert_eq!(bases, (7..37).collect::<Vec<i64>>());
+    for (ts, want) in [(0, 0), (1003, 3), (1050, 50), (1099, 99), (2000, 100)] {
+        assert_eq!(
+            k.streams.offset_for_time(a, &s, &t, 0, ts).await.unwrap(),
+            want,
+            "timestamp {ts}"
+        );
+    }
+}
