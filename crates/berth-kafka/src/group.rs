@@ -308,6 +308,26 @@ impl Group {
         self.members.iter_mut().find(|m| m.id == id)
     }
 
+    /// The member a SyncGroup, Heartbeat or OffsetCommit names, if it is
+    /// one of this generation: else UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID
+    /// or ILLEGAL_GENERATION, in Kafka's order.
+    fn member_of_generation(
+        &mut self,
+        id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<&mut Member, i16> {
+        let current = self.generation;
+        let m = self.member_mut(id).ok_or(codes::UNKNOWN_MEMBER_ID)?;
+        if !instance_matches(m, instance_id) {
+            return Err(codes::FENCED_INSTANCE_ID);
+        }
+        if generation != current {
+            return Err(codes::ILLEGAL_GENERATION);
+        }
+        Ok(m)
+    }
+
     fn is_pending(&self, id: &str) -> bool {
         self.pending.iter().any(|(p, _)| p == id)
     }
@@ -779,15 +799,14 @@ impl Coordinator {
         let Some(group) = groups.get_mut(g) else {
             return Answer::Now(SyncReply::error(codes::UNKNOWN_MEMBER_ID));
         };
-        let Some(m) = group.member(&p.member_id) else {
-            return Answer::Now(SyncReply::error(codes::UNKNOWN_MEMBER_ID));
+        let assignment = match group.member_of_generation(
+            &p.member_id,
+            p.instance_id.as_deref(),
+            p.generation,
+        ) {
+            Ok(m) => m.assignment.clone(),
+            Err(code) => return Answer::Now(SyncReply::error(code)),
         };
-        if !instance_matches(m, p.instance_id.as_deref()) {
-            return Answer::Now(SyncReply::error(codes::FENCED_INSTANCE_ID));
-        }
-        if p.generation != group.generation {
-            return Answer::Now(SyncReply::error(codes::ILLEGAL_GENERATION));
-        }
         let type_differs = p
             .protocol_type
             .as_ref()
@@ -842,7 +861,6 @@ impl Coordinator {
                 Answer::Wait(rx)
             }
             State::Stable => {
-                let assignment = m.assignment.clone();
                 let reply = group.sync_reply(assignment);
                 if let Some(m) = group.member_mut(&p.member_id) {
                     m.synced = true;
@@ -870,16 +888,10 @@ impl Coordinator {
             return codes::UNKNOWN_MEMBER_ID;
         };
         let state = group.state;
-        let current = group.generation;
-        let Some(m) = group.member_mut(member_id) else {
-            return codes::UNKNOWN_MEMBER_ID;
+        let m = match group.member_of_generation(member_id, instance_id, generation) {
+            Ok(m) => m,
+            Err(code) => return code,
         };
-        if !instance_matches(m, instance_id) {
-            return codes::FENCED_INSTANCE_ID;
-        }
-        if generation != current {
-            return codes::ILLEGAL_GENERATION;
-        }
         match state {
             State::Empty | State::Dead => codes::UNKNOWN_MEMBER_ID,
             State::PreparingRebalance => {
@@ -963,16 +975,10 @@ impl Coordinator {
             return codes::NONE;
         }
         let state = group.state;
-        let current = group.generation;
-        let Some(m) = group.member_mut(member_id) else {
-            return codes::UNKNOWN_MEMBER_ID;
+        let m = match group.member_of_generation(member_id, instance_id, generation) {
+            Ok(m) => m,
+            Err(code) => return code,
         };
-        if !instance_matches(m, instance_id) {
-            return codes::FENCED_INSTANCE_ID;
-        }
-        if generation != current {
-            return codes::ILLEGAL_GENERATION;
-        }
         match state {
             State::CompletingRebalance => codes::REBALANCE_IN_PROGRESS,
             State::Empty | State::Dead => codes::UNKNOWN_MEMBER_ID,

@@ -1207,30 +1207,17 @@ impl Streams {
         if offset == state.next {
             return Ok((state, out));
         }
-        let mut from = batch_key(s.vol.id, s.entry.ino, t.id, part, offset);
+        let from = batch_key(s.vol.id, s.entry.ino, t.id, part, offset);
         let end = prefix_end(&part_key(s.vol.id, s.entry.ino, t.id, part));
         let mut bytes = 0usize;
-        // Pages that grow: a scan copies every value it returns, so asking
-        // for many batches when a few fill `max_bytes` would copy the log.
-        let mut page_len = 4;
-        loop {
-            let page = tx.peek_range(&from, &end, page_len)?;
-            let full = page.len() == page_len;
-            let Some((last, _)) = page.last() else { break };
-            from = last.clone();
-            from.push(0);
-            for (_, v) in page {
-                if !out.is_empty() && bytes + v.len() > max_bytes {
-                    return Ok((state, out));
-                }
-                bytes += v.len();
-                out.push(Bytes::from(v));
+        scan_batches(&tx, from, &end, |_, v| {
+            if !out.is_empty() && bytes + v.len() > max_bytes {
+                return false;
             }
-            if !full || bytes >= max_bytes || out.len() >= FETCH_BATCHES_MAX {
-                break;
-            }
-            page_len = (page_len * 4).min(FETCH_BATCHES_MAX);
-        }
+            bytes += v.len();
+            out.push(Bytes::from(v));
+            bytes < max_bytes && out.len() < FETCH_BATCHES_MAX
+        })?;
         Ok((state, out))
     }
 
@@ -1263,25 +1250,17 @@ impl Streams {
         check_partition(t, part)?;
         let tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
         let state = read_state(&tx, s, t, part)?;
-        let mut from = batch_key(s.vol.id, s.entry.ino, t.id, part, state.log_start);
+        let from = batch_key(s.vol.id, s.entry.ino, t.id, part, state.log_start);
         let end = prefix_end(&part_key(s.vol.id, s.entry.ino, t.id, part));
-        // Growing pages, as in `read`: the batch is often among the first.
-        let mut page_len = 4;
-        loop {
-            let page = tx.peek_range(&from, &end, page_len)?;
-            let Some((last_key, _)) = page.last() else {
-                return Ok(state.next);
-            };
-            for (_, v) in &page {
-                if batch::max_timestamp(v) >= ts {
-                    return Ok(batch::base_offset(v));
-                }
+        let mut found = state.next;
+        scan_batches(&tx, from, &end, |_, v| {
+            if batch::max_timestamp(&v) >= ts {
+                found = batch::base_offset(&v);
+                return false;
             }
-            let mut next = last_key.clone();
-            next.push(0);
-            from = next;
-            page_len = (page_len * 4).min(FETCH_BATCHES_MAX);
-        }
+            true
+        })?;
+        Ok(found)
     }
 
     /// Resolves when the partition's end passes `offset`, or after
@@ -1393,34 +1372,24 @@ impl Streams {
                 i64::MIN
             };
             let start = batch_key(vol.id, ino, t.id, part, st.log_start);
-            let end = prefix_end(&skey);
-            let mut deleted = 0;
-            let mut from = start;
-            // Usually nothing or a few batches go: read a few first.
-            let mut page_len = 8;
-            'scan: loop {
-                let page = tx.peek_range(&from, &end, page_len)?;
-                if page.is_empty() {
-                    break;
+            let mut gone = Vec::new();
+            scan_batches(&tx, start, &prefix_end(&skey), |k, v| {
+                let too_old = batch::max_timestamp(&v) < oldest_kept;
+                let too_big =
+                    config.retention_bytes >= 0 && st.bytes > config.retention_bytes as u64;
+                let last = batch::base_offset(&v) + batch::offsets(&v) - 1;
+                let holds_end = last + 1 >= st.next;
+                if !(too_old || (too_big && !holds_end)) {
+                    return false;
                 }
-                for (k, v) in &page {
-                    let too_old = batch::max_timestamp(v) < oldest_kept;
-                    let too_big =
-                        config.retention_bytes >= 0 && st.bytes > config.retention_bytes as u64;
-                    let last = batch::base_offset(v) + batch::offsets(v) - 1;
-                    let holds_end = last + 1 >= st.next;
-                    if !(too_old || (too_big && !holds_end)) {
-                        break 'scan;
-                    }
-                    tx.delete(k.clone());
-                    st.bytes = st.bytes.saturating_sub(v.len() as u64);
-                    st.log_start = last + 1;
-                    deleted += 1;
-                }
-                let mut next = page.last().map(|(k, _)| k.clone()).unwrap_or_default();
-                next.push(0);
-                from = next;
-                page_len = (page_len * 4).min(FETCH_BATCHES_MAX);
+                st.bytes = st.bytes.saturating_sub(v.len() as u64);
+                st.log_start = last + 1;
+                gone.push(k);
+                true
+            })?;
+            let deleted = gone.len();
+            for k in gone {
+                tx.delete(k);
             }
             if deleted == 0 {
                 return Ok(0);
@@ -1631,6 +1600,37 @@ fn compact_window(
         }
     }
     Ok(pass)
+}
+
+/// Visits the batches in `[from, end)` in key order until `visit` returns
+/// false or the range ends, reading pages of 4, 16, 64 ... up to
+/// [`FETCH_BATCHES_MAX`] batches: a scan copies every value it returns, so
+/// a caller that stops after a few batches copies only a few.
+fn scan_batches(
+    tx: &Tx,
+    mut from: Vec<u8>,
+    end: &[u8],
+    mut visit: impl FnMut(Vec<u8>, Vec<u8>) -> bool,
+) -> Result<(), Error> {
+    let mut page_len = 4;
+    loop {
+        let page = tx.peek_range(&from, end, page_len)?;
+        let full = page.len() == page_len;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        from = last.clone();
+        from.push(0);
+        for (k, v) in page {
+            if !visit(k, v) {
+                return Ok(());
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+        page_len = (page_len * 4).min(FETCH_BATCHES_MAX);
+    }
 }
 
 fn topic_log_range(s: &StreamRef, topic: u64) -> (Vec<u8>, Vec<u8>) {

@@ -358,21 +358,10 @@ async fn idempotent_producers_are_deduplicated_and_kept_in_order() {
         let a = a.clone();
         async move { streams.append(&a, &s, "t", &t, 0, Bytes::from(b)).await }
     };
+    let base = |r: Result<berth_streams::Appended, AppendError>| r.unwrap().base_offset;
     // Producer 7: sequences 0..2, then 3..3.
-    assert_eq!(
-        append(producer_batch(3, 0, 7, 0, 0))
-            .await
-            .unwrap()
-            .base_offset,
-        0
-    );
-    assert_eq!(
-        append(producer_batch(1, 0, 7, 0, 3))
-            .await
-            .unwrap()
-            .base_offset,
-        3
-    );
+    assert_eq!(base(append(producer_batch(3, 0, 7, 0, 0)).await), 0);
+    assert_eq!(base(append(producer_batch(1, 0, 7, 0, 3)).await), 3);
     // A retry of the first batch: its old offset, nothing written.
     let dup = append(producer_batch(3, 0, 7, 0, 0)).await.unwrap();
     assert_eq!((dup.base_offset, dup.next), (0, 4));
@@ -383,28 +372,10 @@ async fn idempotent_producers_are_deduplicated_and_kept_in_order() {
         AppendError::Refused(Refused::OutOfOrder(_))
     ));
     // Another producer interleaves freely.
-    assert_eq!(
-        append(producer_batch(2, 0, 8, 0, 0))
-            .await
-            .unwrap()
-            .base_offset,
-        4
-    );
-    assert_eq!(
-        append(producer_batch(1, 0, 7, 0, 4))
-            .await
-            .unwrap()
-            .base_offset,
-        6
-    );
+    assert_eq!(base(append(producer_batch(2, 0, 8, 0, 0)).await), 4);
+    assert_eq!(base(append(producer_batch(1, 0, 7, 0, 4)).await), 6);
     // A new epoch starts over; the old one is fenced.
-    assert_eq!(
-        append(producer_batch(1, 0, 7, 1, 0))
-            .await
-            .unwrap()
-            .base_offset,
-        7
-    );
+    assert_eq!(base(append(producer_batch(1, 0, 7, 1, 0)).await), 7);
     assert!(matches!(
         append(producer_batch(1, 0, 7, 0, 5)).await.unwrap_err(),
         AppendError::Refused(Refused::StaleEpoch(_))
