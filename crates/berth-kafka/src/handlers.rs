@@ -149,6 +149,33 @@ fn metadata_topic(
 
 // ----------------------------------------------------------------- Produce
 
+/// The first Produce version that may carry zstd batches (KIP-110): older
+/// ones get UNSUPPORTED_COMPRESSION_TYPE for the partition, as from Kafka.
+/// Clients that negotiate never do it; sarama 1.22 does (it stays at v3).
+pub const ZSTD_PRODUCE_MIN: i16 = 7;
+
+/// Whether a batch in `records` says zstd (codec 4 in the attributes'
+/// low three bits). Only the batch headers are read; where the framing is
+/// broken the walk stops and the backend's validation answers.
+fn has_zstd_batch(records: &[u8]) -> bool {
+    // Base offset (8), batch length (4), leader epoch (4), magic (1),
+    // CRC (4), then the attributes (2).
+    const ATTRIBUTES_AT: usize = 21;
+    const ZSTD: u8 = 4;
+    let mut rest = records;
+    while rest.len() > ATTRIBUTES_AT + 1 {
+        if rest[ATTRIBUTES_AT + 1] & 0x07 == ZSTD {
+            return true;
+        }
+        let len = i32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]);
+        match usize::try_from(len).ok().and_then(|l| l.checked_add(12)) {
+            Some(next) if next <= rest.len() => rest = &rest[next..],
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// `None`: acks=0, no response at all.
 /// A produce request whose appends are queued: the wait for its response
 /// (`None` for acks=0).
@@ -186,6 +213,9 @@ pub async fn produce<B: Backend>(
                 (_, Err(e), _) => out.error_code = codes::code(e, Scope::Partition),
                 (_, Ok(_), None) => out.error_code = codes::CORRUPT_MESSAGE,
                 (_, Ok(_), Some(r)) if r.is_empty() => out.error_code = codes::CORRUPT_MESSAGE,
+                (_, Ok(_), Some(r)) if version < ZSTD_PRODUCE_MIN && has_zstd_batch(&r) => {
+                    out.error_code = codes::UNSUPPORTED_COMPRESSION_TYPE
+                }
                 (_, Ok(_), Some(records)) => sent.push((outs.len(), part.index, records)),
             }
             outs.push(out);
@@ -673,4 +703,46 @@ pub async fn init_producer_id<B: Backend>(
         Err(code) => resp.error_code = code,
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch header of `len` bytes in all (12 + batch length) with the
+    /// codec `codec`; the rest zeros.
+    fn batch(len: usize, codec: u8) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        b[8..12].copy_from_slice(&(len as i32 - 12).to_be_bytes());
+        b[16] = 2;
+        b[22] = codec | 0x10; // a timestamp-type bit beside the codec
+        b
+    }
+
+    #[test]
+    fn zstd_is_found_in_any_batch() {
+        assert!(!has_zstd_batch(&batch(61, 0)));
+        for codec in 1..=3 {
+            assert!(!has_zstd_batch(&batch(70, codec)), "codec {codec}");
+        }
+        assert!(has_zstd_batch(&batch(61, 4)));
+        let mut two = batch(61, 3);
+        two.extend(batch(80, 4));
+        assert!(has_zstd_batch(&two));
+    }
+
+    #[test]
+    fn broken_framing_stops_the_walk() {
+        assert!(!has_zstd_batch(b""));
+        assert!(!has_zstd_batch(&[0u8; 22]));
+        // A length past the end, or negative: the backend judges the rest.
+        let mut b = batch(61, 1);
+        b[8..12].copy_from_slice(&1000i32.to_be_bytes());
+        b.extend(batch(61, 4));
+        assert!(!has_zstd_batch(&b));
+        let mut b = batch(61, 1);
+        b[8..12].copy_from_slice(&(-12i32).to_be_bytes());
+        b.extend(batch(61, 4));
+        assert!(!has_zstd_batch(&b));
+    }
 }

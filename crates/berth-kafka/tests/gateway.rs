@@ -1154,6 +1154,39 @@ async fn produce_then_fetch_returns_the_batches_at_their_offsets() {
     assert_eq!(resp.responses[0].partition_responses[0].error_code, 2);
 }
 
+/// Kafka refuses zstd batches in Produce below v7 (KIP-110) with
+/// UNSUPPORTED_COMPRESSION_TYPE for the partition; sarama 1.22 sends them
+/// in v3.
+#[tokio::test]
+async fn zstd_needs_produce_v7() {
+    let server = start().await;
+    let mut c = Client::authenticated(server.addr).await;
+    c.metadata(12, &["z"], true).await;
+    // The codec bits say zstd (the fake backend neither checks the CRC nor
+    // decompresses).
+    let mut zstd = BytesMut::from(&batch(&["a"])[..]);
+    zstd[22] |= 4;
+    let zstd = zstd.freeze();
+    for (version, code) in [(3, 76), (6, 76), (7, 0), (9, 0)] {
+        let mut part = PartitionProduceData::default();
+        part.index = 0;
+        part.records = Some(zstd.clone());
+        let mut t = TopicProduceData::default();
+        t.name = name("z");
+        t.partition_data = vec![part];
+        let mut req = ProduceRequest::default();
+        req.acks = -1;
+        req.timeout_ms = 5000;
+        req.topic_data = vec![t];
+        let resp = c.call(version, &req).await;
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, code, "Produce v{version}");
+    }
+    // Only the v7 and v9 batches were written.
+    let p = c.fetch("z", 0, 0, 0, 1024 * 1024).await;
+    assert_eq!(p.high_watermark, 2);
+}
+
 #[tokio::test]
 async fn acks_zero_gets_no_response_and_order_is_kept() {
     let server = start().await;
