@@ -36,15 +36,18 @@
 //	                 partitions and consumes exactly what is produced
 //	                 afterwards, nothing twice
 //	bad-login        connecting must fail SASL authentication
+//	zstd-v3          a zstd batch as sarama 1.22 sends it, in Produce v3,
+//	                 must fail with UNSUPPORTED_COMPRESSION_TYPE (Kafka
+//	                 takes zstd from Produce v7 on, KIP-110)
 //
 // SCRAM uses github.com/xdg-go/scram (Debian
 // golang-github-xdg-go-scram-dev): sarama 1.22 leaves the SCRAM client to
 // the application (Net.SASL.SCRAMClientGeneratorFunc). Group members set
 // an offset retention so that sarama commits with OffsetCommit v2 (without
 // one it sends v1, which Kafka 4 and Berth no longer serve; sarama 1.22
-// picks versions from Config.Version, not ApiVersions). zstd is not tested:
-// sarama 1.22 sends zstd batches in Produce v3, which Kafka refuses
-// (zstd needs v7).
+// picks versions from Config.Version, not ApiVersions). For the same
+// reason zstd cannot be used with sarama 1.22: it sends zstd batches in
+// Produce v3, which Kafka refuses (zstd-v3 checks that Berth does too).
 package main
 
 import (
@@ -96,7 +99,7 @@ func fail(format string, args ...interface{}) {
 
 func main() {
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: sarama-check [flags] produce-consume|group|bad-login")
+		fmt.Fprintln(os.Stderr, "usage: sarama-check [flags] produce-consume|group|bad-login|zstd-v3")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -122,6 +125,8 @@ func main() {
 		err = groupCheck()
 	case "bad-login":
 		err = badLogin()
+	case "zstd-v3":
+		err = zstdInProduceV3()
 	default:
 		fail("unknown check")
 	}
@@ -605,6 +610,34 @@ func badLogin() error {
 	}
 	if err != sarama.ErrSASLAuthenticationFailed {
 		return fmt.Errorf("want SASL_AUTHENTICATION_FAILED, got %v", err)
+	}
+	return nil
+}
+
+// zstdInProduceV3 produces a zstd batch the way sarama 1.22 does, in
+// Produce v3; Kafka refuses zstd below v7 (KIP-110) with
+// UNSUPPORTED_COMPRESSION_TYPE, and nothing is written.
+func zstdInProduceV3() error {
+	c := newConfig()
+	c.Version = sarama.V2_1_0_0 // sarama's minimum for zstd
+	c.Producer.Compression = sarama.CompressionZSTD
+	c.Producer.Partitioner = sarama.NewManualPartitioner
+	c.Producer.Retry.Max = 0
+	producer, err := sarama.NewSyncProducer([]string{*bootstrap}, c)
+	if err != nil {
+		return fmt.Errorf("producer: %v", err)
+	}
+	defer producer.Close()
+	_, _, err = producer.SendMessage(&sarama.ProducerMessage{
+		Topic: *topic,
+		Key:   sarama.StringEncoder("k"),
+		Value: sarama.StringEncoder(strings.Repeat("zstd ", 20)),
+	})
+	if err == nil {
+		return errors.New("a zstd batch in Produce v3 was accepted")
+	}
+	if err != sarama.ErrUnsupportedCompressionType {
+		return fmt.Errorf("want UNSUPPORTED_COMPRESSION_TYPE, got %v", err)
 	}
 	return nil
 }
