@@ -44,18 +44,24 @@ const CHECK_TIMEOUT_S: u64 = 120;
 /// package is missing. Built once per test process, into the target's
 /// temporary directory (the Go build cache beside it keeps rebuilds fast).
 fn sarama_check() -> Option<&'static Path> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(build).as_deref()
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BIN.get_or_init(build) {
+        Ok(bin) => Some(bin),
+        Err(missing) => {
+            eprintln!("SKIP: {missing} is not installed (scripts/test installs it)");
+            None
+        }
+    }
 }
 
-fn build() -> Option<PathBuf> {
+/// Builds `sarama-check`, or names what is missing.
+fn build() -> Result<PathBuf, String> {
     let go_ok = Command::new("go")
         .arg("version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !go_ok {
-        eprintln!("SKIP: go is not installed (Debian golang-go; scripts/test installs it)");
-        return None;
+        return Err("go (Debian golang-go)".into());
     }
     for (package, dir) in [
         (
@@ -65,8 +71,7 @@ fn build() -> Option<PathBuf> {
         ("golang-github-xdg-go-scram-dev", "github.com/xdg-go/scram"),
     ] {
         if !Path::new(GOPATH).join("src").join(dir).is_dir() {
-            eprintln!("SKIP: {package} is not installed (scripts/test installs it)");
-            return None;
+            return Err(package.into());
         }
     }
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sarama-check");
@@ -95,7 +100,7 @@ fn build() -> Option<PathBuf> {
     );
     let bin = dir.join("sarama-check");
     std::fs::rename(&tmp, &bin).expect("rename sarama-check");
-    Some(bin)
+    Ok(bin)
 }
 
 /// One run of `sarama-check CHECK` as `user`.
