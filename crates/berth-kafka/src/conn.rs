@@ -265,43 +265,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
             })
     }
 
-    async fn request(&mut self, mut frame: Bytes) -> Result<Step, Close> {
-        if frame.len() < 8 {
-            return Err(Close::Malformed(format!(
-                "{} bytes, shorter than a request header",
-                frame.len()
-            )));
-        }
-        let key = i16::from_be_bytes([frame[0], frame[1]]);
-        let version = i16::from_be_bytes([frame[2], frame[3]]);
-        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let Ok(api) = ApiKey::try_from(key) else {
-            return Err(Close::Unsupported { key, version });
+    async fn request(&mut self, frame: Bytes) -> Result<Step, Close> {
+        let r = match read_head(frame)? {
+            Head::NewerApiVersions { correlation_id } => {
+                // KIP-511: the client cannot know our header format yet;
+                // answer in v0 so it can read the list and retry lower.
+                let resp = api::api_versions(codes::UNSUPPORTED_VERSION);
+                let frame = encode(ApiKey::ApiVersions, 0, correlation_id, &resp)?;
+                return Ok(Step::Now(Reply::Send(frame)));
+            }
+            Head::Req(r) => r,
         };
-        if api == ApiKey::ApiVersions && version > api::API_VERSIONS_MAX {
-            // KIP-511: the client cannot know our header format yet; answer
-            // in v0 so it can read the list and retry lower.
-            let resp = api::api_versions(codes::UNSUPPORTED_VERSION);
-            return Ok(Step::Now(Reply::Send(encode(
-                api,
-                0,
-                correlation_id,
-                &resp,
-            )?)));
-        }
-        if !api::served(api, version) {
-            return Err(Close::Unsupported { key, version });
-        }
-        let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
-            .map_err(|e| Close::Malformed(format!("{api:?} v{version} header: {e}")))?;
-        let r = Req {
-            api,
-            version,
-            correlation_id: header.correlation_id,
-            client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
-            body: frame,
-        };
-        if api == ApiKey::Produce {
+        if r.api == ApiKey::Produce {
             return self.produce(r).await;
         }
         self.dispatch(r).await.map(Step::Now)
@@ -497,6 +472,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
     }
 }
 
+/// What a request frame's header says.
+pub enum Head {
+    /// ApiVersions above [`api::API_VERSIONS_MAX`]: answered in v0.
+    NewerApiVersions { correlation_id: i32 },
+    /// A served API and version, header decoded; the body still raw.
+    Req(Req),
+}
+
+/// Reads a request frame's header: the API and version must be served
+/// before the header (whose format depends on them) is decoded. Pure, so
+/// the fuzz target runs exactly this.
+pub fn read_head(mut frame: Bytes) -> Result<Head, Close> {
+    if frame.len() < 8 {
+        return Err(Close::Malformed(format!(
+            "{} bytes, shorter than a request header",
+            frame.len()
+        )));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Ok(api) = ApiKey::try_from(key) else {
+        return Err(Close::Unsupported { key, version });
+    };
+    if api == ApiKey::ApiVersions && version > api::API_VERSIONS_MAX {
+        return Ok(Head::NewerApiVersions { correlation_id });
+    }
+    if !api::served(api, version) {
+        return Err(Close::Unsupported { key, version });
+    }
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|e| Close::Malformed(format!("{api:?} v{version} header: {e}")))?;
+    Ok(Head::Req(Req {
+        api,
+        version,
+        correlation_id: header.correlation_id,
+        client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
+        body: frame,
+    }))
+}
+
 /// A request whose header has been read.
 pub struct Req {
     pub api: ApiKey,
@@ -508,7 +524,8 @@ pub struct Req {
 }
 
 impl Req {
-    fn decode<T: Decodable>(&mut self) -> Result<T, Close> {
+    /// The body as `T`: walked by `guard` first, then decoded.
+    pub fn decode<T: Decodable>(&mut self) -> Result<T, Close> {
         guard::check(self.api, self.version, &self.body)
             .map_err(|e| Close::Malformed(format!("{:?} v{}: {e}", self.api, self.version)))?;
         let t = T::decode(&mut self.body, self.version)

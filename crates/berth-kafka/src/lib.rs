@@ -76,6 +76,16 @@ mod guard;
 mod handlers;
 mod sasl;
 
+/// What the fuzz targets in `fuzz/` drive: the decoding path of request
+/// frames and SASL tokens, exactly as a connection runs it (not an API; may
+/// change with them).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::conn::{read_head, Close, Head, Req};
+    pub use crate::guard::check as guard_check;
+    pub use crate::sasl::{parse_oauthbearer, parse_plain, TOKEN_BYTES_MAX};
+}
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
