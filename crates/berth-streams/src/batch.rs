@@ -193,7 +193,8 @@ pub fn encode_records(records: &[Record]) -> Vec<u8> {
 
 /// A whole batch around a records section of `count` records, `section`
 /// compressed with `codec` (the attributes' low bits) or not (0), with a
-/// valid CRC; base offset 0 (the broker places it).
+/// valid CRC; base offset 0 (the broker places it). A `count` of 0 or above
+/// `i32::MAX` gives a batch that [`split`] refuses.
 pub fn encode_batch(
     section: &[u8],
     count: u32,
@@ -209,7 +210,8 @@ pub fn encode_batch(
     b.push(2);
     b.extend_from_slice(&0u32.to_be_bytes()); // crc, set below
     b.extend_from_slice(&codec.to_be_bytes());
-    b.extend_from_slice(&(count as i32 - 1).to_be_bytes());
+    // Wrapping: an unrepresentable count makes a refused batch, not a panic.
+    b.extend_from_slice(&(count as i32).wrapping_sub(1).to_be_bytes());
     b.extend_from_slice(&timestamp_ms.to_be_bytes());
     b.extend_from_slice(&timestamp_ms.to_be_bytes());
     b.extend_from_slice(&pid.to_be_bytes());
@@ -312,6 +314,19 @@ pub(crate) mod tests {
         let crc = crc32c(&txn[ATTRIBUTES_AT..]);
         txn[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
         assert!(split(&txn).unwrap_err().contains("transactional"));
+    }
+
+    /// Found by fuzz/record_batch: a count above i32::MAX overflowed the
+    /// last offset delta (input: selector 1, count 0x8000_0000, the rest
+    /// zero, a 20-byte section ending in b'5').
+    #[test]
+    fn unrepresentable_counts_make_refused_batches() {
+        let mut section = [0u8; 20];
+        section[19] = b'5';
+        for count in [0, 1 << 31, u32::MAX] {
+            let b = encode_batch(&section, count, 0, 0, Some((0, 0, 0)));
+            assert!(split(&b).is_err(), "{count}");
+        }
     }
 
     proptest::proptest! {

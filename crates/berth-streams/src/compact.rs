@@ -20,6 +20,7 @@ pub const RECORDS_BYTES_MAX: u64 = 64 << 20;
 const HEADER_LEN: usize = batch::HEADER_LEN;
 const ATTRIBUTES_AT: usize = 21;
 const CRC_AT: usize = 17;
+const LAST_OFFSET_DELTA_AT: usize = 23;
 const RECORDS_COUNT_AT: usize = 57;
 /// The xerial snappy framing's magic (the Java client's).
 const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
@@ -66,6 +67,11 @@ pub fn parse(b: &[u8]) -> Result<Parsed, String> {
             .try_into()
             .map_err(|_| "count")?,
     );
+    let last_delta = i32::from_be_bytes(
+        b[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
+            .try_into()
+            .map_err(|_| "last offset delta")?,
+    );
     let body = &b[HEADER_LEN..];
     let codec = attributes & 0x7;
     let records = match codec {
@@ -83,7 +89,9 @@ pub fn parse(b: &[u8]) -> Result<Parsed, String> {
         buf: &records,
         at: 0,
     };
-    let mut keys = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 16));
+    // Every record takes bytes: the count on the wire sizes nothing larger.
+    let mut keys = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(records.len()));
+    let mut prev_delta = -1;
     for _ in 0..count {
         let start = r.at;
         let len = r.varint()?;
@@ -91,13 +99,33 @@ pub fn parse(b: &[u8]) -> Result<Parsed, String> {
             r.at.checked_add(usize::try_from(len).map_err(|_| "negative record length")?)
                 .filter(|e| *e <= r.buf.len())
                 .ok_or("record past the end")?;
-        let _attributes = r.byte()?;
-        let _timestamp_delta = r.varint()?;
-        let offset_delta = r.varint()?;
-        let key = r.bytes()?;
-        let value = r.bytes()?;
+        // The fields are read within the record's length: a key running on
+        // into the next record's bytes (or past the last record) is not
+        // the record's key, and a rewrite copies only the record's bytes.
+        let mut f = Cursor {
+            buf: &records[..end],
+            at: r.at,
+        };
+        let _attributes = f.byte()?;
+        let _timestamp_delta = f.varint()?;
+        let offset_delta = f.varint()?;
+        // Producers number records 0.., compaction only removes some: the
+        // deltas ascend within the batch. A record claiming any other
+        // offset would decide which record of its key is the latest (and
+        // so delete a later one), so such a batch is unreadable: kept whole.
+        if offset_delta <= prev_delta || offset_delta > i64::from(last_delta) {
+            return Err(format!(
+                "record offset delta {offset_delta} after {prev_delta}, last {last_delta}"
+            ));
+        }
+        prev_delta = offset_delta;
+        let offset = base
+            .checked_add(offset_delta)
+            .ok_or("record offset past the end of the log")?;
+        let key = f.bytes()?;
+        let value = f.bytes()?;
         keys.push(RecordKey {
-            offset: base + offset_delta,
+            offset,
             key: key.map(<[u8]>::to_vec),
             tombstone: value.is_none(),
             span: start..end,
@@ -390,5 +418,78 @@ mod tests {
         b[n - 5] ^= 0xff;
         assert!(record_keys(&b).is_err());
         assert!(record_keys(&[0; 10]).is_err());
+    }
+
+    /// An uncompressed batch of `count` records around `section` as given,
+    /// base offset 1000.
+    fn raw_batch(section: &[u8], count: u32) -> Vec<u8> {
+        let mut b = batch::encode_batch(section, count, 0, 0, None);
+        batch::place(&mut b, 1000, 0);
+        b
+    }
+
+    /// One record with this offset delta, key `k` and value `v`.
+    fn record(delta: u8, out: &mut Vec<u8>) {
+        // attributes, timestamp delta, offset delta (zigzag), key "k",
+        // value "v", no headers
+        let body = [0, 0, delta * 2, 2, b'k', 2, b'v', 0];
+        out.push(body.len() as u8 * 2);
+        out.extend_from_slice(&body);
+    }
+
+    /// Offset deltas must ascend within the batch's last offset delta: a
+    /// record claiming a later offset would make compaction delete the
+    /// real latest record of its key.
+    #[test]
+    fn refuses_records_out_of_their_batch() {
+        let section = |deltas: &[u8]| {
+            let mut s = Vec::new();
+            for d in deltas {
+                record(*d, &mut s);
+            }
+            s
+        };
+        // Two records left of three, as compaction leaves them.
+        let mut compacted = raw_batch(&section(&[0, 2]), 3);
+        compacted[RECORDS_COUNT_AT..RECORDS_COUNT_AT + 4].copy_from_slice(&2i32.to_be_bytes());
+        let ok = parse(&compacted).unwrap();
+        let offsets: Vec<i64> = ok.keys.iter().map(|k| k.offset).collect();
+        assert_eq!(offsets, [1000, 1002], "gaps are fine (compacted)");
+        // Batch of 2: last offset delta 1.
+        for bad in [&[0, 0][..], &[1, 0], &[0, 5]] {
+            let err = parse(&raw_batch(&section(bad), 2)).unwrap_err();
+            assert!(err.contains("offset delta"), "{bad:?}: {err}");
+        }
+        // Found by fuzz/compaction (input: selector 0x8a, count 4, then
+        // this section): the second record is 0 bytes long, and the fields
+        // read after it, from the next record's bytes, claimed offset 1000
+        // again. Refused now for both reasons.
+        const SECTION: &[u8] =
+            b"\x10\0\0\0\x02a\x01\0\0\0\0\0\0\0\x021\0\x0e\0\0\x02\x01\x022\0\x0e\
+            \0\0\x04\x02b\x01\0<\0\0\x06\x02a.hello hello hel9lo hello\0";
+        assert!(parse(&raw_batch(SECTION, 4)).is_err());
+    }
+
+    /// Found by fuzz/compaction: the last record's value ran past its
+    /// length into the section's trailing bytes. Parsed, its key and value
+    /// were not its own, and its rewritten batch (the record's bytes only)
+    /// could not be parsed again. A record's fields stay within it now.
+    #[test]
+    fn record_fields_stay_within_the_record() {
+        // Selector 0x82, count 4, then the section: records 0-2 are fine,
+        // record 3 is 30 bytes long, but after its 23-byte key its value
+        // runs past them.
+        const SECTION: &[u8] = b"\x10\0\0\0\x02a\x021\0\x0e\0\0\x02\x01\x022\0\x0e\0\0\x04\x02b\
+            \x01\0<\0\0\x06.hello\0\x02\x01\x022\0\x0e\0\0\x04\x02b\x01\0<\0\
+            \0 hel\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\
+            \xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\
+            \xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\
+            \xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6\xa6lo hello hello\0";
+        let err = parse(&raw_batch(SECTION, 4)).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+        // The same records without the overlong one parse.
+        let three = parse(&raw_batch(&SECTION[..25], 3)).unwrap();
+        assert_eq!(three.keys.len(), 3);
+        assert_eq!(three.keys[2].span.end, 25);
     }
 }
