@@ -109,6 +109,41 @@ pub struct NodeRecord {
     pub admin_addr: String,
     pub advertise: Vec<String>,
     pub started_at: u64,
+    /// `HOST:PORT` Kafka clients are told to connect to (the Kafka
+    /// listener's advertised address); empty when the listener is off.
+    // Last: a record stored before it existed fails to decode as this
+    // layout (it ends early) and is read as `NodeRecordV1` by
+    // [`decode_node`]; older nodes ignore the trailing bytes.
+    pub kafka_addr: String,
+}
+
+/// [`NodeRecord`] as stored before `kafka_addr` existed.
+#[derive(Deserialize)]
+struct NodeRecordV1 {
+    id: NodeId,
+    native_addr: String,
+    admin_addr: String,
+    advertise: Vec<String>,
+    started_at: u64,
+}
+
+/// A stored node record, in the current layout or the one before it (no
+/// Kafka address known: empty).
+pub fn decode_node(b: &[u8]) -> Result<NodeRecord, crate::Error> {
+    use crate::codec::decode;
+    decode::<NodeRecord>(b, "node").or_else(|e| {
+        let Ok(v1) = decode::<NodeRecordV1>(b, "node") else {
+            return Err(e);
+        };
+        Ok(NodeRecord {
+            id: v1.id,
+            native_addr: v1.native_addr,
+            admin_addr: v1.admin_addr,
+            advertise: v1.advertise,
+            started_at: v1.started_at,
+            kafka_addr: String::new(),
+        })
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -424,6 +459,44 @@ mod tests {
         assert_eq!(split_parent("/a"), Some(("/", "a")));
         assert_eq!(split_parent("/a/b"), Some(("/a", "b")));
         assert_eq!(split_parent("/"), None);
+    }
+
+    #[test]
+    fn node_records_of_both_layouts_decode() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            id: NodeId,
+            native_addr: &'a str,
+            admin_addr: &'a str,
+            advertise: Vec<&'a str>,
+            started_at: u64,
+        }
+        let old = crate::codec::encode(&Old {
+            id: 3,
+            native_addr: "h:5660",
+            admin_addr: "h:8443",
+            advertise: vec!["h"],
+            started_at: 9,
+        });
+        let want = NodeRecord {
+            id: 3,
+            native_addr: "h:5660".into(),
+            admin_addr: "h:8443".into(),
+            advertise: vec!["h".into()],
+            started_at: 9,
+            kafka_addr: String::new(),
+        };
+        assert_eq!(decode_node(&old).unwrap(), want);
+        let new = NodeRecord {
+            kafka_addr: "h:9092".into(),
+            ..want
+        };
+        let bytes = crate::codec::encode(&new);
+        assert_eq!(decode_node(&bytes).unwrap(), new);
+        // A node built before the field reads a new record too.
+        let v1: NodeRecordV1 = crate::codec::decode(&bytes, "node").unwrap();
+        assert_eq!((v1.id, v1.started_at), (3, 9));
+        assert!(decode_node(&old[..old.len() - 1]).is_err());
     }
 
     #[test]

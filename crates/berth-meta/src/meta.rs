@@ -175,7 +175,12 @@ impl Meta {
         if let Some(v) = tx.peek(&cluster_key())? {
             map.cluster = Some(decode(&v, "cluster")?);
         }
-        map.nodes = scan_table(&tx, T_NODE, "node")?;
+        let (start, end) = table_range(T_NODE);
+        map.nodes = tx
+            .peek_range(&start, &end, usize::MAX)?
+            .iter()
+            .map(|(_, v)| decode_node(v))
+            .collect::<Result<_, _>>()?;
         map.volumes = scan_table(&tx, T_VOLUME, "volume")?;
         map.shards = scan_table(&tx, T_SHARD, "shard")?;
         for u in scan_table::<UserRecord>(&tx, T_USER, "user")? {

@@ -84,6 +84,7 @@ pub async fn single_node() -> SingleNode {
             admin_addr: "127.0.0.1:2".into(),
             advertise: vec![],
             started_at: 0,
+            kafka_addr: String::new(),
         },
         now_secs: 0,
         now_ns: 0,

@@ -147,6 +147,15 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `HOST:PORT`, with an IPv6 literal in brackets.
+fn host_port(host: &str, port: i32) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -293,6 +302,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    // What Kafka clients are told to connect to (Metadata, and the node's
+    // record in the cluster map).
+    let kafka_advertised = match (kafka_addr, &cfg.kafka_advertise) {
+        (None, _) => None,
+        (Some(_), Some(hp)) => {
+            let (h, p) = hp
+                .rsplit_once(':')
+                .with_context(|| format!("--kafka-advertise {hp:?}: HOST:PORT"))?;
+            let p: u16 = p
+                .parse()
+                .with_context(|| format!("--kafka-advertise {hp:?}: bad port"))?;
+            Some((h.trim_matches(['[', ']']).to_string(), i32::from(p)))
+        }
+        (Some(a), None) => Some((advertise[0].clone(), i32::from(a.port()))),
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(locks.clone().run_expiry(stop_rx.clone()));
@@ -401,6 +425,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         admin_addr: format!("{}:{}", advertise[0], admin_addr.port()),
         advertise: advertise.clone(),
         started_at: now,
+        kafka_addr: kafka_advertised
+            .as_ref()
+            .map(|(h, p)| host_port(h, *p))
+            .unwrap_or_default(),
     };
     if first_start {
         let b = Bootstrap {
@@ -443,8 +471,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Kafka clients are told this node's address in Metadata, so they
     // connect only once the cluster map is known.
-    let kafka = match (kafka_listener, kafka_addr) {
-        (Some(listener), Some(addr)) => {
+    let kafka = match (kafka_listener, kafka_advertised) {
+        (Some(listener), Some((advertised_host, advertised_port))) => {
             let tls = if cfg.insecure {
                 None
             } else {
@@ -459,18 +487,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 cfg.kafka_default_stream.clone(),
                 cfg.kafka_principal_streams.clone(),
             ));
-            let (advertised_host, advertised_port) = match &cfg.kafka_advertise {
-                Some(hp) => {
-                    let (h, p) = hp
-                        .rsplit_once(':')
-                        .with_context(|| format!("--kafka-advertise {hp:?}: HOST:PORT"))?;
-                    let p: u16 = p
-                        .parse()
-                        .with_context(|| format!("--kafka-advertise {hp:?}: bad port"))?;
-                    (h.trim_matches(['[', ']']).to_string(), i32::from(p))
-                }
-                None => (advertise[0].clone(), i32::from(addr.port())),
-            };
             let kcfg = berth_kafka::KafkaConfig {
                 node_id: i32::try_from(node_id).unwrap_or(i32::MAX),
                 advertised_host,
@@ -539,5 +555,17 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn host_port_brackets_ipv6() {
+        assert_eq!(host_port("10.0.0.1", 9092), "10.0.0.1:9092");
+        assert_eq!(host_port("kafka.example.com", 9093), "kafka.example.com:9093");
+        assert_eq!(host_port("fd00::1", 9092), "[fd00::1]:9092");
     }
 }

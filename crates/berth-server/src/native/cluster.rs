@@ -53,6 +53,7 @@ impl ClusterApi for ClusterService {
                         // the answering node is alive by definition.
                         alive: x.id == n.node_id,
                         started_at: x.started_at as i64,
+                        kafka_addr: x.kafka_addr.clone(),
                     })
                     .collect(),
                 shards,
