@@ -24,7 +24,8 @@ usage: notes COMMAND
   cat FILE             print FILE
   ls [DIR]             list DIR (default: the mount)
   stat FILE            print size, mode, uid and gid
-  id                   print the process's uid and gid and the BERTH_* settings
+  id                   print the process's uid and gid and the BERTH_*, KAFKA_* and
+                       KCAT_CONFIG settings
   sleep SECONDS        sleep (to try signal forwarding)
   exit CODE            exit with CODE
   --version";
@@ -131,7 +132,10 @@ fn run(args: &[String]) -> Result<(), String> {
             let (uid, gid) = ids();
             println!("uid={uid} gid={gid}");
             let mut vars: Vec<(String, String)> = std::env::vars()
-                .filter(|(k, _)| k.starts_with("BERTH_") && k != "BERTH_TICKET")
+                .filter(|(k, _)| {
+                    (k.starts_with("BERTH_") || k.starts_with("KAFKA_") || k == "KCAT_CONFIG")
+                        && k != "BERTH_TICKET"
+                })
                 .collect();
             vars.sort();
             for (k, v) in vars {

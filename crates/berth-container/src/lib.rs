@@ -10,7 +10,9 @@
 //!   0 and drops privileges (setgroups, setgid, setuid) between fork and
 //!   exec, checking that root cannot be regained.
 //! - *A ticket is never printed or logged*; the entrypoint hands it to the
-//!   application as a 0400 file owned by the application's uid.
+//!   application as a 0400 file owned by the application's uid, and as the
+//!   SASL password in the Kafka properties file (0600, same owner), never
+//!   in an environment variable.
 //! - *Every wait is bounded*: mounting (30 s), stopping a mount (15 s, then
 //!   SIGKILL and a lazy unmount), connecting (5 attempts).
 //! - Configuration problems are one line naming the variable and the fix
@@ -22,6 +24,7 @@
 mod child;
 mod config;
 mod conn;
+mod kafka;
 mod plugin;
 mod run;
 

@@ -4,7 +4,8 @@
 //! `berth mount` child running as the application's uid, runs CMD as that
 //! non-root uid in its own process group (owning the terminal, if any),
 //! forwards signals to it, reaps every orphan (it is PID 1), exits with
-//! CMD's status and unmounts.
+//! CMD's status and unmounts. CMD also gets the Kafka connection settings
+//! (`kafka`): environment variables and a properties file.
 //!
 //! Exit codes: CMD's own (128+N when killed by signal N); 2 for
 //! configuration errors (one `error:` line naming the variable); 1 when the
@@ -26,6 +27,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::child::{self, Identity, MountChild, MountSpec};
 use crate::config::{self, ConfigError, Current, RunConfig, TicketSource};
 use crate::conn::Connection;
+use crate::kafka::{self, KafkaSettings};
 
 /// Where the entrypoint puts the application's copy of the ticket and CA.
 pub const DEFAULT_RUN_DIR: &str = "/run/berth";
@@ -122,7 +124,13 @@ pub async fn container_run(args: ContainerRunArgs) -> anyhow::Result<i32> {
             return Ok(f.code);
         }
     };
-    let Ready { cfg, conn, who } = ready;
+    let Ready {
+        cfg,
+        conn,
+        who,
+        kafka_env,
+        notes,
+    } = ready;
     eprintln!(
         "berth: {} on cluster {}, mounting {} at {}",
         who.principal,
@@ -130,6 +138,9 @@ pub async fn container_run(args: ContainerRunArgs) -> anyhow::Result<i32> {
         cfg.path,
         cfg.mount.display()
     );
+    for n in notes {
+        eprintln!("{n}");
+    }
 
     // SIGCHLD before any child exists, so no exit goes unnoticed.
     let mut chld = signal(SignalKind::child())?;
@@ -144,7 +155,7 @@ pub async fn container_run(args: ContainerRunArgs) -> anyhow::Result<i32> {
         }
     };
 
-    let code = match spawn_app(&args.command, &cfg, &conn, &who) {
+    let code = match spawn_app(&args.command, &cfg, &conn, &who, &kafka_env) {
         Ok(app_pid) => supervise(app_pid, &mut mount, &mut signals, &mut chld).await,
         Err((code, text)) => {
             eprintln!("error: {text}");
@@ -162,6 +173,10 @@ struct Ready {
     cfg: RunConfig,
     conn: Connection,
     who: WhoAmIResponse,
+    /// The application's Kafka variables (see [`kafka_settings`]).
+    kafka_env: Vec<(String, OsString)>,
+    /// Lines for stderr after the greeting.
+    notes: Vec<String>,
 }
 
 fn current() -> Current {
@@ -230,6 +245,17 @@ async fn prepare(args: &ContainerRunArgs) -> Result<Ready, Failure> {
     check_path(&client, &cfg.path).await?;
 
     let conn = app_files(&args.run_dir, &cfg, &ticket, ca_pem.as_deref(), me)?;
+    let (kafka_env, notes) = kafka_settings(
+        &client,
+        &args.run_dir,
+        &cfg,
+        &conn,
+        &client_cfg.servers,
+        &who,
+        &ticket,
+        me,
+    )
+    .await?;
     let conn = Connection {
         servers: client_cfg.servers,
         ..conn
@@ -242,7 +268,13 @@ async fn prepare(args: &ContainerRunArgs) -> Result<Ready, Failure> {
             .map_err(|e| Failure::runtime(format!("BERTH_MOUNT={}: {e}", cfg.mount.display())))?,
         ..cfg
     };
-    Ok(Ready { cfg, conn, who })
+    Ok(Ready {
+        cfg,
+        conn,
+        who,
+        kafka_env,
+        notes,
+    })
 }
 
 fn read_small(path: &Path, var: &str) -> Result<String, Failure> {
@@ -387,6 +419,81 @@ fn app_files(
     Ok(conn)
 }
 
+/// The application's Kafka settings: bootstrap servers from the cluster
+/// map (every node's Kafka advertised address, from Cluster/Status; when
+/// none is known, the hosts of `servers` with port 9092, said on stderr),
+/// SASL PLAIN with the ticket as the password, the CA the application
+/// got. Writes the properties file (the one place the ticket goes as a
+/// Kafka password) into `run_dir`, mode 0600, owned by the application's
+/// uid. Returns the environment variables and lines for stderr.
+#[allow(clippy::too_many_arguments)]
+async fn kafka_settings(
+    client: &Client,
+    run_dir: &Path,
+    cfg: &RunConfig,
+    conn: &Connection,
+    servers: &[String],
+    who: &WhoAmIResponse,
+    ticket: &str,
+    me: Current,
+) -> Result<(Vec<(String, OsString)>, Vec<String>), Failure> {
+    let mut notes = Vec::new();
+    let status = client
+        .cluster()
+        .status(Empty {})
+        .await
+        .map_err(ClientError::from_status);
+    let bootstrap = match status.map(|s| kafka::bootstrap_from_nodes(&s.into_inner().nodes)) {
+        Ok(b) if !b.is_empty() => b,
+        other => {
+            let b = kafka::fallback_bootstrap(servers);
+            let why = match other {
+                Err(e) => format!("reading the cluster map (Cluster/Status) failed: {e}"),
+                Ok(_) => "no node in the cluster map has a Kafka address".to_string(),
+            };
+            notes.push(format!(
+                "berth: {why}; assuming Kafka on the hosts of BERTH_SERVERS, port {}: \
+                 KAFKA_BOOTSTRAP_SERVERS={}",
+                kafka::FALLBACK_PORT,
+                b.join(",")
+            ));
+            b
+        }
+    };
+    let settings = KafkaSettings {
+        bootstrap,
+        tls: !cfg.insecure,
+        username: who.principal.clone(),
+        password: ticket.to_string(),
+        ca_file: conn.ca_file.clone(),
+    };
+    let text = settings.properties().map_err(Failure::config)?;
+    let path = run_dir.join(kafka::PROPERTIES_FILE);
+    let written = std::fs::create_dir_all(run_dir)
+        .and_then(|()| write_owned(&path, text.as_bytes(), 0o600, cfg.user.uid, cfg.user.gid));
+    let file = match written {
+        Ok(()) => Some(path.as_path()),
+        Err(e) if me.uid == 0 => {
+            return Err(Failure::runtime(format!(
+                "cannot write {}: {e}; the container needs a writable {} (e.g. --tmpfs /run)",
+                path.display(),
+                run_dir.display()
+            )))
+        }
+        Err(e) => {
+            notes.push(format!(
+                "berth: cannot write {} ({e}): Kafka settings only in KAFKA_* variables \
+                 (the SASL password is the ticket of BERTH_TICKET_FILE); give the container \
+                 a run directory its user may write, e.g. --tmpfs /run:uid={}",
+                path.display(),
+                cfg.user.uid
+            ));
+            None
+        }
+    };
+    Ok((settings.env(file), notes))
+}
+
 /// Replaces `path` with a new file of `mode`, owned by `uid:gid`.
 fn write_owned(path: &Path, data: &[u8], mode: u32, uid: u32, gid: u32) -> std::io::Result<()> {
     use std::io::Write;
@@ -482,6 +589,7 @@ fn spawn_app(
     cfg: &RunConfig,
     conn: &Connection,
     who: &WhoAmIResponse,
+    kafka_env: &[(String, OsString)],
 ) -> Result<libc::pid_t, (i32, String)> {
     let Some((prog, rest)) = command.split_first() else {
         return Err((EXIT_CONFIG, "no command to run".into()));
@@ -490,7 +598,10 @@ fn spawn_app(
     cmd.args(rest)
         .env_remove("BERTH_TICKET")
         .env_remove("BERTH_TICKET_FILE");
-    for (k, v) in conn.env() {
+    for k in kafka::ENV_NAMES {
+        cmd.env_remove(k);
+    }
+    for (k, v) in conn.env().into_iter().chain(kafka_env.iter().cloned()) {
         cmd.env(k, v);
     }
     cmd.env("BERTH_MOUNT", &cfg.mount)

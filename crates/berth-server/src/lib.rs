@@ -565,7 +565,10 @@ mod tests {
     #[test]
     fn host_port_brackets_ipv6() {
         assert_eq!(host_port("10.0.0.1", 9092), "10.0.0.1:9092");
-        assert_eq!(host_port("kafka.example.com", 9093), "kafka.example.com:9093");
+        assert_eq!(
+            host_port("kafka.example.com", 9093),
+            "kafka.example.com:9093"
+        );
         assert_eq!(host_port("fd00::1", 9092), "[fd00::1]:9092");
     }
 }

@@ -3,14 +3,15 @@
 //! Docker (two containers on two Docker networks standing in for two hosts,
 //! a scoped ticket, the non-root application, signals, the volume plugin
 //! with an image that knows nothing of Berth, non-root containers on a
-//! plugin volume).
+//! plugin volume, and kcat in the image finding the streams with the Kafka
+//! settings the entrypoint exports).
 //!
 //! Skipped with a line on stderr where /dev/fuse, root (for mounting), or
 //! Docker is missing, or while the binary lacks the two subcommands.
 //!
-//! Networking: the server listens on the gateway address of a Docker
-//! network the test creates (the host side of that bridge) and on nothing
-//! else; containers on either test network reach it there. Everything the
+//! Networking: the server listens (native API and Kafka) on the gateway
+//! address of a Docker network the test creates (the host side of that
+//! bridge) and on nothing else but its loopback admin port; containers on either test network reach it there. Everything the
 //! test creates (containers, networks, images, volumes, processes, mounts)
 //! is removed on the way out, also when it fails.
 
@@ -504,6 +505,86 @@ impl Drop for DockerJunk {
     }
 }
 
+/// The absolute path of `program` on the host's PATH.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+/// Builds `tag` FROM `base` plus host programs (source, path in the image)
+/// and every library `ldd` lists for them, at the same paths, as
+/// docker/build-image.sh copies programs. No registry.
+fn build_derived_image(base: &str, tag: &str, programs: &[(&Path, &str)], dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let stage = tempfile::Builder::new()
+        .prefix("image-")
+        .tempdir_in(dir)
+        .unwrap();
+    let root = stage.path().join("rootfs");
+    let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for (src, dest) in programs {
+        files.push((src.to_path_buf(), PathBuf::from(dest)));
+        let out = ok(
+            &format!("ldd {}", src.display()),
+            // Cargo points LD_LIBRARY_PATH at build outputs (rdkafka-sys
+            // builds its own librdkafka): the system's libraries are wanted.
+            run(
+                Command::new("ldd").env_remove("LD_LIBRARY_PATH").arg(src),
+                CLI_TIMEOUT_S,
+            ),
+        );
+        for line in out.lines().map(str::trim) {
+            assert!(!line.contains("not found"), "{}: {line}", src.display());
+            let lib = match line.split_once("=> ") {
+                Some((_, l)) => l,
+                None if line.starts_with('/') => line,
+                None => continue, // linux-vdso
+            };
+            let lib = lib.split(" (").next().unwrap_or_default().trim();
+            if lib.starts_with('/') {
+                files.push((PathBuf::from(lib), PathBuf::from(lib)));
+            }
+        }
+    }
+    for (src, dest) in &files {
+        let to = root.join(dest.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        // Follows symlinks: the image gets the file itself.
+        std::fs::copy(src, &to).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let tar = stage.path().join("rootfs.tar");
+    ok(
+        "tar",
+        run(
+            Command::new("tar")
+                .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+                .arg(&root)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("."),
+            CLI_TIMEOUT_S,
+        ),
+    );
+    std::fs::write(
+        stage.path().join("Dockerfile"),
+        format!("FROM {base}\nADD rootfs.tar /\n"),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+    let out = run(
+        Command::new("docker")
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "--quiet", "-t", tag])
+            .arg(stage.path()),
+        DOCKER_TIMEOUT_S,
+    );
+    ok(&format!("docker build {tag}"), out);
+}
+
 fn docker(args: &[&str]) -> Output {
     run(Command::new("docker").args(args), DOCKER_TIMEOUT_S)
 }
@@ -518,12 +599,18 @@ struct BridgeServer {
     child: Child,
     data: PathBuf,
     addr: String,
+    /// The Kafka listener (TLS, SASL), as advertised.
+    kafka_addr: String,
     dir: PathBuf,
 }
 
 impl BridgeServer {
     fn start(dir: &Path, ip: &str) -> BridgeServer {
         let native_port = TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port on the bridge")
+            .port();
+        let kafka_port = TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())
             .expect("a free port on the bridge")
             .port();
@@ -545,7 +632,8 @@ impl BridgeServer {
             .arg(format!("{ip}:{native_port}"))
             .arg("--admin-addr")
             .arg(format!("127.0.0.1:{admin_port}"))
-            .args(["--kafka-addr", "off"])
+            .arg("--kafka-addr")
+            .arg(format!("{ip}:{kafka_port}"))
             .args(["--advertise", ip, "--advertise", "127.0.0.1"])
             .current_dir(dir)
             .stdin(Stdio::null())
@@ -557,6 +645,7 @@ impl BridgeServer {
             child,
             data,
             addr: format!("{ip}:{native_port}"),
+            kafka_addr: format!("{ip}:{kafka_port}"),
             dir: dir.to_path_buf(),
         };
         let sock = s.addr.parse().unwrap();
@@ -686,6 +775,12 @@ fn docker_image_end_to_end() {
         DOCKER_TIMEOUT_S,
     );
     ok("docker/example-app/build.sh", built);
+    let kcat_image = which("kcat").map(|kcat| {
+        let tag = format!("berth-kcat:it-{id}");
+        junk.images.push(tag.clone());
+        build_derived_image(&app_image, &tag, &[(&kcat, "/usr/bin/kcat")], dir);
+        tag
+    });
 
     // Data and a ticket narrowed to /apps/a.
     server.cli(&["mkdir", "-p", "/apps/a", "/apps/b"]);
@@ -706,7 +801,7 @@ fn docker_image_end_to_end() {
 
     let apparmor = security.contains("apparmor");
     let mut n = 0;
-    let mut app = |net: &str, env: &[&str], fuse: bool, cmd: &[&str]| -> Output {
+    let mut app = |image: &str, net: &str, env: &[&str], fuse: bool, cmd: &[&str]| -> Output {
         n += 1;
         let cname = format!("berth-it-{id}-c{n}");
         junk.containers.push(cname.clone());
@@ -730,13 +825,14 @@ fn docker_image_end_to_end() {
         for e in env.iter().filter(|e| **e != "no-servers") {
             args.extend(["-e", e]);
         }
-        args.push(&app_image);
+        args.push(image);
         args.extend(cmd.iter().copied());
         docker(&args)
     };
 
     // 1. Network a: the non-root application writes its own file.
     let out = app(
+        &app_image,
         &net_a,
         &[],
         true,
@@ -767,6 +863,7 @@ fn docker_image_end_to_end() {
     // 2. Network b (another "host"): a new container reads it back and
     // appends to it.
     let out = app(
+        &app_image,
         &net_b,
         &[],
         true,
@@ -774,6 +871,7 @@ fn docker_image_end_to_end() {
     );
     assert_eq!(ok("cat a/hello", out), "hello from a\n");
     let out = app(
+        &app_image,
         &net_b,
         &[],
         true,
@@ -781,6 +879,7 @@ fn docker_image_end_to_end() {
     );
     ok("append a/hello", out);
     let out = app(
+        &app_image,
         &net_a,
         &[],
         true,
@@ -793,7 +892,7 @@ fn docker_image_end_to_end() {
         &["/usr/local/bin/notes", "cat", "b/secret"][..],
         &["/usr/local/bin/notes", "write", "b/x", "y"][..],
     ] {
-        let out = app(&net_a, &[], true, cmd);
+        let out = app(&app_image, &net_a, &[], true, cmd);
         assert_eq!(out.status.code(), Some(1), "{}", explain("scope", &out));
         assert!(
             text(&out.stderr).contains("Permission denied (os error 13)"),
@@ -803,7 +902,13 @@ fn docker_image_end_to_end() {
     }
 
     // 4. What the application sees.
-    let out = app(&net_a, &[], true, &["/usr/local/bin/notes", "id"]);
+    let out = app(
+        &app_image,
+        &net_a,
+        &[],
+        true,
+        &["/usr/local/bin/notes", "id"],
+    );
     let id_out = ok("notes id", out);
     for want in [
         "uid=1000 gid=1000",
@@ -812,14 +917,50 @@ fn docker_image_end_to_end() {
         "BERTH_TICKET_FILE=/run/berth/ticket",
         "BERTH_CA_FILE=/run/berth/ca.crt",
         "BERTH_CLUSTER=berth",
+        &format!("KAFKA_BOOTSTRAP_SERVERS={}", server.kafka_addr),
+        "KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+        "KAFKA_SASL_MECHANISM=PLAIN",
+        "KAFKA_SASL_USERNAME=admin",
+        "KAFKA_SSL_CA_LOCATION=/run/berth/ca.crt",
+        "KAFKA_CONFIG_FILE=/run/berth/kafka.properties",
+        "KCAT_CONFIG=/run/berth/kafka.properties",
     ] {
         assert!(id_out.lines().any(|l| l == want), "{want} in\n{id_out}");
     }
+    // The ticket is in no variable; its file and the properties file
+    // (which holds it as the SASL password) are the application's alone.
+    let ticket_text = std::fs::read_to_string(&scoped).unwrap();
+    assert!(!id_out.contains(ticket_text.trim()), "{id_out}");
+    for (file, mode) in [("ticket", "400"), ("kafka.properties", "600")] {
+        let out = app(
+            &app_image,
+            &net_a,
+            &[],
+            true,
+            &[
+                "/usr/local/bin/notes",
+                "stat",
+                &format!("/run/berth/{file}"),
+            ],
+        );
+        let stdout = ok(&format!("stat {file}"), out);
+        assert!(
+            stdout.ends_with(&format!("mode={mode} uid=1000 gid=1000\n")),
+            "{stdout}"
+        );
+    }
 
     // 5. Exit status and misconfiguration.
-    let out = app(&net_a, &[], true, &["/usr/local/bin/notes", "exit", "7"]);
+    let out = app(
+        &app_image,
+        &net_a,
+        &[],
+        true,
+        &["/usr/local/bin/notes", "exit", "7"],
+    );
     assert_eq!(out.status.code(), Some(7), "{}", explain("exit 7", &out));
     let out = app(
+        &app_image,
         &net_a,
         &["no-servers"],
         true,
@@ -834,7 +975,13 @@ fn docker_image_end_to_end() {
     let stderr = text(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("BERTH_SERVERS is not set"), "{stderr}");
-    let out = app(&net_a, &[], false, &["/usr/local/bin/notes", "id"]);
+    let out = app(
+        &app_image,
+        &net_a,
+        &[],
+        false,
+        &["/usr/local/bin/notes", "id"],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", explain("no fuse", &out));
     let stderr = text(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
@@ -843,6 +990,7 @@ fn docker_image_end_to_end() {
         "{stderr}"
     );
     let out = app(
+        &app_image,
         &net_a,
         &["BERTH_UID=0"],
         true,
@@ -850,7 +998,72 @@ fn docker_image_end_to_end() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", explain("uid 0", &out));
 
-    // 6. `docker stop` reaches the application through PID 1.
+    // 6. Kafka with the exported settings only: kcat (Debian's, with its
+    // libraries, added to the example image) finds the cluster through
+    // KCAT_CONFIG; the ticket's scope bounds its topics.
+    match &kcat_image {
+        None => skip(
+            "docker_image_end_to_end (Kafka part)",
+            "kcat is not installed on the host (scripts/test installs it)",
+        ),
+        Some(kcat_image) => {
+            server.cli(&["mkdir", "-p", "/other"]);
+            server.cli(&["stream", "create", "/apps/a/events"]);
+            server.cli(&["stream", "create", "/other/events"]);
+            let lines = dir.join("lines.txt");
+            std::fs::write(&lines, "one\ntwo\nthree\n").unwrap();
+            server.cli(&["cp", lines.to_str().unwrap(), "berth:/apps/a/lines.txt"]);
+            // Produced on one "host", consumed on the other; no flags but
+            // the mode and the topic.
+            let produce = |topic| {
+                [
+                    "/usr/bin/kcat",
+                    "-P",
+                    "-l",
+                    "-t",
+                    topic,
+                    "/berth/a/lines.txt",
+                ]
+            };
+            let consume = |topic| {
+                [
+                    "/usr/bin/kcat",
+                    "-C",
+                    "-e",
+                    "-q",
+                    "-o",
+                    "beginning",
+                    "-t",
+                    topic,
+                ]
+            };
+            let cmd = produce("/apps/a/events:lines");
+            let out = app(kcat_image, &net_a, &[], true, &cmd);
+            ok(&format!("{cmd:?}\n{}", server.log()), out);
+            let cmd = consume("/apps/a/events:lines");
+            let out = app(kcat_image, &net_b, &[], true, &cmd);
+            assert_eq!(
+                ok(&format!("{cmd:?}\n{}", server.log()), out),
+                "one\ntwo\nthree\n"
+            );
+            // Outside the ticket's scope: TOPIC_AUTHORIZATION_FAILED.
+            for cmd in [
+                &produce("/other/events:lines")[..],
+                &consume("/other/events:lines")[..],
+            ] {
+                let out = app(kcat_image, &net_a, &[], true, cmd);
+                let what = format!("{cmd:?}");
+                assert!(!out.status.success(), "{}", explain(&what, &out));
+                assert!(
+                    text(&out.stderr).contains("Topic authorization failed"),
+                    "{}",
+                    explain(&what, &out)
+                );
+            }
+        }
+    }
+
+    // 7. `docker stop` reaches the application through PID 1.
     let cname = format!("berth-it-{id}-sleeper");
     junk.containers.push(cname.clone());
     let ticket = format!("{}:/run/secrets/t:ro", scoped.display());
@@ -906,7 +1119,7 @@ fn docker_image_end_to_end() {
         explain("logs", &logs)
     );
 
-    // 7. The volume plugin with an image that knows nothing of Berth (the
+    // 8. The volume plugin with an image that knows nothing of Berth (the
     // entrypoint is bypassed; the volume comes from Docker).
     if !is_root() {
         return skip(
@@ -969,7 +1182,7 @@ fn docker_image_end_to_end() {
     let stat: Value = serde_json::from_str(&stat).expect("stat --json");
     assert_eq!(stat["size"], 17, "{stat}");
 
-    // 8. Non-root containers (`--user`) on a plugin volume: each is checked
+    // 9. Non-root containers (`--user`) on a plugin volume: each is checked
     // as its own uid, and what one creates is its own.
     let uvol = format!("berth-it-{id}-uvol");
     junk.volumes.push(uvol.clone());
