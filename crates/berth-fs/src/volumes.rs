@@ -471,8 +471,9 @@ impl Namespace {
 }
 
 /// The identity the server uses for its own bookkeeping (finishing volume
-/// changes that an administrator started). Never derived from a request.
-fn system_principal() -> Principal {
+/// changes that an administrator started, first-start setup). Never
+/// derived from a request.
+pub fn system_principal() -> Principal {
     Principal {
         name: "admin".into(),
         kind: berth_security::principal::PrincipalKind::Node,

@@ -30,7 +30,7 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::backend::{Backend, Committed, GroupRef};
+use crate::backend::{Backend, Committed, GroupRef, StreamError};
 use crate::codes::{self, Scope};
 use crate::group::{self, Answer, Coordinator, JoinParams, SyncParams};
 use crate::KafkaConfig;
@@ -63,15 +63,22 @@ fn opt(s: &Option<StrBytes>) -> Option<String> {
 
 /// Resolves a group name and checks the principal may use the group.
 async fn group<B: Backend>(b: &B, p: &B::Principal, name: &str) -> Result<GroupRef, i16> {
+    group_explained(b, p, name).await.map_err(|(code, _)| code)
+}
+
+/// [`group`], with the backend's reason for a failure (FindCoordinator
+/// sends it as the error message: a missing stream is named there).
+async fn group_explained<B: Backend>(
+    b: &B,
+    p: &B::Principal,
+    name: &str,
+) -> Result<GroupRef, (i16, Option<String>)> {
     if name.is_empty() {
-        return Err(codes::INVALID_GROUP_ID);
+        return Err((codes::INVALID_GROUP_ID, Some("empty group id".into())));
     }
-    let g = b
-        .resolve_group(p, name)
-        .map_err(|e| codes::code(&e, Scope::Group))?;
-    b.authorize_group(p, &g)
-        .await
-        .map_err(|e| codes::code(&e, Scope::Group))?;
+    let explain = |e: StreamError| (codes::code(&e, Scope::Group), Some(e.to_string()));
+    let g = b.resolve_group(p, name).map_err(explain)?;
+    b.authorize_group(p, &g).await.map_err(explain)?;
     Ok(g)
 }
 
@@ -109,10 +116,13 @@ pub async fn find_coordinator<B: Backend>(
     };
     let found = join_all(keys.iter().map(|key| async move {
         match key_type {
-            KEY_GROUP => group(b, p, key).await.map(drop),
+            KEY_GROUP => group_explained(b, p, key).await.map(drop),
             // Transactions are not supported: there is no coordinator.
-            KEY_TRANSACTION => Err(codes::COORDINATOR_NOT_AVAILABLE),
-            _ => Err(codes::INVALID_REQUEST),
+            KEY_TRANSACTION => Err((
+                codes::COORDINATOR_NOT_AVAILABLE,
+                Some("transactions are not supported".into()),
+            )),
+            _ => Err((codes::INVALID_REQUEST, None)),
         }
     }))
     .await;
@@ -126,8 +136,9 @@ pub async fn find_coordinator<B: Backend>(
                 c.host = str_bytes(&cfg.advertised_host);
                 c.port = cfg.advertised_port;
             }
-            Err(code) => {
+            Err((code, message)) => {
                 c.error_code = code;
+                c.error_message = message.map(|m| str_bytes(&m));
                 c.node_id = BrokerId(-1);
                 c.host = StrBytes::default();
                 c.port = -1;
@@ -143,7 +154,7 @@ pub async fn find_coordinator<B: Backend>(
         resp.host = c.host;
         resp.port = c.port;
         if version >= 1 {
-            resp.error_message = None;
+            resp.error_message = c.error_message;
         }
     }
     resp

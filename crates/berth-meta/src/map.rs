@@ -14,6 +14,8 @@
 //! | 8 signing keys   | u64 key id   | [`KeyRecord`]    |
 //! | 9 counters       | str name     | u64 (8 bytes BE) |
 //! | 10 SCRAM         | str name     | [`ScramRecord`]  |
+//! | 11 Kafka names   | str name     | [`KafkaNameRecord`] |
+//! | 12 setup steps   | str step     | empty: done      |
 //!
 //! Values are encoded with [`crate::codec`] (version byte + postcard).
 
@@ -42,6 +44,8 @@ pub const T_GROUP: u64 = 7;
 pub const T_KEY: u64 = 8;
 pub const T_COUNTER: u64 = 9;
 pub const T_SCRAM: u64 = 10;
+pub const T_KAFKA_NAME: u64 = 11;
+pub const T_SETUP: u64 = 12;
 
 /// Counter names.
 pub const C_VOLUME_ID: &str = "volume_id";
@@ -88,6 +92,14 @@ pub fn counter_key(name: &str) -> Vec<u8> {
 }
 pub fn scram_key(name: &str) -> Vec<u8> {
     Key::new(META_VOLUME, Kind::Meta, T_SCRAM).str(name).build()
+}
+pub fn kafka_name_key(name: &str) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_KAFKA_NAME)
+        .str(name)
+        .build()
+}
+pub fn setup_key(step: &str) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_SETUP).str(step).build()
 }
 /// The key range of one meta table.
 pub fn table_range(table: u64) -> (Vec<u8>, Vec<u8>) {
@@ -509,4 +521,17 @@ mod tests {
         assert!(v.contains(&Key::new(ROOT_VOLUME, Kind::Inode, 1).build()));
         assert!(!v.contains(&user_key("admin")));
     }
+}
+
+/// A stream's Kafka name: a name of Kafka's legal characters
+/// (`[A-Za-z0-9_-]`, no dot) under which clients that validate topic names
+/// reach the stream's topics as `NAME.topic`. Unique in the cluster. The
+/// stream's own config carries the name too: a record whose stream no
+/// longer carries it (renamed, removed, or a crash between the two writes)
+/// is stale, resolves to nothing, and may be claimed again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaNameRecord {
+    pub name: String,
+    /// The stream's path when the name was set.
+    pub path: String,
 }

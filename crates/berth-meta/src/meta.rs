@@ -40,6 +40,9 @@ pub struct MapCache {
     pub keyring: KeyRing,
     /// SCRAM credentials by user name (see [`ScramRecord`]).
     pub scram: BTreeMap<String, ScramRecord>,
+    /// Streams' Kafka names: name → the stream's path (see
+    /// [`KafkaNameRecord`]).
+    pub kafka_names: BTreeMap<String, String>,
 }
 
 /// A user's SCRAM credential for one mechanism, or why there is none.
@@ -200,6 +203,9 @@ impl Meta {
                 }
                 Err(e) => tracing::warn!(error = %e, "skipping a SCRAM record"),
             }
+        }
+        for r in scan_table::<KafkaNameRecord>(&tx, T_KAFKA_NAME, "Kafka name")? {
+            map.kafka_names.insert(r.name, r.path);
         }
         let now = berth_security::now_secs();
         for k in &map.keys {
@@ -369,6 +375,59 @@ impl Meta {
             }
         }
         Err(too_much_contention("bootstrap"))
+    }
+
+    /// The recorded state of the one-time setup step `step` (first-start
+    /// work outside the meta shard, such as the default Kafka stream, that
+    /// must be resumed after a crash and not redone after it finished).
+    /// `None`: never started.
+    pub async fn setup_step(&self, step: &str) -> Result<Option<Vec<u8>>, Error> {
+        let tx = self.router.begin(META_SHARD).await?;
+        tx.peek(&setup_key(step))
+    }
+
+    /// Records the state of the setup step `step` (see [`Meta::setup_step`]).
+    pub async fn set_setup_step(&self, step: &str, state: &[u8]) -> Result<(), Error> {
+        self.update(&setup_key(step), "setup step", |_| Ok(Some(state.to_vec())))
+            .await
+    }
+
+    /// Claims the Kafka name `name` for the stream at `path`. A claim by
+    /// another path is `Exists` unless that path is `stale_holder` (the
+    /// caller found that its stream no longer carries the name); the check
+    /// and the write are one transaction.
+    pub async fn claim_kafka_name(
+        &self,
+        name: &str,
+        path: &str,
+        stale_holder: Option<&str>,
+    ) -> Result<(), Error> {
+        self.update(&kafka_name_key(name), "Kafka name", |cur| {
+            if let Some(cur) = cur {
+                let r: KafkaNameRecord = decode(&cur, "Kafka name")?;
+                if r.path != path && Some(r.path.as_str()) != stale_holder {
+                    return Err(Error::new(
+                        Code::Exists,
+                        format!("the Kafka name {name:?} belongs to the stream {}", r.path),
+                    ));
+                }
+            }
+            Ok(Some(encode(&KafkaNameRecord {
+                name: name.to_string(),
+                path: path.to_string(),
+            })))
+        })
+        .await
+    }
+
+    /// Drops the Kafka name `name` if it is recorded for `path`.
+    pub async fn release_kafka_name(&self, name: &str, path: &str) -> Result<(), Error> {
+        self.update(&kafka_name_key(name), "Kafka name", |cur| {
+            let Some(cur) = cur else { return Ok(None) };
+            let r: KafkaNameRecord = decode(&cur, "Kafka name")?;
+            Ok(if r.path == path { None } else { Some(cur) })
+        })
+        .await
     }
 
     /// Records (or updates) this node's addresses in the cluster map.

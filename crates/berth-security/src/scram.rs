@@ -334,6 +334,9 @@ pub struct ServerExchange {
     mechanism: Mechanism,
     user: String,
     gs2_header: String,
+    /// The client's part of the nonce (librdkafka < 2.6.1 repeats it).
+    client_nonce: String,
+    /// The exchange's nonce: client nonce then server nonce.
     nonce: String,
     client_first_bare: String,
     server_first: String,
@@ -369,6 +372,7 @@ impl ServerExchange {
             mechanism,
             user: first.user,
             gs2_header: first.gs2_header,
+            client_nonce: first.client_nonce,
             nonce,
             client_first_bare: first.bare,
             server_first: server_first.clone(),
@@ -384,6 +388,17 @@ impl ServerExchange {
     /// The user named in the client-first message.
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// Whether the client-final's `r=` names this exchange: the exchange's
+    /// nonce, or (librdkafka before 2.6.1, confluentinc/librdkafka#4895)
+    /// the client nonce followed by the exchange's nonce, which Apache
+    /// Kafka 3.8.1 to 3.9 accept for the same clients. The proof is still
+    /// verified over the message as sent, so this admits no other client.
+    fn nonce_matches(&self, r: &str) -> bool {
+        r == self.nonce
+            || r.strip_prefix(self.client_nonce.as_str())
+                .is_some_and(|rest| rest == self.nonce)
     }
 
     /// Checks the client-final message; on success returns the
@@ -410,7 +425,7 @@ impl ServerExchange {
             .next()
             .and_then(|a| a.strip_prefix("r="))
             .ok_or(Malformed("no nonce (r=)"))?;
-        if nonce != self.nonce {
+        if !self.nonce_matches(nonce) {
             return Err(ScramError::NonceMismatch);
         }
         let proof = STANDARD
@@ -512,6 +527,40 @@ mod tests {
             ex.finish(CLIENT_FINAL.as_bytes()),
             Err(ScramError::WrongProof)
         );
+    }
+
+    /// The client-final of librdkafka < 2.6.1: the client nonce twice.
+    #[test]
+    fn client_final_with_the_client_nonce_repeated_is_accepted() {
+        let ex = rfc_exchange(rfc_credential());
+        let doubled_nonce =
+            "rOprNGfwEbeRWgbNEkqOrOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+        let without_proof = format!("c=biws,r={doubled_nonce}");
+        let auth_message = format!("{},{SERVER_FIRST},{without_proof}", &CLIENT_FIRST[3..]);
+        let c = rfc_credential();
+        let salted = Mechanism::Sha256.salted_password(PASSWORD.as_bytes(), &c.salt, 4096);
+        let proof = client_proof(Mechanism::Sha256, &salted, auth_message.as_bytes());
+        let msg = format!("{without_proof},p={}", STANDARD.encode(proof));
+        let v = ex.finish(msg.as_bytes()).expect("doubled nonce accepted");
+        let expected = server_signature(Mechanism::Sha256, &c.server_key, auth_message.as_bytes());
+        assert_eq!(v, format!("v={}", STANDARD.encode(expected)));
+
+        // The proof covers the message as sent: the RFC's proof (over the
+        // single nonce) does not pass with the doubled nonce.
+        let rfc_proof = CLIENT_FINAL.rsplit_once(",p=").unwrap().1;
+        let mixed = format!("{without_proof},p={rfc_proof}");
+        assert_eq!(ex.finish(mixed.as_bytes()), Err(ScramError::WrongProof));
+
+        // Anything else around the exchange's nonce is refused.
+        for r in [
+            "xrOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+            "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0rOprNGfwEbeRWgbNEkqO",
+            "rOprNGfwEbeRWgbNEkqOrOprNGfwEbeRWgbNEkqOrOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+            "rOprNGfwEbeRWgbNEkqO",
+        ] {
+            let m = format!("c=biws,r={r},p={rfc_proof}");
+            assert_eq!(ex.finish(m.as_bytes()), Err(ScramError::NonceMismatch), "{r}");
+        }
     }
 
     #[test]

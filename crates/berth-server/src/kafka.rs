@@ -59,6 +59,53 @@ impl StreamsBackend {
             .unwrap_or(&self.default_stream)
     }
 
+    /// (stream path, name in it) of a topic or group name: a stream's
+    /// Kafka name and `.`, `/path/stream:`, or nothing (the principal's
+    /// default stream).
+    fn locate(
+        &self,
+        p: &Principal,
+        name: &str,
+        what: &str,
+    ) -> Result<(String, String), StreamError> {
+        match named(name, |n| self.streams.kafka_name_path(n)) {
+            Some(found) => Ok(found),
+            None => split_name(name, self.default_for(p), what),
+        }
+    }
+
+    /// The name a client would use for topic `t` of the stream at `path`:
+    /// plain in `p`'s default stream, `NAME.t` in a stream with a Kafka
+    /// name, else `/path:t`.
+    fn client_name(&self, p: &Principal, path: &str, t: &str) -> String {
+        if path == self.default_for(p) {
+            return t.to_string();
+        }
+        match self.streams.kafka_names_of(path).first() {
+            Some(n) => format!("{n}.{t}"),
+            None => format!("{path}:{t}"),
+        }
+    }
+
+    /// Every topic of the stream at `path` that `p` may see, or nothing
+    /// when the stream is missing or hidden from `p`.
+    async fn visible_topics(
+        &self,
+        p: &Principal,
+        path: &str,
+    ) -> Result<Option<(StreamRef, Vec<(String, TopicRecord)>)>, StreamError> {
+        let s = match self.streams.lookup(p, path).await {
+            Ok(s) => s,
+            Err(e) if is_hidden(&e) => return Ok(None),
+            Err(e) => return Err(to_kafka(e, path)),
+        };
+        match self.streams.topics(p, &s).await {
+            Ok(t) => Ok(Some((s, t))),
+            Err(e) if is_hidden(&e) => Ok(None),
+            Err(e) => Err(to_kafka(e, path)),
+        }
+    }
+
     /// A group's stream, with the consume right it takes to use the group.
     async fn group_stream(&self, p: &Principal, g: &GroupRef) -> Result<StreamRef, StreamError> {
         self.streams
@@ -100,6 +147,19 @@ impl StreamsBackend {
         known.insert(t.clone(), (s.clone(), topic.clone()));
         Ok((s, topic))
     }
+}
+
+/// A legal Kafka name `NAME.rest` whose `NAME` is a stream's Kafka name
+/// (`lookup`): (that stream's path, rest).
+fn named(name: &str, lookup: impl Fn(&str) -> Option<String>) -> Option<(String, String)> {
+    if name.contains(':') {
+        return None;
+    }
+    let (prefix, rest) = name.split_once('.')?;
+    if rest.is_empty() {
+        return None;
+    }
+    Some((lookup(prefix)?, rest.to_string()))
 }
 
 /// Splits `/path/stream:name` into (stream, name); a plain name lives in
@@ -159,14 +219,30 @@ fn append_error(e: AppendError, topic: &str) -> StreamError {
     }
 }
 
-/// A group's stream could not be used: denied means GROUP_AUTHORIZATION_FAILED.
+/// A group's stream could not be used: denied means
+/// GROUP_AUTHORIZATION_FAILED; a missing stream is named, with the fix, as
+/// a passing failure (COORDINATOR_NOT_AVAILABLE for the group APIs): the
+/// client keeps asking and succeeds once the stream exists.
 fn group_error(e: Error, g: &GroupRef) -> StreamError {
     match e.code {
         Code::Access | Code::Perm | Code::Auth => {
             StreamError::GroupDenied(format!("{}:{}: {}", g.stream, g.group, e.message))
         }
+        Code::NotFound | Code::NotDir => StreamError::Retriable(format!(
+            "group {:?} lives in the stream {}, which does not exist ({}): create it \
+             (berth stream create {}) or name the group's stream (/path/stream:{})",
+            g.group, g.stream, e.message, g.stream, g.group
+        )),
         _ => to_kafka(e, &g.group),
     }
+}
+
+/// Errors that hide a stream from a listing instead of failing it.
+fn is_hidden(e: &Error) -> bool {
+    matches!(
+        e.code,
+        Code::NotFound | Code::NotDir | Code::Invalid | Code::Access | Code::Perm
+    )
 }
 
 fn info(name: &str, t: &TopicRecord, c: &StreamConfig) -> TopicInfo {
@@ -204,7 +280,7 @@ impl Backend for StreamsBackend {
     }
 
     fn resolve(&self, p: &Principal, name: &str) -> Result<TopicRef, StreamError> {
-        let (stream, topic) = split_name(name, self.default_for(p), "topic")?;
+        let (stream, topic) = self.locate(p, name, "topic")?;
         Ok(TopicRef { stream, topic })
     }
 
@@ -233,22 +309,42 @@ impl Backend for StreamsBackend {
     }
 
     async fn default_topics(&self, p: &Principal) -> Result<Vec<TopicInfo>, StreamError> {
-        let default = self.default_for(p);
-        let s = match self.streams.lookup(p, default).await {
-            Ok(s) => s,
-            // No default stream: nothing to list.
-            Err(e) if e.code == Code::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(to_kafka(e, default)),
-        };
-        let topics = match self.streams.topics(p, &s).await {
-            Ok(t) => t,
-            Err(e) if matches!(e.code, Code::Access | Code::Perm) => return Ok(Vec::new()),
-            Err(e) => return Err(to_kafka(e, default)),
-        };
-        Ok(topics
-            .iter()
-            .map(|(name, t)| info(name, t, &s.config))
-            .collect())
+        // Every name the principal could use: plain and full names in its
+        // default stream, `NAME.topic` and full names in every stream with
+        // a Kafka name (streams without one are not enumerated: a full name
+        // still reaches them).
+        let default = self.default_for(p).to_string();
+        let mut names = self.streams.kafka_names();
+        let mut paths: Vec<String> = vec![default.clone()];
+        for (_, path) in &names {
+            if !paths.contains(path) {
+                paths.push(path.clone());
+            }
+        }
+        names.sort();
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for path in &paths {
+            let Some((s, topics)) = self.visible_topics(p, path).await? else {
+                continue;
+            };
+            for (topic, t) in &topics {
+                let mut forms = Vec::new();
+                if *path == default {
+                    forms.push(topic.clone());
+                }
+                for (n, _) in names.iter().filter(|(_, np)| np == path) {
+                    forms.push(format!("{n}.{topic}"));
+                }
+                forms.push(format!("{path}:{topic}"));
+                for name in forms {
+                    if seen.insert(name.clone()) {
+                        out.push(info(&name, t, &s.config));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn create_topic(
@@ -430,7 +526,7 @@ impl Backend for StreamsBackend {
     }
 
     fn resolve_group(&self, p: &Principal, name: &str) -> Result<GroupRef, StreamError> {
-        let (stream, group) = split_name(name, self.default_for(p), "group")?;
+        let (stream, group) = self.locate(p, name, "group")?;
         Ok(GroupRef { stream, group })
     }
 
@@ -501,13 +597,13 @@ impl Backend for StreamsBackend {
             .group_offsets(p, &gs, &g.group)
             .await
             .map_err(|e| group_error(e, g))?;
-        let default_prefix = format!("{}:", self.default_for(p));
         Ok(all
             .into_iter()
             .filter_map(|(topic, part, c)| {
-                // The name the client used: plain for the default stream.
-                let name = match topic.strip_prefix(&default_prefix) {
-                    Some(plain) => plain.to_string(),
+                // The name a client uses: plain for the default stream,
+                // the legal name where the stream has one.
+                let name = match topic.rsplit_once(':') {
+                    Some((path, t)) => self.client_name(p, path, t),
                     None => topic,
                 };
                 let part = i32::try_from(part).ok()?;
@@ -580,6 +676,49 @@ mod tests {
                 Err(StreamError::InvalidTopic(_))
             ));
         }
+    }
+
+    #[test]
+    fn legal_names_resolve_through_kafka_names() {
+        let names = |n: &str| (n == "events").then(|| "/apps/events".to_string());
+        assert_eq!(
+            named("events.clicks", names),
+            Some(("/apps/events".into(), "clicks".into()))
+        );
+        // The first dot splits: topic names may hold dots.
+        assert_eq!(
+            named("events.a.b", names),
+            Some(("/apps/events".into(), "a.b".into()))
+        );
+        // Unknown prefixes, no topic, and full names are not Kafka names.
+        for plain in [
+            "other.clicks",
+            "events.",
+            "events",
+            "/apps/events:x.y",
+            "clicks",
+        ] {
+            assert_eq!(named(plain, names), None, "{plain}");
+        }
+    }
+
+    #[test]
+    fn a_missing_group_stream_is_named_and_passing() {
+        let g = GroupRef {
+            stream: "/apps/erin".into(),
+            group: "my-app".into(),
+        };
+        match group_error(Error::new(Code::NotFound, "no such entry"), &g) {
+            StreamError::Retriable(m) => {
+                assert!(m.contains("/apps/erin, which does not exist"), "{m}");
+                assert!(m.contains("berth stream create /apps/erin"), "{m}");
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(
+            group_error(Error::new(Code::Access, "x"), &g),
+            StreamError::GroupDenied(_)
+        ));
     }
 
     #[test]

@@ -456,6 +456,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     settle("finishing interrupted volume changes", || ns.reconcile()).await?;
     settle("recording shard leaders", || meta.report_leaders()).await?;
+    if cfg.kafka_addr.is_some() {
+        // Where plain Kafka names live, from the first start. A path the
+        // operator used for something else is reported, not fatal: plain
+        // names then fail with an error naming it.
+        let path = &cfg.kafka_default_stream;
+        if let Err(e) = settle("creating the default Kafka stream", || {
+            streams.ensure_default_stream(path)
+        })
+        .await
+        {
+            tracing::warn!(stream = %path, error = %e, "the default Kafka stream is not ready: plain topic and group names will fail until it exists (berth stream create {path}, or --kafka-default-stream)");
+        }
+    }
     meta.spawn_leader_reporter(LEADER_REPORT_INTERVAL);
 
     // The admin ticket in the data directory (single-node convenience).

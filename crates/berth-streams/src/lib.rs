@@ -474,6 +474,29 @@ fn batch_key(vol: u64, ino: u64, topic: u64, part: u32, last: i64) -> Vec<u8> {
         .build()
 }
 
+/// Longest Kafka name of a stream.
+pub const KAFKA_NAME_MAX: usize = 64;
+
+/// Checks a stream's Kafka name: 1–64 characters of `[A-Za-z0-9_-]`. No
+/// dot: `NAME.topic` splits at the first one.
+pub fn valid_kafka_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > KAFKA_NAME_MAX {
+        return Err(Error::invalid(format!(
+            "Kafka name {name:?}: 1 to {KAFKA_NAME_MAX} characters"
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+    {
+        return Err(Error::invalid(format!(
+            "Kafka name {name:?}: {c:?} is not allowed (letters, digits, '_', '-'; \
+             no '.', which separates it from the topic)"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a topic name: 1–249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`
 /// (Kafka's rule).
 pub fn valid_topic_name(name: &str) -> Result<(), Error> {
@@ -549,6 +572,52 @@ impl Streams {
         Ok(StreamRef { entry, vol, config })
     }
 
+    /// One-time setup of the stream where plain Kafka topic and group
+    /// names live: on the first start with `path` as the default stream,
+    /// creates it (and its missing parent directories) so a fresh node
+    /// takes any topic and group name, with ACEs letting every
+    /// authenticated principal produce, consume and create topics (an
+    /// operator narrows them with `berth stream edit`). Crash-safe like the
+    /// root volume: the step is recorded in the cluster map as started
+    /// before the entry is made and as done after its config is written, so
+    /// a restart finishes it, and an operator's later removal or change is
+    /// never undone. A stream already at `path` when the step first runs
+    /// (made by an operator) is left as it is.
+    pub async fn ensure_default_stream(&self, path: &str) -> Result<(), Error> {
+        const STARTED: &[u8] = b"started";
+        const DONE: &[u8] = b"done";
+        let path = berth_meta::map::normalize_path(path)?;
+        let step = format!("kafka default stream {path}");
+        let meta = self.ns.meta();
+        let system = berth_fs::volumes::system_principal();
+        match meta.setup_step(&step).await?.as_deref() {
+            Some(DONE) => return Ok(()),
+            Some(_) => {}
+            None => {
+                match self.lookup(&system, &path).await {
+                    Ok(_) => return meta.set_setup_step(&step, DONE).await,
+                    Err(e) if e.code == Code::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                meta.set_setup_step(&step, STARTED).await?;
+            }
+        }
+        if let Some((parent, _)) = berth_meta::map::split_parent(&path) {
+            self.ns.mkdir(&system, parent, 0o755, true).await?;
+        }
+        self.ns
+            .create(&system, &path, EntryKind::Stream, 0o644, false)
+            .await?;
+        let everyone = Some("p".to_string());
+        self.configure(&system, &path, |c| {
+            c.produce_ace = everyone.clone();
+            c.consume_ace = everyone.clone();
+            c.topic_ace = everyone.clone();
+        })
+        .await?;
+        meta.set_setup_step(&step, DONE).await
+    }
+
     /// The stream at `path`, if `p` has `right` on it.
     pub async fn stream(
         &self,
@@ -610,6 +679,84 @@ impl Streams {
             }
         }
         Err(berth_meta::router::too_much_contention(path))
+    }
+
+    /// Gives the stream at `path` the Kafka name `name` (admin right on
+    /// the stream), or takes its name away (`None`): clients that validate
+    /// topic names reach its topics as `NAME.topic` and its groups as
+    /// `NAME.group`. A name maps to a path, as a full name
+    /// `/path:topic` does: it is the cluster map's (unique), a name whose
+    /// path holds no stream any more may be claimed again, and a stream has
+    /// at most one (setting another drops the old).
+    pub async fn set_kafka_name(
+        &self,
+        p: &Principal,
+        path: &str,
+        name: Option<&str>,
+    ) -> Result<(), Error> {
+        let s = self.stream(p, path, Right::Admin).await?;
+        let path = s.entry.path;
+        let meta = self.ns.meta();
+        if let Some(n) = name {
+            valid_kafka_name(n)?;
+            let holder = meta.map().kafka_names.get(n).cloned();
+            let stale = match holder {
+                Some(h) if h != path => {
+                    let system = berth_fs::volumes::system_principal();
+                    match self.lookup(&system, &h).await {
+                        Ok(_) => {
+                            return Err(Error::new(
+                                Code::Exists,
+                                format!("the Kafka name {n:?} belongs to the stream {h}"),
+                            ))
+                        }
+                        // Nothing, or no stream, at the holder's path.
+                        Err(e)
+                            if matches!(e.code, Code::NotFound | Code::NotDir | Code::Invalid) =>
+                        {
+                            Some(h)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => None,
+            };
+            meta.claim_kafka_name(n, &path, stale.as_deref()).await?;
+        }
+        for old in self.kafka_names_of(&path) {
+            if Some(old.as_str()) != name {
+                meta.release_kafka_name(&old, &path).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The Kafka names recorded for `path` (normally none or one).
+    pub fn kafka_names_of(&self, path: &str) -> Vec<String> {
+        self.ns
+            .meta()
+            .map()
+            .kafka_names
+            .iter()
+            .filter(|(_, p)| p.as_str() == path)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The path a Kafka name maps to, if it is recorded.
+    pub fn kafka_name_path(&self, name: &str) -> Option<String> {
+        self.ns.meta().map().kafka_names.get(name).cloned()
+    }
+
+    /// Every recorded Kafka name with its path.
+    pub fn kafka_names(&self) -> Vec<(String, String)> {
+        self.ns
+            .meta()
+            .map()
+            .kafka_names
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect()
     }
 
     /// Every topic of a stream (consume or topic right).

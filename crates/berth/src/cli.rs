@@ -320,6 +320,11 @@ pub struct StreamSettings {
     /// Who may change the settings and delete the stream.
     #[arg(long)]
     pub admin_ace: Option<String>,
+    /// A name of letters, digits, '_' and '-' (unique in the cluster) by
+    /// which Kafka clients that check topic names reach the stream: topic
+    /// T as NAME.T, group G as NAME.G ('' on edit: drop it).
+    #[arg(long)]
+    pub kafka_name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

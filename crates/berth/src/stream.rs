@@ -107,6 +107,7 @@ fn stream_json(s: &StreamInfo) -> Value {
         "topic_ace": s.topic_ace,
         "admin_ace": s.admin_ace,
         "topics": s.topics,
+        "kafka_name": s.kafka_name,
     })
 }
 
@@ -124,6 +125,17 @@ fn topic_json(t: &TopicInfo) -> Value {
             "log_end": p.log_end,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// How Kafka clients name the stream's topics.
+fn kafka_name_text(s: &StreamInfo) -> String {
+    match s.kafka_name.as_deref() {
+        Some(n) => format!("{n} (topics: {n}.TOPIC or {}:TOPIC)", s.path),
+        None => format!(
+            "(none: topics are {}:TOPIC; --kafka-name gives a name Kafka clients accept)",
+            s.path
+        ),
+    }
 }
 
 fn print_stream(s: &StreamInfo) {
@@ -145,6 +157,7 @@ fn print_stream(s: &StreamInfo) {
         ("consume ace", ace_text(s.consume_ace.as_deref())),
         ("topic ace", ace_text(s.topic_ace.as_deref())),
         ("admin ace", ace_text(s.admin_ace.as_deref())),
+        ("kafka name", kafka_name_text(s)),
         (
             "topics",
             s.topics
@@ -176,6 +189,7 @@ pub async fn stream(ctx: &Ctx, cmd: StreamCmd) -> Result<()> {
                 consume_ace: settings.consume_ace,
                 topic_ace: settings.topic_ace,
                 admin_ace: settings.admin_ace,
+                kafka_name: settings.kafka_name,
             };
             let s = streams
                 .create(req)
@@ -189,8 +203,12 @@ pub async fn stream(ctx: &Ctx, cmd: StreamCmd) -> Result<()> {
                     b if b < 0 => String::new(),
                     b => format!(", at most {} per partition", retention_bytes_text(b)),
                 };
+                let named = match &s.kafka_name {
+                    Some(n) => format!("; Kafka name {n}: topics as {n}.TOPIC"),
+                    None => String::new(),
+                };
                 println!(
-                    "created stream {} ({} partition(s) per topic, retention {}{size})",
+                    "created stream {} ({} partition(s) per topic, retention {}{size}{named})",
                     s.path,
                     s.default_partitions,
                     retention_text(s.retention_ms),
@@ -260,6 +278,7 @@ pub async fn stream(ctx: &Ctx, cmd: StreamCmd) -> Result<()> {
                 topic_ace: settings.topic_ace,
                 admin_ace: settings.admin_ace,
                 clear_aces: clear_ace,
+                kafka_name: settings.kafka_name,
             };
             let s = streams
                 .edit(req)

@@ -127,9 +127,10 @@ fn apply_edit(c: &mut StreamConfig, r: &StreamEditRequest) {
     }
 }
 
-fn to_info(s: StreamRef, topics: Option<u32>) -> StreamInfo {
+fn to_info(s: StreamRef, topics: Option<u32>, kafka_name: Option<String>) -> StreamInfo {
     let c = s.config;
     StreamInfo {
+        kafka_name,
         path: s.entry.path.clone(),
         entry: Some(to_entry(s.entry)),
         default_partitions: c.default_partitions,
@@ -188,7 +189,12 @@ impl StreamsService {
             Err(e) if denied(&e) => None,
             Err(e) => return Err(e),
         };
-        Ok(to_info(s, topics))
+        let name = self
+            .streams
+            .kafka_names_of(&s.entry.path)
+            .into_iter()
+            .next();
+        Ok(to_info(s, topics, name))
     }
 }
 
@@ -202,8 +208,30 @@ impl StreamsApi for StreamsService {
         self.native
             .call("Streams/Create", req, |p, r| async move {
                 let config = create_config(&r)?;
+                if let Some(n) = &r.kafka_name {
+                    // A bad name fails before the stream is made.
+                    berth_streams::valid_kafka_name(n)?;
+                }
                 let s = st.create_stream(&p, &r.path, config).await?;
-                Ok(to_info(s, Some(0)))
+                let name = match &r.kafka_name {
+                    Some(n) => {
+                        st.set_kafka_name(&p, &s.entry.path, Some(n))
+                            .await
+                            .map_err(|e| {
+                                Error::new(
+                                    e.code,
+                                    format!(
+                                        "the stream {} was created without its Kafka name: {}; \
+                                         set one with berth stream edit {} --kafka-name NAME",
+                                        s.entry.path, e.message, s.entry.path
+                                    ),
+                                )
+                            })?;
+                        Some(n.clone())
+                    }
+                    None => None,
+                };
+                Ok(to_info(s, Some(0), name))
             })
             .await
     }
@@ -269,6 +297,13 @@ impl StreamsApi for StreamsService {
         self.native
             .call("Streams/Edit", req, |p, r| async move {
                 check_edit(&r)?;
+                if let Some(n) = r.kafka_name.as_deref() {
+                    let name = Some(n).filter(|n| !n.is_empty());
+                    if let Some(n) = name {
+                        berth_streams::valid_kafka_name(n)?;
+                    }
+                    st.set_kafka_name(&p, &r.path, name).await?;
+                }
                 let config = st.configure(&p, &r.path, |c| apply_edit(c, &r)).await?;
                 let mut s = st.lookup(&p, &r.path).await?;
                 s.config = config;

@@ -12,7 +12,7 @@ use crate::harness::TestServer;
 const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka/clients.py");
 
 /// Whether python3 can import `module`.
-fn python_has(module: &str) -> bool {
+pub(crate) fn python_has(module: &str) -> bool {
     Command::new("python3")
         .args(["-c", &format!("import {module}")])
         .stdout(Stdio::null())
@@ -21,18 +21,17 @@ fn python_has(module: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn have(what: &str, ok: bool) -> bool {
+pub(crate) fn have(what: &str, ok: bool) -> bool {
     if !ok {
         eprintln!("SKIP: {what} is not installed (scripts/test installs it)");
     }
     ok
 }
 
-/// A server with `/streams/default` (plain topic names) and `/apps/s1`.
+/// A server (with `/streams/default` for plain topic names from its first
+/// start) and `/apps/s1`.
 fn server() -> TestServer {
     let s = TestServer::start();
-    s.ok(&["mkdir", "/streams"]);
-    s.ok(&["stream", "create", "/streams/default"]);
     s.ok(&["mkdir", "/apps"]);
     s.ok(&["stream", "create", "/apps/s1", "--partitions", "2"]);
     s
@@ -64,7 +63,7 @@ fn run_clients_with(
 }
 
 /// `clients.py CHECK` against `bootstrap` with the server's CA.
-fn clients(
+pub(crate) fn clients(
     s: &TestServer,
     bootstrap: &str,
     check: &str,
@@ -85,7 +84,7 @@ fn clients(
 }
 
 /// Runs `cmd`: whether it succeeded, and stdout + stderr.
-fn output(mut cmd: Command) -> (bool, String) {
+pub(crate) fn output(mut cmd: Command) -> (bool, String) {
     let out = cmd.output().expect("run python3");
     let text = format!(
         "{}{}",
@@ -95,7 +94,7 @@ fn output(mut cmd: Command) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn ticket(path: &Path) -> String {
+pub(crate) fn ticket(path: &Path) -> String {
     std::fs::read_to_string(path)
         .expect("ticket file")
         .trim()

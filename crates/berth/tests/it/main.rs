@@ -11,6 +11,7 @@ mod files;
 mod fsx;
 mod harness;
 mod kafka;
+mod kafka_fresh;
 mod kafka_go;
 mod locks;
 mod mount;

@@ -30,6 +30,15 @@ line reason otherwise. Checks:
               ran, reading from the first offset gives exactly the records
               whose key has no later record, in order, across the offset
               gaps: c1 b2 a3 d1
+  subscribe   env KAFKA_CLIENT (confluent, kafka-python or aiokafka) and
+              KAFKA_GROUP: produce 20 records with acks=all, then a member of
+              the group subscribes to TOPIC, reads all 20 from the earliest
+              offset and commits them; the group's committed offsets must
+              add up to 20. KAFKA_CLIENT=kafka-python also checks that a
+              metadata request for all topics lists TOPIC.
+  group-error  a librdkafka member of group env KAFKA_GROUP subscribes to
+              TOPIC; some consumer error must contain env EXPECT (the
+              broker's message), within 30 s
   idempotent-drops  BOOTSTRAP is a proxy this check runs (env PROXY_LISTEN
               port, forwarding to env PROXY_TARGET host:port) that cuts
               connections after a random number of bytes while an idempotent
@@ -551,7 +560,173 @@ def compact():
     fail(f"after compaction read {got}, wanted {want}")
 
 
+# --- one consumer group, any of the three clients ---------------------------
+
+def subscribe():
+    client = os.environ["KAFKA_CLIENT"]
+    group_id = os.environ["KAFKA_GROUP"]
+    values = [f"{client}-{i}".encode() for i in range(N)]
+    if client == "confluent":
+        subscribe_confluent(group_id, values)
+    elif client == "kafka-python":
+        subscribe_kafka_python(group_id, values)
+    elif client == "aiokafka":
+        asyncio.run(subscribe_aiokafka(group_id, values))
+    else:
+        fail(f"unknown KAFKA_CLIENT {client}")
+
+
+def check_values(got, values):
+    if sorted(got) != sorted(values):
+        fail(f"the group read {len(got)} records, wanted {len(values)}: {got[:5]}...")
+
+
+def subscribe_confluent(group_id, values):
+    from confluent_kafka import Consumer, Producer
+
+    p = Producer(confluent_conf({"acks": "all"}))
+    errors = []
+    for v in values:
+        p.produce(TOPIC, value=v, on_delivery=lambda err, _m: err and errors.append(str(err)))
+    if p.flush(DEADLINE_S) != 0 or errors:
+        fail(f"produce: {errors or 'undelivered'}")
+    c = Consumer(confluent_conf({"group.id": group_id, "auto.offset.reset": "earliest",
+                                 "enable.auto.commit": False}))
+    c.subscribe([TOPIC])
+    got = []
+    end = time.time() + DEADLINE_S
+    while len(got) < len(values) and time.time() < end:
+        m = c.poll(1.0)
+        if m is None:
+            continue
+        if m.error():
+            fail(f"consume: {m.error()}")
+        got.append(m.value())
+    check_values(got, values)
+    c.commit(asynchronous=False)
+    committed = c.committed(c.assignment(), timeout=DEADLINE_S)
+    c.close()
+    total = sum(max(tp.offset, 0) for tp in committed)
+    if total != len(values):
+        fail(f"committed offsets add up to {total}, wanted {len(values)}")
+
+
+def kafka_python_common():
+    common = dict(
+        bootstrap_servers=BOOTSTRAP,
+        security_protocol="SASL_SSL",
+        sasl_mechanism=MECHANISM,
+        sasl_plain_username=USER,
+        sasl_plain_password=PASSWORD,
+        ssl_cafile=CA,
+    )
+    return common
+
+
+def subscribe_kafka_python(group_id, values):
+    from kafka import KafkaConsumer, KafkaProducer
+
+    common = kafka_python_common()
+    p = KafkaProducer(acks="all", enable_idempotence=False, **common)
+    for f in [p.send(TOPIC, value=v) for v in values]:
+        f.get(timeout=DEADLINE_S)
+    p.close()
+    c = KafkaConsumer(group_id=group_id, auto_offset_reset="earliest",
+                      enable_auto_commit=False, **common)
+    if TOPIC not in c.topics():
+        fail(f"{TOPIC} is not among all topics: {sorted(c.topics())}")
+    c.subscribe([TOPIC])
+    got = []
+    end = time.time() + DEADLINE_S
+    while len(got) < len(values) and time.time() < end:
+        for _, msgs in c.poll(timeout_ms=1000).items():
+            got.extend(m.value for m in msgs)
+    check_values(got, values)
+    c.commit()
+    total = sum(c.committed(tp) or 0 for tp in c.assignment())
+    c.close()
+    if total != len(values):
+        fail(f"committed offsets add up to {total}, wanted {len(values)}")
+
+
+async def subscribe_aiokafka(group_id, values):
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.helpers import create_ssl_context
+
+    common = dict(
+        bootstrap_servers=BOOTSTRAP,
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_plain_username=USER,
+        sasl_plain_password=PASSWORD,
+        ssl_context=create_ssl_context(cafile=CA),
+    )
+    p = AIOKafkaProducer(acks="all", **common)
+    await p.start()
+    try:
+        for v in values:
+            await p.send_and_wait(TOPIC, value=v)
+    finally:
+        await p.stop()
+    c = AIOKafkaConsumer(TOPIC, group_id=group_id, auto_offset_reset="earliest",
+                         enable_auto_commit=False, **common)
+    await c.start()
+    got = []
+    try:
+        end = time.time() + DEADLINE_S
+        while len(got) < len(values) and time.time() < end:
+            batch = await c.getmany(timeout_ms=1000)
+            for msgs in batch.values():
+                got.extend(m.value for m in msgs)
+        check_values(got, values)
+        await c.commit()
+        total = 0
+        for tp in c.assignment():
+            total += await c.committed(tp) or 0
+    finally:
+        await c.stop()
+    if total != len(values):
+        fail(f"committed offsets add up to {total}, wanted {len(values)}")
+
+
+def group_error():
+    from confluent_kafka import Consumer
+
+    import logging
+
+    expect = os.environ["EXPECT"]
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    log = logging.getLogger("group-error")
+    log.addHandler(Keep())
+    log.setLevel(logging.DEBUG)
+    # librdkafka retries a coordinator that is not available without telling
+    # the application; its group debug log shows the broker's reason.
+    c = Consumer(confluent_conf({"group.id": os.environ["KAFKA_GROUP"],
+                                 "auto.offset.reset": "earliest", "debug": "cgrp"}),
+                 logger=log)
+    c.subscribe([TOPIC])
+    end = time.time() + 30
+    try:
+        while time.time() < end:
+            m = c.poll(0.5)
+            if m is not None and m.error():
+                seen.append(str(m.error()))
+            if any(expect in line for line in seen):
+                return
+    finally:
+        c.close()
+    fail(f"no consumer error or log line containing {expect!r}; saw "
+         f"{[line for line in seen if 'oordinator' in line][:5]}")
+
+
 CHECKS = {
+    "group-error": group_error,
+    "subscribe": subscribe,
     "compact": compact,
     "idempotent-drops": idempotent_drops,
     "group": group,
