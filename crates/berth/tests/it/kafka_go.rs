@@ -149,15 +149,10 @@ fn run(bin: &Path, s: &TestServer, r: Run) {
     );
 }
 
-/// Makes `/streams/default` (plain topic names) unless the server already
-/// has it, then `/apps/s1`.
+/// A fresh server (plain names live in `/streams/default`, which exists
+/// from the first start: no setup step) and `/apps/s1`.
 fn server() -> TestServer {
     let s = TestServer::start();
-    s.ok(&["mkdir", "-p", "/streams"]);
-    let out = s.cli(&["stream", "create", "/streams/default"]);
-    if !out.status.success() {
-        s.check_err(&["stream", "create", "/streams/default"], out, "EEXIST");
-    }
     s.ok(&["mkdir", "-p", "/apps"]);
     s.ok(&["stream", "create", "/apps/s1", "--partitions", "2"]);
     s
