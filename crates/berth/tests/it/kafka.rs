@@ -444,12 +444,33 @@ fn scram_and_oauthbearer_authenticate_librdkafka() {
     assert!(ok, "OAUTHBEARER with a bad token: {text}\n{}", s.log());
 }
 
+/// An rdkafka client configuration for `s` over TLS with SASL `mechanism`,
+/// plus `extra`.
+pub(crate) fn rdkafka_config(
+    s: &TestServer,
+    mechanism: &str,
+    user: &str,
+    password: &str,
+    extra: &[(&str, &str)],
+) -> rdkafka::config::ClientConfig {
+    let mut c = rdkafka::config::ClientConfig::new();
+    c.set("bootstrap.servers", format!("127.0.0.1:{}", s.kafka_port))
+        .set("security.protocol", "SASL_SSL")
+        .set("sasl.mechanisms", mechanism)
+        .set("sasl.username", user)
+        .set("sasl.password", password)
+        .set("ssl.ca.location", s.ca_file().to_str().expect("UTF-8 path"));
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    c
+}
+
 /// The Rust client (`rdkafka`, librdkafka built from source): keyed records
 /// with headers, lz4-compressed, acks=all, over TLS with SCRAM-SHA-512;
 /// read back in order.
 #[test]
 fn rdkafka_round_trip_with_scram() {
-    use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -468,19 +489,8 @@ fn rdkafka_round_trip_with_scram() {
     ]);
     s.ok(&["stream", "topic", "create", "/apps/s1", "rust"]);
     let topic = "/apps/s1:rust";
-    let config = |extra: &[(&str, &str)]| {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", format!("127.0.0.1:{}", s.kafka_port))
-            .set("security.protocol", "SASL_SSL")
-            .set("sasl.mechanisms", "SCRAM-SHA-512")
-            .set("sasl.username", "dave")
-            .set("sasl.password", "dave-pw")
-            .set("ssl.ca.location", s.ca_file().to_str().expect("UTF-8 path"));
-        for (k, v) in extra {
-            c.set(*k, *v);
-        }
-        c
-    };
+    let config =
+        |extra: &[(&str, &str)]| rdkafka_config(&s, "SCRAM-SHA-512", "dave", "dave-pw", extra);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let producer: FutureProducer = config(&[("acks", "all"), ("compression.type", "lz4")])
         .create()

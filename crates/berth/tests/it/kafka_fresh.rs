@@ -13,7 +13,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::harness::TestServer;
-use crate::kafka::{clients, have, output, python_has};
+use crate::kafka::{clients, have, output, python_has, rdkafka_config};
 
 /// Longest a kcat run may take.
 const KCAT_TIMEOUT_S: u64 = 60;
@@ -168,25 +168,12 @@ fn a_fresh_node_takes_plain_names_and_groups_from_every_client() {
 /// The Rust client (librdkafka built from source) in a consumer group on a
 /// plain name.
 fn rdkafka_group(s: &TestServer) {
-    use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     use rdkafka::message::Message;
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use std::time::{Duration, Instant};
 
-    let config = |extra: &[(&str, &str)]| {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", format!("127.0.0.1:{}", s.kafka_port))
-            .set("security.protocol", "SASL_SSL")
-            .set("sasl.mechanisms", "PLAIN")
-            .set("sasl.username", "bob")
-            .set("sasl.password", "bob-pw")
-            .set("ssl.ca.location", s.ca_file().to_str().expect("UTF-8 path"));
-        for (k, v) in extra {
-            c.set(*k, *v);
-        }
-        c
-    };
+    let config = |extra: &[(&str, &str)]| rdkafka_config(s, "PLAIN", "bob", "bob-pw", extra);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let producer: FutureProducer = config(&[("acks", "all")]).create().expect("producer");
     rt.block_on(async {

@@ -171,17 +171,21 @@ def bad_login():
 
 # --- kafka-python -----------------------------------------------------------
 
-def kafka_python():
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-    common = dict(
+def kafka_python_common():
+    return dict(
         bootstrap_servers=BOOTSTRAP,
         security_protocol="SASL_SSL",
-        sasl_mechanism="PLAIN",
+        sasl_mechanism=MECHANISM,
         sasl_plain_username=USER,
         sasl_plain_password=PASSWORD,
         ssl_cafile=CA,
     )
+
+
+def kafka_python():
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    common = kafka_python_common()
     codecs = ["none", "gzip"]
     for codec in codecs:
         p = KafkaProducer(acks="all", compression_type=None if codec == "none" else codec,
@@ -208,11 +212,10 @@ def kafka_python():
 
 # --- aiokafka ---------------------------------------------------------------
 
-async def aiokafka_check():
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+def aiokafka_common():
     from aiokafka.helpers import create_ssl_context
 
-    common = dict(
+    return dict(
         bootstrap_servers=BOOTSTRAP,
         security_protocol="SASL_SSL",
         sasl_mechanism="PLAIN",
@@ -220,6 +223,12 @@ async def aiokafka_check():
         sasl_plain_password=PASSWORD,
         ssl_context=create_ssl_context(cafile=CA),
     )
+
+
+async def aiokafka_check():
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    common = aiokafka_common()
     codecs = ["none", "gzip"]
     for codec in codecs:
         p = AIOKafkaProducer(acks="all", compression_type=None if codec == "none" else codec,
@@ -611,18 +620,6 @@ def subscribe_confluent(group_id, values):
         fail(f"committed offsets add up to {total}, wanted {len(values)}")
 
 
-def kafka_python_common():
-    common = dict(
-        bootstrap_servers=BOOTSTRAP,
-        security_protocol="SASL_SSL",
-        sasl_mechanism=MECHANISM,
-        sasl_plain_username=USER,
-        sasl_plain_password=PASSWORD,
-        ssl_cafile=CA,
-    )
-    return common
-
-
 def subscribe_kafka_python(group_id, values):
     from kafka import KafkaConsumer, KafkaProducer
 
@@ -651,16 +648,8 @@ def subscribe_kafka_python(group_id, values):
 
 async def subscribe_aiokafka(group_id, values):
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from aiokafka.helpers import create_ssl_context
 
-    common = dict(
-        bootstrap_servers=BOOTSTRAP,
-        security_protocol="SASL_SSL",
-        sasl_mechanism="PLAIN",
-        sasl_plain_username=USER,
-        sasl_plain_password=PASSWORD,
-        ssl_context=create_ssl_context(cafile=CA),
-    )
+    common = aiokafka_common()
     p = AIOKafkaProducer(acks="all", **common)
     await p.start()
     try:
