@@ -1661,6 +1661,63 @@ impl Streams {
 /// Batches one compaction pass looks at (from the log start).
 const COMPACT_WINDOW_BATCHES: usize = 4096;
 
+/// Bytes one compaction pass holds at most: the stored batches and their
+/// decompressed records. A batch may decompress to
+/// [`compact::RECORDS_BYTES_MAX`], so without this bound a window of small
+/// batches that each decompress to that much (a producer's "zip bombs")
+/// would hold thousands of times it; with it, the window ends early (it
+/// always takes its first batch).
+const COMPACT_WINDOW_BYTES_MAX: u64 = 256 << 20;
+
+/// The batches of one compaction pass, from the log start: at most
+/// [`COMPACT_WINDOW_BATCHES`] and `bytes_max` bytes held, never the batch
+/// holding the log end; with the latest offset of every key among them.
+struct Window {
+    next: i64,
+    bytes_max: u64,
+    bytes: u64,
+    batches: Vec<(Vec<u8>, Vec<u8>, Option<compact::Parsed>)>,
+    latest: HashMap<Vec<u8>, i64>,
+}
+
+impl Window {
+    fn new(next: i64, bytes_max: u64) -> Window {
+        Window {
+            next,
+            bytes_max,
+            bytes: 0,
+            batches: Vec::new(),
+            latest: HashMap::new(),
+        }
+    }
+
+    /// Takes the next batch (key, value) unless the window is full; false
+    /// ends the scan.
+    fn offer(&mut self, k: Vec<u8>, v: Vec<u8>) -> bool {
+        if self.batches.len() >= COMPACT_WINDOW_BATCHES {
+            return false;
+        }
+        let last = batch::base_offset(&v) + batch::offsets(&v) - 1;
+        if last + 1 >= self.next {
+            return false; // the active batch
+        }
+        let parsed = compact::parse(&v).ok();
+        let held = (v.len() + parsed.as_ref().map_or(0, |p| p.records.len())) as u64;
+        if !self.batches.is_empty() && self.bytes.saturating_add(held) > self.bytes_max {
+            return false;
+        }
+        self.bytes += held;
+        for r in parsed.iter().flat_map(|p| &p.keys) {
+            if let Some(key) = &r.key {
+                let e = self.latest.entry(key.clone()).or_insert(r.offset);
+                *e = (*e).max(r.offset);
+            }
+        }
+        self.batches.push((k, v, parsed));
+        true
+    }
+}
+
 /// What a compaction pass did.
 struct CompactPass {
     /// Batches deleted or rewritten.
@@ -1669,8 +1726,8 @@ struct CompactPass {
     next_expiry: i64,
 }
 
-/// One compaction pass over the oldest [`COMPACT_WINDOW_BATCHES`] batches of
-/// a partition, never the batch holding the log end (Kafka's active
+/// One compaction pass over the oldest batches of a partition ([`Window`]:
+/// at most [`COMPACT_WINDOW_BATCHES`] and [`COMPACT_WINDOW_BYTES_MAX`]), never the batch holding the log end (Kafka's active
 /// segment). A record stays when it has no key, or is the latest record of
 /// its key in the window (later records outside it are not seen: a smaller
 /// window only keeps more) — except a latest tombstone whose batch is older
@@ -1691,29 +1748,17 @@ fn compact_window(
 ) -> Result<CompactPass, Error> {
     let skey = part_key(vol, ino, t.id, part);
     let start = batch_key(vol, ino, t.id, part, st.log_start);
-    let page = tx.peek_range(&start, &prefix_end(&skey), COMPACT_WINDOW_BATCHES)?;
-    let mut batches = Vec::with_capacity(page.len());
-    let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
-    for (k, v) in &page {
-        let last = batch::base_offset(v) + batch::offsets(v) - 1;
-        if last + 1 >= st.next {
-            break; // the active batch
-        }
-        let parsed = compact::parse(v).ok();
-        for r in parsed.iter().flat_map(|p| &p.keys) {
-            if let Some(key) = &r.key {
-                let e = latest.entry(key.clone()).or_insert(r.offset);
-                *e = (*e).max(r.offset);
-            }
-        }
-        batches.push((k, v, parsed));
-    }
+    let mut window = Window::new(st.next, COMPACT_WINDOW_BYTES_MAX);
+    scan_batches(tx, start, &prefix_end(&skey), |k, v| window.offer(k, v))?;
+    let Window {
+        batches, latest, ..
+    } = window;
     let keep_tombstones = config.delete_retention_ms < 0;
     let mut pass = CompactPass {
         changed: 0,
         next_expiry: i64::MAX,
     };
-    for (k, v, parsed) in batches {
+    for (k, v, parsed) in &batches {
         let Some(p) = parsed else { continue };
         let expires = batch::max_timestamp(v).saturating_add(config.delete_retention_ms);
         let expired = !keep_tombstones && expires <= now;
@@ -1736,7 +1781,7 @@ fn compact_window(
             pass.changed += 1;
             continue;
         }
-        match compact::rewrite(v, &p, &keep) {
+        match compact::rewrite(v, p, &keep) {
             Ok(smaller) if smaller.len() < v.len() => {
                 st.bytes = st.bytes.saturating_sub((v.len() - smaller.len()) as u64);
                 tx.put(k.clone(), smaller);
@@ -1915,5 +1960,51 @@ pub fn authorize(p: &Principal, s: &StreamRef, right: Right) -> Result<(), Error
             right.name(),
             p.name
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored batch of one record (key `key`, 1000-byte value) at `offset`.
+    fn stored(offset: i64, key: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let value = [7u8; 1000];
+        let mut b = batch::encode(
+            &[batch::Record {
+                key: Some(key),
+                value: Some(&value),
+            }],
+            0,
+            None,
+        );
+        b[..8].copy_from_slice(&offset.to_be_bytes());
+        (offset.to_be_bytes().to_vec(), b)
+    }
+
+    fn fill(w: &mut Window, n: i64) -> usize {
+        (0..n)
+            .take_while(|&o| {
+                let (k, v) = stored(o, if o % 2 == 0 { b"a" } else { b"b" });
+                w.offer(k, v)
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_compaction_window_is_bounded_by_the_bytes_it_holds() {
+        // Each batch holds about 2 KB: its bytes and its records decoded.
+        let mut w = Window::new(100, 5_000);
+        assert_eq!(fill(&mut w, 10), 2);
+        assert!(w.bytes <= 5_000, "{}", w.bytes);
+        assert_eq!(w.latest.get(b"a".as_slice()), Some(&0));
+        assert_eq!(w.latest.get(b"b".as_slice()), Some(&1));
+        // The first batch is always taken, however large.
+        let mut w = Window::new(100, 1);
+        assert_eq!(fill(&mut w, 10), 1);
+        // Never the batch holding the log end.
+        let mut w = Window::new(3, u64::MAX);
+        assert_eq!(fill(&mut w, 10), 2);
+        assert_eq!(w.latest.get(b"a".as_slice()), Some(&0));
     }
 }
