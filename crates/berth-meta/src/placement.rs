@@ -1,0 +1,697 @@
+//! The placement driver's decisions: given the cluster (nodes with their
+//! labels and last heartbeat, shards with their replicas) and the time,
+//! which membership and leadership steps to take next.
+//!
+//! Pure logic: no clock (time is an argument), no I/O, no randomness, so a
+//! scenario table drives it deterministically. The runtime that feeds it
+//! heartbeats and carries out its steps through raft-rs `ConfChangeV2`
+//! (add learner → promote through joint consensus → transfer leadership →
+//! remove) comes with joining nodes (issue 12); until then nothing calls
+//! [`plan`] and a cluster is one node.
+//!
+//! Rules, in order, per shard (one step per shard per plan: raft-rs turns a
+//! second change proposed while one is pending into an empty entry):
+//! 1. A shard in a joint configuration leaves it first.
+//! 2. A shard with a step in flight is left alone.
+//! 3. A caught-up learner is promoted (raft-rs never promotes one itself).
+//! 4. Too few good voters (on nodes that are up or suspect and not
+//!    draining): add a learner on the best node (see [`Settings`] for the
+//!    label that spreads replicas first).
+//! 5. A voter on a down or draining node, once the good voters suffice, is
+//!    removed (its leadership transferred away first).
+//! 6. More good voters than wanted: the worst placed one goes (a duplicate
+//!    of a label value first, then the node holding most replicas).
+//! 7. Voters that share a label value while a good node has an unused
+//!    value: a learner is added there (rule 6 then removes the duplicate).
+//!
+//! Then, when no shard needed repair, at most one balancing step: a replica
+//! moves from the node holding most replicas to the one holding fewest when
+//! they are more than 10 % (and at least 2) apart from the mean, else a
+//! leader moves the same way. Every step counts against
+//! [`Settings::steps_per_node_max`] for each node it touches, and an added
+//! learner against [`Settings::snapshots_per_node_max`] of its target.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use berth_raft::{NodeId, ShardId};
+
+/// How the driver judges nodes and how much it may do at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// A node silent this long is suspect: it keeps its replicas but gets
+    /// no new ones.
+    pub suspect_after_ms: u64,
+    /// A node silent this long is down: its replicas are re-created
+    /// elsewhere (`--node-down-timeout`, 5 min by default).
+    pub down_after_ms: u64,
+    /// The label replicas spread across before they spread across nodes.
+    pub spread_label: String,
+    /// Steps in flight that may touch one node.
+    pub steps_per_node_max: usize,
+    /// Learners catching up (by snapshot) on one node at once.
+    pub snapshots_per_node_max: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            suspect_after_ms: 30_000,
+            down_after_ms: 5 * 60_000,
+            spread_label: "zone".into(),
+            steps_per_node_max: 4,
+            snapshots_per_node_max: 2,
+        }
+    }
+}
+
+/// A node as the driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub labels: BTreeMap<String, String>,
+    /// When its last heartbeat arrived (ms, the caller's clock).
+    pub heartbeat_ms: u64,
+    /// Being decommissioned: its replicas move away.
+    pub draining: bool,
+}
+
+/// A shard as the driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShardView {
+    pub id: ShardId,
+    /// Replicas wanted (the volume's replication factor).
+    pub replication: u32,
+    pub voters: Vec<NodeId>,
+    /// Learners, and whether each has caught up with the leader's log.
+    pub learners: Vec<(NodeId, bool)>,
+    pub leader: Option<NodeId>,
+    /// In a joint configuration (a membership change half done).
+    pub joint: bool,
+    /// A step of this shard is in flight.
+    pub busy: bool,
+}
+
+/// What the driver judges a node to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    Up,
+    Suspect,
+    Down,
+    Draining,
+}
+
+/// One step of the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    LeaveJoint { shard: ShardId },
+    AddLearner { shard: ShardId, node: NodeId },
+    Promote { shard: ShardId, node: NodeId },
+    TransferLeader { shard: ShardId, to: NodeId },
+    Remove { shard: ShardId, node: NodeId },
+}
+
+impl Step {
+    fn nodes(&self) -> Vec<NodeId> {
+        match *self {
+            Step::LeaveJoint { .. } => Vec::new(),
+            Step::AddLearner { node, .. }
+            | Step::Promote { node, .. }
+            | Step::Remove { node, .. } => vec![node],
+            Step::TransferLeader { to, .. } => vec![to],
+        }
+    }
+}
+
+/// The state of `n` at `now_ms`.
+pub fn node_state(n: &NodeView, now_ms: u64, s: &Settings) -> NodeState {
+    let silent_ms = now_ms.saturating_sub(n.heartbeat_ms);
+    if silent_ms >= s.down_after_ms {
+        NodeState::Down
+    } else if n.draining {
+        NodeState::Draining
+    } else if silent_ms >= s.suspect_after_ms {
+        NodeState::Suspect
+    } else {
+        NodeState::Up
+    }
+}
+
+/// The working state of one plan: who holds what, and what each node is
+/// already asked to do.
+struct Plan<'a> {
+    s: &'a Settings,
+    states: BTreeMap<NodeId, NodeState>,
+    labels: BTreeMap<NodeId, Option<String>>,
+    /// Replicas (voters and learners) per node, counting steps planned.
+    replicas: BTreeMap<NodeId, usize>,
+    /// Steps touching each node, planned here.
+    steps: BTreeMap<NodeId, usize>,
+    snapshots: BTreeMap<NodeId, usize>,
+    out: Vec<Step>,
+}
+
+impl Plan<'_> {
+    fn state(&self, n: NodeId) -> NodeState {
+        // A replica on a node the map no longer has is as good as down.
+        self.states.get(&n).copied().unwrap_or(NodeState::Down)
+    }
+
+    /// Holds its replicas: up or suspect, not draining.
+    fn good(&self, n: NodeId) -> bool {
+        matches!(self.state(n), NodeState::Up | NodeState::Suspect)
+    }
+
+    fn label(&self, n: NodeId) -> Option<&str> {
+        self.labels.get(&n).and_then(|l| l.as_deref())
+    }
+
+    fn has_room(&self, n: NodeId) -> bool {
+        self.steps.get(&n).copied().unwrap_or(0) < self.s.steps_per_node_max
+    }
+
+    fn push(&mut self, step: Step) {
+        for n in step.nodes() {
+            *self.steps.entry(n).or_default() += 1;
+        }
+        match step {
+            Step::AddLearner { node, .. } => {
+                *self.snapshots.entry(node).or_default() += 1;
+                *self.replicas.entry(node).or_default() += 1;
+            }
+            Step::Remove { node, .. } => {
+                let r = self.replicas.entry(node).or_default();
+                *r = r.saturating_sub(1);
+            }
+            _ => {}
+        }
+        self.out.push(step);
+    }
+
+    /// The best node for a new replica of a shard held on `holders`: up
+    /// (not suspect), with room, not a holder; an unused label value
+    /// first, then fewest replicas, then lowest id.
+    fn target(&self, holders: &[NodeId]) -> Option<NodeId> {
+        let used: BTreeSet<&str> = holders.iter().filter_map(|n| self.label(*n)).collect();
+        self.states
+            .iter()
+            .filter(|(n, st)| **st == NodeState::Up && !holders.contains(n))
+            .map(|(n, _)| *n)
+            .filter(|n| self.has_room(*n))
+            .filter(|n| self.snapshots.get(n).copied().unwrap_or(0) < self.s.snapshots_per_node_max)
+            .min_by_key(|n| {
+                let reused = self.label(*n).is_some_and(|l| used.contains(l));
+                (reused, self.replicas.get(n).copied().unwrap_or(0), *n)
+            })
+    }
+
+    /// Removes `node`'s voter from `shard`, moving leadership away first.
+    fn remove(&mut self, shard: &ShardView, node: NodeId) {
+        if shard.leader == Some(node) {
+            let to = shard
+                .voters
+                .iter()
+                .copied()
+                .filter(|v| *v != node && self.good(*v))
+                .min_by_key(|v| (self.replicas.get(v).copied().unwrap_or(0), *v));
+            if let Some(to) = to {
+                self.push(Step::TransferLeader {
+                    shard: shard.id,
+                    to,
+                });
+            }
+        } else if self.has_room(node) || !self.good(node) {
+            self.push(Step::Remove {
+                shard: shard.id,
+                node,
+            });
+        }
+    }
+
+    /// The good voter that is worst placed: a duplicate of a label value
+    /// first, then the node holding most replicas, then the highest id.
+    fn worst(&self, voters: &[NodeId]) -> Option<NodeId> {
+        voters.iter().copied().max_by_key(|v| {
+            let dup = self
+                .label(*v)
+                .is_some_and(|l| voters.iter().filter(|o| self.label(**o) == Some(l)).count() > 1);
+            (dup, self.replicas.get(v).copied().unwrap_or(0), *v)
+        })
+    }
+
+    /// Rules 1–7 for one shard; whether it needed anything.
+    fn repair(&mut self, shard: &ShardView) -> bool {
+        if shard.joint {
+            self.push(Step::LeaveJoint { shard: shard.id });
+            return true;
+        }
+        if shard.busy {
+            return true;
+        }
+        if let Some((node, _)) = shard
+            .learners
+            .iter()
+            .find(|(n, ready)| *ready && self.good(*n))
+        {
+            self.push(Step::Promote {
+                shard: shard.id,
+                node: *node,
+            });
+            return true;
+        }
+        let good_nodes = self.states.keys().filter(|n| self.good(**n)).count();
+        let wanted = (shard.replication.max(1) as usize).min(good_nodes.max(1));
+        let good: Vec<NodeId> = shard
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| self.good(*v))
+            .collect();
+        let catching_up = shard.learners.iter().filter(|(n, _)| self.good(*n)).count();
+        let holders: Vec<NodeId> = shard
+            .voters
+            .iter()
+            .copied()
+            .chain(shard.learners.iter().map(|(n, _)| *n))
+            .collect();
+        if good.len() + catching_up < wanted {
+            if let Some(node) = self.target(&holders) {
+                self.push(Step::AddLearner {
+                    shard: shard.id,
+                    node,
+                });
+            }
+            return true;
+        }
+        if catching_up > 0 {
+            return true; // wait for the learner
+        }
+        if let Some(bad) = shard.voters.iter().copied().find(|v| !self.good(*v)) {
+            if good.len() >= wanted {
+                self.remove(shard, bad);
+            }
+            return true;
+        }
+        if good.len() > wanted {
+            if let Some(w) = self.worst(&good) {
+                self.remove(shard, w);
+            }
+            return true;
+        }
+        // Rule 7: a label value held twice while another is free.
+        let values: Vec<&str> = good.iter().filter_map(|v| self.label(*v)).collect();
+        let distinct: BTreeSet<&str> = values.iter().copied().collect();
+        if distinct.len() < values.len() {
+            let free = self.states.iter().any(|(n, st)| {
+                *st == NodeState::Up && self.label(*n).is_some_and(|l| !distinct.contains(l))
+            });
+            if free {
+                if let Some(node) = self.target(&holders) {
+                    if self.label(node).is_some_and(|l| !distinct.contains(l)) {
+                        self.push(Step::AddLearner {
+                            shard: shard.id,
+                            node,
+                        });
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// One replica move, else one leader move, between the most and the
+    /// least loaded up nodes, when they are out of balance.
+    fn balance(&mut self, shards: &[ShardView]) {
+        let up: Vec<NodeId> = self
+            .states
+            .iter()
+            .filter(|(_, st)| **st == NodeState::Up)
+            .map(|(n, _)| *n)
+            .collect();
+        if up.len() < 2 {
+            return;
+        }
+        let count = |m: &BTreeMap<NodeId, usize>| {
+            let mut v: Vec<(usize, NodeId)> = up
+                .iter()
+                .map(|n| (m.get(n).copied().unwrap_or(0), *n))
+                .collect();
+            v.sort();
+            v
+        };
+        let unbalanced = |v: &[(usize, NodeId)]| {
+            let total: usize = v.iter().map(|(c, _)| c).sum();
+            let mean = total as f64 / v.len() as f64;
+            let (lo, hi) = (v[0].0, v[v.len() - 1].0);
+            hi >= lo + 2 && (hi as f64 > mean * 1.1 || (lo as f64) < mean * 0.9)
+        };
+        let by_replicas = count(&self.replicas);
+        if unbalanced(&by_replicas) {
+            let (_, to) = by_replicas[0];
+            let (_, from) = by_replicas[by_replicas.len() - 1];
+            let shard = shards.iter().find(|s| {
+                s.voters.contains(&from) && !s.voters.contains(&to) && s.learners.is_empty()
+            });
+            if let (Some(shard), true) = (shard, self.has_room(to)) {
+                self.push(Step::AddLearner {
+                    shard: shard.id,
+                    node: to,
+                });
+                return;
+            }
+        }
+        let mut leaders: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for s in shards {
+            if let Some(l) = s.leader {
+                *leaders.entry(l).or_default() += 1;
+            }
+        }
+        let by_leaders = count(&leaders);
+        if unbalanced(&by_leaders) {
+            let (_, to) = by_leaders[0];
+            let (_, from) = by_leaders[by_leaders.len() - 1];
+            if let Some(shard) = shards
+                .iter()
+                .find(|s| s.leader == Some(from) && s.voters.contains(&to))
+            {
+                self.push(Step::TransferLeader {
+                    shard: shard.id,
+                    to,
+                });
+            }
+        }
+    }
+}
+
+/// The steps to take now, at most one per shard (see the module's rules).
+pub fn plan(nodes: &[NodeView], shards: &[ShardView], now_ms: u64, s: &Settings) -> Vec<Step> {
+    let mut p = Plan {
+        s,
+        states: nodes
+            .iter()
+            .map(|n| (n.id, node_state(n, now_ms, s)))
+            .collect(),
+        labels: nodes
+            .iter()
+            .map(|n| (n.id, n.labels.get(&s.spread_label).cloned()))
+            .collect(),
+        replicas: BTreeMap::new(),
+        steps: BTreeMap::new(),
+        snapshots: BTreeMap::new(),
+        out: Vec::new(),
+    };
+    for sh in shards {
+        for v in sh.voters.iter().chain(sh.learners.iter().map(|(n, _)| n)) {
+            *p.replicas.entry(*v).or_default() += 1;
+        }
+        for (n, ready) in &sh.learners {
+            if !ready {
+                *p.snapshots.entry(*n).or_default() += 1;
+            }
+        }
+    }
+    let mut repaired = false;
+    for sh in shards {
+        repaired |= p.repair(sh);
+    }
+    if !repaired {
+        p.balance(shards);
+    }
+    p.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 10_000_000;
+
+    fn node(id: NodeId, zone: &str) -> NodeView {
+        NodeView {
+            id,
+            labels: [("zone".to_string(), zone.to_string())].into(),
+            heartbeat_ms: NOW,
+            draining: false,
+        }
+    }
+
+    fn shard(id: ShardId, rf: u32, voters: &[NodeId], leader: NodeId) -> ShardView {
+        ShardView {
+            id,
+            replication: rf,
+            voters: voters.to_vec(),
+            leader: Some(leader),
+            ..ShardView::default()
+        }
+    }
+
+    fn run(nodes: &[NodeView], shards: &[ShardView]) -> Vec<Step> {
+        plan(nodes, shards, NOW, &Settings::default())
+    }
+
+    #[test]
+    fn node_states_follow_heartbeats_and_draining() {
+        let s = Settings::default();
+        let mut n = node(1, "a");
+        assert_eq!(node_state(&n, NOW, &s), NodeState::Up);
+        assert_eq!(node_state(&n, NOW + 30_000, &s), NodeState::Suspect);
+        assert_eq!(node_state(&n, NOW + 300_000, &s), NodeState::Down);
+        n.draining = true;
+        assert_eq!(node_state(&n, NOW, &s), NodeState::Draining);
+        // A draining node that went silent is down.
+        assert_eq!(node_state(&n, NOW + 300_000, &s), NodeState::Down);
+    }
+
+    /// A scenario: what it shows, nodes, shards, the steps expected.
+    type Case = (&'static str, Vec<NodeView>, Vec<ShardView>, Vec<Step>);
+
+    #[test]
+    fn placement_scenarios() {
+        let three = [node(1, "a"), node(2, "b"), node(3, "c")];
+        let mut down = three.to_vec();
+        down[2].heartbeat_ms = NOW - 400_000;
+        let mut draining = three.to_vec();
+        draining.push(node(4, "c"));
+        draining[2].draining = true;
+        let same_zone = [node(1, "a"), node(2, "a"), node(3, "b")];
+        let mut suspect = three.to_vec();
+        suspect[1].heartbeat_ms = NOW - 60_000;
+        let cases: Vec<Case> = vec![
+            (
+                "one node: RF 3 waits for nodes",
+                vec![node(1, "a")],
+                vec![shard(1, 3, &[1], 1)],
+                vec![],
+            ),
+            (
+                "nodes 2 and 3 join: up-replicate, one learner per shard and plan",
+                three.to_vec(),
+                vec![shard(1, 3, &[1], 1), shard(2, 3, &[1], 1)],
+                vec![
+                    Step::AddLearner { shard: 1, node: 2 },
+                    Step::AddLearner { shard: 2, node: 3 },
+                ],
+            ),
+            (
+                "a caught-up learner is promoted",
+                three.to_vec(),
+                vec![ShardView {
+                    learners: vec![(2, true)],
+                    ..shard(1, 3, &[1], 1)
+                }],
+                vec![Step::Promote { shard: 1, node: 2 }],
+            ),
+            (
+                "a learner still catching up is waited for",
+                three.to_vec(),
+                vec![ShardView {
+                    learners: vec![(2, false)],
+                    ..shard(1, 2, &[1], 1)
+                }],
+                vec![],
+            ),
+            (
+                "a joint shard leaves first; a busy one is left alone",
+                three.to_vec(),
+                vec![
+                    ShardView {
+                        joint: true,
+                        ..shard(1, 3, &[1], 1)
+                    },
+                    ShardView {
+                        busy: true,
+                        ..shard(2, 3, &[1], 1)
+                    },
+                ],
+                vec![Step::LeaveJoint { shard: 1 }],
+            ),
+            (
+                "node 3 down, no spare node: its voter goes (2 of 2 survive what 2 of 3 do)",
+                down.clone(),
+                vec![shard(1, 3, &[1, 2, 3], 1)],
+                vec![Step::Remove { shard: 1, node: 3 }],
+            ),
+            (
+                "node 3 down with a spare node: re-create there",
+                {
+                    let mut d = down.clone();
+                    d.push(node(4, "c"));
+                    d
+                },
+                vec![shard(1, 3, &[1, 2, 3], 1)],
+                vec![Step::AddLearner { shard: 1, node: 4 }],
+            ),
+            (
+                "a suspect node keeps its replica and gets no new one",
+                suspect,
+                vec![shard(1, 3, &[1, 2, 3], 1), shard(2, 2, &[1], 1)],
+                vec![Step::AddLearner { shard: 2, node: 3 }],
+            ),
+            (
+                "draining node 3: a replacement first",
+                draining.clone(),
+                vec![shard(1, 3, &[1, 2, 3], 1)],
+                vec![Step::AddLearner { shard: 1, node: 4 }],
+            ),
+            (
+                "draining node 3 once replaced: removed, its leadership moved first",
+                draining,
+                vec![shard(1, 3, &[1, 2, 3, 4], 3)],
+                vec![Step::TransferLeader { shard: 1, to: 1 }],
+            ),
+            (
+                "replicas spread across zones before nodes",
+                {
+                    let mut z = same_zone.to_vec();
+                    z.push(node(4, "c"));
+                    z
+                },
+                vec![shard(1, 2, &[1], 1)],
+                vec![Step::AddLearner { shard: 1, node: 3 }],
+            ),
+            (
+                "two voters in zone a while zone c is free: add in c",
+                {
+                    let mut z = same_zone.to_vec();
+                    z.push(node(4, "c"));
+                    z
+                },
+                vec![shard(1, 3, &[1, 2, 3], 1)],
+                vec![Step::AddLearner { shard: 1, node: 4 }],
+            ),
+            (
+                "over-replicated: the zone duplicate goes",
+                {
+                    let mut z = same_zone.to_vec();
+                    z.push(node(4, "c"));
+                    z
+                },
+                vec![shard(1, 3, &[1, 2, 3, 4], 1)],
+                vec![Step::Remove { shard: 1, node: 2 }],
+            ),
+            (
+                "a voter on a node the map no longer has is removed",
+                three.to_vec(),
+                vec![shard(1, 3, &[1, 2, 3, 9], 1)],
+                vec![Step::Remove { shard: 1, node: 9 }],
+            ),
+        ];
+        for (what, nodes, shards, want) in cases {
+            assert_eq!(run(&nodes, &shards), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn steps_are_bounded_per_node() {
+        let nodes = [node(1, "a"), node(2, "b"), node(3, "c")];
+        let shards: Vec<ShardView> = (1..=10).map(|i| shard(i, 2, &[1], 1)).collect();
+        // Two snapshots per target node at once: two learners on node 2,
+        // two on node 3, the other shards wait for the next plan.
+        let steps = run(&nodes, &shards);
+        assert_eq!(
+            steps,
+            vec![
+                Step::AddLearner { shard: 1, node: 2 },
+                Step::AddLearner { shard: 2, node: 3 },
+                Step::AddLearner { shard: 3, node: 2 },
+                Step::AddLearner { shard: 4, node: 3 },
+            ]
+        );
+        // Learners still catching up count against their node too.
+        let mut busy = shards.clone();
+        busy[0].learners = vec![(2, false)];
+        busy[1].learners = vec![(2, false)];
+        let steps = run(&nodes, &busy);
+        assert!(
+            steps
+                .iter()
+                .all(|s| !matches!(s, Step::AddLearner { node: 2, .. })),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_node_takes_replicas_and_leaders_until_balanced() {
+        let mut nodes: Vec<NodeView> = (1..=3).map(|i| node(i, "a")).collect();
+        // Six RF-3 shards on nodes 1-3, all led by node 1.
+        let shards: Vec<ShardView> = (1..=6).map(|i| shard(i, 3, &[1, 2, 3], 1)).collect();
+        assert_eq!(
+            run(&nodes, &shards),
+            vec![Step::TransferLeader { shard: 1, to: 2 }]
+        );
+        nodes.push(node(4, "a"));
+        // 18 replicas on 3 of 4 nodes: one moves to node 4 (a learner; the
+        // over-replication rule then removes the most loaded voter).
+        assert_eq!(
+            run(&nodes, &shards),
+            vec![Step::AddLearner { shard: 1, node: 4 }]
+        );
+        // Simulate: apply every step the plan gives until it gives none;
+        // the result is balanced and every shard keeps 3 voters.
+        let mut shards = shards;
+        for _ in 0..200 {
+            let steps = run(&nodes, &shards);
+            if steps.is_empty() {
+                break;
+            }
+            for step in steps {
+                let s = shards
+                    .iter_mut()
+                    .find(|s| match step {
+                        Step::LeaveJoint { shard }
+                        | Step::AddLearner { shard, .. }
+                        | Step::Promote { shard, .. }
+                        | Step::TransferLeader { shard, .. }
+                        | Step::Remove { shard, .. } => s.id == shard,
+                    })
+                    .expect("shard");
+                match step {
+                    Step::AddLearner { node, .. } => s.learners.push((node, true)),
+                    Step::Promote { node, .. } => {
+                        s.learners.retain(|(n, _)| *n != node);
+                        s.voters.push(node);
+                    }
+                    Step::TransferLeader { to, .. } => s.leader = Some(to),
+                    Step::Remove { node, .. } => s.voters.retain(|v| *v != node),
+                    Step::LeaveJoint { .. } => s.joint = false,
+                }
+            }
+        }
+        assert!(run(&nodes, &shards).is_empty(), "{shards:?}");
+        let mut replicas = BTreeMap::<NodeId, usize>::new();
+        let mut leaders = BTreeMap::<NodeId, usize>::new();
+        for s in &shards {
+            assert_eq!(s.voters.len(), 3, "{s:?}");
+            for v in &s.voters {
+                *replicas.entry(*v).or_default() += 1;
+            }
+            *leaders.entry(s.leader.expect("leader")).or_default() += 1;
+        }
+        // 18 replicas on 4 nodes: 4 or 5 each; 6 leaders: 1 or 2 each.
+        assert!(
+            replicas.values().all(|c| (4..=5).contains(c)),
+            "{replicas:?}"
+        );
+        assert!(leaders.values().all(|c| (1..=2).contains(c)), "{leaders:?}");
+    }
+}
