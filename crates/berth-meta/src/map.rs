@@ -123,10 +123,24 @@ pub struct NodeRecord {
     pub started_at: u64,
     /// `HOST:PORT` Kafka clients are told to connect to (the Kafka
     /// listener's advertised address); empty when the listener is off.
-    // Last: a record stored before it existed fails to decode as this
-    // layout (it ends early) and is read as `NodeRecordV1` by
-    // [`decode_node`]; older nodes ignore the trailing bytes.
     pub kafka_addr: String,
+    /// Topology labels (`--label zone=a`): the placement driver spreads
+    /// replicas across the values of one of them before nodes.
+    // Fields are added last: a record stored before one existed fails to
+    // decode as this layout (it ends early) and is read as an older layout
+    // by [`decode_node`]; older nodes ignore the trailing bytes.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// [`NodeRecord`] as stored before `labels` existed.
+#[derive(Deserialize)]
+struct NodeRecordV2 {
+    id: NodeId,
+    native_addr: String,
+    admin_addr: String,
+    advertise: Vec<String>,
+    started_at: u64,
+    kafka_addr: String,
 }
 
 /// [`NodeRecord`] as stored before `kafka_addr` existed.
@@ -139,11 +153,22 @@ struct NodeRecordV1 {
     started_at: u64,
 }
 
-/// A stored node record, in the current layout or the one before it (no
-/// Kafka address known: empty).
+/// A stored node record, in the current layout or an earlier one (what it
+/// lacks is empty).
 pub fn decode_node(b: &[u8]) -> Result<NodeRecord, crate::Error> {
     use crate::codec::decode;
     decode::<NodeRecord>(b, "node").or_else(|e| {
+        if let Ok(v2) = decode::<NodeRecordV2>(b, "node") {
+            return Ok(NodeRecord {
+                id: v2.id,
+                native_addr: v2.native_addr,
+                admin_addr: v2.admin_addr,
+                advertise: v2.advertise,
+                started_at: v2.started_at,
+                kafka_addr: v2.kafka_addr,
+                labels: Default::default(),
+            });
+        }
         let Ok(v1) = decode::<NodeRecordV1>(b, "node") else {
             return Err(e);
         };
@@ -154,6 +179,7 @@ pub fn decode_node(b: &[u8]) -> Result<NodeRecord, crate::Error> {
             advertise: v1.advertise,
             started_at: v1.started_at,
             kafka_addr: String::new(),
+            labels: Default::default(),
         })
     })
 }
@@ -497,17 +523,41 @@ mod tests {
             advertise: vec!["h".into()],
             started_at: 9,
             kafka_addr: String::new(),
+            labels: Default::default(),
         };
         assert_eq!(decode_node(&old).unwrap(), want);
-        let new = NodeRecord {
+        // The layout with a Kafka address and no labels.
+        #[derive(Serialize)]
+        struct V2<'a> {
+            old: Old<'a>,
+            kafka_addr: &'a str,
+        }
+        let v2 = crate::codec::encode(&V2 {
+            old: Old {
+                id: 3,
+                native_addr: "h:5660",
+                admin_addr: "h:8443",
+                advertise: vec!["h"],
+                started_at: 9,
+            },
+            kafka_addr: "h:9092",
+        });
+        let with_kafka = NodeRecord {
             kafka_addr: "h:9092".into(),
-            ..want
+            ..want.clone()
+        };
+        assert_eq!(decode_node(&v2).unwrap(), with_kafka);
+        let new = NodeRecord {
+            labels: [("zone".to_string(), "a".to_string())].into(),
+            ..with_kafka
         };
         let bytes = crate::codec::encode(&new);
         assert_eq!(decode_node(&bytes).unwrap(), new);
-        // A node built before the field reads a new record too.
+        // Nodes built before the fields read a new record too.
         let v1: NodeRecordV1 = crate::codec::decode(&bytes, "node").unwrap();
         assert_eq!((v1.id, v1.started_at), (3, 9));
+        let v2: NodeRecordV2 = crate::codec::decode(&bytes, "node").unwrap();
+        assert_eq!(v2.kafka_addr, "h:9092");
         assert!(decode_node(&old[..old.len() - 1]).is_err());
     }
 

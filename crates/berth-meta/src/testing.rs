@@ -85,6 +85,7 @@ pub async fn single_node() -> SingleNode {
             advertise: vec![],
             started_at: 0,
             kafka_addr: String::new(),
+            labels: Default::default(),
         },
         now_secs: 0,
         now_ns: 0,

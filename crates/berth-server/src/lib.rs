@@ -78,6 +78,9 @@ pub struct Config {
     /// listener), when not this node's first advertised name and the
     /// listener's port: behind NAT, a port mapping or a proxy.
     pub kafka_advertise: Option<String>,
+    /// Topology labels of this node (`--label zone=a`), recorded in the
+    /// cluster map at every start.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A running node's parts, shared by the listeners.
@@ -429,6 +432,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .as_ref()
             .map(|(h, p)| host_port(h, *p))
             .unwrap_or_default(),
+        labels: cfg.labels.clone(),
     };
     if first_start {
         let b = Bootstrap {

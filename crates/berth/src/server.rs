@@ -66,6 +66,10 @@ pub struct ServerArgs {
     /// first --advertise name and the Kafka port (NAT, port mapping, proxy).
     #[arg(long, value_name = "HOST:PORT")]
     pub kafka_advertise: Option<String>,
+    /// KEY=VALUE topology label of this node, e.g. zone=a (repeatable):
+    /// replicas spread across the values of `zone` before nodes.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
 }
 
 /// The config file: every key optional, unknown keys rejected so a typo
@@ -86,6 +90,8 @@ struct FileConfig {
     /// `{ alice = "/apps/alice/events" }`
     kafka_principal_streams: Option<std::collections::HashMap<String, String>>,
     kafka_advertise: Option<String>,
+    /// `{ zone = "a" }`
+    labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
@@ -160,7 +166,37 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
             m
         },
         kafka_advertise: args.kafka_advertise.or(file.kafka_advertise),
+        labels: {
+            let mut m = file.labels.unwrap_or_default();
+            for kv in &args.label {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--label {kv:?}: KEY=VALUE, e.g. zone=a"))?;
+                m.insert(k.to_string(), v.to_string());
+            }
+            for (k, v) in &m {
+                check_label(k, v)?;
+            }
+            m
+        },
     })
+}
+
+/// Longest label key or value.
+const LABEL_LEN_MAX: usize = 63;
+
+/// A label's key and value: 1 to 63 of `[A-Za-z0-9._-]`.
+fn check_label(k: &str, v: &str) -> Result<()> {
+    for (what, s) in [("key", k), ("value", v)] {
+        anyhow::ensure!(
+            !s.is_empty()
+                && s.len() <= LABEL_LEN_MAX
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
+            "label {k}={v}: the {what} must be 1 to {LABEL_LEN_MAX} letters, digits, '.', '_' or '-'"
+        );
+    }
+    Ok(())
 }
 
 fn read_config(path: &Path) -> Result<FileConfig> {
@@ -278,6 +314,36 @@ mod tests {
             ..Default::default()
         })
         .is_err());
+    }
+
+    #[test]
+    fn labels_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("berth.toml");
+        std::fs::write(&p, "[labels]\nzone = \"a\"\nrack = \"r1\"\n").unwrap();
+        let c = resolve(ServerArgs {
+            config: Some(p),
+            label: vec!["zone=b".into(), "disk=ssd".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let want: Vec<(&str, &str)> = vec![("disk", "ssd"), ("rack", "r1"), ("zone", "b")];
+        let got: Vec<(&str, &str)> = c
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(got, want);
+        for bad in ["zone", "=a", "zone=", "zone=a b", "zo/ne=a"] {
+            assert!(
+                resolve(ServerArgs {
+                    label: vec![bad.into()],
+                    ..Default::default()
+                })
+                .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -34,14 +34,18 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
         ("ADMIN", Align::Left),
         ("ALIVE", Align::Left),
         ("STARTED", Align::Left),
+        ("LABELS", Align::Left),
     ]);
     for n in &s.nodes {
+        let mut labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
         nodes.row(vec![
             n.id.to_string(),
             n.native_addr.clone(),
             n.admin_addr.clone(),
             if n.alive { "yes".into() } else { "NO".into() },
             format_time_secs(n.started_at),
+            labels.join(","),
         ]);
     }
     nodes.print();
@@ -102,6 +106,8 @@ fn status_json(s: &ClusterStatus) -> Value {
             "admin_addr": n.admin_addr,
             "alive": n.alive,
             "started_at": n.started_at,
+            "kafka_addr": n.kafka_addr,
+            "labels": n.labels,
         })).collect::<Vec<_>>(),
         "shards": s.shards.iter().map(|sh| json!({
             "id": sh.id,

@@ -54,6 +54,7 @@ impl ClusterApi for ClusterService {
                         alive: x.id == n.node_id,
                         started_at: x.started_at as i64,
                         kafka_addr: x.kafka_addr.clone(),
+                        labels: x.labels.clone().into_iter().collect(),
                     })
                     .collect(),
                 shards,

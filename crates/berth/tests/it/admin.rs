@@ -55,3 +55,22 @@ fn health_and_metrics_over_tls() {
         assert!(body.contains(name), "missing {name} in /metrics:\n{body}");
     }
 }
+
+/// A node's topology labels and Kafka address reach the cluster map and
+/// `berth status`.
+#[test]
+fn status_shows_labels_and_the_kafka_address() {
+    let s = TestServer::start_with(&["--label", "zone=a", "--label", "rack=r1"]);
+    let st = s.json(&["status"]);
+    let node = &st["nodes"][0];
+    assert_eq!(node["labels"]["zone"], "a", "{st}");
+    assert_eq!(node["labels"]["rack"], "r1", "{st}");
+    assert!(
+        node["kafka_addr"]
+            .as_str()
+            .is_some_and(|a| a.ends_with(&format!(":{}", s.kafka_port))),
+        "{st}"
+    );
+    let text = s.ok(&["status"]);
+    assert!(text.contains("rack=r1,zone=a"), "{text}");
+}
