@@ -16,6 +16,7 @@
 //! | 10 SCRAM         | str name     | [`ScramRecord`]  |
 //! | 11 Kafka names   | str name     | [`KafkaNameRecord`] |
 //! | 12 setup steps   | str step     | empty: done      |
+//! | 13 join tokens   | str id       | [`JoinTokenRecord`] |
 //!
 //! Values are encoded with [`crate::codec`] (version byte + postcard).
 
@@ -46,6 +47,7 @@ pub const T_COUNTER: u64 = 9;
 pub const T_SCRAM: u64 = 10;
 pub const T_KAFKA_NAME: u64 = 11;
 pub const T_SETUP: u64 = 12;
+pub const T_JOIN_TOKEN: u64 = 13;
 
 /// Counter names.
 pub const C_VOLUME_ID: &str = "volume_id";
@@ -96,6 +98,11 @@ pub fn scram_key(name: &str) -> Vec<u8> {
 pub fn kafka_name_key(name: &str) -> Vec<u8> {
     Key::new(META_VOLUME, Kind::Meta, T_KAFKA_NAME)
         .str(name)
+        .build()
+}
+pub fn join_token_key(id: &str) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_JOIN_TOKEN)
+        .str(id)
         .build()
 }
 pub fn setup_key(step: &str) -> Vec<u8> {
@@ -584,4 +591,18 @@ pub struct KafkaNameRecord {
     pub name: String,
     /// The stream's path when the name was set.
     pub path: String,
+}
+
+/// A join token's state (the token itself is signed and carries its
+/// expiry; see `berth_security::join`). Records stay after expiry so that
+/// `berth node token list` shows what was issued; `revoke` ends one early.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    pub id: String,
+    pub created_by: String,
+    pub created_at: u64,
+    pub expires_at: u64,
+    /// Joins it may still admit.
+    pub uses_left: u32,
+    pub revoked: bool,
 }

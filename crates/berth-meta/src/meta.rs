@@ -20,6 +20,11 @@ use crate::map::*;
 use crate::router::{backoff, too_much_contention, Commit, Router, Tx, TX_RETRIES_MAX};
 use crate::{Code, Error};
 
+/// Join token lifetime when none is given.
+pub const JOIN_TOKEN_TTL_DEFAULT_SECS: u64 = 3600;
+/// Longest join token lifetime.
+pub const JOIN_TOKEN_TTL_MAX_SECS: u64 = 7 * 24 * 3600;
+
 /// Default ticket lifetime.
 pub const TICKET_TTL_DEFAULT_SECS: u64 = 24 * 3600;
 /// Longest ticket lifetime we sign; also how long a rotated-out key keeps
@@ -428,6 +433,130 @@ impl Meta {
             Ok(if r.path == path { None } else { Some(cur) })
         })
         .await
+    }
+
+    // ------------------------------------------------------------ join tokens
+
+    /// Issues a join token (cluster administrators only): valid for
+    /// `ttl_secs` (1 hour when 0, at most [`JOIN_TOKEN_TTL_MAX_SECS`]) and
+    /// `uses` joins (at least 1), carrying the CA's fingerprint and the
+    /// servers a new node should contact.
+    pub async fn create_join_token(
+        &self,
+        by: &Principal,
+        ttl_secs: u64,
+        uses: u32,
+        ca_sha256: [u8; 32],
+        servers: Vec<String>,
+    ) -> Result<(String, JoinTokenRecord), Error> {
+        require_admin(by)?;
+        let ttl = match ttl_secs {
+            0 => JOIN_TOKEN_TTL_DEFAULT_SECS,
+            t if t > JOIN_TOKEN_TTL_MAX_SECS => {
+                return Err(Error::invalid(format!(
+                    "join token lifetime {t}s exceeds the maximum of {JOIN_TOKEN_TTL_MAX_SECS}s"
+                )))
+            }
+            t => t,
+        };
+        if uses == 0 {
+            return Err(Error::invalid("a join token admits at least 1 node"));
+        }
+        let map = self.map();
+        let cluster_id = map
+            .cluster
+            .as_ref()
+            .map(|c| c.id.clone())
+            .ok_or_else(|| Error::new(Code::Again, "the cluster map is not loaded yet"))?;
+        let key = map.active_key()?;
+        let now = berth_security::now_secs();
+        let id: String = (0..8)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        let record = JoinTokenRecord {
+            id: id.clone(),
+            created_by: by.name.clone(),
+            created_at: now,
+            expires_at: now + ttl,
+            uses_left: uses,
+            revoked: false,
+        };
+        let body = berth_security::join::JoinTokenBody {
+            version: 1,
+            key_id: key.id,
+            cluster_id,
+            id: id.clone(),
+            ca_sha256,
+            expires_at: record.expires_at,
+            servers,
+        };
+        let signer = TicketSigner::from_bytes(key.id, &key.secret);
+        let token = berth_security::join::sign(&signer, &body);
+        let rec = record.clone();
+        self.update(&join_token_key(&id), "join token", |cur| match cur {
+            Some(_) => Err(Error::exists(format!("join token {id}"))),
+            None => Ok(Some(encode(&rec))),
+        })
+        .await?;
+        tracing::info!(target: "audit", by = %by.name, token = %id, uses, expires_at = record.expires_at, "join token issued");
+        Ok((token, record))
+    }
+
+    /// Every join token issued (cluster administrators only).
+    pub async fn join_tokens(&self, by: &Principal) -> Result<Vec<JoinTokenRecord>, Error> {
+        require_admin(by)?;
+        let tx = self.router.begin(META_SHARD).await?;
+        scan_table(&tx, T_JOIN_TOKEN, "join token")
+    }
+
+    /// Ends a join token early (cluster administrators only); revoking it
+    /// again is not an error.
+    pub async fn revoke_join_token(&self, by: &Principal, id: &str) -> Result<(), Error> {
+        require_admin(by)?;
+        self.update(&join_token_key(id), "join token", |cur| {
+            let cur = cur.ok_or_else(|| Error::not_found(format!("join token {id}")))?;
+            let mut r: JoinTokenRecord = decode(&cur, "join token")?;
+            r.revoked = true;
+            Ok(Some(encode(&r)))
+        })
+        .await?;
+        tracing::info!(target: "audit", by = %by.name, token = %id, "join token revoked");
+        Ok(())
+    }
+
+    /// Admits one join with `token`: checks its signature, cluster and
+    /// expiry, then takes one use in the same transaction that checks it was
+    /// not revoked or used up. Errors say which (a joining node prints them).
+    pub async fn redeem_join_token(
+        &self,
+        token: &str,
+    ) -> Result<berth_security::join::JoinTokenBody, Error> {
+        use berth_security::join::JoinError;
+        let map = self.map();
+        let cluster_id = map.cluster.as_ref().map(|c| c.id.as_str()).unwrap_or("");
+        let now = berth_security::now_secs();
+        let body = berth_security::join::verify(token, &map.keyring, cluster_id, now).map_err(
+            |e| match e {
+                JoinError::Expired => Error::new(Code::Auth, "the join token expired"),
+                e => Error::new(Code::Auth, e.to_string()),
+            },
+        )?;
+        self.update(&join_token_key(&body.id), "join token", |cur| {
+            let cur = cur.ok_or_else(|| {
+                Error::new(Code::Auth, "the join token is not known to this cluster")
+            })?;
+            let mut r: JoinTokenRecord = decode(&cur, "join token")?;
+            if r.revoked {
+                return Err(Error::new(Code::Auth, "the join token was revoked"));
+            }
+            if r.uses_left == 0 {
+                return Err(Error::new(Code::Auth, "the join token is used up"));
+            }
+            r.uses_left -= 1;
+            Ok(Some(encode(&r)))
+        })
+        .await?;
+        Ok(body)
     }
 
     /// Records (or updates) this node's addresses in the cluster map.

@@ -29,6 +29,7 @@
 
 pub mod ace;
 pub mod handle;
+pub mod join;
 pub mod password;
 pub mod posix;
 pub mod principal;

@@ -166,3 +166,67 @@ async fn scram_records_round_trip_and_bad_ones_are_skipped() {
     assert!(k.meta.map().users.contains_key("carol"));
     assert_eq!(k.scram("carol", Mechanism::Sha256), ScramLookup::Missing);
 }
+
+/// Join tokens: issued by administrators only, admit as many joins as they
+/// say, and are refused once used up, revoked, or from another cluster,
+/// each with its own reason.
+#[tokio::test]
+async fn join_tokens_admit_their_uses_and_no_more() {
+    let k = kernel().await;
+    let ca = [9u8; 32];
+    let servers = vec!["n1:5660".to_string()];
+    let (token, rec) = k
+        .meta
+        .create_join_token(&k.admin, 0, 2, ca, servers.clone())
+        .await
+        .unwrap();
+    assert_eq!(rec.uses_left, 2);
+    let body = berth_security::join::decode_unverified(&token).unwrap();
+    assert_eq!(
+        (body.ca_sha256, &body.servers, &body.id),
+        (ca, &servers, &rec.id)
+    );
+    for _ in 0..2 {
+        assert_eq!(k.meta.redeem_join_token(&token).await.unwrap().id, rec.id);
+    }
+    let e = k.meta.redeem_join_token(&token).await.unwrap_err();
+    assert!(e.message.contains("used up"), "{e}");
+
+    let (t2, r2) = k
+        .meta
+        .create_join_token(&k.admin, 60, 1, ca, servers.clone())
+        .await
+        .unwrap();
+    k.meta.revoke_join_token(&k.admin, &r2.id).await.unwrap();
+    let e = k.meta.redeem_join_token(&t2).await.unwrap_err();
+    assert!(e.message.contains("revoked"), "{e}");
+    let listed = k.meta.join_tokens(&k.admin).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().any(|r| r.id == r2.id && r.revoked));
+
+    // Not a token of this cluster: signed with another key.
+    let other = berth_security::ticket::TicketSigner::generate(1);
+    let forged = berth_security::join::sign(&other, &body);
+    let e = k.meta.redeem_join_token(&forged).await.unwrap_err();
+    assert!(e.message.contains("not signed by this cluster"), "{e}");
+
+    // Only unscoped administrators issue, list and revoke.
+    k.meta
+        .user_add(&k.admin, "bob", Some("pw"), None, vec![], false)
+        .await
+        .unwrap();
+    let (ticket, _) = k.meta.sign_for("bob", None, 60).unwrap();
+    let bob = k.meta.authenticate(&ticket).unwrap();
+    assert!(k
+        .meta
+        .create_join_token(&bob, 0, 1, ca, vec![])
+        .await
+        .is_err());
+    assert!(k.meta.join_tokens(&bob).await.is_err());
+    assert!(k.meta.revoke_join_token(&bob, &rec.id).await.is_err());
+    assert!(k
+        .meta
+        .create_join_token(&k.admin, 0, 0, ca, vec![])
+        .await
+        .is_err());
+}
