@@ -231,6 +231,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         berth_security::tls::ensure_node_cert(&paths.tls, &format!("node-{node_id}"), &advertise)
             .context("creating the node certificate")?;
     let ca_pem = berth_security::tls::load_pem(&tls.ca_cert)?;
+    let ca_sha256 = berth_security::join::ca_sha256(&ca_pem)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tls.ca_cert.display()))?;
     let cert_pem = berth_security::tls::load_pem(&tls.node_cert)?;
     let key_pem = berth_security::tls::load_pem(&tls.node_key)?;
 
@@ -355,7 +357,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 streams: streams.clone(),
             }))
             .add_service(SecurityServer::new(native::SecurityService(native.clone())))
-            .add_service(ClusterServer::new(native::ClusterService(native.clone())))
+            .add_service(ClusterServer::new(native::ClusterService(
+                native.clone(),
+                ca_sha256,
+            )))
             .add_service(LocksServer::new(native::LocksService {
                 native: native.clone(),
                 locks: locks.clone(),

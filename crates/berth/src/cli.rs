@@ -106,9 +106,36 @@ pub enum Command {
     DockerPlugin(berth_container::DockerPluginArgs),
     /// Show nodes and shards.
     Status,
+    /// Nodes of the cluster.
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Join tokens for new nodes (cluster administrators).
+    #[command(subcommand)]
+    Token(NodeTokenCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeTokenCmd {
+    /// Print a new join token (a secret: it admits nodes to the cluster).
+    Create {
+        /// Lifetime, e.g. 1h (the default), 30min, 7days (the most).
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+        /// How many nodes it may admit.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        uses: u32,
+    },
+    /// List the join tokens issued (not the tokens themselves).
+    List,
+    /// End a join token early.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ mod cp;
 mod ctx;
 mod fs;
 mod mount;
+mod node;
 mod output;
 mod principals;
 mod server;
@@ -139,6 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::DockerPlugin(args) => berth_container::docker_plugin(args).await,
         Command::Status => status::status(&ctx).await,
+        Command::Node(cmd) => node::node(&ctx, cmd).await,
         Command::Bench(cmd) => bench::bench(&ctx, cmd).await,
     }
 }

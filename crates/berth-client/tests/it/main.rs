@@ -2,7 +2,9 @@
 //! only): ticket metadata, error mapping, TLS verification, failover.
 
 use berth_api::v1::cluster_server::{Cluster, ClusterServer};
-use berth_api::v1::{ClusterStatus, Empty};
+use berth_api::v1::{
+    ClusterStatus, Empty, JoinToken, JoinTokenCreateRequest, JoinTokenList, JoinTokenRevokeRequest,
+};
 use berth_client::{Client, ClientConfig, ClientError};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
@@ -31,6 +33,28 @@ impl Cluster for FakeCluster {
             cluster: "fake".into(),
             ..Default::default()
         }))
+    }
+
+    // The client tests use Status only.
+    async fn create_join_token(
+        &self,
+        _: tonic::Request<JoinTokenCreateRequest>,
+    ) -> Result<tonic::Response<JoinToken>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in the fake"))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _: tonic::Request<Empty>,
+    ) -> Result<tonic::Response<JoinTokenList>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in the fake"))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        _: tonic::Request<JoinTokenRevokeRequest>,
+    ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in the fake"))
     }
 }
 

@@ -74,3 +74,36 @@ fn status_shows_labels_and_the_kafka_address() {
     let text = s.ok(&["status"]);
     assert!(text.contains("rack=r1,zone=a"), "{text}");
 }
+
+/// `berth node token create|list|revoke`: the token on stdout, its state in
+/// the list, and administrators only.
+#[test]
+fn join_tokens_through_the_cli() {
+    let s = TestServer::start();
+    let token = s.ok(&["node", "token", "create", "--ttl", "10min", "--uses", "2"]);
+    let token = token.trim();
+    assert!(token.starts_with("berthjoin1."), "{token}");
+    let list = s.json(&["node", "token", "list"]);
+    let t = &list[0];
+    assert_eq!(t["uses_left"], 2, "{list}");
+    assert_eq!(t["revoked"], false, "{list}");
+    let id = t["id"].as_str().expect("id").to_string();
+    let text = s.ok(&["node", "token", "list"]);
+    assert!(text.contains(&id) && text.contains("valid"), "{text}");
+    s.ok(&["node", "token", "revoke", &id]);
+    let text = s.ok(&["node", "token", "list"]);
+    assert!(text.contains("revoked"), "{text}");
+    let out = s.cli(&["node", "token", "revoke", "nope"]);
+    s.check_err(&["node", "token", "revoke"], out, "ENOENT");
+
+    s.ok(&["user", "add", "bob", "--password", "bob-pw"]);
+    let bob = s.login("bob", "bob-pw");
+    for args in [
+        &["node", "token", "create"][..],
+        &["node", "token", "list"][..],
+        &["node", "token", "revoke", &id][..],
+    ] {
+        let out = s.cli_with(args, &[("BERTH_TICKET_FILE", &bob)], None);
+        s.check_err(args, out, "EPERM");
+    }
+}
