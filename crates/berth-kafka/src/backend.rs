@@ -181,8 +181,10 @@ pub trait Backend: Send + Sync + 'static {
         auto_create: bool,
     ) -> impl Future<Output = Result<TopicInfo, StreamError>> + Send;
 
-    /// Every topic of the principal's default stream it may see (Metadata
-    /// with a null topic list).
+    /// Every topic the principal may see, under every name it could use
+    /// for it (Metadata with a null topic list): for Berth, plain and full
+    /// names in its default stream, `NAME.topic` and full names in the
+    /// streams that have a Kafka name.
     fn default_topics(
         &self,
         p: &Self::Principal,

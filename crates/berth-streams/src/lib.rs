@@ -480,18 +480,30 @@ pub const KAFKA_NAME_MAX: usize = 64;
 /// Checks a stream's Kafka name: 1–64 characters of `[A-Za-z0-9_-]`. No
 /// dot: `NAME.topic` splits at the first one.
 pub fn valid_kafka_name(name: &str) -> Result<(), Error> {
-    if name.is_empty() || name.len() > KAFKA_NAME_MAX {
+    if name.contains('.') {
         return Err(Error::invalid(format!(
-            "Kafka name {name:?}: 1 to {KAFKA_NAME_MAX} characters"
+            "Kafka name {name:?}: no '.', which separates it from the topic"
+        )));
+    }
+    valid_chars("Kafka name", name, KAFKA_NAME_MAX, &['_', '-'])
+}
+
+/// Checks that `name` has 1 to `max` bytes, each an ASCII letter or digit
+/// or one of `extra`.
+fn valid_chars(what: &str, name: &str, max: usize, extra: &[char]) -> Result<(), Error> {
+    if name.is_empty() || name.len() > max {
+        return Err(Error::invalid(format!(
+            "{what} {name:?}: 1 to {max} characters"
         )));
     }
     if let Some(c) = name
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+        .find(|c| !(c.is_ascii_alphanumeric() || extra.contains(c)))
     {
+        let allowed: Vec<String> = extra.iter().map(|c| format!("'{c}'")).collect();
         return Err(Error::invalid(format!(
-            "Kafka name {name:?}: {c:?} is not allowed (letters, digits, '_', '-'; \
-             no '.', which separates it from the topic)"
+            "{what} {name:?}: {c:?} is not allowed (letters, digits, {})",
+            allowed.join(", ")
         )));
     }
     Ok(())
@@ -500,20 +512,10 @@ pub fn valid_kafka_name(name: &str) -> Result<(), Error> {
 /// Checks a topic name: 1–249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`
 /// (Kafka's rule).
 pub fn valid_topic_name(name: &str) -> Result<(), Error> {
-    if name.is_empty() || name.len() > TOPIC_NAME_MAX || name == "." || name == ".." {
-        return Err(Error::invalid(format!(
-            "topic name {name:?}: 1 to {TOPIC_NAME_MAX} characters, not . or .."
-        )));
+    if name == "." || name == ".." {
+        return Err(Error::invalid(format!("topic name {name:?}: not . or ..")));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(Error::invalid(format!(
-            "topic name {name:?}: {c:?} is not allowed (letters, digits, '.', '_', '-')"
-        )));
-    }
-    Ok(())
+    valid_chars("topic name", name, TOPIC_NAME_MAX, &['.', '_', '-'])
 }
 
 fn now_ms() -> i64 {
@@ -1989,6 +1991,32 @@ mod tests {
                 w.offer(k, v)
             })
             .count()
+    }
+
+    #[test]
+    fn topic_and_kafka_names_take_kafkas_characters() {
+        for ok in ["clicks", "a.b_c-d", &"x".repeat(TOPIC_NAME_MAX)] {
+            assert!(valid_topic_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "é",
+            &"x".repeat(TOPIC_NAME_MAX + 1),
+        ] {
+            assert!(valid_topic_name(bad).is_err(), "{bad}");
+        }
+        for ok in ["events", "team_a-1", &"x".repeat(KAFKA_NAME_MAX)] {
+            assert!(valid_kafka_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a.b", "a:b", "a b", &"x".repeat(KAFKA_NAME_MAX + 1)] {
+            assert!(valid_kafka_name(bad).is_err(), "{bad}");
+        }
+        let e = valid_kafka_name("a.b").unwrap_err();
+        assert!(e.message.contains("separates it from the topic"), "{e}");
     }
 
     #[test]

@@ -298,10 +298,8 @@ impl StreamsApi for StreamsService {
             .call("Streams/Edit", req, |p, r| async move {
                 check_edit(&r)?;
                 if let Some(n) = r.kafka_name.as_deref() {
+                    // "" drops the name; set_kafka_name checks a new one.
                     let name = Some(n).filter(|n| !n.is_empty());
-                    if let Some(n) = name {
-                        berth_streams::valid_kafka_name(n)?;
-                    }
                     st.set_kafka_name(&p, &r.path, name).await?;
                 }
                 let config = st.configure(&p, &r.path, |c| apply_edit(c, &r)).await?;

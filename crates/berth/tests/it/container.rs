@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{TestServer, BIN};
+use crate::harness::{output_within, TestServer, BIN};
 use crate::posix_user::{run_op, Op, Who};
 
 /// Longest a docker command (build, run, stop) may take.
@@ -63,17 +63,9 @@ fn run(cmd: &mut Command, timeout_s: u64) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(timeout_s)) {
-        Ok(out) => out.unwrap_or_else(|e| panic!("{what}: {e}")),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("{what} did not finish in {timeout_s} s");
-        }
+    match output_within(child, timeout_s) {
+        Some(out) => out.unwrap_or_else(|e| panic!("{what}: {e}")),
+        None => panic!("{what} did not finish in {timeout_s} s"),
     }
 }
 

@@ -29,6 +29,24 @@ pub struct TestServer {
     child: Option<Child>,
 }
 
+/// Waits for `child`'s output for at most `timeout_s`; `None` when it did
+/// not finish in time (it is then killed), so a hung program fails its
+/// test instead of hanging it.
+pub fn output_within(child: Child, timeout_s: u64) -> Option<std::io::Result<Output>> {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(timeout_s)) {
+        Ok(out) => Some(out),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            None
+        }
+    }
+}
+
 /// A port that was free a moment ago (bind :0, read it, drop the listener).
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -202,20 +220,12 @@ impl TestServer {
             pipe.write_all(text.as_bytes()).expect("write stdin");
         }
         // Bound the wait: a hung CLI must fail the test, not hang it.
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(Duration::from_secs(CLI_TIMEOUT_S)) {
-            Ok(out) => out.expect("collect berth output"),
-            Err(_) => {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-                panic!(
-                    "berth {args:?} did not finish in {CLI_TIMEOUT_S} s\n{}",
-                    self.log()
-                );
-            }
+        match output_within(child, CLI_TIMEOUT_S) {
+            Some(out) => out.expect("collect berth output"),
+            None => panic!(
+                "berth {args:?} did not finish in {CLI_TIMEOUT_S} s\n{}",
+                self.log()
+            ),
         }
     }
 

@@ -30,11 +30,27 @@ pub(crate) fn have(what: &str, ok: bool) -> bool {
 
 /// A server (with `/streams/default` for plain topic names from its first
 /// start) and `/apps/s1`.
-fn server() -> TestServer {
+pub(crate) fn server() -> TestServer {
     let s = TestServer::start();
     s.ok(&["mkdir", "/apps"]);
     s.ok(&["stream", "create", "/apps/s1", "--partitions", "2"]);
     s
+}
+
+/// Adds user `name` with `password` and lets it produce to and consume
+/// from `/apps/s1` (the stream's produce and consume ACEs name it).
+pub(crate) fn user_of_s1(s: &TestServer, name: &str, password: &str) {
+    s.ok(&["user", "add", name, "--password", password]);
+    let ace = format!("u:{name}");
+    s.ok(&[
+        "stream",
+        "edit",
+        "/apps/s1",
+        "--produce-ace",
+        &ace,
+        "--consume-ace",
+        &ace,
+    ]);
 }
 
 fn run_clients(
@@ -411,16 +427,7 @@ fn scram_and_oauthbearer_authenticate_librdkafka() {
         return;
     }
     let s = server();
-    s.ok(&["user", "add", "carol", "--password", "carol-pw"]);
-    s.ok(&[
-        "stream",
-        "edit",
-        "/apps/s1",
-        "--produce-ace",
-        "u:carol",
-        "--consume-ace",
-        "u:carol",
-    ]);
+    user_of_s1(&s, "carol", "carol-pw");
     for (mech, topic) in [("SCRAM-SHA-256", "sha256"), ("SCRAM-SHA-512", "sha512")] {
         s.ok(&["stream", "topic", "create", "/apps/s1", topic]);
         let t = format!("/apps/s1:{topic}");
@@ -477,16 +484,7 @@ fn rdkafka_round_trip_with_scram() {
     use rdkafka::{Offset, TopicPartitionList};
 
     let s = server();
-    s.ok(&["user", "add", "dave", "--password", "dave-pw"]);
-    s.ok(&[
-        "stream",
-        "edit",
-        "/apps/s1",
-        "--produce-ace",
-        "u:dave",
-        "--consume-ace",
-        "u:dave",
-    ]);
+    user_of_s1(&s, "dave", "dave-pw");
     s.ok(&["stream", "topic", "create", "/apps/s1", "rust"]);
     let topic = "/apps/s1:rust";
     let config =

@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::harness::TestServer;
+use crate::harness::{output_within, TestServer};
 use crate::kafka::{clients, have, output, python_has, rdkafka_config};
 
 /// Longest a kcat run may take.
@@ -70,7 +70,9 @@ fn kcat_round_trip(s: &TestServer, mechanism: &str, user: &str, password: &str, 
         .expect("stdin")
         .write_all((lines.join("\n") + "\n").as_bytes())
         .expect("write");
-    let out = wait(p, "kcat -P");
+    let out = output_within(p, KCAT_TIMEOUT_S)
+        .expect("kcat -P finishes")
+        .expect("kcat -P");
     assert!(
         out.status.success(),
         "kcat -P with {mechanism}: {}\n{}",
@@ -87,7 +89,9 @@ fn kcat_round_trip(s: &TestServer, mechanism: &str, user: &str, password: &str, 
         .stderr(Stdio::piped())
         .spawn()
         .expect("kcat -G");
-    let out = wait(c, "kcat -G");
+    let out = output_within(c, KCAT_TIMEOUT_S)
+        .expect("kcat -G finishes")
+        .expect("kcat -G");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -100,22 +104,6 @@ fn kcat_round_trip(s: &TestServer, mechanism: &str, user: &str, password: &str, 
     let mut want: Vec<&str> = lines.iter().map(String::as_str).collect();
     want.sort();
     assert_eq!(got, want, "{mechanism}");
-}
-
-/// Waits for a child with a deadline; a hung one is killed and fails.
-fn wait(child: std::process::Child, what: &str) -> std::process::Output {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(std::time::Duration::from_secs(KCAT_TIMEOUT_S)) {
-        Ok(out) => out.expect(what),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("{what} did not finish in {KCAT_TIMEOUT_S} s");
-        }
-    }
 }
 
 #[test]

@@ -29,9 +29,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use crate::harness::TestServer;
+use crate::harness::{output_within, TestServer};
+// A fresh server (plain names in `/streams/default` from the first start,
+// no setup step) with `/apps/s1`, its users, and the admin ticket.
+use crate::kafka::{server, ticket, user_of_s1};
 
 const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka/sarama");
 /// Debian's Go packages live here; no module proxy is used.
@@ -127,18 +129,10 @@ fn run(bin: &Path, s: &TestServer, r: Run) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = cmd.spawn().expect("spawn sarama-check");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
     let what = format!("sarama-check {} ({}, {})", r.check, r.mechanism, r.topic);
-    let out = match rx.recv_timeout(Duration::from_secs(CHECK_TIMEOUT_S)) {
-        Ok(out) => out.expect("collect sarama-check output"),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("{what} did not finish in {CHECK_TIMEOUT_S} s\n{}", s.log());
-        }
+    let out = match output_within(child, CHECK_TIMEOUT_S) {
+        Some(out) => out.expect("collect sarama-check output"),
+        None => panic!("{what} did not finish in {CHECK_TIMEOUT_S} s\n{}", s.log()),
     };
     assert!(
         out.status.success(),
@@ -147,22 +141,6 @@ fn run(bin: &Path, s: &TestServer, r: Run) {
         String::from_utf8_lossy(&out.stderr),
         s.log()
     );
-}
-
-/// A fresh server (plain names live in `/streams/default`, which exists
-/// from the first start: no setup step) and `/apps/s1`.
-fn server() -> TestServer {
-    let s = TestServer::start();
-    s.ok(&["mkdir", "-p", "/apps"]);
-    s.ok(&["stream", "create", "/apps/s1", "--partitions", "2"]);
-    s
-}
-
-fn ticket(s: &TestServer) -> String {
-    std::fs::read_to_string(s.admin_ticket())
-        .expect("admin ticket")
-        .trim()
-        .to_string()
 }
 
 /// Records in partition 0 of `topic` of `stream`, by the CLI.
@@ -175,7 +153,7 @@ fn log_end(s: &TestServer, stream: &str, topic: &str) -> serde_json::Value {
 fn sarama_produces_and_consumes_with_plain_and_scram() {
     let Some(bin) = sarama_check() else { return };
     let s = server();
-    let admin = ticket(&s);
+    let admin = ticket(&s.admin_ticket());
     let as_admin = |topic| Run {
         check: "produce-consume",
         mechanism: "PLAIN",
@@ -200,16 +178,7 @@ fn sarama_produces_and_consumes_with_plain_and_scram() {
     assert_eq!(log_end(&s, "/streams/default", "go-zstd"), 0);
 
     // A user's password, by PLAIN and both SCRAMs; a wrong one fails.
-    s.ok(&["user", "add", "carol", "--password", "carol-pw"]);
-    s.ok(&[
-        "stream",
-        "edit",
-        "/apps/s1",
-        "--produce-ace",
-        "u:carol",
-        "--consume-ace",
-        "u:carol",
-    ]);
+    user_of_s1(&s, "carol", "carol-pw");
     for (mechanism, topic) in [
         ("PLAIN", "go-carol-plain"),
         ("SCRAM-SHA-256", "go-sha256"),
@@ -242,7 +211,7 @@ fn a_sarama_consumer_group_splits_and_takes_over() {
         "--partitions",
         "4",
     ]);
-    let admin = ticket(&s);
+    let admin = ticket(&s.admin_ticket());
     run(
         bin,
         &s,
@@ -265,16 +234,7 @@ fn a_sarama_consumer_group_splits_and_takes_over() {
 
     // The same by a user with SCRAM-SHA-512, on a topic and group named by
     // their stream (the group is `/apps/s1:go-group-group`).
-    s.ok(&["user", "add", "carol", "--password", "carol-pw"]);
-    s.ok(&[
-        "stream",
-        "edit",
-        "/apps/s1",
-        "--produce-ace",
-        "u:carol",
-        "--consume-ace",
-        "u:carol",
-    ]);
+    user_of_s1(&s, "carol", "carol-pw");
     s.ok(&[
         "stream",
         "topic",
