@@ -61,11 +61,25 @@
 //! - An undecodable committed entry (or any raft-rs invariant panic) stops that group loudly;
 //!   it is never skipped. A failed store write stops the whole loop (the store is poisoned).
 //!
+//! # Membership
+//! [`RaftNode::change_membership`] proposes raft-rs `ConfChangeV2`s, one at a time per
+//! group (a second one while another is pending, or while joint, is refused up front:
+//! raft-rs would silently turn it into an empty entry). A new replica is created empty with
+//! [`RaftNode::create_replica`] (no configuration: it never campaigns) and added as a
+//! learner; the leader first compacts a log that still starts at index 1, so the learner's
+//! state and configuration come from a snapshot that names it (raft-rs rejects a snapshot
+//! whose configuration lacks the receiver). Voter changes go through joint consensus, left
+//! automatically; a leader that finds its group joint with nothing pending (the leader that
+//! entered it died first) leaves it. A leader never removes or demotes itself: transfer
+//! leadership first ([`RaftNode::transfer_leader`]). A replica that applies its own removal
+//! is destroyed (log, raft state and the data of its range, in one durable write), at once
+//! or at the next start, so a removed leader cannot keep heartbeating; one removed while it
+//! could not hear it is destroyed by the cluster layer ([`RaftNode::destroy_replica`]).
+//! Groups with learners or in a joint configuration never hibernate.
+//!
 //! # Not handled yet
-//! - A node that is not in a shard's voters and receives messages for an unknown shard drops
-//!   them (joining a group by message is a scale-out feature: replicas are created by the
-//!   cluster layer with [`RaftNode::create_shard`]). Membership changes are not supported: a
-//!   committed conf-change entry stops the group.
+//! - A node receiving messages for a shard it has no replica of drops them: replicas are
+//!   created by the cluster layer ([`RaftNode::create_shard`], [`RaftNode::create_replica`]).
 //! - Snapshots are built in memory and sent as one message.
 //! - `read_index` is served by the leader only (followers answer `NotLeader`).
 
@@ -98,7 +112,8 @@ pub struct ShardDesc {
     pub start: Vec<u8>,
     /// Exclusive end of the key range; empty = unbounded.
     pub end: Vec<u8>,
-    /// Nodes holding a voting replica.
+    /// The voters the group was created with (empty for a replica added to an existing
+    /// group). The group's current configuration is in [`ShardStatus::membership`].
     pub voters: Vec<NodeId>,
 }
 
@@ -261,6 +276,15 @@ pub enum RaftError {
     /// An invariant was violated (the affected group is stopped) or a codec failed.
     #[error("internal: {0}")]
     Internal(String),
+    /// A membership change was refused before it was proposed: another one is pending, the
+    /// group is joint, or the change is not valid for the configuration (the text says which).
+    #[error("shard {shard}: membership change refused: {why}")]
+    ConfChangeRefused {
+        /// The shard.
+        shard: ShardId,
+        /// Why.
+        why: String,
+    },
 }
 
 impl RaftError {
@@ -318,6 +342,96 @@ pub struct ShardStatus {
     pub log_last: u64,
     /// Set when the group was stopped by a fatal error; the reason.
     pub stopped: Option<String>,
+    /// The group's configuration as this replica last applied it.
+    pub membership: Membership,
+    /// A membership change was proposed and is not applied yet (leader's view; may be a
+    /// false positive right after an election).
+    pub conf_pending: bool,
+    /// Leader only: how far each other replica's log is known to match (voters and
+    /// learners), and whether it is being sent a snapshot.
+    pub progress: Vec<PeerProgress>,
+}
+
+/// A group's configuration: voters, learners and, while it is in a joint
+/// configuration, the outgoing voters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Voters (of the incoming configuration while joint).
+    pub voters: Vec<NodeId>,
+    /// Learners (replicas that receive the log but do not vote).
+    pub learners: Vec<NodeId>,
+    /// Voters of the outgoing configuration; not empty only while joint.
+    pub voters_outgoing: Vec<NodeId>,
+    /// Voters that become learners when the joint configuration is left.
+    pub learners_next: Vec<NodeId>,
+}
+
+impl Membership {
+    /// True while the group is in a joint configuration.
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// True when `node` holds a replica of the group in this configuration.
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.voters.contains(&node)
+            || self.learners.contains(&node)
+            || self.voters_outgoing.contains(&node)
+            || self.learners_next.contains(&node)
+    }
+
+    /// Every node holding a replica, once each, sorted.
+    pub fn replicas(&self) -> Vec<NodeId> {
+        let mut all: Vec<NodeId> = self
+            .voters
+            .iter()
+            .chain(&self.learners)
+            .chain(&self.voters_outgoing)
+            .chain(&self.learners_next)
+            .copied()
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    pub(crate) fn from_conf_state(cs: &raft::eraftpb::ConfState) -> Membership {
+        let sorted = |v: &[u64]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v
+        };
+        Membership {
+            voters: sorted(&cs.voters),
+            learners: sorted(&cs.learners),
+            voters_outgoing: sorted(&cs.voters_outgoing),
+            learners_next: sorted(&cs.learners_next),
+        }
+    }
+}
+
+/// A leader's view of one other replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The replica's node.
+    pub node: NodeId,
+    /// Highest log index known to match the leader's.
+    pub matched: u64,
+    /// Being sent a snapshot.
+    pub snapshot: bool,
+}
+
+/// One step of a membership change (see [`RaftNode::change_membership`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Adds a learner: a replica that receives the log (first a snapshot) and does not vote.
+    AddLearner(NodeId),
+    /// Makes a node a voter (a learner is promoted).
+    AddVoter(NodeId),
+    /// Makes a voter a learner.
+    Demote(NodeId),
+    /// Removes a voter or learner.
+    Remove(NodeId),
 }
 
 /// Counters since the node started.
@@ -350,6 +464,10 @@ pub struct RaftMetrics {
     /// Empty keepalive batches handed to the transport (one per peer node per
     /// `heartbeat_tick` ticks).
     pub keepalives_sent: u64,
+    /// Membership changes applied (every replica counts each).
+    pub conf_changes_applied: u64,
+    /// Replicas of this node destroyed (removed from their group).
+    pub replicas_destroyed: u64,
 }
 
 /// Version byte of [`encode_message`].

@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 use berth_store::{Durability, KvPairs, Space, Store, StoreError, WriteBatch};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
-use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry,
+    EntryType, Message, MessageType,
+};
 use raft::{RawNode, ReadOnlyOption, ReadState, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
@@ -25,8 +29,8 @@ use crate::cmd::{self, ApplyResult, Txn, TxnOutcome};
 use crate::hibernate::{self, PeerLiveness, Signal};
 use crate::storage::{self, ShardStorage};
 use crate::{
-    message_shard, set_message_shard, Config, NodeId, RaftError, RaftMetrics, Role, ShardDesc,
-    ShardId, ShardStatus, Transport,
+    message_shard, set_message_shard, Config, MemberChange, Membership, NodeId, PeerProgress,
+    RaftError, RaftMetrics, Role, ShardDesc, ShardId, ShardStatus, Transport,
 };
 
 /// Commands queued to the loop.
@@ -62,6 +66,22 @@ enum Cmd {
         reply: Reply<()>,
     },
     AddShard(ShardDesc),
+    /// Proposes a membership change; an empty list leaves a joint configuration.
+    ChangeMembership {
+        shard: ShardId,
+        changes: Vec<MemberChange>,
+        reply: Reply<Membership>,
+    },
+    TransferLeader {
+        shard: ShardId,
+        to: NodeId,
+        reply: Reply<()>,
+    },
+    /// Deletes this node's replica of a shard (all its state).
+    Destroy {
+        shard: ShardId,
+        reply: Reply<()>,
+    },
     Shutdown,
 }
 
@@ -80,6 +100,8 @@ struct Metrics {
     hibernations: AtomicU64,
     wakeups: AtomicU64,
     keepalives_sent: AtomicU64,
+    conf_changes_applied: AtomicU64,
+    replicas_destroyed: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -106,6 +128,7 @@ impl Shared {
     fn insert_shard(&self, desc: ShardDesc) {
         let mut shards = self.shards.write();
         let id = desc.id;
+        let voters = desc.voters.clone();
         shards.entry(id).or_insert_with(|| ShardEntry {
             desc,
             status: ShardStatus {
@@ -119,6 +142,12 @@ impl Shared {
                 log_first: 0,
                 log_last: 0,
                 stopped: None,
+                membership: Membership {
+                    voters,
+                    ..Membership::default()
+                },
+                conf_pending: false,
+                progress: Vec::new(),
             },
             applied: Arc::new(watch::channel(0).0),
         });
@@ -287,7 +316,7 @@ impl RaftNode {
         self.inner.node_id
     }
 
-    /// Creates a replica of a shard on this node. Idempotent: an identical descriptor is
+    /// Creates a replica of a new shard on this node. Idempotent: an identical descriptor is
     /// accepted again; a different one with the same id, or one overlapping another shard, is
     /// refused. The initial state (conf state = `desc.voters`, empty log) is durable before
     /// this returns. This node must be one of the voters.
@@ -299,6 +328,25 @@ impl RaftNode {
                 desc.id, desc.voters
             )));
         }
+        self.create(desc)
+    }
+
+    /// Creates an empty replica of an existing shard on this node, to be added to the group
+    /// with [`RaftNode::change_membership`] (`AddLearner`) by its leader: it has no
+    /// configuration, never campaigns, and takes its whole state from the first snapshot
+    /// the leader sends (the leader makes sure one is needed). `desc.voters` must be empty.
+    /// Idempotent like [`RaftNode::create_shard`].
+    pub fn create_replica(&self, desc: ShardDesc) -> Result<(), RaftError> {
+        if !desc.voters.is_empty() {
+            return Err(RaftError::Internal(format!(
+                "shard {}: an added replica starts without voters (got {:?})",
+                desc.id, desc.voters
+            )));
+        }
+        self.create(desc)
+    }
+
+    fn create(&self, desc: ShardDesc) -> Result<(), RaftError> {
         let mut voters = desc.voters.clone();
         voters.sort_unstable();
         voters.dedup();
@@ -354,6 +402,55 @@ impl RaftNode {
             .values()
             .map(|e| e.desc.clone())
             .collect()
+    }
+
+    /// Proposes a membership change of `shard` (this node must lead it) and resolves once
+    /// it is applied here, with the new configuration. One change at a time: it is refused
+    /// (nothing proposed) while another is pending or while the group is joint, except the
+    /// empty list, which leaves a joint configuration.
+    ///
+    /// - Learners are added and removed in one simple step. The leader first makes sure a
+    ///   new learner needs a snapshot (its log must not start at index 1), so the learner's
+    ///   configuration always comes from a snapshot that names it.
+    /// - Any change of voters (`AddVoter`, `Demote`, removing a voter) goes through joint
+    ///   consensus, left automatically once the change is applied; should that leave be lost
+    ///   (a leader change in between), the next leader leaves it (see `Core::tick`).
+    /// - The leader cannot remove or demote itself: transfer leadership first.
+    pub async fn change_membership(
+        &self,
+        shard: ShardId,
+        changes: Vec<MemberChange>,
+    ) -> Result<Membership, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.try_send(Cmd::ChangeMembership {
+            shard,
+            changes,
+            reply: tx,
+        })?;
+        self.wait(rx).await
+    }
+
+    /// Asks the leader of `shard` (this node) to hand leadership to voter `to`. Resolves
+    /// when the transfer was started; it completes (or is abandoned after an election
+    /// timeout) asynchronously: watch [`RaftNode::leader`].
+    pub async fn transfer_leader(&self, shard: ShardId, to: NodeId) -> Result<(), RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.try_send(Cmd::TransferLeader {
+            shard,
+            to,
+            reply: tx,
+        })?;
+        self.wait(rx).await
+    }
+
+    /// Deletes this node's replica of `shard`: its log, raft state and the data of its key
+    /// range. For replicas the cluster layer knows were removed from their group while this
+    /// node could not learn it (a removed replica that applies its own removal is destroyed
+    /// by the loop). Refused while this node leads the group.
+    pub async fn destroy_replica(&self, shard: ShardId) -> Result<(), RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.try_send(Cmd::Destroy { shard, reply: tx })?;
+        self.wait(rx).await
     }
 
     fn desc(&self, shard: ShardId) -> Result<ShardDesc, RaftError> {
@@ -456,7 +553,10 @@ impl RaftNode {
         let shards = self.inner.shared.shards.read();
         let e = shards.get(&shard).ok_or(RaftError::ShardNotFound(shard))?;
         let st = &e.status;
-        Ok(e.desc.voters == [self.inner.node_id]
+        let m = &st.membership;
+        Ok(m.voters == [self.inner.node_id]
+            && m.learners.is_empty()
+            && !m.is_joint()
             && st.role == Role::Leader
             && st.stopped.is_none()
             && st.applied >= st.log_last)
@@ -600,6 +700,8 @@ impl RaftNode {
             hibernations: l(&m.hibernations),
             wakeups: l(&m.wakeups),
             keepalives_sent: l(&m.keepalives_sent),
+            conf_changes_applied: l(&m.conf_changes_applied),
+            replicas_destroyed: l(&m.replicas_destroyed),
         }
     }
 
@@ -696,8 +798,10 @@ struct Group {
     reads_inflight: Vec<(Vec<u8>, Vec<Reply<()>>)>,
     /// Confirmed read index, waiting for apply to reach it.
     reads_ready: Vec<(u64, Vec<Reply<()>>)>,
-    /// The voters (fixed: membership changes are not supported).
-    voters: Vec<NodeId>,
+    /// The configuration this replica applied (refreshed by conf changes and snapshots).
+    membership: Membership,
+    /// The pending membership change proposed here: (index, term, waiter).
+    conf_waiter: Option<(u64, u64, Reply<Membership>)>,
     /// Asleep: not ticking.
     hibernating: bool,
     /// Leader only: consecutive quiescent ticks (saturates at `hibernate_after_ticks`).
@@ -734,7 +838,18 @@ impl Group {
     }
 
     fn multi_voter(&self) -> bool {
-        self.voters.len() > 1
+        self.membership.voters.len() > 1
+    }
+
+    /// Groups with learners or in a joint configuration never sleep: they are in the middle
+    /// of a change that must make progress (and a learner acknowledges no sleep).
+    fn changing(&self) -> bool {
+        !self.membership.learners.is_empty() || self.membership.is_joint()
+    }
+
+    /// Re-reads the configuration from raft after a conf change or a snapshot.
+    fn refresh_membership(&mut self) {
+        self.membership = Membership::from_conf_state(&self.raw.raft.prs().conf().to_conf_state());
     }
 
     /// Stops ticking.
@@ -774,12 +889,16 @@ impl Group {
 
     /// Every other voter answered "asleep" to this drowsy leader.
     fn all_acked(&self, me: NodeId) -> bool {
-        self.voters
+        self.membership
+            .voters
             .iter()
             .all(|v| *v == me || self.sleep_acks.contains(v))
     }
 
     fn fail_all(&mut self, make: impl Fn() -> RaftError) {
+        if let Some((_, _, w)) = self.conf_waiter.take() {
+            let _ = w.send(Err(make()));
+        }
         for p in self.proposals.drain(..) {
             let _ = p.reply.send(Err(make()));
         }
@@ -831,6 +950,13 @@ impl Group {
     }
 
     fn purge_abandoned(&mut self) {
+        if self
+            .conf_waiter
+            .as_ref()
+            .is_some_and(|(_, _, w)| w.is_closed())
+        {
+            self.conf_waiter = None;
+        }
         self.proposals.retain(|p| !p.reply.is_closed());
         self.read_queue.retain(|r| !r.is_closed());
         for (_, w) in self.reads_inflight.iter_mut() {
@@ -844,7 +970,8 @@ impl Group {
     }
 
     fn idle(&self) -> bool {
-        self.proposals.is_empty()
+        self.conf_waiter.is_none()
+            && self.proposals.is_empty()
             && self.read_queue.is_empty()
             && self.reads_inflight.is_empty()
             && self.reads_ready.is_empty()
@@ -868,6 +995,27 @@ impl Group {
             log_first: s.first_log_index(),
             log_last: s.last_log_index(),
             stopped: self.stopped.clone(),
+            membership: self.membership.clone(),
+            conf_pending: self.raw.raft.has_pending_conf(),
+            progress: if self.is_leader() {
+                let me = self.raw.raft.id;
+                let mut p: Vec<PeerProgress> = self
+                    .raw
+                    .raft
+                    .prs()
+                    .iter()
+                    .filter(|(&id, _)| id != me)
+                    .map(|(&node, pr)| PeerProgress {
+                        node,
+                        matched: pr.matched,
+                        snapshot: pr.state == raft::ProgressState::Snapshot,
+                    })
+                    .collect();
+                p.sort_unstable_by_key(|p| p.node);
+                p
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -939,7 +1087,6 @@ impl Core {
         let storage =
             ShardStorage::load(self.store.clone(), desc).map_err(RaftError::from_store)?;
         let single = storage.voters() == [self.node_id];
-        let voters = storage.voters().to_vec();
         let applied = storage.applied_index;
         let rc = raft::Config {
             id: self.node_id,
@@ -970,7 +1117,8 @@ impl Core {
             read_queue: Vec::new(),
             reads_inflight: Vec::new(),
             reads_ready: Vec::new(),
-            voters,
+            membership: Membership::default(),
+            conf_waiter: None,
             hibernating: false,
             idle_ticks: 0,
             drowsy: false,
@@ -979,22 +1127,34 @@ impl Core {
             stopped: None,
             applied_tx,
         };
-        if single {
+        g.refresh_membership();
+        if !g.membership.replicas().is_empty() && !g.membership.contains(self.node_id) {
+            // Its removal was applied and the node stopped before the replica was destroyed.
+            self.groups.insert(id, g);
+            return self
+                .destroy(id, "removed from its group (found at startup)")
+                .map_err(RaftError::from_store);
+        }
+        if single && !g.changing() {
             // The only voter: no need to wait an election timeout.
             let _ = guarded(&mut g, "campaign", |raw| raw.campaign());
         }
+        self.track_peers(&g.membership);
+        self.groups.insert(id, g);
+        self.touched.insert(id);
+        Ok(())
+    }
+
+    /// Watches the liveness of every node in `m` (see `hibernate`).
+    fn track_peers(&mut self, m: &Membership) {
         let mut heard = None;
-        for &v in g.voters.iter().filter(|&&v| v != self.node_id) {
+        for v in m.replicas().into_iter().filter(|&v| v != self.node_id) {
             if self.liveness.add(v) {
                 heard
                     .get_or_insert_with(|| self.shared.peers_heard.write())
                     .insert(v, AtomicBool::new(false));
             }
         }
-        drop(heard);
-        self.groups.insert(id, g);
-        self.touched.insert(id);
-        Ok(())
     }
 
     /// Starts a group; a shard whose state cannot be loaded is reported as stopped (in its
@@ -1106,6 +1266,35 @@ impl Core {
                 }
             }
             Cmd::AddShard(desc) => self.add_group_or_mark(desc),
+            Cmd::ChangeMembership {
+                shard,
+                changes,
+                reply,
+            } => self.on_change_membership(shard, changes, reply),
+            Cmd::TransferLeader { shard, to, reply } => {
+                let r = self.on_transfer_leader(shard, to);
+                let _ = reply.send(r);
+            }
+            Cmd::Destroy { shard, reply } => {
+                let r = match self.groups.get(&shard) {
+                    None => Err(RaftError::ShardNotFound(shard)),
+                    Some(g) if g.is_leader() => Err(RaftError::ConfChangeRefused {
+                        shard,
+                        why: "this node leads the group".into(),
+                    }),
+                    Some(_) => match self.destroy(shard, "destroyed at the cluster's request") {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            let _ = reply.send(Err(RaftError::Internal(format!(
+                                "destroying the replica failed: {e}"
+                            ))));
+                            self.fail_store(e);
+                            return false;
+                        }
+                    },
+                };
+                let _ = reply.send(r);
+            }
             Cmd::Shutdown => return true,
         }
         false
@@ -1251,6 +1440,137 @@ impl Core {
         }
     }
 
+    fn on_change_membership(
+        &mut self,
+        shard: ShardId,
+        changes: Vec<MemberChange>,
+        reply: Reply<Membership>,
+    ) {
+        let Some(g) = self.groups.get_mut(&shard) else {
+            let _ = reply.send(Err(RaftError::ShardNotFound(shard)));
+            return;
+        };
+        let refuse = |why: String| RaftError::ConfChangeRefused { shard, why };
+        if let Some(r) = &g.stopped {
+            let _ = reply.send(Err(RaftError::Internal(r.clone())));
+            return;
+        }
+        if !g.is_leader() {
+            let _ = reply.send(Err(g.not_leader()));
+            return;
+        }
+        // raft-rs turns a conf change proposed while another is pending (or while joint)
+        // into an empty entry; refuse it here instead, so the caller knows.
+        if g.conf_waiter.is_some() || g.raw.raft.has_pending_conf() {
+            let _ = reply.send(Err(refuse("another membership change is pending".into())));
+            return;
+        }
+        let cc = match conf_change(self.node_id, &g.membership, &changes) {
+            Ok(cc) => cc,
+            Err(why) => {
+                let _ = reply.send(Err(refuse(why)));
+                return;
+            }
+        };
+        let adds_learner = changes
+            .iter()
+            .any(|c| matches!(c, MemberChange::AddLearner(_)));
+        if adds_learner && g.raw.store().first_log_index() <= 1 {
+            // A new replica starts with an empty log and no configuration: it must get a
+            // snapshot (which carries the configuration), not the log from index 1 (which
+            // does not hold the group's initial voters).
+            let applied = g.raw.store().applied_index;
+            if applied == 0 {
+                let _ = reply.send(Err(refuse("the group has applied nothing yet".into())));
+                return;
+            }
+            let mut batch = self.store.batch();
+            let compacted = g
+                .raw
+                .mut_store()
+                .compact(&mut batch, applied)
+                .and_then(|()| self.store.write(batch, Durability::Buffered));
+            if let Err(e) = compacted {
+                let _ = reply.send(Err(RaftError::from_store(e)));
+                return;
+            }
+        }
+        g.busy(&self.shared.metrics);
+        self.touched.insert(shard);
+        let before = g.raw.raft.raft_log.last_index();
+        match guarded(g, "propose_conf_change", |raw| {
+            raw.propose_conf_change(Vec::new(), cc)
+        }) {
+            None => {
+                let _ = reply.send(Err(RaftError::Internal("raft group stopped".into())));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(shard, error = %e, "conf change dropped by raft");
+                let _ = reply.send(Err(g.not_leader()));
+            }
+            Some(Ok(())) => {
+                let index = g.raw.raft.raft_log.last_index();
+                if index != before + 1 || g.raw.raft.pending_conf_index != index {
+                    let _ = reply.send(Err(refuse(format!(
+                        "raft did not accept it (last index {before} -> {index})"
+                    ))));
+                    return;
+                }
+                tracing::info!(shard, ?changes, index, "membership change proposed");
+                g.conf_waiter = Some((index, g.raw.raft.term, reply));
+            }
+        }
+    }
+
+    fn on_transfer_leader(&mut self, shard: ShardId, to: NodeId) -> Result<(), RaftError> {
+        let g = self
+            .groups
+            .get_mut(&shard)
+            .ok_or(RaftError::ShardNotFound(shard))?;
+        if let Some(r) = &g.stopped {
+            return Err(RaftError::Internal(r.clone()));
+        }
+        if !g.is_leader() {
+            return Err(g.not_leader());
+        }
+        if to == self.node_id {
+            return Ok(());
+        }
+        if !g.membership.voters.contains(&to) {
+            return Err(RaftError::ConfChangeRefused {
+                shard,
+                why: format!("node {to} is not a voter"),
+            });
+        }
+        g.wake(&self.shared.metrics);
+        tracing::info!(shard, to, "leadership transfer started");
+        guarded(g, "transfer_leader", |raw| raw.transfer_leader(to));
+        self.touched.insert(shard);
+        Ok(())
+    }
+
+    /// Deletes this node's replica of `shard` (log, raft state, data of its range) in one
+    /// durable write, and forgets the group. Its waiters fail.
+    fn destroy(&mut self, shard: ShardId, why: &str) -> Result<(), StoreError> {
+        let Some(mut g) = self.groups.remove(&shard) else {
+            return Ok(());
+        };
+        let desc = g.raw.store().desc.clone();
+        let leader = g.leader_hint();
+        g.fail_all(|| RaftError::NotLeader { shard, leader });
+        self.shared.shards.write().remove(&shard);
+        self.touched.remove(&shard);
+        let mut batch = self.store.batch();
+        let written = storage::destroy(&mut batch, &desc)
+            .and_then(|()| self.store.write(batch, Durability::Sync));
+        add(&self.shared.metrics.replicas_destroyed, 1);
+        tracing::info!(node = self.node_id, shard, why, "replica destroyed");
+        if let Err(e) = &written {
+            tracing::error!(shard, error = %e, "destroying a replica failed");
+        }
+        written
+    }
+
     /// One coalesced tick: node liveness and keepalives, then one raft tick for every awake
     /// group with the leaders' hibernation bookkeeping; also drops waiters whose caller gave
     /// up. Sleeping groups are skipped unless a peer node just died.
@@ -1288,7 +1608,7 @@ impl Core {
                     // Followers of a stopped leader must not sleep on, waiting for it.
                     g.stop_announced = true;
                     let term = g.raw.raft.term;
-                    for &v in g.voters.iter().filter(|&&v| v != me) {
+                    for v in g.membership.replicas().into_iter().filter(|&v| v != me) {
                         self.wake_out.push((v, id, term));
                     }
                 }
@@ -1300,7 +1620,10 @@ impl Core {
                 }
                 let alive = |n: NodeId| self.liveness.is_alive(n);
                 let orphaned = if g.is_leader() {
-                    g.voters.iter().any(|&v| v != me && !alive(v))
+                    g.membership
+                        .replicas()
+                        .iter()
+                        .any(|&v| v != me && !alive(v))
                 } else {
                     g.leader_hint().is_none_or(|l| !alive(l))
                 };
@@ -1319,6 +1642,15 @@ impl Core {
                 continue;
             }
             g.purge_abandoned();
+            if g.membership.is_joint() && g.is_leader() {
+                leave_joint_if_stuck(g);
+            }
+            if g.changing() {
+                g.idle_ticks = 0;
+                g.drowsy = false;
+                g.sleep_acks.clear();
+                continue;
+            }
             if hibernate_after == 0 || !g.multi_voter() {
                 continue;
             }
@@ -1461,6 +1793,7 @@ impl Core {
         let mut outbox: BTreeMap<NodeId, Vec<Message>> = BTreeMap::new();
         let mut snapshot_reports = Vec::new();
         let mut to_apply: Vec<(ShardId, Vec<Entry>)> = Vec::new();
+        let mut snapshot_members = Vec::new();
         for (id, mut rd, installed) in readies {
             let Some(g) = self.groups.get_mut(&id) else {
                 continue;
@@ -1477,6 +1810,8 @@ impl Core {
             msgs.extend(light.take_messages());
             committed.extend(light.take_committed_entries());
             if installed {
+                g.refresh_membership();
+                snapshot_members.push(g.membership.clone());
                 add(&metrics.snapshots_applied, 1);
                 tracing::info!(
                     shard = id,
@@ -1511,6 +1846,9 @@ impl Core {
             }
         }
 
+        for m in &snapshot_members {
+            self.track_peers(m);
+        }
         for (to, shard, term) in self.wake_out.drain(..) {
             let m = hibernate::wake_message(self.node_id, to, term, shard);
             outbox.entry(to).or_default().push(m);
@@ -1539,6 +1877,8 @@ impl Core {
         // 4. Apply committed entries of every group in one batch, with their applied index.
         let mut batch = self.store.batch();
         let mut completions = Vec::new();
+        let mut conf_done = Vec::new();
+        let mut conf_changed = Vec::new();
         let applied_ids: Vec<ShardId> = to_apply.iter().map(|(id, _)| *id).collect();
         let mut result = Ok(());
         for (id, ents) in to_apply {
@@ -1546,10 +1886,13 @@ impl Core {
                 result = apply_entries(
                     &self.store,
                     &self.cfg,
+                    metrics,
                     g,
                     &mut batch,
                     ents,
                     &mut completions,
+                    &mut conf_done,
+                    &mut conf_changed,
                 );
                 if result.is_err() {
                     break;
@@ -1567,12 +1910,18 @@ impl Core {
         });
         if let Err(e) = result {
             let poisoned = matches!(e, StoreError::Poisoned) || self.store.is_poisoned();
-            for (reply, _) in completions {
-                let _ = reply.send(Err(if poisoned {
+            let failed = || {
+                if poisoned {
                     RaftError::Poisoned
                 } else {
                     RaftError::Internal("store failed while applying".into())
-                }));
+                }
+            };
+            for (reply, _) in completions {
+                let _ = reply.send(Err(failed()));
+            }
+            for (reply, _) in conf_done {
+                let _ = reply.send(Err(failed()));
             }
             self.fail_store(e);
             return;
@@ -1585,6 +1934,22 @@ impl Core {
         }
         for (reply, result) in completions {
             let _ = reply.send(result);
+        }
+        for (reply, result) in conf_done {
+            let _ = reply.send(result);
+        }
+        // New members' nodes are watched; a replica whose own removal was just applied
+        // (and written) is destroyed, so it neither votes nor heartbeats again.
+        for id in conf_changed {
+            let Some(m) = self.groups.get(&id).map(|g| g.membership.clone()) else {
+                continue;
+            };
+            if m.contains(self.node_id) {
+                self.track_peers(&m);
+            } else if let Err(e) = self.destroy(id, "removed from its group") {
+                self.fail_store(e);
+                return;
+            }
         }
 
         // 5. Tell raft what is applied; wake readers and watchers; hibernate idle groups.
@@ -1646,6 +2011,7 @@ fn publish_applied(g: &Group) {
 fn may_hibernate(node_id: NodeId, g: &Group) -> bool {
     let log = &g.raw.raft.raft_log;
     g.raw.store().voters() == [node_id]
+        && !g.changing()
         && g.is_leader()
         && g.idle()
         && !g.raw.has_ready()
@@ -1654,17 +2020,156 @@ fn may_hibernate(node_id: NodeId, g: &Group) -> bool {
 }
 
 type Completion = (Reply<TxnOutcome>, Result<TxnOutcome, RaftError>);
+type ConfCompletion = (Reply<Membership>, Result<Membership, RaftError>);
+
+/// The raft-rs form of a membership change, checked against the current configuration.
+/// Voter changes go through joint consensus (left automatically); learner-only changes are
+/// one simple step. An empty list leaves a joint configuration.
+fn conf_change(
+    me: NodeId,
+    m: &Membership,
+    changes: &[MemberChange],
+) -> Result<ConfChangeV2, String> {
+    let mut cc = ConfChangeV2::default();
+    if changes.is_empty() {
+        if !m.is_joint() {
+            return Err("the group is not in a joint configuration".into());
+        }
+        return Ok(cc);
+    }
+    if m.is_joint() {
+        return Err("the group is in a joint configuration; leave it first".into());
+    }
+    let mut seen = BTreeSet::new();
+    let mut voters_change = false;
+    for c in changes {
+        let (ty, node) = match *c {
+            MemberChange::AddLearner(n) => {
+                if m.contains(n) {
+                    return Err(format!("node {n} already holds a replica"));
+                }
+                (ConfChangeType::AddLearnerNode, n)
+            }
+            MemberChange::AddVoter(n) => {
+                if m.voters.contains(&n) {
+                    return Err(format!("node {n} is already a voter"));
+                }
+                if !m.learners.contains(&n) {
+                    return Err(format!(
+                        "node {n} is not a learner: add it as a learner and let it catch up first"
+                    ));
+                }
+                voters_change = true;
+                (ConfChangeType::AddNode, n)
+            }
+            MemberChange::Demote(n) => {
+                if !m.voters.contains(&n) {
+                    return Err(format!("node {n} is not a voter"));
+                }
+                voters_change = true;
+                (ConfChangeType::AddLearnerNode, n)
+            }
+            MemberChange::Remove(n) => {
+                if !m.contains(n) {
+                    return Err(format!("node {n} holds no replica"));
+                }
+                voters_change |= m.voters.contains(&n);
+                (ConfChangeType::RemoveNode, n)
+            }
+        };
+        if node == 0 {
+            return Err("node 0 is not a node".into());
+        }
+        if !seen.insert(node) {
+            return Err(format!("node {node} appears twice"));
+        }
+        if node == me && matches!(c, MemberChange::Remove(_) | MemberChange::Demote(_)) {
+            return Err(
+                "the leader cannot remove or demote itself: transfer leadership first".into(),
+            );
+        }
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(ty);
+        single.node_id = node;
+        cc.mut_changes().push(single);
+    }
+    let remaining = m
+        .voters
+        .iter()
+        .filter(|v| {
+            !changes
+                .iter()
+                .any(|c| matches!(c, MemberChange::Remove(n) | MemberChange::Demote(n) if n == *v))
+        })
+        .count();
+    if remaining == 0 {
+        return Err("the group would have no voter left".into());
+    }
+    cc.set_transition(if voters_change {
+        ConfChangeTransition::Implicit
+    } else {
+        ConfChangeTransition::Auto
+    });
+    Ok(cc)
+}
+
+/// A committed conf change entry as a `ConfChangeV2` (version 1 entries converted).
+fn decode_conf_change(e: &Entry) -> Result<ConfChangeV2, String> {
+    match e.get_entry_type() {
+        EntryType::EntryConfChange => {
+            let mut v1 = ConfChange::default();
+            v1.merge_from_bytes(&e.data).map_err(|e| e.to_string())?;
+            // As raft-rs converts it: one simple step.
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(v1.get_change_type());
+            single.node_id = v1.node_id;
+            let mut v2 = ConfChangeV2::default();
+            v2.mut_changes().push(single);
+            v2.context = v1.context;
+            Ok(v2)
+        }
+        _ => {
+            let mut v2 = ConfChangeV2::default();
+            v2.merge_from_bytes(&e.data).map_err(|e| e.to_string())?;
+            Ok(v2)
+        }
+    }
+}
+
+/// A leader in a joint configuration with no change pending proposes to leave it: raft-rs
+/// leaves automatically only when the leader that applied the entry into it is still
+/// leading (a new leader, or a crash in between, would leave the group joint for good).
+fn leave_joint_if_stuck(g: &mut Group) {
+    if g.conf_waiter.is_some()
+        || g.raw.raft.has_pending_conf()
+        || !g.raw.raft.commit_to_current_term()
+        || g.raw.store().applied_index < g.raw.raft.raft_log.committed
+    {
+        return;
+    }
+    let shard = g.id();
+    tracing::info!(shard, membership = ?g.membership, "leaving a joint configuration");
+    if let Some(Err(e)) = guarded(g, "leave_joint", |raw| {
+        raw.propose_conf_change(Vec::new(), ConfChangeV2::default())
+    }) {
+        tracing::debug!(shard, error = %e, "leave-joint proposal dropped");
+    }
+}
 
 /// Applies committed entries of one group into `batch`, records the applied index there, and
 /// compacts the log when it grew past the threshold. Waiter results go to `completions`
 /// (sent only after the batch is written).
+#[allow(clippy::too_many_arguments)]
 fn apply_entries(
     store: &Store,
     cfg: &Config,
+    metrics: &Metrics,
     g: &mut Group,
     batch: &mut WriteBatch,
     ents: Vec<Entry>,
     completions: &mut Vec<Completion>,
+    conf_done: &mut Vec<ConfCompletion>,
+    conf_changed: &mut Vec<ShardId>,
 ) -> Result<(), StoreError> {
     let desc = g.raw.store().desc.clone();
     let mut last = None;
@@ -1706,15 +2211,48 @@ fn apply_entries(
                     }
                 });
             }
-            other => {
-                if let Some((i, t)) = last {
-                    g.raw.mut_store().set_applied(batch, i, t)?;
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                let cc = match decode_conf_change(&e) {
+                    Ok(cc) => cc,
+                    Err(why) => {
+                        if let Some((i, t)) = last {
+                            g.raw.mut_store().set_applied(batch, i, t)?;
+                        }
+                        g.stop(format!(
+                            "entry {} is not a valid conf change: {why}",
+                            e.index
+                        ));
+                        return Ok(());
+                    }
+                };
+                // Every replica applies the same entries to the same configuration, so a
+                // change raft-rs refuses is refused everywhere: it is skipped, not fatal.
+                match guarded(g, "apply_conf_change", |raw| raw.apply_conf_change(&cc)) {
+                    None => return Ok(()),
+                    Some(Err(err)) => {
+                        tracing::error!(shard = desc.id, index = e.index, error = %err, "committed conf change is invalid; skipped");
+                    }
+                    Some(Ok(cs)) => {
+                        g.raw.mut_store().set_conf(cs);
+                        g.refresh_membership();
+                        add(&metrics.conf_changes_applied, 1);
+                        tracing::info!(shard = desc.id, index = e.index, membership = ?g.membership, "membership change applied");
+                        conf_changed.push(desc.id);
+                    }
                 }
-                g.stop(format!(
-                    "entry {} is a {other:?}: membership changes are not supported",
-                    e.index
-                ));
-                return Ok(());
+                if let Some((index, term, _)) = &g.conf_waiter {
+                    if *index <= e.index {
+                        let same = *index == e.index && *term == e.term;
+                        if let Some((_, _, w)) = g.conf_waiter.take() {
+                            let r = if same {
+                                Ok(g.membership.clone())
+                            } else {
+                                Err(g.not_leader())
+                            };
+                            conf_done.push((w, r));
+                        }
+                    }
+                }
             }
         }
         last = Some((e.index, e.term));

@@ -228,6 +228,18 @@ pub(crate) fn load_descs(store: &Store) -> Result<Vec<ShardDesc>, StoreError> {
     }
 }
 
+/// Deletes everything of a replica, in `batch`: its descriptor and raft state, its log and
+/// the data of its key range.
+pub(crate) fn destroy(batch: &mut WriteBatch, desc: &ShardDesc) -> Result<(), StoreError> {
+    for tag in [TAG_DESC, TAG_HARD, TAG_APPLY, TAG_LOG] {
+        batch.delete(Space::RaftState, &state_key(desc.id, tag));
+    }
+    let (ls, le) = log_range(desc.id);
+    batch.delete_range(Space::RaftLog, &ls, &le)?;
+    batch.delete_range(Space::Data, &desc.start, &desc.end)?;
+    Ok(())
+}
+
 /// One group's raft storage: hard state, conf state, log (cached tail), apply state.
 pub(crate) struct ShardStorage {
     store: Arc<Store>,
@@ -392,6 +404,12 @@ impl ShardStorage {
 
     pub(crate) fn voters(&self) -> &[u64] {
         &self.conf.voters
+    }
+
+    /// Takes the configuration a conf change entry produced; it is persisted with the
+    /// applied index (`set_applied`) in the same batch as the entry's application.
+    pub(crate) fn set_conf(&mut self, conf: ConfState) {
+        self.conf = conf;
     }
 
     /// Adds new log entries (and removes any conflicting suffix) to `batch`.

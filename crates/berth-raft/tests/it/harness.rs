@@ -71,10 +71,14 @@ impl Transport for NullTransport {
 
 /// Delivers messages between nodes of one process, through the wire codec, unless a filter
 /// drops them. An isolated node neither sends nor receives anything, keepalives included.
+/// Decides whether one message (from, to, message) is dropped.
+pub type Filter = Box<dyn Fn(NodeId, NodeId, &Message) -> bool + Send + Sync>;
+
 #[derive(Default)]
 pub struct Router {
     nodes: RwLock<HashMap<NodeId, RaftNode>>,
     isolated: Mutex<HashSet<NodeId>>,
+    filters: Mutex<Vec<Filter>>,
 }
 
 impl Router {
@@ -82,8 +86,20 @@ impl Router {
         self.isolated.lock().insert(n);
     }
 
+    /// Ends isolation and removes every filter.
     pub fn heal(&self) {
         self.isolated.lock().clear();
+        self.filters.lock().clear();
+    }
+
+    /// Removes every filter (isolation stays).
+    pub fn clear_filters(&self) {
+        self.filters.lock().clear();
+    }
+
+    /// Drops every message `f` says to drop, until `heal`.
+    pub fn add_filter(&self, f: Filter) {
+        self.filters.lock().push(f);
     }
 }
 
@@ -100,10 +116,13 @@ impl Transport for MemTransport {
                 return;
             }
         }
-        let msgs: Vec<Message> = msgs
-            .iter()
-            .map(|m| decode_message(&encode_message(m)).expect("codec roundtrip"))
-            .collect();
+        let msgs: Vec<Message> = {
+            let filters = self.router.filters.lock();
+            msgs.iter()
+                .filter(|m| !filters.iter().any(|f| f(self.from, to, m)))
+                .map(|m| decode_message(&encode_message(m)).expect("codec roundtrip"))
+                .collect()
+        };
         // As the gRPC server does: every batch, even an empty keepalive, proves the sender
         // alive; then its messages are stepped.
         if let Some(n) = self.router.nodes.read().get(&to) {
@@ -117,6 +136,7 @@ pub struct Cluster {
     pub router: Arc<Router>,
     pub nodes: Vec<RaftNode>,
     pub stores: Vec<Arc<Store>>,
+    configs: Vec<Config>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -127,6 +147,7 @@ impl Cluster {
             router: router.clone(),
             nodes: Vec::new(),
             stores: Vec::new(),
+            configs: Vec::new(),
             _dirs: Vec::new(),
         };
         for id in 1..=n {
@@ -138,13 +159,29 @@ impl Cluster {
                 from: id,
                 router: router.clone(),
             });
-            let node = RaftNode::start(store.clone(), cfg, t).unwrap();
+            let node = RaftNode::start(store.clone(), cfg.clone(), t).unwrap();
             router.nodes.write().insert(id, node.clone());
+            c.configs.push(cfg);
             c.nodes.push(node);
             c.stores.push(store);
             c._dirs.push(dir);
         }
         c
+    }
+
+    /// Stops node `id`'s loop and starts it again from its store, as a restarted process
+    /// does (what was written is kept; nothing in memory survives).
+    pub fn restart(&mut self, id: NodeId) {
+        let i = (id - 1) as usize;
+        self.router.nodes.write().remove(&id);
+        self.nodes[i].shutdown();
+        let t = Arc::new(MemTransport {
+            from: id,
+            router: self.router.clone(),
+        });
+        let node = RaftNode::start(self.stores[i].clone(), self.configs[i].clone(), t).unwrap();
+        self.router.nodes.write().insert(id, node.clone());
+        self.nodes[i] = node;
     }
 
     pub fn node(&self, id: NodeId) -> &RaftNode {

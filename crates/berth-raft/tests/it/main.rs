@@ -4,4 +4,5 @@
 mod cluster;
 mod harness;
 mod hibernate;
+mod membership;
 mod single;
