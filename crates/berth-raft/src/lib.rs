@@ -77,11 +77,15 @@
 //! could not hear it is destroyed by the cluster layer ([`RaftNode::destroy_replica`]).
 //! Groups with learners or in a joint configuration never hibernate.
 //!
+//! # Reads
+//! [`RaftNode::read_index`] works on every replica: a follower's goes to its leader (raft
+//! `MsgReadIndex`) and completes once the follower applied the index the leader confirmed,
+//! so any replica serves linearizable reads from its own store.
+//!
 //! # Not handled yet
 //! - A node receiving messages for a shard it has no replica of drops them: replicas are
 //!   created by the cluster layer ([`RaftNode::create_shard`], [`RaftNode::create_replica`]).
 //! - Snapshots are built in memory and sent as one message.
-//! - `read_index` is served by the leader only (followers answer `NotLeader`).
 
 mod blob_gc;
 pub mod cmd;

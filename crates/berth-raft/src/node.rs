@@ -527,9 +527,13 @@ impl RaftNode {
         self.wait(rx).await
     }
 
-    /// Linearizable barrier (raft ReadIndex, leader only): when it returns, local reads
+    /// Linearizable barrier (raft ReadIndex): when it returns, local reads
     /// ([`RaftNode::get`], [`RaftNode::scan`]) reflect every write acknowledged before the
-    /// call. Concurrent calls share one raft ReadIndex per shard per loop iteration.
+    /// call. Concurrent calls share one raft ReadIndex per shard per loop iteration. On a
+    /// follower (or learner) it asks the leader for its commit index, which the leader
+    /// answers once a quorum confirmed its leadership, and waits until this replica has
+    /// applied that far; a follower that knows no leader, or loses it meanwhile, gets
+    /// `NotLeader` (retryable).
     ///
     /// A group whose only voter is this node, led by it, with every stored
     /// entry applied, answers at once: no other node can commit anything, a
@@ -1255,7 +1259,11 @@ impl Core {
                 };
                 if let Some(r) = &g.stopped {
                     let _ = reply.send(Err(RaftError::Internal(r.clone())));
-                } else if !g.is_leader() {
+                } else if !g.is_leader()
+                    && (g.leader_hint().is_none() || !g.membership.contains(self.node_id))
+                {
+                    // A follower reads through its leader; a replica still waiting for
+                    // its first snapshot has nothing to read.
                     let _ = reply.send(Err(g.not_leader()));
                 } else if g.read_queue.len() >= PENDING_READS_MAX {
                     let _ = reply.send(Err(RaftError::Timeout));
@@ -1681,16 +1689,20 @@ impl Core {
             if g.read_queue.is_empty() || g.stopped.is_some() {
                 continue;
             }
-            if !g.is_leader() {
-                let (shard, leader) = (*id, g.leader_hint());
+            if !g.is_leader() && g.leader_hint().is_none() {
+                let shard = *id;
                 for r in g.read_queue.drain(..) {
-                    let _ = r.send(Err(RaftError::NotLeader { shard, leader }));
+                    let _ = r.send(Err(RaftError::NotLeader {
+                        shard,
+                        leader: None,
+                    }));
                 }
                 continue;
             }
             // raft-rs drops a ReadIndex until the leader committed an entry of its term;
-            // keep the reads queued until then.
-            if !g.raw.raft.commit_to_current_term() {
+            // keep the reads queued until then. A follower's goes to its leader, which
+            // answers with its commit index once it has confirmed its leadership.
+            if g.is_leader() && !g.raw.raft.commit_to_current_term() {
                 continue;
             }
             let ctx = self.next_read_ctx.to_be_bytes().to_vec();
@@ -1743,6 +1755,16 @@ impl Core {
             // entries are applied (step 5): those may still complete their proposals.
             if rd.ss().is_some_and(|ss| ss.raft_state != StateRole::Leader) {
                 lost_leadership.push(id);
+            }
+            // A follower's reads in flight went to a leader that may be gone: they fail
+            // (retryable) rather than wait for an answer that will not come.
+            if rd.ss().is_some() && !g.is_leader() {
+                let (shard, leader) = (id, g.leader_hint());
+                for (_, waiters) in g.reads_inflight.drain(..) {
+                    for w in waiters {
+                        let _ = w.send(Err(RaftError::NotLeader { shard, leader }));
+                    }
+                }
             }
             for rs in rd.take_read_states() {
                 g.on_read_state(rs);

@@ -35,10 +35,14 @@ async fn elect_replicate_fail_over_and_heal() {
         "{r:?}"
     );
     assert!(r.unwrap_err().is_retryable());
-    assert!(matches!(
-        c.node(f).read_index(1).await,
-        Err(RaftError::NotLeader { .. })
-    ));
+    // A follower serves linearizable reads: its barrier goes through the leader.
+    let before = key(1, "before-read");
+    let r = bounded("propose", 20, c.node(l1).propose(1, put(&before, b"w"))).await;
+    assert!(matches!(r, Ok(TxnOutcome::Applied { .. })), "{r:?}");
+    bounded("follower read_index", 20, c.node(f).read_index(1))
+        .await
+        .unwrap();
+    assert_eq!(c.node(f).get(1, &before).unwrap(), Some(b"w".to_vec()));
 
     // Isolate the leader: its pending proposal fails (it steps down), the others elect a
     // new leader.
