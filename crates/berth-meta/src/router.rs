@@ -7,10 +7,18 @@
 //! exactly those reads. If anything it read changed in between, the command
 //! applies nothing and the caller retries from fresh reads (bounded).
 //!
+//! A node holding any replica of a shard serves it: reads come from its own
+//! replica after the read barrier (on a follower, the leader's ReadIndex),
+//! and a commit on a follower is forwarded to the leader (one hop, through a
+//! [`Forwarder`]). A node without a replica answers with a retryable error
+//! naming the leader.
+//!
 //! Architecture invariant: the router is the only place outside berth-raft
 //! that proposes commands.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 
 use berth_raft::cmd::{Condition, Op, Txn, TxnOutcome};
 use berth_raft::{NodeId, RaftError, RaftNode, ShardId};
@@ -22,12 +30,24 @@ use crate::{Code, Error};
 /// Upper bound on optimistic retries of one operation.
 pub const TX_RETRIES_MAX: usize = 64;
 
+/// A proposal in flight on another node.
+pub type Forwarded = Pin<Box<dyn Future<Output = Result<TxnOutcome, Error>> + Send>>;
+
+/// Sends a transaction to the node leading its shard (the server implements it over the
+/// node-to-node listener). The receiving node proposes it locally and never forwards again.
+pub trait Forwarder: Send + Sync + 'static {
+    fn propose(&self, leader: NodeId, shard: ShardId, txn: Txn) -> Forwarded;
+}
+
 /// Routes keys to shards and runs transactions on them.
 pub struct Router {
     raft: RaftNode,
     node_id: NodeId,
     /// Every shard of the cluster, sorted by range start.
     shards: RwLock<Vec<ShardRecord>>,
+    /// How commits made on a follower reach the leader; unset: they fail with a
+    /// retryable error naming the leader.
+    forwarder: OnceLock<Arc<dyn Forwarder>>,
 }
 
 impl Router {
@@ -36,7 +56,13 @@ impl Router {
             raft,
             node_id,
             shards: RwLock::new(vec![ShardRecord::meta(vec![node_id])]),
+            forwarder: OnceLock::new(),
         }
+    }
+
+    /// Lets commits on follower replicas reach their leader (set once, at startup).
+    pub fn set_forwarder(&self, f: Arc<dyn Forwarder>) {
+        let _ = self.forwarder.set(f);
     }
 
     pub fn raft(&self) -> &RaftNode {
@@ -74,7 +100,7 @@ impl Router {
     /// Starts a transaction on `shard`: waits for a linearizable read barrier
     /// so the reads below see every write acknowledged before this call.
     pub async fn begin(self: &Arc<Self>, shard: ShardId) -> Result<Tx, Error> {
-        self.ensure_local_leader(shard)?;
+        self.ensure_local_replica(shard)?;
         self.raft.read_index(shard).await?;
         Ok(Tx {
             router: self.clone(),
@@ -92,7 +118,7 @@ impl Router {
     /// [`Router::begin`]. Saves a round through the Raft loop, which lets
     /// back-to-back writes (a file's write-behind) share log batches.
     pub fn begin_optimistic(self: &Arc<Self>, shard: ShardId) -> Result<Tx, Error> {
-        self.ensure_local_leader(shard)?;
+        self.ensure_local_replica(shard)?;
         Ok(Tx {
             router: self.clone(),
             shard,
@@ -136,12 +162,14 @@ impl Router {
         })
     }
 
-    /// Requests are served on the node that leads the shard. Forwarding to a
-    /// remote leader belongs to the scale-out work; until then a follower
-    /// answers with a retryable error naming the leader.
-    fn ensure_local_leader(&self, shard: ShardId) -> Result<(), Error> {
+    /// Requests are served on a node holding a replica of the shard (reads
+    /// from it after the barrier, commits through the leader). Elsewhere the
+    /// answer is a retryable error naming the leader.
+    fn ensure_local_replica(&self, shard: ShardId) -> Result<(), Error> {
+        if self.raft.has_replica(shard) {
+            return Ok(());
+        }
         match self.leader_of(shard) {
-            Some(l) if l == self.node_id && self.raft.leader(shard) == Some(l) => Ok(()),
             Some(l) => Err(Error::new(
                 Code::Again,
                 format!("shard {shard} is led by node {l}; send the request there"),
@@ -294,7 +322,19 @@ impl Tx {
             conditions: self.conditions,
             ops: self.ops,
         };
-        match self.router.raft.propose(self.shard, txn).await {
+        let router = &self.router;
+        let leader = router.raft.leader(self.shard);
+        let forwarder = router.forwarder.get();
+        let outcome = match (leader, forwarder) {
+            (Some(l), Some(f)) if l != router.node_id => {
+                return match f.propose(l, self.shard, txn).await? {
+                    TxnOutcome::Applied { index } => Ok(Commit::Done(index)),
+                    TxnOutcome::ConditionFailed { .. } => Ok(Commit::Conflict),
+                };
+            }
+            _ => router.raft.propose(self.shard, txn).await,
+        };
+        match outcome {
             Ok(TxnOutcome::Applied { index }) => Ok(Commit::Done(index)),
             Ok(TxnOutcome::ConditionFailed { .. }) => Ok(Commit::Conflict),
             Err(RaftError::KeyOutOfRange { shard }) => Err(Error::new(

@@ -393,6 +393,11 @@ impl RaftNode {
             .map_err(|_| RaftError::Stopped)
     }
 
+    /// True when this node holds a replica of `shard` (of any role).
+    pub fn has_replica(&self, shard: ShardId) -> bool {
+        self.inner.shared.shards.read().contains_key(&shard)
+    }
+
     /// Descriptors of every shard with a replica on this node.
     pub fn shards(&self) -> Vec<ShardDesc> {
         self.inner

@@ -250,6 +250,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     )
     .context("starting the multi-raft loop")?;
     let router = Arc::new(Router::new(raft.clone(), node_id));
+    router.set_forwarder(transport.clone());
     let meta = Meta::new(router);
     directory.attach(meta.clone());
     let ns = Namespace::new(meta.clone());

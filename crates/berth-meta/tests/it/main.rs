@@ -19,6 +19,8 @@ use berth_security::scram::{self, Mechanism};
 #[path = "../../src/testing.rs"]
 mod testing;
 
+mod forward;
+
 use testing::{single_node, SingleNode};
 
 struct Kernel {

@@ -9,9 +9,11 @@ use std::time::Duration;
 use ::raft::eraftpb::Message;
 use berth_api::v1::raft_transport_client::RaftTransportClient;
 use berth_api::v1::raft_transport_server::RaftTransport;
-use berth_api::v1::{Empty, RaftBatch};
+use berth_api::v1::{Empty, ProposeReply, ProposeRequest, RaftBatch};
+use berth_meta::router::{Forwarded, Forwarder};
 use berth_meta::{Code, Error, Meta};
-use berth_raft::{decode_message, encode_message, NodeId, RaftNode, Transport};
+use berth_raft::cmd::{Txn, TxnOutcome};
+use berth_raft::{decode_message, encode_message, NodeId, RaftNode, ShardId, Transport};
 use berth_security::principal::Principal;
 use berth_security::principal::PrincipalKind;
 use parking_lot::Mutex;
@@ -45,19 +47,58 @@ pub struct RaftService {
     pub auth: Arc<dyn Authenticator>,
 }
 
-#[tonic::async_trait]
-impl RaftTransport for RaftService {
-    async fn stream(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<Empty>, Status> {
-        let p = super::bearer(&req)
+impl RaftService {
+    /// The cluster node sending `req`; anyone else is refused (and audited).
+    fn node_principal<T>(&self, req: &Request<T>, what: &str) -> Result<Principal, Status> {
+        let p = super::bearer(req)
             .and_then(|t| self.auth.authenticate(t))
             .map_err(|e| to_status(&e))?;
         if p.kind != PrincipalKind::Node {
-            tracing::info!(target: "audit", principal = %p.name, "refused raft stream from a non-node principal");
+            tracing::info!(target: "audit", principal = %p.name, what, "refused node-to-node traffic from a non-node principal");
             return Err(to_status(&Error::new(
                 Code::Perm,
                 "only cluster nodes may send Raft traffic",
             )));
         }
+        Ok(p)
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn propose(
+        &self,
+        req: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
+        self.node_principal(&req, "propose")?;
+        let req = req.into_inner();
+        let txn = berth_raft::cmd::decode(&req.txn)
+            .map_err(|e| Status::invalid_argument(format!("undecodable transaction: {e}")))?;
+        // Only a leader proposes here: a follower would forward again.
+        if self.raft.leader(req.shard) != Some(self.raft.node_id()) {
+            let e = Error::from(berth_raft::RaftError::NotLeader {
+                shard: req.shard,
+                leader: self.raft.leader(req.shard),
+            });
+            return Ok(Response::new(error_reply(&e)));
+        }
+        let reply = match self.raft.propose(req.shard, txn).await {
+            Ok(berth_raft::cmd::TxnOutcome::Applied { index }) => ProposeReply {
+                applied: true,
+                index,
+                ..ProposeReply::default()
+            },
+            Ok(berth_raft::cmd::TxnOutcome::ConditionFailed { condition }) => ProposeReply {
+                failed_condition: condition as u64,
+                ..ProposeReply::default()
+            },
+            Err(e) => error_reply(&Error::from(e)),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn stream(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<Empty>, Status> {
+        let p = self.node_principal(&req, "raft stream")?;
         // The peer's node id comes from its authenticated ticket, never from
         // what the batch claims.
         let peer: Option<NodeId> = p.name.strip_prefix("node:").and_then(|n| n.parse().ok());
@@ -79,6 +120,14 @@ impl RaftTransport for RaftService {
             self.raft.step(msgs);
         }
         Ok(Response::new(Empty {}))
+    }
+}
+
+fn error_reply(e: &Error) -> ProposeReply {
+    ProposeReply {
+        error_code: e.code.symbol().to_string(),
+        error_message: e.message.clone(),
+        ..ProposeReply::default()
     }
 }
 
@@ -164,12 +213,18 @@ impl PeerContext {
     }
 }
 
-/// The gRPC implementation of the multi-raft [`Transport`].
+/// The gRPC implementation of the multi-raft [`Transport`], and of the router's
+/// [`Forwarder`] (proposals made on a follower, sent to the leader).
 pub struct GrpcTransport {
     ctx: Arc<PeerContext>,
     rt: tokio::runtime::Handle,
     peers: Mutex<HashMap<NodeId, mpsc::Sender<Vec<Message>>>>,
+    /// Connections for forwarded proposals, by node (and the address they go to).
+    forward: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
 }
+
+/// How long a forwarded proposal may take (the leader's own propose timeout is 10 s).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl GrpcTransport {
     /// `ca_pem` None = plaintext (insecure development mode).
@@ -187,6 +242,69 @@ impl GrpcTransport {
             }),
             rt,
             peers: Mutex::new(HashMap::new()),
+            forward: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+}
+
+impl Forwarder for GrpcTransport {
+    fn propose(&self, leader: NodeId, shard: ShardId, txn: Txn) -> Forwarded {
+        let ctx = self.ctx.clone();
+        let cache = self.forward.clone();
+        let encoded = berth_raft::cmd::encode(&txn);
+        Box::pin(async move {
+            let unreachable = |why: String| {
+                Error::new(
+                    Code::Again,
+                    format!("shard {shard}: cannot reach its leader, node {leader}: {why}"),
+                )
+            };
+            let txn = encoded.map_err(|e| Error::new(Code::Io, format!("encode: {e}")))?;
+            let (Some(addr), Some(ticket)) =
+                (ctx.directory.addr_of(leader), ctx.directory.node_ticket())
+            else {
+                return Err(unreachable("its address is unknown".into()));
+            };
+            let cached = cache
+                .lock()
+                .get(&leader)
+                .filter(|(a, _)| *a == addr)
+                .map(|(_, c)| c.clone());
+            let channel = match cached {
+                Some(c) => c,
+                None => {
+                    let c = ctx.connect(&addr).await.map_err(unreachable)?;
+                    cache.lock().insert(leader, (addr, c.clone()));
+                    c
+                }
+            };
+            let mut req = Request::new(ProposeRequest { shard, txn });
+            req.set_timeout(FORWARD_TIMEOUT);
+            let bearer = format!("Bearer {ticket}")
+                .parse()
+                .map_err(|_| Error::new(Code::Io, "the node ticket is not printable"))?;
+            req.metadata_mut().insert(berth_api::AUTH_METADATA, bearer);
+            let mut client =
+                RaftTransportClient::new(channel).max_encoding_message_size(RAFT_BATCH_BYTES_MAX);
+            let reply = match client.propose(req).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => {
+                    // A broken connection is made again next time.
+                    cache.lock().remove(&leader);
+                    return Err(unreachable(status.message().to_string()));
+                }
+            };
+            if !reply.error_code.is_empty() {
+                let code = Code::from_symbol(&reply.error_code).unwrap_or(Code::Io);
+                return Err(Error::new(code, reply.error_message));
+            }
+            Ok(if reply.applied {
+                TxnOutcome::Applied { index: reply.index }
+            } else {
+                TxnOutcome::ConditionFailed {
+                    condition: usize::try_from(reply.failed_condition).unwrap_or(usize::MAX),
+                }
+            })
         })
     }
 }

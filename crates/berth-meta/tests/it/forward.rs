@@ -1,0 +1,135 @@
+//! The router on follower replicas: reads after the leader's read index, commits forwarded
+//! to the leader, conflicts still detected; a node without a replica names the leader.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_meta::map::{user_key, ShardRecord, META_SHARD};
+use berth_meta::router::{Forwarded, Forwarder};
+use berth_meta::{Code, Commit, Error, Router};
+use berth_raft::cmd::Txn;
+use berth_raft::{Config, NodeId, RaftNode, ShardId, Transport};
+use berth_store::Store;
+use parking_lot::RwLock;
+use raft::eraftpb::Message;
+
+#[derive(Default)]
+struct Net {
+    nodes: RwLock<HashMap<NodeId, RaftNode>>,
+}
+
+struct Mem {
+    from: NodeId,
+    net: Arc<Net>,
+}
+
+impl Transport for Mem {
+    fn send(&self, to: NodeId, msgs: Vec<Message>) {
+        if let Some(n) = self.net.nodes.read().get(&to) {
+            n.peer_alive(self.from);
+            n.step(msgs);
+        }
+    }
+}
+
+/// Proposes on the leader's node directly, as the server's gRPC forwarder does remotely.
+struct Direct(Arc<Net>);
+
+impl Forwarder for Direct {
+    fn propose(&self, leader: NodeId, shard: ShardId, txn: Txn) -> Forwarded {
+        let node = self.0.nodes.read().get(&leader).cloned();
+        Box::pin(async move {
+            let node = node.ok_or_else(|| Error::new(Code::Again, "no such node"))?;
+            Ok(node.propose(shard, txn).await?)
+        })
+    }
+}
+
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..2000 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn followers_read_and_commit_through_the_leader() {
+    let net = Arc::new(Net::default());
+    let mut dirs = Vec::new();
+    let mut routers = Vec::new();
+    for id in 1..=4 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut cfg = Config::new(id);
+        cfg.tick_interval = Duration::from_millis(10);
+        let t = Arc::new(Mem {
+            from: id,
+            net: net.clone(),
+        });
+        let raft = RaftNode::start(store, cfg, t).unwrap();
+        if id <= 3 {
+            raft.create_shard(ShardRecord::meta(vec![1, 2, 3]).desc())
+                .unwrap();
+        }
+        net.nodes.write().insert(id, raft.clone());
+        let router = Arc::new(Router::new(raft, id));
+        router.set_forwarder(Arc::new(Direct(net.clone())));
+        routers.push(router);
+        dirs.push(dir);
+    }
+    let leader = eventually("a leader", || {
+        let l = routers[0].raft().leader(META_SHARD)?;
+        (1..3)
+            .all(|i| routers[i].raft().leader(META_SHARD) == Some(l))
+            .then_some(l)
+    })
+    .await;
+    let follower = &routers[(1..=3).find(|&n| n != leader).unwrap() as usize - 1];
+    let key = user_key("forwarded");
+
+    // A follower's transaction: barrier through the leader, reads of its own replica,
+    // commit forwarded.
+    let mut tx = follower.begin(META_SHARD).await.unwrap();
+    assert_eq!(tx.get(&key).unwrap(), None);
+    tx.put(key.clone(), b"1".to_vec());
+    assert!(matches!(tx.commit().await.unwrap(), Commit::Done(_)));
+    // Its next barrier sees its own write.
+    let tx = follower.begin(META_SHARD).await.unwrap();
+    assert_eq!(tx.peek(&key).unwrap(), Some(b"1".to_vec()));
+
+    // Two transactions that read the same value: the second commit conflicts.
+    let mut a = follower.begin(META_SHARD).await.unwrap();
+    let mut b = routers[leader as usize - 1]
+        .begin(META_SHARD)
+        .await
+        .unwrap();
+    a.get(&key).unwrap();
+    b.get(&key).unwrap();
+    a.put(key.clone(), b"a".to_vec());
+    b.put(key.clone(), b"b".to_vec());
+    assert!(matches!(a.commit().await.unwrap(), Commit::Done(_)));
+    assert_eq!(b.commit().await.unwrap(), Commit::Conflict);
+
+    // Node 4 holds no replica: it names the leader it knows of and serves nothing.
+    let mut shards = vec![ShardRecord::meta(vec![1, 2, 3])];
+    shards[0].leader_hint = leader;
+    routers[3].set_shards(shards);
+    let e = match routers[3].begin(META_SHARD).await {
+        Err(e) => e,
+        Ok(_) => panic!("a node without a replica served a transaction"),
+    };
+    assert_eq!(e.code, Code::Again);
+    assert!(
+        e.message.contains(&format!("node {leader}")),
+        "{}",
+        e.message
+    );
+    net.nodes.write().clear();
+    for r in &routers {
+        r.raft().shutdown();
+    }
+}
