@@ -16,6 +16,7 @@ pub mod codec;
 pub mod error;
 pub mod map;
 pub mod meta;
+pub mod pd;
 pub mod placement;
 pub mod router;
 #[cfg(feature = "testing")]

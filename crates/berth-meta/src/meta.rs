@@ -222,7 +222,11 @@ impl Meta {
         let me = self.router.node_id();
         let hosted: Vec<ShardId> = self.router.raft().shards().iter().map(|d| d.id).collect();
         for s in &map.shards {
-            if s.replicas.contains(&me) && !hosted.contains(&s.id) {
+            // Only a shard that never had a leader is created from its record (all its
+            // first replicas start from the same configuration). A replica added later is
+            // created empty by the placement driver before it joins the group, and one that
+            // was removed must not come back from a record not yet updated.
+            if s.replicas.contains(&me) && !hosted.contains(&s.id) && s.leader_hint == 0 {
                 self.router.raft().create_shard(s.desc())?;
             }
         }
@@ -255,6 +259,27 @@ impl Meta {
                 }
             }
         });
+    }
+
+    /// Records the replicas of a shard (voters first) after a membership change, so routing
+    /// and operators see where it lives. The Raft group stays the authority.
+    pub async fn set_shard_replicas(
+        &self,
+        shard: ShardId,
+        replicas: Vec<NodeId>,
+    ) -> Result<(), Error> {
+        let current = self.map().shards.iter().find(|s| s.id == shard).cloned();
+        if current.is_none_or(|s| s.replicas == replicas) {
+            return Ok(());
+        }
+        self.update(&shard_key(shard), "shard replicas", |cur| {
+            // (`None` would delete the record: a shard removed meanwhile stays removed.)
+            let Some(cur) = cur else { return Ok(None) };
+            let mut s: ShardRecord = decode(&cur, "shard")?;
+            s.replicas = replicas.clone();
+            Ok(Some(encode(&s)))
+        })
+        .await
     }
 
     /// Records this node as leader hint of every shard it leads whose hint

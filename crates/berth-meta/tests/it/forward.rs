@@ -1,60 +1,15 @@
 //! The router on follower replicas: reads after the leader's read index, commits forwarded
 //! to the leader, conflicts still detected; a node without a replica names the leader.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_meta::map::{user_key, ShardRecord, META_SHARD};
-use berth_meta::router::{Forwarded, Forwarder};
-use berth_meta::{Code, Commit, Error, Router};
-use berth_raft::cmd::Txn;
-use berth_raft::{Config, NodeId, RaftNode, ShardId, Transport};
+use berth_meta::{Code, Commit, Router};
+use berth_raft::{Config, RaftNode};
 use berth_store::Store;
-use parking_lot::RwLock;
-use raft::eraftpb::Message;
 
-#[derive(Default)]
-struct Net {
-    nodes: RwLock<HashMap<NodeId, RaftNode>>,
-}
-
-struct Mem {
-    from: NodeId,
-    net: Arc<Net>,
-}
-
-impl Transport for Mem {
-    fn send(&self, to: NodeId, msgs: Vec<Message>) {
-        if let Some(n) = self.net.nodes.read().get(&to) {
-            n.peer_alive(self.from);
-            n.step(msgs);
-        }
-    }
-}
-
-/// Proposes on the leader's node directly, as the server's gRPC forwarder does remotely.
-struct Direct(Arc<Net>);
-
-impl Forwarder for Direct {
-    fn propose(&self, leader: NodeId, shard: ShardId, txn: Txn) -> Forwarded {
-        let node = self.0.nodes.read().get(&leader).cloned();
-        Box::pin(async move {
-            let node = node.ok_or_else(|| Error::new(Code::Again, "no such node"))?;
-            Ok(node.propose(shard, txn).await?)
-        })
-    }
-}
-
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..2000 {
-        if let Some(v) = f() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use crate::net::{eventually, DirectForwarder, Mem, Net};
 
 #[tokio::test]
 async fn followers_read_and_commit_through_the_leader() {
@@ -75,9 +30,9 @@ async fn followers_read_and_commit_through_the_leader() {
             raft.create_shard(ShardRecord::meta(vec![1, 2, 3]).desc())
                 .unwrap();
         }
-        net.nodes.write().insert(id, raft.clone());
+        net.add(raft.clone());
         let router = Arc::new(Router::new(raft, id));
-        router.set_forwarder(Arc::new(Direct(net.clone())));
+        router.set_forwarder(Arc::new(DirectForwarder(net.clone())));
         routers.push(router);
         dirs.push(dir);
     }
@@ -128,7 +83,7 @@ async fn followers_read_and_commit_through_the_leader() {
         "{}",
         e.message
     );
-    net.nodes.write().clear();
+    net.clear();
     for r in &routers {
         r.raft().shutdown();
     }

@@ -20,6 +20,8 @@ use berth_security::scram::{self, Mechanism};
 mod testing;
 
 mod forward;
+mod net;
+mod pd;
 
 use testing::{single_node, SingleNode};
 

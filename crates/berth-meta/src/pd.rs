@@ -1,0 +1,550 @@
+//! The placement driver's runtime: on the node leading the meta shard, it gathers node
+//! reports (heartbeats carrying every replica's role, configuration and progress), asks
+//! [`placement::plan`] for the next steps, and carries them out through a [`ShardAdmin`]
+//! (the server's node-to-node calls; direct calls in tests), one step per shard at a time.
+//!
+//! The meta shard is special: it has voters on 3 nodes (5 once there are 5 or more) and a
+//! learner on every other node, so every node reads the cluster map from its own replica.
+//! Its learners are invisible to the plan unless voters are missing (then a caught-up one is
+//! promoted); a voter the plan removes from a live node is demoted to a learner instead.
+//!
+//! The decisions stay in `placement` (no clock, no I/O); this module owns the clock-free
+//! bookkeeping (reports and steps in flight, keyed by the caller's milliseconds) and the
+//! execution. Everything here is lost when meta leadership moves: the next leader starts
+//! from fresh reports and counts every node as heard at the moment it took over.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_raft::{MemberChange, Membership, NodeId, PeerProgress, RaftNode, Role, ShardDesc};
+use parking_lot::Mutex;
+
+use crate::map::{ShardRecord, META_SHARD};
+use crate::placement::{self, NodeView, Settings, ShardView, Step};
+use crate::{Code, Error, Meta};
+use berth_raft::ShardId;
+
+/// Voters of the meta shard in a cluster of fewer than 5 nodes.
+pub const META_VOTERS: usize = 3;
+/// Voters of the meta shard once the cluster has 5 nodes or more.
+pub const META_VOTERS_LARGE: usize = 5;
+/// How long a step may take before the driver forgets it and may plan again.
+pub const STEP_TIMEOUT_MS: u64 = 60_000;
+
+/// One replica as its node reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaReport {
+    pub shard: ShardId,
+    pub leader: Option<NodeId>,
+    pub is_leader: bool,
+    pub membership: Membership,
+    pub conf_pending: bool,
+    /// Leader only: the other replicas' progress.
+    pub progress: Vec<PeerProgress>,
+    pub commit: u64,
+    pub applied: u64,
+}
+
+/// A node's heartbeat: every replica it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeReport {
+    pub node: NodeId,
+    pub replicas: Vec<ReplicaReport>,
+}
+
+impl NodeReport {
+    /// The report of the node running `raft`.
+    pub fn of(raft: &RaftNode) -> NodeReport {
+        NodeReport {
+            node: raft.node_id(),
+            replicas: raft
+                .status()
+                .into_iter()
+                .filter(|s| s.stopped.is_none())
+                .map(|s| ReplicaReport {
+                    shard: s.id,
+                    leader: s.leader,
+                    is_leader: s.role == Role::Leader,
+                    membership: s.membership,
+                    conf_pending: s.conf_pending,
+                    progress: s.progress,
+                    commit: s.commit,
+                    applied: s.applied,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A call on one node, as a future.
+pub type AdminCall<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
+
+/// How the driver acts on nodes.
+pub trait ShardAdmin: Send + Sync + 'static {
+    /// Creates an empty replica of `desc` (no voters) on `node`.
+    fn create_replica(&self, node: NodeId, desc: ShardDesc) -> AdminCall<()>;
+    /// Has `leader` propose a membership change of `shard`.
+    fn change_membership(
+        &self,
+        leader: NodeId,
+        shard: ShardId,
+        changes: Vec<MemberChange>,
+    ) -> AdminCall<Membership>;
+    /// Has `leader` hand the leadership of `shard` to `to`.
+    fn transfer_leader(&self, leader: NodeId, shard: ShardId, to: NodeId) -> AdminCall<()>;
+    /// Has `node` destroy its replica of `shard` (removed from the group while it could not
+    /// hear it).
+    fn destroy_replica(&self, node: NodeId, shard: ShardId) -> AdminCall<()>;
+}
+
+/// A step in flight, for `berth cluster status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub step: Step,
+    pub started_ms: u64,
+}
+
+/// What the driver sees, for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DriverStatus {
+    /// This node leads the meta shard and drives placement.
+    pub active: bool,
+    pub in_flight: Vec<InFlight>,
+    /// Shards with fewer voters than their replication factor (and nodes to hold more).
+    pub under_replicated: Vec<ShardId>,
+    /// Shards in a joint configuration.
+    pub joint: Vec<ShardId>,
+    /// Per node: the last heartbeat (ms ago), replicas and leaders it reported.
+    pub nodes: Vec<NodeSeen>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSeen {
+    pub node: NodeId,
+    pub heartbeat_ago_ms: Option<u64>,
+    pub replicas: usize,
+    pub leaders: usize,
+}
+
+#[derive(Default)]
+struct State {
+    /// Last report per node, with when it arrived.
+    reports: BTreeMap<NodeId, (u64, NodeReport)>,
+    /// When this node last became the meta leader (None: not leading).
+    leading_since: Option<u64>,
+    in_flight: BTreeMap<ShardId, InFlight>,
+}
+
+/// The placement driver of one node (active only while the node leads the meta shard).
+pub struct Driver {
+    meta: Arc<Meta>,
+    admin: Arc<dyn ShardAdmin>,
+    settings: Settings,
+    state: Mutex<State>,
+    epoch: Instant,
+}
+
+impl Driver {
+    pub fn new(meta: Arc<Meta>, admin: Arc<dyn ShardAdmin>, settings: Settings) -> Arc<Driver> {
+        Arc::new(Driver {
+            meta,
+            admin,
+            settings,
+            state: Mutex::new(State::default()),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Milliseconds on this process's monotonic clock.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Takes a node's heartbeat.
+    pub fn report(&self, r: NodeReport, now_ms: u64) {
+        self.state.lock().reports.insert(r.node, (now_ms, r));
+    }
+
+    fn leads_meta(&self) -> bool {
+        let raft = self.meta.router().raft();
+        raft.leader(META_SHARD) == Some(raft.node_id())
+    }
+
+    /// The views the plan decides on, from the cluster map and the reports.
+    fn views(&self, st: &State, now_ms: u64) -> (Vec<NodeView>, Vec<ShardView>) {
+        let map = self.meta.map();
+        let since = st.leading_since.unwrap_or(now_ms);
+        let nodes: Vec<NodeView> = map
+            .nodes
+            .iter()
+            .map(|n| NodeView {
+                id: n.id,
+                labels: n.labels.clone(),
+                heartbeat_ms: st
+                    .reports
+                    .get(&n.id)
+                    .map_or(since, |(at, _)| (*at).max(since)),
+                draining: false,
+            })
+            .collect();
+        // The leader's report of each shard is the authority on its configuration.
+        let mut leaders: BTreeMap<ShardId, (NodeId, &ReplicaReport)> = BTreeMap::new();
+        for (node, (_, r)) in &st.reports {
+            for rep in r.replicas.iter().filter(|rep| rep.is_leader) {
+                leaders.insert(rep.shard, (*node, rep));
+            }
+        }
+        let live_nodes = nodes.len();
+        let shards = map
+            .shards
+            .iter()
+            .map(|s| {
+                let replication = self.replication_of(s, live_nodes);
+                let Some((leader, rep)) = leaders.get(&s.id) else {
+                    // No leader reported: nothing can be changed; the plan waits.
+                    return ShardView {
+                        id: s.id,
+                        replication,
+                        voters: s.replicas.clone(),
+                        learners: Vec::new(),
+                        leader: None,
+                        joint: false,
+                        busy: true,
+                    };
+                };
+                let m = &rep.membership;
+                let caught_up = |n: NodeId| {
+                    rep.progress
+                        .iter()
+                        .any(|p| p.node == n && !p.snapshot && p.matched >= rep.commit)
+                };
+                let mut learners: Vec<(NodeId, bool)> =
+                    m.learners.iter().map(|&n| (n, caught_up(n))).collect();
+                if s.id == META_SHARD && m.voters.len() >= replication as usize {
+                    // Meta learners are every other node's copy of the map, not
+                    // replicas on their way to become voters.
+                    learners.clear();
+                }
+                ShardView {
+                    id: s.id,
+                    replication,
+                    voters: m.voters.clone(),
+                    learners,
+                    leader: Some(*leader),
+                    joint: m.is_joint(),
+                    busy: st.in_flight.contains_key(&s.id) || rep.conf_pending,
+                }
+            })
+            .collect();
+        (nodes, shards)
+    }
+
+    /// Voters wanted for a shard.
+    fn replication_of(&self, s: &ShardRecord, nodes: usize) -> u32 {
+        if s.id == META_SHARD {
+            let n = if nodes >= META_VOTERS_LARGE {
+                META_VOTERS_LARGE
+            } else {
+                META_VOTERS
+            };
+            return n as u32;
+        }
+        self.meta
+            .map()
+            .volumes
+            .iter()
+            .find(|v| v.shard_id == s.id)
+            .map_or(1, |v| v.replication.max(1))
+    }
+
+    /// Plans the next steps and starts them; returns what it started. Does nothing unless
+    /// this node leads the meta shard.
+    pub fn tick(self: &Arc<Self>, now_ms: u64) -> Vec<Step> {
+        if !self.leads_meta() {
+            let mut st = self.state.lock();
+            st.leading_since = None;
+            st.in_flight.clear();
+            return Vec::new();
+        }
+        let mut started = Vec::new();
+        let mut st = self.state.lock();
+        if st.leading_since.is_none() {
+            st.leading_since = Some(now_ms);
+        }
+        st.in_flight
+            .retain(|_, f| now_ms.saturating_sub(f.started_ms) < STEP_TIMEOUT_MS);
+        let (nodes, shards) = self.views(&st, now_ms);
+        let mut steps = placement::plan(&nodes, &shards, now_ms, &self.settings);
+        steps.extend(self.meta_learners(&st, &nodes, now_ms));
+        for step in steps {
+            let shard = step_shard(&step);
+            if st.in_flight.contains_key(&shard) {
+                continue;
+            }
+            st.in_flight.insert(
+                shard,
+                InFlight {
+                    step: step.clone(),
+                    started_ms: now_ms,
+                },
+            );
+            started.push(step.clone());
+            let me = self.clone();
+            tokio::spawn(async move {
+                let r = me.execute(&step).await;
+                match &r {
+                    Ok(()) => tracing::info!(?step, "placement step done"),
+                    Err(e) => tracing::warn!(?step, error = %e, "placement step failed"),
+                }
+                me.state.lock().in_flight.remove(&step_shard(&step));
+            });
+        }
+        for g in self.zombies(&st) {
+            let admin = self.admin.clone();
+            tokio::spawn(async move {
+                let (node, shard) = g;
+                match admin.destroy_replica(node, shard).await {
+                    Ok(()) => tracing::info!(node, shard, "removed replica destroyed"),
+                    Err(e) => {
+                        tracing::debug!(node, shard, error = %e, "cannot destroy a removed replica yet")
+                    }
+                }
+            });
+        }
+        started
+    }
+
+    /// The meta shard's learners: one for an up node holding no meta replica, or the
+    /// removal of one on a down node (one step at a time).
+    fn meta_learners(&self, st: &State, nodes: &[NodeView], now_ms: u64) -> Vec<Step> {
+        if st.in_flight.contains_key(&META_SHARD) {
+            return Vec::new();
+        }
+        let Some(m) = st.reports.values().find_map(|(_, r)| {
+            r.replicas
+                .iter()
+                .find(|rep| rep.shard == META_SHARD && rep.is_leader)
+                .map(|rep| &rep.membership)
+        }) else {
+            return Vec::new();
+        };
+        if m.is_joint() {
+            return Vec::new();
+        }
+        let state = |id: NodeId| {
+            nodes
+                .iter()
+                .find(|n| n.id == id)
+                .map_or(placement::NodeState::Down, |n| {
+                    placement::node_state(n, now_ms, &self.settings)
+                })
+        };
+        // A down node's copy of the map goes with its other replicas.
+        if let Some(&gone) = m
+            .learners
+            .iter()
+            .find(|&&n| state(n) == placement::NodeState::Down)
+        {
+            return vec![Step::Remove {
+                shard: META_SHARD,
+                node: gone,
+            }];
+        }
+        nodes
+            .iter()
+            .filter(|n| {
+                placement::node_state(n, now_ms, &self.settings) == placement::NodeState::Up
+            })
+            .find(|n| !m.contains(n.id))
+            .map(|n| Step::AddLearner {
+                shard: META_SHARD,
+                node: n.id,
+            })
+            .into_iter()
+            .collect()
+    }
+
+    /// Replicas whose node still reports them although their group's leader reports a
+    /// configuration without that node (removed while it was away). A replica with an
+    /// empty configuration is one just created for a step: never a zombie.
+    fn zombies(&self, st: &State) -> Vec<(NodeId, ShardId)> {
+        let mut members: BTreeMap<ShardId, &Membership> = BTreeMap::new();
+        for (_, r) in st.reports.values() {
+            for rep in r.replicas.iter().filter(|rep| rep.is_leader) {
+                members.insert(rep.shard, &rep.membership);
+            }
+        }
+        let mut out = Vec::new();
+        for (node, (_, r)) in &st.reports {
+            for rep in &r.replicas {
+                let Some(m) = members.get(&rep.shard) else {
+                    continue;
+                };
+                if st.in_flight.contains_key(&rep.shard)
+                    || m.is_joint()
+                    || rep.membership.replicas().is_empty()
+                    || m.contains(*node)
+                {
+                    continue;
+                }
+                out.push((*node, rep.shard));
+            }
+        }
+        out
+    }
+
+    /// The leader of `shard` as last reported.
+    fn leader_of(&self, shard: ShardId) -> Option<(NodeId, ReplicaReport)> {
+        let st = self.state.lock();
+        st.reports.iter().find_map(|(node, (_, r))| {
+            r.replicas
+                .iter()
+                .find(|rep| rep.shard == shard && rep.is_leader)
+                .map(|rep| (*node, rep.clone()))
+        })
+    }
+
+    async fn execute(&self, step: &Step) -> Result<(), Error> {
+        let shard = step_shard(step);
+        let (leader, rep) = self
+            .leader_of(shard)
+            .ok_or_else(|| Error::new(Code::Again, format!("shard {shard} has no leader")))?;
+        let m = &rep.membership;
+        let meta = shard == META_SHARD;
+        let membership = match *step {
+            Step::LeaveJoint { .. } => self.admin.change_membership(leader, shard, vec![]).await?,
+            Step::AddLearner { node, .. } if meta && m.learners.contains(&node) => {
+                // Balancing meta voters onto a node that already holds the map.
+                self.admin
+                    .change_membership(leader, shard, vec![MemberChange::AddVoter(node)])
+                    .await?
+            }
+            Step::AddLearner { node, .. } => {
+                let record = self
+                    .meta
+                    .map()
+                    .shards
+                    .iter()
+                    .find(|s| s.id == shard)
+                    .cloned()
+                    .ok_or_else(|| Error::new(Code::NotFound, format!("shard {shard} is gone")))?;
+                let mut desc = record.desc();
+                desc.voters.clear();
+                self.admin.create_replica(node, desc).await?;
+                self.admin
+                    .change_membership(leader, shard, vec![MemberChange::AddLearner(node)])
+                    .await?
+            }
+            Step::Promote { node, .. } => {
+                self.admin
+                    .change_membership(leader, shard, vec![MemberChange::AddVoter(node)])
+                    .await?
+            }
+            Step::TransferLeader { to, .. } => {
+                self.admin.transfer_leader(leader, shard, to).await?;
+                return Ok(());
+            }
+            Step::Remove { node, .. } => {
+                let live = self.is_live(node);
+                let change = if meta && live && m.voters.contains(&node) {
+                    // A live node keeps its copy of the cluster map.
+                    MemberChange::Demote(node)
+                } else {
+                    MemberChange::Remove(node)
+                };
+                self.admin
+                    .change_membership(leader, shard, vec![change])
+                    .await?
+            }
+        };
+        self.record(shard, &membership).await
+    }
+
+    fn is_live(&self, node: NodeId) -> bool {
+        let now = self.now_ms();
+        let st = self.state.lock();
+        st.reports
+            .get(&node)
+            .is_some_and(|(at, _)| now.saturating_sub(*at) < self.settings.suspect_after_ms)
+    }
+
+    /// Records the shard's replicas in the cluster map (routing and `berth node list` read
+    /// them; the Raft group stays the authority).
+    async fn record(&self, shard: ShardId, m: &Membership) -> Result<(), Error> {
+        let mut replicas = m.replicas();
+        // Voters first, so the map lists the voting replicas before the learners.
+        replicas.sort_by_key(|n| (!m.voters.contains(n), *n));
+        self.meta.set_shard_replicas(shard, replicas).await
+    }
+
+    /// What the driver sees now.
+    pub fn status(&self) -> DriverStatus {
+        let now = self.now_ms();
+        let active = self.leads_meta();
+        let st = self.state.lock();
+        let (nodes, shards) = self.views(&st, now);
+        let up: BTreeSet<NodeId> = nodes
+            .iter()
+            .filter(|n| placement::node_state(n, now, &self.settings) == placement::NodeState::Up)
+            .map(|n| n.id)
+            .collect();
+        let mut seen: Vec<NodeSeen> = nodes
+            .iter()
+            .map(|n| {
+                let report = st.reports.get(&n.id);
+                NodeSeen {
+                    node: n.id,
+                    heartbeat_ago_ms: report.map(|(at, _)| now.saturating_sub(*at)),
+                    replicas: report.map_or(0, |(_, r)| r.replicas.len()),
+                    leaders: report.map_or(0, |(_, r)| {
+                        r.replicas.iter().filter(|x| x.is_leader).count()
+                    }),
+                }
+            })
+            .collect();
+        seen.sort_by_key(|n| n.node);
+        DriverStatus {
+            active,
+            in_flight: st.in_flight.values().cloned().collect(),
+            under_replicated: shards
+                .iter()
+                .filter(|s| {
+                    let wanted = (s.replication as usize).min(up.len().max(1));
+                    s.voters.iter().filter(|v| up.contains(v)).count() < wanted
+                })
+                .map(|s| s.id)
+                .collect(),
+            joint: shards.iter().filter(|s| s.joint).map(|s| s.id).collect(),
+            nodes: seen,
+        }
+    }
+
+    /// Runs the driver every `every` for the life of the process: this node's own report
+    /// goes in directly, then a tick (which does nothing unless this node leads the meta
+    /// shard).
+    pub fn spawn(self: &Arc<Self>, every: Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(d) = me.upgrade() else { return };
+                let now = d.now_ms();
+                d.report(NodeReport::of(d.meta.router().raft()), now);
+                d.tick(now);
+            }
+        });
+    }
+}
+
+fn step_shard(s: &Step) -> ShardId {
+    match *s {
+        Step::LeaveJoint { shard }
+        | Step::AddLearner { shard, .. }
+        | Step::Promote { shard, .. }
+        | Step::TransferLeader { shard, .. }
+        | Step::Remove { shard, .. } => shard,
+    }
+}

@@ -1,0 +1,86 @@
+//! An in-memory network of raft nodes for the multi-node tests of this crate.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_meta::router::{Forwarded, Forwarder};
+use berth_meta::{Code, Error};
+use berth_raft::cmd::Txn;
+use berth_raft::{NodeId, RaftNode, ShardId, Transport};
+use parking_lot::{Mutex, RwLock};
+use raft::eraftpb::Message;
+
+#[derive(Default)]
+pub struct Net {
+    nodes: RwLock<HashMap<NodeId, RaftNode>>,
+    isolated: Mutex<HashSet<NodeId>>,
+}
+
+impl Net {
+    pub fn add(&self, n: RaftNode) {
+        self.nodes.write().insert(n.node_id(), n);
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<RaftNode> {
+        self.nodes.read().get(&id).cloned()
+    }
+
+    /// Cuts `id` off: nothing reaches it or leaves it.
+    pub fn isolate(&self, id: NodeId) {
+        self.isolated.lock().insert(id);
+    }
+
+    pub fn heal(&self, id: NodeId) {
+        self.isolated.lock().remove(&id);
+    }
+
+    pub fn is_isolated(&self, id: NodeId) -> bool {
+        self.isolated.lock().contains(&id)
+    }
+
+    pub fn clear(&self) {
+        self.nodes.write().clear();
+    }
+}
+
+pub struct Mem {
+    pub from: NodeId,
+    pub net: Arc<Net>,
+}
+
+impl Transport for Mem {
+    fn send(&self, to: NodeId, msgs: Vec<Message>) {
+        if self.net.is_isolated(self.from) || self.net.is_isolated(to) {
+            return;
+        }
+        if let Some(n) = self.net.node(to) {
+            n.peer_alive(self.from);
+            n.step(msgs);
+        }
+    }
+}
+
+/// Polls `f` for up to 20 s.
+pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..2000 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Proposes on the leader's node directly, as the server's gRPC forwarder does remotely.
+pub struct DirectForwarder(pub Arc<Net>);
+
+impl Forwarder for DirectForwarder {
+    fn propose(&self, leader: NodeId, shard: ShardId, txn: Txn) -> Forwarded {
+        let node = self.0.node(leader).filter(|_| !self.0.is_isolated(leader));
+        Box::pin(async move {
+            let node = node.ok_or_else(|| Error::new(Code::Again, "leader unreachable"))?;
+            Ok(node.propose(shard, txn).await?)
+        })
+    }
+}
