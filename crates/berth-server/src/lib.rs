@@ -23,8 +23,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use berth_api::v1::{
     cluster_server::ClusterServer, files_server::FilesServer, locks_server::LocksServer,
-    namespace_server::NamespaceServer, raft_transport_server::RaftTransportServer,
-    security_server::SecurityServer, streams_server::StreamsServer, volumes_server::VolumesServer,
+    namespace_server::NamespaceServer, node_admin_server::NodeAdminServer,
+    raft_transport_server::RaftTransportServer, security_server::SecurityServer,
+    streams_server::StreamsServer, volumes_server::VolumesServer,
 };
 use berth_fs::Namespace;
 use berth_meta::map::{NodeRecord, META_SHARD};
@@ -81,7 +82,17 @@ pub struct Config {
     /// Topology labels of this node (`--label zone=a`), recorded in the
     /// cluster map at every start.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// A node silent this long is down and its replicas are re-created
+    /// elsewhere (`--node-down-timeout`).
+    pub node_down_timeout: Duration,
 }
+
+/// Default of `--node-down-timeout`, as CockroachDB's
+/// `server.time_until_store_dead`.
+pub const NODE_DOWN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5 * 60);
+/// How often a node reports its replicas to the placement driver, which then
+/// plans.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A running node's parts, shared by the listeners.
 pub struct Node {
@@ -252,6 +263,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let router = Arc::new(Router::new(raft.clone(), node_id));
     router.set_forwarder(transport.clone());
     let meta = Meta::new(router);
+    let driver = berth_meta::pd::Driver::new(
+        meta.clone(),
+        Arc::new(native::node_admin::GrpcShardAdmin(transport.clone())),
+        placement_settings(cfg.node_down_timeout),
+    );
     directory.attach(meta.clone());
     let ns = Namespace::new(meta.clone());
     let streams = berth_streams::Streams::new(ns.clone());
@@ -365,6 +381,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .add_service(LocksServer::new(native::LocksService {
                 native: native.clone(),
                 locks: locks.clone(),
+            }))
+            .add_service(NodeAdminServer::new(native::node_admin::NodeAdminService {
+                raft: raft.clone(),
+                meta: meta.clone(),
+                driver: driver.clone(),
+                auth: meta.clone(),
             }))
             .add_service(
                 RaftTransportServer::new(native::RaftService {
@@ -480,6 +502,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     meta.spawn_leader_reporter(LEADER_REPORT_INTERVAL);
+    native::node_admin::spawn_heartbeats(
+        driver.clone(),
+        meta.clone(),
+        transport.clone(),
+        HEARTBEAT_INTERVAL,
+    );
 
     // The admin ticket in the data directory (single-node convenience).
     let ticket_valid = std::fs::read_to_string(&paths.admin_ticket)
@@ -563,6 +591,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     retention.abort();
     raft.shutdown();
     Ok(())
+}
+
+/// The placement driver's settings: a node is suspect (gets no new replicas) after a tenth
+/// of the down timeout, at most 30 s.
+fn placement_settings(down: Duration) -> berth_meta::placement::Settings {
+    let down_ms = u64::try_from(down.as_millis()).unwrap_or(u64::MAX).max(1);
+    berth_meta::placement::Settings {
+        down_after_ms: down_ms,
+        suspect_after_ms: (down_ms / 10).clamp(1, 30_000),
+        ..berth_meta::placement::Settings::default()
+    }
 }
 
 async fn wait_for_signal() {

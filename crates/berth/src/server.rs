@@ -70,6 +70,10 @@ pub struct ServerArgs {
     /// replicas spread across the values of `zone` before nodes.
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
+    /// A node silent this long is down: the placement driver re-creates its
+    /// replicas elsewhere [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_ttl)]
+    pub node_down_timeout: Option<std::time::Duration>,
 }
 
 /// The config file: every key optional, unknown keys rejected so a typo
@@ -92,6 +96,8 @@ struct FileConfig {
     kafka_advertise: Option<String>,
     /// `{ zone = "a" }`
     labels: Option<std::collections::BTreeMap<String, String>>,
+    /// `"5m"`
+    node_down_timeout: Option<String>,
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
@@ -178,6 +184,12 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
                 check_label(k, v)?;
             }
             m
+        },
+        node_down_timeout: match (args.node_down_timeout, file.node_down_timeout) {
+            (Some(d), _) => d,
+            (None, Some(s)) => crate::cli::parse_ttl(&s)
+                .map_err(|e| anyhow::anyhow!("node_down_timeout {s:?}: {e}"))?,
+            (None, None) => berth_server::NODE_DOWN_TIMEOUT_DEFAULT,
         },
     })
 }

@@ -40,6 +40,12 @@ pub fn to_status(e: &Error) -> Status {
     status
 }
 
+/// The service error a status from another node carries (its `x-berth-code`), if any.
+pub fn from_status(s: &Status) -> Option<Error> {
+    let symbol = s.metadata().get(CODE_METADATA)?.to_str().ok()?;
+    Code::from_symbol(symbol).map(|code| Error::new(code, s.message()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,7 +58,9 @@ mod tests {
             assert_ne!(s.code(), tonic::Code::Ok);
             assert_eq!(s.metadata().get(CODE_METADATA).unwrap(), code.symbol());
             assert_eq!(s.message(), "m");
+            assert_eq!(from_status(&s).map(|e| e.code), Some(code));
         }
+        assert!(from_status(&Status::unavailable("x")).is_none());
         assert_eq!(grpc_code(Code::Access), tonic::Code::PermissionDenied);
         assert_eq!(grpc_code(Code::Auth), tonic::Code::Unauthenticated);
     }

@@ -7,6 +7,7 @@ pub mod errors;
 pub mod files;
 pub mod locks;
 pub mod namespace;
+pub mod node_admin;
 pub mod raft;
 pub mod security;
 mod streams;

@@ -47,20 +47,28 @@ pub struct RaftService {
     pub auth: Arc<dyn Authenticator>,
 }
 
-impl RaftService {
-    /// The cluster node sending `req`; anyone else is refused (and audited).
-    fn node_principal<T>(&self, req: &Request<T>, what: &str) -> Result<Principal, Status> {
-        let p = super::bearer(req)
-            .and_then(|t| self.auth.authenticate(t))
-            .map_err(|e| to_status(&e))?;
-        if p.kind != PrincipalKind::Node {
+/// The node sending `req`, proven by its node ticket; anyone else is refused (and audited).
+pub fn authenticate_node<T>(
+    auth: &dyn Authenticator,
+    req: &Request<T>,
+    what: &str,
+) -> Result<NodeId, Status> {
+    let p = super::bearer(req)
+        .and_then(|t| auth.authenticate(t))
+        .map_err(|e| to_status(&e))?;
+    let node = p
+        .name
+        .strip_prefix("node:")
+        .and_then(|n| n.parse::<NodeId>().ok());
+    match (p.kind, node) {
+        (PrincipalKind::Node, Some(n)) => Ok(n),
+        _ => {
             tracing::info!(target: "audit", principal = %p.name, what, "refused node-to-node traffic from a non-node principal");
-            return Err(to_status(&Error::new(
+            Err(to_status(&Error::new(
                 Code::Perm,
                 "only cluster nodes may send Raft traffic",
-            )));
+            )))
         }
-        Ok(p)
     }
 }
 
@@ -70,7 +78,7 @@ impl RaftTransport for RaftService {
         &self,
         req: Request<ProposeRequest>,
     ) -> Result<Response<ProposeReply>, Status> {
-        self.node_principal(&req, "propose")?;
+        authenticate_node(self.auth.as_ref(), &req, "propose")?;
         let req = req.into_inner();
         let txn = berth_raft::cmd::decode(&req.txn)
             .map_err(|e| Status::invalid_argument(format!("undecodable transaction: {e}")))?;
@@ -98,10 +106,9 @@ impl RaftTransport for RaftService {
     }
 
     async fn stream(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<Empty>, Status> {
-        let p = self.node_principal(&req, "raft stream")?;
+        let peer = Some(authenticate_node(self.auth.as_ref(), &req, "raft stream")?);
         // The peer's node id comes from its authenticated ticket, never from
         // what the batch claims.
-        let peer: Option<NodeId> = p.name.strip_prefix("node:").and_then(|n| n.parse().ok());
         let mut stream = req.into_inner();
         while let Some(batch) = stream.message().await? {
             if let Some(peer) = peer {
@@ -219,7 +226,8 @@ pub struct GrpcTransport {
     ctx: Arc<PeerContext>,
     rt: tokio::runtime::Handle,
     peers: Mutex<HashMap<NodeId, mpsc::Sender<Vec<Message>>>>,
-    /// Connections for forwarded proposals, by node (and the address they go to).
+    /// Connections for unary node-to-node calls (forwarded proposals, node
+    /// administration), by node, with the address they go to.
     forward: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
 }
 
@@ -247,51 +255,94 @@ impl GrpcTransport {
     }
 }
 
+/// A connection to another node for unary node-to-node calls, and the ticket proving
+/// this node to it. Connections are cached per node; [`NodeChannel::broken`] drops one.
+pub struct NodeChannel {
+    pub channel: Channel,
+    ticket: String,
+    node: NodeId,
+    cache: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+}
+
+impl NodeChannel {
+    /// `msg` as a request from this node, bounded by `timeout`.
+    pub fn request<T>(&self, msg: T, timeout: Duration) -> Result<Request<T>, Error> {
+        let mut req = Request::new(msg);
+        req.set_timeout(timeout);
+        let bearer = format!("Bearer {}", self.ticket)
+            .parse()
+            .map_err(|_| Error::new(Code::Io, "the node ticket is not printable"))?;
+        req.metadata_mut().insert(berth_api::AUTH_METADATA, bearer);
+        Ok(req)
+    }
+
+    /// The call failed at the transport: connect again next time.
+    pub fn broken(&self) {
+        self.cache.lock().remove(&self.node);
+    }
+}
+
+impl GrpcTransport {
+    /// A connection to `node` (cached), or why there is none (`Code::Again`).
+    pub async fn channel_to(&self, node: NodeId) -> Result<NodeChannel, Error> {
+        channel_to(&self.ctx, &self.forward, node).await
+    }
+}
+
+async fn channel_to(
+    ctx: &PeerContext,
+    cache: &Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    node: NodeId,
+) -> Result<NodeChannel, Error> {
+    let unreachable =
+        |why: String| Error::new(Code::Again, format!("cannot reach node {node}: {why}"));
+    let (Some(addr), Some(ticket)) = (ctx.directory.addr_of(node), ctx.directory.node_ticket())
+    else {
+        return Err(unreachable("its address is unknown".into()));
+    };
+    let cached = cache
+        .lock()
+        .get(&node)
+        .filter(|(a, _)| *a == addr)
+        .map(|(_, c)| c.clone());
+    let channel = match cached {
+        Some(c) => c,
+        None => {
+            let c = ctx.connect(&addr).await.map_err(unreachable)?;
+            cache.lock().insert(node, (addr, c.clone()));
+            c
+        }
+    };
+    Ok(NodeChannel {
+        channel,
+        ticket,
+        node,
+        cache: cache.clone(),
+    })
+}
+
 impl Forwarder for GrpcTransport {
     fn propose(&self, leader: NodeId, shard: ShardId, txn: Txn) -> Forwarded {
         let ctx = self.ctx.clone();
         let cache = self.forward.clone();
         let encoded = berth_raft::cmd::encode(&txn);
         Box::pin(async move {
-            let unreachable = |why: String| {
-                Error::new(
-                    Code::Again,
-                    format!("shard {shard}: cannot reach its leader, node {leader}: {why}"),
-                )
-            };
             let txn = encoded.map_err(|e| Error::new(Code::Io, format!("encode: {e}")))?;
-            let (Some(addr), Some(ticket)) =
-                (ctx.directory.addr_of(leader), ctx.directory.node_ticket())
-            else {
-                return Err(unreachable("its address is unknown".into()));
-            };
-            let cached = cache
-                .lock()
-                .get(&leader)
-                .filter(|(a, _)| *a == addr)
-                .map(|(_, c)| c.clone());
-            let channel = match cached {
-                Some(c) => c,
-                None => {
-                    let c = ctx.connect(&addr).await.map_err(unreachable)?;
-                    cache.lock().insert(leader, (addr, c.clone()));
-                    c
-                }
-            };
-            let mut req = Request::new(ProposeRequest { shard, txn });
-            req.set_timeout(FORWARD_TIMEOUT);
-            let bearer = format!("Bearer {ticket}")
-                .parse()
-                .map_err(|_| Error::new(Code::Io, "the node ticket is not printable"))?;
-            req.metadata_mut().insert(berth_api::AUTH_METADATA, bearer);
-            let mut client =
-                RaftTransportClient::new(channel).max_encoding_message_size(RAFT_BATCH_BYTES_MAX);
+            let conn = channel_to(&ctx, &cache, leader).await?;
+            let req = conn.request(ProposeRequest { shard, txn }, FORWARD_TIMEOUT)?;
+            let mut client = RaftTransportClient::new(conn.channel.clone())
+                .max_encoding_message_size(RAFT_BATCH_BYTES_MAX);
             let reply = match client.propose(req).await {
                 Ok(r) => r.into_inner(),
                 Err(status) => {
-                    // A broken connection is made again next time.
-                    cache.lock().remove(&leader);
-                    return Err(unreachable(status.message().to_string()));
+                    conn.broken();
+                    return Err(Error::new(
+                        Code::Again,
+                        format!(
+                            "shard {shard}: cannot reach its leader, node {leader}: {}",
+                            status.message()
+                        ),
+                    ));
                 }
             };
             if !reply.error_code.is_empty() {

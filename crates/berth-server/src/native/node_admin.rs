@@ -1,0 +1,382 @@
+//! Node administration between cluster nodes: the heartbeats the placement driver runs on
+//! (`Report`, to the meta leader) and the calls it makes to carry out its steps (create an
+//! empty replica, change a group's membership on its leader, move leadership, destroy a
+//! removed replica). Only cluster nodes may call them. The client side is the
+//! [`ShardAdmin`] of the driver, over the transport's cached node connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_api::v1::member_change_msg::Kind;
+use berth_api::v1::node_admin_client::NodeAdminClient;
+use berth_api::v1::node_admin_server::NodeAdmin;
+use berth_api::v1::{
+    ChangeMembershipRequest, CreateReplicaRequest, DestroyReplicaRequest, Empty, MemberChangeMsg,
+    MembershipMsg, NodeReportMsg, PeerProgressMsg, ReplicaStatusMsg, TransferLeaderRequest,
+};
+use berth_meta::map::META_SHARD;
+use berth_meta::pd::{AdminCall, Driver, NodeReport, ReplicaReport, ShardAdmin};
+use berth_meta::{Code, Error, Meta};
+use berth_raft::{MemberChange, Membership, NodeId, PeerProgress, RaftNode, ShardDesc, ShardId};
+use tonic::{Request, Response, Status};
+
+use super::errors::to_status;
+use super::raft::{Authenticator, GrpcTransport};
+
+/// How long one administration call may take (a membership change waits for its commit).
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a heartbeat may take.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server side.
+pub struct NodeAdminService {
+    pub raft: RaftNode,
+    pub meta: Arc<Meta>,
+    pub driver: Arc<Driver>,
+    pub auth: Arc<dyn Authenticator>,
+}
+
+impl NodeAdminService {
+    fn node<T>(&self, req: &Request<T>, what: &str) -> Result<NodeId, Status> {
+        super::raft::authenticate_node(self.auth.as_ref(), req, what)
+    }
+}
+
+#[tonic::async_trait]
+impl NodeAdmin for NodeAdminService {
+    async fn report(&self, req: Request<NodeReportMsg>) -> Result<Response<Empty>, Status> {
+        let from = self.node(&req, "report")?;
+        let msg = req.into_inner();
+        if msg.node != from {
+            return Err(to_status(&Error::new(
+                Code::Perm,
+                format!("node {from} cannot report for node {}", msg.node),
+            )));
+        }
+        self.driver
+            .report(report_from_msg(msg), self.driver.now_ms());
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn create_replica(
+        &self,
+        req: Request<CreateReplicaRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        self.node(&req, "create replica")?;
+        let r = req.into_inner();
+        // A shard the map knows must be asked for with the map's range.
+        if let Some(s) = self.meta.map().shards.iter().find(|s| s.id == r.shard) {
+            if s.start != r.start || s.end != r.end {
+                return Err(to_status(&Error::new(
+                    Code::Invalid,
+                    format!("shard {}: the range asked for is not the map's", r.shard),
+                )));
+            }
+        }
+        let desc = ShardDesc {
+            id: r.shard,
+            start: r.start,
+            end: r.end,
+            voters: Vec::new(),
+        };
+        self.raft
+            .create_replica(desc)
+            .map_err(|e| to_status(&e.into()))?;
+        tracing::info!(
+            shard = r.shard,
+            "empty replica created for the placement driver"
+        );
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<ChangeMembershipRequest>,
+    ) -> Result<Response<MembershipMsg>, Status> {
+        self.node(&req, "change membership")?;
+        let r = req.into_inner();
+        let changes = r
+            .changes
+            .iter()
+            .map(change_from_msg)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| to_status(&e))?;
+        let m = self
+            .raft
+            .change_membership(r.shard, changes)
+            .await
+            .map_err(|e| to_status(&e.into()))?;
+        Ok(Response::new(membership_msg(&m)))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<TransferLeaderRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        self.node(&req, "transfer leader")?;
+        let r = req.into_inner();
+        self.raft
+            .transfer_leader(r.shard, r.to)
+            .await
+            .map_err(|e| to_status(&e.into()))?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn destroy_replica(
+        &self,
+        req: Request<DestroyReplicaRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        self.node(&req, "destroy replica")?;
+        let r = req.into_inner();
+        // Only a replica this node's own map no longer places here.
+        if let Some(s) = self.meta.map().shards.iter().find(|s| s.id == r.shard) {
+            if s.replicas.contains(&self.raft.node_id()) {
+                return Err(to_status(&Error::new(
+                    Code::Again,
+                    format!(
+                        "shard {}: this node's map still lists its replica here",
+                        r.shard
+                    ),
+                )));
+            }
+        }
+        self.raft
+            .destroy_replica(r.shard)
+            .await
+            .map_err(|e| to_status(&e.into()))?;
+        Ok(Response::new(Empty {}))
+    }
+}
+
+fn change_from_msg(c: &MemberChangeMsg) -> Result<MemberChange, Error> {
+    let kind = Kind::try_from(c.kind)
+        .map_err(|_| Error::new(Code::Invalid, format!("unknown change kind {}", c.kind)))?;
+    Ok(match kind {
+        Kind::AddLearner => MemberChange::AddLearner(c.node),
+        Kind::AddVoter => MemberChange::AddVoter(c.node),
+        Kind::Demote => MemberChange::Demote(c.node),
+        Kind::Remove => MemberChange::Remove(c.node),
+    })
+}
+
+fn change_msg(c: &MemberChange) -> MemberChangeMsg {
+    let (kind, node) = match *c {
+        MemberChange::AddLearner(n) => (Kind::AddLearner, n),
+        MemberChange::AddVoter(n) => (Kind::AddVoter, n),
+        MemberChange::Demote(n) => (Kind::Demote, n),
+        MemberChange::Remove(n) => (Kind::Remove, n),
+    };
+    MemberChangeMsg {
+        kind: kind as i32,
+        node,
+    }
+}
+
+fn membership_msg(m: &Membership) -> MembershipMsg {
+    MembershipMsg {
+        voters: m.voters.clone(),
+        learners: m.learners.clone(),
+        voters_outgoing: m.voters_outgoing.clone(),
+        learners_next: m.learners_next.clone(),
+    }
+}
+
+fn membership_from_msg(m: Option<MembershipMsg>) -> Membership {
+    let m = m.unwrap_or_default();
+    Membership {
+        voters: m.voters,
+        learners: m.learners,
+        voters_outgoing: m.voters_outgoing,
+        learners_next: m.learners_next,
+    }
+}
+
+/// A node's report on the wire.
+pub fn report_msg(r: &NodeReport) -> NodeReportMsg {
+    NodeReportMsg {
+        node: r.node,
+        replicas: r
+            .replicas
+            .iter()
+            .map(|x| ReplicaStatusMsg {
+                shard: x.shard,
+                leader: x.leader.unwrap_or(0),
+                is_leader: x.is_leader,
+                membership: Some(membership_msg(&x.membership)),
+                conf_pending: x.conf_pending,
+                progress: x
+                    .progress
+                    .iter()
+                    .map(|p| PeerProgressMsg {
+                        node: p.node,
+                        matched: p.matched,
+                        snapshot: p.snapshot,
+                    })
+                    .collect(),
+                commit: x.commit,
+                applied: x.applied,
+            })
+            .collect(),
+    }
+}
+
+fn report_from_msg(m: NodeReportMsg) -> NodeReport {
+    NodeReport {
+        node: m.node,
+        replicas: m
+            .replicas
+            .into_iter()
+            .map(|x| ReplicaReport {
+                shard: x.shard,
+                leader: (x.leader != 0).then_some(x.leader),
+                is_leader: x.is_leader,
+                membership: membership_from_msg(x.membership),
+                conf_pending: x.conf_pending,
+                progress: x
+                    .progress
+                    .iter()
+                    .map(|p| PeerProgress {
+                        node: p.node,
+                        matched: p.matched,
+                        snapshot: p.snapshot,
+                    })
+                    .collect(),
+                commit: x.commit,
+                applied: x.applied,
+            })
+            .collect(),
+    }
+}
+
+/// The driver's calls, made over the transport's node connections.
+pub struct GrpcShardAdmin(pub Arc<GrpcTransport>);
+
+impl GrpcShardAdmin {
+    async fn client(
+        &self,
+        node: NodeId,
+    ) -> Result<
+        (
+            NodeAdminClient<tonic::transport::Channel>,
+            super::raft::NodeChannel,
+        ),
+        Error,
+    > {
+        let conn = self.0.channel_to(node).await?;
+        Ok((NodeAdminClient::new(conn.channel.clone()), conn))
+    }
+}
+
+fn call_failed(conn: &super::raft::NodeChannel, node: NodeId, s: &Status) -> Error {
+    if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown {
+        conn.broken();
+    }
+    super::errors::from_status(s)
+        .unwrap_or_else(|| Error::new(Code::Again, format!("node {node}: {}", s.message())))
+}
+
+impl ShardAdmin for GrpcShardAdmin {
+    fn create_replica(&self, node: NodeId, desc: ShardDesc) -> AdminCall<()> {
+        let me = GrpcShardAdmin(self.0.clone());
+        Box::pin(async move {
+            let (mut c, conn) = me.client(node).await?;
+            let req = conn.request(
+                CreateReplicaRequest {
+                    shard: desc.id,
+                    start: desc.start,
+                    end: desc.end,
+                },
+                CALL_TIMEOUT,
+            )?;
+            c.create_replica(req)
+                .await
+                .map_err(|s| call_failed(&conn, node, &s))?;
+            Ok(())
+        })
+    }
+
+    fn change_membership(
+        &self,
+        leader: NodeId,
+        shard: ShardId,
+        changes: Vec<MemberChange>,
+    ) -> AdminCall<Membership> {
+        let me = GrpcShardAdmin(self.0.clone());
+        Box::pin(async move {
+            let (mut c, conn) = me.client(leader).await?;
+            let req = conn.request(
+                ChangeMembershipRequest {
+                    shard,
+                    changes: changes.iter().map(change_msg).collect(),
+                },
+                CALL_TIMEOUT,
+            )?;
+            let m = c
+                .change_membership(req)
+                .await
+                .map_err(|s| call_failed(&conn, leader, &s))?;
+            Ok(membership_from_msg(Some(m.into_inner())))
+        })
+    }
+
+    fn transfer_leader(&self, leader: NodeId, shard: ShardId, to: NodeId) -> AdminCall<()> {
+        let me = GrpcShardAdmin(self.0.clone());
+        Box::pin(async move {
+            let (mut c, conn) = me.client(leader).await?;
+            let req = conn.request(TransferLeaderRequest { shard, to }, CALL_TIMEOUT)?;
+            c.transfer_leader(req)
+                .await
+                .map_err(|s| call_failed(&conn, leader, &s))?;
+            Ok(())
+        })
+    }
+
+    fn destroy_replica(&self, node: NodeId, shard: ShardId) -> AdminCall<()> {
+        let me = GrpcShardAdmin(self.0.clone());
+        Box::pin(async move {
+            let (mut c, conn) = me.client(node).await?;
+            let req = conn.request(DestroyReplicaRequest { shard }, CALL_TIMEOUT)?;
+            c.destroy_replica(req)
+                .await
+                .map_err(|s| call_failed(&conn, node, &s))?;
+            Ok(())
+        })
+    }
+}
+
+/// Sends this node's report to the meta shard's leader every `every` (to its own driver
+/// when it leads), and ticks the driver, for the life of the process.
+pub fn spawn_heartbeats(
+    driver: Arc<Driver>,
+    meta: Arc<Meta>,
+    transport: Arc<GrpcTransport>,
+    every: Duration,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let raft = meta.router().raft();
+            let report = NodeReport::of(raft);
+            match meta.router().leader_of(META_SHARD) {
+                Some(l) if l == raft.node_id() => driver.report(report, driver.now_ms()),
+                Some(l) => {
+                    if let Err(e) = send_report(&transport, l, &report).await {
+                        tracing::debug!(leader = l, error = %e, "heartbeat to the meta leader failed");
+                    }
+                }
+                None => {}
+            }
+            driver.tick(driver.now_ms());
+        }
+    });
+}
+
+async fn send_report(t: &GrpcTransport, to: NodeId, r: &NodeReport) -> Result<(), Error> {
+    let conn = t.channel_to(to).await?;
+    let req = conn.request(report_msg(r), REPORT_TIMEOUT)?;
+    NodeAdminClient::new(conn.channel.clone())
+        .report(req)
+        .await
+        .map_err(|s| call_failed(&conn, to, &s))?;
+    Ok(())
+}
