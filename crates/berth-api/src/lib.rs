@@ -14,6 +14,9 @@ pub mod v1 {
 pub const AUTH_METADATA: &str = "authorization";
 /// Metadata key carrying the stable symbolic error code of a failed call.
 pub const CODE_METADATA: &str = "x-berth-code";
+/// Metadata key of a call refused because another node must serve it: that
+/// node's native address (`HOST:PORT`), where the caller retries.
+pub const LEADER_METADATA: &str = "x-berth-leader";
 
 /// HTTP/2 flow-control window per stream, bytes (client and server): room
 /// for several 1 MiB file reads or writes in flight.

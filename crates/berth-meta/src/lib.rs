@@ -8,8 +8,9 @@
 //! Invariants:
 //! - Everything here changes state only through replicated commands on a
 //!   shard ([`router::Tx`]); nothing writes the node store directly.
-//! - Ticket secrets never leave the meta shard and are never logged; nor
-//!   are SCRAM keys, which change only together with the password.
+//! - Ticket secrets and the cluster CA's key never leave the meta shard and
+//!   are never logged; nor are SCRAM keys, which change only together with
+//!   the password.
 //! - Only unscoped administrators change principals, groups and keys.
 
 pub mod codec;
@@ -28,7 +29,7 @@ pub mod testing;
 extern crate self as berth_meta;
 
 pub use error::{Code, Error};
-pub use meta::{Bootstrap, MapCache, Meta, ScramLookup};
+pub use meta::{Admission, Applicant, Bootstrap, MapCache, Meta, ScramLookup};
 pub use router::{Commit, Router, Tx};
 
 /// Inode number of every volume's root directory.

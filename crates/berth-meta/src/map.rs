@@ -17,6 +17,7 @@
 //! | 11 Kafka names   | str name     | [`KafkaNameRecord`] |
 //! | 12 setup steps   | str step     | empty: done      |
 //! | 13 join tokens   | str id       | [`JoinTokenRecord`] |
+//! | 14 cluster CA    | u64 CA id    | [`CaRecord`]     |
 //!
 //! Values are encoded with [`crate::codec`] (version byte + postcard).
 
@@ -48,6 +49,7 @@ pub const T_SCRAM: u64 = 10;
 pub const T_KAFKA_NAME: u64 = 11;
 pub const T_SETUP: u64 = 12;
 pub const T_JOIN_TOKEN: u64 = 13;
+pub const T_CA: u64 = 14;
 
 /// Counter names.
 pub const C_VOLUME_ID: &str = "volume_id";
@@ -55,6 +57,9 @@ pub const C_SHARD_ID: &str = "shard_id";
 pub const C_UID: &str = "uid";
 pub const C_GID: &str = "gid";
 pub const C_KEY_ID: &str = "key_id";
+/// The next node id a join is given (node 1 is the bootstrap node; ids are
+/// never reused).
+pub const C_NODE_ID: &str = "node_id";
 
 /// First uid/gid handed out to users and groups created without one.
 pub const FIRST_ID: u32 = 1000;
@@ -105,6 +110,11 @@ pub fn join_token_key(id: &str) -> Vec<u8> {
         .str(id)
         .build()
 }
+pub fn ca_key(id: u32) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_CA)
+        .u64(u64::from(id))
+        .build()
+}
 pub fn setup_key(step: &str) -> Vec<u8> {
     Key::new(META_VOLUME, Kind::Meta, T_SETUP).str(step).build()
 }
@@ -119,6 +129,31 @@ pub struct ClusterRecord {
     /// Random identifier, fixed at first start.
     pub id: String,
     pub created_at: u64,
+}
+
+/// Where a node is in its life in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Admitted by a join; holds no replica yet.
+    Joining,
+    /// A member serving its replicas.
+    Up,
+    /// Its replicas are being moved away (`berth node decommission`).
+    Draining,
+    /// Holds nothing and takes no part; its id is never reused.
+    Decommissioned,
+}
+
+impl NodeState {
+    /// The word `berth status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Up => "up",
+            NodeState::Draining => "draining",
+            NodeState::Decommissioned => "decommissioned",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +172,21 @@ pub struct NodeRecord {
     // decode as this layout (it ends early) and is read as an older layout
     // by [`decode_node`]; older nodes ignore the trailing bytes.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Records stored before it existed are of nodes that were serving:
+    /// [`NodeState::Up`].
+    pub state: NodeState,
+}
+
+/// [`NodeRecord`] as stored before `state` existed.
+#[derive(Deserialize)]
+struct NodeRecordV3 {
+    id: NodeId,
+    native_addr: String,
+    admin_addr: String,
+    advertise: Vec<String>,
+    started_at: u64,
+    kafka_addr: String,
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 /// [`NodeRecord`] as stored before `labels` existed.
@@ -161,11 +211,25 @@ struct NodeRecordV1 {
 }
 
 /// A stored node record, in the current layout or an earlier one (what it
-/// lacks is empty).
+/// lacks is empty; a node stored without a state was `Up`). An earlier
+/// layout must explain every byte, so a newer record this build cannot
+/// read (a state it does not know) is an error, not a guess.
 pub fn decode_node(b: &[u8]) -> Result<NodeRecord, crate::Error> {
-    use crate::codec::decode;
+    use crate::codec::{decode, decode_exact};
     decode::<NodeRecord>(b, "node").or_else(|e| {
-        if let Ok(v2) = decode::<NodeRecordV2>(b, "node") {
+        if let Ok(v3) = decode_exact::<NodeRecordV3>(b, "node") {
+            return Ok(NodeRecord {
+                id: v3.id,
+                native_addr: v3.native_addr,
+                admin_addr: v3.admin_addr,
+                advertise: v3.advertise,
+                started_at: v3.started_at,
+                kafka_addr: v3.kafka_addr,
+                labels: v3.labels,
+                state: NodeState::Up,
+            });
+        }
+        if let Ok(v2) = decode_exact::<NodeRecordV2>(b, "node") {
             return Ok(NodeRecord {
                 id: v2.id,
                 native_addr: v2.native_addr,
@@ -174,9 +238,10 @@ pub fn decode_node(b: &[u8]) -> Result<NodeRecord, crate::Error> {
                 started_at: v2.started_at,
                 kafka_addr: v2.kafka_addr,
                 labels: Default::default(),
+                state: NodeState::Up,
             });
         }
-        let Ok(v1) = decode::<NodeRecordV1>(b, "node") else {
+        let Ok(v1) = decode_exact::<NodeRecordV1>(b, "node") else {
             return Err(e);
         };
         Ok(NodeRecord {
@@ -187,6 +252,7 @@ pub fn decode_node(b: &[u8]) -> Result<NodeRecord, crate::Error> {
             started_at: v1.started_at,
             kafka_addr: String::new(),
             labels: Default::default(),
+            state: NodeState::Up,
         })
     })
 }
@@ -507,7 +573,7 @@ mod tests {
     }
 
     #[test]
-    fn node_records_of_both_layouts_decode() {
+    fn node_records_of_every_layout_decode() {
         #[derive(Serialize)]
         struct Old<'a> {
             id: NodeId,
@@ -531,6 +597,7 @@ mod tests {
             started_at: 9,
             kafka_addr: String::new(),
             labels: Default::default(),
+            state: NodeState::Up,
         };
         assert_eq!(decode_node(&old).unwrap(), want);
         // The layout with a Kafka address and no labels.
@@ -554,18 +621,62 @@ mod tests {
             ..want.clone()
         };
         assert_eq!(decode_node(&v2).unwrap(), with_kafka);
-        let new = NodeRecord {
-            labels: [("zone".to_string(), "a".to_string())].into(),
+        // The layout with labels and no state: a node that was serving.
+        #[derive(Serialize)]
+        struct V3<'a> {
+            v2: V2<'a>,
+            labels: std::collections::BTreeMap<String, String>,
+        }
+        let labels: std::collections::BTreeMap<String, String> =
+            [("zone".to_string(), "a".to_string())].into();
+        let v3 = crate::codec::encode(&V3 {
+            v2: V2 {
+                old: Old {
+                    id: 3,
+                    native_addr: "h:5660",
+                    admin_addr: "h:8443",
+                    advertise: vec!["h"],
+                    started_at: 9,
+                },
+                kafka_addr: "h:9092",
+            },
+            labels: labels.clone(),
+        });
+        let with_labels = NodeRecord {
+            labels,
             ..with_kafka
         };
+        assert_eq!(decode_node(&v3).unwrap(), with_labels);
+        for state in [
+            NodeState::Joining,
+            NodeState::Up,
+            NodeState::Draining,
+            NodeState::Decommissioned,
+        ] {
+            let new = NodeRecord {
+                state,
+                ..with_labels.clone()
+            };
+            let bytes = crate::codec::encode(&new);
+            assert_eq!(decode_node(&bytes).unwrap(), new);
+        }
+        let new = NodeRecord {
+            state: NodeState::Joining,
+            ..with_labels
+        };
         let bytes = crate::codec::encode(&new);
-        assert_eq!(decode_node(&bytes).unwrap(), new);
         // Nodes built before the fields read a new record too.
         let v1: NodeRecordV1 = crate::codec::decode(&bytes, "node").unwrap();
         assert_eq!((v1.id, v1.started_at), (3, 9));
         let v2: NodeRecordV2 = crate::codec::decode(&bytes, "node").unwrap();
         assert_eq!(v2.kafka_addr, "h:9092");
+        let v3: NodeRecordV3 = crate::codec::decode(&bytes, "node").unwrap();
+        assert_eq!(v3.labels.len(), 1);
         assert!(decode_node(&old[..old.len() - 1]).is_err());
+        // A state this build does not know is an error, not a guess.
+        let mut unknown = bytes.clone();
+        *unknown.last_mut().unwrap() = 9;
+        assert!(decode_node(&unknown).is_err());
     }
 
     #[test]
@@ -605,4 +716,57 @@ pub struct JoinTokenRecord {
     /// Joins it may still admit.
     pub uses_left: u32,
     pub revoked: bool,
+}
+
+/// The cluster CA (table 14): its certificate and private key, so any node
+/// holding the meta shard can sign the certificate of a joining node. Like
+/// the ticket keys (table 8) the key never leaves the meta shard, which is
+/// replicated between cluster nodes over mutual TLS and never served; the
+/// first node keeps its copy in `<data>/tls/ca.key` as well. Keyed by a CA
+/// id (1 today) so a CA can one day be rotated without a new table.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    pub id: u32,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub created_at: u64,
+}
+
+impl std::fmt::Debug for CaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaRecord")
+            .field("id", &self.id)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaRecord {
+    pub fn material(&self) -> berth_security::tls::CaMaterial {
+        berth_security::tls::CaMaterial {
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        }
+    }
+}
+
+/// Longest topology label key or value.
+pub const LABEL_LEN_MAX: usize = 63;
+/// Most topology labels one node may carry.
+pub const LABELS_MAX: usize = 16;
+
+/// A topology label's key and value: 1 to 63 of `[A-Za-z0-9._-]`.
+pub fn validate_label(k: &str, v: &str) -> Result<(), crate::Error> {
+    for (what, s) in [("key", k), ("value", v)] {
+        let ok = !s.is_empty()
+            && s.len() <= LABEL_LEN_MAX
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return Err(crate::Error::invalid(format!(
+                "label {k}={v}: the {what} must be 1 to {LABEL_LEN_MAX} letters, digits, '.', '_' or '-'"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -109,9 +109,40 @@ pub struct Bootstrap {
     pub cluster_name: String,
     pub cluster_id: String,
     pub node: NodeRecord,
+    /// The cluster CA, which the first node created (table 14).
+    pub ca: berth_security::tls::CaMaterial,
     pub now_secs: u64,
     pub now_ns: i64,
 }
+
+/// What a joining node asks for (see [`Meta::admit_node`]).
+#[derive(Debug, Clone, Default)]
+pub struct Applicant {
+    /// PKCS#10 request (PEM) for the key the node made.
+    pub csr_pem: String,
+    /// Host names and IPs it is reached by: its certificate's names.
+    pub advertise: Vec<String>,
+    pub native_addr: String,
+    pub admin_addr: String,
+    /// Empty when the node runs no Kafka listener.
+    pub kafka_addr: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a join gives the new node.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Its record, as written (state `Joining`).
+    pub node: NodeRecord,
+    pub cluster: ClusterRecord,
+    pub ca_cert_pem: String,
+    pub node_cert_pem: String,
+    /// Every node of the cluster map, the new one included.
+    pub nodes: Vec<NodeRecord>,
+}
+
+/// Longest address a joining node may give.
+const ADDR_LEN_MAX: usize = 300;
 
 pub struct Meta {
     router: Arc<Router>,
@@ -339,6 +370,15 @@ impl Meta {
             );
             tx.put(node_key(b.node.id), encode(&b.node));
             tx.put(
+                ca_key(1),
+                encode(&CaRecord {
+                    id: 1,
+                    cert_pem: b.ca.cert_pem.clone(),
+                    key_pem: b.ca.key_pem.clone(),
+                    created_at: b.now_secs,
+                }),
+            );
+            tx.put(
                 signing_key_key(1),
                 encode(&KeyRecord {
                     id: 1,
@@ -396,6 +436,7 @@ impl Meta {
                 (C_UID, u64::from(FIRST_ID)),
                 (C_GID, u64::from(FIRST_ID)),
                 (C_KEY_ID, 2),
+                (C_NODE_ID, b.node.id + 1),
             ] {
                 tx.put(counter_key(name), next.to_be_bytes().to_vec());
             }
@@ -405,6 +446,43 @@ impl Meta {
             }
         }
         Err(too_much_contention("bootstrap"))
+    }
+
+    /// Records the cluster CA `ca` in the cluster map (table 14) unless the
+    /// map holds one: what a cluster bootstrapped before the table existed
+    /// needs once, from its first node's `ca.key`. The check and the write
+    /// are one transaction, so it is idempotent and needs no setup step.
+    /// Returns whether it wrote.
+    pub async fn ensure_ca_record(
+        &self,
+        ca: &berth_security::tls::CaMaterial,
+    ) -> Result<bool, Error> {
+        let (start, end) = table_range(T_CA);
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            if !tx.is_range_empty(&start, &end)? {
+                let held: Vec<CaRecord> = scan_table(&tx, T_CA, "cluster CA")?;
+                if !held.iter().any(|r| r.cert_pem.trim() == ca.cert_pem.trim()) {
+                    tracing::warn!("the cluster map holds another CA than this node's tls/ca.crt: joining nodes get the map's");
+                }
+                return Ok(false);
+            }
+            tx.put(
+                ca_key(1),
+                encode(&CaRecord {
+                    id: 1,
+                    cert_pem: ca.cert_pem.clone(),
+                    key_pem: ca.key_pem.clone(),
+                    created_at: berth_security::now_secs(),
+                }),
+            );
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(true);
+            }
+        }
+        Err(too_much_contention("recording the cluster CA"))
     }
 
     /// The recorded state of the one-time setup step `step` (first-start
@@ -556,38 +634,142 @@ impl Meta {
         &self,
         token: &str,
     ) -> Result<berth_security::join::JoinTokenBody, Error> {
+        let body = self.verify_join_token(token)?;
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            take_join_token_use(&mut tx, &body.id)?;
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                return Ok(body);
+            }
+        }
+        Err(too_much_contention("join token"))
+    }
+
+    /// A join token's signature, cluster and expiry, against the cached
+    /// key ring.
+    fn verify_join_token(&self, token: &str) -> Result<berth_security::join::JoinTokenBody, Error> {
         use berth_security::join::JoinError;
         let map = self.map();
         let cluster_id = map.cluster.as_ref().map(|c| c.id.as_str()).unwrap_or("");
         let now = berth_security::now_secs();
-        let body = berth_security::join::verify(token, &map.keyring, cluster_id, now).map_err(
-            |e| match e {
-                JoinError::Expired => Error::new(Code::Auth, "the join token expired"),
-                e => Error::new(Code::Auth, e.to_string()),
-            },
-        )?;
-        self.update(&join_token_key(&body.id), "join token", |cur| {
-            let cur = cur.ok_or_else(|| {
-                Error::new(Code::Auth, "the join token is not known to this cluster")
-            })?;
-            let mut r: JoinTokenRecord = decode(&cur, "join token")?;
-            if r.revoked {
-                return Err(Error::new(Code::Auth, "the join token was revoked"));
-            }
-            if r.uses_left == 0 {
-                return Err(Error::new(Code::Auth, "the join token is used up"));
-            }
-            r.uses_left -= 1;
-            Ok(Some(encode(&r)))
+        berth_security::join::verify(token, &map.keyring, cluster_id, now).map_err(|e| match e {
+            JoinError::Expired => Error::new(Code::Auth, "the join token expired"),
+            e => Error::new(Code::Auth, e.to_string()),
         })
-        .await?;
-        Ok(body)
     }
 
-    /// Records (or updates) this node's addresses in the cluster map.
+    /// Admits a new node with a join token, in one transaction: takes one
+    /// use of the token, gives the node the next node id (never one used
+    /// before), signs its certificate request with the cluster CA (table
+    /// 14) and writes its record in state `Joining`. A request refused for
+    /// its certificate request or its addresses costs no use of the token.
+    pub async fn admit_node(&self, token: &str, a: &Applicant) -> Result<Admission, Error> {
+        check_applicant(a)?;
+        let body = self.verify_join_token(token)?;
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.router.begin(META_SHARD).await?;
+            take_join_token_use(&mut tx, &body.id)?;
+            let cluster: ClusterRecord = decode(
+                &tx.peek(&cluster_key())?
+                    .ok_or_else(|| Error::new(Code::Again, "the cluster map is not written yet"))?,
+                "cluster",
+            )?;
+            let ca = scan_table::<CaRecord>(&tx, T_CA, "cluster CA")?
+                .into_iter()
+                .max_by_key(|c| c.id)
+                .ok_or_else(|| {
+                    Error::new(
+                        Code::Again,
+                        "the cluster map holds no CA yet (the first node records it when it starts); retry",
+                    )
+                })?;
+            let (start, end) = table_range(T_NODE);
+            let nodes: Vec<NodeRecord> = tx
+                .peek_range(&start, &end, usize::MAX)?
+                .iter()
+                .map(|(_, v)| decode_node(v))
+                .collect::<Result<_, _>>()?;
+            // Ids are never reused: the counter only grows, and a cluster
+            // bootstrapped before it existed starts it above every node.
+            let counted = match tx.get(&counter_key(C_NODE_ID))? {
+                Some(v) => u64::from_be_bytes(
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| Error::corrupt(format!("counter {C_NODE_ID}")))?,
+                ),
+                None => 2,
+            };
+            let above = nodes.iter().map(|n| n.id + 1).max().unwrap_or(2);
+            let id = counted.max(above).max(2);
+            tx.put(counter_key(C_NODE_ID), (id + 1).to_be_bytes().to_vec());
+            if tx.get(&node_key(id))?.is_some() {
+                return Err(Error::corrupt(format!(
+                    "node {id} already has a record although the id counter gave it out"
+                )));
+            }
+            let node_cert_pem = berth_security::pki::sign_node_request(
+                &ca.material(),
+                &a.csr_pem,
+                id,
+                &a.advertise,
+            )
+            .map_err(|e| match e {
+                berth_security::pki::CsrError::Ca(_) => Error::new(Code::Io, e.to_string()),
+                e => Error::invalid(e.to_string()),
+            })?;
+            let node = NodeRecord {
+                id,
+                native_addr: a.native_addr.clone(),
+                admin_addr: a.admin_addr.clone(),
+                advertise: a.advertise.clone(),
+                started_at: berth_security::now_secs(),
+                kafka_addr: a.kafka_addr.clone(),
+                labels: a.labels.clone(),
+                state: NodeState::Joining,
+            };
+            tx.put(node_key(id), encode(&node));
+            if let Commit::Done(_) = tx.commit().await? {
+                self.refresh().await?;
+                tracing::info!(target: "audit", node = id, token = %body.id, native_addr = %node.native_addr, "node admitted by a join token");
+                let mut all = nodes;
+                all.push(node.clone());
+                return Ok(Admission {
+                    node,
+                    cluster,
+                    ca_cert_pem: ca.cert_pem,
+                    node_cert_pem,
+                    nodes: all,
+                });
+            }
+        }
+        Err(too_much_contention("join"))
+    }
+
+    /// Records (or updates) this node's addresses in the cluster map. Its
+    /// state is the cluster's to change ([`Meta::set_node_state`]): a
+    /// stored one is kept.
     pub async fn register_node(&self, node: &NodeRecord) -> Result<(), Error> {
-        self.update(&node_key(node.id), "register node", |_| {
-            Ok(Some(encode(node)))
+        self.update(&node_key(node.id), "register node", |cur| {
+            let mut rec = node.clone();
+            if let Some(Ok(stored)) = cur.map(|c| decode_node(&c)) {
+                rec.state = stored.state;
+            }
+            Ok(Some(encode(&rec)))
+        })
+        .await
+    }
+
+    /// Moves node `id` to `state` (the placement runtime's step once a
+    /// joining node holds replicas, or a drain's).
+    pub async fn set_node_state(&self, id: NodeId, state: NodeState) -> Result<(), Error> {
+        self.update(&node_key(id), "node state", |cur| {
+            let cur = cur.ok_or_else(|| Error::not_found(format!("node {id}")))?;
+            let mut rec = decode_node(&cur)?;
+            rec.state = state;
+            Ok(Some(encode(&rec)))
         })
         .await
     }
@@ -1239,6 +1421,52 @@ fn scan_table<T: serde::de::DeserializeOwned>(
         .iter()
         .map(|(_, v)| decode(v, what))
         .collect()
+}
+
+/// Takes one use of join token `id` inside `tx`, refusing a token that is
+/// unknown, revoked or used up (each with its own message).
+fn take_join_token_use(tx: &mut Tx, id: &str) -> Result<(), Error> {
+    let key = join_token_key(id);
+    let cur = tx
+        .get(&key)?
+        .ok_or_else(|| Error::new(Code::Auth, "the join token is not known to this cluster"))?;
+    let mut r: JoinTokenRecord = decode(&cur, "join token")?;
+    if r.revoked {
+        return Err(Error::new(Code::Auth, "the join token was revoked"));
+    }
+    if r.uses_left == 0 {
+        return Err(Error::new(Code::Auth, "the join token is used up"));
+    }
+    r.uses_left -= 1;
+    tx.put(key, encode(&r));
+    Ok(())
+}
+
+/// Bounds what a joining node asks to be recorded with.
+fn check_applicant(a: &Applicant) -> Result<(), Error> {
+    if a.native_addr.is_empty() || a.admin_addr.is_empty() {
+        return Err(Error::invalid(
+            "a joining node must give its native and admin addresses",
+        ));
+    }
+    for addr in [&a.native_addr, &a.admin_addr, &a.kafka_addr] {
+        if addr.len() > ADDR_LEN_MAX {
+            return Err(Error::invalid(format!(
+                "an address longer than {ADDR_LEN_MAX} bytes"
+            )));
+        }
+    }
+    if a.labels.len() > LABELS_MAX {
+        return Err(Error::invalid(format!(
+            "{} labels, at most {LABELS_MAX}",
+            a.labels.len()
+        )));
+    }
+    for (k, v) in &a.labels {
+        validate_label(k, v)?;
+    }
+    // The names are checked where they become the certificate's.
+    Ok(())
 }
 
 /// Reads and bumps a counter inside `tx`; returns the value before the bump.

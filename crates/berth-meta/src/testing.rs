@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_meta::map::{NodeRecord, ShardRecord, META_SHARD, ROOT_SHARD};
+use berth_meta::map::{NodeRecord, NodeState, ShardRecord, META_SHARD, ROOT_SHARD};
 use berth_meta::{Bootstrap, Meta, Router};
 use berth_raft::{NodeId, RaftNode, Transport};
 use berth_security::principal::Principal;
@@ -86,7 +86,9 @@ pub async fn single_node() -> SingleNode {
             started_at: 0,
             kafka_addr: String::new(),
             labels: Default::default(),
+            state: NodeState::Up,
         },
+        ca: berth_security::tls::new_ca("test").unwrap(),
         now_secs: 0,
         now_ns: 0,
     })

@@ -13,10 +13,14 @@
 //! - [`scram`]: SCRAM-SHA-256/512 credentials derived from a password, and
 //!   the server side of the SCRAM exchange (no I/O), shared by the gateways.
 //! - [`tls`]: the cluster CA, node certificates and rustls configurations.
+//! - [`pki`]: certificates issued through the cluster: a joining node's
+//!   request, signing it with the cluster CA, the pinned-CA verifier a
+//!   joining node trusts, the node id a peer's certificate proves.
 //!
 //! *Architecture Invariant*: this crate is pure. It performs no I/O except in
 //! the explicit TLS-material file functions of [`tls`] (`ensure_ca`,
-//! `ensure_node_cert`, `load_pem`); the clock is read only by [`now_secs`],
+//! `ensure_node_cert`, `load_ca`, `load_node`, `write_joined`, `load_joined`,
+//! `load_pem`); the clock is read only by [`now_secs`],
 //! and every decision takes the time as an argument so it can be tested.
 //!
 //! *Architecture Invariant*: secrets (signing keys, private keys, passwords,
@@ -31,6 +35,7 @@ pub mod ace;
 pub mod handle;
 pub mod join;
 pub mod password;
+pub mod pki;
 pub mod posix;
 pub mod principal;
 pub mod scope;

@@ -1,8 +1,10 @@
 //! TLS material: the cluster CA, node certificates, and rustls configurations.
 //!
 //! This is the only module that touches the file system, and only in
-//! [`ensure_ca`], [`ensure_node_cert`] and [`load_pem`]. Files in the TLS
-//! directory:
+//! [`ensure_ca`], [`ensure_node_cert`], [`load_ca`], [`load_node`],
+//! [`write_joined`], [`load_joined`] and [`load_pem`]. Files in the TLS
+//! directory (a node that joined a cluster has no `ca.key`: it got its
+//! certificate from the cluster, see [`crate::pki`]):
 //!
 //! | file       | content                                   | mode |
 //! |------------|-------------------------------------------|------|
@@ -46,8 +48,8 @@ const BACKDATE_SECS: u64 = 3600;
 /// Largest PEM file [`load_pem`] reads.
 pub const PEM_LEN_MAX_BYTES: u64 = 1024 * 1024;
 /// Names every node certificate carries, so local clients always connect.
-const ALWAYS_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
-const DAY_SECS: u64 = 24 * 3600;
+pub const ALWAYS_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+pub(crate) const DAY_SECS: u64 = 24 * 3600;
 
 /// TLS material could not be created, read or used.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,11 @@ pub enum TlsError {
          node starts), or copy ca.crt and ca.key from the first node"
     )]
     CaMissing { path: PathBuf },
+    #[error(
+        "{path} is missing: this node joined a cluster and got its TLS material then; \
+         restore it from a backup, or join again with a new token and an empty data directory"
+    )]
+    JoinedMissing { path: PathBuf },
     #[error("{cert} and {key} do not belong together: restore the matching pair from a backup")]
     CaMismatch { cert: PathBuf, key: PathBuf },
     #[error("{what} is not valid: {reason}")]
@@ -120,7 +127,7 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -152,14 +159,61 @@ pub fn ensure_ca(dir: &Path, cluster: &str) -> Result<(), TlsError> {
             Ok(())
         }
         (false, false) => {
-            let key = KeyPair::generate()?;
-            let cert = ca_params(cluster).self_signed(&key)?;
-            write_atomically(&paths.ca_key, key.serialize_pem().as_bytes(), true)?;
-            write_atomically(&paths.ca_cert, cert.pem().as_bytes(), false)?;
+            let ca = new_ca(cluster)?;
+            write_atomically(&paths.ca_key, ca.key_pem.as_bytes(), true)?;
+            write_atomically(&paths.ca_cert, ca.cert_pem.as_bytes(), false)?;
             tracing::info!(path = %paths.ca_cert.display(), cluster, "created the cluster CA");
             Ok(())
         }
     }
+}
+
+/// The cluster CA: its certificate and private key, in PEM. The key signs
+/// node certificates; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaMaterial {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaMaterial")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new cluster CA for cluster `cluster`, in memory.
+pub fn new_ca(cluster: &str) -> Result<CaMaterial, TlsError> {
+    let key = KeyPair::generate()?;
+    let cert = ca_params(cluster).self_signed(&key)?;
+    Ok(CaMaterial {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Reads the cluster CA of `dir` (`ca.crt` and `ca.key`, which must exist
+/// and belong together).
+pub fn load_ca(dir: &Path) -> Result<CaMaterial, TlsError> {
+    let paths = TlsPaths::in_dir(dir);
+    for path in [&paths.ca_cert, &paths.ca_key] {
+        if !exists(path)? {
+            return Err(TlsError::CaMissing { path: path.clone() });
+        }
+    }
+    check_pair(&paths.ca_cert, &paths.ca_key)?;
+    Ok(CaMaterial {
+        cert_pem: load_pem(&paths.ca_cert)?,
+        key_pem: load_pem(&paths.ca_key)?,
+    })
+}
+
+/// The common name of node `id`'s certificate; [`crate::pki::node_id_of_cert`]
+/// reads it back.
+pub fn node_common_name(id: u64) -> String {
+    format!("node-{id}")
 }
 
 /// Makes sure `dir/node.crt` and `dir/node.key` hold a certificate for
@@ -215,6 +269,113 @@ pub fn ensure_node_cert(
     Ok(paths)
 }
 
+/// A node's TLS identity: the cluster CA certificate, the node certificate
+/// and the node's private key, in PEM. `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeMaterial {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for NodeMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeMaterial")
+            .field("ca_pem", &self.ca_pem)
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeMaterial {
+    /// The chain a server presents: the node certificate, then the CA's, so
+    /// a client that knows the CA only by its fingerprint (a joining node)
+    /// finds it.
+    pub fn chain_pem(&self) -> String {
+        let mut chain = self.cert_pem.clone();
+        if !chain.ends_with('\n') {
+            chain.push('\n');
+        }
+        chain.push_str(&self.ca_pem);
+        chain
+    }
+}
+
+/// Reads `ca.crt`, `node.crt` and `node.key` of `dir` as they are (see
+/// [`ensure_node_cert`] and [`write_joined`] for what puts them there).
+pub fn load_node(dir: &Path) -> Result<NodeMaterial, TlsError> {
+    let paths = TlsPaths::in_dir(dir);
+    Ok(NodeMaterial {
+        ca_pem: load_pem(&paths.ca_cert)?,
+        cert_pem: load_pem(&paths.node_cert)?,
+        key_pem: load_pem(&paths.node_key)?,
+    })
+}
+
+/// Writes what a join brought into `dir` — the CA certificate and the node
+/// certificate the cluster signed, with the key made here (mode 0600) —
+/// after checking that the certificate carries that key and chains to that
+/// CA now. No `ca.key`: a joined node signs nothing. Returns the paths
+/// written.
+pub fn write_joined(dir: &Path, m: &NodeMaterial) -> Result<TlsPaths, TlsError> {
+    let ca_der = parse_certs(&m.ca_pem, "the CA certificate the cluster sent")?
+        .into_iter()
+        .next()
+        .ok_or_else(|| TlsError::BadPem {
+            what: "the CA certificate the cluster sent".into(),
+            reason: "it is empty".into(),
+        })?;
+    if let Some(problem) =
+        material_problem(&ca_der, &m.cert_pem, &m.key_pem, crate::now_secs(), &[])
+    {
+        return Err(TlsError::BadPem {
+            what: "the node certificate the cluster sent".into(),
+            reason: problem,
+        });
+    }
+    create_dir(dir)?;
+    let paths = TlsPaths::in_dir(dir);
+    write_atomically(&paths.node_key, m.key_pem.as_bytes(), true)?;
+    write_atomically(&paths.node_cert, m.cert_pem.as_bytes(), false)?;
+    write_atomically(&paths.ca_cert, m.ca_pem.as_bytes(), false)?;
+    Ok(paths)
+}
+
+/// The TLS identity of a node that joined a cluster ([`write_joined`]):
+/// refused when a file is missing or the certificate no longer fits its
+/// key or CA, or has expired; a warning when it expires within
+/// [`NODE_RENEW_BEFORE_DAYS`] (renewal through the cluster is not built
+/// yet).
+pub fn load_joined(dir: &Path) -> Result<NodeMaterial, TlsError> {
+    let paths = TlsPaths::in_dir(dir);
+    for path in [&paths.ca_cert, &paths.node_cert, &paths.node_key] {
+        if !exists(path)? {
+            return Err(TlsError::JoinedMissing { path: path.clone() });
+        }
+    }
+    warn_if_readable(&paths.node_key);
+    let m = load_node(dir)?;
+    let ca_der = parse_certs(&m.ca_pem, &paths.ca_cert.display().to_string())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| TlsError::BadPem {
+            what: paths.ca_cert.display().to_string(),
+            reason: "it is empty".into(),
+        })?;
+    let now = crate::now_secs();
+    if let Some(problem) = material_problem(&ca_der, &m.cert_pem, &m.key_pem, now, &[]) {
+        return Err(TlsError::BadPem {
+            what: paths.node_cert.display().to_string(),
+            reason: problem,
+        });
+    }
+    let horizon = now + NODE_RENEW_BEFORE_DAYS * DAY_SECS;
+    if material_problem(&ca_der, &m.cert_pem, &m.key_pem, horizon, &[]).is_some() {
+        tracing::warn!(path = %paths.node_cert.display(), "the node certificate expires within {NODE_RENEW_BEFORE_DAYS} days; its renewal through the cluster is not built yet");
+    }
+    Ok(m)
+}
+
 /// Reads a PEM file (at most [`PEM_LEN_MAX_BYTES`]).
 pub fn load_pem(path: &Path) -> Result<String, TlsError> {
     let io_err = |source| TlsError::Io {
@@ -264,7 +425,7 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>,
     Ok(Arc::new(config))
 }
 
-fn parse_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn parse_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::BadPem {
@@ -281,19 +442,22 @@ fn parse_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, Tl
 }
 
 /// One requested subject alternative name, validated.
-struct WantedSan {
-    san: SanType,
-    server_name: ServerName<'static>,
+pub(crate) struct WantedSan {
+    pub(crate) san: SanType,
+    pub(crate) server_name: ServerName<'static>,
 }
 
 fn requested_sans(sans: &[String]) -> Result<Vec<WantedSan>, TlsError> {
+    parse_sans(sans.iter().map(String::as_str).chain(ALWAYS_SANS))
+}
+
+/// Validates names for a certificate (IP strings become IP SANs), dropping
+/// blanks and duplicates.
+pub(crate) fn parse_sans<'a>(
+    names: impl Iterator<Item = &'a str>,
+) -> Result<Vec<WantedSan>, TlsError> {
     let mut out: Vec<WantedSan> = Vec::new();
-    let all = sans
-        .iter()
-        .map(|s| s.trim())
-        .chain(ALWAYS_SANS)
-        .filter(|s| !s.is_empty());
-    for text in all {
+    for text in names.map(str::trim).filter(|s| !s.is_empty()) {
         let invalid = |reason: String| TlsError::InvalidSan {
             san: text.to_string(),
             reason,
@@ -343,6 +507,21 @@ fn node_cert_problem(
         Err(e) => return Some(e.to_string()),
     };
     warn_if_readable(&paths.node_key);
+    // Checking at "now + renewal margin" also catches certificates about to expire.
+    let horizon = crate::now_secs() + NODE_RENEW_BEFORE_DAYS * DAY_SECS;
+    material_problem(ca_der, &cert_pem, &key_pem, horizon, wanted)
+}
+
+/// Why `cert_pem` (a node certificate) and `key_pem` cannot serve as this
+/// node's TLS identity under the CA `ca_der` at `at_secs` with every name
+/// of `wanted`, or `None` when they can.
+pub(crate) fn material_problem(
+    ca_der: &CertificateDer<'static>,
+    cert_pem: &str,
+    key_pem: &str,
+    at_secs: u64,
+    wanted: &[WantedSan],
+) -> Option<String> {
     let Ok(cert) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
         return Some("the certificate PEM does not parse".into());
     };
@@ -360,17 +539,15 @@ fn node_cert_problem(
     if let Err(e) = roots.add(ca_der.clone()) {
         return Some(format!("the CA certificate is not usable: {e}"));
     }
-    // Checking at "now + renewal margin" also catches certificates about to expire.
-    let horizon = crate::now_secs() + NODE_RENEW_BEFORE_DAYS * DAY_SECS;
     if let Err(e) = verify_server_cert_signed_by_trust_anchor(
         &parsed,
         &roots,
         &[],
-        UnixTime::since_unix_epoch(Duration::from_secs(horizon)),
+        UnixTime::since_unix_epoch(Duration::from_secs(at_secs)),
         provider.signature_verification_algorithms.all,
     ) {
         return Some(format!(
-            "not signed by the current CA or expiring within {NODE_RENEW_BEFORE_DAYS} days: {e}"
+            "not signed by the cluster CA, or expired or expiring too soon: {e}"
         ));
     }
     for w in wanted {
@@ -381,7 +558,7 @@ fn node_cert_problem(
     None
 }
 
-fn name(common_name: &str) -> DistinguishedName {
+pub(crate) fn name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Berth");
     dn.push(DnType::CommonName, common_name);
@@ -403,14 +580,14 @@ fn ca_params(cluster: &str) -> CertificateParams {
     params
 }
 
-fn set_validity(params: &mut CertificateParams, days: u64) {
+pub(crate) fn set_validity(params: &mut CertificateParams, days: u64) {
     let now = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(crate::now_secs());
     params.not_before = now - Duration::from_secs(BACKDATE_SECS);
     params.not_after = now + Duration::from_secs(days * DAY_SECS);
 }
 
 /// 16 random bytes, positive (RFC 5280 allows up to 20).
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01; // never a leading zero byte, so the length stays fixed
@@ -444,7 +621,7 @@ fn check_pair(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
     }
 }
 
-fn exists(path: &Path) -> Result<bool, TlsError> {
+pub(crate) fn exists(path: &Path) -> Result<bool, TlsError> {
     path.try_exists().map_err(|source| TlsError::Io {
         action: "check",
         path: path.to_path_buf(),
@@ -452,7 +629,7 @@ fn exists(path: &Path) -> Result<bool, TlsError> {
     })
 }
 
-fn create_dir(dir: &Path) -> Result<(), TlsError> {
+pub(crate) fn create_dir(dir: &Path) -> Result<(), TlsError> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -465,7 +642,7 @@ fn create_dir(dir: &Path) -> Result<(), TlsError> {
 }
 
 /// Warns (without contents) when a private key file is readable by others.
-fn warn_if_readable(path: &Path) {
+pub(crate) fn warn_if_readable(path: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -481,7 +658,11 @@ fn warn_if_readable(path: &Path) {
 
 /// Writes `contents` to `path` via a synced temporary file and a rename;
 /// `private` files get mode 0600.
-fn write_atomically(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsError> {
+pub(crate) fn write_atomically(
+    path: &Path,
+    contents: &[u8],
+    private: bool,
+) -> Result<(), TlsError> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
@@ -529,7 +710,7 @@ fn write_atomically(path: &Path, contents: &[u8], private: bool) -> Result<(), T
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rustls::{ClientConnection, ServerConnection};
 
@@ -569,7 +750,7 @@ mod tests {
     }
 
     /// Runs a TLS handshake in memory, then sends one message.
-    fn handshake(
+    pub(crate) fn handshake(
         client_cfg: Arc<ClientConfig>,
         server_cfg: Arc<ServerConfig>,
         server_name: &str,

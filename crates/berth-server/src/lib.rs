@@ -1,15 +1,24 @@
 //! berth-server: wires one node together — node store, multi-raft loop,
 //! cluster map, services, the native gRPC listener and the admin HTTP
-//! listener — and runs it until SIGTERM/SIGINT.
+//! listener — and runs it until SIGTERM/SIGINT. A node is either the first
+//! of its cluster (it creates the CA and the cluster map) or joined one
+//! (`--join`, [`join`]): its certificate then comes from the cluster.
 //!
 //! Invariants:
 //! - Every listener speaks TLS with the node certificate unless the operator
 //!   passed `--insecure` (which is announced loudly).
+//! - Raft traffic is accepted only from a peer proving its node id: its
+//!   node certificate as TLS client certificate (a node ticket only with
+//!   `--insecure`).
 //! - Nothing is served before the node's shards are restored; requests that
 //!   arrive while the cluster map is still loading get a retryable error.
 //! - One data directory is used by at most one process (an exclusive lock).
+//! - A data directory belongs to a cluster once it holds an identity, which
+//!   is written last; a failed join leaves none.
 
 pub mod admin;
+pub mod identity;
+pub mod join;
 pub mod kafka;
 pub mod kafka_sasl;
 pub mod metrics;
@@ -28,11 +37,11 @@ use berth_api::v1::{
     streams_server::StreamsServer, volumes_server::VolumesServer,
 };
 use berth_fs::Namespace;
-use berth_meta::map::{NodeRecord, META_SHARD};
+use berth_meta::map::{NodeRecord, NodeState, META_SHARD};
 use berth_meta::{Bootstrap, Meta, Router};
-use berth_raft::RaftNode;
-use berth_store::{Durability, Space, Store};
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use berth_raft::{NodeId, RaftNode};
+use berth_store::Store;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::metrics::RequestMetrics;
 use crate::native::{GrpcTransport, MetaDirectory, Native};
@@ -82,6 +91,9 @@ pub struct Config {
     /// Topology labels of this node (`--label zone=a`), recorded in the
     /// cluster map at every start.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `--join HOST:PORT --join-token T`: join that cluster on the first
+    /// start (ignored once the data directory holds an identity).
+    pub join: Option<join::JoinConfig>,
     /// A node silent this long is down and its replicas are re-created
     /// elsewhere (`--node-down-timeout`).
     pub node_down_timeout: Duration,
@@ -94,14 +106,17 @@ pub const NODE_DOWN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5 * 60);
 /// plans.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A topology label's key and value (`--label`), as the cluster map takes
+/// them.
+pub fn validate_label(k: &str, v: &str) -> Result<(), berth_meta::Error> {
+    berth_meta::map::validate_label(k, v)
+}
+
 /// A running node's parts, shared by the listeners.
 pub struct Node {
     pub native: Arc<Native>,
     pub store: Arc<Store>,
 }
-
-/// This node's identity, kept in the store's local space.
-const LOCAL_IDENTITY_KEY: &[u8] = b"node-identity";
 
 struct Paths {
     store: PathBuf,
@@ -214,87 +229,134 @@ fn random_hex(bytes: usize) -> String {
         .collect()
 }
 
+/// How this start of the node came about.
+enum Start {
+    /// An empty data directory and no `--join`: node 1 of a new cluster.
+    Bootstrap,
+    /// The data directory holds an identity.
+    Restart(identity::Identity),
+    /// The join just admitted the node; its files are written.
+    Joined(identity::Identity),
+}
+
+/// What a failed join attempt must remove so the data directory does not
+/// look joined, nor keep half of a join: only what the attempt created.
+struct JoinCleanup {
+    data_dir: PathBuf,
+    data_dir_created: bool,
+    lock_created: bool,
+    store_created: bool,
+    tls_created: bool,
+    tls_files: Vec<PathBuf>,
+}
+
+impl JoinCleanup {
+    fn run(self, paths: &Paths) {
+        let remove = |p: &Path, dir: bool| {
+            let r = if dir {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
+            match r {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %p.display(), error = %e, "could not remove what the failed join created")
+                }
+                _ => {}
+            }
+        };
+        if self.data_dir_created {
+            remove(&self.data_dir, true);
+            return;
+        }
+        for f in &self.tls_files {
+            remove(f, false);
+        }
+        if self.tls_created {
+            remove(&paths.tls, true);
+        }
+        if self.store_created {
+            remove(&paths.store, true);
+        }
+        if self.lock_created {
+            remove(&paths.lock, false);
+        }
+    }
+}
+
+/// Joins the cluster (`--join`): asks for admission, then writes the TLS
+/// material and, last and synced, the identity. On failure removes what
+/// this attempt created, so the data directory does not look joined.
+async fn join_cluster(
+    join: &join::JoinConfig,
+    app: join::Application,
+    paths: &Paths,
+    mut cleanup: JoinCleanup,
+) -> anyhow::Result<(Arc<Store>, identity::Identity)> {
+    let joined = match join::join(join, app).await {
+        Ok(j) => j,
+        Err(e) => {
+            cleanup.run(paths);
+            return Err(e.into());
+        }
+    };
+    let id = identity::Identity {
+        node_id: joined.node_id,
+        cluster_id: joined.cluster_id.clone(),
+        cluster_name: joined.cluster_name.clone(),
+    };
+    // Named before writing, so a write that fails half-way is undone too.
+    let tls = berth_security::tls::TlsPaths::in_dir(&paths.tls);
+    cleanup.tls_files = vec![tls.node_key, tls.node_cert, tls.ca_cert];
+    let local = (|| -> anyhow::Result<Arc<Store>> {
+        berth_security::tls::write_joined(&paths.tls, &joined.material)
+            .context("writing the TLS material the cluster sent")?;
+        let store = Arc::new(
+            Store::open(&paths.store)
+                .with_context(|| format!("opening node store in {}", paths.store.display()))?,
+        );
+        identity::write(&store, &id, Some(&joined.peers)).context("recording the identity")?;
+        Ok(store)
+    })();
+    match local {
+        Ok(store) => {
+            tracing::info!(node_id = id.node_id, cluster = %joined.cluster_name, cluster_id = %id.cluster_id, "joined the cluster");
+            Ok((store, id))
+        }
+        Err(e) => {
+            cleanup.run(paths);
+            Err(e.context(format!(
+                "the cluster admitted this node as node {} but it could not record that; the \
+                 cluster map lists node {} as joining: join again with a new token",
+                id.node_id, id.node_id
+            )))
+        }
+    }
+}
+
 /// Runs a node until SIGINT or SIGTERM.
+///
+/// A data directory with an identity restarts as that node (`--join` is
+/// then ignored). An empty one starts node 1 of a new cluster, or, with
+/// `--join`, joins an existing cluster first. A node that holds a replica
+/// of the meta shard then starts what needs the cluster map
+/// ([`ClusterServices::start`]); a node that joined holds none until the
+/// cluster gives it replicas, and waits.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     berth_security::tls::install_crypto_provider();
+    let data_dir_created = !cfg.data_dir.exists();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let paths = Paths::new(&cfg.data_dir);
+    let lock_created = !paths.lock.exists();
     let _lock = lock_data_dir(&paths.lock)?;
-    let store = Arc::new(
-        Store::open(&paths.store)
-            .with_context(|| format!("opening node store in {}", paths.store.display()))?,
-    );
-
-    // Identity: node 1 of a new cluster on first start. (Joining an existing
-    // cluster arrives with scale-out.)
-    let first_start = store.get(Space::Local, LOCAL_IDENTITY_KEY)?.is_none();
-    let node_id: u64 = 1;
-
-    // TLS material, always created (so switching --insecure off later works).
     let mut advertise = cfg.advertise.clone();
     if advertise.is_empty() {
         advertise.push(hostname());
     }
-    berth_security::tls::ensure_ca(&paths.tls, &cfg.cluster_name)
-        .context("creating the cluster CA")?;
-    let tls =
-        berth_security::tls::ensure_node_cert(&paths.tls, &format!("node-{node_id}"), &advertise)
-            .context("creating the node certificate")?;
-    let ca_pem = berth_security::tls::load_pem(&tls.ca_cert)?;
-    let ca_sha256 = berth_security::join::ca_sha256(&ca_pem)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", tls.ca_cert.display()))?;
-    let cert_pem = berth_security::tls::load_pem(&tls.node_cert)?;
-    let key_pem = berth_security::tls::load_pem(&tls.node_key)?;
 
-    let directory = MetaDirectory::new(node_id);
-    let transport = GrpcTransport::new(
-        node_id,
-        directory.clone(),
-        (!cfg.insecure).then(|| ca_pem.clone()),
-        tokio::runtime::Handle::current(),
-    );
-    let raft = RaftNode::start(
-        store.clone(),
-        berth_raft::Config::new(node_id),
-        transport.clone(),
-    )
-    .context("starting the multi-raft loop")?;
-    let router = Arc::new(Router::new(raft.clone(), node_id));
-    router.set_forwarder(transport.clone());
-    let meta = Meta::new(router);
-    let driver = berth_meta::pd::Driver::new(
-        meta.clone(),
-        Arc::new(native::node_admin::GrpcShardAdmin(transport.clone())),
-        placement_settings(cfg.node_down_timeout),
-    );
-    directory.attach(meta.clone());
-    let ns = Namespace::new(meta.clone());
-    let streams = berth_streams::Streams::new(ns.clone());
-    let retention = streams.spawn_retention(match cfg.stream_sweep_ms {
-        0 => STREAM_RETENTION_INTERVAL,
-        ms => Duration::from_millis(ms),
-    });
-    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
-    let native = Arc::new(Native {
-        meta: meta.clone(),
-        ns: ns.clone(),
-        raft: raft.clone(),
-        metrics: Arc::new(RequestMetrics::default()),
-        node_id,
-        ready: ready_rx,
-    });
-    let node = Arc::new(Node {
-        native: native.clone(),
-        store: store.clone(),
-    });
-    let lease_ms = match cfg.lock_lease_ms {
-        0 => berth_fs::locks::LEASE_MS_DEFAULT,
-        ms => ms,
-    };
-    let locks = berth_fs::locks::LockService::new(meta.clone(), lease_ms, rand::random());
-
-    // Listeners first, so peers can reach this node while it settles.
+    // Listeners first: peers can reach this node while it settles, and a
+    // joining node knows the ports it tells the cluster.
     let native_listener = tokio::net::TcpListener::bind(cfg.native_addr)
         .await
         .with_context(|| {
@@ -339,6 +401,154 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         (Some(a), None) => Some((advertise[0].clone(), i32::from(a.port()))),
     };
+    let advertised_native = host_port(&advertise[0], i32::from(native_addr.port()));
+    let advertised_admin = host_port(&advertise[0], i32::from(admin_addr.port()));
+    let advertised_kafka = kafka_advertised
+        .as_ref()
+        .map(|(h, p)| host_port(h, *p))
+        .unwrap_or_default();
+
+    // Who this node is.
+    let existing = if paths.store.exists() {
+        let store = Arc::new(
+            Store::open(&paths.store)
+                .with_context(|| format!("opening node store in {}", paths.store.display()))?,
+        );
+        let id = identity::read(&store)?;
+        Some((store, id))
+    } else {
+        None
+    };
+    let (store, start) = match (existing, &cfg.join) {
+        (Some((store, Some(id))), join) => {
+            if join.is_some() {
+                tracing::info!(node_id = id.node_id, data_dir = %cfg.data_dir.display(), "this data directory already belongs to a cluster member: --join is ignored");
+            }
+            (store, Start::Restart(id))
+        }
+        (existing, None) => {
+            let store =
+                match existing {
+                    Some((store, _)) => store,
+                    None => Arc::new(Store::open(&paths.store).with_context(|| {
+                        format!("opening node store in {}", paths.store.display())
+                    })?),
+                };
+            (store, Start::Bootstrap)
+        }
+        (existing, Some(join)) => {
+            if cfg.insecure {
+                bail!(
+                    "--join needs TLS: the join token is only sent to a server that proves it \
+                     holds the cluster CA; drop --insecure"
+                );
+            }
+            if paths.tls.join("ca.key").exists() {
+                bail!(
+                    "{} holds a cluster CA key: it was the first node of a cluster and cannot \
+                     join another; use an empty data directory to join",
+                    cfg.data_dir.display()
+                );
+            }
+            let store_created = existing.is_none();
+            drop(existing);
+            let cleanup = JoinCleanup {
+                data_dir: cfg.data_dir.clone(),
+                data_dir_created,
+                lock_created,
+                store_created,
+                tls_created: !paths.tls.exists(),
+                tls_files: Vec::new(),
+            };
+            let app = join::Application {
+                advertise: advertise.clone(),
+                native_addr: advertised_native.clone(),
+                admin_addr: advertised_admin.clone(),
+                kafka_addr: advertised_kafka.clone(),
+                labels: cfg.labels.clone(),
+            };
+            let (store, id) = join_cluster(join, app, &paths, cleanup).await?;
+            (store, Start::Joined(id))
+        }
+    };
+    let node_id: NodeId = match &start {
+        Start::Bootstrap => 1,
+        Start::Restart(id) | Start::Joined(id) => id.node_id,
+    };
+    // Node 1 created the cluster CA and issues its own certificate; a node
+    // that joined got its certificate from the cluster and has no CA key.
+    let bootstrap_node = node_id == 1;
+
+    // TLS material, always (so switching --insecure off later works).
+    let material = if bootstrap_node {
+        berth_security::tls::ensure_ca(&paths.tls, &cfg.cluster_name)
+            .context("creating the cluster CA")?;
+        berth_security::tls::ensure_node_cert(
+            &paths.tls,
+            &berth_security::tls::node_common_name(node_id),
+            &advertise,
+        )
+        .context("creating the node certificate")?;
+        berth_security::tls::load_node(&paths.tls)?
+    } else {
+        berth_security::tls::load_joined(&paths.tls).context("loading the node's TLS material")?
+    };
+    let local_ca = if bootstrap_node {
+        Some(berth_security::tls::load_ca(&paths.tls).context("reading the cluster CA")?)
+    } else {
+        None
+    };
+    let ca_sha256 = berth_security::join::ca_sha256(&material.ca_pem)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", paths.tls.join("ca.crt").display()))?;
+
+    let directory = MetaDirectory::new(node_id);
+    directory.remember(identity::read_peers(&store)?);
+    let transport = GrpcTransport::new(
+        node_id,
+        directory.clone(),
+        (!cfg.insecure).then(|| material.clone()),
+        tokio::runtime::Handle::current(),
+    );
+    let raft = RaftNode::start(
+        store.clone(),
+        berth_raft::Config::new(node_id),
+        transport.clone(),
+    )
+    .context("starting the multi-raft loop")?;
+    let router = Arc::new(Router::new(raft.clone(), node_id));
+    router.set_forwarder(transport.clone());
+    let meta = Meta::new(router);
+    directory.attach(meta.clone());
+    let driver = berth_meta::pd::Driver::new(
+        meta.clone(),
+        Arc::new(native::node_admin::GrpcShardAdmin(transport.clone())),
+        placement_settings(cfg.node_down_timeout),
+    );
+    let ns = Namespace::new(meta.clone());
+    let streams = berth_streams::Streams::new(ns.clone());
+    let retention = streams.spawn_retention(match cfg.stream_sweep_ms {
+        0 => STREAM_RETENTION_INTERVAL,
+        ms => Duration::from_millis(ms),
+    });
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let native = Arc::new(Native {
+        meta: meta.clone(),
+        ns: ns.clone(),
+        raft: raft.clone(),
+        metrics: Arc::new(RequestMetrics::default()),
+        node_id,
+        ready: ready_rx,
+        awaiting_replicas: Default::default(),
+    });
+    let node = Arc::new(Node {
+        native: native.clone(),
+        store: store.clone(),
+    });
+    let lease_ms = match cfg.lock_lease_ms {
+        0 => berth_fs::locks::LEASE_MS_DEFAULT,
+        ms => ms,
+    };
+    let locks = berth_fs::locks::LockService::new(meta.clone(), lease_ms, rand::random());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(locks.clone().run_expiry(stop_rx.clone()));
@@ -352,12 +562,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .initial_connection_window_size(berth_api::H2_CONNECTION_WINDOW)
             .max_frame_size(berth_api::H2_FRAME_BYTES);
         if !cfg.insecure {
+            // The CA certificate goes with the node's, so a joining node that
+            // knows the CA only by its fingerprint finds it. Client
+            // certificates are optional: nodes present theirs on the Raft
+            // stream; clients with tickets present none.
             builder = builder
                 .tls_config(
-                    ServerTlsConfig::new().identity(Identity::from_pem(&cert_pem, &key_pem)),
+                    ServerTlsConfig::new()
+                        .identity(Identity::from_pem(material.chain_pem(), &material.key_pem))
+                        .client_ca_root(Certificate::from_pem(&material.ca_pem))
+                        .client_auth_optional(true),
                 )
                 .context("configuring TLS for the native API")?;
         }
+        let raft_auth = if cfg.insecure {
+            native::PeerAuth::Ticket(meta.clone())
+        } else {
+            native::PeerAuth::Certificate
+        };
         let router = builder
             .add_service(
                 NamespaceServer::new(native::NamespaceService(native.clone()))
@@ -386,12 +608,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 raft: raft.clone(),
                 meta: meta.clone(),
                 driver: driver.clone(),
-                auth: meta.clone(),
+                auth: raft_auth.clone(),
             }))
             .add_service(
                 RaftTransportServer::new(native::RaftService {
                     raft: raft.clone(),
-                    auth: meta.clone(),
+                    auth: raft_auth,
                 })
                 .max_decoding_message_size(native::RAFT_BATCH_BYTES_MAX),
             );
@@ -429,8 +651,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     .await
             })
         } else {
-            let server_cfg = berth_security::tls::server_config(&cert_pem, &key_pem)
-                .context("configuring TLS for the admin listener")?;
+            let server_cfg =
+                berth_security::tls::server_config(&material.chain_pem(), &material.key_pem)
+                    .context("configuring TLS for the admin listener")?;
             let listener = admin::TlsListener {
                 tcp: admin_listener,
                 acceptor: tokio_rustls::TlsAcceptor::from(server_cfg),
@@ -443,144 +666,123 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
 
-    // Shards and the cluster map.
-    let meta_desc = berth_meta::map::ShardRecord::meta(vec![node_id]).desc();
-    if first_start {
-        raft.create_shard(meta_desc)?;
-    }
-    wait_leader(&raft, META_SHARD).await?;
-    let now = berth_security::now_secs();
     let node_rec = NodeRecord {
         id: node_id,
-        native_addr: format!("{}:{}", advertise[0], native_addr.port()),
-        admin_addr: format!("{}:{}", advertise[0], admin_addr.port()),
+        native_addr: advertised_native,
+        admin_addr: advertised_admin,
         advertise: advertise.clone(),
-        started_at: now,
-        kafka_addr: kafka_advertised
-            .as_ref()
-            .map(|(h, p)| host_port(h, *p))
-            .unwrap_or_default(),
+        started_at: berth_security::now_secs(),
+        kafka_addr: advertised_kafka,
         labels: cfg.labels.clone(),
+        state: NodeState::Up,
     };
-    if first_start {
+    if let Start::Bootstrap = start {
+        let meta_desc = berth_meta::map::ShardRecord::meta(vec![node_id]).desc();
+        raft.create_shard(meta_desc)?;
+        wait_leader(&raft, META_SHARD).await?;
+        let cluster_id = random_hex(16);
         let b = Bootstrap {
             cluster_name: cfg.cluster_name.clone(),
-            cluster_id: random_hex(16),
+            cluster_id: cluster_id.clone(),
             node: node_rec.clone(),
-            now_secs: now,
+            ca: local_ca
+                .clone()
+                .context("the first node of a cluster holds the CA")?,
+            now_secs: node_rec.started_at,
             now_ns: berth_fs::namespace::now_ns(),
         };
         settle("writing the initial cluster map", || meta.bootstrap(&b)).await?;
-        let mut batch = store.batch();
-        batch.put(Space::Local, LOCAL_IDENTITY_KEY, &node_id.to_be_bytes());
-        store.write(batch, Durability::Sync)?;
+        // A crash before this line repeats the first start; bootstrap is
+        // idempotent, and the cluster id it keeps is the map's.
+        let cluster_id = meta
+            .map()
+            .cluster
+            .as_ref()
+            .map(|c| c.id.clone())
+            .unwrap_or(cluster_id);
+        identity::write(
+            &store,
+            &identity::Identity {
+                node_id,
+                cluster_id,
+                cluster_name: cfg.cluster_name.clone(),
+            },
+            None,
+        )?;
     }
-    settle("loading the cluster map", || meta.refresh()).await?;
-    settle("registering this node", || meta.register_node(&node_rec)).await?;
-    meta.spawn_watcher();
-    for s in meta
-        .map()
-        .shards
-        .iter()
-        .filter(|s| s.replicas.contains(&node_id))
-    {
-        wait_leader(&raft, s.id).await?;
-    }
-    settle("finishing interrupted volume changes", || ns.reconcile()).await?;
-    settle("recording shard leaders", || meta.report_leaders()).await?;
-    if cfg.kafka_addr.is_some() {
-        // Where plain Kafka names live, from the first start. A path the
-        // operator used for something else is reported, not fatal: plain
-        // names then fail with an error naming it.
-        let path = &cfg.kafka_default_stream;
-        if let Err(e) = settle("creating the default Kafka stream", || {
-            streams.ensure_default_stream(path)
-        })
-        .await
-        {
-            tracing::warn!(stream = %path, error = %e, "the default Kafka stream is not ready: plain topic and group names will fail until it exists (berth stream create {path}, or --kafka-default-stream)");
-        }
-    }
-    meta.spawn_leader_reporter(LEADER_REPORT_INTERVAL);
+
+    let services = ClusterServices {
+        cfg: cfg.clone(),
+        node_id,
+        raft: raft.clone(),
+        meta: meta.clone(),
+        ns: ns.clone(),
+        streams: streams.clone(),
+        node_rec,
+        local_ca,
+        material: material.clone(),
+        admin_ticket: paths.admin_ticket.clone(),
+        kafka: parking_lot::Mutex::new(kafka_listener.zip(kafka_advertised)),
+        kafka_addr,
+        native_addr,
+        admin_addr,
+        ready: ready_tx,
+        stop: stop_rx.clone(),
+    };
+    // Heartbeats from the start: a joined node is given its replicas (the
+    // meta shard's first) by the placement driver, which knows it alive by
+    // them.
     native::node_admin::spawn_heartbeats(
         driver.clone(),
         meta.clone(),
         transport.clone(),
+        directory.clone(),
         HEARTBEAT_INTERVAL,
     );
-
-    // The admin ticket in the data directory (single-node convenience).
-    let ticket_valid = std::fs::read_to_string(&paths.admin_ticket)
-        .ok()
-        .and_then(|t| meta.authenticate(t.trim()).ok().map(|_| t))
-        .and_then(|t| berth_security::ticket::decode_unverified(t.trim()).ok())
-        .is_some_and(|b| b.expires_at > now + ADMIN_TICKET_RENEW_SECS);
-    if !ticket_valid {
-        let (ticket, _) = meta.sign_for("admin", None, ADMIN_TICKET_TTL_SECS)?;
-        write_private(&paths.admin_ticket, &format!("{ticket}\n"))?;
-    }
-
-    // Kafka clients are told this node's address in Metadata, so they
-    // connect only once the cluster map is known.
-    let kafka = match (kafka_listener, kafka_advertised) {
-        (Some(listener), Some((advertised_host, advertised_port))) => {
-            let tls = if cfg.insecure {
-                None
-            } else {
-                Some(
-                    berth_security::tls::server_config(&cert_pem, &key_pem)
-                        .context("configuring TLS for the Kafka listener")?,
-                )
-            };
-            let backend = Arc::new(kafka::StreamsBackend::new(
-                streams.clone(),
-                meta.clone(),
-                cfg.kafka_default_stream.clone(),
-                cfg.kafka_principal_streams.clone(),
-            ));
-            let kcfg = berth_kafka::KafkaConfig {
-                node_id: i32::try_from(node_id).unwrap_or(i32::MAX),
-                advertised_host,
-                advertised_port,
-                cluster_id: meta.map().cluster_name().to_string(),
-                ..Default::default()
-            };
-            let mut stop = stop_rx.clone();
-            Some(tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                if let Err(e) = berth_kafka::serve(listener, tls, backend, kcfg, shutdown).await {
-                    tracing::error!(error = %e, "the Kafka listener stopped");
-                }
-            }))
+    let mut kafka = None;
+    let mut stopped = false;
+    if raft.shards().iter().any(|d| d.id == META_SHARD) {
+        kafka = services.start().await?;
+    } else {
+        // A joined node: the cluster adds it to shards (the placement
+        // runtime); until it holds a replica of the meta shard it has no
+        // cluster map, serves no requests and answers Raft traffic only.
+        native
+            .awaiting_replicas
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let (cluster_name, cluster_id) = match &start {
+            Start::Restart(id) | Start::Joined(id) => {
+                (id.cluster_name.clone(), id.cluster_id.clone())
+            }
+            Start::Bootstrap => Default::default(),
+        };
+        println!("berth node {node_id} joined cluster '{cluster_name}' ({cluster_id}): waiting for the cluster to give it replicas");
+        println!("  native API   {native_addr} (TLS; Raft traffic from the cluster's nodes)");
+        println!("  data         {}", cfg.data_dir.display());
+        tracing::info!(node_id, cluster_id, %native_addr, "waiting for the cluster to give this node replicas");
+        tokio::select! {
+            () = wait_for_signal() => stopped = true,
+            () = wait_meta_replica(&raft) => {}
         }
-        _ => None,
-    };
-
-    let _ = ready_tx.send(true);
-    let cluster = meta.map().cluster_name().to_string();
-    let scheme = if cfg.insecure { "plaintext" } else { "TLS" };
-    println!("berth node {node_id} of cluster '{cluster}' is serving");
-    println!("  native API   {native_addr} ({scheme})");
-    println!("  admin HTTP   {admin_addr} ({scheme}: /health, /metrics)");
-    if let Some(a) = kafka_addr {
-        println!(
-            "  kafka        {a} ({}, SASL PLAIN, SCRAM-SHA-256/512, OAUTHBEARER; plain topic names in {})",
-            if cfg.insecure { "plaintext" } else { "TLS" },
-            cfg.kafka_default_stream
-        );
+        if !stopped {
+            println!("berth node {node_id} holds a copy of the cluster map: starting its services");
+            kafka = services.start().await?;
+            native
+                .awaiting_replicas
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            if let Err(e) = settle("marking this node up", || {
+                meta.set_node_state(node_id, NodeState::Up)
+            })
+            .await
+            {
+                tracing::warn!(error = %e, "this node stays 'joining' in the cluster map");
+            }
+        }
     }
-    println!("  data         {}", cfg.data_dir.display());
-    println!("  cluster CA   {}", tls.ca_cert.display());
-    println!("  admin ticket {}", paths.admin_ticket.display());
-    if cfg.insecure {
-        println!("WARNING: --insecure: listeners accept plaintext connections. Use only for local development.");
-    }
-    println!("next: berth ls /    (from the directory holding ./berth-data, or set BERTH_TICKET_FILE and BERTH_CA_FILE)");
-    tracing::info!(node_id, %native_addr, %admin_addr, "serving");
 
-    wait_for_signal().await;
+    if !stopped {
+        wait_for_signal().await;
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
@@ -591,6 +793,181 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     retention.abort();
     raft.shutdown();
     Ok(())
+}
+
+/// What a node starts once it holds a replica of the meta shard: everything
+/// that needs the cluster map. Node 1 starts it at every start; a node that
+/// joined starts it when the cluster gives it a meta replica (the placement
+/// runtime's step, not built yet).
+pub struct ClusterServices {
+    cfg: Config,
+    node_id: NodeId,
+    raft: RaftNode,
+    meta: Arc<Meta>,
+    ns: Arc<Namespace>,
+    streams: Arc<berth_streams::Streams>,
+    /// This node's record as of this start (its state is the cluster's).
+    node_rec: NodeRecord,
+    /// The CA key of node 1, recorded in the map if the map lacks it.
+    local_ca: Option<berth_security::tls::CaMaterial>,
+    material: berth_security::tls::NodeMaterial,
+    admin_ticket: PathBuf,
+    /// The bound Kafka listener and its advertised (host, port); taken by
+    /// the one successful start.
+    kafka: parking_lot::Mutex<Option<(tokio::net::TcpListener, (String, i32))>>,
+    kafka_addr: Option<SocketAddr>,
+    native_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    ready: tokio::sync::watch::Sender<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ClusterServices {
+    /// Loads the cluster map and starts what needs it: the CA record (node
+    /// 1 of a cluster made before table 14), the map cache and its watcher,
+    /// this node's record, the node's shards, unfinished volume changes,
+    /// leader hints, the default Kafka stream, the admin ticket file and
+    /// the Kafka listener; then the node serves requests. Returns the Kafka
+    /// listener's task. Call it once.
+    pub async fn start(&self) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+        let (cfg, meta, node_id) = (&self.cfg, &self.meta, self.node_id);
+        wait_leader(&self.raft, META_SHARD).await?;
+        if let Some(ca) = &self.local_ca {
+            if settle("recording the cluster CA", || meta.ensure_ca_record(ca)).await? {
+                tracing::info!("recorded the cluster CA in the cluster map (table 14)");
+            }
+        }
+        settle("loading the cluster map", || meta.refresh()).await?;
+        settle("registering this node", || {
+            meta.register_node(&self.node_rec)
+        })
+        .await?;
+        meta.spawn_watcher();
+        for s in meta
+            .map()
+            .shards
+            .iter()
+            .filter(|s| s.replicas.contains(&node_id))
+        {
+            wait_leader(&self.raft, s.id).await?;
+        }
+        settle("finishing interrupted volume changes", || {
+            self.ns.reconcile()
+        })
+        .await?;
+        settle("recording shard leaders", || meta.report_leaders()).await?;
+        if cfg.kafka_addr.is_some() {
+            // Where plain Kafka names live, from the first start. A path the
+            // operator used for something else is reported, not fatal: plain
+            // names then fail with an error naming it.
+            let path = &cfg.kafka_default_stream;
+            if let Err(e) = settle("creating the default Kafka stream", || {
+                self.streams.ensure_default_stream(path)
+            })
+            .await
+            {
+                tracing::warn!(stream = %path, error = %e, "the default Kafka stream is not ready: plain topic and group names will fail until it exists (berth stream create {path}, or --kafka-default-stream)");
+            }
+        }
+        meta.spawn_leader_reporter(LEADER_REPORT_INTERVAL);
+
+        // The admin ticket in the data directory (single-node convenience).
+        let now = berth_security::now_secs();
+        let ticket_valid = std::fs::read_to_string(&self.admin_ticket)
+            .ok()
+            .and_then(|t| meta.authenticate(t.trim()).ok().map(|_| t))
+            .and_then(|t| berth_security::ticket::decode_unverified(t.trim()).ok())
+            .is_some_and(|b| b.expires_at > now + ADMIN_TICKET_RENEW_SECS);
+        if !ticket_valid {
+            let (ticket, _) = meta.sign_for("admin", None, ADMIN_TICKET_TTL_SECS)?;
+            write_private(&self.admin_ticket, &format!("{ticket}\n"))?;
+        }
+
+        // Kafka clients are told this node's address in Metadata, so they
+        // connect only once the cluster map is known.
+        let kafka = match self.kafka.lock().take() {
+            Some((listener, (advertised_host, advertised_port))) => {
+                let tls = if cfg.insecure {
+                    None
+                } else {
+                    Some(
+                        berth_security::tls::server_config(
+                            &self.material.chain_pem(),
+                            &self.material.key_pem,
+                        )
+                        .context("configuring TLS for the Kafka listener")?,
+                    )
+                };
+                let backend = Arc::new(kafka::StreamsBackend::new(
+                    self.streams.clone(),
+                    meta.clone(),
+                    cfg.kafka_default_stream.clone(),
+                    cfg.kafka_principal_streams.clone(),
+                ));
+                let kcfg = berth_kafka::KafkaConfig {
+                    node_id: i32::try_from(node_id).unwrap_or(i32::MAX),
+                    advertised_host,
+                    advertised_port,
+                    cluster_id: meta.map().cluster_name().to_string(),
+                    ..Default::default()
+                };
+                let mut stop = self.stop.clone();
+                Some(tokio::spawn(async move {
+                    let shutdown = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = berth_kafka::serve(listener, tls, backend, kcfg, shutdown).await
+                    {
+                        tracing::error!(error = %e, "the Kafka listener stopped");
+                    }
+                }))
+            }
+            None => None,
+        };
+
+        let _ = self.ready.send(true);
+        let cluster = meta.map().cluster_name().to_string();
+        let scheme = if cfg.insecure { "plaintext" } else { "TLS" };
+        println!("berth node {node_id} of cluster '{cluster}' is serving");
+        println!("  native API   {} ({scheme})", self.native_addr);
+        println!(
+            "  admin HTTP   {} ({scheme}: /health, /metrics)",
+            self.admin_addr
+        );
+        if let Some(a) = self.kafka_addr {
+            println!(
+                "  kafka        {a} ({scheme}, SASL PLAIN, SCRAM-SHA-256/512, OAUTHBEARER; plain topic names in {})",
+                cfg.kafka_default_stream
+            );
+        }
+        println!("  data         {}", cfg.data_dir.display());
+        println!(
+            "  cluster CA   {}",
+            cfg.data_dir.join("tls").join("ca.crt").display()
+        );
+        println!("  admin ticket {}", self.admin_ticket.display());
+        if cfg.insecure {
+            println!("WARNING: --insecure: listeners accept plaintext connections. Use only for local development.");
+        }
+        println!("next: berth ls /    (from the directory holding ./berth-data, or set BERTH_TICKET_FILE and BERTH_CA_FILE)");
+        tracing::info!(node_id, native_addr = %self.native_addr, admin_addr = %self.admin_addr, "serving");
+        Ok(kafka)
+    }
+}
+
+/// Waits until this node holds an initialized replica of the meta shard (the
+/// placement driver added it and its first snapshot arrived) that knows its
+/// leader.
+async fn wait_meta_replica(raft: &RaftNode) {
+    loop {
+        let ready = raft.status().iter().any(|s| {
+            s.id == META_SHARD && s.membership.contains(raft.node_id()) && s.leader.is_some()
+        });
+        if ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The placement driver's settings: a node is suspect (gets no new replicas) after a tenth

@@ -74,6 +74,19 @@ pub struct ServerArgs {
     /// replicas elsewhere [default: 5m].
     #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_ttl)]
     pub node_down_timeout: Option<std::time::Duration>,
+    /// HOST:PORT of a node of an existing cluster to join on the first
+    /// start (with --join-token; ignored once the node has joined).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Option<String>,
+    /// Join token from `berth node token create` (a secret: prefer the
+    /// environment variable or the config file to the command line).
+    #[arg(
+        long,
+        env = "BERTH_JOIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub join_token: Option<String>,
 }
 
 /// The config file: every key optional, unknown keys rejected so a typo
@@ -98,6 +111,8 @@ struct FileConfig {
     labels: Option<std::collections::BTreeMap<String, String>>,
     /// `"5m"`
     node_down_timeout: Option<String>,
+    join: Option<String>,
+    join_token: Option<String>,
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
@@ -181,7 +196,7 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
                 m.insert(k.to_string(), v.to_string());
             }
             for (k, v) in &m {
-                check_label(k, v)?;
+                berth_server::validate_label(k, v).map_err(|e| anyhow::anyhow!("{}", e.message))?;
             }
             m
         },
@@ -191,24 +206,27 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
                 .map_err(|e| anyhow::anyhow!("node_down_timeout {s:?}: {e}"))?,
             (None, None) => berth_server::NODE_DOWN_TIMEOUT_DEFAULT,
         },
+        join: match (args.join.or(file.join), args.join_token.or(file.join_token)) {
+            (Some(addr), Some(token)) => {
+                anyhow::ensure!(
+                    addr.rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+                    "--join {addr:?}: HOST:PORT of a node of the cluster, e.g. node1:5660"
+                );
+                Some(berth_server::join::JoinConfig {
+                    addr,
+                    token: token.trim().to_string(),
+                })
+            }
+            (Some(_), None) => {
+                anyhow::bail!("--join needs --join-token (or BERTH_JOIN_TOKEN, or join_token in the config file)")
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("--join-token needs --join HOST:PORT (a node of the cluster to join)")
+            }
+            (None, None) => None,
+        },
     })
-}
-
-/// Longest label key or value.
-const LABEL_LEN_MAX: usize = 63;
-
-/// A label's key and value: 1 to 63 of `[A-Za-z0-9._-]`.
-fn check_label(k: &str, v: &str) -> Result<()> {
-    for (what, s) in [("key", k), ("value", v)] {
-        anyhow::ensure!(
-            !s.is_empty()
-                && s.len() <= LABEL_LEN_MAX
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
-            "label {k}={v}: the {what} must be 1 to {LABEL_LEN_MAX} letters, digits, '.', '_' or '-'"
-        );
-    }
-    Ok(())
 }
 
 fn read_config(path: &Path) -> Result<FileConfig> {
@@ -354,6 +372,54 @@ mod tests {
                 })
                 .is_err(),
                 "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn join_settings() {
+        assert!(resolve(ServerArgs::default()).unwrap().join.is_none());
+        let c = resolve(ServerArgs {
+            join: Some("node1:5660".into()),
+            join_token: Some(" berthjoin1.a.b \n".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let j = c.join.unwrap();
+        assert_eq!(
+            (j.addr.as_str(), j.token.as_str()),
+            ("node1:5660", "berthjoin1.a.b")
+        );
+        assert!(!format!("{j:?}").contains("berthjoin1"), "{j:?}");
+        // From the file, the flag winning.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("berth.toml");
+        std::fs::write(&p, "join = \"a:1\"\njoin_token = \"berthjoin1.f.f\"\n").unwrap();
+        let c = resolve(ServerArgs {
+            config: Some(p.clone()),
+            join: Some("b:2".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let j = c.join.unwrap();
+        assert_eq!(
+            (j.addr.as_str(), j.token.as_str()),
+            ("b:2", "berthjoin1.f.f")
+        );
+        for (join, token) in [
+            (Some("a:1"), None),
+            (None, Some("berthjoin1.a.b")),
+            (Some("no-port"), Some("berthjoin1.a.b")),
+            (Some(":5660"), Some("berthjoin1.a.b")),
+        ] {
+            assert!(
+                resolve(ServerArgs {
+                    join: join.map(Into::into),
+                    join_token: token.map(Into::into),
+                    ..Default::default()
+                })
+                .is_err(),
+                "{join:?} {token:?}"
             );
         }
     }

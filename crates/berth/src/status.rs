@@ -34,6 +34,7 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
         ("ADMIN", Align::Left),
         ("ALIVE", Align::Left),
         ("STARTED", Align::Left),
+        ("STATE", Align::Left),
         ("LABELS", Align::Left),
     ]);
     for n in &s.nodes {
@@ -45,6 +46,11 @@ pub async fn status(ctx: &Ctx) -> Result<()> {
             n.admin_addr.clone(),
             if n.alive { "yes".into() } else { "NO".into() },
             format_time_secs(n.started_at),
+            if n.state.is_empty() {
+                "-".into()
+            } else {
+                n.state.clone()
+            },
             labels.join(","),
         ]);
     }
@@ -108,6 +114,7 @@ fn status_json(s: &ClusterStatus) -> Value {
             "started_at": n.started_at,
             "kafka_addr": n.kafka_addr,
             "labels": n.labels,
+            "state": n.state,
         })).collect::<Vec<_>>(),
         "shards": s.shards.iter().map(|sh| json!({
             "id": sh.id,

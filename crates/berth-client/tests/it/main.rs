@@ -3,7 +3,8 @@
 
 use berth_api::v1::cluster_server::{Cluster, ClusterServer};
 use berth_api::v1::{
-    ClusterStatus, Empty, JoinToken, JoinTokenCreateRequest, JoinTokenList, JoinTokenRevokeRequest,
+    ClusterStatus, Empty, JoinRequest, JoinResponse, JoinToken, JoinTokenCreateRequest,
+    JoinTokenList, JoinTokenRevokeRequest,
 };
 use berth_client::{Client, ClientConfig, ClientError};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -54,6 +55,13 @@ impl Cluster for FakeCluster {
         &self,
         _: tonic::Request<JoinTokenRevokeRequest>,
     ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in the fake"))
+    }
+
+    async fn join(
+        &self,
+        _: tonic::Request<JoinRequest>,
+    ) -> Result<tonic::Response<JoinResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("not in the fake"))
     }
 }

@@ -234,3 +234,159 @@ async fn join_tokens_admit_their_uses_and_no_more() {
         .await
         .is_err());
 }
+
+fn applicant(csr_pem: &str) -> berth_meta::Applicant {
+    berth_meta::Applicant {
+        csr_pem: csr_pem.to_string(),
+        advertise: vec!["n.example".into()],
+        native_addr: "n.example:5660".into(),
+        admin_addr: "n.example:8443".into(),
+        kafka_addr: String::new(),
+        labels: [("zone".to_string(), "b".to_string())].into(),
+    }
+}
+
+/// A join admits a node in one transaction: one use of the token, the next
+/// node id, a certificate signed by the cluster CA for the key the node
+/// made, a record in state `joining`. A refused request costs no use.
+#[tokio::test]
+async fn a_join_admits_a_node_with_a_certificate_of_the_cluster_ca() {
+    use berth_meta::map::{ca_key, CaRecord, NodeState};
+    use berth_security::pki;
+    let k = kernel().await;
+    let ca: CaRecord = {
+        let tx = k.meta.router().begin(META_SHARD).await.unwrap();
+        decode(&tx.peek(&ca_key(1)).unwrap().unwrap(), "ca").unwrap()
+    };
+    let ca_sha = berth_security::join::ca_sha256(&ca.cert_pem).unwrap();
+    let (token, rec) = k
+        .meta
+        .create_join_token(&k.admin, 0, 2, ca_sha, vec![])
+        .await
+        .unwrap();
+
+    // Refused requests: nothing is used.
+    let e = k
+        .meta
+        .admit_node(&token, &applicant("not a request"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, berth_meta::Code::Invalid, "{e}");
+    assert!(e.message.contains("malformed"), "{e}");
+    let req = pki::new_node_request().unwrap();
+    let mut bad_label = applicant(&req.csr_pem);
+    bad_label.labels.insert("zone".into(), "a b".into());
+    assert!(k.meta.admit_node(&token, &bad_label).await.is_err());
+    let listed = k.meta.join_tokens(&k.admin).await.unwrap();
+    assert_eq!(listed.iter().find(|t| t.id == rec.id).unwrap().uses_left, 2);
+
+    let a = k
+        .meta
+        .admit_node(&token, &applicant(&req.csr_pem))
+        .await
+        .unwrap();
+    assert_eq!(a.node.id, 2);
+    assert_eq!(a.node.state, NodeState::Joining);
+    assert_eq!(a.cluster.id, "t");
+    assert_eq!(a.ca_cert_pem, ca.cert_pem);
+    assert_eq!(a.nodes.iter().map(|n| n.id).collect::<Vec<_>>(), vec![1, 2]);
+    use rustls::pki_types::pem::PemObject as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(a.node_cert_pem.as_bytes());
+    assert_eq!(pki::node_id_of_cert(der.unwrap().as_ref()), Some(2));
+    let m = berth_security::tls::NodeMaterial {
+        ca_pem: a.ca_cert_pem.clone(),
+        cert_pem: a.node_cert_pem.clone(),
+        key_pem: req.key_pem.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    berth_security::tls::write_joined(dir.path(), &m).unwrap();
+    let map = k.meta.map();
+    let n2 = map.nodes.iter().find(|n| n.id == 2).unwrap();
+    assert_eq!(
+        (n2.state, n2.labels["zone"].as_str()),
+        (NodeState::Joining, "b")
+    );
+
+    // Ids are never reused: the next join gets 3 even after node 2's record
+    // is gone.
+    let mut tx = k.meta.router().begin(META_SHARD).await.unwrap();
+    tx.delete(berth_meta::map::node_key(2));
+    assert!(matches!(tx.commit().await.unwrap(), Commit::Done(_)));
+    let req3 = pki::new_node_request().unwrap();
+    let a3 = k
+        .meta
+        .admit_node(&token, &applicant(&req3.csr_pem))
+        .await
+        .unwrap();
+    assert_eq!(a3.node.id, 3);
+    let e = k
+        .meta
+        .admit_node(&token, &applicant(&req3.csr_pem))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("used up"), "{e}");
+
+    // A node's registration keeps the state the cluster gave it; the state
+    // changes only through set_node_state.
+    let mut again = a3.node.clone();
+    again.state = NodeState::Up;
+    again.native_addr = "n3:5660".into();
+    k.meta.register_node(&again).await.unwrap();
+    let n3 = |k: &Kernel| {
+        k.meta
+            .map()
+            .nodes
+            .iter()
+            .find(|n| n.id == 3)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (n3(&k).state, n3(&k).native_addr.as_str()),
+        (NodeState::Joining, "n3:5660")
+    );
+    k.meta.set_node_state(3, NodeState::Up).await.unwrap();
+    assert_eq!(n3(&k).state, NodeState::Up);
+    assert_eq!(
+        k.meta
+            .set_node_state(9, NodeState::Up)
+            .await
+            .unwrap_err()
+            .code,
+        berth_meta::Code::NotFound
+    );
+}
+
+/// A cluster bootstrapped before table 14 gets its CA recorded once, from
+/// the first node's files; a map that holds one is left alone.
+#[tokio::test]
+async fn the_ca_is_recorded_once() {
+    use berth_meta::map::{table_range, CaRecord, T_CA};
+    async fn held(k: &Kernel) -> Vec<CaRecord> {
+        let (start, end) = table_range(T_CA);
+        let tx = k.meta.router().begin(META_SHARD).await.unwrap();
+        tx.peek_range(&start, &end, 10)
+            .unwrap()
+            .iter()
+            .map(|(_, v)| decode::<CaRecord>(v, "ca").unwrap())
+            .collect()
+    }
+    let k = kernel().await;
+    let bootstrapped = held(&k).await;
+    assert_eq!(bootstrapped.len(), 1);
+    let other = berth_security::tls::new_ca("other").unwrap();
+    assert!(!k.meta.ensure_ca_record(&other).await.unwrap());
+    assert_eq!(held(&k).await, bootstrapped);
+
+    // As an older cluster: no CA in the map.
+    let (start, end) = table_range(T_CA);
+    let mut tx = k.meta.router().begin(META_SHARD).await.unwrap();
+    tx.delete_range(start, end);
+    assert!(matches!(tx.commit().await.unwrap(), Commit::Done(_)));
+    assert!(held(&k).await.is_empty());
+    assert!(k.meta.ensure_ca_record(&other).await.unwrap());
+    assert!(!k.meta.ensure_ca_record(&other).await.unwrap());
+    let now = held(&k).await;
+    assert_eq!(now.len(), 1);
+    assert_eq!((now[0].id, &now[0].cert_pem), (1, &other.cert_pem));
+}

@@ -64,6 +64,7 @@ fn node_record(id: NodeId) -> NodeRecord {
         started_at: 0,
         kafka_addr: String::new(),
         labels: Default::default(),
+        state: berth_meta::map::NodeState::Up,
     }
 }
 
@@ -177,6 +178,7 @@ async fn the_driver_grows_the_meta_shard_and_replaces_a_silent_node() {
             cluster_name: "pd".into(),
             cluster_id: "pd".into(),
             node: node_record(1),
+            ca: berth_security::tls::new_ca("pd").unwrap(),
             now_secs: 0,
             now_ns: 0,
         })

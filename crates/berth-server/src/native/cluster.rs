@@ -1,9 +1,14 @@
-//! `berth.v1.Cluster`.
+//! `berth.v1.Cluster`: status, join tokens, and the server side of the
+//! join exchange (`Cluster/Join`, the one call here without a ticket).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use berth_api::v1::cluster_server::Cluster as ClusterApi;
 use berth_api::v1::*;
+use berth_meta::map::{NodeRecord, META_SHARD};
+use berth_meta::{Code, Error};
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use super::Native;
@@ -23,8 +28,106 @@ fn token_info(r: berth_meta::map::JoinTokenRecord) -> JoinTokenInfo {
     }
 }
 
+/// A node of the cluster map as the API shows it; `me` answers.
+fn node_info(x: &NodeRecord, me: u64) -> Node {
+    Node {
+        id: x.id,
+        native_addr: x.native_addr.clone(),
+        admin_addr: x.admin_addr.clone(),
+        // Liveness tracking arrives with the placement driver; the
+        // answering node is alive by definition.
+        alive: x.id == me,
+        started_at: x.started_at as i64,
+        kafka_addr: x.kafka_addr.clone(),
+        labels: x.labels.clone().into_iter().collect(),
+        state: x.state.as_str().to_string(),
+    }
+}
+
+impl ClusterService {
+    /// Why this node does not admit joins itself: it does not lead the meta
+    /// shard. The status names the leader's native address when the map
+    /// knows it (`x-berth-leader`), so the joining node retries there.
+    fn not_the_leader(&self) -> Status {
+        let n = &self.0;
+        let map = n.meta.map();
+        let leader = n
+            .meta
+            .router()
+            .leader_of(META_SHARD)
+            .filter(|l| *l != n.node_id)
+            .and_then(|l| map.nodes.iter().find(|x| x.id == l))
+            .map(|x| (x.id, x.native_addr.clone()));
+        let e = match &leader {
+            Some((id, addr)) => Error::new(
+                Code::Again,
+                format!("node {id} admits joins (it leads the cluster map): retry at {addr}"),
+            ),
+            None if n.raft.shards().iter().any(|d| d.id == META_SHARD) => {
+                Error::new(Code::Again, "the cluster map has no leader yet; retry")
+            }
+            None => Error::new(
+                Code::Again,
+                "this node holds no replica of the cluster map: join through another node",
+            ),
+        };
+        let mut status = super::errors::to_status(&e);
+        if let Some(v) = leader.and_then(|(_, addr)| MetadataValue::try_from(addr).ok()) {
+            status.metadata_mut().insert(berth_api::LEADER_METADATA, v);
+        }
+        status
+    }
+}
+
 #[tonic::async_trait]
 impl ClusterApi for ClusterService {
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        const METHOD: &str = "Cluster/Join";
+        let n = &self.0;
+        let started = Instant::now();
+        let from = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        if n.raft.leader(META_SHARD) != Some(n.node_id) {
+            n.metrics
+                .record(METHOD, Code::Again.symbol(), started.elapsed());
+            return Err(self.not_the_leader());
+        }
+        if let Err(e) = n.wait_ready().await {
+            return n.finish(METHOD, started, Err(e));
+        }
+        let r = req.into_inner();
+        let applicant = berth_meta::Applicant {
+            csr_pem: r.csr_pem,
+            advertise: r.advertise,
+            native_addr: r.native_addr,
+            admin_addr: r.admin_addr,
+            kafka_addr: r.kafka_addr,
+            labels: r.labels.into_iter().collect(),
+        };
+        // Admissions are audited where they are decided (berth-meta).
+        let result = n.meta.admit_node(&r.token, &applicant).await;
+        if let Err(e) = &result {
+            tracing::info!(target: "audit", method = METHOD, from, reason = %e.message, "join refused");
+        }
+        let result = result.map(|a| JoinResponse {
+            node_id: a.node.id,
+            cluster_id: a.cluster.id,
+            cluster_name: a.cluster.name,
+            ca_cert_pem: a.ca_cert_pem,
+            node_cert_pem: a.node_cert_pem,
+            servers: a.nodes.iter().map(|x| x.native_addr.clone()).collect(),
+            nodes: a.nodes.iter().map(|x| node_info(x, n.node_id)).collect(),
+        });
+        // A leader that lost the meta shard meanwhile: send the node on.
+        match result {
+            Err(e) if e.code == Code::Again && n.raft.leader(META_SHARD) != Some(n.node_id) => {
+                n.metrics
+                    .record(METHOD, Code::Again.symbol(), started.elapsed());
+                Err(self.not_the_leader())
+            }
+            result => n.finish(METHOD, started, result),
+        }
+    }
+
     async fn create_join_token(
         &self,
         req: Request<JoinTokenCreateRequest>,
@@ -108,21 +211,7 @@ impl ClusterApi for ClusterService {
             Ok(ClusterStatus {
                 cluster: map.cluster_name().to_string(),
                 node_id: n.node_id,
-                nodes: map
-                    .nodes
-                    .iter()
-                    .map(|x| Node {
-                        id: x.id,
-                        native_addr: x.native_addr.clone(),
-                        admin_addr: x.admin_addr.clone(),
-                        // Liveness tracking arrives with the placement driver;
-                        // the answering node is alive by definition.
-                        alive: x.id == n.node_id,
-                        started_at: x.started_at as i64,
-                        kafka_addr: x.kafka_addr.clone(),
-                        labels: x.labels.clone().into_iter().collect(),
-                    })
-                    .collect(),
+                nodes: map.nodes.iter().map(|x| node_info(x, n.node_id)).collect(),
                 shards,
                 version: env!("CARGO_PKG_VERSION").into(),
             })

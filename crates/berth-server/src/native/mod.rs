@@ -36,6 +36,9 @@ pub struct Native {
     /// Turns true once the node has loaded its shards and cluster map.
     /// Calls arriving earlier wait for it (bounded) instead of failing.
     pub ready: tokio::sync::watch::Receiver<bool>,
+    /// Set while the node has joined a cluster but holds no replica of the
+    /// cluster map yet: calls fail at once instead of waiting.
+    pub awaiting_replicas: std::sync::atomic::AtomicBool,
 }
 
 /// Longest a call waits for a starting node to become ready.
@@ -108,6 +111,19 @@ impl Native {
         if *self.ready.borrow() {
             return Ok(());
         }
+        if self
+            .awaiting_replicas
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::new(
+                Code::Again,
+                format!(
+                    "node {} has joined the cluster but holds no replicas yet: send requests to \
+                     another node of the cluster",
+                    self.node_id
+                ),
+            ));
+        }
         let mut ready = self.ready.clone();
         let became_ready = tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r))
             .await
@@ -144,7 +160,8 @@ pub use files::FilesService;
 pub use locks::LocksService;
 pub use namespace::NamespaceService;
 pub use raft::{
-    Authenticator, GrpcTransport, MetaDirectory, PeerDirectory, RaftService, RAFT_BATCH_BYTES_MAX,
+    Authenticator, GrpcTransport, MetaDirectory, PeerAuth, PeerDirectory, RaftService,
+    RAFT_BATCH_BYTES_MAX,
 };
 pub use security::SecurityService;
 pub use streams::StreamsService;

@@ -21,7 +21,7 @@ use berth_raft::{MemberChange, Membership, NodeId, PeerProgress, RaftNode, Shard
 use tonic::{Request, Response, Status};
 
 use super::errors::to_status;
-use super::raft::{Authenticator, GrpcTransport};
+use super::raft::{GrpcTransport, MetaDirectory, PeerAuth};
 
 /// How long one administration call may take (a membership change waits for its commit).
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -33,12 +33,12 @@ pub struct NodeAdminService {
     pub raft: RaftNode,
     pub meta: Arc<Meta>,
     pub driver: Arc<Driver>,
-    pub auth: Arc<dyn Authenticator>,
+    pub auth: PeerAuth,
 }
 
 impl NodeAdminService {
     fn node<T>(&self, req: &Request<T>, what: &str) -> Result<NodeId, Status> {
-        super::raft::authenticate_node(self.auth.as_ref(), req, what)
+        super::raft::authenticate_node(&self.auth, req, what)
     }
 }
 
@@ -350,6 +350,7 @@ pub fn spawn_heartbeats(
     driver: Arc<Driver>,
     meta: Arc<Meta>,
     transport: Arc<GrpcTransport>,
+    directory: Arc<MetaDirectory>,
     every: Duration,
 ) {
     tokio::spawn(async move {
@@ -357,14 +358,19 @@ pub fn spawn_heartbeats(
             tokio::time::sleep(every).await;
             let raft = meta.router().raft();
             let report = NodeReport::of(raft);
-            match meta.router().leader_of(META_SHARD) {
-                Some(l) if l == raft.node_id() => driver.report(report, driver.now_ms()),
-                Some(l) => {
-                    if let Err(e) = send_report(&transport, l, &report).await {
-                        tracing::debug!(leader = l, error = %e, "heartbeat to the meta leader failed");
-                    }
+            // A node that does not know the meta leader yet (it joined and
+            // holds no map) reports to every node it knows of: the leader's
+            // driver keeps it, the others' are inactive.
+            let targets = match meta.router().leader_of(META_SHARD) {
+                Some(l) => vec![l],
+                None => directory.known_nodes(),
+            };
+            for to in targets {
+                if to == raft.node_id() {
+                    driver.report(report.clone(), driver.now_ms());
+                } else if let Err(e) = send_report(&transport, to, &report).await {
+                    tracing::debug!(to, error = %e, "heartbeat to the placement driver failed");
                 }
-                None => {}
             }
             driver.tick(driver.now_ms());
         }

@@ -1,6 +1,14 @@
 //! Node-to-node Raft traffic over the native listener: one long-lived
 //! client stream per peer node, each item a batch of messages for many
 //! shards (the multi-raft loop already batches per peer per iteration).
+//!
+//! A peer proves which node it is with its node certificate, presented as
+//! TLS client certificate: the native listener verifies it against the
+//! cluster CA (client certificates are optional there, so ordinary clients
+//! with tickets are unaffected) and [`RaftService`] reads the node id from
+//! its common name, refusing a stream without one. Only with `--insecure`
+//! (no TLS, no certificates) does a node ticket stand in for it. The node
+//! id of every message comes from that proof, never from the batch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -16,10 +24,11 @@ use berth_raft::cmd::{Txn, TxnOutcome};
 use berth_raft::{decode_message, encode_message, NodeId, RaftNode, ShardId, Transport};
 use berth_security::principal::Principal;
 use berth_security::principal::PrincipalKind;
-use parking_lot::Mutex;
+use berth_security::tls::NodeMaterial;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::errors::to_status;
@@ -40,34 +49,60 @@ impl Authenticator for Meta {
     }
 }
 
+/// How a Raft peer proves which node it is.
+#[derive(Clone)]
+pub enum PeerAuth {
+    /// Its node certificate as TLS client certificate, verified against the
+    /// cluster CA by the listener; the node id is its common name
+    /// `node-<id>`.
+    Certificate,
+    /// A node ticket in the call's metadata: `--insecure` only, where there
+    /// is no TLS and so no certificate.
+    Ticket(Arc<dyn Authenticator>),
+}
+
 /// Server side of node-to-node Raft traffic: accepts streams from
 /// authenticated cluster nodes and steps their messages into the loop.
 pub struct RaftService {
     pub raft: RaftNode,
-    pub auth: Arc<dyn Authenticator>,
+    pub auth: PeerAuth,
 }
 
-/// The node sending `req`, proven by its node ticket; anyone else is refused (and audited).
+/// The node sending `req`, as its credential proves it; anyone else is refused, with an
+/// audit line naming `what` was attempted.
 pub fn authenticate_node<T>(
-    auth: &dyn Authenticator,
+    auth: &PeerAuth,
     req: &Request<T>,
     what: &str,
 ) -> Result<NodeId, Status> {
-    let p = super::bearer(req)
-        .and_then(|t| auth.authenticate(t))
-        .map_err(|e| to_status(&e))?;
-    let node = p
-        .name
-        .strip_prefix("node:")
-        .and_then(|n| n.parse::<NodeId>().ok());
-    match (p.kind, node) {
-        (PrincipalKind::Node, Some(n)) => Ok(n),
-        _ => {
-            tracing::info!(target: "audit", principal = %p.name, what, "refused node-to-node traffic from a non-node principal");
-            Err(to_status(&Error::new(
-                Code::Perm,
-                "only cluster nodes may send Raft traffic",
-            )))
+    node_of(auth, req).map_err(|e| {
+        let from = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(target: "audit", what, from, reason = %e.message, "refused node-to-node call");
+        to_status(&e)
+    })
+}
+
+fn node_of<T>(auth: &PeerAuth, req: &Request<T>) -> Result<NodeId, Error> {
+    let denied = |m: &str| Error::new(Code::Perm, m);
+    match auth {
+        PeerAuth::Certificate => {
+            let certs = req.peer_certs();
+            let leaf = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
+                denied("node-to-node calls need the sending node's certificate as TLS client certificate")
+            })?;
+            berth_security::pki::node_id_of_cert(leaf.as_ref()).ok_or_else(|| {
+                denied("the client certificate is not a node certificate (CN node-<id>)")
+            })
+        }
+        PeerAuth::Ticket(auth) => {
+            let p = super::bearer(req).and_then(|t| auth.authenticate(t))?;
+            if p.kind != PrincipalKind::Node {
+                return Err(denied("only cluster nodes may send Raft traffic"));
+            }
+            p.name
+                .strip_prefix("node:")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| denied("the node ticket names no node id"))
         }
     }
 }
@@ -78,7 +113,7 @@ impl RaftTransport for RaftService {
         &self,
         req: Request<ProposeRequest>,
     ) -> Result<Response<ProposeReply>, Status> {
-        authenticate_node(self.auth.as_ref(), &req, "propose")?;
+        authenticate_node(&self.auth, &req, "RaftTransport/Propose")?;
         let req = req.into_inner();
         let txn = berth_raft::cmd::decode(&req.txn)
             .map_err(|e| Status::invalid_argument(format!("undecodable transaction: {e}")))?;
@@ -106,21 +141,25 @@ impl RaftTransport for RaftService {
     }
 
     async fn stream(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<Empty>, Status> {
-        let peer = Some(authenticate_node(self.auth.as_ref(), &req, "raft stream")?);
-        // The peer's node id comes from its authenticated ticket, never from
-        // what the batch claims.
+        // The peer's node id comes from its credential, never from what the batch claims.
+        let peer = authenticate_node(&self.auth, &req, "RaftTransport/Stream")?;
         let mut stream = req.into_inner();
         while let Some(batch) = stream.message().await? {
-            if let Some(peer) = peer {
-                // Every batch, empty keepalives included, proves the peer alive.
-                self.raft.peer_alive(peer);
-            }
+            // Every batch, empty keepalives included, proves the peer alive.
+            self.raft.peer_alive(peer);
             let mut msgs = Vec::with_capacity(batch.messages.len());
             for m in &batch.messages {
                 match decode_message(m) {
-                    Ok(m) => msgs.push(m),
+                    Ok(m) if m.from == peer => msgs.push(m),
+                    Ok(m) => {
+                        tracing::warn!(
+                            peer,
+                            claimed = m.from,
+                            "dropping a raft message whose sender is not the authenticated peer"
+                        );
+                    }
                     Err(e) => {
-                        tracing::warn!(from = batch.from_node, error = %e, "dropping undecodable raft message");
+                        tracing::warn!(peer, error = %e, "dropping undecodable raft message");
                     }
                 }
             }
@@ -138,16 +177,20 @@ fn error_reply(e: &Error) -> ProposeReply {
     }
 }
 
-/// Where peer nodes listen, and the ticket that proves this node to them.
+/// Where peer nodes listen, and (`--insecure` only) the ticket that proves
+/// this node to them.
 pub trait PeerDirectory: Send + Sync + 'static {
     fn addr_of(&self, node: NodeId) -> Option<String>;
     fn node_ticket(&self) -> Option<String>;
 }
 
-/// The peer directory of a running node: the cluster map.
+/// The peer directory of a running node: the cluster map, and before this
+/// node has one (it joined and holds no replica of the meta shard yet) the
+/// nodes the join answered with.
 pub struct MetaDirectory {
     node_id: NodeId,
     meta: OnceLock<Arc<Meta>>,
+    known: RwLock<Vec<(NodeId, String)>>,
 }
 
 impl MetaDirectory {
@@ -155,24 +198,53 @@ impl MetaDirectory {
         Arc::new(MetaDirectory {
             node_id,
             meta: OnceLock::new(),
+            known: RwLock::new(Vec::new()),
         })
     }
 
-    /// Connects the directory to the cluster map. Until then no peer is
-    /// known and messages are dropped (Raft resends).
+    /// Connects the directory to the cluster map. Until then only the
+    /// nodes given to [`MetaDirectory::remember`] are known; messages to
+    /// others are dropped (Raft resends).
     pub fn attach(&self, meta: Arc<Meta>) {
         let _ = self.meta.set(meta);
+    }
+
+    /// Every node this directory can reach: the map's, else the join's.
+    pub fn known_nodes(&self) -> Vec<NodeId> {
+        let from_map: Vec<NodeId> = self
+            .meta
+            .get()
+            .map(|m| m.map().nodes.iter().map(|n| n.id).collect())
+            .unwrap_or_default();
+        if !from_map.is_empty() {
+            return from_map;
+        }
+        self.known.read().iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Nodes (id, native address) to reach while the cluster map does not
+    /// name them: what a join answered with.
+    pub fn remember(&self, nodes: Vec<(NodeId, String)>) {
+        *self.known.write() = nodes;
     }
 }
 
 impl PeerDirectory for MetaDirectory {
     fn addr_of(&self, node: NodeId) -> Option<String> {
-        let meta = self.meta.get()?;
-        meta.map()
-            .nodes
-            .iter()
-            .find(|n| n.id == node)
-            .map(|n| n.native_addr.clone())
+        let from_map = self.meta.get().and_then(|meta| {
+            meta.map()
+                .nodes
+                .iter()
+                .find(|n| n.id == node)
+                .map(|n| n.native_addr.clone())
+        });
+        from_map.or_else(|| {
+            self.known
+                .read()
+                .iter()
+                .find(|(id, _)| *id == node)
+                .map(|(_, addr)| addr.clone())
+        })
     }
 
     fn node_ticket(&self) -> Option<String> {
@@ -186,28 +258,30 @@ impl PeerDirectory for MetaDirectory {
     }
 }
 
-/// How the transport reaches peers: addresses and tickets from the
-/// directory, TLS from the cluster CA.
+/// How the transport reaches peers: addresses (and, `--insecure`, tickets)
+/// from the directory; TLS under the cluster CA with this node's
+/// certificate as client certificate.
 struct PeerContext {
     node_id: NodeId,
     directory: Arc<dyn PeerDirectory>,
-    ca_pem: Option<String>,
+    tls: Option<NodeMaterial>,
 }
 
 impl PeerContext {
     async fn connect(&self, addr: &str) -> Result<Channel, String> {
-        let uri = match self.ca_pem {
+        let uri = match self.tls {
             Some(_) => format!("https://{addr}"),
             None => format!("http://{addr}"),
         };
         let mut ep = Channel::from_shared(uri).map_err(|e| e.to_string())?;
-        if let Some(ca) = &self.ca_pem {
+        if let Some(tls) = &self.tls {
             let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
             let host = host.trim_start_matches('[').trim_end_matches(']');
             ep = ep
                 .tls_config(
                     ClientTlsConfig::new()
-                        .ca_certificate(Certificate::from_pem(ca))
+                        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
                         .domain_name(host),
                 )
                 .map_err(|e| e.to_string())?;
@@ -235,18 +309,19 @@ pub struct GrpcTransport {
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl GrpcTransport {
-    /// `ca_pem` None = plaintext (insecure development mode).
+    /// `tls`: this node's certificate, key and the cluster CA; `None` =
+    /// plaintext with node tickets (insecure development mode).
     pub fn new(
         node_id: NodeId,
         directory: Arc<dyn PeerDirectory>,
-        ca_pem: Option<String>,
+        tls: Option<NodeMaterial>,
         rt: tokio::runtime::Handle,
     ) -> Arc<GrpcTransport> {
         Arc::new(GrpcTransport {
             ctx: Arc::new(PeerContext {
                 node_id,
                 directory,
-                ca_pem,
+                tls,
             }),
             rt,
             peers: Mutex::new(HashMap::new()),
@@ -259,7 +334,8 @@ impl GrpcTransport {
 /// this node to it. Connections are cached per node; [`NodeChannel::broken`] drops one.
 pub struct NodeChannel {
     pub channel: Channel,
-    ticket: String,
+    /// `--insecure` only: with TLS the client certificate is the credential.
+    ticket: Option<String>,
     node: NodeId,
     cache: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
 }
@@ -269,10 +345,12 @@ impl NodeChannel {
     pub fn request<T>(&self, msg: T, timeout: Duration) -> Result<Request<T>, Error> {
         let mut req = Request::new(msg);
         req.set_timeout(timeout);
-        let bearer = format!("Bearer {}", self.ticket)
-            .parse()
-            .map_err(|_| Error::new(Code::Io, "the node ticket is not printable"))?;
-        req.metadata_mut().insert(berth_api::AUTH_METADATA, bearer);
+        if let Some(ticket) = &self.ticket {
+            let bearer = format!("Bearer {ticket}")
+                .parse()
+                .map_err(|_| Error::new(Code::Io, "the node ticket is not printable"))?;
+            req.metadata_mut().insert(berth_api::AUTH_METADATA, bearer);
+        }
         Ok(req)
     }
 
@@ -296,9 +374,16 @@ async fn channel_to(
 ) -> Result<NodeChannel, Error> {
     let unreachable =
         |why: String| Error::new(Code::Again, format!("cannot reach node {node}: {why}"));
-    let (Some(addr), Some(ticket)) = (ctx.directory.addr_of(node), ctx.directory.node_ticket())
-    else {
+    let Some(addr) = ctx.directory.addr_of(node) else {
         return Err(unreachable("its address is unknown".into()));
+    };
+    let ticket = match ctx.tls {
+        Some(_) => None,
+        None => Some(
+            ctx.directory
+                .node_ticket()
+                .ok_or_else(|| unreachable("no node ticket to present".into()))?,
+        ),
     };
     let cached = cache
         .lock()
@@ -382,8 +467,15 @@ async fn peer_loop(ctx: Arc<PeerContext>, to: NodeId, mut rx: mpsc::Receiver<Vec
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         attempt += 1;
-        let (Some(addr), Some(ticket)) = (ctx.directory.addr_of(to), ctx.directory.node_ticket())
-        else {
+        // With TLS the certificate is the credential; a ticket only without.
+        let ticket = match ctx.tls {
+            Some(_) => None,
+            None => ctx.directory.node_ticket(),
+        };
+        let (Some(addr), true) = (
+            ctx.directory.addr_of(to),
+            ctx.tls.is_some() || ticket.is_some(),
+        ) else {
             // Drain what is queued so the channel does not fill with stale
             // traffic; Raft resends what matters.
             while rx.try_recv().is_ok() {}
@@ -399,11 +491,13 @@ async fn peer_loop(ctx: Arc<PeerContext>, to: NodeId, mut rx: mpsc::Receiver<Vec
         };
         let (conn_tx, conn_rx) = mpsc::channel::<RaftBatch>(64);
         let mut req = Request::new(ReceiverStream::new(conn_rx));
-        match format!("Bearer {ticket}").parse() {
-            Ok(v) => {
-                req.metadata_mut().insert(berth_api::AUTH_METADATA, v);
+        if let Some(ticket) = ticket {
+            match format!("Bearer {ticket}").parse() {
+                Ok(v) => {
+                    req.metadata_mut().insert(berth_api::AUTH_METADATA, v);
+                }
+                Err(_) => continue,
             }
-            Err(_) => continue,
         }
         let mut client =
             RaftTransportClient::new(channel).max_encoding_message_size(RAFT_BATCH_BYTES_MAX);

@@ -26,8 +26,26 @@ pub struct TestServer {
     pub admin_port: u16,
     /// Extra `berth server` arguments, kept for restarts.
     extra_args: Vec<String>,
+    /// What "started" means for this server.
+    ready: Ready,
+    /// [`WAITING_LINE`]s on stdout before the last spawn.
+    waiting_lines_before: usize,
     child: Option<Child>,
 }
+
+/// When a started server counts as ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    /// It serves requests: the admin ticket exists and the native port
+    /// accepts connections.
+    Serving,
+    /// It joined a cluster and waits for replicas: it said so once more on
+    /// stdout, and the native port accepts connections.
+    Waiting,
+}
+
+/// What a node that joined prints once it is up.
+pub const WAITING_LINE: &str = "waiting for the cluster to give it replicas";
 
 /// Waits for `child`'s output for at most `timeout_s`; `None` when it did
 /// not finish in time (it is then killed), so a hung program fails its
@@ -61,6 +79,43 @@ impl TestServer {
 
     /// Starts a server with extra `berth server` arguments.
     pub fn start_with(extra_args: &[&str]) -> TestServer {
+        let mut s = TestServer::prepare(extra_args);
+        s.spawn();
+        s.wait_ready();
+        s
+    }
+
+    /// Starts a server that joins the cluster of the node at `join`
+    /// (`HOST:PORT`) with `token`, and waits until it has joined.
+    pub fn start_joining(join: &str, token: &str, extra_args: &[&str]) -> TestServer {
+        let mut args = vec!["--join", join, "--join-token", token];
+        args.extend_from_slice(extra_args);
+        let mut s = TestServer::prepare(&args);
+        s.ready = Ready::Waiting;
+        s.spawn();
+        s.wait_ready();
+        s
+    }
+
+    /// Runs `berth server` with `--join` and `token` in a new temp dir and
+    /// expects it to exit (a refused join) within the CLI timeout. Returns
+    /// the server (not running) and what the process printed.
+    pub fn join_refused(join: &str, token: &str) -> (TestServer, Output) {
+        let s = TestServer::prepare(&["--join", join, "--join-token", token]);
+        let child = s
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth server");
+        match output_within(child, CLI_TIMEOUT_S) {
+            Some(out) => (s, out.expect("collect berth server output")),
+            None => panic!("berth server --join did not exit in {CLI_TIMEOUT_S} s"),
+        }
+    }
+
+    /// A server's directories and free ports; nothing runs yet.
+    fn prepare(extra_args: &[&str]) -> TestServer {
         let dir = tempfile::Builder::new()
             .prefix("berth-it-")
             .tempdir()
@@ -78,7 +133,7 @@ impl TestServer {
         while kafka_port == native_port || kafka_port == admin_port {
             kafka_port = free_port();
         }
-        let mut s = TestServer {
+        TestServer {
             dir,
             data,
             home,
@@ -86,11 +141,10 @@ impl TestServer {
             kafka_port,
             admin_port,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            ready: Ready::Serving,
+            waiting_lines_before: 0,
             child: None,
-        };
-        s.spawn();
-        s.wait_ready();
-        s
+        }
     }
 
     fn log_file(&self, name: &str) -> File {
@@ -101,8 +155,8 @@ impl TestServer {
             .expect("server log file")
     }
 
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "server already running");
+    /// The `berth server` command line of this server.
+    fn command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("server")
             .arg("--data-dir")
@@ -118,13 +172,28 @@ impl TestServer {
             .args(&self.extra_args)
             .current_dir(self.dir.path().join("work"))
             .env("HOME", &self.home)
-            .stdin(Stdio::null())
-            .stdout(self.log_file("server.stdout.log"))
-            .stderr(self.log_file("server.stderr.log"));
+            .stdin(Stdio::null());
         for k in ENV_TO_CLEAR {
             cmd.env_remove(k);
         }
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        self.waiting_lines_before = self.waiting_lines();
+        let mut cmd = self.command();
+        cmd.stdout(self.log_file("server.stdout.log"))
+            .stderr(self.log_file("server.stderr.log"));
         self.child = Some(cmd.spawn().expect("spawn berth server"));
+    }
+
+    /// How often the server's stdout said it waits for replicas.
+    fn waiting_lines(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("server.stdout.log"))
+            .unwrap_or_default()
+            .matches(WAITING_LINE)
+            .count()
     }
 
     fn wait_ready(&mut self) {
@@ -141,8 +210,11 @@ impl TestServer {
                     self.log()
                 );
             }
-            let ticket = self.data.join("admin.ticket").is_file();
-            if ticket && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            let up = match self.ready {
+                Ready::Serving => self.data.join("admin.ticket").is_file(),
+                Ready::Waiting => self.waiting_lines() > self.waiting_lines_before,
+            };
+            if up && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return;
             }
             if Instant::now() > deadline {
@@ -252,13 +324,14 @@ impl Drop for TestServer {
 }
 
 /// Variables of the developer's shell that would change what the CLI does.
-const ENV_TO_CLEAR: [&str; 7] = [
+const ENV_TO_CLEAR: [&str; 8] = [
     "BERTH_TICKET",
     "BERTH_INSECURE",
     "BERTH_DATA_DIR",
     "BERTH_SERVERS",
     "BERTH_TICKET_FILE",
     "BERTH_CA_FILE",
+    "BERTH_JOIN_TOKEN",
     "RUST_BACKTRACE",
 ];
 

@@ -10,6 +10,7 @@ mod exchange;
 mod files;
 mod fsx;
 mod harness;
+mod join;
 mod kafka;
 mod kafka_fresh;
 mod kafka_go;
