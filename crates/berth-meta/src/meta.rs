@@ -210,6 +210,19 @@ impl Meta {
     /// is assigned but does not host yet.
     pub async fn refresh(&self) -> Result<(), Error> {
         let tx = self.router.begin(META_SHARD).await?;
+        self.load_map(tx)
+    }
+
+    /// Loads the map from this node's meta replica as far as it applied,
+    /// without the read barrier: possibly stale, but available before this
+    /// node can reach any other (a restarted follower learns its peers'
+    /// addresses from it, which its first barrier needs).
+    pub fn refresh_local(&self) -> Result<(), Error> {
+        let tx = self.router.begin_optimistic(META_SHARD)?;
+        self.load_map(tx)
+    }
+
+    fn load_map(&self, tx: crate::router::Tx) -> Result<(), Error> {
         let mut map = MapCache::default();
         if let Some(v) = tx.peek(&cluster_key())? {
             map.cluster = Some(decode(&v, "cluster")?);

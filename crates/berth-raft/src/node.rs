@@ -122,6 +122,8 @@ struct Shared {
     /// Peer nodes sharing a group with this node (entries added by the loop only) and
     /// whether anything arrived from them since the loop's last tick.
     peers_heard: RwLock<BTreeMap<NodeId, AtomicBool>>,
+    /// Peer nodes heard from within `peer_timeout` (as of the loop's last tick).
+    alive: RwLock<BTreeSet<NodeId>>,
 }
 
 impl Shared {
@@ -238,6 +240,7 @@ impl RaftNode {
             metrics: Metrics::default(),
             stopped: AtomicBool::new(false),
             peers_heard: RwLock::new(BTreeMap::new()),
+            alive: RwLock::new(BTreeSet::new()),
         });
         let mut core = Core {
             node_id: cfg.node_id,
@@ -247,6 +250,7 @@ impl RaftNode {
             shared: shared.clone(),
             logger: crate::logger::root(cfg.node_id),
             groups: BTreeMap::new(),
+            read_ctx_prefix: read_ctx_prefix(&store, cfg.node_id)?,
             next_read_ctx: 1,
             touched: BTreeSet::new(),
             fatal: false,
@@ -660,6 +664,11 @@ impl RaftNode {
         }
     }
 
+    /// Peer nodes (sharing a group with this one) heard from within the peer timeout.
+    pub fn alive_peers(&self) -> BTreeSet<NodeId> {
+        self.inner.shared.alive.read().clone()
+    }
+
     /// The shard's leader as last seen by this node.
     pub fn leader(&self, shard: ShardId) -> Option<NodeId> {
         self.inner
@@ -1067,6 +1076,10 @@ struct Core {
     shared: Arc<Shared>,
     logger: slog::Logger,
     groups: BTreeMap<ShardId, Group>,
+    /// Node id and incarnation (starts of this store): read contexts are unique across
+    /// the nodes a leader serves and across restarts, so a leader never confuses one
+    /// node's read with another's, or with an earlier process's.
+    read_ctx_prefix: [u8; 16],
     next_read_ctx: u64,
     /// Groups whose visible status may have changed this iteration.
     touched: BTreeSet<ShardId>,
@@ -1598,6 +1611,16 @@ impl Core {
             }
         }
         let died = self.liveness.tick();
+        {
+            let alive: BTreeSet<NodeId> = self
+                .liveness
+                .peers()
+                .filter(|&p| self.liveness.is_alive(p))
+                .collect();
+            if *self.shared.alive.read() != alive {
+                *self.shared.alive.write() = alive;
+            }
+        }
         for peer in &died {
             tracing::info!(
                 node = self.node_id,
@@ -1710,7 +1733,8 @@ impl Core {
             if g.is_leader() && !g.raw.raft.commit_to_current_term() {
                 continue;
             }
-            let ctx = self.next_read_ctx.to_be_bytes().to_vec();
+            let mut ctx = self.read_ctx_prefix.to_vec();
+            ctx.extend_from_slice(&self.next_read_ctx.to_be_bytes());
             self.next_read_ctx += 1;
             let c = ctx.clone();
             if guarded(g, "read_index", |raw| raw.read_index(c)).is_some() {
@@ -2015,6 +2039,29 @@ impl Core {
             }
         }
     }
+}
+
+/// Key (in `Space::RaftState`, outside the shard keys' 9-byte layout) of the number of
+/// times this store's loop started.
+const INCARNATION_KEY: &[u8] = b"incarnation";
+
+/// `node id · incarnation`, the incarnation counted up durably at every start.
+fn read_ctx_prefix(store: &Store, node: NodeId) -> Result<[u8; 16], RaftError> {
+    let prev = store
+        .get(Space::RaftState, INCARNATION_KEY)
+        .map_err(RaftError::from_store)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes);
+    let next = prev.wrapping_add(1);
+    let mut b = store.batch();
+    b.put(Space::RaftState, INCARNATION_KEY, &next.to_be_bytes());
+    store
+        .write(b, Durability::Sync)
+        .map_err(RaftError::from_store)?;
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&node.to_be_bytes());
+    out[8..].copy_from_slice(&next.to_be_bytes());
+    Ok(out)
 }
 
 /// Steps one raft message into a group (a raft-rs panic stops only that group).

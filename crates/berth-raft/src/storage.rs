@@ -8,6 +8,7 @@
 //!                   shard_id BE(8) · 0x02               -> record(postcard HardStateRec)
 //!                   shard_id BE(8) · 0x03               -> record(postcard ApplyStateRec)
 //!                   shard_id BE(8) · 0x04               -> record(postcard LogStateRec)
+//!                   b"incarnation"                      -> u64 BE, starts of the loop
 //! Space::Data       the cluster key itself              -> value (state machine data)
 //! record            = version (u8 = 1) · crc32(payload) BE(4) · payload
 //! ```

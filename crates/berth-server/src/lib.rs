@@ -519,6 +519,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     router.set_forwarder(transport.clone());
     let meta = Meta::new(router);
     directory.attach(meta.clone());
+    if raft.has_replica(META_SHARD) {
+        // Peers' addresses before the first read barrier, which needs them
+        // when this node restarts as a follower.
+        if let Err(e) = meta.refresh_local() {
+            tracing::warn!(error = %e, "cannot read the local copy of the cluster map");
+        }
+    }
     let driver = berth_meta::pd::Driver::new(
         meta.clone(),
         Arc::new(native::node_admin::GrpcShardAdmin(transport.clone())),

@@ -28,15 +28,14 @@ fn token_info(r: berth_meta::map::JoinTokenRecord) -> JoinTokenInfo {
     }
 }
 
-/// A node of the cluster map as the API shows it; `me` answers.
-fn node_info(x: &NodeRecord, me: u64) -> Node {
+/// A node of the cluster map as the API shows it; `me` answers, and knows
+/// the nodes it heard from within the Raft peer timeout (`alive`).
+fn node_info(x: &NodeRecord, me: u64, alive: &std::collections::BTreeSet<u64>) -> Node {
     Node {
         id: x.id,
         native_addr: x.native_addr.clone(),
         admin_addr: x.admin_addr.clone(),
-        // Liveness tracking arrives with the placement driver; the
-        // answering node is alive by definition.
-        alive: x.id == me,
+        alive: x.id == me || alive.contains(&x.id),
         started_at: x.started_at as i64,
         kafka_addr: x.kafka_addr.clone(),
         labels: x.labels.clone().into_iter().collect(),
@@ -115,7 +114,11 @@ impl ClusterApi for ClusterService {
             ca_cert_pem: a.ca_cert_pem,
             node_cert_pem: a.node_cert_pem,
             servers: a.nodes.iter().map(|x| x.native_addr.clone()).collect(),
-            nodes: a.nodes.iter().map(|x| node_info(x, n.node_id)).collect(),
+            nodes: a
+                .nodes
+                .iter()
+                .map(|x| node_info(x, n.node_id, &n.raft.alive_peers()))
+                .collect(),
         });
         // A leader that lost the meta shard meanwhile: send the node on.
         match result {
@@ -211,7 +214,13 @@ impl ClusterApi for ClusterService {
             Ok(ClusterStatus {
                 cluster: map.cluster_name().to_string(),
                 node_id: n.node_id,
-                nodes: map.nodes.iter().map(|x| node_info(x, n.node_id)).collect(),
+                nodes: {
+                    let alive = n.raft.alive_peers();
+                    map.nodes
+                        .iter()
+                        .map(|x| node_info(x, n.node_id, &alive))
+                        .collect()
+                },
                 shards,
                 version: env!("CARGO_PKG_VERSION").into(),
             })
