@@ -471,13 +471,17 @@ impl Driver {
             .is_some_and(|(at, _)| now.saturating_sub(*at) < self.settings.suspect_after_ms)
     }
 
-    /// Records the shard's replicas in the cluster map (routing and `berth node list` read
-    /// them; the Raft group stays the authority).
+    /// Records the shard's voters in the cluster map as its replicas (routing and operators
+    /// read them; the Raft group stays the authority). Learners are left out: they are on
+    /// their way in (or the meta shard's copies of the map), and a shard counts as
+    /// replicated only once its voters are.
     async fn record(&self, shard: ShardId, m: &Membership) -> Result<(), Error> {
-        let mut replicas = m.replicas();
-        // Voters first, so the map lists the voting replicas before the learners.
-        replicas.sort_by_key(|n| (!m.voters.contains(n), *n));
-        self.meta.set_shard_replicas(shard, replicas).await
+        let mut voters = m.voters.clone();
+        if m.is_joint() {
+            voters.extend(m.voters_outgoing.iter().filter(|v| !m.voters.contains(v)));
+        }
+        voters.sort_unstable();
+        self.meta.set_shard_replicas(shard, voters).await
     }
 
     /// What the driver sees now.

@@ -46,6 +46,8 @@ enum Ready {
 
 /// What a node that joined prints once it is up.
 pub const WAITING_LINE: &str = "waiting for the cluster to give it replicas";
+/// What a server prints once it serves requests.
+pub const SERVING_LINE: &str = "is serving";
 
 /// Waits for `child`'s output for at most `timeout_s`; `None` when it did
 /// not finish in time (it is then killed), so a hung program fails its
@@ -188,12 +190,13 @@ impl TestServer {
         self.child = Some(cmd.spawn().expect("spawn berth server"));
     }
 
-    /// How often the server's stdout said it waits for replicas.
+    /// How often the server's stdout said it waits for replicas, or that it
+    /// serves (a joined node that already holds replicas starts serving
+    /// without waiting).
     fn waiting_lines(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("server.stdout.log"))
-            .unwrap_or_default()
-            .matches(WAITING_LINE)
-            .count()
+        let out =
+            std::fs::read_to_string(self.dir.path().join("server.stdout.log")).unwrap_or_default();
+        out.matches(WAITING_LINE).count() + out.matches(SERVING_LINE).count()
     }
 
     fn wait_ready(&mut self) {

@@ -19,7 +19,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use crate::harness::TestServer;
 
 /// `berth node token create ARGS --json` on `s`: (token, id).
-fn token(s: &TestServer, args: &[&str]) -> (String, String) {
+pub fn token(s: &TestServer, args: &[&str]) -> (String, String) {
     let mut a = vec!["node", "token", "create"];
     a.extend_from_slice(args);
     let v = s.json(&a);
@@ -31,7 +31,7 @@ fn token(s: &TestServer, args: &[&str]) -> (String, String) {
     (field("token"), field("id"))
 }
 
-fn join_addr(s: &TestServer) -> String {
+pub fn join_addr(s: &TestServer) -> String {
     format!("127.0.0.1:{}", s.native_port)
 }
 
@@ -170,20 +170,16 @@ fn a_node_joins_with_a_token() {
     let text = n1.ok(&["status"]);
     assert!(text.contains("joining"), "{text}");
 
-    // It serves no requests yet, and says so at once.
-    let started = Instant::now();
-    let out = n2.cli_with(
-        &["status"],
-        &[("BERTH_TICKET_FILE", &n1.admin_ticket())],
-        None,
-    );
-    let stderr = n2.check_err(&["status"], out, "EAGAIN");
-    assert!(stderr.contains("holds no replicas yet"), "{stderr}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
+    // The placement driver gives it a copy of the cluster map (and its
+    // share of replicas): it comes to serve requests itself, and is up.
+    let st = eventually_json(&n2, &n1, |st| {
+        st["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["id"] == 2 && n["state"] == "up")
+            .then_some(())
+    });
+    assert_eq!(st["node_id"], 2, "{st}");
 
     // The token is used up.
     let list = n1.json(&["node", "token", "list"]);
@@ -202,19 +198,47 @@ fn a_node_joins_with_a_token() {
         "{log}"
     );
 
-    // A restart is a restart: --join (with its used-up token) is ignored.
+    // A restart is a restart: --join (with its used-up token) is ignored,
+    // and the node serves again from its data directory.
     n2.restart();
     let stderr = read(&n2.dir.path().join("server.stderr.log"));
     assert!(stderr.contains("--join is ignored"), "{stderr}");
-    let stdout = read(&n2.dir.path().join("server.stdout.log"));
-    assert_eq!(
-        stdout.matches("berth node 2 joined cluster").count(),
-        2,
-        "{stdout}"
-    );
     assert_eq!(read(&tls.join("node.crt")), cert);
+    eventually_json(&n2, &n1, |st| (st["node_id"] == 2).then_some(()));
     let st = n1.json(&["status"]);
     assert_eq!(st["nodes"].as_array().unwrap().len(), 2, "{st}");
+}
+
+/// `berth status --json` answered by `via` (with `auth`'s admin ticket),
+/// polled until `f` accepts it (30 s at most).
+pub fn eventually_json(
+    via: &TestServer,
+    auth: &TestServer,
+    f: impl Fn(&serde_json::Value) -> Option<()>,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = via.cli_with(
+            &["status", "--json"],
+            &[("BERTH_TICKET_FILE", &auth.admin_ticket())],
+            None,
+        );
+        if out.status.success() {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                if f(&v).is_some() {
+                    return v;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status through node {} never satisfied the test: {}{}",
+            via.native_port,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Expired, revoked and foreign tokens are refused, each with its own

@@ -3,6 +3,7 @@
 //! One integration binary for the crate (see STYLE.md).
 
 mod admin;
+mod cluster;
 mod container;
 mod crash;
 mod errors;
