@@ -777,6 +777,16 @@ impl Meta {
 
     /// Moves node `id` to `state` (the placement runtime's step once a
     /// joining node holds replicas, or a drain's).
+    /// Forgets a node: its record goes (its id is never reused; the counter
+    /// stays above it) and its certificate no longer admits it.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), Error> {
+        self.update(&node_key(id), "remove node", |cur| {
+            cur.ok_or_else(|| Error::not_found(format!("node {id}")))?;
+            Ok(None)
+        })
+        .await
+    }
+
     pub async fn set_node_state(&self, id: NodeId, state: NodeState) -> Result<(), Error> {
         self.update(&node_key(id), "node state", |cur| {
             let cur = cur.ok_or_else(|| Error::not_found(format!("node {id}")))?;

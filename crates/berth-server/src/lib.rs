@@ -538,6 +538,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ms => Duration::from_millis(ms),
     });
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let placement = Arc::new(native::node_admin::Placement {
+        driver: driver.clone(),
+        meta: meta.clone(),
+        transport: transport.clone(),
+        down_timeout: cfg.node_down_timeout,
+    });
     let native = Arc::new(Native {
         meta: meta.clone(),
         ns: ns.clone(),
@@ -546,6 +552,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         node_id,
         ready: ready_rx,
         awaiting_replicas: Default::default(),
+        placement: placement.clone(),
     });
     let node = Arc::new(Node {
         native: native.clone(),
@@ -585,7 +592,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let raft_auth = if cfg.insecure {
             native::PeerAuth::Ticket(meta.clone())
         } else {
-            native::PeerAuth::Certificate
+            native::PeerAuth::Certificate(Some(meta.clone()))
         };
         let router = builder
             .add_service(
@@ -616,6 +623,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 meta: meta.clone(),
                 driver: driver.clone(),
                 auth: raft_auth.clone(),
+                down_timeout: cfg.node_down_timeout,
+                placement: placement.clone(),
             }))
             .add_service(
                 RaftTransportServer::new(native::RaftService {
@@ -744,6 +753,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         meta.clone(),
         transport.clone(),
         directory.clone(),
+        paths.store.clone(),
         HEARTBEAT_INTERVAL,
     );
     let mut kafka = None;

@@ -109,6 +109,9 @@ pub enum Command {
     /// Nodes of the cluster.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// The cluster as a whole.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -119,6 +122,29 @@ pub enum NodeCmd {
     /// Join tokens for new nodes (cluster administrators).
     #[command(subcommand)]
     Token(NodeTokenCmd),
+    /// Every node: addresses, labels, state, replicas, leaders, bytes, last heartbeat.
+    List,
+    /// One node.
+    Info { id: u64 },
+    /// Move every replica off node ID, then mark it decommissioned (idempotent).
+    /// Refused when the other nodes cannot hold every shard at its replication
+    /// factor.
+    Decommission {
+        id: u64,
+        /// Start the drain and return instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Take a draining or decommissioned node back.
+    Recommission { id: u64 },
+    /// Forget node ID: only once it holds nothing or is down.
+    Remove { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Placement: under-replicated and joint shards, steps in flight, nodes.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

@@ -54,8 +54,9 @@ impl Authenticator for Meta {
 pub enum PeerAuth {
     /// Its node certificate as TLS client certificate, verified against the
     /// cluster CA by the listener; the node id is its common name
-    /// `node-<id>`.
-    Certificate,
+    /// `node-<id>`. With the cluster map at hand, a node the map no longer
+    /// has (removed) is refused although its certificate is still valid.
+    Certificate(Option<Arc<Meta>>),
     /// A node ticket in the call's metadata: `--insecure` only, where there
     /// is no TLS and so no certificate.
     Ticket(Arc<dyn Authenticator>),
@@ -85,14 +86,24 @@ pub fn authenticate_node<T>(
 fn node_of<T>(auth: &PeerAuth, req: &Request<T>) -> Result<NodeId, Error> {
     let denied = |m: &str| Error::new(Code::Perm, m);
     match auth {
-        PeerAuth::Certificate => {
+        PeerAuth::Certificate(members) => {
             let certs = req.peer_certs();
             let leaf = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
                 denied("node-to-node calls need the sending node's certificate as TLS client certificate")
             })?;
-            berth_security::pki::node_id_of_cert(leaf.as_ref()).ok_or_else(|| {
+            let id = berth_security::pki::node_id_of_cert(leaf.as_ref()).ok_or_else(|| {
                 denied("the client certificate is not a node certificate (CN node-<id>)")
-            })
+            })?;
+            // Before this node has a map (it joined and waits for its first
+            // snapshot) every certificate of the cluster CA is admitted.
+            if let Some(map) = members.as_ref().map(|m| m.map()) {
+                if map.cluster.is_some() && !map.nodes.iter().any(|n| n.id == id) {
+                    return Err(denied(&format!(
+                        "node {id} is not a member of this cluster (removed)"
+                    )));
+                }
+            }
+            Ok(id)
         }
         PeerAuth::Ticket(auth) => {
             let p = super::bearer(req).and_then(|t| auth.authenticate(t))?;

@@ -114,3 +114,110 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
     let ls = via(&nodes, leader - 1, &["ls", "/v3"]);
     assert!(ls.contains("after-kill") && ls.contains("from-3"), "{ls}");
 }
+
+/// The node with `id` in `berth node list --json`.
+fn node_of(list: &serde_json::Value, id: u64) -> Option<serde_json::Value> {
+    list.as_array()?.iter().find(|n| n["id"] == id).cloned()
+}
+
+/// Decommissioning: refused (saying why) while the others cannot hold every
+/// shard at its replication factor; with a fourth node, node 1 drains (its
+/// replicas move, the volume keeps serving), becomes decommissioned and is
+/// removed; removing a node that holds replicas is refused; only
+/// administrators may do any of it.
+#[test]
+fn a_node_drains_is_decommissioned_and_removed() {
+    let n1 = TestServer::start();
+    n1.ok(&["volume", "create", "/v3", "--replication", "3"]);
+    n1.ok(&["mkdir", "/v3/kept"]);
+    let (t, _) = token(&n1, &["--uses", "3"]);
+    let n2 = TestServer::start_joining(&join_addr(&n1), &t, &[]);
+    let n3 = TestServer::start_joining(&join_addr(&n1), &t, &[]);
+    eventually_json(&n1, &n1, |st| all_at(st, 3));
+
+    let out = n1.cli(&["node", "decommission", "2"]);
+    let err = n1.check_err(&["node", "decommission"], out, "EBUSY");
+    assert!(err.contains("wants 3 replicas"), "{err}");
+    let out = n1.cli(&["node", "remove", "2"]);
+    let err = n1.check_err(&["node", "remove"], out, "EBUSY");
+    assert!(err.contains("decommission it first"), "{err}");
+    n1.ok(&["user", "add", "bob", "--password", "bob-pw"]);
+    let bob = n1.login("bob", "bob-pw");
+    for args in [
+        &["node", "decommission", "2"][..],
+        &["node", "recommission", "2"][..],
+        &["node", "remove", "2"][..],
+    ] {
+        let out = n1.cli_with(args, &[("BERTH_TICKET_FILE", &bob)], None);
+        n1.check_err(args, out, "EPERM");
+    }
+
+    let n4 = TestServer::start_joining(&join_addr(&n1), &t, &[]);
+    let list = n2.json(&["node", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(4), "{list}");
+    // Through node 2: node 1 is the one leaving.
+    let ticket = n1.admin_ticket();
+    let out = n2.cli_with(
+        &["node", "decommission", "1"],
+        &[("BERTH_TICKET_FILE", &ticket)],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("node 1 is decommissioned"), "{text}");
+    let list = n2.cli_with(
+        &["node", "list", "--json"],
+        &[("BERTH_TICKET_FILE", &ticket)],
+        None,
+    );
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let gone = node_of(&list, 1).unwrap();
+    assert_eq!(gone["state"], "decommissioned", "{list}");
+    assert_eq!(gone["replicas"], 0, "{list}");
+    for id in 2..=4 {
+        let n = node_of(&list, id).unwrap();
+        assert_eq!(n["state"], "up", "{list}");
+        assert!(n["replicas"].as_u64().unwrap() >= 2, "{list}");
+    }
+    // The volume kept serving, on the other three.
+    let st = eventually_json(&n3, &n1, |st| {
+        all_at(st, 3)?;
+        st["shards"]
+            .as_array()?
+            .iter()
+            .all(|s| !s["replicas"].as_array().unwrap().contains(&1.into()))
+            .then_some(())
+    });
+    assert_eq!(st["node_id"], 3, "{st}");
+    let out = n4.cli_with(&["ls", "/v3"], &[("BERTH_TICKET_FILE", &ticket)], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kept"));
+
+    // Decommissioning again is a no-op; then it is removed for good.
+    let again = n2.cli_with(
+        &["node", "decommission", "1"],
+        &[("BERTH_TICKET_FILE", &ticket)],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already decommissioned"));
+    let out = n2.cli_with(
+        &["node", "remove", "1"],
+        &[("BERTH_TICKET_FILE", &ticket)],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = n3.cli_with(
+        &["node", "list", "--json"],
+        &[("BERTH_TICKET_FILE", &ticket)],
+        None,
+    );
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert!(node_of(&list, 1).is_none(), "{list}");
+}
