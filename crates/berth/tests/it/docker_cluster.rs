@@ -248,7 +248,7 @@ fn workload(
                 while !stop.load(Ordering::Relaxed) {
                     k += 1;
                     let node = 1 + ((client + k) as usize % c.size);
-                    if k % 2 == 0 {
+                    if k.is_multiple_of(2) {
                         let v = client * 1_000_000 + k;
                         let tmp = format!("/reg/t-{v}");
                         if !c
