@@ -97,6 +97,9 @@ pub struct Config {
     /// A node silent this long is down and its replicas are re-created
     /// elsewhere (`--node-down-timeout`).
     pub node_down_timeout: Duration,
+    /// Bytes per second of Raft snapshot data this node sends
+    /// (`--snapshot-rate`).
+    pub snapshot_rate: u64,
 }
 
 /// Default of `--node-down-timeout`, as CockroachDB's
@@ -517,6 +520,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .context("starting the multi-raft loop")?;
     let router = Arc::new(Router::new(raft.clone(), node_id));
     router.set_forwarder(transport.clone());
+    transport.set_snapshot_rate(cfg.snapshot_rate);
     let meta = Meta::new(router);
     directory.attach(meta.clone());
     if raft.has_replica(META_SHARD) {

@@ -163,7 +163,7 @@ pub use locks::LocksService;
 pub use namespace::NamespaceService;
 pub use raft::{
     Authenticator, GrpcTransport, MetaDirectory, PeerAuth, PeerDirectory, RaftService,
-    RAFT_BATCH_BYTES_MAX,
+    RAFT_BATCH_BYTES_MAX, SNAPSHOT_RATE_DEFAULT,
 };
 pub use security::SecurityService;
 pub use streams::StreamsService;

@@ -221,3 +221,62 @@ fn a_node_drains_is_decommissioned_and_removed() {
     let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert!(node_of(&list, 1).is_none(), "{list}");
 }
+
+/// A volume larger than any one node-to-node message (64 MiB) reaches a
+/// joining node: its snapshot goes in paced chunks, and the copy there is
+/// byte-identical.
+#[test]
+fn a_large_volume_reaches_a_new_node_by_chunked_snapshot() {
+    let rate = ["--snapshot-rate", "512MiB"];
+    let n1 = TestServer::start_with(&rate);
+    n1.ok(&["volume", "create", "/big", "--replication", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.bin");
+    // 80 MiB that do not compress: an xorshift stream.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<u8> = (0..(80usize << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    n1.ok(&["cp", src.to_str().unwrap(), "berth:/big/f"]);
+    let (t, _) = token(&n1, &[]);
+    let mut args = vec![];
+    args.extend_from_slice(&rate);
+    let n2 = TestServer::start_joining(&join_addr(&n1), &t, &args);
+    eventually_json(&n2, &n1, |st| all_at(st, 2));
+    let back = dir.path().join("back.bin");
+    let out = n2.cli_with(
+        &["cp", "berth:/big/f", back.to_str().unwrap()],
+        &[("BERTH_TICKET_FILE", &n1.admin_ticket())],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&back).unwrap() == data, "the copy differs");
+    let log = n1.log();
+    let sent = log
+        .lines()
+        .filter(|l| l.contains("raft snapshot sent"))
+        .filter_map(|l| {
+            l.split("bytes=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        sent >= 80 << 20,
+        "no snapshot of the volume's size sent: {sent}\n{log}"
+    );
+}
