@@ -217,6 +217,12 @@ impl Driver {
             .iter()
             .map(|s| {
                 let replication = self.replication_of(s, live_nodes);
+                let prefer_leader = map
+                    .volumes
+                    .iter()
+                    .find(|v| v.shard_id == s.id)
+                    .and_then(|v| v.leader_preference.as_deref())
+                    .and_then(|l| crate::map::parse_label_pair(l).ok());
                 let Some((leader, rep)) = leaders.get(&s.id) else {
                     // No leader reported: nothing can be changed; the plan waits.
                     return ShardView {
@@ -227,6 +233,7 @@ impl Driver {
                         leader: None,
                         joint: false,
                         busy: true,
+                        prefer_leader,
                     };
                 };
                 let m = &rep.membership;
@@ -250,6 +257,7 @@ impl Driver {
                     leader: Some(*leader),
                     joint: m.is_joint(),
                     busy: st.in_flight.contains_key(&s.id) || rep.conf_pending,
+                    prefer_leader,
                 }
             })
             .collect();

@@ -281,6 +281,10 @@ pub enum VolumeCmd {
         /// Bytes per file chunk, a power of two from 64KiB to 16MiB (default 1MiB).
         #[arg(long, value_parser = crate::output::parse_size)]
         chunk_size: Option<u64>,
+        /// KEY=VALUE: keep the volume's leader on a node with this label
+        /// (e.g. zone=a, near its clients) when one of its replicas has it.
+        #[arg(long, value_name = "KEY=VALUE")]
+        prefer_leader: Option<String>,
     },
     /// List volumes.
     List,

@@ -46,6 +46,33 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
     });
     assert_eq!(st["nodes"].as_array().unwrap().len(), 3, "{st}");
 
+    // A volume that prefers its leader in zone c gets it there (node 3).
+    nodes[0].ok(&[
+        "volume",
+        "create",
+        "/near",
+        "--replication",
+        "3",
+        "--prefer-leader",
+        "zone=c",
+    ]);
+    let near = nodes[0].json(&["volume", "info", "/near"]);
+    assert_eq!(near["prefer_leader"], "zone=c", "{near}");
+    let shard = near["shard_id"].clone();
+    eventually_json(&nodes[0], &nodes[0], |st| {
+        st["shards"]
+            .as_array()?
+            .iter()
+            .any(|s| {
+                s["id"] == shard
+                    && s["leader"] == 3
+                    && s["replicas"].as_array().map(Vec::len) == Some(3)
+            })
+            .then_some(())
+    });
+    let out = nodes[0].cli(&["volume", "create", "/bad", "--prefer-leader", "zone"]);
+    nodes[0].check_err(&["volume", "create"], out, "EINVAL");
+
     // Any node serves any request: written through node 3, read through
     // node 2 (with node 1's admin ticket: one cluster, one key ring).
     let ticket = nodes[0].admin_ticket();
