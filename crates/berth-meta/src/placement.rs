@@ -252,6 +252,18 @@ impl Plan<'_> {
         if shard.busy {
             return true;
         }
+        // A learner whose node died will never catch up: it goes first.
+        if let Some((node, _)) = shard
+            .learners
+            .iter()
+            .find(|(n, _)| self.state(*n) == NodeState::Down)
+        {
+            self.push(Step::Remove {
+                shard: shard.id,
+                node: *node,
+            });
+            return true;
+        }
         if let Some((node, _)) = shard
             .learners
             .iter()
@@ -491,6 +503,15 @@ mod tests {
 
     fn run(nodes: &[NodeView], shards: &[ShardView]) -> Vec<Step> {
         plan(nodes, shards, NOW, &Settings::default())
+    }
+
+    #[test]
+    fn a_learner_on_a_down_node_is_removed() {
+        let mut nodes = vec![node(1, "a"), node(2, "b"), node(3, "c"), node(4, "d")];
+        nodes[3].heartbeat_ms = 0; // node 4: silent since the start
+        let mut s = shard(10, 3, &[1, 2], 1);
+        s.learners = vec![(4, false)];
+        assert_eq!(run(&nodes, &[s]), vec![Step::Remove { shard: 10, node: 4 }]);
     }
 
     #[test]
