@@ -219,7 +219,12 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
             (None, None) => berth_server::native::SNAPSHOT_RATE_DEFAULT,
         }
         .max(1),
-        join: match (args.join.or(file.join), args.join_token.or(file.join_token)) {
+        join: match (
+            args.join.or(file.join),
+            args.join_token
+                .or(file.join_token)
+                .filter(|t| !t.trim().is_empty()),
+        ) {
             (Some(addr), Some(token)) => {
                 anyhow::ensure!(
                     addr.rsplit_once(':')
