@@ -235,3 +235,42 @@ async fn followers_catch_up_on_bulk_data_from_the_stored_log_and_snapshots() {
     assert_eq!(c.node(f).metrics().snapshots_applied, 0);
     c.shutdown();
 }
+
+#[tokio::test]
+async fn replication_and_failover_with_delayed_messages() {
+    // 30 ms one way (election timeout 100 ms with 10 ms ticks): slow, not partitioned.
+    let c = Cluster::start(3, |_| {});
+    c.router
+        .set_delay(Some(std::time::Duration::from_millis(30)));
+    for n in &c.nodes {
+        n.create_shard(shard(1, vec![1, 2, 3])).unwrap();
+    }
+    // Slow links make leadership flap now and then: commit as clients do,
+    // retrying at the current leader.
+    async fn commit(c: &Cluster, excluded: &[u64], k: &[u8], v: &[u8]) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let l = c.leader(1, excluded).await;
+            match bounded("propose", 20, c.node(l).propose(1, put(k, v))).await {
+                Ok(TxnOutcome::Applied { .. }) => return,
+                Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    for i in 0..20 {
+        commit(&c, &[], &key(1, &format!("d{i}")), b"v").await;
+    }
+    // Every replica ends with every acknowledged write.
+    for n in &c.nodes {
+        eventually("replication", 20, || {
+            (n.get(1, &key(1, "d19")).unwrap() == Some(b"v".to_vec())).then_some(())
+        })
+        .await;
+    }
+    // The leader goes away: the delayed others still elect one and commit.
+    let l1 = c.leader(1, &[]).await;
+    c.router.isolate(l1);
+    commit(&c, &[l1], &key(1, "after"), b"w").await;
+    c.shutdown();
+}

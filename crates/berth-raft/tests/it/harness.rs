@@ -79,6 +79,9 @@ pub struct Router {
     nodes: RwLock<HashMap<NodeId, RaftNode>>,
     isolated: Mutex<HashSet<NodeId>>,
     filters: Mutex<Vec<Filter>>,
+    /// Every batch arrives this much later (on a thread of its own, so
+    /// batches may also arrive out of order).
+    delay: Mutex<Option<std::time::Duration>>,
 }
 
 impl Router {
@@ -90,6 +93,11 @@ impl Router {
     pub fn heal(&self) {
         self.isolated.lock().clear();
         self.filters.lock().clear();
+    }
+
+    /// Delays every batch by `d` (None: deliver at once).
+    pub fn set_delay(&self, d: Option<std::time::Duration>) {
+        *self.delay.lock() = d;
     }
 
     /// Removes every filter (isolation stays).
@@ -125,9 +133,22 @@ impl Transport for MemTransport {
         };
         // As the gRPC server does: every batch, even an empty keepalive, proves the sender
         // alive; then its messages are stepped.
-        if let Some(n) = self.router.nodes.read().get(&to) {
-            n.peer_alive(self.from);
-            n.step(msgs);
+        let Some(n) = self.router.nodes.read().get(&to).cloned() else {
+            return;
+        };
+        let from = self.from;
+        match *self.router.delay.lock() {
+            None => {
+                n.peer_alive(from);
+                n.step(msgs);
+            }
+            Some(d) => {
+                std::thread::spawn(move || {
+                    std::thread::sleep(d);
+                    n.peer_alive(from);
+                    n.step(msgs);
+                });
+            }
         }
     }
 }
