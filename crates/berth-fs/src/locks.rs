@@ -307,6 +307,23 @@ impl LockTable {
             .collect()
     }
 
+    /// Forgets every session holding a lock on a file of `volume` (their
+    /// holders then get ESTALE and learn their locks are gone); returns the
+    /// files that had their locks. For a volume whose leadership moved away
+    /// and back: what this table holds for it may be stale.
+    pub fn drop_volume(&mut self, volume: u64) -> Vec<FileKey> {
+        let holders: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.files.iter().any(|f| f.volume == volume))
+            .map(|(id, _)| *id)
+            .collect();
+        holders
+            .into_iter()
+            .flat_map(|id| self.drop_session(id))
+            .collect()
+    }
+
     fn drop_session(&mut self, id: SessionId) -> Vec<FileKey> {
         let Some(s) = self.sessions.remove(&id) else {
             return Vec::new();
@@ -573,6 +590,9 @@ pub struct LockService {
     /// never repeat within a process and are not guessable across restarts.
     next_id: Mutex<u64>,
     seed: u64,
+    /// The Raft term in which this node last served each shard's locks: a
+    /// new term means leadership may have been elsewhere meanwhile.
+    terms: Mutex<HashMap<u64, u64>>,
 }
 
 /// splitmix64's finaliser: a bijection on u64.
@@ -595,6 +615,7 @@ impl LockService {
             epoch: Instant::now(),
             next_id: Mutex::new(0),
             seed,
+            terms: Mutex::new(HashMap::new()),
         })
     }
 
@@ -647,6 +668,7 @@ impl LockService {
 
     /// Extends a session's lease; returns the lease.
     pub fn renew(&self, p: &Principal, session: SessionId) -> Result<u64, Error> {
+        self.check_terms();
         let now = self.now_ms();
         let mut table = self.table.lock();
         table.touch(session, &p.name, now)?;
@@ -723,11 +745,56 @@ impl LockService {
                 _ => Error::new(Code::Again, message),
             });
         }
+        self.check_terms();
+        if let Some(term) = router.raft().term(vol.shard_id) {
+            self.terms.lock().entry(vol.shard_id).or_insert(term);
+        }
         Ok(FileKey {
             volume: h.volume,
             ino: h.ino,
             snapshot: h.snapshot,
         })
+    }
+
+    /// Leadership that moved away (and maybe came back) leaves locks here
+    /// that other leaders never saw, while clients may have been told they
+    /// were lost: for every shard whose locks this node served in another
+    /// term, or no longer leads, the locks go with their sessions (their
+    /// holders get ESTALE).
+    fn check_terms(&self) {
+        let raft = self.meta.router().raft();
+        let me = self.meta.router().node_id();
+        let changed: Vec<u64> = {
+            let mut terms = self.terms.lock();
+            let gone: Vec<u64> = terms
+                .iter()
+                .filter(|(s, t)| raft.leader(**s) != Some(me) || raft.term(**s) != Some(**t))
+                .map(|(s, _)| *s)
+                .collect();
+            for s in &gone {
+                terms.remove(s);
+            }
+            gone
+        };
+        if changed.is_empty() {
+            return;
+        }
+        let volumes: Vec<u64> = self
+            .meta
+            .map()
+            .volumes
+            .iter()
+            .filter(|v| changed.contains(&v.shard_id))
+            .map(|v| v.id)
+            .collect();
+        let files: Vec<FileKey> = {
+            let mut t = self.table.lock();
+            volumes.iter().flat_map(|v| t.drop_volume(*v)).collect()
+        };
+        if !files.is_empty() {
+            tracing::info!(shards = ?changed, "leadership moved: the locks held here are dropped");
+        }
+        self.wake_files(&files);
     }
 
     /// A lock the caller may see: the pid only when the holder is in the
@@ -1027,6 +1094,36 @@ mod tests {
         assert!(mine(&t, a1, LockKind::Posix).is_empty());
         assert_eq!(mine(&t, a2, LockKind::Posix), [(R, 0, 9)]);
         assert!(!t.release_owner(F, a1, LockKind::Posix));
+        t.check_invariants();
+    }
+
+    #[test]
+    fn dropping_a_volume_forgets_its_holders_sessions() {
+        let mut t = table();
+        let a = FileKey {
+            volume: 7,
+            ino: 1,
+            snapshot: None,
+        };
+        let b = FileKey {
+            volume: 8,
+            ino: 1,
+            snapshot: None,
+        };
+        assert!(matches!(
+            t.set(a, h(1, 1), LockKind::Posix, LockType::Write, r(0, 9), 5),
+            Ok(Outcome::Granted)
+        ));
+        assert!(matches!(
+            t.set(b, h(2, 1), LockKind::Posix, LockType::Write, r(0, 9), 5),
+            Ok(Outcome::Granted)
+        ));
+        assert_eq!(t.drop_volume(7), vec![a]);
+        // Alice's session is gone (ESTALE), her lock with it; Bob's stays.
+        assert_eq!(t.touch(1, "alice", 1).unwrap_err().code, Code::Stale);
+        assert!(t.locks(a).is_empty());
+        assert_eq!(t.locks(b).len(), 1);
+        t.touch(2, "bob", 1).unwrap();
         t.check_invariants();
     }
 

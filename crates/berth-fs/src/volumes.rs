@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use berth_meta::map::{
-    normalize_path, split_parent, ShardRecord, VolumeRecord, VolumeState, CHUNK_SIZE_DEFAULT,
-    CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, C_SHARD_ID, C_VOLUME_ID,
+    normalize_path, split_parent, NodeState, ShardRecord, VolumeRecord, VolumeState,
+    CHUNK_SIZE_DEFAULT, CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, C_SHARD_ID, C_VOLUME_ID,
 };
 use berth_meta::meta::require_admin;
 use berth_meta::router::{backoff, too_much_contention, Commit, TX_RETRIES_MAX};
@@ -45,6 +45,8 @@ pub struct VolumeSpec {
     pub write_ace: Option<String>,
     /// Bytes per file chunk (0 = 1 MiB); a power of two from 64 KiB to 16 MiB.
     pub chunk_size: u32,
+    /// `KEY=VALUE`: keep the volume's leader on a node with this label.
+    pub leader_preference: Option<String>,
 }
 
 /// What `volume info` reports.
@@ -152,6 +154,9 @@ impl Namespace {
                 )))
             }
         };
+        if let Some(l) = &spec.leader_preference {
+            berth_meta::map::parse_label_pair(l)?;
+        }
         // Fail early (before allocating anything) when the path is taken.
         let (parent_path, _) = split_parent(&path).ok_or_else(|| Error::exists("/"))?;
         let parent = self.resolve_mut(p, parent_path, true).await?;
@@ -169,7 +174,13 @@ impl Namespace {
         let id = self.meta.allocate(C_VOLUME_ID).await?;
         let shard_id = self.meta.allocate(C_SHARD_ID).await?;
         let map = self.meta.map();
-        let mut nodes: Vec<u64> = map.nodes.iter().map(|n| n.id).collect();
+        // Nodes being drained or gone hold no new replicas.
+        let mut nodes: Vec<u64> = map
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.state, NodeState::Up | NodeState::Joining))
+            .map(|n| n.id)
+            .collect();
         nodes.sort_unstable();
         let me = self.meta.router().node_id();
         // Placement: this node first, then the others in id order. The
@@ -190,6 +201,7 @@ impl Namespace {
             state: VolumeState::Creating,
             parent_volume: parent.vol.id,
             chunk_size,
+            leader_preference: spec.leader_preference.clone(),
         };
         let shard = ShardRecord::for_volume(shard_id, id, nodes);
         self.meta.create_volume_record(&vol, &shard).await?;

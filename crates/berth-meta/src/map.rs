@@ -286,6 +286,60 @@ pub struct VolumeRecord {
     pub parent_volume: u64,
     /// Bytes per file chunk, fixed at creation.
     pub chunk_size: u32,
+    /// `KEY=VALUE`: the shard's leader is kept on a node with this label
+    /// when one of its voters has it (None: wherever balance puts it).
+    pub leader_preference: Option<String>,
+}
+
+/// A volume record as stored before `leader_preference`.
+#[derive(Deserialize)]
+struct VolumeRecordV1 {
+    id: u64,
+    path: String,
+    replication: u32,
+    quota_bytes: u64,
+    read_ace: Option<String>,
+    write_ace: Option<String>,
+    shard_id: ShardId,
+    root_inode: u64,
+    created_ns: i64,
+    state: VolumeState,
+    parent_volume: u64,
+    chunk_size: u32,
+}
+
+/// Decodes a volume record of any layout this build has written.
+pub fn decode_volume(b: &[u8]) -> Result<VolumeRecord, crate::Error> {
+    use crate::codec::{decode, decode_exact};
+    decode_exact::<VolumeRecord>(b, "volume").or_else(|e| {
+        let Ok(v) = decode::<VolumeRecordV1>(b, "volume") else {
+            return Err(e);
+        };
+        Ok(VolumeRecord {
+            id: v.id,
+            path: v.path,
+            replication: v.replication,
+            quota_bytes: v.quota_bytes,
+            read_ace: v.read_ace,
+            write_ace: v.write_ace,
+            shard_id: v.shard_id,
+            root_inode: v.root_inode,
+            created_ns: v.created_ns,
+            state: v.state,
+            parent_volume: v.parent_volume,
+            chunk_size: v.chunk_size,
+            leader_preference: None,
+        })
+    })
+}
+
+/// A `KEY=VALUE` label preference, checked.
+pub fn parse_label_pair(s: &str) -> Result<(String, String), crate::Error> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| crate::Error::invalid(format!("{s:?}: KEY=VALUE, e.g. zone=a")))?;
+    validate_label(k, v)?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// Default chunk size of a volume's files.

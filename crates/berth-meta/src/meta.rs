@@ -233,7 +233,12 @@ impl Meta {
             .iter()
             .map(|(_, v)| decode_node(v))
             .collect::<Result<_, _>>()?;
-        map.volumes = scan_table(&tx, T_VOLUME, "volume")?;
+        let (start, end) = table_range(T_VOLUME);
+        map.volumes = tx
+            .peek_range(&start, &end, usize::MAX)?
+            .iter()
+            .map(|(_, v)| decode_volume(v))
+            .collect::<Result<_, _>>()?;
         map.shards = scan_table(&tx, T_SHARD, "shard")?;
         for u in scan_table::<UserRecord>(&tx, T_USER, "user")? {
             map.users.insert(u.name.clone(), u);
@@ -440,6 +445,7 @@ impl Meta {
                     state: VolumeState::Creating,
                     parent_volume: 0,
                     chunk_size: CHUNK_SIZE_DEFAULT,
+                    leader_preference: None,
                 }),
             );
             tx.put(volume_path_key("/"), ROOT_VOLUME.to_be_bytes().to_vec());
@@ -777,6 +783,16 @@ impl Meta {
 
     /// Moves node `id` to `state` (the placement runtime's step once a
     /// joining node holds replicas, or a drain's).
+    /// Forgets a node: its record goes (its id is never reused; the counter
+    /// stays above it) and its certificate no longer admits it.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), Error> {
+        self.update(&node_key(id), "remove node", |cur| {
+            cur.ok_or_else(|| Error::not_found(format!("node {id}")))?;
+            Ok(None)
+        })
+        .await
+    }
+
     pub async fn set_node_state(&self, id: NodeId, state: NodeState) -> Result<(), Error> {
         self.update(&node_key(id), "node state", |cur| {
             let cur = cur.ok_or_else(|| Error::not_found(format!("node {id}")))?;
@@ -1362,10 +1378,8 @@ impl Meta {
     ) -> Result<VolumeRecord, Error> {
         let mut out = None;
         self.update(&volume_key(id), "volume update", |cur| {
-            let mut v: VolumeRecord = decode(
-                &cur.ok_or_else(|| Error::not_found(format!("volume {id}")))?,
-                "volume",
-            )?;
+            let mut v =
+                decode_volume(&cur.ok_or_else(|| Error::not_found(format!("volume {id}")))?)?;
             f(&mut v)?;
             let bytes = encode(&v);
             out = Some(v);

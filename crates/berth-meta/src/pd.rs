@@ -17,12 +17,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use berth_raft::{MemberChange, Membership, NodeId, PeerProgress, RaftNode, Role, ShardDesc};
 use parking_lot::Mutex;
 
-use crate::map::{ShardRecord, META_SHARD};
+use crate::map::{NodeState, ShardRecord, META_SHARD};
 use crate::placement::{self, NodeView, Settings, ShardView, Step};
 use crate::{Code, Error, Meta};
 use berth_raft::ShardId;
@@ -53,6 +53,8 @@ pub struct ReplicaReport {
 pub struct NodeReport {
     pub node: NodeId,
     pub replicas: Vec<ReplicaReport>,
+    /// Size of the node's store (0: not measured).
+    pub bytes: u64,
 }
 
 impl NodeReport {
@@ -75,6 +77,7 @@ impl NodeReport {
                     applied: s.applied,
                 })
                 .collect(),
+            bytes: 0,
         }
     }
 }
@@ -124,9 +127,14 @@ pub struct DriverStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSeen {
     pub node: NodeId,
+    /// joining, up, suspect, down, draining or decommissioned.
+    pub health: &'static str,
     pub heartbeat_ago_ms: Option<u64>,
+    /// Voting replicas, as the shards' leaders report them.
     pub replicas: usize,
+    pub learners: usize,
     pub leaders: usize,
+    pub bytes: u64,
 }
 
 #[derive(Default)]
@@ -158,6 +166,11 @@ impl Driver {
         })
     }
 
+    /// The cluster map this driver reads.
+    pub fn meta(&self) -> &Arc<Meta> {
+        &self.meta
+    }
+
     /// Milliseconds on this process's monotonic clock.
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -180,6 +193,7 @@ impl Driver {
         let nodes: Vec<NodeView> = map
             .nodes
             .iter()
+            .filter(|n| n.state != NodeState::Decommissioned)
             .map(|n| NodeView {
                 id: n.id,
                 labels: n.labels.clone(),
@@ -187,7 +201,7 @@ impl Driver {
                     .reports
                     .get(&n.id)
                     .map_or(since, |(at, _)| (*at).max(since)),
-                draining: false,
+                draining: n.state == NodeState::Draining,
             })
             .collect();
         // The leader's report of each shard is the authority on its configuration.
@@ -203,6 +217,12 @@ impl Driver {
             .iter()
             .map(|s| {
                 let replication = self.replication_of(s, live_nodes);
+                let prefer_leader = map
+                    .volumes
+                    .iter()
+                    .find(|v| v.shard_id == s.id)
+                    .and_then(|v| v.leader_preference.as_deref())
+                    .and_then(|l| crate::map::parse_label_pair(l).ok());
                 let Some((leader, rep)) = leaders.get(&s.id) else {
                     // No leader reported: nothing can be changed; the plan waits.
                     return ShardView {
@@ -213,6 +233,7 @@ impl Driver {
                         leader: None,
                         joint: false,
                         busy: true,
+                        prefer_leader,
                     };
                 };
                 let m = &rep.membership;
@@ -236,6 +257,7 @@ impl Driver {
                     leader: Some(*leader),
                     joint: m.is_joint(),
                     busy: st.in_flight.contains_key(&s.id) || rep.conf_pending,
+                    prefer_leader,
                 }
             })
             .collect();
@@ -302,6 +324,8 @@ impl Driver {
                 me.state.lock().in_flight.remove(&step_shard(&step));
             });
         }
+        self.finish_drains(&st);
+        self.sync_map(&st);
         for g in self.zombies(&st) {
             let admin = self.admin.clone();
             tokio::spawn(async move {
@@ -342,12 +366,13 @@ impl Driver {
                     placement::node_state(n, now_ms, &self.settings)
                 })
         };
-        // A down node's copy of the map goes with its other replicas.
-        if let Some(&gone) = m
-            .learners
-            .iter()
-            .find(|&&n| state(n) == placement::NodeState::Down)
-        {
+        // A down or draining node's copy of the map goes with its other replicas.
+        if let Some(&gone) = m.learners.iter().find(|&&n| {
+            matches!(
+                state(n),
+                placement::NodeState::Down | placement::NodeState::Draining
+            )
+        }) {
             return vec![Step::Remove {
                 shard: META_SHARD,
                 node: gone,
@@ -488,6 +513,7 @@ impl Driver {
     pub fn status(&self) -> DriverStatus {
         let now = self.now_ms();
         let active = self.leads_meta();
+        let map = self.meta.map();
         let st = self.state.lock();
         let (nodes, shards) = self.views(&st, now);
         let up: BTreeSet<NodeId> = nodes
@@ -495,17 +521,37 @@ impl Driver {
             .filter(|n| placement::node_state(n, now, &self.settings) == placement::NodeState::Up)
             .map(|n| n.id)
             .collect();
-        let mut seen: Vec<NodeSeen> = nodes
+        let leaders = leader_reports(&st);
+        let count = |f: &dyn Fn(&Membership) -> &Vec<NodeId>, id: NodeId| {
+            leaders
+                .values()
+                .filter(|(_, rep)| f(&rep.membership).contains(&id))
+                .count()
+        };
+        let mut seen: Vec<NodeSeen> = map
+            .nodes
             .iter()
-            .map(|n| {
-                let report = st.reports.get(&n.id);
+            .map(|rec| {
+                let report = st.reports.get(&rec.id);
+                let health = match (rec.state, nodes.iter().find(|n| n.id == rec.id)) {
+                    (NodeState::Decommissioned, _) | (_, None) => "decommissioned",
+                    (NodeState::Draining, _) => "draining",
+                    (NodeState::Joining, Some(_)) if report.is_none() => "joining",
+                    (_, Some(n)) => match placement::node_state(n, now, &self.settings) {
+                        placement::NodeState::Up => "up",
+                        placement::NodeState::Suspect => "suspect",
+                        placement::NodeState::Down => "down",
+                        placement::NodeState::Draining => "draining",
+                    },
+                };
                 NodeSeen {
-                    node: n.id,
+                    node: rec.id,
+                    health,
                     heartbeat_ago_ms: report.map(|(at, _)| now.saturating_sub(*at)),
-                    replicas: report.map_or(0, |(_, r)| r.replicas.len()),
-                    leaders: report.map_or(0, |(_, r)| {
-                        r.replicas.iter().filter(|x| x.is_leader).count()
-                    }),
+                    replicas: count(&|m| &m.voters, rec.id),
+                    learners: count(&|m| &m.learners, rec.id),
+                    leaders: leaders.values().filter(|(l, _)| *l == rec.id).count(),
+                    bytes: report.map_or(0, |(_, r)| r.bytes),
                 }
             })
             .collect();
@@ -526,21 +572,110 @@ impl Driver {
         }
     }
 
-    /// Runs the driver every `every` for the life of the process: this node's own report
-    /// goes in directly, then a tick (which does nothing unless this node leads the meta
-    /// shard).
-    pub fn spawn(self: &Arc<Self>, every: Duration) {
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(d) = me.upgrade() else { return };
-                let now = d.now_ms();
-                d.report(NodeReport::of(d.meta.router().raft()), now);
-                d.tick(now);
+    /// Brings the map's replicas of each shard (its voters) in line with what the shard's
+    /// leader reports, for shards with no step in flight and not joint: a configuration can
+    /// change without a step of this driver (raft-rs leaves a joint configuration by
+    /// itself, a previous driver's step completed after it lost leadership).
+    fn sync_map(self: &Arc<Self>, st: &State) {
+        let map = self.meta.map();
+        for (shard, (_, rep)) in leader_reports(st) {
+            let m = &rep.membership;
+            if st.in_flight.contains_key(&shard) || m.is_joint() || m.voters.is_empty() {
+                continue;
             }
-        });
+            let Some(rec) = map.shards.iter().find(|s| s.id == shard) else {
+                continue;
+            };
+            let mut voters = m.voters.clone();
+            voters.sort_unstable();
+            if rec.replicas == voters {
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.meta.set_shard_replicas(shard, voters).await {
+                    tracing::debug!(shard, error = %e, "cannot record a shard's replicas");
+                }
+            });
+        }
     }
+
+    /// Draining nodes no group lists any more (every shard's leader reported) become
+    /// decommissioned in the map.
+    fn finish_drains(self: &Arc<Self>, st: &State) {
+        let map = self.meta.map();
+        let leaders = leader_reports(st);
+        if map.shards.iter().any(|s| !leaders.contains_key(&s.id)) {
+            return;
+        }
+        for n in map.nodes.iter().filter(|n| n.state == NodeState::Draining) {
+            let holds = leaders
+                .values()
+                .any(|(_, rep)| rep.membership.contains(n.id));
+            if holds {
+                continue;
+            }
+            let (me, id) = (self.clone(), n.id);
+            tokio::spawn(async move {
+                match me.meta.set_node_state(id, NodeState::Decommissioned).await {
+                    Ok(()) => tracing::info!(node = id, "node drained: decommissioned"),
+                    Err(e) => {
+                        tracing::warn!(node = id, error = %e, "cannot mark a drained node decommissioned")
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Each shard's leader and its report, from the nodes' reports.
+fn leader_reports(st: &State) -> BTreeMap<ShardId, (NodeId, &ReplicaReport)> {
+    let mut out = BTreeMap::new();
+    for (node, (_, r)) in &st.reports {
+        for rep in r.replicas.iter().filter(|rep| rep.is_leader) {
+            out.insert(rep.shard, (*node, rep));
+        }
+    }
+    out
+}
+
+/// Whether the nodes left once `node` is drained can hold every shard at its
+/// replication factor (the meta shard at 3 voters, or as many nodes as there are).
+pub fn can_drain(map: &crate::meta::MapCache, node: NodeId) -> Result<(), Error> {
+    let rec = map
+        .nodes
+        .iter()
+        .find(|n| n.id == node)
+        .ok_or_else(|| Error::not_found(format!("node {node}")))?;
+    if matches!(rec.state, NodeState::Draining | NodeState::Decommissioned) {
+        return Ok(());
+    }
+    let left = map
+        .nodes
+        .iter()
+        .filter(|n| n.id != node)
+        .filter(|n| matches!(n.state, NodeState::Up | NodeState::Joining))
+        .count();
+    if left == 0 {
+        return Err(Error::new(
+            Code::Busy,
+            format!("cannot decommission node {node}: it is the cluster's last node"),
+        ));
+    }
+    for v in &map.volumes {
+        let rf = v.replication.max(1) as usize;
+        if rf > left {
+            return Err(Error::new(
+                Code::Busy,
+                format!(
+                    "cannot decommission node {node}: volume {} (id {}) wants {rf} replicas and \
+                     only {left} other node(s) would be left to hold them; add a node first",
+                    v.path, v.id
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn step_shard(s: &Step) -> ShardId {

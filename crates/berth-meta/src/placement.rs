@@ -89,6 +89,9 @@ pub struct ShardView {
     pub joint: bool,
     /// A step of this shard is in flight.
     pub busy: bool,
+    /// Keep the leader on a node with this label (key, value) when a voter
+    /// has it.
+    pub prefer_leader: Option<(String, String)>,
 }
 
 /// What the driver judges a node to be.
@@ -142,6 +145,8 @@ struct Plan<'a> {
     s: &'a Settings,
     states: BTreeMap<NodeId, NodeState>,
     labels: BTreeMap<NodeId, Option<String>>,
+    /// Every label of every node.
+    all_labels: BTreeMap<NodeId, BTreeMap<String, String>>,
     /// Replicas (voters and learners) per node, counting steps planned.
     replicas: BTreeMap<NodeId, usize>,
     /// Steps touching each node, planned here.
@@ -247,6 +252,18 @@ impl Plan<'_> {
         if shard.busy {
             return true;
         }
+        // A learner whose node died will never catch up: it goes first.
+        if let Some((node, _)) = shard
+            .learners
+            .iter()
+            .find(|(n, _)| self.state(*n) == NodeState::Down)
+        {
+            self.push(Step::Remove {
+                shard: shard.id,
+                node: *node,
+            });
+            return true;
+        }
         if let Some((node, _)) = shard
             .learners
             .iter()
@@ -319,6 +336,38 @@ impl Plan<'_> {
         false
     }
 
+    /// Whether `n` satisfies the shard's leader preference (any node does
+    /// when there is none).
+    fn preferred(&self, shard: &ShardView, n: NodeId) -> bool {
+        shard.prefer_leader.as_ref().is_none_or(|(k, v)| {
+            self.all_labels
+                .get(&n)
+                .and_then(|l| l.get(k))
+                .is_some_and(|x| x == v)
+        })
+    }
+
+    /// Moves a shard's leadership to a voter with its preferred label.
+    fn prefer(&mut self, shard: &ShardView) {
+        let Some(leader) = shard.leader else { return };
+        if shard.busy || shard.joint || self.preferred(shard, leader) {
+            return;
+        }
+        let to = shard
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| self.state(*v) == NodeState::Up && self.preferred(shard, *v))
+            .filter(|v| self.has_room(*v))
+            .min_by_key(|v| (self.replicas.get(v).copied().unwrap_or(0), *v));
+        if let Some(to) = to {
+            self.push(Step::TransferLeader {
+                shard: shard.id,
+                to,
+            });
+        }
+    }
+
     /// One replica move, else one leader move, between the most and the
     /// least loaded up nodes, when they are out of balance.
     fn balance(&mut self, shards: &[ShardView]) {
@@ -370,10 +419,12 @@ impl Plan<'_> {
         if unbalanced(&by_leaders) {
             let (_, to) = by_leaders[0];
             let (_, from) = by_leaders[by_leaders.len() - 1];
-            if let Some(shard) = shards
-                .iter()
-                .find(|s| s.leader == Some(from) && s.voters.contains(&to))
-            {
+            // Never against a shard's leader preference.
+            if let Some(shard) = shards.iter().find(|s| {
+                s.leader == Some(from)
+                    && s.voters.contains(&to)
+                    && (s.prefer_leader.is_none() || self.preferred(s, to))
+            }) {
                 self.push(Step::TransferLeader {
                     shard: shard.id,
                     to,
@@ -395,6 +446,7 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], now_ms: u64, s: &Settings)
             .iter()
             .map(|n| (n.id, n.labels.get(&s.spread_label).cloned()))
             .collect(),
+        all_labels: nodes.iter().map(|n| (n.id, n.labels.clone())).collect(),
         replicas: BTreeMap::new(),
         steps: BTreeMap::new(),
         snapshots: BTreeMap::new(),
@@ -412,7 +464,11 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], now_ms: u64, s: &Settings)
     }
     let mut repaired = false;
     for sh in shards {
-        repaired |= p.repair(sh);
+        if p.repair(sh) {
+            repaired = true;
+        } else {
+            p.prefer(sh);
+        }
     }
     if !repaired {
         p.balance(shards);
@@ -447,6 +503,36 @@ mod tests {
 
     fn run(nodes: &[NodeView], shards: &[ShardView]) -> Vec<Step> {
         plan(nodes, shards, NOW, &Settings::default())
+    }
+
+    #[test]
+    fn a_learner_on_a_down_node_is_removed() {
+        let mut nodes = vec![node(1, "a"), node(2, "b"), node(3, "c"), node(4, "d")];
+        nodes[3].heartbeat_ms = 0; // node 4: silent since the start
+        let mut s = shard(10, 3, &[1, 2], 1);
+        s.learners = vec![(4, false)];
+        assert_eq!(run(&nodes, &[s]), vec![Step::Remove { shard: 10, node: 4 }]);
+    }
+
+    #[test]
+    fn leaders_follow_a_volume_preference() {
+        let nodes = [node(1, "a"), node(2, "b"), node(3, "c")];
+        let mut s = shard(10, 3, &[1, 2, 3], 1);
+        s.prefer_leader = Some(("zone".into(), "c".into()));
+        assert_eq!(
+            run(&nodes, std::slice::from_ref(&s)),
+            vec![Step::TransferLeader { shard: 10, to: 3 }]
+        );
+        s.leader = Some(3);
+        assert!(run(&nodes, std::slice::from_ref(&s)).is_empty());
+        // Leader balancing never takes it away: three shards led by node 3,
+        // all preferring it.
+        let many: Vec<ShardView> = (10..13).map(|id| ShardView { id, ..s.clone() }).collect();
+        assert!(run(&nodes, &many).is_empty(), "{:?}", run(&nodes, &many));
+        // No voter has the value: nothing to do.
+        s.prefer_leader = Some(("zone".into(), "x".into()));
+        s.leader = Some(1);
+        assert!(run(&nodes, std::slice::from_ref(&s)).is_empty());
     }
 
     #[test]

@@ -85,7 +85,8 @@
 //! # Not handled yet
 //! - A node receiving messages for a shard it has no replica of drops them: replicas are
 //!   created by the cluster layer ([`RaftNode::create_shard`], [`RaftNode::create_replica`]).
-//! - Snapshots are built in memory and sent as one message.
+//! - Snapshots are built in memory whole (the server's transport sends them in paced chunks); the
+//!   loop reports a snapshot finished as soon as the transport took it.
 
 mod blob_gc;
 pub mod cmd;

@@ -669,6 +669,16 @@ impl RaftNode {
         self.inner.shared.alive.read().clone()
     }
 
+    /// The shard's current Raft term on this node.
+    pub fn term(&self, shard: ShardId) -> Option<u64> {
+        self.inner
+            .shared
+            .shards
+            .read()
+            .get(&shard)
+            .map(|e| e.status.term)
+    }
+
     /// The shard's leader as last seen by this node.
     pub fn leader(&self, shard: ShardId) -> Option<NodeId> {
         self.inner

@@ -97,6 +97,9 @@ pub struct Config {
     /// A node silent this long is down and its replicas are re-created
     /// elsewhere (`--node-down-timeout`).
     pub node_down_timeout: Duration,
+    /// Bytes per second of Raft snapshot data this node sends
+    /// (`--snapshot-rate`).
+    pub snapshot_rate: u64,
 }
 
 /// Default of `--node-down-timeout`, as CockroachDB's
@@ -517,6 +520,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .context("starting the multi-raft loop")?;
     let router = Arc::new(Router::new(raft.clone(), node_id));
     router.set_forwarder(transport.clone());
+    transport.set_snapshot_rate(cfg.snapshot_rate);
     let meta = Meta::new(router);
     directory.attach(meta.clone());
     if raft.has_replica(META_SHARD) {
@@ -538,6 +542,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ms => Duration::from_millis(ms),
     });
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let placement = Arc::new(native::node_admin::Placement {
+        driver: driver.clone(),
+        meta: meta.clone(),
+        transport: transport.clone(),
+        down_timeout: cfg.node_down_timeout,
+    });
     let native = Arc::new(Native {
         meta: meta.clone(),
         ns: ns.clone(),
@@ -546,6 +556,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         node_id,
         ready: ready_rx,
         awaiting_replicas: Default::default(),
+        placement: placement.clone(),
     });
     let node = Arc::new(Node {
         native: native.clone(),
@@ -585,7 +596,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let raft_auth = if cfg.insecure {
             native::PeerAuth::Ticket(meta.clone())
         } else {
-            native::PeerAuth::Certificate
+            native::PeerAuth::Certificate(Some(meta.clone()))
         };
         let router = builder
             .add_service(
@@ -616,6 +627,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 meta: meta.clone(),
                 driver: driver.clone(),
                 auth: raft_auth.clone(),
+                down_timeout: cfg.node_down_timeout,
+                placement: placement.clone(),
             }))
             .add_service(
                 RaftTransportServer::new(native::RaftService {
@@ -744,6 +757,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         meta.clone(),
         transport.clone(),
         directory.clone(),
+        paths.store.clone(),
         HEARTBEAT_INTERVAL,
     );
     let mut kafka = None;

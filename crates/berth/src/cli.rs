@@ -109,6 +109,9 @@ pub enum Command {
     /// Nodes of the cluster.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// The cluster as a whole.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -119,6 +122,29 @@ pub enum NodeCmd {
     /// Join tokens for new nodes (cluster administrators).
     #[command(subcommand)]
     Token(NodeTokenCmd),
+    /// Every node: addresses, labels, state, replicas, leaders, bytes, last heartbeat.
+    List,
+    /// One node.
+    Info { id: u64 },
+    /// Move every replica off node ID, then mark it decommissioned (idempotent).
+    /// Refused when the other nodes cannot hold every shard at its replication
+    /// factor.
+    Decommission {
+        id: u64,
+        /// Start the drain and return instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Take a draining or decommissioned node back.
+    Recommission { id: u64 },
+    /// Forget node ID: only once it holds nothing or is down.
+    Remove { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Placement: under-replicated and joint shards, steps in flight, nodes.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -255,6 +281,10 @@ pub enum VolumeCmd {
         /// Bytes per file chunk, a power of two from 64KiB to 16MiB (default 1MiB).
         #[arg(long, value_parser = crate::output::parse_size)]
         chunk_size: Option<u64>,
+        /// KEY=VALUE: keep the volume's leader on a node with this label
+        /// (e.g. zone=a, near its clients) when one of its replicas has it.
+        #[arg(long, value_name = "KEY=VALUE")]
+        prefer_leader: Option<String>,
     },
     /// List volumes.
     List,

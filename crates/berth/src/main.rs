@@ -141,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DockerPlugin(args) => berth_container::docker_plugin(args).await,
         Command::Status => status::status(&ctx).await,
         Command::Node(cmd) => node::node(&ctx, cmd).await,
+        Command::Cluster(cmd) => node::cluster(&ctx, cmd).await,
         Command::Bench(cmd) => bench::bench(&ctx, cmd).await,
     }
 }

@@ -275,6 +275,7 @@ pub fn volume_json(v: &Volume) -> Value {
         "created_ns": v.created_ns,
         "root_inode": v.root_inode,
         "entries": v.entries,
+        "prefer_leader": v.prefer_leader,
     })
 }
 

@@ -74,6 +74,10 @@ pub struct ServerArgs {
     /// replicas elsewhere [default: 5m].
     #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_ttl)]
     pub node_down_timeout: Option<std::time::Duration>,
+    /// Rate of Raft snapshot data this node sends to the others, per
+    /// second, all together [default: 32MiB].
+    #[arg(long, value_name = "SIZE", value_parser = crate::output::parse_size)]
+    pub snapshot_rate: Option<u64>,
     /// HOST:PORT of a node of an existing cluster to join on the first
     /// start (with --join-token; ignored once the node has joined).
     #[arg(long, value_name = "HOST:PORT")]
@@ -111,6 +115,8 @@ struct FileConfig {
     labels: Option<std::collections::BTreeMap<String, String>>,
     /// `"5m"`
     node_down_timeout: Option<String>,
+    /// `"32MiB"`
+    snapshot_rate: Option<String>,
     join: Option<String>,
     join_token: Option<String>,
 }
@@ -206,6 +212,13 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
                 .map_err(|e| anyhow::anyhow!("node_down_timeout {s:?}: {e}"))?,
             (None, None) => berth_server::NODE_DOWN_TIMEOUT_DEFAULT,
         },
+        snapshot_rate: match (args.snapshot_rate, file.snapshot_rate) {
+            (Some(r), _) => r,
+            (None, Some(s)) => crate::output::parse_size(&s)
+                .map_err(|e| anyhow::anyhow!("snapshot_rate {s:?}: {e}"))?,
+            (None, None) => berth_server::native::SNAPSHOT_RATE_DEFAULT,
+        }
+        .max(1),
         join: match (args.join.or(file.join), args.join_token.or(file.join_token)) {
             (Some(addr), Some(token)) => {
                 anyhow::ensure!(

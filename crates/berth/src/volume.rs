@@ -22,6 +22,7 @@ pub async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
             read_ace,
             write_ace,
             chunk_size,
+            prefer_leader,
         } => {
             let path = abs(&path);
             let chunk_size = match chunk_size {
@@ -36,6 +37,7 @@ pub async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
                 read_ace,
                 write_ace,
                 chunk_size,
+                prefer_leader: prefer_leader.unwrap_or_default(),
             };
             let v = vols
                 .create(req)
@@ -123,6 +125,14 @@ pub async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
                         .join(", "),
                 ),
                 ("leader", node_text(v.leader)),
+                (
+                    "preferred leader",
+                    if v.prefer_leader.is_empty() {
+                        "anywhere".into()
+                    } else {
+                        format!("a node with {}", v.prefer_leader)
+                    },
+                ),
                 ("root inode", v.root_inode.to_string()),
                 ("created", format_time_ns(v.created_ns)),
             ]);

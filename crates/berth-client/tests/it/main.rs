@@ -64,6 +64,34 @@ impl Cluster for FakeCluster {
     ) -> Result<tonic::Response<JoinResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("not in the fake"))
     }
+
+    async fn placement(
+        &self,
+        _: tonic::Request<Empty>,
+    ) -> Result<tonic::Response<berth_api::v1::PlacementStatus>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in the fake"))
+    }
+
+    async fn decommission(
+        &self,
+        _: tonic::Request<berth_api::v1::NodeIdRequest>,
+    ) -> Result<tonic::Response<berth_api::v1::NodeDetail>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in the fake"))
+    }
+
+    async fn recommission(
+        &self,
+        _: tonic::Request<berth_api::v1::NodeIdRequest>,
+    ) -> Result<tonic::Response<berth_api::v1::NodeDetail>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in the fake"))
+    }
+
+    async fn remove_node(
+        &self,
+        _: tonic::Request<berth_api::v1::NodeIdRequest>,
+    ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in the fake"))
+    }
 }
 
 /// Starts the fake server on a free loopback port; returns `127.0.0.1:port`.

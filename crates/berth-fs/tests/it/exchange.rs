@@ -89,6 +89,7 @@ async fn exchange_swaps_entries() {
         read_ace: None,
         write_ace: None,
         chunk_size: 0,
+        leader_preference: None,
     };
     k.ns.volume_create(a, &spec).await.unwrap();
     k.ns.create(a, "/v/y", EntryKind::File, 0o644, true)

@@ -335,6 +335,7 @@ async fn volumes_mount_and_isolate() {
         read_ace: None,
         write_ace: Some("g:dev".into()),
         chunk_size: 0,
+        leader_preference: None,
     };
     assert_eq!(
         code(k.ns.volume_create(&alice, &spec("/v")).await),
@@ -599,6 +600,7 @@ async fn concurrent_writers_and_quota() {
             path: "/q".into(),
             quota_bytes: 3 << 20,
             chunk_size: 64 << 10,
+            leader_preference: None,
             ..Default::default()
         },
     )

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use berth_api::v1::cluster_server::Cluster as ClusterApi;
 use berth_api::v1::*;
-use berth_meta::map::{NodeRecord, META_SHARD};
+use berth_meta::map::{NodeRecord, NodeState, META_SHARD};
 use berth_meta::{Code, Error};
 use tonic::{Request, Response, Status};
 
@@ -29,7 +29,7 @@ fn token_info(r: berth_meta::map::JoinTokenRecord) -> JoinTokenInfo {
 
 /// A node of the cluster map as the API shows it; `me` answers, and knows
 /// the nodes it heard from within the Raft peer timeout (`alive`).
-fn node_info(x: &NodeRecord, me: u64, alive: &std::collections::BTreeSet<u64>) -> Node {
+pub fn node_info(x: &NodeRecord, me: u64, alive: &std::collections::BTreeSet<u64>) -> Node {
     Node {
         id: x.id,
         native_addr: x.native_addr.clone(),
@@ -222,4 +222,106 @@ impl ClusterApi for ClusterService {
         })
         .await
     }
+
+    async fn placement(&self, req: Request<Empty>) -> Result<Response<PlacementStatus>, Status> {
+        let n = &self.0;
+        n.call("Cluster/Placement", req, |_p, _| async move {
+            n.placement.status().await
+        })
+        .await
+    }
+
+    async fn decommission(
+        &self,
+        req: Request<NodeIdRequest>,
+    ) -> Result<Response<NodeDetail>, Status> {
+        let n = &self.0;
+        n.call("Cluster/Decommission", req, |p, r| async move {
+            berth_meta::meta::require_admin(&p)?;
+            let map = n.meta.map();
+            let rec = map
+                .nodes
+                .iter()
+                .find(|x| x.id == r.id)
+                .ok_or_else(|| Error::not_found(format!("node {}", r.id)))?;
+            if rec.state == NodeState::Decommissioned {
+                return node_detail(n, r.id).await;
+            }
+            berth_meta::pd::can_drain(&map, r.id)?;
+            if rec.state != NodeState::Draining {
+                n.meta.set_node_state(r.id, NodeState::Draining).await?;
+                tracing::info!(target: "audit", principal = %p.name, node = r.id, "node decommission started");
+            }
+            node_detail(n, r.id).await
+        })
+        .await
+    }
+
+    async fn recommission(
+        &self,
+        req: Request<NodeIdRequest>,
+    ) -> Result<Response<NodeDetail>, Status> {
+        let n = &self.0;
+        n.call("Cluster/Recommission", req, |p, r| async move {
+            berth_meta::meta::require_admin(&p)?;
+            let map = n.meta.map();
+            let rec = map
+                .nodes
+                .iter()
+                .find(|x| x.id == r.id)
+                .ok_or_else(|| Error::not_found(format!("node {}", r.id)))?;
+            if matches!(rec.state, NodeState::Draining | NodeState::Decommissioned) {
+                n.meta.set_node_state(r.id, NodeState::Up).await?;
+                tracing::info!(target: "audit", principal = %p.name, node = r.id, "node recommissioned");
+            }
+            node_detail(n, r.id).await
+        })
+        .await
+    }
+
+    async fn remove_node(&self, req: Request<NodeIdRequest>) -> Result<Response<Empty>, Status> {
+        let n = &self.0;
+        n.call("Cluster/RemoveNode", req, |p, r| async move {
+            berth_meta::meta::require_admin(&p)?;
+            if r.id == n.node_id {
+                return Err(Error::new(
+                    Code::Busy,
+                    "a node cannot remove itself: ask another node",
+                ));
+            }
+            let d = n.placement.status().await?;
+            let node = d
+                .nodes
+                .iter()
+                .find(|x| x.node.as_ref().is_some_and(|m| m.id == r.id))
+                .ok_or_else(|| Error::not_found(format!("node {}", r.id)))?;
+            let empty = node.replicas == 0 && node.learners == 0;
+            let dead = node.health == "down";
+            let listed = n.meta.map().shards.iter().any(|s| s.replicas.contains(&r.id));
+            if !(dead || empty && !listed) {
+                return Err(Error::new(
+                    Code::Busy,
+                    format!(
+                        "node {} still holds {} replica(s) and {} learner(s) and is {}: \
+                         decommission it first (berth node decommission {}), or remove it once \
+                         it is down",
+                        r.id, node.replicas, node.learners, node.health, r.id
+                    ),
+                ));
+            }
+            n.meta.remove_node(r.id).await?;
+            tracing::info!(target: "audit", principal = %p.name, node = r.id, "node removed from the cluster");
+            Ok(Empty {})
+        })
+        .await
+    }
+}
+
+/// One node as the placement driver sees it.
+async fn node_detail(n: &Native, id: u64) -> Result<NodeDetail, Error> {
+    let st = n.placement.status().await?;
+    st.nodes
+        .into_iter()
+        .find(|x| x.node.as_ref().is_some_and(|m| m.id == id))
+        .ok_or_else(|| Error::not_found(format!("node {id}")))
 }

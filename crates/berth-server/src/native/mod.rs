@@ -36,6 +36,8 @@ pub struct Native {
     /// Turns true once the node has loaded its shards and cluster map.
     /// Calls arriving earlier wait for it (bounded) instead of failing.
     pub ready: tokio::sync::watch::Receiver<bool>,
+    /// The placement driver's view (from the meta leader), for operators.
+    pub placement: Arc<node_admin::Placement>,
     /// Set while the node has joined a cluster but holds no replica of the
     /// cluster map yet: calls fail at once instead of waiting.
     pub awaiting_replicas: std::sync::atomic::AtomicBool,
@@ -179,7 +181,7 @@ pub use locks::LocksService;
 pub use namespace::NamespaceService;
 pub use raft::{
     Authenticator, GrpcTransport, MetaDirectory, PeerAuth, PeerDirectory, RaftService,
-    RAFT_BATCH_BYTES_MAX,
+    RAFT_BATCH_BYTES_MAX, SNAPSHOT_RATE_DEFAULT,
 };
 pub use security::SecurityService;
 pub use streams::StreamsService;

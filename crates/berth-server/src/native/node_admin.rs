@@ -12,10 +12,12 @@ use berth_api::v1::node_admin_client::NodeAdminClient;
 use berth_api::v1::node_admin_server::NodeAdmin;
 use berth_api::v1::{
     ChangeMembershipRequest, CreateReplicaRequest, DestroyReplicaRequest, Empty, MemberChangeMsg,
-    MembershipMsg, NodeReportMsg, PeerProgressMsg, ReplicaStatusMsg, TransferLeaderRequest,
+    MembershipMsg, NodeDetail, NodeReportMsg, PeerProgressMsg, PlacementStatus, PlacementStep,
+    ReplicaStatusMsg, TransferLeaderRequest,
 };
 use berth_meta::map::META_SHARD;
-use berth_meta::pd::{AdminCall, Driver, NodeReport, ReplicaReport, ShardAdmin};
+use berth_meta::pd::{AdminCall, Driver, InFlight, NodeReport, ReplicaReport, ShardAdmin};
+use berth_meta::placement::Step;
 use berth_meta::{Code, Error, Meta};
 use berth_raft::{MemberChange, Membership, NodeId, PeerProgress, RaftNode, ShardDesc, ShardId};
 use tonic::{Request, Response, Status};
@@ -34,6 +36,8 @@ pub struct NodeAdminService {
     pub meta: Arc<Meta>,
     pub driver: Arc<Driver>,
     pub auth: PeerAuth,
+    pub down_timeout: Duration,
+    pub placement: Arc<Placement>,
 }
 
 impl NodeAdminService {
@@ -53,9 +57,33 @@ impl NodeAdmin for NodeAdminService {
                 format!("node {from} cannot report for node {}", msg.node),
             )));
         }
-        self.driver
-            .report(report_from_msg(msg), self.driver.now_ms());
+        // A node whose map is stale may report to a node that no longer leads
+        // the meta shard: it passes the report on (once) to the leader.
+        let me = self.raft.node_id();
+        match self.meta.router().leader_of(META_SHARD) {
+            Some(l) if l != me && self.raft.leader(META_SHARD).is_some() => {
+                let t = self.placement.transport.clone();
+                tokio::spawn(async move {
+                    let r = report_from_msg(msg);
+                    if let Err(e) = send_report(&t, l, &r).await {
+                        tracing::debug!(to = l, error = %e, "passing a heartbeat on failed");
+                    }
+                });
+            }
+            _ => self
+                .driver
+                .report(report_from_msg(msg), self.driver.now_ms()),
+        }
         Ok(Response::new(Empty {}))
+    }
+
+    async fn placement(&self, req: Request<Empty>) -> Result<Response<PlacementStatus>, Status> {
+        self.node(&req, "placement")?;
+        Ok(Response::new(placement_msg(
+            &self.driver,
+            self.raft.node_id(),
+            self.down_timeout,
+        )))
     }
 
     async fn create_replica(
@@ -195,6 +223,7 @@ fn membership_from_msg(m: Option<MembershipMsg>) -> Membership {
 pub fn report_msg(r: &NodeReport) -> NodeReportMsg {
     NodeReportMsg {
         node: r.node,
+        bytes: r.bytes,
         replicas: r
             .replicas
             .iter()
@@ -223,6 +252,7 @@ pub fn report_msg(r: &NodeReport) -> NodeReportMsg {
 fn report_from_msg(m: NodeReportMsg) -> NodeReport {
     NodeReport {
         node: m.node,
+        bytes: m.bytes,
         replicas: m
             .replicas
             .into_iter()
@@ -351,19 +381,34 @@ pub fn spawn_heartbeats(
     meta: Arc<Meta>,
     transport: Arc<GrpcTransport>,
     directory: Arc<MetaDirectory>,
+    store_dir: std::path::PathBuf,
     every: Duration,
 ) {
     tokio::spawn(async move {
+        let mut bytes = 0;
+        let mut round: u64 = 0;
         loop {
             tokio::time::sleep(every).await;
+            // The store's size is measured every tenth heartbeat, off the runtime.
+            if round.is_multiple_of(10) {
+                let dir = store_dir.clone();
+                bytes = tokio::task::spawn_blocking(move || dir_bytes(&dir))
+                    .await
+                    .unwrap_or(bytes);
+            }
+            round += 1;
             let raft = meta.router().raft();
-            let report = NodeReport::of(raft);
+            let mut report = NodeReport::of(raft);
+            report.bytes = bytes;
             // A node that does not know the meta leader yet (it joined and
             // holds no map) reports to every node it knows of: the leader's
             // driver keeps it, the others' are inactive.
+            let me = raft.node_id();
             let targets = match meta.router().leader_of(META_SHARD) {
-                Some(l) => vec![l],
-                None => directory.known_nodes(),
+                // A hint naming this node while it does not lead (its replica
+                // went, or it never had one) is stale.
+                Some(l) if l != me || raft.leader(META_SHARD) == Some(me) => vec![l],
+                _ => directory.known_nodes(),
             };
             for to in targets {
                 if to == raft.node_id() {
@@ -385,4 +430,104 @@ async fn send_report(t: &GrpcTransport, to: NodeId, r: &NodeReport) -> Result<()
         .await
         .map_err(|s| call_failed(&conn, to, &s))?;
     Ok(())
+}
+
+/// The placement driver's view for operators, from wherever the driver runs.
+pub struct Placement {
+    pub driver: Arc<Driver>,
+    pub meta: Arc<Meta>,
+    pub transport: Arc<GrpcTransport>,
+    pub down_timeout: Duration,
+}
+
+impl Placement {
+    /// The driver's status: this node's when it leads the meta shard, else the leader's.
+    pub async fn status(&self) -> Result<PlacementStatus, Error> {
+        let me = self.meta.router().raft().node_id();
+        match self.meta.router().leader_of(META_SHARD) {
+            Some(l) if l == me => Ok(placement_msg(&self.driver, me, self.down_timeout)),
+            Some(l) => {
+                let conn = self.transport.channel_to(l).await?;
+                let req = conn.request(Empty {}, REPORT_TIMEOUT)?;
+                let st = NodeAdminClient::new(conn.channel.clone())
+                    .placement(req)
+                    .await
+                    .map_err(|s| call_failed(&conn, l, &s))?;
+                Ok(st.into_inner())
+            }
+            None => Err(Error::new(
+                Code::Again,
+                "the meta shard has no leader yet; retry",
+            )),
+        }
+    }
+}
+
+fn step_msg(f: &InFlight, now_ms: u64) -> PlacementStep {
+    let (kind, shard, node) = match f.step {
+        Step::LeaveJoint { shard } => ("leave-joint", shard, 0),
+        Step::AddLearner { shard, node } => ("add-learner", shard, node),
+        Step::Promote { shard, node } => ("promote", shard, node),
+        Step::TransferLeader { shard, to } => ("transfer-leader", shard, to),
+        Step::Remove { shard, node } => ("remove", shard, node),
+    };
+    PlacementStep {
+        kind: kind.into(),
+        shard,
+        node,
+        started_ms_ago: i64::try_from(now_ms.saturating_sub(f.started_ms)).unwrap_or(i64::MAX),
+    }
+}
+
+/// The driver's status on the wire.
+pub fn placement_msg(driver: &Driver, me: NodeId, down_timeout: Duration) -> PlacementStatus {
+    let st = driver.status();
+    let now = driver.now_ms();
+    let map = driver.meta().map();
+    let alive = driver.meta().router().raft().alive_peers();
+    PlacementStatus {
+        driver_node: me,
+        nodes: st
+            .nodes
+            .iter()
+            .map(|n| NodeDetail {
+                node: map
+                    .nodes
+                    .iter()
+                    .find(|r| r.id == n.node)
+                    .map(|r| super::cluster::node_info(r, me, &alive)),
+                health: n.health.to_string(),
+                replicas: u32::try_from(n.replicas).unwrap_or(u32::MAX),
+                learners: u32::try_from(n.learners).unwrap_or(u32::MAX),
+                leaders: u32::try_from(n.leaders).unwrap_or(u32::MAX),
+                bytes: n.bytes,
+                heartbeat_ago_ms: n
+                    .heartbeat_ago_ms
+                    .map_or(-1, |ms| i64::try_from(ms).unwrap_or(i64::MAX)),
+            })
+            .collect(),
+        under_replicated: st.under_replicated,
+        joint: st.joint,
+        in_flight: st.in_flight.iter().map(|f| step_msg(f, now)).collect(),
+        down_timeout_ms: u64::try_from(down_timeout.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// Size of the files under `dir` (the node's store), recursively.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }

@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ::raft::eraftpb::Message;
+use ::raft::eraftpb::{Message, MessageType};
 use berth_api::v1::raft_transport_client::RaftTransportClient;
 use berth_api::v1::raft_transport_server::RaftTransport;
-use berth_api::v1::{Empty, ProposeReply, ProposeRequest, RaftBatch};
+use berth_api::v1::{Empty, ProposeReply, ProposeRequest, RaftBatch, SnapshotChunk};
 use berth_meta::router::{Forwarded, Forwarder};
 use berth_meta::{Code, Error, Meta};
 use berth_raft::cmd::{Txn, TxnOutcome};
@@ -37,6 +37,12 @@ use super::errors::to_status;
 const PEER_QUEUE_MAX: usize = 1024;
 /// Largest encoded batch accepted from a peer.
 pub const RAFT_BATCH_BYTES_MAX: usize = 64 << 20;
+/// Bytes of snapshot data per chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest snapshot accepted from a peer (it is held in memory whole).
+pub const SNAPSHOT_BYTES_MAX: u64 = 16 << 30;
+/// Default rate of snapshot data this node sends, all peers together.
+pub const SNAPSHOT_RATE_DEFAULT: u64 = 32 << 20;
 
 /// Verifies the ticket a peer presents on its Raft stream.
 pub trait Authenticator: Send + Sync + 'static {
@@ -54,8 +60,9 @@ impl Authenticator for Meta {
 pub enum PeerAuth {
     /// Its node certificate as TLS client certificate, verified against the
     /// cluster CA by the listener; the node id is its common name
-    /// `node-<id>`.
-    Certificate,
+    /// `node-<id>`. With the cluster map at hand, a node the map no longer
+    /// has (removed) is refused although its certificate is still valid.
+    Certificate(Option<Arc<Meta>>),
     /// A node ticket in the call's metadata: `--insecure` only, where there
     /// is no TLS and so no certificate.
     Ticket(Arc<dyn Authenticator>),
@@ -85,14 +92,24 @@ pub fn authenticate_node<T>(
 fn node_of<T>(auth: &PeerAuth, req: &Request<T>) -> Result<NodeId, Error> {
     let denied = |m: &str| Error::new(Code::Perm, m);
     match auth {
-        PeerAuth::Certificate => {
+        PeerAuth::Certificate(members) => {
             let certs = req.peer_certs();
             let leaf = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
                 denied("node-to-node calls need the sending node's certificate as TLS client certificate")
             })?;
-            berth_security::pki::node_id_of_cert(leaf.as_ref()).ok_or_else(|| {
+            let id = berth_security::pki::node_id_of_cert(leaf.as_ref()).ok_or_else(|| {
                 denied("the client certificate is not a node certificate (CN node-<id>)")
-            })
+            })?;
+            // Before this node has a map (it joined and waits for its first
+            // snapshot) every certificate of the cluster CA is admitted.
+            if let Some(map) = members.as_ref().map(|m| m.map()) {
+                if map.cluster.is_some() && !map.nodes.iter().any(|n| n.id == id) {
+                    return Err(denied(&format!(
+                        "node {id} is not a member of this cluster (removed)"
+                    )));
+                }
+            }
+            Ok(id)
         }
         PeerAuth::Ticket(auth) => {
             let p = super::bearer(req).and_then(|t| auth.authenticate(t))?;
@@ -138,6 +155,59 @@ impl RaftTransport for RaftService {
             Err(e) => error_reply(&Error::from(e)),
         };
         Ok(Response::new(reply))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<Empty>, Status> {
+        let peer = authenticate_node(&self.auth, &req, "RaftTransport/Snapshot")?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
+        let mut msg = decode_message(&first.head)
+            .map_err(|e| Status::invalid_argument(format!("snapshot head: {e}")))?;
+        if msg.from != peer || msg.get_msg_type() != MessageType::MsgSnapshot {
+            tracing::warn!(
+                peer,
+                claimed = msg.from,
+                "dropping a snapshot stream that is not the peer's snapshot"
+            );
+            return Err(Status::invalid_argument(
+                "the head is not a snapshot message of the sending node",
+            ));
+        }
+        if first.total > SNAPSHOT_BYTES_MAX {
+            return Err(Status::resource_exhausted(format!(
+                "a snapshot of {} bytes is above the {SNAPSHOT_BYTES_MAX} accepted",
+                first.total
+            )));
+        }
+        let total = usize::try_from(first.total).unwrap_or(usize::MAX);
+        let mut data = Vec::with_capacity(total.min(RAFT_BATCH_BYTES_MAX));
+        data.extend_from_slice(&first.data);
+        while let Some(chunk) = stream.message().await? {
+            // Every chunk proves the peer alive, as its batches do.
+            self.raft.peer_alive(peer);
+            if data.len() + chunk.data.len() > total {
+                return Err(Status::invalid_argument(
+                    "more snapshot data than announced",
+                ));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        if data.len() != total {
+            return Err(Status::invalid_argument(format!(
+                "snapshot cut short: {} of {total} bytes",
+                data.len()
+            )));
+        }
+        msg.mut_snapshot().data = data.into();
+        self.raft.peer_alive(peer);
+        self.raft.step(vec![msg]);
+        Ok(Response::new(Empty {}))
     }
 
     async fn stream(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<Empty>, Status> {
@@ -303,6 +373,40 @@ pub struct GrpcTransport {
     /// Connections for unary node-to-node calls (forwarded proposals, node
     /// administration), by node, with the address they go to.
     forward: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    /// Peers a snapshot is being streamed to (one at a time each).
+    snapshots: Arc<Mutex<std::collections::HashSet<NodeId>>>,
+    /// Paces the snapshot data this node sends.
+    snapshot_rate: Arc<Pacer>,
+}
+
+/// Paces bytes to a rate shared by every stream that uses it.
+pub struct Pacer {
+    bytes_per_sec: std::sync::atomic::AtomicU64,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(bytes_per_sec: u64) -> Pacer {
+        Pacer {
+            bytes_per_sec: std::sync::atomic::AtomicU64::new(bytes_per_sec.max(1)),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits until `n` more bytes may go.
+    async fn take(&self, n: usize) {
+        let rate = self
+            .bytes_per_sec
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let cost = Duration::from_secs_f64(n as f64 / rate as f64);
+        let start = {
+            let mut next = self.next.lock().await;
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + cost;
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
 }
 
 /// How long a forwarded proposal may take (the leader's own propose timeout is 10 s).
@@ -326,6 +430,8 @@ impl GrpcTransport {
             rt,
             peers: Mutex::new(HashMap::new()),
             forward: Arc::new(Mutex::new(HashMap::new())),
+            snapshots: Arc::new(Mutex::new(std::collections::HashSet::new())),
+            snapshot_rate: Arc::new(Pacer::new(SNAPSHOT_RATE_DEFAULT)),
         })
     }
 }
@@ -445,8 +551,122 @@ impl Forwarder for GrpcTransport {
     }
 }
 
+impl GrpcTransport {
+    /// Sets the rate of snapshot data this node sends (bytes per second, all
+    /// peers together; `--snapshot-rate`).
+    pub fn set_snapshot_rate(&self, bytes_per_sec: u64) {
+        self.snapshot_rate
+            .bytes_per_sec
+            .store(bytes_per_sec.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Streams one snapshot message to `to` in chunks, paced; drops it when
+    /// one is already on its way there (raft sends another if needed).
+    fn send_snapshot(&self, to: NodeId, mut msg: Message) {
+        if !self.snapshots.lock().insert(to) {
+            tracing::debug!(
+                to,
+                "a snapshot is already on its way to this peer; dropping another"
+            );
+            return;
+        }
+        let (ctx, pacer, busy) = (
+            self.ctx.clone(),
+            self.snapshot_rate.clone(),
+            self.snapshots.clone(),
+        );
+        self.rt.spawn(async move {
+            let data = std::mem::take(&mut msg.mut_snapshot().data);
+            let shard = berth_raft::message_shard(&msg);
+            let started = std::time::Instant::now();
+            let r = stream_snapshot(&ctx, &pacer, to, &msg, &data).await;
+            busy.lock().remove(&to);
+            match r {
+                Ok(()) => tracing::info!(
+                    to,
+                    shard,
+                    bytes = data.len(),
+                    secs = started.elapsed().as_secs_f64(),
+                    "raft snapshot sent"
+                ),
+                Err(e) => tracing::warn!(to, shard, error = %e, "sending a raft snapshot failed; raft will send another"),
+            }
+        });
+    }
+}
+
+async fn stream_snapshot(
+    ctx: &PeerContext,
+    pacer: &Pacer,
+    to: NodeId,
+    msg: &Message,
+    data: &[u8],
+) -> Result<(), String> {
+    let addr = ctx
+        .directory
+        .addr_of(to)
+        .ok_or_else(|| "its address is unknown".to_string())?;
+    let channel = ctx.connect(&addr).await?;
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
+    let mut req = Request::new(ReceiverStream::new(rx));
+    if ctx.tls.is_none() {
+        let ticket = ctx
+            .directory
+            .node_ticket()
+            .ok_or_else(|| "no node ticket".to_string())?;
+        let v = format!("Bearer {ticket}")
+            .parse()
+            .map_err(|_| "the node ticket is not printable".to_string())?;
+        req.metadata_mut().insert(berth_api::AUTH_METADATA, v);
+    }
+    let mut client =
+        RaftTransportClient::new(channel).max_encoding_message_size(RAFT_BATCH_BYTES_MAX);
+    let call = tokio::spawn(async move { client.snapshot(req).await });
+    let mut chunks = data.chunks(SNAPSHOT_CHUNK_BYTES);
+    let mut first = Some(SnapshotChunk {
+        head: encode_message(msg),
+        total: data.len() as u64,
+        data: Vec::new(),
+    });
+    loop {
+        let piece = chunks.next();
+        if first.is_none() && piece.is_none() {
+            break;
+        }
+        let mut chunk = first.take().unwrap_or_default();
+        if let Some(p) = piece {
+            pacer.take(p.len()).await;
+            chunk.data = p.to_vec();
+        }
+        if tx.send(chunk).await.is_err() {
+            break; // the call ended: its result says why
+        }
+    }
+    drop(tx);
+    match call.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(status.message().to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl Transport for GrpcTransport {
-    fn send(&self, to: NodeId, msgs: Vec<Message>) {
+    fn send(&self, to: NodeId, mut msgs: Vec<Message>) {
+        if msgs
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+        {
+            let (snaps, rest): (Vec<Message>, Vec<Message>) = msgs
+                .into_iter()
+                .partition(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+            for m in snaps {
+                self.send_snapshot(to, m);
+            }
+            msgs = rest;
+            if msgs.is_empty() {
+                return;
+            }
+        }
         let mut peers = self.peers.lock();
         let tx = peers.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);

@@ -29,6 +29,7 @@ fn to_volume(s: VolumeStatus) -> Volume {
         root_inode: r.root_inode,
         entries: s.entries,
         chunk_size: r.chunk_size,
+        prefer_leader: r.leader_preference.unwrap_or_default(),
     }
 }
 
@@ -93,6 +94,7 @@ impl VolumesApi for VolumesService {
                 read_ace: r.read_ace,
                 write_ace: r.write_ace,
                 chunk_size: r.chunk_size,
+                leader_preference: Some(r.prefer_leader).filter(|s| !s.is_empty()),
             };
             n.ns.volume_create(&p, &spec).await.map(to_volume)
         })

@@ -145,7 +145,7 @@ async fn three_nodes(
         let svc = RaftTransportServer::new(RaftService {
             raft: raft.clone(),
             auth: match &material {
-                Some(_) => PeerAuth::Certificate,
+                Some(_) => PeerAuth::Certificate(None),
                 None => PeerAuth::Ticket(auth.clone()),
             },
         });
@@ -356,6 +356,30 @@ impl berth_api::v1::cluster_server::Cluster for FakeCluster {
         _: tonic::Request<berth_api::v1::JoinTokenRevokeRequest>,
     ) -> Result<tonic::Response<berth_api::v1::Empty>, tonic::Status> {
         Err(tonic::Status::unimplemented("revoke"))
+    }
+    async fn placement(
+        &self,
+        _: tonic::Request<berth_api::v1::Empty>,
+    ) -> Result<tonic::Response<berth_api::v1::PlacementStatus>, tonic::Status> {
+        Err(tonic::Status::unimplemented("placement"))
+    }
+    async fn decommission(
+        &self,
+        _: tonic::Request<berth_api::v1::NodeIdRequest>,
+    ) -> Result<tonic::Response<berth_api::v1::NodeDetail>, tonic::Status> {
+        Err(tonic::Status::unimplemented("decommission"))
+    }
+    async fn recommission(
+        &self,
+        _: tonic::Request<berth_api::v1::NodeIdRequest>,
+    ) -> Result<tonic::Response<berth_api::v1::NodeDetail>, tonic::Status> {
+        Err(tonic::Status::unimplemented("recommission"))
+    }
+    async fn remove_node(
+        &self,
+        _: tonic::Request<berth_api::v1::NodeIdRequest>,
+    ) -> Result<tonic::Response<berth_api::v1::Empty>, tonic::Status> {
+        Err(tonic::Status::unimplemented("remove"))
     }
     async fn join(
         &self,

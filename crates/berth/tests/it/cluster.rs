@@ -46,6 +46,33 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
     });
     assert_eq!(st["nodes"].as_array().unwrap().len(), 3, "{st}");
 
+    // A volume that prefers its leader in zone c gets it there (node 3).
+    nodes[0].ok(&[
+        "volume",
+        "create",
+        "/near",
+        "--replication",
+        "3",
+        "--prefer-leader",
+        "zone=c",
+    ]);
+    let near = nodes[0].json(&["volume", "info", "/near"]);
+    assert_eq!(near["prefer_leader"], "zone=c", "{near}");
+    let shard = near["shard_id"].clone();
+    eventually_json(&nodes[0], &nodes[0], |st| {
+        st["shards"]
+            .as_array()?
+            .iter()
+            .any(|s| {
+                s["id"] == shard
+                    && s["leader"] == 3
+                    && s["replicas"].as_array().map(Vec::len) == Some(3)
+            })
+            .then_some(())
+    });
+    let out = nodes[0].cli(&["volume", "create", "/bad", "--prefer-leader", "zone"]);
+    nodes[0].check_err(&["volume", "create"], out, "EINVAL");
+
     // Any node serves any request: written through node 3, read through
     // node 2 (with node 1's admin ticket: one cluster, one key ring).
     let ticket = nodes[0].admin_ticket();
@@ -113,4 +140,170 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
     assert_eq!(st["nodes"].as_array().unwrap().len(), 3, "{st}");
     let ls = via(&nodes, leader - 1, &["ls", "/v3"]);
     assert!(ls.contains("after-kill") && ls.contains("from-3"), "{ls}");
+}
+
+/// The node with `id` in `berth node list --json`.
+fn node_of(list: &serde_json::Value, id: u64) -> Option<serde_json::Value> {
+    list.as_array()?.iter().find(|n| n["id"] == id).cloned()
+}
+
+/// Decommissioning: refused (saying why) while the others cannot hold every
+/// shard at its replication factor; with a fourth node, node 1 drains (its
+/// replicas move, the volume keeps serving), becomes decommissioned and is
+/// removed; removing a node that holds replicas is refused; only
+/// administrators may do any of it.
+#[test]
+fn a_node_drains_is_decommissioned_and_removed() {
+    let n1 = TestServer::start();
+    n1.ok(&["volume", "create", "/v3", "--replication", "3"]);
+    n1.ok(&["mkdir", "/v3/kept"]);
+    let (t, _) = token(&n1, &["--uses", "3"]);
+    let n2 = TestServer::start_joining(&join_addr(&n1), &t, &[]);
+    let n3 = TestServer::start_joining(&join_addr(&n1), &t, &[]);
+    eventually_json(&n1, &n1, |st| all_at(st, 3));
+
+    let out = n1.cli(&["node", "decommission", "2"]);
+    let err = n1.check_err(&["node", "decommission"], out, "EBUSY");
+    assert!(err.contains("wants 3 replicas"), "{err}");
+    let out = n1.cli(&["node", "remove", "2"]);
+    let err = n1.check_err(&["node", "remove"], out, "EBUSY");
+    assert!(err.contains("decommission it first"), "{err}");
+    n1.ok(&["user", "add", "bob", "--password", "bob-pw"]);
+    let bob = n1.login("bob", "bob-pw");
+    for args in [
+        &["node", "decommission", "2"][..],
+        &["node", "recommission", "2"][..],
+        &["node", "remove", "2"][..],
+    ] {
+        let out = n1.cli_with(args, &[("BERTH_TICKET_FILE", &bob)], None);
+        n1.check_err(args, out, "EPERM");
+    }
+
+    let n4 = TestServer::start_joining(&join_addr(&n1), &t, &[]);
+    let list = n2.json(&["node", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(4), "{list}");
+    // Through node 2: node 1 is the one leaving.
+    let ticket = n1.admin_ticket();
+    let out = n2.cli_with(
+        &["node", "decommission", "1"],
+        &[("BERTH_TICKET_FILE", &ticket)],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("node 1 is decommissioned"), "{text}");
+    let list = n2.cli_with(
+        &["node", "list", "--json"],
+        &[("BERTH_TICKET_FILE", &ticket)],
+        None,
+    );
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let gone = node_of(&list, 1).unwrap();
+    assert_eq!(gone["state"], "decommissioned", "{list}");
+    assert_eq!(gone["replicas"], 0, "{list}");
+    for id in 2..=4 {
+        let n = node_of(&list, id).unwrap();
+        assert_eq!(n["state"], "up", "{list}");
+        assert!(n["replicas"].as_u64().unwrap() >= 2, "{list}");
+    }
+    // The volume kept serving, on the other three.
+    let st = eventually_json(&n3, &n1, |st| {
+        all_at(st, 3)?;
+        st["shards"]
+            .as_array()?
+            .iter()
+            .all(|s| !s["replicas"].as_array().unwrap().contains(&1.into()))
+            .then_some(())
+    });
+    assert_eq!(st["node_id"], 3, "{st}");
+    let out = n4.cli_with(&["ls", "/v3"], &[("BERTH_TICKET_FILE", &ticket)], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kept"));
+
+    // Decommissioning again is a no-op; then it is removed for good.
+    let again = n2.cli_with(
+        &["node", "decommission", "1"],
+        &[("BERTH_TICKET_FILE", &ticket)],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already decommissioned"));
+    let out = n2.cli_with(
+        &["node", "remove", "1"],
+        &[("BERTH_TICKET_FILE", &ticket)],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = n3.cli_with(
+        &["node", "list", "--json"],
+        &[("BERTH_TICKET_FILE", &ticket)],
+        None,
+    );
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert!(node_of(&list, 1).is_none(), "{list}");
+}
+
+/// A volume larger than any one node-to-node message (64 MiB) reaches a
+/// joining node: its snapshot goes in paced chunks, and the copy there is
+/// byte-identical.
+#[test]
+fn a_large_volume_reaches_a_new_node_by_chunked_snapshot() {
+    let rate = ["--snapshot-rate", "512MiB"];
+    let n1 = TestServer::start_with(&rate);
+    n1.ok(&["volume", "create", "/big", "--replication", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.bin");
+    // 80 MiB that do not compress: an xorshift stream.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<u8> = (0..(80usize << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    n1.ok(&["cp", src.to_str().unwrap(), "berth:/big/f"]);
+    let (t, _) = token(&n1, &[]);
+    let mut args = vec![];
+    args.extend_from_slice(&rate);
+    let n2 = TestServer::start_joining(&join_addr(&n1), &t, &args);
+    eventually_json(&n2, &n1, |st| all_at(st, 2));
+    let back = dir.path().join("back.bin");
+    let out = n2.cli_with(
+        &["cp", "berth:/big/f", back.to_str().unwrap()],
+        &[("BERTH_TICKET_FILE", &n1.admin_ticket())],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&back).unwrap() == data, "the copy differs");
+    let log = n1.log();
+    let sent = log
+        .lines()
+        .filter(|l| l.contains("raft snapshot sent"))
+        .filter_map(|l| {
+            l.split("bytes=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        sent >= 80 << 20,
+        "no snapshot of the volume's size sent: {sent}\n{log}"
+    );
 }

@@ -28,7 +28,7 @@ use crate::harness::{output_within, TestServer, BIN};
 use crate::posix_user::{run_op, Op, Who};
 
 /// Longest a docker command (build, run, stop) may take.
-const DOCKER_TIMEOUT_S: u64 = 180;
+pub(crate) const DOCKER_TIMEOUT_S: u64 = 180;
 /// Longest a CLI call may take.
 const CLI_TIMEOUT_S: u64 = 60;
 /// Longest a server or plugin may take to start or stop.
@@ -37,14 +37,14 @@ const START_TIMEOUT_S: u64 = 60;
 const REQUEST_TIMEOUT_S: u64 = 60;
 
 /// Repository root (for the docker/ scripts).
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
         .expect("repo root")
 }
 
-fn skip(test: &str, why: &str) {
+pub(crate) fn skip(test: &str, why: &str) {
     eprintln!("skipping {test}: {why}");
 }
 
@@ -55,7 +55,7 @@ fn is_root() -> bool {
 
 /// Runs a command with a deadline; a hung command is killed and fails the
 /// test.
-fn run(cmd: &mut Command, timeout_s: u64) -> Output {
+pub(crate) fn run(cmd: &mut Command, timeout_s: u64) -> Output {
     let what = format!("{cmd:?}");
     let child = cmd
         .stdin(Stdio::null())
@@ -69,11 +69,11 @@ fn run(cmd: &mut Command, timeout_s: u64) -> Output {
     }
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn explain(what: &str, out: &Output) -> String {
+pub(crate) fn explain(what: &str, out: &Output) -> String {
     format!(
         "{what}: {}\nstdout: {}\nstderr: {}",
         out.status,
@@ -82,7 +82,7 @@ fn explain(what: &str, out: &Output) -> String {
     )
 }
 
-fn ok(what: &str, out: Output) -> String {
+pub(crate) fn ok(what: &str, out: Output) -> String {
     assert!(out.status.success(), "{}", explain(what, &out));
     text(&out.stdout)
 }
@@ -466,11 +466,11 @@ fn docker_plugin_with_fuse_mounts() {
 
 /// Everything the Docker test creates, removed on drop.
 #[derive(Default)]
-struct DockerJunk {
-    containers: Vec<String>,
-    volumes: Vec<String>,
-    images: Vec<String>,
-    networks: Vec<String>,
+pub(crate) struct DockerJunk {
+    pub(crate) containers: Vec<String>,
+    pub(crate) volumes: Vec<String>,
+    pub(crate) images: Vec<String>,
+    pub(crate) networks: Vec<String>,
 }
 
 impl Drop for DockerJunk {
@@ -577,11 +577,11 @@ fn build_derived_image(base: &str, tag: &str, programs: &[(&Path, &str)], dir: &
     ok(&format!("docker build {tag}"), out);
 }
 
-fn docker(args: &[&str]) -> Output {
+pub(crate) fn docker(args: &[&str]) -> Output {
     run(Command::new("docker").args(args), DOCKER_TIMEOUT_S)
 }
 
-fn docker_ok(args: &[&str]) -> String {
+pub(crate) fn docker_ok(args: &[&str]) -> String {
     ok(&format!("docker {args:?}"), docker(args))
 }
 
