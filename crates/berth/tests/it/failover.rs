@@ -1,7 +1,8 @@
 //! Client failover against three `berth server` processes on loopback: a
 //! CLI naming several servers keeps working when the first one is killed,
 //! and a CLI naming one node that holds no replica of a volume is sent to
-//! the node that does (`x-berth-leader`).
+//! the node that does (`x-berth-leader`); a FUSE mount given the first node
+//! only keeps serving from the nodes it learned.
 
 use std::path::Path;
 use std::process::Output;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::TestServer;
 use crate::join::{eventually_json, join_addr, token};
+use crate::mount::{bounded, fuse_available, names, Mount};
 
 /// Every shard in `st` has a leader, and three replicas on distinct nodes
 /// unless it is `single` (a volume made with one replica).
@@ -62,7 +64,7 @@ fn ok_eventually(via: &TestServer, servers: &str, args: &[&str]) {
 }
 
 #[test]
-fn the_cli_fails_over_and_follows_redirects() {
+fn cli_and_mount_fail_over_and_follow_redirects() {
     let n1 = TestServer::start();
     n1.ok(&["volume", "create", "/v3", "--replication", "3"]);
     n1.ok(&["mkdir", "/v3/before"]);
@@ -93,6 +95,15 @@ fn the_cli_fails_over_and_follows_redirects() {
     // Kill the first listed node: the CLI moves on to the others.
     let all = nodes.iter().map(addr).collect::<Vec<_>>().join(",");
     assert!(ok(&nodes[0], &all, &["ls", "/v3"]).contains("before"));
+    // The mount names the first node only: it learns the others.
+    let mut mount = fuse_available().then(|| {
+        let mp = nodes[1].dir.path().join("mnt");
+        std::fs::create_dir_all(&mp).unwrap();
+        let mp = mp.canonicalize().unwrap();
+        let m = Mount::start(&nodes[0], &mp, &[]);
+        assert!(names(&mp.join("v3")).contains(&"before".to_string()));
+        (m, mp)
+    });
     nodes[0].kill9();
     let ls = ok(&nodes[1], &all, &["ls", "/v3"]);
     assert!(ls.contains("before"), "{ls}");
@@ -100,6 +111,13 @@ fn the_cli_fails_over_and_follows_redirects() {
     ok_eventually(&nodes[1], &all, &["mkdir", "/v3/after-kill"]);
     let ls = ok(&nodes[2], &all, &["ls", "/v3"]);
     assert!(ls.contains("after-kill"), "{ls}");
+    if let Some((m, mp)) = mount.as_mut() {
+        let dir = mp.join("v3");
+        bounded("listing through the mount after a kill", m, move || {
+            let seen = names(&dir);
+            assert!(seen.contains(&"after-kill".to_string()), "{seen:?}");
+        });
+    }
 
     // A dead node listed first is skipped when connecting.
     let dead_first = format!("{},{}", addr(&nodes[0]), addr(&nodes[2]));
