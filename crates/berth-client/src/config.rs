@@ -1,6 +1,7 @@
 //! Where the client finds its servers, ticket and CA: flags, then the
 //! environment, then defaults that work for one node with the default data
-//! directory.
+//! directory. Several servers are a comma-separated list (`BERTH_SERVERS=
+//! a:5660,b:5660`), tried in order.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -89,12 +90,7 @@ pub(crate) fn discover_with(
         (_, Some(text)) => text.split(',').map(str::to_string).collect(),
         _ => vec![format!("localhost:{DEFAULT_NATIVE_PORT}")],
     };
-    let servers = servers
-        .iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .map(normalize_server)
-        .collect::<Result<Vec<_>, _>>()?;
+    let servers = parse_servers(&servers)?;
     if servers.is_empty() {
         return Err(ClientError::Config(
             "no servers: set BERTH_SERVERS=host:port or pass --servers".into(),
@@ -152,8 +148,25 @@ pub(crate) fn discover_with(
     })
 }
 
+/// Normalises a list of server addresses (`host:port`, `host`, `[v6]:port`;
+/// blanks skipped, duplicates dropped, order kept).
+pub(crate) fn parse_servers<S: AsRef<str>>(list: &[S]) -> Result<Vec<String>, ClientError> {
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for s in list
+        .iter()
+        .map(|s| s.as_ref().trim())
+        .filter(|s| !s.is_empty())
+    {
+        let s = normalize_server(s)?;
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
 /// Accepts `host:port`, `host` (default port) and `[v6]:port`.
-fn normalize_server(s: &str) -> Result<String, ClientError> {
+pub(crate) fn normalize_server(s: &str) -> Result<String, ClientError> {
     let bad = || {
         ClientError::Config(format!(
             "bad server address {s:?}: expected host:port, e.g. localhost:{DEFAULT_NATIVE_PORT}"
@@ -286,7 +299,7 @@ mod tests {
         env.file("data/tls/ca.crt", "DEFAULT-PEM");
         let t = env.file("t1", "env-file-ticket\n");
         let ca = env.file("ca.pem", "ENV-PEM");
-        env.set("BERTH_SERVERS", "a:1, b:2 ,");
+        env.set("BERTH_SERVERS", "a:1, b:2 ,a:1");
         env.set("BERTH_TICKET_FILE", t.to_str().unwrap());
         env.set("BERTH_CA_FILE", ca.to_str().unwrap());
         env.set("BERTH_INSECURE", "1");
@@ -349,6 +362,14 @@ mod tests {
         env.set("BERTH_CA_FILE", "/nonexistent/ca.crt");
         let e = env.discover(Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("BERTH_CA_FILE"), "{e}");
+    }
+
+    #[test]
+    fn several_servers_in_order_without_duplicates() {
+        let list = parse_servers(&["b:1", " a ", "", "b:1", "a:5660", "[::1]:7"]).unwrap();
+        assert_eq!(list, vec!["b:1", "a:5660", "[::1]:7"]);
+        assert!(parse_servers(&["a:1", "http://b:2"]).is_err());
+        assert!(parse_servers::<&str>(&[]).unwrap().is_empty());
     }
 
     #[test]

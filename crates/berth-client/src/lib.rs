@@ -1,7 +1,8 @@
 //! Native client library of Berth: finds the cluster (flags, environment,
-//! defaults), opens one gRPC channel to the first server that answers, and
-//! hands out ready-to-use `berth.v1` clients that carry the caller's ticket.
-//! Used by the `berth` CLI and the FUSE mount.
+//! defaults), connects to the first server that answers, learns the other
+//! nodes from `Cluster/Status`, and hands out ready-to-use `berth.v1` clients
+//! that carry the caller's ticket and fail over to another node (see
+//! [`failover`]). Used by the `berth` CLI and the FUSE mount.
 //!
 //! Invariants:
 //! - *The ticket is never logged or printed*: it lives in [`ClientConfig`]
@@ -14,6 +15,7 @@
 
 mod config;
 mod error;
+pub mod failover;
 
 use std::time::Duration;
 
@@ -22,45 +24,34 @@ use berth_api::v1::{
     namespace_client::NamespaceClient, security_client::SecurityClient,
     streams_client::StreamsClient, volumes_client::VolumesClient,
 };
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use std::sync::Arc;
+
+use tonic::codegen::http::HeaderValue;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 pub use config::{ClientConfig, Overrides, DEFAULT_DATA_DIR, DEFAULT_NATIVE_PORT};
 pub use error::{berth_code_description, ClientError};
+pub use failover::{Failover, RETRY_BUDGET_MS};
 
 /// Time allowed to open a connection to one server.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Time allowed for one call, end to end.
 pub const REQUEST_TIMEOUT_MS: u64 = 60_000;
 
-/// The transport under every client: the channel plus the ticket interceptor.
-pub type Transport = InterceptedService<Channel, AuthInterceptor>;
+/// Time allowed to learn the cluster's nodes after connecting.
+pub const LEARN_TIMEOUT_MS: u64 = 2_000;
 
-/// Adds `authorization: Bearer <ticket>` to every call.
-#[derive(Clone)]
-pub struct AuthInterceptor {
-    value: Option<MetadataValue<Ascii>>,
-}
+/// The transport under every client: the server list with failover, which
+/// also adds the ticket to every call.
+pub type Transport = Failover;
 
-impl tonic::service::Interceptor for AuthInterceptor {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.value {
-            req.metadata_mut()
-                .insert(berth_api::AUTH_METADATA, v.clone());
-        }
-        Ok(req)
-    }
-}
+/// Errors of the transport.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A connection to a Berth cluster. Cheap to clone; clones share the channel.
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
-    auth: AuthInterceptor,
-    server: String,
-    /// How `channel` was made, for [`Client::another_connection`].
-    endpoint: Endpoint,
+    transport: Failover,
 }
 
 impl Client {
@@ -68,21 +59,21 @@ impl Client {
     /// Fails with [`ClientError::Config`] when there is no ticket.
     pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
         let ticket = cfg.require_ticket()?.to_string();
-        let mut value = MetadataValue::try_from(format!("Bearer {ticket}")).map_err(|_| {
+        let mut value = HeaderValue::try_from(format!("Bearer {ticket}")).map_err(|_| {
             ClientError::Config(
                 "the ticket holds characters that cannot be sent: check the ticket file".into(),
             )
         })?;
         value.set_sensitive(true);
-        Self::open(&cfg, AuthInterceptor { value: Some(value) }).await
+        Self::open(&cfg, Some(value)).await
     }
 
     /// Connects without a ticket, for `Security.Login`.
     pub async fn connect_without_ticket(cfg: ClientConfig) -> Result<Client, ClientError> {
-        Self::open(&cfg, AuthInterceptor { value: None }).await
+        Self::open(&cfg, None).await
     }
 
-    async fn open(cfg: &ClientConfig, auth: AuthInterceptor) -> Result<Client, ClientError> {
+    async fn open(cfg: &ClientConfig, auth: Option<HeaderValue>) -> Result<Client, ClientError> {
         if !cfg.insecure && cfg.ca_pem.is_none() {
             return Err(ClientError::Config(
                 "no CA certificate to verify the server: set BERTH_CA_FILE or pass --ca-file \
@@ -92,16 +83,17 @@ impl Client {
             ));
         }
         let mut last = None;
-        for server in &cfg.servers {
-            let endpoint = endpoint(cfg, server)?;
-            match endpoint.connect().await {
+        for (i, server) in cfg.servers.iter().enumerate() {
+            match endpoint(cfg, server)?.connect().await {
                 Ok(channel) => {
-                    return Ok(Client {
-                        channel,
-                        auth,
-                        server: server.clone(),
-                        endpoint,
-                    })
+                    let make = {
+                        let cfg = cfg.clone();
+                        Arc::new(move |s: &str| endpoint(&cfg, s))
+                    };
+                    let transport = Failover::new(cfg.servers.clone(), i, channel, auth, make);
+                    let client = Client { transport };
+                    client.learn_nodes().await;
+                    return Ok(client);
                 }
                 Err(e) => last = Some(e),
             }
@@ -117,9 +109,35 @@ impl Client {
         }
     }
 
-    /// The server this client is connected to, `host:port`.
-    pub fn server(&self) -> &str {
-        &self.server
+    /// Adds every node's native address from `Cluster/Status` to the
+    /// servers to fail over to. Best effort, bounded by [`LEARN_TIMEOUT_MS`]:
+    /// a client that cannot learn keeps its configured servers.
+    async fn learn_nodes(&self) {
+        let mut cluster = self.cluster();
+        let call = cluster.status(berth_api::v1::Empty {});
+        let Ok(Ok(status)) =
+            tokio::time::timeout(Duration::from_millis(LEARN_TIMEOUT_MS), call).await
+        else {
+            return;
+        };
+        let addrs = status
+            .into_inner()
+            .nodes
+            .into_iter()
+            .map(|n| n.native_addr)
+            .filter(|a| !a.is_empty());
+        self.transport.learn(addrs);
+    }
+
+    /// The server calls go to now, `host:port`.
+    pub fn server(&self) -> String {
+        self.transport.current()
+    }
+
+    /// Every server this client may use: the configured ones, then those
+    /// learned from the cluster and from redirects.
+    pub fn servers(&self) -> Vec<String> {
+        self.transport.servers()
     }
 
     /// A client with its own connection to the same server, with the same
@@ -130,15 +148,12 @@ impl Client {
     /// within a runtime.
     pub fn another_connection(&self) -> Client {
         Client {
-            channel: self.endpoint.connect_lazy(),
-            auth: self.auth.clone(),
-            server: self.server.clone(),
-            endpoint: self.endpoint.clone(),
+            transport: self.transport.fresh(),
         }
     }
 
     fn transport(&self) -> Transport {
-        InterceptedService::new(self.channel.clone(), self.auth.clone())
+        self.transport.clone()
     }
 
     /// Namespace service: entries, directories, ACLs.

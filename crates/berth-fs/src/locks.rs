@@ -735,13 +735,15 @@ impl LockService {
         // volume meets the same table.
         let router = self.meta.router();
         if router.raft().leader(vol.shard_id) != Some(router.node_id()) {
-            return Err(Error::new(
-                Code::Again,
-                format!(
-                    "the locks of volume {} are served by the leader of shard {}; retry there",
-                    vol.path, vol.shard_id
-                ),
-            ));
+            let message = format!(
+                "the locks of volume {} are served by the leader of shard {}; retry there",
+                vol.path, vol.shard_id
+            );
+            // Refused before anything was done: name the leader when known.
+            return Err(match router.leader_of(vol.shard_id) {
+                Some(l) if l != router.node_id() => Error::elsewhere(l, message),
+                _ => Error::new(Code::Again, message),
+            });
         }
         self.check_terms();
         if let Some(term) = router.raft().term(vol.shard_id) {

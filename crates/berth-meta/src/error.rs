@@ -5,7 +5,7 @@
 //! symbolic code in `x-berth-code`; the FUSE mount: errno). A code, once
 //! published, keeps its meaning forever.
 
-use berth_raft::RaftError;
+use berth_raft::{NodeId, RaftError};
 
 /// Stable error codes, named after the POSIX errno they map to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,6 +134,12 @@ pub const ALL: [Code; 23] = [
 pub struct Error {
     pub code: Code,
     pub message: String,
+    /// The node to send the request to instead: set only on a retryable
+    /// refusal made before anything was done (this node holds no replica of
+    /// the shard, or does not hold what the call needs), so a client may
+    /// repeat any request there. Gateways tell their clients where that node
+    /// is (the native API: its address in `x-berth-leader`).
+    pub redirect: Option<NodeId>,
 }
 
 impl Error {
@@ -141,6 +147,16 @@ impl Error {
         Error {
             code,
             message: message.into(),
+            redirect: None,
+        }
+    }
+    /// A retryable refusal made before anything was done: `node` serves the
+    /// request (see [`Error::redirect`]).
+    pub fn elsewhere(node: NodeId, message: impl Into<String>) -> Error {
+        Error {
+            code: Code::Again,
+            message: message.into(),
+            redirect: Some(node),
         }
     }
     pub fn not_found(what: impl std::fmt::Display) -> Error {
@@ -174,6 +190,15 @@ impl From<RaftError> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_refusals_redirect() {
+        let e = Error::elsewhere(3, "shard 9 is led by node 3");
+        assert_eq!((e.code, e.redirect), (Code::Again, Some(3)));
+        assert!(e.code.is_retryable());
+        assert_eq!(Error::new(Code::Again, "x").redirect, None);
+        assert_eq!(Error::from(RaftError::Timeout).redirect, None);
+    }
 
     #[test]
     fn symbols_are_unique_and_parse_back() {

@@ -170,8 +170,8 @@ impl Router {
             return Ok(());
         }
         match self.leader_of(shard) {
-            Some(l) => Err(Error::new(
-                Code::Again,
+            Some(l) => Err(Error::elsewhere(
+                l,
                 format!("shard {shard} is led by node {l}; send the request there"),
             )),
             None => Err(Error::new(

@@ -78,6 +78,8 @@ async fn followers_read_and_commit_through_the_leader() {
         Ok(_) => panic!("a node without a replica served a transaction"),
     };
     assert_eq!(e.code, Code::Again);
+    // A refusal before anything was done: clients may send it to the leader.
+    assert_eq!(e.redirect, Some(leader));
     assert!(
         e.message.contains(&format!("node {leader}")),
         "{}",

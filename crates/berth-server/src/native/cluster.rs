@@ -8,7 +8,6 @@ use berth_api::v1::cluster_server::Cluster as ClusterApi;
 use berth_api::v1::*;
 use berth_meta::map::{NodeRecord, NodeState, META_SHARD};
 use berth_meta::{Code, Error};
-use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use super::Native;
@@ -58,8 +57,8 @@ impl ClusterService {
             .and_then(|l| map.nodes.iter().find(|x| x.id == l))
             .map(|x| (x.id, x.native_addr.clone()));
         let e = match &leader {
-            Some((id, addr)) => Error::new(
-                Code::Again,
+            Some((id, addr)) => Error::elsewhere(
+                *id,
                 format!("node {id} admits joins (it leads the cluster map): retry at {addr}"),
             ),
             None if n.raft.shards().iter().any(|d| d.id == META_SHARD) => {
@@ -70,11 +69,7 @@ impl ClusterService {
                 "this node holds no replica of the cluster map: join through another node",
             ),
         };
-        let mut status = super::errors::to_status(&e);
-        if let Some(v) = leader.and_then(|(_, addr)| MetadataValue::try_from(addr).ok()) {
-            status.metadata_mut().insert(berth_api::LEADER_METADATA, v);
-        }
-        status
+        n.status_of(&e)
     }
 }
 

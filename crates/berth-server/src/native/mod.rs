@@ -153,7 +153,25 @@ impl Native {
             Err(e) => e.code.symbol(),
         };
         self.metrics.record(method, code, started.elapsed());
-        result.map(Response::new).map_err(|e| errors::to_status(&e))
+        result.map(Response::new).map_err(|e| self.status_of(&e))
+    }
+
+    /// The status of a failed call; a refusal naming the node that serves
+    /// the request ([`Error::redirect`]) carries that node's native address
+    /// from the cluster map, so the client goes straight there.
+    pub fn status_of(&self, e: &Error) -> Status {
+        let addr = e
+            .redirect
+            .filter(|n| *n != self.node_id)
+            .and_then(|n| {
+                let map = self.meta.map();
+                map.nodes
+                    .iter()
+                    .find(|x| x.id == n)
+                    .map(|x| x.native_addr.clone())
+            })
+            .filter(|a| !a.is_empty());
+        errors::to_status_at(e, addr.as_deref())
     }
 }
 

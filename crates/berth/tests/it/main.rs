@@ -9,6 +9,7 @@ mod crash;
 mod docker_cluster;
 mod errors;
 mod exchange;
+mod failover;
 mod files;
 mod fsx;
 mod harness;
