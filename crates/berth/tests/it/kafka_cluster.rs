@@ -1,6 +1,8 @@
 //! Kafka clients against a three-node cluster (joined with tokens, a stream
 //! in a volume of replication 3): every node's Metadata names the same
 //! partition leader (the stream shard's) and lists every node as a broker;
+//! the other nodes refuse its partitions' requests (NOT_LEADER_OR_FOLLOWER)
+//! and its groups' (NOT_COORDINATOR), naming it as the coordinator;
 //! an idempotent producer with acks=all keeps going when that leader is
 //! killed with SIGKILL, and every acknowledged record is then read back at
 //! its offset, offsets contiguous per partition, no record twice; a
@@ -8,10 +10,26 @@
 //! offsets committed before the kill.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, FindCoordinatorRequest, GroupId, JoinGroupRequest, ListOffsetsRequest,
+    ProduceRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+    TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -112,6 +130,163 @@ fn agreed_leader(
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A bare Kafka connection to one chosen broker (TLS with the cluster CA,
+/// SASL PLAIN with a ticket), speaking kafka-protocol's encoding: it sends
+/// requests where Metadata says not to, which Kafka clients never do.
+struct Raw {
+    io: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    correlation_id: i32,
+}
+
+impl Raw {
+    fn connect(node: &TestServer, ca: &TestServer, ticket: &str) -> Raw {
+        use rustls::pki_types::pem::PemObject as _;
+        berth_security::tls::install_crypto_provider();
+        let ca_pem = std::fs::read(ca.ca_file()).expect("CA file");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(&ca_pem).expect("CA PEM"))
+            .expect("CA");
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let conn = rustls::ClientConnection::new(Arc::new(tls), name).expect("TLS client");
+        let sock = TcpStream::connect(("127.0.0.1", node.kafka_port)).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut raw = Raw {
+            io: rustls::StreamOwned::new(conn, sock),
+            correlation_id: 0,
+        };
+        let mut hs = SaslHandshakeRequest::default();
+        hs.mechanism = StrBytes::from_static_str("PLAIN");
+        assert_eq!(raw.call(1, &hs).error_code, 0, "SaslHandshake");
+        let mut auth = SaslAuthenticateRequest::default();
+        auth.auth_bytes = Bytes::from(format!("\0admin\0{ticket}"));
+        let resp = raw.call(2, &auth);
+        assert_eq!(resp.error_code, 0, "SASL: {:?}", resp.error_message);
+        raw
+    }
+
+    fn call<R: Request>(&mut self, version: i16, req: &R) -> R::Response {
+        self.correlation_id += 1;
+        let mut header = RequestHeader::default();
+        header.request_api_key = R::KEY;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation_id;
+        header.client_id = Some(StrBytes::from_static_str("kafka-cluster-test"));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, R::header_version(version))
+            .expect("encode header");
+        req.encode(&mut body, version).expect("encode request");
+        let len = i32::try_from(body.len()).expect("small request");
+        self.io.write_all(&len.to_be_bytes()).expect("write");
+        self.io.write_all(&body).expect("write");
+        self.io.flush().expect("flush");
+        let mut size = [0u8; 4];
+        self.io.read_exact(&mut size).expect("read answer size");
+        let mut frame = vec![0u8; usize::try_from(i32::from_be_bytes(size)).expect("size")];
+        self.io.read_exact(&mut frame).expect("read answer");
+        let mut frame = Bytes::from(frame);
+        let h = ResponseHeader::decode(&mut frame, R::Response::header_version(version))
+            .expect("answer header");
+        assert_eq!(h.correlation_id, self.correlation_id);
+        R::Response::decode(&mut frame, version).expect("answer body")
+    }
+}
+
+/// One record batch v2 holding `value` (as a producer builds it).
+fn one_record(value: &str) -> Bytes {
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 1_700_000_000_000,
+        key: None,
+        value: Some(Bytes::copy_from_slice(value.as_bytes())),
+        headers: Default::default(),
+    };
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, &[record], &options).expect("record batch");
+    buf.freeze()
+}
+
+/// The value each follower is asked to store (and refuses), and the
+/// leader once.
+const MISDIRECTED: &str = "sent to a follower";
+
+/// Produce (of [`MISDIRECTED`]), Fetch and ListOffsets for partition 0 of
+/// [`TOPIC`], sent to one node: their error codes.
+fn data_codes(raw: &mut Raw) -> (i16, i16, i16) {
+    let topic = TopicName(StrBytes::from_static_str(TOPIC));
+    let mut part = PartitionProduceData::default();
+    part.records = Some(one_record(MISDIRECTED));
+    let mut t = TopicProduceData::default();
+    t.name = topic.clone();
+    t.partition_data = vec![part];
+    let mut produce = ProduceRequest::default();
+    produce.acks = -1;
+    produce.timeout_ms = 10_000;
+    produce.topic_data = vec![t];
+    let produced = raw.call(7, &produce).responses[0].partition_responses[0].error_code;
+
+    let mut part = FetchPartition::default();
+    part.partition_max_bytes = 1 << 20;
+    let mut t = FetchTopic::default();
+    t.topic = topic.clone();
+    t.partitions = vec![part];
+    let mut fetch = FetchRequest::default();
+    fetch.replica_id = BrokerId(-1);
+    fetch.max_bytes = 1 << 20;
+    fetch.session_epoch = -1;
+    fetch.topics = vec![t];
+    let fetched = raw.call(12, &fetch).responses[0].partitions[0].error_code;
+
+    let mut part = ListOffsetsPartition::default();
+    part.timestamp = -1;
+    let mut t = ListOffsetsTopic::default();
+    t.name = topic;
+    t.partitions = vec![part];
+    let mut list = ListOffsetsRequest::default();
+    list.replica_id = BrokerId(-1);
+    list.topics = vec![t];
+    let listed = raw.call(7, &list).topics[0].partitions[0].error_code;
+    (produced, fetched, listed)
+}
+
+/// FindCoordinator for [`GROUP`] (the coordinator's id and port, or the
+/// error) and a JoinGroup's error code, sent to one node.
+fn group_codes(raw: &mut Raw) -> (Result<(i32, i32), i16>, i16) {
+    let mut find = FindCoordinatorRequest::default();
+    find.coordinator_keys = vec![StrBytes::from_static_str(GROUP)];
+    let c = raw.call(4, &find).coordinators.remove(0);
+    let found = match c.error_code {
+        0 => Ok((c.node_id.0, c.port)),
+        e => Err(e),
+    };
+    let mut protocol = JoinGroupRequestProtocol::default();
+    protocol.name = StrBytes::from_static_str("range");
+    let mut join = JoinGroupRequest::default();
+    join.group_id = GroupId(StrBytes::from_static_str(GROUP));
+    join.session_timeout_ms = 10_000;
+    join.rebalance_timeout_ms = 10_000;
+    join.protocol_type = StrBytes::from_static_str("consumer");
+    join.protocols = vec![protocol];
+    (found, raw.call(9, &join).error_code)
 }
 
 /// An acknowledged record.
@@ -286,6 +461,26 @@ fn kafka_clients_follow_the_leader_across_a_kill_9() {
         "the partitions' leader is the stream shard's: {st}"
     );
 
+    // The other nodes refuse the partitions' requests and the group's, and
+    // name the leader as the group's coordinator; the leader serves them.
+    let leader_port = i32::from(nodes[leader as usize - 1].kafka_port);
+    for id in (1..=3).filter(|&id| id != leader) {
+        let mut raw = Raw::connect(&nodes[id as usize - 1], &nodes[0], &admin);
+        assert_eq!(
+            data_codes(&mut raw),
+            (6, 6, 6),
+            "node {id}: NOT_LEADER_OR_FOLLOWER"
+        );
+        assert_eq!(
+            group_codes(&mut raw),
+            (Ok((leader, leader_port)), 16),
+            "node {id}: FindCoordinator names the leader, JoinGroup is NOT_COORDINATOR"
+        );
+    }
+    let mut raw = Raw::connect(&nodes[leader as usize - 1], &nodes[0], &admin);
+    assert_eq!(data_codes(&mut raw), (0, 0, 0), "the leader serves");
+    drop(raw);
+
     // An idempotent producer, acks=all, bootstrapped from every node.
     let producer: FutureProducer = config(&nodes[0], &admin, &all)
         .set("enable.idempotence", "true")
@@ -415,6 +610,14 @@ fn kafka_clients_follow_the_leader_across_a_kill_9() {
         }
     }
     let mut values = HashSet::new();
+    // The record sent straight to the leader is there; the followers
+    // stored none.
+    let misdirected = stored
+        .values()
+        .flatten()
+        .filter(|(_, v)| v == MISDIRECTED)
+        .count();
+    assert_eq!(misdirected, 1, "one copy, through the leader");
     for (p, records) in &stored {
         for (i, (o, v)) in records.iter().enumerate() {
             assert_eq!(*o, i as i64, "partition {p}: offsets are contiguous from 0");
