@@ -72,7 +72,9 @@
 //! TRANSACTIONAL_ID_AUTHORIZATION_FAILED, FindCoordinator for transactions
 //! COORDINATOR_NOT_AVAILABLE), the KIP-848 consumer protocol, Kafka's
 //! initial rebalance delay, fetch sessions (every fetch is a full one),
-//! Fetch v13+ (topic ids). Static members (`group.instance.id`) are
+//! Fetch v13+ (topic ids), OffsetForLeaderEpoch (clients then skip the
+//! offset validation they do when the leader epoch grows), fetching from
+//! followers. Static members (`group.instance.id`) are
 //! accepted, but a restarted one triggers a rebalance like a new member.
 //! Every request body passes `guard` before kafka-protocol decodes it:
 //! that codec sizes arrays from the count on the wire before reading them,
