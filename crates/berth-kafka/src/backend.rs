@@ -27,6 +27,54 @@ pub struct TopicRef {
     pub topic: String,
 }
 
+/// A broker id. For Berth, a node id.
+pub type BrokerId = i32;
+
+/// A broker as Metadata lists it: a node of the cluster and where Kafka
+/// clients reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    pub id: BrokerId,
+    pub host: String,
+    pub port: i32,
+    /// Kafka's rack (for Berth, the node's `zone` label), if any.
+    pub rack: Option<String>,
+}
+
+/// Who serves a topic's partitions, as Metadata reports it. All partitions
+/// of a topic share one placement: a Berth topic lives in its stream, and
+/// a stream in one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The broker leading the partitions: Produce, Fetch and ListOffsets
+    /// are served there. `None` while there is none the clients could
+    /// reach (an election, a leader known down): LEADER_NOT_AVAILABLE, and
+    /// clients ask again.
+    pub leader: Option<BrokerId>,
+    /// Kafka's leader epoch: grows whenever leadership moves (for Berth,
+    /// the shard's Raft term); -1 when unknown.
+    pub leader_epoch: i32,
+    /// Every replica.
+    pub replicas: Vec<BrokerId>,
+    /// The replicas in sync (not known to be down).
+    pub isr: Vec<BrokerId>,
+    /// Replicas known to be down.
+    pub offline: Vec<BrokerId>,
+}
+
+impl Placement {
+    /// One broker holding and leading everything.
+    pub fn single(id: BrokerId) -> Placement {
+        Placement {
+            leader: Some(id),
+            leader_epoch: 0,
+            replicas: vec![id],
+            isr: vec![id],
+            offline: vec![],
+        }
+    }
+}
+
 /// A topic as Metadata and DescribeConfigs report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
@@ -37,6 +85,8 @@ pub struct TopicInfo {
     pub partitions: u32,
     /// Topic configs as Kafka names them (`retention.ms`, `cleanup.policy`, ...).
     pub configs: Vec<(String, String)>,
+    /// Who serves its partitions.
+    pub placement: Placement,
 }
 
 /// Offsets of one partition.
@@ -144,7 +194,14 @@ pub enum StreamError {
     /// INVALID_PRODUCER_EPOCH (47): a fenced (older) producer epoch.
     #[error("invalid producer epoch: {0}")]
     InvalidProducerEpoch(String),
-    /// REQUEST_TIMED_OUT (7) / NOT_LEADER... retriable: the client should retry.
+    /// This broker does not lead what the request is about: the client
+    /// refreshes its metadata and goes to the leader. NOT_LEADER_OR_FOLLOWER
+    /// (6) for a partition, NOT_COORDINATOR (16) for a group,
+    /// LEADER_NOT_AVAILABLE (5) in Metadata.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
+    /// REQUEST_TIMED_OUT (7) (COORDINATOR_NOT_AVAILABLE (15) for a group,
+    /// LEADER_NOT_AVAILABLE (5) in Metadata): passing, the client retries.
     #[error("temporarily unavailable: {0}")]
     Retriable(String),
     /// KAFKA_STORAGE_ERROR (56) / UNKNOWN_SERVER_ERROR (-1).
@@ -154,8 +211,19 @@ pub enum StreamError {
 
 /// The streams service as the gateway sees it. `P` is the authenticated
 /// principal, opaque to the gateway.
+///
+/// Several brokers: the backend says who leads what ([`TopicInfo::placement`],
+/// [`Backend::authorize_group`]) and which brokers exist
+/// ([`Backend::brokers`]); the calls that only the leader serves (produce,
+/// fetch, list_offset, offsets) answer [`StreamError::NotLeader`] on any
+/// other broker.
 pub trait Backend: Send + Sync + 'static {
     type Principal: Clone + Send + Sync + 'static;
+
+    /// The brokers Metadata lists: the nodes that serve Kafka clients, with
+    /// the address clients reach them at. It may leave out brokers known to
+    /// be down; the gateway adds itself when it is missing.
+    fn brokers(&self) -> Vec<Broker>;
 
     /// SASL PLAIN: `password` may be a Berth ticket (any user name, or the
     /// ticket's principal) or a user's password. Err = authentication failed
@@ -217,7 +285,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Appends one partition's records (`records`: one or more record batch
     /// v2, as the producer sent them). Returns once durable (acks=all and
-    /// acks=1 alike; acks=0 is the gateway not answering).
+    /// acks=1 alike; acks=0 is the gateway not answering). Only on the
+    /// partition's leader: [`StreamError::NotLeader`] elsewhere.
     fn produce(
         &self,
         p: &Self::Principal,
@@ -256,7 +325,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Batches from `offset` on, up to about `max_bytes` (at least one whole
     /// batch when any exists). Returns at once; long polling is
-    /// [`Backend::wait`].
+    /// [`Backend::wait`]. Only on the partition's leader (followers do not
+    /// serve fetches): [`StreamError::NotLeader`] elsewhere.
     fn fetch(
         &self,
         p: &Self::Principal,
@@ -276,7 +346,7 @@ pub trait Backend: Send + Sync + 'static {
         max_wait: Duration,
     ) -> impl Future<Output = ()> + Send;
 
-    /// ListOffsets.
+    /// ListOffsets (leader only, like fetch).
     fn list_offset(
         &self,
         p: &Self::Principal,
@@ -290,12 +360,22 @@ pub trait Backend: Send + Sync + 'static {
     fn resolve_group(&self, p: &Self::Principal, name: &str) -> Result<GroupRef, StreamError>;
 
     /// Whether `p` may use the group (join it, commit and fetch its
-    /// offsets): Err(GroupDenied) when not.
+    /// offsets): Err(GroupDenied) when not. Ok is the broker coordinating
+    /// it (FindCoordinator names it; the other group APIs are served only
+    /// there, NOT_COORDINATOR elsewhere); Err(Retriable) while no broker
+    /// does (COORDINATOR_NOT_AVAILABLE).
     fn authorize_group(
         &self,
         p: &Self::Principal,
         g: &GroupRef,
-    ) -> impl Future<Output = Result<(), StreamError>> + Send;
+    ) -> impl Future<Output = Result<BrokerId, StreamError>> + Send;
+
+    /// Whether this broker still coordinates `g`, as far as the backend
+    /// knows without I/O (true when it cannot tell). Asked periodically for
+    /// every group in the coordinator's memory: a group that moved away is
+    /// dropped and its waiting members are told NOT_COORDINATOR, so they
+    /// find the new coordinator and rejoin there.
+    fn coordinates(&self, g: &GroupRef) -> bool;
 
     /// OffsetCommit for one partition: durable before it returns. Needs
     /// the group (see [`Backend::authorize_group`]) and the consume right
@@ -355,7 +435,7 @@ pub trait Backend: Send + Sync + 'static {
         token: &str,
     ) -> impl Future<Output = Result<Self::Principal, String>> + Send;
 
-    /// Partition offsets (for Fetch and Metadata).
+    /// Partition offsets (leader only, like fetch).
     fn offsets(
         &self,
         p: &Self::Principal,

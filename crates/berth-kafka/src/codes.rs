@@ -9,10 +9,13 @@ pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 pub const OFFSET_OUT_OF_RANGE: i16 = 1;
 pub const CORRUPT_MESSAGE: i16 = 2;
 pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+pub const LEADER_NOT_AVAILABLE: i16 = 5;
+pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 pub const REQUEST_TIMED_OUT: i16 = 7;
 pub const MESSAGE_TOO_LARGE: i16 = 10;
 pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+pub const NOT_COORDINATOR: i16 = 16;
 pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
 pub const ILLEGAL_GENERATION: i16 = 22;
 pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
@@ -46,8 +49,11 @@ pub const UNKNOWN_TOPIC_ID: i16 = 100;
 pub enum Scope {
     /// Produce, Fetch, ListOffsets partition results.
     Partition,
-    /// Topic-level results (Metadata, CreateTopics, ...).
+    /// Topic-level results (CreateTopics, DeleteTopics, ...).
     Topic,
+    /// Metadata's topic results: a passing failure is LEADER_NOT_AVAILABLE,
+    /// which clients answer by asking again (from any broker).
+    Metadata,
     /// A group's name or the group itself (the group APIs, InitProducerId):
     /// a name the backend cannot resolve is an invalid group id, and a
     /// passing failure sends the client looking for the coordinator again.
@@ -61,6 +67,12 @@ pub fn code(e: &StreamError, scope: Scope) -> i16 {
             INVALID_GROUP_ID
         }
         StreamError::Retriable(_) if scope == Scope::Group => COORDINATOR_NOT_AVAILABLE,
+        StreamError::NotLeader(_) => match scope {
+            Scope::Partition => NOT_LEADER_OR_FOLLOWER,
+            Scope::Group => NOT_COORDINATOR,
+            Scope::Topic | Scope::Metadata => LEADER_NOT_AVAILABLE,
+        },
+        StreamError::Retriable(_) if scope == Scope::Metadata => LEADER_NOT_AVAILABLE,
         StreamError::UnknownTopic(_) => UNKNOWN_TOPIC_OR_PARTITION,
         StreamError::TopicDenied(_) => TOPIC_AUTHORIZATION_FAILED,
         StreamError::GroupDenied(_) => GROUP_AUTHORIZATION_FAILED,
@@ -76,7 +88,7 @@ pub fn code(e: &StreamError, scope: Scope) -> i16 {
         StreamError::InvalidProducerEpoch(_) => INVALID_PRODUCER_EPOCH,
         StreamError::Internal(_) => match scope {
             Scope::Partition => KAFKA_STORAGE_ERROR,
-            Scope::Topic | Scope::Group => UNKNOWN_SERVER_ERROR,
+            Scope::Topic | Scope::Metadata | Scope::Group => UNKNOWN_SERVER_ERROR,
         },
     }
 }
@@ -94,6 +106,9 @@ mod tests {
             (OFFSET_OUT_OF_RANGE, K::OffsetOutOfRange),
             (CORRUPT_MESSAGE, K::CorruptMessage),
             (UNKNOWN_TOPIC_OR_PARTITION, K::UnknownTopicOrPartition),
+            (LEADER_NOT_AVAILABLE, K::LeaderNotAvailable),
+            (NOT_LEADER_OR_FOLLOWER, K::NotLeaderOrFollower),
+            (NOT_COORDINATOR, K::NotCoordinator),
             (REQUEST_TIMED_OUT, K::RequestTimedOut),
             (MESSAGE_TOO_LARGE, K::MessageTooLarge),
             (OFFSET_METADATA_TOO_LARGE, K::OffsetMetadataTooLarge),
@@ -144,6 +159,7 @@ mod tests {
             (StreamError::InvalidPartitions(s()), 37, 37),
             (StreamError::TooLarge(s()), 10, 10),
             (StreamError::Retriable(s()), 7, 7),
+            (StreamError::NotLeader(s()), 6, 5),
             (StreamError::OutOfOrderSequence(s()), 45, 45),
             (StreamError::InvalidProducerEpoch(s()), 47, 47),
             (StreamError::Internal(s()), 56, -1),
@@ -154,9 +170,16 @@ mod tests {
             let group = match e {
                 StreamError::UnknownTopic(_) | StreamError::InvalidTopic(_) => 24,
                 StreamError::Retriable(_) => 15,
+                StreamError::NotLeader(_) => 16,
                 _ => topic,
             };
             assert_eq!(code(&e, Scope::Group), group, "{e:?}");
+            // Metadata: whatever passes is "no leader now, ask again".
+            let metadata = match e {
+                StreamError::Retriable(_) | StreamError::NotLeader(_) => 5,
+                _ => topic,
+            };
+            assert_eq!(code(&e, Scope::Metadata), metadata, "{e:?}");
         }
     }
 }

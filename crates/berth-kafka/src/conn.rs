@@ -323,6 +323,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
                     )));
                 };
                 let (b, cfg, v) = (&*self.backend, &*self.cfg, r.version);
+                let here = group_handlers::Here {
+                    groups: &self.groups,
+                    broker: cfg.node_id,
+                };
                 match api {
                     ApiKey::Metadata => {
                         let resp = handlers::metadata(b, p, cfg, r.decode()?, v).await;
@@ -369,43 +373,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
                             client_id: &r.client_id,
                             host: &self.client_host,
                         };
-                        let g = &*self.groups;
-                        let resp = group_handlers::join_group(b, p, g, &client, req, v).await;
+                        let resp = group_handlers::join_group(b, p, here, &client, req, v).await;
                         r.reply(&resp)
                     }
                     ApiKey::SyncGroup => {
                         let req = r.decode()?;
-                        let resp = group_handlers::sync_group(b, p, &self.groups, req, v).await;
+                        let resp = group_handlers::sync_group(b, p, here, req, v).await;
                         r.reply(&resp)
                     }
                     ApiKey::Heartbeat => {
                         let req = r.decode()?;
-                        let resp = group_handlers::heartbeat(b, p, &self.groups, req, v).await;
+                        let resp = group_handlers::heartbeat(b, p, here, req, v).await;
                         r.reply(&resp)
                     }
                     ApiKey::LeaveGroup => {
                         let req = r.decode()?;
-                        let resp = group_handlers::leave_group(b, p, &self.groups, req, v).await;
+                        let resp = group_handlers::leave_group(b, p, here, req, v).await;
                         r.reply(&resp)
                     }
                     ApiKey::OffsetCommit => {
                         let req = r.decode()?;
-                        let resp = group_handlers::offset_commit(b, p, &self.groups, req, v).await;
+                        let resp = group_handlers::offset_commit(b, p, here, req, v).await;
                         r.reply(&resp)
                     }
                     ApiKey::OffsetFetch => {
-                        let resp = group_handlers::offset_fetch(b, p, r.decode()?, v).await;
+                        let resp = group_handlers::offset_fetch(b, p, here, r.decode()?, v).await;
                         r.reply(&resp)
                     }
                     ApiKey::DescribeGroups => {
                         let req = r.decode()?;
-                        let g = &*self.groups;
-                        let resp = group_handlers::describe_groups(b, p, g, req, v).await;
+                        let resp = group_handlers::describe_groups(b, p, here, req, v).await;
                         r.reply(&resp)
                     }
                     ApiKey::ListGroups => {
                         let req = r.decode()?;
-                        let resp = group_handlers::list_groups(b, p, &self.groups, req, v).await;
+                        let resp = group_handlers::list_groups(b, p, here, req, v).await;
                         r.reply(&resp)
                     }
                     // `api::served` admits only the keys above.

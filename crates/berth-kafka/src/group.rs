@@ -1041,6 +1041,21 @@ impl Coordinator {
             .collect()
     }
 
+    /// Forgets a group this broker no longer coordinates (its coordinator
+    /// moved to another broker): members waiting in JoinGroup or SyncGroup
+    /// are answered NOT_COORDINATOR, so they look the coordinator up again
+    /// and rejoin there. True when the group was here.
+    pub fn unload(&self, g: &GroupRef) -> bool {
+        let Some(mut group) = self.lock().remove(g) else {
+            return false;
+        };
+        for m in &mut group.members {
+            m.fail_waiters(codes::NOT_COORDINATOR);
+        }
+        tracing::debug!(group = %group.name, "kafka: group coordinated elsewhere now; dropped");
+        true
+    }
+
     /// Runs the timers of every group; forgets groups left empty.
     pub fn sweep(&self, now: Instant) {
         let mut groups = self.lock();
@@ -1379,5 +1394,33 @@ mod tests {
             vec![0]
         );
         assert!(c.describe(&g()).is_none());
+    }
+
+    /// A group whose coordinator moved is dropped: members waiting for a
+    /// rebalance are told NOT_COORDINATOR, and a member that comes back
+    /// (to a broker coordinating it again) is unknown and joins afresh.
+    #[test]
+    fn an_unloaded_group_answers_its_waiters_and_is_forgotten() {
+        let c = Coordinator::new(limits());
+        let t = Instant::now();
+        let (a, mut rx_a) = join_new(&c, &["range"], t);
+        let ra = ready(&mut rx_a).unwrap();
+        assert_eq!((ra.error, ra.generation), (0, 1));
+        // A second member starts a rebalance: its join waits for a's.
+        let (_, mut rx_b) = join_new(&c, &["range"], t);
+        assert!(ready(&mut rx_b).is_none(), "b waits for a to rejoin");
+        assert!(c.unload(&g()));
+        assert!(!c.unload(&g()), "gone already");
+        let rb = ready(&mut rx_b).expect("the waiting member is answered");
+        assert_eq!(rb.error, codes::NOT_COORDINATOR);
+        assert!(c.describe(&g()).is_none());
+        assert!(c.list().is_empty());
+        assert_eq!(
+            c.heartbeat(&g(), &a, None, 1, t),
+            codes::UNKNOWN_MEMBER_ID,
+            "membership does not come back with the coordinator"
+        );
+        let r = now_reply(c.join(&g(), params(&a, &["range"]), t));
+        assert_eq!(r.error, codes::UNKNOWN_MEMBER_ID);
     }
 }

@@ -1,8 +1,11 @@
 //! The consumer-group APIs: decoded request in, response out, like
 //! `handlers`. Every group API first resolves the group name and asks the
-//! backend whether the principal may use the group
-//! ([`Backend::authorize_group`], GROUP_AUTHORIZATION_FAILED otherwise);
-//! membership goes to the shared [`Coordinator`], offsets to the backend.
+//! backend whether the principal may use the group and which broker
+//! coordinates it ([`Backend::authorize_group`]; GROUP_AUTHORIZATION_FAILED
+//! when denied). FindCoordinator names that broker; every other group API
+//! is served only there: another broker answers NOT_COORDINATOR and drops
+//! whatever it still held of the group. Membership goes to the shared
+//! [`Coordinator`], offsets to the backend.
 
 use std::time::Duration;
 
@@ -30,7 +33,7 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::backend::{Backend, Committed, GroupRef, StreamError};
+use crate::backend::{self, Backend, Committed, GroupRef, StreamError};
 use crate::codes::{self, Scope};
 use crate::group::{self, Answer, Coordinator, JoinParams, SyncParams};
 use crate::KafkaConfig;
@@ -45,6 +48,13 @@ pub const GROUP_WAIT_MS_MAX: u64 = group::REBALANCE_TIMEOUT_MS_MAX + 10_000;
 /// FindCoordinator key types.
 const KEY_GROUP: i8 = 0;
 const KEY_TRANSACTION: i8 = 1;
+
+/// This broker's group coordinator and its broker id.
+#[derive(Clone, Copy)]
+pub struct Here<'a> {
+    pub groups: &'a Coordinator,
+    pub broker: backend::BrokerId,
+}
 
 /// Who sent the request (for DescribeGroups).
 pub struct Client<'a> {
@@ -61,25 +71,42 @@ fn opt(s: &Option<StrBytes>) -> Option<String> {
     s.as_ref().map(|s| s.to_string()).filter(|s| !s.is_empty())
 }
 
-/// Resolves a group name and checks the principal may use the group.
-async fn group<B: Backend>(b: &B, p: &B::Principal, name: &str) -> Result<GroupRef, i16> {
-    group_explained(b, p, name).await.map_err(|(code, _)| code)
+/// Resolves a group name, checks the principal may use the group and that
+/// this broker coordinates it: NOT_COORDINATOR when another does (and
+/// whatever this broker held of the group is dropped, its waiting members
+/// told the same).
+async fn group<B: Backend>(
+    b: &B,
+    p: &B::Principal,
+    here: Here<'_>,
+    name: &str,
+) -> Result<GroupRef, i16> {
+    let (g, coordinator) = group_explained(b, p, name)
+        .await
+        .map_err(|(code, _)| code)?;
+    if coordinator != here.broker {
+        here.groups.unload(&g);
+        return Err(codes::NOT_COORDINATOR);
+    }
+    Ok(g)
 }
 
-/// [`group`], with the backend's reason for a failure (FindCoordinator
-/// sends it as the error message: a missing stream is named there).
+/// Resolves a group name and checks the principal may use the group: the
+/// group and its coordinator, or the error with the backend's reason
+/// (FindCoordinator sends it as the error message: a missing stream is
+/// named there).
 async fn group_explained<B: Backend>(
     b: &B,
     p: &B::Principal,
     name: &str,
-) -> Result<GroupRef, (i16, Option<String>)> {
+) -> Result<(GroupRef, backend::BrokerId), (i16, Option<String>)> {
     if name.is_empty() {
         return Err((codes::INVALID_GROUP_ID, Some("empty group id".into())));
     }
     let explain = |e: StreamError| (codes::code(&e, Scope::Group), Some(e.to_string()));
     let g = b.resolve_group(p, name).map_err(explain)?;
-    b.authorize_group(p, &g).await.map_err(explain)?;
-    Ok(g)
+    let coordinator = b.authorize_group(p, &g).await.map_err(explain)?;
+    Ok((g, coordinator))
 }
 
 /// Waits for a coordinator answer; `lost` when the wait ends without one.
@@ -114,9 +141,20 @@ pub async fn find_coordinator<B: Backend>(
     } else {
         vec![req.key]
     };
+    let brokers = crate::handlers::brokers(b, cfg);
+    let brokers = &brokers;
     let found = join_all(keys.iter().map(|key| async move {
         match key_type {
-            KEY_GROUP => group_explained(b, p, key).await.map(drop),
+            KEY_GROUP => {
+                let (_, id) = group_explained(b, p, key).await?;
+                // The coordinator must be a broker clients can reach.
+                brokers.iter().find(|x| x.id == id).ok_or_else(|| {
+                    (
+                        codes::COORDINATOR_NOT_AVAILABLE,
+                        Some(format!("the coordinator, broker {id}, is not available")),
+                    )
+                })
+            }
             // Transactions are not supported: there is no coordinator.
             KEY_TRANSACTION => Err((
                 codes::COORDINATOR_NOT_AVAILABLE,
@@ -131,10 +169,10 @@ pub async fn find_coordinator<B: Backend>(
         let mut c = FoundCoordinator::default();
         c.key = key;
         match found {
-            Ok(()) => {
-                c.node_id = BrokerId(cfg.node_id);
-                c.host = str_bytes(&cfg.advertised_host);
-                c.port = cfg.advertised_port;
+            Ok(broker) => {
+                c.node_id = BrokerId(broker.id);
+                c.host = str_bytes(&broker.host);
+                c.port = broker.port;
             }
             Err((code, message)) => {
                 c.error_code = code;
@@ -165,13 +203,13 @@ pub async fn find_coordinator<B: Backend>(
 pub async fn join_group<B: Backend>(
     b: &B,
     p: &B::Principal,
-    c: &Coordinator,
+    here: Here<'_>,
     client: &Client<'_>,
     req: JoinGroupRequest,
     version: i16,
 ) -> JoinGroupResponse {
     let member_id = req.member_id.to_string();
-    let reply = match group(b, p, &req.group_id).await {
+    let reply = match group(b, p, here, &req.group_id).await {
         Err(code) => group::JoinReply {
             error: code,
             generation: -1,
@@ -207,7 +245,7 @@ pub async fn join_group<B: Backend>(
                     .map(|p| (p.name.to_string(), p.metadata))
                     .collect(),
             };
-            let a = c.join(&g, params, Instant::now());
+            let a = here.groups.join(&g, params, Instant::now());
             answer(a, || group::JoinReply {
                 error: codes::UNKNOWN_MEMBER_ID,
                 generation: -1,
@@ -253,11 +291,11 @@ pub async fn join_group<B: Backend>(
 pub async fn sync_group<B: Backend>(
     b: &B,
     p: &B::Principal,
-    c: &Coordinator,
+    here: Here<'_>,
     req: SyncGroupRequest,
     version: i16,
 ) -> SyncGroupResponse {
-    let reply = match group(b, p, &req.group_id).await {
+    let reply = match group(b, p, here, &req.group_id).await {
         Err(code) => Err(code),
         Ok(g) => {
             let params = SyncParams {
@@ -284,7 +322,7 @@ pub async fn sync_group<B: Backend>(
                     .map(|a| (a.member_id.to_string(), a.assignment))
                     .collect(),
             };
-            let a = c.sync(&g, params, Instant::now());
+            let a = here.groups.sync(&g, params, Instant::now());
             Ok(answer(a, || group::SyncReply {
                 error: codes::REBALANCE_IN_PROGRESS,
                 protocol_type: None,
@@ -314,12 +352,12 @@ pub async fn sync_group<B: Backend>(
 pub async fn heartbeat<B: Backend>(
     b: &B,
     p: &B::Principal,
-    c: &Coordinator,
+    here: Here<'_>,
     req: HeartbeatRequest,
     version: i16,
 ) -> HeartbeatResponse {
     let mut resp = HeartbeatResponse::default();
-    resp.error_code = match group(b, p, &req.group_id).await {
+    resp.error_code = match group(b, p, here, &req.group_id).await {
         Err(code) => code,
         Ok(g) => {
             let instance = if version >= 3 {
@@ -327,7 +365,7 @@ pub async fn heartbeat<B: Backend>(
             } else {
                 None
             };
-            c.heartbeat(
+            here.groups.heartbeat(
                 &g,
                 &req.member_id,
                 instance.as_deref(),
@@ -344,7 +382,7 @@ pub async fn heartbeat<B: Backend>(
 pub async fn leave_group<B: Backend>(
     b: &B,
     p: &B::Principal,
-    c: &Coordinator,
+    here: Here<'_>,
     req: LeaveGroupRequest,
     version: i16,
 ) -> LeaveGroupResponse {
@@ -358,12 +396,12 @@ pub async fn leave_group<B: Backend>(
         vec![(req.member_id.to_string(), None)]
     };
     let mut resp = LeaveGroupResponse::default();
-    let codes = match group(b, p, &req.group_id).await {
+    let codes = match group(b, p, here, &req.group_id).await {
         Err(code) => {
             resp.error_code = code;
             return resp;
         }
-        Ok(g) => c.leave(&g, &leaving, Instant::now()),
+        Ok(g) => here.groups.leave(&g, &leaving, Instant::now()),
     };
     if version >= 3 {
         resp.members = leaving
@@ -388,11 +426,11 @@ pub async fn leave_group<B: Backend>(
 pub async fn offset_commit<B: Backend>(
     b: &B,
     p: &B::Principal,
-    c: &Coordinator,
+    here: Here<'_>,
     req: OffsetCommitRequest,
     version: i16,
 ) -> OffsetCommitResponse {
-    let allowed = match group(b, p, &req.group_id).await {
+    let allowed = match group(b, p, here, &req.group_id).await {
         Err(code) => Err(code),
         Ok(g) => {
             let instance = if version >= 7 {
@@ -400,7 +438,7 @@ pub async fn offset_commit<B: Backend>(
             } else {
                 None
             };
-            match c.check_commit(
+            match here.groups.check_commit(
                 &g,
                 req.generation_id_or_member_epoch,
                 &req.member_id,
@@ -463,10 +501,11 @@ type Fetched = (i32, Result<Option<Committed>, i16>);
 async fn fetch_group<B: Backend>(
     b: &B,
     p: &B::Principal,
+    here: Here<'_>,
     name: &str,
     topics: Option<Vec<(TopicName, Vec<i32>)>>,
 ) -> Result<Vec<(TopicName, Vec<Fetched>)>, i16> {
-    let g = group(b, p, name).await?;
+    let g = group(b, p, here, name).await?;
     let g = &g;
     let Some(topics) = topics else {
         let all = b
@@ -514,6 +553,7 @@ fn offset_fields(got: Result<Option<Committed>, i16>) -> (i64, String, i16) {
 pub async fn offset_fetch<B: Backend>(
     b: &B,
     p: &B::Principal,
+    here: Here<'_>,
     req: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
@@ -526,7 +566,7 @@ pub async fn offset_fetch<B: Backend>(
                     .collect()
             });
             let mut out = OffsetFetchResponseGroup::default();
-            match fetch_group(b, p, &g.group_id, topics).await {
+            match fetch_group(b, p, here, &g.group_id, topics).await {
                 Err(code) => out.error_code = code,
                 Ok(topics) => {
                     out.topics = topics
@@ -563,7 +603,7 @@ pub async fn offset_fetch<B: Backend>(
             .map(|t| (t.name, t.partition_indexes))
             .collect()
     });
-    let result = fetch_group(b, p, &req.group_id, asked.clone()).await;
+    let result = fetch_group(b, p, here, &req.group_id, asked.clone()).await;
     let topics = match result {
         Ok(topics) => topics,
         // v2+ has a group-level error; v1 only per partition.
@@ -606,15 +646,15 @@ pub async fn offset_fetch<B: Backend>(
 pub async fn describe_groups<B: Backend>(
     b: &B,
     p: &B::Principal,
-    c: &Coordinator,
+    here: Here<'_>,
     req: DescribeGroupsRequest,
     version: i16,
 ) -> DescribeGroupsResponse {
     let groups = req.groups.into_iter().map(|name| async move {
         let mut out = DescribedGroup::default();
-        match group(b, p, &name).await {
+        match group(b, p, here, &name).await {
             Err(code) => out.error_code = code,
-            Ok(g) => match c.describe(&g) {
+            Ok(g) => match here.groups.describe(&g) {
                 // Kafka describes a group it does not know as Dead.
                 None => out.group_state = StrBytes::from_static_str(group::State::Dead.name()),
                 Some(s) => {
@@ -653,7 +693,7 @@ pub async fn describe_groups<B: Backend>(
 pub async fn list_groups<B: Backend>(
     b: &B,
     p: &B::Principal,
-    c: &Coordinator,
+    here: Here<'_>,
     req: ListGroupsRequest,
     version: i16,
 ) -> ListGroupsResponse {
@@ -665,14 +705,22 @@ pub async fn list_groups<B: Backend>(
     } else {
         vec![]
     };
-    let listed = c
+    let listed = here
+        .groups
         .list()
         .into_iter()
         .filter(|l| states.is_empty() || states.contains(&l.state.name().to_ascii_lowercase()));
-    // Only the groups the principal may use.
+    // Only the groups the principal may use, and still coordinated here
+    // (one that moved is dropped, as any group request would).
     let checked = join_all(listed.map(|l| async move {
-        let ok = b.authorize_group(p, &l.group).await.is_ok();
-        ok.then_some(l)
+        match b.authorize_group(p, &l.group).await {
+            Ok(id) if id == here.broker => Some(l),
+            Ok(_) => {
+                here.groups.unload(&l.group);
+                None
+            }
+            Err(_) => None,
+        }
     }))
     .await;
     let mut resp = ListGroupsResponse::default();

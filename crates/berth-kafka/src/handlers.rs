@@ -35,7 +35,7 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::backend::{Backend, Fetched, OffsetSpec, StreamError, TopicInfo, TopicRef};
+use crate::backend::{Backend, Broker, Fetched, OffsetSpec, StreamError, TopicInfo, TopicRef};
 use crate::codes::{self, Scope};
 use crate::KafkaConfig;
 
@@ -73,14 +73,23 @@ pub async fn metadata<B: Backend>(
     version: i16,
 ) -> MetadataResponse {
     let mut resp = MetadataResponse::default();
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = BrokerId(cfg.node_id);
-    broker.host = str_bytes(&cfg.advertised_host);
-    broker.port = cfg.advertised_port;
-    broker.rack = None;
-    resp.brokers = vec![broker];
+    let brokers = brokers(b, cfg);
+    resp.brokers = brokers
+        .iter()
+        .map(|x| {
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(x.id);
+            broker.host = str_bytes(&x.host);
+            broker.port = x.port;
+            broker.rack = x.rack.as_deref().map(str_bytes);
+            broker
+        })
+        .collect();
     resp.cluster_id = Some(str_bytes(&cfg.cluster_id));
+    // Kafka clients send topic administration to the controller; every
+    // broker serves it here, so each names itself.
     resp.controller_id = BrokerId(cfg.node_id);
+    let listed: Vec<i32> = brokers.iter().map(|x| x.id).collect();
     // v0: an empty list means all topics; v1+: null means all.
     let requested = match req.topics {
         Some(topics) if !(version == 0 && topics.is_empty()) => topics,
@@ -89,7 +98,7 @@ pub async fn metadata<B: Backend>(
                 Ok(topics) => {
                     resp.topics = topics
                         .into_iter()
-                        .map(|t| metadata_topic(cfg, t.name.clone(), Ok(t)))
+                        .map(|t| metadata_topic(&listed, t.name.clone(), Ok(t)))
                         .collect();
                 }
                 // No per-topic slot for this error before v13: an empty list.
@@ -112,13 +121,33 @@ pub async fn metadata<B: Backend>(
         };
         let name = name.0.to_string();
         let info = topic(b, p, &name, auto_create).await;
-        resp.topics.push(metadata_topic(cfg, name, info));
+        resp.topics.push(metadata_topic(&listed, name, info));
     }
     resp
 }
 
+/// The brokers Metadata lists: the backend's, and this one (clients just
+/// reached it) when the backend left it out.
+pub fn brokers<B: Backend>(b: &B, cfg: &KafkaConfig) -> Vec<Broker> {
+    let mut brokers = b.brokers();
+    if !brokers.iter().any(|x| x.id == cfg.node_id) {
+        brokers.push(Broker {
+            id: cfg.node_id,
+            host: cfg.advertised_host.clone(),
+            port: cfg.advertised_port,
+            rack: None,
+        });
+    }
+    brokers.sort_by_key(|x| x.id);
+    brokers.dedup_by_key(|x| x.id);
+    brokers
+}
+
+/// One topic of a Metadata answer. A partition names its leader only when
+/// that broker is in the answer's broker list (`listed`): clients cannot
+/// reach any other, so it is LEADER_NOT_AVAILABLE and they ask again.
 fn metadata_topic(
-    cfg: &KafkaConfig,
+    listed: &[i32],
     name: String,
     info: Result<TopicInfo, StreamError>,
 ) -> MetadataResponseTopic {
@@ -128,21 +157,33 @@ fn metadata_topic(
     match info {
         Ok(info) => {
             entry.topic_id = Uuid::from_bytes(info.id);
+            let at = &info.placement;
+            let leader = at.leader.filter(|l| listed.contains(l));
+            let ids = |v: &[i32]| v.iter().copied().map(BrokerId).collect::<Vec<_>>();
             entry.partitions = (0..info.partitions)
                 .filter_map(|i| i32::try_from(i).ok())
                 .map(|i| {
                     let mut part = MetadataResponsePartition::default();
                     part.partition_index = i;
-                    part.leader_id = BrokerId(cfg.node_id);
-                    part.leader_epoch = 0;
-                    part.replica_nodes = vec![BrokerId(cfg.node_id)];
-                    part.isr_nodes = vec![BrokerId(cfg.node_id)];
-                    part.offline_replicas = vec![];
+                    match leader {
+                        Some(l) => {
+                            part.leader_id = BrokerId(l);
+                            part.leader_epoch = at.leader_epoch;
+                        }
+                        None => {
+                            part.error_code = codes::LEADER_NOT_AVAILABLE;
+                            part.leader_id = BrokerId(-1);
+                            part.leader_epoch = -1;
+                        }
+                    }
+                    part.replica_nodes = ids(&at.replicas);
+                    part.isr_nodes = ids(&at.isr);
+                    part.offline_replicas = ids(&at.offline);
                     part
                 })
                 .collect();
         }
-        Err(e) => entry.error_code = codes::code(&e, Scope::Topic),
+        Err(e) => entry.error_code = codes::code(&e, Scope::Metadata),
     }
     entry
 }
@@ -293,6 +334,10 @@ pub async fn fetch<B: Backend>(
     let min_bytes = req.min_bytes.max(0) as usize;
     let max_bytes = req.max_bytes.max(0) as usize;
 
+    // Each partition's `current_leader_epoch` (v9+) is not checked: only
+    // the leader serves a fetch (the backend answers NotLeader elsewhere)
+    // and it reads through a linearizable barrier, so a client with an
+    // older epoch still reads what the current leader holds.
     let topics: Vec<(TopicName, Result<TopicRef, StreamError>)> = req
         .topics
         .iter()

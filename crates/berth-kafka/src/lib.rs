@@ -4,9 +4,17 @@
 //! exchange, the table of served API versions (`api`), the translation of
 //! each request into [`Backend`] calls (`handlers`) and the one table from
 //! [`StreamError`] to Kafka error codes (`codes`), and the consumer-group
-//! coordinator (`group`, with its request handlers in `group_handlers`). It
-//! is one broker to its clients: Metadata names this node as the leader of
-//! every partition and FindCoordinator as the coordinator of every group.
+//! coordinator (`group`, with its request handlers in `group_handlers`).
+//!
+//! Each node of a cluster runs one gateway: one broker of several. The
+//! backend says which brokers exist ([`Backend::brokers`]) and who leads
+//! what: Metadata names each partition's leader as the backend places it
+//! ([`TopicInfo::placement`]; LEADER_NOT_AVAILABLE while there is none,
+//! or it is not a listed broker), FindCoordinator the broker coordinating
+//! the group ([`Backend::authorize_group`]). Produce, Fetch and ListOffsets
+//! sent to another broker get NOT_LEADER_OR_FOLLOWER per partition (the
+//! backend answers [`StreamError::NotLeader`]), the group APIs
+//! NOT_COORDINATOR: clients refresh their metadata and go to the leader.
 //!
 //! Invariants:
 //! - *SASL before anything*: until SASL (PLAIN, SCRAM-SHA-256/512 or
@@ -29,11 +37,17 @@
 //!   clients use a separate coordinator connection for group calls.
 //! - *Group membership is in memory, offsets are not*: one coordinator per
 //!   gateway, shared by its connections, keeps members, generations and
-//!   assignments (Kafka's classic protocol, `group`); committed offsets go
-//!   to the backend and are durable. After a gateway restart the members'
-//!   heartbeats and commits get UNKNOWN_MEMBER_ID / ILLEGAL_GENERATION and
-//!   the clients rejoin; ListGroups shows only groups with members here.
-//!   Every group API asks [`Backend::authorize_group`] first.
+//!   assignments (Kafka's classic protocol, `group`) of the groups this
+//!   broker coordinates; committed offsets go to the backend and are
+//!   durable. After a gateway restart, or when a group's coordinator moves
+//!   to another broker, the members' heartbeats and commits get
+//!   NOT_COORDINATOR, UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION and the
+//!   clients rejoin where the group is coordinated now; a broker that finds
+//!   a group coordinated elsewhere (on a request, or every
+//!   [`COORDINATION_CHECK_MS`] through [`Backend::coordinates`]) drops it
+//!   and answers its waiting members NOT_COORDINATOR. ListGroups shows only
+//!   groups with members here. Every group API asks
+//!   [`Backend::authorize_group`] first.
 //! - *One log line per closed connection*: a connection closed for a bad
 //!   TLS handshake, an oversized or malformed frame, an unsupported request,
 //!   a SASL failure or an I/O error gets exactly one `warn!` naming the peer
@@ -58,7 +72,9 @@
 //! TRANSACTIONAL_ID_AUTHORIZATION_FAILED, FindCoordinator for transactions
 //! COORDINATOR_NOT_AVAILABLE), the KIP-848 consumer protocol, Kafka's
 //! initial rebalance delay, fetch sessions (every fetch is a full one),
-//! Fetch v13+ (topic ids). Static members (`group.instance.id`) are
+//! Fetch v13+ (topic ids), OffsetForLeaderEpoch (clients then skip the
+//! offset validation they do when the leader epoch grows), fetching from
+//! followers. Static members (`group.instance.id`) are
 //! accepted, but a restarted one triggers a rebalance like a new member.
 //! Every request body passes `guard` before kafka-protocol decodes it:
 //! that codec sizes arrays from the count on the wire before reading them,
@@ -98,8 +114,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 pub use backend::{
-    Appended, Backend, Committed, Fetched, GroupRef, OffsetSpec, PartitionOffsets, ProduceWait,
-    ProducerId, ScramCredential, ScramMechanism, StreamError, TopicInfo, TopicRef,
+    Appended, Backend, Broker, BrokerId, Committed, Fetched, GroupRef, OffsetSpec,
+    PartitionOffsets, Placement, ProduceWait, ProducerId, ScramCredential, ScramMechanism,
+    StreamError, TopicInfo, TopicRef,
 };
 pub use group::{SESSION_TIMEOUT_MS_MAX_DEFAULT, SESSION_TIMEOUT_MS_MIN_DEFAULT};
 
@@ -109,15 +126,17 @@ pub const MAX_REQUEST_BYTES_DEFAULT: usize = 100 * 1024 * 1024;
 pub const TLS_HANDSHAKE_MS_MAX: u64 = 10_000;
 /// After shutdown, how long connections may finish the request in hand.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// How often the coordinator checks that it still coordinates its groups.
+pub const COORDINATION_CHECK_MS: u64 = 1_000;
 /// Pause after a failed accept (e.g. out of file descriptors).
 const ACCEPT_RETRY_MS: u64 = 100;
 
 /// How the gateway presents itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
-    /// This node's broker id in Metadata (leader of every partition).
+    /// This broker's id (for Berth, the node id).
     pub node_id: i32,
-    /// Host and port clients are told to connect to.
+    /// Host and port clients are told to connect to this broker at.
     pub advertised_host: String,
     pub advertised_port: i32,
     pub cluster_id: String,
@@ -160,7 +179,7 @@ pub async fn serve<B: Backend>(
         session_timeout_ms_min: cfg.group_session_timeout_ms_min,
         session_timeout_ms_max: cfg.group_session_timeout_ms_max,
     }));
-    let sweeper = tokio::spawn(sweep(Arc::downgrade(&groups)));
+    let sweeper = tokio::spawn(sweep(Arc::downgrade(&groups), backend.clone()));
     let cfg = Arc::new(cfg);
     let acceptor = tls.map(TlsAcceptor::from);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -214,16 +233,28 @@ pub async fn serve<B: Backend>(
 }
 
 /// Runs the group coordinator's timers (session expiry, rebalance and sync
-/// deadlines) every `group::SWEEP_MS` until the gateway is gone.
-async fn sweep(groups: std::sync::Weak<group::Coordinator>) {
+/// deadlines) every `group::SWEEP_MS`, and every [`COORDINATION_CHECK_MS`]
+/// drops the groups whose coordinator moved to another broker
+/// ([`Backend::coordinates`]), until the gateway is gone.
+async fn sweep<B: Backend>(groups: std::sync::Weak<group::Coordinator>, backend: Arc<B>) {
     let mut tick = tokio::time::interval(Duration::from_millis(group::SWEEP_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_check = tokio::time::Instant::now();
     loop {
         let now = tick.tick().await;
         let Some(groups) = groups.upgrade() else {
             return;
         };
         groups.sweep(now);
+        if now.duration_since(last_check) >= Duration::from_millis(COORDINATION_CHECK_MS) {
+            last_check = now;
+            // Asked outside the coordinator's lock: the backend has its own.
+            for listed in groups.list() {
+                if !backend.coordinates(&listed.group) {
+                    groups.unload(&listed.group);
+                }
+            }
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use berth_kafka::backend::{ScramCredential, ScramMechanism};
 use berth_kafka::{
-    serve, Appended, Backend, Committed, Fetched, GroupRef, KafkaConfig, OffsetSpec,
-    PartitionOffsets, ProduceWait, ProducerId, StreamError, TopicInfo, TopicRef,
+    serve, Appended, Backend, Broker, Committed, Fetched, GroupRef, KafkaConfig, OffsetSpec,
+    PartitionOffsets, Placement, ProduceWait, ProducerId, StreamError, TopicInfo, TopicRef,
 };
 use berth_security::scram::{self, Mechanism};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -46,12 +46,13 @@ struct Topic {
 }
 
 impl Topic {
-    fn info(&self, name: &str) -> TopicInfo {
+    fn info(&self, name: &str, placement: &Placement) -> TopicInfo {
         TopicInfo {
             name: name.to_string(),
             id: self.id,
             partitions: self.logs.len() as u32,
             configs: self.configs.clone(),
+            placement: placement.clone(),
         }
     }
     fn hw(&self, partition: i32) -> Option<i64> {
@@ -78,7 +79,17 @@ struct Fake {
     durable: Option<Arc<tokio::sync::Semaphore>>,
     /// Produce requests whose appends were made.
     queued: std::sync::atomic::AtomicUsize,
+    /// What `brokers` answers (empty: the gateway lists itself alone).
+    brokers: Mutex<Vec<Broker>>,
+    /// Where every topic's partitions are served; produce, fetch and the
+    /// offsets answer NotLeader unless this broker ([`BROKER`]) leads.
+    placement: Mutex<Placement>,
+    /// Groups coordinated by another broker than [`BROKER`].
+    coordinators: Mutex<HashMap<String, i32>>,
 }
+
+/// The broker id the tests' gateway runs as.
+const BROKER: i32 = 7;
 
 /// The OAUTHBEARER token the fake backend accepts (for alice).
 const GOOD_TOKEN: &str = "berth1.alice.signature";
@@ -98,6 +109,9 @@ impl Fake {
             denied_groups: Mutex::new(HashSet::new()),
             durable: None,
             queued: Default::default(),
+            brokers: Mutex::new(vec![]),
+            placement: Mutex::new(Placement::single(BROKER)),
+            coordinators: Mutex::new(HashMap::new()),
             scram: HashMap::from([
                 (
                     ScramMechanism::Sha256,
@@ -121,13 +135,26 @@ impl Fake {
             logs: vec![vec![]; partitions.max(1) as usize],
             configs,
         };
-        let info = topic.info(name);
+        let info = topic.info(name, &self.placement.lock().unwrap());
         self.topics.lock().unwrap().insert(name.to_string(), topic);
         info
     }
 
     fn hw(&self, t: &TopicRef, partition: i32) -> Option<i64> {
         self.topics.lock().unwrap().get(&t.topic)?.hw(partition)
+    }
+
+    /// Err(NotLeader) unless this broker leads the partitions.
+    fn leader_here(&self) -> Result<(), StreamError> {
+        match self.placement.lock().unwrap().leader {
+            Some(BROKER) => Ok(()),
+            other => Err(StreamError::NotLeader(format!("led by {other:?}"))),
+        }
+    }
+
+    fn coordinator(&self, g: &GroupRef) -> i32 {
+        let coordinators = self.coordinators.lock().unwrap();
+        coordinators.get(&g.group).copied().unwrap_or(BROKER)
     }
 }
 
@@ -157,11 +184,19 @@ impl Backend for Fake {
         })
     }
 
-    async fn authorize_group(&self, _p: &String, g: &GroupRef) -> Result<(), StreamError> {
+    async fn authorize_group(&self, _p: &String, g: &GroupRef) -> Result<i32, StreamError> {
         if g.group == "secret-group" || self.denied_groups.lock().unwrap().contains(&g.group) {
             return Err(StreamError::GroupDenied(g.group.clone()));
         }
-        Ok(())
+        Ok(self.coordinator(g))
+    }
+
+    fn coordinates(&self, g: &GroupRef) -> bool {
+        self.coordinator(g) == BROKER
+    }
+
+    fn brokers(&self) -> Vec<Broker> {
+        self.brokers.lock().unwrap().clone()
     }
 
     async fn commit_offset(
@@ -257,8 +292,9 @@ impl Backend for Fake {
         name: &str,
         auto_create: bool,
     ) -> Result<TopicInfo, StreamError> {
+        let placement = self.placement.lock().unwrap().clone();
         if let Some(topic) = self.topics.lock().unwrap().get(&t.topic) {
-            return Ok(topic.info(name));
+            return Ok(topic.info(name, &placement));
         }
         if auto_create {
             Ok(self.create(&t.topic, 2, vec![]))
@@ -269,7 +305,8 @@ impl Backend for Fake {
 
     async fn default_topics(&self, _p: &String) -> Result<Vec<TopicInfo>, StreamError> {
         let topics = self.topics.lock().unwrap();
-        Ok(topics.iter().map(|(n, t)| t.info(n)).collect())
+        let placement = self.placement.lock().unwrap().clone();
+        Ok(topics.iter().map(|(n, t)| t.info(n, &placement)).collect())
     }
 
     async fn create_topic(
@@ -315,6 +352,7 @@ impl Backend for Fake {
         partition: i32,
         records: Bytes,
     ) -> Result<Appended, StreamError> {
+        self.leader_here()?;
         let mut topics = self.topics.lock().unwrap();
         let topic = topics.get_mut(&t.topic).ok_or_else(|| unknown(t))?;
         let mut next = topic.hw(partition).ok_or_else(|| unknown(t))?;
@@ -376,6 +414,7 @@ impl Backend for Fake {
         offset: i64,
         max_bytes: usize,
     ) -> Result<Fetched, StreamError> {
+        self.leader_here()?;
         let topics = self.topics.lock().unwrap();
         let topic = topics.get(&t.topic).ok_or_else(|| unknown(t))?;
         let hw = topic.hw(partition).ok_or_else(|| unknown(t))?;
@@ -440,6 +479,7 @@ impl Backend for Fake {
         t: &TopicRef,
         partition: i32,
     ) -> Result<PartitionOffsets, StreamError> {
+        self.leader_here()?;
         let hw = self.hw(t, partition).ok_or_else(|| unknown(t))?;
         Ok(PartitionOffsets {
             log_start: 0,
@@ -1103,6 +1143,115 @@ async fn metadata_auto_creates_and_describes_one_broker() {
     let resp = c.call(9, &all).await;
     assert_eq!(resp.topics.len(), 1);
     assert_eq!(resp.topics[0].name, Some(name("events")));
+}
+
+fn broker(id: i32, host: &str, port: i32, rack: Option<&str>) -> Broker {
+    Broker {
+        id,
+        host: host.into(),
+        port,
+        rack: rack.map(Into::into),
+    }
+}
+
+/// Several brokers: Metadata lists the backend's brokers (this one added
+/// when missing) and names each partition's leader, epoch, replicas, ISR
+/// and offline replicas as the backend places them; a leader that is none
+/// or not a listed broker is LEADER_NOT_AVAILABLE.
+#[tokio::test]
+async fn metadata_names_the_leaders_and_brokers_of_a_cluster() {
+    let server = start().await;
+    let b = &server.backend;
+    *b.brokers.lock().unwrap() = vec![
+        broker(9, "n9.test", 9093, Some("zone-c")),
+        broker(8, "n8.test", 9092, Some("zone-b")),
+    ];
+    *b.placement.lock().unwrap() = Placement {
+        leader: Some(8),
+        leader_epoch: 5,
+        replicas: vec![7, 8, 9],
+        isr: vec![7, 8],
+        offline: vec![9],
+    };
+    let mut c = Client::authenticated(server.addr).await;
+    let resp = c.metadata(12, &["events"], true).await;
+    let listed: Vec<(i32, &str, i32, Option<&str>)> = resp
+        .brokers
+        .iter()
+        .map(|x| (x.node_id.0, x.host.as_str(), x.port, x.rack.as_deref()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (7, "kafka.test", 19092, None),
+            (8, "n8.test", 9092, Some("zone-b")),
+            (9, "n9.test", 9093, Some("zone-c")),
+        ],
+        "sorted, this broker added"
+    );
+    assert_eq!(resp.controller_id, BrokerId(7));
+    let ids = |v: &[i32]| v.iter().copied().map(BrokerId).collect::<Vec<_>>();
+    let t = &resp.topics[0];
+    assert_eq!((t.error_code, t.partitions.len()), (0, 2));
+    for p in &t.partitions {
+        assert_eq!(p.error_code, 0);
+        assert_eq!((p.leader_id, p.leader_epoch), (BrokerId(8), 5));
+        assert_eq!(p.replica_nodes, ids(&[7, 8, 9]));
+        assert_eq!(p.isr_nodes, ids(&[7, 8]));
+        assert_eq!(p.offline_replicas, ids(&[9]));
+    }
+    // Versions before the epoch (v7) and offline replicas (v5) leave them out.
+    let resp = c.metadata(1, &["events"], false).await;
+    assert_eq!(resp.brokers.len(), 3);
+    assert_eq!(resp.topics[0].partitions[0].leader_id, BrokerId(8));
+
+    // No leader, or one clients cannot reach: LEADER_NOT_AVAILABLE.
+    for leader in [None, Some(10)] {
+        b.placement.lock().unwrap().leader = leader;
+        let resp = c.metadata(12, &["events"], false).await;
+        let t = &resp.topics[0];
+        assert_eq!(t.error_code, 0, "{leader:?}");
+        for p in &t.partitions {
+            assert_eq!(p.error_code, 5, "{leader:?}");
+            assert_eq!((p.leader_id, p.leader_epoch), (BrokerId(-1), -1));
+            assert_eq!(p.replica_nodes, ids(&[7, 8, 9]));
+        }
+    }
+}
+
+/// Produce, Fetch and ListOffsets sent to a broker that does not lead the
+/// partition get NOT_LEADER_OR_FOLLOWER for it (nothing is written), so
+/// clients refresh their metadata; the leader serves them.
+#[tokio::test]
+async fn data_requests_to_a_follower_get_not_leader_or_follower() {
+    let server = start().await;
+    let mut c = Client::authenticated(server.addr).await;
+    c.metadata(12, &["events"], true).await;
+    assert_eq!(c.produce_ok("events", 0, batch(&["a"])).await, 0);
+    *server.backend.brokers.lock().unwrap() = vec![broker(8, "n8.test", 9092, None)];
+    server.backend.placement.lock().unwrap().leader = Some(8);
+
+    let id = c.produce("events", 0, batch(&["b"]), -1).await;
+    let resp = c.recv::<ProduceRequest>(7, id).await;
+    let p = &resp.responses[0].partition_responses[0];
+    assert_eq!((p.error_code, p.base_offset), (6, -1));
+    assert!(p.error_message.is_none(), "v7 has no message");
+    let p = c.fetch("events", 0, 0, 0, 1024 * 1024).await;
+    assert_eq!(p.error_code, 6);
+    assert_eq!(p.records.as_ref().map(Bytes::len), Some(0));
+    let mut t = ListOffsetsTopic::default();
+    t.name = name("events");
+    let mut part = ListOffsetsPartition::default();
+    part.timestamp = -1;
+    t.partitions = vec![part];
+    let mut req = ListOffsetsRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.topics = vec![t];
+    assert_eq!(c.call(7, &req).await.topics[0].partitions[0].error_code, 6);
+
+    // Back on the leader: served, and the refused batch was not written.
+    server.backend.placement.lock().unwrap().leader = Some(BROKER);
+    assert_eq!(c.produce_ok("events", 0, batch(&["c"])).await, 1);
 }
 
 #[tokio::test]

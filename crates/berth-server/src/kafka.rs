@@ -1,17 +1,33 @@
 //! The Kafka gateway's view of the streams service (`berth_kafka::Backend`
 //! over `berth_streams::Streams`): topic names to streams, service errors
-//! to Kafka's terms. No authorization here: the service decides.
+//! to Kafka's terms, and the cluster as Kafka brokers. No authorization
+//! here: the service decides.
+//!
+//! Brokers are nodes (broker id = node id) and a topic's partitions are
+//! led by the node leading the shard of the topic's stream; a group is
+//! coordinated by the node leading the shard of the group's stream. Only
+//! that node serves produce, fetch and the offsets of the partitions
+//! (NotLeader on any other), so the high watermark, long polls and an
+//! idempotent producer's sequence checks all happen where the appends are
+//! committed. Metadata leaves out brokers the local Raft loop knows are
+//! down (a node sharing a shard with this one, silent for the peer
+//! timeout), names no leader on such a node, and counts such voters out of
+//! the ISR; nodes this one shares no shard with are listed as the cluster
+//! map has them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_kafka::backend::{
-    Appended, Backend, Committed, Fetched, GroupRef, OffsetSpec, PartitionOffsets, ProduceWait,
-    ProducerId, ScramCredential, ScramMechanism, StreamError, TopicInfo, TopicRef,
+    Appended, Backend, Broker, BrokerId, Committed, Fetched, GroupRef, OffsetSpec,
+    PartitionOffsets, Placement, ProduceWait, ProducerId, ScramCredential, ScramMechanism,
+    StreamError, TopicInfo, TopicRef,
 };
+use berth_meta::map::{NodeRecord, NodeState};
 use berth_meta::Meta;
 use berth_meta::{Code, Error};
+use berth_raft::{NodeId, ShardId, ShardStatus};
 use berth_security::principal::Principal;
 use berth_streams::{
     authorize, AppendError, Refused, Right, StreamConfig, StreamRef, Streams, TopicRecord,
@@ -23,6 +39,10 @@ use parking_lot::Mutex;
 pub const DEFAULT_STREAM: &str = "/streams/default";
 /// Partitions remembered for long polls, at most.
 const KNOWN_MAX: usize = 100_000;
+/// Groups whose stream's shard is remembered (for `coordinates`), at most.
+const GROUP_SHARDS_MAX: usize = 100_000;
+/// The node label reported as a broker's rack.
+const RACK_LABEL: &str = "zone";
 
 pub struct StreamsBackend {
     streams: Arc<Streams>,
@@ -33,6 +53,9 @@ pub struct StreamsBackend {
     /// Partitions recently read, so a long poll can wait on them without a
     /// principal (the fetch that precedes it authorized the reader).
     known: Mutex<HashMap<TopicRef, (StreamRef, TopicRecord)>>,
+    /// The shard of each group's stream, as last looked up: whether this
+    /// node still coordinates a group is whether it leads that shard.
+    group_shards: Mutex<HashMap<GroupRef, ShardId>>,
 }
 
 impl StreamsBackend {
@@ -49,7 +72,85 @@ impl StreamsBackend {
             default_stream,
             principal_streams,
             known: Mutex::new(HashMap::new()),
+            group_shards: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn me(&self) -> NodeId {
+        self.meta.router().node_id()
+    }
+
+    /// Whether this node leads `shard` (its own replica is the leader).
+    fn leads(&self, shard: ShardId) -> bool {
+        self.meta.router().raft().leader(shard) == Some(self.me())
+    }
+
+    /// A passing failure of a call only the leader serves: NotLeader when
+    /// this node does not lead the shard (or the shard is not known), so
+    /// the client looks for the leader; still Retriable on the leader.
+    fn on_leader(&self, shard: Option<ShardId>, e: StreamError) -> StreamError {
+        match e {
+            StreamError::Retriable(m) if shard.is_none_or(|s| !self.leads(s)) => {
+                StreamError::NotLeader(m)
+            }
+            e => e,
+        }
+    }
+
+    /// [`StreamsBackend::open`] for the calls only the partition's leader
+    /// serves (produce, fetch, offsets): NotLeader on any other node.
+    async fn open_led(
+        &self,
+        p: &Principal,
+        t: &TopicRef,
+        right: Right,
+    ) -> Result<(StreamRef, TopicRecord), StreamError> {
+        let (s, topic) = self
+            .open(p, t, right)
+            .await
+            .map_err(|e| self.on_leader(None, e))?;
+        if !self.leads(s.vol.shard_id) {
+            let leader = match self.meta.router().leader_of(s.vol.shard_id) {
+                Some(n) => format!("node {n}"),
+                None => "no node yet".to_string(),
+            };
+            return Err(StreamError::NotLeader(format!(
+                "{}:{} is led by {leader}, not node {}",
+                t.stream,
+                t.topic,
+                self.me()
+            )));
+        }
+        Ok((s, topic))
+    }
+
+    /// Where the partitions of the streams in `shard` are served, as this
+    /// node sees it now.
+    fn placement(&self, view: &View, shard: ShardId) -> Placement {
+        let map = self.meta.map();
+        let voters = map
+            .shards
+            .iter()
+            .find(|s| s.id == shard)
+            .map(|s| s.replicas.clone())
+            .unwrap_or_default();
+        let (leader, term) = match view.local.iter().find(|s| s.id == shard) {
+            // A replica here: its leader and term.
+            Some(st) => (st.leader, Some(st.term)),
+            // None: the leader the cluster map records (no term known).
+            None => (self.meta.router().leader_of(shard), None),
+        };
+        placement(&voters, leader, term, &view.down)
+    }
+
+    /// The broker coordinating groups of the stream in `shard`: its
+    /// leader, unless known down.
+    fn coordinator(&self, shard: ShardId) -> Option<BrokerId> {
+        let leader = self.meta.router().leader_of(shard)?;
+        if leader != self.me() && View::of(&self.meta).down.contains(&leader) {
+            return None;
+        }
+        broker_id(leader)
     }
 
     /// The stream `p`'s plain topic and group names live in.
@@ -149,6 +250,103 @@ impl StreamsBackend {
     }
 }
 
+/// What this node's Raft loop knows of the cluster now: its own replicas'
+/// state and the nodes known to be down.
+struct View {
+    local: Vec<ShardStatus>,
+    down: BTreeSet<NodeId>,
+}
+
+impl View {
+    fn of(meta: &Meta) -> View {
+        let raft = meta.router().raft();
+        let local = raft.status();
+        let replicas = local.iter().map(|s| s.membership.replicas());
+        let down = known_down(raft.node_id(), replicas, &raft.alive_peers());
+        View { local, down }
+    }
+}
+
+/// The nodes known to be down: those holding replicas of this node's
+/// shards (`replicas`, one list per shard; the Raft loop watches exactly
+/// those) that it has not heard from within the peer timeout. Nodes
+/// sharing no shard with this one are not known either way.
+fn known_down(
+    me: NodeId,
+    replicas: impl IntoIterator<Item = Vec<NodeId>>,
+    alive: &BTreeSet<NodeId>,
+) -> BTreeSet<NodeId> {
+    replicas
+        .into_iter()
+        .flatten()
+        .filter(|n| *n != me && !alive.contains(n))
+        .collect()
+}
+
+/// A node id as a Kafka broker id (ids beyond i32 are never handed out).
+fn broker_id(n: NodeId) -> Option<BrokerId> {
+    BrokerId::try_from(n).ok()
+}
+
+/// A shard's placement in Kafka's terms: the voters are the replicas, those
+/// not known down the ISR, the others offline; the leader is named unless
+/// known down; the epoch is the Raft term of a leader seen by a local
+/// replica (Raft terms only grow, as Kafka's leader epochs), else -1.
+fn placement(
+    voters: &[NodeId],
+    leader: Option<NodeId>,
+    term: Option<u64>,
+    down: &BTreeSet<NodeId>,
+) -> Placement {
+    let ids = |keep: &dyn Fn(&NodeId) -> bool| -> Vec<BrokerId> {
+        voters
+            .iter()
+            .filter(|n| keep(n))
+            .filter_map(|n| broker_id(*n))
+            .collect()
+    };
+    let leader = leader.filter(|l| !down.contains(l)).and_then(broker_id);
+    Placement {
+        leader,
+        leader_epoch: match (leader, term) {
+            (Some(_), Some(t)) => i32::try_from(t).unwrap_or(i32::MAX),
+            _ => -1,
+        },
+        replicas: ids(&|_| true),
+        isr: ids(&|n| !down.contains(n)),
+        offline: ids(&|n| down.contains(n)),
+    }
+}
+
+/// The brokers of the cluster: every node that serves (up or draining)
+/// with a Kafka address, except those known down. Joining nodes do not
+/// serve Kafka clients yet; decommissioned ones never again.
+fn brokers_of(nodes: &[NodeRecord], down: &BTreeSet<NodeId>) -> Vec<Broker> {
+    nodes
+        .iter()
+        .filter(|n| matches!(n.state, NodeState::Up | NodeState::Draining))
+        .filter(|n| !down.contains(&n.id))
+        .filter_map(|n| {
+            let (host, port) = split_host_port(&n.kafka_addr)?;
+            Some(Broker {
+                id: broker_id(n.id)?,
+                host,
+                port,
+                rack: n.labels.get(RACK_LABEL).cloned(),
+            })
+        })
+        .collect()
+}
+
+/// `HOST:PORT` (`[V6]:PORT`) as recorded in the cluster map: the host
+/// without brackets, as Kafka's Metadata carries it.
+fn split_host_port(addr: &str) -> Option<(String, i32)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_string(), i32::from(port)))
+}
+
 /// A legal Kafka name `NAME.rest` whose `NAME` is a stream's Kafka name
 /// (`lookup`): (that stream's path, rest).
 fn named(name: &str, lookup: impl Fn(&str) -> Option<String>) -> Option<(String, String)> {
@@ -245,11 +443,12 @@ fn is_hidden(e: &Error) -> bool {
     )
 }
 
-fn info(name: &str, t: &TopicRecord, c: &StreamConfig) -> TopicInfo {
+fn info(name: &str, t: &TopicRecord, c: &StreamConfig, placement: Placement) -> TopicInfo {
     TopicInfo {
         name: name.to_string(),
         id: t.uuid,
         partitions: t.partitions,
+        placement,
         configs: vec![
             ("retention.ms".into(), c.retention_ms.to_string()),
             ("retention.bytes".into(), c.retention_bytes.to_string()),
@@ -268,6 +467,10 @@ fn info(name: &str, t: &TopicRecord, c: &StreamConfig) -> TopicInfo {
 
 impl Backend for StreamsBackend {
     type Principal = Principal;
+
+    fn brokers(&self) -> Vec<Broker> {
+        brokers_of(&self.meta.map().nodes, &View::of(&self.meta).down)
+    }
 
     async fn authenticate_plain(&self, user: &str, password: &str) -> Result<Principal, String> {
         // A ticket (checked locally) first, then a user's password.
@@ -305,7 +508,8 @@ impl Backend for StreamsBackend {
             .topic_or_create(p, &s, &t.topic, auto_create)
             .await
             .map_err(|e| to_kafka(e, name))?;
-        Ok(info(name, &topic, &s.config))
+        let placement = self.placement(&View::of(&self.meta), s.vol.shard_id);
+        Ok(info(name, &topic, &s.config, placement))
     }
 
     async fn default_topics(&self, p: &Principal) -> Result<Vec<TopicInfo>, StreamError> {
@@ -324,10 +528,12 @@ impl Backend for StreamsBackend {
         names.sort();
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
+        let view = View::of(&self.meta);
         for path in &paths {
             let Some((s, topics)) = self.visible_topics(p, path).await? else {
                 continue;
             };
+            let placement = self.placement(&view, s.vol.shard_id);
             for (topic, t) in &topics {
                 let mut forms = Vec::new();
                 if *path == default {
@@ -339,7 +545,7 @@ impl Backend for StreamsBackend {
                 forms.push(format!("{path}:{topic}"));
                 for name in forms {
                     if seen.insert(name.clone()) {
-                        out.push(info(&name, t, &s.config));
+                        out.push(info(&name, t, &s.config, placement.clone()));
                     }
                 }
             }
@@ -378,7 +584,8 @@ impl Backend for StreamsBackend {
                 }
                 _ => to_kafka(e, name),
             })?;
-        Ok(info(name, &topic, &s.config))
+        let placement = self.placement(&View::of(&self.meta), s.vol.shard_id);
+        Ok(info(name, &topic, &s.config, placement))
     }
 
     async fn delete_topic(&self, p: &Principal, t: &TopicRef) -> Result<(), StreamError> {
@@ -416,12 +623,12 @@ impl Backend for StreamsBackend {
         records: Bytes,
     ) -> Result<Appended, StreamError> {
         let part = partition(part)?;
-        let (s, topic) = self.open(p, t, Right::Produce).await?;
+        let (s, topic) = self.open_led(p, t, Right::Produce).await?;
         self.streams
             .append(p, &s, &t.topic, &topic, part, records)
             .await
             .map(appended)
-            .map_err(|e| append_error(e, &t.topic))
+            .map_err(|e| self.on_leader(Some(s.vol.shard_id), append_error(e, &t.topic)))
     }
 
     async fn produce_partitions(
@@ -431,7 +638,7 @@ impl Backend for StreamsBackend {
         parts: Vec<(i32, Bytes)>,
     ) -> ProduceWait {
         let n = parts.len();
-        let (s, topic) = match self.open(p, t, Right::Produce).await {
+        let (s, topic) = match self.open_led(p, t, Right::Produce).await {
             Ok(x) => x,
             Err(e) => {
                 let all = (0..n).map(|_| Err(e.clone())).collect();
@@ -454,9 +661,17 @@ impl Backend for StreamsBackend {
         }
         let wait = self.streams.append_submit(p, &s, &t.topic, &topic, valid);
         let name = t.topic.clone();
+        // Whether this node still leads when an append failed in passing
+        // (leadership moved while it committed): NotLeader if not.
+        let (raft, me, shard) = (self.meta.router().raft().clone(), self.me(), s.vol.shard_id);
         Box::pin(async move {
             for (i, r) in at.into_iter().zip(wait.await) {
-                out[i] = Some(r.map(appended).map_err(|e| append_error(e, &name)));
+                out[i] = Some(r.map(appended).map_err(|e| match append_error(e, &name) {
+                    StreamError::Retriable(m) if raft.leader(shard) != Some(me) => {
+                        StreamError::NotLeader(m)
+                    }
+                    e => e,
+                }));
             }
             out.into_iter()
                 .map(|r| r.unwrap_or_else(|| Err(StreamError::Internal("no result".into()))))
@@ -473,12 +688,12 @@ impl Backend for StreamsBackend {
         max_bytes: usize,
     ) -> Result<Fetched, StreamError> {
         let part = partition(part)?;
-        let (s, topic) = self.open(p, t, Right::Consume).await?;
+        let (s, topic) = self.open_led(p, t, Right::Consume).await?;
         let (state, batches) = self
             .streams
             .read(p, &s, &topic, part, offset, max_bytes)
             .await
-            .map_err(|e| to_kafka(e, &t.topic))?;
+            .map_err(|e| self.on_leader(Some(s.vol.shard_id), to_kafka(e, &t.topic)))?;
         Ok(Fetched {
             offsets: PartitionOffsets {
                 log_start: state.log_start,
@@ -506,7 +721,7 @@ impl Backend for StreamsBackend {
         spec: OffsetSpec,
     ) -> Result<i64, StreamError> {
         let part = partition(part)?;
-        let (s, topic) = self.open(p, t, Right::Consume).await?;
+        let (s, topic) = self.open_led(p, t, Right::Consume).await?;
         let r = match spec {
             OffsetSpec::Earliest => self
                 .streams
@@ -522,7 +737,7 @@ impl Backend for StreamsBackend {
                 self.streams.offset_for_time(p, &s, &topic, part, ts).await
             }
         };
-        r.map_err(|e| to_kafka(e, &t.topic))
+        r.map_err(|e| self.on_leader(Some(s.vol.shard_id), to_kafka(e, &t.topic)))
     }
 
     fn resolve_group(&self, p: &Principal, name: &str) -> Result<GroupRef, StreamError> {
@@ -530,8 +745,26 @@ impl Backend for StreamsBackend {
         Ok(GroupRef { stream, group })
     }
 
-    async fn authorize_group(&self, p: &Principal, g: &GroupRef) -> Result<(), StreamError> {
-        self.group_stream(p, g).await.map(drop)
+    async fn authorize_group(&self, p: &Principal, g: &GroupRef) -> Result<BrokerId, StreamError> {
+        let shard = self.group_stream(p, g).await?.vol.shard_id;
+        {
+            let mut shards = self.group_shards.lock();
+            if shards.len() >= GROUP_SHARDS_MAX && !shards.contains_key(g) {
+                shards.clear();
+            }
+            shards.insert(g.clone(), shard);
+        }
+        self.coordinator(shard).ok_or_else(|| {
+            StreamError::Retriable(format!(
+                "group {}:{}: its stream's shard {shard} has no leader now; retry",
+                g.stream, g.group
+            ))
+        })
+    }
+
+    fn coordinates(&self, g: &GroupRef) -> bool {
+        let shard = self.group_shards.lock().get(g).copied();
+        shard.is_none_or(|s| self.leads(s))
     }
 
     async fn commit_offset(
@@ -645,12 +878,12 @@ impl Backend for StreamsBackend {
         part: i32,
     ) -> Result<PartitionOffsets, StreamError> {
         let part = partition(part)?;
-        let (s, topic) = self.open(p, t, Right::Consume).await?;
+        let (s, topic) = self.open_led(p, t, Right::Consume).await?;
         let o = self
             .streams
             .offsets(p, &s, &topic, part)
             .await
-            .map_err(|e| to_kafka(e, &t.topic))?;
+            .map_err(|e| self.on_leader(Some(s.vol.shard_id), to_kafka(e, &t.topic)))?;
         Ok(PartitionOffsets {
             log_start: o.log_start,
             high_watermark: o.next,
@@ -719,6 +952,100 @@ mod tests {
             group_error(Error::new(Code::Access, "x"), &g),
             StreamError::GroupDenied(_)
         ));
+    }
+
+    fn node(id: NodeId, kafka: &str, state: NodeState, zone: Option<&str>) -> NodeRecord {
+        NodeRecord {
+            id,
+            native_addr: format!("10.0.0.{id}:5660"),
+            admin_addr: format!("10.0.0.{id}:8443"),
+            advertise: vec![format!("10.0.0.{id}")],
+            started_at: 0,
+            kafka_addr: kafka.to_string(),
+            labels: zone
+                .map(|z| [(RACK_LABEL.to_string(), z.to_string())].into())
+                .unwrap_or_default(),
+            state,
+        }
+    }
+
+    #[test]
+    fn down_means_a_silent_replica_of_a_shared_shard() {
+        let alive: BTreeSet<NodeId> = [2].into();
+        // Node 1's shards: one on 1, 2, 3; one on 1, 4 (learner 5).
+        let down = known_down(1, [vec![1, 2, 3], vec![1, 4, 5]], &alive);
+        assert_eq!(down, [3, 4, 5].into(), "never itself, never the heard");
+        // Node 6 shares no shard: not known either way.
+        assert!(!down.contains(&6));
+        assert!(known_down(1, [vec![1]], &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn placement_is_the_shards_voters_and_its_live_leader() {
+        let none = BTreeSet::new();
+        let p = placement(&[1, 2, 3], Some(2), Some(7), &none);
+        assert_eq!(
+            p,
+            Placement {
+                leader: Some(2),
+                leader_epoch: 7,
+                replicas: vec![1, 2, 3],
+                isr: vec![1, 2, 3],
+                offline: vec![],
+            }
+        );
+        // A leader known down is no leader; down voters leave the ISR.
+        let down: BTreeSet<NodeId> = [2].into();
+        let p = placement(&[1, 2, 3], Some(2), Some(7), &down);
+        assert_eq!((p.leader, p.leader_epoch), (None, -1));
+        assert_eq!((p.isr, p.offline), (vec![1, 3], vec![2]));
+        assert_eq!(p.replicas, vec![1, 2, 3]);
+        // The leader from the cluster map's hint: no epoch known.
+        let p = placement(&[1, 2, 3], Some(3), None, &none);
+        assert_eq!((p.leader, p.leader_epoch), (Some(3), -1));
+        // No leader (an election).
+        let p = placement(&[1, 2, 3], None, Some(8), &none);
+        assert_eq!((p.leader, p.leader_epoch), (None, -1));
+        // Terms beyond i32 saturate; ids beyond i32 are never named.
+        let p = placement(&[1, u64::MAX], Some(1), Some(u64::MAX), &none);
+        assert_eq!((p.leader_epoch, p.replicas), (i32::MAX, vec![1]));
+    }
+
+    #[test]
+    fn brokers_are_serving_nodes_with_a_kafka_address() {
+        let nodes = [
+            node(1, "10.0.0.1:9092", NodeState::Up, Some("a")),
+            node(2, "[fd00::2]:9093", NodeState::Draining, None),
+            node(3, "10.0.0.3:9092", NodeState::Joining, None),
+            node(4, "10.0.0.4:9092", NodeState::Decommissioned, None),
+            node(5, "", NodeState::Up, None),
+            node(6, "10.0.0.6:9092", NodeState::Up, None),
+            node(7, "no-port", NodeState::Up, None),
+        ];
+        let down: BTreeSet<NodeId> = [6].into();
+        let got: Vec<(BrokerId, String, i32, Option<String>)> = brokers_of(&nodes, &down)
+            .into_iter()
+            .map(|b| (b.id, b.host, b.port, b.rack))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "10.0.0.1".to_string(), 9092, Some("a".to_string())),
+                (2, "fd00::2".to_string(), 9093, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn kafka_addresses_split_into_host_and_port() {
+        assert_eq!(
+            split_host_port("h.example:9092"),
+            Some(("h.example".into(), 9092))
+        );
+        assert_eq!(split_host_port("[::1]:19092"), Some(("::1".into(), 19092)));
+        for bad in ["", "h", "h:", ":9092", "h:70000", "h:x"] {
+            assert_eq!(split_host_port(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -904,8 +904,8 @@ impl ClusterServices {
             write_private(&self.admin_ticket, &format!("{ticket}\n"))?;
         }
 
-        // Kafka clients are told this node's address in Metadata, so they
-        // connect only once the cluster map is known.
+        // Metadata names the brokers and the partitions' leaders from the
+        // cluster map, so Kafka clients are served only once it is known.
         let kafka = match self.kafka.lock().take() {
             Some((listener, (advertised_host, advertised_port))) => {
                 let tls = if cfg.insecure {

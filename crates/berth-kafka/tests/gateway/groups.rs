@@ -592,6 +592,120 @@ async fn a_denied_group_gets_group_authorization_failed_everywhere() {
     assert_eq!(resp.error_code, 24);
 }
 
+/// A group coordinated by another broker: FindCoordinator names that
+/// broker (from the backend's broker list), every other group API gets
+/// NOT_COORDINATOR here; a coordinator that is not a listed broker is
+/// COORDINATOR_NOT_AVAILABLE.
+#[tokio::test]
+async fn a_group_coordinated_elsewhere_gets_not_coordinator_here() {
+    let server = start().await;
+    let group = "remote";
+    *server.backend.brokers.lock().unwrap() = vec![Broker {
+        id: 8,
+        host: "n8.test".into(),
+        port: 9092,
+        rack: None,
+    }];
+    server
+        .backend
+        .coordinators
+        .lock()
+        .unwrap()
+        .insert(group.into(), 8);
+    let mut c = Client::authenticated(server.addr).await;
+    c.metadata(12, &["events"], true).await;
+
+    let mut req = FindCoordinatorRequest::default();
+    req.key = s(group);
+    let resp = c.call(0, &req).await;
+    assert_eq!(resp.error_code, 0);
+    assert_eq!(
+        (resp.node_id, resp.host.as_str(), resp.port),
+        (BrokerId(8), "n8.test", 9092)
+    );
+    let mut req = FindCoordinatorRequest::default();
+    req.coordinator_keys = vec![s(group), s("local")];
+    let resp = c.call(4, &req).await;
+    let found: Vec<(i16, i32)> = resp
+        .coordinators
+        .iter()
+        .map(|x| (x.error_code, x.node_id.0))
+        .collect();
+    assert_eq!(found, [(0, 8), (0, 7)]);
+
+    let resp = c.call(JOIN_V, &join_req(group, "", 10_000)).await;
+    assert_eq!(resp.error_code, 16);
+    assert_eq!(c.call(5, &sync_req(group, "m", 1)).await.error_code, 16);
+    assert_eq!(c.heartbeat(group, "m", 1).await, 16);
+    let mut leave = LeaveGroupRequest::default();
+    leave.group_id = GroupId(s(group));
+    leave.member_id = s("m");
+    assert_eq!(c.call(1, &leave).await.error_code, 16);
+    assert_eq!(
+        c.commit(8, group, -1, "", "events", &[(0, 1), (1, 1)])
+            .await,
+        vec![16, 16]
+    );
+    let mut req = OffsetFetchRequest::default();
+    req.group_id = GroupId(s(group));
+    req.topics = None;
+    assert_eq!(c.call(7, &req).await.error_code, 16);
+    let mut req = DescribeGroupsRequest::default();
+    req.groups = vec![GroupId(s(group))];
+    assert_eq!(c.call(5, &req).await.groups[0].error_code, 16);
+
+    // A coordinator clients cannot reach (not a listed broker).
+    server
+        .backend
+        .coordinators
+        .lock()
+        .unwrap()
+        .insert(group.into(), 9);
+    let mut req = FindCoordinatorRequest::default();
+    req.key = s(group);
+    let resp = c.call(1, &req).await;
+    assert_eq!((resp.error_code, resp.node_id), (15, BrokerId(-1)));
+    assert!(resp.error_message.is_some_and(|m| m.contains("broker 9")));
+}
+
+/// When a group's coordinator moves to another broker, this broker drops
+/// the group within a coordination check: a member waiting in a rebalance
+/// is answered NOT_COORDINATOR (so it looks for the new coordinator), and
+/// the group is no longer listed here.
+#[tokio::test]
+async fn a_group_whose_coordinator_moves_is_dropped_and_its_waiters_told() {
+    let server = start().await;
+    let group = "moving";
+    let mut a = Client::authenticated(server.addr).await;
+    let mut b = Client::authenticated(server.addr).await;
+    let id_a = a.member_id(group, 10_000).await;
+    let resp = a.call(JOIN_V, &join_req(group, &id_a, 10_000)).await;
+    assert_eq!((resp.error_code, resp.generation_id), (0, 1));
+    // b's join starts a rebalance and waits for a to rejoin.
+    let id_b = b.member_id(group, 10_000).await;
+    let waiting = b.send(JOIN_V, &join_req(group, &id_b, 10_000)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server
+        .backend
+        .coordinators
+        .lock()
+        .unwrap()
+        .insert(group.into(), 8);
+    let started = Instant::now();
+    let resp = b.recv::<JoinGroupRequest>(JOIN_V, waiting).await;
+    assert_eq!(resp.error_code, 16, "NOT_COORDINATOR");
+    assert!(
+        started.elapsed() < Duration::from_millis(3 * berth_kafka::COORDINATION_CHECK_MS),
+        "dropped within a coordination check"
+    );
+    let resp = a.call(3, &ListGroupsRequest::default()).await;
+    assert!(resp.groups.is_empty(), "{:?}", resp.groups);
+
+    // Back here: the group starts over (the members rejoin from scratch).
+    server.backend.coordinators.lock().unwrap().clear();
+    assert_eq!(a.heartbeat(group, &id_a, 1).await, 25, "UNKNOWN_MEMBER_ID");
+}
+
 #[tokio::test]
 async fn joins_with_bad_parameters_are_refused() {
     let server = start().await;

@@ -8,7 +8,7 @@ use crate::harness::TestServer;
 use crate::join::{eventually_json, join_addr, token};
 
 /// Every shard in `st` has `n` replicas, on distinct nodes, and a leader.
-fn all_at(st: &serde_json::Value, n: usize) -> Option<()> {
+pub(crate) fn all_at(st: &serde_json::Value, n: usize) -> Option<()> {
     let shards = st["shards"].as_array()?;
     shards
         .iter()

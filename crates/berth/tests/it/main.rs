@@ -15,6 +15,7 @@ mod fsx;
 mod harness;
 mod join;
 mod kafka;
+mod kafka_cluster;
 mod kafka_fresh;
 mod kafka_go;
 mod linearizable;
