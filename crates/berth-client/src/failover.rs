@@ -249,12 +249,22 @@ impl Failover {
     }
 
     /// The channel to `server`, opened (and connected) if needed.
-    async fn channel(&self, server: &str) -> Result<Channel, Outcome> {
+    /// An open channel to `server`, or why none could be opened (the call
+    /// was then never sent).
+    async fn channel(&self, server: &str) -> Result<Channel, String> {
         if let Some((_, c)) = self.lock().channels.iter().find(|(s, _)| s == server) {
             return Ok(c.clone());
         }
-        let ep = (self.shared.make_endpoint)(server).map_err(|_| Outcome::NotSent)?;
-        let c = ep.connect().await.map_err(|_| Outcome::NotSent)?;
+        let ep = (self.shared.make_endpoint)(server).map_err(|e| format!("{server}: {e}"))?;
+        let c = ep.connect().await.map_err(|e| {
+            let mut text = format!("{server}: {e}");
+            let mut cur = std::error::Error::source(&e);
+            while let Some(inner) = cur {
+                text.push_str(&format!(": {inner}"));
+                cur = inner.source();
+            }
+            text
+        })?;
         let mut st = self.lock();
         st.channels.retain(|(s, _)| s != server);
         st.channels.push((server.to_string(), c.clone()));
@@ -274,11 +284,33 @@ impl Failover {
         // Servers that failed this call since the last pause: once every
         // server has, the next round waits.
         let mut failed: Vec<String> = Vec::new();
+        // Servers no connection could be opened to, with why. When every
+        // known server is among them nothing is listening anywhere (or
+        // speaking another protocol): the call fails at once instead of
+        // waiting out the budget.
+        let mut unreachable: Vec<(String, String)> = Vec::new();
         for attempt in 1..=ATTEMPTS_MAX {
             let server = redirect.take().unwrap_or_else(|| self.current());
             let last = attempt == ATTEMPTS_MAX || Instant::now() >= deadline;
             let outcome = match self.channel(&server).await {
-                Err(o) => o,
+                Err(why) => {
+                    unreachable.retain(|(s, _)| *s != server);
+                    unreachable.push((server.clone(), why));
+                    let servers = self.servers();
+                    if servers
+                        .iter()
+                        .all(|s| unreachable.iter().any(|(u, _)| u == s))
+                    {
+                        self.lock().rotate_from(&server);
+                        let whys: Vec<String> =
+                            unreachable.iter().map(|(_, w)| w.clone()).collect();
+                        return Err(Box::new(tonic::Status::unavailable(format!(
+                            "cannot reach any server: {}",
+                            whys.join("; ")
+                        ))));
+                    }
+                    Outcome::NotSent
+                }
                 Ok(mut c) => {
                     let r = http::Request::from_parts(parts.clone(), full(bytes.clone()));
                     // A channel takes a call only once it is ready.
@@ -338,6 +370,7 @@ impl Failover {
                 break;
             }
             failed.clear();
+            unreachable.clear();
             tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
             backoff_ms = (backoff_ms * 2).min(BACKOFF_MS_MAX);
         }
