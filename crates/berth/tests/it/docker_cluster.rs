@@ -350,8 +350,19 @@ fn docker_cluster_survives_faults() {
     // certificates name them). Docker refuses a subnet in use: try others.
     let net = format!("berth-it-{id}");
     let mut prefix = None;
-    for third in 0..32u32 {
-        let p = format!("172.29.{}", (std::process::id() + third * 7) % 250);
+    let mut why = String::new();
+    for attempt in 0..32u32 {
+        let p = format!(
+            "10.{}.{}",
+            200 + (std::process::id() + attempt) % 50,
+            (std::process::id() / 50 + attempt * 7) % 250
+        );
+        // A network left by an attempt that failed half-way goes first.
+        let _ = Command::new("docker")
+            .args(["network", "rm", &net])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let out = docker(&[
             "network",
             "create",
@@ -365,8 +376,9 @@ fn docker_cluster_survives_faults() {
             prefix = Some(p);
             break;
         }
+        why = text(&out.stderr);
     }
-    let prefix = prefix.expect("no free subnet for the test network");
+    let prefix = prefix.unwrap_or_else(|| panic!("no free subnet for the test network: {why}"));
     junk.networks.push(net.clone());
     let mut c = Cluster {
         id,
