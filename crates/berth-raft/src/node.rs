@@ -1450,24 +1450,11 @@ impl Core {
         }
         g.busy(&self.shared.metrics);
         self.touched.insert(shard);
-        let before = g.raw.raft.raft_log.last_index();
-        match guarded(g, "propose", |raw| raw.propose(Vec::new(), data)) {
-            None => {
-                let _ = reply.send(Err(RaftError::Internal("raft group stopped".into())));
+        match append(g, "propose", |raw| raw.propose(Vec::new(), data)) {
+            Err(e) => {
+                let _ = reply.send(Err(e));
             }
-            Some(Err(e)) => {
-                tracing::debug!(shard, error = %e, "proposal dropped by raft");
-                let _ = reply.send(Err(g.not_leader()));
-            }
-            Some(Ok(())) => {
-                let index = g.raw.raft.raft_log.last_index();
-                if index != before + 1 {
-                    let _ = reply.send(Err(RaftError::Internal(format!(
-                        "proposal not appended (last index {before} -> {index})"
-                    ))));
-                    return;
-                }
-                let term = g.raw.raft.term;
+            Ok((index, term)) => {
                 if let Some(stored) = stored {
                     g.raw.mut_store().set_stored(index, term, stored);
                 }
@@ -1533,27 +1520,21 @@ impl Core {
         }
         g.busy(&self.shared.metrics);
         self.touched.insert(shard);
-        let before = g.raw.raft.raft_log.last_index();
-        match guarded(g, "propose_conf_change", |raw| {
+        match append(g, "propose_conf_change", |raw| {
             raw.propose_conf_change(Vec::new(), cc)
         }) {
-            None => {
-                let _ = reply.send(Err(RaftError::Internal("raft group stopped".into())));
+            Err(e) => {
+                let _ = reply.send(Err(e));
             }
-            Some(Err(e)) => {
-                tracing::debug!(shard, error = %e, "conf change dropped by raft");
-                let _ = reply.send(Err(g.not_leader()));
+            // raft-rs appended an empty entry in its place: refused.
+            Ok((index, _)) if g.raw.raft.pending_conf_index != index => {
+                let _ = reply.send(Err(refuse(format!(
+                    "raft did not accept it (entry {index} is not a conf change)"
+                ))));
             }
-            Some(Ok(())) => {
-                let index = g.raw.raft.raft_log.last_index();
-                if index != before + 1 || g.raw.raft.pending_conf_index != index {
-                    let _ = reply.send(Err(refuse(format!(
-                        "raft did not accept it (last index {before} -> {index})"
-                    ))));
-                    return;
-                }
+            Ok((index, term)) => {
                 tracing::info!(shard, ?changes, index, "membership change proposed");
-                g.conf_waiter = Some((index, g.raw.raft.term, reply));
+                g.conf_waiter = Some((index, term, reply));
             }
         }
     }
@@ -2072,6 +2053,34 @@ fn read_ctx_prefix(store: &Store, node: NodeId) -> Result<[u8; 16], RaftError> {
     out[..8].copy_from_slice(&node.to_be_bytes());
     out[8..].copy_from_slice(&next.to_be_bytes());
     Ok(out)
+}
+
+/// Proposes one entry with `f` on a leader and returns where raft appended
+/// it: (index, term). `NotLeader` when raft dropped it; an internal error
+/// when raft panicked (the group stopped) or appended anything but exactly
+/// one entry.
+fn append(
+    g: &mut Group,
+    what: &str,
+    f: impl FnOnce(&mut RawNode<ShardStorage>) -> raft::Result<()>,
+) -> Result<(u64, u64), RaftError> {
+    let before = g.raw.raft.raft_log.last_index();
+    match guarded(g, what, f) {
+        None => Err(RaftError::Internal("raft group stopped".into())),
+        Some(Err(e)) => {
+            tracing::debug!(shard = g.id(), error = %e, what, "proposal dropped by raft");
+            Err(g.not_leader())
+        }
+        Some(Ok(())) => {
+            let index = g.raw.raft.raft_log.last_index();
+            if index != before + 1 {
+                return Err(RaftError::Internal(format!(
+                    "{what}: not appended (last index {before} -> {index})"
+                )));
+            }
+            Ok((index, g.raw.raft.term))
+        }
+    }
 }
 
 /// Steps one raft message into a group (a raft-rs panic stops only that group).

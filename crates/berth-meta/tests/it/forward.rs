@@ -2,14 +2,11 @@
 //! to the leader, conflicts still detected; a node without a replica names the leader.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use berth_meta::map::{user_key, ShardRecord, META_SHARD};
-use berth_meta::{Code, Commit, Router};
-use berth_raft::{Config, RaftNode};
-use berth_store::Store;
+use berth_meta::{Code, Commit};
 
-use crate::net::{eventually, DirectForwarder, Mem, Net};
+use crate::net::{eventually, start_node, Net};
 
 #[tokio::test]
 async fn followers_read_and_commit_through_the_leader() {
@@ -17,22 +14,13 @@ async fn followers_read_and_commit_through_the_leader() {
     let mut dirs = Vec::new();
     let mut routers = Vec::new();
     for id in 1..=4 {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let mut cfg = Config::new(id);
-        cfg.tick_interval = Duration::from_millis(10);
-        let t = Arc::new(Mem {
-            from: id,
-            net: net.clone(),
-        });
-        let raft = RaftNode::start(store, cfg, t).unwrap();
+        let (router, dir) = start_node(&net, id);
         if id <= 3 {
-            raft.create_shard(ShardRecord::meta(vec![1, 2, 3]).desc())
+            router
+                .raft()
+                .create_shard(ShardRecord::meta(vec![1, 2, 3]).desc())
                 .unwrap();
         }
-        net.add(raft.clone());
-        let router = Arc::new(Router::new(raft, id));
-        router.set_forwarder(Arc::new(DirectForwarder(net.clone())));
         routers.push(router);
         dirs.push(dir);
     }

@@ -61,6 +61,25 @@ impl Transport for Mem {
     }
 }
 
+/// Starts node `id` (a fast-ticking Raft loop in a temp dir) on `net`, with
+/// a router whose commits on followers go straight to the leader's node.
+/// Keep the directory for the life of the test.
+pub fn start_node(net: &Arc<Net>, id: NodeId) -> (Arc<berth_meta::Router>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(berth_store::Store::open(dir.path()).unwrap());
+    let mut cfg = berth_raft::Config::new(id);
+    cfg.tick_interval = Duration::from_millis(10);
+    let t = Arc::new(Mem {
+        from: id,
+        net: net.clone(),
+    });
+    let raft = RaftNode::start(store, cfg, t).unwrap();
+    net.add(raft.clone());
+    let router = Arc::new(berth_meta::Router::new(raft, id));
+    router.set_forwarder(Arc::new(DirectForwarder(net.clone())));
+    (router, dir)
+}
+
 /// Polls `f` for up to 20 s.
 pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     for _ in 0..2000 {

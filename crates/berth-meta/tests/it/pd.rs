@@ -8,11 +8,10 @@ use std::time::Duration;
 use berth_meta::map::{NodeRecord, ShardRecord, META_SHARD};
 use berth_meta::pd::{AdminCall, Driver, NodeReport, ShardAdmin};
 use berth_meta::placement::Settings;
-use berth_meta::{Bootstrap, Code, Error, Meta, Router};
-use berth_raft::{Config, MemberChange, Membership, NodeId, RaftNode, ShardDesc, ShardId};
-use berth_store::Store;
+use berth_meta::{Bootstrap, Code, Error, Meta};
+use berth_raft::{MemberChange, Membership, NodeId, RaftNode, ShardDesc, ShardId};
 
-use crate::net::{eventually, DirectForwarder, Mem, Net};
+use crate::net::{eventually, start_node, Net};
 
 /// Calls the nodes directly, as the server does over the node-to-node listener.
 struct Direct(Arc<Net>);
@@ -153,18 +152,7 @@ async fn the_driver_grows_the_meta_shard_and_replaces_a_silent_node() {
     let mut dirs = Vec::new();
     let mut metas = Vec::new();
     for id in 1..=4 {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let mut cfg = Config::new(id);
-        cfg.tick_interval = Duration::from_millis(10);
-        let t = Arc::new(Mem {
-            from: id,
-            net: net.clone(),
-        });
-        let raft = RaftNode::start(store, cfg, t).unwrap();
-        net.add(raft.clone());
-        let router = Arc::new(Router::new(raft, id));
-        router.set_forwarder(Arc::new(DirectForwarder(net.clone())));
+        let (router, dir) = start_node(&net, id);
         metas.push(Meta::new(router));
         dirs.push(dir);
     }

@@ -239,11 +239,7 @@ impl ClusterApi for ClusterService {
         n.call("Cluster/Decommission", req, |p, r| async move {
             berth_meta::meta::require_admin(&p)?;
             let map = n.meta.map();
-            let rec = map
-                .nodes
-                .iter()
-                .find(|x| x.id == r.id)
-                .ok_or_else(|| Error::not_found(format!("node {}", r.id)))?;
+            let rec = node_record(&map, r.id)?;
             if rec.state == NodeState::Decommissioned {
                 return node_detail(n, r.id).await;
             }
@@ -265,11 +261,7 @@ impl ClusterApi for ClusterService {
         n.call("Cluster/Recommission", req, |p, r| async move {
             berth_meta::meta::require_admin(&p)?;
             let map = n.meta.map();
-            let rec = map
-                .nodes
-                .iter()
-                .find(|x| x.id == r.id)
-                .ok_or_else(|| Error::not_found(format!("node {}", r.id)))?;
+            let rec = node_record(&map, r.id)?;
             if matches!(rec.state, NodeState::Draining | NodeState::Decommissioned) {
                 n.meta.set_node_state(r.id, NodeState::Up).await?;
                 tracing::info!(target: "audit", principal = %p.name, node = r.id, "node recommissioned");
@@ -315,6 +307,14 @@ impl ClusterApi for ClusterService {
         })
         .await
     }
+}
+
+/// The cluster map's record of node `id`.
+fn node_record(map: &berth_meta::MapCache, id: u64) -> Result<&NodeRecord, Error> {
+    map.nodes
+        .iter()
+        .find(|x| x.id == id)
+        .ok_or_else(|| Error::not_found(format!("node {id}")))
 }
 
 /// One node as the placement driver sees it.
