@@ -4,6 +4,7 @@
 //! system calls run on a helper thread, and a hung mount is killed, which
 //! makes the kernel fail the stuck calls.
 
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -71,8 +72,30 @@ pub(crate) struct Mount {
 
 impl Mount {
     pub(crate) fn start(s: &TestServer, mp: &Path, extra: &[&str]) -> Mount {
-        let log = s.dir.path().join("mount.stderr.log");
         let mut cmd = Command::new(BIN);
+        cmd.current_dir(s.dir.path().join("work"))
+            .env("HOME", &s.home)
+            .env("BERTH_SERVERS", format!("127.0.0.1:{}", s.native_port))
+            .env("BERTH_TICKET_FILE", s.admin_ticket())
+            .env("BERTH_CA_FILE", s.data.join("tls").join("ca.crt"));
+        Mount::spawn(cmd, mp, extra, s.dir.path().join("mount.stderr.log"))
+    }
+
+    /// A mount of a cluster no [`TestServer`] runs (containers, say): `env`
+    /// names the servers, the ticket, the CA and HOME; its stderr goes to
+    /// `log`.
+    pub(crate) fn start_with(mp: &Path, env: &[(&str, &OsStr)], log: PathBuf) -> Mount {
+        let mut cmd = Command::new(BIN);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BERTH_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().copied());
+        Mount::spawn(cmd, mp, &[], log)
+    }
+
+    fn spawn(mut cmd: Command, mp: &Path, extra: &[&str], log: PathBuf) -> Mount {
         for k in [
             "BERTH_TICKET",
             "BERTH_INSECURE",
@@ -85,11 +108,6 @@ impl Mount {
             .arg(mp)
             .arg("--foreground")
             .args(extra)
-            .current_dir(s.dir.path().join("work"))
-            .env("HOME", &s.home)
-            .env("BERTH_SERVERS", format!("127.0.0.1:{}", s.native_port))
-            .env("BERTH_TICKET_FILE", s.admin_ticket())
-            .env("BERTH_CA_FILE", s.data.join("tls").join("ca.crt"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("mount log"));
@@ -114,7 +132,7 @@ impl Mount {
         m
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         format!(
             "--- berth mount stderr ---\n{}",
             fs::read_to_string(&self.log).unwrap_or_default()
