@@ -26,4 +26,4 @@ pub use check::CheckReport;
 pub use data::OpenSpec;
 pub use namespace::{EntryInfo, Namespace, SetAttr};
 pub use records::{EntryAcl, EntryKind, Inode};
-pub use volumes::{VolumeSpec, VolumeStatus};
+pub use volumes::{VolumeChange, VolumeSpec, VolumeStatus};

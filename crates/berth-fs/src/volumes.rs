@@ -49,6 +49,30 @@ pub struct VolumeSpec {
     pub leader_preference: Option<String>,
 }
 
+/// Changes to a volume's settings (`None`: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct VolumeChange {
+    /// A new replication factor (1 to [`REPLICATION_MAX`]); the placement
+    /// driver adds or removes replicas to match.
+    pub replication: Option<u32>,
+    /// A new quota (0: unlimited). Lowering it below the bytes used only
+    /// refuses further growth.
+    pub quota_bytes: Option<u64>,
+    /// `Some(None)` drops the leader preference.
+    pub leader_preference: Option<Option<String>>,
+}
+
+/// A replication factor given explicitly: 1 to [`REPLICATION_MAX`].
+fn check_replication(r: u32) -> Result<u32, Error> {
+    if (1..=REPLICATION_MAX).contains(&r) {
+        Ok(r)
+    } else {
+        Err(Error::invalid(format!(
+            "replication {r}: must be from 1 to {REPLICATION_MAX}"
+        )))
+    }
+}
+
 /// What `volume info` reports.
 #[derive(Debug, Clone)]
 pub struct VolumeStatus {
@@ -138,12 +162,7 @@ impl Namespace {
         }
         let replication = match spec.replication {
             0 => REPLICATION_DEFAULT,
-            r if r > REPLICATION_MAX => {
-                return Err(Error::invalid(format!(
-                    "replication {r} exceeds the maximum of {REPLICATION_MAX}"
-                )))
-            }
-            r => r,
+            r => check_replication(r)?,
         };
         let chunk_size = match spec.chunk_size {
             0 => CHUNK_SIZE_DEFAULT,
@@ -399,6 +418,48 @@ impl Namespace {
             out.push(self.status_of(v, true).await?);
         }
         Ok(out)
+    }
+
+    /// Changes the settings of the volume mounted at `path`. Cluster
+    /// administrators only.
+    pub async fn volume_set(
+        &self,
+        p: &Principal,
+        path: &str,
+        change: &VolumeChange,
+    ) -> Result<VolumeStatus, Error> {
+        require_admin(p)?;
+        let path = normalize_path(path)?;
+        check_scope(p, &path, Access::Admin)?;
+        let replication = change.replication.map(check_replication).transpose()?;
+        if let Some(Some(l)) = &change.leader_preference {
+            berth_meta::map::parse_label_pair(l)?;
+        }
+        let v = self.meta.map().volume_at(&path).cloned().ok_or_else(|| {
+            Error::not_found(format!("volume at {path} (see `berth volume list`)"))
+        })?;
+        let record = self
+            .meta
+            .update_volume(v.id, |r| {
+                if r.state != VolumeState::Ready {
+                    return Err(Error::new(
+                        Code::Busy,
+                        format!("volume at {path} is being created or removed"),
+                    ));
+                }
+                if let Some(n) = replication {
+                    r.replication = n;
+                }
+                if let Some(q) = change.quota_bytes {
+                    r.quota_bytes = q;
+                }
+                if let Some(l) = &change.leader_preference {
+                    r.leader_preference = l.clone();
+                }
+                Ok(())
+            })
+            .await?;
+        self.status_of(record, true).await
     }
 
     /// The volume mounted exactly at `path`.

@@ -275,7 +275,11 @@ impl Meta {
             // first replicas start from the same configuration). A replica added later is
             // created empty by the placement driver before it joins the group, and one that
             // was removed must not come back from a record not yet updated.
-            if s.replicas.contains(&me) && !hosted.contains(&s.id) && s.leader_hint == 0 {
+            if s.replicas.contains(&me)
+                && !hosted.contains(&s.id)
+                && s.leader_hint == 0
+                && !self.router.raft().was_removed(s.id)?
+            {
                 self.router.raft().create_shard(s.desc())?;
             }
         }

@@ -40,12 +40,17 @@ pub struct ReplicaReport {
     pub shard: ShardId,
     pub leader: Option<NodeId>,
     pub is_leader: bool,
+    /// The replica's Raft term (a leader's report with a higher term wins over an older
+    /// one: a node cut off, paused or dead keeps its last report).
+    pub term: u64,
     pub membership: Membership,
     pub conf_pending: bool,
     /// Leader only: the other replicas' progress.
     pub progress: Vec<PeerProgress>,
     pub commit: u64,
     pub applied: u64,
+    /// Logical size of the replica's key range (0: not measured).
+    pub bytes: u64,
 }
 
 /// A node's heartbeat: every replica it holds.
@@ -70,11 +75,13 @@ impl NodeReport {
                     shard: s.id,
                     leader: s.leader,
                     is_leader: s.role == Role::Leader,
+                    term: s.term,
                     membership: s.membership,
                     conf_pending: s.conf_pending,
                     progress: s.progress,
                     commit: s.commit,
                     applied: s.applied,
+                    bytes: 0,
                 })
                 .collect(),
             bytes: 0,
@@ -134,7 +141,10 @@ pub struct NodeSeen {
     pub replicas: usize,
     pub learners: usize,
     pub leaders: usize,
+    /// Size of its store, as it last measured.
     pub bytes: u64,
+    /// Logical size of its voting replicas (what balancing evens out).
+    pub data_bytes: u64,
 }
 
 #[derive(Default)]
@@ -144,6 +154,8 @@ struct State {
     /// When this node last became the meta leader (None: not leading).
     leading_since: Option<u64>,
     in_flight: BTreeMap<ShardId, InFlight>,
+    /// Balancing moves under way: shard → (the node it leaves, the node it goes to).
+    moves: BTreeMap<ShardId, (NodeId, NodeId)>,
 }
 
 /// The placement driver of one node (active only while the node leads the meta shard).
@@ -205,12 +217,7 @@ impl Driver {
             })
             .collect();
         // The leader's report of each shard is the authority on its configuration.
-        let mut leaders: BTreeMap<ShardId, (NodeId, &ReplicaReport)> = BTreeMap::new();
-        for (node, (_, r)) in &st.reports {
-            for rep in r.replicas.iter().filter(|rep| rep.is_leader) {
-                leaders.insert(rep.shard, (*node, rep));
-            }
-        }
+        let leaders = leader_reports(st);
         let live_nodes = nodes.len();
         let shards = map
             .shards
@@ -223,6 +230,21 @@ impl Driver {
                     .find(|v| v.shard_id == s.id)
                     .and_then(|v| v.leader_preference.as_deref())
                     .and_then(|l| crate::map::parse_label_pair(l).ok());
+                // The leader's measure of the shard's size, else any replica's.
+                let bytes = leaders
+                    .get(&s.id)
+                    .map(|(_, rep)| rep.bytes)
+                    .filter(|b| *b > 0)
+                    .or_else(|| {
+                        st.reports
+                            .values()
+                            .flat_map(|(_, r)| r.replicas.iter())
+                            .filter(|rep| rep.shard == s.id)
+                            .map(|rep| rep.bytes)
+                            .max()
+                    })
+                    .unwrap_or(0);
+                let moving_from = st.moves.get(&s.id).map(|(from, _)| *from);
                 let Some((leader, rep)) = leaders.get(&s.id) else {
                     // No leader reported: nothing can be changed; the plan waits.
                     return ShardView {
@@ -234,6 +256,8 @@ impl Driver {
                         joint: false,
                         busy: true,
                         prefer_leader,
+                        bytes,
+                        moving_from,
                     };
                 };
                 let m = &rep.membership;
@@ -258,10 +282,29 @@ impl Driver {
                     joint: m.is_joint(),
                     busy: st.in_flight.contains_key(&s.id) || rep.conf_pending,
                     prefer_leader,
+                    bytes,
+                    moving_from,
                 }
             })
             .collect();
         (nodes, shards)
+    }
+
+    /// Drops the moves that ended: the node left is no longer a voter (done), or the node
+    /// joined holds no replica while nothing is in flight (the step failed; the plan starts
+    /// afresh).
+    fn forget_moves(&self, st: &mut State) {
+        let members: BTreeMap<ShardId, Membership> = leader_reports(st)
+            .into_iter()
+            .map(|(shard, (_, rep))| (shard, rep.membership.clone()))
+            .collect();
+        let in_flight: BTreeSet<ShardId> = st.in_flight.keys().copied().collect();
+        st.moves.retain(|shard, (from, to)| {
+            let Some(m) = members.get(shard) else {
+                return true;
+            };
+            m.voters.contains(from) && (m.contains(*to) || in_flight.contains(shard))
+        });
     }
 
     /// Voters wanted for a shard.
@@ -289,6 +332,7 @@ impl Driver {
             let mut st = self.state.lock();
             st.leading_since = None;
             st.in_flight.clear();
+            st.moves.clear();
             return Vec::new();
         }
         let mut started = Vec::new();
@@ -298,6 +342,7 @@ impl Driver {
         }
         st.in_flight
             .retain(|_, f| now_ms.saturating_sub(f.started_ms) < STEP_TIMEOUT_MS);
+        self.forget_moves(&mut st);
         let (nodes, shards) = self.views(&st, now_ms);
         let mut steps = placement::plan(&nodes, &shards, now_ms, &self.settings);
         steps.extend(self.meta_learners(&st, &nodes, now_ms));
@@ -305,6 +350,9 @@ impl Driver {
             let shard = step_shard(&step);
             if st.in_flight.contains_key(&shard) {
                 continue;
+            }
+            if let Step::Move { from, to, .. } = step {
+                st.moves.insert(shard, (from, to));
             }
             st.in_flight.insert(
                 shard,
@@ -347,12 +395,8 @@ impl Driver {
         if st.in_flight.contains_key(&META_SHARD) {
             return Vec::new();
         }
-        let Some(m) = st.reports.values().find_map(|(_, r)| {
-            r.replicas
-                .iter()
-                .find(|rep| rep.shard == META_SHARD && rep.is_leader)
-                .map(|rep| &rep.membership)
-        }) else {
+        let leaders = leader_reports(st);
+        let Some(m) = leaders.get(&META_SHARD).map(|(_, rep)| &rep.membership) else {
             return Vec::new();
         };
         if m.is_joint() {
@@ -396,12 +440,10 @@ impl Driver {
     /// configuration without that node (removed while it was away). A replica with an
     /// empty configuration is one just created for a step: never a zombie.
     fn zombies(&self, st: &State) -> Vec<(NodeId, ShardId)> {
-        let mut members: BTreeMap<ShardId, &Membership> = BTreeMap::new();
-        for (_, r) in st.reports.values() {
-            for rep in r.replicas.iter().filter(|rep| rep.is_leader) {
-                members.insert(rep.shard, &rep.membership);
-            }
-        }
+        let members: BTreeMap<ShardId, &Membership> = leader_reports(st)
+            .into_iter()
+            .map(|(shard, (_, rep))| (shard, &rep.membership))
+            .collect();
         let mut out = Vec::new();
         for (node, (_, r)) in &st.reports {
             for rep in &r.replicas {
@@ -424,12 +466,9 @@ impl Driver {
     /// The leader of `shard` as last reported.
     fn leader_of(&self, shard: ShardId) -> Option<(NodeId, ReplicaReport)> {
         let st = self.state.lock();
-        st.reports.iter().find_map(|(node, (_, r))| {
-            r.replicas
-                .iter()
-                .find(|rep| rep.shard == shard && rep.is_leader)
-                .map(|rep| (*node, rep.clone()))
-        })
+        leader_reports(&st)
+            .get(&shard)
+            .map(|(node, rep)| (*node, (*rep).clone()))
     }
 
     async fn execute(&self, step: &Step) -> Result<(), Error> {
@@ -441,13 +480,15 @@ impl Driver {
         let meta = shard == META_SHARD;
         let membership = match *step {
             Step::LeaveJoint { .. } => self.admin.change_membership(leader, shard, vec![]).await?,
-            Step::AddLearner { node, .. } if meta && m.learners.contains(&node) => {
+            Step::AddLearner { node, .. } | Step::Move { to: node, .. }
+                if meta && m.learners.contains(&node) =>
+            {
                 // Balancing meta voters onto a node that already holds the map.
                 self.admin
                     .change_membership(leader, shard, vec![MemberChange::AddVoter(node)])
                     .await?
             }
-            Step::AddLearner { node, .. } => {
+            Step::AddLearner { node, .. } | Step::Move { to: node, .. } => {
                 let record = self
                     .meta
                     .map()
@@ -458,6 +499,16 @@ impl Driver {
                     .ok_or_else(|| Error::new(Code::NotFound, format!("shard {shard} is gone")))?;
                 let mut desc = record.desc();
                 desc.voters.clear();
+                // A replica the node still holds while its group does not list it (removed
+                // while away, or brought back by a stale record) is in the way: it goes first.
+                let stale = self.state.lock().reports.get(&node).is_some_and(|(_, r)| {
+                    r.replicas
+                        .iter()
+                        .any(|x| x.shard == shard && !x.membership.replicas().is_empty())
+                });
+                if stale && !m.contains(node) {
+                    self.admin.destroy_replica(node, shard).await?;
+                }
                 self.admin.create_replica(node, desc).await?;
                 self.admin
                     .change_membership(leader, shard, vec![MemberChange::AddLearner(node)])
@@ -552,6 +603,11 @@ impl Driver {
                     learners: count(&|m| &m.learners, rec.id),
                     leaders: leaders.values().filter(|(l, _)| *l == rec.id).count(),
                     bytes: report.map_or(0, |(_, r)| r.bytes),
+                    data_bytes: shards
+                        .iter()
+                        .filter(|s| s.voters.contains(&rec.id))
+                        .map(|s| s.bytes)
+                        .sum(),
                 }
             })
             .collect();
@@ -629,14 +685,24 @@ impl Driver {
 }
 
 /// Each shard's leader and its report, from the nodes' reports.
+/// Each shard's leader as reported: of the reports claiming leadership, the one with the
+/// highest term (then the most recent). A node that was cut off, paused or killed while
+/// leading keeps its last report, which still claims the leadership it lost.
 fn leader_reports(st: &State) -> BTreeMap<ShardId, (NodeId, &ReplicaReport)> {
-    let mut out = BTreeMap::new();
-    for (node, (_, r)) in &st.reports {
+    let mut best: BTreeMap<ShardId, (u64, u64, NodeId, &ReplicaReport)> = BTreeMap::new();
+    for (node, (at, r)) in &st.reports {
         for rep in r.replicas.iter().filter(|rep| rep.is_leader) {
-            out.insert(rep.shard, (*node, rep));
+            let better = best
+                .get(&rep.shard)
+                .is_none_or(|(term, seen, _, _)| (rep.term, *at) > (*term, *seen));
+            if better {
+                best.insert(rep.shard, (rep.term, *at, *node, rep));
+            }
         }
     }
-    out
+    best.into_iter()
+        .map(|(shard, (_, _, node, rep))| (shard, (node, rep)))
+        .collect()
 }
 
 /// Whether the nodes left once `node` is drained can hold every shard at its
@@ -684,6 +750,46 @@ fn step_shard(s: &Step) -> ShardId {
         | Step::AddLearner { shard, .. }
         | Step::Promote { shard, .. }
         | Step::TransferLeader { shard, .. }
-        | Step::Remove { shard, .. } => shard,
+        | Step::Remove { shard, .. }
+        | Step::Move { shard, .. } => shard,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leading(shard: ShardId, term: u64) -> ReplicaReport {
+        ReplicaReport {
+            shard,
+            leader: None,
+            is_leader: true,
+            term,
+            membership: Membership::default(),
+            conf_pending: false,
+            progress: Vec::new(),
+            commit: 0,
+            applied: 0,
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn the_leader_with_the_highest_term_wins_over_a_stale_report() {
+        let mut st = State::default();
+        // Node 1 led shard 7 in term 3 and went silent (its report stays);
+        // node 2 leads it in term 4 now.
+        for (node, at, term) in [(1, 100, 3), (2, 90, 4)] {
+            let r = NodeReport {
+                node,
+                replicas: vec![leading(7, term)],
+                bytes: 0,
+            };
+            st.reports.insert(node, (at, r));
+        }
+        assert_eq!(leader_reports(&st).get(&7).map(|(n, _)| *n), Some(2));
+        // Same term (a report racing an election): the most recent wins.
+        st.reports.get_mut(&1).unwrap().1.replicas[0].term = 4;
+        assert_eq!(leader_reports(&st).get(&7).map(|(n, _)| *n), Some(1));
     }
 }

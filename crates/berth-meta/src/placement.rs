@@ -6,8 +6,7 @@
 //! scenario table drives it deterministically. The runtime that feeds it
 //! heartbeats and carries out its steps through raft-rs `ConfChangeV2`
 //! (add learner → promote through joint consensus → transfer leadership →
-//! remove) comes with joining nodes (issue 12); until then nothing calls
-//! [`plan`] and a cluster is one node.
+//! remove) is [`crate::pd`].
 //!
 //! Rules, in order, per shard (one step per shard per plan: raft-rs turns a
 //! second change proposed while one is pending into an empty entry):
@@ -24,10 +23,25 @@
 //! 7. Voters that share a label value while a good node has an unused
 //!    value: a learner is added there (rule 6 then removes the duplicate).
 //!
-//! Then, when no shard needed repair, at most one balancing step: a replica
-//! moves from the node holding most replicas to the one holding fewest when
-//! they are more than 10 % (and at least 2) apart from the mean, else a
-//! leader moves the same way. Every step counts against
+//! Then, when no shard needed repair, one balancing step (a swap is two):
+//! 1. Replica counts: a replica moves from the node holding most replicas to
+//!    the one holding fewest when they are more than 10 % (and at least 2)
+//!    apart from the mean; of the shards that may move, the one that best
+//!    evens out their bytes.
+//! 2. Bytes: when the bytes held per node (the sum of their replicas'
+//!    sizes, as heartbeats measure them) are more than 10 % off the mean and
+//!    [`Settings::bytes_slack`] apart, a shard smaller than the difference
+//!    moves between the widest pair that has one, or, when a lone move
+//!    would unbalance the counts, a large and a smaller shard swap places.
+//!    Every such move shrinks the sum of squared loads, so balancing ends.
+//! 3. Leaders: a leader moves from the node leading most shards to the one
+//!    leading fewest, by the same 10 % rule, never against a preference.
+//!
+//! A move is [`Step::Move`]: a learner added on the target, promoted by rule
+//! 3; the over-replication that follows (rule 6) removes the replica on the
+//! node it left, which the caller remembers ([`ShardView::moving_from`]).
+//! A move never lowers the number of distinct label values a shard spans.
+//! Every step counts against
 //! [`Settings::steps_per_node_max`] for each node it touches, and an added
 //! learner against [`Settings::snapshots_per_node_max`] of its target.
 
@@ -50,6 +64,10 @@ pub struct Settings {
     pub steps_per_node_max: usize,
     /// Learners catching up (by snapshot) on one node at once.
     pub snapshots_per_node_max: usize,
+    /// Bytes held per node are balanced only when the most and the least
+    /// loaded node differ by more than this (moving a small shard to even
+    /// out a small difference is churn, not balance).
+    pub bytes_slack: u64,
 }
 
 impl Default for Settings {
@@ -60,6 +78,7 @@ impl Default for Settings {
             spread_label: "zone".into(),
             steps_per_node_max: 4,
             snapshots_per_node_max: 2,
+            bytes_slack: 64 << 20,
         }
     }
 }
@@ -92,6 +111,11 @@ pub struct ShardView {
     /// Keep the leader on a node with this label (key, value) when a voter
     /// has it.
     pub prefer_leader: Option<(String, String)>,
+    /// Logical size of one replica (0: not measured yet).
+    pub bytes: u64,
+    /// A [`Step::Move`] of this shard is under way off this node: once the
+    /// new replica is a voter, this one is the voter removed.
+    pub moving_from: Option<NodeId>,
 }
 
 /// What the driver judges a node to be.
@@ -106,11 +130,33 @@ pub enum NodeState {
 /// One step of the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    LeaveJoint { shard: ShardId },
-    AddLearner { shard: ShardId, node: NodeId },
-    Promote { shard: ShardId, node: NodeId },
-    TransferLeader { shard: ShardId, to: NodeId },
-    Remove { shard: ShardId, node: NodeId },
+    LeaveJoint {
+        shard: ShardId,
+    },
+    AddLearner {
+        shard: ShardId,
+        node: NodeId,
+    },
+    Promote {
+        shard: ShardId,
+        node: NodeId,
+    },
+    TransferLeader {
+        shard: ShardId,
+        to: NodeId,
+    },
+    Remove {
+        shard: ShardId,
+        node: NodeId,
+    },
+    /// A balancing move, begun as [`Step::AddLearner`] on `to`; the caller
+    /// remembers `from` and passes it back as [`ShardView::moving_from`],
+    /// so the over-replication it leaves removes `from`, not another voter.
+    Move {
+        shard: ShardId,
+        from: NodeId,
+        to: NodeId,
+    },
 }
 
 impl Step {
@@ -121,6 +167,7 @@ impl Step {
             | Step::Promote { node, .. }
             | Step::Remove { node, .. } => vec![node],
             Step::TransferLeader { to, .. } => vec![to],
+            Step::Move { from, to, .. } => vec![from, to],
         }
     }
 }
@@ -149,6 +196,10 @@ struct Plan<'a> {
     all_labels: BTreeMap<NodeId, BTreeMap<String, String>>,
     /// Replicas (voters and learners) per node, counting steps planned.
     replicas: BTreeMap<NodeId, usize>,
+    /// Bytes held per node (the sizes of its replicas), counting steps planned.
+    bytes: BTreeMap<NodeId, u64>,
+    /// Size of each shard's replica.
+    sizes: BTreeMap<ShardId, u64>,
     /// Steps touching each node, planned here.
     steps: BTreeMap<NodeId, usize>,
     snapshots: BTreeMap<NodeId, usize>,
@@ -179,17 +230,46 @@ impl Plan<'_> {
             *self.steps.entry(n).or_default() += 1;
         }
         match step {
-            Step::AddLearner { node, .. } => {
+            Step::AddLearner { shard, node }
+            | Step::Move {
+                shard, to: node, ..
+            } => {
                 *self.snapshots.entry(node).or_default() += 1;
                 *self.replicas.entry(node).or_default() += 1;
+                let size = self.size(shard);
+                *self.bytes.entry(node).or_default() += size;
             }
-            Step::Remove { node, .. } => {
+            Step::Remove { shard, node } => {
                 let r = self.replicas.entry(node).or_default();
                 *r = r.saturating_sub(1);
+                let size = self.size(shard);
+                let b = self.bytes.entry(node).or_default();
+                *b = b.saturating_sub(size);
             }
             _ => {}
         }
+        if let Step::Move { shard, from, .. } = step {
+            // The removal it leads to, counted now so one plan does not
+            // move more off `from` than balance wants.
+            let r = self.replicas.entry(from).or_default();
+            *r = r.saturating_sub(1);
+            let size = self.size(shard);
+            let b = self.bytes.entry(from).or_default();
+            *b = b.saturating_sub(size);
+        }
         self.out.push(step);
+    }
+
+    fn size(&self, shard: ShardId) -> u64 {
+        self.sizes.get(&shard).copied().unwrap_or(0)
+    }
+
+    fn count(&self, n: NodeId) -> usize {
+        self.replicas.get(&n).copied().unwrap_or(0)
+    }
+
+    fn held(&self, n: NodeId) -> u64 {
+        self.bytes.get(&n).copied().unwrap_or(0)
     }
 
     /// The best node for a new replica of a shard held on `holders`: up
@@ -233,13 +313,14 @@ impl Plan<'_> {
     }
 
     /// The good voter that is worst placed: a duplicate of a label value
-    /// first, then the node holding most replicas, then the highest id.
+    /// first, then the node holding most replicas, then most bytes, then
+    /// the highest id.
     fn worst(&self, voters: &[NodeId]) -> Option<NodeId> {
         voters.iter().copied().max_by_key(|v| {
             let dup = self
                 .label(*v)
                 .is_some_and(|l| voters.iter().filter(|o| self.label(**o) == Some(l)).count() > 1);
-            (dup, self.replicas.get(v).copied().unwrap_or(0), *v)
+            (dup, self.count(*v), self.held(*v), *v)
         })
     }
 
@@ -309,7 +390,9 @@ impl Plan<'_> {
             return true;
         }
         if good.len() > wanted {
-            if let Some(w) = self.worst(&good) {
+            // The end of a move takes the replica it was moving away.
+            let moved = shard.moving_from.filter(|f| good.contains(f));
+            if let Some(w) = moved.or_else(|| self.worst(&good)) {
                 self.remove(shard, w);
             }
             return true;
@@ -334,6 +417,125 @@ impl Plan<'_> {
             }
         }
         false
+    }
+
+    /// A move (or a swap) of bytes between two up nodes, when the bytes
+    /// held per node are more than 10 % off their mean and the most and
+    /// least loaded differ by more than [`Settings::bytes_slack`]. Pairs
+    /// are tried from the widest difference down. A move must leave
+    /// replica counts balanced and shrink its pair's difference (a shard
+    /// smaller than it), so the sum of squared loads falls with every move
+    /// and balancing ends; a swap exchanges a large shard for a smaller one
+    /// when a lone move would unbalance the counts. Whether it planned
+    /// anything.
+    fn balance_bytes(&mut self, shards: &[ShardView], up: &[NodeId]) -> bool {
+        let load: Vec<(u64, NodeId)> = up.iter().map(|n| (self.held(*n), *n)).collect();
+        let mean = load.iter().map(|(b, _)| *b as f64).sum::<f64>() / load.len() as f64;
+        let (Some(lo), Some(hi)) = (load.iter().min(), load.iter().max()) else {
+            return false;
+        };
+        let out = hi.0 as f64 > mean * 1.1 || (lo.0 as f64) < mean * 0.9;
+        if !out || hi.0 - lo.0 <= self.s.bytes_slack {
+            return false;
+        }
+        let mut pairs: Vec<(u64, NodeId, NodeId)> = load
+            .iter()
+            .flat_map(|(bf, from)| {
+                load.iter()
+                    .filter(move |(bt, _)| bf > bt)
+                    .map(move |(bt, to)| (bf - bt, *from, *to))
+            })
+            .filter(|(d, _, _)| *d > self.s.bytes_slack)
+            .collect();
+        pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        pairs
+            .into_iter()
+            .any(|(d, from, to)| self.move_bytes(shards, up, i128::from(d), from, to))
+    }
+
+    /// One move (or swap) shrinking the difference `diff` of bytes between
+    /// `from` and `to` (see [`Plan::balance_bytes`]).
+    fn move_bytes(
+        &mut self,
+        shards: &[ShardView],
+        up: &[NodeId],
+        diff: i128,
+        from: NodeId,
+        to: NodeId,
+    ) -> bool {
+        if !self.can_receive(to) {
+            return false;
+        }
+        // Replica counts after one replica leaves `from` for `to`.
+        let mut counts_after: Vec<(usize, NodeId)> = up
+            .iter()
+            .map(|n| {
+                let c = self.count(*n);
+                let c = if *n == from {
+                    c.saturating_sub(1)
+                } else if *n == to {
+                    c + 1
+                } else {
+                    c
+                };
+                (c, *n)
+            })
+            .collect();
+        counts_after.sort();
+        let gain = |moved: i128| (diff - 2 * moved).abs();
+        if !unbalanced(&counts_after) {
+            let best = shards
+                .iter()
+                .filter(|s| s.bytes > 0 && i128::from(s.bytes) < diff)
+                .filter(|s| self.movable(s, from, to))
+                .min_by_key(|s| (gain(i128::from(s.bytes)), s.id));
+            if let Some(s) = best {
+                self.push(Step::Move {
+                    shard: s.id,
+                    from,
+                    to,
+                });
+                return true;
+            }
+        }
+        if !self.can_receive(from) {
+            return false;
+        }
+        let best = shards
+            .iter()
+            .filter(|s| self.movable(s, from, to))
+            .flat_map(|big| {
+                shards
+                    .iter()
+                    .filter(|small| small.id != big.id && self.movable(small, to, from))
+                    .map(move |small| (big, small))
+            })
+            .filter(|(big, small)| {
+                let moved = i128::from(big.bytes) - i128::from(small.bytes);
+                moved > 0 && moved < diff
+            })
+            .min_by_key(|(big, small)| {
+                (
+                    gain(i128::from(big.bytes) - i128::from(small.bytes)),
+                    big.id,
+                    small.id,
+                )
+            });
+        let Some((big, small)) = best else {
+            return false;
+        };
+        let (big, small) = (big.id, small.id);
+        self.push(Step::Move {
+            shard: big,
+            from,
+            to,
+        });
+        self.push(Step::Move {
+            shard: small,
+            from: to,
+            to: from,
+        });
+        true
     }
 
     /// Whether `n` satisfies the shard's leader preference (any node does
@@ -368,8 +570,37 @@ impl Plan<'_> {
         }
     }
 
-    /// One replica move, else one leader move, between the most and the
-    /// least loaded up nodes, when they are out of balance.
+    /// Whether `shard` may move from `from` to `to` without hurting its
+    /// spread: `to` holds no replica of it, the voters keep at least as many
+    /// distinct label values, and nothing else is happening to the shard.
+    fn movable(&self, shard: &ShardView, from: NodeId, to: NodeId) -> bool {
+        let distinct = |with: NodeId| {
+            shard
+                .voters
+                .iter()
+                .filter(|v| **v != from)
+                .chain(std::iter::once(&with))
+                .filter_map(|v| self.label(*v))
+                .collect::<BTreeSet<&str>>()
+                .len()
+        };
+        shard.voters.contains(&from)
+            && !shard.voters.contains(&to)
+            && shard.learners.is_empty()
+            && !shard.busy
+            && !shard.joint
+            && distinct(to) >= distinct(from)
+    }
+
+    /// Room on `to` for one more step and one more snapshot.
+    fn can_receive(&self, to: NodeId) -> bool {
+        self.has_room(to)
+            && self.snapshots.get(&to).copied().unwrap_or(0) < self.s.snapshots_per_node_max
+    }
+
+    /// One replica move (or a swap of two), else one leader move, between
+    /// the most and the least loaded up nodes, when they are out of
+    /// balance: replica counts first, then bytes, then leaders.
     fn balance(&mut self, shards: &[ShardView]) {
         let up: Vec<NodeId> = self
             .states
@@ -388,26 +619,27 @@ impl Plan<'_> {
             v.sort();
             v
         };
-        let unbalanced = |v: &[(usize, NodeId)]| {
-            let total: usize = v.iter().map(|(c, _)| c).sum();
-            let mean = total as f64 / v.len() as f64;
-            let (lo, hi) = (v[0].0, v[v.len() - 1].0);
-            hi >= lo + 2 && (hi as f64 > mean * 1.1 || (lo as f64) < mean * 0.9)
-        };
         let by_replicas = count(&self.replicas);
         if unbalanced(&by_replicas) {
             let (_, to) = by_replicas[0];
             let (_, from) = by_replicas[by_replicas.len() - 1];
-            let shard = shards.iter().find(|s| {
-                s.voters.contains(&from) && !s.voters.contains(&to) && s.learners.is_empty()
-            });
-            if let (Some(shard), true) = (shard, self.has_room(to)) {
-                self.push(Step::AddLearner {
+            // Of the shards that may move, the one that best evens out bytes.
+            let diff = self.held(from) as i128 - self.held(to) as i128;
+            let shard = shards
+                .iter()
+                .filter(|s| self.movable(s, from, to))
+                .min_by_key(|s| ((diff - 2 * s.bytes as i128).abs(), s.id));
+            if let (Some(shard), true) = (shard, self.can_receive(to)) {
+                self.push(Step::Move {
                     shard: shard.id,
-                    node: to,
+                    from,
+                    to,
                 });
                 return;
             }
+        }
+        if self.balance_bytes(shards, &up) {
+            return;
         }
         let mut leaders: BTreeMap<NodeId, usize> = BTreeMap::new();
         for s in shards {
@@ -434,6 +666,17 @@ impl Plan<'_> {
     }
 }
 
+/// Whether counts per node, sorted, are out of balance: the extremes at
+/// least 2 apart and one of them more than 10 % off the mean.
+fn unbalanced(v: &[(usize, NodeId)]) -> bool {
+    let (Some(lo), Some(hi)) = (v.first(), v.last()) else {
+        return false;
+    };
+    let total: usize = v.iter().map(|(c, _)| c).sum();
+    let mean = total as f64 / v.len() as f64;
+    hi.0 >= lo.0 + 2 && (hi.0 as f64 > mean * 1.1 || (lo.0 as f64) < mean * 0.9)
+}
+
 /// The steps to take now, at most one per shard (see the module's rules).
 pub fn plan(nodes: &[NodeView], shards: &[ShardView], now_ms: u64, s: &Settings) -> Vec<Step> {
     let mut p = Plan {
@@ -448,13 +691,17 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], now_ms: u64, s: &Settings)
             .collect(),
         all_labels: nodes.iter().map(|n| (n.id, n.labels.clone())).collect(),
         replicas: BTreeMap::new(),
+        bytes: BTreeMap::new(),
+        sizes: BTreeMap::new(),
         steps: BTreeMap::new(),
         snapshots: BTreeMap::new(),
         out: Vec::new(),
     };
     for sh in shards {
+        p.sizes.insert(sh.id, sh.bytes);
         for v in sh.voters.iter().chain(sh.learners.iter().map(|(n, _)| n)) {
             *p.replicas.entry(*v).or_default() += 1;
+            *p.bytes.entry(*v).or_default() += sh.bytes;
         }
         for (n, ready) in &sh.learners {
             if !ready {
@@ -730,39 +977,15 @@ mod tests {
         // over-replication rule then removes the most loaded voter).
         assert_eq!(
             run(&nodes, &shards),
-            vec![Step::AddLearner { shard: 1, node: 4 }]
+            vec![Step::Move {
+                shard: 1,
+                from: 3,
+                to: 4
+            }]
         );
         // Simulate: apply every step the plan gives until it gives none;
         // the result is balanced and every shard keeps 3 voters.
-        let mut shards = shards;
-        for _ in 0..200 {
-            let steps = run(&nodes, &shards);
-            if steps.is_empty() {
-                break;
-            }
-            for step in steps {
-                let s = shards
-                    .iter_mut()
-                    .find(|s| match step {
-                        Step::LeaveJoint { shard }
-                        | Step::AddLearner { shard, .. }
-                        | Step::Promote { shard, .. }
-                        | Step::TransferLeader { shard, .. }
-                        | Step::Remove { shard, .. } => s.id == shard,
-                    })
-                    .expect("shard");
-                match step {
-                    Step::AddLearner { node, .. } => s.learners.push((node, true)),
-                    Step::Promote { node, .. } => {
-                        s.learners.retain(|(n, _)| *n != node);
-                        s.voters.push(node);
-                    }
-                    Step::TransferLeader { to, .. } => s.leader = Some(to),
-                    Step::Remove { node, .. } => s.voters.retain(|v| *v != node),
-                    Step::LeaveJoint { .. } => s.joint = false,
-                }
-            }
-        }
+        let shards = converge(&nodes, shards, &Settings::default());
         assert!(run(&nodes, &shards).is_empty(), "{shards:?}");
         let mut replicas = BTreeMap::<NodeId, usize>::new();
         let mut leaders = BTreeMap::<NodeId, usize>::new();
@@ -779,5 +1002,156 @@ mod tests {
             "{replicas:?}"
         );
         assert!(leaders.values().all(|c| (1..=2).contains(c)), "{leaders:?}");
+    }
+
+    /// Applies every step the plan gives (learners catch up at once) until
+    /// it gives none; the shards as they end.
+    fn converge(nodes: &[NodeView], mut shards: Vec<ShardView>, s: &Settings) -> Vec<ShardView> {
+        for _ in 0..500 {
+            let steps = plan(nodes, &shards, NOW, s);
+            if steps.is_empty() {
+                return shards;
+            }
+            for step in steps {
+                let id = match step {
+                    Step::LeaveJoint { shard }
+                    | Step::AddLearner { shard, .. }
+                    | Step::Promote { shard, .. }
+                    | Step::TransferLeader { shard, .. }
+                    | Step::Remove { shard, .. }
+                    | Step::Move { shard, .. } => shard,
+                };
+                let sh = shards.iter_mut().find(|x| x.id == id).expect("shard");
+                match step {
+                    Step::AddLearner { node, .. } => sh.learners.push((node, true)),
+                    Step::Move { from, to, .. } => {
+                        sh.learners.push((to, true));
+                        sh.moving_from = Some(from);
+                    }
+                    Step::Promote { node, .. } => {
+                        sh.learners.retain(|(n, _)| *n != node);
+                        sh.voters.push(node);
+                    }
+                    Step::TransferLeader { to, .. } => sh.leader = Some(to),
+                    Step::Remove { node, .. } => {
+                        sh.voters.retain(|v| *v != node);
+                        if sh.moving_from == Some(node) {
+                            sh.moving_from = None;
+                        }
+                    }
+                    Step::LeaveJoint { .. } => sh.joint = false,
+                }
+            }
+        }
+        panic!("the plan never settled: {shards:?}");
+    }
+
+    /// Bytes per node of `shards`.
+    fn held(shards: &[ShardView]) -> BTreeMap<NodeId, u64> {
+        let mut m = BTreeMap::new();
+        for s in shards {
+            for v in &s.voters {
+                *m.entry(*v).or_default() += s.bytes;
+            }
+        }
+        m
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_new_node_takes_its_share_of_bytes() {
+        let mut nodes: Vec<NodeView> = (1..=3).map(|i| node(i, "a")).collect();
+        // Eight RF-3 shards of different sizes on nodes 1-3 (sizes for which
+        // ±10 % is reachable: a shard larger than a node's share is not).
+        let sizes = [500, 400, 300, 250, 200, 150, 100, 50];
+        let shards: Vec<ShardView> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, mib)| ShardView {
+                bytes: mib * MIB,
+                ..shard(i as ShardId + 1, 3, &[1, 2, 3], 1 + i as NodeId % 3)
+            })
+            .collect();
+        nodes.push(node(4, "a"));
+        let shards = converge(&nodes, shards, &Settings::default());
+        let bytes = held(&shards);
+        let mean = bytes.values().sum::<u64>() as f64 / 4.0;
+        assert!(
+            bytes
+                .values()
+                .all(|b| (*b as f64 - mean).abs() <= mean * 0.1),
+            "bytes per node {bytes:?} (mean {mean})"
+        );
+        let mut replicas = BTreeMap::<NodeId, usize>::new();
+        for s in &shards {
+            assert_eq!(s.voters.len(), 3, "{s:?}");
+            assert_eq!(s.moving_from, None, "{s:?}");
+            for v in &s.voters {
+                *replicas.entry(*v).or_default() += 1;
+            }
+        }
+        // 24 replicas over 4 nodes: 6 each, give or take what bytes need.
+        assert!(
+            replicas.values().all(|c| (5..=7).contains(c)),
+            "{replicas:?}"
+        );
+    }
+
+    #[test]
+    fn bytes_move_by_a_swap_when_a_lone_move_would_unbalance_counts() {
+        let nodes = [node(1, "a"), node(2, "a")];
+        let rf1 = |id: ShardId, on: NodeId, mib: u64| ShardView {
+            bytes: mib * MIB,
+            ..shard(id, 1, &[on], on)
+        };
+        let shards = vec![rf1(1, 1, 300), rf1(2, 1, 280), rf1(3, 2, 10), rf1(4, 2, 5)];
+        let steps = run(&nodes, &shards);
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert!(
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::Move { from: 1, to: 2, .. }))
+                && steps
+                    .iter()
+                    .any(|s| matches!(s, Step::Move { from: 2, to: 1, .. })),
+            "{steps:?}"
+        );
+        let shards = converge(&nodes, shards, &Settings::default());
+        let bytes = held(&shards);
+        assert!(bytes[&1].abs_diff(bytes[&2]) < 64 * MIB, "{bytes:?}");
+        assert!(shards.iter().all(|s| s.voters.len() == 1), "{shards:?}");
+    }
+
+    #[test]
+    fn small_differences_in_bytes_are_left_alone() {
+        let nodes = [node(1, "a"), node(2, "b"), node(3, "c"), node(4, "d")];
+        let shards: Vec<ShardView> = (1..=4)
+            .map(|i| ShardView {
+                bytes: i * MIB,
+                ..shard(i, 1, &[i], i)
+            })
+            .collect();
+        assert_eq!(run(&nodes, &shards), vec![]);
+    }
+
+    #[test]
+    fn a_move_ends_by_removing_the_node_it_leaves() {
+        let nodes = [node(1, "a"), node(2, "b"), node(3, "c"), node(4, "d")];
+        // Node 4 was added to move the replica off node 2, although node 1
+        // holds the most replicas.
+        let mut s = shard(10, 3, &[1, 2, 3, 4], 3);
+        s.moving_from = Some(2);
+        let other = shard(11, 1, &[1], 1);
+        assert_eq!(
+            run(&nodes, &[s.clone(), other.clone()]),
+            vec![Step::Remove { shard: 10, node: 2 }]
+        );
+        // Without the move, the most loaded voter goes.
+        s.moving_from = None;
+        assert_eq!(
+            run(&nodes, &[s, other]),
+            vec![Step::Remove { shard: 10, node: 1 }]
+        );
     }
 }

@@ -332,7 +332,20 @@ impl RaftNode {
                 desc.id, desc.voters
             )));
         }
+        if self.was_removed(desc.id)? {
+            return Err(RaftError::Internal(format!(
+                "shard {}: this node's replica was removed from the group",
+                desc.id
+            )));
+        }
         self.create(desc)
+    }
+
+    /// Whether this node's replica of `shard` was removed from its group (destroyed) and not
+    /// added again since: a shard's first configuration naming this node must not bring it
+    /// back (the cluster map may not show the removal yet).
+    pub fn was_removed(&self, shard: ShardId) -> Result<bool, RaftError> {
+        storage::removed(&self.inner.store, shard).map_err(RaftError::from_store)
     }
 
     /// Creates an empty replica of an existing shard on this node, to be added to the group
@@ -400,6 +413,17 @@ impl RaftNode {
     /// True when this node holds a replica of `shard` (of any role).
     pub fn has_replica(&self, shard: ShardId) -> bool {
         self.inner.shared.shards.read().contains_key(&shard)
+    }
+
+    /// The logical size of every replica on this node (its key range's keys
+    /// and values, blobs at their length), from one consistent view of the
+    /// store. Walks every key: call it off the async runtime, and rarely.
+    pub fn replica_bytes(&self) -> Result<Vec<(ShardId, u64)>, StoreError> {
+        let view = self.inner.store.snapshot();
+        self.shards()
+            .into_iter()
+            .map(|d| Ok((d.id, view.range_bytes(Space::Data, &d.start, &d.end)?)))
+            .collect()
     }
 
     /// Descriptors of every shard with a replica on this node.

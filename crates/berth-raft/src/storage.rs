@@ -34,6 +34,9 @@ const TAG_DESC: u8 = 0x01;
 const TAG_HARD: u8 = 0x02;
 const TAG_APPLY: u8 = 0x03;
 const TAG_LOG: u8 = 0x04;
+/// Left by a destroyed replica: its shard's first configuration must not create it again
+/// (see [`removed`]). An added replica ([`ShardStorage::create`] without voters) clears it.
+const TAG_TOMBSTONE: u8 = 0x05;
 /// Entries kept in memory per group (the log's tail), to serve raft without disk reads.
 const CACHE_ENTRIES_MAX: usize = 1024;
 /// Bytes of entry data kept in memory per group: large entries (file data)
@@ -229,12 +232,21 @@ pub(crate) fn load_descs(store: &Store) -> Result<Vec<ShardDesc>, StoreError> {
     }
 }
 
+/// Whether this node's replica of `shard` was destroyed (removed from its group) and not
+/// added again since.
+pub(crate) fn removed(store: &Store, shard: ShardId) -> Result<bool, StoreError> {
+    Ok(store
+        .get(Space::RaftState, &state_key(shard, TAG_TOMBSTONE))?
+        .is_some())
+}
+
 /// Deletes everything of a replica, in `batch`: its descriptor and raft state, its log and
-/// the data of its key range.
+/// the data of its key range; leaves a tombstone.
 pub(crate) fn destroy(batch: &mut WriteBatch, desc: &ShardDesc) -> Result<(), StoreError> {
     for tag in [TAG_DESC, TAG_HARD, TAG_APPLY, TAG_LOG] {
         batch.delete(Space::RaftState, &state_key(desc.id, tag));
     }
+    batch.put(Space::RaftState, &state_key(desc.id, TAG_TOMBSTONE), &[]);
     let (ls, le) = log_range(desc.id);
     batch.delete_range(Space::RaftLog, &ls, &le)?;
     batch.delete_range(Space::Data, &desc.start, &desc.end)?;
@@ -292,6 +304,9 @@ impl ShardStorage {
     /// the descriptor's voters (every replica starts from the same state).
     pub(crate) fn create(store: &Store, desc: &ShardDesc) -> Result<(), StoreError> {
         let mut b = store.batch();
+        if desc.voters.is_empty() {
+            b.delete(Space::RaftState, &state_key(desc.id, TAG_TOMBSTONE));
+        }
         b.put(
             Space::RaftState,
             &state_key(desc.id, TAG_DESC),

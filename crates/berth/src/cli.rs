@@ -286,6 +286,20 @@ pub enum VolumeCmd {
         #[arg(long, value_name = "KEY=VALUE")]
         prefer_leader: Option<String>,
     },
+    /// Change a volume's settings (those not given stay as they are).
+    Set {
+        path: String,
+        /// Replication factor, 1 to 7: replicas are added or removed to match.
+        #[arg(long)]
+        replication: Option<u32>,
+        /// Quota, e.g. 10G; 0 for unlimited.
+        #[arg(long, value_parser = crate::output::parse_size)]
+        quota: Option<u64>,
+        /// KEY=VALUE: keep the volume's leader on a node with this label;
+        /// `none` drops the preference.
+        #[arg(long, value_name = "KEY=VALUE|none")]
+        prefer_leader: Option<String>,
+    },
     /// List volumes.
     List,
     /// Show one volume.

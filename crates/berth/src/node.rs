@@ -31,6 +31,7 @@ fn node_json(d: &NodeDetail) -> Value {
         "learners": d.learners,
         "leaders": d.leaders,
         "bytes": d.bytes,
+        "data_bytes": d.data_bytes,
         "last_heartbeat_ms_ago": (d.heartbeat_ago_ms >= 0).then_some(d.heartbeat_ago_ms),
     })
 }
@@ -56,7 +57,8 @@ fn nodes_table(st: &PlacementStatus) -> Table {
         ("STATE", Align::Left),
         ("REPLICAS", Align::Right),
         ("LEADERS", Align::Right),
-        ("BYTES", Align::Right),
+        ("DATA", Align::Right),
+        ("STORE", Align::Right),
         ("HEARTBEAT", Align::Left),
         ("LABELS", Align::Left),
     ]);
@@ -72,6 +74,7 @@ fn nodes_table(st: &PlacementStatus) -> Table {
                 d.replicas.to_string()
             },
             d.leaders.to_string(),
+            format_size(d.data_bytes),
             format_size(d.bytes),
             heartbeat_text(d.heartbeat_ago_ms),
             labels_text(&n),
@@ -108,6 +111,7 @@ pub async fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Result<()> {
             "joint": st.joint,
             "in_flight": st.in_flight.iter().map(|s| json!({
                 "kind": s.kind, "shard": s.shard, "node": s.node,
+                "from": (s.from != 0).then_some(s.from),
                 "started_ms_ago": s.started_ms_ago,
             })).collect::<Vec<_>>(),
             "nodes": st.nodes.iter().map(node_json).collect::<Vec<_>>(),
@@ -142,7 +146,11 @@ pub async fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Result<()> {
         for s in &st.in_flight {
             t.row(vec![
                 s.shard.to_string(),
-                s.kind.clone(),
+                if s.from == 0 {
+                    s.kind.clone()
+                } else {
+                    format!("{} (from node {})", s.kind, s.from)
+                },
                 if s.node == 0 {
                     "-".into()
                 } else {
@@ -252,7 +260,8 @@ pub async fn node(ctx: &Ctx, cmd: NodeCmd) -> Result<()> {
                 ("replicas", d.replicas.to_string()),
                 ("learners", d.learners.to_string()),
                 ("leaders", d.leaders.to_string()),
-                ("bytes", format_size(d.bytes)),
+                ("data", format_size(d.data_bytes)),
+                ("store", format_size(d.bytes)),
                 ("last heartbeat", heartbeat_text(d.heartbeat_ago_ms)),
             ]);
             return Ok(());

@@ -1,7 +1,9 @@
 //! `volume …`: create, list, show and remove volumes.
 
 use anyhow::Result;
-use berth_api::v1::{Empty, PathRequest, Volume, VolumeCreateRequest, VolumeRemoveRequest};
+use berth_api::v1::{
+    Empty, PathRequest, Volume, VolumeCreateRequest, VolumeRemoveRequest, VolumeUpdateRequest,
+};
 use berth_client::ClientError;
 use serde_json::Value;
 
@@ -53,6 +55,45 @@ pub async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
                     v.id,
                     replication_text(&v),
                     quota_text(v.quota_bytes)
+                );
+            }
+        }
+        VolumeCmd::Set {
+            path,
+            replication,
+            quota,
+            prefer_leader,
+        } => {
+            let path = abs(&path);
+            if replication.is_none() && quota.is_none() && prefer_leader.is_none() {
+                anyhow::bail!(
+                    "berth volume set: nothing to change (--replication, --quota or --prefer-leader)"
+                );
+            }
+            let req = VolumeUpdateRequest {
+                path: path.clone(),
+                replication,
+                quota_bytes: quota,
+                prefer_leader: prefer_leader.map(|l| if l == "none" { String::new() } else { l }),
+            };
+            let v = vols
+                .update(req)
+                .await
+                .map_err(|s| at_path(ClientError::from_status(s), &path))?
+                .into_inner();
+            if ctx.json() {
+                print_json(&volume_json(&v));
+            } else {
+                println!(
+                    "volume {}: replication {}, quota {}, leader preference {}",
+                    v.path,
+                    replication_text(&v),
+                    quota_text(v.quota_bytes),
+                    if v.prefer_leader.is_empty() {
+                        "none"
+                    } else {
+                        &v.prefer_leader
+                    }
                 );
             }
         }

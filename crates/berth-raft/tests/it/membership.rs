@@ -185,6 +185,12 @@ async fn a_group_grows_from_one_to_three_moves_its_leader_and_drops_a_replica() 
             .to_string(),
         RaftError::ShardNotFound(1).to_string()
     );
+    // The removal leaves a tombstone: the shard's first configuration (which names node 1)
+    // cannot bring the replica back; being added again (an empty replica) clears it.
+    assert!(c.node(1).was_removed(1).unwrap());
+    assert!(c.node(1).create_shard(shard(1, vec![1, 2, 3])).is_err());
+    c.node(1).create_replica(shard(1, vec![])).unwrap();
+    assert!(!c.node(1).was_removed(1).unwrap());
     c.shutdown();
 }
 

@@ -4,6 +4,7 @@
 //! removed replica). Only cluster nodes may call them. The client side is the
 //! [`ShardAdmin`] of the driver, over the transport's cached node connections.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -231,6 +232,7 @@ pub fn report_msg(r: &NodeReport) -> NodeReportMsg {
                 shard: x.shard,
                 leader: x.leader.unwrap_or(0),
                 is_leader: x.is_leader,
+                term: x.term,
                 membership: Some(membership_msg(&x.membership)),
                 conf_pending: x.conf_pending,
                 progress: x
@@ -244,6 +246,7 @@ pub fn report_msg(r: &NodeReport) -> NodeReportMsg {
                     .collect(),
                 commit: x.commit,
                 applied: x.applied,
+                bytes: x.bytes,
             })
             .collect(),
     }
@@ -260,6 +263,7 @@ fn report_from_msg(m: NodeReportMsg) -> NodeReport {
                 shard: x.shard,
                 leader: (x.leader != 0).then_some(x.leader),
                 is_leader: x.is_leader,
+                term: x.term,
                 membership: membership_from_msg(x.membership),
                 conf_pending: x.conf_pending,
                 progress: x
@@ -273,6 +277,7 @@ fn report_from_msg(m: NodeReportMsg) -> NodeReport {
                     .collect(),
                 commit: x.commit,
                 applied: x.applied,
+                bytes: x.bytes,
             })
             .collect(),
     }
@@ -386,20 +391,33 @@ pub fn spawn_heartbeats(
 ) {
     tokio::spawn(async move {
         let mut bytes = 0;
+        let mut sizes: BTreeMap<ShardId, u64> = BTreeMap::new();
         let mut round: u64 = 0;
         loop {
             tokio::time::sleep(every).await;
-            // The store's size is measured every tenth heartbeat, off the runtime.
+            // The store's and the replicas' sizes are measured every tenth
+            // heartbeat, off the runtime.
             if round.is_multiple_of(10) {
                 let dir = store_dir.clone();
-                bytes = tokio::task::spawn_blocking(move || dir_bytes(&dir))
-                    .await
-                    .unwrap_or(bytes);
+                let raft = meta.router().raft().clone();
+                let measured =
+                    tokio::task::spawn_blocking(move || (dir_bytes(&dir), raft.replica_bytes()))
+                        .await;
+                if let Ok((b, s)) = measured {
+                    bytes = b;
+                    match s {
+                        Ok(s) => sizes = s.into_iter().collect(),
+                        Err(e) => tracing::warn!(error = %e, "measuring replica sizes failed"),
+                    }
+                }
             }
             round += 1;
             let raft = meta.router().raft();
             let mut report = NodeReport::of(raft);
             report.bytes = bytes;
+            for r in &mut report.replicas {
+                r.bytes = sizes.get(&r.shard).copied().unwrap_or(0);
+            }
             // A node that does not know the meta leader yet (it joined and
             // holds no map) reports to every node it knows of: the leader's
             // driver keeps it, the others' are inactive.
@@ -464,17 +482,19 @@ impl Placement {
 }
 
 fn step_msg(f: &InFlight, now_ms: u64) -> PlacementStep {
-    let (kind, shard, node) = match f.step {
-        Step::LeaveJoint { shard } => ("leave-joint", shard, 0),
-        Step::AddLearner { shard, node } => ("add-learner", shard, node),
-        Step::Promote { shard, node } => ("promote", shard, node),
-        Step::TransferLeader { shard, to } => ("transfer-leader", shard, to),
-        Step::Remove { shard, node } => ("remove", shard, node),
+    let (kind, shard, node, from) = match f.step {
+        Step::LeaveJoint { shard } => ("leave-joint", shard, 0, 0),
+        Step::AddLearner { shard, node } => ("add-learner", shard, node, 0),
+        Step::Promote { shard, node } => ("promote", shard, node, 0),
+        Step::TransferLeader { shard, to } => ("transfer-leader", shard, to, 0),
+        Step::Remove { shard, node } => ("remove", shard, node, 0),
+        Step::Move { shard, from, to } => ("move", shard, to, from),
     };
     PlacementStep {
         kind: kind.into(),
         shard,
         node,
+        from,
         started_ms_ago: i64::try_from(now_ms.saturating_sub(f.started_ms)).unwrap_or(i64::MAX),
     }
 }
@@ -501,6 +521,7 @@ pub fn placement_msg(driver: &Driver, me: NodeId, down_timeout: Duration) -> Pla
                 learners: u32::try_from(n.learners).unwrap_or(u32::MAX),
                 leaders: u32::try_from(n.leaders).unwrap_or(u32::MAX),
                 bytes: n.bytes,
+                data_bytes: n.data_bytes,
                 heartbeat_ago_ms: n
                     .heartbeat_ago_ms
                     .map_or(-1, |ms| i64::try_from(ms).unwrap_or(i64::MAX)),

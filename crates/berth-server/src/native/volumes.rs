@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use berth_api::v1::volumes_server::Volumes as VolumesApi;
 use berth_api::v1::*;
-use berth_fs::{VolumeSpec, VolumeStatus};
+use berth_fs::{VolumeChange, VolumeSpec, VolumeStatus};
 use tonic::{Request, Response, Status};
 
 use super::Native;
@@ -97,6 +97,19 @@ impl VolumesApi for VolumesService {
                 leader_preference: Some(r.prefer_leader).filter(|s| !s.is_empty()),
             };
             n.ns.volume_create(&p, &spec).await.map(to_volume)
+        })
+        .await
+    }
+
+    async fn update(&self, req: Request<VolumeUpdateRequest>) -> Result<Response<Volume>, Status> {
+        let n = &self.0;
+        n.call("Volumes/Update", req, |p, r| async move {
+            let change = VolumeChange {
+                replication: r.replication,
+                quota_bytes: r.quota_bytes,
+                leader_preference: r.prefer_leader.map(|l| Some(l).filter(|s| !s.is_empty())),
+            };
+            n.ns.volume_set(&p, &r.path, &change).await.map(to_volume)
         })
         .await
     }

@@ -72,6 +72,51 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
     });
     let out = nodes[0].cli(&["volume", "create", "/bad", "--prefer-leader", "zone"]);
     nodes[0].check_err(&["volume", "create"], out, "EINVAL");
+    // Settings change after creation: the preference moves the leader to
+    // zone b (node 2), and a lower replication factor drops a replica.
+    nodes[0].ok(&[
+        "volume",
+        "set",
+        "/near",
+        "--prefer-leader",
+        "zone=b",
+        "--replication",
+        "2",
+    ]);
+    eventually_json(&nodes[0], &nodes[0], |st| {
+        st["shards"]
+            .as_array()?
+            .iter()
+            .any(|s| {
+                s["id"] == shard
+                    && s["leader"] == 2
+                    && s["replicas"].as_array().map(Vec::len) == Some(2)
+            })
+            .then_some(())
+    });
+    let near = nodes[0].json(&["volume", "info", "/near"]);
+    assert_eq!(near["prefer_leader"], "zone=b", "{near}");
+    assert_eq!(near["replication"], 2, "{near}");
+    for (args, code) in [
+        (
+            &["volume", "set", "/near", "--replication", "9"][..],
+            "EINVAL",
+        ),
+        (
+            &["volume", "set", "/near", "--prefer-leader", "zone"][..],
+            "EINVAL",
+        ),
+        (
+            &["volume", "set", "/nowhere", "--replication", "1"][..],
+            "ENOENT",
+        ),
+    ] {
+        let out = nodes[0].cli(args);
+        nodes[0].check_err(args, out, code);
+    }
+    // Back to 3 replicas before the faults below.
+    nodes[0].ok(&["volume", "set", "/near", "--replication", "3"]);
+    eventually_json(&nodes[0], &nodes[0], |st| all_at(st, 3));
 
     // Any node serves any request: written through node 3, read through
     // node 2 (with node 1's admin ticket: one cluster, one key ring).

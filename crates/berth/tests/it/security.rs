@@ -167,6 +167,8 @@ fn scope_ace_and_mode_bits_deny() {
     s.check_err(&["user", "add"], out, "EPERM");
     let out = s.cli_with(&["volume", "create", "/v2"], &a, None);
     s.check_err(&["volume", "create"], out, "EPERM");
+    let out = s.cli_with(&["volume", "set", "/", "--quota", "1M"], &a, None);
+    s.check_err(&["volume", "set"], out, "EPERM");
 
     // Volume ACE: /team is world-writable by mode, but only g:dev may write.
     s.ok(&["volume", "create", "/team", "--write-ace", "g:dev"]);
