@@ -154,6 +154,8 @@ struct State {
     /// When this node last became the meta leader (None: not leading).
     leading_since: Option<u64>,
     in_flight: BTreeMap<ShardId, InFlight>,
+    /// The time of the last report or tick (ms): what "recent" is measured against.
+    now_ms: u64,
     /// Balancing moves under way: shard → (the node it leaves, the node it goes to).
     moves: BTreeMap<ShardId, (NodeId, NodeId)>,
 }
@@ -190,7 +192,9 @@ impl Driver {
 
     /// Takes a node's heartbeat.
     pub fn report(&self, r: NodeReport, now_ms: u64) {
-        self.state.lock().reports.insert(r.node, (now_ms, r));
+        let mut st = self.state.lock();
+        st.now_ms = st.now_ms.max(now_ms);
+        st.reports.insert(r.node, (now_ms, r));
     }
 
     fn leads_meta(&self) -> bool {
@@ -337,6 +341,7 @@ impl Driver {
         }
         let mut started = Vec::new();
         let mut st = self.state.lock();
+        st.now_ms = st.now_ms.max(now_ms);
         if st.leading_since.is_none() {
             st.leading_since = Some(now_ms);
         }
@@ -440,20 +445,23 @@ impl Driver {
     /// configuration without that node (removed while it was away). A replica with an
     /// empty configuration is one just created for a step: never a zombie.
     fn zombies(&self, st: &State) -> Vec<(NodeId, ShardId)> {
-        let members: BTreeMap<ShardId, &Membership> = leader_reports(st)
-            .into_iter()
-            .map(|(shard, (_, rep))| (shard, &rep.membership))
-            .collect();
+        let leaders = leader_reports(st);
         let mut out = Vec::new();
-        for (node, (_, r)) in &st.reports {
+        for (node, (at, r)) in &st.reports {
+            if !fresh(st, *at) {
+                continue;
+            }
             for rep in &r.replicas {
-                let Some(m) = members.get(&rep.shard) else {
+                let Some((_, lead)) = leaders.get(&rep.shard) else {
                     continue;
                 };
+                let m = &lead.membership;
+                // Only a leader at least as recent as the replica may judge it.
                 if st.in_flight.contains_key(&rep.shard)
                     || m.is_joint()
                     || rep.membership.replicas().is_empty()
                     || m.contains(*node)
+                    || lead.term < rep.term
                 {
                     continue;
                 }
@@ -685,12 +693,22 @@ impl Driver {
 }
 
 /// Each shard's leader and its report, from the nodes' reports.
-/// Each shard's leader as reported: of the reports claiming leadership, the one with the
-/// highest term (then the most recent). A node that was cut off, paused or killed while
-/// leading keeps its last report, which still claims the leadership it lost.
+/// How recent a report must be to speak for its node's replicas: a few heartbeats.
+pub const REPORT_FRESH_MS: u64 = 5_000;
+
+/// Whether a report that arrived at `at` is recent (see [`REPORT_FRESH_MS`]).
+fn fresh(st: &State, at: u64) -> bool {
+    at.saturating_add(REPORT_FRESH_MS) >= st.now_ms
+}
+
+/// Each shard's leader as reported: of the recent reports claiming leadership, the one with
+/// the highest term (then the most recent). A node that was cut off, paused or killed while
+/// leading keeps its last report, which still claims the leadership it lost: old reports
+/// never count (trusting one, the driver once destroyed a learner its stale membership
+/// lacked).
 fn leader_reports(st: &State) -> BTreeMap<ShardId, (NodeId, &ReplicaReport)> {
     let mut best: BTreeMap<ShardId, (u64, u64, NodeId, &ReplicaReport)> = BTreeMap::new();
-    for (node, (at, r)) in &st.reports {
+    for (node, (at, r)) in st.reports.iter().filter(|(_, (at, _))| fresh(st, *at)) {
         for rep in r.replicas.iter().filter(|rep| rep.is_leader) {
             let better = best
                 .get(&rep.shard)
@@ -791,5 +809,10 @@ mod tests {
         // Same term (a report racing an election): the most recent wins.
         st.reports.get_mut(&1).unwrap().1.replicas[0].term = 4;
         assert_eq!(leader_reports(&st).get(&7).map(|(n, _)| *n), Some(1));
+        // A report older than a few heartbeats speaks for nobody, even when it is the only
+        // one claiming the shard.
+        st.reports.remove(&2);
+        st.now_ms = 100 + REPORT_FRESH_MS + 1;
+        assert_eq!(leader_reports(&st).get(&7), None);
     }
 }
