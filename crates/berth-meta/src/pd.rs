@@ -352,7 +352,7 @@ impl Driver {
         let mut steps = placement::plan(&nodes, &shards, now_ms, &self.settings);
         steps.extend(self.meta_learners(&st, &nodes, now_ms));
         for step in steps {
-            let shard = step_shard(&step);
+            let shard = step.shard();
             if st.in_flight.contains_key(&shard) {
                 continue;
             }
@@ -374,7 +374,7 @@ impl Driver {
                     Ok(()) => tracing::info!(?step, "placement step done"),
                     Err(e) => tracing::warn!(?step, error = %e, "placement step failed"),
                 }
-                me.state.lock().in_flight.remove(&step_shard(&step));
+                me.state.lock().in_flight.remove(&step.shard());
             });
         }
         self.finish_drains(&st);
@@ -480,7 +480,7 @@ impl Driver {
     }
 
     async fn execute(&self, step: &Step) -> Result<(), Error> {
-        let shard = step_shard(step);
+        let shard = step.shard();
         let (leader, rep) = self
             .leader_of(shard)
             .ok_or_else(|| Error::new(Code::Again, format!("shard {shard} has no leader")))?;
@@ -760,17 +760,6 @@ pub fn can_drain(map: &crate::meta::MapCache, node: NodeId) -> Result<(), Error>
         }
     }
     Ok(())
-}
-
-fn step_shard(s: &Step) -> ShardId {
-    match *s {
-        Step::LeaveJoint { shard }
-        | Step::AddLearner { shard, .. }
-        | Step::Promote { shard, .. }
-        | Step::TransferLeader { shard, .. }
-        | Step::Remove { shard, .. }
-        | Step::Move { shard, .. } => shard,
-    }
 }
 
 #[cfg(test)]

@@ -160,6 +160,18 @@ pub enum Step {
 }
 
 impl Step {
+    /// The shard it changes.
+    pub fn shard(&self) -> ShardId {
+        match *self {
+            Step::LeaveJoint { shard }
+            | Step::AddLearner { shard, .. }
+            | Step::Promote { shard, .. }
+            | Step::TransferLeader { shard, .. }
+            | Step::Remove { shard, .. }
+            | Step::Move { shard, .. } => shard,
+        }
+    }
+
     fn nodes(&self) -> Vec<NodeId> {
         match *self {
             Step::LeaveJoint { .. } => Vec::new(),
@@ -1013,15 +1025,10 @@ mod tests {
                 return shards;
             }
             for step in steps {
-                let id = match step {
-                    Step::LeaveJoint { shard }
-                    | Step::AddLearner { shard, .. }
-                    | Step::Promote { shard, .. }
-                    | Step::TransferLeader { shard, .. }
-                    | Step::Remove { shard, .. }
-                    | Step::Move { shard, .. } => shard,
-                };
-                let sh = shards.iter_mut().find(|x| x.id == id).expect("shard");
+                let sh = shards
+                    .iter_mut()
+                    .find(|x| x.id == step.shard())
+                    .expect("shard");
                 match step {
                     Step::AddLearner { node, .. } => sh.learners.push((node, true)),
                     Step::Move { from, to, .. } => {

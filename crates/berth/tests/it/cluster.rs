@@ -59,17 +59,7 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
     let near = nodes[0].json(&["volume", "info", "/near"]);
     assert_eq!(near["prefer_leader"], "zone=c", "{near}");
     let shard = near["shard_id"].clone();
-    eventually_json(&nodes[0], &nodes[0], |st| {
-        st["shards"]
-            .as_array()?
-            .iter()
-            .any(|s| {
-                s["id"] == shard
-                    && s["leader"] == 3
-                    && s["replicas"].as_array().map(Vec::len) == Some(3)
-            })
-            .then_some(())
-    });
+    eventually_json(&nodes[0], &nodes[0], |st| led_by(st, &shard, 3, 3));
     let out = nodes[0].cli(&["volume", "create", "/bad", "--prefer-leader", "zone"]);
     nodes[0].check_err(&["volume", "create"], out, "EINVAL");
     // Settings change after creation: the preference moves the leader to
@@ -83,17 +73,7 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
         "--replication",
         "2",
     ]);
-    eventually_json(&nodes[0], &nodes[0], |st| {
-        st["shards"]
-            .as_array()?
-            .iter()
-            .any(|s| {
-                s["id"] == shard
-                    && s["leader"] == 2
-                    && s["replicas"].as_array().map(Vec::len) == Some(2)
-            })
-            .then_some(())
-    });
+    eventually_json(&nodes[0], &nodes[0], |st| led_by(st, &shard, 2, 2));
     let near = nodes[0].json(&["volume", "info", "/near"]);
     assert_eq!(near["prefer_leader"], "zone=b", "{near}");
     assert_eq!(near["replication"], 2, "{near}");
@@ -359,4 +339,22 @@ fn a_large_volume_reaches_a_new_node_by_chunked_snapshot() {
         sent >= 80 << 20,
         "no snapshot of the volume's size sent: {sent}\n{log}"
     );
+}
+
+/// Some when `shard` is led by node `leader` with `replicas` replicas.
+fn led_by(
+    st: &serde_json::Value,
+    shard: &serde_json::Value,
+    leader: u64,
+    replicas: usize,
+) -> Option<()> {
+    st["shards"]
+        .as_array()?
+        .iter()
+        .any(|s| {
+            s["id"] == *shard
+                && s["leader"] == leader
+                && s["replicas"].as_array().map(Vec::len) == Some(replicas)
+        })
+        .then_some(())
 }
