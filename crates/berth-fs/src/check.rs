@@ -69,7 +69,7 @@ impl Namespace {
         let (ds, de) = keys::kind_range(vol.id, Kind::Dirent);
         let mut inodes = BTreeMap::new();
         let mut counter = 0;
-        for (k, v) in tx.peek_range(&is, &ie, CHECK_KEYS_MAX)? {
+        for (k, v) in tx.peek_range(&is, &ie, CHECK_KEYS_MAX).await? {
             let r =
                 keys::KeyReader::new(&k).map_err(|e| Error::corrupt(format!("inode key: {e}")))?;
             if r.object() == 0 {
@@ -85,7 +85,7 @@ impl Namespace {
         let mut problems = Vec::new();
         // (parent, name, dirent)
         let mut dirents = Vec::new();
-        for (k, v) in tx.peek_range(&ds, &de, CHECK_KEYS_MAX)? {
+        for (k, v) in tx.peek_range(&ds, &de, CHECK_KEYS_MAX).await? {
             let r =
                 keys::KeyReader::new(&k).map_err(|e| Error::corrupt(format!("dirent key: {e}")))?;
             let parent = r.object();

@@ -158,10 +158,14 @@ impl Namespace {
         let vol = self.volume(h.volume)?;
         let view = h.snapshot.map_or(View::Live, View::Snapshot);
         let tx = self.meta().router().begin(vol.shard_id).await?;
-        if tx.peek(&view.key(inode_key(vol.id, h.ino)))?.is_none() {
+        if tx
+            .peek(&view.key(inode_key(vol.id, h.ino)))
+            .await?
+            .is_none()
+        {
             return Err(Error::not_found("the file was removed"));
         }
-        let size = read_u64(tx.peek(&view.key(file_size_key(vol.id, h.ino)))?);
+        let size = read_u64(tx.peek(&view.key(file_size_key(vol.id, h.ino))).await?);
         if offset >= size || len == 0 {
             return Ok((Vec::new(), size));
         }
@@ -173,11 +177,13 @@ impl Namespace {
         let last = (end - 1) / cs;
         // Which version of each chunk this view sees: the newest not above
         // the view's version (keys are in index, then version order).
-        let keys = tx.peek_keys(
-            &chunk_base(vol.id, h.ino, first),
-            &chunk_base(vol.id, h.ino, last + 1),
-            usize::MAX,
-        )?;
+        let keys = tx
+            .peek_keys(
+                &chunk_base(vol.id, h.ino, first),
+                &chunk_base(vol.id, h.ino, last + 1),
+                usize::MAX,
+            )
+            .await?;
         let mut chosen: Vec<(u64, Vec<u8>)> = Vec::new();
         for k in keys {
             let (idx, ver) = chunk_index(&k)?;
@@ -196,7 +202,7 @@ impl Namespace {
             let to = end.min(cstart + cs) - cstart;
             // A version removed since the scan was superseded by a newer
             // write; reading it as a hole is what a racing read may see.
-            let Some(v) = tx.peek_part(&k, from as u32, (to - from) as u32)? else {
+            let Some(v) = tx.peek_part(&k, from as u32, (to - from) as u32).await? else {
                 continue;
             };
             if v.len() == want {
@@ -253,16 +259,16 @@ impl Namespace {
             };
             // Condition on the inode: a write racing with the file's removal
             // (or a chmod/rename) retries instead of leaving orphan data.
-            if tx.get(&inode_key(vol.id, h.ino))?.is_none() {
+            if tx.get(&inode_key(vol.id, h.ino)).await?.is_none() {
                 if optimistic {
                     // Perhaps not applied here yet: ask again through a barrier.
                     continue;
                 }
                 return Err(Error::not_found("the file was removed"));
             }
-            let size = read_u64(tx.peek(&file_size_key(vol.id, h.ino))?);
+            let size = read_u64(tx.peek(&file_size_key(vol.id, h.ino)).await?);
             if vol.quota_bytes > 0 && end > size {
-                let used = read_u64(tx.peek(&usage_key(vol.id))?);
+                let used = read_u64(tx.peek(&usage_key(vol.id)).await?);
                 if used.saturating_add(end - size) > vol.quota_bytes {
                     if optimistic {
                         continue; // confirm on fresh reads before refusing
@@ -315,8 +321,11 @@ impl Namespace {
             backoff(attempt).await;
             let mut tx = self.meta().router().begin(vol.shard_id).await?;
             let key = inode_key(vol.id, entry.ino);
-            let mut inode =
-                decode_inode(&tx.get(&key)?.ok_or_else(|| Error::not_found(&entry.path))?)?;
+            let mut inode = decode_inode(
+                &tx.get(&key)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&entry.path))?,
+            )?;
             let now = now_ns();
             truncate_ops(&mut tx, vol, entry.ino, size, now);
             inode.ctime_ns = now;
@@ -380,7 +389,7 @@ pub(crate) fn read_only(what: &str) -> Error {
 
 /// Overlays the size and write time kept beside a file's chunks onto its
 /// inode record.
-pub(crate) fn overlay_file_attrs(
+pub(crate) async fn overlay_file_attrs(
     tx: &Tx,
     view: View,
     vol: u64,
@@ -390,8 +399,8 @@ pub(crate) fn overlay_file_attrs(
     if inode.kind != EntryKind::File {
         return Ok(());
     }
-    inode.size = read_u64(tx.peek(&view.key(file_size_key(vol, ino)))?);
-    let written = read_u64(tx.peek(&view.key(file_mtime_key(vol, ino)))?) as i64;
+    inode.size = read_u64(tx.peek(&view.key(file_size_key(vol, ino))).await?);
+    let written = read_u64(tx.peek(&view.key(file_mtime_key(vol, ino))).await?) as i64;
     inode.mtime_ns = inode.mtime_ns.max(written);
     inode.ctime_ns = inode.ctime_ns.max(written);
     Ok(())

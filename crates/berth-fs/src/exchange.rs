@@ -30,7 +30,7 @@ fn below(path: &str, dir: &str) -> bool {
 /// directory `to` (inode): `to` is `dir` or lies below it. Every ancestor
 /// read becomes a condition of the command, so a concurrent rename that
 /// would create a cycle conflicts with this one.
-fn refuse_cycle(
+async fn refuse_cycle(
     tx: &mut Tx,
     vol: u64,
     root: u64,
@@ -54,7 +54,8 @@ fn refuse_cycle(
             ));
         }
         let a = decode_inode(
-            &tx.get(&inode_key(vol, cur))?
+            &tx.get(&inode_key(vol, cur))
+                .await?
                 .ok_or_else(|| Error::new(Code::Again, "directory moved concurrently; retry"))?,
         )?;
         cur = a.parent;
@@ -96,12 +97,19 @@ impl Namespace {
             let mut tx = self.meta().router().begin(vol.shard_id).await?;
             let apkey = inode_key(vol.id, ap.ino);
             let bpkey = inode_key(vol.id, bp.ino);
-            let mut api =
-                decode_inode(&tx.get(&apkey)?.ok_or_else(|| Error::not_found(&ap.path))?)?;
+            let mut api = decode_inode(
+                &tx.get(&apkey)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&ap.path))?,
+            )?;
             let mut bpi = if same_parent {
                 api.clone()
             } else {
-                decode_inode(&tx.get(&bpkey)?.ok_or_else(|| Error::not_found(&bp.path))?)?
+                decode_inode(
+                    &tx.get(&bpkey)
+                        .await?
+                        .ok_or_else(|| Error::not_found(&bp.path))?,
+                )?
             };
             check_entry(p, &ap.path, &vol, &api, Need::Write)?;
             check_entry(p, &bp.path, &vol, &bpi, Need::Write)?;
@@ -109,8 +117,8 @@ impl Namespace {
             check_scope(p, &b, Access::Write)?;
             let adkey = dirent_key(vol.id, ap.ino, &aname);
             let bdkey = dirent_key(vol.id, bp.ino, &bname);
-            let ad = decode_dirent(&tx.get(&adkey)?.ok_or_else(|| Error::not_found(&a))?)?;
-            let bd = decode_dirent(&tx.get(&bdkey)?.ok_or_else(|| Error::not_found(&b))?)?;
+            let ad = decode_dirent(&tx.get(&adkey).await?.ok_or_else(|| Error::not_found(&a))?)?;
+            let bd = decode_dirent(&tx.get(&bdkey).await?.ok_or_else(|| Error::not_found(&b))?)?;
             for (d, path) in [(&ad, &a), (&bd, &b)] {
                 if d.mount.is_some() {
                     return Err(Error::new(
@@ -125,8 +133,8 @@ impl Namespace {
             }
             let aikey = inode_key(vol.id, ad.ino);
             let bikey = inode_key(vol.id, bd.ino);
-            let mut ai = decode_inode(&tx.get(&aikey)?.ok_or_else(|| Error::not_found(&a))?)?;
-            let mut bi = decode_inode(&tx.get(&bikey)?.ok_or_else(|| Error::not_found(&b))?)?;
+            let mut ai = decode_inode(&tx.get(&aikey).await?.ok_or_else(|| Error::not_found(&a))?)?;
+            let mut bi = decode_inode(&tx.get(&bikey).await?.ok_or_else(|| Error::not_found(&b))?)?;
             let a_dir = ai.kind == EntryKind::Dir;
             let b_dir = bi.kind == EntryKind::Dir;
             let now = now_ns();
@@ -135,12 +143,12 @@ impl Namespace {
                 if a_dir {
                     // `a` moves under b's parent and its `..` is rewritten.
                     check_entry(p, &a, &vol, &ai, Need::Write)?;
-                    refuse_cycle(&mut tx, vol.id, vol.root_inode, ad.ino, bp.ino, &what)?;
+                    refuse_cycle(&mut tx, vol.id, vol.root_inode, ad.ino, bp.ino, &what).await?;
                     ai.parent = bp.ino;
                 }
                 if b_dir {
                     check_entry(p, &b, &vol, &bi, Need::Write)?;
-                    refuse_cycle(&mut tx, vol.id, vol.root_inode, bd.ino, ap.ino, &what)?;
+                    refuse_cycle(&mut tx, vol.id, vol.root_inode, bd.ino, ap.ino, &what).await?;
                     bi.parent = ap.ino;
                 }
                 // Each parent's link count follows the subdirectories it holds.

@@ -105,7 +105,8 @@ impl Reader {
         ino: u64,
     ) -> Result<Option<Inode>, Error> {
         let tx = self.tx(meta, vol.shard_id).await?;
-        tx.peek(&view.key(inode_key(vol.id, ino)))?
+        tx.peek(&view.key(inode_key(vol.id, ino)))
+            .await?
             .map(|b| decode_inode(&b))
             .transpose()
     }
@@ -122,12 +123,12 @@ impl Reader {
             return Ok(());
         }
         let tx = self.tx(meta, vol.shard_id).await?;
-        crate::data::overlay_file_attrs(tx, view, vol.id, ino, inode)
+        crate::data::overlay_file_attrs(tx, view, vol.id, ino, inode).await
     }
 
     async fn snapshots(&mut self, meta: &Meta, vol: &VolumeRecord) -> Result<SnapshotList, Error> {
         let tx = self.tx(meta, vol.shard_id).await?;
-        decode_snapshots(tx.peek(&snapshots_key(vol.id))?.as_deref())
+        decode_snapshots(tx.peek(&snapshots_key(vol.id)).await?.as_deref())
     }
 
     async fn dirent(
@@ -139,7 +140,8 @@ impl Reader {
         name: &str,
     ) -> Result<Option<Dirent>, Error> {
         let tx = self.tx(meta, vol.shard_id).await?;
-        tx.peek(&view.key(dirent_key(vol.id, parent, name)))?
+        tx.peek(&view.key(dirent_key(vol.id, parent, name)))
+            .await?
             .map(|b| decode_dirent(&b))
             .transpose()
     }
@@ -204,7 +206,7 @@ fn snapshot_dir_inode(root: &Inode, root_ino: u64) -> Inode {
 
 /// Reads the parent directory of `path` as a condition of `tx` and checks
 /// that `p` may change its entries; returns its key and inode.
-pub(crate) fn writable_parent(
+pub(crate) async fn writable_parent(
     tx: &mut Tx,
     p: &Principal,
     parent: &Loc,
@@ -212,7 +214,8 @@ pub(crate) fn writable_parent(
 ) -> Result<(Vec<u8>, Inode), Error> {
     let pkey = inode_key(parent.vol.id, parent.ino);
     let pinode = decode_inode(
-        &tx.get(&pkey)?
+        &tx.get(&pkey)
+            .await?
             .ok_or_else(|| Error::not_found(&parent.path))?,
     )?;
     check_entry(p, &parent.path, &parent.vol, &pinode, Need::Write)?;
@@ -410,7 +413,7 @@ impl Namespace {
             backoff(attempt).await;
             let mut tx = self.meta.router().begin(vol.shard_id).await?;
             let key = counter_key(vol.id);
-            let start = match tx.get(&key)? {
+            let start = match tx.get(&key).await? {
                 Some(b) => u64::from_be_bytes(
                     b.as_slice()
                         .try_into()
@@ -465,11 +468,11 @@ impl Namespace {
             start.push(0);
         }
         let mut reader = Reader::new();
-        let rows = reader.tx(&self.meta, loc.vol.shard_id).await?.peek_range(
-            &view.key(start),
-            &view.key(end),
-            limit + 1,
-        )?;
+        let rows = reader
+            .tx(&self.meta, loc.vol.shard_id)
+            .await?
+            .peek_range(&view.key(start), &view.key(end), limit + 1)
+            .await?;
         let more = rows.len() > limit;
         let mut out = Vec::with_capacity(rows.len().min(limit));
         for (k, v) in rows.into_iter().take(limit) {
@@ -653,18 +656,19 @@ impl Namespace {
             let mut tx = self.meta.router().begin(vol.shard_id).await?;
             let pkey = inode_key(vol.id, parent.ino);
             let mut pinode = decode_inode(
-                &tx.get(&pkey)?
+                &tx.get(&pkey)
+                    .await?
                     .ok_or_else(|| Error::not_found(&parent.path))?,
             )?;
             let dkey = dirent_key(vol.id, parent.ino, &name);
-            if let Some(existing) = tx.peek(&dkey)? {
+            if let Some(existing) = tx.peek(&dkey).await? {
                 let d = decode_dirent(&existing)?;
                 if !exclusive && d.kind == kind {
                     return self.stat(p, path).await;
                 }
                 return Err(Error::exists(path));
             }
-            tx.get(&dkey)?; // condition: still absent
+            tx.get(&dkey).await?; // condition: still absent
             check_entry(p, &parent.path, &vol, &pinode, Need::Search)?;
             check_entry(p, &parent.path, &vol, &pinode, Need::Write)?;
             check_scope(p, path, Access::Write)?;
@@ -741,9 +745,13 @@ impl Namespace {
             let (parent, name) = self.resolve_parent(p, &path).await?;
             let vol = parent.vol.clone();
             let mut tx = self.meta.router().begin(vol.shard_id).await?;
-            let (pkey, mut pinode) = writable_parent(&mut tx, p, &parent, &path)?;
+            let (pkey, mut pinode) = writable_parent(&mut tx, p, &parent, &path).await?;
             let dkey = dirent_key(vol.id, parent.ino, &name);
-            let d = decode_dirent(&tx.get(&dkey)?.ok_or_else(|| Error::not_found(&path))?)?;
+            let d = decode_dirent(
+                &tx.get(&dkey)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&path))?,
+            )?;
             if let Some(m) = d.mount {
                 return Err(Error::new(
                     Code::Busy,
@@ -751,12 +759,16 @@ impl Namespace {
                 ));
             }
             let ikey = inode_key(vol.id, d.ino);
-            let mut inode = decode_inode(&tx.get(&ikey)?.ok_or_else(|| Error::not_found(&path))?)?;
+            let mut inode = decode_inode(
+                &tx.get(&ikey)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&path))?,
+            )?;
             check_sticky(p, &path, &pinode, &inode)?;
             let now = now_ns();
             if inode.kind == EntryKind::Dir {
                 let (cs, ce) = children_range(vol.id, d.ino);
-                if !tx.is_range_empty(&cs, &ce)? {
+                if !tx.is_range_empty(&cs, &ce).await? {
                     if !recursive {
                         return Err(Error::new(
                             Code::NotEmpty,
@@ -861,12 +873,19 @@ impl Namespace {
             let mut tx = self.meta.router().begin(vol.shard_id).await?;
             let fpkey = inode_key(vol.id, fp.ino);
             let tpkey = inode_key(vol.id, tp.ino);
-            let mut fpi =
-                decode_inode(&tx.get(&fpkey)?.ok_or_else(|| Error::not_found(&fp.path))?)?;
+            let mut fpi = decode_inode(
+                &tx.get(&fpkey)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&fp.path))?,
+            )?;
             let mut tpi = if same_parent {
                 fpi.clone()
             } else {
-                decode_inode(&tx.get(&tpkey)?.ok_or_else(|| Error::not_found(&tp.path))?)?
+                decode_inode(
+                    &tx.get(&tpkey)
+                        .await?
+                        .ok_or_else(|| Error::not_found(&tp.path))?,
+                )?
             };
             check_entry(p, &fp.path, &vol, &fpi, Need::Write)?;
             check_entry(p, &tp.path, &vol, &tpi, Need::Write)?;
@@ -874,7 +893,11 @@ impl Namespace {
             check_scope(p, &to, Access::Write)?;
             let fdkey = dirent_key(vol.id, fp.ino, &fname);
             let tdkey = dirent_key(vol.id, tp.ino, &tname);
-            let fd = decode_dirent(&tx.get(&fdkey)?.ok_or_else(|| Error::not_found(&from))?)?;
+            let fd = decode_dirent(
+                &tx.get(&fdkey)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&from))?,
+            )?;
             if fd.mount.is_some() {
                 return Err(Error::new(
                     Code::Busy,
@@ -885,11 +908,15 @@ impl Namespace {
                 return Ok(());
             }
             let fikey = inode_key(vol.id, fd.ino);
-            let mut fi = decode_inode(&tx.get(&fikey)?.ok_or_else(|| Error::not_found(&from))?)?;
+            let mut fi = decode_inode(
+                &tx.get(&fikey)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&from))?,
+            )?;
             check_sticky(p, &from, &fpi, &fi)?;
             let moving_dir = fi.kind == EntryKind::Dir;
             let now = now_ns();
-            if let Some(tdb) = tx.get(&tdkey)? {
+            if let Some(tdb) = tx.get(&tdkey).await? {
                 let td = decode_dirent(&tdb)?;
                 if no_replace {
                     return Err(Error::exists(&to));
@@ -904,7 +931,8 @@ impl Namespace {
                     return Ok(()); // both names link the same inode: rename(2) does nothing
                 }
                 let tikey = inode_key(vol.id, td.ino);
-                let mut ti = decode_inode(&tx.get(&tikey)?.ok_or_else(|| Error::not_found(&to))?)?;
+                let mut ti =
+                    decode_inode(&tx.get(&tikey).await?.ok_or_else(|| Error::not_found(&to))?)?;
                 check_sticky(p, &to, &tpi, &ti)?;
                 match (moving_dir, ti.kind == EntryKind::Dir) {
                     (true, false) => return Err(not_dir(&to)),
@@ -913,7 +941,7 @@ impl Namespace {
                     }
                     (true, true) => {
                         let (cs, ce) = children_range(vol.id, td.ino);
-                        if !tx.is_range_empty(&cs, &ce)? {
+                        if !tx.is_range_empty(&cs, &ce).await? {
                             return Err(Error::new(
                                 Code::NotEmpty,
                                 format!("directory not empty: {to}"),
@@ -961,9 +989,9 @@ impl Namespace {
                             "directory tree deeper than 4096 levels",
                         ));
                     }
-                    let a = decode_inode(&tx.get(&inode_key(vol.id, cur))?.ok_or_else(|| {
-                        Error::new(Code::Again, "directory moved concurrently; retry")
-                    })?)?;
+                    let a = decode_inode(&tx.get(&inode_key(vol.id, cur)).await?.ok_or_else(
+                        || Error::new(Code::Again, "directory moved concurrently; retry"),
+                    )?)?;
                     cur = a.parent;
                 }
                 fi.parent = tp.ino;
@@ -1015,7 +1043,11 @@ impl Namespace {
             let vol = loc.vol.clone();
             let mut tx = self.meta.router().begin(vol.shard_id).await?;
             let key = inode_key(vol.id, loc.ino);
-            let mut i = decode_inode(&tx.get(&key)?.ok_or_else(|| Error::not_found(&loc.path))?)?;
+            let mut i = decode_inode(
+                &tx.get(&key)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&loc.path))?,
+            )?;
             if let Some(mode) = a.mode {
                 check_owner(p, &loc.path, &i, "change the mode of")?;
                 let mut mode = mode & 0o7777;
@@ -1117,7 +1149,11 @@ impl Namespace {
             let loc = self.resolve_mut(p, path, true).await?;
             let mut tx = self.meta.router().begin(loc.vol.shard_id).await?;
             let key = inode_key(loc.vol.id, loc.ino);
-            let mut i = decode_inode(&tx.get(&key)?.ok_or_else(|| Error::not_found(&loc.path))?)?;
+            let mut i = decode_inode(
+                &tx.get(&key)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&loc.path))?,
+            )?;
             check_owner(p, &loc.path, &i, "change the ACL of")?;
             if clear {
                 i.acl = EntryAcl::default();

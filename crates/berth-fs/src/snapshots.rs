@@ -98,7 +98,7 @@ impl Namespace {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.meta().router().begin(vol.shard_id).await?;
-            let (mut list, state) = read_state(&mut tx, vol.id)?;
+            let (mut list, state) = read_state(&mut tx, vol.id).await?;
             if list.find(name).is_some() {
                 return Err(Error::exists(format!("snapshot {name} of {}", vol.path)));
             }
@@ -168,7 +168,7 @@ impl Namespace {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.meta().router().begin(vol.shard_id).await?;
-            let (mut list, state) = read_state(&mut tx, vol.id)?;
+            let (mut list, state) = read_state(&mut tx, vol.id).await?;
             let Some(record) = list.find(name).cloned() else {
                 return Err(Error::not_found(format!(
                     "snapshot {name} of {} (see `berth snapshot list {}`)",
@@ -205,10 +205,10 @@ impl Namespace {
 
 /// A volume's snapshot list and chunk version state, read as conditions of
 /// `tx` (a concurrent snapshot change makes the command retry).
-fn read_state(tx: &mut Tx, vol: u64) -> Result<(SnapshotList, VersionState), Error> {
-    let list = decode_snapshots(tx.get(&snapshots_key(vol))?.as_deref())?;
-    let state =
-        VersionState::decode(tx.get(&versions_key(vol))?.as_deref()).map_err(Error::corrupt)?;
+async fn read_state(tx: &mut Tx, vol: u64) -> Result<(SnapshotList, VersionState), Error> {
+    let list = decode_snapshots(tx.get(&snapshots_key(vol)).await?.as_deref())?;
+    let state = VersionState::decode(tx.get(&versions_key(vol)).await?.as_deref())
+        .map_err(Error::corrupt)?;
     Ok((list, state))
 }
 

@@ -98,7 +98,7 @@ impl Namespace {
             backoff(attempt).await;
             let mut tx = self.meta.router().begin(vol.shard_id).await?;
             let key = inode_key(vol.id, vol.root_inode);
-            if tx.get(&key)?.is_some() {
+            if tx.get(&key).await?.is_some() {
                 return Ok(());
             }
             let now = now_ns();
@@ -258,11 +258,12 @@ impl Namespace {
             let mut tx = self.meta.router().begin(pv.shard_id).await?;
             let pkey = inode_key(pv.id, parent.ino);
             let mut pinode = decode_inode(
-                &tx.get(&pkey)?
+                &tx.get(&pkey)
+                    .await?
                     .ok_or_else(|| Error::not_found(parent_path))?,
             )?;
             let dkey = dirent_key(pv.id, parent.ino, name);
-            match tx.get(&dkey)? {
+            match tx.get(&dkey).await? {
                 Some(b) => {
                     let d = decode_dirent(&b)?;
                     if d.mount == Some(vol.id) {
@@ -380,14 +381,14 @@ impl Namespace {
             backoff(attempt).await;
             let mut tx = self.meta.router().begin(pv.shard_id).await?;
             let dkey = dirent_key(pv.id, parent_ino, name);
-            let Some(b) = tx.get(&dkey)? else {
+            let Some(b) = tx.get(&dkey).await? else {
                 return Ok(());
             };
             if decode_dirent(&b)?.mount != Some(vol_id) {
                 return Ok(());
             }
             let pkey = inode_key(pv.id, parent_ino);
-            if let Some(pb) = tx.get(&pkey)? {
+            if let Some(pb) = tx.get(&pkey).await? {
                 let mut pi = decode_inode(&pb)?;
                 let now = now_ns();
                 pi.nlink = pi.nlink.saturating_sub(1);

@@ -85,14 +85,17 @@ impl Namespace {
             }
             let vol = parent.vol.clone();
             let mut tx = self.meta().router().begin(vol.shard_id).await?;
-            let (pkey, mut pinode) = writable_parent(&mut tx, p, &parent, &path)?;
+            let (pkey, mut pinode) = writable_parent(&mut tx, p, &parent, &path).await?;
             let dkey = dirent_key(vol.id, parent.ino, &name);
-            if tx.get(&dkey)?.is_some() {
+            if tx.get(&dkey).await?.is_some() {
                 return Err(Error::exists(&path));
             }
             let ikey = inode_key(vol.id, src.ino);
-            let mut inode =
-                decode_inode(&tx.get(&ikey)?.ok_or_else(|| Error::not_found(existing))?)?;
+            let mut inode = decode_inode(
+                &tx.get(&ikey)
+                    .await?
+                    .ok_or_else(|| Error::not_found(existing))?,
+            )?;
             if inode.nlink >= u32::MAX - 1 {
                 return Err(Error::invalid("too many links"));
             }
@@ -182,11 +185,14 @@ impl Namespace {
             let vol = loc.vol.clone();
             let mut tx = self.meta().router().begin(vol.shard_id).await?;
             let ikey = inode_key(vol.id, loc.ino);
-            let mut inode =
-                decode_inode(&tx.get(&ikey)?.ok_or_else(|| Error::not_found(&loc.path))?)?;
+            let mut inode = decode_inode(
+                &tx.get(&ikey)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&loc.path))?,
+            )?;
             check_entry(p, &loc.path, &vol, &inode, Need::Write)?;
             let key = xattr_key(vol.id, loc.ino, name);
-            let present = tx.get(&key)?.is_some();
+            let present = tx.get(&key).await?.is_some();
             match value {
                 Some(v) => {
                     if create && present {
@@ -200,7 +206,7 @@ impl Namespace {
                     }
                     if !present {
                         let (s, e) = xattr_range(vol.id, loc.ino);
-                        if tx.peek_range(&s, &e, XATTRS_PER_ENTRY_MAX)?.len()
+                        if tx.peek_range(&s, &e, XATTRS_PER_ENTRY_MAX).await?.len()
                             >= XATTRS_PER_ENTRY_MAX
                         {
                             return Err(Error::new(

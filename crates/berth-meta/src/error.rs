@@ -183,7 +183,15 @@ impl From<RaftError> for Error {
         } else {
             Code::Io
         };
-        Error::new(code, format!("replication: {e}"))
+        let mut err = Error::new(code, format!("replication: {e}"));
+        // Not the leader, and it is known: the request may go there.
+        if let RaftError::NotLeader {
+            leader: Some(l), ..
+        } = e
+        {
+            err.redirect = Some(l);
+        }
+        err
     }
 }
 

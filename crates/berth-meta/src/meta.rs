@@ -210,47 +210,49 @@ impl Meta {
     /// is assigned but does not host yet.
     pub async fn refresh(&self) -> Result<(), Error> {
         let tx = self.router.begin(META_SHARD).await?;
-        self.load_map(tx)
+        self.load_map(tx).await
     }
 
     /// Loads the map from this node's meta replica as far as it applied,
     /// without the read barrier: possibly stale, but available before this
     /// node can reach any other (a restarted follower learns its peers'
     /// addresses from it, which its first barrier needs).
-    pub fn refresh_local(&self) -> Result<(), Error> {
+    pub async fn refresh_local(&self) -> Result<(), Error> {
         let tx = self.router.begin_optimistic(META_SHARD)?;
-        self.load_map(tx)
+        self.load_map(tx).await
     }
 
-    fn load_map(&self, tx: crate::router::Tx) -> Result<(), Error> {
+    async fn load_map(&self, tx: crate::router::Tx) -> Result<(), Error> {
         let mut map = MapCache::default();
-        if let Some(v) = tx.peek(&cluster_key())? {
+        if let Some(v) = tx.peek(&cluster_key()).await? {
             map.cluster = Some(decode(&v, "cluster")?);
         }
         let (start, end) = table_range(T_NODE);
         map.nodes = tx
-            .peek_range(&start, &end, usize::MAX)?
+            .peek_range(&start, &end, usize::MAX)
+            .await?
             .iter()
             .map(|(_, v)| decode_node(v))
             .collect::<Result<_, _>>()?;
         let (start, end) = table_range(T_VOLUME);
         map.volumes = tx
-            .peek_range(&start, &end, usize::MAX)?
+            .peek_range(&start, &end, usize::MAX)
+            .await?
             .iter()
             .map(|(_, v)| decode_volume(v))
             .collect::<Result<_, _>>()?;
-        map.shards = scan_table(&tx, T_SHARD, "shard")?;
-        for u in scan_table::<UserRecord>(&tx, T_USER, "user")? {
+        map.shards = scan_table(&tx, T_SHARD, "shard").await?;
+        for u in scan_table::<UserRecord>(&tx, T_USER, "user").await? {
             map.users.insert(u.name.clone(), u);
         }
-        for g in scan_table::<GroupRecord>(&tx, T_GROUP, "group")? {
+        for g in scan_table::<GroupRecord>(&tx, T_GROUP, "group").await? {
             map.groups.insert(g.name.clone(), g);
         }
-        map.keys = scan_table(&tx, T_KEY, "signing key")?;
+        map.keys = scan_table(&tx, T_KEY, "signing key").await?;
         // Only Kafka SCRAM logins depend on these: a record this build
         // cannot decode costs that user SCRAM, not the whole map.
         let (start, end) = table_range(T_SCRAM);
-        for (_, v) in tx.peek_range(&start, &end, usize::MAX)? {
+        for (_, v) in tx.peek_range(&start, &end, usize::MAX).await? {
             match decode::<ScramRecord>(&v, "SCRAM credentials") {
                 Ok(r) => {
                     map.scram.insert(r.name.clone(), r);
@@ -258,7 +260,7 @@ impl Meta {
                 Err(e) => tracing::warn!(error = %e, "skipping a SCRAM record"),
             }
         }
-        for r in scan_table::<KafkaNameRecord>(&tx, T_KAFKA_NAME, "Kafka name")? {
+        for r in scan_table::<KafkaNameRecord>(&tx, T_KAFKA_NAME, "Kafka name").await? {
             map.kafka_names.insert(r.name, r.path);
         }
         let now = berth_security::now_secs();
@@ -379,7 +381,7 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            if tx.get(&cluster_key())?.is_some() {
+            if tx.get(&cluster_key()).await?.is_some() {
                 return Ok(());
             }
             tx.put(
@@ -484,8 +486,8 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            if !tx.is_range_empty(&start, &end)? {
-                let held: Vec<CaRecord> = scan_table(&tx, T_CA, "cluster CA")?;
+            if !tx.is_range_empty(&start, &end).await? {
+                let held: Vec<CaRecord> = scan_table(&tx, T_CA, "cluster CA").await?;
                 if !held.iter().any(|r| r.cert_pem.trim() == ca.cert_pem.trim()) {
                     tracing::warn!("the cluster map holds another CA than this node's tls/ca.crt: joining nodes get the map's");
                 }
@@ -514,7 +516,7 @@ impl Meta {
     /// `None`: never started.
     pub async fn setup_step(&self, step: &str) -> Result<Option<Vec<u8>>, Error> {
         let tx = self.router.begin(META_SHARD).await?;
-        tx.peek(&setup_key(step))
+        tx.peek(&setup_key(step)).await
     }
 
     /// Records the state of the setup step `step` (see [`Meta::setup_step`]).
@@ -632,7 +634,7 @@ impl Meta {
     pub async fn join_tokens(&self, by: &Principal) -> Result<Vec<JoinTokenRecord>, Error> {
         require_admin(by)?;
         let tx = self.router.begin(META_SHARD).await?;
-        scan_table(&tx, T_JOIN_TOKEN, "join token")
+        scan_table(&tx, T_JOIN_TOKEN, "join token").await
     }
 
     /// Ends a join token early (cluster administrators only); revoking it
@@ -661,7 +663,7 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            take_join_token_use(&mut tx, &body.id)?;
+            take_join_token_use(&mut tx, &body.id).await?;
             if let Commit::Done(_) = tx.commit().await? {
                 self.refresh().await?;
                 return Ok(body);
@@ -694,13 +696,14 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            take_join_token_use(&mut tx, &body.id)?;
+            take_join_token_use(&mut tx, &body.id).await?;
             let cluster: ClusterRecord = decode(
-                &tx.peek(&cluster_key())?
+                &tx.peek(&cluster_key())
+                    .await?
                     .ok_or_else(|| Error::new(Code::Again, "the cluster map is not written yet"))?,
                 "cluster",
             )?;
-            let ca = scan_table::<CaRecord>(&tx, T_CA, "cluster CA")?
+            let ca = scan_table::<CaRecord>(&tx, T_CA, "cluster CA").await?
                 .into_iter()
                 .max_by_key(|c| c.id)
                 .ok_or_else(|| {
@@ -711,13 +714,14 @@ impl Meta {
                 })?;
             let (start, end) = table_range(T_NODE);
             let nodes: Vec<NodeRecord> = tx
-                .peek_range(&start, &end, usize::MAX)?
+                .peek_range(&start, &end, usize::MAX)
+                .await?
                 .iter()
                 .map(|(_, v)| decode_node(v))
                 .collect::<Result<_, _>>()?;
             // Ids are never reused: the counter only grows, and a cluster
             // bootstrapped before it existed starts it above every node.
-            let counted = match tx.get(&counter_key(C_NODE_ID))? {
+            let counted = match tx.get(&counter_key(C_NODE_ID)).await? {
                 Some(v) => u64::from_be_bytes(
                     v.as_slice()
                         .try_into()
@@ -728,7 +732,7 @@ impl Meta {
             let above = nodes.iter().map(|n| n.id + 1).max().unwrap_or(2);
             let id = counted.max(above).max(2);
             tx.put(counter_key(C_NODE_ID), (id + 1).to_be_bytes().to_vec());
-            if tx.get(&node_key(id))?.is_some() {
+            if tx.get(&node_key(id)).await?.is_some() {
                 return Err(Error::corrupt(format!(
                     "node {id} already has a record although the id counter gave it out"
                 )));
@@ -1075,11 +1079,11 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            if tx.get(&user_key(name))?.is_some() {
+            if tx.get(&user_key(name)).await?.is_some() {
                 return Err(Error::exists(format!("principal {name:?}")));
             }
             for g in &groups {
-                if tx.get(&group_key(g))?.is_none() {
+                if tx.get(&group_key(g)).await?.is_none() {
                     return Err(Error::not_found(format!(
                         "group {g:?} (create it with `berth group add {g}`)"
                     )));
@@ -1087,9 +1091,9 @@ impl Meta {
             }
             let uid = match uid {
                 Some(u) => u,
-                None => next_counter(&mut tx, C_UID)? as u32,
+                None => next_counter(&mut tx, C_UID).await? as u32,
             };
-            let users: Vec<UserRecord> = scan_table(&tx, T_USER, "user")?;
+            let users: Vec<UserRecord> = scan_table(&tx, T_USER, "user").await?;
             if let Some(other) = users.iter().find(|u| u.uid == uid) {
                 return Err(Error::exists(format!(
                     "uid {uid} already belongs to {:?}",
@@ -1131,7 +1135,7 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            if tx.get(&user_key(name))?.is_none() {
+            if tx.get(&user_key(name)).await?.is_none() {
                 return Err(Error::not_found(format!("principal {name:?}")));
             }
             tx.delete(user_key(name));
@@ -1168,7 +1172,8 @@ impl Meta {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
             let cur = tx
-                .get(&user_key(name))?
+                .get(&user_key(name))
+                .await?
                 .ok_or_else(|| Error::not_found(format!("principal {name:?}")))?;
             let mut u: UserRecord = decode(&cur, "user")?;
             u.password_hash = Some(hash.clone());
@@ -1193,14 +1198,14 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            if tx.get(&group_key(name))?.is_some() {
+            if tx.get(&group_key(name)).await?.is_some() {
                 return Err(Error::exists(format!("group {name:?}")));
             }
             let gid = match gid {
                 Some(g) => g,
-                None => next_counter(&mut tx, C_GID)? as u32,
+                None => next_counter(&mut tx, C_GID).await? as u32,
             };
-            let groups: Vec<GroupRecord> = scan_table(&tx, T_GROUP, "group")?;
+            let groups: Vec<GroupRecord> = scan_table(&tx, T_GROUP, "group").await?;
             if let Some(other) = groups.iter().find(|g| g.gid == gid) {
                 return Err(Error::exists(format!(
                     "gid {gid} already belongs to group {:?}",
@@ -1228,15 +1233,15 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            if tx.get(&group_key(name))?.is_none() {
+            if tx.get(&group_key(name)).await?.is_none() {
                 return Err(Error::not_found(format!("group {name:?}")));
             }
             tx.delete(group_key(name));
             // Drop the membership from every user in the same command.
-            for mut u in scan_table::<UserRecord>(&tx, T_USER, "user")? {
+            for mut u in scan_table::<UserRecord>(&tx, T_USER, "user").await? {
                 if u.groups.iter().any(|g| g == name) {
                     let key = user_key(&u.name);
-                    tx.get(&key)?;
+                    tx.get(&key).await?;
                     u.groups.retain(|g| g != name);
                     tx.put(key, encode(&u));
                 }
@@ -1261,12 +1266,13 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            if tx.get(&group_key(group))?.is_none() {
+            if tx.get(&group_key(group)).await?.is_none() {
                 return Err(Error::not_found(format!("group {group:?}")));
             }
             let key = user_key(user);
             let mut u: UserRecord = decode(
-                &tx.get(&key)?
+                &tx.get(&key)
+                    .await?
                     .ok_or_else(|| Error::not_found(format!("principal {user:?}")))?,
                 "user",
             )?;
@@ -1304,12 +1310,12 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            let id = next_counter(&mut tx, C_KEY_ID)? as u32;
+            let id = next_counter(&mut tx, C_KEY_ID).await? as u32;
             let now = berth_security::now_secs();
-            for mut k in scan_table::<KeyRecord>(&tx, T_KEY, "signing key")? {
+            for mut k in scan_table::<KeyRecord>(&tx, T_KEY, "signing key").await? {
                 if k.active {
                     let key = signing_key_key(k.id);
-                    tx.get(&key)?;
+                    tx.get(&key).await?;
                     k.active = false;
                     k.retire_after = now + TICKET_TTL_MAX_SECS;
                     tx.put(key, encode(&k));
@@ -1342,7 +1348,7 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            let v = next_counter(&mut tx, counter)?;
+            let v = next_counter(&mut tx, counter).await?;
             if let Commit::Done(_) = tx.commit().await? {
                 return Ok(v);
             }
@@ -1360,7 +1366,7 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            if tx.get(&volume_path_key(&vol.path))?.is_some() {
+            if tx.get(&volume_path_key(&vol.path)).await?.is_some() {
                 return Err(Error::exists(format!("volume at {}", vol.path)));
             }
             tx.put(volume_key(vol.id), encode(vol));
@@ -1399,7 +1405,7 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            tx.get(&volume_key(vol.id))?;
+            tx.get(&volume_key(vol.id)).await?;
             tx.delete(volume_key(vol.id));
             tx.delete(volume_path_key(&vol.path));
             tx.delete(shard_key(vol.shard_id));
@@ -1422,7 +1428,7 @@ impl Meta {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
-            let cur = tx.get(key)?;
+            let cur = tx.get(key).await?;
             match f(cur)? {
                 Some(v) => tx.put(key.to_vec(), v),
                 None => tx.delete(key.to_vec()),
@@ -1442,13 +1448,14 @@ fn derive_scram(name: &str, password: &str, hash: &str) -> Result<ScramRecord, E
         .map_err(|e| Error::new(Code::Io, format!("deriving SCRAM credentials: {e}")))
 }
 
-fn scan_table<T: serde::de::DeserializeOwned>(
+async fn scan_table<T: serde::de::DeserializeOwned>(
     tx: &Tx,
     table: u64,
     what: &str,
 ) -> Result<Vec<T>, Error> {
     let (start, end) = table_range(table);
-    tx.peek_range(&start, &end, usize::MAX)?
+    tx.peek_range(&start, &end, usize::MAX)
+        .await?
         .iter()
         .map(|(_, v)| decode(v, what))
         .collect()
@@ -1456,10 +1463,11 @@ fn scan_table<T: serde::de::DeserializeOwned>(
 
 /// Takes one use of join token `id` inside `tx`, refusing a token that is
 /// unknown, revoked or used up (each with its own message).
-fn take_join_token_use(tx: &mut Tx, id: &str) -> Result<(), Error> {
+async fn take_join_token_use(tx: &mut Tx, id: &str) -> Result<(), Error> {
     let key = join_token_key(id);
     let cur = tx
-        .get(&key)?
+        .get(&key)
+        .await?
         .ok_or_else(|| Error::new(Code::Auth, "the join token is not known to this cluster"))?;
     let mut r: JoinTokenRecord = decode(&cur, "join token")?;
     if r.revoked {
@@ -1501,9 +1509,9 @@ fn check_applicant(a: &Applicant) -> Result<(), Error> {
 }
 
 /// Reads and bumps a counter inside `tx`; returns the value before the bump.
-fn next_counter(tx: &mut Tx, name: &str) -> Result<u64, Error> {
+async fn next_counter(tx: &mut Tx, name: &str) -> Result<u64, Error> {
     let key = counter_key(name);
-    let cur = match tx.get(&key)? {
+    let cur = match tx.get(&key).await? {
         Some(v) => u64::from_be_bytes(
             v.as_slice()
                 .try_into()

@@ -7,17 +7,22 @@
 //! exactly those reads. If anything it read changed in between, the command
 //! applies nothing and the caller retries from fresh reads (bounded).
 //!
-//! A node holding any replica of a shard serves it: reads come from its own
-//! replica after the read barrier (on a follower, the leader's ReadIndex),
-//! and a commit on a follower is forwarded to the leader (one hop, through a
-//! [`Forwarder`]). A node without a replica answers with a retryable error
-//! naming the leader.
+//! Every node serves every shard. A node holding a replica reads from it
+//! after the read barrier (on a follower, the leader's ReadIndex), and a
+//! commit on a follower is forwarded to the leader (one hop, through a
+//! [`Forwarder`]). A node without a replica reads remotely: the barrier and
+//! every read go to a node holding one (the leader when known), which
+//! answers with its applied index; later reads of the transaction ask for at
+//! least that index, so a read served by another replica after a failover
+//! never goes back in time. Its commit goes to the leader like a
+//! follower's.
 //!
 //! Architecture invariant: the router is the only place outside berth-raft
 //! that proposes commands.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use berth_raft::cmd::{Condition, Op, Txn, TxnOutcome};
@@ -33,10 +38,141 @@ pub const TX_RETRIES_MAX: usize = 64;
 /// A proposal in flight on another node.
 pub type Forwarded = Pin<Box<dyn Future<Output = Result<TxnOutcome, Error>> + Send>>;
 
-/// Sends a transaction to the node leading its shard (the server implements it over the
-/// node-to-node listener). The receiving node proposes it locally and never forwards again.
+/// A read in flight on another node.
+pub type ForwardedRead = Pin<Box<dyn Future<Output = Result<ReadReply, Error>> + Send>>;
+
+/// Reaches other nodes for this node's transactions (the server implements it over the
+/// node-to-node listener).
 pub trait Forwarder: Send + Sync + 'static {
+    /// Sends a transaction to the node leading its shard. The receiving node proposes it
+    /// locally and never forwards again.
     fn propose(&self, leader: NodeId, shard: ShardId, txn: Txn) -> Forwarded;
+    /// Reads from the replica on `node` ([`serve_read`] there); never forwarded again.
+    fn read(&self, node: NodeId, req: ReadRequest) -> ForwardedRead;
+}
+
+/// What a remote read asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOp {
+    /// Nothing: only the barrier and the applied index.
+    Barrier,
+    Get {
+        key: Vec<u8>,
+    },
+    GetPart {
+        key: Vec<u8>,
+        from: u32,
+        len: u32,
+    },
+    Scan {
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: usize,
+    },
+    ScanKeys {
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: usize,
+    },
+}
+
+/// A read served by another node's replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub shard: ShardId,
+    pub op: ReadOp,
+    /// Take a linearizable read barrier first.
+    pub barrier: bool,
+    /// Read only once the replica applied at least this index.
+    pub min_applied: u64,
+}
+
+/// What a remote read found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadValue {
+    None,
+    Value(Option<Vec<u8>>),
+    Pairs(berth_store::KvPairs),
+    Keys(Vec<Vec<u8>>),
+}
+
+/// The answer to a [`ReadRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadReply {
+    /// The replica's applied index when it read: what the reply reflects at least.
+    pub applied: u64,
+    pub value: ReadValue,
+}
+
+/// Most bytes one remote read returns; a larger result is refused (E2BIG) rather than
+/// held whole in memory on both nodes.
+pub const REMOTE_READ_BYTES_MAX: usize = 48 << 20;
+/// How long a replica waits to catch up with a read's `min_applied`.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Nodes tried by one remote read (the first, then the ones redirected to).
+const REMOTE_TRIES: usize = 3;
+
+/// Serves a [`ReadRequest`] from this node's replica: the barrier when asked, a wait
+/// until the replica applied `min_applied`, then the read. A node without a replica
+/// answers with a retryable error naming the leader it knows.
+pub async fn serve_read(raft: &RaftNode, req: ReadRequest) -> Result<ReadReply, Error> {
+    let shard = req.shard;
+    let Some(mut applied) = raft.applied_watch(shard) else {
+        return Err(match raft.leader(shard) {
+            Some(l) => Error::elsewhere(l, format!("shard {shard} has no replica on this node")),
+            None => Error::new(
+                Code::Again,
+                format!("shard {shard} has no replica on this node"),
+            ),
+        });
+    };
+    if req.barrier {
+        raft.read_index(shard).await?;
+    }
+    if *applied.borrow() < req.min_applied {
+        let caught_up =
+            tokio::time::timeout(CATCH_UP_WAIT, applied.wait_for(|a| *a >= req.min_applied)).await;
+        if !matches!(caught_up, Ok(Ok(_))) {
+            return Err(Error::new(
+                Code::Again,
+                format!(
+                    "shard {shard}: this replica is behind index {}; retry",
+                    req.min_applied
+                ),
+            ));
+        }
+    }
+    // Read after the index: the data reflects at least it.
+    let at = *applied.borrow();
+    let too_big = || {
+        Error::new(
+            Code::TooBig,
+            format!("a read of more than {REMOTE_READ_BYTES_MAX} bytes from another node"),
+        )
+    };
+    let value = match req.op {
+        ReadOp::Barrier => ReadValue::None,
+        ReadOp::Get { key } => ReadValue::Value(raft.get(shard, &key)?),
+        ReadOp::GetPart { key, from, len } => {
+            ReadValue::Value(raft.get_range(shard, &key, from, len)?)
+        }
+        ReadOp::Scan { start, end, limit } => {
+            let pairs = raft.scan(shard, &start, &end, limit)?;
+            let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if bytes > REMOTE_READ_BYTES_MAX {
+                return Err(too_big());
+            }
+            ReadValue::Pairs(pairs)
+        }
+        ReadOp::ScanKeys { start, end, limit } => {
+            let keys = raft.scan_keys(shard, &start, &end, limit)?;
+            if keys.iter().map(Vec::len).sum::<usize>() > REMOTE_READ_BYTES_MAX {
+                return Err(too_big());
+            }
+            ReadValue::Keys(keys)
+        }
+    };
+    Ok(ReadReply { applied: at, value })
 }
 
 /// Routes keys to shards and runs transactions on them.
@@ -100,14 +236,13 @@ impl Router {
     /// Starts a transaction on `shard`: waits for a linearizable read barrier
     /// so the reads below see every write acknowledged before this call.
     pub async fn begin(self: &Arc<Self>, shard: ShardId) -> Result<Tx, Error> {
-        self.ensure_local_replica(shard)?;
-        self.raft.read_index(shard).await?;
-        Ok(Tx {
-            router: self.clone(),
-            shard,
-            conditions: Vec::new(),
-            ops: Vec::new(),
-        })
+        if self.raft.has_replica(shard) {
+            self.raft.read_index(shard).await?;
+            return Ok(Tx::new(self.clone(), shard, None));
+        }
+        let tx = Tx::new(self.clone(), shard, Some(self.remote(shard)?));
+        tx.remote_read(ReadOp::Barrier, true).await?;
+        Ok(tx)
     }
 
     /// Starts a transaction without the read barrier: its reads see this
@@ -116,15 +251,14 @@ impl Router {
     /// is conditional on every read that decides what they write: a stale
     /// read then fails its condition and the caller retries, with
     /// [`Router::begin`]. Saves a round through the Raft loop, which lets
-    /// back-to-back writes (a file's write-behind) share log batches.
+    /// back-to-back writes (a file's write-behind) share log batches. On a
+    /// node without a replica the reads go to another node's, as lagging.
     pub fn begin_optimistic(self: &Arc<Self>, shard: ShardId) -> Result<Tx, Error> {
-        self.ensure_local_replica(shard)?;
-        Ok(Tx {
-            router: self.clone(),
-            shard,
-            conditions: Vec::new(),
-            ops: Vec::new(),
-        })
+        let remote = match self.raft.has_replica(shard) {
+            true => None,
+            false => Some(self.remote(shard)?),
+        };
+        Ok(Tx::new(self.clone(), shard, remote))
     }
 
     /// Reads one key with a read barrier (no transaction).
@@ -134,7 +268,7 @@ impl Router {
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, Error> {
         let tx = self.begin(shard).await?;
-        tx.peek(key)
+        tx.peek(key).await
     }
 
     /// Scans `[start, end)` with a read barrier (no transaction).
@@ -146,7 +280,7 @@ impl Router {
         limit: usize,
     ) -> Result<berth_store::KvPairs, Error> {
         let tx = self.begin(shard).await?;
-        tx.peek_range(start, end, limit)
+        tx.peek_range(start, end, limit).await
     }
 
     /// The shard's leader: from the local replica when this node hosts one,
@@ -162,24 +296,46 @@ impl Router {
         })
     }
 
-    /// Requests are served on a node holding a replica of the shard (reads
-    /// from it after the barrier, commits through the leader). Elsewhere the
-    /// answer is a retryable error naming the leader.
-    fn ensure_local_replica(&self, shard: ShardId) -> Result<(), Error> {
-        if self.raft.has_replica(shard) {
-            return Ok(());
-        }
-        match self.leader_of(shard) {
-            Some(l) => Err(Error::elsewhere(
-                l,
-                format!("shard {shard} is led by node {l}; send the request there"),
-            )),
-            None => Err(Error::new(
+    /// Where a transaction on a shard this node holds no replica of reads:
+    /// its leader as the map knows it, else a node the map lists as holding
+    /// a replica. Without a forwarder (a node alone) there is nowhere to go.
+    fn remote(&self, shard: ShardId) -> Result<Remote, Error> {
+        let no_leader = || {
+            Error::new(
                 Code::Again,
-                format!("shard {shard} has no leader yet; retry"),
-            )),
+                format!("shard {shard} has no known replica yet; retry"),
+            )
+        };
+        if self.forwarder.get().is_none() {
+            return Err(match self.leader_of(shard) {
+                Some(l) => Error::elsewhere(
+                    l,
+                    format!("shard {shard} is led by node {l}; send the request there"),
+                ),
+                None => no_leader(),
+            });
         }
+        let node = self
+            .leader_of(shard)
+            .or_else(|| {
+                let shards = self.shards.read();
+                let s = shards.iter().find(|s| s.id == shard)?;
+                s.replicas.iter().copied().find(|n| *n != self.node_id)
+            })
+            .ok_or_else(no_leader)?;
+        Ok(Remote {
+            node: AtomicU64::new(node),
+            applied: AtomicU64::new(0),
+        })
     }
+}
+
+/// Where a transaction's reads go when this node holds no replica.
+struct Remote {
+    /// The node serving them (moved along by redirects).
+    node: AtomicU64,
+    /// The highest applied index a reply reflected: no later read may see less.
+    applied: AtomicU64,
 }
 
 /// An optimistic transaction on one shard. Reads are recorded as conditions;
@@ -187,6 +343,8 @@ impl Router {
 pub struct Tx {
     router: Arc<Router>,
     shard: ShardId,
+    /// Set when this node holds no replica of the shard.
+    remote: Option<Remote>,
     conditions: Vec<Condition>,
     ops: Vec<Op>,
 }
@@ -201,13 +359,28 @@ pub enum Commit {
 }
 
 impl Tx {
+    fn new(router: Arc<Router>, shard: ShardId, remote: Option<Remote>) -> Tx {
+        Tx {
+            router,
+            shard,
+            remote,
+            conditions: Vec::new(),
+            ops: Vec::new(),
+        }
+    }
+
     pub fn shard(&self) -> ShardId {
         self.shard
     }
 
+    /// Whether the reads go to another node (this one holds no replica).
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
     /// Reads `key` and makes the transaction conditional on its value.
-    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let value = self.peek(key)?;
+    pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let value = self.peek(key).await?;
         self.conditions.push(Condition::ValueIs {
             key: key.to_vec(),
             value: value.clone(),
@@ -216,35 +389,85 @@ impl Tx {
     }
 
     /// Reads `key` without making the transaction depend on it.
-    pub fn peek(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.router.raft.get(self.shard, key)?)
+    pub async fn peek(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        if self.remote.is_none() {
+            return Ok(self.router.raft.get(self.shard, key)?);
+        }
+        let op = ReadOp::Get { key: key.to_vec() };
+        match self.remote_read(op, false).await? {
+            ReadValue::Value(v) => Ok(v),
+            other => Err(mismatched(&other)),
+        }
     }
 
     /// Reads up to `len` bytes at `from` of a value without making the
     /// transaction depend on it.
-    pub fn peek_part(&self, key: &[u8], from: u32, len: u32) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.router.raft.get_range(self.shard, key, from, len)?)
+    pub async fn peek_part(
+        &self,
+        key: &[u8],
+        from: u32,
+        len: u32,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        if self.remote.is_none() {
+            return Ok(self.router.raft.get_range(self.shard, key, from, len)?);
+        }
+        let op = ReadOp::GetPart {
+            key: key.to_vec(),
+            from,
+            len,
+        };
+        match self.remote_read(op, false).await? {
+            ReadValue::Value(v) => Ok(v),
+            other => Err(mismatched(&other)),
+        }
     }
 
     /// Scans without making the transaction depend on the result.
-    pub fn peek_range(
+    pub async fn peek_range(
         &self,
         start: &[u8],
         end: &[u8],
         limit: usize,
     ) -> Result<berth_store::KvPairs, Error> {
-        Ok(self.router.raft.scan(self.shard, start, end, limit)?)
+        if self.remote.is_none() {
+            return Ok(self.router.raft.scan(self.shard, start, end, limit)?);
+        }
+        let op = ReadOp::Scan {
+            start: start.to_vec(),
+            end: end.to_vec(),
+            limit,
+        };
+        match self.remote_read(op, false).await? {
+            ReadValue::Pairs(p) => Ok(p),
+            other => Err(mismatched(&other)),
+        }
     }
 
     /// Keys only, without making the transaction depend on the result.
-    pub fn peek_keys(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
-        Ok(self.router.raft.scan_keys(self.shard, start, end, limit)?)
+    pub async fn peek_keys(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        if self.remote.is_none() {
+            return Ok(self.router.raft.scan_keys(self.shard, start, end, limit)?);
+        }
+        let op = ReadOp::ScanKeys {
+            start: start.to_vec(),
+            end: end.to_vec(),
+            limit,
+        };
+        match self.remote_read(op, false).await? {
+            ReadValue::Keys(k) => Ok(k),
+            other => Err(mismatched(&other)),
+        }
     }
 
     /// Whether `[start, end)` holds no key; when it is empty the transaction
     /// becomes conditional on it staying empty.
-    pub fn is_range_empty(&mut self, start: &[u8], end: &[u8]) -> Result<bool, Error> {
-        let empty = self.peek_range(start, end, 1)?.is_empty();
+    pub async fn is_range_empty(&mut self, start: &[u8], end: &[u8]) -> Result<bool, Error> {
+        let empty = self.peek_keys(start, end, 1).await?.is_empty();
         if empty {
             self.conditions.push(Condition::RangeEmpty {
                 start: start.to_vec(),
@@ -252,6 +475,40 @@ impl Tx {
             });
         }
         Ok(empty)
+    }
+
+    /// One read on the remote replica, following redirects to the nodes the
+    /// answers name (a bounded number of hops).
+    async fn remote_read(&self, op: ReadOp, barrier: bool) -> Result<ReadValue, Error> {
+        let (Some(remote), Some(f)) = (&self.remote, self.router.forwarder.get()) else {
+            return Err(Error::new(
+                Code::Io,
+                "internal: a remote read without a remote replica",
+            ));
+        };
+        let mut tries = 0;
+        loop {
+            let node = remote.node.load(Ordering::Relaxed);
+            let req = ReadRequest {
+                shard: self.shard,
+                op: op.clone(),
+                barrier,
+                min_applied: remote.applied.load(Ordering::Relaxed),
+            };
+            tries += 1;
+            match f.read(node, req).await {
+                Ok(reply) => {
+                    remote.applied.fetch_max(reply.applied, Ordering::Relaxed);
+                    return Ok(reply.value);
+                }
+                Err(e) => match e.redirect {
+                    Some(next) if next != node && tries < REMOTE_TRIES => {
+                        remote.node.store(next, Ordering::Relaxed);
+                    }
+                    _ => return Err(e),
+                },
+            }
+        }
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -323,11 +580,28 @@ impl Tx {
             ops: self.ops,
         };
         let router = &self.router;
-        let leader = router.raft.leader(self.shard);
+        let leader = match &self.remote {
+            None => router.raft.leader(self.shard),
+            Some(r) => Some(
+                router
+                    .leader_of(self.shard)
+                    .unwrap_or_else(|| r.node.load(Ordering::Relaxed)),
+            ),
+        };
         let forwarder = router.forwarder.get();
         let outcome = match (leader, forwarder) {
             (Some(l), Some(f)) if l != router.node_id => {
-                return match f.propose(l, self.shard, txn).await? {
+                // A remote transaction's leader is the map's hint, which may
+                // be stale: one more hop, to the leader the answer names.
+                let again = self.remote.as_ref().map(|_| txn.clone());
+                let outcome = match (f.propose(l, self.shard, txn).await, again) {
+                    (Err(e), Some(txn)) if e.redirect.is_some_and(|n| n != l) => {
+                        let next = e.redirect.unwrap_or(l);
+                        f.propose(next, self.shard, txn).await?
+                    }
+                    (r, _) => r?,
+                };
+                return match outcome {
                     TxnOutcome::Applied { index } => Ok(Commit::Done(index)),
                     TxnOutcome::ConditionFailed { .. } => Ok(Commit::Conflict),
                 };
@@ -344,6 +618,19 @@ impl Tx {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+fn mismatched(v: &ReadValue) -> Error {
+    let kind = match v {
+        ReadValue::None => "nothing",
+        ReadValue::Value(_) => "a value",
+        ReadValue::Pairs(_) => "pairs",
+        ReadValue::Keys(_) => "keys",
+    };
+    Error::new(
+        Code::Io,
+        format!("internal: a remote read answered with {kind}"),
+    )
 }
 
 /// Error for an operation that kept conflicting past [`TX_RETRIES_MAX`].

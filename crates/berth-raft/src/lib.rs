@@ -101,7 +101,7 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use serde::{Deserialize, Serialize};
 
-pub use node::RaftNode;
+pub use node::{RaftNode, SnapshotReport};
 
 /// Identifies a shard (one Raft group) cluster-wide.
 pub type ShardId = u64;
@@ -172,6 +172,18 @@ pub trait Transport: Send + Sync + 'static {
     /// empty `msgs` is a node keepalive and must be delivered like any batch: the receiving
     /// side calls [`RaftNode::peer_alive`] for every batch, empty or not, before stepping it.
     fn send(&self, to: NodeId, msgs: Vec<Message>);
+
+    /// Sends one snapshot message (never in a batch given to [`Transport::send`]) and says
+    /// through `report` whether it reached `to`'s raft loop. Until then raft sends that
+    /// follower neither entries nor another snapshot of the shard, so a large snapshot is
+    /// generated and sent once, however long it takes. Dropping `report` unused counts as
+    /// a failure; a transport dropping a second snapshot of a shard while one is on its
+    /// way calls [`SnapshotReport::superseded`] (the first one's report stands for both).
+    /// The default hands it to [`Transport::send`] and reports it delivered.
+    fn send_snapshot(&self, to: NodeId, msg: Message, report: SnapshotReport) {
+        self.send(to, vec![msg]);
+        report.done(true);
+    }
 }
 
 /// Node-wide raft settings.

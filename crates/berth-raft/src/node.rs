@@ -85,6 +85,51 @@ enum Cmd {
     Shutdown,
 }
 
+/// Tells the raft loop what became of one snapshot message (see
+/// [`crate::Transport::send_snapshot`]). Dropped unused, it reports a failure.
+pub struct SnapshotReport {
+    tx: Option<Sender<SnapshotSent>>,
+    shard: ShardId,
+    to: NodeId,
+}
+
+impl SnapshotReport {
+    /// The snapshot reached the follower's raft loop (`true`), or was lost.
+    pub fn done(mut self, delivered: bool) {
+        self.send(delivered);
+    }
+
+    /// Another snapshot of the shard to the same node is on its way, and its
+    /// report answers for this one: nothing is reported.
+    pub fn superseded(mut self) {
+        self.tx = None;
+    }
+
+    fn send(&mut self, delivered: bool) {
+        if let Some(tx) = self.tx.take() {
+            // Closed: the loop is gone.
+            let _ = tx.try_send(SnapshotSent {
+                shard: self.shard,
+                to: self.to,
+                delivered,
+            });
+        }
+    }
+}
+
+/// Whether a snapshot of `shard` sent to `to` reached it.
+struct SnapshotSent {
+    shard: ShardId,
+    to: NodeId,
+    delivered: bool,
+}
+
+impl Drop for SnapshotReport {
+    fn drop(&mut self) {
+        self.send(false);
+    }
+}
+
 #[derive(Default)]
 struct Metrics {
     loop_iterations: AtomicU64,
@@ -244,6 +289,7 @@ impl RaftNode {
         });
         let mut core = Core {
             node_id: cfg.node_id,
+            snapshots_sent: crossbeam_channel::unbounded(),
             cfg: cfg.clone(),
             store: store.clone(),
             transport,
@@ -678,6 +724,12 @@ impl RaftNode {
         }
     }
 
+    /// Hands an inbound snapshot message to the loop; unlike [`RaftNode::step`] it says
+    /// when the loop's queue cannot take it, so the sender's transport reports it lost.
+    pub fn step_snapshot(&self, msg: Message) -> Result<(), RaftError> {
+        self.try_send(Cmd::Step(vec![msg]))
+    }
+
     /// Records that a batch (possibly empty: a keepalive) arrived from node `from`. The
     /// transport calls it for every batch it receives, before [`RaftNode::step`]; it is how
     /// the loop knows which peer nodes are alive, which hibernating groups depend on.
@@ -1104,6 +1156,9 @@ fn guarded<T>(
 /// The multi-raft loop: every group of this node.
 struct Core {
     node_id: NodeId,
+    /// What became of the snapshots handed to the transport (unbounded: one per
+    /// snapshot message), drained every iteration.
+    snapshots_sent: (Sender<SnapshotSent>, Receiver<SnapshotSent>),
     cfg: Config,
     store: Arc<Store>,
     transport: Arc<dyn Transport>,
@@ -1125,6 +1180,26 @@ struct Core {
     ticks: u64,
     /// `Signal::Wake` messages to send this iteration: (to, shard, term).
     wake_out: Vec<(NodeId, ShardId, u64)>,
+}
+
+impl Core {
+    /// Tells raft what became of the snapshots the transport finished with:
+    /// delivered, the follower gets entries again after it; lost, raft sends
+    /// another.
+    fn on_snapshots_sent(&mut self) {
+        while let Ok(r) = self.snapshots_sent.1.try_recv() {
+            if let Some(g) = self.groups.get_mut(&r.shard) {
+                let status = match r.delivered {
+                    true => SnapshotStatus::Finish,
+                    false => SnapshotStatus::Failure,
+                };
+                guarded(g, "report_snapshot", |raw| {
+                    raw.report_snapshot(r.to, status)
+                });
+                self.touched.insert(r.shard);
+            }
+        }
+    }
 }
 
 impl Core {
@@ -1251,6 +1326,7 @@ impl Core {
             if shutdown {
                 break;
             }
+            self.on_snapshots_sent();
             let now = Instant::now();
             if now >= next_tick {
                 self.tick();
@@ -1298,6 +1374,7 @@ impl Core {
                     self.on_message(m);
                 }
             }
+
             Cmd::Propose {
                 shard,
                 data,
@@ -1857,7 +1934,7 @@ impl Core {
 
         // 2. Advance: messages and committed entries become available.
         let mut outbox: BTreeMap<NodeId, Vec<Message>> = BTreeMap::new();
-        let mut snapshot_reports = Vec::new();
+        let mut snapshots: Vec<(ShardId, Message)> = Vec::new();
         let mut to_apply: Vec<(ShardId, Vec<Entry>)> = Vec::new();
         let mut snapshot_members = Vec::new();
         for (id, mut rd, installed) in readies {
@@ -1895,7 +1972,11 @@ impl Core {
                     continue;
                 }
                 match m.get_msg_type() {
-                    MessageType::MsgSnapshot => snapshot_reports.push((id, m.to)),
+                    MessageType::MsgSnapshot => {
+                        set_message_shard(&mut m, id);
+                        snapshots.push((id, m));
+                        continue;
+                    }
                     MessageType::MsgHeartbeat if sleep_flag => {
                         hibernate::set_signal(&mut m, Signal::Sleep);
                     }
@@ -1920,24 +2001,21 @@ impl Core {
             outbox.entry(to).or_default().push(m);
         }
 
-        // 3. Send: one transport call per destination node.
+        // 3. Send: one transport call per destination node; snapshots one by one, each
+        // reported back to the loop (Cmd::SnapshotSent) once delivered or lost.
         for (to, msgs) in outbox {
-            let snaps = msgs
-                .iter()
-                .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-                .count();
             add(&metrics.messages_sent, msgs.len() as u64);
-            add(&metrics.snapshots_sent, snaps as u64);
             self.transport.send(to, msgs);
         }
-        // The transport took the snapshot; if it is lost the follower rejects the next append
-        // and raft sends a new one.
-        for (id, to) in snapshot_reports {
-            if let Some(g) = self.groups.get_mut(&id) {
-                guarded(g, "report_snapshot", |raw| {
-                    raw.report_snapshot(to, SnapshotStatus::Finish)
-                });
-            }
+        for (shard, m) in snapshots {
+            add(&metrics.messages_sent, 1);
+            add(&metrics.snapshots_sent, 1);
+            let report = SnapshotReport {
+                tx: Some(self.snapshots_sent.0.clone()),
+                shard,
+                to: m.to,
+            };
+            self.transport.send_snapshot(m.to, m, report);
         }
 
         // 4. Apply committed entries of every group in one batch, with their applied index.

@@ -526,7 +526,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if raft.has_replica(META_SHARD) {
         // Peers' addresses before the first read barrier, which needs them
         // when this node restarts as a follower.
-        if let Err(e) = meta.refresh_local() {
+        if let Err(e) = meta.refresh_local().await {
             tracing::warn!(error = %e, "cannot read the local copy of the cluster map");
         }
     }

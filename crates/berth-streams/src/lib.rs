@@ -646,7 +646,7 @@ impl Streams {
         }
         let vol = self.volume(entry.volume_id)?;
         let tx = self.ns.meta().router().begin(vol.shard_id).await?;
-        let config = match tx.peek(&config_key(vol.id, entry.ino))? {
+        let config = match tx.peek(&config_key(vol.id, entry.ino)).await? {
             Some(b) => decode_config(&b)?,
             None => StreamConfig::default(),
         };
@@ -672,7 +672,7 @@ impl Streams {
             let s = self.stream(p, path, Right::Admin).await?;
             let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
             let key = config_key(s.vol.id, s.entry.ino);
-            let mut config = read_config(&mut tx, &key)?;
+            let mut config = read_config(&mut tx, &key).await?;
             change(&mut config);
             check_config(&config)?;
             tx.put(key, encode(&config));
@@ -774,7 +774,7 @@ impl Streams {
         let start = topic_key(s.vol.id, s.entry.ino, "");
         let end = prefix_end(&config_key(s.vol.id, s.entry.ino));
         let mut out = Vec::new();
-        for (k, v) in tx.peek_range(&start, &end, usize::MAX)? {
+        for (k, v) in tx.peek_range(&start, &end, usize::MAX).await? {
             let decoded = berth_store::keys::decode(&k)
                 .map_err(|e| Error::corrupt(format!("topic key: {e}")))?;
             if let Some(berth_store::keys::Component::Str(name)) = decoded.components.first() {
@@ -787,7 +787,8 @@ impl Streams {
     /// A topic; `None` when it does not exist.
     pub async fn topic(&self, s: &StreamRef, name: &str) -> Result<Option<TopicRecord>, Error> {
         let tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
-        tx.peek(&topic_key(s.vol.id, s.entry.ino, name))?
+        tx.peek(&topic_key(s.vol.id, s.entry.ino, name))
+            .await?
             .map(|b| decode(&b, "topic"))
             .transpose()
     }
@@ -816,11 +817,11 @@ impl Streams {
             backoff(attempt).await;
             let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
             let tkey = topic_key(s.vol.id, s.entry.ino, name);
-            if tx.get(&tkey)?.is_some() {
+            if tx.get(&tkey).await?.is_some() {
                 return Err(Error::exists(format!("topic {name} in {}", s.entry.path)));
             }
             let ckey = config_key(s.vol.id, s.entry.ino);
-            let mut config = read_config(&mut tx, &ckey)?;
+            let mut config = read_config(&mut tx, &ckey).await?;
             let id = config.next_topic;
             config.next_topic += 1;
             let t = TopicRecord {
@@ -881,7 +882,7 @@ impl Streams {
             backoff(attempt).await;
             let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
             let tkey = topic_key(s.vol.id, s.entry.ino, name);
-            let t: TopicRecord = match tx.get(&tkey)? {
+            let t: TopicRecord = match tx.get(&tkey).await? {
                 Some(b) => decode(&b, "topic")?,
                 None => {
                     return Err(Error::not_found(format!(
@@ -915,7 +916,7 @@ impl Streams {
             backoff(attempt).await;
             let mut tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
             let tkey = topic_key(s.vol.id, s.entry.ino, name);
-            let mut t: TopicRecord = match tx.get(&tkey)? {
+            let mut t: TopicRecord = match tx.get(&tkey).await? {
                 Some(b) => decode(&b, "topic")?,
                 None => {
                     return Err(Error::not_found(format!(
@@ -1103,7 +1104,7 @@ impl Streams {
                 Ok(tx) => tx,
                 Err(e) => return fail(e),
             };
-            match self.stage_group(&mut tx, s, name, t, group) {
+            match self.stage_group(&mut tx, s, name, t, group).await {
                 Ok(Staged { results, advanced }) => match tx.commit().await {
                     Ok(Commit::Done(_)) => {
                         for (part, next) in advanced {
@@ -1121,7 +1122,7 @@ impl Streams {
     }
 
     /// Stages a group's batches in `tx`.
-    fn stage_group(
+    async fn stage_group(
         &self,
         tx: &mut Tx,
         s: &StreamRef,
@@ -1132,7 +1133,8 @@ impl Streams {
         // The topic must still be the one asked for (not deleted, or
         // deleted and created again, meanwhile).
         let live: Option<TopicRecord> = tx
-            .get(&topic_key(s.vol.id, s.entry.ino, name))?
+            .get(&topic_key(s.vol.id, s.entry.ino, name))
+            .await?
             .map(|b| decode(&b, "topic"))
             .transpose()?;
         let live_parts = match live {
@@ -1164,7 +1166,7 @@ impl Streams {
                     Some(st) => st.clone(),
                     None => {
                         let skey = part_key(s.vol.id, s.entry.ino, t.id, part);
-                        let st: PartState = match tx.get(&skey)? {
+                        let st: PartState = match tx.get(&skey).await? {
                             Some(b) => decode(&b, "partition state")?,
                             None => PartState::default(),
                         };
@@ -1297,7 +1299,8 @@ impl Streams {
         authorize(p, gs, Right::Consume)?;
         check_group(group)?;
         let tx = self.ns.meta().router().begin(gs.vol.shard_id).await?;
-        tx.peek(&offset_key(gs.vol.id, gs.entry.ino, group, topic, part))?
+        tx.peek(&offset_key(gs.vol.id, gs.entry.ino, group, topic, part))
+            .await?
             .map(|b| decode(&b, "committed offset"))
             .transpose()
     }
@@ -1315,7 +1318,7 @@ impl Streams {
         let start = group_prefix(gs.vol.id, gs.entry.ino, group);
         let end = prefix_end(&start);
         let mut out = Vec::new();
-        for (k, v) in tx.peek_range(&start, &end, usize::MAX)? {
+        for (k, v) in tx.peek_range(&start, &end, usize::MAX).await? {
             let d = berth_store::keys::decode(&k)
                 .map_err(|e| Error::corrupt(format!("offset key: {e}")))?;
             use berth_store::keys::Component;
@@ -1342,7 +1345,7 @@ impl Streams {
         authorize(p, s, Right::Consume)?;
         check_partition(t, part)?;
         let tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
-        let state = read_state(&tx, s, t, part)?;
+        let state = read_state(&tx, s, t, part).await?;
         if offset < state.log_start || offset > state.next {
             return Err(Error::new(
                 Code::Range,
@@ -1366,7 +1369,8 @@ impl Streams {
             bytes += v.len();
             out.push(Bytes::from(v));
             bytes < max_bytes && out.len() < FETCH_BATCHES_MAX
-        })?;
+        })
+        .await?;
         Ok((state, out))
     }
 
@@ -1381,7 +1385,7 @@ impl Streams {
         authorize(p, s, Right::Consume)?;
         check_partition(t, part)?;
         let tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
-        read_state(&tx, s, t, part)
+        read_state(&tx, s, t, part).await
     }
 
     /// The first offset whose batch holds a timestamp >= `ts` (batch
@@ -1398,7 +1402,7 @@ impl Streams {
         authorize(p, s, Right::Consume)?;
         check_partition(t, part)?;
         let tx = self.ns.meta().router().begin(s.vol.shard_id).await?;
-        let state = read_state(&tx, s, t, part)?;
+        let state = read_state(&tx, s, t, part).await?;
         let from = batch_key(s.vol.id, s.entry.ino, t.id, part, state.log_start);
         let end = prefix_end(&part_key(s.vol.id, s.entry.ino, t.id, part));
         let mut found = state.next;
@@ -1408,7 +1412,8 @@ impl Streams {
                 return false;
             }
             true
-        })?;
+        })
+        .await?;
         Ok(found)
     }
 
@@ -1433,7 +1438,10 @@ impl Streams {
         // Subscribed first, then read: an append that lands in between is
         // seen by one or the other.
         let now = match self.ns.meta().router().begin(s.vol.shard_id).await {
-            Ok(tx) => read_state(&tx, s, t, part).map(|st| st.next).unwrap_or(0),
+            Ok(tx) => read_state(&tx, s, t, part)
+                .await
+                .map(|st| st.next)
+                .unwrap_or(0),
             Err(_) => 0,
         };
         if now > offset {
@@ -1475,17 +1483,18 @@ impl Streams {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.ns.meta().router().begin(vol.shard_id).await?;
-            let config = read_config(&mut tx, &config_key(vol.id, ino))?;
+            let config = read_config(&mut tx, &config_key(vol.id, ino)).await?;
             // A deleted (or re-created) topic is not ours to trim.
             let live: Option<TopicRecord> = tx
-                .get(&topic_key(vol.id, ino, name))?
+                .get(&topic_key(vol.id, ino, name))
+                .await?
                 .map(|b| decode(&b, "topic"))
                 .transpose()?;
             if live.is_none_or(|l| l.id != t.id) {
                 return Ok(0);
             }
             let skey = part_key(vol.id, ino, t.id, part);
-            let Some(raw) = tx.get(&skey)? else {
+            let Some(raw) = tx.get(&skey).await? else {
                 return Ok(0);
             };
             let mut st: PartState = decode(&raw, "partition state")?;
@@ -1499,7 +1508,8 @@ impl Streams {
                 }) {
                     return Ok(0);
                 }
-                let pass = compact_window(&mut tx, vol.id, ino, t, part, &mut st, &config, now)?;
+                let pass =
+                    compact_window(&mut tx, vol.id, ino, t, part, &mut st, &config, now).await?;
                 if pass.changed == 0 {
                     self.compacted
                         .lock()
@@ -1535,7 +1545,8 @@ impl Streams {
                 st.log_start = last + 1;
                 gone.push(k);
                 true
-            })?;
+            })
+            .await?;
             let deleted = gone.len();
             for k in gone {
                 tx.delete(k);
@@ -1738,7 +1749,7 @@ struct CompactPass {
 /// them ([`compact::rewrite`]: same key, same offsets, its own codec) when
 /// that makes it smaller. Batches that cannot be read stay whole.
 #[allow(clippy::too_many_arguments)]
-fn compact_window(
+async fn compact_window(
     tx: &mut Tx,
     vol: u64,
     ino: u64,
@@ -1751,7 +1762,7 @@ fn compact_window(
     let skey = part_key(vol, ino, t.id, part);
     let start = batch_key(vol, ino, t.id, part, st.log_start);
     let mut window = Window::new(st.next, COMPACT_WINDOW_BYTES_MAX);
-    scan_batches(tx, start, &prefix_end(&skey), |k, v| window.offer(k, v))?;
+    scan_batches(tx, start, &prefix_end(&skey), |k, v| window.offer(k, v)).await?;
     let Window {
         batches, latest, ..
     } = window;
@@ -1800,7 +1811,7 @@ fn compact_window(
 /// false or the range ends, reading pages of 4, 16, 64 ... up to
 /// [`FETCH_BATCHES_MAX`] batches: a scan copies every value it returns, so
 /// a caller that stops after a few batches copies only a few.
-fn scan_batches(
+async fn scan_batches(
     tx: &Tx,
     mut from: Vec<u8>,
     end: &[u8],
@@ -1808,7 +1819,7 @@ fn scan_batches(
 ) -> Result<(), Error> {
     let mut page_len = 4;
     loop {
-        let page = tx.peek_range(&from, end, page_len)?;
+        let page = tx.peek_range(&from, end, page_len).await?;
         let full = page.len() == page_len;
         let Some((last, _)) = page.last() else {
             return Ok(());
@@ -1835,16 +1846,24 @@ fn topic_log_range(s: &StreamRef, topic: u64) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
-fn read_config(tx: &mut Tx, key: &[u8]) -> Result<StreamConfig, Error> {
-    Ok(match tx.get(key)? {
+async fn read_config(tx: &mut Tx, key: &[u8]) -> Result<StreamConfig, Error> {
+    Ok(match tx.get(key).await? {
         Some(b) => decode_config(&b)?,
         None => StreamConfig::default(),
     })
 }
 
-fn read_state(tx: &Tx, s: &StreamRef, t: &TopicRecord, part: u32) -> Result<PartState, Error> {
+async fn read_state(
+    tx: &Tx,
+    s: &StreamRef,
+    t: &TopicRecord,
+    part: u32,
+) -> Result<PartState, Error> {
     Ok(
-        match tx.peek(&part_key(s.vol.id, s.entry.ino, t.id, part))? {
+        match tx
+            .peek(&part_key(s.vol.id, s.entry.ino, t.id, part))
+            .await?
+        {
             Some(b) => decode(&b, "partition state")?,
             None => PartState::default(),
         },

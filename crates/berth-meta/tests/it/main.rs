@@ -256,7 +256,7 @@ async fn a_join_admits_a_node_with_a_certificate_of_the_cluster_ca() {
     let k = kernel().await;
     let ca: CaRecord = {
         let tx = k.meta.router().begin(META_SHARD).await.unwrap();
-        decode(&tx.peek(&ca_key(1)).unwrap().unwrap(), "ca").unwrap()
+        decode(&tx.peek(&ca_key(1)).await.unwrap().unwrap(), "ca").unwrap()
     };
     let ca_sha = berth_security::join::ca_sha256(&ca.cert_pem).unwrap();
     let (token, rec) = k
@@ -366,6 +366,7 @@ async fn the_ca_is_recorded_once() {
         let (start, end) = table_range(T_CA);
         let tx = k.meta.router().begin(META_SHARD).await.unwrap();
         tx.peek_range(&start, &end, 10)
+            .await
             .unwrap()
             .iter()
             .map(|(_, v)| decode::<CaRecord>(v, "ca").unwrap())

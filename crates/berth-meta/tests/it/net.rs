@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_meta::router::{Forwarded, Forwarder};
+use berth_meta::router::{Forwarded, ForwardedRead, Forwarder, ReadRequest};
 use berth_meta::{Code, Error};
 use berth_raft::cmd::Txn;
 use berth_raft::{NodeId, RaftNode, ShardId, Transport};
@@ -80,6 +80,16 @@ pub fn start_node(net: &Arc<Net>, id: NodeId) -> (Arc<berth_meta::Router>, tempf
     (router, dir)
 }
 
+/// Starts node `id` on a network of its own, with no forwarder.
+pub fn start_lonely(id: NodeId) -> (Arc<berth_meta::Router>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(berth_store::Store::open(dir.path()).unwrap());
+    let net = Arc::new(Net::default());
+    let t = Arc::new(Mem { from: id, net });
+    let raft = RaftNode::start(store, berth_raft::Config::new(id), t).unwrap();
+    (Arc::new(berth_meta::Router::new(raft, id)), dir)
+}
+
 /// Polls `f` for up to 20 s.
 pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     for _ in 0..2000 {
@@ -100,6 +110,14 @@ impl Forwarder for DirectForwarder {
         Box::pin(async move {
             let node = node.ok_or_else(|| Error::new(Code::Again, "leader unreachable"))?;
             Ok(node.propose(shard, txn).await?)
+        })
+    }
+
+    fn read(&self, node: NodeId, req: ReadRequest) -> ForwardedRead {
+        let node = self.0.node(node).filter(|_| !self.0.is_isolated(node));
+        Box::pin(async move {
+            let node = node.ok_or_else(|| Error::new(Code::Again, "node unreachable"))?;
+            berth_meta::router::serve_read(&node, req).await
         })
     }
 }

@@ -17,11 +17,17 @@ use std::time::Duration;
 use ::raft::eraftpb::{Message, MessageType};
 use berth_api::v1::raft_transport_client::RaftTransportClient;
 use berth_api::v1::raft_transport_server::RaftTransport;
-use berth_api::v1::{Empty, ProposeReply, ProposeRequest, RaftBatch, SnapshotChunk};
-use berth_meta::router::{Forwarded, Forwarder};
+use berth_api::v1::{
+    Empty, ProposeReply, ProposeRequest, RaftBatch, ShardReadReply, ShardReadRequest, SnapshotChunk,
+};
+use berth_meta::router::{
+    serve_read, Forwarded, ForwardedRead, Forwarder, ReadOp, ReadReply, ReadRequest, ReadValue,
+};
 use berth_meta::{Code, Error, Meta};
 use berth_raft::cmd::{Txn, TxnOutcome};
-use berth_raft::{decode_message, encode_message, NodeId, RaftNode, ShardId, Transport};
+use berth_raft::{
+    decode_message, encode_message, NodeId, RaftNode, ShardId, SnapshotReport, Transport,
+};
 use berth_security::principal::Principal;
 use berth_security::principal::PrincipalKind;
 use berth_security::tls::NodeMaterial;
@@ -136,11 +142,14 @@ impl RaftTransport for RaftService {
             .map_err(|e| Status::invalid_argument(format!("undecodable transaction: {e}")))?;
         // Only a leader proposes here: a follower would forward again.
         if self.raft.leader(req.shard) != Some(self.raft.node_id()) {
+            let leader = self.raft.leader(req.shard);
             let e = Error::from(berth_raft::RaftError::NotLeader {
                 shard: req.shard,
-                leader: self.raft.leader(req.shard),
+                leader,
             });
-            return Ok(Response::new(error_reply(&e)));
+            let mut reply = error_reply(&e);
+            reply.redirect = leader.unwrap_or(0);
+            return Ok(Response::new(reply));
         }
         let reply = match self.raft.propose(req.shard, txn).await {
             Ok(berth_raft::cmd::TxnOutcome::Applied { index }) => ProposeReply {
@@ -155,6 +164,24 @@ impl RaftTransport for RaftService {
             Err(e) => error_reply(&Error::from(e)),
         };
         Ok(Response::new(reply))
+    }
+
+    async fn read(
+        &self,
+        req: Request<ShardReadRequest>,
+    ) -> Result<Response<ShardReadReply>, Status> {
+        authenticate_node(&self.auth, &req, "RaftTransport/Read")?;
+        let req =
+            read_request_from(req.into_inner()).map_err(|e| Status::invalid_argument(e.message))?;
+        Ok(Response::new(match serve_read(&self.raft, req).await {
+            Ok(r) => read_reply_to(r),
+            Err(e) => ShardReadReply {
+                error_code: e.code.symbol().to_string(),
+                error_message: e.message,
+                redirect: e.redirect.unwrap_or(0),
+                ..ShardReadReply::default()
+            },
+        }))
     }
 
     async fn snapshot(
@@ -206,7 +233,11 @@ impl RaftTransport for RaftService {
         }
         msg.mut_snapshot().data = data.into();
         self.raft.peer_alive(peer);
-        self.raft.step(vec![msg]);
+        // The sender's raft learns from this answer whether the snapshot
+        // arrived: it must not be dropped silently.
+        self.raft
+            .step_snapshot(msg)
+            .map_err(|e| Status::unavailable(format!("raft loop: {e}")))?;
         Ok(Response::new(Empty {}))
     }
 
@@ -237,6 +268,102 @@ impl RaftTransport for RaftService {
         }
         Ok(Response::new(Empty {}))
     }
+}
+
+fn read_request_to(r: ReadRequest) -> ShardReadRequest {
+    let mut m = ShardReadRequest {
+        shard: r.shard,
+        barrier: r.barrier,
+        min_applied: r.min_applied,
+        ..ShardReadRequest::default()
+    };
+    match r.op {
+        ReadOp::Barrier => m.op = 0,
+        ReadOp::Get { key } => (m.op, m.key) = (1, key),
+        ReadOp::GetPart { key, from, len } => (m.op, m.key, m.from, m.len) = (2, key, from, len),
+        ReadOp::Scan { start, end, limit } => {
+            (m.op, m.key, m.end, m.limit) = (3, start, end, limit as u64)
+        }
+        ReadOp::ScanKeys { start, end, limit } => {
+            (m.op, m.key, m.end, m.limit) = (4, start, end, limit as u64)
+        }
+    }
+    m
+}
+
+fn read_request_from(m: ShardReadRequest) -> Result<ReadRequest, Error> {
+    let limit = usize::try_from(m.limit).unwrap_or(usize::MAX);
+    let op = match m.op {
+        0 => ReadOp::Barrier,
+        1 => ReadOp::Get { key: m.key },
+        2 => ReadOp::GetPart {
+            key: m.key,
+            from: m.from,
+            len: m.len,
+        },
+        3 => ReadOp::Scan {
+            start: m.key,
+            end: m.end,
+            limit,
+        },
+        4 => ReadOp::ScanKeys {
+            start: m.key,
+            end: m.end,
+            limit,
+        },
+        n => return Err(Error::invalid(format!("unknown read operation {n}"))),
+    };
+    Ok(ReadRequest {
+        shard: m.shard,
+        op,
+        barrier: m.barrier,
+        min_applied: m.min_applied,
+    })
+}
+
+fn read_reply_to(r: ReadReply) -> ShardReadReply {
+    let mut m = ShardReadReply {
+        applied: r.applied,
+        ..ShardReadReply::default()
+    };
+    match r.value {
+        ReadValue::None => {}
+        ReadValue::Value(v) => {
+            m.found = v.is_some();
+            m.value = v.unwrap_or_default();
+        }
+        ReadValue::Pairs(pairs) => (m.keys, m.values) = pairs.into_iter().unzip(),
+        ReadValue::Keys(keys) => m.keys = keys,
+    }
+    m
+}
+
+/// The reply to a read of operation `op`, or the error it carries.
+fn read_reply_from(op: &ReadOp, m: ShardReadReply) -> Result<ReadReply, Error> {
+    if !m.error_code.is_empty() {
+        let code = Code::from_symbol(&m.error_code).unwrap_or(Code::Io);
+        let mut e = Error::new(code, m.error_message);
+        e.redirect = (m.redirect != 0).then_some(m.redirect);
+        return Err(e);
+    }
+    let value = match op {
+        ReadOp::Barrier => ReadValue::None,
+        ReadOp::Get { .. } | ReadOp::GetPart { .. } => ReadValue::Value(m.found.then_some(m.value)),
+        ReadOp::Scan { .. } => {
+            if m.keys.len() != m.values.len() {
+                return Err(Error::new(
+                    Code::Io,
+                    "a remote scan answered with unpaired keys and values",
+                ));
+            }
+            ReadValue::Pairs(m.keys.into_iter().zip(m.values).collect())
+        }
+        ReadOp::ScanKeys { .. } => ReadValue::Keys(m.keys),
+    };
+    Ok(ReadReply {
+        applied: m.applied,
+        value,
+    })
 }
 
 fn error_reply(e: &Error) -> ProposeReply {
@@ -374,7 +501,8 @@ pub struct GrpcTransport {
     /// administration), by node, with the address they go to.
     forward: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
     /// Peers a snapshot is being streamed to (one at a time each).
-    snapshots: Arc<Mutex<std::collections::HashSet<NodeId>>>,
+    /// Snapshots on their way: (to, shard).
+    snapshots: Arc<Mutex<std::collections::HashSet<(NodeId, ShardId)>>>,
     /// Paces the snapshot data this node sends.
     snapshot_rate: Arc<Pacer>,
 }
@@ -513,6 +641,10 @@ async fn channel_to(
 }
 
 impl Forwarder for GrpcTransport {
+    fn read(&self, node: NodeId, req: ReadRequest) -> ForwardedRead {
+        self.forward_read(node, req)
+    }
+
     fn propose(&self, leader: NodeId, shard: ShardId, txn: Txn) -> Forwarded {
         let ctx = self.ctx.clone();
         let cache = self.forward.clone();
@@ -538,7 +670,9 @@ impl Forwarder for GrpcTransport {
             };
             if !reply.error_code.is_empty() {
                 let code = Code::from_symbol(&reply.error_code).unwrap_or(Code::Io);
-                return Err(Error::new(code, reply.error_message));
+                let mut e = Error::new(code, reply.error_message);
+                e.redirect = (reply.redirect != 0).then_some(reply.redirect);
+                return Err(e);
             }
             Ok(if reply.applied {
                 TxnOutcome::Applied { index: reply.index }
@@ -552,6 +686,31 @@ impl Forwarder for GrpcTransport {
 }
 
 impl GrpcTransport {
+    fn forward_read(&self, node: NodeId, req: ReadRequest) -> ForwardedRead {
+        let ctx = self.ctx.clone();
+        let cache = self.forward.clone();
+        Box::pin(async move {
+            let (shard, op) = (req.shard, req.op.clone());
+            let conn = channel_to(&ctx, &cache, node).await?;
+            let msg = conn.request(read_request_to(req), FORWARD_TIMEOUT)?;
+            let mut client = RaftTransportClient::new(conn.channel.clone())
+                .max_decoding_message_size(RAFT_BATCH_BYTES_MAX);
+            match client.read(msg).await {
+                Ok(r) => read_reply_from(&op, r.into_inner()),
+                Err(status) => {
+                    conn.broken();
+                    Err(Error::new(
+                        Code::Again,
+                        format!(
+                            "shard {shard}: cannot read from node {node}: {}",
+                            status.message()
+                        ),
+                    ))
+                }
+            }
+        })
+    }
+
     /// Sets the rate of snapshot data this node sends (bytes per second, all
     /// peers together; `--snapshot-rate`).
     pub fn set_snapshot_rate(&self, bytes_per_sec: u64) {
@@ -560,14 +719,19 @@ impl GrpcTransport {
             .store(bytes_per_sec.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Streams one snapshot message to `to` in chunks, paced; drops it when
-    /// one is already on its way there (raft sends another if needed).
-    fn send_snapshot(&self, to: NodeId, mut msg: Message) {
-        if !self.snapshots.lock().insert(to) {
+    /// Streams one snapshot message to `to` in chunks, paced, and reports
+    /// whether it arrived. A second snapshot of the same shard to the same
+    /// node while one is on its way is dropped: the first one's report
+    /// answers for it.
+    fn stream_snapshot_to(&self, to: NodeId, mut msg: Message, report: SnapshotReport) {
+        let shard = berth_raft::message_shard(&msg).unwrap_or(0);
+        if !self.snapshots.lock().insert((to, shard)) {
             tracing::debug!(
                 to,
-                "a snapshot is already on its way to this peer; dropping another"
+                shard,
+                "a snapshot of this shard is already on its way to this peer; dropping another"
             );
+            report.superseded();
             return;
         }
         let (ctx, pacer, busy) = (
@@ -577,11 +741,10 @@ impl GrpcTransport {
         );
         self.rt.spawn(async move {
             let data = std::mem::take(&mut msg.mut_snapshot().data);
-            let shard = berth_raft::message_shard(&msg);
             let started = std::time::Instant::now();
             let r = stream_snapshot(&ctx, &pacer, to, &msg, &data).await;
-            busy.lock().remove(&to);
-            match r {
+            busy.lock().remove(&(to, shard));
+            match &r {
                 Ok(()) => tracing::info!(
                     to,
                     shard,
@@ -591,6 +754,7 @@ impl GrpcTransport {
                 ),
                 Err(e) => tracing::warn!(to, shard, error = %e, "sending a raft snapshot failed; raft will send another"),
             }
+            report.done(r.is_ok());
         });
     }
 }
@@ -651,22 +815,11 @@ async fn stream_snapshot(
 }
 
 impl Transport for GrpcTransport {
-    fn send(&self, to: NodeId, mut msgs: Vec<Message>) {
-        if msgs
-            .iter()
-            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-        {
-            let (snaps, rest): (Vec<Message>, Vec<Message>) = msgs
-                .into_iter()
-                .partition(|m| m.get_msg_type() == MessageType::MsgSnapshot);
-            for m in snaps {
-                self.send_snapshot(to, m);
-            }
-            msgs = rest;
-            if msgs.is_empty() {
-                return;
-            }
-        }
+    fn send_snapshot(&self, to: NodeId, msg: Message, report: SnapshotReport) {
+        self.stream_snapshot_to(to, msg, report);
+    }
+
+    fn send(&self, to: NodeId, msgs: Vec<Message>) {
         let mut peers = self.peers.lock();
         let tx = peers.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);

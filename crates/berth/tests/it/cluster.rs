@@ -6,6 +6,7 @@
 
 use crate::harness::TestServer;
 use crate::join::{eventually_json, join_addr, token};
+use crate::kafka_cluster::topic_metadata;
 
 /// Every shard in `st` has `n` replicas, on distinct nodes, and a leader.
 pub(crate) fn all_at(st: &serde_json::Value, n: usize) -> Option<()> {
@@ -77,6 +78,89 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
     let near = nodes[0].json(&["volume", "info", "/near"]);
     assert_eq!(near["prefer_leader"], "zone=b", "{near}");
     assert_eq!(near["replication"], 2, "{near}");
+
+    // With two replicas, one node holds none of /near and still serves it
+    // (reads from and commits through the others): a directory and a file
+    // written through each node, all listed and read back through each, and
+    // the volume list through each.
+    let ticket = nodes[0].admin_ticket();
+    let via = |nodes: &[TestServer], i: usize, args: &[&str]| {
+        let out = nodes[i].cli_with(args, &[("BERTH_TICKET_FILE", &ticket)], None);
+        assert!(
+            out.status.success(),
+            "{args:?} via node {}: {}",
+            i + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        let src = dir.path().join(format!("in-{i}"));
+        std::fs::write(
+            &src,
+            format!("written through node {}\n", i + 1).repeat(1000),
+        )
+        .unwrap();
+        via(&nodes, i, &["mkdir", &format!("/near/dir-{i}")]);
+        via(
+            &nodes,
+            i,
+            &["cp", src.to_str().unwrap(), &format!("berth:/near/f-{i}")],
+        );
+    }
+    for i in 0..3 {
+        let ls = via(&nodes, i, &["ls", "/near"]);
+        for j in 0..3 {
+            assert!(
+                ls.contains(&format!("dir-{j}")) && ls.contains(&format!("f-{j}")),
+                "{ls}"
+            );
+            let back = dir.path().join(format!("back-{i}-{j}"));
+            via(
+                &nodes,
+                i,
+                &["cp", &format!("berth:/near/f-{j}"), back.to_str().unwrap()],
+            );
+            assert_eq!(
+                std::fs::read(&back).unwrap(),
+                std::fs::read(dir.path().join(format!("in-{j}"))).unwrap()
+            );
+        }
+        let vols = via(&nodes, i, &["volume", "list"]);
+        assert!(vols.contains("/near") && vols.contains("/v3"), "{vols}");
+    }
+    // Kafka: every broker answers Metadata for a stream in /near with the
+    // shard's leader (node 2) and its two replicas.
+    via(
+        &nodes,
+        0,
+        &["stream", "create", "/near/events", "--partitions", "2"],
+    );
+    via(
+        &nodes,
+        0,
+        &["stream", "topic", "create", "/near/events", "t"],
+    );
+    let admin = crate::kafka::ticket(&ticket);
+    for i in 0..3 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let seen = topic_metadata(&nodes[i], &nodes[0], &admin, "/near/events:t");
+            let good = seen.as_ref().is_ok_and(|(_, parts)| {
+                parts.len() == 2 && parts.iter().all(|(l, r, _)| *l == 2 && r.len() == 2)
+            });
+            if good {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Metadata via node {}: {seen:?}",
+                i + 1
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
     for (args, code) in [
         (
             &["volume", "set", "/near", "--replication", "9"][..],
@@ -100,17 +184,6 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
 
     // Any node serves any request: written through node 3, read through
     // node 2 (with node 1's admin ticket: one cluster, one key ring).
-    let ticket = nodes[0].admin_ticket();
-    let via = |nodes: &[TestServer], i: usize, args: &[&str]| {
-        let out = nodes[i].cli_with(args, &[("BERTH_TICKET_FILE", &ticket)], None);
-        assert!(
-            out.status.success(),
-            "{args:?} via node {}: {}",
-            i + 1,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     via(&nodes, 2, &["mkdir", "/v3/from-3"]);
     let ls = via(&nodes, 1, &["ls", "/v3"]);
     assert!(ls.contains("before") && ls.contains("from-3"), "{ls}");

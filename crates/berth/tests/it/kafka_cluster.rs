@@ -74,15 +74,25 @@ fn config(ca: &TestServer, ticket: &str, via: &[&TestServer]) -> rdkafka::Client
 
 /// One node's Metadata for [`TOPIC`]: (broker id, port) of every broker,
 /// and per partition (leader, replicas, ISR), replicas and ISR sorted.
-type Seen = (Vec<(i32, i32)>, Vec<(i32, Vec<i32>, Vec<i32>)>);
+pub(crate) type Seen = (Vec<(i32, i32)>, Vec<(i32, Vec<i32>, Vec<i32>)>);
 
 /// Metadata asked of `node` alone (the only broker the client knows).
 fn metadata_of(node: &TestServer, ca: &TestServer, ticket: &str) -> Result<Seen, String> {
+    topic_metadata(node, ca, ticket, TOPIC)
+}
+
+/// Metadata of `topic` asked of `node` alone.
+pub(crate) fn topic_metadata(
+    node: &TestServer,
+    ca: &TestServer,
+    ticket: &str,
+    topic: &str,
+) -> Result<Seen, String> {
     let consumer: BaseConsumer = config(ca, ticket, &[node])
         .create()
         .map_err(|e| e.to_string())?;
     let md = consumer
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(10))
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
     let mut brokers: Vec<(i32, i32)> = md.brokers().iter().map(|b| (b.id(), b.port())).collect();
     brokers.sort_unstable();
