@@ -143,6 +143,8 @@ pub struct Admission {
 
 /// Longest address a joining node may give.
 const ADDR_LEN_MAX: usize = 300;
+/// How often a node holding no meta replica reads the cluster map from one that does.
+const REMOTE_MAP_REFRESH: Duration = Duration::from_secs(1);
 
 pub struct Meta {
     router: Arc<Router>,
@@ -295,21 +297,38 @@ impl Meta {
     }
 
     /// Keeps the cache fresh: refreshes after every applied meta entry (and
-    /// every few seconds, so retired keys drop out of the key ring).
+    /// every few seconds, so retired keys drop out of the key ring). A node
+    /// holding no meta replica (a cluster larger than the meta shard's
+    /// replication, or a replica moved away) reads the map from one that
+    /// does, every [`REMOTE_MAP_REFRESH`], and follows its own replica again
+    /// once it has one.
     pub fn spawn_watcher(self: &Arc<Self>) {
-        let Some(mut watch) = self.router.raft().applied_watch(META_SHARD) else {
-            tracing::error!("meta shard is not hosted here; cluster map cache will not refresh");
-            return;
-        };
         let meta = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut watch = None;
             loop {
-                let changed = tokio::time::timeout(Duration::from_secs(5), watch.changed()).await;
-                if let Ok(Err(_)) = changed {
-                    return; // the raft node stopped
+                let Some(m) = meta.upgrade() else { return };
+                if watch.is_none() {
+                    watch = m.router.raft().applied_watch(META_SHARD);
                 }
-                let Some(meta) = meta.upgrade() else { return };
-                if let Err(e) = meta.refresh().await {
+                drop(m);
+                match watch.as_mut() {
+                    Some(w) => {
+                        let changed =
+                            tokio::time::timeout(Duration::from_secs(5), w.changed()).await;
+                        if let Ok(Err(_)) = changed {
+                            // The replica was destroyed (or the node stopped).
+                            watch = None;
+                            tokio::time::sleep(REMOTE_MAP_REFRESH).await;
+                        }
+                    }
+                    None => tokio::time::sleep(REMOTE_MAP_REFRESH).await,
+                }
+                let Some(m) = meta.upgrade() else { return };
+                if m.router.raft().is_stopped() {
+                    return;
+                }
+                if let Err(e) = m.refresh().await {
                     tracing::debug!(error = %e, "cluster map refresh failed; will retry");
                 }
             }

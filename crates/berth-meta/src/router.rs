@@ -317,6 +317,7 @@ impl Router {
         }
         let node = self
             .leader_of(shard)
+            .filter(|l| *l != self.node_id)
             .or_else(|| {
                 let shards = self.shards.read();
                 let s = shards.iter().find(|s| s.id == shard)?;

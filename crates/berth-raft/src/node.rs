@@ -755,6 +755,11 @@ impl RaftNode {
             .map(|e| e.status.term)
     }
 
+    /// Whether the raft loop has stopped (shutdown or a fatal store error).
+    pub fn is_stopped(&self) -> bool {
+        self.inner.shared.stopped.load(Ordering::SeqCst)
+    }
+
     /// The shard's leader as last seen by this node.
     pub fn leader(&self, shard: ShardId) -> Option<NodeId> {
         self.inner

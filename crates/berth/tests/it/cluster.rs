@@ -328,6 +328,45 @@ fn a_node_drains_is_decommissioned_and_removed() {
     assert_eq!(st["node_id"], 3, "{st}");
     let out = n4.cli_with(&["ls", "/v3"], &[("BERTH_TICKET_FILE", &ticket)], None);
     assert!(String::from_utf8_lossy(&out.stdout).contains("kept"));
+    // Node 1, decommissioned but running, holds no replica at all (its meta
+    // learner was removed too) and still serves: it reads the map and the
+    // data from the others, and sees a volume created after it left.
+    let out = n2.cli_with(
+        &["volume", "create", "/late", "--replication", "3"],
+        &[("BERTH_TICKET_FILE", &ticket)],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = n1.cli_with(&["volume", "list"], &[("BERTH_TICKET_FILE", &ticket)], None);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("/late") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let out = n1.cli_with(
+        &["mkdir", "/late/via-1"],
+        &[("BERTH_TICKET_FILE", &ticket)],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = n1.cli_with(&["ls", "/v3"], &[("BERTH_TICKET_FILE", &ticket)], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kept"));
 
     // Decommissioning again is a no-op; then it is removed for good.
     let again = n2.cli_with(
