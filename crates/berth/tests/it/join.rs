@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_api::v1::raft_transport_client::RaftTransportClient;
-use berth_api::v1::RaftBatch;
+use berth_api::v1::{RaftBatch, ShardReadRequest};
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -73,6 +73,20 @@ fn check_refused(s: &TestServer, out: &Output, reason: &str) {
 /// Opens a Raft stream to `s` presenting `client` (cert, key PEM) or no
 /// client certificate, and sends one empty batch.
 fn raft_stream(s: &TestServer, client: Option<(&str, &str)>) -> Result<(), tonic::Status> {
+    raft_call(s, client, false)
+}
+
+/// A read of the meta shard's first record (`RaftTransport/Read`, what a
+/// node without a replica asks), presenting `client` if given.
+fn raft_read(s: &TestServer, client: Option<(&str, &str)>) -> Result<(), tonic::Status> {
+    raft_call(s, client, true)
+}
+
+fn raft_call(
+    s: &TestServer,
+    client: Option<(&str, &str)>,
+    read_shard: bool,
+) -> Result<(), tonic::Status> {
     let ca = read(&s.ca_file());
     let addr = join_addr(s);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -93,6 +107,21 @@ fn raft_stream(s: &TestServer, client: Option<(&str, &str)>) -> Result<(), tonic
             .connect()
             .await
             .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
+        if read_shard {
+            let reply = RaftTransportClient::new(channel)
+                .read(ShardReadRequest {
+                    shard: 1, // the meta shard
+                    op: 3,
+                    barrier: true,
+                    limit: 1,
+                    ..ShardReadRequest::default()
+                })
+                .await?
+                .into_inner();
+            assert!(reply.error_code.is_empty(), "{reply:?}");
+            assert!(reply.keys.len() == 1 && reply.applied > 0, "{reply:?}");
+            return Ok(());
+        }
         let batch = tonic::codegen::tokio_stream::iter(vec![RaftBatch {
             from_node: 0,
             messages: vec![],
@@ -192,6 +221,10 @@ fn a_node_joins_with_a_token() {
     raft_stream(&n1, Some((&cert, &key))).unwrap();
     let err = raft_stream(&n1, None).unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    // Likewise for reading a shard's replica.
+    raft_read(&n1, Some((&cert, &key))).unwrap();
+    let err = raft_read(&n1, None).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     let log = n1.log();
     assert!(
         log.contains("RaftTransport/Stream") && log.contains("refused"),
@@ -279,4 +312,5 @@ fn refused_tokens_say_why() {
     let tls = other.data.join("tls");
     let (cert, key) = (read(&tls.join("node.crt")), read(&tls.join("node.key")));
     assert!(raft_stream(&n1, Some((&cert, &key))).is_err());
+    assert!(raft_read(&n1, Some((&cert, &key))).is_err());
 }
