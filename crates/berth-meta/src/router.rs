@@ -331,6 +331,26 @@ impl Router {
     }
 }
 
+impl Router {
+    /// The replica the map lists after `after` (wrapping), other than this node.
+    fn next_replica(&self, shard: ShardId, after: NodeId) -> Option<NodeId> {
+        let shards = self.shards.read();
+        let s = shards.iter().find(|s| s.id == shard)?;
+        let others: Vec<NodeId> = s
+            .replicas
+            .iter()
+            .copied()
+            .filter(|n| *n != self.node_id)
+            .collect();
+        let at = others.iter().position(|n| *n == after);
+        let next = match at {
+            Some(i) => others.get((i + 1) % others.len()).copied(),
+            None => others.first().copied(),
+        };
+        next.filter(|n| *n != after)
+    }
+}
+
 /// Where a transaction's reads go when this node holds no replica.
 struct Remote {
     /// The node serving them (moved along by redirects).
@@ -502,12 +522,19 @@ impl Tx {
                     remote.applied.fetch_max(reply.applied, Ordering::Relaxed);
                     return Ok(reply.value);
                 }
-                Err(e) => match e.redirect {
-                    Some(next) if next != node && tries < REMOTE_TRIES => {
-                        remote.node.store(next, Ordering::Relaxed);
+                Err(e) if tries >= REMOTE_TRIES || e.code != Code::Again => return Err(e),
+                Err(e) => {
+                    // Where the answer points, else (the node is unreachable
+                    // or knows no leader) the next replica the map lists.
+                    let next = e
+                        .redirect
+                        .filter(|n| *n != node)
+                        .or_else(|| self.router.next_replica(self.shard, node));
+                    match next {
+                        Some(n) => remote.node.store(n, Ordering::Relaxed),
+                        None => return Err(e),
                     }
-                    _ => return Err(e),
-                },
+                }
             }
         }
     }

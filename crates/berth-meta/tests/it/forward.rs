@@ -99,6 +99,17 @@ async fn followers_read_and_commit_through_the_leader() {
         Some(b"5".to_vec())
     );
 
+    // The node the hint names is unreachable: the read moves on to another replica.
+    let mut shards = vec![ShardRecord::meta(vec![1, 2, 3])];
+    shards[0].leader_hint = other;
+    routers[3].set_shards(shards);
+    net.isolate(other);
+    assert_eq!(
+        routers[3].get(META_SHARD, &key).await.unwrap(),
+        Some(b"5".to_vec())
+    );
+    net.heal(other);
+
     // A node alone (no forwarder) cannot read remotely: it names the leader.
     let (lonely, _dir) = start_lonely(5);
     let mut shards = vec![ShardRecord::meta(vec![1, 2, 3])];
