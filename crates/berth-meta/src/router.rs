@@ -613,6 +613,7 @@ impl Tx {
             Some(r) => Some(
                 router
                     .leader_of(self.shard)
+                    .filter(|l| *l != router.node_id)
                     .unwrap_or_else(|| r.node.load(Ordering::Relaxed)),
             ),
         };
