@@ -183,15 +183,10 @@ impl From<RaftError> for Error {
         } else {
             Code::Io
         };
-        let mut err = Error::new(code, format!("replication: {e}"));
-        // Not the leader, and it is known: the request may go there.
-        if let RaftError::NotLeader {
-            leader: Some(l), ..
-        } = e
-        {
-            err.redirect = Some(l);
-        }
-        err
+        // Never a redirect: a proposal that failed NotLeader may still be
+        // committed by the next leader, so it must not be sent again there.
+        // Only refusals made before anything was done name a node.
+        Error::new(code, format!("replication: {e}"))
     }
 }
 

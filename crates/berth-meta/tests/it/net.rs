@@ -109,6 +109,14 @@ impl Forwarder for DirectForwarder {
         let node = self.0.node(leader).filter(|_| !self.0.is_isolated(leader));
         Box::pin(async move {
             let node = node.ok_or_else(|| Error::new(Code::Again, "leader unreachable"))?;
+            // As the server does: a node that does not lead refuses before
+            // proposing, naming the leader it knows.
+            if node.leader(shard) != Some(leader) {
+                return Err(match node.leader(shard) {
+                    Some(l) => Error::elsewhere(l, format!("node {leader} does not lead")),
+                    None => Error::new(Code::Again, format!("node {leader} does not lead")),
+                });
+            }
             Ok(node.propose(shard, txn).await?)
         })
     }
