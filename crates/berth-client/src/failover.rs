@@ -59,6 +59,9 @@ pub const IDEMPOTENT: &[&str] = &[
     "/berth.v1.Cluster/Status",
     "/berth.v1.Cluster/ListJoinTokens",
     "/berth.v1.Cluster/Placement",
+    // They set a node's state: a second copy finds it set.
+    "/berth.v1.Cluster/Decommission",
+    "/berth.v1.Cluster/Recommission",
 ];
 
 /// What became of one attempt.

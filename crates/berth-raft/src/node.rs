@@ -651,10 +651,13 @@ impl RaftNode {
         if !desc.contains(key) {
             return Err(RaftError::KeyOutOfRange { shard });
         }
-        self.inner
+        let v = self
+            .inner
             .store
             .get(Space::Data, key)
-            .map_err(RaftError::from_store)
+            .map_err(RaftError::from_store)?;
+        self.still_here(shard)?;
+        Ok(v)
     }
 
     /// Reads up to `len` bytes at `from` of a key's value from this
@@ -670,10 +673,13 @@ impl RaftNode {
         if !desc.contains(key) {
             return Err(RaftError::KeyOutOfRange { shard });
         }
-        self.inner
+        let v = self
+            .inner
             .store
             .get_range(Space::Data, key, from, len)
-            .map_err(RaftError::from_store)
+            .map_err(RaftError::from_store)?;
+        self.still_here(shard)?;
+        Ok(v)
     }
 
     /// Scans this replica's applied state; `[start, end)` is clamped to the shard's range.
@@ -686,10 +692,13 @@ impl RaftNode {
     ) -> Result<KvPairs, RaftError> {
         let desc = self.desc(shard)?;
         let (s, e) = desc.clamp(start, end);
-        self.inner
+        let v = self
+            .inner
             .store
             .scan(Space::Data, &s, &e, limit)
-            .map_err(RaftError::from_store)
+            .map_err(RaftError::from_store)?;
+        self.still_here(shard)?;
+        Ok(v)
     }
 
     /// Like [`RaftNode::scan`], keys only (values are not read).
@@ -702,10 +711,28 @@ impl RaftNode {
     ) -> Result<Vec<Vec<u8>>, RaftError> {
         let desc = self.desc(shard)?;
         let (s, e) = desc.clamp(start, end);
-        self.inner
+        let v = self
+            .inner
             .store
             .scan_keys(Space::Data, &s, &e, limit)
-            .map_err(RaftError::from_store)
+            .map_err(RaftError::from_store)?;
+        self.still_here(shard)?;
+        Ok(v)
+    }
+
+    /// After a read of a replica's data: the replica was not destroyed
+    /// meanwhile (its entry goes before its data, so a read that raced the
+    /// deletion sees the entry gone and is refused, retryably, instead of
+    /// answering "absent").
+    fn still_here(&self, shard: ShardId) -> Result<(), RaftError> {
+        if self.inner.shared.shards.read().contains_key(&shard) {
+            Ok(())
+        } else {
+            Err(RaftError::NotLeader {
+                shard,
+                leader: None,
+            })
+        }
     }
 
     /// Hands inbound messages (from the transport) to the loop. Never blocks: when the

@@ -515,6 +515,11 @@ fn workload(
                                 _ => continue,
                             }
                         } else if err.contains("ENOENT") {
+                            eprintln!(
+                                "register read ENOENT via node {node} at {} ms: {}",
+                                call / 1_000_000,
+                                err.trim()
+                            );
                             None
                         } else {
                             continue; // a failed read tells nothing
