@@ -248,10 +248,7 @@ impl Driver {
                             .max()
                     })
                     .unwrap_or(0);
-                let (moving_from, moving_to) = match st.moves.get(&s.id) {
-                    Some((from, to)) => (Some(*from), Some(*to)),
-                    None => (None, None),
-                };
+                let moving_from = st.moves.get(&s.id).map(|(from, _)| *from);
                 let Some((leader, rep)) = leaders.get(&s.id) else {
                     // No leader reported: nothing can be changed; the plan waits.
                     return ShardView {
@@ -265,7 +262,6 @@ impl Driver {
                         prefer_leader,
                         bytes,
                         moving_from,
-                        moving_to,
                     };
                 };
                 let m = &rep.membership;
@@ -292,7 +288,6 @@ impl Driver {
                     prefer_leader,
                     bytes,
                     moving_from,
-                    moving_to,
                 }
             })
             .collect();
