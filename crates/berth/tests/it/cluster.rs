@@ -84,16 +84,7 @@ fn three_nodes_replicate_fail_over_and_rejoin() {
     // written through each node, all listed and read back through each, and
     // the volume list through each.
     let ticket = nodes[0].admin_ticket();
-    let via = |nodes: &[TestServer], i: usize, args: &[&str]| {
-        let out = nodes[i].cli_with(args, &[("BERTH_TICKET_FILE", &ticket)], None);
-        assert!(
-            out.status.success(),
-            "{args:?} via node {}: {}",
-            i + 1,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let via = |nodes: &[TestServer], i: usize, args: &[&str]| nodes[i].ok_as(args, &ticket);
     let dir = tempfile::tempdir().unwrap();
     for i in 0..3 {
         let src = dir.path().join(format!("in-{i}"));
@@ -331,15 +322,9 @@ fn a_node_drains_is_decommissioned_and_removed() {
     // Node 1, decommissioned but running, holds no replica at all (its meta
     // learner was removed too) and still serves: it reads the map and the
     // data from the others, and sees a volume created after it left.
-    let out = n2.cli_with(
+    n2.ok_as(
         &["volume", "create", "/late", "--replication", "3"],
-        &[("BERTH_TICKET_FILE", &ticket)],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &ticket,
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -355,18 +340,8 @@ fn a_node_drains_is_decommissioned_and_removed() {
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    let out = n1.cli_with(
-        &["mkdir", "/late/via-1"],
-        &[("BERTH_TICKET_FILE", &ticket)],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = n1.cli_with(&["ls", "/v3"], &[("BERTH_TICKET_FILE", &ticket)], None);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("kept"));
+    n1.ok_as(&["mkdir", "/late/via-1"], &ticket);
+    assert!(n1.ok_as(&["ls", "/v3"], &ticket).contains("kept"));
 
     // Decommissioning again is a no-op; then it is removed for good.
     let again = n2.cli_with(

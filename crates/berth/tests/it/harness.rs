@@ -362,6 +362,13 @@ impl TestServer {
         self.check_ok(args, out)
     }
 
+    /// Runs with the ticket in `ticket` (e.g. another node's admin ticket)
+    /// and expects success; returns stdout.
+    pub fn ok_as(&self, args: &[&str], ticket: &Path) -> String {
+        let out = self.cli_with(args, &[("BERTH_TICKET_FILE", ticket)], None);
+        self.check_ok(args, out)
+    }
+
     /// `berth login` as `user`; returns the path of the ticket file
     /// (`<user>.ticket` in the test directory, replaced on a second login).
     pub fn login(&self, user: &str, password: &str) -> PathBuf {
