@@ -93,6 +93,7 @@ pub mod cmd;
 mod hibernate;
 mod logger;
 mod node;
+mod snapshot;
 mod storage;
 
 use std::time::Duration;
@@ -102,6 +103,7 @@ use raft::eraftpb::Message;
 use serde::{Deserialize, Serialize};
 
 pub use node::{RaftNode, SnapshotReport};
+pub use snapshot::{SnapshotSink, SnapshotSource, SNAPSHOT_CHUNK_BYTES};
 
 /// Identifies a shard (one Raft group) cluster-wide.
 pub type ShardId = u64;
@@ -179,10 +181,29 @@ pub trait Transport: Send + Sync + 'static {
     /// generated and sent once, however long it takes. Dropping `report` unused counts as
     /// a failure; a transport dropping a second snapshot of a shard while one is on its
     /// way calls [`SnapshotReport::superseded`] (the first one's report stands for both).
-    /// The default hands it to [`Transport::send`] and reports it delivered.
-    fn send_snapshot(&self, to: NodeId, msg: Message, report: SnapshotReport) {
-        self.send(to, vec![msg]);
-        report.done(true);
+    ///
+    /// `msg` carries only the snapshot's head; its pairs come from `source`, chunk by chunk
+    /// ([`SnapshotSource::next_chunk`], blocking reads: run it off the loop and off async
+    /// executors), and go to the receiver's [`RaftNode::snapshot_sink`]. The default reads
+    /// them all into the message (on the calling thread) and hands it to
+    /// [`Transport::send`]: for in-process transports.
+    fn send_snapshot(
+        &self,
+        to: NodeId,
+        msg: Message,
+        source: SnapshotSource,
+        report: SnapshotReport,
+    ) {
+        match snapshot::inline(msg, source) {
+            Ok(m) => {
+                self.send(to, vec![m]);
+                report.done(true);
+            }
+            Err(e) => {
+                tracing::warn!(to, error = %e, "reading a snapshot's data failed");
+                report.done(false);
+            }
+        }
     }
 }
 
@@ -364,6 +385,8 @@ pub struct ShardStatus {
     /// A membership change was proposed and is not applied yet (leader's view; may be a
     /// false positive right after an election).
     pub conf_pending: bool,
+    /// Installing a received snapshot's data: no read is answered until it is done.
+    pub installing: bool,
     /// Leader only: how far each other replica's log is known to match (voters and
     /// learners), and whether it is being sent a snapshot.
     pub progress: Vec<PeerProgress>,
@@ -485,6 +508,8 @@ pub struct RaftMetrics {
     pub conf_changes_applied: u64,
     /// Replicas of this node destroyed (removed from their group).
     pub replicas_destroyed: u64,
+    /// Bytes of keys and values written by installs of staged snapshots.
+    pub snapshot_bytes_installed: u64,
 }
 
 /// Version byte of [`encode_message`].

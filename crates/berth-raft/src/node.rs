@@ -27,6 +27,7 @@ use tokio::sync::{oneshot, watch};
 use crate::blob_gc::BlobGc;
 use crate::cmd::{self, ApplyResult, Txn, TxnOutcome};
 use crate::hibernate::{self, PeerLiveness, Signal};
+use crate::snapshot::{self, StagedReader};
 use crate::storage::{self, ShardStorage};
 use crate::{
     message_shard, set_message_shard, Config, MemberChange, Membership, NodeId, PeerProgress,
@@ -52,6 +53,8 @@ type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 
 enum Cmd {
     Step(Vec<Message>),
+    /// A snapshot message whose pairs this node staged (see `crate::snapshot`).
+    StepSnapshot(Message),
     Propose {
         shard: ShardId,
         /// The encoded transaction (what raft replicates).
@@ -147,6 +150,7 @@ struct Metrics {
     keepalives_sent: AtomicU64,
     conf_changes_applied: AtomicU64,
     replicas_destroyed: AtomicU64,
+    snapshot_bytes_installed: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -194,6 +198,7 @@ impl Shared {
                     ..Membership::default()
                 },
                 conf_pending: false,
+                installing: false,
                 progress: Vec::new(),
             },
             applied: Arc::new(watch::channel(0).0),
@@ -303,11 +308,13 @@ impl RaftNode {
             liveness: PeerLiveness::new(peer_timeout_ticks),
             ticks: 0,
             wake_out: Vec::new(),
+            staged: Vec::new(),
         };
         for desc in storage::load_descs(&store).map_err(RaftError::from_store)? {
             shared.insert_shard(desc.clone());
             core.add_group_or_mark(desc);
         }
+        core.remove_unused_staged();
         core.publish_status();
         let (tx, rx) = bounded(QUEUE_CAPACITY);
         let thread = std::thread::Builder::new()
@@ -725,7 +732,15 @@ impl RaftNode {
     /// deletion sees the entry gone and is refused, retryably, instead of
     /// answering "absent").
     fn still_here(&self, shard: ShardId) -> Result<(), RaftError> {
-        if self.inner.shared.shards.read().contains_key(&shard) {
+        // A replica installing a snapshot's data has part of it: nothing to read yet.
+        let here = self
+            .inner
+            .shared
+            .shards
+            .read()
+            .get(&shard)
+            .is_some_and(|e| !e.status.installing);
+        if here {
             Ok(())
         } else {
             Err(RaftError::NotLeader {
@@ -753,8 +768,16 @@ impl RaftNode {
 
     /// Hands an inbound snapshot message to the loop; unlike [`RaftNode::step`] it says
     /// when the loop's queue cannot take it, so the sender's transport reports it lost.
+    /// A snapshot received in chunks comes from [`RaftNode::snapshot_sink`]'s `finish`.
     pub fn step_snapshot(&self, msg: Message) -> Result<(), RaftError> {
-        self.try_send(Cmd::Step(vec![msg]))
+        self.try_send(Cmd::StepSnapshot(msg))
+    }
+
+    /// Starts receiving a snapshot streamed in chunks: `head` is its message whose data is
+    /// the head its sender's storage built. The sink stages the chunks in a file beside
+    /// the store; its `finish` gives the message for [`RaftNode::step_snapshot`].
+    pub fn snapshot_sink(&self, head: Message) -> Result<crate::SnapshotSink, RaftError> {
+        crate::SnapshotSink::new(self.inner.store.dir(), head).map_err(RaftError::from_store)
     }
 
     /// Records that a batch (possibly empty: a keepalive) arrived from node `from`. The
@@ -838,6 +861,7 @@ impl RaftNode {
             keepalives_sent: l(&m.keepalives_sent),
             conf_changes_applied: l(&m.conf_changes_applied),
             replicas_destroyed: l(&m.replicas_destroyed),
+            snapshot_bytes_installed: l(&m.snapshot_bytes_installed),
         }
     }
 
@@ -950,6 +974,9 @@ struct Group {
     stop_announced: bool,
     stopped: Option<String>,
     applied_tx: Arc<watch::Sender<u64>>,
+    /// Installing a staged snapshot's data (see `crate::snapshot`): no ready is handled,
+    /// nothing applied and no read answered until it is done.
+    installing: Option<StagedReader>,
 }
 
 impl Group {
@@ -1073,6 +1100,9 @@ impl Group {
     }
 
     fn complete_reads(&mut self) {
+        if self.installing.is_some() {
+            return;
+        }
         let applied = self.raw.store().applied_index;
         self.reads_ready.retain_mut(|(index, waiters)| {
             if *index > applied {
@@ -1133,6 +1163,7 @@ impl Group {
             stopped: self.stopped.clone(),
             membership: self.membership.clone(),
             conf_pending: self.raw.raft.has_pending_conf(),
+            installing: self.installing.is_some(),
             progress: if self.is_leader() {
                 let me = self.raw.raft.id;
                 let mut p: Vec<PeerProgress> = self
@@ -1212,6 +1243,9 @@ struct Core {
     ticks: u64,
     /// `Signal::Wake` messages to send this iteration: (to, shard, term).
     wake_out: Vec<(NodeId, ShardId, u64)>,
+    /// Staged snapshot files stepped into raft this iteration: each is deleted at its end
+    /// unless raft took the snapshot and its install started.
+    staged: Vec<std::path::PathBuf>,
 }
 
 impl Core {
@@ -1289,8 +1323,34 @@ impl Core {
             stop_announced: false,
             stopped: None,
             applied_tx,
+            installing: None,
         };
         g.refresh_membership();
+        // A restart in the middle of installing a snapshot installs it again: the staged
+        // file was durable before the marker, the range is cleared first.
+        if let Some(rec) =
+            storage::pending_install(&self.store, id).map_err(RaftError::from_store)?
+        {
+            let desc = g.raw.store().desc.clone();
+            let path = snapshot::staged_path(self.store.dir(), id, rec.index, rec.term);
+            let mut batch = self.store.batch();
+            batch
+                .delete_range(Space::Data, &desc.start, &desc.end)
+                .map_err(RaftError::from_store)?;
+            self.store
+                .write(batch, Durability::Sync)
+                .map_err(RaftError::from_store)?;
+            let reader = StagedReader::open(path, desc).map_err(RaftError::from_store)?;
+            tracing::info!(
+                shard = id,
+                index = rec.index,
+                "installing a staged snapshot again after a restart"
+            );
+            g.installing = Some(reader);
+            if let Some(e) = self.shared.shards.write().get_mut(&id) {
+                e.status.installing = true;
+            }
+        }
         if !g.membership.replicas().is_empty() && !g.membership.contains(self.node_id) {
             // Its removal was applied and the node stopped before the replica was destroyed.
             self.groups.insert(id, g);
@@ -1395,7 +1455,109 @@ impl Core {
     fn has_ready(&self) -> bool {
         self.groups
             .values()
-            .any(|g| g.stopped.is_none() && g.raw.has_ready())
+            .any(|g| g.stopped.is_none() && (g.installing.is_some() || g.raw.has_ready()))
+    }
+
+    /// Deletes staged snapshot files no install needs (left by a crash while receiving).
+    fn remove_unused_staged(&mut self) {
+        let dir = snapshot::staging_dir(self.store.dir());
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let keep: BTreeSet<std::path::PathBuf> = self
+            .groups
+            .values()
+            .filter_map(|g| g.installing.as_ref().map(|r| r.path().to_path_buf()))
+            .collect();
+        for e in entries.flatten() {
+            if !keep.contains(&e.path()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Steps a snapshot whose pairs were staged (by this node's sink). Its file goes
+    /// unless this iteration starts installing it.
+    fn on_staged_snapshot(&mut self, m: Message) {
+        let meta = m.get_snapshot().get_metadata();
+        let shard = message_shard(&m).unwrap_or(0);
+        let path = snapshot::staged_path(self.store.dir(), shard, meta.index, meta.term);
+        let installing = self
+            .groups
+            .get(&shard)
+            .is_some_and(|g| g.installing.is_some());
+        if installing {
+            tracing::debug!(shard, "a snapshot arrived while another installs; dropped");
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        self.staged.push(path);
+        self.on_message(m);
+    }
+
+    /// Writes the next slice of every installing replica's data; a replica whose data is
+    /// all written ends its install (durably) and is served again.
+    fn install_slices(&mut self) {
+        let ids: Vec<ShardId> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.installing.is_some() && g.stopped.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let Some(reader) = g.installing.as_mut() else {
+                continue;
+            };
+            let slice = match reader.next_slice(snapshot::INSTALL_SLICE_BYTES) {
+                Ok(s) => s,
+                Err(e) => {
+                    g.stop(format!("cannot install snapshot data: {e}"));
+                    continue;
+                }
+            };
+            let ended = reader.ended();
+            let mut batch = self.store.batch();
+            for (k, v) in &slice {
+                batch.put(Space::Data, k, v);
+            }
+            if ended {
+                storage::install_done(&mut batch, id);
+            }
+            let durability = if ended {
+                Durability::Sync
+            } else {
+                Durability::Buffered
+            };
+            if let Err(e) = self.store.write(batch, durability) {
+                self.fail_store(e);
+                return;
+            }
+            add(
+                &self.shared.metrics.snapshot_bytes_installed,
+                slice.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum(),
+            );
+            if !ended {
+                continue;
+            }
+            let path = g.installing.take().map(|r| r.path().to_path_buf());
+            if let Some(path) = path {
+                let _ = std::fs::remove_file(path);
+            }
+            if let Some(e) = self.shared.shards.write().get_mut(&id) {
+                e.status.installing = false;
+            }
+            add(&self.shared.metrics.snapshots_applied, 1);
+            tracing::info!(
+                shard = id,
+                applied = g.raw.store().applied_index,
+                "raft snapshot installed"
+            );
+            publish_applied(g);
+            self.touched.insert(id);
+        }
     }
 
     /// Handles one command; true = shut down.
@@ -1403,9 +1565,18 @@ impl Core {
         match cmd {
             Cmd::Step(msgs) => {
                 for m in msgs {
+                    if m.get_msg_type() == MessageType::MsgSnapshot && snapshot::is_staged(&m) {
+                        // Only this node's sink stages; a peer cannot name a staged file.
+                        tracing::warn!(
+                            from = m.from,
+                            "dropping a snapshot message claiming staged data"
+                        );
+                        continue;
+                    }
                     self.on_message(m);
                 }
             }
+            Cmd::StepSnapshot(m) => self.on_staged_snapshot(m),
 
             Cmd::Propose {
                 shard,
@@ -1421,7 +1592,9 @@ impl Core {
                 if let Some(r) = &g.stopped {
                     let _ = reply.send(Err(RaftError::Internal(r.clone())));
                 } else if !g.is_leader()
-                    && (g.leader_hint().is_none() || !g.membership.contains(self.node_id))
+                    && (g.leader_hint().is_none()
+                        || !g.membership.contains(self.node_id)
+                        || g.installing.is_some())
                 {
                     // A follower reads through its leader; a replica still waiting for
                     // its first snapshot has nothing to read.
@@ -1713,6 +1886,9 @@ impl Core {
         let mut batch = self.store.batch();
         let written = storage::destroy(&mut batch, &desc)
             .and_then(|()| self.store.write(batch, Durability::Sync));
+        if let Some(r) = g.installing.take() {
+            let _ = std::fs::remove_file(r.path());
+        }
         add(&self.shared.metrics.replicas_destroyed, 1);
         tracing::info!(node = self.node_id, shard, why, "replica destroyed");
         if let Err(e) = &written {
@@ -1886,6 +2062,10 @@ impl Core {
     /// One round: persist every group's Ready in one write, send, apply.
     fn process(&mut self) {
         add(&self.shared.metrics.loop_iterations, 1);
+        self.install_slices();
+        if self.fatal {
+            return;
+        }
         self.issue_reads();
         let shared = self.shared.clone();
         let metrics = &shared.metrics;
@@ -1896,7 +2076,7 @@ impl Core {
         let mut readies = Vec::new();
         let mut lost_leadership = Vec::new();
         for (&id, g) in self.groups.iter_mut() {
-            if g.stopped.is_some() || !g.raw.has_ready() {
+            if g.stopped.is_some() || g.installing.is_some() || !g.raw.has_ready() {
                 continue;
             }
             let Some(mut rd) = guarded(g, "ready", |raw| raw.ready()) else {
@@ -1924,9 +2104,35 @@ impl Core {
             }
             let mut installed = false;
             if !rd.snapshot().is_empty() {
-                if let Err(e) = g.raw.mut_store().apply_snapshot(&mut batch, rd.snapshot()) {
-                    g.stop(format!("cannot install snapshot: {e}"));
-                    continue;
+                // A staged snapshot's file is opened first: a failure leaves nothing in
+                // the batch.
+                let meta = rd.snapshot().get_metadata();
+                let reader = if snapshot::is_staged_snapshot(rd.snapshot()) {
+                    let path = snapshot::staged_path(self.store.dir(), id, meta.index, meta.term);
+                    match StagedReader::open(path, g.raw.store().desc.clone()) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            g.stop(format!("cannot install snapshot: {e}"));
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                match g.raw.mut_store().apply_snapshot(&mut batch, rd.snapshot()) {
+                    Err(e) => {
+                        g.stop(format!("cannot install snapshot: {e}"));
+                        continue;
+                    }
+                    Ok(Some(_)) => {
+                        // Marked before the batch clears the range: no read sees it part
+                        // written (`RaftNode::still_here`).
+                        if let Some(e) = self.shared.shards.write().get_mut(&id) {
+                            e.status.installing = true;
+                        }
+                        g.installing = reader;
+                    }
+                    Ok(None) => {}
                 }
                 installed = true;
             }
@@ -1987,12 +2193,24 @@ impl Core {
             if installed {
                 g.refresh_membership();
                 snapshot_members.push(g.membership.clone());
-                add(&metrics.snapshots_applied, 1);
-                tracing::info!(
-                    shard = id,
-                    applied = g.raw.store().applied_index,
-                    "raft snapshot installed"
-                );
+                if g.installing.is_some() {
+                    tracing::info!(
+                        shard = id,
+                        applied = g.raw.store().applied_index,
+                        "raft snapshot received; installing its data"
+                    );
+                    if !committed.is_empty() {
+                        g.stop("entries committed with a snapshot being installed".into());
+                        continue;
+                    }
+                } else {
+                    add(&metrics.snapshots_applied, 1);
+                    tracing::info!(
+                        shard = id,
+                        applied = g.raw.store().applied_index,
+                        "raft snapshot installed"
+                    );
+                }
             }
             // Hibernation flags: a drowsy (or sleeping) leader's heartbeats say "sleep", a
             // sleeping follower's heartbeat responses say "asleep".
@@ -2040,14 +2258,29 @@ impl Core {
             self.transport.send(to, msgs);
         }
         for (shard, m) in snapshots {
-            add(&metrics.messages_sent, 1);
-            add(&metrics.snapshots_sent, 1);
             let report = SnapshotReport {
                 tx: Some(self.snapshots_sent.0.clone()),
                 shard,
                 to: m.to,
             };
-            self.transport.send_snapshot(m.to, m, report);
+            let index = m.get_snapshot().get_metadata().index;
+            let source = self
+                .groups
+                .get(&shard)
+                .and_then(|g| g.raw.store().take_outgoing(m.to, index));
+            let Some(source) = source else {
+                // Built for an earlier message: raft is told it failed and builds another.
+                tracing::warn!(
+                    shard,
+                    to = m.to,
+                    index,
+                    "snapshot without its data source; dropped"
+                );
+                continue;
+            };
+            add(&metrics.messages_sent, 1);
+            add(&metrics.snapshots_sent, 1);
+            self.transport.send_snapshot(m.to, m, source, report);
         }
 
         // 4. Apply committed entries of every group in one batch, with their applied index.
@@ -2149,6 +2382,16 @@ impl Core {
         }
         self.touched = touched;
         self.publish_status();
+        // Staged snapshots raft did not take (stale, or refused) are not kept.
+        for path in std::mem::take(&mut self.staged) {
+            let used = self
+                .groups
+                .values()
+                .any(|g| g.installing.as_ref().is_some_and(|r| r.path() == path));
+            if !used {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 
     /// Copies the status of touched groups to the shared map.

@@ -8,6 +8,7 @@
 //!                   shard_id BE(8) · 0x02               -> record(postcard HardStateRec)
 //!                   shard_id BE(8) · 0x03               -> record(postcard ApplyStateRec)
 //!                   shard_id BE(8) · 0x04               -> record(postcard LogStateRec)
+//!                   shard_id BE(8) · 0x06               -> record(postcard InstallRec)
 //!                   b"incarnation"                      -> u64 BE, starts of the loop
 //! Space::Data       the cluster key itself              -> value (state machine data)
 //! record            = version (u8 = 1) · crc32(payload) BE(4) · payload
@@ -16,7 +17,9 @@
 //! The hard state and log are written by the loop's group commit (Sync); the apply state
 //! (applied index/term + conf state) is written in the same atomic batch as the data it
 //! covers; the log state (truncation point) in the same batch as the deleted entries.
-//! Snapshot payload: `record(postcard SnapshotData)`.
+//! Snapshot payload: `record(postcard SnapshotData)`: the pairs inline, or only a head
+//! whose pairs are streamed beside the message (see [`crate::snapshot`]). `InstallRec`
+//! marks a replica whose data is being installed from a staged snapshot.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -37,6 +40,8 @@ const TAG_LOG: u8 = 0x04;
 /// Left by a destroyed replica: its shard's first configuration must not create it again
 /// (see [`removed`]). An added replica ([`ShardStorage::create`] without voters) clears it.
 const TAG_TOMBSTONE: u8 = 0x05;
+/// A staged snapshot is being installed into the replica's range (see [`crate::snapshot`]).
+const TAG_INSTALL: u8 = 0x06;
 /// Entries kept in memory per group (the log's tail), to serve raft without disk reads.
 const CACHE_ENTRIES_MAX: usize = 1024;
 /// Bytes of entry data kept in memory per group: large entries (file data)
@@ -73,12 +78,15 @@ pub(crate) fn open(what: &str, rec: &[u8]) -> Result<Vec<u8>, StoreError> {
     Ok(payload.to_vec())
 }
 
-fn seal_serde<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn seal_serde<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     let p = postcard::to_stdvec(v).map_err(|e| StoreError::Invalid(format!("encode: {e}")))?;
     Ok(seal(&p))
 }
 
-fn open_serde<T: for<'de> Deserialize<'de>>(what: &str, rec: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn open_serde<T: for<'de> Deserialize<'de>>(
+    what: &str,
+    rec: &[u8],
+) -> Result<T, StoreError> {
     let p = open(what, rec)?;
     postcard::from_bytes(&p).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
@@ -158,11 +166,46 @@ struct LogStateRec {
 
 /// The payload of a raft snapshot of one shard.
 #[derive(Debug, Serialize, Deserialize)]
-struct SnapshotData {
-    desc: ShardDesc,
-    applied_index: u64,
-    applied_term: u64,
-    kvs: Vec<(Vec<u8>, Vec<u8>)>,
+pub(crate) struct SnapshotData {
+    pub(crate) desc: ShardDesc,
+    pub(crate) applied_index: u64,
+    pub(crate) applied_term: u64,
+    pub(crate) body: Body,
+}
+
+/// Where a snapshot's pairs are.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Body {
+    /// In the payload (a transport that hands messages over whole).
+    Inline(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Streamed beside the message, as the sender's storage builds it.
+    Streamed,
+    /// Received and staged in this node's staging file for the snapshot (set by the
+    /// receiving node's [`crate::snapshot::SnapshotSink`], never accepted from a peer).
+    Staged,
+}
+
+/// A replica installing a staged snapshot: which one.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(crate) struct InstallRec {
+    pub(crate) index: u64,
+    pub(crate) term: u64,
+}
+
+/// The snapshot whose data `shard`'s replica is installing, if it is.
+pub(crate) fn pending_install(
+    store: &Store,
+    shard: ShardId,
+) -> Result<Option<InstallRec>, StoreError> {
+    store
+        .get(Space::RaftState, &state_key(shard, TAG_INSTALL))?
+        .map(|rec| open_serde("install marker", &rec))
+        .transpose()
+}
+
+/// Ends an install, in `batch`.
+pub(crate) fn install_done(batch: &mut WriteBatch, shard: ShardId) {
+    batch.delete(Space::RaftState, &state_key(shard, TAG_INSTALL));
 }
 
 fn encode_entry(e: &Entry) -> Result<Vec<u8>, StoreError> {
@@ -243,7 +286,7 @@ pub(crate) fn removed(store: &Store, shard: ShardId) -> Result<bool, StoreError>
 /// Deletes everything of a replica, in `batch`: its descriptor and raft state, its log and
 /// the data of its key range; leaves a tombstone.
 pub(crate) fn destroy(batch: &mut WriteBatch, desc: &ShardDesc) -> Result<(), StoreError> {
-    for tag in [TAG_DESC, TAG_HARD, TAG_APPLY, TAG_LOG] {
+    for tag in [TAG_DESC, TAG_HARD, TAG_APPLY, TAG_LOG, TAG_INSTALL] {
         batch.delete(Space::RaftState, &state_key(desc.id, tag));
     }
     batch.put(Space::RaftState, &state_key(desc.id, TAG_TOMBSTONE), &[]);
@@ -275,6 +318,9 @@ pub(crate) struct ShardStorage {
     /// references the bytes the log wrote. Also the ones a proposer made on
     /// this node for entries not yet appended.
     stored: BTreeMap<u64, (u64, crate::cmd::Stored)>,
+    /// Snapshots built for peers (by peer), each with the store view its pairs are read
+    /// from, until the loop hands them to the transport.
+    outgoing: parking_lot::Mutex<BTreeMap<u64, (u64, crate::snapshot::SnapshotSource)>>,
 }
 
 /// The log is also compacted (up to the applied index) once this many entry
@@ -386,6 +432,7 @@ impl ShardStorage {
             applied_term: apply.applied_term,
             bytes_since_compact: 0,
             stored: BTreeMap::new(),
+            outgoing: parking_lot::Mutex::new(BTreeMap::new()),
         };
         // Warm the cache with the tail of the log.
         let from = last_index
@@ -588,11 +635,13 @@ impl ShardStorage {
 
     /// Replaces the shard's state with a received snapshot, in `batch`: its key range, its
     /// log, its hard, apply and log state. Verifies the payload before writing anything.
+    /// A staged snapshot's pairs are not in `batch`: it writes the install marker instead
+    /// and returns what to install (see [`crate::snapshot`]).
     pub(crate) fn apply_snapshot(
         &mut self,
         batch: &mut WriteBatch,
         snap: &Snapshot,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<InstallRec>, StoreError> {
         let meta = snap.get_metadata();
         let data: SnapshotData = open_serde("snapshot", &snap.data)?;
         if data.desc.id != self.desc.id
@@ -610,17 +659,40 @@ impl ShardStorage {
                 data.applied_index, data.applied_term, meta.index, meta.term
             )));
         }
-        if let Some((k, _)) = data.kvs.iter().find(|(k, _)| !self.desc.contains(k)) {
-            return Err(StoreError::Corrupt(format!(
-                "snapshot key {k:?} outside shard {}",
-                self.desc.id
-            )));
-        }
         let id = self.desc.id;
-        batch.delete_range(Space::Data, &self.desc.start, &self.desc.end)?;
-        for (k, v) in &data.kvs {
-            batch.put(Space::Data, k, v);
-        }
+        let install = match &data.body {
+            Body::Inline(kvs) => {
+                if let Some((k, _)) = kvs.iter().find(|(k, _)| !self.desc.contains(k)) {
+                    return Err(StoreError::Corrupt(format!(
+                        "snapshot key {k:?} outside shard {}",
+                        self.desc.id
+                    )));
+                }
+                batch.delete_range(Space::Data, &self.desc.start, &self.desc.end)?;
+                for (k, v) in kvs {
+                    batch.put(Space::Data, k, v);
+                }
+                None
+            }
+            Body::Staged => {
+                batch.delete_range(Space::Data, &self.desc.start, &self.desc.end)?;
+                let rec = InstallRec {
+                    index: meta.index,
+                    term: meta.term,
+                };
+                batch.put(
+                    Space::RaftState,
+                    &state_key(id, TAG_INSTALL),
+                    &seal_serde(&rec)?,
+                );
+                Some(rec)
+            }
+            Body::Streamed => {
+                return Err(StoreError::Invalid(
+                    "a streamed snapshot reached raft without its data".into(),
+                ))
+            }
+        };
         let (ls, le) = log_range(id);
         batch.delete_range(Space::RaftLog, &ls, &le)?;
         self.conf = meta.get_conf_state().clone();
@@ -641,7 +713,22 @@ impl ShardStorage {
         let mut hs = self.hard.clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = hs.commit.max(meta.index);
-        self.set_hard_state(batch, &hs)
+        self.set_hard_state(batch, &hs)?;
+        Ok(install)
+    }
+
+    /// The snapshot built for peer `to` (see [`ShardStorage::build_snapshot`]) with the
+    /// source of its pairs, if it is the one at `index`.
+    pub(crate) fn take_outgoing(
+        &self,
+        to: u64,
+        index: u64,
+    ) -> Option<crate::snapshot::SnapshotSource> {
+        let mut out = self.outgoing.lock();
+        match out.remove(&to) {
+            Some((i, src)) if i == index => Some(src),
+            _ => None,
+        }
     }
 
     fn entry_term(&self, idx: u64) -> Result<u64, StoreError> {
@@ -735,8 +822,12 @@ impl ShardStorage {
         Ok(out)
     }
 
-    /// Builds a snapshot from a consistent view of the shard's range and apply state.
-    fn build_snapshot(&self, request_index: u64) -> raft::Result<Snapshot> {
+    /// Builds a snapshot from a consistent view of the shard's range and apply state: the
+    /// head at once, the pairs later, read from the view by the transport off the loop
+    /// (kept for peer `to` until the loop takes it).
+    fn build_snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // Held before the view is taken: no segment the view refers to goes meanwhile.
+        let hold = self.store.blobs().hold();
         let view = self.store.snapshot();
         let rec = view
             .get(Space::RaftState, &state_key(self.desc.id, TAG_APPLY))
@@ -748,28 +839,16 @@ impl ShardStorage {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        let mut kvs = Vec::new();
-        let mut cursor = self.desc.start.clone();
-        loop {
-            let page = view
-                .scan(Space::Data, &cursor, &self.desc.end, PAGE)
-                .map_err(other)?;
-            let full = page.len() == PAGE;
-            if let Some((k, _)) = page.last() {
-                cursor = k.clone();
-                cursor.push(0);
-            }
-            kvs.extend(page);
-            if !full {
-                break;
-            }
-        }
         let data = SnapshotData {
             desc: self.desc.clone(),
             applied_index: apply.applied_index,
             applied_term: apply.applied_term,
-            kvs,
+            body: Body::Streamed,
         };
+        let source = crate::snapshot::SnapshotSource::new(&self.desc, view, hold);
+        self.outgoing
+            .lock()
+            .insert(to, (apply.applied_index, source));
         let mut snap = Snapshot {
             data: seal_serde(&data).map_err(other)?.into(),
             ..Snapshot::default()
@@ -835,8 +914,8 @@ impl raft::Storage for ShardStorage {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        self.build_snapshot(request_index)
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        self.build_snapshot(request_index, to)
     }
 }
 

@@ -102,6 +102,20 @@ impl std::fmt::Debug for Pin {
     }
 }
 
+/// Keeps every segment out of [`Blobs::sealed`] while it lives: a reader of
+/// an old store snapshot that runs for long (a Raft snapshot streamed to a
+/// peer, paced, for minutes) may meet references the live state dropped.
+#[must_use = "segments are collectable again as soon as the hold is dropped"]
+pub struct Hold {
+    holds: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.holds.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The blob segments of one node store.
 pub struct Blobs {
     dir: PathBuf,
@@ -109,6 +123,7 @@ pub struct Blobs {
     writer: Mutex<Writer>,
     files: RwLock<HashMap<u64, Arc<File>>>,
     pins: Pins,
+    holds: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -149,6 +164,7 @@ impl Blobs {
             }),
             files: RwLock::new(files),
             pins: Arc::default(),
+            holds: Arc::default(),
         })
     }
 
@@ -271,6 +287,9 @@ impl Blobs {
     /// consistent store snapshot taken after this call sees every reference
     /// into them that exists.
     pub fn sealed(&self) -> Vec<u64> {
+        if self.holds.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Vec::new();
+        }
         let w = self.writer.lock();
         let pins = self.pins.lock();
         let mut v: Vec<u64> = self
@@ -282,6 +301,15 @@ impl Blobs {
             .collect();
         v.sort_unstable();
         v
+    }
+
+    /// Keeps every segment from being collected until the returned guard is
+    /// dropped (see [`Hold`]).
+    pub fn hold(&self) -> Hold {
+        self.holds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Hold {
+            holds: self.holds.clone(),
+        }
     }
 
     /// Deletes a sealed segment; readers still holding it finish their reads.

@@ -170,6 +170,8 @@ struct Counters {
 }
 
 struct Inner {
+    /// The directory the store lives in.
+    dir: std::path::PathBuf,
     db: Database,
     spaces: [Keyspace; 4],
     /// Large values written once, referenced from the engine (see [`blobs`]).
@@ -271,6 +273,7 @@ impl Store {
         let blobs = Blobs::open(&dir.join("blobs"))?;
         Ok(Store {
             inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
                 db,
                 spaces,
                 blobs,
@@ -340,6 +343,11 @@ impl Store {
     /// The node's blob segments.
     pub fn blobs(&self) -> &Blobs {
         &self.inner.blobs
+    }
+
+    /// The directory the store lives in (its owner may keep files beside it).
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
     }
 
     /// `value` as readers see it: a blob reference (in `Data`) replaced by its bytes.

@@ -122,12 +122,16 @@ async fn lagging_follower_catches_up_by_snapshot() {
         (c.node(f).scan(1, b"", b"", 1000).unwrap() == want).then_some(())
     })
     .await;
+    // Streamed as the gRPC transport does: staged on the follower, installed in slices.
+    let m = c.node(f).metrics();
     assert!(
-        c.node(f).metrics().snapshots_applied >= 1,
-        "{:?}",
-        c.node(f).metrics()
+        m.snapshots_applied >= 1 && m.snapshot_bytes_installed > 0,
+        "{m:?}"
     );
     assert!(c.node(l).metrics().snapshots_sent >= 1);
+    let staged = c.stores[(f - 1) as usize].dir().join("raft-snapshots");
+    let left = std::fs::read_dir(&staged).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "staged snapshots are deleted once installed");
 
     // The follower keeps replicating normally after the snapshot.
     let r = bounded(

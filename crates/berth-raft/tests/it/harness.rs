@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_raft::{
-    decode_message, encode_message, Config, NodeId, RaftNode, Role, ShardDesc, Transport,
+    decode_message, encode_message, Config, NodeId, RaftNode, Role, ShardDesc, SnapshotReport,
+    SnapshotSource, Transport, SNAPSHOT_CHUNK_BYTES,
 };
 use berth_store::keys::{self, Key, Kind};
 use berth_store::Store;
@@ -150,6 +151,49 @@ impl Transport for MemTransport {
                 });
             }
         }
+    }
+
+    /// As the gRPC transport does: the head through the codec, the pairs chunk by chunk
+    /// into the receiver's sink (a staged file), on a thread of its own; a snapshot that
+    /// a filter or an isolation drops is reported lost.
+    fn send_snapshot(
+        &self,
+        to: NodeId,
+        msg: Message,
+        mut source: SnapshotSource,
+        report: SnapshotReport,
+    ) {
+        let dropped = {
+            let iso = self.router.isolated.lock();
+            iso.contains(&self.from) || iso.contains(&to)
+        } || self
+            .router
+            .filters
+            .lock()
+            .iter()
+            .any(|f| f(self.from, to, &msg));
+        let node = self.router.nodes.read().get(&to).cloned();
+        let (Some(n), false) = (node, dropped) else {
+            report.done(false);
+            return;
+        };
+        let from = self.from;
+        std::thread::spawn(move || {
+            let head = decode_message(&encode_message(&msg)).expect("codec roundtrip");
+            let sent = (|| -> Result<(), String> {
+                let mut sink = n.snapshot_sink(head).map_err(|e| e.to_string())?;
+                while let Some(chunk) = source
+                    .next_chunk(SNAPSHOT_CHUNK_BYTES)
+                    .map_err(|e| e.to_string())?
+                {
+                    sink.write_chunk(&chunk).map_err(|e| e.to_string())?;
+                }
+                let m = sink.finish().map_err(|e| e.to_string())?;
+                n.peer_alive(from);
+                n.step_snapshot(m).map_err(|e| e.to_string())
+            })();
+            report.done(sent.is_ok());
+        });
     }
 }
 

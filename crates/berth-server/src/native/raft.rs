@@ -26,7 +26,8 @@ use berth_meta::router::{
 use berth_meta::{Code, Error, Meta};
 use berth_raft::cmd::{Txn, TxnOutcome};
 use berth_raft::{
-    decode_message, encode_message, NodeId, RaftNode, ShardId, SnapshotReport, Transport,
+    decode_message, encode_message, NodeId, RaftNode, ShardId, SnapshotReport, SnapshotSource,
+    Transport,
 };
 use berth_security::principal::Principal;
 use berth_security::principal::PrincipalKind;
@@ -44,9 +45,9 @@ const PEER_QUEUE_MAX: usize = 1024;
 /// Largest encoded batch accepted from a peer.
 pub const RAFT_BATCH_BYTES_MAX: usize = 64 << 20;
 /// Bytes of snapshot data per chunk.
-const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-/// Largest snapshot accepted from a peer (it is held in memory whole).
-pub const SNAPSHOT_BYTES_MAX: u64 = 16 << 30;
+const SNAPSHOT_CHUNK_BYTES: usize = berth_raft::SNAPSHOT_CHUNK_BYTES;
+/// Largest snapshot accepted from a peer (staged on disk as it arrives).
+pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 40;
 /// Default rate of snapshot data this node sends, all peers together.
 pub const SNAPSHOT_RATE_DEFAULT: u64 = 32 << 20;
 
@@ -194,7 +195,7 @@ impl RaftTransport for RaftService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
-        let mut msg = decode_message(&first.head)
+        let msg = decode_message(&first.head)
             .map_err(|e| Status::invalid_argument(format!("snapshot head: {e}")))?;
         if msg.from != peer || msg.get_msg_type() != MessageType::MsgSnapshot {
             tracing::warn!(
@@ -206,32 +207,46 @@ impl RaftTransport for RaftService {
                 "the head is not a snapshot message of the sending node",
             ));
         }
-        if first.total > SNAPSHOT_BYTES_MAX {
-            return Err(Status::resource_exhausted(format!(
-                "a snapshot of {} bytes is above the {SNAPSHOT_BYTES_MAX} accepted",
-                first.total
-            )));
-        }
-        let total = usize::try_from(first.total).unwrap_or(usize::MAX);
-        let mut data = Vec::with_capacity(total.min(RAFT_BATCH_BYTES_MAX));
-        data.extend_from_slice(&first.data);
-        while let Some(chunk) = stream.message().await? {
-            // Every chunk proves the peer alive, as its batches do.
-            self.raft.peer_alive(peer);
-            if data.len() + chunk.data.len() > total {
-                return Err(Status::invalid_argument(
-                    "more snapshot data than announced",
-                ));
+        // The pairs go to a staged file, chunk by chunk (each checked), never whole in
+        // memory; the message is stepped once the file is durable.
+        let sink = self
+            .raft
+            .snapshot_sink(msg)
+            .map_err(|e| Status::invalid_argument(format!("snapshot head: {e}")))?;
+        let mut sink = Some(sink);
+        let mut pending = first.data;
+        loop {
+            if !pending.is_empty() {
+                let mut s = sink.take().expect("kept between chunks");
+                let chunk = std::mem::take(&mut pending);
+                let (s, r) = tokio::task::spawn_blocking(move || {
+                    let r = s.write_chunk(&chunk);
+                    (s, r)
+                })
+                .await
+                .map_err(|e| Status::internal(format!("snapshot writer: {e}")))?;
+                r.map_err(|e| Status::invalid_argument(format!("snapshot data: {e}")))?;
+                if s.bytes() > SNAPSHOT_BYTES_MAX {
+                    return Err(Status::resource_exhausted(format!(
+                        "a snapshot above the {SNAPSHOT_BYTES_MAX} bytes accepted"
+                    )));
+                }
+                sink = Some(s);
             }
-            data.extend_from_slice(&chunk.data);
+            match stream.message().await? {
+                Some(chunk) => {
+                    // Every chunk proves the peer alive, as its batches do.
+                    self.raft.peer_alive(peer);
+                    pending = chunk.data;
+                }
+                None => break,
+            }
         }
-        if data.len() != total {
-            return Err(Status::invalid_argument(format!(
-                "snapshot cut short: {} of {total} bytes",
-                data.len()
-            )));
-        }
-        msg.mut_snapshot().data = data.into();
+        let s = sink.take().expect("kept between chunks");
+        let msg = tokio::task::spawn_blocking(move || s.finish())
+            .await
+            .map_err(|e| Status::internal(format!("snapshot writer: {e}")))?
+            .map_err(|e| Status::invalid_argument(format!("snapshot: {e}")))?;
         self.raft.peer_alive(peer);
         // The sender's raft learns from this answer whether the snapshot
         // arrived: it must not be dropped silently.
@@ -723,7 +738,13 @@ impl GrpcTransport {
     /// whether it arrived. A second snapshot of the same shard to the same
     /// node while one is on its way is dropped: the first one's report
     /// answers for it.
-    fn stream_snapshot_to(&self, to: NodeId, mut msg: Message, report: SnapshotReport) {
+    fn stream_snapshot_to(
+        &self,
+        to: NodeId,
+        msg: Message,
+        source: SnapshotSource,
+        report: SnapshotReport,
+    ) {
         let shard = berth_raft::message_shard(&msg).unwrap_or(0);
         if !self.snapshots.lock().insert((to, shard)) {
             tracing::debug!(
@@ -740,15 +761,14 @@ impl GrpcTransport {
             self.snapshots.clone(),
         );
         self.rt.spawn(async move {
-            let data = std::mem::take(&mut msg.mut_snapshot().data);
             let started = std::time::Instant::now();
-            let r = stream_snapshot(&ctx, &pacer, to, &msg, &data).await;
+            let r = stream_snapshot(&ctx, &pacer, to, &msg, source).await;
             busy.lock().remove(&(to, shard));
             match &r {
-                Ok(()) => tracing::info!(
+                Ok(bytes) => tracing::info!(
                     to,
                     shard,
-                    bytes = data.len(),
+                    bytes,
                     secs = started.elapsed().as_secs_f64(),
                     "raft snapshot sent"
                 ),
@@ -759,13 +779,15 @@ impl GrpcTransport {
     }
 }
 
+/// Streams a snapshot: its head, then its pairs read from `source` chunk by chunk (off
+/// the executor's threads), paced. Returns the bytes of pairs sent.
 async fn stream_snapshot(
     ctx: &PeerContext,
     pacer: &Pacer,
     to: NodeId,
     msg: &Message,
-    data: &[u8],
-) -> Result<(), String> {
+    source: SnapshotSource,
+) -> Result<u64, String> {
     let addr = ctx
         .directory
         .addr_of(to)
@@ -786,37 +808,68 @@ async fn stream_snapshot(
     let mut client =
         RaftTransportClient::new(channel).max_encoding_message_size(RAFT_BATCH_BYTES_MAX);
     let call = tokio::spawn(async move { client.snapshot(req).await });
-    let mut chunks = data.chunks(SNAPSHOT_CHUNK_BYTES);
-    let mut first = Some(SnapshotChunk {
-        head: encode_message(msg),
-        total: data.len() as u64,
-        data: Vec::new(),
-    });
+    let mut source = Some(source);
+    let mut head = Some(encode_message(msg));
+    let mut bytes = 0;
+    let mut read_error = None;
     loop {
-        let piece = chunks.next();
-        if first.is_none() && piece.is_none() {
+        let mut src = source.take().expect("kept between chunks");
+        let read = tokio::task::spawn_blocking(move || {
+            let r = src.next_chunk(SNAPSHOT_CHUNK_BYTES);
+            (src, r)
+        })
+        .await;
+        let piece = match read {
+            Ok((src, Ok(piece))) => {
+                bytes = src.bytes();
+                source = Some(src);
+                piece
+            }
+            Ok((_, Err(e))) => {
+                read_error = Some(format!("reading the snapshot: {e}"));
+                break;
+            }
+            Err(e) => {
+                read_error = Some(format!("snapshot reader: {e}"));
+                break;
+            }
+        };
+        let Some(data) = piece else {
             break;
-        }
-        let mut chunk = first.take().unwrap_or_default();
-        if let Some(p) = piece {
-            pacer.take(p.len()).await;
-            chunk.data = p.to_vec();
-        }
+        };
+        pacer.take(data.len()).await;
+        let chunk = SnapshotChunk {
+            head: head.take().unwrap_or_default(),
+            total: 0,
+            data,
+        };
         if tx.send(chunk).await.is_err() {
             break; // the call ended: its result says why
         }
     }
+    if let Some(e) = read_error {
+        // Ending the stream without the end chunk makes the receiver refuse it.
+        drop(tx);
+        let _ = call.await;
+        return Err(e);
+    }
     drop(tx);
     match call.await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(_)) => Ok(bytes),
         Ok(Err(status)) => Err(status.message().to_string()),
         Err(e) => Err(e.to_string()),
     }
 }
 
 impl Transport for GrpcTransport {
-    fn send_snapshot(&self, to: NodeId, msg: Message, report: SnapshotReport) {
-        self.stream_snapshot_to(to, msg, report);
+    fn send_snapshot(
+        &self,
+        to: NodeId,
+        msg: Message,
+        source: SnapshotSource,
+        report: SnapshotReport,
+    ) {
+        self.stream_snapshot_to(to, msg, source, report);
     }
 
     fn send(&self, to: NodeId, msgs: Vec<Message>) {

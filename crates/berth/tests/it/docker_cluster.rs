@@ -516,8 +516,11 @@ fn workload(
                             }
                         } else if err.contains("ENOENT") {
                             eprintln!(
-                                "register read ENOENT via node {node} at {} ms: {}",
+                                "register read ENOENT via node {node} at {} ms ({:?} since the epoch): {}",
                                 call / 1_000_000,
+                                std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .unwrap_or_default(),
                                 err.trim()
                             );
                             None
@@ -1341,7 +1344,15 @@ fn docker_cluster_survives_faults() {
         writes >= 3 && reads >= 3,
         "too little work done: {history:?}"
     );
-    check(None, &history).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+    check(None, &history).unwrap_or_else(|e| {
+        // Every node's whole log, for finding out why.
+        let dir = std::env::temp_dir().join(format!("berth-chaos-{}", c.id));
+        let _ = std::fs::create_dir_all(&dir);
+        for n in 1..=c.size {
+            let _ = std::fs::write(dir.join(format!("node-{n}.log")), c.logs(n));
+        }
+        panic!("not linearizable (node logs in {}): {e}", dir.display())
+    });
 
     // 2. After healing: every shard at its replication factor, nothing
     // joint, seen from every node.
