@@ -19,6 +19,9 @@ use crate::records::*;
 
 /// Most symbolic links followed while resolving one path.
 pub const SYMLINK_HOPS_MAX: usize = 40;
+/// Times a resolution starts over after reads that straddled a change (an entry whose
+/// inode was gone by the time it was read), before ENOENT is believed.
+const TORN_READS_MAX: usize = 8;
 /// Largest page a listing returns.
 pub const LIST_LIMIT_MAX: usize = 10_000;
 /// Inode numbers reserved per allocation round trip.
@@ -258,8 +261,10 @@ impl Namespace {
         follow: bool,
     ) -> Result<Loc, Error> {
         let mut reader = Reader::new();
-        let mut path = normalize_path(path)?;
+        let original = normalize_path(path)?;
+        let mut path = original.clone();
         let mut hops = 0;
+        let mut torn = 0;
         'restart: loop {
             let mut vol = self.volume(berth_meta::map::ROOT_VOLUME)?;
             let mut ino = ROOT_INODE;
@@ -313,10 +318,22 @@ impl Namespace {
                     }
                     None => ino = d.ino,
                 }
-                inode = reader
-                    .inode(&self.meta, &vol, view, ino)
-                    .await?
-                    .ok_or_else(|| Error::not_found(&next))?;
+                inode = match reader.inode(&self.meta, &vol, view, ino).await? {
+                    Some(inode) => inode,
+                    // An entry names an inode that is gone: its reads straddled a
+                    // change (a rename over it, an unlink), since every committed
+                    // state has an inode for each entry. Resolve again from the
+                    // start, through a new read barrier, instead of answering
+                    // ENOENT for a name that existed all along.
+                    None if d.mount.is_none() && view.is_live() && torn < TORN_READS_MAX => {
+                        torn += 1;
+                        reader = Reader::new();
+                        path = original.clone();
+                        hops = 0;
+                        continue 'restart;
+                    }
+                    None => return Err(Error::not_found(&next)),
+                };
                 let last = i + 1 == comps.len();
                 if inode.kind == EntryKind::Symlink && (!last || follow) {
                     hops += 1;
