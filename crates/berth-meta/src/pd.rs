@@ -248,7 +248,10 @@ impl Driver {
                             .max()
                     })
                     .unwrap_or(0);
-                let moving_from = st.moves.get(&s.id).map(|(from, _)| *from);
+                let (moving_from, moving_to) = match st.moves.get(&s.id) {
+                    Some((from, to)) => (Some(*from), Some(*to)),
+                    None => (None, None),
+                };
                 let Some((leader, rep)) = leaders.get(&s.id) else {
                     // No leader reported: nothing can be changed; the plan waits.
                     return ShardView {
@@ -262,6 +265,7 @@ impl Driver {
                         prefer_leader,
                         bytes,
                         moving_from,
+                        moving_to,
                     };
                 };
                 let m = &rep.membership;
@@ -288,6 +292,7 @@ impl Driver {
                     prefer_leader,
                     bytes,
                     moving_from,
+                    moving_to,
                 }
             })
             .collect();

@@ -23,7 +23,11 @@
 //! 7. Voters that share a label value while a good node has an unused
 //!    value: a learner is added there (rule 6 then removes the duplicate).
 //!
-//! Then, when no shard needed repair, one balancing step (a swap is two):
+//! Then, when no shard needed repair other than the steps of moves under
+//! way, one balancing step (a swap is two). A move under way counts as done
+//! (on the node it goes to, not on the one it leaves), so moves overlap,
+//! each new one planned against the cluster as the earlier ones will leave
+//! it, within the step limits and one balancing snapshot per target node:
 //! 1. Replica counts: a replica moves from the node holding most replicas to
 //!    the one holding fewest when they are more than 10 % (and at least 2)
 //!    apart from the mean; of the shards that may move, the one that best
@@ -64,6 +68,12 @@ pub struct Settings {
     pub steps_per_node_max: usize,
     /// Learners catching up (by snapshot) on one node at once.
     pub snapshots_per_node_max: usize,
+    /// Of those, learners of balancing moves: balancing is never urgent, so
+    /// it takes one snapshot stream per node and leaves the rest to repairs
+    /// and foreground traffic (a snapshot is built and installed whole).
+    /// The next move still starts while the last one's learner is promoted
+    /// and its old replica removed.
+    pub move_snapshots_per_node_max: usize,
     /// Bytes held per node are balanced only when the most and the least
     /// loaded node differ by more than this (moving a small shard to even
     /// out a small difference is churn, not balance).
@@ -78,6 +88,7 @@ impl Default for Settings {
             spread_label: "zone".into(),
             steps_per_node_max: 4,
             snapshots_per_node_max: 2,
+            move_snapshots_per_node_max: 1,
             bytes_slack: 64 << 20,
         }
     }
@@ -116,6 +127,9 @@ pub struct ShardView {
     /// A [`Step::Move`] of this shard is under way off this node: once the
     /// new replica is a voter, this one is the voter removed.
     pub moving_from: Option<NodeId>,
+    /// Where that move goes. Balancing counts a move under way as done, so
+    /// further moves may be planned beside it.
+    pub moving_to: Option<NodeId>,
 }
 
 /// What the driver judges a node to be.
@@ -215,6 +229,9 @@ struct Plan<'a> {
     /// Steps touching each node, planned here.
     steps: BTreeMap<NodeId, usize>,
     snapshots: BTreeMap<NodeId, usize>,
+    /// Shards with a move under way: the node each leaves (already not
+    /// counted there).
+    leaving: BTreeMap<ShardId, NodeId>,
     out: Vec<Step>,
 }
 
@@ -251,6 +268,8 @@ impl Plan<'_> {
                 let size = self.size(shard);
                 *self.bytes.entry(node).or_default() += size;
             }
+            // The end of a move, already counted as done.
+            Step::Remove { shard, node } if self.leaving.get(&shard) == Some(&node) => {}
             Step::Remove { shard, node } => {
                 let r = self.replicas.entry(node).or_default();
                 *r = r.saturating_sub(1);
@@ -598,16 +617,21 @@ impl Plan<'_> {
         };
         shard.voters.contains(&from)
             && !shard.voters.contains(&to)
+            && shard.moving_from.is_none()
             && shard.learners.is_empty()
             && !shard.busy
             && !shard.joint
             && distinct(to) >= distinct(from)
     }
 
-    /// Room on `to` for one more step and one more snapshot.
+    /// Room on `to` for one more step and the snapshot of one more move.
     fn can_receive(&self, to: NodeId) -> bool {
         self.has_room(to)
-            && self.snapshots.get(&to).copied().unwrap_or(0) < self.s.snapshots_per_node_max
+            && self.snapshots.get(&to).copied().unwrap_or(0)
+                < self
+                    .s
+                    .move_snapshots_per_node_max
+                    .min(self.s.snapshots_per_node_max)
     }
 
     /// One replica move (or a swap of two), else one leader move, between
@@ -707,13 +731,31 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], now_ms: u64, s: &Settings)
         sizes: BTreeMap::new(),
         steps: BTreeMap::new(),
         snapshots: BTreeMap::new(),
+        leaving: shards
+            .iter()
+            .filter(|sh| sh.moving_to.is_some())
+            .filter_map(|sh| Some((sh.id, sh.moving_from?)))
+            .collect(),
         out: Vec::new(),
     };
     for sh in shards {
         p.sizes.insert(sh.id, sh.bytes);
-        for v in sh.voters.iter().chain(sh.learners.iter().map(|(n, _)| n)) {
-            *p.replicas.entry(*v).or_default() += 1;
-            *p.bytes.entry(*v).or_default() += sh.bytes;
+        // A move under way counts as done: on the node it goes to, not on the
+        // one it leaves.
+        let moving = sh.moving_from.zip(sh.moving_to);
+        let holders: Vec<NodeId> = sh
+            .voters
+            .iter()
+            .chain(sh.learners.iter().map(|(n, _)| n))
+            .copied()
+            .filter(|v| moving.is_none_or(|(from, _)| *v != from))
+            .chain(moving.map(|(_, to)| to))
+            .collect::<BTreeSet<NodeId>>()
+            .into_iter()
+            .collect();
+        for v in holders {
+            *p.replicas.entry(v).or_default() += 1;
+            *p.bytes.entry(v).or_default() += sh.bytes;
         }
         for (n, ready) in &sh.learners {
             if !ready {
@@ -721,15 +763,17 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], now_ms: u64, s: &Settings)
             }
         }
     }
-    let mut repaired = false;
+    // Balancing waits for every repair but the steps of moves under way:
+    // moves overlap, within the snapshot and step limits.
+    let mut urgent = false;
     for sh in shards {
         if p.repair(sh) {
-            repaired = true;
+            urgent |= sh.moving_from.is_none();
         } else {
             p.prefer(sh);
         }
     }
-    if !repaired {
+    if !urgent {
         p.balance(shards);
     }
     p.out
@@ -1034,6 +1078,7 @@ mod tests {
                     Step::Move { from, to, .. } => {
                         sh.learners.push((to, true));
                         sh.moving_from = Some(from);
+                        sh.moving_to = Some(to);
                     }
                     Step::Promote { node, .. } => {
                         sh.learners.retain(|(n, _)| *n != node);
@@ -1044,6 +1089,7 @@ mod tests {
                         sh.voters.retain(|v| *v != node);
                         if sh.moving_from == Some(node) {
                             sh.moving_from = None;
+                            sh.moving_to = None;
                         }
                     }
                     Step::LeaveJoint { .. } => sh.joint = false,
@@ -1149,16 +1195,74 @@ mod tests {
         // holds the most replicas.
         let mut s = shard(10, 3, &[1, 2, 3, 4], 3);
         s.moving_from = Some(2);
+        s.moving_to = Some(4);
         let other = shard(11, 1, &[1], 1);
-        assert_eq!(
-            run(&nodes, &[s.clone(), other.clone()]),
-            vec![Step::Remove { shard: 10, node: 2 }]
+        // (Counting the move as done, node 2 is left empty: a move of the
+        // other shard there may be planned beside it.)
+        let steps = run(&nodes, &[s.clone(), other.clone()]);
+        assert!(
+            steps.contains(&Step::Remove { shard: 10, node: 2 })
+                && !steps.iter().any(|st| matches!(
+                    st,
+                    Step::Remove {
+                        node: 1 | 3 | 4,
+                        ..
+                    }
+                )),
+            "{steps:?}"
         );
         // Without the move, the most loaded voter goes.
         s.moving_from = None;
+        s.moving_to = None;
         assert_eq!(
             run(&nodes, &[s, other]),
             vec![Step::Remove { shard: 10, node: 1 }]
         );
+    }
+
+    #[test]
+    fn moves_overlap_within_the_snapshot_limit() {
+        let nodes = [node(1, "a"), node(2, "b"), node(3, "c"), node(4, "d")];
+        let mut shards: Vec<ShardView> = (10..16)
+            .map(|id| ShardView {
+                bytes: 100 * MIB,
+                ..shard(id, 3, &[1, 2, 3], 1)
+            })
+            .collect();
+        let moves_of = |steps: &[Step]| -> Vec<(ShardId, NodeId, NodeId)> {
+            steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Move { shard, from, to } => Some((*shard, *from, *to)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let steps = run(&nodes, &shards);
+        let [(first, from, 4)] = moves_of(&steps)[..] else {
+            panic!("{steps:?}");
+        };
+        let sh = shards.iter_mut().find(|s| s.id == first).unwrap();
+        sh.learners.push((4, false));
+        sh.moving_from = Some(from);
+        sh.moving_to = Some(4);
+        // Its snapshot on the way: no second move to node 4 yet.
+        let steps = run(&nodes, &shards);
+        assert!(moves_of(&steps).is_empty(), "{steps:?}");
+        // Caught up: its promotion, and beside it the next move, planned as
+        // if the first were done.
+        shards.iter_mut().find(|s| s.id == first).unwrap().learners[0].1 = true;
+        let steps = run(&nodes, &shards);
+        assert!(
+            steps.contains(&Step::Promote {
+                shard: first,
+                node: 4
+            }),
+            "{steps:?}"
+        );
+        let [(second, _, 4)] = moves_of(&steps)[..] else {
+            panic!("{steps:?}");
+        };
+        assert_ne!(second, first, "{steps:?}");
     }
 }
