@@ -158,6 +158,13 @@ struct State {
     now_ms: u64,
     /// Balancing moves under way: shard → (the node it leaves, the node it goes to).
     moves: BTreeMap<ShardId, (NodeId, NodeId)>,
+    /// Reports received so far, per node.
+    received: BTreeMap<NodeId, u64>,
+    /// Shards whose last step ended before their leader reported again: shard → the
+    /// reports received per node when it ended. Until the leader's next report the
+    /// reported configuration may predate the step, and a plan made from it would
+    /// repeat or undo the step (re-adding a learner it just added, destroying it first).
+    settling: BTreeMap<ShardId, BTreeMap<NodeId, u64>>,
 }
 
 /// The placement driver of one node (active only while the node leads the meta shard).
@@ -194,6 +201,7 @@ impl Driver {
     pub fn report(&self, r: NodeReport, now_ms: u64) {
         let mut st = self.state.lock();
         st.now_ms = st.now_ms.max(now_ms);
+        *st.received.entry(r.node).or_default() += 1;
         st.reports.insert(r.node, (now_ms, r));
     }
 
@@ -288,7 +296,9 @@ impl Driver {
                     learners,
                     leader: Some(*leader),
                     joint: m.is_joint(),
-                    busy: st.in_flight.contains_key(&s.id) || rep.conf_pending,
+                    busy: st.in_flight.contains_key(&s.id)
+                        || st.settling.contains_key(&s.id)
+                        || rep.conf_pending,
                     prefer_leader,
                     bytes,
                     moving_from,
@@ -342,6 +352,7 @@ impl Driver {
             st.leading_since = None;
             st.in_flight.clear();
             st.moves.clear();
+            st.settling.clear();
             return Vec::new();
         }
         let mut started = Vec::new();
@@ -353,6 +364,7 @@ impl Driver {
         st.in_flight
             .retain(|_, f| now_ms.saturating_sub(f.started_ms) < STEP_TIMEOUT_MS);
         self.forget_moves(&mut st);
+        settle(&mut st);
         let (nodes, shards) = self.views(&st, now_ms);
         let mut steps = placement::plan(&nodes, &shards, now_ms, &self.settings);
         steps.extend(self.meta_learners(&st, &nodes, now_ms));
@@ -379,7 +391,10 @@ impl Driver {
                     Ok(()) => tracing::info!(?step, "placement step done"),
                     Err(e) => tracing::warn!(?step, error = %e, "placement step failed"),
                 }
-                me.state.lock().in_flight.remove(&step.shard());
+                let mut st = me.state.lock();
+                let received = st.received.clone();
+                st.settling.insert(step.shard(), received);
+                st.in_flight.remove(&step.shard());
             });
         }
         self.finish_drains(&st);
@@ -463,6 +478,7 @@ impl Driver {
                 let m = &lead.membership;
                 // Only a leader at least as recent as the replica may judge it.
                 if st.in_flight.contains_key(&rep.shard)
+                    || st.settling.contains_key(&rep.shard)
                     || m.is_joint()
                     || rep.membership.replicas().is_empty()
                     || m.contains(*node)
@@ -711,6 +727,21 @@ fn fresh(st: &State, at: u64) -> bool {
 /// leading keeps its last report, which still claims the leadership it lost: old reports
 /// never count (trusting one, the driver once destroyed a learner its stale membership
 /// lacked).
+/// Forgets the settling shards whose leader reported since their step ended.
+fn settle(st: &mut State) {
+    let leaders: BTreeMap<ShardId, NodeId> = leader_reports(st)
+        .into_iter()
+        .map(|(shard, (node, _))| (shard, node))
+        .collect();
+    let received = std::mem::take(&mut st.received);
+    st.settling.retain(|shard, then| {
+        leaders.get(shard).is_none_or(|l| {
+            received.get(l).copied().unwrap_or(0) <= then.get(l).copied().unwrap_or(0)
+        })
+    });
+    st.received = received;
+}
+
 fn leader_reports(st: &State) -> BTreeMap<ShardId, (NodeId, &ReplicaReport)> {
     let mut best: BTreeMap<ShardId, (u64, u64, NodeId, &ReplicaReport)> = BTreeMap::new();
     for (node, (at, r)) in st.reports.iter().filter(|(_, (at, _))| fresh(st, *at)) {
@@ -808,5 +839,30 @@ mod tests {
         st.reports.remove(&2);
         st.now_ms = 100 + REPORT_FRESH_MS + 1;
         assert_eq!(leader_reports(&st).get(&7), None);
+    }
+
+    #[test]
+    fn a_shard_settles_once_its_leader_reports_after_the_step() {
+        let mut st = State::default();
+        let report = |node| NodeReport {
+            node,
+            replicas: vec![leading(7, 2)],
+            bytes: 0,
+        };
+        st.reports.insert(1, (100, report(1)));
+        st.received.insert(1, 3);
+        st.now_ms = 100;
+        // The step ended after report 3 of the leader (node 1): its next one is awaited.
+        st.settling.insert(7, st.received.clone());
+        settle(&mut st);
+        assert!(st.settling.contains_key(&7));
+        // Another node reporting does not settle it.
+        st.received.insert(2, 1);
+        settle(&mut st);
+        assert!(st.settling.contains_key(&7));
+        *st.received.get_mut(&1).unwrap() += 1;
+        settle(&mut st);
+        assert!(!st.settling.contains_key(&7));
+        assert_eq!(st.received.get(&1), Some(&4));
     }
 }

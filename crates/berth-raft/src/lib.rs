@@ -237,6 +237,10 @@ pub struct Config {
     /// the second pass that finds it dead (see `blob_gc`). Zero disables the
     /// background passes ([`RaftNode::collect_blobs`] still works).
     pub blob_gc_interval: Duration,
+    /// Bytes of a staged snapshot's pairs installed per loop iteration (see the
+    /// `snapshot` module): larger installs faster, smaller keeps other groups' iterations
+    /// shorter. Zero holds installs where they are (for tests of restarts mid-install).
+    pub snapshot_install_slice_bytes: usize,
 }
 
 impl Config {
@@ -256,6 +260,7 @@ impl Config {
             hibernate_after_ticks: 20,
             peer_timeout: None,
             blob_gc_interval: Duration::from_secs(30),
+            snapshot_install_slice_bytes: snapshot::INSTALL_SLICE_BYTES,
         }
     }
 

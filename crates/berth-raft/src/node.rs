@@ -532,7 +532,9 @@ impl RaftNode {
     /// Deletes this node's replica of `shard`: its log, raft state and the data of its key
     /// range. For replicas the cluster layer knows were removed from their group while this
     /// node could not learn it (a removed replica that applies its own removal is destroyed
-    /// by the loop). Refused while this node leads the group.
+    /// by the loop). Refused while this node leads the group, and while a leader has
+    /// replicated to this replica within the last two election timeouts (its group counts
+    /// it as a member, whatever a stale report says).
     pub async fn destroy_replica(&self, shard: ShardId) -> Result<(), RaftError> {
         let (tx, rx) = oneshot::channel();
         self.try_send(Cmd::Destroy { shard, reply: tx })?;
@@ -977,6 +979,9 @@ struct Group {
     /// Installing a staged snapshot's data (see `crate::snapshot`): no ready is handled,
     /// nothing applied and no read answered until it is done.
     installing: Option<StagedReader>,
+    /// The loop tick at which a leader last sent this replica entries, a heartbeat or a
+    /// snapshot: a leader does that only to the replicas its group counts as members.
+    leader_heard_tick: Option<u64>,
 }
 
 impl Group {
@@ -1324,6 +1329,7 @@ impl Core {
             stopped: None,
             applied_tx,
             installing: None,
+            leader_heard_tick: None,
         };
         g.refresh_membership();
         // A restart in the middle of installing a snapshot installs it again: the staged
@@ -1453,9 +1459,10 @@ impl Core {
     }
 
     fn has_ready(&self) -> bool {
-        self.groups
-            .values()
-            .any(|g| g.stopped.is_none() && (g.installing.is_some() || g.raw.has_ready()))
+        let installs = self.cfg.snapshot_install_slice_bytes > 0;
+        self.groups.values().any(|g| {
+            g.stopped.is_none() && ((installs && g.installing.is_some()) || g.raw.has_ready())
+        })
     }
 
     /// Deletes staged snapshot files no install needs (left by a crash while receiving).
@@ -1498,6 +1505,9 @@ impl Core {
     /// Writes the next slice of every installing replica's data; a replica whose data is
     /// all written ends its install (durably) and is served again.
     fn install_slices(&mut self) {
+        if self.cfg.snapshot_install_slice_bytes == 0 {
+            return; // held (tests)
+        }
         let ids: Vec<ShardId> = self
             .groups
             .iter()
@@ -1511,7 +1521,7 @@ impl Core {
             let Some(reader) = g.installing.as_mut() else {
                 continue;
             };
-            let slice = match reader.next_slice(snapshot::INSTALL_SLICE_BYTES) {
+            let slice = match reader.next_slice(self.cfg.snapshot_install_slice_bytes) {
                 Ok(s) => s,
                 Err(e) => {
                     g.stop(format!("cannot install snapshot data: {e}"));
@@ -1624,6 +1634,20 @@ impl Core {
                         shard,
                         why: "this node leads the group".into(),
                     }),
+                    // A leader replicates to this replica: its group counts it as a member,
+                    // whatever a (stale) map or report says. Destroying it would make a
+                    // member lose what it acknowledged, and its empty successor would be
+                    // sent commit indexes beyond its log.
+                    Some(g)
+                        if g.leader_heard_tick.is_some_and(|t| {
+                            self.ticks.saturating_sub(t) < 2 * self.cfg.election_tick as u64
+                        }) =>
+                    {
+                        Err(RaftError::ConfChangeRefused {
+                            shard,
+                            why: "a leader is replicating to this replica: still a member".into(),
+                        })
+                    }
                     Some(_) => match self.destroy(shard, "destroyed at the cluster's request") {
                         Ok(()) => Ok(()),
                         Err(e) => {
@@ -1671,6 +1695,14 @@ impl Core {
         }
         let metrics = &self.shared.metrics;
         let (from, term, ty) = (m.from, m.term, m.get_msg_type());
+        // What only a leader sends to the replicas it counts as members.
+        if matches!(
+            ty,
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        ) && term >= g.raw.raft.term
+        {
+            g.leader_heard_tick = Some(self.ticks);
+        }
         let signal = hibernate::signal(&m);
         let mut woken = false;
         match signal {

@@ -83,6 +83,8 @@ pub struct Router {
     /// Every batch arrives this much later (on a thread of its own, so
     /// batches may also arrive out of order).
     delay: Mutex<Option<std::time::Duration>>,
+    /// Bytes of pairs per snapshot chunk (0: the transport's default).
+    snapshot_chunk: std::sync::atomic::AtomicUsize,
 }
 
 impl Router {
@@ -99,6 +101,12 @@ impl Router {
     /// Delays every batch by `d` (None: deliver at once).
     pub fn set_delay(&self, d: Option<std::time::Duration>) {
         *self.delay.lock() = d;
+    }
+
+    /// Streams snapshots in chunks of about `bytes` of pairs.
+    pub fn set_snapshot_chunk(&self, bytes: usize) {
+        self.snapshot_chunk
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Removes every filter (isolation stays).
@@ -178,14 +186,19 @@ impl Transport for MemTransport {
             return;
         };
         let from = self.from;
+        let chunk_bytes = match self
+            .router
+            .snapshot_chunk
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => SNAPSHOT_CHUNK_BYTES,
+            n => n,
+        };
         std::thread::spawn(move || {
             let head = decode_message(&encode_message(&msg)).expect("codec roundtrip");
             let sent = (|| -> Result<(), String> {
                 let mut sink = n.snapshot_sink(head).map_err(|e| e.to_string())?;
-                while let Some(chunk) = source
-                    .next_chunk(SNAPSHOT_CHUNK_BYTES)
-                    .map_err(|e| e.to_string())?
-                {
+                while let Some(chunk) = source.next_chunk(chunk_bytes).map_err(|e| e.to_string())? {
                     sink.write_chunk(&chunk).map_err(|e| e.to_string())?;
                 }
                 let m = sink.finish().map_err(|e| e.to_string())?;
@@ -237,7 +250,13 @@ impl Cluster {
     /// Stops node `id`'s loop and starts it again from its store, as a restarted process
     /// does (what was written is kept; nothing in memory survives).
     pub fn restart(&mut self, id: NodeId) {
+        self.restart_with(id, |_| {});
+    }
+
+    /// [`Cluster::restart`] with its configuration changed by `tweak` from now on.
+    pub fn restart_with(&mut self, id: NodeId, tweak: impl Fn(&mut Config)) {
         let i = (id - 1) as usize;
+        tweak(&mut self.configs[i]);
         self.router.nodes.write().remove(&id);
         self.nodes[i].shutdown();
         let t = Arc::new(MemTransport {

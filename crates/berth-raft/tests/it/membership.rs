@@ -405,3 +405,33 @@ async fn a_two_voter_group_loses_a_voter_and_is_repaired_by_removing_it() {
     assert!(!m.contains(down), "{m:?}");
     c.shutdown();
 }
+
+/// A request to destroy a replica its leader still replicates to (a placement decision
+/// made from a stale report) is refused: a member never loses what it acknowledged. Once
+/// no leader has reached it for two election timeouts, the request is carried out.
+#[tokio::test]
+async fn a_replica_its_leader_replicates_to_is_not_destroyed() {
+    let c = Cluster::start(3, |_| {});
+    for n in &c.nodes {
+        n.create_shard(shard(1, vec![1, 2, 3])).unwrap();
+    }
+    let l = leader_of(&c, 1, &[1, 2, 3]).await;
+    let f = (1..=3).find(|&n| n != l).unwrap();
+    let k = key(7, "live");
+    write(&c, l, &k, b"v").await;
+    replicated(&c, &[f], &k, b"v").await;
+    let r = bounded("destroy", 20, c.node(f).destroy_replica(1)).await;
+    assert!(
+        matches!(r, Err(RaftError::ConfChangeRefused { .. })),
+        "{r:?}"
+    );
+    assert!(c.node(f).shards().iter().any(|d| d.id == 1));
+    // Cut off from its leader, the replica is judged by the cluster layer alone.
+    c.router.isolate(f);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let r = bounded("destroy", 20, c.node(f).destroy_replica(1)).await;
+    assert!(r.is_ok(), "{r:?}");
+    assert!(c.node(f).shards().iter().all(|d| d.id != 1));
+    c.router.heal();
+    c.shutdown();
+}
