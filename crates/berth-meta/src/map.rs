@@ -18,6 +18,7 @@
 //! | 12 setup steps   | str step     | empty: done      |
 //! | 13 join tokens   | str id       | [`JoinTokenRecord`] |
 //! | 14 cluster CA    | u64 CA id    | [`CaRecord`]     |
+//! | 15 admissions    | SHA-256 of the join request | [`AdmissionRecord`] |
 //!
 //! Values are encoded with [`crate::codec`] (version byte + postcard).
 
@@ -50,6 +51,7 @@ pub const T_KAFKA_NAME: u64 = 11;
 pub const T_SETUP: u64 = 12;
 pub const T_JOIN_TOKEN: u64 = 13;
 pub const T_CA: u64 = 14;
+pub const T_ADMISSION: u64 = 15;
 
 /// Counter names.
 pub const C_VOLUME_ID: &str = "volume_id";
@@ -113,6 +115,13 @@ pub fn join_token_key(id: &str) -> Vec<u8> {
 pub fn ca_key(id: u32) -> Vec<u8> {
     Key::new(META_VOLUME, Kind::Meta, T_CA)
         .u64(u64::from(id))
+        .build()
+}
+/// Keyed by the SHA-256 of a join request (the PEM of the certificate request the node
+/// made with its key).
+pub fn admission_key(request_sha256: &[u8; 32]) -> Vec<u8> {
+    Key::new(META_VOLUME, Kind::Meta, T_ADMISSION)
+        .bytes(request_sha256)
         .build()
 }
 pub fn setup_key(step: &str) -> Vec<u8> {
@@ -770,6 +779,16 @@ pub struct JoinTokenRecord {
     /// Joins it may still admit.
     pub uses_left: u32,
     pub revoked: bool,
+}
+
+/// A join admitted (table 15): which node a join request made, so that the same request
+/// sent again (its answer lost on the way) gets the same answer instead of spending
+/// another use of the token, or leaving a node record `joining` that no process holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionRecord {
+    pub node: NodeId,
+    /// The join token it used.
+    pub token_id: String,
 }
 
 /// The cluster CA (table 14): its certificate and private key, so any node

@@ -14,6 +14,7 @@ use berth_security::principal::{Principal, PrincipalKind};
 use berth_security::scope::Scope;
 use berth_security::ticket::{KeyRing, TicketBody, TicketSigner};
 use parking_lot::RwLock;
+use sha2::Digest as _;
 
 use crate::codec::{decode, encode};
 use crate::map::*;
@@ -712,9 +713,14 @@ impl Meta {
     pub async fn admit_node(&self, token: &str, a: &Applicant) -> Result<Admission, Error> {
         check_applicant(a)?;
         let body = self.verify_join_token(token)?;
+        let request: [u8; 32] = sha2::Sha256::digest(a.csr_pem.as_bytes()).into();
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.router.begin(META_SHARD).await?;
+            if let Some(v) = tx.get(&admission_key(&request)).await? {
+                let rec: AdmissionRecord = decode(&v, "admission")?;
+                return self.admitted_again(&tx, a, &body.id, rec).await;
+            }
             take_join_token_use(&mut tx, &body.id).await?;
             let cluster: ClusterRecord = decode(
                 &tx.peek(&cluster_key())
@@ -777,6 +783,13 @@ impl Meta {
                 state: NodeState::Joining,
             };
             tx.put(node_key(id), encode(&node));
+            tx.put(
+                admission_key(&request),
+                encode(&AdmissionRecord {
+                    node: id,
+                    token_id: body.id.clone(),
+                }),
+            );
             if let Commit::Done(_) = tx.commit().await? {
                 self.refresh().await?;
                 tracing::info!(target: "audit", node = id, token = %body.id, native_addr = %node.native_addr, "node admitted by a join token");
@@ -792,6 +805,72 @@ impl Meta {
             }
         }
         Err(too_much_contention("join"))
+    }
+
+    /// The answer to a join request admitted before (its first answer was lost on the way):
+    /// the same node id, a certificate for the same key, no other use of the token. Only
+    /// while that node is still `joining` and through the token that admitted it.
+    async fn admitted_again(
+        &self,
+        tx: &Tx,
+        a: &Applicant,
+        token_id: &str,
+        rec: AdmissionRecord,
+    ) -> Result<Admission, Error> {
+        let id = rec.node;
+        if rec.token_id != token_id {
+            return Err(Error::new(
+                Code::Auth,
+                format!("this join request admitted node {id} with another join token"),
+            ));
+        }
+        let node = match tx.peek(&node_key(id)).await? {
+            Some(v) => decode_node(&v)?,
+            None => return Err(Error::new(
+                Code::Exists,
+                format!(
+                    "this join request admitted node {id}, removed since: start the node afresh"
+                ),
+            )),
+        };
+        if node.state != NodeState::Joining {
+            return Err(Error::new(
+                Code::Exists,
+                format!("this join request admitted node {id}, which has joined since"),
+            ));
+        }
+        let cluster: ClusterRecord = decode(
+            &tx.peek(&cluster_key())
+                .await?
+                .ok_or_else(|| Error::new(Code::Again, "the cluster map is not written yet"))?,
+            "cluster",
+        )?;
+        let ca = scan_table::<CaRecord>(tx, T_CA, "cluster CA")
+            .await?
+            .into_iter()
+            .max_by_key(|c| c.id)
+            .ok_or_else(|| Error::corrupt("a node was admitted, but no cluster CA is recorded"))?;
+        let node_cert_pem =
+            berth_security::pki::sign_node_request(&ca.material(), &a.csr_pem, id, &node.advertise)
+                .map_err(|e| match e {
+                    berth_security::pki::CsrError::Ca(_) => Error::new(Code::Io, e.to_string()),
+                    e => Error::invalid(e.to_string()),
+                })?;
+        let (start, end) = table_range(T_NODE);
+        let nodes: Vec<NodeRecord> = tx
+            .peek_range(&start, &end, usize::MAX)
+            .await?
+            .iter()
+            .map(|(_, v)| decode_node(v))
+            .collect::<Result<_, _>>()?;
+        tracing::info!(target: "audit", node = id, token = %token_id, "a join request answered again (its first answer was lost)");
+        Ok(Admission {
+            node,
+            cluster,
+            ca_cert_pem: ca.cert_pem,
+            node_cert_pem,
+            nodes,
+        })
     }
 
     /// Records (or updates) this node's addresses in the cluster map. Its

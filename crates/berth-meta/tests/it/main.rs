@@ -319,9 +319,26 @@ async fn a_join_admits_a_node_with_a_certificate_of_the_cluster_ca() {
         .await
         .unwrap();
     assert_eq!(a3.node.id, 3);
-    let e = k
+    // The same request again (its answer was lost on the way): the same node, a
+    // certificate for the same key, and no other use of the token.
+    let again = k
         .meta
         .admit_node(&token, &applicant(&req3.csr_pem))
+        .await
+        .unwrap();
+    assert_eq!(again.node.id, 3);
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(again.node_cert_pem.as_bytes());
+    assert_eq!(pki::node_id_of_cert(der.unwrap().as_ref()), Some(3));
+    assert_eq!(
+        k.meta.map().nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+    let e = k
+        .meta
+        .admit_node(
+            &token,
+            &applicant(&pki::new_node_request().unwrap().csr_pem),
+        )
         .await
         .unwrap_err();
     assert!(e.message.contains("used up"), "{e}");
@@ -347,6 +364,13 @@ async fn a_join_admits_a_node_with_a_certificate_of_the_cluster_ca() {
     );
     k.meta.set_node_state(3, NodeState::Up).await.unwrap();
     assert_eq!(n3(&k).state, NodeState::Up);
+    // Once the node has joined, its request admits nothing again.
+    let e = k
+        .meta
+        .admit_node(&token, &applicant(&req3.csr_pem))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, berth_meta::Code::Exists, "{e}");
     assert_eq!(
         k.meta
             .set_node_state(9, NodeState::Up)

@@ -81,6 +81,52 @@ const CLIENT_WAIT: Duration = Duration::from_secs(90);
 /// Longest a client thread may take to finish once told to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The whole run's bound, besides a base for setup and checks: every wait in the test has
+/// its own bound, but a client call that never returns would hold it past them.
+const RUN_BASE: Duration = Duration::from_secs(15 * 60);
+/// What each fault cycle adds to [`RUN_BASE`].
+const RUN_PER_CYCLE: Duration = Duration::from_secs(5 * 60);
+
+/// Ends the test process, after saving every node's log and removing the test's
+/// containers, network and image, when the run outlives its bound: a hang fails CI in
+/// minutes, with the logs to find out why, instead of holding it for hours.
+fn watchdog(id: &str, image: &str, tmp: &Path, cycles: usize) {
+    let bound = RUN_BASE + RUN_PER_CYCLE * cycles as u32;
+    let (id, image, tmp) = (id.to_string(), image.to_string(), tmp.to_path_buf());
+    std::thread::spawn(move || {
+        std::thread::sleep(bound);
+        // The mounts the test made (their processes end with the test's).
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for point in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+            if Path::new(point).starts_with(&tmp) {
+                let _ = Command::new("fusermount3")
+                    .args(["-uz", point])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("berth-chaos-{id}"));
+        let _ = std::fs::create_dir_all(&dir);
+        let filter = format!("name=berth-it-{id}-");
+        let names = docker(&["ps", "-a", "--format", "{{.Names}}", "--filter", &filter]);
+        for name in text(&names.stdout).lines() {
+            let out = docker(&["logs", "--timestamps", name]);
+            let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            let _ = std::fs::write(dir.join(format!("{name}.log")), log);
+            let _ = docker(&["rm", "-f", name]);
+        }
+        let _ = docker(&["network", "rm", &format!("berth-it-{id}")]);
+        let _ = docker(&["rmi", "-f", &image]);
+        eprintln!(
+            "docker cluster: still running after {} s: stopped (node logs in {})",
+            bound.as_secs(),
+            dir.display()
+        );
+        std::process::exit(101);
+    });
+}
+
 struct Cluster {
     id: String,
     net: String,
@@ -1081,6 +1127,7 @@ fn docker_cluster_survives_faults() {
         retired: Mutex::new(BTreeSet::new()),
         hung: AtomicUsize::new(0),
     };
+    watchdog(&c.id, &c.image, &c.dir, cycles);
     // What was done, for the report.
     let mut joined = None;
     let mut faults: Vec<String> = Vec::new();
