@@ -826,12 +826,14 @@ impl Meta {
         }
         let node = match tx.peek(&node_key(id)).await? {
             Some(v) => decode_node(&v)?,
-            None => return Err(Error::new(
-                Code::Exists,
-                format!(
+            None => {
+                return Err(Error::new(
+                    Code::Exists,
+                    format!(
                     "this join request admitted node {id}, removed since: start the node afresh"
                 ),
-            )),
+                ))
+            }
         };
         if node.state != NodeState::Joining {
             return Err(Error::new(

@@ -167,21 +167,26 @@ impl SnapshotSource {
         }
     }
 
+    /// Pairs from the cursor on, until they add up to `max_bytes` or more (a chunk is at
+    /// most `max_bytes` plus one pair: values are bounded far below what a transport
+    /// message may carry, so that chunks always fit one).
     fn next_pairs(&mut self, max_bytes: usize) -> Result<KvPairs, StoreError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        while bytes < max_bytes {
+        'pages: while bytes < max_bytes {
             let page = self
                 .view
                 .scan(Space::Data, &self.cursor, &self.end, SCAN_PAIRS)?;
             let full = page.len() == SCAN_PAIRS;
-            if let Some((k, _)) = page.last() {
+            let taken = page.len();
+            for (i, (k, v)) in page.into_iter().enumerate() {
+                bytes += k.len() + v.len();
                 self.cursor = k.clone();
                 self.cursor.push(0);
-            }
-            for (k, v) in page {
-                bytes += k.len() + v.len();
                 out.push((k, v));
+                if bytes >= max_bytes && i + 1 < taken {
+                    break 'pages; // the rest of this page goes in the next chunk
+                }
             }
             if !full {
                 self.state = SourceState::End;
@@ -433,5 +438,60 @@ impl StagedReader {
 
     pub(crate) fn ended(&self) -> bool {
         self.ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_store::{Durability, Store};
+
+    /// Chunks stay near the size asked for even when a page of pairs holds far more
+    /// (large values): a chunk must fit one transport message.
+    #[test]
+    fn chunks_are_bounded_within_a_page_of_large_values() {
+        const VALUE: usize = 256 << 10;
+        const PAIRS: usize = SCAN_PAIRS + 10;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (start, end) = berth_store::keys::volume_range(1);
+        let mut batch = store.batch();
+        for i in 0..PAIRS {
+            let mut k = start.clone();
+            k.extend_from_slice(&(i as u32).to_be_bytes());
+            batch.put(Space::Data, &k, &vec![i as u8; VALUE]);
+        }
+        store.write(batch, Durability::Sync).unwrap();
+        let desc = ShardDesc {
+            id: 1,
+            start,
+            end,
+            voters: vec![1],
+        };
+        let mut source = SnapshotSource::new(&desc, store.snapshot(), store.blobs().hold());
+        let max = 1 << 20;
+        let (mut pairs, mut ended) = (0, false);
+        while let Some(c) = source.next_chunk(max).unwrap() {
+            assert!(
+                c.len() <= max + VALUE + 4096,
+                "a chunk of {} bytes",
+                c.len()
+            );
+            match decode(&c).unwrap() {
+                Chunk::Pairs(p) => {
+                    assert!(!ended);
+                    for (j, (_, v)) in p.iter().enumerate() {
+                        assert_eq!(v[0] as usize, (pairs + j) % 256, "pairs in order");
+                    }
+                    pairs += p.len();
+                }
+                Chunk::End { pairs: n } => {
+                    assert_eq!(n as usize, PAIRS);
+                    ended = true;
+                }
+            }
+        }
+        assert!(ended);
+        assert_eq!(pairs, PAIRS);
     }
 }
