@@ -1204,6 +1204,44 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs a raft-rs call; raft-rs panics on violated invariants (e.g. an unreadable log), which
 /// stops this group only, loudly, instead of the whole node.
+/// Sorts a group's outgoing messages by destination node (snapshots apart: they are
+/// streamed one by one), with the shard set and the hibernation flags: a drowsy (or
+/// sleeping) leader's heartbeats say "sleep", a sleeping follower's heartbeat responses
+/// say "asleep".
+fn route_messages(
+    me: NodeId,
+    id: ShardId,
+    g: &Group,
+    msgs: Vec<Message>,
+    outbox: &mut BTreeMap<NodeId, Vec<Message>>,
+    snapshots: &mut Vec<(ShardId, Message)>,
+) {
+    let leader = g.is_leader();
+    let sleep_flag = leader && (g.drowsy || g.hibernating);
+    let ack_flag = !leader && g.hibernating;
+    for mut m in msgs {
+        if m.to == me || m.to == 0 {
+            continue;
+        }
+        match m.get_msg_type() {
+            MessageType::MsgSnapshot => {
+                set_message_shard(&mut m, id);
+                snapshots.push((id, m));
+                continue;
+            }
+            MessageType::MsgHeartbeat if sleep_flag => {
+                hibernate::set_signal(&mut m, Signal::Sleep);
+            }
+            MessageType::MsgHeartbeatResponse if ack_flag => {
+                hibernate::set_signal(&mut m, Signal::SleepAck);
+            }
+            _ => {}
+        }
+        set_message_shard(&mut m, id);
+        outbox.entry(m.to).or_default().push(m);
+    }
+}
+
 fn guarded<T>(
     g: &mut Group,
     what: &str,
@@ -2102,11 +2140,16 @@ impl Core {
         let shared = self.shared.clone();
         let metrics = &shared.metrics;
 
-        // 1. Collect every ready and stage its persistent part in one batch.
+        // 1. Collect every ready and stage its persistent part in one batch. The messages
+        // raft-rs allows before persisting (a leader's appends and heartbeats) go out
+        // before the batch is written: followers write and sync the entries while the
+        // leader does, instead of after it.
         let mut batch = self.store.batch();
         let mut must_sync = false;
         let mut readies = Vec::new();
         let mut lost_leadership = Vec::new();
+        let mut early: BTreeMap<NodeId, Vec<Message>> = BTreeMap::new();
+        let mut snapshots: Vec<(ShardId, Message)> = Vec::new();
         for (&id, g) in self.groups.iter_mut() {
             if g.stopped.is_some() || g.installing.is_some() || !g.raw.has_ready() {
                 continue;
@@ -2115,6 +2158,14 @@ impl Core {
                 continue;
             };
             add(&metrics.readies, 1);
+            route_messages(
+                self.node_id,
+                id,
+                g,
+                rd.take_messages(),
+                &mut early,
+                &mut snapshots,
+            );
             self.touched.insert(id);
             // Waiters of a leader that stepped down fail after this iteration's committed
             // entries are applied (step 5): those may still complete their proposals.
@@ -2184,6 +2235,10 @@ impl Core {
             must_sync |= rd.must_sync();
             readies.push((id, rd, installed));
         }
+        for (to, msgs) in early {
+            add(&metrics.messages_sent, msgs.len() as u64);
+            self.transport.send(to, msgs);
+        }
         if !batch.is_empty() {
             let started = Instant::now();
             let durability = if must_sync {
@@ -2204,15 +2259,13 @@ impl Core {
 
         // 2. Advance: messages and committed entries become available.
         let mut outbox: BTreeMap<NodeId, Vec<Message>> = BTreeMap::new();
-        let mut snapshots: Vec<(ShardId, Message)> = Vec::new();
         let mut to_apply: Vec<(ShardId, Vec<Entry>)> = Vec::new();
         let mut snapshot_members = Vec::new();
         for (id, mut rd, installed) in readies {
             let Some(g) = self.groups.get_mut(&id) else {
                 continue;
             };
-            let mut msgs = rd.take_messages();
-            msgs.extend(rd.take_persisted_messages());
+            let mut msgs = rd.take_persisted_messages();
             let mut committed = rd.take_committed_entries();
             let Some(mut light) = guarded(g, "advance", |raw| raw.advance_append(rd)) else {
                 continue;
@@ -2244,32 +2297,7 @@ impl Core {
                     );
                 }
             }
-            // Hibernation flags: a drowsy (or sleeping) leader's heartbeats say "sleep", a
-            // sleeping follower's heartbeat responses say "asleep".
-            let leader = g.is_leader();
-            let sleep_flag = leader && (g.drowsy || g.hibernating);
-            let ack_flag = !leader && g.hibernating;
-            for mut m in msgs {
-                if m.to == self.node_id || m.to == 0 {
-                    continue;
-                }
-                match m.get_msg_type() {
-                    MessageType::MsgSnapshot => {
-                        set_message_shard(&mut m, id);
-                        snapshots.push((id, m));
-                        continue;
-                    }
-                    MessageType::MsgHeartbeat if sleep_flag => {
-                        hibernate::set_signal(&mut m, Signal::Sleep);
-                    }
-                    MessageType::MsgHeartbeatResponse if ack_flag => {
-                        hibernate::set_signal(&mut m, Signal::SleepAck);
-                    }
-                    _ => {}
-                }
-                set_message_shard(&mut m, id);
-                outbox.entry(m.to).or_default().push(m);
-            }
+            route_messages(self.node_id, id, g, msgs, &mut outbox, &mut snapshots);
             if !committed.is_empty() {
                 to_apply.push((id, committed));
             }
