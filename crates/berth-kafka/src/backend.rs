@@ -297,11 +297,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// [`Backend::produce`] for several partitions of one topic (a produce
     /// request's), in two steps: the returned future finishes once the
-    /// appends are queued, in call order, and yields the wait for their
-    /// results (one per input, in order, once durable). The gateway awaits
-    /// the first step of one request before it reads the next, so
-    /// pipelined produce requests keep their order while their fsyncs
-    /// overlap. A backend that can make them durable together (one
+    /// appends' order is fixed (queued, or bound to be queued after those of
+    /// the calls before), and yields the wait for their results (one per
+    /// input, in order, once durable). The gateway awaits the first step of
+    /// one request before it reads the next, so pipelined produce requests
+    /// keep their order while their fsyncs overlap (and, where the backend
+    /// resolves in the wait, their resolutions too). A backend that can make them durable together (one
     /// transaction, one fsync) overrides this; by default each partition is
     /// produced on its own, concurrently, all in the first step.
     fn produce_partitions(

@@ -272,10 +272,22 @@ pub async fn produce<B: Backend>(
         topics.push((topic.name, outs, wait));
     }
     Box::pin(async move {
-        let mut responses = Vec::with_capacity(topics.len());
-        for (name, mut outs, wait) in topics {
-            if let Some((at, wait)) = wait {
-                for (i, r) in at.into_iter().zip(wait.await) {
+        // Every topic's wait at once: a backend may still be resolving a topic in it.
+        let (names_outs, waits): (Vec<_>, Vec<_>) = topics
+            .into_iter()
+            .map(|(name, outs, wait)| ((name, outs), wait))
+            .unzip();
+        let results = join_all(waits.into_iter().map(|w| async move {
+            match w {
+                Some((at, wait)) => Some((at, wait.await)),
+                None => None,
+            }
+        }))
+        .await;
+        let mut responses = Vec::with_capacity(names_outs.len());
+        for ((name, mut outs), done) in names_outs.into_iter().zip(results) {
+            if let Some((at, results)) = done {
+                for (i, r) in at.into_iter().zip(results) {
                     let out = &mut outs[i];
                     match r {
                         Ok(a) => {

@@ -52,7 +52,12 @@ pub struct StreamsBackend {
     principal_streams: HashMap<String, String>,
     /// Partitions recently read, so a long poll can wait on them without a
     /// principal (the fetch that precedes it authorized the reader).
-    known: Mutex<HashMap<TopicRef, (StreamRef, TopicRecord)>>,
+    known: Arc<Mutex<HashMap<TopicRef, (StreamRef, TopicRecord)>>>,
+    /// Per topic, the signal that the last produce request submitted for it is
+    /// queued: a request resolves its stream and topic (reads behind read barriers)
+    /// concurrently with the requests before it, and queues its appends only once
+    /// they have queued theirs, so pipelined requests keep their order.
+    produce_order: Mutex<HashMap<TopicRef, tokio::sync::oneshot::Receiver<()>>>,
     /// The shard of each group's stream, as last looked up: whether this
     /// node still coordinates a group is whether it leads that shard.
     group_shards: Mutex<HashMap<GroupRef, ShardId>>,
@@ -71,7 +76,8 @@ impl StreamsBackend {
             meta,
             default_stream,
             principal_streams,
-            known: Mutex::new(HashMap::new()),
+            known: Arc::new(Mutex::new(HashMap::new())),
+            produce_order: Mutex::new(HashMap::new()),
             group_shards: Mutex::new(HashMap::new()),
         }
     }
@@ -105,23 +111,15 @@ impl StreamsBackend {
         t: &TopicRef,
         right: Right,
     ) -> Result<(StreamRef, TopicRecord), StreamError> {
-        let (s, topic) = self
-            .open(p, t, right)
-            .await
-            .map_err(|e| self.on_leader(None, e))?;
-        if !self.leads(s.vol.shard_id) {
-            let leader = match self.meta.router().leader_of(s.vol.shard_id) {
-                Some(n) => format!("node {n}"),
-                None => "no node yet".to_string(),
-            };
-            return Err(StreamError::NotLeader(format!(
-                "{}:{} is led by {leader}, not node {}",
-                t.stream,
-                t.topic,
-                self.me()
-            )));
+        self.opener().open_led(p, t, right).await
+    }
+
+    fn opener(&self) -> Opener {
+        Opener {
+            streams: self.streams.clone(),
+            meta: self.meta.clone(),
+            known: self.known.clone(),
         }
-        Ok((s, topic))
     }
 
     /// Where the partitions of the streams in `shard` are served, as this
@@ -230,6 +228,27 @@ impl StreamsBackend {
         t: &TopicRef,
         right: Right,
     ) -> Result<(StreamRef, TopicRecord), StreamError> {
+        self.opener().open(p, t, right).await
+    }
+}
+
+/// What resolving a topic needs, owned (a produce request resolves inside the future
+/// it returns, see `StreamsBackend::produce_order`).
+#[derive(Clone)]
+struct Opener {
+    streams: Arc<Streams>,
+    meta: Arc<Meta>,
+    known: Arc<Mutex<HashMap<TopicRef, (StreamRef, TopicRecord)>>>,
+}
+
+impl Opener {
+    /// The stream and topic, with `right` checked on the stream.
+    async fn open(
+        &self,
+        p: &Principal,
+        t: &TopicRef,
+        right: Right,
+    ) -> Result<(StreamRef, TopicRecord), StreamError> {
         let s = self
             .streams
             .stream(p, &t.stream, right)
@@ -246,6 +265,34 @@ impl StreamsBackend {
             known.clear();
         }
         known.insert(t.clone(), (s.clone(), topic.clone()));
+        Ok((s, topic))
+    }
+
+    /// [`Opener::open`] for the calls only the partition's leader serves: NotLeader on
+    /// any other node.
+    async fn open_led(
+        &self,
+        p: &Principal,
+        t: &TopicRef,
+        right: Right,
+    ) -> Result<(StreamRef, TopicRecord), StreamError> {
+        let router = self.meta.router();
+        let me = router.node_id();
+        let (s, topic) = self.open(p, t, right).await.map_err(|e| match e {
+            StreamError::Retriable(m) => StreamError::NotLeader(m),
+            e => e,
+        })?;
+        let shard = s.vol.shard_id;
+        if router.raft().leader(shard) != Some(me) {
+            let leader = match router.leader_of(shard) {
+                Some(n) => format!("node {n}"),
+                None => "no node yet".to_string(),
+            };
+            return Err(StreamError::NotLeader(format!(
+                "{}:{} is led by {leader}, not node {me}",
+                t.stream, t.topic
+            )));
+        }
         Ok((s, topic))
     }
 }
@@ -637,41 +684,62 @@ impl Backend for StreamsBackend {
         t: &TopicRef,
         parts: Vec<(i32, Bytes)>,
     ) -> ProduceWait {
-        let n = parts.len();
-        let (s, topic) = match self.open_led(p, t, Right::Produce).await {
-            Ok(x) => x,
-            Err(e) => {
-                let all = (0..n).map(|_| Err(e.clone())).collect();
-                return Box::pin(std::future::ready(all));
+        // The first step only takes this request's place in the topic's order; the
+        // stream and topic are resolved (behind read barriers) in the wait, while the
+        // connection reads its next request, and the appends are queued once every
+        // request before this one has queued its own.
+        let (queued, queued_rx) = tokio::sync::oneshot::channel::<()>();
+        let before = {
+            let mut order = self.produce_order.lock();
+            if order.len() >= KNOWN_MAX {
+                order.clear();
             }
+            order.insert(t.clone(), queued_rx)
         };
-        // Negative partition numbers fail alone; the rest go in one append,
-        // queued before this returns (the order of pipelined requests).
-        let mut out: Vec<Option<Result<Appended, StreamError>>> = vec![None; n];
-        let mut at = Vec::new();
-        let mut valid = Vec::new();
-        for (i, (part, records)) in parts.into_iter().enumerate() {
-            match partition(part) {
-                Ok(part) => {
-                    at.push(i);
-                    valid.push((part, records));
-                }
-                Err(e) => out[i] = Some(Err(e)),
-            }
-        }
-        let wait = self.streams.append_submit(p, &s, &t.topic, &topic, valid);
-        let name = t.topic.clone();
-        // Whether this node still leads when an append failed in passing
-        // (leadership moved while it committed): NotLeader if not.
-        let (raft, me, shard) = (self.meta.router().raft().clone(), self.me(), s.vol.shard_id);
+        let opener = self.opener();
+        let (p, t) = (p.clone(), t.clone());
         Box::pin(async move {
-            for (i, r) in at.into_iter().zip(wait.await) {
-                out[i] = Some(r.map(appended).map_err(|e| match append_error(e, &name) {
-                    StreamError::Retriable(m) if raft.leader(shard) != Some(me) => {
-                        StreamError::NotLeader(m)
+            let n = parts.len();
+            let resolved = opener.open_led(&p, &t, Right::Produce).await;
+            if let Some(before) = before {
+                let _ = before.await; // queued, or failed before queueing
+            }
+            let (s, topic) = match resolved {
+                Ok(x) => x,
+                Err(e) => return (0..n).map(|_| Err(e.clone())).collect(),
+            };
+            // Negative partition numbers fail alone; the rest go in one append.
+            let mut out: Vec<Option<Result<Appended, StreamError>>> = vec![None; n];
+            let mut at = Vec::new();
+            let mut valid = Vec::new();
+            for (i, (part, records)) in parts.into_iter().enumerate() {
+                match partition(part) {
+                    Ok(part) => {
+                        at.push(i);
+                        valid.push((part, records));
                     }
-                    e => e,
-                }));
+                    Err(e) => out[i] = Some(Err(e)),
+                }
+            }
+            let wait = opener
+                .streams
+                .append_submit(&p, &s, &t.topic, &topic, valid);
+            // Queued (append_submit queues before it returns): the next may queue.
+            drop(queued);
+            // Whether this node still leads when an append failed in passing
+            // (leadership moved while it committed): NotLeader if not.
+            let raft = opener.meta.router().raft().clone();
+            let (me, shard) = (raft.node_id(), s.vol.shard_id);
+            for (i, r) in at.into_iter().zip(wait.await) {
+                out[i] = Some(
+                    r.map(appended)
+                        .map_err(|e| match append_error(e, &t.topic) {
+                            StreamError::Retriable(m) if raft.leader(shard) != Some(me) => {
+                                StreamError::NotLeader(m)
+                            }
+                            e => e,
+                        }),
+                );
             }
             out.into_iter()
                 .map(|r| r.unwrap_or_else(|| Err(StreamError::Internal("no result".into()))))
