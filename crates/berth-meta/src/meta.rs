@@ -722,28 +722,7 @@ impl Meta {
                 return self.admitted_again(&tx, a, &body.id, rec).await;
             }
             take_join_token_use(&mut tx, &body.id).await?;
-            let cluster: ClusterRecord = decode(
-                &tx.peek(&cluster_key())
-                    .await?
-                    .ok_or_else(|| Error::new(Code::Again, "the cluster map is not written yet"))?,
-                "cluster",
-            )?;
-            let ca = scan_table::<CaRecord>(&tx, T_CA, "cluster CA").await?
-                .into_iter()
-                .max_by_key(|c| c.id)
-                .ok_or_else(|| {
-                    Error::new(
-                        Code::Again,
-                        "the cluster map holds no CA yet (the first node records it when it starts); retry",
-                    )
-                })?;
-            let (start, end) = table_range(T_NODE);
-            let nodes: Vec<NodeRecord> = tx
-                .peek_range(&start, &end, usize::MAX)
-                .await?
-                .iter()
-                .map(|(_, v)| decode_node(v))
-                .collect::<Result<_, _>>()?;
+            let (cluster, ca, nodes) = join_context(&tx).await?;
             // Ids are never reused: the counter only grows, and a cluster
             // bootstrapped before it existed starts it above every node.
             let counted = match tx.get(&counter_key(C_NODE_ID)).await? {
@@ -762,16 +741,7 @@ impl Meta {
                     "node {id} already has a record although the id counter gave it out"
                 )));
             }
-            let node_cert_pem = berth_security::pki::sign_node_request(
-                &ca.material(),
-                &a.csr_pem,
-                id,
-                &a.advertise,
-            )
-            .map_err(|e| match e {
-                berth_security::pki::CsrError::Ca(_) => Error::new(Code::Io, e.to_string()),
-                e => Error::invalid(e.to_string()),
-            })?;
+            let node_cert_pem = sign_node(&ca, &a.csr_pem, id, &a.advertise)?;
             let node = NodeRecord {
                 id,
                 native_addr: a.native_addr.clone(),
@@ -841,30 +811,8 @@ impl Meta {
                 format!("this join request admitted node {id}, which has joined since"),
             ));
         }
-        let cluster: ClusterRecord = decode(
-            &tx.peek(&cluster_key())
-                .await?
-                .ok_or_else(|| Error::new(Code::Again, "the cluster map is not written yet"))?,
-            "cluster",
-        )?;
-        let ca = scan_table::<CaRecord>(tx, T_CA, "cluster CA")
-            .await?
-            .into_iter()
-            .max_by_key(|c| c.id)
-            .ok_or_else(|| Error::corrupt("a node was admitted, but no cluster CA is recorded"))?;
-        let node_cert_pem =
-            berth_security::pki::sign_node_request(&ca.material(), &a.csr_pem, id, &node.advertise)
-                .map_err(|e| match e {
-                    berth_security::pki::CsrError::Ca(_) => Error::new(Code::Io, e.to_string()),
-                    e => Error::invalid(e.to_string()),
-                })?;
-        let (start, end) = table_range(T_NODE);
-        let nodes: Vec<NodeRecord> = tx
-            .peek_range(&start, &end, usize::MAX)
-            .await?
-            .iter()
-            .map(|(_, v)| decode_node(v))
-            .collect::<Result<_, _>>()?;
+        let (cluster, ca, nodes) = join_context(tx).await?;
+        let node_cert_pem = sign_node(&ca, &a.csr_pem, id, &node.advertise)?;
         tracing::info!(target: "audit", node = id, token = %token_id, "a join request answered again (its first answer was lost)");
         Ok(Admission {
             node,
@@ -1579,6 +1527,45 @@ async fn take_join_token_use(tx: &mut Tx, id: &str) -> Result<(), Error> {
     r.uses_left -= 1;
     tx.put(key, encode(&r));
     Ok(())
+}
+
+/// What a join's answer carries besides the node: the cluster, the CA that signs node
+/// certificates (the newest), and every node recorded.
+async fn join_context(tx: &Tx) -> Result<(ClusterRecord, CaRecord, Vec<NodeRecord>), Error> {
+    let cluster: ClusterRecord = decode(
+        &tx.peek(&cluster_key())
+            .await?
+            .ok_or_else(|| Error::new(Code::Again, "the cluster map is not written yet"))?,
+        "cluster",
+    )?;
+    let ca = scan_table::<CaRecord>(tx, T_CA, "cluster CA")
+        .await?
+        .into_iter()
+        .max_by_key(|c| c.id)
+        .ok_or_else(|| {
+            Error::new(
+                Code::Again,
+                "the cluster map holds no CA yet (the first node records it when it starts); retry",
+            )
+        })?;
+    let (start, end) = table_range(T_NODE);
+    let nodes = tx
+        .peek_range(&start, &end, usize::MAX)
+        .await?
+        .iter()
+        .map(|(_, v)| decode_node(v))
+        .collect::<Result<_, _>>()?;
+    Ok((cluster, ca, nodes))
+}
+
+/// A node certificate for `csr_pem`, signed by `ca`.
+fn sign_node(ca: &CaRecord, csr_pem: &str, id: NodeId, names: &[String]) -> Result<String, Error> {
+    berth_security::pki::sign_node_request(&ca.material(), csr_pem, id, names).map_err(
+        |e| match e {
+            berth_security::pki::CsrError::Ca(_) => Error::new(Code::Io, e.to_string()),
+            e => Error::invalid(e.to_string()),
+        },
+    )
 }
 
 /// Bounds what a joining node asks to be recorded with.

@@ -733,13 +733,12 @@ fn settle(st: &mut State) {
         .into_iter()
         .map(|(shard, (node, _))| (shard, node))
         .collect();
-    let received = std::mem::take(&mut st.received);
+    let received = &st.received;
     st.settling.retain(|shard, then| {
         leaders.get(shard).is_none_or(|l| {
             received.get(l).copied().unwrap_or(0) <= then.get(l).copied().unwrap_or(0)
         })
     });
-    st.received = received;
 }
 
 fn leader_reports(st: &State) -> BTreeMap<ShardId, (NodeId, &ReplicaReport)> {

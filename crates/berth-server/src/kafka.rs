@@ -45,14 +45,11 @@ const GROUP_SHARDS_MAX: usize = 100_000;
 const RACK_LABEL: &str = "zone";
 
 pub struct StreamsBackend {
-    streams: Arc<Streams>,
-    meta: Arc<Meta>,
+    /// The streams, the cluster map and the topics resolved lately.
+    topics: Topics,
     default_stream: String,
     /// Principals whose plain names resolve in another stream.
     principal_streams: HashMap<String, String>,
-    /// Partitions recently read, so a long poll can wait on them without a
-    /// principal (the fetch that precedes it authorized the reader).
-    known: Arc<Mutex<HashMap<TopicRef, (StreamRef, TopicRecord)>>>,
     /// Per topic, the signal that the last produce request submitted for it is
     /// queued: a request resolves its stream and topic (reads behind read barriers)
     /// concurrently with the requests before it, and queues its appends only once
@@ -72,60 +69,22 @@ impl StreamsBackend {
         principal_streams: HashMap<String, String>,
     ) -> StreamsBackend {
         StreamsBackend {
-            streams,
-            meta,
+            topics: Topics {
+                streams,
+                meta,
+                known: Arc::new(Mutex::new(HashMap::new())),
+            },
             default_stream,
             principal_streams,
-            known: Arc::new(Mutex::new(HashMap::new())),
             produce_order: Mutex::new(HashMap::new()),
             group_shards: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn me(&self) -> NodeId {
-        self.meta.router().node_id()
-    }
-
-    /// Whether this node leads `shard` (its own replica is the leader).
-    fn leads(&self, shard: ShardId) -> bool {
-        self.meta.router().raft().leader(shard) == Some(self.me())
-    }
-
-    /// A passing failure of a call only the leader serves: NotLeader when
-    /// this node does not lead the shard (or the shard is not known), so
-    /// the client looks for the leader; still Retriable on the leader.
-    fn on_leader(&self, shard: Option<ShardId>, e: StreamError) -> StreamError {
-        match e {
-            StreamError::Retriable(m) if shard.is_none_or(|s| !self.leads(s)) => {
-                StreamError::NotLeader(m)
-            }
-            e => e,
-        }
-    }
-
-    /// [`StreamsBackend::open`] for the calls only the partition's leader
-    /// serves (produce, fetch, offsets): NotLeader on any other node.
-    async fn open_led(
-        &self,
-        p: &Principal,
-        t: &TopicRef,
-        right: Right,
-    ) -> Result<(StreamRef, TopicRecord), StreamError> {
-        self.opener().open_led(p, t, right).await
-    }
-
-    fn opener(&self) -> Opener {
-        Opener {
-            streams: self.streams.clone(),
-            meta: self.meta.clone(),
-            known: self.known.clone(),
         }
     }
 
     /// Where the partitions of the streams in `shard` are served, as this
     /// node sees it now.
     fn placement(&self, view: &View, shard: ShardId) -> Placement {
-        let map = self.meta.map();
+        let map = self.topics.meta.map();
         let voters = map
             .shards
             .iter()
@@ -136,7 +95,7 @@ impl StreamsBackend {
             // A replica here: its leader and term.
             Some(st) => (st.leader, Some(st.term)),
             // None: the leader the cluster map records (no term known).
-            None => (self.meta.router().leader_of(shard), None),
+            None => (self.topics.meta.router().leader_of(shard), None),
         };
         placement(&voters, leader, term, &view.down)
     }
@@ -144,8 +103,8 @@ impl StreamsBackend {
     /// The broker coordinating groups of the stream in `shard`: its
     /// leader, unless known down.
     fn coordinator(&self, shard: ShardId) -> Option<BrokerId> {
-        let leader = self.meta.router().leader_of(shard)?;
-        if leader != self.me() && View::of(&self.meta).down.contains(&leader) {
+        let leader = self.topics.meta.router().leader_of(shard)?;
+        if leader != self.topics.me() && View::of(&self.topics.meta).down.contains(&leader) {
             return None;
         }
         broker_id(leader)
@@ -167,7 +126,7 @@ impl StreamsBackend {
         name: &str,
         what: &str,
     ) -> Result<(String, String), StreamError> {
-        match named(name, |n| self.streams.kafka_name_path(n)) {
+        match named(name, |n| self.topics.streams.kafka_name_path(n)) {
             Some(found) => Ok(found),
             None => split_name(name, self.default_for(p), what),
         }
@@ -180,7 +139,7 @@ impl StreamsBackend {
         if path == self.default_for(p) {
             return t.to_string();
         }
-        match self.streams.kafka_names_of(path).first() {
+        match self.topics.streams.kafka_names_of(path).first() {
             Some(n) => format!("{n}.{t}"),
             None => format!("{path}:{t}"),
         }
@@ -193,12 +152,12 @@ impl StreamsBackend {
         p: &Principal,
         path: &str,
     ) -> Result<Option<(StreamRef, Vec<(String, TopicRecord)>)>, StreamError> {
-        let s = match self.streams.lookup(p, path).await {
+        let s = match self.topics.streams.lookup(p, path).await {
             Ok(s) => s,
             Err(e) if is_hidden(&e) => return Ok(None),
             Err(e) => return Err(to_kafka(e, path)),
         };
-        match self.streams.topics(p, &s).await {
+        match self.topics.streams.topics(p, &s).await {
             Ok(t) => Ok(Some((s, t))),
             Err(e) if is_hidden(&e) => Ok(None),
             Err(e) => Err(to_kafka(e, path)),
@@ -207,7 +166,8 @@ impl StreamsBackend {
 
     /// A group's stream, with the consume right it takes to use the group.
     async fn group_stream(&self, p: &Principal, g: &GroupRef) -> Result<StreamRef, StreamError> {
-        self.streams
+        self.topics
+            .streams
             .stream(p, &g.stream, Right::Consume)
             .await
             .map_err(|e| group_error(e, g))
@@ -215,33 +175,48 @@ impl StreamsBackend {
 
     /// A topic's stream, with the topic right (create, delete, grow).
     async fn topic_stream(&self, p: &Principal, t: &TopicRef) -> Result<StreamRef, StreamError> {
-        self.streams
+        self.topics
+            .streams
             .stream(p, &t.stream, Right::Topic)
             .await
             .map_err(|e| to_kafka(e, &t.topic))
     }
-
-    /// The stream and topic, with `right` checked on the stream.
-    async fn open(
-        &self,
-        p: &Principal,
-        t: &TopicRef,
-        right: Right,
-    ) -> Result<(StreamRef, TopicRecord), StreamError> {
-        self.opener().open(p, t, right).await
-    }
 }
 
-/// What resolving a topic needs, owned (a produce request resolves inside the future
-/// it returns, see `StreamsBackend::produce_order`).
+/// The streams and the cluster map, and how a topic is resolved and who leads it;
+/// cloned into a produce request's wait, which resolves there (see
+/// `StreamsBackend::produce_order`).
 #[derive(Clone)]
-struct Opener {
+struct Topics {
     streams: Arc<Streams>,
     meta: Arc<Meta>,
+    /// Partitions recently read, so a long poll can wait on them without a
+    /// principal (the fetch that precedes it authorized the reader).
     known: Arc<Mutex<HashMap<TopicRef, (StreamRef, TopicRecord)>>>,
 }
 
-impl Opener {
+impl Topics {
+    fn me(&self) -> NodeId {
+        self.meta.router().node_id()
+    }
+
+    /// Whether this node leads `shard` (its own replica is the leader).
+    fn leads(&self, shard: ShardId) -> bool {
+        self.meta.router().raft().leader(shard) == Some(self.me())
+    }
+
+    /// A passing failure of a call only the leader serves: NotLeader when
+    /// this node does not lead the shard (or the shard is not known), so
+    /// the client looks for the leader; still Retriable on the leader.
+    fn on_leader(&self, shard: Option<ShardId>, e: StreamError) -> StreamError {
+        match e {
+            StreamError::Retriable(m) if shard.is_none_or(|s| !self.leads(s)) => {
+                StreamError::NotLeader(m)
+            }
+            e => e,
+        }
+    }
+
     /// The stream and topic, with `right` checked on the stream.
     async fn open(
         &self,
@@ -268,23 +243,22 @@ impl Opener {
         Ok((s, topic))
     }
 
-    /// [`Opener::open`] for the calls only the partition's leader serves: NotLeader on
-    /// any other node.
+    /// [`Topics::open`] for the calls only the partition's leader serves (produce,
+    /// fetch, offsets): NotLeader on any other node.
     async fn open_led(
         &self,
         p: &Principal,
         t: &TopicRef,
         right: Right,
     ) -> Result<(StreamRef, TopicRecord), StreamError> {
-        let router = self.meta.router();
-        let me = router.node_id();
-        let (s, topic) = self.open(p, t, right).await.map_err(|e| match e {
-            StreamError::Retriable(m) => StreamError::NotLeader(m),
-            e => e,
-        })?;
+        let (s, topic) = self
+            .open(p, t, right)
+            .await
+            .map_err(|e| self.on_leader(None, e))?;
         let shard = s.vol.shard_id;
-        if router.raft().leader(shard) != Some(me) {
-            let leader = match router.leader_of(shard) {
+        if !self.leads(shard) {
+            let me = self.me();
+            let leader = match self.meta.router().leader_of(shard) {
                 Some(n) => format!("node {n}"),
                 None => "no node yet".to_string(),
             };
@@ -516,16 +490,24 @@ impl Backend for StreamsBackend {
     type Principal = Principal;
 
     fn brokers(&self) -> Vec<Broker> {
-        brokers_of(&self.meta.map().nodes, &View::of(&self.meta).down)
+        brokers_of(
+            &self.topics.meta.map().nodes,
+            &View::of(&self.topics.meta).down,
+        )
     }
 
     async fn authenticate_plain(&self, user: &str, password: &str) -> Result<Principal, String> {
         // A ticket (checked locally) first, then a user's password.
-        match self.streams.authenticate(password) {
+        match self.topics.streams.authenticate(password) {
             Ok(p) => Ok(p),
-            Err(ticket_err) => self.streams.login(user, password).await.map_err(|e| {
-                format!("user {user:?}: not a valid ticket ({ticket_err}) nor password ({e})")
-            }),
+            Err(ticket_err) => self
+                .topics
+                .streams
+                .login(user, password)
+                .await
+                .map_err(|e| {
+                    format!("user {user:?}: not a valid ticket ({ticket_err}) nor password ({e})")
+                }),
         }
     }
 
@@ -542,6 +524,7 @@ impl Backend for StreamsBackend {
         auto_create: bool,
     ) -> Result<TopicInfo, StreamError> {
         let s = self
+            .topics
             .streams
             .lookup(p, &t.stream)
             .await
@@ -551,11 +534,12 @@ impl Backend for StreamsBackend {
             .or_else(|_| authorize(p, &s, Right::Produce))
             .map_err(|e| to_kafka(e, name))?;
         let topic = self
+            .topics
             .streams
             .topic_or_create(p, &s, &t.topic, auto_create)
             .await
             .map_err(|e| to_kafka(e, name))?;
-        let placement = self.placement(&View::of(&self.meta), s.vol.shard_id);
+        let placement = self.placement(&View::of(&self.topics.meta), s.vol.shard_id);
         Ok(info(name, &topic, &s.config, placement))
     }
 
@@ -565,7 +549,7 @@ impl Backend for StreamsBackend {
         // a Kafka name (streams without one are not enumerated: a full name
         // still reaches them).
         let default = self.default_for(p).to_string();
-        let mut names = self.streams.kafka_names();
+        let mut names = self.topics.streams.kafka_names();
         let mut paths: Vec<String> = vec![default.clone()];
         for (_, path) in &names {
             if !paths.contains(path) {
@@ -575,7 +559,7 @@ impl Backend for StreamsBackend {
         names.sort();
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        let view = View::of(&self.meta);
+        let view = View::of(&self.topics.meta);
         for path in &paths {
             let Some((s, topics)) = self.visible_topics(p, path).await? else {
                 continue;
@@ -615,6 +599,7 @@ impl Backend for StreamsBackend {
             );
         }
         let s = self
+            .topics
             .streams
             .stream(p, &t.stream, Right::Topic)
             .await
@@ -622,6 +607,7 @@ impl Backend for StreamsBackend {
         let count = u32::try_from(partitions.max(0))
             .map_err(|_| StreamError::InvalidPartitions(partitions.to_string()))?;
         let topic = self
+            .topics
             .streams
             .create_topic(p, &s, &t.topic, count)
             .await
@@ -631,14 +617,15 @@ impl Backend for StreamsBackend {
                 }
                 _ => to_kafka(e, name),
             })?;
-        let placement = self.placement(&View::of(&self.meta), s.vol.shard_id);
+        let placement = self.placement(&View::of(&self.topics.meta), s.vol.shard_id);
         Ok(info(name, &topic, &s.config, placement))
     }
 
     async fn delete_topic(&self, p: &Principal, t: &TopicRef) -> Result<(), StreamError> {
         let s = self.topic_stream(p, t).await?;
-        self.known.lock().remove(t);
-        self.streams
+        self.topics.known.lock().remove(t);
+        self.topics
+            .streams
             .delete_topic(p, &s, &t.topic)
             .await
             .map_err(|e| to_kafka(e, &t.topic))
@@ -651,8 +638,9 @@ impl Backend for StreamsBackend {
         count: u32,
     ) -> Result<(), StreamError> {
         let s = self.topic_stream(p, t).await?;
-        self.known.lock().remove(t);
-        self.streams
+        self.topics.known.lock().remove(t);
+        self.topics
+            .streams
             .add_partitions(p, &s, &t.topic, count)
             .await
             .map(drop)
@@ -670,12 +658,16 @@ impl Backend for StreamsBackend {
         records: Bytes,
     ) -> Result<Appended, StreamError> {
         let part = partition(part)?;
-        let (s, topic) = self.open_led(p, t, Right::Produce).await?;
-        self.streams
+        let (s, topic) = self.topics.open_led(p, t, Right::Produce).await?;
+        self.topics
+            .streams
             .append(p, &s, &t.topic, &topic, part, records)
             .await
             .map(appended)
-            .map_err(|e| self.on_leader(Some(s.vol.shard_id), append_error(e, &t.topic)))
+            .map_err(|e| {
+                self.topics
+                    .on_leader(Some(s.vol.shard_id), append_error(e, &t.topic))
+            })
     }
 
     async fn produce_partitions(
@@ -696,11 +688,11 @@ impl Backend for StreamsBackend {
             }
             order.insert(t.clone(), queued_rx)
         };
-        let opener = self.opener();
+        let topics = self.topics.clone();
         let (p, t) = (p.clone(), t.clone());
         Box::pin(async move {
             let n = parts.len();
-            let resolved = opener.open_led(&p, &t, Right::Produce).await;
+            let resolved = topics.open_led(&p, &t, Right::Produce).await;
             if let Some(before) = before {
                 let _ = before.await; // queued, or failed before queueing
             }
@@ -721,14 +713,14 @@ impl Backend for StreamsBackend {
                     Err(e) => out[i] = Some(Err(e)),
                 }
             }
-            let wait = opener
+            let wait = topics
                 .streams
                 .append_submit(&p, &s, &t.topic, &topic, valid);
             // Queued (append_submit queues before it returns): the next may queue.
             drop(queued);
             // Whether this node still leads when an append failed in passing
             // (leadership moved while it committed): NotLeader if not.
-            let raft = opener.meta.router().raft().clone();
+            let raft = topics.meta.router().raft().clone();
             let (me, shard) = (raft.node_id(), s.vol.shard_id);
             for (i, r) in at.into_iter().zip(wait.await) {
                 out[i] = Some(
@@ -756,12 +748,16 @@ impl Backend for StreamsBackend {
         max_bytes: usize,
     ) -> Result<Fetched, StreamError> {
         let part = partition(part)?;
-        let (s, topic) = self.open_led(p, t, Right::Consume).await?;
+        let (s, topic) = self.topics.open_led(p, t, Right::Consume).await?;
         let (state, batches) = self
+            .topics
             .streams
             .read(p, &s, &topic, part, offset, max_bytes)
             .await
-            .map_err(|e| self.on_leader(Some(s.vol.shard_id), to_kafka(e, &t.topic)))?;
+            .map_err(|e| {
+                self.topics
+                    .on_leader(Some(s.vol.shard_id), to_kafka(e, &t.topic))
+            })?;
         Ok(Fetched {
             offsets: PartitionOffsets {
                 log_start: state.log_start,
@@ -772,10 +768,13 @@ impl Backend for StreamsBackend {
     }
 
     async fn wait(&self, t: &TopicRef, part: i32, offset: i64, max_wait: Duration) {
-        let found = self.known.lock().get(t).cloned();
+        let found = self.topics.known.lock().get(t).cloned();
         match (found, u32::try_from(part)) {
             (Some((s, topic)), Ok(part)) => {
-                self.streams.wait(&s, &topic, part, offset, max_wait).await
+                self.topics
+                    .streams
+                    .wait(&s, &topic, part, offset, max_wait)
+                    .await
             }
             _ => tokio::time::sleep(max_wait).await,
         }
@@ -789,23 +788,31 @@ impl Backend for StreamsBackend {
         spec: OffsetSpec,
     ) -> Result<i64, StreamError> {
         let part = partition(part)?;
-        let (s, topic) = self.open_led(p, t, Right::Consume).await?;
+        let (s, topic) = self.topics.open_led(p, t, Right::Consume).await?;
         let r = match spec {
             OffsetSpec::Earliest => self
+                .topics
                 .streams
                 .offsets(p, &s, &topic, part)
                 .await
                 .map(|o| o.log_start),
             OffsetSpec::Latest => self
+                .topics
                 .streams
                 .offsets(p, &s, &topic, part)
                 .await
                 .map(|o| o.next),
             OffsetSpec::Timestamp(ts) => {
-                self.streams.offset_for_time(p, &s, &topic, part, ts).await
+                self.topics
+                    .streams
+                    .offset_for_time(p, &s, &topic, part, ts)
+                    .await
             }
         };
-        r.map_err(|e| self.on_leader(Some(s.vol.shard_id), to_kafka(e, &t.topic)))
+        r.map_err(|e| {
+            self.topics
+                .on_leader(Some(s.vol.shard_id), to_kafka(e, &t.topic))
+        })
     }
 
     fn resolve_group(&self, p: &Principal, name: &str) -> Result<GroupRef, StreamError> {
@@ -832,7 +839,7 @@ impl Backend for StreamsBackend {
 
     fn coordinates(&self, g: &GroupRef) -> bool {
         let shard = self.group_shards.lock().get(g).copied();
-        shard.is_none_or(|s| self.leads(s))
+        shard.is_none_or(|s| self.topics.leads(s))
     }
 
     async fn commit_offset(
@@ -846,14 +853,15 @@ impl Backend for StreamsBackend {
         let part = partition(part)?;
         let gs = self.group_stream(p, g).await?;
         // Committing for a topic needs its consume right too.
-        let (_, topic) = self.open(p, t, Right::Consume).await?;
+        let (_, topic) = self.topics.open(p, t, Right::Consume).await?;
         if part >= topic.partitions {
             return Err(StreamError::UnknownTopic(format!(
                 "{}: partition {part}",
                 full_name(t)
             )));
         }
-        self.streams
+        self.topics
+            .streams
             .commit_offset(
                 p,
                 &gs,
@@ -875,8 +883,9 @@ impl Backend for StreamsBackend {
     ) -> Result<Option<Committed>, StreamError> {
         let part = partition(part)?;
         let gs = self.group_stream(p, g).await?;
-        self.open(p, t, Right::Consume).await?;
+        self.topics.open(p, t, Right::Consume).await?;
         let c = self
+            .topics
             .streams
             .committed(p, &gs, &g.group, &full_name(t), part)
             .await
@@ -894,6 +903,7 @@ impl Backend for StreamsBackend {
     ) -> Result<Vec<(String, i32, Committed)>, StreamError> {
         let gs = self.group_stream(p, g).await?;
         let all = self
+            .topics
             .streams
             .group_offsets(p, &gs, &g.group)
             .await
@@ -922,21 +932,21 @@ impl Backend for StreamsBackend {
 
     async fn init_producer_id(&self, _p: &Principal) -> Result<ProducerId, StreamError> {
         Ok(ProducerId {
-            id: self.streams.new_producer_id(),
+            id: self.topics.streams.new_producer_id(),
             epoch: 0,
         })
     }
 
     async fn scram_credential(&self, user: &str, m: ScramMechanism) -> Option<ScramCredential> {
-        crate::kafka_sasl::scram_credential(&self.meta, user, m).await
+        crate::kafka_sasl::scram_credential(&self.topics.meta, user, m).await
     }
 
     async fn scram_principal(&self, user: &str) -> Result<Principal, String> {
-        crate::kafka_sasl::scram_principal(&self.meta, user).await
+        crate::kafka_sasl::scram_principal(&self.topics.meta, user).await
     }
 
     async fn authenticate_token(&self, token: &str) -> Result<Principal, String> {
-        crate::kafka_sasl::authenticate_token(&self.meta, token)
+        crate::kafka_sasl::authenticate_token(&self.topics.meta, token)
     }
 
     async fn offsets(
@@ -946,12 +956,16 @@ impl Backend for StreamsBackend {
         part: i32,
     ) -> Result<PartitionOffsets, StreamError> {
         let part = partition(part)?;
-        let (s, topic) = self.open_led(p, t, Right::Consume).await?;
+        let (s, topic) = self.topics.open_led(p, t, Right::Consume).await?;
         let o = self
+            .topics
             .streams
             .offsets(p, &s, &topic, part)
             .await
-            .map_err(|e| self.on_leader(Some(s.vol.shard_id), to_kafka(e, &t.topic)))?;
+            .map_err(|e| {
+                self.topics
+                    .on_leader(Some(s.vol.shard_id), to_kafka(e, &t.topic))
+            })?;
         Ok(PartitionOffsets {
             log_start: o.log_start,
             high_watermark: o.next,
