@@ -260,7 +260,18 @@ impl Namespace {
         path: &str,
         follow: bool,
     ) -> Result<Loc, Error> {
-        let mut reader = Reader::new();
+        self.resolve_in(&mut Reader::new(), p, path, follow).await
+    }
+
+    /// [`Namespace::resolve`] through `reader`'s transactions (one read barrier per
+    /// shard crossed), which the caller may go on reading with.
+    async fn resolve_in(
+        &self,
+        reader: &mut Reader,
+        p: &Principal,
+        path: &str,
+        follow: bool,
+    ) -> Result<Loc, Error> {
         let original = normalize_path(path)?;
         let mut path = original.clone();
         let mut hops = 0;
@@ -327,7 +338,7 @@ impl Namespace {
                     // ENOENT for a name that existed all along.
                     None if d.mount.is_none() && view.is_live() && torn < TORN_READS_MAX => {
                         torn += 1;
-                        reader = Reader::new();
+                        *reader = Reader::new();
                         path = original.clone();
                         hops = 0;
                         continue 'restart;
@@ -567,6 +578,24 @@ impl Namespace {
         let loc = self.resolve(p, path, true).await?;
         check_scope(p, &loc.path, Access::Traverse)?;
         Ok(Self::info(&loc))
+    }
+
+    /// [`Namespace::stat_following`], with a transaction on the entry's shard whose
+    /// reads are behind the read barrier the resolution took: a caller reading more of
+    /// that shard (a stream's settings and topic) waits for no other barrier.
+    pub async fn stat_following_tx(
+        &self,
+        p: &Principal,
+        path: &str,
+    ) -> Result<(EntryInfo, Tx), Error> {
+        let mut reader = Reader::new();
+        let loc = self.resolve_in(&mut reader, p, path, true).await?;
+        check_scope(p, &loc.path, Access::Traverse)?;
+        let tx = match reader.txs.remove(&loc.vol.shard_id) {
+            Some(tx) => tx,
+            None => self.meta.router().begin(loc.vol.shard_id).await?,
+        };
+        Ok((Self::info(&loc), tx))
     }
 
     pub async fn readlink(&self, p: &Principal, path: &str) -> Result<String, Error> {

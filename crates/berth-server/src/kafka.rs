@@ -217,24 +217,21 @@ impl Topics {
         }
     }
 
-    /// The stream and topic, with `right` checked on the stream.
+    /// The stream and topic, with `right` checked on the stream, read behind one
+    /// read barrier.
     async fn open(
         &self,
         p: &Principal,
         t: &TopicRef,
         right: Right,
     ) -> Result<(StreamRef, TopicRecord), StreamError> {
-        let s = self
+        let (s, topic) = self
             .streams
-            .stream(p, &t.stream, right)
+            .stream_topic(p, &t.stream, right, &t.topic)
             .await
             .map_err(|e| to_kafka(e, &t.topic))?;
-        let topic = self
-            .streams
-            .topic(&s, &t.topic)
-            .await
-            .map_err(|e| to_kafka(e, &t.topic))?
-            .ok_or_else(|| StreamError::UnknownTopic(format!("{}:{}", t.stream, t.topic)))?;
+        let topic =
+            topic.ok_or_else(|| StreamError::UnknownTopic(format!("{}:{}", t.stream, t.topic)))?;
         let mut known = self.known.lock();
         if known.len() >= KNOWN_MAX {
             known.clear();

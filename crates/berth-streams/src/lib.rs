@@ -636,7 +636,13 @@ impl Streams {
     /// the caller authorizes what it does with it ([`authorize`]; the calls
     /// below that read or write a partition do so themselves).
     pub async fn lookup(&self, p: &Principal, path: &str) -> Result<StreamRef, Error> {
-        let entry = self.ns.stat_following(p, path).await?;
+        Ok(self.lookup_tx(p, path).await?.0)
+    }
+
+    /// [`Streams::lookup`], with the transaction that read the stream: its reads are
+    /// behind the read barrier the lookup took.
+    async fn lookup_tx(&self, p: &Principal, path: &str) -> Result<(StreamRef, Tx), Error> {
+        let (entry, tx) = self.ns.stat_following_tx(p, path).await?;
         if entry.inode.kind != EntryKind::Stream {
             return Err(Error::invalid(format!(
                 "{} is a {}, not a stream",
@@ -645,12 +651,31 @@ impl Streams {
             )));
         }
         let vol = self.volume(entry.volume_id)?;
-        let tx = self.ns.meta().router().begin(vol.shard_id).await?;
         let config = match tx.peek(&config_key(vol.id, entry.ino)).await? {
             Some(b) => decode_config(&b)?,
             None => StreamConfig::default(),
         };
-        Ok(StreamRef { entry, vol, config })
+        Ok((StreamRef { entry, vol, config }, tx))
+    }
+
+    /// The stream at `path`, if `p` has `right` on it, with its topic `name` (`None`
+    /// when there is none), read behind one read barrier (per shard the path
+    /// crosses): what a produce or fetch request resolves.
+    pub async fn stream_topic(
+        &self,
+        p: &Principal,
+        path: &str,
+        right: Right,
+        name: &str,
+    ) -> Result<(StreamRef, Option<TopicRecord>), Error> {
+        let (s, tx) = self.lookup_tx(p, path).await?;
+        authorize(p, &s, right)?;
+        let topic = tx
+            .peek(&topic_key(s.vol.id, s.entry.ino, name))
+            .await?
+            .map(|b| decode(&b, "topic"))
+            .transpose()?;
+        Ok((s, topic))
     }
 
     /// Removes a stream with its topics and logs (admin right, and the
