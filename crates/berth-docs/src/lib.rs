@@ -1,7 +1,14 @@
 //! Tables: JSON documents (BSON) keyed by `_id`, their query language and
-//! update operators. The pure parts (ordering, matching, updating,
-//! projecting) read no clock and do no I/O.
+//! update operators. The pure parts (ordering, key encoding, matching,
+//! updating, projecting, expressions, pipelines) read no clock and do no I/O.
 
+pub mod aggregate;
 pub mod error;
+pub mod expr;
+pub mod keys;
+pub mod matcher;
+pub mod order;
+pub mod projection;
+pub mod update;
 
 pub use error::DocError;
