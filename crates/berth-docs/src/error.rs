@@ -35,6 +35,7 @@ pub mod codes {
     pub const INVALID_NAMESPACE: i32 = 73;
     pub const INDEX_OPTIONS_CONFLICT: i32 = 85;
     pub const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
+    pub const WRITE_CONFLICT: i32 = 112;
     pub const NOT_WRITABLE_PRIMARY: i32 = 10107;
     pub const DUPLICATE_KEY: i32 = 11000;
     pub const LOCATION_40352: i32 = 40352;
@@ -93,6 +94,7 @@ pub fn code_name(code: i32) -> &'static str {
         INVALID_NAMESPACE => "InvalidNamespace",
         INDEX_OPTIONS_CONFLICT => "IndexOptionsConflict",
         INDEX_KEY_SPECS_CONFLICT => "IndexKeySpecsConflict",
+        WRITE_CONFLICT => "WriteConflict",
         NOT_WRITABLE_PRIMARY => "NotWritablePrimary",
         DUPLICATE_KEY => "DuplicateKey",
         INTERNAL_ERROR => "InternalError",

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod matcher;
 pub mod order;
 pub mod projection;
+pub mod table;
 pub mod update;
 
 pub use error::DocError;

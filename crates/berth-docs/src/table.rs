@@ -1,0 +1,815 @@
+//! Tables in the namespace: where their documents live and the transactions
+//! that read and change them.
+//!
+//! A table is a namespace entry of kind `table` in a volume; its documents
+//! and index entries live in that volume's shard, under the entry's inode:
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `vol · TableIndex · ino` | the table's settings ([`TableConfig`]: format version, ACEs, index definitions) |
+//! | `vol · TableDoc · ino · bytes(keys::encode_value(_id))` | [`DOC_FORMAT`] then the document's BSON |
+//! | `vol · TableIndex · ino · u64(index id) · bytes(index key) …` | secondary index entries (see `index` docs in ARCHITECTURE.md) |
+//!
+//! `_id`s are keyed by an order-preserving encoding in which the numbers of
+//! every type that compare equal encode the same, so `1`, `1.0` and
+//! `NumberLong(1)` are the same `_id`, as in MongoDB. A document and its
+//! index entries change in one conditional Raft transaction.
+
+use std::sync::Arc;
+
+use berth_fs::access::{ace_allows, check_scope};
+use berth_fs::{EntryInfo, EntryKind, Namespace};
+use berth_meta::codec::{decode, encode};
+use berth_meta::map::VolumeRecord;
+use berth_meta::router::{backoff, TX_RETRIES_MAX};
+use berth_meta::{Code, Commit, Error, Tx};
+use berth_security::principal::Principal;
+use berth_security::scope::Access;
+use berth_store::keys::{object_range, prefix_end, Key, Kind};
+use bson::{Bson, Document};
+use serde::{Deserialize, Serialize};
+
+use crate::error::codes;
+use crate::matcher::{Filter, MatchDetails};
+use crate::update::{ApplyContext, Update};
+use crate::DocError;
+
+/// The first byte of every stored document: the format of what follows
+/// (1: the document's BSON bytes).
+pub const DOC_FORMAT: u8 = 1;
+/// The version of [`TableConfig`]'s layout.
+pub const CONFIG_FORMAT: u32 = 1;
+/// Largest document, as MongoDB's `maxBsonObjectSize`.
+pub const DOC_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Documents read per page of a scan.
+pub const SCAN_PAGE: usize = 256;
+/// Bytes of documents one insert transaction carries at most (a batch is
+/// split into transactions of about this size).
+const INSERT_TXN_BYTES: usize = 4 * 1024 * 1024;
+
+/// A table's settings, stored with it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableConfig {
+    /// [`CONFIG_FORMAT`] when written.
+    pub format: u32,
+    /// Who may read documents (`None`: the table's owner).
+    pub read_ace: Option<String>,
+    /// Who may insert, update and delete documents (`None`: the owner).
+    pub write_ace: Option<String>,
+    /// Who may change the table's settings, indexes, or drop it (`None`: the owner).
+    pub admin_ace: Option<String>,
+}
+
+/// What a caller wants to do with a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Right {
+    pub fn name(self) -> &'static str {
+        match self {
+            Right::Read => "read",
+            Right::Write => "write",
+            Right::Admin => "admin",
+        }
+    }
+}
+
+/// An opened table: its entry, volume and settings.
+#[derive(Debug, Clone)]
+pub struct TableRef {
+    pub entry: EntryInfo,
+    pub vol: VolumeRecord,
+    pub config: TableConfig,
+}
+
+impl TableRef {
+    fn config_key(&self) -> Vec<u8> {
+        Key::new(self.vol.id, Kind::TableIndex, self.entry.ino).build()
+    }
+
+    /// The key of the document whose `_id` is `id`.
+    pub fn doc_key(&self, id: &Bson) -> Vec<u8> {
+        let mut enc = Vec::new();
+        crate::keys::encode_value(id, &mut enc);
+        Key::new(self.vol.id, Kind::TableDoc, self.entry.ino)
+            .bytes(&enc)
+            .build()
+    }
+
+    /// The range holding every document.
+    pub fn doc_range(&self) -> (Vec<u8>, Vec<u8>) {
+        object_range(self.vol.id, Kind::TableDoc, self.entry.ino)
+    }
+}
+
+/// One document that could not be written, at its index in the request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteError {
+    pub index: usize,
+    pub error: DocError,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InsertOutcome {
+    /// Documents inserted.
+    pub n: u64,
+    pub errors: Vec<WriteError>,
+}
+
+/// What an update did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpdateOutcome {
+    /// Documents matched.
+    pub matched: u64,
+    /// Documents changed.
+    pub modified: u64,
+    /// The `_id` of the document an upsert inserted.
+    pub upserted: Option<Bson>,
+    /// The document before (or, with `return_new`, after) the change, for
+    /// findAndModify.
+    pub document: Option<Document>,
+}
+
+/// The tables service.
+pub struct Tables {
+    ns: Arc<Namespace>,
+}
+
+impl Tables {
+    pub fn new(ns: Arc<Namespace>) -> Arc<Tables> {
+        Arc::new(Tables { ns })
+    }
+
+    pub fn namespace(&self) -> &Arc<Namespace> {
+        &self.ns
+    }
+
+    fn volume(&self, id: u64) -> Result<VolumeRecord, DocError> {
+        self.ns
+            .meta()
+            .map()
+            .volume(id)
+            .cloned()
+            .ok_or_else(|| transient(format!("volume {id} is not in the cluster map yet; retry")))
+    }
+
+    /// The table at `path`, if `p` has `right` on it. `NamespaceNotFound`
+    /// (26) when there is none.
+    pub async fn open(&self, p: &Principal, path: &str, right: Right) -> Result<TableRef, DocError> {
+        let (entry, tx) = self
+            .ns
+            .stat_following_tx(p, path)
+            .await
+            .map_err(from_meta)?;
+        if entry.inode.kind != EntryKind::Table {
+            return Err(DocError::new(
+                codes::NAMESPACE_NOT_FOUND,
+                format!("{} is a {}, not a table", entry.path, entry.inode.kind.name()),
+            ));
+        }
+        let vol = self.volume(entry.volume_id)?;
+        let key = Key::new(vol.id, Kind::TableIndex, entry.ino).build();
+        let config = match tx.peek(&key).await.map_err(from_meta)? {
+            Some(b) => decode(&b, "table settings").map_err(from_meta)?,
+            None => TableConfig::default(),
+        };
+        let t = TableRef { entry, vol, config };
+        authorize(p, &t, right)?;
+        Ok(t)
+    }
+
+    /// Creates the table at `path` (with its missing parent directories).
+    /// With `exclusive`, an existing table is `NamespaceExists` (48);
+    /// without, it is opened for writing.
+    pub async fn create(
+        &self,
+        p: &Principal,
+        path: &str,
+        exclusive: bool,
+    ) -> Result<TableRef, DocError> {
+        if let Some((parent, _)) = berth_meta::map::split_parent(path) {
+            if parent != "/" {
+                self.ns
+                    .mkdir(p, parent, 0o755, true)
+                    .await
+                    .map_err(from_meta)?;
+            }
+        }
+        match self.ns.create(p, path, EntryKind::Table, 0o644, true).await {
+            Ok(_) => {}
+            Err(e) if e.code == Code::Exists && !exclusive => {
+                return self.open(p, path, Right::Write).await;
+            }
+            Err(e) if e.code == Code::Exists => {
+                return Err(DocError::new(
+                    codes::NAMESPACE_EXISTS,
+                    format!("a table or another entry already exists at {path}"),
+                ));
+            }
+            Err(e) => return Err(from_meta(e)),
+        }
+        let t = self.open(p, path, Right::Admin).await?;
+        let mut tx = self.begin(&t).await?;
+        let config = TableConfig {
+            format: CONFIG_FORMAT,
+            ..t.config.clone()
+        };
+        tx.put(t.config_key(), encode(&config));
+        tx.commit().await.map_err(from_meta)?;
+        Ok(TableRef { config, ..t })
+    }
+
+    /// The table at `path` for writing, created first when there is none
+    /// (MongoDB creates collections on first insert).
+    pub async fn open_or_create(&self, p: &Principal, path: &str) -> Result<TableRef, DocError> {
+        match self.open(p, path, Right::Write).await {
+            Err(e) if e.code == codes::NAMESPACE_NOT_FOUND && !exists_as_other(&e) => {
+                self.create(p, path, false).await
+            }
+            r => r,
+        }
+    }
+
+    /// Removes the table at `path` with its documents (admin right).
+    /// `false` when there was none.
+    pub async fn drop(&self, p: &Principal, path: &str) -> Result<bool, DocError> {
+        match self.open(p, path, Right::Admin).await {
+            Ok(_) => {}
+            Err(e) if e.code == codes::NAMESPACE_NOT_FOUND => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.ns.remove(p, path, false).await.map_err(from_meta)?;
+        Ok(true)
+    }
+
+    /// The names of the tables directly in directory `dir` (none when it
+    /// does not exist).
+    pub async fn list(&self, p: &Principal, dir: &str) -> Result<Vec<String>, DocError> {
+        self.list_entries(p, dir, Some(EntryKind::Table)).await
+    }
+
+    /// The names of the entries directly in `dir` of `kind` (every kind
+    /// with `None`); empty when `dir` does not exist.
+    pub async fn list_entries(
+        &self,
+        p: &Principal,
+        dir: &str,
+        kind: Option<EntryKind>,
+    ) -> Result<Vec<String>, DocError> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let (page, more) = match self.ns.list(p, dir, &after, 1000).await {
+                Ok(x) => x,
+                Err(e) if e.code == Code::NotFound => return Ok(out),
+                Err(e) => return Err(from_meta(e)),
+            };
+            if let Some(last) = page.last() {
+                after = last.name.clone();
+            }
+            out.extend(
+                page.into_iter()
+                    .filter(|e| kind.is_none_or(|k| e.inode.kind == k))
+                    .map(|e| e.name),
+            );
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn begin(&self, t: &TableRef) -> Result<Tx, DocError> {
+        self.ns
+            .meta()
+            .router()
+            .begin(t.vol.shard_id)
+            .await
+            .map_err(from_meta)
+    }
+
+    /// Inserts documents, giving those without an `_id` a new ObjectId
+    /// (first field, as MongoDB does). A duplicate `_id` is a write error
+    /// (11000) of that document; `ordered` stops at the first error.
+    pub async fn insert(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        docs: Vec<Document>,
+        ordered: bool,
+    ) -> Result<InsertOutcome, DocError> {
+        authorize(p, t, Right::Write)?;
+        let mut out = InsertOutcome::default();
+        let mut prepared: Vec<(usize, Bson, Vec<u8>, Vec<u8>)> = Vec::new();
+        for (i, doc) in docs.into_iter().enumerate() {
+            match prepare_insert(t, doc) {
+                Ok((id, key, value)) => prepared.push((i, id, key, value)),
+                Err(e) => {
+                    out.errors.push(WriteError { index: i, error: e });
+                    if ordered {
+                        break;
+                    }
+                }
+            }
+        }
+        // With ordered and an early error, only the documents before it go in.
+        let stop = if ordered {
+            out.errors.first().map(|e| e.index)
+        } else {
+            None
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut stopped = false;
+        for item in prepared {
+            if stop.is_some_and(|s| item.0 > s) {
+                break;
+            }
+            bytes += item.3.len();
+            batch.push(item);
+            if bytes >= INSERT_TXN_BYTES {
+                stopped = self.insert_batch(t, &mut batch, ordered, &mut out).await?;
+                bytes = 0;
+                if stopped {
+                    break;
+                }
+            }
+        }
+        if !stopped && !batch.is_empty() {
+            self.insert_batch(t, &mut batch, ordered, &mut out).await?;
+        }
+        out.errors.sort_by_key(|e| e.index);
+        if ordered {
+            out.errors.truncate(1);
+        }
+        Ok(out)
+    }
+
+    /// One transaction of an insert, conditional on every `_id` being
+    /// free; a taken `_id` is that document's write error. Returns whether
+    /// an ordered insert stopped.
+    async fn insert_batch(
+        &self,
+        t: &TableRef,
+        batch: &mut Vec<(usize, Bson, Vec<u8>, Vec<u8>)>,
+        ordered: bool,
+        out: &mut InsertOutcome,
+    ) -> Result<bool, DocError> {
+        let items = std::mem::take(batch);
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.begin(t).await?;
+            let mut taken = Vec::new();
+            let mut writes = 0u64;
+            let mut seen = std::collections::HashSet::new();
+            for (i, id, key, value) in &items {
+                let dup = !seen.insert(key.clone()) || tx.get(key).await.map_err(from_meta)?.is_some();
+                if dup {
+                    taken.push(WriteError {
+                        index: *i,
+                        error: duplicate_id(t, id),
+                    });
+                    if ordered {
+                        break;
+                    }
+                    continue;
+                }
+                tx.put(key.clone(), value.clone());
+                writes += 1;
+            }
+            match tx.commit().await.map_err(from_meta)? {
+                Commit::Done(_) => {
+                    out.n += writes;
+                    let stopped = ordered && !taken.is_empty();
+                    out.errors.extend(taken);
+                    return Ok(stopped);
+                }
+                Commit::Conflict => continue,
+            }
+        }
+        Err(transient("too much contention on the table; retry"))
+    }
+
+    /// One page of documents in `_id` order, after the key `after`: the
+    /// documents with their keys, and whether more may follow.
+    pub async fn page(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<(Vec<u8>, Document)>, bool), DocError> {
+        authorize(p, t, Right::Read)?;
+        let tx = self.begin(t).await?;
+        let (start, end) = t.doc_range();
+        let start = match after {
+            Some(k) => {
+                let mut k = k.to_vec();
+                k.push(0);
+                k
+            }
+            None => start,
+        };
+        let limit = limit.max(1);
+        let rows = tx
+            .peek_range(&start, &end, limit)
+            .await
+            .map_err(from_meta)?;
+        let more = rows.len() == limit;
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            out.push((k.to_vec(), decode_doc(&v)?));
+        }
+        Ok((out, more))
+    }
+
+    /// The documents matching `filter`, in `_id` order, at most `limit`
+    /// (0: all) after skipping `skip` matches: for callers that need a
+    /// whole result (count, distinct, updates by filter).
+    pub async fn select(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        filter: &Filter,
+        skip: u64,
+        limit: u64,
+    ) -> Result<Vec<(Vec<u8>, Document, MatchDetails)>, DocError> {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (page, more) = self.page(p, t, after.as_deref(), SCAN_PAGE).await?;
+            if let Some((k, _)) = page.last() {
+                after = Some(k.clone());
+            }
+            for (k, d) in page {
+                if let Some(m) = filter.match_details(&d) {
+                    if skipped < skip {
+                        skipped += 1;
+                        continue;
+                    }
+                    out.push((k, d, m));
+                    if limit > 0 && out.len() as u64 >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Applies `update` to the documents matching `filter` (all with
+    /// `multi`, else the first in `_id` order, or the first in `order` when
+    /// given), each in its own conditional transaction (a document changed
+    /// meanwhile is read and matched again). With `upsert` and no match,
+    /// inserts the filter's equality fields changed by the update.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        filter: &Filter,
+        filter_doc: &Document,
+        update: &Update,
+        multi: bool,
+        upsert: bool,
+        now: bson::DateTime,
+        return_new: bool,
+    ) -> Result<UpdateOutcome, DocError> {
+        authorize(p, t, Right::Write)?;
+        let mut out = UpdateOutcome::default();
+        let limit = if multi { 0 } else { 1 };
+        let matched = self.select(p, t, filter, 0, limit).await?;
+        for (key, _, _) in matched {
+            for attempt in 0..TX_RETRIES_MAX {
+                backoff(attempt).await;
+                let mut tx = self.begin(t).await?;
+                let Some(raw) = tx.get(&key).await.map_err(from_meta)? else {
+                    break; // deleted meanwhile
+                };
+                let before = decode_doc(&raw)?;
+                let Some(details) = filter.match_details(&before) else {
+                    break; // no longer matches
+                };
+                let mut after = before.clone();
+                let ctx = ApplyContext {
+                    now,
+                    positional: details.array_index,
+                    inserting: false,
+                };
+                let changed = update.apply(&mut after, &ctx)?;
+                if changed {
+                    if after.get("_id") != before.get("_id") {
+                        return Err(DocError::new(
+                            codes::IMMUTABLE_FIELD,
+                            "Performing an update on the path '_id' would modify the immutable field '_id'",
+                        ));
+                    }
+                    tx.put(key.clone(), encode_doc(&after)?);
+                }
+                match tx.commit().await.map_err(from_meta)? {
+                    Commit::Done(_) => {
+                        out.matched += 1;
+                        out.modified += u64::from(changed);
+                        out.document = Some(if return_new { after } else { before });
+                        break;
+                    }
+                    Commit::Conflict if attempt + 1 == TX_RETRIES_MAX => {
+                        return Err(transient("too much contention on the document; retry"))
+                    }
+                    Commit::Conflict => continue,
+                }
+            }
+        }
+        if out.matched == 0 && upsert {
+            let mut doc = crate::update::upsert_seed(filter_doc);
+            let ctx = ApplyContext {
+                now,
+                positional: None,
+                inserting: true,
+            };
+            update.apply(&mut doc, &ctx)?;
+            let (id, key, value) = prepare_insert(t, doc)?;
+            let mut tx = self.begin(t).await?;
+            if tx.get(&key).await.map_err(from_meta)?.is_some() {
+                return Err(duplicate_id(t, &id));
+            }
+            tx.put(key, value.clone());
+            match tx.commit().await.map_err(from_meta)? {
+                Commit::Done(_) => {}
+                Commit::Conflict => return Err(duplicate_id(t, &id)),
+            }
+            out.upserted = Some(id);
+            if return_new {
+                out.document = Some(decode_doc(&value)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the documents matching `filter` (the first only with
+    /// `one`), each in a transaction conditional on it being unchanged.
+    /// Returns the deleted documents.
+    pub async fn delete(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        filter: &Filter,
+        one: bool,
+    ) -> Result<Vec<Document>, DocError> {
+        authorize(p, t, Right::Write)?;
+        let mut deleted = Vec::new();
+        'docs: loop {
+            let matched = self.select(p, t, filter, 0, if one { 1 } else { 0 }).await?;
+            if matched.is_empty() {
+                return Ok(deleted);
+            }
+            let mut raced = false;
+            for (key, doc, _) in matched {
+                let mut tx = self.begin(t).await?;
+                let Some(raw) = tx.get(&key).await.map_err(from_meta)? else {
+                    raced = true;
+                    continue;
+                };
+                let now = decode_doc(&raw)?;
+                if !filter.matches(&now) {
+                    raced = true;
+                    continue;
+                }
+                tx.delete(key);
+                match tx.commit().await.map_err(from_meta)? {
+                    Commit::Done(_) => {
+                        deleted.push(doc);
+                        if one {
+                            return Ok(deleted);
+                        }
+                    }
+                    Commit::Conflict => raced = true,
+                }
+            }
+            if !raced || one && !deleted.is_empty() {
+                return Ok(deleted);
+            }
+            if deleted.len() > 1_000_000 {
+                break 'docs;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Replaces the table's settings through `change` (admin right).
+    pub async fn configure(
+        &self,
+        p: &Principal,
+        path: &str,
+        change: impl Fn(&mut TableConfig),
+    ) -> Result<TableConfig, DocError> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let t = self.open(p, path, Right::Admin).await?;
+            let mut tx = self.begin(&t).await?;
+            let key = t.config_key();
+            let mut config: TableConfig = match tx.get(&key).await.map_err(from_meta)? {
+                Some(b) => decode(&b, "table settings").map_err(from_meta)?,
+                None => TableConfig::default(),
+            };
+            change(&mut config);
+            config.format = CONFIG_FORMAT;
+            tx.put(key, encode(&config));
+            if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
+                return Ok(config);
+            }
+        }
+        Err(transient("too much contention on the table's settings; retry"))
+    }
+
+    /// Documents and their stored bytes (a scan; for `collStats` and `berth table info`).
+    pub async fn stats(&self, p: &Principal, t: &TableRef) -> Result<(u64, u64), DocError> {
+        authorize(p, t, Right::Read)?;
+        let (mut count, mut bytes) = (0, 0);
+        let (start, end) = t.doc_range();
+        let mut from = start;
+        loop {
+            let tx = self.begin(t).await?;
+            let rows = tx
+                .peek_range(&from, &end, SCAN_PAGE)
+                .await
+                .map_err(from_meta)?;
+            let more = rows.len() == SCAN_PAGE;
+            for (k, v) in &rows {
+                count += 1;
+                bytes += v.len() as u64 - 1;
+                from = k.to_vec();
+            }
+            if !more {
+                return Ok((count, bytes));
+            }
+            from.push(0);
+            let _ = prefix_end(&from);
+        }
+    }
+}
+
+/// The stored form of a document.
+pub fn encode_doc(doc: &Document) -> Result<Vec<u8>, DocError> {
+    let mut out = vec![DOC_FORMAT];
+    doc.to_writer(&mut out)
+        .map_err(|e| DocError::bad_value(format!("document cannot be encoded: {e}")))?;
+    if out.len() - 1 > DOC_BYTES_MAX {
+        return Err(DocError::new(
+            10334,
+            format!("document of {} bytes is over the 16 MiB limit", out.len() - 1),
+        ));
+    }
+    Ok(out)
+}
+
+/// A stored document.
+pub fn decode_doc(raw: &[u8]) -> Result<Document, DocError> {
+    match raw.split_first() {
+        Some((&DOC_FORMAT, bson)) => Document::from_reader(bson)
+            .map_err(|e| DocError::new(codes::INTERNAL_ERROR, format!("stored document: {e}"))),
+        Some((v, _)) => Err(DocError::new(
+            codes::INTERNAL_ERROR,
+            format!("stored document of unknown format {v}"),
+        )),
+        None => Err(DocError::new(codes::INTERNAL_ERROR, "empty stored document")),
+    }
+}
+
+/// Gives `doc` an `_id` when it has none (a new ObjectId, first), checks
+/// it, and returns the `_id`, the document's key and its stored form.
+fn prepare_insert(t: &TableRef, mut doc: Document) -> Result<(Bson, Vec<u8>, Vec<u8>), DocError> {
+    let id = match doc.get("_id") {
+        Some(id) => id.clone(),
+        None => {
+            let id = Bson::ObjectId(bson::oid::ObjectId::new());
+            let mut with = Document::new();
+            with.insert("_id", id.clone());
+            with.extend(doc);
+            doc = with;
+            id
+        }
+    };
+    if matches!(id, Bson::Array(_) | Bson::RegularExpression(_) | Bson::Undefined) {
+        return Err(DocError::new(
+            codes::INVALID_ID_FIELD,
+            format!("can't use a {} for _id", type_name(&id)),
+        ));
+    }
+    for (k, _) in doc.iter() {
+        if k.starts_with('$') {
+            return Err(DocError::new(
+                codes::DOLLAR_PREFIXED_FIELD_NAME,
+                format!("Document can't have $ prefixed field names: {k}"),
+            ));
+        }
+    }
+    let key = t.doc_key(&id);
+    let value = encode_doc(&doc)?;
+    Ok((id, key, value))
+}
+
+fn type_name(v: &Bson) -> &'static str {
+    match v {
+        Bson::Array(_) => "array",
+        Bson::RegularExpression(_) => "regex",
+        Bson::Undefined => "undefined",
+        _ => "value",
+    }
+}
+
+fn duplicate_id(t: &TableRef, id: &Bson) -> DocError {
+    DocError::new(
+        codes::DUPLICATE_KEY,
+        format!(
+            "E11000 duplicate key error collection: {} index: _id_ dup key: {{ _id: {id} }}",
+            t.entry.path
+        ),
+    )
+}
+
+/// Checks `right` on a table: the ticket's scope, then the volume's ACE,
+/// then the table's ACE for the right (its owner when it has none).
+/// Administrators pass.
+pub fn authorize(p: &Principal, t: &TableRef, right: Right) -> Result<(), DocError> {
+    let path = &t.entry.path;
+    let access = match right {
+        Right::Read => Access::Read,
+        Right::Write => Access::Write,
+        Right::Admin => Access::Admin,
+    };
+    check_scope(p, path, access).map_err(from_meta)?;
+    if p.is_admin() {
+        return Ok(());
+    }
+    let vol_ace = match right {
+        Right::Read => t.vol.read_ace.as_deref(),
+        _ => t.vol.write_ace.as_deref(),
+    };
+    if let Some(expr) = vol_ace {
+        if !ace_allows(expr, p) {
+            return Err(unauthorized(format!(
+                "not authorized: the ACE of volume {} does not allow {} to {}",
+                t.vol.path,
+                p.name,
+                right.name()
+            )));
+        }
+    }
+    let ace = match right {
+        Right::Read => t.config.read_ace.as_deref(),
+        Right::Write => t.config.write_ace.as_deref(),
+        Right::Admin => t.config.admin_ace.as_deref(),
+    };
+    let allowed = match ace {
+        Some(expr) => ace_allows(expr, p),
+        None => p.uid == t.entry.inode.uid,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(unauthorized(format!(
+            "not authorized: the {} ACE of table {path} does not allow {}",
+            right.name(),
+            p.name
+        )))
+    }
+}
+
+fn unauthorized(message: String) -> DocError {
+    DocError::new(codes::UNAUTHORIZED, message)
+}
+
+/// A passing failure a client may retry (MongoDB's WriteConflict, 112,
+/// which drivers label transient).
+pub fn transient(message: impl Into<String>) -> DocError {
+    DocError::new(codes::WRITE_CONFLICT, message)
+}
+
+/// A namespace or storage error in MongoDB's terms.
+pub fn from_meta(e: Error) -> DocError {
+    let code = match e.code {
+        Code::NotFound | Code::NotDir => codes::NAMESPACE_NOT_FOUND,
+        Code::Exists => codes::NAMESPACE_EXISTS,
+        Code::Access | Code::Perm | Code::Auth => codes::UNAUTHORIZED,
+        Code::Invalid | Code::NameTooLong | Code::Loop | Code::IsDir => codes::INVALID_NAMESPACE,
+        Code::Again if e.redirect.is_some() => codes::NOT_WRITABLE_PRIMARY,
+        Code::Again => codes::WRITE_CONFLICT,
+        Code::Quota => 12501, // OutOfDiskSpace-like: the volume's quota
+        _ => codes::INTERNAL_ERROR,
+    };
+    DocError::new(code, e.message)
+}
+
+/// Whether a "not found" from [`Tables::open`] means another kind of entry
+/// sits at the path (then a table cannot be created there).
+fn exists_as_other(e: &DocError) -> bool {
+    e.message.contains(", not a table")
+}
