@@ -88,6 +88,10 @@ pub struct Config {
     /// listener), when not this node's first advertised name and the
     /// listener's port: behind NAT, a port mapping or a proxy.
     pub kafka_advertise: Option<String>,
+    /// MongoDB wire-protocol listener; `None`: none.
+    pub mongo_addr: Option<SocketAddr>,
+    /// The directory MongoDB databases are in (`<root>/db/coll`).
+    pub mongo_root: String,
     /// Topology labels of this node (`--label zone=a`), recorded in the
     /// cluster map at every start.
     pub labels: std::collections::BTreeMap<String, String>,

@@ -17,6 +17,9 @@ const DEFAULT_NATIVE_ADDR: &str = "0.0.0.0:5660";
 const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:8443";
 const DEFAULT_CLUSTER: &str = "berth";
 const DEFAULT_KAFKA_ADDR: &str = "0.0.0.0:9092";
+const DEFAULT_MONGO_ADDR: &str = "0.0.0.0:27017";
+/// Where MongoDB databases are, by default.
+pub const DEFAULT_MONGO_ROOT: &str = "/tables";
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServerArgs {
@@ -66,6 +69,13 @@ pub struct ServerArgs {
     /// first --advertise name and the Kafka port (NAT, port mapping, proxy).
     #[arg(long, value_name = "HOST:PORT")]
     pub kafka_advertise: Option<String>,
+    /// MongoDB wire-protocol listen address, or `off` [default: 0.0.0.0:27017].
+    #[arg(long, value_name = "ADDR|off")]
+    pub mongo_addr: Option<String>,
+    /// Directory holding MongoDB databases: database `db`, collection
+    /// `coll` is the table `ROOT/db/coll` [default: /tables].
+    #[arg(long, value_name = "PATH")]
+    pub mongo_root: Option<String>,
     /// KEY=VALUE topology label of this node, e.g. zone=a (repeatable):
     /// replicas spread across the values of `zone` before nodes.
     #[arg(long, value_name = "KEY=VALUE")]
@@ -111,6 +121,8 @@ struct FileConfig {
     /// `{ alice = "/apps/alice/events" }`
     kafka_principal_streams: Option<std::collections::HashMap<String, String>>,
     kafka_advertise: Option<String>,
+    mongo_addr: Option<String>,
+    mongo_root: Option<String>,
     /// `{ zone = "a" }`
     labels: Option<std::collections::BTreeMap<String, String>>,
     /// `"5m"`
@@ -193,6 +205,24 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
             m
         },
         kafka_advertise: args.kafka_advertise.or(file.kafka_advertise),
+        mongo_addr: match args.mongo_addr.or(file.mongo_addr).as_deref() {
+            Some("off") => None,
+            Some(a) => Some(a.parse().with_context(|| {
+                format!("--mongo-addr {a:?}: an address like 0.0.0.0:27017, or off")
+            })?),
+            None => Some(addr(DEFAULT_MONGO_ADDR)),
+        },
+        mongo_root: {
+            let root = args
+                .mongo_root
+                .or(file.mongo_root)
+                .unwrap_or_else(|| DEFAULT_MONGO_ROOT.into());
+            anyhow::ensure!(
+                root.starts_with('/'),
+                "--mongo-root {root:?}: an absolute namespace path, like /tables"
+            );
+            root
+        },
         labels: {
             let mut m = file.labels.unwrap_or_default();
             for kv in &args.label {

@@ -626,6 +626,7 @@ impl BridgeServer {
             .arg(format!("127.0.0.1:{admin_port}"))
             .arg("--kafka-addr")
             .arg(format!("{ip}:{kafka_port}"))
+            .args(["--mongo-addr", "off"])
             .args(["--advertise", ip, "--advertise", "127.0.0.1"])
             .current_dir(dir)
             .stdin(Stdio::null())

@@ -23,6 +23,8 @@ pub struct TestServer {
     pub native_port: u16,
     /// The Kafka listener's port.
     pub kafka_port: u16,
+    /// The MongoDB listener's port.
+    pub mongo_port: u16,
     pub admin_port: u16,
     /// Extra `berth server` arguments, kept for restarts.
     extra_args: Vec<String>,
@@ -135,12 +137,17 @@ impl TestServer {
         while kafka_port == native_port || kafka_port == admin_port {
             kafka_port = free_port();
         }
+        let mut mongo_port = free_port();
+        while [native_port, admin_port, kafka_port].contains(&mongo_port) {
+            mongo_port = free_port();
+        }
         TestServer {
             dir,
             data,
             home,
             native_port,
             kafka_port,
+            mongo_port,
             admin_port,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             ready: Ready::Serving,
@@ -169,6 +176,8 @@ impl TestServer {
             .arg(format!("127.0.0.1:{}", self.admin_port))
             .arg("--kafka-addr")
             .arg(format!("127.0.0.1:{}", self.kafka_port))
+            .arg("--mongo-addr")
+            .arg(format!("127.0.0.1:{}", self.mongo_port))
             .arg("--advertise")
             .arg("127.0.0.1")
             .args(&self.extra_args)
