@@ -541,6 +541,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let ns = Namespace::new(meta.clone());
     let streams = berth_streams::Streams::new(ns.clone());
+    let tables = berth_docs::table::Tables::new(ns.clone());
     let retention = streams.spawn_retention(match cfg.stream_sweep_ms {
         0 => STREAM_RETENTION_INTERVAL,
         ms => Duration::from_millis(ms),
@@ -742,6 +743,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         meta: meta.clone(),
         ns: ns.clone(),
         streams: streams.clone(),
+        tables: tables.clone(),
         node_rec,
         local_ca,
         material: material.clone(),
@@ -831,6 +833,7 @@ pub struct ClusterServices {
     meta: Arc<Meta>,
     ns: Arc<Namespace>,
     streams: Arc<berth_streams::Streams>,
+    tables: Arc<berth_docs::table::Tables>,
     /// This node's record as of this start (its state is the cluster's).
     node_rec: NodeRecord,
     /// The CA key of node 1, recorded in the map if the map lacks it.
