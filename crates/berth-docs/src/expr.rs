@@ -1306,13 +1306,15 @@ fn eval<'a>(node: &'a Node, env: &mut Env<'a>) -> Result<Val> {
             let items = match eval(input, env)? {
                 ref v if nullish(v) => return Ok(Some(Bson::Null)),
                 Some(Bson::Array(items)) => items,
-                v => return Err(err(
-                    2942504,
-                    format!(
+                v => {
+                    return Err(err(
+                        2942504,
+                        format!(
                         "The input argument to $sortArray must be an array, but was of type: {}",
                         tn(&v)
                     ),
-                )),
+                    ))
+                }
             };
             Ok(Some(Bson::Array(sort_array(items, by))))
         }
@@ -3721,5 +3723,1068 @@ fn days_in_month(year: i64, month: u32) -> u32 {
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{bson, doc};
+
+    fn parse(e: Bson) -> Expr {
+        Expr::parse(&e).unwrap_or_else(|err| panic!("parse {e}: {err:?}"))
+    }
+
+    /// Evaluates `e` against `d`; missing as null.
+    fn ev(e: Bson, d: &Document) -> Bson {
+        parse(e.clone())
+            .eval(d)
+            .unwrap_or_else(|err| panic!("eval {e}: {err:?}"))
+    }
+
+    fn ev0(e: Bson) -> Bson {
+        ev(e, &doc! {})
+    }
+
+    /// Evaluates `e`, keeping missing.
+    fn ev_opt(e: Bson, d: &Document) -> Option<Bson> {
+        parse(e).eval_opt(d, &Variables::new()).expect("evaluates")
+    }
+
+    /// The error code evaluating (or parsing) `e` fails with.
+    fn code(e: Bson, d: &Document) -> i32 {
+        match Expr::parse(&e) {
+            Err(err) => err.code,
+            Ok(x) => x.eval(d).expect_err("fails").code,
+        }
+    }
+
+    fn date(s: &str) -> Bson {
+        Bson::DateTime(DateTime::from_millis(parse_iso_date(s).expect("a date")))
+    }
+
+    #[test]
+    fn field_paths_walk_through_arrays() {
+        let d = doc! {
+            "a": [{"b": 1}, {"b": 2}, {"c": 3}, 5, [{"b": 9}]],
+            "x": {"y": {"z": "deep"}},
+            "n": null,
+        };
+        assert_eq!(ev0(bson!("$a.b")), Bson::Null, "not in an empty document");
+        assert_eq!(ev(bson!("$a.b"), &d), bson!([1, 2]));
+        assert_eq!(ev(bson!("$x.y.z"), &d), bson!("deep"));
+        assert_eq!(ev_opt(bson!("$x.q"), &d), None);
+        assert_eq!(ev_opt(bson!("$n"), &d), Some(Bson::Null));
+        assert_eq!(ev_opt(bson!("$n.a"), &d), None);
+        assert_eq!(ev(bson!("$$ROOT.x.y"), &d), bson!({"z": "deep"}));
+        assert_eq!(ev(bson!("$$CURRENT.x.y.z"), &d), bson!("deep"));
+        assert_eq!(ev(bson!("$$ROOT"), &d), Bson::Document(d.clone()));
+        assert_eq!(ev_opt(bson!("$$REMOVE"), &d), None);
+    }
+
+    #[test]
+    fn literals_documents_and_arrays() {
+        let d = doc! {"a": 1};
+        assert_eq!(ev(bson!({"$literal": "$a"}), &d), bson!("$a"));
+        assert_eq!(ev(bson!({"$literal": {"$add": 1}}), &d), bson!({"$add": 1}));
+        assert_eq!(
+            ev(bson!({"x": "$a", "y": "$missing", "z": {"w": "$a"}}), &d),
+            bson!({"x": 1, "z": {"w": 1}})
+        );
+        assert_eq!(ev(bson!(["$a", "$missing", 3]), &d), bson!([1, null, 3]));
+        assert_eq!(ev(bson!("plain"), &d), bson!("plain"));
+        assert_eq!(ev(bson!({}), &d), bson!({}));
+        assert!(parse(bson!([1, {"a": 2}])).as_constant().is_some());
+    }
+
+    #[test]
+    fn parse_errors() {
+        let d = doc! {};
+        assert_eq!(code(bson!({"$foo": 1}), &d), INVALID_PIPELINE_OPERATOR);
+        let e = Expr::parse(&bson!({"$foo": 1})).unwrap_err();
+        assert_eq!(e.message, "Unrecognized expression '$foo'");
+        assert_eq!(code(bson!({"$add": 1, "b": 2}), &d), 15983);
+        assert_eq!(code(bson!({"$subtract": [1]}), &d), 16020);
+        assert_eq!(code(bson!({"$eq": [1, 2, 3]}), &d), 16020);
+        assert_eq!(code(bson!("$"), &d), 16872);
+        assert_eq!(code(bson!("$a..b"), &d), 15998);
+        assert_eq!(code(bson!("$$undefinedVar"), &d), 17276);
+        assert_eq!(code(bson!({"a.b": 1}), &d), 16412);
+        assert_eq!(
+            code(bson!({"$map": {"input": [], "in": 1, "bogus": 1}}), &d),
+            16879
+        );
+        assert_eq!(
+            code(bson!({"$let": {"vars": {"Bad": 1}, "in": 1}}), &d),
+            16867
+        );
+        assert_eq!(
+            code(bson!({"$let": {"vars": {"a-b": 1}, "in": 1}}), &d),
+            16868
+        );
+        assert_eq!(code(bson!({"$cond": {"if": true, "then": 1}}), &d), 17082);
+        assert_eq!(
+            code(bson!({"$convert": {"input": 1, "to": "bogus"}}), &d),
+            2
+        );
+    }
+
+    #[test]
+    fn comparison_puts_missing_below_null() {
+        let d = doc! {"a": 1, "n": null};
+        assert_eq!(ev(bson!({"$eq": ["$missing", null]}), &d), bson!(false));
+        assert_eq!(ev(bson!({"$eq": ["$n", null]}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$lt": ["$missing", null]}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$eq": ["$a", 1.0]}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$ne": ["$a", 2]}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$gt": ["$a", 0]}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$gte": ["$a", 1i64]}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$lte": ["$a", 0.5]}), &d), bson!(false));
+        // Strings sort above numbers.
+        assert_eq!(ev(bson!({"$gt": ["a", 5]}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$cmp": ["$a", 2]}), &d), bson!(-1));
+        assert_eq!(ev(bson!({"$cmp": ["b", "a"]}), &d), bson!(1));
+        assert_eq!(ev(bson!({"$cmp": [[1, 2], [1, 2]]}), &d), bson!(0));
+    }
+
+    #[test]
+    fn boolean_operators() {
+        let d = doc! {"z": 0, "s": ""};
+        assert_eq!(ev(bson!({"$and": [1, "abc", "$s"]}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$and": [1, "$z"]}), &d), bson!(false));
+        assert_eq!(ev(bson!({"$and": []}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$or": []}), &d), bson!(false));
+        assert_eq!(ev(bson!({"$or": [null, "$missing", [] ]}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$not": [null]}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$not": "$missing"}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$not": [[false]]}), &d), bson!(false));
+        // $and stops at the first false: the division by zero never runs.
+        assert_eq!(
+            ev(bson!({"$and": [false, {"$divide": [1, 0]}]}), &d),
+            bson!(false)
+        );
+        assert!(truthy(&Bson::Double(f64::NAN)));
+        assert!(!truthy(&Bson::Decimal128("0.00".parse().unwrap())));
+    }
+
+    #[test]
+    fn addition_promotes_types() {
+        assert_eq!(ev0(bson!({"$add": [1, 2]})), Bson::Int32(3));
+        assert_eq!(ev0(bson!({"$add": []})), Bson::Int32(0));
+        assert_eq!(ev0(bson!({"$add": [i32::MAX, 1]})), Bson::Int64(1 << 31));
+        assert_eq!(ev0(bson!({"$add": [1i64, 1]})), Bson::Int64(2));
+        assert_eq!(
+            ev0(bson!({"$add": [i64::MAX, 1]})),
+            Bson::Double(9.223_372_036_854_776e18)
+        );
+        assert_eq!(ev0(bson!({"$add": [1, 2.5]})), Bson::Double(3.5));
+        assert_eq!(ev0(bson!({"$add": [1, null]})), Bson::Null);
+        assert_eq!(ev0(bson!({"$add": [1, "$missing"]})), Bson::Null);
+        let dec = ev0(bson!({"$add": [Bson::Decimal128("1.5".parse().unwrap()), 1]}));
+        assert_eq!(dec, Bson::Decimal128("2.5".parse().unwrap()));
+        let d = doc! {"d": date("2020-01-01T00:00:00Z")};
+        assert_eq!(
+            ev(bson!({"$add": ["$d", 3_600_000]}), &d),
+            date("2020-01-01T01:00:00Z")
+        );
+        assert_eq!(
+            ev(bson!({"$add": [1.6, "$d"]}), &d),
+            date("2020-01-01T00:00:00.002Z")
+        );
+        assert_eq!(code(bson!({"$add": ["$d", "$d"]}), &d), 16612);
+        assert_eq!(code(bson!({"$add": [1, "x"]}), &d), 16554);
+    }
+
+    #[test]
+    fn subtraction_multiplication_division() {
+        let d = doc! {
+            "a": date("2014-03-01T08:00:00Z"),
+            "b": date("2014-03-01T07:00:00Z"),
+        };
+        assert_eq!(
+            ev(bson!({"$subtract": ["$a", "$b"]}), &d),
+            Bson::Int64(3_600_000)
+        );
+        assert_eq!(
+            ev(bson!({"$subtract": ["$a", 60_000]}), &d),
+            date("2014-03-01T07:59:00Z")
+        );
+        assert_eq!(code(bson!({"$subtract": [5, "$a"]}), &d), 16556);
+        assert_eq!(ev0(bson!({"$subtract": [5, 7]})), Bson::Int32(-2));
+        assert_eq!(
+            ev0(bson!({"$subtract": [i32::MIN, 1]})),
+            Bson::Int64(-(1 << 31) - 1)
+        );
+        assert_eq!(ev0(bson!({"$subtract": [5, null]})), Bson::Null);
+        assert_eq!(ev0(bson!({"$multiply": [2, 3]})), Bson::Int32(6));
+        assert_eq!(ev0(bson!({"$multiply": [2, 3.5]})), Bson::Double(7.0));
+        assert_eq!(
+            ev0(bson!({"$multiply": [65536, 65536]})),
+            Bson::Int64(1 << 32)
+        );
+        assert_eq!(
+            ev0(bson!({"$multiply": [i64::MAX, 2]})),
+            Bson::Double(i64::MAX as f64 * 2.0)
+        );
+        assert_eq!(code(bson!({"$multiply": [2, "x"]}), &d), 16555);
+        assert_eq!(ev0(bson!({"$divide": [9, 2]})), Bson::Double(4.5));
+        assert_eq!(ev0(bson!({"$divide": [8, 2]})), Bson::Double(4.0));
+        let e = parse(bson!({"$divide": [1, 0]})).eval(&d).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (2, "can't $divide by zero"));
+        assert_eq!(code(bson!({"$divide": [1, 0.0]}), &d), 2);
+        assert_eq!(code(bson!({"$divide": ["1", 2]}), &d), 16609);
+        assert_eq!(ev0(bson!({"$divide": [null, 0]})), Bson::Null);
+    }
+
+    #[test]
+    fn modulo_abs_ceil_floor() {
+        assert_eq!(ev0(bson!({"$mod": [10, 3]})), Bson::Int32(1));
+        assert_eq!(ev0(bson!({"$mod": [-10, 3]})), Bson::Int32(-1));
+        assert_eq!(ev0(bson!({"$mod": [10i64, 3]})), Bson::Int64(1));
+        assert_eq!(ev0(bson!({"$mod": [10.5, 3]})), Bson::Double(1.5));
+        assert_eq!(ev0(bson!({"$mod": [i64::MIN, -1]})), Bson::Int64(0));
+        assert_eq!(code(bson!({"$mod": [5, 0]}), &doc! {}), 16610);
+        assert_eq!(ev0(bson!({"$abs": -5})), Bson::Int32(5));
+        assert_eq!(ev0(bson!({"$abs": i32::MIN})), Bson::Int64(1 << 31));
+        assert_eq!(ev0(bson!({"$abs": -2.5})), Bson::Double(2.5));
+        assert_eq!(
+            ev0(bson!({"$abs": Bson::Decimal128("-1.25".parse().unwrap())})),
+            Bson::Decimal128("1.25".parse().unwrap())
+        );
+        assert_eq!(code(bson!({"$abs": i64::MIN}), &doc! {}), 28680);
+        assert_eq!(ev0(bson!({"$abs": null})), Bson::Null);
+        assert_eq!(code(bson!({"$abs": "x"}), &doc! {}), 28765);
+        assert_eq!(ev0(bson!({"$ceil": 1.2})), Bson::Double(2.0));
+        assert_eq!(ev0(bson!({"$ceil": -1.2})), Bson::Double(-1.0));
+        assert_eq!(ev0(bson!({"$floor": -1.2})), Bson::Double(-2.0));
+        assert_eq!(ev0(bson!({"$floor": 7})), Bson::Int32(7));
+    }
+
+    #[test]
+    fn round_and_trunc() {
+        let r = |v: Bson, p: i32| ev0(bson!({"$round": [v, p]}));
+        let t = |v: Bson, p: i32| ev0(bson!({"$trunc": [v, p]}));
+        // Half to even, as MongoDB.
+        assert_eq!(r(bson!(10.5), 0), Bson::Double(10.0));
+        assert_eq!(r(bson!(11.5), 0), Bson::Double(12.0));
+        assert_eq!(r(bson!(-2.5), 0), Bson::Double(-2.0));
+        assert_eq!(r(bson!(1.2345), 2), Bson::Double(1.23));
+        assert_eq!(
+            r(bson!(1.235), 2),
+            Bson::Double(1.24),
+            "1.235 is above the half"
+        );
+        // 2.675 is 2.67499999... in binary.
+        assert_eq!(r(bson!(2.675), 2), Bson::Double(2.67));
+        assert_eq!(r(bson!(0.4), 0), Bson::Double(0.0));
+        assert_eq!(r(bson!(0.6), 0), Bson::Double(1.0));
+        assert_eq!(r(bson!(0.06), 0), Bson::Double(0.0));
+        assert_eq!(r(bson!(1234.5678), -2), Bson::Double(1200.0));
+        assert_eq!(r(bson!(1234), -2), Bson::Int32(1200));
+        assert_eq!(r(bson!(1250), -2), Bson::Int32(1200));
+        assert_eq!(r(bson!(1350), -2), Bson::Int32(1400));
+        assert_eq!(r(bson!(-1350i64), -2), Bson::Int64(-1400));
+        assert_eq!(r(bson!(7), 3), Bson::Int32(7));
+        assert_eq!(ev0(bson!({"$round": 10.5})), Bson::Double(10.0));
+        assert_eq!(t(bson!(7.8), 0), Bson::Double(7.0));
+        assert_eq!(t(bson!(-7.8), 0), Bson::Double(-7.0));
+        assert_eq!(t(bson!(19.25), 1), Bson::Double(19.2));
+        assert_eq!(t(bson!(1999), -3), Bson::Int32(1000));
+        assert_eq!(ev0(bson!({"$round": [null, 1]})), Bson::Null);
+        assert_eq!(ev0(bson!({"$round": [1.5, null]})), Bson::Null);
+        assert_eq!(code(bson!({"$round": [1.5, 101]}), &doc! {}), 51083);
+        assert_eq!(code(bson!({"$round": [1.5, 1.5]}), &doc! {}), 51082);
+        assert_eq!(code(bson!({"$trunc": ["x", 1]}), &doc! {}), 51081);
+        assert!(round_f64(f64::NAN, 2, false).is_nan());
+    }
+
+    #[test]
+    fn powers_roots_and_logs() {
+        assert_eq!(ev0(bson!({"$sqrt": 25})), Bson::Double(5.0));
+        assert_eq!(code(bson!({"$sqrt": -1}), &doc! {}), 28714);
+        assert_eq!(ev0(bson!({"$pow": [5, 0]})), Bson::Int32(1));
+        assert_eq!(ev0(bson!({"$pow": [2, 10]})), Bson::Int32(1024));
+        assert_eq!(ev0(bson!({"$pow": [2, 40]})), Bson::Int64(1 << 40));
+        assert_eq!(ev0(bson!({"$pow": [2i64, 3]})), Bson::Int64(8));
+        assert_eq!(ev0(bson!({"$pow": [2, 64]})), Bson::Double(2f64.powi(64)));
+        assert_eq!(ev0(bson!({"$pow": [2, -1]})), Bson::Double(0.5));
+        assert_eq!(ev0(bson!({"$pow": [-1, -3]})), Bson::Int32(-1));
+        assert_eq!(ev0(bson!({"$pow": [4, 0.5]})), Bson::Double(2.0));
+        assert_eq!(code(bson!({"$pow": [0, -1]}), &doc! {}), 28764);
+        assert_eq!(ev0(bson!({"$exp": 0})), Bson::Double(1.0));
+        assert_eq!(ev0(bson!({"$ln": 1})), Bson::Double(0.0));
+        assert_eq!(ev0(bson!({"$log10": 100})), Bson::Double(2.0));
+        assert_eq!(ev0(bson!({"$log": [8, 2]})), Bson::Double(3.0));
+        assert_eq!(code(bson!({"$ln": 0}), &doc! {}), 28766);
+        assert_eq!(code(bson!({"$log10": -1}), &doc! {}), 28761);
+        assert_eq!(code(bson!({"$log": [8, 1]}), &doc! {}), 28759);
+        assert_eq!(ev0(bson!({"$ln": null})), Bson::Null);
+    }
+
+    #[test]
+    fn string_operators() {
+        let d = doc! {"s": "hello", "n": null, "cafe": "cafétéria"};
+        assert_eq!(
+            ev(bson!({"$concat": ["$s", " ", "world"]}), &d),
+            bson!("hello world")
+        );
+        assert_eq!(ev(bson!({"$concat": ["$s", "$n"]}), &d), Bson::Null);
+        assert_eq!(ev(bson!({"$concat": ["$s", "$missing"]}), &d), Bson::Null);
+        assert_eq!(code(bson!({"$concat": ["$s", 1]}), &d), 16702);
+        assert_eq!(ev(bson!({"$substr": ["$s", 1, 3]}), &d), bson!("ell"));
+        assert_eq!(ev(bson!({"$substrBytes": ["$s", 2, -1]}), &d), bson!("llo"));
+        assert_eq!(ev(bson!({"$substrBytes": ["$s", 10, 2]}), &d), bson!(""));
+        assert_eq!(ev(bson!({"$substrBytes": ["$n", 0, 2]}), &d), bson!(""));
+        assert_eq!(ev(bson!({"$substrBytes": [12345, 1, 2]}), &d), bson!("23"));
+        assert_eq!(code(bson!({"$substrBytes": ["$cafe", 3, 1]}), &d), 28657);
+        assert_eq!(code(bson!({"$substrBytes": ["$cafe", 4, 2]}), &d), 28656);
+        assert_eq!(ev(bson!({"$substrBytes": ["$cafe", 3, 2]}), &d), bson!("é"));
+        assert_eq!(code(bson!({"$substrBytes": ["$cafe", 4, 3]}), &d), 28656);
+        assert_eq!(code(bson!({"$substrBytes": ["$s", -1, 3]}), &d), 50752);
+        assert_eq!(
+            ev(bson!({"$substrCP": ["$cafe", 0, 5]}), &d),
+            bson!("cafét")
+        );
+        assert_eq!(ev(bson!({"$substrCP": ["$cafe", 7, 5]}), &d), bson!("ia"));
+        assert_eq!(code(bson!({"$substrCP": ["$cafe", -1, 5]}), &d), 34455);
+        assert_eq!(code(bson!({"$substrCP": ["$cafe", 0, 1.5]}), &d), 34453);
+        assert_eq!(ev(bson!({"$toUpper": "$s"}), &d), bson!("HELLO"));
+        assert_eq!(ev(bson!({"$toLower": "ABc1"}), &d), bson!("abc1"));
+        assert_eq!(ev(bson!({"$toLower": "$n"}), &d), bson!(""));
+        assert_eq!(ev(bson!({"$toUpper": 1.5}), &d), bson!("1.5"));
+        assert_eq!(ev(bson!({"$strLenBytes": "$cafe"}), &d), bson!(11));
+        assert_eq!(ev(bson!({"$strLenCP": "$cafe"}), &d), bson!(9));
+        assert_eq!(code(bson!({"$strLenBytes": "$n"}), &d), 34473);
+        assert_eq!(code(bson!({"$strLenCP": "$missing"}), &d), 34471);
+        assert_eq!(ev(bson!({"$strcasecmp": ["Hello", "$s"]}), &d), bson!(0));
+        assert_eq!(ev(bson!({"$strcasecmp": ["a", "B"]}), &d), bson!(-1));
+    }
+
+    #[test]
+    fn split_trim_index_of() {
+        let d = doc! {"cafe": "cafétéria"};
+        assert_eq!(
+            ev0(bson!({"$split": ["June-15-2013", "-"]})),
+            bson!(["June", "15", "2013"])
+        );
+        assert_eq!(ev0(bson!({"$split": ["abc", "x"]})), bson!(["abc"]));
+        assert_eq!(ev0(bson!({"$split": [null, "-"]})), Bson::Null);
+        assert_eq!(code(bson!({"$split": ["a", ""]}), &d), 40087);
+        assert_eq!(code(bson!({"$split": [1, "-"]}), &d), 40085);
+        assert_eq!(code(bson!({"$split": ["a", 1]}), &d), 40086);
+        assert_eq!(
+            ev0(bson!({"$trim": {"input": "  \n good  bye \t  "}})),
+            bson!("good  bye")
+        );
+        assert_eq!(
+            ev0(bson!({"$trim": {"input": "  ggggoodbyeeeee", "chars": "ge "}})),
+            bson!("oodby")
+        );
+        assert_eq!(ev0(bson!({"$ltrim": {"input": "  a  "}})), bson!("a  "));
+        assert_eq!(ev0(bson!({"$rtrim": {"input": "  a  "}})), bson!("  a"));
+        assert_eq!(ev0(bson!({"$trim": {"input": null}})), Bson::Null);
+        assert_eq!(
+            ev0(bson!({"$trim": {"input": "x", "chars": null}})),
+            Bson::Null
+        );
+        assert_eq!(code(bson!({"$trim": {"input": 1}}), &d), 50699);
+        assert_eq!(code(bson!({"$trim": {"chars": "a"}}), &d), 50695);
+        assert_eq!(code(bson!({"$trim": {"input": "a", "x": 1}}), &d), 50694);
+        assert_eq!(
+            ev(bson!({"$indexOfBytes": ["cafeteria", "e"]}), &d),
+            bson!(3)
+        );
+        assert_eq!(ev(bson!({"$indexOfBytes": ["$cafe", "é"]}), &d), bson!(3));
+        assert_eq!(ev(bson!({"$indexOfBytes": ["$cafe", "t"]}), &d), bson!(5));
+        assert_eq!(ev(bson!({"$indexOfCP": ["$cafe", "t"]}), &d), bson!(4));
+        assert_eq!(
+            ev(bson!({"$indexOfBytes": ["foo.bar.fi", ".", 5]}), &d),
+            bson!(7)
+        );
+        assert_eq!(
+            ev(bson!({"$indexOfBytes": ["vanilla", "ll", 0, 2]}), &d),
+            bson!(-1)
+        );
+        assert_eq!(
+            ev(bson!({"$indexOfBytes": ["vanilla", "ll", 12]}), &d),
+            bson!(-1)
+        );
+        assert_eq!(
+            ev(bson!({"$indexOfBytes": ["vanilla", "", 3]}), &d),
+            bson!(3)
+        );
+        assert_eq!(ev(bson!({"$indexOfBytes": [null, "a"]}), &d), Bson::Null);
+        assert_eq!(code(bson!({"$indexOfBytes": ["a", null]}), &d), 40092);
+        assert_eq!(code(bson!({"$indexOfBytes": ["a", "a", -1]}), &d), 40097);
+        assert_eq!(code(bson!({"$indexOfBytes": ["a", "a", 1.5]}), &d), 40096);
+    }
+
+    #[test]
+    fn array_operators() {
+        let d = doc! {"a": [1, 2, 3], "e": [], "n": null, "s": "x"};
+        assert_eq!(ev(bson!({"$size": "$a"}), &d), bson!(3));
+        assert_eq!(code(bson!({"$size": "$missing"}), &d), 17124);
+        assert_eq!(ev(bson!({"$arrayElemAt": ["$a", 0]}), &d), bson!(1));
+        assert_eq!(ev(bson!({"$arrayElemAt": ["$a", -1]}), &d), bson!(3));
+        assert_eq!(ev_opt(bson!({"$arrayElemAt": ["$a", 15]}), &d), None);
+        assert_eq!(ev(bson!({"$arrayElemAt": ["$n", 0]}), &d), Bson::Null);
+        assert_eq!(code(bson!({"$arrayElemAt": ["$s", 0]}), &d), 28689);
+        assert_eq!(code(bson!({"$arrayElemAt": ["$a", 0.5]}), &d), 28691);
+        assert_eq!(ev(bson!({"$first": "$a"}), &d), bson!(1));
+        assert_eq!(ev(bson!({"$last": "$a"}), &d), bson!(3));
+        assert_eq!(ev_opt(bson!({"$last": "$e"}), &d), None);
+        assert_eq!(ev(bson!({"$first": "$missing"}), &d), Bson::Null);
+        assert_eq!(ev(bson!({"$slice": ["$a", 1, 1]}), &d), bson!([2]));
+        assert_eq!(ev(bson!({"$slice": ["$a", -2]}), &d), bson!([2, 3]));
+        assert_eq!(ev(bson!({"$slice": ["$a", 2]}), &d), bson!([1, 2]));
+        assert_eq!(ev(bson!({"$slice": ["$a", 15, 2]}), &d), bson!([]));
+        assert_eq!(ev(bson!({"$slice": ["$a", -15, 2]}), &d), bson!([1, 2]));
+        assert_eq!(ev(bson!({"$slice": ["$n", 1]}), &d), Bson::Null);
+        assert_eq!(code(bson!({"$slice": ["$a", 0, 0]}), &d), 28729);
+        assert_eq!(code(bson!({"$slice": ["$s", 1]}), &d), 28724);
+        assert_eq!(
+            ev(bson!({"$concatArrays": ["$a", [4], "$e"]}), &d),
+            bson!([1, 2, 3, 4])
+        );
+        assert_eq!(ev(bson!({"$concatArrays": ["$a", "$n"]}), &d), Bson::Null);
+        assert_eq!(code(bson!({"$concatArrays": ["$a", "$s"]}), &d), 28664);
+        assert_eq!(ev(bson!({"$in": [2, "$a"]}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$in": [2.0, "$a"]}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$in": ["2", "$a"]}), &d), bson!(false));
+        assert_eq!(code(bson!({"$in": [2, "$s"]}), &d), 40081);
+        assert_eq!(ev(bson!({"$isArray": "$a"}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$isArray": ["$s"]}), &d), bson!(false));
+        assert_eq!(ev(bson!({"$reverseArray": "$a"}), &d), bson!([3, 2, 1]));
+        assert_eq!(ev(bson!({"$reverseArray": "$n"}), &d), Bson::Null);
+        assert_eq!(code(bson!({"$reverseArray": "$s"}), &d), 34435);
+        assert_eq!(
+            ev(bson!({"$indexOfArray": [["a", "abc", "a"], "a", 1]}), &d),
+            bson!(2)
+        );
+        assert_eq!(ev(bson!({"$indexOfArray": ["$a", 5]}), &d), bson!(-1));
+        assert_eq!(ev(bson!({"$indexOfArray": ["$n", 5]}), &d), Bson::Null);
+        assert_eq!(code(bson!({"$indexOfArray": ["$s", 5]}), &d), 40090);
+    }
+
+    #[test]
+    fn range_is_bounded() {
+        assert_eq!(ev0(bson!({"$range": [0, 10, 2]})), bson!([0, 2, 4, 6, 8]));
+        assert_eq!(ev0(bson!({"$range": [10, 0, -3]})), bson!([10, 7, 4, 1]));
+        assert_eq!(ev0(bson!({"$range": [0, 10, -1]})), bson!([]));
+        assert_eq!(ev0(bson!({"$range": [0, 3]})), bson!([0, 1, 2]));
+        assert_eq!(code(bson!({"$range": [0, 3, 0]}), &doc! {}), 34449);
+        assert_eq!(code(bson!({"$range": [0.5, 3]}), &doc! {}), 34444);
+        assert_eq!(code(bson!({"$range": ["a", 3]}), &doc! {}), 34443);
+        assert_eq!(
+            code(bson!({"$range": [i32::MIN, i32::MAX]}), &doc! {}),
+            EXCEEDED_MEMORY_LIMIT
+        );
+    }
+
+    #[test]
+    fn map_filter_reduce() {
+        let d = doc! {
+            "items": [
+                {"item_id": 43, "quantity": 2, "price": 10},
+                {"item_id": 2, "quantity": 1, "price": 240},
+                {"item_id": 23, "quantity": 3, "price": 110},
+            ],
+            "nums": [1, 2, 3],
+        };
+        assert_eq!(
+            ev(
+                bson!({"$filter": {"input": "$items", "as": "item", "cond": {"$gte": ["$$item.price", 100]}}}),
+                &d
+            ),
+            bson!([
+                {"item_id": 2, "quantity": 1, "price": 240},
+                {"item_id": 23, "quantity": 3, "price": 110},
+            ])
+        );
+        assert_eq!(
+            ev(
+                bson!({"$filter": {"input": "$nums", "cond": {"$gte": ["$$this", 2]}, "limit": 1}}),
+                &d
+            ),
+            bson!([2])
+        );
+        assert_eq!(
+            ev(bson!({"$filter": {"input": "$missing", "cond": true}}), &d),
+            Bson::Null
+        );
+        assert_eq!(
+            ev(
+                bson!({"$map": {"input": "$nums", "as": "x", "in": {"$add": ["$$x", 1]}}}),
+                &d
+            ),
+            bson!([2, 3, 4])
+        );
+        assert_eq!(
+            ev(
+                bson!({"$map": {"input": "$items", "in": "$$this.nothing"}}),
+                &d
+            ),
+            bson!([null, null, null])
+        );
+        assert_eq!(
+            ev(
+                bson!({"$reduce": {"input": ["a", "b", "c"], "initialValue": "", "in": {"$concat": ["$$value", "$$this"]}}}),
+                &d
+            ),
+            bson!("abc")
+        );
+        assert_eq!(
+            ev(
+                bson!({"$reduce": {
+                    "input": "$nums",
+                    "initialValue": {"sum": 5, "product": 2},
+                    "in": {
+                        "sum": {"$add": ["$$value.sum", "$$this"]},
+                        "product": {"$multiply": ["$$value.product", "$$this"]},
+                    }
+                }}),
+                &d
+            ),
+            bson!({"sum": 11, "product": 12})
+        );
+        assert_eq!(code(bson!({"$map": {"input": 1, "in": 1}}), &d), 16883);
+        assert_eq!(code(bson!({"$filter": {"input": 1, "cond": 1}}), &d), 28651);
+        assert_eq!(
+            code(
+                bson!({"$reduce": {"input": 1, "initialValue": 0, "in": 1}}),
+                &d
+            ),
+            40080
+        );
+        // Variables are scoped: $$x is unknown outside its $map.
+        assert_eq!(
+            code(
+                bson!([{"$map": {"input": [], "as": "x", "in": "$$x"}}, "$$x"]),
+                &d
+            ),
+            17276
+        );
+        // Inner bindings hide outer ones.
+        assert_eq!(
+            ev(
+                bson!({"$map": {"input": [[1, 2], [3]], "in": {"$map": {"input": "$$this", "in": {"$multiply": ["$$this", 10]}}}}}),
+                &d
+            ),
+            bson!([[10, 20], [30]])
+        );
+    }
+
+    #[test]
+    fn sort_array() {
+        let team = bson!([
+            {"name": "pat", "age": 30, "address": {"street": "12 Baker St", "city": "London"}},
+            {"name": "dallas", "age": 36, "address": {"street": "12 Cowper St", "city": "Palo Alto"}},
+            {"name": "charlie", "age": 42, "address": {"street": "12 French St", "city": "New Brunswick"}},
+        ]);
+        let d = doc! {"team": team};
+        let names = |by: Bson| {
+            ev(
+                bson!({"$map": {"input": {"$sortArray": {"input": "$team", "sortBy": by}}, "in": "$$this.name"}}),
+                &d,
+            )
+        };
+        assert_eq!(
+            names(bson!({"name": 1})),
+            bson!(["charlie", "dallas", "pat"])
+        );
+        assert_eq!(
+            names(bson!({"age": -1})),
+            bson!(["charlie", "dallas", "pat"])
+        );
+        assert_eq!(
+            names(bson!({"address.city": -1})),
+            bson!(["dallas", "charlie", "pat"])
+        );
+        assert_eq!(
+            ev0(
+                bson!({"$sortArray": {"input": [20, 4, {"a": "Free"}, 6, 21, 5, "Gratis", {"a": null}, {"a": {"sale": true, "price": 19}}, 10.23, {"a": "On sale"}], "sortBy": 1}})
+            ),
+            bson!([4, 5, 6, 10.23, 20, 21, "Gratis", {"a": null}, {"a": "Free"}, {"a": "On sale"}, {"a": {"sale": true, "price": 19}}])
+        );
+        assert_eq!(
+            ev0(bson!({"$sortArray": {"input": [3, 1, 2], "sortBy": -1}})),
+            bson!([3, 2, 1])
+        );
+        assert_eq!(
+            ev0(bson!({"$sortArray": {"input": null, "sortBy": 1}})),
+            Bson::Null
+        );
+        assert_eq!(
+            code(bson!({"$sortArray": {"input": 1, "sortBy": 1}}), &d),
+            2942504
+        );
+        assert_eq!(
+            code(bson!({"$sortArray": {"input": [], "sortBy": 2}}), &d),
+            2942503
+        );
+    }
+
+    #[test]
+    fn conditionals() {
+        let d = doc! {"qty": 250, "n": null, "desc": "x"};
+        assert_eq!(
+            ev(
+                bson!({"$cond": {"if": {"$gte": ["$qty", 250]}, "then": 30, "else": 20}}),
+                &d
+            ),
+            bson!(30)
+        );
+        assert_eq!(
+            ev(bson!({"$cond": [{"$lt": ["$qty", 250]}, 30, 20]}), &d),
+            bson!(20)
+        );
+        assert_eq!(
+            ev(bson!({"$ifNull": ["$desc", "Unspecified"]}), &d),
+            bson!("x")
+        );
+        assert_eq!(
+            ev(bson!({"$ifNull": ["$n", "Unspecified"]}), &d),
+            bson!("Unspecified")
+        );
+        assert_eq!(ev(bson!({"$ifNull": ["$missing", "$n", 7]}), &d), bson!(7));
+        assert_eq!(ev_opt(bson!({"$ifNull": ["$n", "$missing"]}), &d), None);
+        assert_eq!(code(bson!({"$ifNull": ["$n"]}), &d), 16020);
+        let switch = bson!({"$switch": {
+            "branches": [
+                {"case": {"$gte": ["$qty", 300]}, "then": "lots"},
+                {"case": {"$gte": ["$qty", 200]}, "then": "many"},
+            ],
+            "default": "few",
+        }});
+        assert_eq!(ev(switch, &d), bson!("many"));
+        assert_eq!(
+            code(
+                bson!({"$switch": {"branches": [{"case": false, "then": 1}]}}),
+                &d
+            ),
+            40066
+        );
+        assert_eq!(code(bson!({"$switch": {"branches": []}}), &d), 40068);
+        assert_eq!(
+            code(bson!({"$switch": {"branches": [{"case": 1}]}}), &d),
+            40065
+        );
+    }
+
+    #[test]
+    fn let_binds_and_rebinds_current() {
+        let d = doc! {"price": 10, "tax": 0.5, "applyDiscount": true, "sub": {"a": 7}};
+        assert_eq!(
+            ev(
+                bson!({"$let": {
+                    "vars": {
+                        "total": {"$add": ["$price", "$tax"]},
+                        "discounted": {"$cond": {"if": "$applyDiscount", "then": 0.9, "else": 1}},
+                    },
+                    "in": {"$multiply": ["$$total", "$$discounted"]},
+                }}),
+                &d
+            ),
+            Bson::Double(10.5 * 0.9)
+        );
+        assert_eq!(
+            ev(
+                bson!({"$let": {"vars": {"CURRENT": "$sub"}, "in": {"$add": ["$a", 1]}}}),
+                &d
+            ),
+            bson!(8)
+        );
+        assert_eq!(
+            ev(
+                bson!({"$let": {"vars": {"CURRENT": "$sub"}, "in": "$$ROOT.price"}}),
+                &d
+            ),
+            bson!(10)
+        );
+        assert_eq!(
+            ev_opt(
+                bson!({"$let": {"vars": {"x": "$missing"}, "in": "$$x"}}),
+                &d
+            ),
+            None
+        );
+        assert_eq!(code(bson!({"$let": {"vars": {}, "in": "$$y"}}), &d), 17276);
+    }
+
+    #[test]
+    fn types_and_conversions() {
+        let d = doc! {"i": 1, "l": 1i64, "f": 1.5, "s": "12", "n": null, "a": [], "o": {}};
+        let ty = |p: &str| ev(bson!({"$type": p}), &d);
+        assert_eq!(ty("$i"), bson!("int"));
+        assert_eq!(ty("$l"), bson!("long"));
+        assert_eq!(ty("$f"), bson!("double"));
+        assert_eq!(ty("$s"), bson!("string"));
+        assert_eq!(ty("$n"), bson!("null"));
+        assert_eq!(ty("$a"), bson!("array"));
+        assert_eq!(ty("$o"), bson!("object"));
+        assert_eq!(ty("$missing"), bson!("missing"));
+        assert_eq!(ev(bson!({"$isNumber": "$f"}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$isNumber": "$s"}), &d), bson!(false));
+        assert_eq!(ev(bson!({"$toInt": "$s"}), &d), bson!(12));
+        assert_eq!(ev(bson!({"$toInt": 12.9}), &d), bson!(12));
+        assert_eq!(ev(bson!({"$toInt": -12.9}), &d), bson!(-12));
+        assert_eq!(ev(bson!({"$toInt": true}), &d), bson!(1));
+        assert_eq!(ev(bson!({"$toInt": "$n"}), &d), Bson::Null);
+        assert_eq!(code(bson!({"$toInt": "1.5"}), &d), CONVERSION_FAILURE);
+        assert_eq!(code(bson!({"$toInt": 1e10}), &d), CONVERSION_FAILURE);
+        assert_eq!(code(bson!({"$toInt": "$a"}), &d), CONVERSION_FAILURE);
+        assert_eq!(ev(bson!({"$toLong": "$s"}), &d), Bson::Int64(12));
+        assert_eq!(
+            ev(bson!({"$toLong": 1e10}), &d),
+            Bson::Int64(10_000_000_000)
+        );
+        assert_eq!(ev(bson!({"$toDouble": "1.5e3"}), &d), Bson::Double(1500.0));
+        assert_eq!(ev(bson!({"$toDouble": "$i"}), &d), Bson::Double(1.0));
+        assert_eq!(
+            ev(bson!({"$toDecimal": "$f"}), &d),
+            Bson::Decimal128("1.5".parse().unwrap())
+        );
+        assert_eq!(ev(bson!({"$toBool": 0}), &d), bson!(false));
+        assert_eq!(ev(bson!({"$toBool": ""}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$toBool": "$a"}), &d), bson!(true));
+        assert_eq!(ev(bson!({"$toString": "$f"}), &d), bson!("1.5"));
+        assert_eq!(ev(bson!({"$toString": 5.0}), &d), bson!("5"));
+        assert_eq!(ev(bson!({"$toString": 1e20}), &d), bson!("1e+20"));
+        assert_eq!(ev(bson!({"$toString": true}), &d), bson!("true"));
+        let oid = ObjectId::parse_str("5ab9cbfa31c2ab715d42129e").unwrap();
+        assert_eq!(
+            ev(bson!({"$toString": oid}), &d),
+            bson!("5ab9cbfa31c2ab715d42129e")
+        );
+        assert_eq!(
+            ev(bson!({"$toObjectId": "5ab9cbfa31c2ab715d42129e"}), &d),
+            Bson::ObjectId(oid)
+        );
+        assert_eq!(code(bson!({"$toObjectId": "5ab9"}), &d), CONVERSION_FAILURE);
+        assert_eq!(
+            ev(bson!({"$toString": date("2018-03-27T16:58:51.538Z")}), &d),
+            bson!("2018-03-27T16:58:51.538Z")
+        );
+        assert_eq!(
+            ev(bson!({"$toDate": "2018-03-03T12:00:00+01:00"}), &d),
+            date("2018-03-03T11:00:00Z")
+        );
+        assert_eq!(
+            ev(bson!({"$toDate": "2018-03-03"}), &d),
+            date("2018-03-03T00:00:00Z")
+        );
+        assert_eq!(
+            ev(bson!({"$toDate": 120_000_000_000.5}), &d),
+            Bson::DateTime(DateTime::from_millis(120_000_000_000))
+        );
+        assert_eq!(
+            code(bson!({"$toDate": "2018-02-30"}), &d),
+            CONVERSION_FAILURE
+        );
+        assert_eq!(
+            ev(bson!({"$toLong": date("1970-01-01T00:00:01Z")}), &d),
+            Bson::Int64(1000)
+        );
+        // $convert: onError and onNull.
+        assert_eq!(
+            ev(
+                bson!({"$convert": {"input": "abc", "to": "int", "onError": "bad"}}),
+                &d
+            ),
+            bson!("bad")
+        );
+        assert_eq!(
+            ev(
+                bson!({"$convert": {"input": "$missing", "to": "int", "onNull": 0}}),
+                &d
+            ),
+            bson!(0)
+        );
+        assert_eq!(
+            ev(bson!({"$convert": {"input": "5", "to": 16}}), &d),
+            bson!(5)
+        );
+        assert_eq!(
+            ev(bson!({"$convert": {"input": "5", "to": "$n"}}), &d),
+            Bson::Null
+        );
+        assert_eq!(
+            code(bson!({"$convert": {"input": "5", "to": "$s"}}), &d),
+            2,
+            "12 is no type code"
+        );
+    }
+
+    #[test]
+    fn date_parts_in_utc_and_fixed_offsets() {
+        let d = doc! {"date": date("2014-01-01T08:15:39.736Z")};
+        let part = |op: &str| ev(bson!({ op: "$date" }), &d);
+        assert_eq!(part("$year"), bson!(2014));
+        assert_eq!(part("$month"), bson!(1));
+        assert_eq!(part("$dayOfMonth"), bson!(1));
+        assert_eq!(part("$hour"), bson!(8));
+        assert_eq!(part("$minute"), bson!(15));
+        assert_eq!(part("$second"), bson!(39));
+        assert_eq!(part("$millisecond"), bson!(736));
+        assert_eq!(part("$dayOfYear"), bson!(1));
+        assert_eq!(part("$dayOfWeek"), bson!(4), "a Wednesday");
+        assert_eq!(ev(bson!({"$year": ["$date"]}), &d), bson!(2014));
+        assert_eq!(
+            ev(
+                bson!({"$hour": {"date": "$date", "timezone": "-09:00"}}),
+                &d
+            ),
+            bson!(23)
+        );
+        assert_eq!(
+            ev(
+                bson!({"$dayOfYear": {"date": "$date", "timezone": "-0900"}}),
+                &d
+            ),
+            bson!(365)
+        );
+        assert_eq!(
+            ev(
+                bson!({"$minute": {"date": "$date", "timezone": "+05:30"}}),
+                &d
+            ),
+            bson!(45)
+        );
+        assert_eq!(
+            ev(bson!({"$year": {"date": "$date", "timezone": "UTC"}}), &d),
+            bson!(2014)
+        );
+        assert_eq!(
+            code(
+                bson!({"$hour": {"date": "$date", "timezone": "America/New_York"}}),
+                &d
+            ),
+            40485
+        );
+        assert_eq!(code(bson!({"$hour": {"timezone": "UTC"}}), &d), 40539);
+        assert_eq!(code(bson!({"$hour": {"date": "$date", "x": 1}}), &d), 40535);
+        assert_eq!(ev(bson!({"$year": "$missing"}), &d), Bson::Null);
+        assert_eq!(code(bson!({"$year": "2014"}), &d), 16006);
+        let oid = ObjectId::parse_str("5ab9cbfa31c2ab715d42129e").unwrap();
+        assert_eq!(ev(bson!({"$year": oid}), &d), bson!(2018));
+        // Leap years and dates before 1970.
+        assert_eq!(
+            ev(bson!({"$dayOfYear": date("2016-12-31T00:00:00Z")}), &d),
+            bson!(366)
+        );
+        assert_eq!(
+            ev(bson!({"$dayOfMonth": date("2000-02-29T00:00:00Z")}), &d),
+            bson!(29)
+        );
+        assert_eq!(
+            ev(bson!({"$year": date("1969-12-31T23:59:59.999Z")}), &d),
+            bson!(1969)
+        );
+        assert_eq!(
+            ev(
+                bson!({"$millisecond": date("1969-12-31T23:59:59.999Z")}),
+                &d
+            ),
+            bson!(999)
+        );
+        assert_eq!(
+            ev(bson!({"$dayOfWeek": date("1969-12-28T00:00:00Z")}), &d),
+            bson!(1)
+        );
+        assert_eq!(
+            ev(
+                bson!({"$dateToString": {"format": "%Y-%m-%d %H:%M:%S.%L %j %w %u", "date": "$date"}}),
+                &d
+            ),
+            bson!("2014-01-01 08:15:39.736 001 4 3")
+        );
+        assert_eq!(
+            ev(
+                bson!({"$dateToString": {"date": "$date", "timezone": "+01:00", "format": "%H:%M %z %Z"}}),
+                &d
+            ),
+            bson!("09:15 +0100 60")
+        );
+        assert_eq!(
+            ev(bson!({"$dateToString": {"date": "$date"}}), &d),
+            bson!("2014-01-01T08:15:39.736Z")
+        );
+        assert_eq!(
+            ev(
+                bson!({"$dateToString": {"date": "$missing", "onNull": "none"}}),
+                &d
+            ),
+            bson!("none")
+        );
+        assert_eq!(
+            code(
+                bson!({"$dateToString": {"date": "$date", "format": "%Q"}}),
+                &d
+            ),
+            18536
+        );
+    }
+
+    #[test]
+    fn calendar_round_trips() {
+        for day in (-800_000i64..800_000).step_by(97) {
+            let (y, m, dd) = date_of_day(day);
+            assert_eq!(day_of_date(y, m, dd), day);
+            assert!((1..=12).contains(&m) && dd >= 1 && dd <= days_in_month(y, m));
+        }
+        assert_eq!(date_of_day(0), (1970, 1, 1));
+        assert_eq!(date_of_day(-1), (1969, 12, 31));
+        assert_eq!(date_of_day(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn object_operators() {
+        let d = doc! {"a": {"x": 1, "y": 2}, "b": {"y": 3, "z": 4}, "n": null, "dotted": {"price.usd": 45}};
+        assert_eq!(
+            ev(bson!({"$mergeObjects": ["$a", "$n", "$missing", "$b"]}), &d),
+            bson!({"x": 1, "y": 3, "z": 4})
+        );
+        assert_eq!(
+            ev(bson!({"$mergeObjects": "$a"}), &d),
+            bson!({"x": 1, "y": 2})
+        );
+        assert_eq!(code(bson!({"$mergeObjects": ["$a", 1]}), &d), 40400);
+        assert_eq!(
+            ev(bson!({"$objectToArray": "$a"}), &d),
+            bson!([{"k": "x", "v": 1}, {"k": "y", "v": 2}])
+        );
+        assert_eq!(ev(bson!({"$objectToArray": "$n"}), &d), Bson::Null);
+        assert_eq!(code(bson!({"$objectToArray": 1}), &d), 40390);
+        assert_eq!(
+            ev(
+                bson!({"$arrayToObject": [[["item", "abc123"], ["qty", 25], ["qty", 30]]]}),
+                &d
+            ),
+            bson!({"item": "abc123", "qty": 30})
+        );
+        assert_eq!(
+            ev(
+                bson!({"$arrayToObject": {"$literal": [{"k": "item", "v": "abc"}]}}),
+                &d
+            ),
+            bson!({"item": "abc"})
+        );
+        assert_eq!(
+            ev(bson!({"$arrayToObject": {"$objectToArray": "$b"}}), &d),
+            bson!({"y": 3, "z": 4})
+        );
+        assert_eq!(
+            code(
+                bson!({"$arrayToObject": [[["a", 1], {"k": "b", "v": 2}]]}),
+                &d
+            ),
+            40391
+        );
+        assert_eq!(code(bson!({"$arrayToObject": [[["a"]]]}), &d), 40397);
+        assert_eq!(code(bson!({"$arrayToObject": [[[1, 2]]]}), &d), 40395);
+        assert_eq!(code(bson!({"$arrayToObject": [[{"k": "a"}]]}), &d), 40392);
+        assert_eq!(code(bson!({"$arrayToObject": "x"}), &d), 40386);
+        assert_eq!(
+            ev(
+                bson!({"$getField": {"field": "price.usd", "input": "$dotted"}}),
+                &d
+            ),
+            bson!(45)
+        );
+        assert_eq!(ev(bson!({"$getField": "a"}), &d), bson!({"x": 1, "y": 2}));
+        assert_eq!(
+            ev(
+                bson!({"$getField": {"field": {"$literal": "$x"}, "input": {"$literal": {"$x": 1}}}}),
+                &d
+            ),
+            bson!(1)
+        );
+    }
+
+    #[test]
+    fn get_and_set_field() {
+        let d = doc! {"a": {"x": 1}, "n": null};
+        assert_eq!(
+            ev_opt(bson!({"$getField": {"field": "q", "input": "$a"}}), &d),
+            None
+        );
+        assert_eq!(
+            ev(bson!({"$getField": {"field": "x", "input": "$n"}}), &d),
+            Bson::Null
+        );
+        assert_eq!(
+            code(bson!({"$getField": {"field": "x", "input": 5}}), &d),
+            3041705
+        );
+        assert_eq!(code(bson!({"$getField": {"field": "$x"}}), &d), 5654601);
+        assert_eq!(
+            ev(
+                bson!({"$setField": {"field": "a.b", "input": "$a", "value": 2}}),
+                &d
+            ),
+            bson!({"x": 1, "a.b": 2})
+        );
+        assert_eq!(
+            ev(
+                bson!({"$setField": {"field": "x", "input": "$a", "value": "$$REMOVE"}}),
+                &d
+            ),
+            bson!({})
+        );
+        assert_eq!(
+            ev(bson!({"$unsetField": {"field": "x", "input": "$a"}}), &d),
+            bson!({})
+        );
+    }
+
+    #[test]
+    fn accumulator_expressions() {
+        let d = doc! {"quizzes": [10, 6, 7], "mixed": [1, "a", null, 2.5], "e": []};
+        assert_eq!(ev(bson!({"$sum": "$quizzes"}), &d), bson!(23));
+        assert_eq!(ev(bson!({"$sum": "$mixed"}), &d), bson!(3.5));
+        assert_eq!(ev(bson!({"$sum": [1, 2, "x"]}), &d), bson!(3));
+        assert_eq!(ev(bson!({"$sum": "$missing"}), &d), bson!(0));
+        assert_eq!(ev(bson!({"$avg": "$quizzes"}), &d), bson!(23.0 / 3.0));
+        assert_eq!(ev(bson!({"$avg": "$e"}), &d), Bson::Null);
+        assert_eq!(ev(bson!({"$max": "$quizzes"}), &d), bson!(10));
+        assert_eq!(ev(bson!({"$min": "$mixed"}), &d), bson!(1));
+        assert_eq!(ev(bson!({"$max": "$mixed"}), &d), bson!("a"));
+        assert_eq!(ev(bson!({"$min": [null, "$missing"]}), &d), Bson::Null);
+        assert_eq!(
+            ev(bson!({"$stdDevPop": [1, 2, 3, 4]}), &d),
+            bson!(1.25f64.sqrt())
+        );
+        assert_eq!(ev(bson!({"$stdDevSamp": [1]}), &d), Bson::Null);
+    }
+
+    #[test]
+    fn variables_from_outside() {
+        let mut vars = Variables::new().with_now(DateTime::from_millis(86_400_000));
+        vars.bind("order_qty", Bson::Int32(5));
+        let e = Expr::parse_with_vars(&bson!({"$gte": ["$qty", "$$order_qty"]}), &["order_qty"])
+            .unwrap();
+        assert_eq!(e.eval_with(&doc! {"qty": 7}, &vars).unwrap(), bson!(true));
+        let now = Expr::parse(&bson!({"$dayOfMonth": "$$NOW"})).unwrap();
+        assert_eq!(now.eval_with(&doc! {}, &vars).unwrap(), bson!(2));
+        assert_eq!(
+            now.eval(&doc! {}).unwrap_err().code,
+            2,
+            "no clock without a time"
+        );
+        assert_eq!(
+            Expr::parse(&bson!("$$order_qty")).unwrap_err().code,
+            17276,
+            "not in scope unless declared"
+        );
+    }
+
+    #[test]
+    fn decimal_helpers() {
+        assert_eq!(decimal_from_f64(0.1).to_string(), "0.1");
+        assert_eq!(decimal_from_f64(f64::NAN).to_string(), "NaN");
+        assert_eq!(decimal_from_f64(-1e300).to_string(), "-1E+300");
+        assert_eq!(format_double(0.1), "0.1");
+        assert_eq!(format_double(-2.5e-7), "-2.5e-7");
+        assert_eq!(format_double(123456789.0), "123456789");
     }
 }
