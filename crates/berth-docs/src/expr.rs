@@ -525,7 +525,7 @@ pub(crate) fn check_field_path(parts: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn split_path(s: &str) -> Result<Vec<String>> {
+pub(crate) fn split_path(s: &str) -> Result<Vec<String>> {
     let parts: Vec<&str> = s.split('.').collect();
     check_field_path(&parts)?;
     Ok(parts.into_iter().map(str::to_string).collect())
@@ -694,7 +694,7 @@ fn opt_boxed(v: Option<&Bson>, sc: &mut Scope) -> Result<Option<Box<Node>>> {
 }
 
 /// Checks a user variable's name (`$let`, `as`).
-fn check_var_name(name: &str, allow_current: bool) -> Result<()> {
+pub(crate) fn check_var_name(name: &str, allow_current: bool) -> Result<()> {
     if allow_current && name == "CURRENT" {
         return Ok(());
     }
