@@ -23,14 +23,15 @@
 //! it sees `$lookup`'s `let` variables); any other filter goes to
 //! [`crate::matcher::Filter`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bson::{Bson, Document};
 
 use crate::error::codes;
 use crate::expr::{
-    check_var_name, integral, split_path, truthy, type_name, Expr, SortKey, SortPattern, StdDev,
-    Sum, Variables,
+    self, check_var_name, integral, split_path, truthy, type_name, Expr, SortKey, SortPattern,
+    StdDev, Sum, Variables,
 };
 use crate::matcher::Filter;
 use crate::order;
@@ -42,6 +43,12 @@ pub const UNRECOGNIZED_STAGE: i32 = 40324;
 pub const QUERY_EXCEEDED_MEMORY_LIMIT: i32 = 292;
 /// MongoDB's NotImplemented: a stage Berth knows but does not run.
 pub const NOT_IMPLEMENTED: i32 = 238;
+/// The deepest sub-pipelines nest (`$lookup` in `$lookup`, `$facet`,
+/// `$unionWith`), as in MongoDB.
+pub const SUB_PIPELINE_DEPTH_MAX: usize = 20;
+/// How deep a projection follows arrays nested in arrays (the data, not the
+/// specification, decides that depth; MongoDB stores nothing deeper than 100).
+pub const ARRAYS_NESTED_MAX: usize = 100;
 /// The most bytes of documents one `$lookup` joins into a document
 /// (MongoDB's internal BSON size limit).
 pub const LOOKUP_BYTES_MAX: usize = 16 * 1024 * 1024 + 16 * 1024;
@@ -55,7 +62,8 @@ fn err(code: i32, message: impl Into<String>) -> DocError {
 /// What a pipeline needs from outside: other collections and the time.
 pub trait StageContext {
     /// The documents of collection `from` in the same database (for
-    /// `$lookup` and `$unionWith`); called once per stage per run.
+    /// `$lookup` and `$unionWith`); called at most once per collection per
+    /// [`Pipeline::run`].
     fn lookup(&mut self, from: &str) -> std::result::Result<Vec<Document>, DocError>;
 
     /// The time `$$NOW` stands for, read once per run.
@@ -169,7 +177,7 @@ impl Pipeline {
 
     /// Parses a pipeline whose blocking stages hold at most `limits`.
     pub fn parse_with(stages: &[Document], limits: Limits) -> Result<Pipeline> {
-        parse_pipeline(stages, limits, &[], Within::Top)
+        parse_pipeline(stages, limits, &[], Within::Top, 0)
     }
 
     /// The collection `$out` writes to: the caller writes what [`run`]
@@ -227,10 +235,16 @@ impl Pipeline {
         self.limits
     }
 
-    /// Runs the pipeline over `input`. `$$NOW` is `ctx.now()`, read once.
+    /// Runs the pipeline over `input`. `$$NOW` is `ctx.now()`, read once;
+    /// each other collection is read at most once per run (a `$lookup`
+    /// nested in another's pipeline reuses what the run already read).
     pub fn run(&self, input: Vec<Document>, ctx: &mut dyn StageContext) -> Result<Vec<Document>> {
         let vars = Variables::new().with_now(ctx.now());
-        self.run_with(input, ctx, &vars)
+        let mut once = ReadOnce {
+            inner: ctx,
+            read: HashMap::new(),
+        };
+        self.run_with(input, &mut once, &vars)
     }
 
     fn run_with(
@@ -329,6 +343,27 @@ impl Pipeline {
     }
 }
 
+/// A context that reads each collection once and remembers it for the run.
+struct ReadOnce<'c> {
+    inner: &'c mut dyn StageContext,
+    read: HashMap<String, Vec<Document>>,
+}
+
+impl StageContext for ReadOnce<'_> {
+    fn lookup(&mut self, from: &str) -> Result<Vec<Document>> {
+        if let Some(docs) = self.read.get(from) {
+            return Ok(docs.clone());
+        }
+        let docs = self.inner.lookup(from)?;
+        self.read.insert(from.to_string(), docs.clone());
+        Ok(docs)
+    }
+
+    fn now(&self) -> bson::DateTime {
+        self.inner.now()
+    }
+}
+
 fn count_value(n: usize) -> Bson {
     match i32::try_from(n) {
         Ok(i) => Bson::Int32(i),
@@ -344,10 +379,11 @@ fn parse_pipeline(
     limits: Limits,
     scope: &[&str],
     within: Within,
+    depth: usize,
 ) -> Result<Pipeline> {
     let mut parsed = Vec::with_capacity(stages.len());
     for (i, spec) in stages.iter().enumerate() {
-        let stage = parse_stage(spec, limits, scope, within)?;
+        let stage = parse_stage(spec, limits, scope, within, depth)?;
         if matches!(stage, Stage::Out(_)) && i + 1 != stages.len() {
             return Err(err(
                 40601,
@@ -369,7 +405,14 @@ fn parse_sub_pipeline(
     limits: Limits,
     scope: &[&str],
     within: Within,
+    depth: usize,
 ) -> Result<Pipeline> {
+    if depth >= SUB_PIPELINE_DEPTH_MAX {
+        return Err(err(
+            codes::FAILED_TO_PARSE,
+            format!("Maximum number of nested sub-pipelines exceeded. Limit is {SUB_PIPELINE_DEPTH_MAX}"),
+        ));
+    }
     let Bson::Array(items) = v else {
         return Err(err(
             codes::FAILED_TO_PARSE,
@@ -394,10 +437,16 @@ fn parse_sub_pipeline(
             }
         }
     }
-    parse_pipeline(&stages, limits, scope, within)
+    parse_pipeline(&stages, limits, scope, within, depth + 1)
 }
 
-fn parse_stage(spec: &Document, limits: Limits, scope: &[&str], within: Within) -> Result<Stage> {
+fn parse_stage(
+    spec: &Document,
+    limits: Limits,
+    scope: &[&str],
+    within: Within,
+    depth: usize,
+) -> Result<Stage> {
     let mut it = spec.iter();
     let (Some((name, arg)), None) = (it.next(), it.next()) else {
         return Err(err(
@@ -448,6 +497,7 @@ fn parse_stage(spec: &Document, limits: Limits, scope: &[&str], within: Within) 
             stage_doc(name, arg, codes::FAILED_TO_PARSE)?,
             limits,
             scope,
+            depth,
         )?))),
         "$replaceRoot" => {
             let d = stage_doc(name, arg, 40229)?;
@@ -476,7 +526,7 @@ fn parse_stage(spec: &Document, limits: Limits, scope: &[&str], within: Within) 
             if within == Within::Facet {
                 return Err(err(40600, "$facet is not allowed to be used within a $facet stage"));
             }
-            parse_facet(arg, limits, scope)
+            parse_facet(arg, limits, scope, depth)
         }
         "$sortByCount" => {
             let ok = match arg {
@@ -492,7 +542,7 @@ fn parse_stage(spec: &Document, limits: Limits, scope: &[&str], within: Within) 
             }
             Ok(Stage::SortByCount(Expr::parse_with_vars(arg, scope)?))
         }
-        "$unionWith" => parse_union_with(arg, limits, scope),
+        "$unionWith" => parse_union_with(arg, limits, scope, depth),
         "$out" => {
             if within != Within::Top {
                 let code = if within == Within::Facet { 40600 } else { 51047 };
@@ -601,7 +651,7 @@ fn parse_count(arg: &Bson) -> Result<Stage> {
     Ok(Stage::Count(s.clone()))
 }
 
-fn parse_facet(arg: &Bson, limits: Limits, scope: &[&str]) -> Result<Stage> {
+fn parse_facet(arg: &Bson, limits: Limits, scope: &[&str], depth: usize) -> Result<Stage> {
     let Bson::Document(spec) = arg else {
         return Err(err(
             15947,
@@ -640,13 +690,13 @@ fn parse_facet(arg: &Bson, limits: Limits, scope: &[&str]) -> Result<Stage> {
         }
         facets.push((
             name.clone(),
-            parse_sub_pipeline(v, "$facet", limits, scope, Within::Facet)?,
+            parse_sub_pipeline(v, "$facet", limits, scope, Within::Facet, depth)?,
         ));
     }
     Ok(Stage::Facet(facets))
 }
 
-fn parse_union_with(arg: &Bson, limits: Limits, scope: &[&str]) -> Result<Stage> {
+fn parse_union_with(arg: &Bson, limits: Limits, scope: &[&str], depth: usize) -> Result<Stage> {
     match arg {
         Bson::String(coll) => Ok(Stage::UnionWith {
             coll: coll.clone(),
@@ -665,6 +715,7 @@ fn parse_union_with(arg: &Bson, limits: Limits, scope: &[&str]) -> Result<Stage>
                             limits,
                             scope,
                             Within::UnionWith,
+                            depth,
                         )?)
                     }
                     _ => {
@@ -820,7 +871,7 @@ impl ProjTree {
                 },
                 ProjItem::Sub(sub) if sub.has_computed() => match out.get_mut(k) {
                     Some(Bson::Document(d)) => sub.apply_computed(d, root, vars)?,
-                    Some(Bson::Array(items)) => sub.apply_computed_array(items, root, vars)?,
+                    Some(Bson::Array(items)) => sub.apply_computed_array(items, root, vars, 1)?,
                     _ => {
                         let mut d = Document::new();
                         sub.apply_computed(&mut d, root, vars)?;
@@ -834,17 +885,20 @@ impl ProjTree {
     }
 
     /// Computed fields under an array path apply to each element; an
-    /// element that is not a document becomes one.
+    /// element that is not a document becomes one. Arrays nested deeper
+    /// than [`ARRAYS_NESTED_MAX`] are left as they are.
     fn apply_computed_array(
         &self,
         items: &mut [Bson],
         root: &Document,
         vars: &Variables,
+        depth: usize,
     ) -> Result<()> {
         for e in items {
             match e {
                 Bson::Document(d) => self.apply_computed(d, root, vars)?,
-                Bson::Array(inner) => self.apply_computed_array(inner, root, vars)?,
+                Bson::Array(_) if depth >= ARRAYS_NESTED_MAX => {}
+                Bson::Array(inner) => self.apply_computed_array(inner, root, vars, depth + 1)?,
                 other => {
                     let mut d = Document::new();
                     self.apply_computed(&mut d, root, vars)?;
@@ -869,7 +923,7 @@ impl ProjTree {
                         out.insert(k.clone(), Bson::Document(sub.include(d)));
                     }
                     Bson::Array(items) => {
-                        out.insert(k.clone(), Bson::Array(sub.include_array(items)));
+                        out.insert(k.clone(), Bson::Array(sub.include_array(items, 1)));
                     }
                     _ => {}
                 },
@@ -879,12 +933,14 @@ impl ProjTree {
         out
     }
 
-    fn include_array(&self, items: &[Bson]) -> Vec<Bson> {
+    /// Arrays nested deeper than [`ARRAYS_NESTED_MAX`] are dropped.
+    fn include_array(&self, items: &[Bson], depth: usize) -> Vec<Bson> {
         items
             .iter()
             .filter_map(|e| match e {
                 Bson::Document(d) => Some(Bson::Document(self.include(d))),
-                Bson::Array(inner) => Some(Bson::Array(self.include_array(inner))),
+                Bson::Array(_) if depth >= ARRAYS_NESTED_MAX => None,
+                Bson::Array(inner) => Some(Bson::Array(self.include_array(inner, depth + 1))),
                 _ => None,
             })
             .collect()
@@ -899,7 +955,7 @@ impl ProjTree {
                 Some(ProjItem::Sub(sub)) => {
                     let v = match v {
                         Bson::Document(d) => Bson::Document(sub.exclude(d)),
-                        Bson::Array(items) => Bson::Array(sub.exclude_array(items)),
+                        Bson::Array(items) => Bson::Array(sub.exclude_array(items, 1)),
                         other => other,
                     };
                     out.insert(k, v);
@@ -912,12 +968,15 @@ impl ProjTree {
         out
     }
 
-    fn exclude_array(&self, items: Vec<Bson>) -> Vec<Bson> {
+    /// Arrays nested deeper than [`ARRAYS_NESTED_MAX`] are kept as they are.
+    fn exclude_array(&self, items: Vec<Bson>, depth: usize) -> Vec<Bson> {
         items
             .into_iter()
             .map(|e| match e {
                 Bson::Document(d) => Bson::Document(self.exclude(d)),
-                Bson::Array(inner) => Bson::Array(self.exclude_array(inner)),
+                Bson::Array(inner) if depth < ARRAYS_NESTED_MAX => {
+                    Bson::Array(self.exclude_array(inner, depth + 1))
+                }
                 other => other,
             })
             .collect()
@@ -933,6 +992,15 @@ fn spec_path(prefix: &[String], key: &str) -> Result<Vec<String>> {
     }
     let mut path = prefix.to_vec();
     path.extend(split_path(key)?);
+    if path.len() > expr::PATH_PARTS_MAX {
+        return Err(err(
+            codes::FAILED_TO_PARSE,
+            format!(
+                "FieldPath is too long: more than {} parts",
+                expr::PATH_PARTS_MAX
+            ),
+        ));
+    }
     Ok(path)
 }
 
@@ -1317,10 +1385,9 @@ impl Acc {
             }
             Acc::AddToSet(items, seen) => {
                 if let Some(v) = v {
-                    if !seen.contains(&Ordered(v.clone())) {
+                    if seen.insert(Ordered(v.clone())) {
                         // Held twice: in the set and in the list.
                         budget.add_bytes(2 * value_size(&v))?;
-                        seen.insert(Ordered(v.clone()));
                         items.push(v);
                     }
                 }
@@ -1445,18 +1512,18 @@ impl Group {
         let mut groups: Vec<(Bson, Vec<Acc>)> = Vec::new();
         for d in &docs {
             let key = self.id.eval_opt(d, vars)?.unwrap_or(Bson::Null);
-            let i = match index.get(&Ordered(key.clone())) {
-                Some(i) => *i,
-                None => {
+            let i = match index.entry(Ordered(key)) {
+                Entry::Occupied(e) => *e.get(),
+                Entry::Vacant(e) => {
+                    let key = &e.key().0;
                     budget.add_documents(1)?;
                     // The key is held twice: in the index and in the output.
-                    budget.add_bytes(2 * value_size(&key) + 64)?;
+                    budget.add_bytes(2 * value_size(key) + 64)?;
                     groups.push((
                         key.clone(),
                         self.fields.iter().map(|(_, op, _)| Acc::new(*op)).collect(),
                     ));
-                    index.insert(Ordered(key), groups.len() - 1);
-                    groups.len() - 1
+                    *e.insert(groups.len() - 1)
                 }
             };
             for ((_, _, arg), acc) in self.fields.iter().zip(groups[i].1.iter_mut()) {
@@ -1492,13 +1559,14 @@ fn sort_by_count(
     let mut groups: Vec<(Bson, usize)> = Vec::new();
     for d in &docs {
         let key = e.eval_opt(d, vars)?.unwrap_or(Bson::Null);
-        match index.get(&Ordered(key.clone())) {
-            Some(i) => groups[*i].1 += 1,
-            None => {
+        match index.entry(Ordered(key)) {
+            Entry::Occupied(e) => groups[*e.get()].1 += 1,
+            Entry::Vacant(e) => {
+                let key = &e.key().0;
                 budget.add_documents(1)?;
-                budget.add_bytes(2 * value_size(&key) + 32)?;
+                budget.add_bytes(2 * value_size(key) + 32)?;
                 groups.push((key.clone(), 1));
-                index.insert(Ordered(key), groups.len() - 1);
+                e.insert(groups.len() - 1);
             }
         }
     }
@@ -1731,7 +1799,7 @@ struct Lookup {
 }
 
 impl Lookup {
-    fn parse(spec: &Document, limits: Limits, scope: &[&str]) -> Result<Lookup> {
+    fn parse(spec: &Document, limits: Limits, scope: &[&str], depth: usize) -> Result<Lookup> {
         let mut from = None;
         let mut local = None;
         let mut foreign = None;
@@ -1846,6 +1914,7 @@ impl Lookup {
                     limits,
                     &inner,
                     Within::Lookup,
+                    depth,
                 )?)
             }
             None => None,
@@ -3062,6 +3131,36 @@ mod tests {
     }
 
     #[test]
+    fn nested_lookups_read_each_collection_once() {
+        let mut ctx = Ctx::default()
+            .with("b", docs(bson!([{"k": 1, "c": "x"}, {"k": 2, "c": "y"}])))
+            .with("c", docs(bson!([{"_id": "x"}, {"_id": "y"}])));
+        let out = run_in(
+            &mut ctx,
+            bson!([{"$lookup": {
+                "from": "b",
+                "let": {"k": "$k"},
+                "pipeline": [
+                    {"$match": {"$expr": {"$eq": ["$k", "$$k"]}}},
+                    {"$lookup": {"from": "c", "localField": "c", "foreignField": "_id", "as": "cs"}},
+                    {"$project": {"_id": 0, "cs": 1}},
+                ],
+                "as": "bs",
+            }}]),
+            bson!([{"k": 1}, {"k": 2}, {"k": 3}]),
+        );
+        assert_eq!(
+            out,
+            docs(bson!([
+                {"k": 1, "bs": [{"cs": [{"_id": "x"}]}]},
+                {"k": 2, "bs": [{"cs": [{"_id": "y"}]}]},
+                {"k": 3, "bs": []},
+            ]))
+        );
+        assert_eq!(ctx.lookups, 2, "b and c, once each, for three documents");
+    }
+
+    #[test]
     fn replace_root_and_with() {
         let people = bson!([
             {"_id": 1, "name": "Arlene", "age": 34, "pets": {"dogs": 2, "cats": 1}},
@@ -3191,6 +3290,41 @@ mod tests {
             parse_code(bson!([{"$unionWith": {"pipeline": []}}])),
             codes::FAILED_TO_PARSE
         );
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut inner = bson!([{"$limit": 1}]);
+        for _ in 0..SUB_PIPELINE_DEPTH_MAX {
+            inner = bson!([{"$lookup": {"from": "c", "pipeline": inner, "as": "x"}}]);
+        }
+        assert!(Pipeline::parse(&stages(inner.clone())).is_ok());
+        let deeper = bson!([{"$lookup": {"from": "c", "pipeline": inner, "as": "x"}}]);
+        assert_eq!(parse_code(deeper), codes::FAILED_TO_PARSE);
+        let long_path = vec!["a"; expr::PATH_PARTS_MAX + 1].join(".");
+        assert_eq!(
+            parse_code(bson!([{"$sort": {long_path.clone(): 1}}])),
+            codes::FAILED_TO_PARSE
+        );
+        assert_eq!(
+            parse_code(bson!([{"$project": {long_path: 1}}])),
+            codes::FAILED_TO_PARSE
+        );
+        // Arrays nested past the bound are not followed, and nothing overflows.
+        let mut deep = bson!([{"b": 1, "c": 2}]);
+        for _ in 0..ARRAYS_NESTED_MAX + 5 {
+            deep = Bson::Array(vec![deep]);
+        }
+        let input = Bson::Array(vec![Bson::Document(doc! {"a": deep})]);
+        assert_eq!(
+            run(bson!([{"$project": {"a.b": 1, "_id": 0}}]), input.clone()).len(),
+            1
+        );
+        assert_eq!(
+            run(bson!([{"$project": {"a.b": 0}}]), input.clone()),
+            docs(input.clone())
+        );
+        assert_eq!(run(bson!([{"$addFields": {"a.z": 1}}]), input).len(), 1);
     }
 
     #[test]

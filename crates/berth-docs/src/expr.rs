@@ -39,6 +39,13 @@ pub const CONVERSION_FAILURE: i32 = 241;
 pub const EXCEEDED_MEMORY_LIMIT: i32 = 146;
 /// The most elements `$range` builds (MongoDB bounds it by bytes).
 pub const RANGE_ELEMENTS_MAX: usize = 1 << 22;
+/// The most parts a field path may have (`a.b.c` has three): the path
+/// walkers recurse once per part.
+pub const PATH_PARTS_MAX: usize = 200;
+/// The deepest an expression may nest (documents, arrays, operators), so
+/// that parsing and evaluation recurse a bounded number of times (MongoDB
+/// refuses BSON nested deeper than about 200 levels in commands).
+pub const EXPRESSION_DEPTH_MAX: usize = 150;
 
 /// A value during evaluation: `None` is missing.
 type Val = Option<Bson>;
@@ -110,6 +117,7 @@ impl Expr {
     pub fn parse_with_vars(v: &Bson, names: &[&str]) -> Result<Expr> {
         let mut scope = Scope {
             names: names.iter().map(|n| n.to_string()).collect(),
+            depth: 0,
         };
         Ok(Expr {
             node: parse_node(v, &mut scope)?,
@@ -480,6 +488,8 @@ const OPS: &[(&str, Op, usize, usize)] = &[
 /// The user variables in scope while parsing.
 struct Scope {
     names: Vec<String>,
+    /// How deep the parser is in the expression's documents and arrays.
+    depth: usize,
 }
 
 impl Scope {
@@ -489,21 +499,37 @@ impl Scope {
 }
 
 fn parse_node(v: &Bson, sc: &mut Scope) -> Result<Node> {
+    if sc.depth >= EXPRESSION_DEPTH_MAX {
+        return Err(err(
+            codes::FAILED_TO_PARSE,
+            format!("expression nested deeper than {EXPRESSION_DEPTH_MAX} levels"),
+        ));
+    }
+    sc.depth += 1;
+    let node = parse_value(v, sc);
+    sc.depth -= 1;
+    node
+}
+
+fn parse_value(v: &Bson, sc: &mut Scope) -> Result<Node> {
+    // Like `eval`, the parsing functions on the recursion only dispatch.
     match v {
         Bson::String(s) if s.starts_with('$') => parse_path(s, sc),
         Bson::Document(d) => parse_object(d, sc),
-        Bson::Array(items) => {
-            let nodes = items
-                .iter()
-                .map(|e| parse_node(e, sc))
-                .collect::<Result<Vec<_>>>()?;
-            if nodes.iter().all(|n| matches!(n, Node::Const(_))) {
-                return Ok(Node::Const(v.clone()));
-            }
-            Ok(Node::Array(nodes))
-        }
+        Bson::Array(items) => parse_array(v, items, sc),
         other => Ok(Node::Const(other.clone())),
     }
+}
+
+fn parse_array(v: &Bson, items: &[Bson], sc: &mut Scope) -> Result<Node> {
+    let mut nodes = Vec::with_capacity(items.len());
+    for e in items {
+        nodes.push(parse_node(e, sc)?);
+    }
+    if nodes.iter().all(|n| matches!(n, Node::Const(_))) {
+        return Ok(Node::Const(v.clone()));
+    }
+    Ok(Node::Array(nodes))
 }
 
 /// Checks the parts of a field path.
@@ -527,6 +553,12 @@ pub(crate) fn check_field_path(parts: &[&str]) -> Result<()> {
 
 pub(crate) fn split_path(s: &str) -> Result<Vec<String>> {
     let parts: Vec<&str> = s.split('.').collect();
+    if parts.len() > PATH_PARTS_MAX {
+        return Err(err(
+            codes::FAILED_TO_PARSE,
+            format!("FieldPath is too long: more than {PATH_PARTS_MAX} parts"),
+        ));
+    }
     check_field_path(&parts)?;
     Ok(parts.into_iter().map(str::to_string).collect())
 }
@@ -569,42 +601,35 @@ fn parse_path(s: &str, sc: &Scope) -> Result<Node> {
 }
 
 fn parse_object(d: &Document, sc: &mut Scope) -> Result<Node> {
-    let Some((first, arg)) = d.iter().next() else {
-        return Ok(Node::Const(Bson::Document(Document::new())));
-    };
-    if first.starts_with('$') {
-        if d.len() != 1 {
-            return Err(err(
-                15983,
-                format!(
-                    "an expression specification must contain exactly one field, \
-                     the name of the expression. Found {} fields in {d}",
-                    d.len()
-                ),
-            ));
+    match d.iter().next() {
+        None => Ok(Node::Const(Bson::Document(Document::new()))),
+        Some((first, arg)) if first.starts_with('$') => {
+            if d.len() == 1 {
+                parse_operator(first, arg, sc)
+            } else {
+                Err(not_one_operator(d))
+            }
         }
-        return parse_operator(first, arg, sc);
+        Some(_) => parse_fields(d, sc),
     }
+}
+
+fn not_one_operator(d: &Document) -> DocError {
+    err(
+        15983,
+        format!(
+            "an expression specification must contain exactly one field, \
+             the name of the expression. Found {} fields in {d}",
+            d.len()
+        ),
+    )
+}
+
+/// A document of expressions (`{a: "$x", b: {$add: [1, 2]}}`).
+fn parse_fields(d: &Document, sc: &mut Scope) -> Result<Node> {
     let mut fields = Vec::with_capacity(d.len());
     for (k, v) in d {
-        if k.starts_with('$') {
-            return Err(err(
-                16410,
-                format!("FieldPath field names may not start with '$'. Given field '{k}'"),
-            ));
-        }
-        if k.contains('.') {
-            return Err(err(
-                16412,
-                format!("FieldPath field names may not contain '.'. Given field '{k}'"),
-            ));
-        }
-        if k.is_empty() {
-            return Err(err(
-                16411,
-                "FieldPath field names may not be empty strings.",
-            ));
-        }
+        check_field_name(k)?;
         fields.push((k.clone(), parse_node(v, sc)?));
     }
     if fields.iter().all(|(_, n)| matches!(n, Node::Const(_))) {
@@ -617,6 +642,28 @@ fn parse_object(d: &Document, sc: &mut Scope) -> Result<Node> {
         return Ok(Node::Const(Bson::Document(out)));
     }
     Ok(Node::Object(fields))
+}
+
+fn check_field_name(k: &str) -> Result<()> {
+    if k.starts_with('$') {
+        return Err(err(
+            16410,
+            format!("FieldPath field names may not start with '$'. Given field '{k}'"),
+        ));
+    }
+    if k.contains('.') {
+        return Err(err(
+            16412,
+            format!("FieldPath field names may not contain '.'. Given field '{k}'"),
+        ));
+    }
+    if k.is_empty() {
+        return Err(err(
+            16411,
+            "FieldPath field names may not be empty strings.",
+        ));
+    }
+    Ok(())
 }
 
 /// An operator's argument list: an array is the list, anything else one argument.
@@ -647,7 +694,11 @@ fn check_arity(name: &str, n: usize, min: usize, max: usize) -> Result<()> {
 fn parse_args(name: &str, v: &Bson, min: usize, max: usize, sc: &mut Scope) -> Result<Vec<Node>> {
     let args = arg_list(v);
     check_arity(name, args.len(), min, max)?;
-    args.into_iter().map(|a| parse_node(a, sc)).collect()
+    let mut nodes = Vec::with_capacity(args.len());
+    for a in args {
+        nodes.push(parse_node(a, sc)?);
+    }
+    Ok(nodes)
 }
 
 /// The named options of an operator that takes a document.
@@ -747,162 +798,40 @@ fn parse_as(name: &str, v: Option<&Bson>) -> Result<String> {
     }
 }
 
+/// How one operator parses its argument.
+type OperatorParser = fn(&str, &Bson, &mut Scope) -> Result<Node>;
+
 fn parse_operator(name: &str, arg: &Bson, sc: &mut Scope) -> Result<Node> {
-    match name {
-        "$literal" => return Ok(Node::Const(arg.clone())),
-        "$and" | "$or" => {
-            let args = parse_args(name, arg, 0, MANY, sc)?;
-            return Ok(if name == "$and" {
-                Node::And(args)
-            } else {
-                Node::Or(args)
-            });
-        }
-        "$cond" => return parse_cond(arg, sc),
-        "$ifNull" => return Ok(Node::IfNull(parse_args(name, arg, 2, MANY, sc)?)),
-        "$switch" => return parse_switch(arg, sc),
-        "$let" => return parse_let(arg, sc),
-        "$map" => {
-            let o = options(name, arg, &["input", "as", "in"], 16879)?;
-            let input = boxed(required(name, "input", o[0], 16880)?, sc)?;
-            let var = parse_as(name, o[1])?;
-            let body = required(name, "in", o[2], 16882)?;
-            let body = with_vars(sc, std::slice::from_ref(&var), |sc| boxed(body, sc))?;
-            return Ok(Node::Map { input, var, body });
-        }
-        "$filter" => {
-            let o = options(name, arg, &["input", "as", "cond", "limit"], 28647)?;
-            let input = boxed(required(name, "input", o[0], 28648)?, sc)?;
-            let var = parse_as(name, o[1])?;
-            let cond = required(name, "cond", o[2], 28650)?;
-            let cond = with_vars(sc, std::slice::from_ref(&var), |sc| boxed(cond, sc))?;
-            let limit = opt_boxed(o[3], sc)?;
-            return Ok(Node::Filter {
-                input,
-                var,
-                cond,
-                limit,
-            });
-        }
-        "$reduce" => {
-            let o = options(name, arg, &["input", "initialValue", "in"], 40076)?;
-            let input = boxed(required(name, "input", o[0], 40077)?, sc)?;
-            let initial = boxed(required(name, "initialValue", o[1], 40078)?, sc)?;
-            let body = required(name, "in", o[2], 40079)?;
-            let names = ["this".to_string(), "value".to_string()];
-            let body = with_vars(sc, &names, |sc| boxed(body, sc))?;
-            return Ok(Node::Reduce {
-                input,
-                initial,
-                body,
-            });
-        }
-        "$sortArray" => {
-            let o = options(name, arg, &["input", "sortBy"], 2942500)?;
-            let input = boxed(required(name, "input", o[0], 2942501)?, sc)?;
-            let by = match required(name, "sortBy", o[1], 2942502)? {
-                Bson::Document(d) => SortBy::Fields(SortPattern::parse(d, "$sortArray")?),
-                v => match order::number(v) {
-                    Some(n) if order::compare_numbers(n, Num::Int(1)) == Ordering::Equal => {
-                        SortBy::Value { descending: false }
-                    }
-                    Some(n) if order::compare_numbers(n, Num::Int(-1)) == Ordering::Equal => {
-                        SortBy::Value { descending: true }
-                    }
-                    _ => {
-                        return Err(err(
-                            2942503,
-                            "$sortArray: sortBy must be 1, -1 or a sort specification document",
-                        ))
-                    }
-                },
-            };
-            return Ok(Node::SortArray { input, by });
-        }
-        "$trim" | "$ltrim" | "$rtrim" => {
-            let name: &'static str = match name {
-                "$trim" => "$trim",
-                "$ltrim" => "$ltrim",
-                _ => "$rtrim",
-            };
-            let o = options(name, arg, &["input", "chars"], 50694)?;
-            let input = boxed(required(name, "input", o[0], 50695)?, sc)?;
-            let chars = opt_boxed(o[1], sc)?;
-            return Ok(Node::Trim {
-                name,
-                left: name != "$rtrim",
-                right: name != "$ltrim",
-                input,
-                chars,
-            });
-        }
-        "$convert" => {
-            let o = options(name, arg, &["input", "to", "onError", "onNull"], 9)?;
-            let input = boxed(required(name, "input", o[0], 9)?, sc)?;
-            let to = boxed(required(name, "to", o[1], 9)?, sc)?;
-            if let Node::Const(t) = to.as_ref() {
-                if !matches!(t, Bson::Null | Bson::Undefined) {
-                    target_of(t)?;
-                }
-            }
-            return Ok(Node::Convert {
-                input,
-                to,
-                on_error: opt_boxed(o[2], sc)?,
-                on_null: opt_boxed(o[3], sc)?,
-            });
-        }
-        "$dateToString" => {
-            let o = options(name, arg, &["date", "format", "timezone", "onNull"], 18534)?;
-            let date = boxed(required(name, "date", o[0], 18628)?, sc)?;
-            let format = opt_boxed(o[1], sc)?;
-            if let Some(Node::Const(Bson::String(f))) = format.as_deref() {
-                check_date_format(f)?;
-            }
-            return Ok(Node::DateToString {
-                date,
-                format,
-                timezone: opt_boxed(o[2], sc)?,
-                on_null: opt_boxed(o[3], sc)?,
-            });
-        }
-        "$getField" => {
-            let (field, input) = match arg {
-                Bson::Document(d) if !d.keys().next().is_some_and(|k| k.starts_with('$')) => {
-                    let o = options(name, arg, &["field", "input"], 3041701)?;
-                    let field = const_field_name(name, required(name, "field", o[0], 3041702)?)?;
-                    (field, opt_boxed(o[1], sc)?)
-                }
-                other => (const_field_name(name, other)?, None),
-            };
-            return Ok(Node::GetField { field, input });
-        }
-        "$setField" | "$unsetField" => {
-            let set = name == "$setField";
-            let allowed: &[&str] = if set {
-                &["field", "input", "value"]
-            } else {
-                &["field", "input"]
-            };
-            let o = options(name, arg, allowed, 4161100)?;
-            let field = const_field_name(name, required(name, "field", o[0], 4161101)?)?;
-            let input = boxed(required(name, "input", o[1], 4161102)?, sc)?;
-            let value = if set {
-                Some(boxed(required(name, "value", o[2], 4161103)?, sc)?)
-            } else {
-                None
-            };
-            return Ok(Node::SetField {
-                field,
-                input,
-                value,
-            });
-        }
-        _ => {}
-    }
-    if let Some(part) = date_part(name) {
-        return parse_date_part(name, part, arg, sc);
-    }
+    // One call site: this frame is on the recursion once per nesting level,
+    // so it only picks the parser.
+    let parse: OperatorParser = match name {
+        "$literal" => |_, arg, _| Ok(Node::Const(arg.clone())),
+        "$and" => |name, arg, sc| parse_args(name, arg, 0, MANY, sc).map(Node::And),
+        "$or" => |name, arg, sc| parse_args(name, arg, 0, MANY, sc).map(Node::Or),
+        "$ifNull" => |name, arg, sc| parse_args(name, arg, 2, MANY, sc).map(Node::IfNull),
+        "$cond" => |_, arg, sc| parse_cond(arg, sc),
+        "$switch" => |_, arg, sc| parse_switch(arg, sc),
+        "$let" => |_, arg, sc| parse_let(arg, sc),
+        "$map" => |_, arg, sc| parse_map(arg, sc),
+        "$filter" => |_, arg, sc| parse_filter(arg, sc),
+        "$reduce" => |_, arg, sc| parse_reduce(arg, sc),
+        "$sortArray" => |_, arg, sc| parse_sort_array(arg, sc),
+        "$trim" => |_, arg, sc| parse_trim("$trim", arg, sc),
+        "$ltrim" => |_, arg, sc| parse_trim("$ltrim", arg, sc),
+        "$rtrim" => |_, arg, sc| parse_trim("$rtrim", arg, sc),
+        "$convert" => |_, arg, sc| parse_convert(arg, sc),
+        "$dateToString" => |_, arg, sc| parse_date_to_string(arg, sc),
+        "$getField" => |_, arg, sc| parse_get_field(arg, sc),
+        "$setField" => |_, arg, sc| parse_set_field(true, arg, sc),
+        "$unsetField" => |_, arg, sc| parse_set_field(false, arg, sc),
+        _ if date_part(name).is_some() => parse_date_part,
+        _ => parse_call,
+    };
+    parse(name, arg, sc)
+}
+
+/// An operator whose arguments are all evaluated first.
+fn parse_call(name: &str, arg: &Bson, sc: &mut Scope) -> Result<Node> {
     match OPS.iter().find(|(n, ..)| *n == name) {
         Some(&(name, op, min, max)) => Ok(Node::Call {
             op,
@@ -914,6 +843,152 @@ fn parse_operator(name: &str, arg: &Bson, sc: &mut Scope) -> Result<Node> {
             format!("Unrecognized expression '{name}'"),
         )),
     }
+}
+
+fn parse_map(arg: &Bson, sc: &mut Scope) -> Result<Node> {
+    let name = "$map";
+    let o = options(name, arg, &["input", "as", "in"], 16879)?;
+    let input = boxed(required(name, "input", o[0], 16880)?, sc)?;
+    let var = parse_as(name, o[1])?;
+    let body = required(name, "in", o[2], 16882)?;
+    let body = with_vars(sc, std::slice::from_ref(&var), |sc| boxed(body, sc))?;
+    Ok(Node::Map { input, var, body })
+}
+
+fn parse_filter(arg: &Bson, sc: &mut Scope) -> Result<Node> {
+    let name = "$filter";
+    let o = options(name, arg, &["input", "as", "cond", "limit"], 28647)?;
+    let input = boxed(required(name, "input", o[0], 28648)?, sc)?;
+    let var = parse_as(name, o[1])?;
+    let cond = required(name, "cond", o[2], 28650)?;
+    let cond = with_vars(sc, std::slice::from_ref(&var), |sc| boxed(cond, sc))?;
+    let limit = opt_boxed(o[3], sc)?;
+    Ok(Node::Filter {
+        input,
+        var,
+        cond,
+        limit,
+    })
+}
+
+fn parse_reduce(arg: &Bson, sc: &mut Scope) -> Result<Node> {
+    let name = "$reduce";
+    let o = options(name, arg, &["input", "initialValue", "in"], 40076)?;
+    let input = boxed(required(name, "input", o[0], 40077)?, sc)?;
+    let initial = boxed(required(name, "initialValue", o[1], 40078)?, sc)?;
+    let body = required(name, "in", o[2], 40079)?;
+    let names = ["this".to_string(), "value".to_string()];
+    let body = with_vars(sc, &names, |sc| boxed(body, sc))?;
+    Ok(Node::Reduce {
+        input,
+        initial,
+        body,
+    })
+}
+
+fn parse_sort_array(arg: &Bson, sc: &mut Scope) -> Result<Node> {
+    let name = "$sortArray";
+    let o = options(name, arg, &["input", "sortBy"], 2942500)?;
+    let input = boxed(required(name, "input", o[0], 2942501)?, sc)?;
+    let by = match required(name, "sortBy", o[1], 2942502)? {
+        Bson::Document(d) => SortBy::Fields(SortPattern::parse(d, name)?),
+        v => match order::number(v) {
+            Some(n) if order::compare_numbers(n, Num::Int(1)) == Ordering::Equal => {
+                SortBy::Value { descending: false }
+            }
+            Some(n) if order::compare_numbers(n, Num::Int(-1)) == Ordering::Equal => {
+                SortBy::Value { descending: true }
+            }
+            _ => {
+                return Err(err(
+                    2942503,
+                    "$sortArray: sortBy must be 1, -1 or a sort specification document",
+                ))
+            }
+        },
+    };
+    Ok(Node::SortArray { input, by })
+}
+
+fn parse_trim(name: &'static str, arg: &Bson, sc: &mut Scope) -> Result<Node> {
+    let o = options(name, arg, &["input", "chars"], 50694)?;
+    let input = boxed(required(name, "input", o[0], 50695)?, sc)?;
+    let chars = opt_boxed(o[1], sc)?;
+    Ok(Node::Trim {
+        name,
+        left: name != "$rtrim",
+        right: name != "$ltrim",
+        input,
+        chars,
+    })
+}
+
+fn parse_convert(arg: &Bson, sc: &mut Scope) -> Result<Node> {
+    let name = "$convert";
+    let o = options(name, arg, &["input", "to", "onError", "onNull"], 9)?;
+    let input = boxed(required(name, "input", o[0], 9)?, sc)?;
+    let to = boxed(required(name, "to", o[1], 9)?, sc)?;
+    if let Node::Const(t) = to.as_ref() {
+        if !matches!(t, Bson::Null | Bson::Undefined) {
+            target_of(t)?;
+        }
+    }
+    Ok(Node::Convert {
+        input,
+        to,
+        on_error: opt_boxed(o[2], sc)?,
+        on_null: opt_boxed(o[3], sc)?,
+    })
+}
+
+fn parse_date_to_string(arg: &Bson, sc: &mut Scope) -> Result<Node> {
+    let name = "$dateToString";
+    let o = options(name, arg, &["date", "format", "timezone", "onNull"], 18534)?;
+    let date = boxed(required(name, "date", o[0], 18628)?, sc)?;
+    let format = opt_boxed(o[1], sc)?;
+    if let Some(Node::Const(Bson::String(f))) = format.as_deref() {
+        check_date_format(f)?;
+    }
+    Ok(Node::DateToString {
+        date,
+        format,
+        timezone: opt_boxed(o[2], sc)?,
+        on_null: opt_boxed(o[3], sc)?,
+    })
+}
+
+fn parse_get_field(arg: &Bson, sc: &mut Scope) -> Result<Node> {
+    let name = "$getField";
+    let (field, input) = match arg {
+        Bson::Document(d) if !d.keys().next().is_some_and(|k| k.starts_with('$')) => {
+            let o = options(name, arg, &["field", "input"], 3041701)?;
+            let field = const_field_name(name, required(name, "field", o[0], 3041702)?)?;
+            (field, opt_boxed(o[1], sc)?)
+        }
+        other => (const_field_name(name, other)?, None),
+    };
+    Ok(Node::GetField { field, input })
+}
+
+fn parse_set_field(set: bool, arg: &Bson, sc: &mut Scope) -> Result<Node> {
+    let (name, allowed): (&str, &[&str]) = if set {
+        ("$setField", &["field", "input", "value"])
+    } else {
+        ("$unsetField", &["field", "input"])
+    };
+    let o = options(name, arg, allowed, 4161100)?;
+    let field = const_field_name(name, required(name, "field", o[0], 4161101)?)?;
+    let input = boxed(required(name, "input", o[1], 4161102)?, sc)?;
+    let value = if set {
+        Some(boxed(required(name, "value", o[2], 4161103)?, sc)?)
+    } else {
+        None
+    };
+    Ok(Node::SetField {
+        field,
+        input,
+        value,
+    })
 }
 
 /// `$getField`'s field: a constant string (or `$literal`).
@@ -1044,7 +1119,8 @@ fn date_part(name: &str) -> Option<DatePart> {
     })
 }
 
-fn parse_date_part(name: &str, part: DatePart, arg: &Bson, sc: &mut Scope) -> Result<Node> {
+fn parse_date_part(name: &str, arg: &Bson, sc: &mut Scope) -> Result<Node> {
+    let part = date_part(name).expect("a date part operator");
     let name = DATE_PART_NAMES
         .iter()
         .find(|n| **n == name)
@@ -1116,378 +1192,461 @@ impl<'a> Env<'a> {
 }
 
 fn eval<'a>(node: &'a Node, env: &mut Env<'a>) -> Result<Val> {
+    // A dispatcher only: this frame is on the recursion once per nesting
+    // level, so the work (and its temporaries) lives in the callees.
     match node {
         Node::Const(v) => Ok(Some(v.clone())),
         Node::Field(path) => Ok(path_in_doc(env.root, path)),
         Node::Var(var, path) => eval_var(var, path, env),
-        Node::Object(fields) => {
-            let mut out = Document::new();
-            for (k, n) in fields {
-                if let Some(v) = eval(n, env)? {
-                    out.insert(k.clone(), v);
-                }
-            }
-            Ok(Some(Bson::Document(out)))
-        }
-        Node::Array(items) => {
-            let mut out = Vec::with_capacity(items.len());
-            for n in items {
-                out.push(eval(n, env)?.unwrap_or(Bson::Null));
-            }
-            Ok(Some(Bson::Array(out)))
-        }
-        Node::Call { op, name, args } => {
-            let mut vals = Vec::with_capacity(args.len());
-            for a in args {
-                vals.push(eval(a, env)?);
-            }
-            apply(*op, name, vals)
-        }
-        Node::And(args) => {
-            for a in args {
-                if !truthy_val(&eval(a, env)?) {
-                    return Ok(Some(Bson::Boolean(false)));
-                }
-            }
-            Ok(Some(Bson::Boolean(true)))
-        }
-        Node::Or(args) => {
-            for a in args {
-                if truthy_val(&eval(a, env)?) {
-                    return Ok(Some(Bson::Boolean(true)));
-                }
-            }
-            Ok(Some(Bson::Boolean(false)))
-        }
-        Node::Cond(parts) => {
-            let [i, t, e] = parts.as_ref();
-            if truthy_val(&eval(i, env)?) {
-                eval(t, env)
-            } else {
-                eval(e, env)
-            }
-        }
-        Node::IfNull(args) => {
-            let (last, rest) = args.split_last().expect("arity checked: two or more");
-            for a in rest {
-                let v = eval(a, env)?;
-                if !nullish(&v) {
-                    return Ok(v);
-                }
-            }
-            eval(last, env)
-        }
-        Node::Switch { branches, default } => {
-            for (case, then) in branches {
-                if truthy_val(&eval(case, env)?) {
-                    return eval(then, env);
-                }
-            }
-            match default {
-                Some(d) => eval(d, env),
-                None => Err(err(
-                    40066,
-                    "$switch could not find a matching branch for an input, and no default was specified.",
-                )),
-            }
-        }
-        Node::Let { vars, body } => {
-            let mut values = Vec::with_capacity(vars.len());
-            for (name, n) in vars {
-                values.push((name.as_str(), eval(n, env)?));
-            }
-            let depth = env.local.len();
-            env.local.extend(values);
-            let r = eval(body, env);
-            env.local.truncate(depth);
-            r
-        }
-        Node::Map { input, var, body } => {
-            let input = eval(input, env)?;
-            let items = match input {
-                ref v if nullish(v) => return Ok(Some(Bson::Null)),
-                Some(Bson::Array(items)) => items,
-                v => {
-                    return Err(err(
-                        16883,
-                        format!("input to $map must be an array not {}", tn(&v)),
-                    ))
-                }
-            };
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                let v = env.with(var, Some(item), |env| eval(body, env))?;
-                out.push(v.unwrap_or(Bson::Null));
-            }
-            Ok(Some(Bson::Array(out)))
-        }
+        Node::Object(fields) => eval_object(fields, env),
+        Node::Array(items) => eval_array(items, env),
+        Node::Call { op, name, args } => eval_call(*op, name, args, env),
+        Node::And(args) => eval_and_or(args, false, env),
+        Node::Or(args) => eval_and_or(args, true, env),
+        Node::Cond(parts) => eval_cond(parts, env),
+        Node::IfNull(args) => eval_if_null(args, env),
+        Node::Switch { branches, default } => eval_switch(branches, default.as_deref(), env),
+        Node::Let { vars, body } => eval_let(vars, body, env),
+        Node::Map { input, var, body } => eval_map(input, var, body, env),
         Node::Filter {
             input,
             var,
             cond,
             limit,
-        } => {
-            let input = eval(input, env)?;
-            let items = match input {
-                ref v if nullish(v) => return Ok(Some(Bson::Null)),
-                Some(Bson::Array(items)) => items,
-                v => {
-                    return Err(err(
-                        28651,
-                        format!("input to $filter must be an array not {}", tn(&v)),
-                    ))
-                }
-            };
-            let limit = match limit {
-                None => usize::MAX,
-                Some(l) => match eval(l, env)? {
-                    ref v if nullish(v) => usize::MAX,
-                    Some(v) => match integral(&v) {
-                        Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
-                        Some(_) => {
-                            return Err(err(
-                                327391,
-                                format!("$filter: limit must be greater than 0: {v}"),
-                            ))
-                        }
-                        None => {
-                            return Err(err(
-                                327392,
-                                format!("$filter: limit must be a whole number: {v}"),
-                            ))
-                        }
-                    },
-                    None => usize::MAX,
-                },
-            };
-            let mut out = Vec::new();
-            for item in items {
-                if out.len() >= limit {
-                    break;
-                }
-                let keep = env.with(var, Some(item.clone()), |env| eval(cond, env))?;
-                if truthy_val(&keep) {
-                    out.push(item);
-                }
-            }
-            Ok(Some(Bson::Array(out)))
-        }
+        } => eval_filter(input, var, cond, limit.as_deref(), env),
         Node::Reduce {
             input,
             initial,
             body,
-        } => {
-            let input = eval(input, env)?;
-            let items = match input {
-                ref v if nullish(v) => return Ok(Some(Bson::Null)),
-                Some(Bson::Array(items)) => items,
-                v => {
-                    return Err(err(
-                        40080,
-                        format!(
-                            "$reduce requires that 'input' be an array, found: {}",
-                            show(&v)
-                        ),
-                    ))
-                }
-            };
-            let mut acc = eval(initial, env)?;
-            for item in items {
-                let depth = env.local.len();
-                env.local.push(("value", acc));
-                env.local.push(("this", Some(item)));
-                let r = eval(body, env);
-                env.local.truncate(depth);
-                acc = r?;
-            }
-            Ok(acc)
-        }
-        Node::SortArray { input, by } => {
-            let items = match eval(input, env)? {
-                ref v if nullish(v) => return Ok(Some(Bson::Null)),
-                Some(Bson::Array(items)) => items,
-                v => {
-                    return Err(err(
-                        2942504,
-                        format!(
-                        "The input argument to $sortArray must be an array, but was of type: {}",
-                        tn(&v)
-                    ),
-                    ))
-                }
-            };
-            Ok(Some(Bson::Array(sort_array(items, by))))
-        }
+        } => eval_reduce(input, initial, body, env),
+        Node::SortArray { input, by } => eval_sort_array(input, by, env),
         Node::Trim {
             name,
             left,
             right,
             input,
             chars,
-        } => {
-            let input = eval(input, env)?;
-            let chars = match chars {
-                Some(c) => Some(eval(c, env)?),
-                None => None,
-            };
-            trim(name, *left, *right, input, chars)
-        }
+        } => eval_trim(name, *left, *right, input, chars.as_deref(), env),
         Node::Convert {
             input,
             to,
             on_error,
             on_null,
-        } => {
-            let input = eval(input, env)?;
-            let to = eval(to, env)?;
-            if nullish(&input) {
-                return match on_null {
-                    Some(n) => eval(n, env),
-                    None => Ok(Some(Bson::Null)),
-                };
-            }
-            if nullish(&to) {
-                return Ok(Some(Bson::Null));
-            }
-            let target = target_of(to.as_ref().expect("not nullish"))?;
-            match convert(input.as_ref().expect("not nullish"), target) {
-                Ok(v) => Ok(Some(v)),
-                Err(e) if e.code == CONVERSION_FAILURE => match on_error {
-                    Some(n) => eval(n, env),
-                    None => Err(e),
-                },
-                Err(e) => Err(e),
-            }
-        }
+        } => eval_convert(input, to, on_error.as_deref(), on_null.as_deref(), env),
         Node::DatePart {
             part,
             name,
             date,
             timezone,
-        } => {
-            let date = eval(date, env)?;
-            let offset_ms = match timezone {
-                None => 0,
-                Some(tz) => match eval(tz, env)? {
-                    ref v if nullish(v) => return Ok(Some(Bson::Null)),
-                    Some(v) => timezone_offset_ms(&v)?,
-                    None => 0,
-                },
-            };
-            if nullish(&date) {
-                return Ok(Some(Bson::Null));
-            }
-            let ms = date_millis(date.as_ref().expect("not nullish"), name)?;
-            let c = civil(ms.saturating_add(offset_ms));
-            let v = match part {
-                DatePart::Year => Bson::Int32(i32::try_from(c.year).unwrap_or(i32::MAX)),
-                DatePart::Month => Bson::Int32(c.month as i32),
-                DatePart::DayOfMonth => Bson::Int32(c.day as i32),
-                DatePart::Hour => Bson::Int32(c.hour as i32),
-                DatePart::Minute => Bson::Int32(c.minute as i32),
-                DatePart::Second => Bson::Int32(c.second as i32),
-                DatePart::Millisecond => Bson::Int32(c.millis as i32),
-                DatePart::DayOfWeek => Bson::Int32(c.weekday as i32),
-                DatePart::DayOfYear => Bson::Int32(c.yday as i32),
-            };
-            Ok(Some(v))
-        }
+        } => eval_date_part(*part, name, date, timezone.as_deref(), env),
         Node::DateToString {
             date,
             format,
             timezone,
             on_null,
-        } => {
-            let date = eval(date, env)?;
-            let format = match format {
-                Some(f) => match eval(f, env)? {
-                    ref v if nullish(v) => return Ok(Some(Bson::Null)),
-                    Some(Bson::String(s)) => {
-                        check_date_format(&s)?;
-                        s
-                    }
-                    v => {
-                        return Err(err(
-                            18533,
-                            format!(
-                                "$dateToString requires that 'format' be a string, found: {}",
-                                tn(&v)
-                            ),
-                        ))
-                    }
-                },
-                None => "%Y-%m-%dT%H:%M:%S.%LZ".to_string(),
-            };
-            let offset_ms = match timezone {
-                None => 0,
-                Some(tz) => match eval(tz, env)? {
-                    ref v if nullish(v) => return Ok(Some(Bson::Null)),
-                    Some(v) => timezone_offset_ms(&v)?,
-                    None => 0,
-                },
-            };
-            if nullish(&date) {
-                return match on_null {
-                    Some(n) => eval(n, env),
-                    None => Ok(Some(Bson::Null)),
-                };
-            }
-            let ms = date_millis(date.as_ref().expect("not nullish"), "$dateToString")?;
-            Ok(Some(Bson::String(format_date(ms, offset_ms, &format))))
-        }
-        Node::GetField { field, input } => {
-            let input = match input {
-                Some(i) => eval(i, env)?,
-                None => Some(Bson::Document(env.root.clone())),
-            };
-            match input {
-                None => Ok(None),
-                Some(Bson::Null | Bson::Undefined) => Ok(Some(Bson::Null)),
-                Some(Bson::Document(d)) => Ok(d.get(field).cloned()),
-                v => Err(err(
-                    3041705,
-                    format!(
-                        "$getField requires 'input' to evaluate to type Object, but got {}",
-                        tn(&v)
-                    ),
-                )),
-            }
-        }
+        } => eval_date_to_string(
+            date,
+            format.as_deref(),
+            timezone.as_deref(),
+            on_null.as_deref(),
+            env,
+        ),
+        Node::GetField { field, input } => eval_get_field(field, input.as_deref(), env),
         Node::SetField {
             field,
             input,
             value,
-        } => {
-            let input = eval(input, env)?;
-            let mut doc = match input {
-                ref v if nullish(v) => return Ok(Some(Bson::Null)),
-                Some(Bson::Document(d)) => d,
-                v => {
-                    return Err(err(
-                        4161105,
-                        format!(
-                            "$setField requires 'input' to evaluate to type Object, but got {}",
-                            tn(&v)
-                        ),
-                    ))
-                }
-            };
-            match value {
-                Some(vn) => match eval(vn, env)? {
-                    Some(v) => {
-                        doc.insert(field.clone(), v);
-                    }
-                    None => {
-                        doc.remove(field);
-                    }
-                },
-                None => {
-                    doc.remove(field);
-                }
-            }
-            Ok(Some(Bson::Document(doc)))
+        } => eval_set_field(field, input, value.as_deref(), env),
+    }
+}
+
+fn eval_object<'a>(fields: &'a [(String, Node)], env: &mut Env<'a>) -> Result<Val> {
+    let mut out = Document::new();
+    for (k, n) in fields {
+        if let Some(v) = eval(n, env)? {
+            out.insert(k.clone(), v);
         }
     }
+    Ok(Some(Bson::Document(out)))
+}
+
+fn eval_array<'a>(items: &'a [Node], env: &mut Env<'a>) -> Result<Val> {
+    let mut out = Vec::with_capacity(items.len());
+    for n in items {
+        out.push(eval(n, env)?.unwrap_or(Bson::Null));
+    }
+    Ok(Some(Bson::Array(out)))
+}
+
+fn eval_call<'a>(op: Op, name: &'static str, args: &'a [Node], env: &mut Env<'a>) -> Result<Val> {
+    let mut vals = Vec::with_capacity(args.len());
+    for a in args {
+        vals.push(eval(a, env)?);
+    }
+    apply(op, name, vals)
+}
+
+/// `$and` (stops at the first false) or `$or` (at the first true).
+fn eval_and_or<'a>(args: &'a [Node], or: bool, env: &mut Env<'a>) -> Result<Val> {
+    for a in args {
+        if truthy_val(&eval(a, env)?) == or {
+            return Ok(Some(Bson::Boolean(or)));
+        }
+    }
+    Ok(Some(Bson::Boolean(!or)))
+}
+
+fn eval_cond<'a>(parts: &'a [Node; 3], env: &mut Env<'a>) -> Result<Val> {
+    let [i, t, e] = parts;
+    if truthy_val(&eval(i, env)?) {
+        eval(t, env)
+    } else {
+        eval(e, env)
+    }
+}
+
+fn eval_if_null<'a>(args: &'a [Node], env: &mut Env<'a>) -> Result<Val> {
+    let (last, rest) = args.split_last().expect("arity checked: two or more");
+    for a in rest {
+        let v = eval(a, env)?;
+        if !nullish(&v) {
+            return Ok(v);
+        }
+    }
+    eval(last, env)
+}
+
+fn eval_switch<'a>(
+    branches: &'a [(Node, Node)],
+    default: Option<&'a Node>,
+    env: &mut Env<'a>,
+) -> Result<Val> {
+    for (case, then) in branches {
+        if truthy_val(&eval(case, env)?) {
+            return eval(then, env);
+        }
+    }
+    match default {
+        Some(d) => eval(d, env),
+        None => Err(err(
+            40066,
+            "$switch could not find a matching branch for an input, and no default was specified.",
+        )),
+    }
+}
+
+fn eval_let<'a>(vars: &'a [(String, Node)], body: &'a Node, env: &mut Env<'a>) -> Result<Val> {
+    let mut values = Vec::with_capacity(vars.len());
+    for (name, n) in vars {
+        values.push((name.as_str(), eval(n, env)?));
+    }
+    let depth = env.local.len();
+    env.local.extend(values);
+    let r = eval(body, env);
+    env.local.truncate(depth);
+    r
+}
+
+fn eval_map<'a>(input: &'a Node, var: &'a str, body: &'a Node, env: &mut Env<'a>) -> Result<Val> {
+    let input = eval(input, env)?;
+    let items = match input {
+        ref v if nullish(v) => return Ok(Some(Bson::Null)),
+        Some(Bson::Array(items)) => items,
+        v => {
+            return Err(err(
+                16883,
+                format!("input to $map must be an array not {}", tn(&v)),
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let v = env.with(var, Some(item), |env| eval(body, env))?;
+        out.push(v.unwrap_or(Bson::Null));
+    }
+    Ok(Some(Bson::Array(out)))
+}
+
+fn eval_filter<'a>(
+    input: &'a Node,
+    var: &'a str,
+    cond: &'a Node,
+    limit: Option<&'a Node>,
+    env: &mut Env<'a>,
+) -> Result<Val> {
+    let input = eval(input, env)?;
+    let items = match input {
+        ref v if nullish(v) => return Ok(Some(Bson::Null)),
+        Some(Bson::Array(items)) => items,
+        v => {
+            return Err(err(
+                28651,
+                format!("input to $filter must be an array not {}", tn(&v)),
+            ))
+        }
+    };
+    let limit = match limit {
+        None => usize::MAX,
+        Some(l) => match eval(l, env)? {
+            ref v if nullish(v) => usize::MAX,
+            Some(v) => match integral(&v) {
+                Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+                Some(_) => {
+                    return Err(err(
+                        327391,
+                        format!("$filter: limit must be greater than 0: {v}"),
+                    ))
+                }
+                None => {
+                    return Err(err(
+                        327392,
+                        format!("$filter: limit must be a whole number: {v}"),
+                    ))
+                }
+            },
+            None => usize::MAX,
+        },
+    };
+    let mut out = Vec::new();
+    for item in items {
+        if out.len() >= limit {
+            break;
+        }
+        let keep = env.with(var, Some(item.clone()), |env| eval(cond, env))?;
+        if truthy_val(&keep) {
+            out.push(item);
+        }
+    }
+    Ok(Some(Bson::Array(out)))
+}
+
+fn eval_reduce<'a>(
+    input: &'a Node,
+    initial: &'a Node,
+    body: &'a Node,
+    env: &mut Env<'a>,
+) -> Result<Val> {
+    let input = eval(input, env)?;
+    let items = match input {
+        ref v if nullish(v) => return Ok(Some(Bson::Null)),
+        Some(Bson::Array(items)) => items,
+        v => {
+            return Err(err(
+                40080,
+                format!(
+                    "$reduce requires that 'input' be an array, found: {}",
+                    show(&v)
+                ),
+            ))
+        }
+    };
+    let mut acc = eval(initial, env)?;
+    for item in items {
+        let depth = env.local.len();
+        env.local.push(("value", acc));
+        env.local.push(("this", Some(item)));
+        let r = eval(body, env);
+        env.local.truncate(depth);
+        acc = r?;
+    }
+    Ok(acc)
+}
+
+fn eval_sort_array<'a>(input: &'a Node, by: &SortBy, env: &mut Env<'a>) -> Result<Val> {
+    let items = match eval(input, env)? {
+        ref v if nullish(v) => return Ok(Some(Bson::Null)),
+        Some(Bson::Array(items)) => items,
+        v => {
+            return Err(err(
+                2942504,
+                format!(
+                    "The input argument to $sortArray must be an array, but was of type: {}",
+                    tn(&v)
+                ),
+            ))
+        }
+    };
+    Ok(Some(Bson::Array(sort_array(items, by))))
+}
+
+fn eval_trim<'a>(
+    name: &str,
+    left: bool,
+    right: bool,
+    input: &'a Node,
+    chars: Option<&'a Node>,
+    env: &mut Env<'a>,
+) -> Result<Val> {
+    let input = eval(input, env)?;
+    let chars = match chars {
+        Some(c) => Some(eval(c, env)?),
+        None => None,
+    };
+    trim(name, left, right, input, chars)
+}
+
+fn eval_convert<'a>(
+    input: &'a Node,
+    to: &'a Node,
+    on_error: Option<&'a Node>,
+    on_null: Option<&'a Node>,
+    env: &mut Env<'a>,
+) -> Result<Val> {
+    let input = eval(input, env)?;
+    let to = eval(to, env)?;
+    if nullish(&input) {
+        return match on_null {
+            Some(n) => eval(n, env),
+            None => Ok(Some(Bson::Null)),
+        };
+    }
+    if nullish(&to) {
+        return Ok(Some(Bson::Null));
+    }
+    let target = target_of(to.as_ref().expect("not nullish"))?;
+    match convert(input.as_ref().expect("not nullish"), target) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.code == CONVERSION_FAILURE => match on_error {
+            Some(n) => eval(n, env),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+fn eval_date_part<'a>(
+    part: DatePart,
+    name: &str,
+    date: &'a Node,
+    timezone: Option<&'a Node>,
+    env: &mut Env<'a>,
+) -> Result<Val> {
+    let date = eval(date, env)?;
+    let offset_ms = match timezone {
+        None => 0,
+        Some(tz) => match eval(tz, env)? {
+            ref v if nullish(v) => return Ok(Some(Bson::Null)),
+            Some(v) => timezone_offset_ms(&v)?,
+            None => 0,
+        },
+    };
+    if nullish(&date) {
+        return Ok(Some(Bson::Null));
+    }
+    let ms = date_millis(date.as_ref().expect("not nullish"), name)?;
+    let c = civil(ms.saturating_add(offset_ms));
+    let v = match part {
+        DatePart::Year => Bson::Int32(i32::try_from(c.year).unwrap_or(i32::MAX)),
+        DatePart::Month => Bson::Int32(c.month as i32),
+        DatePart::DayOfMonth => Bson::Int32(c.day as i32),
+        DatePart::Hour => Bson::Int32(c.hour as i32),
+        DatePart::Minute => Bson::Int32(c.minute as i32),
+        DatePart::Second => Bson::Int32(c.second as i32),
+        DatePart::Millisecond => Bson::Int32(c.millis as i32),
+        DatePart::DayOfWeek => Bson::Int32(c.weekday as i32),
+        DatePart::DayOfYear => Bson::Int32(c.yday as i32),
+    };
+    Ok(Some(v))
+}
+
+fn eval_date_to_string<'a>(
+    date: &'a Node,
+    format: Option<&'a Node>,
+    timezone: Option<&'a Node>,
+    on_null: Option<&'a Node>,
+    env: &mut Env<'a>,
+) -> Result<Val> {
+    let date = eval(date, env)?;
+    let format = match format {
+        Some(f) => match eval(f, env)? {
+            ref v if nullish(v) => return Ok(Some(Bson::Null)),
+            Some(Bson::String(s)) => {
+                check_date_format(&s)?;
+                s
+            }
+            v => {
+                return Err(err(
+                    18533,
+                    format!(
+                        "$dateToString requires that 'format' be a string, found: {}",
+                        tn(&v)
+                    ),
+                ))
+            }
+        },
+        None => "%Y-%m-%dT%H:%M:%S.%LZ".to_string(),
+    };
+    let offset_ms = match timezone {
+        None => 0,
+        Some(tz) => match eval(tz, env)? {
+            ref v if nullish(v) => return Ok(Some(Bson::Null)),
+            Some(v) => timezone_offset_ms(&v)?,
+            None => 0,
+        },
+    };
+    if nullish(&date) {
+        return match on_null {
+            Some(n) => eval(n, env),
+            None => Ok(Some(Bson::Null)),
+        };
+    }
+    let ms = date_millis(date.as_ref().expect("not nullish"), "$dateToString")?;
+    Ok(Some(Bson::String(format_date(ms, offset_ms, &format))))
+}
+
+fn eval_get_field<'a>(field: &str, input: Option<&'a Node>, env: &mut Env<'a>) -> Result<Val> {
+    let input = match input {
+        Some(i) => eval(i, env)?,
+        None => Some(Bson::Document(env.root.clone())),
+    };
+    match input {
+        None => Ok(None),
+        Some(Bson::Null | Bson::Undefined) => Ok(Some(Bson::Null)),
+        Some(Bson::Document(d)) => Ok(d.get(field).cloned()),
+        v => Err(err(
+            3041705,
+            format!(
+                "$getField requires 'input' to evaluate to type Object, but got {}",
+                tn(&v)
+            ),
+        )),
+    }
+}
+
+fn eval_set_field<'a>(
+    field: &str,
+    input: &'a Node,
+    value: Option<&'a Node>,
+    env: &mut Env<'a>,
+) -> Result<Val> {
+    let input = eval(input, env)?;
+    let mut doc = match input {
+        ref v if nullish(v) => return Ok(Some(Bson::Null)),
+        Some(Bson::Document(d)) => d,
+        v => {
+            return Err(err(
+                4161105,
+                format!(
+                    "$setField requires 'input' to evaluate to type Object, but got {}",
+                    tn(&v)
+                ),
+            ))
+        }
+    };
+    match value {
+        Some(vn) => match eval(vn, env)? {
+            Some(v) => {
+                doc.insert(field, v);
+            }
+            None => {
+                doc.remove(field);
+            }
+        },
+        None => {
+            doc.remove(field);
+        }
+    }
+    Ok(Some(Bson::Document(doc)))
 }
 
 fn eval_var(var: &Var, path: &[String], env: &Env<'_>) -> Result<Val> {
@@ -4776,6 +4935,59 @@ mod tests {
             17276,
             "not in scope unless declared"
         );
+    }
+
+    #[test]
+    fn probe_depth() {
+        let mut e = bson!("$a");
+        for _ in 0..225 {
+            e = bson!({"$not": [e]});
+        }
+        eprintln!(
+            "built node={} bson={} val={} res={}",
+            std::mem::size_of::<Node>(),
+            std::mem::size_of::<Bson>(),
+            std::mem::size_of::<Val>(),
+            std::mem::size_of::<Result<Node>>()
+        );
+        let r = Expr::parse(&e);
+        eprintln!("parsed {:?}", r.as_ref().err());
+        drop(r);
+        eprintln!("dropped result");
+        drop(e);
+        eprintln!("dropped bson");
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut e = bson!("$a");
+        for _ in 0..EXPRESSION_DEPTH_MAX / 2 {
+            e = bson!({"$not": [e]});
+        }
+        assert!(Expr::parse(&e).is_ok());
+        for _ in 0..EXPRESSION_DEPTH_MAX {
+            e = bson!({"$not": [e]});
+        }
+        assert_eq!(Expr::parse(&e).unwrap_err().code, codes::FAILED_TO_PARSE);
+    }
+
+    /// The deepest expression allowed parses and evaluates within a test
+    /// thread's stack (2 MiB) even unoptimized: recursion is bounded.
+    #[test]
+    fn the_deepest_expression_evaluates() {
+        let mut e = bson!("$a");
+        for i in 0..EXPRESSION_DEPTH_MAX - 1 {
+            e = match i % 5 {
+                0 => bson!({"$add": [1, e]}),
+                1 => bson!({"$cond": [true, e, 0]}),
+                2 => bson!({"$let": {"vars": {"x": 1}, "in": e}}),
+                3 => bson!({"$ifNull": [e, 0]}),
+                _ => bson!({"$reduce": {"input": [1], "initialValue": 0, "in": e}}),
+            };
+        }
+        let x = Expr::parse(&e).expect("parses at the limit");
+        let adds = (EXPRESSION_DEPTH_MAX - 1).div_ceil(5) as i32;
+        assert_eq!(x.eval(&doc! {"a": 1}).unwrap(), Bson::Int32(1 + adds));
     }
 
     #[test]
