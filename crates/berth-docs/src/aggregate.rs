@@ -1249,6 +1249,12 @@ impl<'l> Budget<'l> {
         Ok(())
     }
 
+    /// Accounts for a held value of `old` bytes replaced by one of `new`.
+    fn replace_bytes(&mut self, old: usize, new: usize) -> Result<()> {
+        self.bytes = self.bytes.saturating_sub(old);
+        self.add_bytes(new)
+    }
+
     fn add_document(&mut self, d: &Document) -> Result<()> {
         self.add_documents(1)?;
         self.add_bytes(doc_size(d))
@@ -1369,14 +1375,20 @@ impl Acc {
                     *n += 1;
                 }
             }
-            Acc::Min(best) => keep_extreme(best, v, std::cmp::Ordering::Less),
-            Acc::Max(best) => keep_extreme(best, v, std::cmp::Ordering::Greater),
+            Acc::Min(best) => keep_extreme(best, v, std::cmp::Ordering::Less, budget)?,
+            Acc::Max(best) => keep_extreme(best, v, std::cmp::Ordering::Greater, budget)?,
             Acc::First(first) => {
                 if first.is_none() {
-                    *first = Some(v.unwrap_or(Bson::Null));
+                    let v = v.unwrap_or(Bson::Null);
+                    budget.add_bytes(value_size(&v))?;
+                    *first = Some(v);
                 }
             }
-            Acc::Last(last) => *last = v.unwrap_or(Bson::Null),
+            Acc::Last(last) => {
+                let v = v.unwrap_or(Bson::Null);
+                budget.replace_bytes(value_size(last), value_size(&v))?;
+                *last = v;
+            }
             Acc::Push(items) => {
                 if let Some(v) = v {
                     budget.add_bytes(value_size(&v))?;
@@ -1438,13 +1450,20 @@ impl Acc {
 
 /// Keeps the smallest (`Less`) or largest (`Greater`) value; null,
 /// undefined and missing are skipped.
-fn keep_extreme(best: &mut Option<Bson>, v: Option<Bson>, want: std::cmp::Ordering) {
+fn keep_extreme(
+    best: &mut Option<Bson>,
+    v: Option<Bson>,
+    want: std::cmp::Ordering,
+    budget: &mut Budget<'_>,
+) -> Result<()> {
     let Some(v) = v.filter(|v| !matches!(v, Bson::Null | Bson::Undefined)) else {
-        return;
+        return Ok(());
     };
     if best.as_ref().is_none_or(|b| order::compare(&v, b) == want) {
+        budget.replace_bytes(best.as_ref().map_or(0, value_size), value_size(&v))?;
         *best = Some(v);
     }
+    Ok(())
 }
 
 impl Group {
@@ -2753,6 +2772,31 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.code, QUERY_EXCEEDED_MEMORY_LIMIT);
+        // What $first and $last keep counts too: one value per group.
+        let p = Pipeline::parse_with(
+            &stages(bson!([{"$group": {"_id": "$k", "doc": {"$first": "$$ROOT"}}}])),
+            limits,
+        )
+        .unwrap();
+        let input = (0..4)
+            .map(|k| doc! {"k": k, "s": "x".repeat(300)})
+            .collect();
+        assert_eq!(
+            p.run(input, &mut Ctx::default()).unwrap_err().code,
+            QUERY_EXCEEDED_MEMORY_LIMIT
+        );
+        let p = Pipeline::parse_with(
+            &stages(bson!([{"$group": {"_id": null, "doc": {"$last": "$$ROOT"}}}])),
+            limits,
+        )
+        .unwrap();
+        let input = (0..10)
+            .map(|k| doc! {"k": k, "s": "x".repeat(300)})
+            .collect();
+        assert!(
+            p.run(input, &mut Ctx::default()).is_ok(),
+            "$last holds one value, not all"
+        );
     }
 
     #[test]
