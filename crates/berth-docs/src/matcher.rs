@@ -79,6 +79,17 @@ impl Filter {
     pub fn match_details(&self, doc: &Document) -> Option<MatchDetails> {
         self.root.eval(doc)
     }
+
+    /// The equality conditions the whole filter requires, as (dotted path,
+    /// value) in filter order: `{a: 1, b: {$eq: 2, $gt: 0}, $and: [{"c.d":
+    /// 3}]}` gives `a = 1`, `b = 2`, `c.d = 3`. What an upsert seeds its new
+    /// document with; conditions under `$or`, `$nor` or negations, regexes
+    /// and `$in` give nothing.
+    pub fn equalities(&self) -> Vec<(String, Bson)> {
+        let mut found = Vec::new();
+        self.root.collect_equalities(&mut found);
+        found
+    }
 }
 
 /// A node of the filter tree: logical operators over conditions on paths.
@@ -87,7 +98,12 @@ enum Node {
     And(Vec<Node>),
     Or(Vec<Node>),
     Nor(Vec<Node>),
-    Field { path: Vec<Part>, cond: Cond },
+    Field {
+        /// The path as written, `a.b.0`.
+        dotted: String,
+        path: Vec<Part>,
+        cond: Cond,
+    },
     Expr(Box<Expr>),
     Const(bool),
 }
@@ -164,6 +180,18 @@ struct Re {
 // Matching
 
 impl Node {
+    fn collect_equalities(&self, found: &mut Vec<(String, Bson)>) {
+        match self {
+            Node::And(children) => {
+                for child in children {
+                    child.collect_equalities(found);
+                }
+            }
+            Node::Field { dotted, cond, .. } => cond.collect_equalities(dotted, found),
+            Node::Or(_) | Node::Nor(_) | Node::Expr(_) | Node::Const(_) => {}
+        }
+    }
+
     fn eval(&self, doc: &Document) -> Option<MatchDetails> {
         match self {
             Node::And(children) => {
@@ -182,7 +210,7 @@ impl Node {
             Node::Nor(children) => {
                 (!children.iter().any(|c| c.eval(doc).is_some())).then(MatchDetails::default)
             }
-            Node::Field { path, cond } => cond.eval_path(doc, path),
+            Node::Field { path, cond, .. } => cond.eval_path(doc, path),
             // An expression that fails to evaluate matches nothing.
             Node::Expr(e) => match e.eval(doc) {
                 Ok(v) if expr::truthy(&v) => Some(MatchDetails::default()),
@@ -194,6 +222,18 @@ impl Node {
 }
 
 impl Cond {
+    fn collect_equalities(&self, dotted: &str, found: &mut Vec<(String, Bson)>) {
+        match self {
+            Cond::Any(Leaf::Cmp(CmpOp::Eq, v)) => found.push((dotted.to_owned(), v.clone())),
+            Cond::All(conds) => {
+                for c in conds {
+                    c.collect_equalities(dotted, found);
+                }
+            }
+            Cond::Any(_) | Cond::Not(_) => {}
+        }
+    }
+
     /// Whether the condition holds for the values at `path` in `doc`.
     fn eval_path(&self, doc: &Document, path: &[Part]) -> Option<MatchDetails> {
         match self {
@@ -528,6 +568,7 @@ fn parse_query(doc: &Document, depth: usize, top: bool) -> Result<Node, DocError
     for (key, value) in doc {
         if !key.starts_with('$') {
             nodes.push(Node::Field {
+                dotted: key.clone(),
                 path: parse_path(key),
                 cond: parse_field_value(value, depth + 1)?,
             });
@@ -1023,6 +1064,9 @@ fn push_literal(c: char, out: &mut String) {
 fn translate_pcre(pattern: &str, extended: bool) -> Result<String, DocError> {
     let chars: Vec<char> = pattern.chars().collect();
     let mut out = String::with_capacity(pattern.len() + 16);
+    // Capture groups opened so far: `\12` is a backreference after twelve
+    // of them and an octal escape before.
+    let mut groups = 0;
     let mut i = 0;
     while let Some(&c) = chars.get(i) {
         i += 1;
@@ -1033,9 +1077,22 @@ fn translate_pcre(pattern: &str, extended: bool) -> Result<String, DocError> {
                     i += 1;
                 }
             }
-            '\\' => i = translate_escape(&chars, i, &mut out)?,
+            '\\' => i = translate_escape(&chars, i, groups, &mut out)?,
             '[' => i = translate_class(&chars, i, &mut out)?,
-            '(' => i = translate_group(&chars, i, &mut out)?,
+            '(' => {
+                let captures = match chars.get(i) {
+                    Some('?') => match chars.get(i + 1) {
+                        Some('<') => !matches!(chars.get(i + 2), Some('=' | '!')),
+                        Some('P') => chars.get(i + 2) == Some(&'<'),
+                        Some('\'') => true,
+                        _ => false,
+                    },
+                    Some('*') => false,
+                    _ => true,
+                };
+                groups += usize::from(captures);
+                i = translate_group(&chars, i, &mut out)?;
+            }
             // PCRE's `$` (without `m`) also matches before a final newline.
             '$' => out.push_str(r"(?:$|\n\z)"),
             '{' => match quantifier_end(&chars, i) {
@@ -1163,7 +1220,12 @@ fn translate_group(chars: &[char], i: usize, out: &mut String) -> Result<usize, 
 }
 
 /// An escape outside a class whose `\` is just before `i`.
-fn translate_escape(chars: &[char], i: usize, out: &mut String) -> Result<usize, DocError> {
+fn translate_escape(
+    chars: &[char],
+    i: usize,
+    groups: usize,
+    out: &mut String,
+) -> Result<usize, DocError> {
     let Some(&c) = chars.get(i) else {
         return Err(bad("regular expression: \\ at end of pattern"));
     };
@@ -1199,7 +1261,22 @@ fn translate_escape(chars: &[char], i: usize, out: &mut String) -> Result<usize,
         'G' => return Err(unsupported("\\G")),
         'K' => return Err(unsupported("\\K")),
         'X' | 'C' => return Err(bad(format!("regular expression: \\{c} is not supported"))),
-        '1'..='9' | 'g' | 'k' => return Err(unsupported("a backreference")),
+        '1'..='9' => {
+            // PCRE: a backreference when under 10, starting with 8 or 9, or
+            // when that many groups are open; otherwise octal.
+            let digits: String = chars[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            let n: usize = digits.parse().unwrap_or(usize::MAX);
+            if n < 10 || matches!(c, '8' | '9') || n <= groups {
+                return Err(unsupported("a backreference"));
+            }
+            let (literal, next) = escaped_char(chars, i)?;
+            push_literal(literal, out);
+            return Ok(next);
+        }
+        'g' | 'k' => return Err(unsupported("a backreference")),
         _ => {
             let (literal, next) = escaped_char(chars, i)?;
             push_literal(literal, out);
@@ -1295,9 +1372,9 @@ fn escaped_char(chars: &[char], i: usize) -> Result<(char, usize), DocError> {
                 ))
             })?
         }
-        '0' => {
-            // \0 and up to two more octal digits.
-            let mut code = 0;
+        '0'..='7' => {
+            // Up to three octal digits.
+            let mut code = c.to_digit(8).unwrap_or(0);
             for _ in 0..2 {
                 match chars.get(next).and_then(|c| c.to_digit(8)) {
                     Some(d) => {
@@ -1475,6 +1552,1097 @@ fn class_item(chars: &[char], i: usize) -> Result<(ClassItem, usize), DocError> 
         _ => {
             let (c, next) = escaped_char(chars, i + 1)?;
             Ok((ClassItem::Char(c), next))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bson::{doc, Decimal128, Regex};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn filter(f: Document) -> Filter {
+        Filter::parse(&f).unwrap_or_else(|e| panic!("{f}: {e}"))
+    }
+
+    fn matches(f: Document, d: Document) -> bool {
+        filter(f).matches(&d)
+    }
+
+    /// The documents of `docs` (by `_id`) that `f` matches.
+    fn matching(f: Document, docs: &[Document]) -> Vec<String> {
+        let f = filter(f);
+        docs.iter()
+            .filter(|d| f.matches(d))
+            .map(|d| d.get_str("_id").unwrap_or("?").to_owned())
+            .collect()
+    }
+
+    fn error(f: Document) -> DocError {
+        match Filter::parse(&f) {
+            Ok(_) => panic!("{f} parsed"),
+            Err(e) => e,
+        }
+    }
+
+    fn bad_value(f: Document, message_part: &str) {
+        let e = error(f.clone());
+        assert_eq!(e.code, crate::error::codes::BAD_VALUE, "{f}: {e}");
+        assert!(
+            e.message.contains(message_part),
+            "{f}: {:?} should mention {message_part:?}",
+            e.message
+        );
+    }
+
+    fn dec(s: &str) -> Bson {
+        Bson::Decimal128(s.parse::<Decimal128>().unwrap())
+    }
+
+    fn re(pattern: &str, options: &str) -> Bson {
+        Bson::RegularExpression(Regex {
+            pattern: pattern.try_into().unwrap(),
+            options: options.try_into().unwrap(),
+        })
+    }
+
+    fn index(f: Document, d: Document) -> Option<usize> {
+        filter(f).match_details(&d).expect("a match").array_index
+    }
+
+    #[test]
+    fn empty_filter_matches_everything() {
+        assert!(matches(doc! {}, doc! {}));
+        assert!(matches(doc! {}, doc! {"a": 1}));
+    }
+
+    #[test]
+    fn equality_and_numeric_equivalence() {
+        assert!(matches(doc! {"a": 5}, doc! {"a": 5}));
+        assert!(!matches(doc! {"a": 5}, doc! {"a": 6}));
+        assert!(!matches(doc! {"a": 5}, doc! {"b": 5}));
+        assert!(!matches(doc! {"a": 5}, doc! {"a": "5"}));
+        let fives = [
+            Bson::Int32(5),
+            Bson::Int64(5),
+            Bson::Double(5.0),
+            dec("5"),
+            dec("5.000"),
+        ];
+        for x in &fives {
+            for y in &fives {
+                assert!(
+                    matches(doc! {"a": x.clone()}, doc! {"a": y.clone()}),
+                    "{x} = {y}"
+                );
+                assert!(matches(
+                    doc! {"a": {"$eq": x.clone()}},
+                    doc! {"a": y.clone()}
+                ));
+                assert!(!matches(
+                    doc! {"a": {"$ne": x.clone()}},
+                    doc! {"a": y.clone()}
+                ));
+                assert!(matches(
+                    doc! {"a": {"$gte": x.clone(), "$lte": y.clone()}},
+                    doc! {"a": 5}
+                ));
+            }
+        }
+        // Exact across int64 and double.
+        let big = (1i64 << 53) + 1;
+        assert!(!matches(doc! {"a": (1i64 << 53) as f64}, doc! {"a": big}));
+        assert!(matches(
+            doc! {"a": {"$gt": (1i64 << 53) as f64}},
+            doc! {"a": big}
+        ));
+        assert!(matches(doc! {"a": -0.0}, doc! {"a": 0}));
+        assert!(matches(doc! {"a": dec("1.5")}, doc! {"a": 1.5}));
+    }
+
+    #[test]
+    fn embedded_documents_compare_whole_and_in_order() {
+        let d = doc! {"a": {"b": 1, "c": 2}};
+        assert!(matches(doc! {"a": {"b": 1, "c": 2}}, d.clone()));
+        assert!(matches(doc! {"a": {"b": 1.0, "c": 2i64}}, d.clone()));
+        assert!(!matches(doc! {"a": {"c": 2, "b": 1}}, d.clone()));
+        assert!(!matches(doc! {"a": {"b": 1}}, d.clone()));
+        assert!(matches(doc! {"a.b": 1}, d.clone()));
+        assert!(matches(doc! {"a": {}}, doc! {"a": {}}));
+        // A DBRef is a value, not operators.
+        let r = doc! {"r": {"$ref": "c", "$id": 1}};
+        assert!(matches(r.clone(), r.clone()));
+    }
+
+    #[test]
+    fn arrays_match_by_element_or_whole() {
+        let d = doc! {"a": [1, 2, [3, 4]]};
+        assert!(matches(doc! {"a": 1}, d.clone()));
+        assert!(matches(doc! {"a": [3, 4]}, d.clone()));
+        assert!(matches(doc! {"a": [1, 2, [3, 4]]}, d.clone()));
+        // One level of arrays only.
+        assert!(!matches(doc! {"a": 3}, d.clone()));
+        assert!(!matches(doc! {"a": [1, 2]}, d.clone()));
+        assert!(matches(doc! {"a": {"$gt": 1}}, d.clone()));
+        assert!(!matches(doc! {"a": {"$gt": 2}}, d.clone()));
+        // Arrays compare with arrays.
+        assert!(matches(doc! {"a": {"$gt": [3]}}, d.clone()));
+        // Each condition on its own: 0 < 1 and 10 > 5.
+        assert!(matches(
+            doc! {"a": {"$lt": 1, "$gt": 5}},
+            doc! {"a": [0, 10]}
+        ));
+        assert!(!matches(
+            doc! {"a": {"$elemMatch": {"$lt": 1, "$gt": 5}}},
+            doc! {"a": [0, 10]}
+        ));
+        assert!(!matches(doc! {"a": {"$ne": 1}}, doc! {"a": [1, 2]}));
+        assert!(matches(doc! {"a": {"$ne": 3}}, doc! {"a": [1, 2]}));
+        assert!(matches(doc! {"a": []}, doc! {"a": [[]]}));
+        assert!(matches(doc! {"a": []}, doc! {"a": []}));
+        assert!(!matches(doc! {"a": []}, doc! {"a": [1]}));
+    }
+
+    #[test]
+    fn dotted_paths_through_documents_and_arrays() {
+        let d = doc! {"a": [{"b": 1}, {"b": [2, 3]}, {"c": {"d": 4}}], "x": {"y": {"z": 5}}};
+        assert!(matches(doc! {"a.b": 1}, d.clone()));
+        assert!(matches(doc! {"a.b": 3}, d.clone()));
+        assert!(matches(doc! {"a.b": [2, 3]}, d.clone()));
+        assert!(matches(doc! {"a.c.d": 4}, d.clone()));
+        assert!(matches(doc! {"x.y.z": 5}, d.clone()));
+        assert!(!matches(doc! {"x.y.z.w": 5}, d.clone()));
+        // Positional parts.
+        assert!(matches(doc! {"a.0.b": 1}, d.clone()));
+        assert!(!matches(doc! {"a.1.b": 1}, d.clone()));
+        assert!(matches(doc! {"a.1.b": 2}, d.clone()));
+        assert!(matches(doc! {"a.1.b.1": 3}, d.clone()));
+        assert!(matches(doc! {"a.2": {"c": {"d": 4}}}, d.clone()));
+        assert!(!matches(doc! {"a.01.b": 2}, d.clone()));
+        assert!(matches(doc! {"a.0": 5}, doc! {"a": [5, 6]}));
+        assert!(!matches(doc! {"a.0": 6}, doc! {"a": [5, 6]}));
+        // A field named "0" in an element counts too.
+        assert!(matches(doc! {"a.0": 7}, doc! {"a": [{"0": 7}]}));
+        // An element picked by position is not expanded.
+        assert!(!matches(doc! {"a.0": 1}, doc! {"a": [[1, 2]]}));
+        assert!(matches(doc! {"a.0": [1, 2]}, doc! {"a": [[1, 2]]}));
+        assert!(matches(doc! {"a.0.1": 2}, doc! {"a": [[1, 2]]}));
+        // Implicit traversal does not enter arrays nested in arrays.
+        assert!(!matches(doc! {"a.b": 1}, doc! {"a": [[{"b": 1}]]}));
+        assert!(matches(doc! {"a.b.c": 1}, doc! {"a": [{"b": [{"c": 1}]}]}));
+        assert!(matches(doc! {"": 1}, doc! {"": 1}));
+    }
+
+    /// The cases of MongoDB's null_query_semantics test (jstests/core/query),
+    /// as MongoDB 9.0 answers them.
+    fn null_docs() -> Vec<Document> {
+        vec![
+            doc! {"_id": "a_empty_subobject", "a": {}},
+            doc! {"_id": "a_null", "a": null},
+            doc! {"_id": "a_number", "a": 4},
+            doc! {"_id": "a_subobject_b_not_null", "a": {"b": "hi"}},
+            doc! {"_id": "a_subobject_b_null", "a": {"b": null}},
+            doc! {"_id": "a_subobject_b_undefined", "a": {"b": Bson::Undefined}},
+            doc! {"_id": "a_undefined", "a": Bson::Undefined},
+            doc! {"_id": "no_a"},
+            doc! {"_id": "a_double_array", "a": [[]]},
+            doc! {"_id": "a_empty_array", "a": []},
+            doc! {"_id": "a_object_array_b_mix", "a": [{"b": null}, {"b": Bson::Undefined}, {"b": null}, {}]},
+            doc! {"_id": "a_object_array_no_b_nulls", "a": [{"b": 1}, {"b": 3}, {"b": "string"}]},
+            doc! {"_id": "a_object_array_some_b_nulls", "a": [{"b": null}, {"b": 3}, {"b": null}]},
+            doc! {"_id": "a_object_array_some_b_undefined", "a": [{"b": Bson::Undefined}, {"b": 3}]},
+            doc! {"_id": "a_object_array_some_b_missing", "a": [{"b": 3}, {}]},
+            doc! {"_id": "a_value_array_all_nulls", "a": [null, null]},
+            doc! {"_id": "a_value_array_no_nulls", "a": [1, "string", 4]},
+            doc! {"_id": "a_value_array_with_null", "a": [1, "string", null, 4]},
+            doc! {"_id": "a_value_array_with_undefined", "a": [1, "string", Bson::Undefined, 4]},
+        ]
+    }
+
+    fn all_ids_but(docs: &[Document], but: &[&str]) -> Vec<String> {
+        docs.iter()
+            .map(|d| d.get_str("_id").unwrap().to_owned())
+            .filter(|id| !but.contains(&id.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn null_and_missing() {
+        let docs = null_docs();
+        let eq_null = [
+            "a_null",
+            "no_a",
+            "a_value_array_all_nulls",
+            "a_value_array_with_null",
+        ];
+        assert_eq!(matching(doc! {"a": null}, &docs), eq_null);
+        assert_eq!(matching(doc! {"a": {"$eq": null}}, &docs), eq_null);
+        assert_eq!(matching(doc! {"a": {"$gte": null}}, &docs), eq_null);
+        assert_eq!(matching(doc! {"a": {"$lte": null}}, &docs), eq_null);
+        assert_eq!(
+            matching(doc! {"a": {"$ne": null}}, &docs),
+            all_ids_but(&docs, &eq_null)
+        );
+        assert_eq!(
+            matching(doc! {"a": {"$not": {"$gte": null}}}, &docs),
+            all_ids_but(&docs, &eq_null)
+        );
+        assert!(matching(doc! {"a": {"$gt": null}}, &docs).is_empty());
+        assert!(matching(doc! {"a": {"$lt": null}}, &docs).is_empty());
+        let in_null = [
+            "a_null",
+            "a_number",
+            "no_a",
+            "a_value_array_all_nulls",
+            "a_value_array_no_nulls",
+            "a_value_array_with_null",
+            "a_value_array_with_undefined",
+        ];
+        assert_eq!(matching(doc! {"a": {"$in": [null, 4]}}, &docs), in_null);
+        assert_eq!(
+            matching(doc! {"$or": [{"a": null}, {"a": 4}]}, &docs),
+            in_null
+        );
+        assert_eq!(
+            matching(doc! {"a": {"$nin": [null, 4]}}, &docs),
+            all_ids_but(&docs, &in_null)
+        );
+        assert_eq!(
+            matching(doc! {"a": {"$nin": [null, []]}}, &docs),
+            all_ids_but(
+                &docs,
+                &[
+                    "a_null",
+                    "no_a",
+                    "a_double_array",
+                    "a_empty_array",
+                    "a_value_array_all_nulls",
+                    "a_value_array_with_null"
+                ]
+            )
+        );
+        assert_eq!(
+            matching(doc! {"a": {"$nin": [null, re("^str.*", "")]}}, &docs),
+            all_ids_but(
+                &docs,
+                &[
+                    "a_null",
+                    "no_a",
+                    "a_value_array_all_nulls",
+                    "a_value_array_with_null",
+                    "a_value_array_no_nulls",
+                    "a_value_array_with_undefined"
+                ]
+            )
+        );
+        assert_eq!(matching(doc! {"a": {"$exists": false}}, &docs), ["no_a"]);
+        assert_eq!(
+            matching(doc! {"a": {"$exists": true}}, &docs),
+            all_ids_but(&docs, &["no_a"])
+        );
+        assert_eq!(
+            matching(doc! {"a": {"$elemMatch": {"$eq": null}}}, &docs),
+            ["a_value_array_all_nulls", "a_value_array_with_null"]
+        );
+        assert_eq!(
+            matching(doc! {"a": {"$elemMatch": {"$ne": null}}}, &docs),
+            [
+                "a_double_array",
+                "a_object_array_b_mix",
+                "a_object_array_no_b_nulls",
+                "a_object_array_some_b_nulls",
+                "a_object_array_some_b_undefined",
+                "a_object_array_some_b_missing",
+                "a_value_array_no_nulls",
+                "a_value_array_with_null",
+                "a_value_array_with_undefined",
+            ]
+        );
+        assert_eq!(
+            matching(doc! {"a": {"$elemMatch": {"b": {"$eq": null}}}}, &docs),
+            [
+                "a_double_array",
+                "a_object_array_b_mix",
+                "a_object_array_some_b_nulls",
+                "a_object_array_some_b_missing"
+            ]
+        );
+        assert_eq!(
+            matching(doc! {"a": {"$elemMatch": {"b": {"$ne": null}}}}, &docs),
+            [
+                "a_object_array_b_mix",
+                "a_object_array_no_b_nulls",
+                "a_object_array_some_b_nulls",
+                "a_object_array_some_b_undefined",
+                "a_object_array_some_b_missing",
+            ]
+        );
+    }
+
+    #[test]
+    fn null_on_dotted_paths() {
+        let docs = null_docs();
+        let dotted_null = [
+            "a_empty_subobject",
+            "a_null",
+            "a_number",
+            "a_subobject_b_null",
+            "a_undefined",
+            "no_a",
+            "a_double_array",
+            "a_empty_array",
+            "a_object_array_b_mix",
+            "a_object_array_some_b_nulls",
+            "a_object_array_some_b_missing",
+            "a_value_array_all_nulls",
+            "a_value_array_no_nulls",
+            "a_value_array_with_null",
+            "a_value_array_with_undefined",
+        ];
+        assert_eq!(matching(doc! {"a.b": null}, &docs), dotted_null);
+        assert_eq!(
+            matching(doc! {"a.b": {"$in": [null, 75]}}, &docs),
+            dotted_null
+        );
+        let not_null = [
+            "a_subobject_b_not_null",
+            "a_subobject_b_undefined",
+            "a_object_array_no_b_nulls",
+            "a_object_array_some_b_undefined",
+        ];
+        assert_eq!(matching(doc! {"a.b": {"$ne": null}}, &docs), not_null);
+        assert_eq!(
+            matching(doc! {"a.b": {"$nin": [null, 75]}}, &docs),
+            not_null
+        );
+        assert_eq!(
+            matching(doc! {"a.b": {"$nin": [null, re("^str.*", "")]}}, &docs),
+            [
+                "a_subobject_b_not_null",
+                "a_subobject_b_undefined",
+                "a_object_array_some_b_undefined"
+            ]
+        );
+        assert!(matching(doc! {"a.b": {"$elemMatch": {"$eq": null}}}, &docs).is_empty());
+        assert_eq!(
+            matching(doc! {"a.b": {"$exists": false}}, &docs),
+            [
+                "a_empty_subobject",
+                "a_null",
+                "a_number",
+                "a_undefined",
+                "no_a",
+                "a_double_array",
+                "a_empty_array",
+                "a_value_array_all_nulls",
+                "a_value_array_no_nulls",
+                "a_value_array_with_null",
+                "a_value_array_with_undefined",
+            ]
+        );
+        // SERVER-36681: a scalar element is a place where "a.b" is missing.
+        assert!(matches(doc! {"a.b": null}, doc! {"a": [5, {"b": 5}]}));
+        assert!(!matches(
+            doc! {"a.b": {"$ne": null}},
+            doc! {"a": [1, {"c": 1}]}
+        ));
+        // ... but not where a numeric part picks an element.
+        assert!(!matches(doc! {"a.0": null}, doc! {"a": [5]}));
+    }
+
+    #[test]
+    fn comparisons_bracket_types() {
+        assert!(!matches(doc! {"a": {"$gt": 5}}, doc! {"a": "x"}));
+        assert!(!matches(doc! {"a": {"$lt": "x"}}, doc! {"a": 5}));
+        assert!(matches(doc! {"a": {"$gt": "a"}}, doc! {"a": "b"}));
+        assert!(matches(doc! {"a": {"$gte": 5, "$lt": 6}}, doc! {"a": 5.5}));
+        assert!(matches(doc! {"a": {"$lt": dec("5.5")}}, doc! {"a": 5i64}));
+        assert!(!matches(doc! {"a": {"$gt": 5}}, doc! {}));
+        for v in [
+            Bson::Int32(1),
+            Bson::String("x".into()),
+            Bson::Null,
+            Bson::Document(doc! {}),
+            Bson::MaxKey,
+        ] {
+            assert!(
+                matches(doc! {"a": {"$gt": Bson::MinKey}}, doc! {"a": v.clone()}),
+                "{v}"
+            );
+        }
+        for v in [
+            Bson::Int32(1),
+            Bson::String("x".into()),
+            Bson::Null,
+            Bson::MinKey,
+        ] {
+            assert!(
+                matches(doc! {"a": {"$lt": Bson::MaxKey}}, doc! {"a": v.clone()}),
+                "{v}"
+            );
+        }
+        assert!(!matches(
+            doc! {"a": {"$lt": Bson::MaxKey}},
+            doc! {"a": Bson::MaxKey}
+        ));
+        assert!(matches(
+            doc! {"a": {"$lte": Bson::MaxKey}},
+            doc! {"a": Bson::MaxKey}
+        ));
+        assert!(!matches(
+            doc! {"a": {"$gt": Bson::MinKey}},
+            doc! {"a": Bson::MinKey}
+        ));
+        assert!(matches(doc! {"a": Bson::MinKey}, doc! {"a": Bson::MinKey}));
+        // NaN is only equal to NaN.
+        let nan = doc! {"a": f64::NAN};
+        assert!(matches(doc! {"a": f64::NAN}, nan.clone()));
+        assert!(matches(doc! {"a": {"$gte": f64::NAN}}, nan.clone()));
+        assert!(!matches(doc! {"a": {"$lt": 0}}, nan.clone()));
+        assert!(!matches(doc! {"a": {"$gt": 0}}, nan.clone()));
+        assert!(!matches(doc! {"a": {"$lt": f64::NAN}}, doc! {"a": 0}));
+        assert!(!matches(doc! {"a": {"$gte": f64::NAN}}, doc! {"a": 0}));
+        assert!(matches(doc! {"a": {"$in": [f64::NAN]}}, nan));
+        // Dates, ObjectIds, booleans compare within their class.
+        let t = bson::DateTime::from_millis(1000);
+        assert!(matches(
+            doc! {"a": {"$gt": bson::DateTime::from_millis(0)}},
+            doc! {"a": t}
+        ));
+        assert!(!matches(doc! {"a": {"$gt": 0}}, doc! {"a": t}));
+        assert!(matches(doc! {"a": {"$gt": false}}, doc! {"a": true}));
+    }
+
+    #[test]
+    fn in_and_nin() {
+        let f = doc! {"a": {"$in": [1, "x", re("^ab", "i"), [1, 2]]}};
+        assert!(matches(f.clone(), doc! {"a": 1.0}));
+        assert!(matches(f.clone(), doc! {"a": "x"}));
+        assert!(matches(f.clone(), doc! {"a": "ABC"}));
+        assert!(matches(f.clone(), doc! {"a": ["zz", "abz"]}));
+        assert!(matches(f.clone(), doc! {"a": [1, 2]}));
+        assert!(matches(f.clone(), doc! {"a": [[1, 2]]}));
+        assert!(!matches(f.clone(), doc! {"a": 2}));
+        assert!(!matches(f.clone(), doc! {}));
+        assert!(matches(doc! {"a": {"$in": [null]}}, doc! {}));
+        assert!(!matches(doc! {"a": {"$in": []}}, doc! {"a": 1}));
+        assert!(matches(doc! {"a": {"$nin": []}}, doc! {"a": 1}));
+        assert!(matches(doc! {"a": {"$nin": [1, 2]}}, doc! {"a": [3, 4]}));
+        assert!(!matches(doc! {"a": {"$nin": [1, 2]}}, doc! {"a": [3, 2]}));
+        assert!(matches(doc! {"a": {"$nin": [1]}}, doc! {}));
+        // A stored regex equals the same regex.
+        assert!(matches(
+            doc! {"a": {"$in": [re("^ab", "i")]}},
+            doc! {"a": re("^ab", "i")}
+        ));
+        assert!(!matches(
+            doc! {"a": {"$in": [re("^ab", "i")]}},
+            doc! {"a": re("^ab", "")}
+        ));
+        bad_value(doc! {"a": {"$in": 1}}, "$in needs an array");
+        bad_value(doc! {"a": {"$nin": {"x": 1}}}, "$nin needs an array");
+        bad_value(doc! {"a": {"$in": [{"$gt": 1}]}}, "cannot nest $ under $in");
+    }
+
+    #[test]
+    fn logical_operators() {
+        let d = doc! {"a": 1, "b": 2};
+        assert!(matches(doc! {"$and": [{"a": 1}, {"b": 2}]}, d.clone()));
+        assert!(!matches(doc! {"$and": [{"a": 1}, {"b": 3}]}, d.clone()));
+        assert!(matches(doc! {"$or": [{"a": 2}, {"b": 2}]}, d.clone()));
+        assert!(!matches(doc! {"$or": [{"a": 2}, {"b": 3}]}, d.clone()));
+        assert!(matches(doc! {"$nor": [{"a": 2}, {"b": 3}]}, d.clone()));
+        assert!(!matches(doc! {"$nor": [{"a": 1}, {"b": 3}]}, d.clone()));
+        assert!(matches(
+            doc! {"a": 1, "$or": [{"b": {"$gt": 5}}, {"$and": [{"b": 2}, {"c": {"$exists": false}}]}]},
+            d.clone()
+        ));
+        assert!(matches(doc! {"a": 1, "$comment": "why"}, d.clone()));
+        assert!(matches(doc! {"$alwaysTrue": 1}, d.clone()));
+        assert!(!matches(doc! {"$alwaysFalse": 1}, d.clone()));
+        bad_value(doc! {"$and": []}, "nonempty");
+        bad_value(doc! {"$or": {"a": 1}}, "must be an array");
+        bad_value(doc! {"$nor": [1]}, "full objects");
+        bad_value(doc! {"$foo": 1}, "unknown top level operator: $foo");
+        bad_value(doc! {"$where": "true"}, "$where is not supported");
+    }
+
+    #[test]
+    fn not_with_operators_and_regexes() {
+        assert!(matches(doc! {"a": {"$not": {"$gt": 5}}}, doc! {"a": 3}));
+        assert!(!matches(doc! {"a": {"$not": {"$gt": 5}}}, doc! {"a": 7}));
+        assert!(matches(doc! {"a": {"$not": {"$gt": 5}}}, doc! {}));
+        assert!(matches(doc! {"a": {"$not": {"$gt": 5}}}, doc! {"a": "x"}));
+        assert!(!matches(
+            doc! {"a": {"$not": {"$gt": 5}}},
+            doc! {"a": [1, 7]}
+        ));
+        assert!(matches(
+            doc! {"a": {"$not": re("^x", "")}},
+            doc! {"a": "yx"}
+        ));
+        assert!(!matches(
+            doc! {"a": {"$not": re("^x", "i")}},
+            doc! {"a": "Xy"}
+        ));
+        assert!(matches(doc! {"a": {"$not": re("^x", "")}}, doc! {"a": 5}));
+        assert!(matches(
+            doc! {"a": {"$not": {"$regex": "^x"}}},
+            doc! {"a": "y"}
+        ));
+        assert!(matches(
+            doc! {"a": {"$not": {"$in": [1, 2]}}},
+            doc! {"a": 3}
+        ));
+        assert!(matches(
+            doc! {"a": {"$not": {"$not": {"$eq": 1}}}},
+            doc! {"a": 1}
+        ));
+        assert!(matches(
+            doc! {"a": {"$not": {"$elemMatch": {"$gt": 5}}}},
+            doc! {"a": [1, 2]}
+        ));
+        bad_value(doc! {"a": {"$not": {}}}, "$not cannot be empty");
+        bad_value(doc! {"a": {"$not": 5}}, "$not needs a regex or a document");
+        bad_value(doc! {"a": {"$not": {"b": 1}}}, "unknown operator: b");
+    }
+
+    #[test]
+    fn exists() {
+        assert!(matches(doc! {"a": {"$exists": true}}, doc! {"a": null}));
+        assert!(matches(doc! {"a": {"$exists": 1}}, doc! {"a": []}));
+        assert!(!matches(doc! {"a": {"$exists": 0}}, doc! {"a": 0}));
+        assert!(matches(
+            doc! {"a.b": {"$exists": true}},
+            doc! {"a": [{"c": 1}, {"b": 1}]}
+        ));
+        assert!(!matches(
+            doc! {"a.b": {"$exists": true}},
+            doc! {"a": [{"c": 1}]}
+        ));
+        assert!(matches(
+            doc! {"a.b": {"$exists": false}},
+            doc! {"a": [{"c": 1}]}
+        ));
+        assert!(!matches(
+            doc! {"a.b": {"$exists": false}},
+            doc! {"a": [{"c": 1}, {"b": 1}]}
+        ));
+    }
+
+    #[test]
+    fn type_by_alias_and_number() {
+        let cases: Vec<(Bson, &str, i32)> = vec![
+            (Bson::Double(1.5), "double", 1),
+            (Bson::String("s".into()), "string", 2),
+            (Bson::Document(doc! {}), "object", 3),
+            (Bson::Array(vec![]), "array", 4),
+            (
+                Bson::Binary(bson::Binary {
+                    subtype: bson::spec::BinarySubtype::Generic,
+                    bytes: vec![],
+                }),
+                "binData",
+                5,
+            ),
+            (
+                Bson::ObjectId(bson::oid::ObjectId::from_bytes([1; 12])),
+                "objectId",
+                7,
+            ),
+            (Bson::Boolean(true), "bool", 8),
+            (Bson::DateTime(bson::DateTime::from_millis(0)), "date", 9),
+            (Bson::Null, "null", 10),
+            (re("a", ""), "regex", 11),
+            (Bson::Int32(1), "int", 16),
+            (
+                Bson::Timestamp(bson::Timestamp {
+                    time: 1,
+                    increment: 1,
+                }),
+                "timestamp",
+                17,
+            ),
+            (Bson::Int64(1), "long", 18),
+            (dec("1"), "decimal", 19),
+            (Bson::MinKey, "minKey", -1),
+            (Bson::MaxKey, "maxKey", 127),
+        ];
+        for (v, alias, code) in &cases {
+            let d = doc! {"a": v.clone()};
+            assert!(
+                matches(doc! {"a": {"$type": *alias}}, d.clone()),
+                "{v} is {alias}"
+            );
+            assert!(
+                matches(doc! {"a": {"$type": *code}}, d.clone()),
+                "{v} is {code}"
+            );
+            assert!(matches(doc! {"a": {"$type": f64::from(*code)}}, d.clone()));
+            for (_, other, _) in cases.iter().filter(|c| c.1 != *alias) {
+                assert!(
+                    !matches(doc! {"a": {"$type": *other}}, d.clone()),
+                    "{v} is not {other}"
+                );
+            }
+        }
+        for n in [Bson::Int32(1), Bson::Int64(1), Bson::Double(1.0), dec("1")] {
+            assert!(matches(doc! {"a": {"$type": "number"}}, doc! {"a": n}));
+        }
+        assert!(!matches(doc! {"a": {"$type": "number"}}, doc! {"a": "1"}));
+        assert!(matches(
+            doc! {"a": {"$type": ["string", "int"]}},
+            doc! {"a": 1}
+        ));
+        // Elements of arrays are looked at too, and the array itself.
+        assert!(matches(
+            doc! {"a": {"$type": "string"}},
+            doc! {"a": [1, "x"]}
+        ));
+        assert!(matches(doc! {"a": {"$type": "array"}}, doc! {"a": [1]}));
+        assert!(!matches(doc! {"a": {"$type": "null"}}, doc! {}));
+        bad_value(doc! {"a": {"$type": "strng"}}, "unknown type name alias");
+        bad_value(doc! {"a": {"$type": 42}}, "invalid numerical type code");
+        bad_value(doc! {"a": {"$type": 2.5}}, "number or a string");
+        bad_value(doc! {"a": {"$type": []}}, "at least one type");
+    }
+
+    #[test]
+    fn all() {
+        let d = doc! {"tags": ["ssl", "security", "web"]};
+        assert!(matches(doc! {"tags": {"$all": ["ssl", "web"]}}, d.clone()));
+        assert!(!matches(doc! {"tags": {"$all": ["ssl", "db"]}}, d.clone()));
+        assert!(matches(
+            doc! {"tags": {"$all": [re("^sec", "")]}},
+            d.clone()
+        ));
+        assert!(!matches(doc! {"tags": {"$all": []}}, d.clone()));
+        assert!(matches(
+            doc! {"tags": {"$all": ["ssl"]}},
+            doc! {"tags": "ssl"}
+        ));
+        // A nested array is a value to find.
+        assert!(matches(doc! {"a": {"$all": [[1, 2]]}}, doc! {"a": [1, 2]}));
+        assert!(matches(
+            doc! {"a": {"$all": [[1, 2]]}},
+            doc! {"a": [[1, 2], 3]}
+        ));
+        let items = doc! {"qty": [{"size": "S", "num": 10}, {"size": "M", "num": 45}]};
+        assert!(matches(
+            doc! {"qty": {"$all": [
+                {"$elemMatch": {"size": "M", "num": {"$gt": 40}}},
+                {"$elemMatch": {"num": 10}},
+            ]}},
+            items.clone()
+        ));
+        assert!(!matches(
+            doc! {"qty": {"$all": [
+                {"$elemMatch": {"size": "M", "num": {"$gt": 50}}},
+                {"$elemMatch": {"num": 10}},
+            ]}},
+            items
+        ));
+        bad_value(doc! {"a": {"$all": 1}}, "$all needs an array");
+        bad_value(
+            doc! {"a": {"$all": [{"$elemMatch": {"b": 1}}, 1]}},
+            "consistent",
+        );
+        bad_value(
+            doc! {"a": {"$all": [1, {"$elemMatch": {"b": 1}}]}},
+            "consistent",
+        );
+        bad_value(
+            doc! {"a": {"$all": [{"$gt": 1}]}},
+            "no $ expressions in $all",
+        );
+    }
+
+    #[test]
+    fn elem_match() {
+        let d = doc! {"results": [82, 85, 88]};
+        assert!(matches(
+            doc! {"results": {"$elemMatch": {"$gte": 80, "$lt": 85}}},
+            d.clone()
+        ));
+        assert!(!matches(
+            doc! {"results": {"$elemMatch": {"$gte": 90}}},
+            d.clone()
+        ));
+        assert!(!matches(
+            doc! {"results": {"$elemMatch": {"$gte": 80}}},
+            doc! {"results": 82}
+        ));
+        let d = doc! {"results": [{"product": "abc", "score": 10}, {"product": "xyz", "score": 5}]};
+        assert!(matches(
+            doc! {"results": {"$elemMatch": {"product": "xyz", "score": {"$gte": 5}}}},
+            d.clone()
+        ));
+        assert!(!matches(
+            doc! {"results": {"$elemMatch": {"product": "xyz", "score": {"$gte": 8}}}},
+            d.clone()
+        ));
+        // Unlike two separate conditions on "results.product" and "results.score".
+        assert!(matches(
+            doc! {"results.product": "xyz", "results.score": {"$gte": 8}},
+            d.clone()
+        ));
+        assert!(matches(
+            doc! {"results": {"$elemMatch": {"$or": [{"score": 100}, {"product": "abc"}]}}},
+            d.clone()
+        ));
+        // Nested.
+        let d = doc! {"a": [{"b": [{"c": 1, "d": 2}, {"c": 3, "d": 4}]}]};
+        assert!(matches(
+            doc! {"a": {"$elemMatch": {"b": {"$elemMatch": {"c": 3, "d": 4}}}}},
+            d.clone()
+        ));
+        assert!(!matches(
+            doc! {"a": {"$elemMatch": {"b": {"$elemMatch": {"c": 1, "d": 4}}}}},
+            d.clone()
+        ));
+        assert!(matches(
+            doc! {"m": {"$elemMatch": {"$elemMatch": {"$gt": 5}}}},
+            doc! {"m": [[1], [2, 6]]}
+        ));
+        // No fanning out of nested arrays in the value form.
+        assert!(!matches(
+            doc! {"m": {"$elemMatch": {"$gt": 5}}},
+            doc! {"m": [[1, 6]]}
+        ));
+        assert!(matches(doc! {"a": {"$elemMatch": {}}}, doc! {"a": [1, {}]}));
+        assert!(!matches(doc! {"a": {"$elemMatch": {}}}, doc! {"a": [1, 2]}));
+        bad_value(doc! {"a": {"$elemMatch": 1}}, "$elemMatch needs an Object");
+        bad_value(
+            doc! {"a": {"$elemMatch": {"$expr": {"$eq": 1}}}},
+            "top-level",
+        );
+    }
+
+    #[test]
+    fn size() {
+        assert!(matches(doc! {"a": {"$size": 2}}, doc! {"a": [1, [2, 3]]}));
+        assert!(matches(doc! {"a": {"$size": 0}}, doc! {"a": []}));
+        assert!(matches(doc! {"a": {"$size": 2.0}}, doc! {"a": [1, 2]}));
+        assert!(matches(doc! {"a": {"$size": 1}}, doc! {"a": [[1, 2]]}));
+        assert!(!matches(doc! {"a": {"$size": 2}}, doc! {"a": [[1, 2]]}));
+        assert!(!matches(doc! {"a": {"$size": 1}}, doc! {"a": 1}));
+        assert!(matches(
+            doc! {"a.b": {"$size": 2}},
+            doc! {"a": [{"b": [1]}, {"b": [1, 2]}]}
+        ));
+        bad_value(doc! {"a": {"$size": "2"}}, "$size needs a number");
+        bad_value(doc! {"a": {"$size": 2.5}}, "whole number");
+        bad_value(doc! {"a": {"$size": -1}}, "negative");
+    }
+
+    #[test]
+    fn modulo() {
+        assert!(matches(doc! {"a": {"$mod": [4, 0]}}, doc! {"a": 8}));
+        assert!(!matches(doc! {"a": {"$mod": [4, 0]}}, doc! {"a": 9}));
+        assert!(matches(doc! {"a": {"$mod": [4, 1]}}, doc! {"a": 9.9}));
+        assert!(matches(doc! {"a": {"$mod": [4.7, 1.2]}}, doc! {"a": 5}));
+        assert!(matches(doc! {"a": {"$mod": [4, -1]}}, doc! {"a": -5}));
+        assert!(matches(doc! {"a": {"$mod": [-1, 0]}}, doc! {"a": i64::MIN}));
+        assert!(matches(doc! {"a": {"$mod": [3, 2]}}, doc! {"a": [1, 5]}));
+        assert!(!matches(doc! {"a": {"$mod": [3, 2]}}, doc! {"a": "5"}));
+        assert!(!matches(doc! {"a": {"$mod": [3, 0]}}, doc! {"a": f64::NAN}));
+        bad_value(doc! {"a": {"$mod": [0, 1]}}, "divisor cannot be 0");
+        bad_value(doc! {"a": {"$mod": [0.5, 1]}}, "divisor cannot be 0");
+        bad_value(doc! {"a": {"$mod": [4]}}, "not enough elements");
+        bad_value(doc! {"a": {"$mod": [4, 1, 2]}}, "too many elements");
+        bad_value(doc! {"a": {"$mod": 4}}, "needs to be an array");
+        bad_value(doc! {"a": {"$mod": ["4", 1]}}, "divisor not a number");
+        bad_value(
+            doc! {"a": {"$mod": [f64::NAN, 1]}},
+            "divisor value is invalid",
+        );
+    }
+
+    #[test]
+    fn regexes_and_options() {
+        let d = doc! {"s": "Hello\nWorld"};
+        assert!(matches(doc! {"s": re("^Hello", "")}, d.clone()));
+        assert!(matches(
+            doc! {"s": {"$regex": "^hello", "$options": "i"}},
+            d.clone()
+        ));
+        assert!(!matches(doc! {"s": {"$regex": "^world"}}, d.clone()));
+        assert!(matches(
+            doc! {"s": {"$regex": "^World", "$options": "m"}},
+            d.clone()
+        ));
+        assert!(!matches(doc! {"s": {"$regex": "o.W"}}, d.clone()));
+        assert!(matches(
+            doc! {"s": {"$regex": "o.W", "$options": "s"}},
+            d.clone()
+        ));
+        assert!(matches(
+            doc! {"s": {"$regex": "H e l l o # a comment\n", "$options": "x"}},
+            d.clone()
+        ));
+        assert!(matches(
+            doc! {"s": {"$regex": re("^hello", "i")}},
+            d.clone()
+        ));
+        assert!(matches(
+            doc! {"s": {"$options": "i", "$regex": "^HELLO"}},
+            d.clone()
+        ));
+        assert!(matches(
+            doc! {"s": {"$regex": re("^HELLO", ""), "$options": "i"}},
+            d.clone()
+        ));
+        assert!(matches(
+            doc! {"s": re("l+", "")},
+            doc! {"s": ["x", "hello"]}
+        ));
+        assert!(!matches(doc! {"s": re("1", "")}, doc! {"s": 1}));
+        assert!(matches(
+            doc! {"s": re("x", "")},
+            doc! {"s": Bson::Symbol("x".into())}
+        ));
+        // A stored regex matches the same regex.
+        assert!(matches(
+            doc! {"s": re("a.c", "i")},
+            doc! {"s": re("a.c", "i")}
+        ));
+        assert!(!matches(
+            doc! {"s": re("a.c", "i")},
+            doc! {"s": re("a.c", "")}
+        ));
+        assert!(matches(
+            doc! {"s": {"$eq": re("a.c", "")}},
+            doc! {"s": re("a.c", "")}
+        ));
+        assert!(!matches(
+            doc! {"s": {"$eq": re("a.c", "")}},
+            doc! {"s": "abc"}
+        ));
+        bad_value(doc! {"s": {"$options": "i"}}, "$options needs a $regex");
+        bad_value(
+            doc! {"s": {"$regex": re("a", "i"), "$options": "m"}},
+            "options set in both",
+        );
+        bad_value(doc! {"s": {"$regex": 5}}, "$regex has to be a string");
+        bad_value(doc! {"s": {"$regex": "a", "$options": "q"}}, "invalid flag");
+        bad_value(doc! {"s": {"$regex": "(a"}}, "invalid regular expression");
+        bad_value(doc! {"s": {"$ne": re("a", "")}}, "Can't have RegEx");
+        bad_value(doc! {"s": {"$gt": re("a", "")}}, "Can't have RegEx");
+    }
+
+    #[test]
+    fn pcre_translation() {
+        let m = |pattern: &str, options: &str, s: &str| {
+            compile_regex(pattern, options)
+                .unwrap_or_else(|e| panic!("/{pattern}/: {e}"))
+                .is_match(s)
+        };
+        // ASCII classes, as MongoDB's PCRE has them.
+        assert!(m(r"^\d+$", "", "123"));
+        assert!(!m(r"^\d+$", "", "١٢٣"));
+        assert!(!m(r"^\w+$", "", "é"));
+        assert!(m(r"^\W$", "", "é"));
+        assert!(m(r"^[\d_]+$", "", "1_2"));
+        assert!(m(r"^[^\d]+$", "", "abc"));
+        assert!(m(r"\bfoo\b", "", "a foo b"));
+        assert!(m(r"\s", "", "\x0B"));
+        // `$` matches before a final newline; `\z` does not.
+        assert!(m("abc$", "", "abc\n"));
+        assert!(!m(r"abc\z", "", "abc\n"));
+        assert!(m(r"abc\Z", "", "abc\n"));
+        assert!(!m("abc$", "", "abc\nx"));
+        assert!(m("abc$", "m", "abc\nx"));
+        // Class syntax PCRE reads literally.
+        assert!(m("[[]", "", "["));
+        assert!(m("[]a]", "", "]"));
+        assert!(m("[^]a]", "", "b"));
+        assert!(m("[a&&b]", "", "&"));
+        assert!(m("[a-]", "", "-"));
+        assert!(m(r"[a\-z]", "", "-"));
+        assert!(!m(r"[a\-z]", "", "b"));
+        assert!(m("[-a]", "", "-"));
+        assert!(compile_regex("[a--]", "").is_err());
+        assert!(m("[[:digit:]x]", "", "7"));
+        assert!(m(r"[\b]", "", "\x08"));
+        assert!(m("[ ]", "x", " "));
+        // Literal braces and quoting.
+        assert!(m("a{", "", "a{"));
+        assert!(m("x{1,2}y", "", "xxy"));
+        assert!(m("a{,2}", "", "a{,2}"));
+        assert!(m(r"\Qa.b*\E", "", "a.b*"));
+        assert!(!m(r"\Qa.b\E", "", "axb"));
+        assert!(m(r"\x41\x{42}\103\e", "", "ABC\x1B"));
+        assert!(m(r"\cA", "", "\x01"));
+        assert!(m(r"[\101]", "", "A"));
+        assert!(compile_regex(r"(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)\10", "").is_err());
+        assert!(m(r"(a)\10", "", "a\x08"));
+        assert!(m(r"\<a\>", "", "<a>"));
+        assert!(m(r"a(?#comment)b", "", "ab"));
+        assert!(m(r"(?i)AB(?-i:c)", "", "abc"));
+        assert!(!m(r"(?i)AB(?-i:c)", "", "abC"));
+        assert!(m(r"(?<year>\d{4})-(?'month'\d\d)", "", "2024-05"));
+        assert!(m(r"a\hb\vc\Rd", "", "a\tb\nc\r\nd"));
+        assert!(m(r"\p{Greek}", "", "λ"));
+        assert!(m("é", "i", "É"));
+        // What needs backtracking is refused, with a reason.
+        for pattern in [
+            r"(a)\1", "a(?=b)", "a(?!b)", "(?<=a)b", "(?<!a)b", "(?>a)", "a++", "a*+", r"\Gx",
+            "(?R)", r"a\Kb", "(*UTF)a",
+        ] {
+            let e = compile_regex(pattern, "").expect_err(pattern);
+            assert_eq!(e.code, crate::error::codes::BAD_VALUE);
+            assert!(
+                e.message.contains("not supported"),
+                "{pattern}: {}",
+                e.message
+            );
+        }
+        // Hostile sizes are refused, not built.
+        let e = compile_regex("((a{100}){100}){100}", "").expect_err("too large");
+        assert!(e.message.contains("too large"), "{}", e.message);
+        let e = compile_regex(&"a".repeat(REGEX_PATTERN_MAX_BYTES + 1), "").expect_err("too long");
+        assert!(e.message.contains("too long"), "{}", e.message);
+        assert!(compile_regex(r"\y", "").is_err());
+        assert!(compile_regex("[a", "").is_err());
+        assert!(compile_regex("[z-a]", "").is_err());
+    }
+
+    #[test]
+    fn operator_errors() {
+        bad_value(doc! {"a": {"$foo": 1}}, "unknown operator: $foo");
+        bad_value(doc! {"a": {"$gt": 1, "b": 2}}, "unknown operator: b");
+        bad_value(doc! {"a": {"$near": [0, 0]}}, "$near is not supported");
+        bad_value(doc! {"a": {"$eq": Bson::Undefined}}, "undefined");
+        bad_value(doc! {"$or": [{"a": {"$bad": 1}}]}, "unknown operator: $bad");
+        // Nesting is bounded.
+        let mut f = doc! {"a": 1};
+        for _ in 0..=FILTER_DEPTH_MAX {
+            f = doc! {"$and": [f]};
+        }
+        bad_value(f, "depth limit");
+        let mut f = doc! {"$gt": 1};
+        for _ in 0..=FILTER_DEPTH_MAX {
+            f = doc! {"$not": f};
+        }
+        bad_value(doc! {"a": f}, "depth limit");
+    }
+
+    #[test]
+    fn expr_parse_errors_are_passed_on() {
+        // The expression module is written separately; whatever its parser
+        // says about an expression is what the filter says.
+        let v = Bson::Document(doc! {"$eq": ["$a", 1]});
+        match (Expr::parse(&v), Filter::parse(&doc! {"$expr": v.clone()})) {
+            (Err(expected), Err(got)) => assert_eq!(expected, got),
+            (Ok(_), Ok(f)) => {
+                assert!(f.matches(&doc! {"a": 1}));
+                assert!(!f.matches(&doc! {"a": 2}));
+            }
+            (e, f) => panic!("Expr::parse gave {e:?} but the filter {f:?}"),
+        }
+    }
+
+    #[test]
+    fn equalities_for_upserts() {
+        let f = filter(doc! {
+            "a": 1,
+            "b": {"$eq": 2, "$gt": 0},
+            "$and": [{"c.d": 3}, {"e": {"$in": [4]}}],
+            "$or": [{"f": 5}],
+            "g": {"$ne": 6},
+            "h": {"x": 7},
+            "i": re("j", ""),
+        });
+        assert_eq!(
+            f.equalities(),
+            vec![
+                ("a".to_owned(), Bson::Int32(1)),
+                ("b".to_owned(), Bson::Int32(2)),
+                ("c.d".to_owned(), Bson::Int32(3)),
+                ("h".to_owned(), Bson::Document(doc! {"x": 7})),
+            ]
+        );
+    }
+
+    #[test]
+    fn positional_index() {
+        let d = doc! {"grades": [80, 85, 90]};
+        assert_eq!(index(doc! {"grades": 85}, d.clone()), Some(1));
+        assert_eq!(index(doc! {"grades": {"$gte": 86}}, d.clone()), Some(2));
+        assert_eq!(index(doc! {"grades": [80, 85, 90]}, d.clone()), None);
+        let d = doc! {"_id": 1, "items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 5}]};
+        assert_eq!(index(doc! {"items.sku": "b"}, d.clone()), Some(1));
+        assert_eq!(
+            index(doc! {"_id": 1, "items.qty": {"$gt": 2}}, d.clone()),
+            Some(1)
+        );
+        assert_eq!(
+            index(
+                doc! {"items": {"$elemMatch": {"sku": "b", "qty": 5}}},
+                d.clone()
+            ),
+            Some(1)
+        );
+        assert_eq!(index(doc! {"_id": 1}, d.clone()), None);
+        assert_eq!(index(doc! {"items.0.sku": "a"}, d.clone()), None);
+        // The first array on the path gives the index.
+        let d = doc! {"a": [{"b": [1, 2]}, {"b": [3, 4]}]};
+        assert_eq!(index(doc! {"a.b": 4}, d.clone()), Some(1));
+        // Not through $or or negations, as in MongoDB.
+        assert_eq!(index(doc! {"$or": [{"a.b": 4}]}, d.clone()), None);
+        assert_eq!(index(doc! {"a.b": {"$ne": 9}}, d.clone()), None);
+        // $and: the first condition that reports one.
+        assert_eq!(index(doc! {"a.b": 3, "$and": [{"a.b": 1}]}, d), Some(1));
+    }
+
+    // -- properties ----------------------------------------------------------
+
+    /// Scalars of one type class: numbers (no NaN), or strings.
+    fn same_class_pair() -> impl Strategy<Value = (Bson, Bson)> {
+        let number = prop_oneof![
+            any::<i32>().prop_map(Bson::Int32),
+            any::<i64>().prop_map(Bson::Int64),
+            any::<f64>()
+                .prop_filter("NaN is unordered", |f| !f.is_nan())
+                .prop_map(Bson::Double),
+            (-3i32..3).prop_map(Bson::Int32),
+            (-3i32..3).prop_map(|i| Bson::Double(f64::from(i))),
+            (-3i64..3).prop_map(|i| dec(&i.to_string())),
+        ];
+        prop_oneof![
+            (number.clone(), number),
+            ("[ab]{0,3}", "[ab]{0,3}").prop_map(|(a, b)| (Bson::String(a), Bson::String(b))),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn gt_and_lte_are_complementary((v, x) in same_class_pair()) {
+            let d = doc! {"a": v.clone()};
+            let gt = matches(doc! {"a": {"$gt": x.clone()}}, d.clone());
+            let lte = matches(doc! {"a": {"$lte": x.clone()}}, d.clone());
+            prop_assert!(gt != lte, "{} vs {}", v, x);
+            let lt = matches(doc! {"a": {"$lt": x.clone()}}, d.clone());
+            let gte = matches(doc! {"a": {"$gte": x.clone()}}, d.clone());
+            prop_assert!(lt != gte);
+            prop_assert_eq!(matches(doc! {"a": x.clone()}, d.clone()), lte && gte);
+            prop_assert_eq!(matches(doc! {"a": {"$not": {"$gt": x.clone()}}}, d.clone()), lte);
+            prop_assert_eq!(matches(doc! {"a": {"$in": [x.clone()]}}, d.clone()), lte && gte);
+            prop_assert_eq!(matches(doc! {"a": {"$nin": [x.clone()]}}, d), gt || lt);
+        }
+
+        #[test]
+        fn any_element_decides((v, x) in same_class_pair(), others in prop::collection::vec(any::<i32>(), 0..3)) {
+            // A condition on an array holds when it holds for some element
+            // (or the array); $ne and $not hold when it holds for none.
+            let mut items: Vec<Bson> = others.iter().map(|&i| Bson::Int32(i)).collect();
+            items.push(v.clone());
+            let d = doc! {"a": items.clone()};
+            let any_gt = items.iter().any(|e| matches(doc! {"a": {"$gt": x.clone()}}, doc! {"a": e.clone()}));
+            prop_assert_eq!(matches(doc! {"a": {"$gt": x.clone()}}, d.clone()), any_gt);
+            prop_assert_eq!(matches(doc! {"a": {"$not": {"$gt": x.clone()}}}, d), !any_gt);
         }
     }
 }
