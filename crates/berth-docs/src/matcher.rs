@@ -2486,6 +2486,19 @@ mod tests {
         assert!(m(r"a\hb\vc\Rd", "", "a\tb\nc\r\nd"));
         assert!(m(r"\p{Greek}", "", "λ"));
         assert!(m("é", "i", "É"));
+        // Everyday patterns.
+        let email = r"^[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\.[a-zA-Z]{2,}$";
+        assert!(m(email, "", "first.last+tag@example.co.uk"));
+        assert!(!m(email, "", "first last@example.com"));
+        assert!(m(r"^\d{3}-\d{4}$", "", "555-1234"));
+        assert!(m(r"^/api/v\d+/users/?$", "", "/api/v2/users/"));
+        assert!(m(r".*foo.*", "", "xxfooyy"));
+        assert!(m(r"^(?:a|b)+?c$", "", "ababc"));
+        assert!(m(r"[^\s\S]|x", "", "x"));
+        assert!(!m(r"[^\s\S]", "", "x"));
+        assert!(m(r"\.\[\]\(\)\{\}\*\+\?\|\^\$\/\-", "", ".[](){}*+?|^$/-"));
+        assert!(m("^ab$", "i", "AB"));
+        assert!(m("^$", "", ""));
         // What needs backtracking is refused, with a reason.
         for pattern in [
             r"(a)\1", "a(?=b)", "a(?!b)", "(?<=a)b", "(?<!a)b", "(?>a)", "a++", "a*+", r"\Gx",
