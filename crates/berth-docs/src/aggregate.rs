@@ -2293,10 +2293,7 @@ mod tests {
         assert_eq!(parse_code(bson!([{"$match": 1}])), 15959);
     }
 
-    // Waits for crate::matcher (being written: Filter::parse is a stub that
-    // always errors). Remove the #[ignore] when the matcher lands.
     #[test]
-    #[ignore = "needs crate::matcher::Filter, still a stub"]
     fn match_by_filter() {
         let articles = bson!([
             {"_id": 1, "author": "dave", "score": 80, "views": 100},

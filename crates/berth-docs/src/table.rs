@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::codes;
 use crate::matcher::{Filter, MatchDetails};
-use crate::update::{ApplyContext, Update};
+use crate::update::ApplyContext;
 use crate::DocError;
 
 /// The first byte of every stored document: the format of what follows
@@ -58,6 +58,9 @@ pub struct TableConfig {
     pub write_ace: Option<String>,
     /// Who may change the table's settings, indexes, or drop it (`None`: the owner).
     pub admin_ace: Option<String>,
+    /// The version of the key encoding its documents are stored under
+    /// (`keys::KEY_FORMAT_VERSION` when created).
+    pub key_format: u8,
 }
 
 /// What a caller wants to do with a table.
@@ -135,6 +138,11 @@ pub struct UpdateOutcome {
     pub document: Option<Document>,
 }
 
+/// How an update changes one document (update operators, a replacement,
+/// or a pipeline): returns whether it changed anything.
+pub type Change<'a> =
+    dyn Fn(&mut Document, &ApplyContext) -> Result<bool, DocError> + Send + Sync + 'a;
+
 /// The tables service.
 pub struct Tables {
     ns: Arc<Namespace>,
@@ -160,7 +168,12 @@ impl Tables {
 
     /// The table at `path`, if `p` has `right` on it. `NamespaceNotFound`
     /// (26) when there is none.
-    pub async fn open(&self, p: &Principal, path: &str, right: Right) -> Result<TableRef, DocError> {
+    pub async fn open(
+        &self,
+        p: &Principal,
+        path: &str,
+        right: Right,
+    ) -> Result<TableRef, DocError> {
         let (entry, tx) = self
             .ns
             .stat_following_tx(p, path)
@@ -169,7 +182,11 @@ impl Tables {
         if entry.inode.kind != EntryKind::Table {
             return Err(DocError::new(
                 codes::NAMESPACE_NOT_FOUND,
-                format!("{} is a {}, not a table", entry.path, entry.inode.kind.name()),
+                format!(
+                    "{} is a {}, not a table",
+                    entry.path,
+                    entry.inode.kind.name()
+                ),
             ));
         }
         let vol = self.volume(entry.volume_id)?;
@@ -178,6 +195,17 @@ impl Tables {
             Some(b) => decode(&b, "table settings").map_err(from_meta)?,
             None => TableConfig::default(),
         };
+        if config.key_format > crate::keys::KEY_FORMAT_VERSION {
+            return Err(DocError::new(
+                codes::INTERNAL_ERROR,
+                format!(
+                    "table {} is stored with key format {}, newer than this server's {}: upgrade the server",
+                    entry.path,
+                    config.key_format,
+                    crate::keys::KEY_FORMAT_VERSION
+                ),
+            ));
+        }
         let t = TableRef { entry, vol, config };
         authorize(p, &t, right)?;
         Ok(t)
@@ -217,6 +245,7 @@ impl Tables {
         let mut tx = self.begin(&t).await?;
         let config = TableConfig {
             format: CONFIG_FORMAT,
+            key_format: crate::keys::KEY_FORMAT_VERSION,
             ..t.config.clone()
         };
         tx.put(t.config_key(), encode(&config));
@@ -281,6 +310,42 @@ impl Tables {
                 return Ok(out);
             }
         }
+    }
+
+    /// Creates the directory MongoDB databases live in (`--mongo-root`) at
+    /// the cluster's first start with it: world-writable with the sticky
+    /// bit, like `/tmp`, so any principal may create a database (a
+    /// directory it then owns) and none may remove another's. Done once per
+    /// cluster and path: a root the operator removes later is not made
+    /// again.
+    pub async fn ensure_root(&self, path: &str) -> Result<(), Error> {
+        const STARTED: &[u8] = b"started";
+        const DONE: &[u8] = b"done";
+        let path = berth_meta::map::normalize_path(path)?;
+        let step = format!("mongo root {path}");
+        let meta = self.ns.meta();
+        let system = berth_fs::volumes::system_principal();
+        match meta.setup_step(&step).await?.as_deref() {
+            Some(DONE) => return Ok(()),
+            Some(_) => {}
+            None => {
+                match self.ns.stat(&system, &path).await {
+                    Ok(_) => return meta.set_setup_step(&step, DONE).await,
+                    Err(e) if e.code == Code::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                meta.set_setup_step(&step, STARTED).await?;
+            }
+        }
+        if let Some((parent, _)) = berth_meta::map::split_parent(&path) {
+            self.ns.mkdir(&system, parent, 0o755, true).await?;
+        }
+        match self.ns.mkdir(&system, &path, 0o1777, false).await {
+            Ok(_) => {}
+            Err(e) if e.code == Code::Exists => {}
+            Err(e) => return Err(e),
+        }
+        meta.set_setup_step(&step, DONE).await
     }
 
     async fn begin(&self, t: &TableRef) -> Result<Tx, DocError> {
@@ -367,7 +432,8 @@ impl Tables {
             let mut writes = 0u64;
             let mut seen = std::collections::HashSet::new();
             for (i, id, key, value) in &items {
-                let dup = !seen.insert(key.clone()) || tx.get(key).await.map_err(from_meta)?.is_some();
+                let dup =
+                    !seen.insert(key.clone()) || tx.get(key).await.map_err(from_meta)?.is_some();
                 if dup {
                     taken.push(WriteError {
                         index: *i,
@@ -465,8 +531,7 @@ impl Tables {
     }
 
     /// Applies `update` to the documents matching `filter` (all with
-    /// `multi`, else the first in `_id` order, or the first in `order` when
-    /// given), each in its own conditional transaction (a document changed
+    /// `multi`, else the first in `_id` order), each in its own conditional transaction (a document changed
     /// meanwhile is read and matched again). With `upsert` and no match,
     /// inserts the filter's equality fields changed by the update.
     #[allow(clippy::too_many_arguments)]
@@ -476,7 +541,7 @@ impl Tables {
         t: &TableRef,
         filter: &Filter,
         filter_doc: &Document,
-        update: &Update,
+        update: &Change<'_>,
         multi: bool,
         upsert: bool,
         now: bson::DateTime,
@@ -503,7 +568,7 @@ impl Tables {
                     positional: details.array_index,
                     inserting: false,
                 };
-                let changed = update.apply(&mut after, &ctx)?;
+                let changed = update(&mut after, &ctx)?;
                 if changed {
                     if after.get("_id") != before.get("_id") {
                         return Err(DocError::new(
@@ -534,7 +599,7 @@ impl Tables {
                 positional: None,
                 inserting: true,
             };
-            update.apply(&mut doc, &ctx)?;
+            update(&mut doc, &ctx)?;
             let (id, key, value) = prepare_insert(t, doc)?;
             let mut tx = self.begin(t).await?;
             if tx.get(&key).await.map_err(from_meta)?.is_some() {
@@ -566,7 +631,9 @@ impl Tables {
         authorize(p, t, Right::Write)?;
         let mut deleted = Vec::new();
         'docs: loop {
-            let matched = self.select(p, t, filter, 0, if one { 1 } else { 0 }).await?;
+            let matched = self
+                .select(p, t, filter, 0, if one { 1 } else { 0 })
+                .await?;
             if matched.is_empty() {
                 return Ok(deleted);
             }
@@ -626,7 +693,9 @@ impl Tables {
                 return Ok(config);
             }
         }
-        Err(transient("too much contention on the table's settings; retry"))
+        Err(transient(
+            "too much contention on the table's settings; retry",
+        ))
     }
 
     /// Documents and their stored bytes (a scan; for `collStats` and `berth table info`).
@@ -656,15 +725,43 @@ impl Tables {
     }
 }
 
+/// Deepest nesting of documents and arrays a stored document may have
+/// (MongoDB's limit).
+pub const DOC_DEPTH_MAX: usize = 100;
+
+/// Whether `doc` nests deeper than [`DOC_DEPTH_MAX`] (stops looking there).
+fn too_deep(doc: &Document) -> bool {
+    fn deeper(v: &Bson, depth: usize) -> bool {
+        if depth > DOC_DEPTH_MAX {
+            return true;
+        }
+        match v {
+            Bson::Document(d) => d.values().any(|v| deeper(v, depth + 1)),
+            Bson::Array(a) => a.iter().any(|v| deeper(v, depth + 1)),
+            _ => false,
+        }
+    }
+    doc.values().any(|v| deeper(v, 1))
+}
+
 /// The stored form of a document.
 pub fn encode_doc(doc: &Document) -> Result<Vec<u8>, DocError> {
+    if too_deep(doc) {
+        return Err(DocError::new(
+            15,
+            format!("document nests deeper than {DOC_DEPTH_MAX} levels"),
+        ));
+    }
     let mut out = vec![DOC_FORMAT];
     doc.to_writer(&mut out)
         .map_err(|e| DocError::bad_value(format!("document cannot be encoded: {e}")))?;
     if out.len() - 1 > DOC_BYTES_MAX {
         return Err(DocError::new(
             10334,
-            format!("document of {} bytes is over the 16 MiB limit", out.len() - 1),
+            format!(
+                "document of {} bytes is over the 16 MiB limit",
+                out.len() - 1
+            ),
         ));
     }
     Ok(out)
@@ -679,7 +776,10 @@ pub fn decode_doc(raw: &[u8]) -> Result<Document, DocError> {
             codes::INTERNAL_ERROR,
             format!("stored document of unknown format {v}"),
         )),
-        None => Err(DocError::new(codes::INTERNAL_ERROR, "empty stored document")),
+        None => Err(DocError::new(
+            codes::INTERNAL_ERROR,
+            "empty stored document",
+        )),
     }
 }
 
@@ -697,7 +797,10 @@ fn prepare_insert(t: &TableRef, mut doc: Document) -> Result<(Bson, Vec<u8>, Vec
             id
         }
     };
-    if matches!(id, Bson::Array(_) | Bson::RegularExpression(_) | Bson::Undefined) {
+    if matches!(
+        id,
+        Bson::Array(_) | Bson::RegularExpression(_) | Bson::Undefined
+    ) {
         return Err(DocError::new(
             codes::INVALID_ID_FIELD,
             format!("can't use a {} for _id", type_name(&id)),
