@@ -893,6 +893,25 @@ mod tests {
     }
 
     #[test]
+    fn inclusion_follows_the_document_not_the_projection() {
+        // `_id` is not moved to the front: the document's order stands.
+        same(
+            &project(
+                doc! {"c": 1, "a": 1},
+                doc! {"a": 1, "_id": 2, "b": 3, "c": 4},
+            ),
+            &doc! {"a": 1, "_id": 2, "c": 4},
+        );
+        same(
+            &project(
+                doc! {"a.b.c": 1, "_id": 0},
+                doc! {"a": [[{"b": {"c": 1, "d": 2}}], {"b": [{"c": 3}, {"d": 4}]}]},
+            ),
+            &doc! {"a": [[{"b": {"c": 1}}], {"b": [{"c": 3}, {}]}]},
+        );
+    }
+
+    #[test]
     fn mixing_inclusion_and_exclusion() {
         let e = parse_err(doc! {"a": 1, "b": 0});
         assert_eq!(e.code, 31254);

@@ -343,7 +343,7 @@ impl Part {
 enum Node {
     Object(ObjectNode),
     Array(BTreeMap<String, Node>),
-    Leaf(Leaf),
+    Leaf(Op),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -393,11 +393,6 @@ fn compare_paths(a: &[String], b: &[String]) -> Ordering {
 }
 
 /// An operator at the end of a path.
-#[derive(Debug, Clone)]
-struct Leaf {
-    op: Op,
-}
-
 #[derive(Debug, Clone)]
 enum Op {
     Set(Bson),
@@ -584,7 +579,7 @@ impl Parser<'_> {
     }
 
     fn merge(&mut self, path: &str, parts: &[Part], op: Op) -> Result<(), DocError> {
-        merge_leaf(&mut self.root, path, parts, 0, Leaf { op })
+        merge_leaf(&mut self.root, path, parts, 0, op)
     }
 }
 
@@ -653,7 +648,7 @@ fn merge_leaf(
     path: &str,
     parts: &[Part],
     i: usize,
-    leaf: Leaf,
+    leaf: Op,
 ) -> Result<(), DocError> {
     let part = &parts[i];
     if i + 1 == parts.len() {
@@ -1055,7 +1050,7 @@ impl Operators {
         // visit the concrete paths in MongoDB's order. Resolving first is
         // sound: the path tree keeps every other operator off the arrays
         // that `$[]` and `$[id]` walk.
-        let mut targets: Vec<(Vec<String>, &Leaf)> = Vec::new();
+        let mut targets: Vec<(Vec<String>, &Op)> = Vec::new();
         let mut prefix = Vec::new();
         self.expand(&self.root, doc, &mut prefix, ctx, &mut targets)?;
         targets.sort_by(|a, b| compare_paths(&a.0, &b.0));
@@ -1075,13 +1070,13 @@ impl Operators {
         };
         let mut work = doc.clone();
         let mut changed = false;
-        for (path, leaf) in &targets {
+        for (path, op) in &targets {
             let env = Env {
                 ctx,
                 id: &id_shown,
                 path: path.join("."),
             };
-            changed |= apply_leaf(&mut work, path, &leaf.op, &env)?;
+            changed |= apply_leaf(&mut work, path, op, &env)?;
         }
         if !changed {
             return Ok(false);
@@ -1110,7 +1105,7 @@ impl Operators {
         doc: &Document,
         prefix: &mut Vec<String>,
         ctx: &ApplyContext,
-        out: &mut Vec<(Vec<String>, &'u Leaf)>,
+        out: &mut Vec<(Vec<String>, &'u Op)>,
     ) -> Result<(), DocError> {
         match node {
             Node::Leaf(leaf) => out.push((prefix.clone(), leaf)),
@@ -3410,6 +3405,138 @@ mod tests {
             doc! {"$pull": {"r": {"x": {"$size": 2}}}},
         );
         same(&d, &doc! {"_id": 1, "r": [{"x": [3]}]});
+    }
+
+    #[test]
+    fn new_fields_land_in_path_order_across_operators() {
+        let (d, _) = run(
+            doc! {"_id": 1, "m": 0},
+            doc! {"$inc": {"z": 1}, "$push": {"a": 1}, "$set": {"m": 1, "c.y": 1, "c.x": 1}, "$min": {"b": 2}},
+        );
+        same(
+            &d,
+            &doc! {"_id": 1, "m": 1, "a": [1], "b": 2, "c": {"x": 1, "y": 1}, "z": 1},
+        );
+        let (d, _) = run(doc! {"_id": 1}, doc! {"$push": {"x.y": {"$each": [1, 2]}}});
+        same(&d, &doc! {"_id": 1, "x": {"y": [1, 2]}});
+    }
+
+    #[test]
+    fn array_updates_are_all_or_nothing() {
+        // The third element is not a number: nothing changes.
+        let e = apply_err(
+            doc! {"_id": 1, "a": [1, 2, "x", 4]},
+            doc! {"$inc": {"a.$[]": 1}},
+        );
+        assert_eq!(e.code, codes::TYPE_MISMATCH);
+        // An upsert's new document has no array to update.
+        let mut insert = ctx();
+        insert.inserting = true;
+        let e = apply_err_with(doc! {"k": 1}, doc! {"$set": {"a.$[]": 1}}, &[], insert);
+        assert_eq!(e.code, codes::BAD_VALUE);
+    }
+
+    #[test]
+    fn other_operators_under_array_updates() {
+        let (d, _) = run(
+            doc! {"_id": 1, "a": [{"b": 1, "c": 1}, {"c": 2}, 3]},
+            doc! {"$unset": {"a.$[].b": 1}},
+        );
+        same(&d, &doc! {"_id": 1, "a": [{"c": 1}, {"c": 2}, 3]});
+        let (d, _) = run(
+            doc! {"_id": 1, "a": [{"t": [1, 2, 1]}, {"t": [2]}]},
+            doc! {"$pull": {"a.$[].t": 1}, "$push": {"b": 0}},
+        );
+        same(
+            &d,
+            &doc! {"_id": 1, "a": [{"t": [2]}, {"t": [2]}], "b": [0]},
+        );
+        let (d, _) = run_with(
+            doc! {"_id": 1, "a": [{"k": "x", "v": [1, 5, 9]}, {"k": "y", "v": [5]}]},
+            doc! {"$set": {"a.$[i].v.$[j]": 0}},
+            &[doc! {"i.k": "x"}, doc! {"j": {"$gte": 5}}],
+            ctx(),
+        );
+        same(
+            &d,
+            &doc! {"_id": 1, "a": [{"k": "x", "v": [1, 0, 0]}, {"k": "y", "v": [5]}]},
+        );
+        let mut with_match = ctx();
+        with_match.positional = Some(0);
+        let (d, _) = run_with(
+            doc! {"_id": 1, "a": [{"b": {"c": 1}}, {"b": {"c": 2}}]},
+            doc! {"$set": {"a.$.b.c": 10, "a.$.b.d": 11}},
+            &[],
+            with_match,
+        );
+        same(
+            &d,
+            &doc! {"_id": 1, "a": [{"b": {"c": 10, "d": 11}}, {"b": {"c": 2}}]},
+        );
+    }
+
+    #[test]
+    fn add_to_set_compares_documents_in_field_order() {
+        let (d, changed) = run(
+            doc! {"_id": 1, "a": [{"x": 1, "y": 2}]},
+            doc! {"$addToSet": {"a": {"y": 2, "x": 1}}},
+        );
+        assert!(changed);
+        same(
+            &d,
+            &doc! {"_id": 1, "a": [{"x": 1, "y": 2}, {"y": 2, "x": 1}]},
+        );
+        let (_, changed) = run(
+            doc! {"_id": 1, "a": [{"x": 1, "y": 2}]},
+            doc! {"$addToSet": {"a": {"x": 1.0, "y": 2i64}}},
+        );
+        assert!(!changed);
+    }
+
+    #[test]
+    fn decimal_arithmetic_is_refused_not_approximated() {
+        let d: bson::Decimal128 = "1.5".parse().expect("decimal");
+        let e = apply_err(doc! {"_id": 1, "a": d}, doc! {"$inc": {"a": 1}});
+        assert_eq!(e.code, codes::BAD_VALUE);
+        // Setting a missing field needs no arithmetic.
+        let (out, _) = run(doc! {"_id": 1}, doc! {"$inc": {"a": d}, "$mul": {"b": d}});
+        assert_eq!(out.get("a"), Some(&Bson::Decimal128(d)));
+        assert!(matches!(out.get("b"), Some(Bson::Decimal128(_))));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn inc_and_mul_follow_mongodb_integer_promotion(
+            a in proptest::prelude::any::<i64>(),
+            b in proptest::prelude::any::<i64>(),
+            a_narrow in proptest::prelude::any::<bool>(),
+            b_narrow in proptest::prelude::any::<bool>(),
+            multiply in proptest::prelude::any::<bool>(),
+        ) {
+            let as_bson = |v: i64, narrow: bool| {
+                if narrow { Bson::Int32(v as i32) } else { Bson::Int64(v) }
+            };
+            let (x, y) = (as_bson(a, a_narrow), as_bson(b, b_narrow));
+            let exact = if multiply {
+                i128::from(as_i64(&x)) * i128::from(as_i64(&y))
+            } else {
+                i128::from(as_i64(&x)) + i128::from(as_i64(&y))
+            };
+            let op = if multiply { "$mul" } else { "$inc" };
+            let mut target = doc! {"_id": 1, "v": x.clone()};
+            let update = Update::parse(&doc! {op: {"v": y.clone()}}, &[]).expect("parses");
+            let result = update.apply(&mut target, &ctx());
+            let both_narrow = a_narrow && b_narrow;
+            if both_narrow && i32::try_from(exact).is_ok() {
+                proptest::prop_assert_eq!(target.get("v"), Some(&Bson::Int32(exact as i32)));
+            } else if let Ok(wide) = i64::try_from(exact) {
+                proptest::prop_assert_eq!(target.get("v"), Some(&Bson::Int64(wide)));
+            } else {
+                proptest::prop_assert!(!both_narrow);
+                proptest::prop_assert_eq!(result.map_err(|e| e.code), Err(codes::BAD_VALUE));
+                proptest::prop_assert_eq!(target.get("v"), Some(&x));
+            }
+        }
     }
 
     #[test]
