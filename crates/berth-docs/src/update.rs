@@ -20,7 +20,7 @@
 //! [`ApplyContext::inserting`] set, then add an `_id` if it still has none.
 //!
 //! Conditions (`$pull` conditions, `arrayFilters`, and find's `$elemMatch`
-//! projection, which borrows [`ElementMatcher`]) are evaluated here for the
+//! projection, which borrows `ElementMatcher`) are evaluated here for the
 //! comparison subset of the query language (`$eq $ne $gt $gte $lt $lte $in
 //! $nin $exists`, `$and $or $nor`, with MongoDB's array traversal) and handed
 //! to [`crate::matcher::Filter`] for everything else.
@@ -1293,7 +1293,9 @@ fn modify(
         }
         Container::Arr(items) => {
             let index = array_index(key).expect("checked above");
-            let padding = index - items.len();
+            // The element is missing, so the index is at or past the end.
+            debug_assert!(index >= items.len());
+            let padding = index.saturating_sub(items.len());
             if padding > ARRAY_PADDING_MAX {
                 return Err(DocError::new(
                     CANNOT_BACKFILL_ARRAY,
