@@ -3395,7 +3395,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs crate::matcher::Filter (being written): conditions outside the comparison subset go there"]
     fn conditions_beyond_the_subset_use_the_matcher() {
         let (d, _) = run(
             doc! {"_id": 1, "a": ["apple", "kiwi", "avocado"]},
