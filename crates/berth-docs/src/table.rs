@@ -266,7 +266,7 @@ impl Tables {
 
     /// Removes the table at `path` with its documents (admin right).
     /// `false` when there was none.
-    pub async fn drop(&self, p: &Principal, path: &str) -> Result<bool, DocError> {
+    pub async fn drop_table(&self, p: &Principal, path: &str) -> Result<bool, DocError> {
         match self.open(p, path, Right::Admin).await {
             Ok(_) => {}
             Err(e) if e.code == codes::NAMESPACE_NOT_FOUND => return Ok(false),

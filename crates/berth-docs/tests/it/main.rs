@@ -1,0 +1,336 @@
+//! The table service against a real single-node kernel (store, multi-raft
+//! loop, meta shard) in a temp dir, no network: documents in, out, changed
+//! and removed through conditional transactions, and who may do what.
+
+use std::sync::Arc;
+
+use berth_docs::error::codes;
+use berth_docs::matcher::Filter;
+use berth_docs::table::{Right, Tables};
+use berth_docs::update::{ApplyContext, Update};
+use berth_fs::Namespace;
+use berth_meta::testing::{single_node, SingleNode};
+use berth_meta::Meta;
+use berth_security::principal::Principal;
+use bson::{doc, Bson, Document};
+
+struct Kernel {
+    _node: SingleNode,
+    tables: Arc<Tables>,
+    meta: Arc<Meta>,
+    admin: Principal,
+}
+
+async fn kernel() -> Kernel {
+    let node = single_node().await;
+    let ns = Namespace::new(node.meta.clone());
+    ns.reconcile().await.unwrap();
+    let tables = Tables::new(ns);
+    tables.ensure_root("/tables").await.unwrap();
+    Kernel {
+        tables,
+        meta: node.meta.clone(),
+        admin: node.admin.clone(),
+        _node: node,
+    }
+}
+
+impl Kernel {
+    async fn user(&self, name: &str) -> Principal {
+        self.meta
+            .user_add(&self.admin, name, Some("pw"), None, vec![], false)
+            .await
+            .unwrap();
+        let (t, _) = self.meta.sign_for(name, None, 3600).unwrap();
+        self.meta.authenticate(&t).unwrap()
+    }
+}
+
+fn filter(d: Document) -> Filter {
+    Filter::parse(&d).unwrap()
+}
+
+async fn update(
+    k: &Kernel,
+    p: &Principal,
+    path: &str,
+    q: Document,
+    u: Document,
+    multi: bool,
+    upsert: bool,
+) -> berth_docs::table::UpdateOutcome {
+    let t = k.tables.open_or_create(p, path).await.unwrap();
+    let spec = Update::parse(&u, &[]).unwrap();
+    let change = move |d: &mut Document, ctx: &ApplyContext| spec.apply(d, ctx);
+    k.tables
+        .update(
+            p,
+            &t,
+            &filter(q.clone()),
+            &q,
+            &change,
+            multi,
+            upsert,
+            bson::DateTime::from_millis(0),
+            false,
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn documents_go_in_come_out_change_and_go() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let t = k
+        .tables
+        .create(a, "/tables/shop/users", true)
+        .await
+        .unwrap();
+    let docs = vec![
+        doc! {"_id": 1, "name": "ada"},
+        doc! {"name": "grace"},
+        doc! {"_id": 1.0, "name": "same id as 1"},
+        doc! {"_id": "x", "name": "x"},
+    ];
+    // Unordered: the duplicate fails alone (1.0 is the same _id as 1).
+    let out = k.tables.insert(a, &t, docs.clone(), false).await.unwrap();
+    assert_eq!(out.n, 3);
+    assert_eq!(out.errors.len(), 1);
+    assert_eq!(out.errors[0].index, 2);
+    assert_eq!(out.errors[0].error.code, codes::DUPLICATE_KEY);
+    // Ordered: stops at the first failure, the ones before it go in.
+    let out = k
+        .tables
+        .insert(
+            a,
+            &t,
+            vec![doc! {"_id": 2}, doc! {"_id": 1}, doc! {"_id": 3}],
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.n, out.errors.len(), out.errors[0].index), (1, 1, 1));
+
+    // A generated _id comes first.
+    let all = k
+        .tables
+        .select(a, &t, &filter(doc! {}), 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4);
+    let grace = all
+        .iter()
+        .find(|(_, d, _)| d.get_str("name").ok() == Some("grace"))
+        .unwrap();
+    assert_eq!(grace.1.keys().next().map(String::as_str), Some("_id"));
+    assert!(matches!(grace.1.get("_id"), Some(Bson::ObjectId(_))));
+    // _id order: numbers before strings before ObjectIds.
+    let ids: Vec<_> = all
+        .iter()
+        .map(|(_, d, _)| d.get("_id").cloned().unwrap())
+        .collect();
+    assert_eq!(ids[0], Bson::Int32(1));
+    assert_eq!(ids[1], Bson::Int32(2));
+    assert_eq!(ids[2], Bson::String("x".into()));
+
+    let o = update(
+        &k,
+        a,
+        "/tables/shop/users",
+        doc! {"_id": 1},
+        doc! {"$set": {"age": 36}},
+        false,
+        false,
+    )
+    .await;
+    assert_eq!((o.matched, o.modified), (1, 1));
+    let o = update(
+        &k,
+        a,
+        "/tables/shop/users",
+        doc! {"_id": 1},
+        doc! {"$set": {"age": 36}},
+        false,
+        false,
+    )
+    .await;
+    assert_eq!(
+        (o.matched, o.modified),
+        (1, 0),
+        "an update that changes nothing"
+    );
+    let o = update(
+        &k,
+        a,
+        "/tables/shop/users",
+        doc! {"name": "zoe"},
+        doc! {"$set": {"age": 1}},
+        false,
+        true,
+    )
+    .await;
+    assert_eq!(o.matched, 0);
+    let id = o.upserted.expect("upserted");
+    let zoe = k
+        .tables
+        .select(a, &t, &filter(doc! {"_id": id}), 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(zoe[0].1.get_str("name").ok(), Some("zoe"));
+    assert_eq!(zoe[0].1.get_i32("age").ok(), Some(1));
+
+    let gone = k
+        .tables
+        .delete(a, &t, &filter(doc! {"_id": {"$in": [1, 2]}}), false)
+        .await
+        .unwrap();
+    assert_eq!(gone.len(), 2);
+    let (n, _) = k.tables.stats(a, &t).await.unwrap();
+    assert_eq!(n, 3);
+    assert!(k.tables.drop_table(a, "/tables/shop/users").await.unwrap());
+    let e = k
+        .tables
+        .open(a, "/tables/shop/users", Right::Read)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, codes::NAMESPACE_NOT_FOUND);
+}
+
+#[tokio::test]
+async fn only_those_the_table_allows_read_or_write_it() {
+    let k = kernel().await;
+    let alice = k.user("alice").await;
+    let bob = k.user("bob").await;
+    // Anyone may make a database under the root; alice owns hers.
+    let t = k
+        .tables
+        .open_or_create(&alice, "/tables/a/notes")
+        .await
+        .unwrap();
+    k.tables
+        .insert(&alice, &t, vec![doc! {"_id": 1}], true)
+        .await
+        .unwrap();
+    let e = k
+        .tables
+        .open(&bob, "/tables/a/notes", Right::Read)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, codes::UNAUTHORIZED, "{e:?}");
+    let e = k
+        .tables
+        .open(&bob, "/tables/a/notes", Right::Write)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, codes::UNAUTHORIZED, "{e:?}");
+    // Nor may bob add a table to alice's database.
+    let e = k
+        .tables
+        .create(&bob, "/tables/a/other", true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, codes::UNAUTHORIZED, "{e:?}");
+    // Once the read ACE names him, bob reads, and still may not write.
+    k.tables
+        .configure(&alice, "/tables/a/notes", |c| {
+            c.read_ace = Some("u:bob".into())
+        })
+        .await
+        .unwrap();
+    let t = k
+        .tables
+        .open(&bob, "/tables/a/notes", Right::Read)
+        .await
+        .unwrap();
+    let docs = k
+        .tables
+        .select(&bob, &t, &filter(doc! {}), 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(docs.len(), 1);
+    let e = k
+        .tables
+        .insert(&bob, &t, vec![doc! {"_id": 2}], true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, codes::UNAUTHORIZED);
+    // Only the admin right changes the settings or drops the table.
+    let e = k
+        .tables
+        .configure(&bob, "/tables/a/notes", |c| {
+            c.write_ace = Some("u:bob".into())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, codes::UNAUTHORIZED);
+    let e = k
+        .tables
+        .drop_table(&bob, "/tables/a/notes")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, codes::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn bad_documents_are_refused_and_nothing_else_changes() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let t = k.tables.create(a, "/tables/db/c", true).await.unwrap();
+    let mut deep = doc! {"x": 1};
+    for _ in 0..120 {
+        deep = doc! {"d": deep};
+    }
+    let out = k
+        .tables
+        .insert(
+            a,
+            &t,
+            vec![
+                doc! {"_id": [1, 2]},
+                doc! {"$bad": 1},
+                deep,
+                doc! {"_id": 9},
+            ],
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.n, 1);
+    let codes_seen: Vec<i32> = out.errors.iter().map(|e| e.error.code).collect();
+    assert_eq!(
+        codes_seen,
+        vec![
+            codes::INVALID_ID_FIELD,
+            codes::DOLLAR_PREFIXED_FIELD_NAME,
+            15
+        ]
+    );
+    // An update may not change _id.
+    let spec = Update::parse(&doc! {"_id": 10, "v": 1}, &[]).unwrap();
+    let change = move |d: &mut Document, ctx: &ApplyContext| spec.apply(d, ctx);
+    let q = doc! {"_id": 9};
+    let e = k
+        .tables
+        .update(
+            a,
+            &t,
+            &filter(q.clone()),
+            &q,
+            &change,
+            false,
+            false,
+            bson::DateTime::from_millis(0),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, codes::IMMUTABLE_FIELD);
+    let docs = k
+        .tables
+        .select(a, &t, &filter(doc! {}), 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0].1, doc! {"_id": 9});
+}
