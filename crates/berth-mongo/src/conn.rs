@@ -25,6 +25,10 @@ use crate::{auth, commands, frame, MongoConfig};
 pub const IDLE_MS_MAX: u64 = 30 * 60 * 1000;
 /// Bound on writing one answer to a client that does not read.
 pub const WRITE_MS_MAX: u64 = 60 * 1000;
+/// Largest message before authentication: the handshake and SASL
+/// messages are small, and an anonymous peer should not make the server
+/// buffer `maxMessageSizeBytes`.
+pub const UNAUTHENTICATED_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 /// What one decoded BSON element is charged, besides the message's bytes:
 /// an estimate of a `bson::Document` entry (key, value, index) in memory.
 pub const ELEMENT_COST_BYTES: usize = 160;
@@ -107,8 +111,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
     /// Serves requests until the client closes (`Ok`), the server stops
     /// (`Ok`) or something closes the connection (`Err`, the reason).
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), Close> {
-        let mut reader = frame::Reader::new(self.shared.cfg.max_message_bytes);
+        let max = self.shared.cfg.max_message_bytes;
+        let mut reader = frame::Reader::new(max.min(UNAUTHENTICATED_MESSAGE_BYTES_MAX));
         loop {
+            reader.set_max_bytes(if self.auth.principal().is_some() {
+                max
+            } else {
+                max.min(UNAUTHENTICATED_MESSAGE_BYTES_MAX)
+            });
             let idle = tokio::time::sleep(Duration::from_millis(IDLE_MS_MAX));
             let frame = tokio::select! {
                 r = reader.next(&mut self.io) => r?,
@@ -174,6 +184,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
                 (db.to_string(), unwrap_query(query))
             }
         };
+        tracing::trace!(
+            peer = %self.peer,
+            db,
+            command = command.keys().next().map_or("", String::as_str),
+            compressor = to.compressor.map(Compressor::name),
+            checksum = to.checksum,
+            more_to_come = to.more_to_come,
+            "mongo: request"
+        );
         let outcome = {
             let mut c = commands::Conn {
                 backend: &*self.backend,

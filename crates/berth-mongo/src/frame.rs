@@ -28,6 +28,11 @@ impl Reader {
         }
     }
 
+    /// Changes the bound on the next messages.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+    }
+
     /// The next whole message, header included. `Ok(None)`: the peer
     /// closed the connection between messages (a clean close).
     pub async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<Option<Bytes>, Close> {

@@ -896,6 +896,86 @@ mod tests {
         }
     }
 
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A message header around `rest`, with a length that agrees.
+        fn framed(op: i32, rest: &[u8]) -> Bytes {
+            let mut m = Vec::new();
+            put_header(&mut m, 16 + rest.len(), 1, 0, op);
+            m.extend_from_slice(rest);
+            Bytes::from(m)
+        }
+
+        fn parse_and_decode(bytes: Bytes) {
+            if let Ok(w) = parse(bytes, &LIMITS) {
+                let _ = w.decode();
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Arbitrary content under each opcode never panics.
+            #[test]
+            fn arbitrary_content(
+                op in prop::sample::select(vec![OP_MSG, OP_QUERY, OP_COMPRESSED, 1, 2002]),
+                rest in prop::collection::vec(any::<u8>(), 0..300),
+            ) {
+                parse_and_decode(framed(op, &rest));
+            }
+
+            /// A valid message with bytes changed decodes or is refused,
+            /// never panics.
+            #[test]
+            fn mutated_messages(
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+                compress in any::<bool>(),
+            ) {
+                let body = doc! {"insert": "c", "$db": "t", "n": {"a": [1, "x", {"b": null}]}};
+                let docs = vec![doc! {"_id": 1, "s": "abc"}, doc! {"_id": 2.5}];
+                let mut m = op_msg(3, CHECKSUM_PRESENT, &body, &[("documents", docs)]);
+                // Without the checksum the edits reach the sections.
+                m.truncate(m.len() - 4);
+                m[16] = 0;
+                let len = m.len() as i32;
+                m[..4].copy_from_slice(&len.to_le_bytes());
+                if compress {
+                    m = compress_message(&m, Compressor::Snappy).unwrap();
+                }
+                for (at, byte) in edits {
+                    let i = at.index(m.len() - 4) + 4;
+                    m[i] = byte;
+                }
+                parse_and_decode(Bytes::from(m));
+            }
+
+            /// Whatever documents the client sends come back as sent.
+            #[test]
+            fn sequences_round_trip(
+                values in prop::collection::vec(
+                    prop::collection::vec(("[a-z]{1,5}", any::<i64>()), 0..5), 0..20),
+            ) {
+                let docs: Vec<Document> = values
+                    .into_iter()
+                    .map(|kv| kv.into_iter().map(|(k, v)| (k, Bson::Int64(v))).collect())
+                    .collect();
+                let body = doc! {"insert": "c", "$db": "t"};
+                let m = op_msg(1, 0, &body, &[("documents", docs.clone())]);
+                let Request::Msg { command } = parse(Bytes::from(m), &LIMITS)
+                    .unwrap()
+                    .decode()
+                    .unwrap()
+                else {
+                    panic!("not a Msg")
+                };
+                let merged: Vec<Bson> = docs.into_iter().map(Bson::Document).collect();
+                prop_assert_eq!(command.get_array("documents").unwrap(), &merged);
+            }
+        }
+    }
+
     #[test]
     fn untrusted_frames_close() {
         // Unknown opcode (OP_INSERT), a length that disagrees, short.
