@@ -559,7 +559,10 @@ async fn hello<B: Backend>(
     } else {
         d.insert("ismaster", true);
     }
-    d.insert("maxBsonObjectSize", crate::guard::DOCUMENT_BYTES_MAX as i32);
+    d.insert(
+        "maxBsonObjectSize",
+        crate::guard::BSON_OBJECT_BYTES_MAX as i32,
+    );
     d.insert(
         "maxMessageSizeBytes",
         i32::try_from(c.cfg.max_message_bytes).unwrap_or(i32::MAX),
@@ -624,7 +627,7 @@ fn build_info() -> Document {
         "versionArray": VERSION_ARRAY.to_vec(),
         "bits": 64,
         "debug": false,
-        "maxBsonObjectSize": crate::guard::DOCUMENT_BYTES_MAX as i32,
+        "maxBsonObjectSize": crate::guard::BSON_OBJECT_BYTES_MAX as i32,
         "storageEngines": ["berth"],
         "javascriptEngine": "none",
         "modules": [],

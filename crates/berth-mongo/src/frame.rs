@@ -57,7 +57,17 @@ impl Reader {
             }
             let missing = want - self.buf.len();
             self.buf.reserve(missing.clamp(4, READ_CHUNK_BYTES));
-            let n = r.read_buf(&mut self.buf).await.map_err(Close::Io)?;
+            let n = match r.read_buf(&mut self.buf).await {
+                Ok(n) => n,
+                // A client process that exits resets its connections:
+                // between messages that is a close like any other.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionReset && self.buf.is_empty() =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(Close::Io(e)),
+            };
             if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);

@@ -11,8 +11,14 @@
 //! allocates only its stack of open documents (at most `DEPTH_MAX`).
 //! UTF-8 validity is left to the decoder, which fails cleanly.
 
-/// Largest BSON document accepted (MongoDB's `maxBsonObjectSize`).
-pub const DOCUMENT_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// MongoDB's `maxBsonObjectSize`: the largest document a client may store,
+/// as `hello` announces it.
+pub const BSON_OBJECT_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest BSON document accepted in a message: a command may wrap a
+/// document of the largest size with a little more (an update statement
+/// around a full-size replacement), as MongoDB allows (its internal limit
+/// is 16 KiB above `maxBsonObjectSize`).
+pub const DOCUMENT_BYTES_MAX: usize = BSON_OBJECT_BYTES_MAX + 16 * 1024;
 /// Deepest nesting of documents and arrays accepted (MongoDB's default
 /// maximum BSON depth).
 pub const DEPTH_MAX: usize = 200;
