@@ -22,6 +22,7 @@ pub mod join;
 pub mod kafka;
 pub mod kafka_sasl;
 pub mod metrics;
+pub mod mongo;
 pub mod native;
 
 use std::net::SocketAddr;
@@ -387,6 +388,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             })?),
             None => None,
         };
+    let mongo_listener = match cfg.mongo_addr {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| {
+            format!("binding the MongoDB listener to {a} (use --mongo-addr, or --mongo-addr off)")
+        })?),
+        None => None,
+    };
     let native_addr = native_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let kafka_addr = kafka_listener
@@ -750,6 +757,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         admin_ticket: paths.admin_ticket.clone(),
         kafka: parking_lot::Mutex::new(kafka_listener.zip(kafka_advertised)),
         kafka_addr,
+        mongo: parking_lot::Mutex::new(mongo_listener),
         native_addr,
         admin_addr,
         ready: ready_tx,
@@ -844,6 +852,8 @@ pub struct ClusterServices {
     /// the one successful start.
     kafka: parking_lot::Mutex<Option<(tokio::net::TcpListener, (String, i32))>>,
     kafka_addr: Option<SocketAddr>,
+    /// The bound MongoDB listener; taken by the one successful start.
+    mongo: parking_lot::Mutex<Option<tokio::net::TcpListener>>,
     native_addr: SocketAddr,
     admin_addr: SocketAddr,
     ready: tokio::sync::watch::Sender<bool>,
@@ -895,6 +905,18 @@ impl ClusterServices {
             .await
             {
                 tracing::warn!(stream = %path, error = %e, "the default Kafka stream is not ready: plain topic and group names will fail until it exists (berth stream create {path}, or --kafka-default-stream)");
+            }
+        }
+        if cfg.mongo_addr.is_some() {
+            // Where MongoDB databases live, from the first start (as the
+            // default Kafka stream).
+            let root = &cfg.mongo_root;
+            if let Err(e) = settle("creating the MongoDB root", || {
+                self.tables.ensure_root(root)
+            })
+            .await
+            {
+                tracing::warn!(root = %root, error = %e, "the MongoDB root is not ready: databases cannot be created until it exists (berth mkdir {root}, or --mongo-root)");
             }
         }
         meta.spawn_leader_reporter(LEADER_REPORT_INTERVAL);
@@ -953,6 +975,8 @@ impl ClusterServices {
             None => None,
         };
 
+        let mongo_addr = self.start_mongo()?;
+
         let _ = self.ready.send(true);
         let cluster = meta.map().cluster_name().to_string();
         let scheme = if cfg.insecure { "plaintext" } else { "TLS" };
@@ -968,6 +992,12 @@ impl ClusterServices {
                 cfg.kafka_default_stream
             );
         }
+        if let Some(a) = mongo_addr {
+            println!(
+                "  mongodb      {a} ({scheme}, SCRAM-SHA-256 or PLAIN with a ticket; databases in {})",
+                cfg.mongo_root
+            );
+        }
         println!("  data         {}", cfg.data_dir.display());
         println!(
             "  cluster CA   {}",
@@ -980,6 +1010,51 @@ impl ClusterServices {
         println!("next: berth ls /    (from the directory holding ./berth-data, or set BERTH_TICKET_FILE and BERTH_CA_FILE)");
         tracing::info!(node_id, native_addr = %self.native_addr, admin_addr = %self.admin_addr, "serving");
         Ok(kafka)
+    }
+}
+
+impl ClusterServices {
+    /// Serves the MongoDB wire protocol on the bound listener (once),
+    /// returning its address.
+    fn start_mongo(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(listener) = self.mongo.lock().take() else {
+            return Ok(None);
+        };
+        let addr = listener.local_addr()?;
+        let tls = if self.cfg.insecure {
+            None
+        } else {
+            Some(
+                berth_security::tls::server_config(
+                    &self.material.chain_pem(),
+                    &self.material.key_pem,
+                )
+                .context("configuring TLS for the MongoDB listener")?,
+            )
+        };
+        let backend = Arc::new(mongo::TablesBackend::new(
+            self.tables.clone(),
+            self.meta.clone(),
+            self.cfg.mongo_root.clone(),
+        ));
+        let host = match self.cfg.advertise.first() {
+            Some(h) => host_port(h, i32::from(addr.port())),
+            None => addr.to_string(),
+        };
+        let mcfg = berth_mongo::MongoConfig {
+            host,
+            ..Default::default()
+        };
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = berth_mongo::serve(listener, tls, backend, mcfg, shutdown).await {
+                tracing::error!(error = %e, "the MongoDB listener stopped");
+            }
+        });
+        Ok(Some(addr))
     }
 }
 

@@ -50,7 +50,7 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a Berth node.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Exchange a password for a ticket and store it.
     Login(LoginArgs),
     /// Show who the current ticket proves.

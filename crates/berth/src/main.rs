@@ -112,7 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(mut args) => {
             args.insecure = ctx.global.insecure;
-            server::run(args).await
+            server::run(*args).await
         }
         Command::Login(args) => auth::login(&ctx, args).await,
         Command::Whoami => auth::whoami(&ctx).await,

@@ -20,6 +20,7 @@ mod kafka_fresh;
 mod kafka_go;
 mod linearizable;
 mod locks;
+mod mongo;
 mod mount;
 mod posix_user;
 mod security;

@@ -1,0 +1,1222 @@
+//! The MongoDB gateway's backend (`berth_mongo::backend::Backend`) over the
+//! tables service (`berth_docs::table::Tables`): collection names to table
+//! paths, commands to table calls, cursors, and the service's errors in
+//! MongoDB's terms.
+//!
+//! Names: database `db`, collection `coll` is the table `<root>/db/coll`
+//! (`--mongo-root`); a collection whose name starts with `/` is the table at
+//! that path, in any database.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_docs::aggregate::{Pipeline, StageContext};
+use berth_docs::matcher::Filter;
+use berth_docs::projection::Projection;
+use berth_docs::table::{Right, TableRef, Tables};
+use berth_docs::update::{ApplyContext, Update as UpdateSpec};
+use berth_docs::DocError;
+use berth_meta::{Code, Meta};
+use berth_mongo::backend::*;
+use berth_security::principal::Principal;
+use bson::{doc, Bson, Document};
+use parking_lot::Mutex;
+
+/// Documents in a first batch when the driver names no size (MongoDB's).
+const FIRST_BATCH_DEFAULT: usize = 101;
+/// Bytes of documents a query holds in memory to sort or group them
+/// (MongoDB's 100 MB blocking-sort limit).
+const MEMORY_BYTES_MAX: usize = 100 * 1024 * 1024;
+/// A cursor unused this long is closed (MongoDB's `cursorTimeoutMillis`).
+const CURSOR_IDLE: Duration = Duration::from_secs(600);
+/// Open cursors per node.
+const CURSORS_MAX: usize = 10_000;
+/// Documents read per page of a streamed scan.
+const SCAN_PAGE: usize = 256;
+
+/// What a cursor still has to give.
+enum Rest {
+    /// Computed results (sorted queries, aggregations, listings).
+    Queued(VecDeque<Document>),
+    /// An unsorted query reading its table as it goes.
+    Scan(Box<Scan>),
+}
+
+/// An unsorted query reading the table in `_id` order from after `after`.
+struct Scan {
+    table: TableRef,
+    filter: Filter,
+    projection: Option<Projection>,
+    after: Vec<u8>,
+    /// Matches still to skip, and to return (0: no limit).
+    skip: u64,
+    left: u64,
+    /// Read matches not yet returned.
+    ready: VecDeque<Document>,
+    done: bool,
+}
+
+struct Cursor {
+    owner: String,
+    rest: Rest,
+    used: Instant,
+}
+
+pub struct TablesBackend {
+    tables: Arc<Tables>,
+    meta: Arc<Meta>,
+    root: String,
+    cursors: Mutex<HashMap<i64, Cursor>>,
+}
+
+impl TablesBackend {
+    pub fn new(tables: Arc<Tables>, meta: Arc<Meta>, root: String) -> TablesBackend {
+        TablesBackend {
+            tables,
+            meta,
+            root: root.trim_end_matches('/').to_string(),
+            cursors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The table path of a collection.
+    fn path(&self, ns: &Namespace) -> Result<String, MongoError> {
+        check_db(&ns.db)?;
+        if ns.coll.starts_with('/') {
+            return Ok(ns.coll.clone());
+        }
+        if ns.coll.is_empty() || ns.coll.contains(['/', '\0']) || ns.coll.starts_with('$') {
+            return Err(MongoError::new(
+                codes::INVALID_NAMESPACE,
+                format!("Invalid collection name: {:?}", ns.coll),
+            ));
+        }
+        Ok(format!("{}/{}", self.db_path(&ns.db), ns.coll))
+    }
+
+    fn db_path(&self, db: &str) -> String {
+        format!("{}/{db}", self.root)
+    }
+
+    async fn open(
+        &self,
+        p: &Principal,
+        ns: &Namespace,
+        right: Right,
+    ) -> Result<Option<TableRef>, MongoError> {
+        let path = self.path(ns)?;
+        match self.tables.open(p, &path, right).await {
+            Ok(t) => Ok(Some(t)),
+            Err(e)
+                if e.code == codes::NAMESPACE_NOT_FOUND && !e.message.contains("not a table") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(mongo(e)),
+        }
+    }
+
+    /// A new cursor for `rest` (0 when it has nothing left).
+    fn park(&self, p: &Principal, rest: Rest) -> Result<i64, MongoError> {
+        if rest.is_done() {
+            return Ok(0);
+        }
+        let mut cursors = self.cursors.lock();
+        let now = Instant::now();
+        cursors.retain(|_, c| now.duration_since(c.used) < CURSOR_IDLE);
+        if cursors.len() >= CURSORS_MAX {
+            return Err(MongoError::new(
+                codes::OPERATION_FAILED,
+                format!("too many open cursors on this node ({CURSORS_MAX}); close some"),
+            ));
+        }
+        let mut id = 0;
+        while id == 0 || cursors.contains_key(&id) {
+            id = (rand::random::<u64>() >> 1) as i64;
+        }
+        cursors.insert(
+            id,
+            Cursor {
+                owner: p.name.clone(),
+                rest,
+                used: now,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Up to `n` documents (and at most a reply's bytes) from `rest`.
+    async fn take(
+        &self,
+        p: &Principal,
+        rest: &mut Rest,
+        n: usize,
+    ) -> Result<Vec<Document>, MongoError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let full =
+            |out: &Vec<Document>, bytes: usize| out.len() >= n || bytes >= BATCH_BYTES_MAX / 2;
+        match rest {
+            Rest::Queued(q) => {
+                while !full(&out, bytes) {
+                    let Some(d) = q.pop_front() else { break };
+                    bytes += doc_bytes(&d);
+                    out.push(d);
+                }
+            }
+            Rest::Scan(scan) => loop {
+                let Scan {
+                    table,
+                    filter,
+                    projection,
+                    after,
+                    skip,
+                    left,
+                    ready,
+                    done,
+                } = &mut **scan;
+                while !full(&out, bytes) {
+                    let Some(d) = ready.pop_front() else { break };
+                    bytes += doc_bytes(&d);
+                    out.push(d);
+                }
+                if full(&out, bytes) || *done {
+                    break;
+                }
+                let from = (!after.is_empty()).then_some(after.as_slice());
+                let (page, more) = self
+                    .tables
+                    .page(p, table, from, SCAN_PAGE)
+                    .await
+                    .map_err(mongo)?;
+                if let Some((k, _)) = page.last() {
+                    *after = k.clone();
+                }
+                *done = !more;
+                for (_, d) in page {
+                    let Some(m) = filter.match_details(&d) else {
+                        continue;
+                    };
+                    if *skip > 0 {
+                        *skip -= 1;
+                        continue;
+                    }
+                    let d = match projection {
+                        Some(pr) => pr.apply(&d, Some(&m)).map_err(mongo)?,
+                        None => d,
+                    };
+                    ready.push_back(d);
+                    if *left > 0 {
+                        *left -= 1;
+                        if *left == 0 {
+                            *done = true;
+                            break;
+                        }
+                    }
+                }
+            },
+        }
+        Ok(out)
+    }
+
+    /// A first batch and the cursor holding the rest.
+    async fn first_batch(
+        &self,
+        p: &Principal,
+        mut rest: Rest,
+        batch_size: Option<u32>,
+        single: bool,
+    ) -> Result<CursorBatch, MongoError> {
+        let n = batch_size.map_or(FIRST_BATCH_DEFAULT, |b| {
+            if b == 0 {
+                usize::MAX
+            } else {
+                b as usize
+            }
+        });
+        // batchSize 0 asks for an empty first batch and a cursor.
+        let n = if batch_size == Some(0) { 0 } else { n };
+        let documents = if n == 0 {
+            Vec::new()
+        } else {
+            self.take(p, &mut rest, n).await?
+        };
+        let id = if single { 0 } else { self.park(p, rest)? };
+        Ok(CursorBatch { id, documents })
+    }
+
+    /// The matching documents of a table, all in memory (bounded), in `_id`
+    /// order.
+    async fn matching(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        filter: &Filter,
+    ) -> Result<Vec<Document>, MongoError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (page, more) = self
+                .tables
+                .page(p, t, after.as_deref(), SCAN_PAGE)
+                .await
+                .map_err(mongo)?;
+            if let Some((k, _)) = page.last() {
+                after = Some(k.clone());
+            }
+            for (_, d) in page {
+                if filter.matches(&d) {
+                    bytes += doc_bytes(&d);
+                    if bytes > MEMORY_BYTES_MAX {
+                        return Err(too_much_memory());
+                    }
+                    out.push(d);
+                }
+            }
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Every document of a collection (none when it does not exist), for
+    /// pipelines and `$lookup`.
+    async fn all(&self, p: &Principal, ns: &Namespace) -> Result<Vec<Document>, MongoError> {
+        match self.open(p, ns, Right::Read).await? {
+            Some(t) => {
+                self.matching(p, &t, &Filter::parse(&Document::new()).map_err(mongo)?)
+                    .await
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// A find's results: sorted in memory when asked, else streamed.
+    async fn query(&self, p: &Principal, req: &Find) -> Result<Rest, MongoError> {
+        let Some(t) = self.open(p, &req.ns, Right::Read).await? else {
+            return Ok(Rest::Queued(VecDeque::new()));
+        };
+        let filter = Filter::parse(&req.filter).map_err(mongo)?;
+        let projection = match &req.projection {
+            Some(pr) if !pr.is_empty() => Some(Projection::parse(pr).map_err(mongo)?),
+            _ => None,
+        };
+        let sort = req.sort.as_ref().filter(|s| !s.is_empty());
+        let Some(sort) = sort else {
+            return Ok(Rest::Scan(Box::new(Scan {
+                table: t,
+                filter,
+                projection,
+                after: Vec::new(),
+                skip: req.skip,
+                left: req.limit,
+                ready: VecDeque::new(),
+                done: false,
+            })));
+        };
+        let docs = self.matching(p, &t, &filter).await?;
+        let docs = sorted(docs, sort)?;
+        let mut out = VecDeque::new();
+        for d in docs.into_iter().skip(req.skip as usize) {
+            if req.limit > 0 && out.len() as u64 >= req.limit {
+                break;
+            }
+            let d = match &projection {
+                // The positional projection needs the match's details.
+                Some(pr) => pr
+                    .apply(&d, filter.match_details(&d).as_ref())
+                    .map_err(mongo)?,
+                None => d,
+            };
+            out.push_back(d);
+        }
+        Ok(Rest::Queued(out))
+    }
+
+    /// Runs `pipeline` over a collection's documents.
+    async fn run_pipeline(
+        &self,
+        p: &Principal,
+        db: &str,
+        input: Vec<Document>,
+        stages: &[Document],
+    ) -> Result<(Vec<Document>, Option<String>), MongoError> {
+        let pipeline = Pipeline::parse(stages).map_err(mongo)?;
+        // $lookup reads other collections of the database: load them first
+        // (the pipeline itself is pure).
+        let mut lookups = HashMap::new();
+        for from in lookup_sources(stages) {
+            let ns = Namespace::new(db, from.clone());
+            lookups.insert(from, self.all(p, &ns).await?);
+        }
+        let mut ctx = Ctx { lookups };
+        let out = pipeline.run(input, &mut ctx).map_err(mongo)?;
+        Ok((out, pipeline.out().map(str::to_string)))
+    }
+
+    /// Applies one update statement.
+    async fn update_one(
+        &self,
+        p: &Principal,
+        ns: &Namespace,
+        st: &UpdateStatement,
+    ) -> Result<berth_docs::table::UpdateOutcome, MongoError> {
+        let filter = Filter::parse(&st.q).map_err(mongo)?;
+        let change = self.change(&ns.db, &st.u, st.array_filters.as_deref().unwrap_or(&[]))?;
+        let t = match st.upsert {
+            true => self
+                .tables
+                .open_or_create(p, &self.path(ns)?)
+                .await
+                .map_err(mongo)?,
+            false => match self.open(p, ns, Right::Write).await? {
+                Some(t) => t,
+                None => return Ok(Default::default()),
+            },
+        };
+        self.tables
+            .update(
+                p,
+                &t,
+                &filter,
+                &st.q,
+                &*change,
+                st.multi,
+                st.upsert,
+                bson::DateTime::now(),
+                false,
+            )
+            .await
+            .map_err(mongo)
+    }
+
+    /// How an update statement's `u` changes a document.
+    #[allow(clippy::type_complexity)]
+    fn change(
+        &self,
+        _db: &str,
+        u: &UpdateModification,
+        array_filters: &[Document],
+    ) -> Result<Box<berth_docs::table::Change<'static>>, MongoError> {
+        match u {
+            UpdateModification::Document(spec) => {
+                let update = UpdateSpec::parse(spec, array_filters).map_err(mongo)?;
+                Ok(Box::new(move |d: &mut Document, ctx: &ApplyContext| {
+                    update.apply(d, ctx)
+                }))
+            }
+            UpdateModification::Pipeline(stages) => {
+                let pipeline = Pipeline::parse(stages).map_err(mongo)?;
+                if pipeline.out().is_some() {
+                    return Err(MongoError::bad_value(
+                        "$out is not allowed in an update pipeline",
+                    ));
+                }
+                Ok(Box::new(move |d: &mut Document, _ctx: &ApplyContext| {
+                    let id = d.get("_id").cloned();
+                    let mut ctx = Ctx {
+                        lookups: HashMap::new(),
+                    };
+                    let mut out = pipeline.run(vec![d.clone()], &mut ctx)?;
+                    let mut new = match out.len() {
+                        1 => out.remove(0),
+                        n => {
+                            return Err(DocError::bad_value(format!(
+                                "an update pipeline must give one document, not {n}"
+                            )))
+                        }
+                    };
+                    if let (Some(id), false) = (id, new.contains_key("_id")) {
+                        new.insert("_id", id);
+                    }
+                    let changed = &new != d;
+                    *d = new;
+                    Ok(changed)
+                }))
+            }
+        }
+    }
+}
+
+/// `$lookup` sources of a pipeline (also inside `$facet`).
+fn lookup_sources(stages: &[Document]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in stages {
+        if let Ok(l) = s.get_document("$lookup") {
+            if let Ok(from) = l.get_str("from") {
+                out.push(from.to_string());
+            }
+            if let Ok(inner) = l.get_array("pipeline") {
+                let inner: Vec<Document> = inner
+                    .iter()
+                    .filter_map(|b| b.as_document().cloned())
+                    .collect();
+                out.extend(lookup_sources(&inner));
+            }
+        }
+        if let Ok(f) = s.get_document("$facet") {
+            for (_, v) in f {
+                if let Some(a) = v.as_array() {
+                    let inner: Vec<Document> =
+                        a.iter().filter_map(|b| b.as_document().cloned()).collect();
+                    out.extend(lookup_sources(&inner));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+struct Ctx {
+    lookups: HashMap<String, Vec<Document>>,
+}
+
+impl StageContext for Ctx {
+    fn lookup(&mut self, from: &str) -> Result<Vec<Document>, DocError> {
+        Ok(self.lookups.get(from).cloned().unwrap_or_default())
+    }
+
+    fn now(&self) -> bson::DateTime {
+        bson::DateTime::now()
+    }
+}
+
+impl Rest {
+    fn is_done(&self) -> bool {
+        match self {
+            Rest::Queued(q) => q.is_empty(),
+            Rest::Scan(s) => s.done && s.ready.is_empty(),
+        }
+    }
+}
+
+/// Sorts documents by a sort specification (MongoDB's `$sort` semantics).
+fn sorted(docs: Vec<Document>, sort: &Document) -> Result<Vec<Document>, MongoError> {
+    let pipeline = Pipeline::parse(&[doc! {"$sort": sort.clone()}]).map_err(mongo)?;
+    let mut ctx = Ctx {
+        lookups: HashMap::new(),
+    };
+    pipeline.run(docs, &mut ctx).map_err(mongo)
+}
+
+fn doc_bytes(d: &Document) -> usize {
+    d.to_vec().map(|v| v.len()).unwrap_or(0)
+}
+
+fn too_much_memory() -> MongoError {
+    MongoError::new(
+        292,
+        format!("the query needs more than {MEMORY_BYTES_MAX} bytes of documents in memory (to sort or group them); narrow it with a filter or a limit"),
+    )
+}
+
+/// MongoDB's rules for database names, and ours: not empty, no `/`.
+fn check_db(db: &str) -> Result<(), MongoError> {
+    if db.is_empty() || db.len() > 63 || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
+        return Err(MongoError::new(
+            codes::INVALID_NAMESPACE,
+            format!("Invalid database name: {db:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A service error as the gateway sends it.
+fn mongo(e: DocError) -> MongoError {
+    MongoError::new(e.code, e.message)
+}
+
+/// The values at a dotted path, arrays flattened one level (as `distinct`).
+fn values_at(d: &Document, path: &str, out: &mut Vec<Bson>) {
+    fn walk(v: &Bson, rest: &[&str], out: &mut Vec<Bson>) {
+        match (rest.split_first(), v) {
+            (None, Bson::Array(a)) => out.extend(a.iter().cloned()),
+            (None, v) => out.push(v.clone()),
+            (Some((k, more)), Bson::Document(d)) => {
+                if let Some(v) = d.get(*k) {
+                    walk(v, more, out);
+                }
+            }
+            (Some((k, more)), Bson::Array(a)) => match k.parse::<usize>() {
+                Ok(i) => {
+                    if let Some(v) = a.get(i) {
+                        walk(v, more, out);
+                    }
+                }
+                Err(_) => {
+                    for e in a {
+                        if let Bson::Document(_) = e {
+                            walk(e, rest, out);
+                        }
+                    }
+                }
+            },
+            _ => {}
+        }
+    }
+    let parts: Vec<&str> = path.split('.').collect();
+    walk(&Bson::Document(d.clone()), &parts, out);
+}
+
+mod codes {
+    pub use berth_mongo::codes::*;
+}
+
+impl Backend for TablesBackend {
+    type Principal = Principal;
+
+    async fn authenticate_plain(&self, user: &str, password: &str) -> Result<Principal, String> {
+        // A ticket (checked locally) first, then a user's password.
+        match self.meta.authenticate(password) {
+            Ok(p) => Ok(p),
+            Err(ticket_err) => {
+                let login = async {
+                    let (ticket, _) = self.meta.login(user, password, 3600).await?;
+                    self.meta.authenticate(&ticket)
+                };
+                login.await.map_err(|e| {
+                    format!("user {user:?}: not a valid ticket ({ticket_err}) nor password ({e})")
+                })
+            }
+        }
+    }
+
+    async fn scram_credential(&self, user: &str) -> Option<ScramCredential> {
+        crate::kafka_sasl::scram_credential(
+            &self.meta,
+            user,
+            berth_security::scram::Mechanism::Sha256,
+        )
+        .await
+    }
+
+    async fn scram_principal(&self, user: &str) -> Result<Principal, String> {
+        crate::kafka_sasl::scram_principal(&self.meta, user).await
+    }
+
+    async fn insert(&self, p: &Principal, req: Insert) -> Result<WriteResult, MongoError> {
+        let path = self.path(&req.ns)?;
+        let t = self.tables.open_or_create(p, &path).await.map_err(mongo)?;
+        let out = self
+            .tables
+            .insert(p, &t, req.documents, req.ordered)
+            .await
+            .map_err(mongo)?;
+        Ok(WriteResult {
+            n: out.n as i64,
+            write_errors: out
+                .errors
+                .into_iter()
+                .map(|e| WriteError {
+                    index: e.index,
+                    error: mongo(e.error),
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn update(&self, p: &Principal, req: Update) -> Result<WriteResult, MongoError> {
+        let mut out = WriteResult::default();
+        for (i, st) in req.updates.iter().enumerate() {
+            match self.update_one(p, &req.ns, st).await {
+                Ok(o) => {
+                    out.n += o.matched as i64;
+                    out.n_modified += o.modified as i64;
+                    if let Some(id) = o.upserted {
+                        out.n += 1;
+                        out.upserted.push(Upserted { index: i, id });
+                    }
+                }
+                Err(e) => {
+                    out.write_errors.push(WriteError { index: i, error: e });
+                    if req.ordered {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, p: &Principal, req: Delete) -> Result<WriteResult, MongoError> {
+        let mut out = WriteResult::default();
+        for (i, st) in req.deletes.iter().enumerate() {
+            let r = async {
+                let filter = Filter::parse(&st.q).map_err(mongo)?;
+                match self.open(p, &req.ns, Right::Write).await? {
+                    Some(t) => self
+                        .tables
+                        .delete(p, &t, &filter, !st.multi)
+                        .await
+                        .map(|d| d.len() as i64)
+                        .map_err(mongo),
+                    None => Ok(0),
+                }
+            }
+            .await;
+            match r {
+                Ok(n) => out.n += n,
+                Err(e) => {
+                    out.write_errors.push(WriteError { index: i, error: e });
+                    if req.ordered {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn find(&self, p: &Principal, req: Find) -> Result<CursorBatch, MongoError> {
+        let rest = self.query(p, &req).await?;
+        // A negative limit in old drivers meant one batch; the gateway
+        // passes single_batch for it.
+        let single = req.single_batch;
+        let batch = match (req.limit, req.batch_size) {
+            (l, Some(b)) if l > 0 => Some(b.min(l as u32)),
+            (l, None) if l > 0 && l < FIRST_BATCH_DEFAULT as u64 => Some(l as u32),
+            (_, b) => b,
+        };
+        self.first_batch(p, rest, batch, single).await
+    }
+
+    async fn get_more(&self, p: &Principal, req: GetMore) -> Result<CursorBatch, MongoError> {
+        let mut cursor = {
+            let mut cursors = self.cursors.lock();
+            match cursors.get(&req.cursor_id) {
+                None => {
+                    return Err(MongoError::new(
+                        codes::CURSOR_NOT_FOUND,
+                        format!("cursor id {} not found", req.cursor_id),
+                    ))
+                }
+                Some(c) if c.owner != p.name => {
+                    return Err(MongoError::new(
+                        codes::UNAUTHORIZED,
+                        format!("cursor id {} belongs to another user", req.cursor_id),
+                    ))
+                }
+                Some(_) => cursors.remove(&req.cursor_id).expect("present"),
+            }
+        };
+        let n = match req.batch_size {
+            Some(b) if b > 0 => b as usize,
+            _ => usize::MAX,
+        };
+        let documents = self.take(p, &mut cursor.rest, n).await?;
+        let id = if cursor.rest.is_done() {
+            0
+        } else {
+            cursor.used = Instant::now();
+            self.cursors.lock().insert(req.cursor_id, cursor);
+            req.cursor_id
+        };
+        Ok(CursorBatch { id, documents })
+    }
+
+    async fn kill_cursors(
+        &self,
+        p: &Principal,
+        req: KillCursors,
+    ) -> Result<KilledCursors, MongoError> {
+        let mut out = KilledCursors::default();
+        let mut cursors = self.cursors.lock();
+        for id in req.cursor_ids {
+            match cursors.get(&id) {
+                Some(c) if c.owner == p.name => {
+                    cursors.remove(&id);
+                    out.killed.push(id);
+                }
+                Some(_) => out.unknown.push(id),
+                None => out.not_found.push(id),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn count(&self, p: &Principal, req: Count) -> Result<u64, MongoError> {
+        let Some(t) = self.open(p, &req.ns, Right::Read).await? else {
+            return Ok(0);
+        };
+        let filter = Filter::parse(&req.query).map_err(mongo)?;
+        let n = self
+            .tables
+            .select(p, &t, &filter, req.skip, req.limit)
+            .await
+            .map_err(mongo)?
+            .len();
+        Ok(n as u64)
+    }
+
+    async fn distinct(&self, p: &Principal, req: Distinct) -> Result<Vec<Bson>, MongoError> {
+        let Some(t) = self.open(p, &req.ns, Right::Read).await? else {
+            return Ok(Vec::new());
+        };
+        let filter = Filter::parse(&req.query).map_err(mongo)?;
+        let mut values = Vec::new();
+        for d in self.matching(p, &t, &filter).await? {
+            values_at(&d, &req.key, &mut values);
+        }
+        let mut out: Vec<Bson> = Vec::new();
+        for v in values {
+            if !out.iter().any(|o| berth_docs::order::equal(o, &v)) {
+                out.push(v);
+            }
+        }
+        out.sort_by(berth_docs::order::compare);
+        Ok(out)
+    }
+
+    async fn aggregate(&self, p: &Principal, req: Aggregate) -> Result<CursorBatch, MongoError> {
+        let Some(coll) = req.collection.clone() else {
+            return Err(MongoError::new(
+                codes::COMMAND_NOT_SUPPORTED,
+                "database-level aggregations ({aggregate: 1}) are not supported",
+            ));
+        };
+        let ns = Namespace::new(req.db.clone(), coll);
+        let input = self.all(p, &ns).await?;
+        let (docs, out) = self.run_pipeline(p, &req.db, input, &req.pipeline).await?;
+        if let Some(target) = out {
+            // $out: the target collection's documents become the results
+            // (it is replaced; not atomically: documented).
+            let tns = Namespace::new(req.db.clone(), target);
+            let path = self.path(&tns)?;
+            self.tables.drop_table(p, &path).await.map_err(mongo)?;
+            let t = self.tables.create(p, &path, false).await.map_err(mongo)?;
+            let r = self.tables.insert(p, &t, docs, true).await.map_err(mongo)?;
+            if let Some(e) = r.errors.into_iter().next() {
+                return Err(mongo(e.error));
+            }
+            return Ok(CursorBatch::default());
+        }
+        self.first_batch(p, Rest::Queued(docs.into()), req.batch_size, false)
+            .await
+    }
+
+    async fn find_and_modify(
+        &self,
+        p: &Principal,
+        req: FindAndModify,
+    ) -> Result<FindAndModifyResult, MongoError> {
+        let project = |d: Document| -> Result<Document, MongoError> {
+            match &req.fields {
+                Some(f) if !f.is_empty() => Projection::parse(f)
+                    .and_then(|pr| pr.apply(&d, None))
+                    .map_err(mongo),
+                _ => Ok(d),
+            }
+        };
+        let right = match req.action {
+            FindAndModifyAction::Remove => Right::Write,
+            FindAndModifyAction::Update { .. } => Right::Write,
+        };
+        let filter = Filter::parse(&req.query).map_err(mongo)?;
+        let table = self.open(p, &req.ns, right).await?;
+        // The document to change: the first match in the sort's order.
+        let target = match &table {
+            Some(t) => {
+                let docs = self.matching(p, t, &filter).await?;
+                let docs = match req.sort.as_ref().filter(|s| !s.is_empty()) {
+                    Some(s) => sorted(docs, s)?,
+                    None => docs,
+                };
+                docs.into_iter().next()
+            }
+            None => None,
+        };
+        // Narrowed to that document, still under the query's conditions.
+        let narrowed = |d: &Document| -> Result<(Filter, Document), MongoError> {
+            let mut q = doc! {"$and": [req.query.clone()]};
+            if let Some(id) = d.get("_id") {
+                q = doc! {"$and": [req.query.clone(), {"_id": id.clone()}]};
+            }
+            Ok((Filter::parse(&q).map_err(mongo)?, q))
+        };
+        match &req.action {
+            FindAndModifyAction::Remove => {
+                let (Some(t), Some(d)) = (table, target) else {
+                    return Ok(FindAndModifyResult::default());
+                };
+                let (f, _) = narrowed(&d)?;
+                let removed = self.tables.delete(p, &t, &f, true).await.map_err(mongo)?;
+                match removed.into_iter().next() {
+                    Some(d) => Ok(FindAndModifyResult {
+                        n: 1,
+                        value: Some(project(d)?),
+                        ..Default::default()
+                    }),
+                    None => Ok(FindAndModifyResult::default()),
+                }
+            }
+            FindAndModifyAction::Update {
+                update,
+                upsert,
+                return_new,
+            } => {
+                let change = self.change(
+                    &req.ns.db,
+                    update,
+                    req.array_filters.as_deref().unwrap_or(&[]),
+                )?;
+                let t = match (table, upsert) {
+                    (Some(t), _) => t,
+                    (None, true) => self
+                        .tables
+                        .open_or_create(p, &self.path(&req.ns)?)
+                        .await
+                        .map_err(mongo)?,
+                    (None, false) => return Ok(FindAndModifyResult::default()),
+                };
+                let (f, q) = match &target {
+                    Some(d) => narrowed(d)?,
+                    None => (filter, req.query.clone()),
+                };
+                let o = self
+                    .tables
+                    .update(
+                        p,
+                        &t,
+                        &f,
+                        &q,
+                        &*change,
+                        false,
+                        *upsert && target.is_none(),
+                        bson::DateTime::now(),
+                        *return_new,
+                    )
+                    .await
+                    .map_err(mongo)?;
+                let value = o.document.map(project).transpose()?;
+                Ok(FindAndModifyResult {
+                    n: u64::from(o.matched > 0 || o.upserted.is_some()),
+                    updated_existing: o.matched > 0,
+                    upserted: o.upserted,
+                    value,
+                })
+            }
+        }
+    }
+
+    async fn create_collection(
+        &self,
+        p: &Principal,
+        ns: Namespace,
+        options: Document,
+    ) -> Result<(), MongoError> {
+        for (k, _) in &options {
+            if matches!(
+                k.as_str(),
+                "capped"
+                    | "size"
+                    | "max"
+                    | "validator"
+                    | "viewOn"
+                    | "pipeline"
+                    | "timeseries"
+                    | "clusteredIndex"
+                    | "changeStreamPreAndPostImages"
+                    | "expireAfterSeconds"
+            ) {
+                return Err(MongoError::new(
+                    codes::COMMAND_NOT_SUPPORTED,
+                    format!("create: the option {k:?} is not supported by Berth tables"),
+                ));
+            }
+        }
+        let path = self.path(&ns)?;
+        self.tables.create(p, &path, true).await.map_err(mongo)?;
+        Ok(())
+    }
+
+    async fn drop_collection(&self, p: &Principal, ns: Namespace) -> Result<(), MongoError> {
+        let path = self.path(&ns)?;
+        self.tables.drop_table(p, &path).await.map_err(mongo)?;
+        Ok(())
+    }
+
+    async fn drop_database(&self, p: &Principal, db: String) -> Result<(), MongoError> {
+        check_db(&db)?;
+        let dir = self.db_path(&db);
+        match self.tables.namespace().remove(p, &dir, true).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.code == Code::NotFound => Ok(()),
+            Err(e) => Err(mongo(berth_docs::table::from_meta(e))),
+        }
+    }
+
+    async fn list_collections(
+        &self,
+        p: &Principal,
+        req: ListCollections,
+    ) -> Result<CursorBatch, MongoError> {
+        check_db(&req.db)?;
+        let names = self
+            .tables
+            .list(p, &self.db_path(&req.db))
+            .await
+            .map_err(mongo)?;
+        let filter = Filter::parse(&req.filter).map_err(mongo)?;
+        let mut out = VecDeque::new();
+        for name in names {
+            let entry = if req.name_only {
+                doc! {"name": &name, "type": "collection"}
+            } else {
+                doc! {
+                    "name": &name,
+                    "type": "collection",
+                    "options": {},
+                    "info": {"readOnly": false},
+                    "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+                }
+            };
+            if filter.matches(&entry) {
+                out.push_back(entry);
+            }
+        }
+        self.first_batch(p, Rest::Queued(out), req.batch_size, false)
+            .await
+    }
+
+    async fn list_databases(
+        &self,
+        p: &Principal,
+        req: ListDatabases,
+    ) -> Result<Vec<DatabaseInfo>, MongoError> {
+        let names = self
+            .tables
+            .list_entries(p, &self.root, Some(berth_fs::EntryKind::Dir))
+            .await
+            .map_err(mongo)?;
+        let filter = Filter::parse(&req.filter).map_err(mongo)?;
+        let mut out = Vec::new();
+        for name in names {
+            if check_db(&name).is_err() {
+                continue;
+            }
+            let empty = self
+                .tables
+                .list(p, &self.db_path(&name))
+                .await
+                .map(|t| t.is_empty())
+                .unwrap_or(true);
+            let info = DatabaseInfo {
+                name,
+                size_on_disk_bytes: 0,
+                empty,
+            };
+            let as_doc = doc! {"name": &info.name, "sizeOnDisk": 0i64, "empty": info.empty};
+            if filter.matches(&as_doc) {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_indexes(
+        &self,
+        _p: &Principal,
+        req: CreateIndexes,
+    ) -> Result<IndexesCreated, MongoError> {
+        // Only the primary index exists so far: asking for it again is a
+        // no-op, as in MongoDB; any other index is refused, not faked.
+        let only_id = req.indexes.iter().all(|i| {
+            i.get_document("key")
+                .is_ok_and(|k| k.len() == 1 && k.contains_key("_id"))
+        });
+        if only_id {
+            return Ok(IndexesCreated {
+                indexes_before: 1,
+                indexes_after: 1,
+                created_collection_automatically: false,
+                note: Some("all indexes already exist".into()),
+            });
+        }
+        Err(MongoError::new(
+            codes::COMMAND_NOT_SUPPORTED,
+            "secondary indexes are not available in Berth tables yet (only the _id index)",
+        ))
+    }
+
+    async fn list_indexes(
+        &self,
+        p: &Principal,
+        req: ListIndexes,
+    ) -> Result<CursorBatch, MongoError> {
+        if self.open(p, &req.ns, Right::Read).await?.is_none() {
+            return Err(MongoError::new(
+                codes::NAMESPACE_NOT_FOUND,
+                format!("ns does not exist: {}", req.ns),
+            ));
+        }
+        let id = doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"};
+        self.first_batch(p, Rest::Queued(VecDeque::from([id])), req.batch_size, false)
+            .await
+    }
+
+    async fn drop_indexes(&self, p: &Principal, req: DropIndexes) -> Result<i64, MongoError> {
+        if self.open(p, &req.ns, Right::Admin).await?.is_none() {
+            return Err(MongoError::new(
+                codes::NAMESPACE_NOT_FOUND,
+                format!("ns not found: {}", req.ns),
+            ));
+        }
+        match &req.index {
+            IndexSelector::All => Ok(1),
+            IndexSelector::Name(n) if n == "_id_" => Err(MongoError::new(
+                codes::INVALID_OPTIONS,
+                "cannot drop _id index",
+            )),
+            _ => Err(MongoError::new(
+                codes::INDEX_NOT_FOUND,
+                "index not found (Berth tables have only the _id index so far)",
+            )),
+        }
+    }
+
+    async fn rename_collection(
+        &self,
+        p: &Principal,
+        req: RenameCollection,
+    ) -> Result<(), MongoError> {
+        let from = self.path(&req.from)?;
+        let to = self.path(&req.to)?;
+        if self.open(p, &req.from, Right::Admin).await?.is_none() {
+            return Err(MongoError::new(
+                codes::NAMESPACE_NOT_FOUND,
+                format!("source namespace does not exist: {}", req.from),
+            ));
+        }
+        if self.open(p, &req.to, Right::Admin).await?.is_some() {
+            if !req.drop_target {
+                return Err(MongoError::new(
+                    codes::NAMESPACE_EXISTS,
+                    format!("target namespace exists: {}", req.to),
+                ));
+            }
+            self.tables.drop_table(p, &to).await.map_err(mongo)?;
+        }
+        if let Some((parent, _)) = berth_meta::map::split_parent(&to) {
+            self.tables
+                .namespace()
+                .mkdir(p, parent, 0o755, true)
+                .await
+                .map_err(|e| mongo(berth_docs::table::from_meta(e)))?;
+        }
+        self.tables
+            .namespace()
+            .rename(p, &from, &to, true)
+            .await
+            .map_err(|e| mongo(berth_docs::table::from_meta(e)))
+    }
+
+    async fn coll_stats(&self, p: &Principal, ns: Namespace) -> Result<CollStats, MongoError> {
+        let Some(t) = self.open(p, &ns, Right::Read).await? else {
+            return Err(MongoError::new(
+                codes::NAMESPACE_NOT_FOUND,
+                format!("Collection [{ns}] not found."),
+            ));
+        };
+        let (count, bytes) = self.tables.stats(p, &t).await.map_err(mongo)?;
+        Ok(CollStats {
+            count,
+            size_bytes: bytes,
+            storage_size_bytes: bytes,
+            index_sizes: vec![("_id_".into(), 0)],
+        })
+    }
+
+    async fn db_stats(&self, p: &Principal, db: String) -> Result<DbStats, MongoError> {
+        check_db(&db)?;
+        let names = self
+            .tables
+            .list(p, &self.db_path(&db))
+            .await
+            .map_err(mongo)?;
+        let mut out = DbStats {
+            collections: names.len() as u64,
+            indexes: names.len() as u64,
+            ..Default::default()
+        };
+        for name in names {
+            let ns = Namespace::new(db.clone(), name);
+            if let Some(t) = self.open(p, &ns, Right::Read).await? {
+                let (count, bytes) = self.tables.stats(p, &t).await.map_err(mongo)?;
+                out.objects += count;
+                out.data_size_bytes += bytes;
+                out.storage_size_bytes += bytes;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn explain(&self, p: &Principal, req: Explain) -> Result<Document, MongoError> {
+        // Every query is a collection scan so far (secondary indexes are
+        // not built yet); explain says so, with what it examined.
+        let (ns, filter) = match &req.command {
+            Explainable::Find(f) => (f.ns.clone(), f.filter.clone()),
+            Explainable::Count(c) => (c.ns.clone(), c.query.clone()),
+            Explainable::Distinct(d) => (d.ns.clone(), d.query.clone()),
+            Explainable::Aggregate(a) => (
+                Namespace::new(a.db.clone(), a.collection.clone().unwrap_or_default()),
+                Document::new(),
+            ),
+            Explainable::Update(u) => (
+                u.ns.clone(),
+                u.updates.first().map(|s| s.q.clone()).unwrap_or_default(),
+            ),
+            Explainable::Delete(d) => (
+                d.ns.clone(),
+                d.deletes.first().map(|s| s.q.clone()).unwrap_or_default(),
+            ),
+            Explainable::FindAndModify(f) => (f.ns.clone(), f.query.clone()),
+        };
+        let parsed = Filter::parse(&filter).map_err(mongo)?;
+        let mut plan = doc! {
+            "queryPlanner": {
+                "namespace": ns.to_string(),
+                "parsedQuery": filter.clone(),
+                "winningPlan": {"stage": "COLLSCAN", "filter": filter, "direction": "forward"},
+                "rejectedPlans": [],
+            },
+        };
+        if req.verbosity != Verbosity::QueryPlanner {
+            let (mut examined, mut returned) = (0i64, 0i64);
+            if let Some(t) = self.open(p, &ns, Right::Read).await? {
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let (page, more) = self
+                        .tables
+                        .page(p, &t, after.as_deref(), SCAN_PAGE)
+                        .await
+                        .map_err(mongo)?;
+                    if let Some((k, _)) = page.last() {
+                        after = Some(k.clone());
+                    }
+                    for (_, d) in &page {
+                        examined += 1;
+                        returned += i64::from(parsed.matches(d));
+                    }
+                    if !more {
+                        break;
+                    }
+                }
+            }
+            plan.insert(
+                "executionStats",
+                doc! {
+                    "nReturned": returned,
+                    "totalKeysExamined": 0i64,
+                    "totalDocsExamined": examined,
+                    "executionStages": {"stage": "COLLSCAN", "nReturned": returned, "docsExamined": examined},
+                },
+            );
+        }
+        Ok(plan)
+    }
+}

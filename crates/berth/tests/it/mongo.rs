@@ -1,0 +1,86 @@
+//! Tables through the MongoDB wire protocol with a real driver (pymongo,
+//! installed by `scripts/test`), over TLS, with SCRAM-SHA-256 (a user's
+//! password) and PLAIN (a ticket as the password), against a real server.
+
+use std::process::Command;
+
+use crate::harness::TestServer;
+use crate::kafka::{have, python_has};
+
+const CHECKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mongo/pymongo_checks.py");
+
+/// `pymongo_checks.py CHECK` as `user`; its output, and whether it passed.
+fn pymongo(
+    s: &TestServer,
+    check: &str,
+    user: &str,
+    password: &str,
+    mechanism: &str,
+) -> (bool, String) {
+    let out = Command::new("python3")
+        .arg(CHECKS)
+        .arg(check)
+        .args(["--port", &s.mongo_port.to_string()])
+        .arg("--ca")
+        .arg(s.ca_file())
+        .args([
+            "--user",
+            user,
+            "--password",
+            password,
+            "--mechanism",
+            mechanism,
+        ])
+        .output()
+        .expect("run python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn admin_ticket(s: &TestServer) -> String {
+    std::fs::read_to_string(s.admin_ticket())
+        .expect("admin ticket")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn pymongo_crud_with_a_users_password_over_scram() {
+    if !have("pymongo", python_has("pymongo")) {
+        return;
+    }
+    let s = TestServer::start();
+    s.ok(&["user", "add", "alice", "--password", "alice-pw"]);
+    let (ok, text) = pymongo(&s, "crud", "alice", "alice-pw", "SCRAM-SHA-256");
+    assert!(ok, "{text}\n{}", s.log());
+}
+
+#[test]
+fn pymongo_crud_with_a_ticket_over_plain() {
+    if !have("pymongo", python_has("pymongo")) {
+        return;
+    }
+    let s = TestServer::start();
+    let (ok, text) = pymongo(&s, "crud", "admin", &admin_ticket(&s), "PLAIN");
+    assert!(ok, "{text}\n{}", s.log());
+}
+
+#[test]
+fn a_user_without_rights_on_a_table_gets_unauthorized() {
+    if !have("pymongo", python_has("pymongo")) {
+        return;
+    }
+    let s = TestServer::start();
+    let (ok, text) = pymongo(&s, "seed", "admin", &admin_ticket(&s), "PLAIN");
+    assert!(ok, "{text}\n{}", s.log());
+    s.ok(&["user", "add", "bob", "--password", "bob-pw"]);
+    let (ok, text) = pymongo(&s, "denied", "bob", "bob-pw", "SCRAM-SHA-256");
+    assert!(ok, "{text}\n{}", s.log());
+    // A wrong password is refused at authentication.
+    let (ok, text) = pymongo(&s, "crud", "bob", "wrong", "SCRAM-SHA-256");
+    assert!(!ok && text.contains("uthentication failed"), "{text}");
+}

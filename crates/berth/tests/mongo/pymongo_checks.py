@@ -1,0 +1,160 @@
+"""Checks a Berth server's MongoDB listener with pymongo, as an unmodified
+application would use it. Usage:
+
+    pymongo_checks.py CHECK --port P --ca CA --user U --password PW [--mechanism M]
+
+CHECK is one of: crud, seed (a document in shop.private), denied. Prints what failed and exits 1 on failure.
+"""
+
+import argparse
+import sys
+
+import pymongo
+from pymongo.errors import DuplicateKeyError, OperationFailure
+
+
+def client(a):
+    uri = (
+        f"mongodb://{a.user}:{a.password}@127.0.0.1:{a.port}/"
+        f"?tls=true&tlsCAFile={a.ca}&authMechanism={a.mechanism}"
+        f"&serverSelectionTimeoutMS=20000"
+    )
+    if a.mechanism == "PLAIN":
+        uri += "&authSource=$external"
+    return pymongo.MongoClient(uri, directConnection=True)
+
+
+def check(cond, what):
+    if not cond:
+        print(f"FAILED: {what}", file=sys.stderr)
+        sys.exit(1)
+
+
+def crud(a):
+    c = client(a)
+    db = c["shop"]
+    users = db["users"]
+    users.drop()
+    # Inserts: one, many, generated ObjectIds, a duplicate _id.
+    r = users.insert_one({"_id": 1, "name": "ada", "age": 36, "tags": ["math", "code"]})
+    check(r.inserted_id == 1, "insert_one id")
+    r = users.insert_many(
+        [{"name": f"user{i}", "age": 20 + i, "group": i % 3} for i in range(10)]
+    )
+    check(len(r.inserted_ids) == 10, "insert_many ids")
+    try:
+        users.insert_one({"_id": 1, "name": "dup"})
+        check(False, "a duplicate _id was accepted")
+    except DuplicateKeyError as e:
+        check(e.code == 11000, f"duplicate code {e.code}")
+    # 1.0 and NumberLong(1) are the same _id as 1.
+    try:
+        users.insert_one({"_id": 1.0})
+        check(False, "_id 1.0 was accepted beside _id 1")
+    except DuplicateKeyError:
+        pass
+    check("users" in db.list_collection_names(), "list_collection_names")
+    check("shop" in c.list_database_names(), "list_database_names")
+
+    # Finds: filter, sort, skip, limit, projection, batches.
+    ada = users.find_one({"name": "ada"})
+    check(ada is not None and ada["age"] == 36, f"find_one {ada}")
+    older = list(users.find({"age": {"$gte": 25}}).sort("age", -1))
+    check([d["age"] for d in older] == [36, 29, 28, 27, 26, 25], f"sorted {older}")
+    page = list(users.find({}, {"name": 1, "_id": 0}).sort("age", 1).skip(2).limit(3))
+    check(page == [{"name": "user2"}, {"name": "user3"}, {"name": "user4"}], f"page {page}")
+    many = list(users.find({"group": 1}).batch_size(2))
+    check(len(many) == 3, f"batched find {len(many)}")
+    every = list(users.find().batch_size(3))
+    check(len(every) == 11, f"every document in batches of 3: {len(every)}")
+    check(users.find_one({"tags": "code"})["_id"] == 1, "array element match")
+    check(users.count_documents({"group": 0}) == 4, "count_documents")
+    check(users.estimated_document_count() == 11, "estimated_document_count")
+    check(sorted(users.distinct("group")) == [0, 1, 2], "distinct")
+
+    # Updates.
+    r = users.update_one({"name": "ada"}, {"$set": {"city": "London"}, "$inc": {"age": 1}})
+    check(r.matched_count == 1 and r.modified_count == 1, "update_one")
+    check(users.find_one({"_id": 1})["age"] == 37, "$inc applied")
+    r = users.update_many({"group": 2}, {"$set": {"flag": True}})
+    check(r.matched_count == 3 and r.modified_count == 3, f"update_many {r.raw_result}")
+    r = users.update_one({"name": "grace"}, {"$set": {"age": 85}}, upsert=True)
+    check(r.upserted_id is not None, "upsert inserted")
+    check(users.find_one({"name": "grace"})["age"] == 85, "upserted document")
+    r = users.replace_one({"_id": 1}, {"name": "ada lovelace"})
+    check(r.modified_count == 1, "replace_one")
+    check(users.find_one({"_id": 1}) == {"_id": 1, "name": "ada lovelace"}, "replaced")
+    doc = users.find_one_and_update(
+        {"name": "user0"},
+        {"$push": {"log": "seen"}},
+        return_document=pymongo.ReturnDocument.AFTER,
+    )
+    check(doc["log"] == ["seen"], f"find_one_and_update {doc}")
+
+    # Aggregation.
+    groups = list(
+        users.aggregate(
+            [
+                {"$match": {"group": {"$exists": True}}},
+                {"$group": {"_id": "$group", "n": {"$sum": 1}, "avg": {"$avg": "$age"}}},
+                {"$sort": {"_id": 1}},
+            ]
+        )
+    )
+    check([g["n"] for g in groups] == [4, 3, 3], f"aggregate {groups}")
+
+    # Deletes.
+    r = users.delete_one({"name": "user1"})
+    check(r.deleted_count == 1, "delete_one")
+    r = users.delete_many({"group": 2})
+    check(r.deleted_count == 3, "delete_many")
+    check(users.count_documents({}) == 8, f"count after deletes {users.count_documents({})}")
+
+    # Errors in MongoDB's terms; the connection keeps working after them.
+    try:
+        users.find_one({"$bogus": 1})
+        check(False, "an unknown top-level operator was accepted")
+    except OperationFailure as e:
+        check(e.code == 2, f"bad operator code {e.code}")
+    check(users.find_one({"_id": 1}) is not None, "served after an error")
+    db.drop_collection("users")
+    check("users" not in db.list_collection_names(), "dropped")
+    print("ok")
+
+
+def seed(a):
+    c = client(a)
+    c["shop"]["private"].insert_one({"_id": "secret", "x": 1})
+    check(c["shop"]["private"].count_documents({}) == 1, "seeded")
+    print("ok")
+
+
+def denied(a):
+    c = client(a)
+    try:
+        c["shop"]["private"].find_one({})
+        check(False, "a read of a table the user may not read succeeded")
+    except OperationFailure as e:
+        check(e.code == 13, f"denied read code {e.code}: {e}")
+    try:
+        c["shop"]["private"].insert_one({"x": 1})
+        check(False, "a write to a table the user may not write succeeded")
+    except OperationFailure as e:
+        check(e.code == 13, f"denied write code {e.code}: {e}")
+    print("ok")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("check", choices=["crud", "seed", "denied"])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--ca", required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--password", required=True)
+    p.add_argument("--mechanism", default="SCRAM-SHA-256")
+    a = p.parse_args()
+    {"crud": crud, "seed": seed, "denied": denied}[a.check](a)
+
+
+if __name__ == "__main__":
+    main()
