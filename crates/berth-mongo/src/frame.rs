@@ -59,10 +59,15 @@ impl Reader {
             self.buf.reserve(missing.clamp(4, READ_CHUNK_BYTES));
             let n = match r.read_buf(&mut self.buf).await {
                 Ok(n) => n,
-                // A client process that exits resets its connections:
-                // between messages that is a close like any other.
+                // A client process that exits resets its connections, and
+                // drivers close TLS without close_notify (rustls reports
+                // UnexpectedEof): between messages either is a close like
+                // any other.
                 Err(e)
-                    if e.kind() == std::io::ErrorKind::ConnectionReset && self.buf.is_empty() =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                    ) && self.buf.is_empty() =>
                 {
                     return Ok(None)
                 }
