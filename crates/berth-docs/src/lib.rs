@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod error;
 pub mod expr;
+pub mod index;
 pub mod keys;
 pub mod matcher;
 pub mod order;

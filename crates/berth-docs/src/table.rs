@@ -15,6 +15,7 @@
 //! `NumberLong(1)` are the same `_id`, as in MongoDB. A document and its
 //! index entries change in one conditional Raft transaction.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use berth_fs::access::{ace_allows, check_scope};
@@ -30,6 +31,7 @@ use bson::{Bson, Document};
 use serde::{Deserialize, Serialize};
 
 use crate::error::codes;
+use crate::index::IndexDef;
 use crate::matcher::{Filter, MatchDetails};
 use crate::update::ApplyContext;
 use crate::DocError;
@@ -61,6 +63,11 @@ pub struct TableConfig {
     /// The version of the key encoding its documents are stored under
     /// (`keys::KEY_FORMAT_VERSION` when created).
     pub key_format: u8,
+    /// Its secondary indexes.
+    pub indexes: Vec<IndexDef>,
+    /// The id the next index gets (ids are never reused, so a dropped
+    /// index's entries can be removed while a new one is built).
+    pub next_index_id: u64,
 }
 
 /// What a caller wants to do with a table.
@@ -369,10 +376,10 @@ impl Tables {
     ) -> Result<InsertOutcome, DocError> {
         authorize(p, t, Right::Write)?;
         let mut out = InsertOutcome::default();
-        let mut prepared: Vec<(usize, Bson, Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut prepared: Vec<(usize, Prepared)> = Vec::new();
         for (i, doc) in docs.into_iter().enumerate() {
             match prepare_insert(t, doc) {
-                Ok((id, key, value)) => prepared.push((i, id, key, value)),
+                Ok(d) => prepared.push((i, d)),
                 Err(e) => {
                     out.errors.push(WriteError { index: i, error: e });
                     if ordered {
@@ -394,7 +401,7 @@ impl Tables {
             if stop.is_some_and(|s| item.0 > s) {
                 break;
             }
-            bytes += item.3.len();
+            bytes += item.1.value.len();
             batch.push(item);
             if bytes >= INSERT_TXN_BYTES {
                 stopped = self.insert_batch(t, &mut batch, ordered, &mut out).await?;
@@ -420,7 +427,7 @@ impl Tables {
     async fn insert_batch(
         &self,
         t: &TableRef,
-        batch: &mut Vec<(usize, Bson, Vec<u8>, Vec<u8>)>,
+        batch: &mut Vec<(usize, Prepared)>,
         ordered: bool,
         out: &mut InsertOutcome,
     ) -> Result<bool, DocError> {
@@ -428,23 +435,42 @@ impl Tables {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.begin(t).await?;
+            let config = read_config(&mut tx, t).await?;
             let mut taken = Vec::new();
             let mut writes = 0u64;
             let mut seen = std::collections::HashSet::new();
-            for (i, id, key, value) in &items {
-                let dup =
-                    !seen.insert(key.clone()) || tx.get(key).await.map_err(from_meta)?.is_some();
-                if dup {
-                    taken.push(WriteError {
-                        index: *i,
-                        error: duplicate_id(t, id),
-                    });
+            let mut claimed = HashMap::new();
+            for (i, d) in &items {
+                let dup = !seen.insert(d.key.clone())
+                    || tx.get(&d.key).await.map_err(from_meta)?.is_some();
+                let result = if dup {
+                    Err(duplicate_id(t, &d.id))
+                } else {
+                    let mut staged = Vec::new();
+                    match index_writes(&mut tx, t, &config, &d.id_enc, None, Some(&d.doc), &claimed, &mut staged).await {
+                        Ok(()) => {
+                            for (k, v) in staged {
+                                match v {
+                                    Some(v) => {
+                                        claimed.insert(k.clone(), v.clone());
+                                        tx.put(k, v)
+                                    }
+                                    None => tx.delete(k),
+                                }
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+                if let Err(error) = result {
+                    taken.push(WriteError { index: *i, error });
                     if ordered {
                         break;
                     }
                     continue;
                 }
-                tx.put(key.clone(), value.clone());
+                tx.put(d.key.clone(), d.value.clone());
                 writes += 1;
             }
             match tx.commit().await.map_err(from_meta)? {
@@ -555,6 +581,7 @@ impl Tables {
             for attempt in 0..TX_RETRIES_MAX {
                 backoff(attempt).await;
                 let mut tx = self.begin(t).await?;
+                let config = read_config(&mut tx, t).await?;
                 let Some(raw) = tx.get(&key).await.map_err(from_meta)? else {
                     break; // deleted meanwhile
                 };
@@ -576,7 +603,27 @@ impl Tables {
                             "Performing an update on the path '_id' would modify the immutable field '_id'",
                         ));
                     }
-                    tx.put(key.clone(), encode_doc(&after)?);
+                    let value = encode_doc(&after)?;
+                    let id_enc = id_encoding(after.get("_id"));
+                    let mut staged = Vec::new();
+                    index_writes(
+                        &mut tx,
+                        t,
+                        &config,
+                        &id_enc,
+                        Some(&before),
+                        Some(&after),
+                        &HashMap::new(),
+                        &mut staged,
+                    )
+                    .await?;
+                    for (k, v) in staged {
+                        match v {
+                            Some(v) => tx.put(k, v),
+                            None => tx.delete(k),
+                        }
+                    }
+                    tx.put(key.clone(), value);
                 }
                 match tx.commit().await.map_err(from_meta)? {
                     Commit::Done(_) => {
@@ -600,10 +647,20 @@ impl Tables {
                 inserting: true,
             };
             update(&mut doc, &ctx)?;
-            let (id, key, value) = prepare_insert(t, doc)?;
+            let d = prepare_insert(t, doc)?;
+            let (id, key, value) = (d.id.clone(), d.key.clone(), d.value.clone());
             let mut tx = self.begin(t).await?;
+            let config = read_config(&mut tx, t).await?;
             if tx.get(&key).await.map_err(from_meta)?.is_some() {
                 return Err(duplicate_id(t, &id));
+            }
+            let mut staged = Vec::new();
+            index_writes(&mut tx, t, &config, &d.id_enc, None, Some(&d.doc), &HashMap::new(), &mut staged).await?;
+            for (k, v) in staged {
+                match v {
+                    Some(v) => tx.put(k, v),
+                    None => tx.delete(k),
+                }
             }
             tx.put(key, value.clone());
             match tx.commit().await.map_err(from_meta)? {
@@ -649,6 +706,13 @@ impl Tables {
                     raced = true;
                     continue;
                 }
+                let config = read_config(&mut tx, t).await?;
+                let id_enc = id_encoding(now.get("_id"));
+                let mut staged = Vec::new();
+                index_writes(&mut tx, t, &config, &id_enc, Some(&now), None, &HashMap::new(), &mut staged).await?;
+                for (k, _) in staged {
+                    tx.delete(k);
+                }
                 tx.delete(key);
                 match tx.commit().await.map_err(from_meta)? {
                     Commit::Done(_) => {
@@ -668,6 +732,199 @@ impl Tables {
             }
         }
         Ok(deleted)
+    }
+
+    /// Creates indexes from `createIndexes` specs (write right, as
+    /// MongoDB's `readWrite` role), making the entries of the documents
+    /// already there page by page (each page one conditional transaction,
+    /// so writes go on meanwhile and maintain the new indexes themselves);
+    /// an index is used by queries once its entries are complete. A spec
+    /// naming an existing index with the same keys and options is already
+    /// there (85/86 when they differ). A unique index that the documents
+    /// violate is removed again and the error is 11000. Returns the index
+    /// count before and after (the `_id` index included).
+    pub async fn create_indexes(
+        &self,
+        p: &Principal,
+        path: &str,
+        specs: &[Document],
+    ) -> Result<(usize, usize), DocError> {
+        let mut made = Vec::new();
+        let mut before = 0;
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let t = self.open(p, path, Right::Write).await?;
+            let mut tx = self.begin(&t).await?;
+            let mut config = read_config(&mut tx, &t).await?;
+            before = config.indexes.len() + 1;
+            made.clear();
+            for spec in specs {
+                let id = config.next_index_id.max(1);
+                let def = IndexDef::parse(id, spec)?;
+                match config
+                    .indexes
+                    .iter()
+                    .find(|i| i.name == def.name || i.keys == def.keys)
+                {
+                    Some(i) if i.name == def.name && i.same_as(&def) => continue,
+                    Some(i) if i.name == def.name => {
+                        return Err(DocError::new(
+                            codes::INDEX_KEY_SPECS_CONFLICT,
+                            format!("an index named {} exists with other keys or options", i.name),
+                        ))
+                    }
+                    Some(i) if i.same_as(&def) => {
+                        return Err(DocError::new(
+                            codes::INDEX_OPTIONS_CONFLICT,
+                            format!("index {} has these keys and options already", i.name),
+                        ))
+                    }
+                    _ => {}
+                }
+                if config.indexes.len() >= crate::index::INDEXES_MAX {
+                    return Err(DocError::new(
+                        crate::index::CANNOT_CREATE_INDEX,
+                        format!("a table has at most {} indexes", crate::index::INDEXES_MAX + 1),
+                    ));
+                }
+                config.next_index_id = id + 1;
+                made.push(id);
+                config.indexes.push(def);
+            }
+            if made.is_empty() {
+                return Ok((before, before));
+            }
+            tx.put(t.config_key(), encode(&config));
+            if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
+                break;
+            }
+            made.clear();
+        }
+        if made.is_empty() {
+            return Err(transient("too much contention on the table's settings; retry"));
+        }
+        let t = self.open(p, path, Right::Write).await?;
+        if let Err(e) = self.build_indexes(&t, &made).await {
+            self.remove_indexes(&t, &made).await?;
+            return Err(e);
+        }
+        let after = self
+            .set_ready(&t, &made)
+            .await?;
+        Ok((before, after))
+    }
+
+    /// Makes the entries of the indexes `ids` for every document, a page
+    /// per transaction, each conditional on the page's documents and the
+    /// table's settings.
+    async fn build_indexes(&self, t: &TableRef, ids: &[u64]) -> Result<(), DocError> {
+        let (start, end) = t.doc_range();
+        let mut from = start;
+        loop {
+            let mut attempt = 0;
+            let (next, more) = loop {
+                backoff(attempt).await;
+                let mut tx = self.begin(t).await?;
+                let mut config = read_config(&mut tx, t).await?;
+                config.indexes.retain(|i| ids.contains(&i.id));
+                if config.indexes.len() != ids.len() {
+                    return Err(DocError::new(
+                        codes::INDEX_NOT_FOUND,
+                        "an index being built was dropped meanwhile",
+                    ));
+                }
+                let rows = tx.peek_range(&from, &end, SCAN_PAGE).await.map_err(from_meta)?;
+                let more = rows.len() == SCAN_PAGE;
+                let mut claimed = HashMap::new();
+                let mut next = from.clone();
+                for (k, v) in &rows {
+                    // Read again under a condition: a change meanwhile conflicts.
+                    let Some(now) = tx.get(k).await.map_err(from_meta)? else {
+                        continue;
+                    };
+                    let _ = v;
+                    let doc = decode_doc(&now)?;
+                    let id_enc = id_encoding(doc.get("_id"));
+                    let mut staged = Vec::new();
+                    index_writes(&mut tx, t, &config, &id_enc, None, Some(&doc), &claimed, &mut staged)
+                        .await?;
+                    for (k, v) in staged {
+                        if let Some(v) = v {
+                            claimed.insert(k.clone(), v.clone());
+                            tx.put(k, v);
+                        }
+                    }
+                    next = k.to_vec();
+                    next.push(0);
+                }
+                match tx.commit().await.map_err(from_meta)? {
+                    Commit::Done(_) => break (next, more),
+                    Commit::Conflict if attempt + 1 >= TX_RETRIES_MAX => {
+                        return Err(transient("too much contention while building an index; retry"))
+                    }
+                    Commit::Conflict => attempt += 1,
+                }
+            };
+            if !more {
+                return Ok(());
+            }
+            from = next;
+        }
+    }
+
+    /// Marks the indexes `ids` ready for queries; returns how many indexes
+    /// the table has (the `_id` index included).
+    async fn set_ready(&self, t: &TableRef, ids: &[u64]) -> Result<usize, DocError> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.begin(t).await?;
+            let mut config = read_config(&mut tx, t).await?;
+            for i in config.indexes.iter_mut().filter(|i| ids.contains(&i.id)) {
+                i.ready = true;
+            }
+            let n = config.indexes.len() + 1;
+            tx.put(t.config_key(), encode(&config));
+            if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
+                return Ok(n);
+            }
+        }
+        Err(transient("too much contention on the table's settings; retry"))
+    }
+
+    /// Removes the indexes `ids` with their entries.
+    async fn remove_indexes(&self, t: &TableRef, ids: &[u64]) -> Result<(), DocError> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.begin(t).await?;
+            let mut config = read_config(&mut tx, t).await?;
+            config.indexes.retain(|i| !ids.contains(&i.id));
+            tx.put(t.config_key(), encode(&config));
+            for id in ids {
+                let (s, e) = index_range(t, *id);
+                tx.delete_range(s, e);
+            }
+            if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
+                return Ok(());
+            }
+        }
+        Err(transient("too much contention on the table's settings; retry"))
+    }
+
+    /// Drops the indexes `select` picks from the table's (write right);
+    /// returns how many indexes it had (the `_id` index included).
+    pub async fn drop_indexes(
+        &self,
+        p: &Principal,
+        path: &str,
+        select: impl Fn(&IndexDef) -> bool,
+    ) -> Result<(usize, usize), DocError> {
+        let t = self.open(p, path, Right::Write).await?;
+        let had = t.config.indexes.len() + 1;
+        let ids: Vec<u64> = t.config.indexes.iter().filter(|i| select(i)).map(|i| i.id).collect();
+        if !ids.is_empty() {
+            self.remove_indexes(&t, &ids).await?;
+        }
+        Ok((had, ids.len()))
     }
 
     /// Replaces the table's settings through `change` (admin right).
@@ -783,9 +1040,26 @@ pub fn decode_doc(raw: &[u8]) -> Result<Document, DocError> {
     }
 }
 
+/// A document ready to be inserted.
+struct Prepared {
+    id: Bson,
+    /// `keys::encode_value` of the `_id`.
+    id_enc: Vec<u8>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    doc: Document,
+}
+
+/// `keys::encode_value` of an `_id` (null when missing).
+fn id_encoding(id: Option<&Bson>) -> Vec<u8> {
+    let mut enc = Vec::new();
+    crate::keys::encode_value(id.unwrap_or(&Bson::Null), &mut enc);
+    enc
+}
+
 /// Gives `doc` an `_id` when it has none (a new ObjectId, first), checks
-/// it, and returns the `_id`, the document's key and its stored form.
-fn prepare_insert(t: &TableRef, mut doc: Document) -> Result<(Bson, Vec<u8>, Vec<u8>), DocError> {
+/// it, and returns it with its key and stored form.
+fn prepare_insert(t: &TableRef, mut doc: Document) -> Result<Prepared, DocError> {
     let id = match doc.get("_id") {
         Some(id) => id.clone(),
         None => {
@@ -816,7 +1090,119 @@ fn prepare_insert(t: &TableRef, mut doc: Document) -> Result<(Bson, Vec<u8>, Vec
     }
     let key = t.doc_key(&id);
     let value = encode_doc(&doc)?;
-    Ok((id, key, value))
+    Ok(Prepared {
+        id_enc: id_encoding(Some(&id)),
+        id,
+        key,
+        value,
+        doc,
+    })
+}
+
+/// The table's settings as of this transaction, which is made conditional
+/// on them: a write that raced with an index being added or dropped
+/// conflicts and is tried again with the new set of indexes.
+async fn read_config(tx: &mut Tx, t: &TableRef) -> Result<TableConfig, DocError> {
+    match tx.get(&t.config_key()).await.map_err(from_meta)? {
+        Some(b) => decode(&b, "table settings").map_err(from_meta),
+        None => Ok(TableConfig::default()),
+    }
+}
+
+/// The key of an index entry: `vol · TableIndex · ino · u64(index id) ·
+/// bytes(key part)`, followed by `bytes(_id)` unless the index is unique
+/// (a unique index has one entry per key part, whose value is the `_id`).
+pub fn index_entry_key(t: &TableRef, def: &IndexDef, part: &[u8], id_enc: &[u8]) -> Vec<u8> {
+    let k = Key::new(t.vol.id, Kind::TableIndex, t.entry.ino)
+        .u64(def.id)
+        .bytes(part);
+    match def.unique {
+        true => k.build(),
+        false => k.bytes(id_enc).build(),
+    }
+}
+
+/// The range of one index's entries.
+pub fn index_range(t: &TableRef, index_id: u64) -> (Vec<u8>, Vec<u8>) {
+    let start = Key::new(t.vol.id, Kind::TableIndex, t.entry.ino)
+        .u64(index_id)
+        .build();
+    let end = prefix_end(&start);
+    (start, end)
+}
+
+/// The entry changes of every index of `config` when a document goes from
+/// `before` to `after` (either absent): `(key, Some(value))` to put,
+/// `(key, None)` to delete. A unique index's entry held by another `_id`
+/// (in the table, or `claimed` by a document earlier in this transaction:
+/// the caller records what it staged) is a duplicate
+/// key error (11000), read under a condition so a concurrent claim
+/// conflicts.
+#[allow(clippy::too_many_arguments)]
+async fn index_writes(
+    tx: &mut Tx,
+    t: &TableRef,
+    config: &TableConfig,
+    id_enc: &[u8],
+    before: Option<&Document>,
+    after: Option<&Document>,
+    claimed: &HashMap<Vec<u8>, Vec<u8>>,
+    out: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<(), DocError> {
+    for def in &config.indexes {
+        let old = match before {
+            Some(d) => def.entries(d)?,
+            None => Vec::new(),
+        };
+        let new = match after {
+            Some(d) => def.entries(d)?,
+            None => Vec::new(),
+        };
+        for part in old.iter().filter(|p| !new.contains(p)) {
+            out.push((index_entry_key(t, def, part, id_enc), None));
+        }
+        for part in new.iter().filter(|p| !old.contains(p)) {
+            let key = index_entry_key(t, def, part, id_enc);
+            if def.unique {
+                let holder = match claimed.get(&key) {
+                    Some(h) => Some(h.clone()),
+                    None => tx.get(&key).await.map_err(from_meta)?,
+                };
+                if holder.is_some_and(|h| h != id_enc) {
+                    return Err(DocError::new(
+                        codes::DUPLICATE_KEY,
+                        format!(
+                            "E11000 duplicate key error collection: {} index: {} dup key: {}",
+                            t.entry.path,
+                            def.name,
+                            dup_key(def, after.unwrap_or(&Document::new()))
+                        ),
+                    ));
+                }
+            }
+            out.push((key, Some(id_enc.to_vec())));
+        }
+    }
+    Ok(())
+}
+
+/// `{ a: 1, b: "x" }` of a document's values for an index, for messages.
+fn dup_key(def: &IndexDef, doc: &Document) -> String {
+    let fields: Vec<String> = def
+        .keys
+        .iter()
+        .map(|(p, _)| {
+            let v = p
+                .split('.')
+                .try_fold(Bson::Document(doc.clone()), |v, k| match v {
+                    Bson::Document(d) => d.get(k).cloned(),
+                    _ => None,
+                })
+                .unwrap_or(Bson::Null);
+            format!("{p}: {v}")
+        })
+        .collect();
+    format!("{{ {} }}", fields.join(", "))
 }
 
 fn type_name(v: &Bson) -> &'static str {

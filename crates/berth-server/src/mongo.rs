@@ -1020,63 +1020,100 @@ impl Backend for TablesBackend {
 
     async fn create_indexes(
         &self,
-        _p: &Principal,
+        p: &Principal,
         req: CreateIndexes,
     ) -> Result<IndexesCreated, MongoError> {
-        // Only the primary index exists so far: asking for it again is a
-        // no-op, as in MongoDB; any other index is refused, not faked.
-        let only_id = req.indexes.iter().all(|i| {
-            i.get_document("key")
-                .is_ok_and(|k| k.len() == 1 && k.contains_key("_id"))
-        });
-        if only_id {
-            return Ok(IndexesCreated {
-                indexes_before: 1,
-                indexes_after: 1,
-                created_collection_automatically: false,
-                note: Some("all indexes already exist".into()),
-            });
-        }
-        Err(MongoError::new(
-            codes::COMMAND_NOT_SUPPORTED,
-            "secondary indexes are not available in Berth tables yet (only the _id index)",
-        ))
+        // The _id index always exists: asking for it is a no-op.
+        let specs: Vec<Document> = req
+            .indexes
+            .into_iter()
+            .filter(|i| {
+                !i.get_document("key")
+                    .is_ok_and(|k| k.len() == 1 && k.contains_key("_id"))
+            })
+            .collect();
+        let path = self.path(&req.ns)?;
+        let created = match self.open(p, &req.ns, Right::Write).await? {
+            Some(_) => false,
+            None => {
+                self.tables.create(p, &path, false).await.map_err(mongo)?;
+                true
+            }
+        };
+        let (before, after) = if specs.is_empty() {
+            let n = self
+                .open(p, &req.ns, Right::Read)
+                .await?
+                .map_or(1, |t| t.config.indexes.len() + 1);
+            (n, n)
+        } else {
+            self.tables
+                .create_indexes(p, &path, &specs)
+                .await
+                .map_err(mongo)?
+        };
+        Ok(IndexesCreated {
+            indexes_before: before as i64,
+            indexes_after: after as i64,
+            created_collection_automatically: created,
+            note: (before == after).then(|| "all indexes already exist".to_string()),
+        })
     }
 
-    async fn list_indexes(
-        &self,
-        p: &Principal,
-        req: ListIndexes,
-    ) -> Result<CursorBatch, MongoError> {
-        if self.open(p, &req.ns, Right::Read).await?.is_none() {
+    async fn list_indexes(&self, p: &Principal, req: ListIndexes) -> Result<CursorBatch, MongoError> {
+        let Some(t) = self.open(p, &req.ns, Right::Read).await? else {
             return Err(MongoError::new(
                 codes::NAMESPACE_NOT_FOUND,
                 format!("ns does not exist: {}", req.ns),
             ));
-        }
-        let id = doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"};
-        self.first_batch(p, Rest::Queued(VecDeque::from([id])), req.batch_size, false)
+        };
+        let mut out = VecDeque::from([doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"}]);
+        out.extend(t.config.indexes.iter().map(|i| i.listed()));
+        self.first_batch(p, Rest::Queued(out), req.batch_size, false)
             .await
     }
 
     async fn drop_indexes(&self, p: &Principal, req: DropIndexes) -> Result<i64, MongoError> {
-        if self.open(p, &req.ns, Right::Admin).await?.is_none() {
+        let Some(t) = self.open(p, &req.ns, Right::Write).await? else {
             return Err(MongoError::new(
                 codes::NAMESPACE_NOT_FOUND,
                 format!("ns not found: {}", req.ns),
             ));
+        };
+        let names: Vec<String> = t.config.indexes.iter().map(|i| i.name.clone()).collect();
+        let wanted: Vec<String> = match &req.index {
+            IndexSelector::All => names.clone(),
+            IndexSelector::Name(n) => vec![n.clone()],
+            IndexSelector::Names(n) => n.clone(),
+            IndexSelector::Key(k) => t
+                .config
+                .indexes
+                .iter()
+                .filter(|i| &i.key_pattern() == k)
+                .map(|i| i.name.clone())
+                .collect(),
+        };
+        if wanted.iter().any(|n| n == "_id_")
+            || matches!(&req.index, IndexSelector::Key(k) if k == &doc! {"_id": 1})
+        {
+            return Err(MongoError::new(codes::INVALID_OPTIONS, "cannot drop _id index"));
         }
-        match &req.index {
-            IndexSelector::All => Ok(1),
-            IndexSelector::Name(n) if n == "_id_" => Err(MongoError::new(
-                codes::INVALID_OPTIONS,
-                "cannot drop _id index",
-            )),
-            _ => Err(MongoError::new(
+        if let Some(missing) = wanted.iter().find(|n| !names.contains(n)) {
+            return Err(MongoError::new(
                 codes::INDEX_NOT_FOUND,
-                "index not found (Berth tables have only the _id index so far)",
-            )),
+                format!("index not found with name [{missing}]"),
+            ));
         }
+        if wanted.is_empty() && !matches!(req.index, IndexSelector::All) {
+            return Err(MongoError::new(codes::INDEX_NOT_FOUND, "can't find index with key"));
+        }
+        let path = self.path(&req.ns)?;
+        let (had, _) = self
+            .tables
+            .drop_indexes(p, &path, |i| wanted.contains(&i.name))
+            .await
+            .map_err(mongo)?;
+        Ok(had as i64)
     }
 
     async fn rename_collection(

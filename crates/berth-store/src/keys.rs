@@ -190,6 +190,17 @@ impl Key {
         self
     }
 
+    /// Appends the start of a byte string component, without its
+    /// terminator: the result is a prefix of every key whose component here
+    /// is a byte string starting with `b` (for range scans over an encoded
+    /// prefix, e.g. the leading fields of a compound index key).
+    pub fn bytes_prefix(mut self, b: &[u8]) -> Key {
+        self.buf.push(TAG_BYTES);
+        escape_into(&mut self.buf, b);
+        self.buf.truncate(self.buf.len() - 2);
+        self
+    }
+
     /// Appends a text component.
     pub fn str(mut self, s: &str) -> Key {
         self.buf.push(TAG_STR);
@@ -506,6 +517,17 @@ pub fn object_range(volume: u64, kind: Kind, object: u64) -> (Vec<u8>, Vec<u8>) 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_bytes_prefix_prefixes_the_components_that_start_with_it() {
+        let p = Key::new(1, Kind::TableIndex, 2).bytes_prefix(b"ab\x00").build();
+        for b in [&b"ab\x00"[..], b"ab\x00c", b"ab\x00\x00"] {
+            assert!(Key::new(1, Kind::TableIndex, 2).bytes(b).build().starts_with(&p));
+        }
+        for b in [&b"ab"[..], b"ab\x01", b"ac"] {
+            assert!(!Key::new(1, Kind::TableIndex, 2).bytes(b).build().starts_with(&p));
+        }
+    }
+
     use super::*;
 
     #[test]

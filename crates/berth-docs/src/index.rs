@@ -1,0 +1,383 @@
+//! Secondary indexes: their definitions and the entries a document gives
+//! each of them. Pure: the table service stores the entries beside the
+//! documents, in the same transactions.
+//!
+//! An entry's key part is `keys::encode_key` of the document's values at the
+//! index's paths (descending components inverted), so a scan of the index
+//! range visits documents in the index's order. A missing field is indexed
+//! as null (as MongoDB does), except in a sparse index, which skips
+//! documents missing every indexed field. An array value makes the index
+//! multikey: one entry per element (an empty array is indexed as
+//! undefined, below null in MongoDB; here as null); two array fields in one
+//! compound key are refused ("cannot index parallel arrays").
+
+use bson::{Bson, Document};
+use serde::{Deserialize, Serialize};
+
+use crate::matcher::Filter;
+use crate::DocError;
+
+/// MongoDB's code for an index that cannot be made (bad spec).
+pub const CANNOT_CREATE_INDEX: i32 = 67;
+/// MongoDB's code for a document that gives parallel arrays to one index.
+pub const CANNOT_INDEX_PARALLEL_ARRAYS: i32 = 171;
+/// Most fields in one compound index (MongoDB's limit).
+pub const KEY_FIELDS_MAX: usize = 32;
+/// Most secondary indexes per table (MongoDB's limit is 64 with `_id`).
+pub const INDEXES_MAX: usize = 63;
+/// Most entries one document may give one index (multikey arrays).
+pub const ENTRIES_PER_DOC_MAX: usize = 10_000;
+
+/// A secondary index, stored in the table's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexDef {
+    /// Its number in the table's key range (≥ 1; never reused).
+    pub id: u64,
+    pub name: String,
+    /// Paths and directions (1 ascending, -1 descending).
+    pub keys: Vec<(String, i32)>,
+    pub unique: bool,
+    pub sparse: bool,
+    /// `partialFilterExpression`, as BSON bytes.
+    pub partial: Option<Vec<u8>>,
+    /// The spec as `listIndexes` gives it back, as BSON bytes.
+    pub spec: Vec<u8>,
+    /// False while its entries for the documents written before it are
+    /// being made; queries use it only once true. Writes maintain it
+    /// either way.
+    pub ready: bool,
+}
+
+impl IndexDef {
+    /// Parses a `createIndexes` spec (`{key: {a: 1, b: -1}, name, unique,
+    /// sparse, partialFilterExpression}`).
+    pub fn parse(id: u64, spec: &Document) -> Result<IndexDef, DocError> {
+        let bad = |m: String| DocError::new(CANNOT_CREATE_INDEX, m);
+        let key = spec
+            .get_document("key")
+            .map_err(|_| bad("an index spec needs a 'key' document".into()))?;
+        if key.is_empty() {
+            return Err(bad("an index key pattern must not be empty".into()));
+        }
+        if key.len() > KEY_FIELDS_MAX {
+            return Err(bad(format!(
+                "an index may have at most {KEY_FIELDS_MAX} fields"
+            )));
+        }
+        let mut keys = Vec::new();
+        for (path, dir) in key {
+            if path.is_empty() || path.starts_with('$') || path.split('.').any(str::is_empty) {
+                return Err(bad(format!("bad index key path {path:?}")));
+            }
+            let dir = match dir {
+                Bson::Int32(1) | Bson::Int64(1) => 1,
+                Bson::Int32(-1) | Bson::Int64(-1) => -1,
+                Bson::Double(d) if *d == 1.0 => 1,
+                Bson::Double(d) if *d == -1.0 => -1,
+                Bson::String(kind) => {
+                    return Err(DocError::new(
+                        crate::error::codes::BAD_VALUE,
+                        format!("{kind:?} indexes are not supported by Berth tables (only ascending and descending keys)"),
+                    ))
+                }
+                other => return Err(bad(format!("bad index key direction {other} for {path:?}"))),
+            };
+            if path == "_id" && key.len() == 1 {
+                return Err(bad("the _id index exists already".into()));
+            }
+            keys.push((path.clone(), dir));
+        }
+        let name = match spec.get("name") {
+            Some(Bson::String(n)) if !n.is_empty() => n.clone(),
+            Some(_) => return Err(bad("an index name must be a non-empty string".into())),
+            None => default_name(&keys),
+        };
+        if name == "_id_" {
+            return Err(bad("the name _id_ is the _id index's".into()));
+        }
+        let flag = |k: &str| -> Result<bool, DocError> {
+            match spec.get(k) {
+                None => Ok(false),
+                Some(Bson::Boolean(b)) => Ok(*b),
+                Some(v) => Ok(crate::expr::truthy(v)),
+            }
+        };
+        let partial = match spec.get("partialFilterExpression") {
+            None => None,
+            Some(Bson::Document(d)) => {
+                Filter::parse(d)?;
+                let mut b = Vec::new();
+                d.to_writer(&mut b)
+                    .map_err(|e| bad(format!("partialFilterExpression: {e}")))?;
+                Some(b)
+            }
+            Some(_) => return Err(bad("partialFilterExpression must be a document".into())),
+        };
+        for k in spec.keys() {
+            match k.as_str() {
+                "key" | "name" | "unique" | "sparse" | "partialFilterExpression" | "v"
+                | "background" | "ns" => {}
+                "expireAfterSeconds" => {
+                    return Err(DocError::new(
+                        115,
+                        "TTL indexes (expireAfterSeconds) are not supported by Berth tables yet",
+                    ))
+                }
+                other => {
+                    return Err(DocError::new(
+                        115,
+                        format!("the index option {other:?} is not supported by Berth tables"),
+                    ))
+                }
+            }
+        }
+        let unique = flag("unique")?;
+        let sparse = flag("sparse")?;
+        let mut listed = bson::doc! {"v": 2, "key": key.clone(), "name": &name};
+        if unique {
+            listed.insert("unique", true);
+        }
+        if sparse {
+            listed.insert("sparse", true);
+        }
+        if let Some(Bson::Document(d)) = spec.get("partialFilterExpression") {
+            listed.insert("partialFilterExpression", d.clone());
+        }
+        let mut spec_bytes = Vec::new();
+        listed
+            .to_writer(&mut spec_bytes)
+            .map_err(|e| bad(format!("index spec: {e}")))?;
+        Ok(IndexDef {
+            id,
+            name,
+            keys,
+            unique,
+            sparse,
+            partial,
+            spec: spec_bytes,
+            ready: false,
+        })
+    }
+
+    /// The spec as `listIndexes` shows it.
+    pub fn listed(&self) -> Document {
+        Document::from_reader(self.spec.as_slice()).unwrap_or_default()
+    }
+
+    /// The key pattern as a document (`{a: 1, b: -1}`).
+    pub fn key_pattern(&self) -> Document {
+        let mut d = Document::new();
+        for (p, dir) in &self.keys {
+            d.insert(p.clone(), *dir);
+        }
+        d
+    }
+
+    /// Whether two definitions describe the same index (same keys and options).
+    pub fn same_as(&self, other: &IndexDef) -> bool {
+        self.keys == other.keys
+            && self.unique == other.unique
+            && self.sparse == other.sparse
+            && self.partial == other.partial
+    }
+
+    /// The key parts of the entries `doc` gives this index (none when a
+    /// sparse index or a partial filter leaves it out), without duplicates.
+    pub fn entries(&self, doc: &Document) -> Result<Vec<Vec<u8>>, DocError> {
+        if let Some(p) = &self.partial {
+            let filter = Document::from_reader(p.as_slice())
+                .map_err(|e| DocError::new(1, format!("stored partial filter: {e}")))?;
+            if !Filter::parse(&filter)?.matches(doc) {
+                return Ok(Vec::new());
+            }
+        }
+        let mut per_field: Vec<Vec<Bson>> = Vec::with_capacity(self.keys.len());
+        let mut present = false;
+        let mut arrays = 0;
+        for (path, _) in &self.keys {
+            let mut vals = Vec::new();
+            let mut is_array = false;
+            values_at(doc, path, &mut vals, &mut is_array);
+            if !vals.is_empty() {
+                present = true;
+            }
+            if is_array {
+                arrays += 1;
+                if arrays > 1 {
+                    return Err(DocError::new(
+                        CANNOT_INDEX_PARALLEL_ARRAYS,
+                        format!("cannot index parallel arrays in index {}", self.name),
+                    ));
+                }
+            }
+            if vals.is_empty() {
+                vals.push(Bson::Null);
+            }
+            per_field.push(vals);
+        }
+        if self.sparse && !present {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut combo = vec![0usize; per_field.len()];
+        loop {
+            let values: Vec<(Bson, bool)> = combo
+                .iter()
+                .zip(&per_field)
+                .zip(&self.keys)
+                .map(|((i, vals), (_, dir))| (vals[*i].clone(), *dir < 0))
+                .collect();
+            let k = crate::keys::encode_key(&values);
+            if !out.contains(&k) {
+                out.push(k);
+                if out.len() > ENTRIES_PER_DOC_MAX {
+                    return Err(DocError::new(
+                        CANNOT_CREATE_INDEX,
+                        format!(
+                            "a document gives index {} more than {ENTRIES_PER_DOC_MAX} entries",
+                            self.name
+                        ),
+                    ));
+                }
+            }
+            // Next combination (only one field can have several values).
+            let mut f = per_field.len();
+            loop {
+                if f == 0 {
+                    return Ok(out);
+                }
+                f -= 1;
+                combo[f] += 1;
+                if combo[f] < per_field[f].len() {
+                    break;
+                }
+                combo[f] = 0;
+            }
+        }
+    }
+}
+
+/// MongoDB's default index name: `a_1_b_-1`.
+pub fn default_name(keys: &[(String, i32)]) -> String {
+    keys.iter()
+        .map(|(p, d)| format!("{p}_{d}"))
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+/// The values a path reaches in a document, arrays expanded one level at
+/// the end and traversed (element documents) on the way; `is_array` when an
+/// array was met.
+fn values_at(doc: &Document, path: &str, out: &mut Vec<Bson>, is_array: &mut bool) {
+    fn walk(v: &Bson, rest: &[&str], out: &mut Vec<Bson>, is_array: &mut bool) {
+        match (rest.split_first(), v) {
+            (None, Bson::Array(a)) => {
+                *is_array = true;
+                if a.is_empty() {
+                    out.push(Bson::Null);
+                }
+                for e in a {
+                    if !out.iter().any(|o| crate::order::equal(o, e)) {
+                        out.push(e.clone());
+                    }
+                }
+            }
+            (None, v) => out.push(v.clone()),
+            (Some((k, more)), Bson::Document(d)) => {
+                if let Some(v) = d.get(*k) {
+                    walk(v, more, out, is_array);
+                }
+            }
+            (Some((k, more)), Bson::Array(a)) => {
+                *is_array = true;
+                if let Ok(i) = k.parse::<usize>() {
+                    if let Some(v) = a.get(i) {
+                        walk(v, more, out, is_array);
+                    }
+                }
+                for e in a {
+                    if let Bson::Document(_) = e {
+                        walk(e, rest, out, is_array);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let parts: Vec<&str> = path.split('.').collect();
+    if let Some(v) = doc.get(parts[0]) {
+        walk(v, &parts[1..], out, is_array);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    fn def(spec: Document) -> IndexDef {
+        IndexDef::parse(1, &spec).unwrap()
+    }
+
+    #[test]
+    fn specs_parse_and_get_default_names() {
+        let d = def(doc! {"key": {"a": 1, "b.c": -1}});
+        assert_eq!(d.name, "a_1_b.c_-1");
+        assert_eq!(d.keys, vec![("a".into(), 1), ("b.c".into(), -1)]);
+        assert_eq!(d.listed(), doc! {"v": 2, "key": {"a": 1, "b.c": -1}, "name": "a_1_b.c_-1"});
+        let u = def(doc! {"key": {"email": 1}, "unique": true, "name": "em"});
+        assert!(u.unique);
+        assert_eq!(u.listed().get_bool("unique").ok(), Some(true));
+        for bad in [
+            doc! {"key": {}},
+            doc! {"key": {"a": 2}},
+            doc! {"key": {"a": "text"}},
+            doc! {"key": {"a": 1}, "expireAfterSeconds": 5},
+            doc! {"key": {"_id": 1}},
+            doc! {"name": "x"},
+        ] {
+            assert!(IndexDef::parse(1, &bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn entries_follow_values_arrays_and_options() {
+        let d = def(doc! {"key": {"a": 1}});
+        assert_eq!(d.entries(&doc! {"a": 5}).unwrap().len(), 1);
+        // 5 and 5.0 give the same entry; a missing field is null.
+        assert_eq!(
+            d.entries(&doc! {"a": 5}).unwrap(),
+            d.entries(&doc! {"a": 5.0}).unwrap()
+        );
+        assert_eq!(
+            d.entries(&doc! {}).unwrap(),
+            d.entries(&doc! {"a": null}).unwrap()
+        );
+        // Multikey: one entry per distinct element.
+        assert_eq!(d.entries(&doc! {"a": [1, 2, 2, 3]}).unwrap().len(), 3);
+        // Through arrays of documents.
+        let n = def(doc! {"key": {"x.y": 1}});
+        assert_eq!(n.entries(&doc! {"x": [{"y": 1}, {"y": 2}]}).unwrap().len(), 2);
+        // Parallel arrays refused.
+        let c = def(doc! {"key": {"a": 1, "b": 1}});
+        let e = c.entries(&doc! {"a": [1], "b": [2]}).unwrap_err();
+        assert_eq!(e.code, CANNOT_INDEX_PARALLEL_ARRAYS);
+        assert_eq!(c.entries(&doc! {"a": [1, 2], "b": 3}).unwrap().len(), 2);
+        // Sparse: documents missing every field are left out.
+        let s = def(doc! {"key": {"a": 1, "b": 1}, "sparse": true});
+        assert!(s.entries(&doc! {"c": 1}).unwrap().is_empty());
+        assert_eq!(s.entries(&doc! {"b": 1}).unwrap().len(), 1);
+        // Partial: only matching documents.
+        let p = def(doc! {"key": {"a": 1}, "partialFilterExpression": {"live": true}});
+        assert!(p.entries(&doc! {"a": 1}).unwrap().is_empty());
+        assert_eq!(p.entries(&doc! {"a": 1, "live": true}).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn entries_sort_in_index_order() {
+        let d = def(doc! {"key": {"a": 1, "t": -1}});
+        let k = |a: i32, t: i32| d.entries(&doc! {"a": a, "t": t}).unwrap().remove(0);
+        assert!(k(1, 9) < k(1, 3), "descending second field");
+        assert!(k(1, 0) < k(2, 9), "ascending first field");
+    }
+}
