@@ -51,6 +51,8 @@ pub const IDEMPOTENT: &[&str] = &[
     "/berth.v1.Streams/List",
     "/berth.v1.Streams/ListTopics",
     "/berth.v1.Streams/DescribeTopic",
+    "/berth.v1.Tables/Info",
+    "/berth.v1.Tables/List",
     "/berth.v1.Security/WhoAmI",
     "/berth.v1.Security/UserList",
     "/berth.v1.Security/GroupList",

@@ -22,7 +22,7 @@ use std::time::Duration;
 use berth_api::v1::{
     cluster_client::ClusterClient, files_client::FilesClient, locks_client::LocksClient,
     namespace_client::NamespaceClient, security_client::SecurityClient,
-    streams_client::StreamsClient, volumes_client::VolumesClient,
+    streams_client::StreamsClient, tables_client::TablesClient, volumes_client::VolumesClient,
 };
 use std::sync::Arc;
 
@@ -187,6 +187,12 @@ impl Client {
     /// Kafka listener).
     pub fn streams(&self) -> StreamsClient<Transport> {
         StreamsClient::new(self.transport())
+    }
+
+    /// Tables service: tables of JSON documents (documents go through the
+    /// MongoDB listener).
+    pub fn tables(&self) -> TablesClient<Transport> {
+        TablesClient::new(self.transport())
     }
 
     /// Locks service: advisory locks shared by every client of the cluster.

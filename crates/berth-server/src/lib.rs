@@ -35,7 +35,7 @@ use berth_api::v1::{
     cluster_server::ClusterServer, files_server::FilesServer, locks_server::LocksServer,
     namespace_server::NamespaceServer, node_admin_server::NodeAdminServer,
     raft_transport_server::RaftTransportServer, security_server::SecurityServer,
-    streams_server::StreamsServer, volumes_server::VolumesServer,
+    streams_server::StreamsServer, tables_server::TablesServer, volumes_server::VolumesServer,
 };
 use berth_fs::Namespace;
 use berth_meta::map::{NodeRecord, NodeState, META_SHARD};
@@ -624,6 +624,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .add_service(StreamsServer::new(native::StreamsService {
                 native: native.clone(),
                 streams: streams.clone(),
+            }))
+            .add_service(TablesServer::new(native::TablesService {
+                native: native.clone(),
+                tables: tables.clone(),
             }))
             .add_service(SecurityServer::new(native::SecurityService(native.clone())))
             .add_service(ClusterServer::new(native::ClusterService(

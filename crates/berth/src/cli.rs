@@ -73,6 +73,9 @@ pub enum Command {
     /// Streams and their topics (records go through the Kafka listener).
     #[command(subcommand)]
     Stream(StreamCmd),
+    /// Tables of JSON documents (documents go through the MongoDB listener).
+    #[command(subcommand)]
+    Table(TableCmd),
     /// List directory contents.
     Ls(LsArgs),
     /// Create directories.
@@ -422,6 +425,55 @@ pub enum TopicCmd {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         partitions: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TableCmd {
+    /// Create a table at PATH (its directory must exist, unless -p).
+    Create {
+        path: String,
+        /// Create missing parent directories, as mkdir -p does.
+        #[arg(short = 'p', long)]
+        parents: bool,
+        #[command(flatten)]
+        aces: TableAces,
+    },
+    /// Show a table's settings, owner and size (any of its rights suffices;
+    /// the size needs the read right).
+    Info { path: String },
+    /// List the tables directly in DIR (default: /tables, where MongoDB
+    /// databases are); -r: in every subdirectory too.
+    List {
+        dir: Option<String>,
+        /// Also the tables in subdirectories (every database's collections).
+        #[arg(short = 'r', long)]
+        recursive: bool,
+    },
+    /// Remove a table with its documents (admin right).
+    Delete { path: String },
+    /// Change a table's ACEs (admin right); what is not given stays.
+    Edit {
+        path: String,
+        #[command(flatten)]
+        aces: TableAces,
+        /// Unset an ACE, back to "the table's owner only" (repeatable).
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        clear_ace: Vec<String>,
+    },
+}
+
+/// ACEs of `table create` and `table edit`.
+#[derive(Debug, Clone, Args)]
+pub struct TableAces {
+    /// Who may read documents, e.g. 'u:alice | g:dev' (default: the table's owner).
+    #[arg(long)]
+    pub read_ace: Option<String>,
+    /// Who may insert, update and delete documents.
+    #[arg(long)]
+    pub write_ace: Option<String>,
+    /// Who may change the ACEs and delete the table.
+    #[arg(long)]
+    pub admin_ace: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -774,6 +826,74 @@ mod tests {
             cli.command,
             Command::Stream(StreamCmd::List { dir: None })
         ));
+    }
+
+    #[test]
+    fn table_grammar() {
+        let cli = Cli::try_parse_from([
+            "berth",
+            "table",
+            "create",
+            "-p",
+            "/tables/db/c",
+            "--read-ace",
+            "p",
+            "--admin-ace",
+            "u:alice",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Table(TableCmd::Create {
+                path,
+                parents,
+                aces,
+            }) => {
+                assert_eq!((path.as_str(), parents), ("/tables/db/c", true));
+                assert_eq!(aces.read_ace.as_deref(), Some("p"));
+                assert_eq!(aces.write_ace, None);
+                assert_eq!(aces.admin_ace.as_deref(), Some("u:alice"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "berth",
+            "table",
+            "edit",
+            "/t",
+            "--clear-ace",
+            "read",
+            "--clear-ace",
+            "admin",
+            "--write-ace",
+            "",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Table(TableCmd::Edit {
+                aces, clear_ace, ..
+            }) => {
+                assert_eq!(clear_ace, vec!["read", "admin"]);
+                assert_eq!(aces.write_ace.as_deref(), Some(""));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["berth", "table", "list", "-r", "--json"]).unwrap();
+        assert!(cli.global.json);
+        assert!(matches!(
+            cli.command,
+            Command::Table(TableCmd::List {
+                dir: None,
+                recursive: true
+            })
+        ));
+        for bad in [
+            &["berth", "table", "edit", "/t", "--clear-ace", "produce"][..],
+            &["berth", "table", "create"],
+            &["berth", "table", "info"],
+            &["berth", "table", "create", "/t", "--produce-ace", "p"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod server;
 mod snapshot;
 mod status;
 mod stream;
+mod table;
 mod volume;
 
 use std::process::ExitCode;
@@ -122,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Volume(cmd) => volume::volume(&ctx, cmd).await,
         Command::Snapshot(cmd) => snapshot::snapshot(&ctx, cmd).await,
         Command::Stream(cmd) => stream::stream(&ctx, cmd).await,
+        Command::Table(cmd) => table::table(&ctx, cmd).await,
         Command::Ls(args) => fs::ls(&ctx, args).await,
         Command::Mkdir(args) => fs::mkdir(&ctx, args).await,
         Command::Rm(args) => fs::rm(&ctx, args).await,

@@ -11,6 +11,7 @@ pub mod node_admin;
 pub mod raft;
 pub mod security;
 mod streams;
+mod tables;
 pub mod volumes;
 
 use std::future::Future;
@@ -185,4 +186,5 @@ pub use raft::{
 };
 pub use security::SecurityService;
 pub use streams::StreamsService;
+pub use tables::TablesService;
 pub use volumes::VolumesService;

@@ -26,6 +26,7 @@ mod posix_user;
 mod security;
 mod snapshots;
 mod streams;
+mod tables;
 mod tour;
 
 pub use harness::TestServer;

@@ -1,0 +1,270 @@
+//! `table …`: create, show, list, change and remove tables (their documents
+//! go through the MongoDB listener).
+
+use anyhow::{bail, Result};
+use berth_api::v1::{
+    Entry, PathRequest, TableCreateRequest, TableEditRequest, TableInfo, TableListRequest,
+};
+use berth_client::{Client, ClientError};
+use serde_json::{json, Value};
+
+use crate::cli::TableCmd;
+use crate::ctx::{abs, at_path, Ctx};
+use crate::output::{
+    entry_json, format_size, format_time_ns, print_fields, print_json, Align, Table,
+};
+
+/// Where `table list` looks without a DIR: the MongoDB listener's default
+/// root (`--mongo-root`), whose directories are the databases.
+const LIST_DIR_DEFAULT: &str = "/tables";
+/// Tables asked for per `table list` call.
+const LIST_PAGE_LIMIT: u32 = 1000;
+/// `table list` calls, at most (a server that keeps saying "more" must not
+/// keep the CLI forever).
+const LIST_PAGES_MAX: usize = 10_000;
+
+fn ace_text(ace: Option<&str>) -> String {
+    match ace {
+        None => "(the owner only)".into(),
+        Some("") => "'' (nobody)".into(),
+        Some(a) => a.to_string(),
+    }
+}
+
+fn table_json(t: &TableInfo) -> Value {
+    json!({
+        "path": t.path,
+        "entry": t.entry.as_ref().map(entry_json),
+        "volume": t.volume,
+        "documents": t.documents,
+        "bytes": t.bytes,
+        "read_ace": t.read_ace,
+        "write_ace": t.write_ace,
+        "admin_ace": t.admin_ace,
+        "format": t.format,
+        "key_format": t.key_format,
+    })
+}
+
+fn print_table(t: &TableInfo) {
+    let owner = t
+        .entry
+        .as_ref()
+        .map(|e| format!("uid {} gid {}", e.uid, e.gid))
+        .unwrap_or_default();
+    let hidden = || "(not visible: needs the read right)".to_string();
+    print_fields(&[
+        ("path", t.path.clone()),
+        ("volume", t.volume.clone()),
+        ("owner", owner),
+        (
+            "documents",
+            t.documents.map(|n| n.to_string()).unwrap_or_else(hidden),
+        ),
+        ("size", t.bytes.map(format_size).unwrap_or_else(hidden)),
+        ("read ace", ace_text(t.read_ace.as_deref())),
+        ("write ace", ace_text(t.write_ace.as_deref())),
+        ("admin ace", ace_text(t.admin_ace.as_deref())),
+        (
+            "format",
+            format!("settings {}, keys {}", t.format, t.key_format),
+        ),
+    ]);
+}
+
+pub async fn table(ctx: &Ctx, cmd: TableCmd) -> Result<()> {
+    let client = ctx.client().await?;
+    let mut tables = client.tables();
+    match cmd {
+        TableCmd::Create {
+            path,
+            parents,
+            aces,
+        } => {
+            let path = abs(&path);
+            let req = TableCreateRequest {
+                path: path.clone(),
+                parents,
+                read_ace: aces.read_ace,
+                write_ace: aces.write_ace,
+                admin_ace: aces.admin_ace,
+            };
+            let t = tables
+                .create(req)
+                .await
+                .map_err(|s| at_path(ClientError::from_status(s), &path))?
+                .into_inner();
+            if ctx.json() {
+                print_json(&table_json(&t));
+            } else {
+                println!("created table {} in volume {}", t.path, t.volume);
+            }
+        }
+        TableCmd::Info { path } => {
+            let path = abs(&path);
+            let t = tables
+                .info(PathRequest { path: path.clone() })
+                .await
+                .map_err(|s| at_path(ClientError::from_status(s), &path))?
+                .into_inner();
+            if ctx.json() {
+                print_json(&table_json(&t));
+            } else {
+                print_table(&t);
+            }
+        }
+        TableCmd::List { dir, recursive } => {
+            let list = match &dir {
+                Some(d) => list_all(&client, &abs(d), recursive).await?,
+                // A cluster without MongoDB databases yet has no /tables:
+                // nothing to list, not an error.
+                None => match list_all(&client, LIST_DIR_DEFAULT, recursive).await {
+                    Err(e) if is_code(&e, "ENOENT") => Vec::new(),
+                    r => r?,
+                },
+            };
+            if ctx.json() {
+                print_json(&Value::Array(list.iter().map(entry_json).collect()));
+                return Ok(());
+            }
+            let mut t = Table::new(&[
+                ("PATH", Align::Left),
+                ("UID", Align::Right),
+                ("GID", Align::Right),
+                ("MODIFIED", Align::Left),
+            ]);
+            for e in &list {
+                t.row(vec![
+                    e.path.clone(),
+                    e.uid.to_string(),
+                    e.gid.to_string(),
+                    format_time_ns(e.mtime_ns),
+                ]);
+            }
+            t.print();
+        }
+        TableCmd::Delete { path } => {
+            let path = abs(&path);
+            tables
+                .delete(PathRequest { path: path.clone() })
+                .await
+                .map_err(|s| at_path(ClientError::from_status(s), &path))?;
+        }
+        TableCmd::Edit {
+            path,
+            aces,
+            clear_ace,
+        } => {
+            let path = abs(&path);
+            let req = TableEditRequest {
+                path: path.clone(),
+                read_ace: aces.read_ace,
+                write_ace: aces.write_ace,
+                admin_ace: aces.admin_ace,
+                clear_aces: clear_ace,
+            };
+            let t = tables
+                .edit(req)
+                .await
+                .map_err(|s| at_path(ClientError::from_status(s), &path))?
+                .into_inner();
+            if ctx.json() {
+                print_json(&table_json(&t));
+            } else {
+                print_table(&t);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `e` is a client API error with `code`.
+fn is_code(e: &anyhow::Error, code: &str) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<ClientError>().is_some_and(|c| c.is(code)))
+}
+
+/// Every table in `dir` (and below it when `recursive`), following `more`
+/// page by page. Subdirectories the caller may not list are skipped, each
+/// named in a warning on stderr.
+async fn list_all(client: &Client, dir: &str, recursive: bool) -> Result<Vec<Entry>> {
+    let mut tables = client.tables();
+    let mut out = Vec::new();
+    let mut start_after = String::new();
+    for _ in 0..LIST_PAGES_MAX {
+        let page = tables
+            .list(TableListRequest {
+                path: dir.to_string(),
+                recursive,
+                start_after: start_after.clone(),
+                limit: LIST_PAGE_LIMIT,
+            })
+            .await
+            .map_err(|s| at_path(ClientError::from_status(s), dir))?
+            .into_inner();
+        for d in &page.unreadable {
+            eprintln!("warning: {d}: not listed (permission denied)");
+        }
+        out.extend(page.tables);
+        if !page.more {
+            return Ok(out);
+        }
+        // A server that says "more" but does not advance would loop forever.
+        // (Depth-first order is not the order of the paths as strings, so
+        // only a repeat is caught here; the page bound catches the rest.)
+        if page.next_start_after.is_empty() || page.next_start_after == start_after {
+            bail!("listing tables in {dir}: the server returned a page that does not advance");
+        }
+        start_after = page.next_start_after;
+    }
+    bail!("listing tables in {dir}: more than {LIST_PAGES_MAX} pages")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts() {
+        assert_eq!(ace_text(None), "(the owner only)");
+        assert_eq!(ace_text(Some("")), "'' (nobody)");
+        assert_eq!(ace_text(Some("u:a")), "u:a");
+    }
+
+    #[test]
+    fn json_has_every_field() {
+        let t = TableInfo {
+            path: "/tables/db/c".into(),
+            volume: "/".into(),
+            documents: Some(2),
+            bytes: Some(40),
+            read_ace: Some("p".into()),
+            format: 1,
+            ..Default::default()
+        };
+        let v = table_json(&t);
+        assert_eq!(v["path"], "/tables/db/c");
+        assert_eq!(v["documents"], 2);
+        assert_eq!(v["bytes"], 40);
+        assert_eq!(v["read_ace"], "p");
+        assert_eq!(v["write_ace"], Value::Null);
+        assert_eq!(v["entry"], Value::Null);
+        assert_eq!(v["format"], 1);
+        let hidden = table_json(&TableInfo::default());
+        assert_eq!(hidden["documents"], Value::Null);
+    }
+
+    #[test]
+    fn api_codes_are_found_in_context() {
+        let e = at_path(
+            ClientError::Api {
+                code: "ENOENT".into(),
+                message: "x".into(),
+            },
+            "/tables",
+        );
+        assert!(is_code(&e, "ENOENT"));
+        assert!(!is_code(&e, "EACCES"));
+        assert!(!is_code(&anyhow::anyhow!("ENOENT"), "ENOENT"));
+    }
+}
