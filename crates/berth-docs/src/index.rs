@@ -115,8 +115,14 @@ impl IndexDef {
         };
         for k in spec.keys() {
             match k.as_str() {
-                "key" | "name" | "unique" | "sparse" | "partialFilterExpression" | "v"
-                | "background" | "ns" => {}
+                "key"
+                | "name"
+                | "unique"
+                | "sparse"
+                | "partialFilterExpression"
+                | "v"
+                | "background"
+                | "ns" => {}
                 "expireAfterSeconds" => {
                     return Err(DocError::new(
                         115,
@@ -324,7 +330,10 @@ mod tests {
         let d = def(doc! {"key": {"a": 1, "b.c": -1}});
         assert_eq!(d.name, "a_1_b.c_-1");
         assert_eq!(d.keys, vec![("a".into(), 1), ("b.c".into(), -1)]);
-        assert_eq!(d.listed(), doc! {"v": 2, "key": {"a": 1, "b.c": -1}, "name": "a_1_b.c_-1"});
+        assert_eq!(
+            d.listed(),
+            doc! {"v": 2, "key": {"a": 1, "b.c": -1}, "name": "a_1_b.c_-1"}
+        );
         let u = def(doc! {"key": {"email": 1}, "unique": true, "name": "em"});
         assert!(u.unique);
         assert_eq!(u.listed().get_bool("unique").ok(), Some(true));
@@ -357,7 +366,10 @@ mod tests {
         assert_eq!(d.entries(&doc! {"a": [1, 2, 2, 3]}).unwrap().len(), 3);
         // Through arrays of documents.
         let n = def(doc! {"key": {"x.y": 1}});
-        assert_eq!(n.entries(&doc! {"x": [{"y": 1}, {"y": 2}]}).unwrap().len(), 2);
+        assert_eq!(
+            n.entries(&doc! {"x": [{"y": 1}, {"y": 2}]}).unwrap().len(),
+            2
+        );
         // Parallel arrays refused.
         let c = def(doc! {"key": {"a": 1, "b": 1}});
         let e = c.entries(&doc! {"a": [1], "b": [2]}).unwrap_err();

@@ -9,6 +9,7 @@ pub mod index;
 pub mod keys;
 pub mod matcher;
 pub mod order;
+pub mod plan;
 pub mod projection;
 pub mod table;
 pub mod update;

@@ -447,7 +447,18 @@ impl Tables {
                     Err(duplicate_id(t, &d.id))
                 } else {
                     let mut staged = Vec::new();
-                    match index_writes(&mut tx, t, &config, &d.id_enc, None, Some(&d.doc), &claimed, &mut staged).await {
+                    match index_writes(
+                        &mut tx,
+                        t,
+                        &config,
+                        &d.id_enc,
+                        None,
+                        Some(&d.doc),
+                        &claimed,
+                        &mut staged,
+                    )
+                    .await
+                    {
                         Ok(()) => {
                             for (k, v) in staged {
                                 match v {
@@ -556,6 +567,73 @@ impl Tables {
         }
     }
 
+    /// The documents matching `filter` read through an index
+    /// (`plan`), in the index's order, without duplicates (a multikey
+    /// document is returned at its first entry), at most `stop_after`
+    /// (when the caller needs no more, e.g. a limit over a sort the index
+    /// provides) and at most `bytes_max` bytes of documents (error 292
+    /// beyond). Also returns the index entries and documents examined.
+    pub async fn index_scan(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        plan: &crate::plan::IndexPlan,
+        filter: &Filter,
+        stop_after: Option<usize>,
+        bytes_max: usize,
+    ) -> Result<(Vec<Document>, u64, u64), DocError> {
+        authorize(p, t, Right::Read)?;
+        let start = Key::new(t.vol.id, Kind::TableIndex, t.entry.ino)
+            .u64(plan.index_id)
+            .bytes_prefix(&plan.prefix)
+            .build();
+        let end = prefix_end(&start);
+        let mut from = start;
+        let mut seen = std::collections::HashSet::new();
+        let (mut out, mut bytes, mut keys, mut docs) = (Vec::new(), 0usize, 0u64, 0u64);
+        loop {
+            let tx = self.begin(t).await?;
+            let rows = tx
+                .peek_range(&from, &end, SCAN_PAGE)
+                .await
+                .map_err(from_meta)?;
+            let more = rows.len() == SCAN_PAGE;
+            for (k, id_enc) in &rows {
+                keys += 1;
+                from = k.to_vec();
+                if !seen.insert(id_enc.to_vec()) {
+                    continue;
+                }
+                let doc_key = Key::new(t.vol.id, Kind::TableDoc, t.entry.ino)
+                    .bytes(id_enc)
+                    .build();
+                // Deleted since the entry was read: skip it.
+                let Some(raw) = tx.peek(&doc_key).await.map_err(from_meta)? else {
+                    continue;
+                };
+                docs += 1;
+                let d = decode_doc(&raw)?;
+                if filter.matches(&d) {
+                    bytes += raw.len();
+                    if bytes > bytes_max {
+                        return Err(DocError::new(
+                            292,
+                            format!("the query needs more than {bytes_max} bytes of documents in memory; narrow it with a filter or a limit"),
+                        ));
+                    }
+                    out.push(d);
+                    if stop_after.is_some_and(|n| out.len() >= n) {
+                        return Ok((out, keys, docs));
+                    }
+                }
+            }
+            if !more {
+                return Ok((out, keys, docs));
+            }
+            from.push(0);
+        }
+    }
+
     /// Applies `update` to the documents matching `filter` (all with
     /// `multi`, else the first in `_id` order), each in its own conditional transaction (a document changed
     /// meanwhile is read and matched again). With `upsert` and no match,
@@ -655,7 +733,17 @@ impl Tables {
                 return Err(duplicate_id(t, &id));
             }
             let mut staged = Vec::new();
-            index_writes(&mut tx, t, &config, &d.id_enc, None, Some(&d.doc), &HashMap::new(), &mut staged).await?;
+            index_writes(
+                &mut tx,
+                t,
+                &config,
+                &d.id_enc,
+                None,
+                Some(&d.doc),
+                &HashMap::new(),
+                &mut staged,
+            )
+            .await?;
             for (k, v) in staged {
                 match v {
                     Some(v) => tx.put(k, v),
@@ -709,7 +797,17 @@ impl Tables {
                 let config = read_config(&mut tx, t).await?;
                 let id_enc = id_encoding(now.get("_id"));
                 let mut staged = Vec::new();
-                index_writes(&mut tx, t, &config, &id_enc, Some(&now), None, &HashMap::new(), &mut staged).await?;
+                index_writes(
+                    &mut tx,
+                    t,
+                    &config,
+                    &id_enc,
+                    Some(&now),
+                    None,
+                    &HashMap::new(),
+                    &mut staged,
+                )
+                .await?;
                 for (k, _) in staged {
                     tx.delete(k);
                 }
@@ -770,7 +868,10 @@ impl Tables {
                     Some(i) if i.name == def.name => {
                         return Err(DocError::new(
                             codes::INDEX_KEY_SPECS_CONFLICT,
-                            format!("an index named {} exists with other keys or options", i.name),
+                            format!(
+                                "an index named {} exists with other keys or options",
+                                i.name
+                            ),
                         ))
                     }
                     Some(i) if i.same_as(&def) => {
@@ -784,7 +885,10 @@ impl Tables {
                 if config.indexes.len() >= crate::index::INDEXES_MAX {
                     return Err(DocError::new(
                         crate::index::CANNOT_CREATE_INDEX,
-                        format!("a table has at most {} indexes", crate::index::INDEXES_MAX + 1),
+                        format!(
+                            "a table has at most {} indexes",
+                            crate::index::INDEXES_MAX + 1
+                        ),
                     ));
                 }
                 config.next_index_id = id + 1;
@@ -801,16 +905,16 @@ impl Tables {
             made.clear();
         }
         if made.is_empty() {
-            return Err(transient("too much contention on the table's settings; retry"));
+            return Err(transient(
+                "too much contention on the table's settings; retry",
+            ));
         }
         let t = self.open(p, path, Right::Write).await?;
         if let Err(e) = self.build_indexes(&t, &made).await {
             self.remove_indexes(&t, &made).await?;
             return Err(e);
         }
-        let after = self
-            .set_ready(&t, &made)
-            .await?;
+        let after = self.set_ready(&t, &made).await?;
         Ok((before, after))
     }
 
@@ -833,7 +937,10 @@ impl Tables {
                         "an index being built was dropped meanwhile",
                     ));
                 }
-                let rows = tx.peek_range(&from, &end, SCAN_PAGE).await.map_err(from_meta)?;
+                let rows = tx
+                    .peek_range(&from, &end, SCAN_PAGE)
+                    .await
+                    .map_err(from_meta)?;
                 let more = rows.len() == SCAN_PAGE;
                 let mut claimed = HashMap::new();
                 let mut next = from.clone();
@@ -846,8 +953,17 @@ impl Tables {
                     let doc = decode_doc(&now)?;
                     let id_enc = id_encoding(doc.get("_id"));
                     let mut staged = Vec::new();
-                    index_writes(&mut tx, t, &config, &id_enc, None, Some(&doc), &claimed, &mut staged)
-                        .await?;
+                    index_writes(
+                        &mut tx,
+                        t,
+                        &config,
+                        &id_enc,
+                        None,
+                        Some(&doc),
+                        &claimed,
+                        &mut staged,
+                    )
+                    .await?;
                     for (k, v) in staged {
                         if let Some(v) = v {
                             claimed.insert(k.clone(), v.clone());
@@ -860,7 +976,9 @@ impl Tables {
                 match tx.commit().await.map_err(from_meta)? {
                     Commit::Done(_) => break (next, more),
                     Commit::Conflict if attempt + 1 >= TX_RETRIES_MAX => {
-                        return Err(transient("too much contention while building an index; retry"))
+                        return Err(transient(
+                            "too much contention while building an index; retry",
+                        ))
                     }
                     Commit::Conflict => attempt += 1,
                 }
@@ -888,7 +1006,9 @@ impl Tables {
                 return Ok(n);
             }
         }
-        Err(transient("too much contention on the table's settings; retry"))
+        Err(transient(
+            "too much contention on the table's settings; retry",
+        ))
     }
 
     /// Removes the indexes `ids` with their entries.
@@ -907,7 +1027,9 @@ impl Tables {
                 return Ok(());
             }
         }
-        Err(transient("too much contention on the table's settings; retry"))
+        Err(transient(
+            "too much contention on the table's settings; retry",
+        ))
     }
 
     /// Drops the indexes `select` picks from the table's (write right);
@@ -920,7 +1042,13 @@ impl Tables {
     ) -> Result<(usize, usize), DocError> {
         let t = self.open(p, path, Right::Write).await?;
         let had = t.config.indexes.len() + 1;
-        let ids: Vec<u64> = t.config.indexes.iter().filter(|i| select(i)).map(|i| i.id).collect();
+        let ids: Vec<u64> = t
+            .config
+            .indexes
+            .iter()
+            .filter(|i| select(i))
+            .map(|i| i.id)
+            .collect();
         if !ids.is_empty() {
             self.remove_indexes(&t, &ids).await?;
         }

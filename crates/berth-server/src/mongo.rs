@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use berth_docs::aggregate::{Pipeline, StageContext};
 use berth_docs::matcher::Filter;
+use berth_docs::plan::choose;
 use berth_docs::projection::Projection;
 use berth_docs::table::{Right, TableRef, Tables};
 use berth_docs::update::{ApplyContext, Update as UpdateSpec};
@@ -304,6 +305,22 @@ impl TablesBackend {
             _ => None,
         };
         let sort = req.sort.as_ref().filter(|s| !s.is_empty());
+        if let Some(plan) = choose(&t.config.indexes, &req.filter, sort) {
+            // Through an index: a limit stops the scan early when the
+            // index yields the sort's order (or no order is asked).
+            let ordered = plan.provides_sort || sort.is_none();
+            let stop = (ordered && req.limit > 0).then(|| (req.skip + req.limit) as usize);
+            let (docs, _, _) = self
+                .tables
+                .index_scan(p, &t, &plan, &filter, stop, MEMORY_BYTES_MAX)
+                .await
+                .map_err(mongo)?;
+            let docs = match sort {
+                Some(s) if !plan.provides_sort => sorted(docs, s)?,
+                _ => docs,
+            };
+            return finish(docs, req, &filter, projection.as_ref());
+        }
         let Some(sort) = sort else {
             return Ok(Rest::Scan(Box::new(Scan {
                 table: t,
@@ -318,21 +335,7 @@ impl TablesBackend {
         };
         let docs = self.matching(p, &t, &filter).await?;
         let docs = sorted(docs, sort)?;
-        let mut out = VecDeque::new();
-        for d in docs.into_iter().skip(req.skip as usize) {
-            if req.limit > 0 && out.len() as u64 >= req.limit {
-                break;
-            }
-            let d = match &projection {
-                // The positional projection needs the match's details.
-                Some(pr) => pr
-                    .apply(&d, filter.match_details(&d).as_ref())
-                    .map_err(mongo)?,
-                None => d,
-            };
-            out.push_back(d);
-        }
-        Ok(Rest::Queued(out))
+        finish(docs, req, &filter, projection.as_ref())
     }
 
     /// Runs `pipeline` over a collection's documents.
@@ -438,6 +441,30 @@ impl TablesBackend {
             }
         }
     }
+}
+
+/// A computed find result: skip, limit and projection applied, queued.
+fn finish(
+    docs: Vec<Document>,
+    req: &Find,
+    filter: &Filter,
+    projection: Option<&Projection>,
+) -> Result<Rest, MongoError> {
+    let mut out = VecDeque::new();
+    for d in docs.into_iter().skip(req.skip as usize) {
+        if req.limit > 0 && out.len() as u64 >= req.limit {
+            break;
+        }
+        let d = match projection {
+            // The positional projection needs the match's details.
+            Some(pr) => pr
+                .apply(&d, filter.match_details(&d).as_ref())
+                .map_err(mongo)?,
+            None => d,
+        };
+        out.push_back(d);
+    }
+    Ok(Rest::Queued(out))
 }
 
 /// `$lookup` sources of a pipeline (also inside `$facet`).
@@ -744,6 +771,15 @@ impl Backend for TablesBackend {
             return Ok(0);
         };
         let filter = Filter::parse(&req.query).map_err(mongo)?;
+        if let Some(plan) = choose(&t.config.indexes, &req.query, None) {
+            let stop = (req.limit > 0).then(|| (req.skip + req.limit) as usize);
+            let (docs, _, _) = self
+                .tables
+                .index_scan(p, &t, &plan, &filter, stop, usize::MAX)
+                .await
+                .map_err(mongo)?;
+            return Ok((docs.len() as u64).saturating_sub(req.skip));
+        }
         let n = self
             .tables
             .select(p, &t, &filter, req.skip, req.limit)
@@ -1060,7 +1096,11 @@ impl Backend for TablesBackend {
         })
     }
 
-    async fn list_indexes(&self, p: &Principal, req: ListIndexes) -> Result<CursorBatch, MongoError> {
+    async fn list_indexes(
+        &self,
+        p: &Principal,
+        req: ListIndexes,
+    ) -> Result<CursorBatch, MongoError> {
         let Some(t) = self.open(p, &req.ns, Right::Read).await? else {
             return Err(MongoError::new(
                 codes::NAMESPACE_NOT_FOUND,
@@ -1096,7 +1136,10 @@ impl Backend for TablesBackend {
         if wanted.iter().any(|n| n == "_id_")
             || matches!(&req.index, IndexSelector::Key(k) if k == &doc! {"_id": 1})
         {
-            return Err(MongoError::new(codes::INVALID_OPTIONS, "cannot drop _id index"));
+            return Err(MongoError::new(
+                codes::INVALID_OPTIONS,
+                "cannot drop _id index",
+            ));
         }
         if let Some(missing) = wanted.iter().find(|n| !names.contains(n)) {
             return Err(MongoError::new(
@@ -1105,7 +1148,10 @@ impl Backend for TablesBackend {
             ));
         }
         if wanted.is_empty() && !matches!(req.index, IndexSelector::All) {
-            return Err(MongoError::new(codes::INDEX_NOT_FOUND, "can't find index with key"));
+            return Err(MongoError::new(
+                codes::INDEX_NOT_FOUND,
+                "can't find index with key",
+            ));
         }
         let path = self.path(&req.ns)?;
         let (had, _) = self
@@ -1164,7 +1210,10 @@ impl Backend for TablesBackend {
             count,
             size_bytes: bytes,
             storage_size_bytes: bytes,
-            index_sizes: vec![("_id_".into(), 0)],
+            index_sizes: std::iter::once("_id_".to_string())
+                .chain(t.config.indexes.iter().map(|i| i.name.clone()))
+                .map(|n| (n, 0))
+                .collect(),
         })
     }
 
@@ -1193,67 +1242,119 @@ impl Backend for TablesBackend {
     }
 
     async fn explain(&self, p: &Principal, req: Explain) -> Result<Document, MongoError> {
-        // Every query is a collection scan so far (secondary indexes are
-        // not built yet); explain says so, with what it examined.
-        let (ns, filter) = match &req.command {
-            Explainable::Find(f) => (f.ns.clone(), f.filter.clone()),
-            Explainable::Count(c) => (c.ns.clone(), c.query.clone()),
-            Explainable::Distinct(d) => (d.ns.clone(), d.query.clone()),
+        // The plan the command would run: an index scan (IXSCAN then FETCH)
+        // or a collection scan, with what it examined when asked.
+        let (ns, filter, sort, limit) = match &req.command {
+            Explainable::Find(f) => (f.ns.clone(), f.filter.clone(), f.sort.clone(), f.limit),
+            Explainable::Count(c) => (c.ns.clone(), c.query.clone(), None, c.limit),
+            Explainable::Distinct(d) => (d.ns.clone(), d.query.clone(), None, 0),
             Explainable::Aggregate(a) => (
                 Namespace::new(a.db.clone(), a.collection.clone().unwrap_or_default()),
                 Document::new(),
+                None,
+                0,
             ),
             Explainable::Update(u) => (
                 u.ns.clone(),
                 u.updates.first().map(|s| s.q.clone()).unwrap_or_default(),
+                None,
+                0,
             ),
             Explainable::Delete(d) => (
                 d.ns.clone(),
                 d.deletes.first().map(|s| s.q.clone()).unwrap_or_default(),
+                None,
+                0,
             ),
-            Explainable::FindAndModify(f) => (f.ns.clone(), f.query.clone()),
+            Explainable::FindAndModify(f) => (f.ns.clone(), f.query.clone(), f.sort.clone(), 0),
         };
+        let sort = sort.filter(|s| !s.is_empty());
         let parsed = Filter::parse(&filter).map_err(mongo)?;
-        let mut plan = doc! {
+        let table = self.open(p, &ns, Right::Read).await?;
+        let chosen = table
+            .as_ref()
+            .and_then(|t| choose(&t.config.indexes, &filter, sort.as_ref()));
+        let winning = match &chosen {
+            Some(plan) => doc! {
+                "stage": "FETCH",
+                "filter": filter.clone(),
+                "inputStage": {
+                    "stage": "IXSCAN",
+                    "indexName": &plan.name,
+                    "keyPattern": plan.key_pattern.clone(),
+                    "equalityFields": plan.eq_fields as i32,
+                    "providesSort": plan.provides_sort,
+                    "direction": "forward",
+                },
+            },
+            None => doc! {"stage": "COLLSCAN", "filter": filter.clone(), "direction": "forward"},
+        };
+        let mut out = doc! {
             "queryPlanner": {
                 "namespace": ns.to_string(),
                 "parsedQuery": filter.clone(),
-                "winningPlan": {"stage": "COLLSCAN", "filter": filter, "direction": "forward"},
+                "winningPlan": winning,
                 "rejectedPlans": [],
             },
         };
         if req.verbosity != Verbosity::QueryPlanner {
-            let (mut examined, mut returned) = (0i64, 0i64);
-            if let Some(t) = self.open(p, &ns, Right::Read).await? {
-                let mut after: Option<Vec<u8>> = None;
-                loop {
-                    let (page, more) = self
+            let (mut keys, mut examined, mut returned) = (0u64, 0u64, 0u64);
+            match (&table, &chosen) {
+                (Some(t), Some(plan)) => {
+                    let ordered = plan.provides_sort || sort.is_none();
+                    let stop = (ordered && limit > 0).then_some(limit as usize);
+                    let (docs, k, d) = self
                         .tables
-                        .page(p, &t, after.as_deref(), SCAN_PAGE)
+                        .index_scan(p, t, plan, &parsed, stop, MEMORY_BYTES_MAX)
                         .await
                         .map_err(mongo)?;
-                    if let Some((k, _)) = page.last() {
-                        after = Some(k.clone());
+                    (keys, examined, returned) = (k, d, docs.len() as u64);
+                }
+                (Some(t), None) => {
+                    let mut after: Option<Vec<u8>> = None;
+                    loop {
+                        let (page, more) = self
+                            .tables
+                            .page(p, t, after.as_deref(), SCAN_PAGE)
+                            .await
+                            .map_err(mongo)?;
+                        if let Some((k, _)) = page.last() {
+                            after = Some(k.clone());
+                        }
+                        for (_, d) in &page {
+                            examined += 1;
+                            returned += u64::from(parsed.matches(d));
+                        }
+                        if !more {
+                            break;
+                        }
                     }
-                    for (_, d) in &page {
-                        examined += 1;
-                        returned += i64::from(parsed.matches(d));
-                    }
-                    if !more {
-                        break;
+                    if limit > 0 && sort.is_none() {
+                        returned = returned.min(limit);
                     }
                 }
+                _ => {}
             }
-            plan.insert(
+            let stage = if chosen.is_some() {
+                "FETCH"
+            } else {
+                "COLLSCAN"
+            };
+            out.insert(
                 "executionStats",
                 doc! {
-                    "nReturned": returned,
-                    "totalKeysExamined": 0i64,
-                    "totalDocsExamined": examined,
-                    "executionStages": {"stage": "COLLSCAN", "nReturned": returned, "docsExamined": examined},
+                    "nReturned": returned as i64,
+                    "totalKeysExamined": keys as i64,
+                    "totalDocsExamined": examined as i64,
+                    "executionStages": {
+                        "stage": stage,
+                        "nReturned": returned as i64,
+                        "docsExamined": examined as i64,
+                        "keysExamined": keys as i64,
+                    },
                 },
             );
         }
-        Ok(plan)
+        Ok(out)
     }
 }

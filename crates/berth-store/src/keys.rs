@@ -519,12 +519,20 @@ pub fn object_range(volume: u64, kind: Kind, object: u64) -> (Vec<u8>, Vec<u8>) 
 mod tests {
     #[test]
     fn a_bytes_prefix_prefixes_the_components_that_start_with_it() {
-        let p = Key::new(1, Kind::TableIndex, 2).bytes_prefix(b"ab\x00").build();
+        let p = Key::new(1, Kind::TableIndex, 2)
+            .bytes_prefix(b"ab\x00")
+            .build();
         for b in [&b"ab\x00"[..], b"ab\x00c", b"ab\x00\x00"] {
-            assert!(Key::new(1, Kind::TableIndex, 2).bytes(b).build().starts_with(&p));
+            assert!(Key::new(1, Kind::TableIndex, 2)
+                .bytes(b)
+                .build()
+                .starts_with(&p));
         }
         for b in [&b"ab"[..], b"ab\x01", b"ac"] {
-            assert!(!Key::new(1, Kind::TableIndex, 2).bytes(b).build().starts_with(&p));
+            assert!(!Key::new(1, Kind::TableIndex, 2)
+                .bytes(b)
+                .build()
+                .starts_with(&p));
         }
     }
 

@@ -334,3 +334,151 @@ async fn bad_documents_are_refused_and_nothing_else_changes() {
     assert_eq!(docs.len(), 1);
     assert_eq!(docs[0].1, doc! {"_id": 9});
 }
+
+#[tokio::test]
+async fn unique_indexes_hold_across_inserts_updates_and_builds() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let path = "/tables/db/people";
+    let t = k.tables.create(a, path, true).await.unwrap();
+    k.tables
+        .insert(
+            a,
+            &t,
+            vec![
+                doc! {"_id": 1, "email": "a@x"},
+                doc! {"_id": 2, "email": "b@x"},
+            ],
+            true,
+        )
+        .await
+        .unwrap();
+    let (before, after) = k
+        .tables
+        .create_indexes(a, path, &[doc! {"key": {"email": 1}, "unique": true}])
+        .await
+        .unwrap();
+    assert_eq!((before, after), (1, 2));
+    // The same spec again is already there.
+    let (before, after) = k
+        .tables
+        .create_indexes(a, path, &[doc! {"key": {"email": 1}, "unique": true}])
+        .await
+        .unwrap();
+    assert_eq!((before, after), (2, 2));
+    let t = k.tables.open(a, path, Right::Write).await.unwrap();
+    assert!(t.config.indexes[0].ready);
+    // A duplicate email fails alone; in one batch too.
+    let out = k
+        .tables
+        .insert(
+            a,
+            &t,
+            vec![
+                doc! {"_id": 3, "email": "a@x"},
+                doc! {"_id": 4, "email": "c@x"},
+                doc! {"_id": 5, "email": "c@x"},
+            ],
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.n, 1);
+    let failed: Vec<usize> = out.errors.iter().map(|e| e.index).collect();
+    assert_eq!(failed, vec![0, 2]);
+    assert!(out
+        .errors
+        .iter()
+        .all(|e| e.error.code == codes::DUPLICATE_KEY));
+    assert!(
+        out.errors[0].error.message.contains("email_1"),
+        "{:?}",
+        out.errors[0]
+    );
+    // An update onto a taken email is refused; onto a free one it moves the entry.
+    let e = {
+        let spec = Update::parse(&doc! {"$set": {"email": "b@x"}}, &[]).unwrap();
+        let change = move |d: &mut Document, ctx: &ApplyContext| spec.apply(d, ctx);
+        let q = doc! {"_id": 1};
+        k.tables
+            .update(
+                a,
+                &t,
+                &filter(q.clone()),
+                &q,
+                &change,
+                false,
+                false,
+                bson::DateTime::from_millis(0),
+                false,
+            )
+            .await
+            .unwrap_err()
+    };
+    assert_eq!(e.code, codes::DUPLICATE_KEY);
+    let o = update(
+        &k,
+        a,
+        path,
+        doc! {"_id": 1},
+        doc! {"$set": {"email": "z@x"}},
+        false,
+        false,
+    )
+    .await;
+    assert_eq!(o.modified, 1);
+    // a@x is free again.
+    let out = k
+        .tables
+        .insert(a, &t, vec![doc! {"_id": 6, "email": "a@x"}], true)
+        .await
+        .unwrap();
+    assert_eq!((out.n, out.errors.len()), (1, 0));
+    // Deleting frees the entry too.
+    k.tables
+        .delete(a, &t, &filter(doc! {"_id": 6}), true)
+        .await
+        .unwrap();
+    let out = k
+        .tables
+        .insert(a, &t, vec![doc! {"_id": 7, "email": "a@x"}], true)
+        .await
+        .unwrap();
+    assert_eq!((out.n, out.errors.len()), (1, 0));
+
+    // A unique index the documents already violate is not made.
+    k.tables
+        .insert(
+            a,
+            &t,
+            vec![
+                doc! {"_id": 8, "team": "red"},
+                doc! {"_id": 9, "team": "red"},
+            ],
+            true,
+        )
+        .await
+        .unwrap();
+    let e = k
+        .tables
+        .create_indexes(a, path, &[doc! {"key": {"team": 1}, "unique": true}])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, codes::DUPLICATE_KEY);
+    let t = k.tables.open(a, path, Right::Write).await.unwrap();
+    assert_eq!(t.config.indexes.len(), 1, "the failed index was removed");
+    // Dropped, the unique index no longer refuses.
+    let (had, dropped) = k
+        .tables
+        .drop_indexes(a, path, |i| i.name == "email_1")
+        .await
+        .unwrap();
+    assert_eq!((had, dropped), (2, 1));
+    let t = k.tables.open(a, path, Right::Write).await.unwrap();
+    let out = k
+        .tables
+        .insert(a, &t, vec![doc! {"_id": 10, "email": "a@x"}], true)
+        .await
+        .unwrap();
+    assert_eq!((out.n, out.errors.len()), (1, 0));
+}

@@ -70,6 +70,16 @@ fn pymongo_crud_with_a_ticket_over_plain() {
 }
 
 #[test]
+fn pymongo_indexes_serve_queries_and_hold_unique_keys() {
+    if !have("pymongo", python_has("pymongo")) {
+        return;
+    }
+    let s = TestServer::start();
+    let (ok, text) = pymongo(&s, "indexes", "admin", &admin_ticket(&s), "PLAIN");
+    assert!(ok, "{text}\n{}", s.log());
+}
+
+#[test]
 fn a_user_without_rights_on_a_table_gets_unauthorized() {
     if !have("pymongo", python_has("pymongo")) {
         return;

@@ -3,7 +3,7 @@ application would use it. Usage:
 
     pymongo_checks.py CHECK --port P --ca CA --user U --password PW [--mechanism M]
 
-CHECK is one of: crud, seed (a document in shop.private), denied. Prints what failed and exits 1 on failure.
+CHECK is one of: crud, indexes, seed (a document in shop.private), denied. Prints what failed and exits 1 on failure.
 """
 
 import argparse
@@ -122,6 +122,55 @@ def crud(a):
     print("ok")
 
 
+def indexes(a):
+    c = client(a)
+    events = c["shop"]["events"]
+    events.drop()
+    events.insert_many(
+        [{"_id": i, "user": f"u{i % 10}", "ts": i, "email": f"e{i}@x"} for i in range(500)]
+    )
+    # Built over the documents already there, then kept by every write.
+    name = events.create_index([("user", 1), ("ts", -1)])
+    check(name == "user_1_ts_-1", f"index name {name}")
+    events.create_index("email", unique=True)
+    names = sorted(i["name"] for i in events.list_indexes())
+    check(names == ["_id_", "email_1", "user_1_ts_-1"], f"list_indexes {names}")
+    try:
+        events.insert_one({"_id": 1000, "email": "e1@x"})
+        check(False, "a duplicate in a unique index was accepted")
+    except DuplicateKeyError as e:
+        check("email_1" in str(e), f"duplicate names the index: {e}")
+    # The compound query DocumentDB-based engines cannot serve from an index.
+    latest = list(events.find({"user": "u3"}).sort("ts", -1).limit(5))
+    check([d["ts"] for d in latest] == [493, 483, 473, 463, 453], f"latest {latest}")
+    plan = events.find({"user": "u3"}).sort("ts", -1).limit(5).explain()
+    stage = plan["queryPlanner"]["winningPlan"]["inputStage"]
+    check(stage["stage"] == "IXSCAN" and stage["indexName"] == "user_1_ts_-1", f"plan {plan}")
+    stats = plan["executionStats"]
+    check(stats["totalKeysExamined"] <= 6 and stats["nReturned"] == 5, f"examined {stats}")
+    full = events.find({"ts": {"$gt": 1}}).explain()
+    check(full["queryPlanner"]["winningPlan"]["stage"] == "COLLSCAN", "a range scans for now")
+    check(events.count_documents({"user": "u7"}) == 50, "count through the index")
+    # Writes keep the index: a moved document is found under its new key.
+    events.update_one({"_id": 3}, {"$set": {"user": "moved"}})
+    check([d["_id"] for d in events.find({"user": "moved"})] == [3], "updated entry")
+    check(events.count_documents({"user": "u3"}) == 49, "old entry gone")
+    events.delete_many({"user": "u4"})
+    check(events.count_documents({"user": "u4"}) == 0, "deleted entries gone")
+    # A unique index the documents violate is refused, and not left behind.
+    # (each with its own email: a missing one is null, unique too)
+    events.insert_many([{"team": "red", "email": "r1"}, {"team": "red", "email": "r2"}])
+    try:
+        events.create_index("team", unique=True)
+        check(False, "a unique index over duplicates was made")
+    except OperationFailure as e:
+        check(e.code == 11000, f"unique build code {e.code}")
+    check("team_1" not in [i["name"] for i in events.list_indexes()], "failed index removed")
+    events.drop_index("email_1")
+    events.insert_one({"_id": 1001, "email": "e1@x"})
+    print("ok")
+
+
 def seed(a):
     c = client(a)
     c["shop"]["private"].insert_one({"_id": "secret", "x": 1})
@@ -146,14 +195,14 @@ def denied(a):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("check", choices=["crud", "seed", "denied"])
+    p.add_argument("check", choices=["crud", "indexes", "seed", "denied"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--ca", required=True)
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
     p.add_argument("--mechanism", default="SCRAM-SHA-256")
     a = p.parse_args()
-    {"crud": crud, "seed": seed, "denied": denied}[a.check](a)
+    {"crud": crud, "indexes": indexes, "seed": seed, "denied": denied}[a.check](a)
 
 
 if __name__ == "__main__":
