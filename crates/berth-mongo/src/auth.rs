@@ -105,8 +105,14 @@ impl Failure {
 fn payload(cmd: &Document) -> Result<Vec<u8>, Failure> {
     let bytes = match cmd.get("payload") {
         Some(Bson::Binary(b)) => b.bytes.clone(),
-        // Some clients (old shells) send the payload as a string.
-        Some(Bson::String(s)) => s.clone().into_bytes(),
+        // Some clients (libmongoc's PLAIN, old shells) send the payload as
+        // a string holding its base64, as MongoDB reads it.
+        Some(Bson::String(s)) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .map_err(|_| Failure::auth("a string payload must be base64"))?
+        }
         Some(_) => {
             return Err(Failure::other(MongoError::type_mismatch(
                 "payload must be BinData or a string",

@@ -37,8 +37,10 @@ pub const ITERATIONS_DEFAULT: u32 = 4096;
 /// Kafka's bounds on a credential's iterations.
 pub const ITERATIONS_MIN: u32 = 4096;
 pub const ITERATIONS_MAX: u32 = 16384;
-/// Bytes of salt of new credentials (and of fake ones).
-pub const SALT_BYTES: usize = 32;
+/// Bytes of salt of new credentials (and of fake ones): the hash's length
+/// less 4 for SHA-256, as MongoDB makes them; libmongoc refuses any other
+/// length for SCRAM-SHA-256 (Kafka clients take any).
+pub const SALT_BYTES: usize = 28;
 /// Random bytes in a server nonce (base64 in the message).
 pub const NONCE_BYTES: usize = 24;
 /// Bound on one SCRAM message (client-first or client-final).

@@ -816,8 +816,36 @@ impl Backend for TablesBackend {
             ));
         };
         let ns = Namespace::new(req.db.clone(), coll);
-        let input = self.all(p, &ns).await?;
-        let (docs, out) = self.run_pipeline(p, &req.db, input, &req.pipeline).await?;
+        // `$collStats` first (drivers' estimatedDocumentCount on wire 12+):
+        // one document of the collection's statistics feeds the rest.
+        let first_stats = req
+            .pipeline
+            .first()
+            .and_then(|s| s.get_document("$collStats").ok())
+            .cloned();
+        let (input, stages) = match first_stats {
+            Some(spec) => {
+                let stats = self.coll_stats(p, ns.clone()).await?;
+                let mut d = doc! {"ns": ns.to_string()};
+                if spec.contains_key("count") {
+                    d.insert("count", stats.count as i64);
+                }
+                if spec.contains_key("storageStats") {
+                    d.insert(
+                        "storageStats",
+                        doc! {
+                            "count": stats.count as i64,
+                            "size": stats.size_bytes as i64,
+                            "storageSize": stats.storage_size_bytes as i64,
+                            "nindexes": stats.index_sizes.len() as i32,
+                        },
+                    );
+                }
+                (vec![d], &req.pipeline[1..])
+            }
+            None => (self.all(p, &ns).await?, &req.pipeline[..]),
+        };
+        let (docs, out) = self.run_pipeline(p, &req.db, input, stages).await?;
         if let Some(target) = out {
             // $out: the target collection's documents become the results
             // (it is replaced; not atomically: documented).
