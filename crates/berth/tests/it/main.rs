@@ -21,6 +21,7 @@ mod kafka_go;
 mod linearizable;
 mod locks;
 mod mongo;
+mod mongo_drivers;
 mod mount;
 mod posix_user;
 mod security;
