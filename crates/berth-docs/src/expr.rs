@@ -173,32 +173,7 @@ fn nullish(v: &Val) -> bool {
 
 /// MongoDB's name of a value's type, as `$type` reports it.
 pub fn type_name(v: Option<&Bson>) -> &'static str {
-    match v {
-        None => "missing",
-        Some(v) => match v {
-            Bson::Double(_) => "double",
-            Bson::String(_) => "string",
-            Bson::Document(_) => "object",
-            Bson::Array(_) => "array",
-            Bson::Binary(_) => "binData",
-            Bson::Undefined => "undefined",
-            Bson::ObjectId(_) => "objectId",
-            Bson::Boolean(_) => "bool",
-            Bson::DateTime(_) => "date",
-            Bson::Null => "null",
-            Bson::RegularExpression(_) => "regex",
-            Bson::DbPointer(_) => "dbPointer",
-            Bson::JavaScriptCode(_) => "javascript",
-            Bson::Symbol(_) => "symbol",
-            Bson::JavaScriptCodeWithScope(_) => "javascriptWithScope",
-            Bson::Int32(_) => "int",
-            Bson::Timestamp(_) => "timestamp",
-            Bson::Int64(_) => "long",
-            Bson::Decimal128(_) => "decimal",
-            Bson::MinKey => "minKey",
-            Bson::MaxKey => "maxKey",
-        },
-    }
+    v.map_or("missing", crate::order::type_name)
 }
 
 fn tn(v: &Val) -> &'static str {

@@ -326,33 +326,26 @@ impl Tables {
     /// cluster and path: a root the operator removes later is not made
     /// again.
     pub async fn ensure_root(&self, path: &str) -> Result<(), Error> {
-        const STARTED: &[u8] = b"started";
-        const DONE: &[u8] = b"done";
         let path = berth_meta::map::normalize_path(path)?;
-        let step = format!("mongo root {path}");
-        let meta = self.ns.meta();
         let system = berth_fs::volumes::system_principal();
-        match meta.setup_step(&step).await?.as_deref() {
-            Some(DONE) => return Ok(()),
-            Some(_) => {}
-            None => {
-                match self.ns.stat(&system, &path).await {
-                    Ok(_) => return meta.set_setup_step(&step, DONE).await,
-                    Err(e) if e.code == Code::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-                meta.set_setup_step(&step, STARTED).await?;
+        let exists = async {
+            match self.ns.stat(&system, &path).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.code == Code::NotFound => Ok(false),
+                Err(e) => Err(e),
             }
-        }
-        if let Some((parent, _)) = berth_meta::map::split_parent(&path) {
-            self.ns.mkdir(&system, parent, 0o755, true).await?;
-        }
-        match self.ns.mkdir(&system, &path, 0o1777, false).await {
-            Ok(_) => {}
-            Err(e) if e.code == Code::Exists => {}
-            Err(e) => return Err(e),
-        }
-        meta.set_setup_step(&step, DONE).await
+        };
+        let make = async {
+            if let Some((parent, _)) = berth_meta::map::split_parent(&path) {
+                self.ns.mkdir(&system, parent, 0o755, true).await?;
+            }
+            match self.ns.mkdir(&system, &path, 0o1777, false).await {
+                Err(e) if e.code != Code::Exists => Err(e),
+                _ => Ok(()),
+            }
+        };
+        let step = format!("mongo root {path}");
+        self.ns.meta().setup_once(&step, exists, make).await
     }
 
     async fn begin(&self, t: &TableRef) -> Result<Tx, DocError> {
@@ -446,33 +439,16 @@ impl Tables {
                 let result = if dup {
                     Err(duplicate_id(t, &d.id))
                 } else {
-                    let mut staged = Vec::new();
-                    match index_writes(
+                    write_indexes(
                         &mut tx,
                         t,
                         &config,
                         &d.id_enc,
                         None,
                         Some(&d.doc),
-                        &claimed,
-                        &mut staged,
+                        &mut claimed,
                     )
                     .await
-                    {
-                        Ok(()) => {
-                            for (k, v) in staged {
-                                match v {
-                                    Some(v) => {
-                                        claimed.insert(k.clone(), v.clone());
-                                        tx.put(k, v)
-                                    }
-                                    None => tx.delete(k),
-                                }
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
                 };
                 if let Err(error) = result {
                     taken.push(WriteError { index: *i, error });
@@ -683,24 +659,16 @@ impl Tables {
                     }
                     let value = encode_doc(&after)?;
                     let id_enc = id_encoding(after.get("_id"));
-                    let mut staged = Vec::new();
-                    index_writes(
+                    write_indexes(
                         &mut tx,
                         t,
                         &config,
                         &id_enc,
                         Some(&before),
                         Some(&after),
-                        &HashMap::new(),
-                        &mut staged,
+                        &mut HashMap::new(),
                     )
                     .await?;
-                    for (k, v) in staged {
-                        match v {
-                            Some(v) => tx.put(k, v),
-                            None => tx.delete(k),
-                        }
-                    }
                     tx.put(key.clone(), value);
                 }
                 match tx.commit().await.map_err(from_meta)? {
@@ -732,24 +700,16 @@ impl Tables {
             if tx.get(&key).await.map_err(from_meta)?.is_some() {
                 return Err(duplicate_id(t, &id));
             }
-            let mut staged = Vec::new();
-            index_writes(
+            write_indexes(
                 &mut tx,
                 t,
                 &config,
                 &d.id_enc,
                 None,
                 Some(&d.doc),
-                &HashMap::new(),
-                &mut staged,
+                &mut HashMap::new(),
             )
             .await?;
-            for (k, v) in staged {
-                match v {
-                    Some(v) => tx.put(k, v),
-                    None => tx.delete(k),
-                }
-            }
             tx.put(key, value.clone());
             match tx.commit().await.map_err(from_meta)? {
                 Commit::Done(_) => {}
@@ -796,21 +756,16 @@ impl Tables {
                 }
                 let config = read_config(&mut tx, t).await?;
                 let id_enc = id_encoding(now.get("_id"));
-                let mut staged = Vec::new();
-                index_writes(
+                write_indexes(
                     &mut tx,
                     t,
                     &config,
                     &id_enc,
                     Some(&now),
                     None,
-                    &HashMap::new(),
-                    &mut staged,
+                    &mut HashMap::new(),
                 )
                 .await?;
-                for (k, _) in staged {
-                    tx.delete(k);
-                }
                 tx.delete(key);
                 match tx.commit().await.map_err(from_meta)? {
                     Commit::Done(_) => {
@@ -944,32 +899,15 @@ impl Tables {
                 let more = rows.len() == SCAN_PAGE;
                 let mut claimed = HashMap::new();
                 let mut next = from.clone();
-                for (k, v) in &rows {
+                for (k, _) in &rows {
                     // Read again under a condition: a change meanwhile conflicts.
                     let Some(now) = tx.get(k).await.map_err(from_meta)? else {
                         continue;
                     };
-                    let _ = v;
                     let doc = decode_doc(&now)?;
                     let id_enc = id_encoding(doc.get("_id"));
-                    let mut staged = Vec::new();
-                    index_writes(
-                        &mut tx,
-                        t,
-                        &config,
-                        &id_enc,
-                        None,
-                        Some(&doc),
-                        &claimed,
-                        &mut staged,
-                    )
-                    .await?;
-                    for (k, v) in staged {
-                        if let Some(v) = v {
-                            claimed.insert(k.clone(), v.clone());
-                            tx.put(k, v);
-                        }
-                    }
+                    write_indexes(&mut tx, t, &config, &id_enc, None, Some(&doc), &mut claimed)
+                        .await?;
                     next = k.to_vec();
                     next.push(0);
                 }
@@ -1263,11 +1201,10 @@ pub fn index_range(t: &TableRef, index_id: u64) -> (Vec<u8>, Vec<u8>) {
 /// `before` to `after` (either absent): `(key, Some(value))` to put,
 /// `(key, None)` to delete. A unique index's entry held by another `_id`
 /// (in the table, or `claimed` by a document earlier in this transaction:
-/// the caller records what it staged) is a duplicate
+/// see [`write_indexes`]) is a duplicate
 /// key error (11000), read under a condition so a concurrent claim
 /// conflicts.
-#[allow(clippy::too_many_arguments)]
-async fn index_writes(
+async fn index_changes(
     tx: &mut Tx,
     t: &TableRef,
     config: &TableConfig,
@@ -1275,8 +1212,8 @@ async fn index_writes(
     before: Option<&Document>,
     after: Option<&Document>,
     claimed: &HashMap<Vec<u8>, Vec<u8>>,
-    out: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
-) -> Result<(), DocError> {
+) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, DocError> {
+    let mut out = Vec::new();
     for def in &config.indexes {
         let old = match before {
             Some(d) => def.entries(d)?,
@@ -1309,6 +1246,31 @@ async fn index_writes(
                 }
             }
             out.push((key, Some(id_enc.to_vec())));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes [`index_changes`] into `tx`, all or (on an error) none, and
+/// records the entries put in `claimed`, for the documents after this one
+/// in the same transaction.
+#[allow(clippy::too_many_arguments)]
+async fn write_indexes(
+    tx: &mut Tx,
+    t: &TableRef,
+    config: &TableConfig,
+    id_enc: &[u8],
+    before: Option<&Document>,
+    after: Option<&Document>,
+    claimed: &mut HashMap<Vec<u8>, Vec<u8>>,
+) -> Result<(), DocError> {
+    for (k, v) in index_changes(tx, t, config, id_enc, before, after, claimed).await? {
+        match v {
+            Some(v) => {
+                claimed.insert(k.clone(), v.clone());
+                tx.put(k, v);
+            }
+            None => tx.delete(k),
         }
     }
     Ok(())

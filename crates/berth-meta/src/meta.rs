@@ -545,6 +545,32 @@ impl Meta {
             .await
     }
 
+    /// Runs a first-start setup step once per cluster: nothing once it is
+    /// done; done at once when `exists` finds what it makes already there at
+    /// the first try (the operator made it); else `make`, again after an
+    /// attempt that was interrupted. A step done is never redone, so what
+    /// the operator changes or removes afterwards stays so.
+    pub async fn setup_once<E, M>(&self, step: &str, exists: E, make: M) -> Result<(), Error>
+    where
+        E: std::future::Future<Output = Result<bool, Error>>,
+        M: std::future::Future<Output = Result<(), Error>>,
+    {
+        const STARTED: &[u8] = b"started";
+        const DONE: &[u8] = b"done";
+        match self.setup_step(step).await?.as_deref() {
+            Some(DONE) => return Ok(()),
+            Some(_) => {}
+            None => {
+                if exists.await? {
+                    return self.set_setup_step(step, DONE).await;
+                }
+                self.set_setup_step(step, STARTED).await?;
+            }
+        }
+        make.await?;
+        self.set_setup_step(step, DONE).await
+    }
+
     /// Claims the Kafka name `name` for the stream at `path`. A claim by
     /// another path is `Exists` unless that path is `stale_holder` (the
     /// caller found that its stream no longer carries the name); the check

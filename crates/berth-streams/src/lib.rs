@@ -586,38 +586,33 @@ impl Streams {
     /// never undone. A stream already at `path` when the step first runs
     /// (made by an operator) is left as it is.
     pub async fn ensure_default_stream(&self, path: &str) -> Result<(), Error> {
-        const STARTED: &[u8] = b"started";
-        const DONE: &[u8] = b"done";
         let path = berth_meta::map::normalize_path(path)?;
-        let step = format!("kafka default stream {path}");
-        let meta = self.ns.meta();
         let system = berth_fs::volumes::system_principal();
-        match meta.setup_step(&step).await?.as_deref() {
-            Some(DONE) => return Ok(()),
-            Some(_) => {}
-            None => {
-                match self.lookup(&system, &path).await {
-                    Ok(_) => return meta.set_setup_step(&step, DONE).await,
-                    Err(e) if e.code == Code::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-                meta.set_setup_step(&step, STARTED).await?;
+        let exists = async {
+            match self.lookup(&system, &path).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.code == Code::NotFound => Ok(false),
+                Err(e) => Err(e),
             }
-        }
-        if let Some((parent, _)) = berth_meta::map::split_parent(&path) {
-            self.ns.mkdir(&system, parent, 0o755, true).await?;
-        }
-        self.ns
-            .create(&system, &path, EntryKind::Stream, 0o644, false)
-            .await?;
-        let everyone = Some("p".to_string());
-        self.configure(&system, &path, |c| {
-            c.produce_ace = everyone.clone();
-            c.consume_ace = everyone.clone();
-            c.topic_ace = everyone.clone();
-        })
-        .await?;
-        meta.set_setup_step(&step, DONE).await
+        };
+        let make = async {
+            if let Some((parent, _)) = berth_meta::map::split_parent(&path) {
+                self.ns.mkdir(&system, parent, 0o755, true).await?;
+            }
+            self.ns
+                .create(&system, &path, EntryKind::Stream, 0o644, false)
+                .await?;
+            let everyone = Some("p".to_string());
+            self.configure(&system, &path, |c| {
+                c.produce_ace = everyone.clone();
+                c.consume_ace = everyone.clone();
+                c.topic_ace = everyone.clone();
+            })
+            .await
+            .map(|_| ())
+        };
+        let step = format!("kafka default stream {path}");
+        self.ns.meta().setup_once(&step, exists, make).await
     }
 
     /// The stream at `path`, if `p` has `right` on it.

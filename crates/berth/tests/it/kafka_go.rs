@@ -58,6 +58,27 @@ fn sarama_check() -> Option<&'static Path> {
 
 /// Builds `sarama-check`, or names what is missing.
 fn build() -> Result<PathBuf, String> {
+    go_build(
+        SOURCE,
+        "sarama-check",
+        &[
+            (
+                "golang-github-shopify-sarama-dev",
+                "github.com/Shopify/sarama",
+            ),
+            ("golang-github-xdg-go-scram-dev", "github.com/xdg-go/scram"),
+        ],
+    )
+}
+
+/// Builds the Go program in `source` as `name` with Debian's Go packages in
+/// GOPATH mode (no module proxy), or names what is missing: Go itself, or
+/// one of `packages` (Debian package, import path under GOPATH).
+pub(crate) fn go_build(
+    source: &str,
+    name: &str,
+    packages: &[(&str, &str)],
+) -> Result<PathBuf, String> {
     let go_ok = Command::new("go")
         .arg("version")
         .output()
@@ -65,27 +86,21 @@ fn build() -> Result<PathBuf, String> {
     if !go_ok {
         return Err("go (Debian golang-go)".into());
     }
-    for (package, dir) in [
-        (
-            "golang-github-shopify-sarama-dev",
-            "github.com/Shopify/sarama",
-        ),
-        ("golang-github-xdg-go-scram-dev", "github.com/xdg-go/scram"),
-    ] {
+    for (package, dir) in packages {
         if !Path::new(GOPATH).join("src").join(dir).is_dir() {
-            return Err(package.into());
+            return Err(package.to_string());
         }
     }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sarama-check");
-    std::fs::create_dir_all(&dir).expect("sarama-check build dir");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).expect("Go build dir");
     // Build under a name of this process, then rename: test processes
     // running at once never see a half-written binary.
-    let tmp = dir.join(format!("sarama-check.{}", std::process::id()));
+    let tmp = dir.join(format!("{name}.{}", std::process::id()));
     let out = Command::new("go")
         .args(["build", "-o"])
         .arg(&tmp)
         .arg(".")
-        .current_dir(SOURCE)
+        .current_dir(source)
         .env("GO111MODULE", "off")
         .env("GOPATH", GOPATH)
         .env("GOCACHE", dir.join("gocache"))
@@ -96,12 +111,12 @@ fn build() -> Result<PathBuf, String> {
         .expect("run go build");
     assert!(
         out.status.success(),
-        "go build {SOURCE} failed:\n{}{}",
+        "go build {source} failed:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let bin = dir.join("sarama-check");
-    std::fs::rename(&tmp, &bin).expect("rename sarama-check");
+    let bin = dir.join(name);
+    std::fs::rename(&tmp, &bin).expect("rename the Go program");
     Ok(bin)
 }
 

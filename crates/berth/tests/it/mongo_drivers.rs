@@ -34,7 +34,6 @@ use crate::harness::{output_within, TestServer};
 const GO_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mongo/go");
 const C_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mongo/c/mongoc_check.c");
 /// Debian's Go packages live here; no module proxy is used.
-const GOPATH: &str = "/usr/share/gocode";
 /// A run of a check program is killed after this long (each bounds its own
 /// work at 60 s).
 const CHECK_TIMEOUT_S: u64 = 120;
@@ -80,38 +79,14 @@ fn go_check() -> Option<&'static Path> {
 
 /// Builds `mongo-go-check`, or names what is missing.
 fn build_go() -> Result<PathBuf, String> {
-    if !runs("go", "version") {
-        return Err("go (Debian golang-go)".into());
-    }
-    if !Path::new(GOPATH)
-        .join("src/go.mongodb.org/mongo-driver")
-        .is_dir()
-    {
-        return Err("the Go MongoDB driver (Debian golang-mongodb-mongo-driver-dev)".into());
-    }
-    let (dir, tmp) = build_dir("mongo-go-check");
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&tmp)
-        .arg(".")
-        .current_dir(GO_SOURCE)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", GOPATH)
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run go build");
-    assert!(
-        out.status.success(),
-        "go build {GO_SOURCE} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bin = dir.join("mongo-go-check");
-    std::fs::rename(&tmp, &bin).expect("rename mongo-go-check");
-    Ok(bin)
+    crate::kafka_go::go_build(
+        GO_SOURCE,
+        "mongo-go-check",
+        &[(
+            "golang-mongodb-mongo-driver-dev",
+            "go.mongodb.org/mongo-driver",
+        )],
+    )
 }
 
 fn c_check() -> Option<&'static Path> {
