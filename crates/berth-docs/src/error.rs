@@ -40,6 +40,7 @@ pub mod codes {
     pub const DUPLICATE_KEY: i32 = 11000;
     pub const LOCATION_40352: i32 = 40352;
     pub const INTERNAL_ERROR: i32 = 1;
+    pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
 }
 
 impl DocError {
@@ -53,6 +54,11 @@ impl DocError {
     /// Code 2, BadValue.
     pub fn bad_value(message: impl Into<String>) -> DocError {
         DocError::new(codes::BAD_VALUE, message)
+    }
+
+    /// Code 1, InternalError: stored data that cannot be read.
+    pub fn internal(message: impl Into<String>) -> DocError {
+        DocError::new(codes::INTERNAL_ERROR, message)
     }
 
     /// Code 9, FailedToParse.
@@ -98,6 +104,7 @@ pub fn code_name(code: i32) -> &'static str {
         NOT_WRITABLE_PRIMARY => "NotWritablePrimary",
         DUPLICATE_KEY => "DuplicateKey",
         INTERNAL_ERROR => "InternalError",
+        CHANGE_STREAM_HISTORY_LOST => "ChangeStreamHistoryLost",
         _ => "Location",
     }
 }

@@ -30,6 +30,7 @@ use berth_store::keys::{object_range, prefix_end, Key, Kind};
 use bson::{Bson, Document};
 use serde::{Deserialize, Serialize};
 
+use crate::changes::{self, OpType, Record};
 use crate::error::codes;
 use crate::index::IndexDef;
 use crate::matcher::{Filter, MatchDetails};
@@ -48,6 +49,8 @@ pub const SCAN_PAGE: usize = 256;
 /// Bytes of documents one insert transaction carries at most (a batch is
 /// split into transactions of about this size).
 const INSERT_TXN_BYTES: usize = 4 * 1024 * 1024;
+/// Change records one trimming transaction removes at most.
+const TRIM_PAGE: usize = 1024;
 
 /// A table's settings, stored with it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -274,13 +277,214 @@ impl Tables {
     /// Removes the table at `path` with its documents (admin right).
     /// `false` when there was none.
     pub async fn drop_table(&self, p: &Principal, path: &str) -> Result<bool, DocError> {
-        match self.open(p, path, Right::Admin).await {
-            Ok(_) => {}
+        let t = match self.open(p, path, Right::Admin).await {
+            Ok(t) => t,
             Err(e) if e.code == codes::NAMESPACE_NOT_FOUND => return Ok(false),
             Err(e) => return Err(e),
-        }
+        };
         self.ns.remove(p, path, false).await.map_err(from_meta)?;
+        self.record_table_change(&t, OpType::Drop, None).await?;
         Ok(true)
+    }
+
+    /// Records that table `t` was dropped or renamed (to `to`) in its
+    /// volume's change log. Written after the namespace change committed,
+    /// in a transaction of its own: a crash between the two loses the
+    /// record (documents' changes are never lost this way).
+    pub async fn record_table_change(
+        &self,
+        t: &TableRef,
+        op: OpType,
+        to: Option<String>,
+    ) -> Result<(), DocError> {
+        let change = Record {
+            op,
+            table: t.entry.ino,
+            path: t.entry.path.clone(),
+            id: None,
+            doc: None,
+            update: None,
+            to,
+            wall: bson::DateTime::now(),
+        };
+        let value = change.encode()?;
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.begin(t).await?;
+            tx.put_stamped(changes::log_prefix(t.vol.id), value.clone());
+            if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
+                return Ok(());
+            }
+        }
+        Err(transient("could not record the table's change; retry"))
+    }
+
+    /// Up to `limit` records of volume `vol`'s change log after `after`,
+    /// read behind a barrier (every change acknowledged before the call is
+    /// there), and the position they reach: the last record's, or with
+    /// fewer than `limit`, the shard's applied index (no later record can
+    /// appear at or below it). No authorization: callers check each
+    /// record's table.
+    pub async fn changes_after(
+        &self,
+        vol: u64,
+        after: changes::Position,
+        limit: usize,
+    ) -> Result<(Vec<(changes::Position, Record)>, changes::Position), DocError> {
+        let vol = self.volume(vol)?;
+        let tx = self
+            .ns
+            .meta()
+            .router()
+            .begin(vol.shard_id)
+            .await
+            .map_err(from_meta)?;
+        let applied = tx.applied();
+        let (start, end) = changes::range_after(vol.id, after);
+        let limit = limit.max(1);
+        let rows = tx
+            .peek_range(&start, &end, limit)
+            .await
+            .map_err(from_meta)?;
+        let full = rows.len() == limit;
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            let pos = changes::position_of(&k)
+                .ok_or_else(|| DocError::internal("a change record's key has no position"))?;
+            out.push((pos, Record::decode(&v)?));
+        }
+        // Every record at or below `applied` was there for the scan (it
+        // was read first), and a transaction's records appear together.
+        let last = out.last().map(|(pos, _)| *pos);
+        let reached = match last {
+            Some(pos) if full => pos,
+            _ => after
+                .max(changes::Position::after_index(applied))
+                .max(last.unwrap_or_default()),
+        };
+        Ok((out, reached))
+    }
+
+    /// Trims, every `every`, the change logs of the volumes this node
+    /// leads to the changes of the last `keep`.
+    pub fn spawn_change_retention(
+        self: &Arc<Self>,
+        every: std::time::Duration,
+        keep: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(tables) = me.upgrade() else { return };
+                let before = bson::DateTime::from_millis(
+                    bson::DateTime::now()
+                        .timestamp_millis()
+                        .saturating_sub(keep.as_millis().min(i64::MAX as u128) as i64),
+                );
+                tables.trim_all_changes(before).await;
+            }
+        })
+    }
+
+    /// Trims the change logs of the volumes this node leads to the
+    /// changes made at or after `before`.
+    pub async fn trim_all_changes(&self, before: bson::DateTime) -> usize {
+        let map = self.ns.meta().map();
+        let router = self.ns.meta().router();
+        let mut trimmed = 0;
+        for vol in &map.volumes {
+            if router.leader_of(vol.shard_id) != Some(router.node_id()) {
+                continue;
+            }
+            loop {
+                match self.trim_changes(vol.id, before, TRIM_PAGE).await {
+                    Ok(n) => {
+                        trimmed += n;
+                        if n < TRIM_PAGE {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(volume = %vol.path, error = %e, "trimming the change log failed; the next sweep retries");
+                        break;
+                    }
+                }
+            }
+        }
+        trimmed
+    }
+
+    /// The position after every change acknowledged before the call in
+    /// volume `vol`'s log (where a stream opened now starts).
+    pub async fn changes_now(&self, vol: u64) -> Result<changes::Position, DocError> {
+        let vol = self.volume(vol)?;
+        let tx = self
+            .ns
+            .meta()
+            .router()
+            .begin(vol.shard_id)
+            .await
+            .map_err(from_meta)?;
+        Ok(changes::Position::after_index(tx.applied()))
+    }
+
+    /// The position of the last record trimmed from volume `vol`'s change
+    /// log (`None` when none was): a reader after an earlier position
+    /// missed records.
+    pub async fn changes_trimmed(&self, vol: u64) -> Result<Option<changes::Position>, DocError> {
+        let vol = self.volume(vol)?;
+        let tx = self
+            .ns
+            .meta()
+            .router()
+            .begin(vol.shard_id)
+            .await
+            .map_err(from_meta)?;
+        let raw = tx
+            .peek(&changes::trimmed_key(vol.id))
+            .await
+            .map_err(from_meta)?;
+        Ok(raw.and_then(|b| changes::Position::from_bytes(&b)))
+    }
+
+    /// Removes volume `vol`'s change records written before `before`
+    /// (wall time), at most `limit` of them: returns how many. Only the
+    /// oldest records are looked at; trimming stops at the first one to
+    /// keep.
+    pub async fn trim_changes(
+        &self,
+        vol: u64,
+        before: bson::DateTime,
+        limit: usize,
+    ) -> Result<usize, DocError> {
+        let vol = self.volume(vol)?;
+        let router = self.ns.meta().router();
+        let mut tx = router.begin(vol.shard_id).await.map_err(from_meta)?;
+        let (start, end) = changes::range_after(vol.id, changes::Position::default());
+        let rows = tx
+            .peek_range(&start, &end, limit.max(1))
+            .await
+            .map_err(from_meta)?;
+        let mut cut = None;
+        let mut n = 0;
+        for (k, v) in &rows {
+            let old = Record::decode(v).map(|c| c.wall < before).unwrap_or(true);
+            if !old {
+                break;
+            }
+            cut = Some(k.clone());
+            n += 1;
+        }
+        let Some(last) = cut else { return Ok(0) };
+        let pos = changes::position_of(&last)
+            .ok_or_else(|| DocError::internal("a change record's key has no position"))?;
+        let mut stop = last;
+        stop.push(0);
+        tx.delete_range(start, stop);
+        tx.put(changes::trimmed_key(vol.id), pos.to_bytes().to_vec());
+        tx.commit().await.map_err(from_meta)?;
+        Ok(n)
     }
 
     /// The names of the tables directly in directory `dir` (none when it
@@ -458,6 +662,7 @@ impl Tables {
                     continue;
                 }
                 tx.put(d.key.clone(), d.value.clone());
+                record(&mut tx, t, OpType::Insert, &d.id, Some(&d.doc), None)?;
                 writes += 1;
             }
             match tx.commit().await.map_err(from_meta)? {
@@ -626,6 +831,7 @@ impl Tables {
         upsert: bool,
         now: bson::DateTime,
         return_new: bool,
+        replacement: bool,
     ) -> Result<UpdateOutcome, DocError> {
         authorize(p, t, Right::Write)?;
         let mut out = UpdateOutcome::default();
@@ -670,6 +876,13 @@ impl Tables {
                     )
                     .await?;
                     tx.put(key.clone(), value);
+                    let id = after.get("_id").cloned().unwrap_or(Bson::Null);
+                    if replacement {
+                        record(&mut tx, t, OpType::Replace, &id, Some(&after), None)?;
+                    } else {
+                        let desc = changes::update_description(&before, &after);
+                        record(&mut tx, t, OpType::Update, &id, Some(&after), Some(desc))?;
+                    }
                 }
                 match tx.commit().await.map_err(from_meta)? {
                     Commit::Done(_) => {
@@ -711,6 +924,7 @@ impl Tables {
             )
             .await?;
             tx.put(key, value.clone());
+            record(&mut tx, t, OpType::Insert, &id, Some(&d.doc), None)?;
             match tx.commit().await.map_err(from_meta)? {
                 Commit::Done(_) => {}
                 Commit::Conflict => return Err(duplicate_id(t, &id)),
@@ -767,6 +981,8 @@ impl Tables {
                 )
                 .await?;
                 tx.delete(key);
+                let id = now.get("_id").cloned().unwrap_or(Bson::Null);
+                record(&mut tx, t, OpType::Delete, &id, None, None)?;
                 match tx.commit().await.map_err(from_meta)? {
                     Commit::Done(_) => {
                         deleted.push(doc);
@@ -1368,6 +1584,30 @@ fn unauthorized(message: String) -> DocError {
 
 /// A passing failure a client may retry (MongoDB's WriteConflict, 112,
 /// which drivers label transient).
+/// Adds the change log record of a document's change to `tx` (see
+/// [`changes`]): it commits with the change or not at all.
+fn record(
+    tx: &mut Tx,
+    t: &TableRef,
+    op: OpType,
+    id: &Bson,
+    doc: Option<&Document>,
+    update: Option<Document>,
+) -> Result<(), DocError> {
+    let change = Record {
+        op,
+        table: t.entry.ino,
+        path: t.entry.path.clone(),
+        id: Some(id.clone()),
+        doc: doc.cloned(),
+        update,
+        to: None,
+        wall: bson::DateTime::now(),
+    };
+    tx.put_stamped(changes::log_prefix(t.vol.id), change.encode()?);
+    Ok(())
+}
+
 pub fn transient(message: impl Into<String>) -> DocError {
     DocError::new(codes::WRITE_CONFLICT, message)
 }

@@ -399,6 +399,20 @@ impl Tx {
         self.remote.is_some()
     }
 
+    /// The shard's index this transaction's reads reflect at least: after
+    /// [`Router::begin`]'s barrier, every write acknowledged before it lies
+    /// at or below it.
+    pub fn applied(&self) -> u64 {
+        match &self.remote {
+            None => self
+                .router
+                .raft
+                .applied_watch(self.shard)
+                .map_or(0, |w| *w.borrow()),
+            Some(r) => r.applied.load(Ordering::Relaxed),
+        }
+    }
+
     /// Reads `key` and makes the transaction conditional on its value.
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let value = self.peek(key).await?;
@@ -545,6 +559,12 @@ impl Tx {
 
     pub fn delete(&mut self, key: Vec<u8>) {
         self.ops.push(Op::Delete { key });
+    }
+
+    /// Writes `value` at `keys::stamped(prefix, index, n)`: the key carries
+    /// the Raft index the transaction applies at (see `Op::PutStamped`).
+    pub fn put_stamped(&mut self, prefix: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op::PutStamped { prefix, value });
     }
 
     pub fn delete_range(&mut self, start: Vec<u8>, end: Vec<u8>) {

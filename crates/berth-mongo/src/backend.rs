@@ -55,6 +55,8 @@ pub struct CursorBatch {
     /// The cursor to ask for more with; 0 when there is no more.
     pub id: i64,
     pub documents: Vec<Document>,
+    /// A change stream's position after this batch (`postBatchResumeToken`).
+    pub post_batch_resume_token: Option<Document>,
 }
 
 /// `insert`.

@@ -46,6 +46,9 @@ impl MongoError {
 }
 
 pub const INTERNAL_ERROR: i32 = 1;
+pub const INVALID_RESUME_TOKEN: i32 = 260;
+pub const CHANGE_STREAM_FATAL_ERROR: i32 = 280;
+pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
 pub const BAD_VALUE: i32 = 2;
 pub const NO_SUCH_KEY: i32 = 4;
 pub const FAILED_TO_PARSE: i32 = 9;
@@ -131,6 +134,9 @@ pub fn code_name(code: i32) -> Cow<'static, str> {
         BSON_OBJECT_TOO_LARGE => "BSONObjectTooLarge",
         DUPLICATE_KEY => "DuplicateKey",
         INTERRUPTED_AT_SHUTDOWN => "InterruptedAtShutdown",
+        INVALID_RESUME_TOKEN => "InvalidResumeToken",
+        CHANGE_STREAM_FATAL_ERROR => "ChangeStreamFatalError",
+        CHANGE_STREAM_HISTORY_LOST => "ChangeStreamHistoryLost",
         other => return Cow::Owned(format!("Location{other}")),
     };
     Cow::Borrowed(name)
@@ -158,6 +164,8 @@ mod tests {
             (59, "CommandNotFound"),
             (334, "MechanismUnavailable"),
             (11000, "DuplicateKey"),
+            (260, "InvalidResumeToken"),
+            (286, "ChangeStreamHistoryLost"),
         ];
         for (code, name) in table {
             assert_eq!(code_name(code), name, "{code}");

@@ -721,7 +721,11 @@ fn int<T: TryInto<i64> + Copy>(n: T) -> Bson {
 pub fn cursor_reply(ns: &str, batch: CursorBatch, first: bool) -> Document {
     let docs: Vec<Bson> = batch.documents.into_iter().map(Bson::Document).collect();
     let key = if first { "firstBatch" } else { "nextBatch" };
-    doc! {"cursor": {key: docs, "id": batch.id, "ns": ns}}
+    let mut cursor = doc! {key: docs, "id": batch.id, "ns": ns};
+    if let Some(token) = batch.post_batch_resume_token {
+        cursor.insert("postBatchResumeToken", token);
+    }
+    doc! {"cursor": cursor}
 }
 
 /// `{n, nModified, upserted, writeErrors}` (`nModified` for updates only;
@@ -1103,7 +1107,11 @@ fn parse_get_more(a: &Args<'_>, db: &str) -> Result<GetMore, MongoError> {
         .string("collection")?
         .ok_or_else(|| missing(a, "collection"))?;
     check_db(db)?;
-    check_collection(db, &coll)?;
+    // A database-level aggregation's cursor (a database's change stream)
+    // is named `db.$cmd.aggregate`.
+    if coll != "$cmd.aggregate" {
+        check_collection(db, &coll)?;
+    }
     Ok(GetMore {
         ns: Namespace::new(db, coll),
         cursor_id,
@@ -1378,6 +1386,7 @@ mod tests {
         let batch = CursorBatch {
             id: 42,
             documents: vec![doc! {"_id": 1}],
+            ..Default::default()
         };
         assert_eq!(
             cursor_reply("db.c", batch.clone(), true),

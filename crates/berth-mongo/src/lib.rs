@@ -56,8 +56,9 @@
 //! SCRAM-SHA-1 (it needs an MD5 digest of the password), X.509 and other
 //! mechanisms, the streaming `hello` (no `topologyVersion`: drivers poll),
 //! exhaust cursors (`exhaustAllowed` is ignored), tailable cursors, the
-//! legacy opcodes other than OP_QUERY on `$cmd`, `getMore` on change
-//! streams.
+//! legacy opcodes other than OP_QUERY on `$cmd`. Change streams are
+//! cursors of the backend's (`aggregate` with `$changeStream`), with
+//! `postBatchResumeToken` in every batch.
 
 pub mod backend;
 pub mod codes;

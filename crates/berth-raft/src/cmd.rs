@@ -203,6 +203,18 @@ pub enum Op {
         /// Bytes in the blob.
         len: u32,
     },
+    /// Sets the key `keys::stamped(prefix, index, n)`, where `index` is the
+    /// Raft index the transaction applies at and `n` counts the
+    /// transaction's earlier `PutStamped` ops: keys in commit order without
+    /// a counter every writer would read (a change log; FoundationDB calls
+    /// these versionstamps).
+    PutStamped {
+        /// Key prefix (a whole key; two u64 components are appended).
+        prefix: Vec<u8>,
+        /// New value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
 }
 
 /// Splices (and puts) at least this large leave the log entry for a blob segment when
@@ -424,7 +436,8 @@ impl Op {
             | Op::VDeleteRange { .. }
             | Op::VPrune { .. }
             | Op::SnapshotCopy { .. }
-            | Op::VSpliceBlob { .. } => None,
+            | Op::VSpliceBlob { .. }
+            | Op::PutStamped { .. } => None,
         }
     }
 }
@@ -536,6 +549,10 @@ impl Txn {
                         &keys::snapshot_key(end, *snapshot),
                     )
             }
+            Op::PutStamped { prefix, .. } => {
+                let (s, e) = keys::versions_range(prefix);
+                desc.contains_range(&s, &e)
+            }
             o => o.key().is_some_and(|k| desc.contains(k)),
         });
         conds && ops
@@ -595,9 +612,14 @@ pub(crate) fn apply(
             }));
         }
     }
+    let mut stamped = 0u64;
     for op in &txn.ops {
         match op {
             Op::Put { key, value } => batch.put(Space::Data, key, value),
+            Op::PutStamped { prefix, value } => {
+                batch.put(Space::Data, &keys::stamped(prefix, index, stamped), value);
+                stamped += 1;
+            }
             // The value is the reference: reads resolve it.
             Op::PutBlob { key, blob, .. } => batch.put(Space::Data, key, blob),
             Op::Delete { key } => batch.delete(Space::Data, key),
@@ -1283,6 +1305,57 @@ mod tests {
         store
             .write(batch, berth_store::Durability::Buffered)
             .unwrap();
+    }
+
+    #[test]
+    fn stamped_puts_are_keyed_by_the_entry_index_and_their_place() {
+        use berth_store::keys::{split_stamp, stamped, Key, Kind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = ShardDesc {
+            id: 1,
+            start: Key::new(1, Kind::Meta, 0).build(),
+            end: Key::new(2, Kind::Meta, 0).build(),
+            voters: vec![1],
+        };
+        let prefix = Key::new(1, Kind::TableChange, 0).build();
+        let put = |v: &[u8]| Op::PutStamped {
+            prefix: prefix.clone(),
+            value: v.to_vec(),
+        };
+        for (index, ops) in [(7, vec![put(b"a"), put(b"b")]), (9, vec![put(b"c")])] {
+            let mut batch = store.batch();
+            let r = apply(&store, &mut batch, &d, &Txn::ops(ops), index).unwrap();
+            assert!(matches!(r, ApplyResult::Done(TxnOutcome::Applied { .. })));
+            store
+                .write(batch, berth_store::Durability::Buffered)
+                .unwrap();
+        }
+        let (s, e) = berth_store::keys::versions_range(&prefix);
+        let got = store.scan(Space::Data, &s, &e, 10).unwrap();
+        let got: Vec<_> = got
+            .iter()
+            .map(|(k, v)| (split_stamp(k).unwrap(), v.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ((7, 0), b"a".to_vec()),
+                ((7, 1), b"b".to_vec()),
+                ((9, 0), b"c".to_vec())
+            ]
+        );
+        assert_eq!(split_stamp(&stamped(&prefix, 9, 0)), Some((9, 0)));
+        // A prefix outside the shard is refused.
+        let outside = Txn::ops(vec![Op::PutStamped {
+            prefix: Key::new(3, Kind::TableChange, 0).build(),
+            value: Vec::new(),
+        }]);
+        let mut batch = store.batch();
+        assert!(matches!(
+            apply(&store, &mut batch, &d, &outside, 10).unwrap(),
+            ApplyResult::OutOfRange
+        ));
     }
 
     #[test]

@@ -938,6 +938,11 @@ fn keys_storable(txn: &Txn) -> bool {
             cmd::Op::PutBlob { key, len, .. } => {
                 key_ok(key) && *len as usize <= berth_store::MAX_VALUE_BYTES
             }
+            cmd::Op::PutStamped { prefix, value } => {
+                !prefix.is_empty()
+                    && prefix.len() + 18 <= berth_store::MAX_KEY_BYTES
+                    && value.len() <= berth_store::MAX_VALUE_BYTES
+            }
             cmd::Op::VTruncate { base, state, .. } => key_ok(base) && key_ok(state),
             cmd::Op::VDeleteRange { counter, state, .. } => key_ok(counter) && key_ok(state),
             cmd::Op::VPrune { state, .. } => key_ok(state),

@@ -93,6 +93,8 @@ pub struct Config {
     pub mongo_addr: Option<SocketAddr>,
     /// The directory MongoDB databases are in (`<root>/db/coll`).
     pub mongo_root: String,
+    /// How long table changes stay in the change log (`--change-retention`).
+    pub change_retention: Duration,
     /// Topology labels of this node (`--label zone=a`), recorded in the
     /// cluster map at every start.
     pub labels: std::collections::BTreeMap<String, String>,
@@ -106,6 +108,11 @@ pub struct Config {
     /// (`--snapshot-rate`).
     pub snapshot_rate: u64,
 }
+
+/// Default of `--change-retention`.
+pub const CHANGE_RETENTION_DEFAULT: Duration = Duration::from_secs(24 * 3600);
+/// How often table change logs are trimmed to their retention.
+const CHANGE_TRIM_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Default of `--node-down-timeout`, as CockroachDB's
 /// `server.time_until_store_dead`.
@@ -553,6 +560,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         0 => STREAM_RETENTION_INTERVAL,
         ms => Duration::from_millis(ms),
     });
+    let change_trim = tables.spawn_change_retention(CHANGE_TRIM_INTERVAL, cfg.change_retention);
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let placement = Arc::new(native::node_admin::Placement {
         driver: driver.clone(),
@@ -830,6 +838,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), k).await;
     }
     retention.abort();
+    change_trim.abort();
     raft.shutdown();
     Ok(())
 }

@@ -7,11 +7,14 @@
 //! (`--mongo-root`); a collection whose name starts with `/` is the table at
 //! that path, in any database.
 
+mod changes;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_docs::aggregate::{Pipeline, StageContext};
+use berth_docs::changes::OpType;
 use berth_docs::matcher::Filter;
 use berth_docs::plan::choose;
 use berth_docs::projection::Projection;
@@ -42,6 +45,8 @@ enum Rest {
     Queued(VecDeque<Document>),
     /// An unsorted query reading its table as it goes.
     Scan(Box<Scan>),
+    /// A change stream.
+    Changes(Box<changes::ChangeCursor>),
 }
 
 /// An unsorted query reading the table in `_id` order from after `after`.
@@ -159,6 +164,7 @@ impl TablesBackend {
         let full =
             |out: &Vec<Document>, bytes: usize| out.len() >= n || bytes >= BATCH_BYTES_MAX / 2;
         match rest {
+            Rest::Changes(c) => return self.take_changes(p, c, n).await,
             Rest::Queued(q) => {
                 while !full(&out, bytes) {
                     let Some(d) = q.pop_front() else { break };
@@ -243,8 +249,16 @@ impl TablesBackend {
         } else {
             self.take(p, &mut rest, n).await?
         };
+        let post_batch_resume_token = match &rest {
+            Rest::Changes(c) => Some(c.post_batch_token()),
+            _ => None,
+        };
         let id = if single { 0 } else { self.park(p, rest)? };
-        Ok(CursorBatch { id, documents })
+        Ok(CursorBatch {
+            id,
+            documents,
+            post_batch_resume_token,
+        })
     }
 
     /// The matching documents of a table, all in memory (bounded), in `_id`
@@ -390,6 +404,7 @@ impl TablesBackend {
                 st.upsert,
                 bson::DateTime::now(),
                 false,
+                is_replacement(&st.u),
             )
             .await
             .map_err(mongo)
@@ -440,6 +455,14 @@ impl TablesBackend {
                 }))
             }
         }
+    }
+}
+
+/// Whether an update's `u` replaces the document (no update operators).
+fn is_replacement(u: &UpdateModification) -> bool {
+    match u {
+        UpdateModification::Document(d) => !d.keys().next().is_some_and(|k| k.starts_with('$')),
+        UpdateModification::Pipeline(_) => false,
     }
 }
 
@@ -517,6 +540,7 @@ impl Rest {
         match self {
             Rest::Queued(q) => q.is_empty(),
             Rest::Scan(s) => s.done && s.ready.is_empty(),
+            Rest::Changes(c) => c.is_done(),
         }
     }
 }
@@ -735,7 +759,23 @@ impl Backend for TablesBackend {
             Some(b) if b > 0 => b as usize,
             _ => usize::MAX,
         };
-        let documents = self.take(p, &mut cursor.rest, n).await?;
+        let (documents, post_batch_resume_token) = match &mut cursor.rest {
+            Rest::Changes(c) => {
+                let docs = self.await_changes(p, c, n, req.max_time_ms).await;
+                let token = c.post_batch_token();
+                (docs, Some(token))
+            }
+            rest => (self.take(p, rest, n).await, None),
+        };
+        let documents = match documents {
+            Ok(d) => d,
+            Err(e) => {
+                // The cursor stays usable after a transient failure.
+                cursor.used = Instant::now();
+                self.cursors.lock().insert(req.cursor_id, cursor);
+                return Err(e);
+            }
+        };
         let id = if cursor.rest.is_done() {
             0
         } else {
@@ -743,7 +783,11 @@ impl Backend for TablesBackend {
             self.cursors.lock().insert(req.cursor_id, cursor);
             req.cursor_id
         };
-        Ok(CursorBatch { id, documents })
+        Ok(CursorBatch {
+            id,
+            documents,
+            post_batch_resume_token,
+        })
     }
 
     async fn kill_cursors(
@@ -809,6 +853,25 @@ impl Backend for TablesBackend {
     }
 
     async fn aggregate(&self, p: &Principal, req: Aggregate) -> Result<CursorBatch, MongoError> {
+        if let Some(spec) = req.pipeline.first().and_then(|s| s.get("$changeStream")) {
+            let Bson::Document(spec) = spec else {
+                return Err(MongoError::type_mismatch(
+                    "$changeStream takes a document of options",
+                ));
+            };
+            let c = self
+                .open_change_stream(
+                    p,
+                    &req.db,
+                    req.collection.as_deref(),
+                    spec,
+                    &req.pipeline[1..],
+                )
+                .await?;
+            return self
+                .first_batch(p, Rest::Changes(Box::new(c)), req.batch_size, false)
+                .await;
+        }
         let Some(coll) = req.collection.clone() else {
             return Err(MongoError::new(
                 codes::COMMAND_NOT_SUPPORTED,
@@ -953,6 +1016,7 @@ impl Backend for TablesBackend {
                         *upsert && target.is_none(),
                         bson::DateTime::now(),
                         *return_new,
+                        is_replacement(update),
                     )
                     .await
                     .map_err(mongo)?;
@@ -1007,11 +1071,29 @@ impl Backend for TablesBackend {
     async fn drop_database(&self, p: &Principal, db: String) -> Result<(), MongoError> {
         check_db(&db)?;
         let dir = self.db_path(&db);
-        match self.tables.namespace().remove(p, &dir, true).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.code == Code::NotFound => Ok(()),
-            Err(e) => Err(mongo(berth_docs::table::from_meta(e))),
+        // Its tables, for their drop events once they are gone.
+        let mut dropped = Vec::new();
+        for name in self.tables.list(p, &dir).await.map_err(mongo)? {
+            if let Ok(t) = self
+                .tables
+                .open(p, &format!("{dir}/{name}"), Right::Read)
+                .await
+            {
+                dropped.push(t);
+            }
         }
+        match self.tables.namespace().remove(p, &dir, true).await {
+            Ok(()) => {}
+            Err(e) if e.code == Code::NotFound => return Ok(()),
+            Err(e) => return Err(mongo(berth_docs::table::from_meta(e))),
+        }
+        for t in dropped {
+            self.tables
+                .record_table_change(&t, OpType::Drop, None)
+                .await
+                .map_err(mongo)?;
+        }
+        Ok(())
     }
 
     async fn list_collections(
@@ -1197,12 +1279,12 @@ impl Backend for TablesBackend {
     ) -> Result<(), MongoError> {
         let from = self.path(&req.from)?;
         let to = self.path(&req.to)?;
-        if self.open(p, &req.from, Right::Admin).await?.is_none() {
+        let Some(t) = self.open(p, &req.from, Right::Admin).await? else {
             return Err(MongoError::new(
                 codes::NAMESPACE_NOT_FOUND,
                 format!("source namespace does not exist: {}", req.from),
             ));
-        }
+        };
         if self.open(p, &req.to, Right::Admin).await?.is_some() {
             if !req.drop_target {
                 return Err(MongoError::new(
@@ -1223,7 +1305,11 @@ impl Backend for TablesBackend {
             .namespace()
             .rename(p, &from, &to, true)
             .await
-            .map_err(|e| mongo(berth_docs::table::from_meta(e)))
+            .map_err(|e| mongo(berth_docs::table::from_meta(e)))?;
+        self.tables
+            .record_table_change(&t, OpType::Rename, Some(to))
+            .await
+            .map_err(mongo)
     }
 
     async fn coll_stats(&self, p: &Principal, ns: Namespace) -> Result<CollStats, MongoError> {

@@ -65,6 +65,8 @@ pub enum Kind {
     TableDoc = 0x30,
     /// Table secondary index entries.
     TableIndex = 0x31,
+    /// A volume's table change log (change streams, CDC).
+    TableChange = 0x32,
     /// Stream partition logs.
     StreamLog = 0x40,
     /// Stream offsets, groups and other per-stream state.
@@ -73,7 +75,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Meta,
         Kind::Inode,
         Kind::Dirent,
@@ -83,6 +85,7 @@ impl Kind {
         Kind::Chunk,
         Kind::TableDoc,
         Kind::TableIndex,
+        Kind::TableChange,
         Kind::StreamLog,
         Kind::StreamState,
     ];
@@ -477,6 +480,20 @@ pub fn versioned(base: &[u8], version: u64) -> Vec<u8> {
     out.push(TAG_U64);
     out.extend_from_slice(&version.to_be_bytes());
     out
+}
+
+/// The key of a stamped write (`berth_raft`'s `Op::PutStamped`): `prefix ·
+/// u64(index) · u64(n)`, ordered by the Raft index the write applied at,
+/// then by its place in the transaction. [`split_stamp`] reads it back.
+pub fn stamped(prefix: &[u8], index: u64, n: u64) -> Vec<u8> {
+    versioned(&versioned(prefix, index), n)
+}
+
+/// The index and place of a key built by [`stamped`].
+pub fn split_stamp(key: &[u8]) -> Option<(u64, u64)> {
+    let (rest, n) = split_version(key)?;
+    let (_, index) = split_version(rest)?;
+    Some((index, n))
 }
 
 /// The base and version of a key built by [`versioned`]; `None` when the key does not end

@@ -76,6 +76,10 @@ pub struct ServerArgs {
     /// `coll` is the table `ROOT/db/coll` [default: /tables].
     #[arg(long, value_name = "PATH")]
     pub mongo_root: Option<String>,
+    /// How long committed table changes stay in the change log that
+    /// change streams resume from [default: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_ttl)]
+    pub change_retention: Option<std::time::Duration>,
     /// KEY=VALUE topology label of this node, e.g. zone=a (repeatable):
     /// replicas spread across the values of `zone` before nodes.
     #[arg(long, value_name = "KEY=VALUE")]
@@ -123,6 +127,8 @@ struct FileConfig {
     kafka_advertise: Option<String>,
     mongo_addr: Option<String>,
     mongo_root: Option<String>,
+    /// `"24h"`
+    change_retention: Option<String>,
     /// `{ zone = "a" }`
     labels: Option<std::collections::BTreeMap<String, String>>,
     /// `"5m"`
@@ -235,6 +241,12 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
                 berth_server::validate_label(k, v).map_err(|e| anyhow::anyhow!("{}", e.message))?;
             }
             m
+        },
+        change_retention: match (args.change_retention, file.change_retention) {
+            (Some(d), _) => d,
+            (None, Some(s)) => crate::cli::parse_ttl(&s)
+                .map_err(|e| anyhow::anyhow!("change_retention {s:?}: {e}"))?,
+            (None, None) => berth_server::CHANGE_RETENTION_DEFAULT,
         },
         node_down_timeout: match (args.node_down_timeout, file.node_down_timeout) {
             (Some(d), _) => d,

@@ -73,6 +73,7 @@ async fn update(
             upsert,
             bson::DateTime::from_millis(0),
             false,
+            false,
         )
         .await
         .unwrap()
@@ -322,6 +323,7 @@ async fn bad_documents_are_refused_and_nothing_else_changes() {
             false,
             bson::DateTime::from_millis(0),
             false,
+            false,
         )
         .await
         .unwrap_err();
@@ -411,6 +413,7 @@ async fn unique_indexes_hold_across_inserts_updates_and_builds() {
                 false,
                 bson::DateTime::from_millis(0),
                 false,
+                false,
             )
             .await
             .unwrap_err()
@@ -481,4 +484,103 @@ async fn unique_indexes_hold_across_inserts_updates_and_builds() {
         .await
         .unwrap();
     assert_eq!((out.n, out.errors.len()), (1, 0));
+}
+
+#[tokio::test]
+async fn every_committed_change_is_in_the_change_log_in_commit_order() {
+    use berth_docs::changes::{OpType, Position};
+    let k = kernel().await;
+    let a = &k.admin;
+    let t = k.tables.open_or_create(a, "/tables/db/log").await.unwrap();
+    let vol = t.vol.id;
+    let start = k.tables.changes_now(vol).await.unwrap();
+    let docs = vec![doc! {"_id": 1, "v": 1}, doc! {"_id": 2, "v": 2}];
+    k.tables.insert(a, &t, docs, true).await.unwrap();
+    // A duplicate is refused and leaves no record.
+    let dup = k
+        .tables
+        .insert(a, &t, vec![doc! {"_id": 1}], true)
+        .await
+        .unwrap();
+    assert_eq!(dup.errors.len(), 1);
+    update(
+        &k,
+        a,
+        "/tables/db/log",
+        doc! {"_id": 1},
+        doc! {"$set": {"v": 5}},
+        false,
+        false,
+    )
+    .await;
+    k.tables
+        .delete(a, &t, &filter(doc! {"_id": 2}), true)
+        .await
+        .unwrap();
+    let (records, reached) = k.tables.changes_after(vol, start, 100).await.unwrap();
+    let seen: Vec<_> = records
+        .iter()
+        .map(|(_, r)| (r.op, r.id.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (OpType::Insert, Bson::Int32(1)),
+            (OpType::Insert, Bson::Int32(2)),
+            (OpType::Update, Bson::Int32(1)),
+            (OpType::Delete, Bson::Int32(2)),
+        ]
+    );
+    // The two inserts went in one transaction: one index, two places.
+    assert_eq!(records[0].0.index, records[1].0.index);
+    assert!(records.windows(2).all(|w| w[0].0 < w[1].0));
+    let upd = &records[2].1;
+    assert_eq!(upd.doc, Some(doc! {"_id": 1, "v": 5}));
+    assert_eq!(
+        upd.update
+            .as_ref()
+            .unwrap()
+            .get_document("updatedFields")
+            .unwrap(),
+        &doc! {"v": 5}
+    );
+    assert_eq!(upd.path, "/tables/db/log");
+    // Reading on from where the read reached gives nothing new, then the next change.
+    let (none, again) = k.tables.changes_after(vol, reached, 100).await.unwrap();
+    assert!(none.is_empty() && again >= reached);
+    k.tables
+        .insert(a, &t, vec![doc! {"_id": 3}], true)
+        .await
+        .unwrap();
+    let (next, _) = k.tables.changes_after(vol, again, 100).await.unwrap();
+    assert_eq!(next.len(), 1);
+    // A page of one reaches its record, not past it.
+    let (one, at) = k.tables.changes_after(vol, start, 1).await.unwrap();
+    assert_eq!(at, one[0].0);
+    // Trimming removes the oldest records and remembers where it cut.
+    assert_eq!(k.tables.changes_trimmed(vol).await.unwrap(), None);
+    let later = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 60_000);
+    let n = k.tables.trim_changes(vol, later, 2).await.unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(
+        k.tables.changes_trimmed(vol).await.unwrap(),
+        Some(records[1].0)
+    );
+    let (left, _) = k
+        .tables
+        .changes_after(vol, Position::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 3);
+    // Nothing newer than the cut-off is trimmed.
+    let earlier = bson::DateTime::from_millis(0);
+    assert_eq!(k.tables.trim_changes(vol, earlier, 100).await.unwrap(), 0);
+    // A drop is recorded too.
+    assert!(k.tables.drop_table(a, "/tables/db/log").await.unwrap());
+    let (last, _) = k
+        .tables
+        .changes_after(vol, Position::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(last.last().unwrap().1.op, OpType::Drop);
 }

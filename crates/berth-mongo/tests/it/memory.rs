@@ -154,6 +154,7 @@ impl Memory {
             return CursorBatch {
                 id: 0,
                 documents: first,
+                ..Default::default()
             };
         }
         let id = self.next_cursor.fetch_add(1, Ordering::Relaxed);
@@ -167,6 +168,7 @@ impl Memory {
         CursorBatch {
             id,
             documents: first,
+            ..Default::default()
         }
     }
 
@@ -316,6 +318,7 @@ impl Backend for Memory {
         Ok(CursorBatch {
             id,
             documents: batch,
+            ..Default::default()
         })
     }
 

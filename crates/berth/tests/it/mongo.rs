@@ -94,3 +94,69 @@ fn a_user_without_rights_on_a_table_gets_unauthorized() {
     let (ok, text) = pymongo(&s, "crud", "bob", "wrong", "SCRAM-SHA-256");
     assert!(!ok && text.contains("uthentication failed"), "{text}");
 }
+
+const CHANGE_STREAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mongo/change_streams.py");
+
+/// `change_streams.py CHECK` as `user` (PLAIN with a ticket, or SCRAM).
+fn change_streams(s: &TestServer, check: &str, user: &str, password: &str) -> (bool, String) {
+    let mechanism = if user == "admin" {
+        "PLAIN"
+    } else {
+        "SCRAM-SHA-256"
+    };
+    let state = s.dir.path().join("change-stream-token.json");
+    let out = Command::new("python3")
+        .arg(CHANGE_STREAMS)
+        .arg(check)
+        .args(["--port", &s.mongo_port.to_string()])
+        .arg("--ca")
+        .arg(s.ca_file())
+        .args(["--user", user, "--password", password])
+        .args(["--mechanism", mechanism])
+        .arg("--state")
+        .arg(state)
+        .output()
+        .expect("run python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn pymongo_change_streams_see_every_change_with_mongodbs_fields() {
+    if !have("pymongo", python_has("pymongo")) {
+        return;
+    }
+    let s = TestServer::start();
+    let (ok, text) = change_streams(&s, "events", "admin", &admin_ticket(&s));
+    assert!(ok, "{text}\n{}", s.log());
+}
+
+#[test]
+fn a_change_stream_resumes_after_a_server_crash_missing_and_repeating_nothing() {
+    if !have("pymongo", python_has("pymongo")) {
+        return;
+    }
+    let mut s = TestServer::start();
+    let (ok, text) = change_streams(&s, "before-restart", "admin", &admin_ticket(&s));
+    assert!(ok, "{text}\n{}", s.log());
+    s.restart();
+    let (ok, text) = change_streams(&s, "after-restart", "admin", &admin_ticket(&s));
+    assert!(ok, "{text}\n{}", s.log());
+}
+
+#[test]
+fn change_streams_are_authorized_per_table() {
+    if !have("pymongo", python_has("pymongo")) {
+        return;
+    }
+    let s = TestServer::start();
+    let (ok, text) = change_streams(&s, "seed", "admin", &admin_ticket(&s));
+    assert!(ok, "{text}\n{}", s.log());
+    s.ok(&["user", "add", "bob", "--password", "bob-pw"]);
+    let (ok, text) = change_streams(&s, "denied", "bob", "bob-pw");
+    assert!(ok, "{text}\n{}", s.log());
+}
