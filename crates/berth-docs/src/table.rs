@@ -155,7 +155,7 @@ pub type Change<'a> =
 
 /// The tables service.
 pub struct Tables {
-    ns: Arc<Namespace>,
+    pub(crate) ns: Arc<Namespace>,
 }
 
 impl Tables {
@@ -167,7 +167,7 @@ impl Tables {
         &self.ns
     }
 
-    fn volume(&self, id: u64) -> Result<VolumeRecord, DocError> {
+    pub(crate) fn volume(&self, id: u64) -> Result<VolumeRecord, DocError> {
         self.ns
             .meta()
             .map()
@@ -397,8 +397,16 @@ impl Tables {
             if router.leader_of(vol.shard_id) != Some(router.node_id()) {
                 continue;
             }
+            // Nothing a CDC target has yet to publish goes.
+            let upto = match self.cdc_targets(vol.id).await {
+                Ok(targets) => targets.iter().map(|t| t.published()).min(),
+                Err(e) => {
+                    tracing::debug!(volume = %vol.path, error = %e, "reading the CDC targets failed; the next sweep trims");
+                    continue;
+                }
+            };
             loop {
-                match self.trim_changes(vol.id, before, TRIM_PAGE).await {
+                match self.trim_changes(vol.id, before, upto, TRIM_PAGE).await {
                     Ok(n) => {
                         trimmed += n;
                         if n < TRIM_PAGE {
@@ -449,13 +457,15 @@ impl Tables {
     }
 
     /// Removes volume `vol`'s change records written before `before`
-    /// (wall time), at most `limit` of them: returns how many. Only the
+    /// (wall time) and at or below `upto` (what every CDC target
+    /// published), at most `limit` of them: returns how many. Only the
     /// oldest records are looked at; trimming stops at the first one to
     /// keep.
     pub async fn trim_changes(
         &self,
         vol: u64,
         before: bson::DateTime,
+        upto: Option<changes::Position>,
         limit: usize,
     ) -> Result<usize, DocError> {
         let vol = self.volume(vol)?;
@@ -470,7 +480,8 @@ impl Tables {
         let mut n = 0;
         for (k, v) in &rows {
             let old = Record::decode(v).map(|c| c.wall < before).unwrap_or(true);
-            if !old {
+            let published = upto.is_none_or(|u| changes::position_of(k).is_some_and(|p| p <= u));
+            if !old || !published {
                 break;
             }
             cut = Some(k.clone());

@@ -17,6 +17,7 @@
 //!   is written last; a failed join leaves none.
 
 pub mod admin;
+pub mod cdc;
 pub mod identity;
 pub mod join;
 pub mod kafka;
@@ -561,6 +562,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ms => Duration::from_millis(ms),
     });
     let change_trim = tables.spawn_change_retention(CHANGE_TRIM_INTERVAL, cfg.change_retention);
+    let cdc_pump = cdc::Pump::new(tables.clone(), streams.clone());
+    let cdc_task = cdc_pump.spawn(cdc::PUMP_INTERVAL);
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let placement = Arc::new(native::node_admin::Placement {
         driver: driver.clone(),
@@ -636,6 +639,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .add_service(TablesServer::new(native::TablesService {
                 native: native.clone(),
                 tables: tables.clone(),
+                streams: streams.clone(),
             }))
             .add_service(SecurityServer::new(native::SecurityService(native.clone())))
             .add_service(ClusterServer::new(native::ClusterService(
@@ -839,6 +843,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     retention.abort();
     change_trim.abort();
+    cdc_task.abort();
     raft.shutdown();
     Ok(())
 }

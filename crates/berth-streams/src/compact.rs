@@ -35,6 +35,8 @@ pub struct RecordKey {
     pub tombstone: bool,
     /// The record's bytes (length prefix included) in [`Parsed::records`].
     pub span: Range<usize>,
+    /// The value's bytes in [`Parsed::records`] (`None`: null).
+    pub value: Option<Range<usize>>,
 }
 
 /// A batch's records, decompressed.
@@ -124,11 +126,16 @@ pub fn parse(b: &[u8]) -> Result<Parsed, String> {
             .ok_or("record offset past the end of the log")?;
         let key = f.bytes()?;
         let value = f.bytes()?;
+        let value_at = value.map(|v| {
+            let at = v.as_ptr() as usize - records.as_ptr() as usize;
+            at..at + v.len()
+        });
         keys.push(RecordKey {
             offset,
             key: key.map(<[u8]>::to_vec),
             tombstone: value.is_none(),
             span: start..end,
+            value: value_at,
         });
         r.at = end; // headers are not needed
     }

@@ -460,6 +460,27 @@ pub enum TableCmd {
         #[arg(long, value_parser = ["read", "write", "admin"])]
         clear_ace: Vec<String>,
     },
+    /// Change data capture: publish a table's changes into a Kafka topic.
+    #[command(subcommand)]
+    Cdc(CdcCmd),
+}
+
+/// `berth table cdc`.
+#[derive(Debug, Subcommand)]
+pub enum CdcCmd {
+    /// Publish every change committed to PATH from now on into a stream's
+    /// topic (created when missing), exactly once, in commit order per
+    /// document, keyed by _id, as JSON.
+    Add {
+        path: String,
+        /// STREAM:TOPIC, e.g. /apps/events:users-cdc.
+        #[arg(long, value_name = "STREAM:TOPIC")]
+        to: String,
+    },
+    /// The CDC targets of a table.
+    List { path: String },
+    /// Stop publishing target ID of a table.
+    Remove { path: String, id: u64 },
 }
 
 /// ACEs of `table create` and `table edit`.

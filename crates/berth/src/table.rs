@@ -2,13 +2,15 @@
 //! go through the MongoDB listener).
 
 use anyhow::{bail, Result};
+use berth_api::v1::tables_client::TablesClient;
 use berth_api::v1::{
-    Entry, PathRequest, TableCreateRequest, TableEditRequest, TableInfo, TableListRequest,
+    Entry, PathRequest, TableCdc, TableCdcAddRequest, TableCdcRemoveRequest, TableCreateRequest,
+    TableEditRequest, TableInfo, TableListRequest,
 };
-use berth_client::{Client, ClientError};
+use berth_client::{Client, ClientError, Transport};
 use serde_json::{json, Value};
 
-use crate::cli::TableCmd;
+use crate::cli::{CdcCmd, TableCmd};
 use crate::ctx::{abs, at_path, Ctx};
 use crate::output::{
     entry_json, format_size, format_time_ns, print_fields, print_json, Align, Table,
@@ -150,6 +152,7 @@ pub async fn table(ctx: &Ctx, cmd: TableCmd) -> Result<()> {
                 .await
                 .map_err(|s| at_path(ClientError::from_status(s), &path))?;
         }
+        TableCmd::Cdc(cmd) => cdc(ctx, &mut tables, cmd).await?,
         TableCmd::Edit {
             path,
             aces,
@@ -173,6 +176,92 @@ pub async fn table(ctx: &Ctx, cmd: TableCmd) -> Result<()> {
             } else {
                 print_table(&t);
             }
+        }
+    }
+    Ok(())
+}
+
+fn cdc_json(c: &TableCdc) -> Value {
+    json!({
+        "id": c.id,
+        "table": c.table,
+        "stream": c.stream,
+        "topic": c.topic,
+        "start": c.start,
+        "published": c.published,
+        "owner": c.owner,
+    })
+}
+
+/// `STREAM:TOPIC` (the topic after the last colon).
+fn split_target(to: &str) -> Result<(String, String)> {
+    match to.rsplit_once(':') {
+        Some((s, t)) if !s.is_empty() && !t.is_empty() => Ok((abs(s), t.to_string())),
+        _ => bail!("--to {to:?}: STREAM:TOPIC, e.g. /apps/events:users-cdc"),
+    }
+}
+
+async fn cdc(ctx: &Ctx, tables: &mut TablesClient<Transport>, cmd: CdcCmd) -> Result<()> {
+    match cmd {
+        CdcCmd::Add { path, to } => {
+            let path = abs(&path);
+            let (stream, topic) = split_target(&to)?;
+            let c = tables
+                .cdc_add(TableCdcAddRequest {
+                    path: path.clone(),
+                    stream,
+                    topic,
+                })
+                .await
+                .map_err(|s| at_path(ClientError::from_status(s), &path))?
+                .into_inner();
+            if ctx.json() {
+                print_json(&cdc_json(&c));
+            } else {
+                println!(
+                    "{} publishes its changes into {}:{} (target {})",
+                    c.table, c.stream, c.topic, c.id
+                );
+            }
+        }
+        CdcCmd::List { path } => {
+            let path = abs(&path);
+            let list = tables
+                .cdc_list(PathRequest { path: path.clone() })
+                .await
+                .map_err(|s| at_path(ClientError::from_status(s), &path))?
+                .into_inner();
+            if ctx.json() {
+                print_json(&Value::Array(list.targets.iter().map(cdc_json).collect()));
+                return Ok(());
+            }
+            let mut t = Table::new(&[
+                ("ID", Align::Right),
+                ("STREAM", Align::Left),
+                ("TOPIC", Align::Left),
+                ("PUBLISHED", Align::Left),
+                ("OWNER", Align::Left),
+            ]);
+            for c in &list.targets {
+                t.row(vec![
+                    c.id.to_string(),
+                    c.stream.clone(),
+                    c.topic.clone(),
+                    c.published.clone(),
+                    c.owner.clone(),
+                ]);
+            }
+            t.print();
+        }
+        CdcCmd::Remove { path, id } => {
+            let path = abs(&path);
+            tables
+                .cdc_remove(TableCdcRemoveRequest {
+                    path: path.clone(),
+                    id,
+                })
+                .await
+                .map_err(|s| at_path(ClientError::from_status(s), &path))?;
         }
     }
     Ok(())

@@ -560,7 +560,7 @@ async fn every_committed_change_is_in_the_change_log_in_commit_order() {
     // Trimming removes the oldest records and remembers where it cut.
     assert_eq!(k.tables.changes_trimmed(vol).await.unwrap(), None);
     let later = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 60_000);
-    let n = k.tables.trim_changes(vol, later, 2).await.unwrap();
+    let n = k.tables.trim_changes(vol, later, None, 2).await.unwrap();
     assert_eq!(n, 2);
     assert_eq!(
         k.tables.changes_trimmed(vol).await.unwrap(),
@@ -574,7 +574,13 @@ async fn every_committed_change_is_in_the_change_log_in_commit_order() {
     assert_eq!(left.len(), 3);
     // Nothing newer than the cut-off is trimmed.
     let earlier = bson::DateTime::from_millis(0);
-    assert_eq!(k.tables.trim_changes(vol, earlier, 100).await.unwrap(), 0);
+    assert_eq!(
+        k.tables
+            .trim_changes(vol, earlier, None, 100)
+            .await
+            .unwrap(),
+        0
+    );
     // A drop is recorded too.
     assert!(k.tables.drop_table(a, "/tables/db/log").await.unwrap());
     let (last, _) = k

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use berth_api::v1::tables_server::Tables as TablesApi;
 use berth_api::v1::*;
+use berth_docs::cdc::CdcTarget;
 use berth_docs::error::codes;
 use berth_docs::table::{authorize, Right, TableConfig, TableRef, Tables};
 use berth_docs::DocError;
@@ -25,6 +26,21 @@ use super::Native;
 pub struct TablesService {
     pub native: Arc<Native>,
     pub tables: Arc<Tables>,
+    /// Where CDC targets publish.
+    pub streams: Arc<berth_streams::Streams>,
+}
+
+fn to_cdc(c: CdcTarget) -> TableCdc {
+    let pos = |p: berth_docs::changes::Position| format!("{}.{}", p.index, p.n);
+    TableCdc {
+        id: c.id,
+        start: pos(c.start()),
+        published: pos(c.published()),
+        table: c.table_path,
+        stream: c.stream,
+        topic: c.topic,
+        owner: c.owner,
+    }
 }
 
 /// Directory pages one `List` call reads, at most; the caller continues
@@ -334,6 +350,79 @@ impl TablesService {
 
 #[tonic::async_trait]
 impl TablesApi for TablesService {
+    async fn cdc_add(
+        &self,
+        req: Request<TableCdcAddRequest>,
+    ) -> Result<Response<TableCdc>, Status> {
+        self.native
+            .call("Tables/CdcAdd", req, |p, r| async move {
+                let t = self
+                    .tables
+                    .open(&p, &r.path, Right::Admin)
+                    .await
+                    .map_err(doc_error)?;
+                berth_streams::valid_topic_name(&r.topic)?;
+                let stream = normalize_path(&r.stream)?;
+                let s = self
+                    .streams
+                    .stream(&p, &stream, berth_streams::Right::Produce)
+                    .await?;
+                if self.streams.topic(&s, &r.topic).await?.is_none() {
+                    self.streams.create_topic(&p, &s, &r.topic, 0).await?;
+                }
+                let c = self
+                    .tables
+                    .cdc_add(&p, &t, &s.entry.path, &r.topic)
+                    .await
+                    .map_err(doc_error)?;
+                Ok(to_cdc(c))
+            })
+            .await
+    }
+
+    async fn cdc_list(&self, req: Request<PathRequest>) -> Result<Response<TableCdcList>, Status> {
+        self.native
+            .call("Tables/CdcList", req, |p, r| async move {
+                let t = self
+                    .tables
+                    .open(&p, &r.path, Right::Read)
+                    .await
+                    .map_err(doc_error)?;
+                let targets = self.tables.cdc_list(&p, &t).await.map_err(doc_error)?;
+                Ok(TableCdcList {
+                    targets: targets.into_iter().map(to_cdc).collect(),
+                })
+            })
+            .await
+    }
+
+    async fn cdc_remove(
+        &self,
+        req: Request<TableCdcRemoveRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        self.native
+            .call("Tables/CdcRemove", req, |p, r| async move {
+                let t = self
+                    .tables
+                    .open(&p, &r.path, Right::Admin)
+                    .await
+                    .map_err(doc_error)?;
+                match self
+                    .tables
+                    .cdc_remove(&p, &t, r.id)
+                    .await
+                    .map_err(doc_error)?
+                {
+                    true => Ok(Empty {}),
+                    false => Err(Error::new(
+                        Code::NotFound,
+                        format!("{} has no CDC target {}", r.path, r.id),
+                    )),
+                }
+            })
+            .await
+    }
+
     async fn create(
         &self,
         req: Request<TableCreateRequest>,
