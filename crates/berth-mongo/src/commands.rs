@@ -90,13 +90,25 @@ pub async fn run<B: Backend>(c: &mut Conn<'_, B>, db: &str, cmd: Document) -> Ou
     }
 }
 
-/// `{ok: 0, errmsg, code, codeName}`.
+/// `{ok: 0, errmsg, code, codeName}` and the error's extra fields.
 pub fn error_reply(e: &MongoError) -> Document {
-    doc! {
+    let mut d = doc! {
         "ok": 0.0,
         "errmsg": e.message.clone(),
         "code": e.code,
         "codeName": e.code_name().into_owned(),
+    };
+    add_info(&mut d, e);
+    d
+}
+
+/// An error's extra fields (`keyPattern`, `keyValue`, ...) into its reply,
+/// never over the fields the reply already has.
+fn add_info(d: &mut Document, e: &MongoError) {
+    for (k, v) in e.info.iter().flat_map(|i| i.iter()) {
+        if !d.contains_key(k) {
+            d.insert(k.clone(), v.clone());
+        }
     }
 }
 
@@ -747,11 +759,13 @@ pub fn write_reply(r: WriteResult, statements: usize, update: bool) -> Document 
             .write_errors
             .into_iter()
             .map(|e| {
-                Bson::Document(doc! {
+                let mut d = doc! {
                     "index": int(e.index as u64),
                     "code": e.error.code,
-                    "errmsg": e.error.message,
-                })
+                    "errmsg": e.error.message.clone(),
+                };
+                add_info(&mut d, &e.error);
+                Bson::Document(d)
             })
             .collect();
         d.insert("writeErrors", list);

@@ -554,7 +554,9 @@ fn check_db(db: &str) -> Result<(), MongoError> {
 
 /// A service error as the gateway sends it.
 fn mongo(e: DocError) -> MongoError {
-    MongoError::new(e.code, e.message)
+    let mut m = MongoError::new(e.code, e.message);
+    m.info = e.info;
+    m
 }
 
 /// The values at a dotted path, arrays flattened one level (as `distinct`).
