@@ -95,6 +95,8 @@ pub const UNSUPPORTED_OP_QUERY_COMMAND: i32 = 352;
 pub const NOT_WRITABLE_PRIMARY: i32 = 10107;
 pub const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 pub const DUPLICATE_KEY: i32 = 11000;
+/// IDL parsers' unknown field ("BSON field 'x.y' is an unknown field.").
+pub const UNKNOWN_FIELD: i32 = 40415;
 pub const INTERRUPTED_AT_SHUTDOWN: i32 = 11600;
 
 /// The `codeName` MongoDB reports for `code`; codes without a name are

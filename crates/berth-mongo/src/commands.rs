@@ -913,6 +913,17 @@ impl Args<'_> {
         }
     }
 
+    /// Refuses a field not in `known`, as MongoDB's parsers do (40415).
+    fn known_fields(&self, known: &[&str]) -> Result<(), MongoError> {
+        match self.cmd.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(MongoError::new(
+                codes::UNKNOWN_FIELD,
+                format!("BSON field '{}.{k}' is an unknown field.", self.name),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Any value (hints are strings or documents, comments anything).
     fn any(&self, field: &str) -> Option<Bson> {
         self.get(field).cloned()
@@ -1028,6 +1039,27 @@ fn update_modification(a: &Args<'_>, field: &str) -> Result<UpdateModification, 
     }
 }
 
+/// The fields of an update statement in MongoDB 7.0 (the version `hello`
+/// reports): another is refused as MongoDB refuses it (40415), not ignored,
+/// so a driver option this server lacks (8.0's `sort`) fails rather than
+/// being silently dropped.
+const UPDATE_STATEMENT_FIELDS: &[&str] = &[
+    "q",
+    "u",
+    "c",
+    "upsert",
+    "multi",
+    "arrayFilters",
+    "hint",
+    "collation",
+    "upsertSupplied",
+    "sampleId",
+    "allowShardKeyUpdatesWithoutFullShardKeyInQuery",
+];
+
+/// The fields of a delete statement in MongoDB 7.0.
+const DELETE_STATEMENT_FIELDS: &[&str] = &["q", "limit", "hint", "collation", "sampleId"];
+
 fn parse_update(a: &Args<'_>, db: &str) -> Result<Update, MongoError> {
     let ns = a.namespace(db)?;
     let statements = a.docs("updates")?.ok_or_else(|| missing(a, "updates"))?;
@@ -1038,6 +1070,7 @@ fn parse_update(a: &Args<'_>, db: &str) -> Result<Update, MongoError> {
             cmd: s,
             name: "update.updates",
         };
+        sa.known_fields(UPDATE_STATEMENT_FIELDS)?;
         updates.push(UpdateStatement {
             q: sa.doc("q")?.ok_or_else(|| missing(&sa, "q"))?,
             u: update_modification(&sa, "u")?,
@@ -1067,6 +1100,7 @@ fn parse_delete(a: &Args<'_>, db: &str) -> Result<Delete, MongoError> {
             cmd: s,
             name: "delete.deletes",
         };
+        sa.known_fields(DELETE_STATEMENT_FIELDS)?;
         let limit = sa.i64("limit")?.ok_or_else(|| missing(&sa, "limit"))?;
         if limit != 0 && limit != 1 {
             return Err(MongoError::failed_to_parse(format!(
@@ -1323,6 +1357,19 @@ mod tests {
         );
         let no_u = doc! {"update": "c", "updates": [{"q": {}}]};
         assert_eq!(parse_update(&args(&no_u), "db").unwrap_err().code, 40414);
+        // 8.0's sort is not 7.0's: refused, not ignored.
+        let sort = doc! {"update": "c", "updates": [{"q": {}, "u": {}, "sort": {"a": 1}}]};
+        let e = parse_update(&args(&sort), "db").unwrap_err();
+        assert_eq!(e.code, codes::UNKNOWN_FIELD);
+        assert_eq!(
+            e.message,
+            "BSON field 'update.updates.sort' is an unknown field."
+        );
+        let bad = doc! {"delete": "c", "deletes": [{"q": {}, "limit": 0, "x": 1}]};
+        assert_eq!(
+            parse_delete(&args(&bad), "db").unwrap_err().code,
+            codes::UNKNOWN_FIELD
+        );
 
         let del =
             doc! {"delete": "c", "deletes": [{"q": {"a": 1}, "limit": 0}, {"q": {}, "limit": 1}]};

@@ -439,10 +439,15 @@ def skip_reason(test, server):
     if "skipReason" in test:
         return f"skipReason: {test['skipReason']}"
     for op in test["operations"]:
+        args = op.get("arguments", {})
         if op["name"] in UNSUPPORTED_OPS:
             return UNSUPPORTED_OPS[op["name"]]
-        if uses(op.get("arguments", {}), "collation"):
-            return "collation (not supported by Berth)"
+        if uses(args, "collation"):
+            return "collations (not supported by Berth yet)"
+        if op["name"] == "createCollection" and "viewOn" in args:
+            return "views (not supported by Berth yet)"
+        if uses(args, "$listLocalSessions"):
+            return "$listLocalSessions (Berth keeps no session cache yet)"
         if "timeoutMode" in op.get("arguments", {}):
             return "pymongo has no timeoutMode"
     return None
