@@ -3523,10 +3523,7 @@ mod tests {
             .unwrap();
         assert_eq!(out, vec![doc! {"tag": "t"}]);
         // Without them, the names are undefined.
-        assert_eq!(
-            parse_code(bson!([{"$project": {"tag": "$$tag"}}])),
-            17276
-        );
+        assert_eq!(parse_code(bson!([{"$project": {"tag": "$$tag"}}])), 17276);
     }
 
     #[test]
@@ -3538,10 +3535,14 @@ mod tests {
         .unwrap();
         assert!(p.starts_with_documents());
         assert_eq!(
-            p.run(docs(bson!([{"_id": 9}])), &mut Ctx::default()).unwrap(),
+            p.run(docs(bson!([{"_id": 9}])), &mut Ctx::default())
+                .unwrap(),
             vec![doc! {"_id": 2, "x": 2}]
         );
-        assert_eq!(parse_code(bson!([{"$match": {}}, {"$documents": []}])), 40602);
+        assert_eq!(
+            parse_code(bson!([{"$match": {}}, {"$documents": []}])),
+            40602
+        );
         assert_eq!(run_code(bson!([{"$documents": 5}]), bson!([])), 5858203);
         assert_eq!(run_code(bson!([{"$documents": [1]}]), bson!([])), 40228);
     }
@@ -3556,7 +3557,8 @@ mod tests {
         assert_eq!(p.merge().map(|m| m.coll.as_str()), Some("other"));
         assert!(p.out().is_none());
         assert_eq!(
-            p.run(docs(bson!([{"_id": 1}])), &mut Ctx::default()).unwrap(),
+            p.run(docs(bson!([{"_id": 1}])), &mut Ctx::default())
+                .unwrap(),
             vec![doc! {"_id": 1}]
         );
         assert_eq!(parse_code(bson!([{"$merge": "a"}, {"$match": {}}])), 40601);

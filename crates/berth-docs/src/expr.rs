@@ -5047,10 +5047,12 @@ mod tests {
         let vars = let_variables(&doc! {"f": "$a"}, Variables::new()).unwrap();
         assert_eq!(vars.get("f"), Some(&Bson::Null));
         for (bad, code) in [(doc! {"Upper": 1}, 16867), (doc! {"a-b": 1}, 16868)] {
-            assert_eq!(let_variables(&bad, Variables::new()).unwrap_err().code, code);
+            assert_eq!(
+                let_variables(&bad, Variables::new()).unwrap_err().code,
+                code
+            );
         }
-        let e = Expr::parse_with_vars(&bson!({"$add": ["$$id", "$$sum"]}), &["id", "sum"])
-            .unwrap();
+        let e = Expr::parse_with_vars(&bson!({"$add": ["$$id", "$$sum"]}), &["id", "sum"]).unwrap();
         let vars = let_variables(&doc! {"id": 1, "sum": 2}, Variables::new()).unwrap();
         assert_eq!(e.eval_with(&doc! {}, &vars).unwrap(), bson!(3));
     }
@@ -5071,7 +5073,10 @@ mod tests {
         // Each draw is new; the same seed gives the same numbers.
         assert!(draws.windows(2).all(|w| w[0] != w[1]));
         let again = Variables::new().with_rand(42);
-        assert_eq!(e.eval_with(&doc! {}, &again).unwrap(), Bson::Double(draws[0]));
+        assert_eq!(
+            e.eval_with(&doc! {}, &again).unwrap(),
+            Bson::Double(draws[0])
+        );
         assert_eq!(code(bson!({"$rand": 1}), &doc! {}), 10065);
     }
 }

@@ -150,7 +150,10 @@ impl Merge {
                     None => None,
                     Some(Bson::String(db)) => Some(db.clone()),
                     Some(_) => {
-                        return Err(bad(codes::TYPE_MISMATCH, "$merge's into.db must be a string".into()))
+                        return Err(bad(
+                            codes::TYPE_MISMATCH,
+                            "$merge's into.db must be a string".into(),
+                        ))
                     }
                 };
                 (db, coll)
@@ -181,18 +184,17 @@ impl Merge {
                 "keepExisting" => WhenMatched::KeepExisting,
                 "merge" => WhenMatched::Merge,
                 "fail" => WhenMatched::Fail,
-                "pipeline" => {
-                    return Err(bad(
-                        codes::BAD_VALUE,
-                        "Enumeration value 'pipeline' for field 'whenMatched' is not a valid value.".into(),
-                    ))
-                }
-                other => {
-                    return Err(bad(
-                        codes::BAD_VALUE,
-                        format!("Enumeration value '{other}' for field 'whenMatched' is not a valid value."),
-                    ))
-                }
+                "pipeline" => return Err(bad(
+                    codes::BAD_VALUE,
+                    "Enumeration value 'pipeline' for field 'whenMatched' is not a valid value."
+                        .into(),
+                )),
+                other => return Err(bad(
+                    codes::BAD_VALUE,
+                    format!(
+                        "Enumeration value '{other}' for field 'whenMatched' is not a valid value."
+                    ),
+                )),
             },
             Some(Bson::Array(stages)) => {
                 let stages: Vec<Document> = stages
@@ -445,24 +447,41 @@ mod tests {
             (bson!({"into": "c", "on": ["a", "a"]}), 31465),
             (bson!({"into": "c", "whenMatched": "nope"}), 2),
             (bson!({"into": "c", "let": {"x": 1}}), 51199),
-            (bson!({"into": "c", "whenMatched": [{"$group": {"_id": 1}}]}), 72),
+            (
+                bson!({"into": "c", "whenMatched": [{"$group": {"_id": 1}}]}),
+                72,
+            ),
         ] {
-            assert_eq!(Merge::parse(&bad, Limits::default()).unwrap_err().code, code, "{bad}");
+            assert_eq!(
+                Merge::parse(&bad, Limits::default()).unwrap_err().code,
+                code,
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn target_filters_follow_on() {
         let m = merge(bson!("c"));
-        assert_eq!(m.target_filter(&doc! {"_id": 2, "x": 1}).unwrap(), Some(doc! {"_id": {"$eq": 2}}));
+        assert_eq!(
+            m.target_filter(&doc! {"_id": 2, "x": 1}).unwrap(),
+            Some(doc! {"_id": {"$eq": 2}})
+        );
         assert_eq!(m.target_filter(&doc! {"x": 1}).unwrap(), None);
         let m = merge(bson!({"into": "c", "on": ["a", "b.c"]}));
         assert_eq!(
             m.target_filter(&doc! {"a": 1, "b": {"c": 2}}).unwrap(),
             Some(doc! {"a": {"$eq": 1}, "b.c": {"$eq": 2}})
         );
-        for bad in [doc! {"a": 1}, doc! {"a": null, "b": {"c": 1}}, doc! {"a": [1], "b": {"c": 1}}] {
-            assert_eq!(m.target_filter(&bad).unwrap_err().code, MERGE_ON_FIELD_INVALID);
+        for bad in [
+            doc! {"a": 1},
+            doc! {"a": null, "b": {"c": 1}},
+            doc! {"a": [1], "b": {"c": 1}},
+        ] {
+            assert_eq!(
+                m.target_filter(&bad).unwrap_err().code,
+                MERGE_ON_FIELD_INVALID
+            );
         }
     }
 
@@ -477,11 +496,19 @@ mod tests {
             Some(doc! {"_id": 1, "a": 1, "b": 2, "c": 3})
         );
         assert_eq!(
-            combined(merge(bson!({"into": "c", "whenMatched": "replace"})), &mut ctx).unwrap(),
+            combined(
+                merge(bson!({"into": "c", "whenMatched": "replace"})),
+                &mut ctx
+            )
+            .unwrap(),
             Some(result.clone())
         );
         assert_eq!(
-            combined(merge(bson!({"into": "c", "whenMatched": "keepExisting"})), &mut ctx).unwrap(),
+            combined(
+                merge(bson!({"into": "c", "whenMatched": "keepExisting"})),
+                &mut ctx
+            )
+            .unwrap(),
             None
         );
         let e = combined(merge(bson!({"into": "c", "whenMatched": "fail"})), &mut ctx).unwrap_err();
@@ -490,19 +517,25 @@ mod tests {
             e.info.as_deref(),
             Some(&doc! {"keyPattern": {"_id": 1}, "keyValue": {"_id": 1}})
         );
-        let p = merge(bson!({"into": "c", "whenMatched": [{"$set": {"sum": {"$add": ["$a", "$$new.c"]}}}]}));
+        let p = merge(
+            bson!({"into": "c", "whenMatched": [{"$set": {"sum": {"$add": ["$a", "$$new.c"]}}}]}),
+        );
         assert_eq!(
             combined(p, &mut ctx).unwrap(),
             Some(doc! {"_id": 1, "a": 1, "b": 1, "sum": 4})
         );
-        let p = merge(bson!({"into": "c", "let": {"v": "$c"}, "whenMatched": [{"$set": {"v": "$$v"}}]}));
+        let p = merge(
+            bson!({"into": "c", "let": {"v": "$c"}, "whenMatched": [{"$set": {"v": "$$v"}}]}),
+        );
         assert_eq!(
             combined(p, &mut ctx).unwrap(),
             Some(doc! {"_id": 1, "a": 1, "b": 1, "v": 3})
         );
         // The _id cannot change; a result without one keeps the target's.
         let m = merge(bson!({"into": "c", "whenMatched": "replace"}));
-        let e = m.combine(&existing, &doc! {"_id": 9}, &mut ctx).unwrap_err();
+        let e = m
+            .combine(&existing, &doc! {"_id": 9}, &mut ctx)
+            .unwrap_err();
         assert_eq!(e.code, codes::IMMUTABLE_FIELD);
         assert_eq!(
             m.combine(&existing, &doc! {"z": 1}, &mut ctx).unwrap(),

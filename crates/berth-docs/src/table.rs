@@ -1168,7 +1168,9 @@ fn check_id_field_names(id: &Bson) -> Result<(), DocError> {
     match d.keys().find(|k| k.starts_with('$')) {
         Some(k) => Err(DocError::new(
             codes::DOLLAR_PREFIXED_FIELD_NAME,
-            format!("_id fields may not contain '$'-prefixed fields: {k} is not valid for storage."),
+            format!(
+                "_id fields may not contain '$'-prefixed fields: {k} is not valid for storage."
+            ),
         )),
         None => Ok(()),
     }

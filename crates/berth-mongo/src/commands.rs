@@ -1469,6 +1469,27 @@ mod tests {
             }
         );
         assert_eq!(write_reply(WriteResult::default(), 1, false), doc! {"n": 0});
+        // An error's extra fields (a duplicate key's) reach both forms,
+        // never over the reply's own.
+        let dup = MongoError::new(codes::DUPLICATE_KEY, "E11000")
+            .with_info(doc! {"keyPattern": {"x": 1}, "keyValue": {"x": 2}, "code": 5});
+        assert_eq!(
+            error_reply(&dup),
+            doc! {"ok": 0.0, "errmsg": "E11000", "code": 11000, "codeName": "DuplicateKey",
+            "keyPattern": {"x": 1}, "keyValue": {"x": 2}}
+        );
+        let r = WriteResult {
+            write_errors: vec![WriteError {
+                index: 0,
+                error: dup,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            write_reply(r, 1, false),
+            doc! {"n": 0, "writeErrors": [{"index": 0, "code": 11000, "errmsg": "E11000",
+            "keyPattern": {"x": 1}, "keyValue": {"x": 2}}]}
+        );
         assert_eq!(
             error_reply(&MongoError::new(59, "no such command: 'x'")),
             doc! {"ok": 0.0, "errmsg": "no such command: 'x'", "code": 59, "codeName": "CommandNotFound"}

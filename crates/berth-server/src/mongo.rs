@@ -371,7 +371,10 @@ impl TablesBackend {
         merge: &Merge,
         results: Vec<Document>,
     ) -> Result<(), MongoError> {
-        let ns = Namespace::new(merge.db.clone().unwrap_or_else(|| db.to_string()), merge.coll.clone());
+        let ns = Namespace::new(
+            merge.db.clone().unwrap_or_else(|| db.to_string()),
+            merge.coll.clone(),
+        );
         let t = self
             .tables
             .open_or_create(p, &self.path(&ns)?)
@@ -446,7 +449,10 @@ impl TablesBackend {
                 )
                 .await
                 .map_err(mongo)?;
-            if o.matched == 0 && o.upserted.is_none() && merge.when_not_matched == WhenNotMatched::Fail {
+            if o.matched == 0
+                && o.upserted.is_none()
+                && merge.when_not_matched == WhenNotMatched::Fail
+            {
                 return Err(mongo(merge.no_match()));
             }
         }
@@ -1538,5 +1544,49 @@ impl Backend for TablesBackend {
             );
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_simple_collation_is_accepted() {
+        assert!(refuse_collation(None).is_ok());
+        assert!(refuse_collation(Some(&doc! {})).is_ok());
+        assert!(refuse_collation(Some(&doc! {"locale": "simple"})).is_ok());
+        for c in [
+            doc! {"locale": "en_US", "strength": 2},
+            doc! {"locale": "fr"},
+        ] {
+            let e = refuse_collation(Some(&c)).unwrap_err();
+            assert_eq!(e.code, codes::COMMAND_NOT_SUPPORTED, "{c}");
+        }
+    }
+
+    #[test]
+    fn a_commands_let_reaches_its_filter() {
+        let vars = command_vars(Some(&doc! {"id": 2, "n": {"$add": [1, 1]}})).unwrap();
+        let f = Filter::parse_with(&doc! {"$expr": {"$eq": ["$_id", "$$n"]}}, &vars).unwrap();
+        assert!(f.matches(&doc! {"_id": 2}) && !f.matches(&doc! {"_id": 1}));
+        // $$NOW is there too, with or without let.
+        let vars = command_vars(None).unwrap();
+        let f = Filter::parse_with(&doc! {"$expr": {"$lt": ["$t", "$$NOW"]}}, &vars).unwrap();
+        assert!(f.matches(&doc! {"t": bson::DateTime::from_millis(0)}));
+        let e = command_vars(Some(&doc! {"Bad": 1})).unwrap_err();
+        assert_eq!(e.code, 16867);
+    }
+
+    #[test]
+    fn service_errors_keep_their_extra_fields() {
+        let e = DocError::new(codes::DUPLICATE_KEY, "E11000")
+            .with_info(doc! {"keyPattern": {"x": 1}, "keyValue": {"x": "foo"}});
+        let m = mongo(e);
+        assert_eq!(m.code, codes::DUPLICATE_KEY);
+        assert_eq!(
+            m.info.as_deref(),
+            Some(&doc! {"keyPattern": {"x": 1}, "keyValue": {"x": "foo"}})
+        );
     }
 }

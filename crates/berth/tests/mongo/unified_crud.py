@@ -453,6 +453,18 @@ def skip_reason(test, server):
     return None
 
 
+def skip_group(why, server):
+    """The kind of a skip reason, for the summary."""
+    version = ".".join(map(str, server.version))
+    if why.startswith("runOnRequirements: minServerVersion"):
+        return f"need a server newer than {version}"
+    if why.startswith("runOnRequirements: maxServerVersion"):
+        return f"test a server older than {version}"
+    if why.startswith("runOnRequirements: topology"):
+        return "need a replica set or a sharded cluster"
+    return why
+
+
 def bulk_model(request):
     (name, spec), = request.items()
     cls = getattr(ops, name[0].upper() + name[1:])
@@ -812,8 +824,14 @@ def run(a):
         f"{counts['passed']} passed, {counts['skipped']} skipped, {counts['failed']} failed "
         f"in {took:.0f} s",
     ]
-    for why, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])):
-        lines.append(f"  skipped {n:4}: {why}")
+    groups = collections.Counter()
+    for why, n in skipped.items():
+        groups[skip_group(why, server)] += n
+    for group, n in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  skipped {n:4}: {group}")
+        for why, m in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])):
+            if skip_group(why, server) == group and why != group:
+                lines.append(f"          {m:4}  {why}")
     if runner.events_unchecked:
         lines.append(f"  event expectations not of type command, not checked: {runner.events_unchecked}")
     print("\n".join(lines))
