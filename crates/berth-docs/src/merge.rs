@@ -110,7 +110,12 @@ impl Merge {
                 "on" => on = parse_on(v)?,
                 "let" => match v {
                     Bson::Document(d) => let_spec = Some(d.clone()),
-                    _ => return Err(bad(codes::TYPE_MISMATCH, "$merge's let must be an object".into())),
+                    _ => {
+                        return Err(bad(
+                            codes::TYPE_MISMATCH,
+                            "$merge's let must be an object".into(),
+                        ))
+                    }
                 },
                 "whenMatched" => when_matched = Some(v),
                 "whenNotMatched" => {
@@ -118,12 +123,7 @@ impl Merge {
                         Some("insert") => WhenNotMatched::Insert,
                         Some("discard") => WhenNotMatched::Discard,
                         Some("fail") => WhenNotMatched::Fail,
-                        _ => {
-                            return Err(bad(
-                                codes::BAD_VALUE,
-                                format!("Enumeration value '{v}' for field 'whenNotMatched' is not a valid value."),
-                            ))
-                        }
+                        _ => return Err(bad_enum("whenNotMatched", &v.to_string())),
                     }
                 }
                 other => {
@@ -184,17 +184,8 @@ impl Merge {
                 "keepExisting" => WhenMatched::KeepExisting,
                 "merge" => WhenMatched::Merge,
                 "fail" => WhenMatched::Fail,
-                "pipeline" => return Err(bad(
-                    codes::BAD_VALUE,
-                    "Enumeration value 'pipeline' for field 'whenMatched' is not a valid value."
-                        .into(),
-                )),
-                other => return Err(bad(
-                    codes::BAD_VALUE,
-                    format!(
-                        "Enumeration value '{other}' for field 'whenMatched' is not a valid value."
-                    ),
-                )),
+                // "pipeline" too: a pipeline is given as an array.
+                other => return Err(bad_enum("whenMatched", other)),
             },
             Some(Bson::Array(stages)) => {
                 let stages: Vec<Document> = stages
@@ -371,6 +362,14 @@ impl Merge {
              one document in the source collection",
         )
     }
+}
+
+/// MongoDB's error for a value outside an option's choices.
+fn bad_enum(field: &str, value: &str) -> DocError {
+    DocError::new(
+        codes::BAD_VALUE,
+        format!("Enumeration value '{value}' for field '{field}' is not a valid value."),
+    )
 }
 
 fn parse_on(v: &Bson) -> Result<Vec<String>> {

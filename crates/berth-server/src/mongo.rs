@@ -641,7 +641,10 @@ fn refuse_collation(collation: Option<&Document>) -> Result<(), MongoError> {
         Some(c) if c.len() == 1 && c.get_str("locale").is_ok_and(|l| l == "simple") => Ok(()),
         Some(c) => Err(MongoError::new(
             codes::COMMAND_NOT_SUPPORTED,
-            format!("collations are not supported by Berth tables yet (asked for {c}); only {{locale: \"simple\"}}"),
+            format!(
+                "collations are not supported by Berth tables yet (asked for {c}); \
+                 only {{locale: \"simple\"}} is"
+            ),
         )),
     }
 }

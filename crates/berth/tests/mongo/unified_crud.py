@@ -15,8 +15,9 @@ and 3 when the files could not be had (no pip, no network).
 A test is skipped, with its reason counted, when it needs what this server is
 not or does not have: runOnRequirements it does not meet (server version,
 topology, serverless, auth, server parameters, CSFLE), failpoints
-(`failPoint`), transactions, change streams, collations, or an operation
-pymongo has no API for. Everything else is run, events included: command
+(`failPoint`), transactions, change streams, collations, views,
+`$listLocalSessions` (no session cache), or an operation pymongo has no API
+for. Everything else is run, events included: command
 monitoring events (`expectEvents` of type command) are checked with a
 pymongo CommandListener; other event types are not observed and their
 expectations are skipped (counted apart, the test still runs).
@@ -28,7 +29,6 @@ import copy
 import datetime
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -448,7 +448,7 @@ def skip_reason(test, server):
             return "views (not supported by Berth yet)"
         if uses(args, "$listLocalSessions"):
             return "$listLocalSessions (Berth keeps no session cache yet)"
-        if "timeoutMode" in op.get("arguments", {}):
+        if "timeoutMode" in args:
             return "pymongo has no timeoutMode"
     return None
 
