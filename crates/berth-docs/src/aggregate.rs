@@ -5,7 +5,8 @@
 //! `$match`, `$project`, `$addFields`/`$set`, `$unset`, `$group`, `$sort`,
 //! `$limit`, `$skip`, `$unwind`, `$count`, `$lookup` (equality and pipeline
 //! forms), `$replaceRoot`/`$replaceWith`, `$facet`, `$sortByCount`,
-//! `$unionWith`, and `$out` (parsed, not executed: see [`Pipeline::out`]).
+//! `$unionWith`, `$documents`, and `$out` and `$merge` (parsed, not executed:
+//! see [`Pipeline::out`] and [`Pipeline::merge`]).
 //!
 //! *In memory.* Every stage materializes its output, so a run holds its
 //! input and output at once. The stages that would grow without bound hold
@@ -34,6 +35,7 @@ use crate::expr::{
     StdDev, Sum, Variables,
 };
 use crate::matcher::Filter;
+use crate::merge::Merge;
 use crate::order;
 use crate::DocError;
 
@@ -59,7 +61,8 @@ fn err(code: i32, message: impl Into<String>) -> DocError {
     DocError::new(code, message)
 }
 
-/// What a pipeline needs from outside: other collections and the time.
+/// What a pipeline needs from outside: other collections, the time and
+/// randomness.
 pub trait StageContext {
     /// The documents of collection `from` in the same database (for
     /// `$lookup` and `$unionWith`); called at most once per collection per
@@ -68,6 +71,12 @@ pub trait StageContext {
 
     /// The time `$$NOW` stands for, read once per run.
     fn now(&self) -> bson::DateTime;
+
+    /// The seed of `$rand`'s numbers for a run; None (the default): `$rand`
+    /// is an error.
+    fn rand_seed(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Bounds on what one blocking stage holds in memory.
@@ -94,6 +103,8 @@ impl Default for Limits {
 pub struct Pipeline {
     stages: Vec<Stage>,
     limits: Limits,
+    /// Variables from outside the pipeline (a command's `let`).
+    outer: Variables,
 }
 
 #[derive(Debug, Clone)]
@@ -125,7 +136,10 @@ enum Stage {
         coll: String,
         pipeline: Option<Pipeline>,
     },
+    /// `$documents`: its documents replace the input (first stage only).
+    Documents(Expr),
     Out(String),
+    Merge(Box<Merge>),
 }
 
 #[derive(Debug, Clone)]
@@ -152,7 +166,6 @@ const UNSUPPORTED_STAGES: &[&str] = &[
     "$collStats",
     "$currentOp",
     "$densify",
-    "$documents",
     "$fill",
     "$geoNear",
     "$graphLookup",
@@ -160,7 +173,6 @@ const UNSUPPORTED_STAGES: &[&str] = &[
     "$listLocalSessions",
     "$listSearchIndexes",
     "$listSessions",
-    "$merge",
     "$planCacheStats",
     "$redact",
     "$search",
@@ -178,6 +190,50 @@ impl Pipeline {
     /// Parses a pipeline whose blocking stages hold at most `limits`.
     pub fn parse_with(stages: &[Document], limits: Limits) -> Result<Pipeline> {
         parse_pipeline(stages, limits, &[], Within::Top, 0)
+    }
+
+    /// Parses a pipeline that may use the variables `vars` (a command's
+    /// `let`), which [`run`] binds.
+    ///
+    /// [`run`]: Pipeline::run
+    pub fn parse_with_vars(
+        stages: &[Document],
+        limits: Limits,
+        vars: &Variables,
+    ) -> Result<Pipeline> {
+        let names: Vec<&str> = vars.names().collect();
+        let mut p = parse_pipeline(stages, limits, &names, Within::Top, 0)?;
+        p.outer = vars.clone();
+        Ok(p)
+    }
+
+    /// Parses a pipeline that may use variables named `names`, whose values
+    /// [`run_vars`] gives (`$merge`'s `let`).
+    ///
+    /// [`run_vars`]: Pipeline::run_vars
+    pub(crate) fn parse_with_names(
+        stages: &[Document],
+        limits: Limits,
+        names: &[&str],
+    ) -> Result<Pipeline> {
+        parse_pipeline(stages, limits, names, Within::Top, 0)
+    }
+
+    /// Where `$merge` (the last stage) writes, and how: the caller writes
+    /// what [`run`] returns there (the stage itself does nothing here).
+    ///
+    /// [`run`]: Pipeline::run
+    pub fn merge(&self) -> Option<&Merge> {
+        match self.stages.last() {
+            Some(Stage::Merge(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Whether the pipeline opens with `$documents` (so it needs no
+    /// collection: `{aggregate: 1}`).
+    pub fn starts_with_documents(&self) -> bool {
+        matches!(self.stages.first(), Some(Stage::Documents(_)))
     }
 
     /// The collection `$out` writes to: the caller writes what [`run`]
@@ -239,7 +295,23 @@ impl Pipeline {
     /// each other collection is read at most once per run (a `$lookup`
     /// nested in another's pipeline reuses what the run already read).
     pub fn run(&self, input: Vec<Document>, ctx: &mut dyn StageContext) -> Result<Vec<Document>> {
-        let vars = Variables::new().with_now(ctx.now());
+        self.run_vars(input, ctx, self.outer.clone())
+    }
+
+    /// [`run`] with the outer variables `vars` (`$$NOW` and `$rand` come
+    /// from `ctx`).
+    ///
+    /// [`run`]: Pipeline::run
+    pub(crate) fn run_vars(
+        &self,
+        input: Vec<Document>,
+        ctx: &mut dyn StageContext,
+        vars: Variables,
+    ) -> Result<Vec<Document>> {
+        let mut vars = vars.with_now(ctx.now());
+        if let Some(seed) = ctx.rand_seed() {
+            vars = vars.with_rand(seed);
+        }
         let mut once = ReadOnce {
             inner: ctx,
             read: HashMap::new(),
@@ -335,8 +407,32 @@ impl Pipeline {
                     docs.extend(other);
                     docs
                 }
+                Stage::Documents(e) => match e.eval_with(&Document::new(), vars)? {
+                    Bson::Array(items) => items
+                        .into_iter()
+                        .map(|v| match v {
+                            Bson::Document(d) => Ok(d),
+                            other => Err(err(
+                                40228,
+                                format!(
+                                    "$documents must give documents, found {}",
+                                    type_name(Some(&other))
+                                ),
+                            )),
+                        })
+                        .collect::<Result<_>>()?,
+                    other => {
+                        return Err(err(
+                            5858203,
+                            format!(
+                                "error during $documents: the expression must give an array,                                  found {}",
+                                type_name(Some(&other))
+                            ),
+                        ))
+                    }
+                },
                 // The caller writes the result to the collection.
-                Stage::Out(_) => docs,
+                Stage::Out(_) | Stage::Merge(_) => docs,
             };
         }
         Ok(docs)
@@ -361,6 +457,10 @@ impl StageContext for ReadOnce<'_> {
 
     fn now(&self) -> bson::DateTime {
         self.inner.now()
+    }
+
+    fn rand_seed(&self) -> Option<u64> {
+        self.inner.rand_seed()
     }
 }
 
@@ -390,11 +490,24 @@ fn parse_pipeline(
                 "$out can only be the final stage in the pipeline",
             ));
         }
+        if matches!(stage, Stage::Merge(_)) && i + 1 != stages.len() {
+            return Err(err(
+                40601,
+                "$merge can only be the final stage in the pipeline",
+            ));
+        }
+        if matches!(stage, Stage::Documents(_)) && i != 0 {
+            return Err(err(
+                40602,
+                "$documents is only valid as the first stage in a pipeline",
+            ));
+        }
         parsed.push(stage);
     }
     Ok(Pipeline {
         stages: parsed,
         limits,
+        outer: Variables::new(),
     })
 }
 
@@ -557,6 +670,16 @@ fn parse_stage(
             }
             parse_out(arg)
         }
+        "$merge" => {
+            if within != Within::Top {
+                return Err(err(
+                    51047,
+                    "$merge is not allowed to be used within a sub-pipeline",
+                ));
+            }
+            Ok(Stage::Merge(Box::new(Merge::parse(arg, limits)?)))
+        }
+        "$documents" => Ok(Stage::Documents(Expr::parse_with_vars(arg, scope)?)),
         "$sample" => Err(err(
             NOT_IMPLEMENTED,
             "$sample is not supported: Berth runs pipelines deterministically, without random \
@@ -3379,5 +3502,69 @@ mod tests {
             "long_array": (0..12).map(Bson::Int32).collect::<Vec<_>>(),
         };
         assert_eq!(doc_size(&d), d.to_vec().unwrap().len());
+    }
+
+    #[test]
+    fn a_commands_let_reaches_every_stage() {
+        let mut vars = Variables::new();
+        vars.bind("id", bson!(2));
+        vars.bind("tag", bson!("t"));
+        let p = Pipeline::parse_with_vars(
+            &stages(bson!([
+                {"$match": {"$expr": {"$eq": ["$_id", "$$id"]}}},
+                {"$project": {"_id": 0, "tag": "$$tag"}},
+            ])),
+            Limits::default(),
+            &vars,
+        )
+        .unwrap();
+        let out = p
+            .run(docs(bson!([{"_id": 1}, {"_id": 2}])), &mut Ctx::default())
+            .unwrap();
+        assert_eq!(out, vec![doc! {"tag": "t"}]);
+        // Without them, the names are undefined.
+        assert_eq!(parse_code(bson!([{"$project": {"tag": "$$tag"}}])), 17276);
+    }
+
+    #[test]
+    fn documents_stage_replaces_the_input() {
+        let p = Pipeline::parse(&stages(bson!([
+            {"$documents": [{"_id": 1, "x": 1}, {"_id": 2, "x": 2}]},
+            {"$match": {"x": {"$gt": 1}}},
+        ])))
+        .unwrap();
+        assert!(p.starts_with_documents());
+        assert_eq!(
+            p.run(docs(bson!([{"_id": 9}])), &mut Ctx::default())
+                .unwrap(),
+            vec![doc! {"_id": 2, "x": 2}]
+        );
+        assert_eq!(
+            parse_code(bson!([{"$match": {}}, {"$documents": []}])),
+            40602
+        );
+        assert_eq!(run_code(bson!([{"$documents": 5}]), bson!([])), 5858203);
+        assert_eq!(run_code(bson!([{"$documents": [1]}]), bson!([])), 40228);
+    }
+
+    #[test]
+    fn merge_is_the_last_stage_and_left_to_the_caller() {
+        let p = Pipeline::parse(&stages(bson!([
+            {"$match": {}},
+            {"$merge": {"into": "other", "whenMatched": "replace"}},
+        ])))
+        .unwrap();
+        assert_eq!(p.merge().map(|m| m.coll.as_str()), Some("other"));
+        assert!(p.out().is_none());
+        assert_eq!(
+            p.run(docs(bson!([{"_id": 1}])), &mut Ctx::default())
+                .unwrap(),
+            vec![doc! {"_id": 1}]
+        );
+        assert_eq!(parse_code(bson!([{"$merge": "a"}, {"$match": {}}])), 40601);
+        assert_eq!(
+            parse_code(bson!([{"$facet": {"f": [{"$merge": "a"}]}}])),
+            51047
+        );
     }
 }

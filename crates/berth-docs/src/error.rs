@@ -1,5 +1,7 @@
 //! Errors in MongoDB's terms: a numeric code, its name, and a message.
 
+use bson::Document;
+
 /// A failed document operation, with the MongoDB error code a driver expects.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
@@ -7,6 +9,10 @@ pub struct DocError {
     /// MongoDB's error code (e.g. 2 BadValue, 9 FailedToParse, 11000 DuplicateKey).
     pub code: i32,
     pub message: String,
+    /// Fields MongoDB adds to this error's reply beside `code` and
+    /// `errmsg`, that drivers expose (a duplicate key's `keyPattern` and
+    /// `keyValue`).
+    pub info: Option<Box<Document>>,
 }
 
 /// MongoDB error codes used here.
@@ -48,7 +54,14 @@ impl DocError {
         DocError {
             code,
             message: message.into(),
+            info: None,
         }
+    }
+
+    /// This error with the extra reply fields `info`.
+    pub fn with_info(mut self, info: Document) -> DocError {
+        self.info = Some(Box::new(info));
+        self
     }
 
     /// Code 2, BadValue.

@@ -10,7 +10,8 @@
 //! for the stages where a missing result means "no field".
 //!
 //! *Purity.* No clock, no I/O, no randomness: `$$NOW` is the time given in
-//! [`Variables`], and an error without one.
+//! [`Variables`], and an error without one; `$rand` draws from a generator
+//! the caller seeds there, and is an error without one.
 //!
 //! *Dates are UTC.* The date operators accept a `timezone` of "UTC", "GMT",
 //! "Z" or a fixed offset ("+05:30", "-0800", "+03"); Olson names
@@ -24,6 +25,8 @@
 //! evaluation only fails on what the data brings (types, division by zero).
 
 use std::cmp::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::Arc;
 
 use bson::{oid::ObjectId, Bson, DateTime, Decimal128, Document};
 
@@ -55,12 +58,16 @@ fn err(code: i32, message: impl Into<String>) -> DocError {
     DocError::new(code, message)
 }
 
-/// The values of variables an expression is evaluated with: `$$NOW` and user
-/// variables bound outside the expression (`$lookup`'s `let`).
+/// The values of variables an expression is evaluated with: `$$NOW`, user
+/// variables bound outside the expression (`$lookup`'s `let`, a command's
+/// `let`), and the source of `$rand`'s numbers.
 #[derive(Debug, Clone, Default)]
 pub struct Variables {
     now: Option<DateTime>,
     values: Vec<(String, Bson)>,
+    /// The state of `$rand`'s generator (SplitMix64), shared by clones so
+    /// that each `$rand` evaluated gets the next number.
+    rand: Option<Arc<AtomicU64>>,
 }
 
 impl Variables {
@@ -72,6 +79,28 @@ impl Variables {
     pub fn with_now(mut self, now: DateTime) -> Variables {
         self.now = Some(now);
         self
+    }
+
+    /// These variables with `$rand` drawing from a generator seeded with
+    /// `seed` (the caller's randomness: evaluation itself has none, so the
+    /// same seed gives the same numbers).
+    pub fn with_rand(mut self, seed: u64) -> Variables {
+        self.rand = Some(Arc::new(AtomicU64::new(seed)));
+        self
+    }
+
+    /// The next number in [0, 1) of `$rand`'s generator, if one was given.
+    fn next_rand(&self) -> Option<f64> {
+        let state = self.rand.as_ref()?;
+        // SplitMix64: advance by the golden gamma, then mix.
+        let mut z = state
+            .fetch_add(0x9E37_79B9_7F4A_7C15, AtomicOrdering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // The top 53 bits as a double in [0, 1).
+        Some((z >> 11) as f64 / (1u64 << 53) as f64)
     }
 
     /// The time `$$NOW` stands for, when one was given.
@@ -97,6 +126,23 @@ impl Variables {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.values.iter().map(|(n, _)| n.as_str())
     }
+}
+
+/// The variables of a command's `let` (`{name: expression, ...}`) added to
+/// `base`: each expression is evaluated once, against no document (so it
+/// may use `$$NOW` and `$rand` from `base`, not fields), as MongoDB does.
+pub fn let_variables(spec: &Document, mut base: Variables) -> Result<Variables> {
+    let empty = Document::new();
+    let mut values = Vec::with_capacity(spec.len());
+    for (name, v) in spec {
+        check_var_name(name, false)?;
+        let value = Expr::parse(v)?.eval_with(&empty, &base)?;
+        values.push((name.clone(), value));
+    }
+    for (name, value) in values {
+        base.bind(name, value);
+    }
+    Ok(base)
 }
 
 /// A parsed aggregation expression (`"$a.b"`, `{$add: ["$x", 1]}`, literals).
@@ -291,6 +337,8 @@ enum Node {
         /// `None` for `$unsetField`.
         value: Option<Box<Node>>,
     },
+    /// `$rand`: the next number of [`Variables`]' generator.
+    Rand,
 }
 
 #[derive(Debug, Clone)]
@@ -781,6 +829,10 @@ fn parse_operator(name: &str, arg: &Bson, sc: &mut Scope) -> Result<Node> {
     // so it only picks the parser.
     let parse: OperatorParser = match name {
         "$literal" => |_, arg, _| Ok(Node::Const(arg.clone())),
+        "$rand" => |_, arg, _| match arg {
+            Bson::Document(d) if d.is_empty() => Ok(Node::Rand),
+            _ => Err(err(10065, "invalid parameter: expected an object ($rand)")),
+        },
         "$and" => |name, arg, sc| parse_args(name, arg, 0, MANY, sc).map(Node::And),
         "$or" => |name, arg, sc| parse_args(name, arg, 0, MANY, sc).map(Node::Or),
         "$ifNull" => |name, arg, sc| parse_args(name, arg, 2, MANY, sc).map(Node::IfNull),
@@ -1173,6 +1225,13 @@ fn eval<'a>(node: &'a Node, env: &mut Env<'a>) -> Result<Val> {
         Node::Const(v) => Ok(Some(v.clone())),
         Node::Field(path) => Ok(path_in_doc(env.root, path)),
         Node::Var(var, path) => eval_var(var, path, env),
+        Node::Rand => match env.vars.next_rand() {
+            Some(r) => Ok(Some(Bson::Double(r))),
+            None => Err(err(
+                codes::BAD_VALUE,
+                "$rand is not available here: no source of randomness was given",
+            )),
+        },
         Node::Object(fields) => eval_object(fields, env),
         Node::Array(items) => eval_array(items, env),
         Node::Call { op, name, args } => eval_call(*op, name, args, env),
@@ -4973,5 +5032,51 @@ mod tests {
         assert_eq!(format_double(0.1), "0.1");
         assert_eq!(format_double(-2.5e-7), "-2.5e-7");
         assert_eq!(format_double(123456789.0), "123456789");
+    }
+
+    #[test]
+    fn let_variables_are_evaluated_once_against_no_document() {
+        let spec = doc! {"id": 1, "y": {"$literal": "$bar"}, "sum": {"$add": [1, 2]}, "t": "$$NOW"};
+        let now = DateTime::from_millis(5);
+        let vars = let_variables(&spec, Variables::new().with_now(now)).unwrap();
+        assert_eq!(vars.get("id"), Some(&bson!(1)));
+        assert_eq!(vars.get("y"), Some(&bson!("$bar")));
+        assert_eq!(vars.get("sum"), Some(&bson!(3)));
+        assert_eq!(vars.get("t"), Some(&Bson::DateTime(now)));
+        // Field paths have no document: missing, so null.
+        let vars = let_variables(&doc! {"f": "$a"}, Variables::new()).unwrap();
+        assert_eq!(vars.get("f"), Some(&Bson::Null));
+        for (bad, code) in [(doc! {"Upper": 1}, 16867), (doc! {"a-b": 1}, 16868)] {
+            assert_eq!(
+                let_variables(&bad, Variables::new()).unwrap_err().code,
+                code
+            );
+        }
+        let e = Expr::parse_with_vars(&bson!({"$add": ["$$id", "$$sum"]}), &["id", "sum"]).unwrap();
+        let vars = let_variables(&doc! {"id": 1, "sum": 2}, Variables::new()).unwrap();
+        assert_eq!(e.eval_with(&doc! {}, &vars).unwrap(), bson!(3));
+    }
+
+    #[test]
+    fn rand_draws_from_the_given_generator() {
+        let e = parse(bson!({"$rand": {}}));
+        // No generator given: an error, never a hidden source.
+        assert_eq!(e.eval(&doc! {}).unwrap_err().code, codes::BAD_VALUE);
+        let vars = Variables::new().with_rand(42);
+        let draws: Vec<f64> = (0..100)
+            .map(|_| match e.eval_with(&doc! {}, &vars).unwrap() {
+                Bson::Double(r) => r,
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert!(draws.iter().all(|r| (0.0..1.0).contains(r)));
+        // Each draw is new; the same seed gives the same numbers.
+        assert!(draws.windows(2).all(|w| w[0] != w[1]));
+        let again = Variables::new().with_rand(42);
+        assert_eq!(
+            e.eval_with(&doc! {}, &again).unwrap(),
+            Bson::Double(draws[0])
+        );
+        assert_eq!(code(bson!({"$rand": 1}), &doc! {}), 10065);
     }
 }

@@ -187,6 +187,30 @@ impl IndexDef {
             && self.partial == other.partial
     }
 
+    /// `doc`'s value at each of this index's paths (null when missing), as
+    /// `{path: value}`.
+    pub fn key_values(&self, doc: &Document) -> Document {
+        self.keys
+            .iter()
+            .map(|(p, _)| {
+                let v = p
+                    .split('.')
+                    .try_fold(Bson::Document(doc.clone()), |v, k| match v {
+                        Bson::Document(d) => d.get(k).cloned(),
+                        _ => None,
+                    })
+                    .unwrap_or(Bson::Null);
+                (p.clone(), v)
+            })
+            .collect()
+    }
+
+    /// What MongoDB's duplicate key error (11000) on this index tells
+    /// drivers beside its message: `keyPattern` and `doc`'s `keyValue`.
+    pub fn duplicate_info(&self, doc: &Document) -> Document {
+        bson::doc! {"keyPattern": self.key_pattern(), "keyValue": self.key_values(doc)}
+    }
+
     /// The key parts of the entries `doc` gives this index (none when a
     /// sparse index or a partial filter leaves it out), without duplicates.
     pub fn entries(&self, doc: &Document) -> Result<Vec<Vec<u8>>, DocError> {
@@ -347,6 +371,15 @@ mod tests {
         ] {
             assert!(IndexDef::parse(1, &bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn duplicate_info_names_the_pattern_and_the_values() {
+        let d = def(doc! {"key": {"a.b": 1, "c": -1}, "unique": true});
+        assert_eq!(
+            d.duplicate_info(&doc! {"_id": 1, "a": {"b": "x"}}),
+            doc! {"keyPattern": {"a.b": 1, "c": -1}, "keyValue": {"a.b": "x", "c": null}}
+        );
     }
 
     #[test]

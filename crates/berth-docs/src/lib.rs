@@ -10,6 +10,7 @@ pub mod expr;
 pub mod index;
 pub mod keys;
 pub mod matcher;
+pub mod merge;
 pub mod order;
 pub mod plan;
 pub mod projection;

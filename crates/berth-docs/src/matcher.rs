@@ -23,7 +23,7 @@ use std::cmp::Ordering;
 
 use bson::{Bson, Document};
 
-use crate::expr::{self, Expr};
+use crate::expr::{self, Expr, Variables};
 use crate::order::{self, Num};
 use crate::DocError;
 
@@ -57,8 +57,14 @@ pub struct MatchDetails {
 impl Filter {
     /// Parses a filter document (`{a: 1, b: {$gt: 2}}`).
     pub fn parse(filter: &Document) -> Result<Filter, DocError> {
+        Filter::parse_with(filter, &Variables::new())
+    }
+
+    /// Parses a filter whose `$expr` may use `vars` (a command's `let`,
+    /// `$$NOW`).
+    pub fn parse_with(filter: &Document, vars: &Variables) -> Result<Filter, DocError> {
         Ok(Filter {
-            root: parse_query(filter, 0, true)?,
+            root: parse_query(filter, 0, Some(vars))?,
         })
     }
 
@@ -104,7 +110,8 @@ enum Node {
         path: Vec<Part>,
         cond: Cond,
     },
-    Expr(Box<Expr>),
+    /// `$expr`, with the variables it is evaluated with.
+    Expr(Box<(Expr, Variables)>),
     Const(bool),
 }
 
@@ -212,7 +219,7 @@ impl Node {
             }
             Node::Field { path, cond, .. } => cond.eval_path(doc, path),
             // An expression that fails to evaluate matches nothing.
-            Node::Expr(e) => match e.eval(doc) {
+            Node::Expr(e) => match e.0.eval_with(doc, &e.1) {
                 Ok(v) if expr::truthy(&v) => Some(MatchDetails::default()),
                 _ => None,
             },
@@ -560,9 +567,9 @@ fn check_depth(depth: usize) -> Result<(), DocError> {
     Ok(())
 }
 
-/// Parses a query document. `top` is false inside `$elemMatch`, where
-/// `$expr` has no document to evaluate against.
-fn parse_query(doc: &Document, depth: usize, top: bool) -> Result<Node, DocError> {
+/// Parses a query document. `top` is the variables of `$expr`, None inside
+/// `$elemMatch`, where `$expr` has no document to evaluate against.
+fn parse_query(doc: &Document, depth: usize, top: Option<&Variables>) -> Result<Node, DocError> {
     check_depth(depth)?;
     let mut nodes = Vec::with_capacity(doc.len());
     for (key, value) in doc {
@@ -584,8 +591,14 @@ fn parse_query(doc: &Document, depth: usize, top: bool) -> Result<Node, DocError
                 });
             }
             "$comment" => {}
-            "$expr" if top => nodes.push(Node::Expr(Box::new(Expr::parse(value)?))),
-            "$expr" => return Err(bad("$expr can only be applied to the top-level document")),
+            "$expr" => {
+                let Some(vars) = top else {
+                    return Err(bad("$expr can only be applied to the top-level document"));
+                };
+                let names: Vec<&str> = vars.names().collect();
+                let e = Expr::parse_with_vars(value, &names)?;
+                nodes.push(Node::Expr(Box::new((e, vars.clone()))));
+            }
             "$alwaysTrue" | "$alwaysFalse" => {
                 if !matches!(order::number(value), Some(Num::Int(1))) {
                     return Err(bad(format!("{key} must be an integer value of 1")));
@@ -608,7 +621,7 @@ fn parse_query_list(
     op: &str,
     value: &Bson,
     depth: usize,
-    top: bool,
+    top: Option<&Variables>,
 ) -> Result<Vec<Node>, DocError> {
     let Bson::Array(items) = value else {
         return Err(bad(format!("{op} must be an array")));
@@ -927,7 +940,7 @@ fn parse_elem_match(arg: &Bson, depth: usize) -> Result<Leaf, DocError> {
     if value_form {
         Ok(Leaf::ElemMatchValue(Box::new(parse_operators(d, depth)?)))
     } else {
-        Ok(Leaf::ElemMatchDoc(Box::new(parse_query(d, depth, false)?)))
+        Ok(Leaf::ElemMatchDoc(Box::new(parse_query(d, depth, None)?)))
     }
 }
 
@@ -2628,6 +2641,22 @@ mod tests {
             (number.clone(), number),
             ("[ab]{0,3}", "[ab]{0,3}").prop_map(|(a, b)| (Bson::String(a), Bson::String(b))),
         ]
+    }
+
+    #[test]
+    fn expr_sees_the_commands_let_variables() {
+        let mut vars = Variables::new();
+        vars.bind("id", Bson::Int32(2));
+        let f = Filter::parse_with(
+            &doc! {"$or": [{"$expr": {"$eq": ["$_id", "$$id"]}}, {"x": 9}]},
+            &vars,
+        )
+        .unwrap();
+        assert!(f.matches(&doc! {"_id": 2}));
+        assert!(!f.matches(&doc! {"_id": 1}));
+        // Without them the variable is undefined (17276), as in MongoDB.
+        let e = Filter::parse(&doc! {"$expr": {"$eq": ["$_id", "$$id"]}}).unwrap_err();
+        assert_eq!(e.code, 17276);
     }
 
     proptest! {

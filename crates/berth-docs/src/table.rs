@@ -1373,14 +1373,7 @@ fn prepare_insert(t: &TableRef, mut doc: Document) -> Result<Prepared, DocError>
             format!("can't use a {} for _id", type_name(&id)),
         ));
     }
-    for (k, _) in doc.iter() {
-        if k.starts_with('$') {
-            return Err(DocError::new(
-                codes::DOLLAR_PREFIXED_FIELD_NAME,
-                format!("Document can't have $ prefixed field names: {k}"),
-            ));
-        }
-    }
+    check_id_field_names(&id)?;
     let key = t.doc_key(&id);
     let value = encode_doc(&doc)?;
     Ok(Prepared {
@@ -1390,6 +1383,24 @@ fn prepare_insert(t: &TableRef, mut doc: Document) -> Result<Prepared, DocError>
         value,
         doc,
     })
+}
+
+/// MongoDB (5.0 and later) stores `$`-prefixed field names anywhere in a
+/// document but inside its `_id` (where `{$a: 1}` would read as an
+/// operator in every query on `_id`).
+fn check_id_field_names(id: &Bson) -> Result<(), DocError> {
+    let Bson::Document(d) = id else {
+        return Ok(());
+    };
+    match d.keys().find(|k| k.starts_with('$')) {
+        Some(k) => Err(DocError::new(
+            codes::DOLLAR_PREFIXED_FIELD_NAME,
+            format!(
+                "_id fields may not contain '$'-prefixed fields: {k} is not valid for storage."
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The table's settings as of this transaction, which is made conditional
@@ -1461,15 +1472,18 @@ async fn index_changes(
                     None => tx.get(&key).await.map_err(from_meta)?,
                 };
                 if holder.is_some_and(|h| h != id_enc) {
+                    let empty = Document::new();
+                    let doc = after.unwrap_or(&empty);
                     return Err(DocError::new(
                         codes::DUPLICATE_KEY,
                         format!(
                             "E11000 duplicate key error collection: {} index: {} dup key: {}",
                             t.entry.path,
                             def.name,
-                            dup_key(def, after.unwrap_or(&Document::new()))
+                            dup_key(def, doc)
                         ),
-                    ));
+                    )
+                    .with_info(def.duplicate_info(doc)));
                 }
             }
             out.push((key, Some(id_enc.to_vec())));
@@ -1506,18 +1520,9 @@ async fn write_indexes(
 /// `{ a: 1, b: "x" }` of a document's values for an index, for messages.
 fn dup_key(def: &IndexDef, doc: &Document) -> String {
     let fields: Vec<String> = def
-        .keys
+        .key_values(doc)
         .iter()
-        .map(|(p, _)| {
-            let v = p
-                .split('.')
-                .try_fold(Bson::Document(doc.clone()), |v, k| match v {
-                    Bson::Document(d) => d.get(k).cloned(),
-                    _ => None,
-                })
-                .unwrap_or(Bson::Null);
-            format!("{p}: {v}")
-        })
+        .map(|(p, v)| format!("{p}: {v}"))
         .collect();
     format!("{{ {} }}", fields.join(", "))
 }
@@ -1539,6 +1544,7 @@ fn duplicate_id(t: &TableRef, id: &Bson) -> DocError {
             t.entry.path
         ),
     )
+    .with_info(bson::doc! {"keyPattern": {"_id": 1}, "keyValue": {"_id": id.clone()}})
 }
 
 /// Checks `right` on a table: the ticket's scope, then the volume's ACE,
@@ -1642,4 +1648,17 @@ pub fn from_meta(e: Error) -> DocError {
 /// sits at the path (then a table cannot be created there).
 fn exists_as_other(e: &DocError) -> bool {
     e.message.contains(", not a table")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dollar_prefixed_names_are_refused_only_inside_id() {
+        assert!(check_id_field_names(&Bson::Int32(1)).is_ok());
+        assert!(check_id_field_names(&Bson::Document(bson::doc! {"a.b": 1})).is_ok());
+        let e = check_id_field_names(&Bson::Document(bson::doc! {"$a": 1})).unwrap_err();
+        assert_eq!(e.code, codes::DOLLAR_PREFIXED_FIELD_NAME);
+    }
 }

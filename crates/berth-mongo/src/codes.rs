@@ -8,11 +8,15 @@ use std::borrow::Cow;
 /// A failed command or write, in MongoDB's terms: the code a driver acts
 /// on and a message for people. Sent as `{ok: 0, errmsg, code, codeName}`
 /// (or as one entry of `writeErrors`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message} (code {code})")]
 pub struct MongoError {
     pub code: i32,
     pub message: String,
+    /// Fields the reply carries beside `code`, `errmsg` and `codeName`
+    /// (a duplicate key's `keyPattern` and `keyValue`), in its error
+    /// document or its `writeErrors` entry.
+    pub info: Option<Box<bson::Document>>,
 }
 
 impl MongoError {
@@ -20,7 +24,14 @@ impl MongoError {
         MongoError {
             code,
             message: message.into(),
+            info: None,
         }
+    }
+
+    /// This error with the extra reply fields `info`.
+    pub fn with_info(mut self, info: bson::Document) -> MongoError {
+        self.info = Some(Box::new(info));
+        self
     }
 
     /// The `codeName` of [`MongoError::code`].
@@ -87,6 +98,8 @@ pub const UNSUPPORTED_OP_QUERY_COMMAND: i32 = 352;
 pub const NOT_WRITABLE_PRIMARY: i32 = 10107;
 pub const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 pub const DUPLICATE_KEY: i32 = 11000;
+/// IDL parsers' unknown field ("BSON field 'x.y' is an unknown field.").
+pub const UNKNOWN_FIELD: i32 = 40415;
 pub const INTERRUPTED_AT_SHUTDOWN: i32 = 11600;
 
 /// The `codeName` MongoDB reports for `code`; codes without a name are

@@ -90,13 +90,25 @@ pub async fn run<B: Backend>(c: &mut Conn<'_, B>, db: &str, cmd: Document) -> Ou
     }
 }
 
-/// `{ok: 0, errmsg, code, codeName}`.
+/// `{ok: 0, errmsg, code, codeName}` and the error's extra fields.
 pub fn error_reply(e: &MongoError) -> Document {
-    doc! {
+    let mut d = doc! {
         "ok": 0.0,
         "errmsg": e.message.clone(),
         "code": e.code,
         "codeName": e.code_name().into_owned(),
+    };
+    add_info(&mut d, e);
+    d
+}
+
+/// An error's extra fields (`keyPattern`, `keyValue`, ...) into its reply,
+/// never over the fields the reply already has.
+fn add_info(d: &mut Document, e: &MongoError) {
+    for (k, v) in e.info.iter().flat_map(|i| i.iter()) {
+        if !d.contains_key(k) {
+            d.insert(k.clone(), v.clone());
+        }
     }
 }
 
@@ -751,11 +763,13 @@ pub fn write_reply(r: WriteResult, statements: usize, update: bool) -> Document 
             .write_errors
             .into_iter()
             .map(|e| {
-                Bson::Document(doc! {
+                let mut d = doc! {
                     "index": int(e.index as u64),
                     "code": e.error.code,
-                    "errmsg": e.error.message,
-                })
+                    "errmsg": e.error.message.clone(),
+                };
+                add_info(&mut d, &e.error);
+                Bson::Document(d)
             })
             .collect();
         d.insert("writeErrors", list);
@@ -903,6 +917,17 @@ impl Args<'_> {
         }
     }
 
+    /// Refuses a field not in `known`, as MongoDB's parsers do (40415).
+    fn known_fields(&self, known: &[&str]) -> Result<(), MongoError> {
+        match self.cmd.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(MongoError::new(
+                codes::UNKNOWN_FIELD,
+                format!("BSON field '{}.{k}' is an unknown field.", self.name),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Any value (hints are strings or documents, comments anything).
     fn any(&self, field: &str) -> Option<Bson> {
         self.get(field).cloned()
@@ -1018,6 +1043,27 @@ fn update_modification(a: &Args<'_>, field: &str) -> Result<UpdateModification, 
     }
 }
 
+/// The fields of an update statement in MongoDB 7.0 (the version `hello`
+/// reports): another is refused as MongoDB refuses it (40415), not ignored,
+/// so a driver option this server lacks (8.0's `sort`) fails rather than
+/// being silently dropped.
+const UPDATE_STATEMENT_FIELDS: &[&str] = &[
+    "q",
+    "u",
+    "c",
+    "upsert",
+    "multi",
+    "arrayFilters",
+    "hint",
+    "collation",
+    "upsertSupplied",
+    "sampleId",
+    "allowShardKeyUpdatesWithoutFullShardKeyInQuery",
+];
+
+/// The fields of a delete statement in MongoDB 7.0.
+const DELETE_STATEMENT_FIELDS: &[&str] = &["q", "limit", "hint", "collation", "sampleId"];
+
 fn parse_update(a: &Args<'_>, db: &str) -> Result<Update, MongoError> {
     let ns = a.namespace(db)?;
     let statements = a.docs("updates")?.ok_or_else(|| missing(a, "updates"))?;
@@ -1028,6 +1074,7 @@ fn parse_update(a: &Args<'_>, db: &str) -> Result<Update, MongoError> {
             cmd: s,
             name: "update.updates",
         };
+        sa.known_fields(UPDATE_STATEMENT_FIELDS)?;
         updates.push(UpdateStatement {
             q: sa.doc("q")?.ok_or_else(|| missing(&sa, "q"))?,
             u: update_modification(&sa, "u")?,
@@ -1057,6 +1104,7 @@ fn parse_delete(a: &Args<'_>, db: &str) -> Result<Delete, MongoError> {
             cmd: s,
             name: "delete.deletes",
         };
+        sa.known_fields(DELETE_STATEMENT_FIELDS)?;
         let limit = sa.i64("limit")?.ok_or_else(|| missing(&sa, "limit"))?;
         if limit != 0 && limit != 1 {
             return Err(MongoError::failed_to_parse(format!(
@@ -1317,6 +1365,19 @@ mod tests {
         );
         let no_u = doc! {"update": "c", "updates": [{"q": {}}]};
         assert_eq!(parse_update(&args(&no_u), "db").unwrap_err().code, 40414);
+        // 8.0's sort is not 7.0's: refused, not ignored.
+        let sort = doc! {"update": "c", "updates": [{"q": {}, "u": {}, "sort": {"a": 1}}]};
+        let e = parse_update(&args(&sort), "db").unwrap_err();
+        assert_eq!(e.code, codes::UNKNOWN_FIELD);
+        assert_eq!(
+            e.message,
+            "BSON field 'update.updates.sort' is an unknown field."
+        );
+        let bad = doc! {"delete": "c", "deletes": [{"q": {}, "limit": 0, "x": 1}]};
+        assert_eq!(
+            parse_delete(&args(&bad), "db").unwrap_err().code,
+            codes::UNKNOWN_FIELD
+        );
 
         let del =
             doc! {"delete": "c", "deletes": [{"q": {"a": 1}, "limit": 0}, {"q": {}, "limit": 1}]};
@@ -1417,6 +1478,27 @@ mod tests {
             }
         );
         assert_eq!(write_reply(WriteResult::default(), 1, false), doc! {"n": 0});
+        // An error's extra fields (a duplicate key's) reach both forms,
+        // never over the reply's own.
+        let dup = MongoError::new(codes::DUPLICATE_KEY, "E11000")
+            .with_info(doc! {"keyPattern": {"x": 1}, "keyValue": {"x": 2}, "code": 5});
+        assert_eq!(
+            error_reply(&dup),
+            doc! {"ok": 0.0, "errmsg": "E11000", "code": 11000, "codeName": "DuplicateKey",
+            "keyPattern": {"x": 1}, "keyValue": {"x": 2}}
+        );
+        let r = WriteResult {
+            write_errors: vec![WriteError {
+                index: 0,
+                error: dup,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            write_reply(r, 1, false),
+            doc! {"n": 0, "writeErrors": [{"index": 0, "code": 11000, "errmsg": "E11000",
+            "keyPattern": {"x": 1}, "keyValue": {"x": 2}}]}
+        );
         assert_eq!(
             error_reply(&MongoError::new(59, "no such command: 'x'")),
             doc! {"ok": 0.0, "errmsg": "no such command: 'x'", "code": 59, "codeName": "CommandNotFound"}

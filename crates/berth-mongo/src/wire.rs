@@ -110,7 +110,7 @@ pub struct ReplyTo {
 }
 
 /// Why a message was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum WireError {
     /// The frame cannot be trusted: close the connection.
     Fatal(String),

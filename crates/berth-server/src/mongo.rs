@@ -13,9 +13,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_docs::aggregate::{Pipeline, StageContext};
+use berth_docs::aggregate::{Limits, Pipeline, StageContext};
 use berth_docs::changes::OpType;
+use berth_docs::expr::{let_variables, Variables};
 use berth_docs::matcher::Filter;
+use berth_docs::merge::{Merge, WhenNotMatched};
 use berth_docs::plan::choose;
 use berth_docs::projection::Projection;
 use berth_docs::table::{Right, TableRef, Tables};
@@ -310,10 +312,12 @@ impl TablesBackend {
 
     /// A find's results: sorted in memory when asked, else streamed.
     async fn query(&self, p: &Principal, req: &Find) -> Result<Rest, MongoError> {
+        refuse_collation(req.collation.as_ref())?;
+        let vars = command_vars(req.let_vars.as_ref())?;
         let Some(t) = self.open(p, &req.ns, Right::Read).await? else {
             return Ok(Rest::Queued(VecDeque::new()));
         };
-        let filter = Filter::parse(&req.filter).map_err(mongo)?;
+        let filter = Filter::parse_with(&req.filter, &vars).map_err(mongo)?;
         let projection = match &req.projection {
             Some(pr) if !pr.is_empty() => Some(Projection::parse(pr).map_err(mongo)?),
             _ => None,
@@ -358,9 +362,9 @@ impl TablesBackend {
         p: &Principal,
         db: &str,
         input: Vec<Document>,
+        pipeline: &Pipeline,
         stages: &[Document],
-    ) -> Result<(Vec<Document>, Option<String>), MongoError> {
-        let pipeline = Pipeline::parse(stages).map_err(mongo)?;
+    ) -> Result<Vec<Document>, MongoError> {
         // $lookup reads other collections of the database: load them first
         // (the pipeline itself is pure).
         let mut lookups = HashMap::new();
@@ -369,8 +373,106 @@ impl TablesBackend {
             lookups.insert(from, self.all(p, &ns).await?);
         }
         let mut ctx = Ctx { lookups };
-        let out = pipeline.run(input, &mut ctx).map_err(mongo)?;
-        Ok((out, pipeline.out().map(str::to_string)))
+        pipeline.run(input, &mut ctx).map_err(mongo)
+    }
+
+    /// Writes a pipeline's results as its `$merge` says, one result at a
+    /// time (not atomically, as in MongoDB).
+    async fn merge_into(
+        &self,
+        p: &Principal,
+        db: &str,
+        merge: &Merge,
+        results: Vec<Document>,
+    ) -> Result<(), MongoError> {
+        let ns = Namespace::new(
+            merge.db.clone().unwrap_or_else(|| db.to_string()),
+            merge.coll.clone(),
+        );
+        let t = self
+            .tables
+            .open_or_create(p, &self.path(&ns)?)
+            .await
+            .map_err(mongo)?;
+        if merge.on != ["_id"] {
+            // MongoDB's rule: `on` must be backed by a unique index with
+            // exactly these fields, so a result matches at most one.
+            let backed = t.config.indexes.iter().any(|i| {
+                i.unique
+                    && i.partial.is_none()
+                    && i.keys.len() == merge.on.len()
+                    && i.keys.iter().all(|(f, _)| merge.on.contains(f))
+            });
+            if !backed {
+                return Err(MongoError::new(
+                    berth_docs::merge::MERGE_ON_NOT_UNIQUE,
+                    "Cannot find index to verify that join fields will be unique",
+                ));
+            }
+        }
+        let upsert = merge.when_not_matched == WhenNotMatched::Insert;
+        for result in results {
+            let Some(q) = merge.target_filter(&result).map_err(mongo)? else {
+                // No _id: it matches nothing.
+                match merge.when_not_matched {
+                    WhenNotMatched::Insert => {
+                        let r = self
+                            .tables
+                            .insert(p, &t, vec![result], true)
+                            .await
+                            .map_err(mongo)?;
+                        if let Some(e) = r.errors.into_iter().next() {
+                            return Err(mongo(e.error));
+                        }
+                    }
+                    WhenNotMatched::Discard => {}
+                    WhenNotMatched::Fail => return Err(mongo(merge.no_match())),
+                }
+                continue;
+            };
+            let filter = Filter::parse(&q).map_err(mongo)?;
+            let new = result;
+            let change = |d: &mut Document, ctx: &ApplyContext| {
+                if ctx.inserting {
+                    *d = new.clone();
+                    return Ok(true);
+                }
+                let mut sc = Ctx {
+                    lookups: HashMap::new(),
+                };
+                match merge.combine(d, &new, &mut sc)? {
+                    Some(combined) => {
+                        *d = combined;
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            };
+            let o = self
+                .tables
+                .update(
+                    p,
+                    &t,
+                    &filter,
+                    &q,
+                    &change,
+                    false,
+                    upsert,
+                    bson::DateTime::now(),
+                    false,
+                    // Change events say what changed (an update's fields).
+                    false,
+                )
+                .await
+                .map_err(mongo)?;
+            if o.matched == 0
+                && o.upserted.is_none()
+                && merge.when_not_matched == WhenNotMatched::Fail
+            {
+                return Err(mongo(merge.no_match()));
+            }
+        }
+        Ok(())
     }
 
     /// Applies one update statement.
@@ -379,9 +481,11 @@ impl TablesBackend {
         p: &Principal,
         ns: &Namespace,
         st: &UpdateStatement,
+        vars: &Variables,
     ) -> Result<berth_docs::table::UpdateOutcome, MongoError> {
-        let filter = Filter::parse(&st.q).map_err(mongo)?;
-        let change = self.change(&ns.db, &st.u, st.array_filters.as_deref().unwrap_or(&[]))?;
+        refuse_collation(st.collation.as_ref())?;
+        let filter = Filter::parse_with(&st.q, vars).map_err(mongo)?;
+        let change = self.change(&st.u, st.array_filters.as_deref().unwrap_or(&[]), vars)?;
         let t = match st.upsert {
             true => self
                 .tables
@@ -414,9 +518,9 @@ impl TablesBackend {
     #[allow(clippy::type_complexity)]
     fn change(
         &self,
-        _db: &str,
         u: &UpdateModification,
         array_filters: &[Document],
+        vars: &Variables,
     ) -> Result<Box<berth_docs::table::Change<'static>>, MongoError> {
         match u {
             UpdateModification::Document(spec) => {
@@ -426,10 +530,11 @@ impl TablesBackend {
                 }))
             }
             UpdateModification::Pipeline(stages) => {
-                let pipeline = Pipeline::parse(stages).map_err(mongo)?;
-                if pipeline.out().is_some() {
+                let pipeline =
+                    Pipeline::parse_with_vars(stages, Limits::default(), vars).map_err(mongo)?;
+                if pipeline.out().is_some() || pipeline.merge().is_some() {
                     return Err(MongoError::bad_value(
-                        "$out is not allowed in an update pipeline",
+                        "$out and $merge are not allowed in an update pipeline",
                     ));
                 }
                 Ok(Box::new(move |d: &mut Document, _ctx: &ApplyContext| {
@@ -533,6 +638,40 @@ impl StageContext for Ctx {
     fn now(&self) -> bson::DateTime {
         bson::DateTime::now()
     }
+
+    fn rand_seed(&self) -> Option<u64> {
+        Some(rand::random())
+    }
+}
+
+/// The variables a command's filters and pipelines see: its `let`, `$$NOW`
+/// and `$rand`'s generator.
+fn command_vars(let_vars: Option<&Document>) -> Result<Variables, MongoError> {
+    let base = Variables::new()
+        .with_now(bson::DateTime::now())
+        .with_rand(rand::random());
+    match let_vars {
+        Some(spec) => let_variables(spec, base).map_err(mongo),
+        None => Ok(base),
+    }
+}
+
+/// Collations are not supported yet: a command naming one (other than the
+/// binary "simple" one, which is what runs anyway) is refused rather than
+/// answered with binary comparisons the client did not ask for.
+fn refuse_collation(collation: Option<&Document>) -> Result<(), MongoError> {
+    match collation {
+        None => Ok(()),
+        Some(c) if c.is_empty() => Ok(()),
+        Some(c) if c.len() == 1 && c.get_str("locale").is_ok_and(|l| l == "simple") => Ok(()),
+        Some(c) => Err(MongoError::new(
+            codes::COMMAND_NOT_SUPPORTED,
+            format!(
+                "collations are not supported by Berth tables yet (asked for {c}); \
+                 only {{locale: \"simple\"}} is"
+            ),
+        )),
+    }
 }
 
 impl Rest {
@@ -578,7 +717,9 @@ fn check_db(db: &str) -> Result<(), MongoError> {
 
 /// A service error as the gateway sends it.
 fn mongo(e: DocError) -> MongoError {
-    MongoError::new(e.code, e.message)
+    let mut m = MongoError::new(e.code, e.message);
+    m.info = e.info;
+    m
 }
 
 /// The values at a dotted path, arrays flattened one level (as `distinct`).
@@ -672,9 +813,10 @@ impl Backend for TablesBackend {
     }
 
     async fn update(&self, p: &Principal, req: Update) -> Result<WriteResult, MongoError> {
+        let vars = command_vars(req.let_vars.as_ref())?;
         let mut out = WriteResult::default();
         for (i, st) in req.updates.iter().enumerate() {
-            match self.update_one(p, &req.ns, st).await {
+            match self.update_one(p, &req.ns, st, &vars).await {
                 Ok(o) => {
                     out.n += o.matched as i64;
                     out.n_modified += o.modified as i64;
@@ -695,10 +837,12 @@ impl Backend for TablesBackend {
     }
 
     async fn delete(&self, p: &Principal, req: Delete) -> Result<WriteResult, MongoError> {
+        let vars = command_vars(req.let_vars.as_ref())?;
         let mut out = WriteResult::default();
         for (i, st) in req.deletes.iter().enumerate() {
             let r = async {
-                let filter = Filter::parse(&st.q).map_err(mongo)?;
+                refuse_collation(st.collation.as_ref())?;
+                let filter = Filter::parse_with(&st.q, &vars).map_err(mongo)?;
                 match self.open(p, &req.ns, Right::Write).await? {
                     Some(t) => self
                         .tables
@@ -811,6 +955,7 @@ impl Backend for TablesBackend {
     }
 
     async fn count(&self, p: &Principal, req: Count) -> Result<u64, MongoError> {
+        refuse_collation(req.collation.as_ref())?;
         let Some(t) = self.open(p, &req.ns, Right::Read).await? else {
             return Ok(0);
         };
@@ -834,6 +979,7 @@ impl Backend for TablesBackend {
     }
 
     async fn distinct(&self, p: &Principal, req: Distinct) -> Result<Vec<Bson>, MongoError> {
+        refuse_collation(req.collation.as_ref())?;
         let Some(t) = self.open(p, &req.ns, Right::Read).await? else {
             return Ok(Vec::new());
         };
@@ -853,6 +999,7 @@ impl Backend for TablesBackend {
     }
 
     async fn aggregate(&self, p: &Principal, req: Aggregate) -> Result<CursorBatch, MongoError> {
+        refuse_collation(req.collation.as_ref())?;
         if let Some(spec) = req.pipeline.first().and_then(|s| s.get("$changeStream")) {
             let Bson::Document(spec) = spec else {
                 return Err(MongoError::type_mismatch(
@@ -872,13 +1019,7 @@ impl Backend for TablesBackend {
                 .first_batch(p, Rest::Changes(Box::new(c)), req.batch_size, false)
                 .await;
         }
-        let Some(coll) = req.collection.clone() else {
-            return Err(MongoError::new(
-                codes::COMMAND_NOT_SUPPORTED,
-                "database-level aggregations ({aggregate: 1}) are not supported",
-            ));
-        };
-        let ns = Namespace::new(req.db.clone(), coll);
+        let vars = command_vars(req.let_vars.as_ref())?;
         // `$collStats` first (drivers' estimatedDocumentCount on wire 12+):
         // one document of the collection's statistics feeds the rest.
         let first_stats = req
@@ -886,8 +1027,24 @@ impl Backend for TablesBackend {
             .first()
             .and_then(|s| s.get_document("$collStats").ok())
             .cloned();
-        let (input, stages) = match first_stats {
-            Some(spec) => {
+        let stages = match first_stats {
+            Some(_) => &req.pipeline[1..],
+            None => &req.pipeline[..],
+        };
+        let pipeline =
+            Pipeline::parse_with_vars(stages, Limits::default(), &vars).map_err(mongo)?;
+        let input = match (&req.collection, first_stats) {
+            // `$documents` brings its own input.
+            _ if pipeline.starts_with_documents() => Vec::new(),
+            (None, _) => {
+                return Err(MongoError::new(
+                    codes::COMMAND_NOT_SUPPORTED,
+                    "database-level aggregations ({aggregate: 1}) are supported only from \
+                     $documents",
+                ))
+            }
+            (Some(coll), Some(spec)) => {
+                let ns = Namespace::new(req.db.clone(), coll.clone());
                 let stats = self.coll_stats(p, ns.clone()).await?;
                 let mut d = doc! {"ns": ns.to_string()};
                 if spec.contains_key("count") {
@@ -904,12 +1061,17 @@ impl Backend for TablesBackend {
                         },
                     );
                 }
-                (vec![d], &req.pipeline[1..])
+                vec![d]
             }
-            None => (self.all(p, &ns).await?, &req.pipeline[..]),
+            (Some(coll), None) => {
+                self.all(p, &Namespace::new(req.db.clone(), coll.clone()))
+                    .await?
+            }
         };
-        let (docs, out) = self.run_pipeline(p, &req.db, input, stages).await?;
-        if let Some(target) = out {
+        let docs = self
+            .run_pipeline(p, &req.db, input, &pipeline, stages)
+            .await?;
+        if let Some(target) = pipeline.out() {
             // $out: the target collection's documents become the results
             // (it is replaced; not atomically: documented).
             let tns = Namespace::new(req.db.clone(), target);
@@ -920,6 +1082,10 @@ impl Backend for TablesBackend {
             if let Some(e) = r.errors.into_iter().next() {
                 return Err(mongo(e.error));
             }
+            return Ok(CursorBatch::default());
+        }
+        if let Some(merge) = pipeline.merge() {
+            self.merge_into(p, &req.db, merge, docs).await?;
             return Ok(CursorBatch::default());
         }
         self.first_batch(p, Rest::Queued(docs.into()), req.batch_size, false)
@@ -943,7 +1109,9 @@ impl Backend for TablesBackend {
             FindAndModifyAction::Remove => Right::Write,
             FindAndModifyAction::Update { .. } => Right::Write,
         };
-        let filter = Filter::parse(&req.query).map_err(mongo)?;
+        refuse_collation(req.collation.as_ref())?;
+        let vars = command_vars(req.let_vars.as_ref())?;
+        let filter = Filter::parse_with(&req.query, &vars).map_err(mongo)?;
         let table = self.open(p, &req.ns, right).await?;
         // The document to change: the first match in the sort's order.
         let target = match &table {
@@ -963,7 +1131,7 @@ impl Backend for TablesBackend {
             if let Some(id) = d.get("_id") {
                 q = doc! {"$and": [req.query.clone(), {"_id": id.clone()}]};
             }
-            Ok((Filter::parse(&q).map_err(mongo)?, q))
+            Ok((Filter::parse_with(&q, &vars).map_err(mongo)?, q))
         };
         match &req.action {
             FindAndModifyAction::Remove => {
@@ -986,11 +1154,8 @@ impl Backend for TablesBackend {
                 upsert,
                 return_new,
             } => {
-                let change = self.change(
-                    &req.ns.db,
-                    update,
-                    req.array_filters.as_deref().unwrap_or(&[]),
-                )?;
+                let change =
+                    self.change(update, req.array_filters.as_deref().unwrap_or(&[]), &vars)?;
                 let t = match (table, upsert) {
                     (Some(t), _) => t,
                     (None, true) => self
@@ -1470,5 +1635,49 @@ impl Backend for TablesBackend {
             );
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_simple_collation_is_accepted() {
+        assert!(refuse_collation(None).is_ok());
+        assert!(refuse_collation(Some(&doc! {})).is_ok());
+        assert!(refuse_collation(Some(&doc! {"locale": "simple"})).is_ok());
+        for c in [
+            doc! {"locale": "en_US", "strength": 2},
+            doc! {"locale": "fr"},
+        ] {
+            let e = refuse_collation(Some(&c)).unwrap_err();
+            assert_eq!(e.code, codes::COMMAND_NOT_SUPPORTED, "{c}");
+        }
+    }
+
+    #[test]
+    fn a_commands_let_reaches_its_filter() {
+        let vars = command_vars(Some(&doc! {"id": 2, "n": {"$add": [1, 1]}})).unwrap();
+        let f = Filter::parse_with(&doc! {"$expr": {"$eq": ["$_id", "$$n"]}}, &vars).unwrap();
+        assert!(f.matches(&doc! {"_id": 2}) && !f.matches(&doc! {"_id": 1}));
+        // $$NOW is there too, with or without let.
+        let vars = command_vars(None).unwrap();
+        let f = Filter::parse_with(&doc! {"$expr": {"$lt": ["$t", "$$NOW"]}}, &vars).unwrap();
+        assert!(f.matches(&doc! {"t": bson::DateTime::from_millis(0)}));
+        let e = command_vars(Some(&doc! {"Bad": 1})).unwrap_err();
+        assert_eq!(e.code, 16867);
+    }
+
+    #[test]
+    fn service_errors_keep_their_extra_fields() {
+        let e = DocError::new(codes::DUPLICATE_KEY, "E11000")
+            .with_info(doc! {"keyPattern": {"x": 1}, "keyValue": {"x": "foo"}});
+        let m = mongo(e);
+        assert_eq!(m.code, codes::DUPLICATE_KEY);
+        assert_eq!(
+            m.info.as_deref(),
+            Some(&doc! {"keyPattern": {"x": 1}, "keyValue": {"x": "foo"}})
+        );
     }
 }

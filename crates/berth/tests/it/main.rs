@@ -22,6 +22,7 @@ mod linearizable;
 mod locks;
 mod mongo;
 mod mongo_drivers;
+mod mongo_unified;
 mod mount;
 mod posix_user;
 mod security;
