@@ -14,6 +14,7 @@ pub mod merge;
 pub mod order;
 pub mod plan;
 pub mod projection;
+pub mod retry;
 pub mod table;
 pub mod update;
 

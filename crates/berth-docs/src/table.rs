@@ -34,6 +34,7 @@ use crate::changes::{self, OpType, Record};
 use crate::error::codes;
 use crate::index::IndexDef;
 use crate::matcher::{Filter, MatchDetails};
+use crate::retry::{self, Stmt};
 use crate::update::ApplyContext;
 use crate::DocError;
 
@@ -405,6 +406,14 @@ impl Tables {
                     continue;
                 }
             };
+            let marks_before = bson::DateTime::from_millis(
+                bson::DateTime::now()
+                    .timestamp_millis()
+                    .saturating_sub(retry::MARK_TTL_MS),
+            );
+            if let Err(e) = self.trim_retry_marks(vol.id, marks_before).await {
+                tracing::debug!(volume = %vol.path, error = %e, "trimming retryable write marks failed; the next sweep retries");
+            }
             loop {
                 match self.trim_changes(vol.id, before, upto, TRIM_PAGE).await {
                     Ok(n) => {
@@ -421,6 +430,47 @@ impl Tables {
             }
         }
         trimmed
+    }
+
+    /// Removes volume `vol`'s retryable write marks left before `before`
+    /// (sessions a driver no longer retries on): returns how many. The
+    /// marks are few (a session keeps those of its last `txnNumber`), so
+    /// the sweep reads them all, a page at a time.
+    pub async fn trim_retry_marks(
+        &self,
+        vol: u64,
+        before: bson::DateTime,
+    ) -> Result<usize, DocError> {
+        let vol = self.volume(vol)?;
+        let router = self.ns.meta().router();
+        let (mut from, end) = retry::marks_range(vol.id);
+        let mut removed = 0;
+        loop {
+            let mut tx = router.begin(vol.shard_id).await.map_err(from_meta)?;
+            let rows = tx
+                .peek_range(&from, &end, TRIM_PAGE)
+                .await
+                .map_err(from_meta)?;
+            let mut old = 0;
+            for (k, v) in &rows {
+                let stale = retry::Outcome::decode(v).map_or(true, |(_, wall)| wall < before);
+                if stale {
+                    tx.delete(k.clone());
+                    old += 1;
+                }
+            }
+            if old > 0 {
+                tx.commit().await.map_err(from_meta)?;
+                removed += old;
+            }
+            match rows.last() {
+                Some((k, _)) if rows.len() == TRIM_PAGE => {
+                    from = k.clone();
+                    from.push(0);
+                }
+                _ => return Ok(removed),
+            }
+        }
     }
 
     /// The position after every change acknowledged before the call in
@@ -582,6 +632,20 @@ impl Tables {
         docs: Vec<Document>,
         ordered: bool,
     ) -> Result<InsertOutcome, DocError> {
+        self.insert_retryable(p, t, docs, ordered, None).await
+    }
+
+    /// [`Tables::insert`] of a retryable write: document `i` is statement
+    /// `retry.index + i`; one whose mark is there was inserted by an
+    /// earlier try and counts as inserted without being written again.
+    pub async fn insert_retryable(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        docs: Vec<Document>,
+        ordered: bool,
+        retry: Option<Stmt<'_>>,
+    ) -> Result<InsertOutcome, DocError> {
         authorize(p, t, Right::Write)?;
         let mut out = InsertOutcome::default();
         let mut prepared: Vec<(usize, Prepared)> = Vec::new();
@@ -612,7 +676,9 @@ impl Tables {
             bytes += item.1.value.len();
             batch.push(item);
             if bytes >= INSERT_TXN_BYTES {
-                stopped = self.insert_batch(t, &mut batch, ordered, &mut out).await?;
+                stopped = self
+                    .insert_batch(t, &mut batch, ordered, &mut out, retry)
+                    .await?;
                 bytes = 0;
                 if stopped {
                     break;
@@ -620,7 +686,8 @@ impl Tables {
             }
         }
         if !stopped && !batch.is_empty() {
-            self.insert_batch(t, &mut batch, ordered, &mut out).await?;
+            self.insert_batch(t, &mut batch, ordered, &mut out, retry)
+                .await?;
         }
         out.errors.sort_by_key(|e| e.index);
         if ordered {
@@ -638,6 +705,7 @@ impl Tables {
         batch: &mut Vec<(usize, Prepared)>,
         ordered: bool,
         out: &mut InsertOutcome,
+        retry: Option<Stmt<'_>>,
     ) -> Result<bool, DocError> {
         let items = std::mem::take(batch);
         for attempt in 0..TX_RETRIES_MAX {
@@ -648,7 +716,24 @@ impl Tables {
             let mut writes = 0u64;
             let mut seen = std::collections::HashSet::new();
             let mut claimed = HashMap::new();
+            if let Some(r) = retry {
+                let (from, to) = r.stale_range(t.vol.id);
+                tx.delete_range(from, to);
+            }
             for (i, d) in &items {
+                let mark = retry.map(|r| {
+                    Stmt {
+                        index: r.index + *i as u64,
+                        ..r
+                    }
+                    .key(t.vol.id)
+                });
+                if let Some(m) = &mark {
+                    if tx.get(m).await.map_err(from_meta)?.is_some() {
+                        writes += 1; // applied by an earlier try
+                        continue;
+                    }
+                }
                 let dup = !seen.insert(d.key.clone())
                     || tx.get(&d.key).await.map_err(from_meta)?.is_some();
                 let result = if dup {
@@ -674,6 +759,13 @@ impl Tables {
                 }
                 tx.put(d.key.clone(), d.value.clone());
                 record(&mut tx, t, OpType::Insert, &d.id, Some(&d.doc), None)?;
+                if let Some(m) = mark {
+                    let done = retry::Outcome {
+                        n: 1,
+                        ..Default::default()
+                    };
+                    tx.put(m, done.encode(bson::DateTime::now()));
+                }
                 writes += 1;
             }
             match tx.commit().await.map_err(from_meta)? {
@@ -844,7 +936,71 @@ impl Tables {
         return_new: bool,
         replacement: bool,
     ) -> Result<UpdateOutcome, DocError> {
+        let opts = (multi, upsert, now, return_new, replacement);
+        self.update_with(p, t, filter, filter_doc, update, opts, None)
+            .await
+    }
+
+    /// [`Tables::update`] of one document (`multi` false) as statement
+    /// `stmt` of a retryable write: when its mark is there, an earlier try
+    /// applied it and its outcome is returned without applying it again.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_retryable(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        filter: &Filter,
+        filter_doc: &Document,
+        update: &Change<'_>,
+        upsert: bool,
+        now: bson::DateTime,
+        replacement: bool,
+        return_new: bool,
+        stmt: Stmt<'_>,
+    ) -> Result<UpdateOutcome, DocError> {
         authorize(p, t, Right::Write)?;
+        if let Some(o) = self.retried(t, &stmt).await? {
+            return Ok(UpdateOutcome {
+                matched: o.n,
+                modified: o.modified,
+                upserted: o.upserted,
+                document: o.image,
+            });
+        }
+        let opts = (false, upsert, now, return_new, replacement);
+        self.update_with(p, t, filter, filter_doc, update, opts, Some(stmt))
+            .await
+    }
+
+    /// The outcome a retryable statement's mark holds, if an earlier try
+    /// applied it.
+    pub async fn retried(
+        &self,
+        t: &TableRef,
+        stmt: &Stmt<'_>,
+    ) -> Result<Option<retry::Outcome>, DocError> {
+        let tx = self.begin(t).await?;
+        match tx.peek(&stmt.key(t.vol.id)).await.map_err(from_meta)? {
+            Some(raw) => Ok(Some(retry::Outcome::decode(&raw)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// `opts`: multi, upsert, now, return_new, replacement.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    async fn update_with(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        filter: &Filter,
+        filter_doc: &Document,
+        update: &Change<'_>,
+        opts: (bool, bool, bson::DateTime, bool, bool),
+        stmt: Option<Stmt<'_>>,
+    ) -> Result<UpdateOutcome, DocError> {
+        let (multi, upsert, now, return_new, replacement) = opts;
+        authorize(p, t, Right::Write)?;
+        let mark = stmt.map(|s| s.key(t.vol.id));
         let mut out = UpdateOutcome::default();
         let limit = if multi { 0 } else { 1 };
         let matched = self.select(p, t, filter, 0, limit).await?;
@@ -895,6 +1051,25 @@ impl Tables {
                         record(&mut tx, t, OpType::Update, &id, Some(&after), Some(desc))?;
                     }
                 }
+                if let Some(m) = &mark {
+                    if tx.get(m).await.map_err(from_meta)?.is_some() {
+                        // A concurrent try of the same statement applied it.
+                        return Err(transient("the statement is being retried concurrently"));
+                    }
+                    let done = retry::Outcome {
+                        n: 1,
+                        modified: u64::from(changed),
+                        upserted: None,
+                        image: stmt.filter(|s| s.image).map(|_| {
+                            if return_new {
+                                after.clone()
+                            } else {
+                                before.clone()
+                            }
+                        }),
+                    };
+                    put_mark(&mut tx, t, stmt, m.clone(), done, now);
+                }
                 match tx.commit().await.map_err(from_meta)? {
                     Commit::Done(_) => {
                         out.matched += 1;
@@ -936,6 +1111,17 @@ impl Tables {
             .await?;
             tx.put(key, value.clone());
             record(&mut tx, t, OpType::Insert, &id, Some(&d.doc), None)?;
+            if let Some(m) = mark {
+                let done = retry::Outcome {
+                    n: 0,
+                    modified: 0,
+                    upserted: Some(id.clone()),
+                    image: stmt
+                        .filter(|s| s.image && return_new)
+                        .map(|_| d.doc.clone()),
+                };
+                put_mark(&mut tx, t, stmt, m, done, now);
+            }
             match tx.commit().await.map_err(from_meta)? {
                 Commit::Done(_) => {}
                 Commit::Conflict => return Err(duplicate_id(t, &id)),
@@ -958,7 +1144,37 @@ impl Tables {
         filter: &Filter,
         one: bool,
     ) -> Result<Vec<Document>, DocError> {
+        self.delete_with(p, t, filter, one, None).await
+    }
+
+    /// Deletes the first document matching `filter` as statement `stmt`
+    /// of a retryable write: returns how many it deleted (0 or 1), the
+    /// recorded count when an earlier try applied it.
+    pub async fn delete_one_retryable(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        filter: &Filter,
+        stmt: Stmt<'_>,
+    ) -> Result<(u64, Option<Document>), DocError> {
         authorize(p, t, Right::Write)?;
+        if let Some(o) = self.retried(t, &stmt).await? {
+            return Ok((o.n, o.image));
+        }
+        let deleted = self.delete_with(p, t, filter, true, Some(stmt)).await?;
+        Ok((deleted.len() as u64, deleted.into_iter().next()))
+    }
+
+    async fn delete_with(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        filter: &Filter,
+        one: bool,
+        stmt: Option<Stmt<'_>>,
+    ) -> Result<Vec<Document>, DocError> {
+        authorize(p, t, Right::Write)?;
+        let mark = stmt.map(|s| s.key(t.vol.id));
         let mut deleted = Vec::new();
         'docs: loop {
             let matched = self
@@ -994,6 +1210,17 @@ impl Tables {
                 tx.delete(key);
                 let id = now.get("_id").cloned().unwrap_or(Bson::Null);
                 record(&mut tx, t, OpType::Delete, &id, None, None)?;
+                if let Some(m) = &mark {
+                    if tx.get(m).await.map_err(from_meta)?.is_some() {
+                        return Err(transient("the statement is being retried concurrently"));
+                    }
+                    let done = retry::Outcome {
+                        n: 1,
+                        image: stmt.filter(|s| s.image).map(|_| now.clone()),
+                        ..Default::default()
+                    };
+                    put_mark(&mut tx, t, stmt, m.clone(), done, bson::DateTime::now());
+                }
                 match tx.commit().await.map_err(from_meta)? {
                     Commit::Done(_) => {
                         deleted.push(doc);
@@ -1648,6 +1875,23 @@ pub fn from_meta(e: Error) -> DocError {
 /// sits at the path (then a table cannot be created there).
 fn exists_as_other(e: &DocError) -> bool {
     e.message.contains(", not a table")
+}
+
+/// Leaves the mark of retryable statement `stmt` (key `key`) holding
+/// `done`, removing the marks of the session's earlier `txnNumber`s.
+fn put_mark(
+    tx: &mut Tx,
+    t: &TableRef,
+    stmt: Option<Stmt<'_>>,
+    key: Vec<u8>,
+    done: retry::Outcome,
+    now: bson::DateTime,
+) {
+    if let Some(s) = stmt {
+        let (from, to) = s.stale_range(t.vol.id);
+        tx.delete_range(from, to);
+    }
+    tx.put(key, done.encode(now));
 }
 
 #[cfg(test)]

@@ -59,6 +59,15 @@ pub struct CursorBatch {
     pub post_batch_resume_token: Option<Document>,
 }
 
+/// A retryable write's identity: the session (`lsid.id`) and its
+/// `txnNumber`. A statement is that plus its index in the command (its
+/// `stmtId`); one already applied is answered, not applied again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryId {
+    pub lsid: Vec<u8>,
+    pub txn_number: i64,
+}
+
 /// `insert`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Insert {
@@ -68,6 +77,7 @@ pub struct Insert {
     /// Stop at the first failed document (true) or try them all.
     pub ordered: bool,
     pub bypass_document_validation: bool,
+    pub retry: Option<RetryId>,
 }
 
 /// The `u` of an update: a document (update operators, or a replacement)
@@ -99,6 +109,7 @@ pub struct Update {
     pub bypass_document_validation: bool,
     /// `let`: variables for the statements' expressions.
     pub let_vars: Option<Document>,
+    pub retry: Option<RetryId>,
 }
 
 /// One statement of `delete`.
@@ -118,6 +129,7 @@ pub struct Delete {
     pub deletes: Vec<DeleteStatement>,
     pub ordered: bool,
     pub let_vars: Option<Document>,
+    pub retry: Option<RetryId>,
 }
 
 /// A document inserted by an upsert.
@@ -279,6 +291,7 @@ pub struct FindAndModify {
     pub let_vars: Option<Document>,
     pub bypass_document_validation: bool,
     pub max_time_ms: Option<u64>,
+    pub retry: Option<RetryId>,
 }
 
 /// The outcome of `findAndModify`.

@@ -1029,7 +1029,27 @@ fn parse_insert(a: &Args<'_>, db: &str) -> Result<Insert, MongoError> {
         documents,
         ordered: a.bool("ordered", true)?,
         bypass_document_validation: a.bool("bypassDocumentValidation", false)?,
+        retry: retry_id(a)?,
     })
+}
+
+/// A retryable write's session and `txnNumber`, when the command carries
+/// both.
+fn retry_id(a: &Args<'_>) -> Result<Option<RetryId>, MongoError> {
+    let Some(txn) = a.cmd.get("txnNumber") else {
+        return Ok(None);
+    };
+    let txn_number = as_i64(txn).ok_or_else(|| a.wrong_type("txnNumber", txn, "long"))?;
+    let lsid = match a.cmd.get_document("lsid").ok().and_then(|l| l.get("id")) {
+        Some(Bson::Binary(b)) => b.bytes.clone(),
+        _ => {
+            return Err(MongoError::new(
+                codes::INVALID_OPTIONS,
+                "txnNumber needs a session (lsid with an id)",
+            ))
+        }
+    };
+    Ok(Some(RetryId { lsid, txn_number }))
 }
 
 fn update_modification(a: &Args<'_>, field: &str) -> Result<UpdateModification, MongoError> {
@@ -1091,6 +1111,7 @@ fn parse_update(a: &Args<'_>, db: &str) -> Result<Update, MongoError> {
         ordered: a.bool("ordered", true)?,
         bypass_document_validation: a.bool("bypassDocumentValidation", false)?,
         let_vars: a.doc("let")?,
+        retry: retry_id(a)?,
     })
 }
 
@@ -1123,6 +1144,7 @@ fn parse_delete(a: &Args<'_>, db: &str) -> Result<Delete, MongoError> {
         deletes,
         ordered: a.bool("ordered", true)?,
         let_vars: a.doc("let")?,
+        retry: retry_id(a)?,
     })
 }
 
@@ -1283,6 +1305,7 @@ fn parse_find_and_modify(a: &Args<'_>, db: &str) -> Result<FindAndModify, MongoE
         let_vars: a.doc("let")?,
         bypass_document_validation: a.bool("bypassDocumentValidation", false)?,
         max_time_ms: a.max_time_ms()?,
+        retry: retry_id(a)?,
     })
 }
 

@@ -20,6 +20,7 @@ use berth_docs::matcher::Filter;
 use berth_docs::merge::{Merge, WhenNotMatched};
 use berth_docs::plan::choose;
 use berth_docs::projection::Projection;
+use berth_docs::retry::Stmt;
 use berth_docs::table::{Right, TableRef, Tables};
 use berth_docs::update::{ApplyContext, Update as UpdateSpec};
 use berth_docs::DocError;
@@ -482,6 +483,7 @@ impl TablesBackend {
         ns: &Namespace,
         st: &UpdateStatement,
         vars: &Variables,
+        stmt: Option<Stmt<'_>>,
     ) -> Result<berth_docs::table::UpdateOutcome, MongoError> {
         refuse_collation(st.collation.as_ref())?;
         let filter = Filter::parse_with(&st.q, vars).map_err(mongo)?;
@@ -497,6 +499,26 @@ impl TablesBackend {
                 None => return Ok(Default::default()),
             },
         };
+        if let (Some(stmt), false) = (stmt, st.multi) {
+            // A multi-document update is not retryable (as in MongoDB);
+            // one that updates a single document applies at most once.
+            return self
+                .tables
+                .update_retryable(
+                    p,
+                    &t,
+                    &filter,
+                    &st.q,
+                    &*change,
+                    st.upsert,
+                    bson::DateTime::now(),
+                    is_replacement(&st.u),
+                    false,
+                    stmt,
+                )
+                .await
+                .map_err(mongo);
+        }
         self.tables
             .update(
                 p,
@@ -793,9 +815,15 @@ impl Backend for TablesBackend {
     async fn insert(&self, p: &Principal, req: Insert) -> Result<WriteResult, MongoError> {
         let path = self.path(&req.ns)?;
         let t = self.tables.open_or_create(p, &path).await.map_err(mongo)?;
+        let stmt = req.retry.as_ref().map(|r| Stmt {
+            lsid: &r.lsid,
+            txn_number: r.txn_number,
+            index: 0,
+            image: false,
+        });
         let out = self
             .tables
-            .insert(p, &t, req.documents, req.ordered)
+            .insert_retryable(p, &t, req.documents, req.ordered, stmt)
             .await
             .map_err(mongo)?;
         Ok(WriteResult {
@@ -816,7 +844,13 @@ impl Backend for TablesBackend {
         let vars = command_vars(req.let_vars.as_ref())?;
         let mut out = WriteResult::default();
         for (i, st) in req.updates.iter().enumerate() {
-            match self.update_one(p, &req.ns, st, &vars).await {
+            let stmt = req.retry.as_ref().map(|r| Stmt {
+                lsid: &r.lsid,
+                txn_number: r.txn_number,
+                index: i as u64,
+                image: false,
+            });
+            match self.update_one(p, &req.ns, st, &vars, stmt).await {
                 Ok(o) => {
                     out.n += o.matched as i64;
                     out.n_modified += o.modified as i64;
@@ -840,17 +874,33 @@ impl Backend for TablesBackend {
         let vars = command_vars(req.let_vars.as_ref())?;
         let mut out = WriteResult::default();
         for (i, st) in req.deletes.iter().enumerate() {
+            let stmt = req.retry.as_ref().map(|r| Stmt {
+                lsid: &r.lsid,
+                txn_number: r.txn_number,
+                index: i as u64,
+                image: false,
+            });
             let r = async {
                 refuse_collation(st.collation.as_ref())?;
                 let filter = Filter::parse_with(&st.q, &vars).map_err(mongo)?;
-                match self.open(p, &req.ns, Right::Write).await? {
-                    Some(t) => self
+                let t = self.open(p, &req.ns, Right::Write).await?;
+                match (t, stmt) {
+                    // A multi-document delete is not retryable (as in
+                    // MongoDB); one of a single document applies at most
+                    // once.
+                    (Some(t), Some(stmt)) if !st.multi => self
+                        .tables
+                        .delete_one_retryable(p, &t, &filter, stmt)
+                        .await
+                        .map(|(n, _)| n as i64)
+                        .map_err(mongo),
+                    (Some(t), _) => self
                         .tables
                         .delete(p, &t, &filter, !st.multi)
                         .await
                         .map(|d| d.len() as i64)
                         .map_err(mongo),
-                    None => Ok(0),
+                    (None, _) => Ok(0),
                 }
             }
             .await;
@@ -1113,6 +1163,29 @@ impl Backend for TablesBackend {
         let vars = command_vars(req.let_vars.as_ref())?;
         let filter = Filter::parse_with(&req.query, &vars).map_err(mongo)?;
         let table = self.open(p, &req.ns, right).await?;
+        // A retryable findAndModify (one statement) an earlier try applied
+        // is answered from its mark, with the document it returned then.
+        let stmt = req.retry.as_ref().map(|r| Stmt {
+            lsid: &r.lsid,
+            txn_number: r.txn_number,
+            index: 0,
+            image: true,
+        });
+        if let (Some(t), Some(stmt)) = (&table, stmt) {
+            if let Some(o) = self.tables.retried(t, &stmt).await.map_err(mongo)? {
+                let remove = matches!(req.action, FindAndModifyAction::Remove);
+                return Ok(FindAndModifyResult {
+                    n: if remove {
+                        o.n
+                    } else {
+                        u64::from(o.n > 0 || o.upserted.is_some())
+                    },
+                    updated_existing: !remove && o.n > 0,
+                    upserted: o.upserted,
+                    value: o.image.map(project).transpose()?,
+                });
+            }
+        }
         // The document to change: the first match in the sort's order.
         let target = match &table {
             Some(t) => {
@@ -1139,7 +1212,17 @@ impl Backend for TablesBackend {
                     return Ok(FindAndModifyResult::default());
                 };
                 let (f, _) = narrowed(&d)?;
-                let removed = self.tables.delete(p, &t, &f, true).await.map_err(mongo)?;
+                let removed = match stmt {
+                    Some(stmt) => self
+                        .tables
+                        .delete_one_retryable(p, &t, &f, stmt)
+                        .await
+                        .map_err(mongo)?
+                        .1
+                        .into_iter()
+                        .collect(),
+                    None => self.tables.delete(p, &t, &f, true).await.map_err(mongo)?,
+                };
                 match removed.into_iter().next() {
                     Some(d) => Ok(FindAndModifyResult {
                         n: 1,
@@ -1169,22 +1252,43 @@ impl Backend for TablesBackend {
                     Some(d) => narrowed(d)?,
                     None => (filter, req.query.clone()),
                 };
-                let o = self
-                    .tables
-                    .update(
-                        p,
-                        &t,
-                        &f,
-                        &q,
-                        &*change,
-                        false,
-                        *upsert && target.is_none(),
-                        bson::DateTime::now(),
-                        *return_new,
-                        is_replacement(update),
-                    )
-                    .await
-                    .map_err(mongo)?;
+                let upsert = *upsert && target.is_none();
+                let now = bson::DateTime::now();
+                let o = match stmt {
+                    Some(stmt) => {
+                        self.tables
+                            .update_retryable(
+                                p,
+                                &t,
+                                &f,
+                                &q,
+                                &*change,
+                                upsert,
+                                now,
+                                is_replacement(update),
+                                *return_new,
+                                stmt,
+                            )
+                            .await
+                    }
+                    None => {
+                        self.tables
+                            .update(
+                                p,
+                                &t,
+                                &f,
+                                &q,
+                                &*change,
+                                false,
+                                upsert,
+                                now,
+                                *return_new,
+                                is_replacement(update),
+                            )
+                            .await
+                    }
+                }
+                .map_err(mongo)?;
                 let value = o.document.map(project).transpose()?;
                 Ok(FindAndModifyResult {
                     n: u64::from(o.matched > 0 || o.upserted.is_some()),

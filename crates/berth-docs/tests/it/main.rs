@@ -591,3 +591,176 @@ async fn every_committed_change_is_in_the_change_log_in_commit_order() {
         .unwrap();
     assert_eq!(last.last().unwrap().1.op, OpType::Drop);
 }
+
+#[tokio::test]
+async fn a_retried_write_is_answered_from_its_mark_and_not_applied_again() {
+    use berth_docs::retry::Stmt;
+    let k = kernel().await;
+    let a = &k.admin;
+    let t = k
+        .tables
+        .create(a, "/tables/shop/retry", true)
+        .await
+        .unwrap();
+    let stmt = |txn, index| Stmt {
+        lsid: b"session-1",
+        txn_number: txn,
+        index,
+        image: false,
+    };
+    let count = |k: &Kernel| {
+        let t = t.clone();
+        let tables = k.tables.clone();
+        let a = a.clone();
+        async move {
+            tables
+                .select(&a, &t, &filter(doc! {}), 0, 0)
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+
+    // An insert with a generated _id, sent twice as the same statements:
+    // the second try inserts nothing more and still reports both.
+    let docs = vec![doc! {"v": 1}, doc! {"v": 2}];
+    let out = k
+        .tables
+        .insert_retryable(a, &t, docs.clone(), true, Some(stmt(1, 0)))
+        .await
+        .unwrap();
+    assert_eq!(out.n, 2);
+    let again = k
+        .tables
+        .insert_retryable(a, &t, docs.clone(), true, Some(stmt(1, 0)))
+        .await
+        .unwrap();
+    assert_eq!((again.n, again.errors.len()), (2, 0));
+    assert_eq!(count(&k).await, 2);
+    // A new txnNumber is a new write.
+    k.tables
+        .insert_retryable(a, &t, vec![doc! {"v": 3}], true, Some(stmt(2, 0)))
+        .await
+        .unwrap();
+    assert_eq!(count(&k).await, 3);
+
+    // $inc retried: applied once, the retry answers the first outcome.
+    k.tables
+        .insert(a, &t, vec![doc! {"_id": "c", "n": 0}], true)
+        .await
+        .unwrap();
+    let spec = Update::parse(&doc! {"$inc": {"n": 1}}, &[]).unwrap();
+    let change = move |d: &mut Document, ctx: &ApplyContext| spec.apply(d, ctx);
+    let q = doc! {"_id": "c"};
+    for _ in 0..2 {
+        let o = k
+            .tables
+            .update_retryable(
+                a,
+                &t,
+                &filter(q.clone()),
+                &q,
+                &change,
+                false,
+                bson::DateTime::now(),
+                false,
+                false,
+                stmt(3, 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!((o.matched, o.modified), (1, 1));
+    }
+    let c = k
+        .tables
+        .select(a, &t, &filter(q.clone()), 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(c[0].1.get_i32("n").unwrap(), 1);
+
+    // An upsert retried reports the same upserted _id and inserts once.
+    let q = doc! {"name": "new"};
+    let mut ids = vec![];
+    for _ in 0..2 {
+        let o = k
+            .tables
+            .update_retryable(
+                a,
+                &t,
+                &filter(q.clone()),
+                &q,
+                &change,
+                true,
+                bson::DateTime::now(),
+                false,
+                false,
+                stmt(4, 0),
+            )
+            .await
+            .unwrap();
+        ids.push(o.upserted.expect("upserted"));
+    }
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(count(&k).await, 5);
+
+    // A delete of one document retried deletes one, not two.
+    for _ in 0..2 {
+        let (n, _) = k
+            .tables
+            .delete_one_retryable(a, &t, &filter(doc! {"v": {"$exists": true}}), stmt(5, 0))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    assert_eq!(count(&k).await, 4);
+
+    // findAndModify keeps the document it returned: a retry returns the
+    // same after-image although the document has not changed again.
+    let q = doc! {"_id": "c"};
+    let fam = Stmt {
+        image: true,
+        ..stmt(6, 0)
+    };
+    for _ in 0..2 {
+        let o = k
+            .tables
+            .update_retryable(
+                a,
+                &t,
+                &filter(q.clone()),
+                &q,
+                &change,
+                false,
+                bson::DateTime::now(),
+                false,
+                true,
+                fam,
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.document, Some(doc! {"_id": "c", "n": 2}));
+    }
+    // And a removal the document it removed.
+    let gone = Stmt {
+        image: true,
+        ..stmt(7, 0)
+    };
+    for _ in 0..2 {
+        let (n, d) = k
+            .tables
+            .delete_one_retryable(a, &t, &filter(q.clone()), gone)
+            .await
+            .unwrap();
+        assert_eq!((n, d), (1, Some(doc! {"_id": "c", "n": 2})));
+    }
+    assert_eq!(count(&k).await, 3);
+
+    // The session's later number removed the earlier marks; only the
+    // last one's are left, and a sweep far in the future removes them.
+    let removed = k
+        .tables
+        .trim_retry_marks(t.vol.id, bson::DateTime::from_millis(i64::MAX))
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+}

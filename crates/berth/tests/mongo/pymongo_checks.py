@@ -119,7 +119,63 @@ def crud(a):
     check(users.find_one({"_id": 1}) is not None, "served after an error")
     db.drop_collection("users")
     check("users" not in db.list_collection_names(), "dropped")
+    retryable(c)
     print("ok")
+
+
+def retryable(c):
+    """A retried write (same session, same txnNumber, as a driver sends
+    after a lost connection) is answered, not applied again. A driver
+    retries a command only until it sends the session's next one."""
+    from bson.int64 import Int64
+
+    db = c["shop"]
+    db.drop_collection("retry")
+    with c.start_session() as s:
+        for _ in range(2):
+            r = db.command(
+                "insert", "retry", documents=[{"_id": 1}, {"_id": 2}],
+                txnNumber=Int64(1), session=s,
+            )
+            check(r["n"] == 2 and "writeErrors" not in r, f"retried insert {r}")
+        for _ in range(2):
+            r = db.command(
+                "update", "retry", updates=[{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}}],
+                txnNumber=Int64(2), session=s,
+            )
+            check(r["n"] == 1 and r["nModified"] == 1, f"retried update {r}")
+        check(db["retry"].find_one({"_id": 1})["n"] == 1, "a retried $inc applied once")
+        for _ in range(2):
+            r = db.command(
+                "delete", "retry", deletes=[{"q": {}, "limit": 1}],
+                txnNumber=Int64(3), session=s,
+            )
+            check(r["n"] == 1, f"retried delete {r}")
+        check(db["retry"].count_documents({}) == 1, "a retried delete removed one")
+        # A new number is a new write.
+        r = db.command(
+            "delete", "retry", deletes=[{"q": {}, "limit": 1}],
+            txnNumber=Int64(4), session=s,
+        )
+        check(r["n"] == 1 and db["retry"].count_documents({}) == 0, f"new txnNumber {r}")
+        # findAndModify: the retry returns the document the first try did.
+        db["retry"].insert_one({"_id": "k", "n": 0})
+        for _ in range(2):
+            r = db.command(
+                "findAndModify", "retry", query={"_id": "k"}, update={"$inc": {"n": 1}},
+                new=True, txnNumber=Int64(5), session=s,
+            )
+            check(r["value"] == {"_id": "k", "n": 1}, f"retried findAndModify {r}")
+        for _ in range(2):
+            r = db.command(
+                "findAndModify", "retry", query={"_id": "k"}, remove=True,
+                txnNumber=Int64(6), session=s,
+            )
+            check(r["value"] == {"_id": "k", "n": 1}, f"retried remove {r}")
+    # The driver's own retryable writes (retryWrites is on by default).
+    r = db["retry"].insert_one({"_id": "driver"})
+    check(r.inserted_id == "driver", "insert_one with retryWrites")
+    db.drop_collection("retry")
 
 
 def indexes(a):
