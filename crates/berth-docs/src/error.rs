@@ -42,6 +42,10 @@ pub mod codes {
     pub const INDEX_OPTIONS_CONFLICT: i32 = 85;
     pub const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
     pub const WRITE_CONFLICT: i32 = 112;
+    pub const CONFLICTING_OPERATION: i32 = 117;
+    pub const NO_SUCH_TRANSACTION: i32 = 251;
+    pub const OPERATION_NOT_SUPPORTED_IN_TRANSACTION: i32 = 263;
+    pub const TRANSACTION_TOO_LARGE: i32 = 334;
     pub const NOT_WRITABLE_PRIMARY: i32 = 10107;
     pub const DUPLICATE_KEY: i32 = 11000;
     pub const LOCATION_40352: i32 = 40352;

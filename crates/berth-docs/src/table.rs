@@ -35,6 +35,7 @@ use crate::error::codes;
 use crate::index::IndexDef;
 use crate::matcher::{Filter, MatchDetails};
 use crate::retry::{self, Stmt};
+use crate::txn::{Txn, Work};
 use crate::update::ApplyContext;
 use crate::DocError;
 
@@ -98,6 +99,8 @@ pub struct TableRef {
     pub entry: EntryInfo,
     pub vol: VolumeRecord,
     pub config: TableConfig,
+    /// The multi-document transaction its reads and writes belong to.
+    pub txn: Option<Arc<Txn>>,
 }
 
 impl TableRef {
@@ -217,7 +220,12 @@ impl Tables {
                 ),
             ));
         }
-        let t = TableRef { entry, vol, config };
+        let t = TableRef {
+            entry,
+            vol,
+            config,
+            txn: None,
+        };
         authorize(p, &t, right)?;
         Ok(t)
     }
@@ -613,6 +621,16 @@ impl Tables {
         self.ns.meta().setup_once(&step, exists, make).await
     }
 
+    /// The transaction a read or write of documents runs in: the table's
+    /// multi-document transaction when it has one, else its own (with a
+    /// read barrier).
+    async fn work(&self, t: &TableRef) -> Result<Work, DocError> {
+        match &t.txn {
+            Some(txn) => Ok(Work::Joined(txn.join(self.ns.meta().router(), t).await?)),
+            None => Ok(Work::Own(self.begin(t).await?)),
+        }
+    }
+
     async fn begin(&self, t: &TableRef) -> Result<Tx, DocError> {
         self.ns
             .meta()
@@ -710,7 +728,7 @@ impl Tables {
         let items = std::mem::take(batch);
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let mut tx = self.begin(t).await?;
+            let mut tx = self.work(t).await?;
             let config = read_config(&mut tx, t).await?;
             let mut taken = Vec::new();
             let mut writes = 0u64;
@@ -768,7 +786,7 @@ impl Tables {
                 }
                 writes += 1;
             }
-            match tx.commit().await.map_err(from_meta)? {
+            match tx.commit().await? {
                 Commit::Done(_) => {
                     out.n += writes;
                     let stopped = ordered && !taken.is_empty();
@@ -791,7 +809,7 @@ impl Tables {
         limit: usize,
     ) -> Result<(Vec<(Vec<u8>, Document)>, bool), DocError> {
         authorize(p, t, Right::Read)?;
-        let tx = self.begin(t).await?;
+        let tx = self.work(t).await?;
         let (start, end) = t.doc_range();
         let start = match after {
             Some(k) => {
@@ -876,7 +894,7 @@ impl Tables {
         let mut seen = std::collections::HashSet::new();
         let (mut out, mut bytes, mut keys, mut docs) = (Vec::new(), 0usize, 0u64, 0u64);
         loop {
-            let tx = self.begin(t).await?;
+            let tx = self.work(t).await?;
             let rows = tx
                 .peek_range(&from, &end, SCAN_PAGE)
                 .await
@@ -979,7 +997,7 @@ impl Tables {
         t: &TableRef,
         stmt: &Stmt<'_>,
     ) -> Result<Option<retry::Outcome>, DocError> {
-        let tx = self.begin(t).await?;
+        let tx = self.work(t).await?;
         match tx.peek(&stmt.key(t.vol.id)).await.map_err(from_meta)? {
             Some(raw) => Ok(Some(retry::Outcome::decode(&raw)?.0)),
             None => Ok(None),
@@ -1007,7 +1025,7 @@ impl Tables {
         for (key, _, _) in matched {
             for attempt in 0..TX_RETRIES_MAX {
                 backoff(attempt).await;
-                let mut tx = self.begin(t).await?;
+                let mut tx = self.work(t).await?;
                 let config = read_config(&mut tx, t).await?;
                 let Some(raw) = tx.get(&key).await.map_err(from_meta)? else {
                     break; // deleted meanwhile
@@ -1070,7 +1088,7 @@ impl Tables {
                     };
                     put_mark(&mut tx, t, stmt, m.clone(), done, now);
                 }
-                match tx.commit().await.map_err(from_meta)? {
+                match tx.commit().await? {
                     Commit::Done(_) => {
                         out.matched += 1;
                         out.modified += u64::from(changed);
@@ -1094,7 +1112,7 @@ impl Tables {
             update(&mut doc, &ctx)?;
             let d = prepare_insert(t, doc)?;
             let (id, key, value) = (d.id.clone(), d.key.clone(), d.value.clone());
-            let mut tx = self.begin(t).await?;
+            let mut tx = self.work(t).await?;
             let config = read_config(&mut tx, t).await?;
             if tx.get(&key).await.map_err(from_meta)?.is_some() {
                 return Err(duplicate_id(t, &id));
@@ -1122,7 +1140,7 @@ impl Tables {
                 };
                 put_mark(&mut tx, t, stmt, m, done, now);
             }
-            match tx.commit().await.map_err(from_meta)? {
+            match tx.commit().await? {
                 Commit::Done(_) => {}
                 Commit::Conflict => return Err(duplicate_id(t, &id)),
             }
@@ -1185,7 +1203,7 @@ impl Tables {
             }
             let mut raced = false;
             for (key, doc, _) in matched {
-                let mut tx = self.begin(t).await?;
+                let mut tx = self.work(t).await?;
                 let Some(raw) = tx.get(&key).await.map_err(from_meta)? else {
                     raced = true;
                     continue;
@@ -1221,7 +1239,7 @@ impl Tables {
                     };
                     put_mark(&mut tx, t, stmt, m.clone(), done, bson::DateTime::now());
                 }
-                match tx.commit().await.map_err(from_meta)? {
+                match tx.commit().await? {
                     Commit::Done(_) => {
                         deleted.push(doc);
                         if one {

@@ -20,7 +20,9 @@
 //! Architecture invariant: the router is the only place outside berth-raft
 //! that proposes commands.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::ops::Bound;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -245,6 +247,30 @@ impl Router {
         Ok(tx)
     }
 
+    /// Starts a snapshot transaction on `shard`: after the read barrier,
+    /// its reads see one point-in-time view of this node's replica (every
+    /// write acknowledged before the call, none after), under the
+    /// transaction's own writes. Its commit is conditional on every key it
+    /// read with [`Tx::get`] or wrote being unchanged since the view, so
+    /// of two transactions writing one key only the first commits
+    /// (snapshot isolation). Needs a replica of the shard on this node.
+    pub async fn begin_snapshot(self: &Arc<Self>, shard: ShardId) -> Result<Tx, Error> {
+        if !self.raft.has_replica(shard) {
+            return Err(Error::new(
+                Code::Invalid,
+                "a snapshot transaction needs a replica of its shard on this node",
+            ));
+        }
+        self.raft.read_index(shard).await?;
+        let mut tx = Tx::new(self.clone(), shard, None);
+        tx.snap = Some(Box::new(Snap {
+            view: self.raft.snapshot(shard)?,
+            writes: BTreeMap::new(),
+            guarded: BTreeSet::new(),
+        }));
+        Ok(tx)
+    }
+
     /// Starts a transaction without the read barrier: its reads see this
     /// node's applied state, which may lag writes already committed (by at
     /// most the entries in flight on a leader). For transactions whose commit
@@ -368,6 +394,62 @@ pub struct Tx {
     remote: Option<Remote>,
     conditions: Vec<Condition>,
     ops: Vec<Op>,
+    /// Set for a snapshot transaction ([`Router::begin_snapshot`]).
+    snap: Option<Box<Snap>>,
+}
+
+/// A snapshot transaction's reads: one point-in-time view of the replica,
+/// under the transaction's own writes.
+struct Snap {
+    view: berth_raft::ShardSnapshot,
+    /// What the transaction's `put`s and `delete`s left (`None` = deleted).
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Keys the transaction is already conditional on.
+    guarded: BTreeSet<Vec<u8>>,
+}
+
+impl Snap {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.view.get(key)?),
+        }
+    }
+
+    /// The view's pairs in `[start, end)` under the transaction's writes.
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<berth_store::KvPairs, Error> {
+        if limit == 0 || (!end.is_empty() && start >= end) {
+            return Ok(Vec::new());
+        }
+        let upper = match end.is_empty() {
+            true => Bound::Unbounded,
+            false => Bound::Excluded(end.to_vec()),
+        };
+        let mine: Vec<_> = self
+            .writes
+            .range((Bound::Included(start.to_vec()), upper))
+            .collect();
+        // Each deletion may hide one of the view's pairs: read that many more.
+        let hidden = mine.iter().filter(|(_, v)| v.is_none()).count();
+        let base = self.view.scan(start, end, limit.saturating_add(hidden))?;
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            base.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        let last = merged.keys().next_back().cloned();
+        let full = merged.len() >= limit.saturating_add(hidden);
+        for (k, v) in mine {
+            // Past the view's last pair when the view was cut short, the
+            // view's next pairs are unknown: they are read by a later page.
+            if full && last.as_ref().is_some_and(|l| k > l) {
+                break;
+            }
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
+    }
 }
 
 /// The result of [`Tx::commit`].
@@ -387,6 +469,7 @@ impl Tx {
             remote,
             conditions: Vec::new(),
             ops: Vec::new(),
+            snap: None,
         }
     }
 
@@ -403,6 +486,9 @@ impl Tx {
     /// [`Router::begin`]'s barrier, every write acknowledged before it lies
     /// at or below it.
     pub fn applied(&self) -> u64 {
+        if let Some(s) = &self.snap {
+            return s.view.applied();
+        }
         match &self.remote {
             None => self
                 .router
@@ -415,6 +501,19 @@ impl Tx {
 
     /// Reads `key` and makes the transaction conditional on its value.
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(s) = &mut self.snap {
+            if let Some(v) = s.writes.get(key) {
+                return Ok(v.clone());
+            }
+            let value = s.view.get(key)?;
+            if s.guarded.insert(key.to_vec()) {
+                self.conditions.push(Condition::ValueIs {
+                    key: key.to_vec(),
+                    value: value.clone(),
+                });
+            }
+            return Ok(value);
+        }
         let value = self.peek(key).await?;
         self.conditions.push(Condition::ValueIs {
             key: key.to_vec(),
@@ -425,6 +524,9 @@ impl Tx {
 
     /// Reads `key` without making the transaction depend on it.
     pub async fn peek(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(s) = &self.snap {
+            return s.get(key);
+        }
         if self.remote.is_none() {
             return Ok(self.router.raft.get(self.shard, key)?);
         }
@@ -443,6 +545,13 @@ impl Tx {
         from: u32,
         len: u32,
     ) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(s) = &self.snap {
+            return Ok(s.get(key)?.map(|v| {
+                let start = (from as usize).min(v.len());
+                let end = start.saturating_add(len as usize).min(v.len());
+                v[start..end].to_vec()
+            }));
+        }
         if self.remote.is_none() {
             return Ok(self.router.raft.get_range(self.shard, key, from, len)?);
         }
@@ -464,6 +573,9 @@ impl Tx {
         end: &[u8],
         limit: usize,
     ) -> Result<berth_store::KvPairs, Error> {
+        if let Some(s) = &self.snap {
+            return s.scan(start, end, limit);
+        }
         if self.remote.is_none() {
             return Ok(self.router.raft.scan(self.shard, start, end, limit)?);
         }
@@ -485,6 +597,10 @@ impl Tx {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, Error> {
+        if let Some(s) = &self.snap {
+            let pairs = s.scan(start, end, limit)?;
+            return Ok(pairs.into_iter().map(|(k, _)| k).collect());
+        }
         if self.remote.is_none() {
             return Ok(self.router.raft.scan_keys(self.shard, start, end, limit)?);
         }
@@ -554,11 +670,34 @@ impl Tx {
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        if let Some(s) = &mut self.snap {
+            s.writes.insert(key.clone(), Some(value.clone()));
+        }
         self.ops.push(Op::Put { key, value });
     }
 
     pub fn delete(&mut self, key: Vec<u8>) {
+        if let Some(s) = &mut self.snap {
+            s.writes.insert(key.clone(), None);
+        }
         self.ops.push(Op::Delete { key });
+    }
+
+    /// Whether this is a snapshot transaction ([`Router::begin_snapshot`]).
+    pub fn is_snapshot(&self) -> bool {
+        self.snap.is_some()
+    }
+
+    /// The bytes of the writes buffered so far (keys and values).
+    pub fn write_bytes(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value } => key.len() + value.len(),
+                Op::PutStamped { prefix, value } => prefix.len() + value.len(),
+                _ => 64,
+            })
+            .sum()
     }
 
     /// Writes `value` at `keys::stamped(prefix, index, n)`: the key carries
@@ -619,9 +758,21 @@ impl Tx {
 
     /// Proposes the buffered writes under the recorded conditions. Returns
     /// only once the command is durable on a majority and applied.
-    pub async fn commit(self) -> Result<Commit, Error> {
+    pub async fn commit(mut self) -> Result<Commit, Error> {
         if self.ops.is_empty() {
             return Ok(Commit::Done(0));
+        }
+        if let Some(s) = self.snap.take() {
+            // First committer wins: every key written must still hold what
+            // the view saw.
+            for key in s.writes.keys() {
+                if !s.guarded.contains(key) {
+                    self.conditions.push(Condition::ValueIs {
+                        key: key.clone(),
+                        value: s.view.get(key)?,
+                    });
+                }
+            }
         }
         let txn = Txn {
             conditions: self.conditions,

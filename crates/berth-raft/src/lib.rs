@@ -102,7 +102,7 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use serde::{Deserialize, Serialize};
 
-pub use node::{RaftNode, SnapshotReport};
+pub use node::{RaftNode, ShardSnapshot, SnapshotReport};
 pub use snapshot::{SnapshotSink, SnapshotSource, SNAPSHOT_CHUNK_BYTES};
 
 /// Identifies a shard (one Raft group) cluster-wide.

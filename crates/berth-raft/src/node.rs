@@ -669,6 +669,22 @@ impl RaftNode {
         Ok(v)
     }
 
+    /// A point-in-time view of this replica's applied state of `shard`
+    /// (for a transaction's snapshot reads). It pins old versions in the
+    /// store while held: keep it for seconds, not hours.
+    pub fn snapshot(&self, shard: ShardId) -> Result<ShardSnapshot, RaftError> {
+        let desc = self.desc(shard)?;
+        let applied = self.applied_watch(shard).map_or(0, |w| *w.borrow());
+        let view = self.inner.store.snapshot();
+        self.still_here(shard)?;
+        Ok(ShardSnapshot {
+            shard,
+            desc,
+            applied,
+            view,
+        })
+    }
+
     /// Reads up to `len` bytes at `from` of a key's value from this
     /// replica's applied state (only those bytes when the value is a blob).
     pub fn get_range(
@@ -2864,5 +2880,40 @@ fn blob_gc_loop(store: &Arc<Store>, shared: &Shared, gc: &Mutex<BlobGc>, every: 
             tracing::warn!(error = %e, "blob gc pass failed");
         }
         wait = every.max(started.elapsed().saturating_mul(20));
+    }
+}
+
+/// A replica's applied state of one shard at one instant
+/// ([`RaftNode::snapshot`]).
+pub struct ShardSnapshot {
+    shard: ShardId,
+    desc: ShardDesc,
+    applied: u64,
+    view: berth_store::StoreSnapshot,
+}
+
+impl ShardSnapshot {
+    /// The shard's applied index when the view was taken (a lower bound:
+    /// the view may reflect a few entries more).
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Reads a key as of the view.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError> {
+        if !self.desc.contains(key) {
+            return Err(RaftError::KeyOutOfRange { shard: self.shard });
+        }
+        self.view
+            .get(Space::Data, key)
+            .map_err(RaftError::from_store)
+    }
+
+    /// Scans the view; `[start, end)` is clamped to the shard's range.
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<KvPairs, RaftError> {
+        let (s, e) = self.desc.clamp(start, end);
+        self.view
+            .scan(Space::Data, &s, &e, limit)
+            .map_err(RaftError::from_store)
     }
 }

@@ -764,3 +764,150 @@ async fn a_retried_write_is_answered_from_its_mark_and_not_applied_again() {
         .unwrap();
     assert_eq!(removed, 1);
 }
+
+#[tokio::test]
+async fn a_transaction_reads_one_snapshot_and_commits_all_or_nothing() {
+    use berth_docs::txn::Txn;
+    let k = kernel().await;
+    let a = &k.admin;
+    let t = k
+        .tables
+        .create(a, "/tables/bank/accounts", true)
+        .await
+        .unwrap();
+    k.tables
+        .insert(
+            a,
+            &t,
+            vec![doc! {"_id": "alice", "n": 100}, doc! {"_id": "bob", "n": 0}],
+            true,
+        )
+        .await
+        .unwrap();
+    let all = |t: berth_docs::table::TableRef| {
+        let tables = k.tables.clone();
+        let a = a.clone();
+        async move {
+            tables
+                .select(&a, &t, &filter(doc! {}), 0, 0)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(_, d, _)| d)
+                .collect::<Vec<_>>()
+        }
+    };
+    let inc = |by: i32| {
+        let spec = Update::parse(&doc! {"$inc": {"n": by}}, &[]).unwrap();
+        move |d: &mut Document, ctx: &ApplyContext| spec.apply(d, ctx)
+    };
+    let move_money = |t: &berth_docs::table::TableRef, from: &str, to: &str, n: i32| {
+        let tables = k.tables.clone();
+        let a = a.clone();
+        let t = t.clone();
+        let (from, to) = (from.to_string(), to.to_string());
+        async move {
+            for (id, by) in [(from, -n), (to, n)] {
+                let q = doc! {"_id": id};
+                let o = tables
+                    .update(
+                        &a,
+                        &t,
+                        &filter(q.clone()),
+                        &q,
+                        &inc(by),
+                        false,
+                        false,
+                        bson::DateTime::now(),
+                        false,
+                        false,
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(o.matched, 1);
+            }
+        }
+    };
+
+    // Writes in a transaction: seen inside, not outside, until commit.
+    let txn = Txn::new();
+    let mut in_txn = t.clone();
+    in_txn.txn = Some(txn.clone());
+    move_money(&in_txn, "alice", "bob", 30).await;
+    k.tables
+        .insert(a, &in_txn, vec![doc! {"_id": "carol", "n": 5}], true)
+        .await
+        .unwrap();
+    assert_eq!(
+        all(in_txn.clone()).await,
+        vec![
+            doc! {"_id": "alice", "n": 70},
+            doc! {"_id": "bob", "n": 30},
+            doc! {"_id": "carol", "n": 5}
+        ]
+    );
+    assert_eq!(all(t.clone()).await.len(), 2);
+    assert_eq!(all(t.clone()).await[0], doc! {"_id": "alice", "n": 100});
+    txn.commit().await.unwrap();
+    assert_eq!(
+        all(t.clone()).await,
+        vec![
+            doc! {"_id": "alice", "n": 70},
+            doc! {"_id": "bob", "n": 30},
+            doc! {"_id": "carol", "n": 5}
+        ]
+    );
+    // Ended: nothing more runs in it.
+    let err = k
+        .tables
+        .insert(a, &in_txn, vec![doc! {"_id": "late"}], true)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, codes::NO_SUCH_TRANSACTION);
+
+    // Snapshot: a write committed after the transaction's first read is
+    // not seen by it, and a transaction writing the same document loses.
+    let txn = Txn::new();
+    let mut in_txn = t.clone();
+    in_txn.txn = Some(txn.clone());
+    let before = all(in_txn.clone()).await;
+    move_money(&t, "alice", "bob", 1).await; // committed outside
+    assert_eq!(all(in_txn.clone()).await, before);
+    move_money(&in_txn, "alice", "carol", 10).await;
+    let err = txn.commit().await.unwrap_err();
+    assert_eq!(err.code, codes::WRITE_CONFLICT);
+    assert_eq!(
+        all(t.clone()).await,
+        vec![
+            doc! {"_id": "alice", "n": 69},
+            doc! {"_id": "bob", "n": 31},
+            doc! {"_id": "carol", "n": 5}
+        ]
+    );
+
+    // Disjoint writes both commit; an abort leaves nothing.
+    let (t1, t2) = (Txn::new(), Txn::new());
+    let (mut a1, mut a2) = (t.clone(), t.clone());
+    a1.txn = Some(t1.clone());
+    a2.txn = Some(t2.clone());
+    k.tables
+        .insert(a, &a1, vec![doc! {"_id": "d1"}], true)
+        .await
+        .unwrap();
+    k.tables
+        .insert(a, &a2, vec![doc! {"_id": "d2"}], true)
+        .await
+        .unwrap();
+    t1.commit().await.unwrap();
+    t2.commit().await.unwrap();
+    let t3 = Txn::new();
+    let mut a3 = t.clone();
+    a3.txn = Some(t3.clone());
+    k.tables
+        .delete(a, &a3, &filter(doc! {}), false)
+        .await
+        .unwrap();
+    assert!(all(a3.clone()).await.is_empty());
+    t3.abort().await;
+    assert_eq!(all(t.clone()).await.len(), 5);
+}
