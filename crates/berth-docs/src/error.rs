@@ -45,7 +45,7 @@ pub mod codes {
     pub const CONFLICTING_OPERATION: i32 = 117;
     pub const NO_SUCH_TRANSACTION: i32 = 251;
     pub const OPERATION_NOT_SUPPORTED_IN_TRANSACTION: i32 = 263;
-    pub const TRANSACTION_TOO_LARGE: i32 = 334;
+    pub const TRANSACTION_TOO_LARGE: i32 = 257;
     pub const NOT_WRITABLE_PRIMARY: i32 = 10107;
     pub const DUPLICATE_KEY: i32 = 11000;
     pub const LOCATION_40352: i32 = 40352;

@@ -68,6 +68,16 @@ pub struct RetryId {
     pub txn_number: i64,
 }
 
+/// A multi-document transaction's identity: the session (`lsid.id`) and
+/// its `txnNumber`, on every command with `autocommit: false`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnId {
+    pub lsid: Vec<u8>,
+    pub txn_number: i64,
+    /// `startTransaction: true`: the transaction's first command.
+    pub start: bool,
+}
+
 /// `insert`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Insert {
@@ -607,4 +617,58 @@ pub trait Backend: Send + Sync + 'static {
         p: &Self::Principal,
         req: Explain,
     ) -> impl Future<Output = Result<Document, MongoError>> + Send;
+
+    /// Runs `command`, one command of transaction `txn`
+    /// (`autocommit: false`), inside it: its reads and writes belong to
+    /// the transaction. Starts it when `txn.start`. A backend without
+    /// transactions refuses (the default).
+    fn in_transaction<T, F>(
+        &self,
+        p: &Self::Principal,
+        txn: &TxnId,
+        command: F,
+    ) -> impl Future<Output = Result<T, MongoError>> + Send
+    where
+        T: Send,
+        F: Future<Output = Result<T, MongoError>> + Send,
+    {
+        let _ = (p, txn, command);
+        async {
+            Err(MongoError::new(
+                crate::codes::ILLEGAL_OPERATION,
+                "transactions are not supported",
+            ))
+        }
+    }
+
+    /// `commitTransaction`.
+    fn commit_transaction(
+        &self,
+        p: &Self::Principal,
+        txn: &TxnId,
+    ) -> impl Future<Output = Result<(), MongoError>> + Send {
+        let _ = (p, txn);
+        async {
+            Err(MongoError::new(
+                crate::codes::NO_SUCH_TRANSACTION,
+                "transactions are not supported: there is no transaction to commit",
+            ))
+        }
+    }
+
+    /// `abortTransaction`, and the abort of a transaction whose command
+    /// failed.
+    fn abort_transaction(
+        &self,
+        p: &Self::Principal,
+        txn: &TxnId,
+    ) -> impl Future<Output = Result<(), MongoError>> + Send {
+        let _ = (p, txn);
+        async {
+            Err(MongoError::new(
+                crate::codes::NO_SUCH_TRANSACTION,
+                "transactions are not supported: there is no transaction to abort",
+            ))
+        }
+    }
 }

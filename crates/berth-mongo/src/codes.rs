@@ -92,7 +92,13 @@ pub const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 pub const OPERATION_FAILED: i32 = 96;
 pub const COMMAND_NOT_SUPPORTED: i32 = 115;
 pub const DOCUMENT_VALIDATION_FAILURE: i32 = 121;
+pub const WRITE_CONFLICT: i32 = 112;
+pub const CONFLICTING_OPERATION_IN_PROGRESS: i32 = 117;
+pub const TRANSACTION_TOO_OLD: i32 = 225;
 pub const NO_SUCH_TRANSACTION: i32 = 251;
+pub const TRANSACTION_COMMITTED: i32 = 256;
+pub const TRANSACTION_TOO_LARGE: i32 = 257;
+pub const OPERATION_NOT_SUPPORTED_IN_TRANSACTION: i32 = 263;
 pub const MECHANISM_UNAVAILABLE: i32 = 334;
 pub const UNSUPPORTED_OP_QUERY_COMMAND: i32 = 352;
 pub const NOT_WRITABLE_PRIMARY: i32 = 10107;
@@ -140,7 +146,13 @@ pub fn code_name(code: i32) -> Cow<'static, str> {
         OPERATION_FAILED => "OperationFailed",
         COMMAND_NOT_SUPPORTED => "CommandNotSupported",
         DOCUMENT_VALIDATION_FAILURE => "DocumentValidationFailure",
+        WRITE_CONFLICT => "WriteConflict",
+        CONFLICTING_OPERATION_IN_PROGRESS => "ConflictingOperationInProgress",
+        TRANSACTION_TOO_OLD => "TransactionTooOld",
         NO_SUCH_TRANSACTION => "NoSuchTransaction",
+        TRANSACTION_COMMITTED => "TransactionCommitted",
+        TRANSACTION_TOO_LARGE => "TransactionTooLarge",
+        OPERATION_NOT_SUPPORTED_IN_TRANSACTION => "OperationNotSupportedInTransaction",
         MECHANISM_UNAVAILABLE => "MechanismUnavailable",
         UNSUPPORTED_OP_QUERY_COMMAND => "UnsupportedOpQueryCommand",
         NOT_WRITABLE_PRIMARY => "NotWritablePrimary",
@@ -227,7 +239,13 @@ mod tests {
             OPERATION_FAILED,
             COMMAND_NOT_SUPPORTED,
             DOCUMENT_VALIDATION_FAILURE,
+            WRITE_CONFLICT,
+            CONFLICTING_OPERATION_IN_PROGRESS,
+            TRANSACTION_TOO_OLD,
             NO_SUCH_TRANSACTION,
+            TRANSACTION_COMMITTED,
+            TRANSACTION_TOO_LARGE,
+            OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
             MECHANISM_UNAVAILABLE,
             UNSUPPORTED_OP_QUERY_COMMAND,
             NOT_WRITABLE_PRIMARY,

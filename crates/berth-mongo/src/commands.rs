@@ -155,17 +155,121 @@ async fn dispatch<B: Backend>(
                 ));
             };
             let p = p.clone();
-            if cmd.get("startTransaction").is_some_and(auth::truthy)
-                || cmd.get("autocommit").is_some_and(|v| !auth::truthy(v))
-            {
-                return Err(MongoError::new(
+            let b = c.backend;
+            match (name, txn_id(cmd)?) {
+                ("commitTransaction" | "abortTransaction", None) => Err(MongoError::new(
                     codes::ILLEGAL_OPERATION,
-                    "transactions are not supported yet",
-                ));
+                    format!("{name} runs in a transaction: it needs lsid, txnNumber and autocommit: false"),
+                )),
+                ("commitTransaction" | "abortTransaction", Some(_)) if db != "admin" => {
+                    Err(MongoError::new(
+                        codes::UNAUTHORIZED,
+                        format!("{name} may only be run against the admin database"),
+                    ))
+                }
+                ("commitTransaction", Some(txn)) => {
+                    b.commit_transaction(&p, &txn)
+                        .await
+                        .map_err(transaction_error)?;
+                    Ok(Document::new())
+                }
+                ("abortTransaction", Some(txn)) => {
+                    b.abort_transaction(&p, &txn).await?;
+                    Ok(Document::new())
+                }
+                (_, Some(txn)) => {
+                    if !IN_TRANSACTION.contains(&name) {
+                        return Err(MongoError::new(
+                            codes::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+                            format!("Cannot run '{name}' in a multi-document transaction."),
+                        ));
+                    }
+                    let reply = b
+                        .in_transaction(&p, &txn, authenticated(c, &p, db, name, cmd))
+                        .await;
+                    // A failed command (or a write error) aborts its
+                    // transaction, as in MongoDB.
+                    let failed = match &reply {
+                        Ok(d) => d.contains_key("writeErrors"),
+                        Err(e) => e.code != codes::NO_SUCH_TRANSACTION,
+                    };
+                    if failed {
+                        let _ = b.abort_transaction(&p, &txn).await;
+                    }
+                    reply.map_err(transaction_error)
+                }
+                (_, None) => authenticated(c, &p, db, name, cmd).await,
             }
-            authenticated(c, &p, db, name, cmd).await
         }
     }
+}
+
+/// The commands a transaction may run (MongoDB's list, without `count`
+/// and the catalogue changes).
+const IN_TRANSACTION: &[&str] = &[
+    "find",
+    "getMore",
+    "killCursors",
+    "insert",
+    "update",
+    "delete",
+    "findAndModify",
+    "aggregate",
+    "distinct",
+];
+
+/// The transaction a command belongs to: `autocommit: false` with a
+/// session and a `txnNumber`.
+fn txn_id(cmd: &Document) -> Result<Option<TxnId>, MongoError> {
+    let start = cmd.get("startTransaction").is_some_and(auth::truthy);
+    match cmd.get("autocommit") {
+        None if start => {
+            return Err(MongoError::new(
+                codes::INVALID_OPTIONS,
+                "startTransaction needs autocommit: false",
+            ))
+        }
+        None => return Ok(None),
+        Some(Bson::Boolean(false)) => {}
+        Some(_) => {
+            return Err(MongoError::new(
+                codes::INVALID_OPTIONS,
+                "autocommit may only be given as false",
+            ))
+        }
+    }
+    let lsid = match cmd.get_document("lsid").ok().and_then(|l| l.get("id")) {
+        Some(Bson::Binary(b)) => b.bytes.clone(),
+        _ => {
+            return Err(MongoError::new(
+                codes::INVALID_OPTIONS,
+                "a transaction needs a session (lsid with an id)",
+            ))
+        }
+    };
+    let txn_number = cmd.get("txnNumber").and_then(as_i64).ok_or_else(|| {
+        MongoError::new(
+            codes::INVALID_OPTIONS,
+            "a transaction needs a txnNumber (a long)",
+        )
+    })?;
+    Ok(Some(TxnId {
+        lsid,
+        txn_number,
+        start,
+    }))
+}
+
+/// A transaction's error as drivers expect it: a conflict or a lost
+/// transaction is labelled `TransientTransactionError`, so the driver
+/// (`with_transaction`) runs the whole transaction again.
+fn transaction_error(e: MongoError) -> MongoError {
+    if e.code != codes::WRITE_CONFLICT && e.code != codes::NO_SUCH_TRANSACTION {
+        return e;
+    }
+    let mut info = e.info.as_deref().cloned().unwrap_or_default();
+    info.insert("errorLabels", vec!["TransientTransactionError"]);
+    e.with_info(info)
 }
 
 async fn authenticated<B: Backend>(
@@ -486,14 +590,6 @@ async fn authenticated<B: Backend>(
             };
             b.explain(p, Explain { verbosity, command }).await
         }
-        "commitTransaction" => Err(MongoError::new(
-            codes::ILLEGAL_OPERATION,
-            "transactions are not supported yet",
-        )),
-        "abortTransaction" => Err(MongoError::new(
-            codes::NO_SUCH_TRANSACTION,
-            "transactions are not supported yet: there is no transaction to abort",
-        )),
         "getCmdLineOpts" => Ok(doc! {"argv": [], "parsed": {}}),
         "serverStatus" => {
             let up = c.started.elapsed();
@@ -1039,6 +1135,10 @@ fn retry_id(a: &Args<'_>) -> Result<Option<RetryId>, MongoError> {
     let Some(txn) = a.cmd.get("txnNumber") else {
         return Ok(None);
     };
+    if a.cmd.contains_key("autocommit") {
+        // The number of a transaction, not of a retryable write.
+        return Ok(None);
+    }
     let txn_number = as_i64(txn).ok_or_else(|| a.wrong_type("txnNumber", txn, "long"))?;
     let lsid = match a.cmd.get_document("lsid").ok().and_then(|l| l.get("id")) {
         Some(Bson::Binary(b)) => b.bytes.clone(),

@@ -52,8 +52,13 @@
 //!   an answer's write by `conn::WRITE_MS_MAX`, reads by the client's
 //!   `maxTimeMS`, shutdown by [`SHUTDOWN_GRACE_MS`].
 //!
-//! Not offered: transactions (`startTransaction` gets IllegalOperation),
-//! SCRAM-SHA-1 (it needs an MD5 digest of the password), X.509 and other
+//! Transactions: a command with `autocommit: false` runs through
+//! `Backend::in_transaction` (only those MongoDB allows in one; others get
+//! 263), `commitTransaction` and `abortTransaction` reach the backend, a
+//! failed command or write error aborts its transaction, and WriteConflict
+//! and NoSuchTransaction carry the `TransientTransactionError` label.
+//!
+//! Not offered: SCRAM-SHA-1 (it needs an MD5 digest of the password), X.509 and other
 //! mechanisms, the streaming `hello` (no `topologyVersion`: drivers poll),
 //! exhaust cursors (`exhaustAllowed` is ignored), tailable cursors, the
 //! legacy opcodes other than OP_QUERY on `$cmd`. Change streams are

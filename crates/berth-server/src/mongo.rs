@@ -8,6 +8,7 @@
 //! that path, in any database.
 
 mod changes;
+mod txns;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -41,6 +42,12 @@ const CURSOR_IDLE: Duration = Duration::from_secs(600);
 const CURSORS_MAX: usize = 10_000;
 /// Documents read per page of a streamed scan.
 const SCAN_PAGE: usize = 256;
+
+/// The table bound to the running command's transaction, if any.
+fn in_txn(mut t: TableRef) -> TableRef {
+    t.txn = txns::current();
+    t
+}
 
 /// What a cursor still has to give.
 enum Rest {
@@ -77,6 +84,7 @@ pub struct TablesBackend {
     meta: Arc<Meta>,
     root: String,
     cursors: Mutex<HashMap<i64, Cursor>>,
+    txns: txns::Transactions,
 }
 
 impl TablesBackend {
@@ -86,6 +94,7 @@ impl TablesBackend {
             meta,
             root: root.trim_end_matches('/').to_string(),
             cursors: Mutex::new(HashMap::new()),
+            txns: txns::Transactions::default(),
         }
     }
 
@@ -116,7 +125,7 @@ impl TablesBackend {
     ) -> Result<Option<TableRef>, MongoError> {
         let path = self.path(ns)?;
         match self.tables.open(p, &path, right).await {
-            Ok(t) => Ok(Some(t)),
+            Ok(t) => Ok(Some(in_txn(t))),
             Err(e)
                 if e.code == codes::NAMESPACE_NOT_FOUND && !e.message.contains("not a table") =>
             {
@@ -124,6 +133,15 @@ impl TablesBackend {
             }
             Err(e) => Err(mongo(e)),
         }
+    }
+
+    /// Opens the table of a collection, creating it (and its database)
+    /// when missing, as MongoDB's first insert does. A table created by a
+    /// command in a transaction stays when the transaction aborts.
+    async fn open_or_create(&self, p: &Principal, ns: &Namespace) -> Result<TableRef, MongoError> {
+        let path = self.path(ns)?;
+        let t = self.tables.open_or_create(p, &path).await.map_err(mongo)?;
+        Ok(in_txn(t))
     }
 
     /// A new cursor for `rest` (0 when it has nothing left).
@@ -390,11 +408,7 @@ impl TablesBackend {
             merge.db.clone().unwrap_or_else(|| db.to_string()),
             merge.coll.clone(),
         );
-        let t = self
-            .tables
-            .open_or_create(p, &self.path(&ns)?)
-            .await
-            .map_err(mongo)?;
+        let t = self.open_or_create(p, &ns).await?;
         if merge.on != ["_id"] {
             // MongoDB's rule: `on` must be backed by a unique index with
             // exactly these fields, so a result matches at most one.
@@ -489,11 +503,7 @@ impl TablesBackend {
         let filter = Filter::parse_with(&st.q, vars).map_err(mongo)?;
         let change = self.change(&st.u, st.array_filters.as_deref().unwrap_or(&[]), vars)?;
         let t = match st.upsert {
-            true => self
-                .tables
-                .open_or_create(p, &self.path(ns)?)
-                .await
-                .map_err(mongo)?,
+            true => self.open_or_create(p, ns).await?,
             false => match self.open(p, ns, Right::Write).await? {
                 Some(t) => t,
                 None => return Ok(Default::default()),
@@ -813,8 +823,7 @@ impl Backend for TablesBackend {
     }
 
     async fn insert(&self, p: &Principal, req: Insert) -> Result<WriteResult, MongoError> {
-        let path = self.path(&req.ns)?;
-        let t = self.tables.open_or_create(p, &path).await.map_err(mongo)?;
+        let t = self.open_or_create(p, &req.ns).await?;
         let stmt = req.retry.as_ref().map(|r| Stmt {
             lsid: &r.lsid,
             txn_number: r.txn_number,
@@ -1118,6 +1127,12 @@ impl Backend for TablesBackend {
                     .await?
             }
         };
+        if txns::current().is_some() && (pipeline.out().is_some() || pipeline.merge().is_some()) {
+            return Err(MongoError::new(
+                codes::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+                "$out and $merge cannot be used in a transaction",
+            ));
+        }
         let docs = self
             .run_pipeline(p, &req.db, input, &pipeline, stages)
             .await?;
@@ -1241,11 +1256,7 @@ impl Backend for TablesBackend {
                     self.change(update, req.array_filters.as_deref().unwrap_or(&[]), &vars)?;
                 let t = match (table, upsert) {
                     (Some(t), _) => t,
-                    (None, true) => self
-                        .tables
-                        .open_or_create(p, &self.path(&req.ns)?)
-                        .await
-                        .map_err(mongo)?,
+                    (None, true) => self.open_or_create(p, &req.ns).await?,
                     (None, false) => return Ok(FindAndModifyResult::default()),
                 };
                 let (f, q) = match &target {
@@ -1622,6 +1633,28 @@ impl Backend for TablesBackend {
             }
         }
         Ok(out)
+    }
+
+    async fn in_transaction<T, F>(
+        &self,
+        p: &Principal,
+        txn: &TxnId,
+        command: F,
+    ) -> Result<T, MongoError>
+    where
+        T: Send,
+        F: std::future::Future<Output = Result<T, MongoError>> + Send,
+    {
+        let t = self.txns.enter(p, txn).await?;
+        txns::scope(t, command).await
+    }
+
+    async fn commit_transaction(&self, p: &Principal, txn: &TxnId) -> Result<(), MongoError> {
+        self.txns.commit(p, txn).await
+    }
+
+    async fn abort_transaction(&self, p: &Principal, txn: &TxnId) -> Result<(), MongoError> {
+        self.txns.abort(p, txn).await
     }
 
     async fn explain(&self, p: &Principal, req: Explain) -> Result<Document, MongoError> {

@@ -487,18 +487,36 @@ async fn commands_need_authentication() {
         users,
         vec![Bson::Document(doc! {"user": "alice", "db": "admin"})]
     );
-    // Transactions are refused, clearly.
+    // A transaction needs a session; a backend without transactions
+    // refuses them, clearly.
     let d = c
         .cmd(
             "t",
             doc! {"find": "c", "startTransaction": true, "autocommit": false, "txnNumber": 1i64},
         )
         .await;
+    assert_eq!(code(&d), 72);
+    let lsid =
+        doc! {"id": bson::Binary {subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![7; 16]}};
+    let d = c
+        .cmd(
+            "t",
+            doc! {"find": "c", "startTransaction": true, "autocommit": false, "txnNumber": 1i64, "lsid": lsid.clone()},
+        )
+        .await;
     assert_eq!(code(&d), 20);
     assert!(d
         .get_str("errmsg")
         .unwrap()
-        .contains("transactions are not supported yet"));
+        .contains("transactions are not supported"));
+    // Only some commands run in a transaction.
+    let d = c
+        .cmd(
+            "t",
+            doc! {"listCollections": 1, "autocommit": false, "txnNumber": 1i64, "lsid": lsid},
+        )
+        .await;
+    assert_eq!(code(&d), 263);
     s.stop().await;
 }
 

@@ -70,6 +70,16 @@ fn pymongo_crud_with_a_ticket_over_plain() {
 }
 
 #[test]
+fn pymongo_transactions_commit_all_or_nothing_and_retry_conflicts() {
+    if !have("pymongo", python_has("pymongo")) {
+        return;
+    }
+    let s = TestServer::start();
+    let (ok, text) = pymongo(&s, "transactions", "admin", &admin_ticket(&s), "PLAIN");
+    assert!(ok, "{text}\n{}", s.log());
+}
+
+#[test]
 fn pymongo_indexes_serve_queries_and_hold_unique_keys() {
     if !have("pymongo", python_has("pymongo")) {
         return;

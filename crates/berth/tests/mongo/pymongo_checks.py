@@ -3,7 +3,8 @@ application would use it. Usage:
 
     pymongo_checks.py CHECK --port P --ca CA --user U --password PW [--mechanism M]
 
-CHECK is one of: crud, indexes, seed (a document in shop.private), denied. Prints what failed and exits 1 on failure.
+CHECK is one of: crud, indexes, seed (a document in shop.private), denied,
+transactions. Prints what failed and exits 1 on failure.
 """
 
 import argparse
@@ -249,16 +250,114 @@ def denied(a):
     print("ok")
 
 
+def transactions(a):
+    """Multi-document transactions: all or nothing, isolated until
+    commit, conflicts retried by with_transaction, errors abort."""
+    import threading
+
+    from pymongo.errors import PyMongoError
+
+    c = client(a)
+    db = c["bank"]
+    acc = db["accounts"]
+    acc.drop()
+    acc.insert_many([{"_id": "alice", "n": 100}, {"_id": "bob", "n": 0}])
+
+    # Commit: both writes appear together, not before.
+    with c.start_session() as s:
+        with s.start_transaction():
+            acc.update_one({"_id": "alice"}, {"$inc": {"n": -30}}, session=s)
+            acc.update_one({"_id": "bob"}, {"$inc": {"n": 30}}, session=s)
+            acc.insert_one({"_id": "log1", "what": "alice->bob 30"}, session=s)
+            inside = acc.find_one({"_id": "bob"}, session=s)
+            check(inside["n"] == 30, f"the transaction reads its own write {inside}")
+            check(acc.find_one({"_id": "bob"})["n"] == 0, "a write seen before commit")
+            check(acc.find_one({"_id": "log1"}) is None, "an insert seen before commit")
+            n = acc.count_documents({}, session=s)
+            check(n == 3, f"count_documents in the transaction: {n}")
+    check(acc.find_one({"_id": "alice"})["n"] == 70, "committed debit")
+    check(acc.find_one({"_id": "bob"})["n"] == 30, "committed credit")
+    check(acc.find_one({"_id": "log1"}) is not None, "committed insert")
+
+    # Abort: nothing stays.
+    with c.start_session() as s:
+        s.start_transaction()
+        acc.delete_many({}, session=s)
+        check(acc.count_documents({}, session=s) == 0, "deleted inside")
+        s.abort_transaction()
+    check(acc.count_documents({}) == 3, "an aborted transaction left changes")
+
+    # An error inside aborts the transaction; the commit then fails.
+    with c.start_session() as s:
+        s.start_transaction()
+        acc.insert_one({"_id": "log2"}, session=s)
+        try:
+            acc.insert_one({"_id": "alice"}, session=s)
+            check(False, "a duplicate _id was accepted in a transaction")
+        except DuplicateKeyError:
+            pass
+        try:
+            s.commit_transaction()
+            check(False, "a transaction whose write failed committed")
+        except OperationFailure as e:
+            check(e.code == 251, f"commit after a failed write: {e.code} {e}")
+        except PyMongoError:
+            pass
+    check(acc.find_one({"_id": "log2"}) is None, "a failed transaction's insert stayed")
+
+    # Commands a transaction cannot run are refused in its terms.
+    with c.start_session() as s:
+        s.start_transaction()
+        try:
+            db.command("count", "accounts", session=s)
+            check(False, "count ran in a transaction")
+        except OperationFailure as e:
+            check(e.code == 263, f"count in a transaction: {e.code}")
+        s.abort_transaction()
+
+    # Conflicting transactions: with_transaction retries the loser; no
+    # increment is lost.
+    acc.insert_one({"_id": "counter", "n": 0})
+    per_thread = 15
+
+    def bump():
+        cl = client(a)
+        with cl.start_session() as s:
+            for _ in range(per_thread):
+                s.with_transaction(
+                    lambda ss: cl["bank"]["accounts"].update_one(
+                        {"_id": "counter"}, {"$inc": {"n": 1}}, session=ss
+                    )
+                )
+
+    threads = [threading.Thread(target=bump) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    n = acc.find_one({"_id": "counter"})["n"]
+    check(n == 3 * per_thread, f"conflicting transactions lost increments: {n}")
+    acc.drop()
+    print("ok")
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("check", choices=["crud", "indexes", "seed", "denied"])
+    p.add_argument("check", choices=["crud", "indexes", "seed", "denied", "transactions"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--ca", required=True)
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
     p.add_argument("--mechanism", default="SCRAM-SHA-256")
     a = p.parse_args()
-    {"crud": crud, "indexes": indexes, "seed": seed, "denied": denied}[a.check](a)
+    checks = {
+        "crud": crud,
+        "indexes": indexes,
+        "seed": seed,
+        "denied": denied,
+        "transactions": transactions,
+    }
+    checks[a.check](a)
 
 
 if __name__ == "__main__":
