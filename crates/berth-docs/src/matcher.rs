@@ -96,6 +96,30 @@ impl Filter {
         self.root.collect_equalities(&mut found);
         found
     }
+
+    /// Whether the filter has no condition (`{}`): every document matches.
+    pub fn matches_all(&self) -> bool {
+        match &self.root {
+            Node::And(children) => children.is_empty(),
+            Node::Const(c) => *c,
+            _ => false,
+        }
+    }
+
+    /// The `_id`s a matching document may have, when the filter requires
+    /// `_id` to equal a value or to be `$in` a list (without regexes):
+    /// those documents can be read by key instead of by a scan. `None`:
+    /// any `_id` may match.
+    pub fn id_candidates(&self) -> Option<Vec<Bson>> {
+        let children = match &self.root {
+            Node::And(children) => children.as_slice(),
+            one => std::slice::from_ref(one),
+        };
+        children.iter().find_map(|c| match c {
+            Node::Field { dotted, cond, .. } if dotted == "_id" => cond.id_candidates(),
+            _ => None,
+        })
+    }
 }
 
 /// A node of the filter tree: logical operators over conditions on paths.
@@ -229,6 +253,23 @@ impl Node {
 }
 
 impl Cond {
+    /// The values an `_id` satisfying this condition can have, when they
+    /// are a finite list.
+    fn id_candidates(&self) -> Option<Vec<Bson>> {
+        match self {
+            Cond::Any(Leaf::Cmp(CmpOp::Eq, v)) => Some(vec![v.clone()]),
+            Cond::Any(Leaf::In(set)) if set.regexes.is_empty() => {
+                let mut values = set.sorted.clone();
+                if set.null {
+                    values.push(Bson::Null);
+                }
+                Some(values)
+            }
+            Cond::All(conds) => conds.iter().find_map(Cond::id_candidates),
+            _ => None,
+        }
+    }
+
     fn collect_equalities(&self, dotted: &str, found: &mut Vec<(String, Bson)>) {
         match self {
             Cond::Any(Leaf::Cmp(CmpOp::Eq, v)) => found.push((dotted.to_owned(), v.clone())),
@@ -2686,5 +2727,34 @@ mod tests {
             prop_assert_eq!(matches(doc! {"a": {"$gt": x.clone()}}, d.clone()), any_gt);
             prop_assert_eq!(matches(doc! {"a": {"$not": {"$gt": x.clone()}}}, d), !any_gt);
         }
+    }
+
+    #[test]
+    fn id_candidates_are_the_ids_a_filter_pins() {
+        let ids = |f: Document| Filter::parse(&f).unwrap().id_candidates();
+        assert_eq!(ids(doc! {"_id": 5}), Some(vec![Bson::Int32(5)]));
+        assert_eq!(
+            ids(doc! {"a": 1, "_id": {"$eq": "x"}}),
+            Some(vec![Bson::String("x".into())])
+        );
+        assert_eq!(
+            ids(doc! {"_id": {"$in": [2, 1, null]}}).map(|v| v.len()),
+            Some(3)
+        );
+        assert_eq!(ids(doc! {"$and": [{"_id": 1}]}), Some(vec![Bson::Int32(1)]));
+        assert_eq!(ids(doc! {"_id": {"$gt": 1}}), None);
+        let re = Bson::RegularExpression(bson::Regex {
+            pattern: "a".try_into().unwrap(),
+            options: "".try_into().unwrap(),
+        });
+        assert_eq!(ids(doc! {"_id": {"$in": [1, re]}}), None);
+        assert_eq!(ids(doc! {"_id": {"$ne": 1}}), None);
+        assert_eq!(ids(doc! {"$or": [{"_id": 1}, {"_id": 2}]}), None);
+        assert_eq!(ids(doc! {"a": 1}), None);
+        assert!(Filter::parse(&doc! {}).unwrap().matches_all());
+        assert!(Filter::parse(&doc! {"$comment": "x"})
+            .unwrap()
+            .matches_all());
+        assert!(!Filter::parse(&doc! {"a": 1}).unwrap().matches_all());
     }
 }

@@ -48,6 +48,8 @@ pub const CONFIG_FORMAT: u32 = 1;
 pub const DOC_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Documents read per page of a scan.
 pub const SCAN_PAGE: usize = 256;
+/// Keys read per page when counting a whole table.
+const COUNT_PAGE: usize = 4096;
 /// Bytes of documents one insert transaction carries at most (a batch is
 /// split into transactions of about this size).
 const INSERT_TXN_BYTES: usize = 4 * 1024 * 1024;
@@ -832,9 +834,94 @@ impl Tables {
         Ok((out, more))
     }
 
+    /// How many documents match `filter`, after skipping `skip`, at most
+    /// `limit` (0: no limit), without holding them: an empty filter counts
+    /// keys (no document is read), one pinning `_id` reads those keys,
+    /// any other reads the table page by page.
+    pub async fn count(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        filter: &Filter,
+        skip: u64,
+        limit: u64,
+    ) -> Result<u64, DocError> {
+        authorize(p, t, Right::Read)?;
+        let clamp = |n: u64| {
+            let n = n.saturating_sub(skip);
+            if limit > 0 {
+                n.min(limit)
+            } else {
+                n
+            }
+        };
+        if let Some(ids) = filter.id_candidates() {
+            let found = self.by_ids(p, t, &ids).await?;
+            return Ok(clamp(
+                found.iter().filter(|(_, d)| filter.matches(d)).count() as u64,
+            ));
+        }
+        let (start, end) = t.doc_range();
+        let enough = (limit > 0).then(|| skip.saturating_add(limit));
+        let mut from = start;
+        let mut n = 0u64;
+        if filter.matches_all() {
+            loop {
+                let tx = self.work(t).await?;
+                let keys = tx
+                    .peek_keys(&from, &end, COUNT_PAGE)
+                    .await
+                    .map_err(from_meta)?;
+                n += keys.len() as u64;
+                match keys.last() {
+                    Some(k) if keys.len() == COUNT_PAGE && enough.is_none_or(|e| n < e) => {
+                        from = k.clone();
+                        from.push(0);
+                    }
+                    _ => return Ok(clamp(n)),
+                }
+            }
+        }
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (page, more) = self.page(p, t, after.as_deref(), SCAN_PAGE).await?;
+            if let Some((k, _)) = page.last() {
+                after = Some(k.clone());
+            }
+            n += page.iter().filter(|(_, d)| filter.matches(d)).count() as u64;
+            if !more || enough.is_some_and(|e| n >= e) {
+                return Ok(clamp(n));
+            }
+        }
+    }
+
+    /// The documents whose `_id` is one of `ids` (a filter's
+    /// [`Filter::id_candidates`]), read by key, in `_id` order, with their
+    /// keys. The caller still applies its filter.
+    pub async fn by_ids(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        ids: &[Bson],
+    ) -> Result<Vec<(Vec<u8>, Document)>, DocError> {
+        authorize(p, t, Right::Read)?;
+        let mut keys: Vec<Vec<u8>> = ids.iter().map(|id| t.doc_key(id)).collect();
+        keys.sort();
+        keys.dedup();
+        let tx = self.work(t).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(raw) = tx.peek(&k).await.map_err(from_meta)? {
+                out.push((k, decode_doc(&raw)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// The documents matching `filter`, in `_id` order, at most `limit`
     /// (0: all) after skipping `skip` matches: for callers that need a
-    /// whole result (count, distinct, updates by filter).
+    /// whole result (count, distinct, updates by filter). A filter that
+    /// pins `_id` reads those documents by key.
     pub async fn select(
         &self,
         p: &Principal,
@@ -845,6 +932,21 @@ impl Tables {
     ) -> Result<Vec<(Vec<u8>, Document, MatchDetails)>, DocError> {
         let mut out = Vec::new();
         let mut skipped = 0;
+        if let Some(ids) = filter.id_candidates() {
+            for (k, d) in self.by_ids(p, t, &ids).await? {
+                if let Some(m) = filter.match_details(&d) {
+                    if skipped < skip {
+                        skipped += 1;
+                        continue;
+                    }
+                    out.push((k, d, m));
+                    if limit > 0 && out.len() as u64 >= limit {
+                        break;
+                    }
+                }
+            }
+            return Ok(out);
+        }
         let mut after: Option<Vec<u8>> = None;
         loop {
             let (page, more) = self.page(p, t, after.as_deref(), SCAN_PAGE).await?;
@@ -1020,86 +1122,94 @@ impl Tables {
         authorize(p, t, Right::Write)?;
         let mark = stmt.map(|s| s.key(t.vol.id));
         let mut out = UpdateOutcome::default();
-        let limit = if multi { 0 } else { 1 };
-        let matched = self.select(p, t, filter, 0, limit).await?;
-        for (key, _, _) in matched {
-            for attempt in 0..TX_RETRIES_MAX {
-                backoff(attempt).await;
-                let mut tx = self.work(t).await?;
-                let config = read_config(&mut tx, t).await?;
-                let Some(raw) = tx.get(&key).await.map_err(from_meta)? else {
-                    break; // deleted meanwhile
-                };
-                let before = decode_doc(&raw)?;
-                let Some(details) = filter.match_details(&before) else {
-                    break; // no longer matches
-                };
-                let mut after = before.clone();
-                let ctx = ApplyContext {
-                    now,
-                    positional: details.array_index,
-                    inserting: false,
-                };
-                let changed = update(&mut after, &ctx)?;
-                if changed {
-                    if after.get("_id") != before.get("_id") {
-                        return Err(DocError::new(
+        let mut after = None;
+        'pages: loop {
+            let (keys, more) = self.match_page(p, t, filter, &mut after).await?;
+            for key in keys {
+                for attempt in 0..TX_RETRIES_MAX {
+                    backoff(attempt).await;
+                    let mut tx = self.work(t).await?;
+                    let config = read_config(&mut tx, t).await?;
+                    let Some(raw) = tx.get(&key).await.map_err(from_meta)? else {
+                        break; // deleted meanwhile
+                    };
+                    let before = decode_doc(&raw)?;
+                    let Some(details) = filter.match_details(&before) else {
+                        break; // no longer matches
+                    };
+                    let mut after = before.clone();
+                    let ctx = ApplyContext {
+                        now,
+                        positional: details.array_index,
+                        inserting: false,
+                    };
+                    let changed = update(&mut after, &ctx)?;
+                    if changed {
+                        if after.get("_id") != before.get("_id") {
+                            return Err(DocError::new(
                             codes::IMMUTABLE_FIELD,
                             "Performing an update on the path '_id' would modify the immutable field '_id'",
                         ));
+                        }
+                        let value = encode_doc(&after)?;
+                        let id_enc = id_encoding(after.get("_id"));
+                        write_indexes(
+                            &mut tx,
+                            t,
+                            &config,
+                            &id_enc,
+                            Some(&before),
+                            Some(&after),
+                            &mut HashMap::new(),
+                        )
+                        .await?;
+                        tx.put(key.clone(), value);
+                        let id = after.get("_id").cloned().unwrap_or(Bson::Null);
+                        if replacement {
+                            record(&mut tx, t, OpType::Replace, &id, Some(&after), None)?;
+                        } else {
+                            let desc = changes::update_description(&before, &after);
+                            record(&mut tx, t, OpType::Update, &id, Some(&after), Some(desc))?;
+                        }
                     }
-                    let value = encode_doc(&after)?;
-                    let id_enc = id_encoding(after.get("_id"));
-                    write_indexes(
-                        &mut tx,
-                        t,
-                        &config,
-                        &id_enc,
-                        Some(&before),
-                        Some(&after),
-                        &mut HashMap::new(),
-                    )
-                    .await?;
-                    tx.put(key.clone(), value);
-                    let id = after.get("_id").cloned().unwrap_or(Bson::Null);
-                    if replacement {
-                        record(&mut tx, t, OpType::Replace, &id, Some(&after), None)?;
-                    } else {
-                        let desc = changes::update_description(&before, &after);
-                        record(&mut tx, t, OpType::Update, &id, Some(&after), Some(desc))?;
+                    if let Some(m) = &mark {
+                        if tx.get(m).await.map_err(from_meta)?.is_some() {
+                            // A concurrent try of the same statement applied it.
+                            return Err(transient("the statement is being retried concurrently"));
+                        }
+                        let done = retry::Outcome {
+                            n: 1,
+                            modified: u64::from(changed),
+                            upserted: None,
+                            image: stmt.filter(|s| s.image).map(|_| {
+                                if return_new {
+                                    after.clone()
+                                } else {
+                                    before.clone()
+                                }
+                            }),
+                        };
+                        put_mark(&mut tx, t, stmt, m.clone(), done, now);
                     }
-                }
-                if let Some(m) = &mark {
-                    if tx.get(m).await.map_err(from_meta)?.is_some() {
-                        // A concurrent try of the same statement applied it.
-                        return Err(transient("the statement is being retried concurrently"));
-                    }
-                    let done = retry::Outcome {
-                        n: 1,
-                        modified: u64::from(changed),
-                        upserted: None,
-                        image: stmt.filter(|s| s.image).map(|_| {
-                            if return_new {
-                                after.clone()
-                            } else {
-                                before.clone()
+                    match tx.commit().await? {
+                        Commit::Done(_) => {
+                            out.matched += 1;
+                            out.modified += u64::from(changed);
+                            out.document = Some(if return_new { after } else { before });
+                            if !multi {
+                                break 'pages;
                             }
-                        }),
-                    };
-                    put_mark(&mut tx, t, stmt, m.clone(), done, now);
-                }
-                match tx.commit().await? {
-                    Commit::Done(_) => {
-                        out.matched += 1;
-                        out.modified += u64::from(changed);
-                        out.document = Some(if return_new { after } else { before });
-                        break;
+                            break;
+                        }
+                        Commit::Conflict if attempt + 1 == TX_RETRIES_MAX => {
+                            return Err(transient("too much contention on the document; retry"))
+                        }
+                        Commit::Conflict => continue,
                     }
-                    Commit::Conflict if attempt + 1 == TX_RETRIES_MAX => {
-                        return Err(transient("too much contention on the document; retry"))
-                    }
-                    Commit::Conflict => continue,
                 }
+            }
+            if !more {
+                break;
             }
         }
         if out.matched == 0 && upsert {
@@ -1153,15 +1263,16 @@ impl Tables {
     }
 
     /// Deletes the documents matching `filter` (the first only with
-    /// `one`), each in a transaction conditional on it being unchanged.
-    /// Returns the deleted documents.
+    /// `one`), each in a transaction conditional on it being unchanged,
+    /// reading the table a page at a time. Returns how many, and the first
+    /// deleted document.
     pub async fn delete(
         &self,
         p: &Principal,
         t: &TableRef,
         filter: &Filter,
         one: bool,
-    ) -> Result<Vec<Document>, DocError> {
+    ) -> Result<(u64, Option<Document>), DocError> {
         self.delete_with(p, t, filter, one, None).await
     }
 
@@ -1179,10 +1290,12 @@ impl Tables {
         if let Some(o) = self.retried(t, &stmt).await? {
             return Ok((o.n, o.image));
         }
-        let deleted = self.delete_with(p, t, filter, true, Some(stmt)).await?;
-        Ok((deleted.len() as u64, deleted.into_iter().next()))
+        self.delete_with(p, t, filter, true, Some(stmt)).await
     }
 
+    /// Deletes the documents matching `filter` (the first only with
+    /// `one`), each in its own transaction, re-read and matched again
+    /// there: returns how many, and the first as it was deleted.
     async fn delete_with(
         &self,
         p: &Principal,
@@ -1190,73 +1303,107 @@ impl Tables {
         filter: &Filter,
         one: bool,
         stmt: Option<Stmt<'_>>,
-    ) -> Result<Vec<Document>, DocError> {
+    ) -> Result<(u64, Option<Document>), DocError> {
         authorize(p, t, Right::Write)?;
         let mark = stmt.map(|s| s.key(t.vol.id));
-        let mut deleted = Vec::new();
-        'docs: loop {
-            let matched = self
-                .select(p, t, filter, 0, if one { 1 } else { 0 })
-                .await?;
-            if matched.is_empty() {
-                return Ok(deleted);
-            }
-            let mut raced = false;
-            for (key, doc, _) in matched {
-                let mut tx = self.work(t).await?;
-                let Some(raw) = tx.get(&key).await.map_err(from_meta)? else {
-                    raced = true;
-                    continue;
-                };
-                let now = decode_doc(&raw)?;
-                if !filter.matches(&now) {
-                    raced = true;
-                    continue;
-                }
-                let config = read_config(&mut tx, t).await?;
-                let id_enc = id_encoding(now.get("_id"));
-                write_indexes(
-                    &mut tx,
-                    t,
-                    &config,
-                    &id_enc,
-                    Some(&now),
-                    None,
-                    &mut HashMap::new(),
-                )
-                .await?;
-                tx.delete(key);
-                let id = now.get("_id").cloned().unwrap_or(Bson::Null);
-                record(&mut tx, t, OpType::Delete, &id, None, None)?;
-                if let Some(m) = &mark {
-                    if tx.get(m).await.map_err(from_meta)?.is_some() {
-                        return Err(transient("the statement is being retried concurrently"));
-                    }
-                    let done = retry::Outcome {
-                        n: 1,
-                        image: stmt.filter(|s| s.image).map(|_| now.clone()),
-                        ..Default::default()
+        let (mut n, mut first) = (0u64, None);
+        let mut after = None;
+        loop {
+            let (keys, more) = self.match_page(p, t, filter, &mut after).await?;
+            for key in keys {
+                for attempt in 0..TX_RETRIES_MAX {
+                    backoff(attempt).await;
+                    let mut tx = self.work(t).await?;
+                    let Some(raw) = tx.get(&key).await.map_err(from_meta)? else {
+                        break; // deleted meanwhile
                     };
-                    put_mark(&mut tx, t, stmt, m.clone(), done, bson::DateTime::now());
-                }
-                match tx.commit().await? {
-                    Commit::Done(_) => {
-                        deleted.push(doc);
-                        if one {
-                            return Ok(deleted);
-                        }
+                    let now = decode_doc(&raw)?;
+                    if !filter.matches(&now) {
+                        break; // no longer matches
                     }
-                    Commit::Conflict => raced = true,
+                    let config = read_config(&mut tx, t).await?;
+                    let id_enc = id_encoding(now.get("_id"));
+                    write_indexes(
+                        &mut tx,
+                        t,
+                        &config,
+                        &id_enc,
+                        Some(&now),
+                        None,
+                        &mut HashMap::new(),
+                    )
+                    .await?;
+                    tx.delete(key.clone());
+                    let id = now.get("_id").cloned().unwrap_or(Bson::Null);
+                    record(&mut tx, t, OpType::Delete, &id, None, None)?;
+                    if let Some(m) = &mark {
+                        if tx.get(m).await.map_err(from_meta)?.is_some() {
+                            return Err(transient("the statement is being retried concurrently"));
+                        }
+                        let done = retry::Outcome {
+                            n: 1,
+                            image: stmt.filter(|s| s.image).map(|_| now.clone()),
+                            ..Default::default()
+                        };
+                        put_mark(&mut tx, t, stmt, m.clone(), done, bson::DateTime::now());
+                    }
+                    match tx.commit().await? {
+                        Commit::Done(_) => {
+                            n += 1;
+                            first = first.or(Some(now));
+                            if one {
+                                return Ok((n, first));
+                            }
+                            break;
+                        }
+                        Commit::Conflict if attempt + 1 == TX_RETRIES_MAX => {
+                            return Err(transient("too much contention on the document; retry"))
+                        }
+                        Commit::Conflict => continue,
+                    }
                 }
             }
-            if !raced || one && !deleted.is_empty() {
-                return Ok(deleted);
-            }
-            if deleted.len() > 1_000_000 {
-                break 'docs;
+            if !more {
+                return Ok((n, first));
             }
         }
-        Ok(deleted)
+    }
+
+    /// The keys of the next documents that match `filter`, after `after`
+    /// (updated to where the page ended), and whether more may follow: the
+    /// pinned `_id`s' documents in one page, else a page of the table.
+    /// A write of a matched document keeps its key, so writing as pages
+    /// are read visits each document once.
+    async fn match_page(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        filter: &Filter,
+        after: &mut Option<Vec<u8>>,
+    ) -> Result<(Vec<Vec<u8>>, bool), DocError> {
+        if let Some(ids) = filter.id_candidates() {
+            if after.is_some() {
+                return Ok((Vec::new(), false));
+            }
+            *after = Some(Vec::new());
+            let found = self.by_ids(p, t, &ids).await?;
+            let keys = found
+                .into_iter()
+                .filter(|(_, d)| filter.matches(d))
+                .map(|(k, _)| k)
+                .collect();
+            return Ok((keys, false));
+        }
+        let (page, more) = self.page(p, t, after.as_deref(), SCAN_PAGE).await?;
+        if let Some((k, _)) = page.last() {
+            *after = Some(k.clone());
+        }
+        let keys = page
+            .into_iter()
+            .filter(|(_, d)| filter.matches(d))
+            .map(|(k, _)| k)
+            .collect();
+        Ok((keys, more))
     }
 
     /// Creates indexes from `createIndexes` specs (write right, as

@@ -10,7 +10,7 @@
 mod changes;
 mod txns;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,8 @@ const MEMORY_BYTES_MAX: usize = 100 * 1024 * 1024;
 const CURSOR_IDLE: Duration = Duration::from_secs(600);
 /// Open cursors per node.
 const CURSORS_MAX: usize = 10_000;
+/// Bytes of values a `distinct` answers at most (MongoDB's 16 MiB).
+const DISTINCT_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Documents read per page of a streamed scan.
 const SCAN_PAGE: usize = 256;
 
@@ -290,6 +292,9 @@ impl TablesBackend {
         t: &TableRef,
         filter: &Filter,
     ) -> Result<Vec<Document>, MongoError> {
+        if let Some(ids) = filter.id_candidates() {
+            return self.by_ids(p, t, &ids, filter).await;
+        }
         let mut out = Vec::new();
         let mut bytes = 0;
         let mut after: Option<Vec<u8>> = None;
@@ -319,6 +324,23 @@ impl TablesBackend {
 
     /// Every document of a collection (none when it does not exist), for
     /// pipelines and `$lookup`.
+    /// The documents with one of `ids` as `_id` that match `filter`, in
+    /// `_id` order.
+    async fn by_ids(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        ids: &[Bson],
+        filter: &Filter,
+    ) -> Result<Vec<Document>, MongoError> {
+        let found = self.tables.by_ids(p, t, ids).await.map_err(mongo)?;
+        Ok(found
+            .into_iter()
+            .map(|(_, d)| d)
+            .filter(|d| filter.matches(d))
+            .collect())
+    }
+
     async fn all(&self, p: &Principal, ns: &Namespace) -> Result<Vec<Document>, MongoError> {
         match self.open(p, ns, Right::Read).await? {
             Some(t) => {
@@ -342,6 +364,15 @@ impl TablesBackend {
             _ => None,
         };
         let sort = req.sort.as_ref().filter(|s| !s.is_empty());
+        if let Some(ids) = filter.id_candidates() {
+            // The filter pins `_id`: read those documents by key.
+            let docs = self.by_ids(p, &t, &ids, &filter).await?;
+            let docs = match sort {
+                Some(s) => sorted(docs, s)?,
+                None => docs,
+            };
+            return finish(docs, req, &filter, projection.as_ref());
+        }
         if let Some(plan) = choose(&t.config.indexes, &req.filter, sort) {
             // Through an index: a limit stops the scan early when the
             // index yields the sort's order (or no order is asked).
@@ -627,6 +658,101 @@ fn finish(
     Ok(Rest::Queued(out))
 }
 
+/// A pipeline that only counts matches: `[{$match}?, {$skip}?, {$limit}?,
+/// {$group: {_id: <constant>, <field>: {$sum: <number>}, ...}}]`, the
+/// shape drivers send for `countDocuments`.
+struct CountShape {
+    filter: Document,
+    skip: u64,
+    limit: u64,
+    id: Bson,
+    sums: Vec<(String, Bson)>,
+}
+
+impl CountShape {
+    fn of(stages: &[Document]) -> Option<CountShape> {
+        let (last, rest) = stages.split_last()?;
+        let group = match last.iter().next() {
+            Some((k, Bson::Document(g))) if k == "$group" && last.len() == 1 => g,
+            _ => return None,
+        };
+        let mut shape = CountShape {
+            filter: Document::new(),
+            skip: 0,
+            limit: 0,
+            id: Bson::Null,
+            sums: Vec::new(),
+        };
+        // In the order drivers send them; anything else is a real pipeline.
+        let mut at = 0;
+        for (i, stage) in rest.iter().enumerate() {
+            let (name, value) = match (stage.len(), stage.iter().next()) {
+                (1, Some(kv)) => kv,
+                _ => return None,
+            };
+            let whole = |v: &Bson| match v {
+                Bson::Int32(n) if *n >= 0 => Some(*n as u64),
+                Bson::Int64(n) if *n >= 0 => Some(*n as u64),
+                Bson::Double(f) if *f >= 0.0 && f.fract() == 0.0 => Some(*f as u64),
+                _ => None,
+            };
+            match (name.as_str(), value) {
+                ("$match", Bson::Document(f)) if i == 0 => shape.filter = f.clone(),
+                ("$skip", v) if at <= 1 && shape.limit == 0 => shape.skip = whole(v)?,
+                ("$limit", v) if shape.limit == 0 => shape.limit = whole(v)?.max(1),
+                _ => return None,
+            }
+            at = i + 1;
+        }
+        for (k, v) in group {
+            match (k.as_str(), v) {
+                ("_id", id) => {
+                    // A constant: not a field path, no operator.
+                    let constant = match id {
+                        Bson::String(s) => !s.starts_with('$'),
+                        Bson::Document(_) | Bson::Array(_) => false,
+                        _ => true,
+                    };
+                    if !constant {
+                        return None;
+                    }
+                    shape.id = id.clone();
+                }
+                (field, Bson::Document(acc)) if acc.len() == 1 => match acc.get("$sum") {
+                    Some(n @ (Bson::Int32(_) | Bson::Int64(_))) => {
+                        shape.sums.push((field.to_string(), n.clone()))
+                    }
+                    _ => return None,
+                },
+                _ => return None,
+            }
+        }
+        (!shape.sums.is_empty()).then_some(shape)
+    }
+
+    /// The group's one document for `n` matches (none for none, as
+    /// `$group` over nothing gives).
+    fn answer(&self, n: u64) -> Vec<Document> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut d = doc! {"_id": self.id.clone()};
+        for (field, per) in &self.sums {
+            let per = match per {
+                Bson::Int32(x) => i64::from(*x),
+                Bson::Int64(x) => *x,
+                _ => 1,
+            };
+            let total = (n as i64).saturating_mul(per);
+            match i32::try_from(total) {
+                Ok(small) => d.insert(field.clone(), small),
+                Err(_) => d.insert(field.clone(), total),
+            };
+        }
+        vec![d]
+    }
+}
+
 /// `$lookup` sources of a pipeline (also inside `$facet`).
 fn lookup_sources(stages: &[Document]) -> Vec<String> {
     let mut out = Vec::new();
@@ -907,7 +1033,7 @@ impl Backend for TablesBackend {
                         .tables
                         .delete(p, &t, &filter, !st.multi)
                         .await
-                        .map(|d| d.len() as i64)
+                        .map(|(n, _)| n as i64)
                         .map_err(mongo),
                     (None, _) => Ok(0),
                 }
@@ -1028,13 +1154,10 @@ impl Backend for TablesBackend {
                 .map_err(mongo)?;
             return Ok((docs.len() as u64).saturating_sub(req.skip));
         }
-        let n = self
-            .tables
-            .select(p, &t, &filter, req.skip, req.limit)
+        self.tables
+            .count(p, &t, &filter, req.skip, req.limit)
             .await
-            .map_err(mongo)?
-            .len();
-        Ok(n as u64)
+            .map_err(mongo)
     }
 
     async fn distinct(&self, p: &Principal, req: Distinct) -> Result<Vec<Bson>, MongoError> {
@@ -1043,18 +1166,54 @@ impl Backend for TablesBackend {
             return Ok(Vec::new());
         };
         let filter = Filter::parse(&req.query).map_err(mongo)?;
-        let mut values = Vec::new();
-        for d in self.matching(p, &t, &filter).await? {
-            values_at(&d, &req.key, &mut values);
-        }
-        let mut out: Vec<Bson> = Vec::new();
-        for v in values {
-            if !out.iter().any(|o| berth_docs::order::equal(o, &v)) {
-                out.push(v);
+        // Distinct values keyed by their order-preserving encoding (equal
+        // values, 1 and 1.0 too, encode the same): read page by page, only
+        // the values are held, in order, within MongoDB's 16 MiB answer.
+        let mut distinct: BTreeMap<Vec<u8>, Bson> = BTreeMap::new();
+        let mut bytes = 0usize;
+        let mut add = |d: &Document| -> Result<(), MongoError> {
+            let mut values = Vec::new();
+            values_at(d, &req.key, &mut values);
+            for v in values {
+                let mut k = Vec::new();
+                berth_docs::keys::encode_value(&v, &mut k);
+                if let std::collections::btree_map::Entry::Vacant(e) = distinct.entry(k) {
+                    bytes += doc_bytes(&doc! {"v": v.clone()});
+                    if bytes > DISTINCT_BYTES_MAX {
+                        return Err(MongoError::new(
+                            17217,
+                            "distinct too big, 16mb cap; use an aggregation with $group",
+                        ));
+                    }
+                    e.insert(v);
+                }
+            }
+            Ok(())
+        };
+        if filter.id_candidates().is_some() {
+            for d in self.matching(p, &t, &filter).await? {
+                add(&d)?;
+            }
+        } else {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let (page, more) = self
+                    .tables
+                    .page(p, &t, after.as_deref(), SCAN_PAGE)
+                    .await
+                    .map_err(mongo)?;
+                if let Some((k, _)) = page.last() {
+                    after = Some(k.clone());
+                }
+                for (_, d) in page.iter().filter(|(_, d)| filter.matches(d)) {
+                    add(d)?;
+                }
+                if !more {
+                    break;
+                }
             }
         }
-        out.sort_by(berth_docs::order::compare);
-        Ok(out)
+        Ok(distinct.into_values().collect())
     }
 
     async fn aggregate(&self, p: &Principal, req: Aggregate) -> Result<CursorBatch, MongoError> {
@@ -1092,6 +1251,25 @@ impl Backend for TablesBackend {
         };
         let pipeline =
             Pipeline::parse_with_vars(stages, Limits::default(), &vars).map_err(mongo)?;
+        if let (Some(coll), None, Some(shape)) =
+            (&req.collection, &first_stats, CountShape::of(stages))
+        {
+            // countDocuments' pipeline: counted without holding documents.
+            let ns = Namespace::new(req.db.clone(), coll.clone());
+            let filter = Filter::parse_with(&shape.filter, &vars).map_err(mongo)?;
+            let n = match self.open(p, &ns, Right::Read).await? {
+                Some(t) => self
+                    .tables
+                    .count(p, &t, &filter, shape.skip, shape.limit)
+                    .await
+                    .map_err(mongo)?,
+                None => 0,
+            };
+            let docs = shape.answer(n);
+            return self
+                .first_batch(p, Rest::Queued(docs.into()), req.batch_size, false)
+                .await;
+        }
         let input = match (&req.collection, first_stats) {
             // `$documents` brings its own input.
             _ if pipeline.starts_with_documents() => Vec::new(),
@@ -1227,18 +1405,12 @@ impl Backend for TablesBackend {
                     return Ok(FindAndModifyResult::default());
                 };
                 let (f, _) = narrowed(&d)?;
-                let removed = match stmt {
-                    Some(stmt) => self
-                        .tables
-                        .delete_one_retryable(p, &t, &f, stmt)
-                        .await
-                        .map_err(mongo)?
-                        .1
-                        .into_iter()
-                        .collect(),
-                    None => self.tables.delete(p, &t, &f, true).await.map_err(mongo)?,
-                };
-                match removed.into_iter().next() {
+                let (_, removed) = match stmt {
+                    Some(stmt) => self.tables.delete_one_retryable(p, &t, &f, stmt).await,
+                    None => self.tables.delete(p, &t, &f, true).await,
+                }
+                .map_err(mongo)?;
+                match removed {
                     Some(d) => Ok(FindAndModifyResult {
                         n: 1,
                         value: Some(project(d)?),
@@ -1687,6 +1859,37 @@ impl Backend for TablesBackend {
         let sort = sort.filter(|s| !s.is_empty());
         let parsed = Filter::parse(&filter).map_err(mongo)?;
         let table = self.open(p, &ns, Right::Read).await?;
+        if let (Some(t), Some(ids)) = (&table, parsed.id_candidates()) {
+            // Read by key (MongoDB's IDHACK / EXPRESS plans).
+            let mut out = doc! {
+                "queryPlanner": {
+                    "namespace": ns.to_string(),
+                    "parsedQuery": filter.clone(),
+                    "winningPlan": {"stage": "IDHACK", "filter": filter.clone()},
+                    "rejectedPlans": [],
+                },
+            };
+            if req.verbosity != Verbosity::QueryPlanner {
+                let found = self.tables.by_ids(p, t, &ids).await.map_err(mongo)?;
+                let examined = found.len() as i64;
+                let returned = found.iter().filter(|(_, d)| parsed.matches(d)).count() as i64;
+                out.insert(
+                    "executionStats",
+                    doc! {
+                        "nReturned": returned,
+                        "totalKeysExamined": examined,
+                        "totalDocsExamined": examined,
+                        "executionStages": {
+                            "stage": "IDHACK",
+                            "nReturned": returned,
+                            "docsExamined": examined,
+                            "keysExamined": examined,
+                        },
+                    },
+                );
+            }
+            return Ok(out);
+        }
         let chosen = table
             .as_ref()
             .and_then(|t| choose(&t.config.indexes, &filter, sort.as_ref()));
@@ -1778,6 +1981,37 @@ impl Backend for TablesBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn count_documents_pipelines_are_recognised() {
+        let shape = |stages: Vec<Document>| CountShape::of(&stages);
+        let group = doc! {"$group": {"_id": 1, "n": {"$sum": 1}}};
+        let s = shape(vec![doc! {"$match": {"a": 1}}, group.clone()]).unwrap();
+        assert_eq!((&s.filter, s.skip, s.limit), (&doc! {"a": 1}, 0, 0));
+        assert_eq!(s.answer(0), Vec::<Document>::new());
+        assert_eq!(s.answer(3), vec![doc! {"_id": 1, "n": 3}]);
+        let s = shape(vec![
+            doc! {"$match": {}},
+            doc! {"$skip": 2},
+            doc! {"$limit": 5i64},
+            group.clone(),
+        ])
+        .unwrap();
+        assert_eq!((s.skip, s.limit), (2, 5));
+        assert!(shape(vec![group.clone()]).is_some());
+        // Anything else is a pipeline to run.
+        for stages in [
+            vec![doc! {"$group": {"_id": "$a", "n": {"$sum": 1}}}],
+            vec![doc! {"$group": {"_id": 1, "n": {"$sum": "$x"}}}],
+            vec![doc! {"$group": {"_id": 1, "n": {"$avg": 1}}}],
+            vec![doc! {"$limit": 1}, doc! {"$skip": 1}, group.clone()],
+            vec![doc! {"$project": {"a": 1}}, group.clone()],
+            vec![doc! {"$match": {}}, doc! {"$match": {}}, group.clone()],
+            vec![doc! {"$match": {}}],
+        ] {
+            assert!(shape(stages.clone()).is_none(), "{stages:?}");
+        }
+    }
 
     #[test]
     fn only_the_simple_collation_is_accepted() {

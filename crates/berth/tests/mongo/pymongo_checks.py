@@ -69,6 +69,14 @@ def crud(a):
     every = list(users.find().batch_size(3))
     check(len(every) == 11, f"every document in batches of 3: {len(every)}")
     check(users.find_one({"tags": "code"})["_id"] == 1, "array element match")
+    # A filter pinning _id reads those documents by key, not by a scan.
+    plan = users.find({"_id": {"$in": [1, 99]}}).explain()
+    stats = plan["executionStats"]
+    check(
+        plan["queryPlanner"]["winningPlan"]["stage"] == "IDHACK"
+        and stats["totalDocsExamined"] == 1 and stats["nReturned"] == 1,
+        f"_id lookup plan {plan}",
+    )
     check(users.count_documents({"group": 0}) == 4, "count_documents")
     check(users.estimated_document_count() == 11, "estimated_document_count")
     check(sorted(users.distinct("group")) == [0, 1, 2], "distinct")
