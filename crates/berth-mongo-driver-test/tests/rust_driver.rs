@@ -612,6 +612,81 @@ async fn bad_login(c: Client, _: Arc<AtomicUsize>) -> Result<(), String> {
     }
 }
 
+/// A transaction commits its writes together, invisible until then; an
+/// aborted one leaves nothing; a conflicting one gets a transient error.
+async fn transactions(c: Client, _: Arc<AtomicUsize>) -> Result<(), String> {
+    let acc = c.database("bank").collection::<Document>("accounts");
+    acc.drop().await.ctx("drop before")?;
+    acc.insert_many([doc! {"_id": "a", "n": 10}, doc! {"_id": "b", "n": 0}])
+        .await
+        .ctx("seed")?;
+    let mut s = c.start_session().await.ctx("session")?;
+    s.start_transaction().await.ctx("start")?;
+    acc.update_one(doc! {"_id": "a"}, doc! {"$inc": {"n": -4}})
+        .session(&mut s)
+        .await
+        .ctx("debit")?;
+    acc.update_one(doc! {"_id": "b"}, doc! {"$inc": {"n": 4}})
+        .session(&mut s)
+        .await
+        .ctx("credit")?;
+    let inside = acc
+        .find_one(doc! {"_id": "b"})
+        .session(&mut s)
+        .await
+        .ctx("read inside")?;
+    ensure!(
+        num(inside.as_ref().and_then(|d| d.get("n"))) == Some(4),
+        "inside: {inside:?}"
+    );
+    let outside = acc.find_one(doc! {"_id": "b"}).await.ctx("read outside")?;
+    ensure!(
+        num(outside.as_ref().and_then(|d| d.get("n"))) == Some(0),
+        "seen before commit: {outside:?}"
+    );
+
+    // A write outside to a document the transaction wrote: its commit loses.
+    let mut other = c.start_session().await.ctx("session 2")?;
+    other.start_transaction().await.ctx("start 2")?;
+    acc.update_one(doc! {"_id": "a"}, doc! {"$inc": {"n": 100}})
+        .session(&mut other)
+        .await
+        .ctx("conflicting write")?;
+    s.commit_transaction().await.ctx("commit")?;
+    match other.commit_transaction().await {
+        Ok(()) => return Err("a conflicting transaction committed".into()),
+        Err(e) => ensure!(
+            e.contains_label("TransientTransactionError"),
+            "the conflict is not transient: {e}"
+        ),
+    }
+    let a = acc.find_one(doc! {"_id": "a"}).await.ctx("read a")?;
+    let b = acc.find_one(doc! {"_id": "b"}).await.ctx("read b")?;
+    ensure!(
+        num(a.as_ref().and_then(|d| d.get("n"))) == Some(6)
+            && num(b.as_ref().and_then(|d| d.get("n"))) == Some(4),
+        "after commit: {a:?} {b:?}"
+    );
+
+    s.start_transaction().await.ctx("start again")?;
+    acc.delete_many(doc! {})
+        .session(&mut s)
+        .await
+        .ctx("delete inside")?;
+    s.abort_transaction().await.ctx("abort")?;
+    let n = acc.count_documents(doc! {}).await.ctx("count")?;
+    ensure!(n == 2, "an aborted transaction left {n} documents");
+    acc.drop().await.ctx("drop")?;
+    Ok(())
+}
+
+#[test]
+fn rust_driver_transactions() {
+    let s = Server::start();
+    let admin = s.uri("admin", &s.admin_ticket(), "PLAIN", "");
+    s.run("transactions as admin", &admin, transactions);
+}
+
 #[test]
 fn rust_driver_crud_over_scram_and_over_plain_compressed() {
     let s = Server::start();
