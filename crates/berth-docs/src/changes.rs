@@ -159,6 +159,70 @@ impl Record {
     }
 }
 
+/// Records a table's drop or rename in the transaction that removes or
+/// renames its entry (set on the namespace by `Tables::new`): whichever
+/// API does it (`drop`, `renameCollection`, `berth rm`, `berth mv`, a
+/// rename over a table), the event commits with the change or not at all.
+pub struct LogHook;
+
+impl berth_fs::EntryHook for LogHook {
+    fn removed(
+        &self,
+        tx: &mut berth_meta::Tx,
+        vol: u64,
+        ino: u64,
+        kind: berth_fs::EntryKind,
+        path: &str,
+    ) -> Result<(), berth_meta::Error> {
+        self.record(tx, vol, ino, kind, OpType::Drop, path, None)
+    }
+
+    fn renamed(
+        &self,
+        tx: &mut berth_meta::Tx,
+        vol: u64,
+        ino: u64,
+        kind: berth_fs::EntryKind,
+        from: &str,
+        to: &str,
+    ) -> Result<(), berth_meta::Error> {
+        self.record(tx, vol, ino, kind, OpType::Rename, from, Some(to))
+    }
+}
+
+impl LogHook {
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        tx: &mut berth_meta::Tx,
+        vol: u64,
+        ino: u64,
+        kind: berth_fs::EntryKind,
+        op: OpType,
+        path: &str,
+        to: Option<&str>,
+    ) -> Result<(), berth_meta::Error> {
+        if kind != berth_fs::EntryKind::Table {
+            return Ok(());
+        }
+        let change = Record {
+            op,
+            table: ino,
+            path: path.to_string(),
+            id: None,
+            doc: None,
+            update: None,
+            to: to.map(str::to_string),
+            wall: bson::DateTime::now(),
+        };
+        let value = change
+            .encode()
+            .map_err(|e| berth_meta::Error::new(berth_meta::Code::Io, e.message))?;
+        tx.put_stamped(log_prefix(vol), value);
+        Ok(())
+    }
+}
+
 /// The prefix of a volume's change log keys.
 pub fn log_prefix(vol: u64) -> Vec<u8> {
     Key::new(vol, Kind::TableChange, 0).build()

@@ -166,6 +166,7 @@ pub struct Tables {
 
 impl Tables {
     pub fn new(ns: Arc<Namespace>) -> Arc<Tables> {
+        ns.set_hook(Arc::new(changes::LogHook));
         Arc::new(Tables { ns })
     }
 
@@ -288,46 +289,14 @@ impl Tables {
     /// Removes the table at `path` with its documents (admin right).
     /// `false` when there was none.
     pub async fn drop_table(&self, p: &Principal, path: &str) -> Result<bool, DocError> {
-        let t = match self.open(p, path, Right::Admin).await {
-            Ok(t) => t,
+        match self.open(p, path, Right::Admin).await {
+            Ok(_) => {}
             Err(e) if e.code == codes::NAMESPACE_NOT_FOUND => return Ok(false),
             Err(e) => return Err(e),
-        };
-        self.ns.remove(p, path, false).await.map_err(from_meta)?;
-        self.record_table_change(&t, OpType::Drop, None).await?;
-        Ok(true)
-    }
-
-    /// Records that table `t` was dropped or renamed (to `to`) in its
-    /// volume's change log. Written after the namespace change committed,
-    /// in a transaction of its own: a crash between the two loses the
-    /// record (documents' changes are never lost this way).
-    pub async fn record_table_change(
-        &self,
-        t: &TableRef,
-        op: OpType,
-        to: Option<String>,
-    ) -> Result<(), DocError> {
-        let change = Record {
-            op,
-            table: t.entry.ino,
-            path: t.entry.path.clone(),
-            id: None,
-            doc: None,
-            update: None,
-            to,
-            wall: bson::DateTime::now(),
-        };
-        let value = change.encode()?;
-        for attempt in 0..TX_RETRIES_MAX {
-            backoff(attempt).await;
-            let mut tx = self.begin(t).await?;
-            tx.put_stamped(changes::log_prefix(t.vol.id), value.clone());
-            if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
-                return Ok(());
-            }
         }
-        Err(transient("could not record the table's change; retry"))
+        // The change log's drop record commits with the removal (LogHook).
+        self.ns.remove(p, path, false).await.map_err(from_meta)?;
+        Ok(true)
     }
 
     /// Up to `limit` records of volume `vol`'s change log after `after`,

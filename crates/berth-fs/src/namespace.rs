@@ -81,6 +81,35 @@ pub struct Namespace {
     pub(crate) meta: Arc<Meta>,
     /// Per volume: the next free inode number and the end of the reserved block.
     ids: Mutex<HashMap<u64, (u64, u64)>>,
+    /// What another service writes when an entry's name changes.
+    hook: std::sync::OnceLock<Arc<dyn EntryHook>>,
+}
+
+/// What a service keeping state about entries (the tables' change log)
+/// writes into the very transaction that removes or renames one, so that
+/// its record and the change commit together, whichever API made it.
+pub trait EntryHook: Send + Sync {
+    /// `path`, the last name of entry `ino` (of `kind`) in volume `vol`,
+    /// goes: the entry and its data are deleted by `tx`.
+    fn removed(
+        &self,
+        tx: &mut Tx,
+        vol: u64,
+        ino: u64,
+        kind: EntryKind,
+        path: &str,
+    ) -> Result<(), Error>;
+
+    /// Entry `ino` is renamed from `from` to `to` by `tx`.
+    fn renamed(
+        &self,
+        tx: &mut Tx,
+        vol: u64,
+        ino: u64,
+        kind: EntryKind,
+        from: &str,
+        to: &str,
+    ) -> Result<(), Error>;
 }
 
 /// Reads across shards with one read barrier per shard per operation.
@@ -235,7 +264,13 @@ impl Namespace {
         Arc::new(Namespace {
             meta,
             ids: Mutex::new(HashMap::new()),
+            hook: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the hook every removal and rename calls (the first set stays).
+    pub fn set_hook(&self, hook: Arc<dyn EntryHook>) {
+        let _ = self.hook.set(hook);
     }
 
     pub fn meta(&self) -> &Arc<Meta> {
@@ -834,22 +869,7 @@ impl Namespace {
                 inode.ctime_ns = now;
                 tx.put(ikey, encode_inode(&inode));
             } else {
-                if inode.kind == EntryKind::File {
-                    crate::data::delete_data_ops(&mut tx, &vol, d.ino);
-                }
-                // A table's documents and a stream's topics and logs go
-                // with its last name.
-                let kinds: &[Kind] = match inode.kind {
-                    EntryKind::Stream => &[Kind::StreamLog, Kind::StreamState],
-                    EntryKind::Table => &[Kind::TableDoc, Kind::TableIndex],
-                    _ => &[],
-                };
-                for &k in kinds {
-                    let (s, e) = berth_store::keys::object_range(vol.id, k, d.ino);
-                    tx.delete_range(s, e);
-                }
-                let (xs, xe) = crate::xattr::xattr_range(vol.id, d.ino);
-                tx.delete_range(xs, xe);
+                self.last_name_goes(&mut tx, &vol, d.ino, inode.kind, &path)?;
                 tx.delete(ikey);
             }
             tx.delete(dkey);
@@ -861,6 +881,38 @@ impl Namespace {
             }
         }
         Err(too_much_contention(&path))
+    }
+
+    /// Deletes, in `tx`, what entry `ino` holds once its last name `path`
+    /// goes: a file's data, a table's documents and indexes, a stream's
+    /// topics and logs, its extended attributes; and lets the hook record
+    /// the removal in the same transaction.
+    fn last_name_goes(
+        &self,
+        tx: &mut Tx,
+        vol: &VolumeRecord,
+        ino: u64,
+        kind: EntryKind,
+        path: &str,
+    ) -> Result<(), Error> {
+        if kind == EntryKind::File {
+            crate::data::delete_data_ops(tx, vol, ino);
+        }
+        let kinds: &[Kind] = match kind {
+            EntryKind::Stream => &[Kind::StreamLog, Kind::StreamState],
+            EntryKind::Table => &[Kind::TableDoc, Kind::TableIndex],
+            _ => &[],
+        };
+        for &k in kinds {
+            let (s, e) = berth_store::keys::object_range(vol.id, k, ino);
+            tx.delete_range(s, e);
+        }
+        let (xs, xe) = crate::xattr::xattr_range(vol.id, ino);
+        tx.delete_range(xs, xe);
+        if let Some(h) = self.hook.get() {
+            h.removed(tx, vol.id, ino, kind, path)?;
+        }
+        Ok(())
     }
 
     async fn remove_children(&self, p: &Principal, dir: &str) -> Result<(), Error> {
@@ -1004,11 +1056,7 @@ impl Namespace {
                             ti.ctime_ns = now;
                             tx.put(tikey, encode_inode(&ti));
                         } else {
-                            if ti.kind == EntryKind::File {
-                                crate::data::delete_data_ops(&mut tx, &vol, td.ino);
-                            }
-                            let (xs, xe) = crate::xattr::xattr_range(vol.id, td.ino);
-                            tx.delete_range(xs, xe);
+                            self.last_name_goes(&mut tx, &vol, td.ino, ti.kind, &to)?;
                             tx.delete(tikey);
                         }
                     }
@@ -1045,6 +1093,9 @@ impl Namespace {
                 tpi.nlink += 1;
             }
             fi.ctime_ns = now;
+            if let Some(h) = self.hook.get() {
+                h.renamed(&mut tx, vol.id, fd.ino, fi.kind, &from, &to)?;
+            }
             tx.put(fikey, encode_inode(&fi));
             tx.delete(fdkey);
             tx.put(

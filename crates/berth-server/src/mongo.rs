@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_docs::aggregate::{Limits, Pipeline, StageContext};
-use berth_docs::changes::OpType;
 use berth_docs::expr::{let_variables, Variables};
 use berth_docs::matcher::Filter;
 use berth_docs::merge::{Merge, WhenNotMatched};
@@ -1523,27 +1522,12 @@ impl Backend for TablesBackend {
     async fn drop_database(&self, p: &Principal, db: String) -> Result<(), MongoError> {
         check_db(&db)?;
         let dir = self.db_path(&db);
-        // Its tables, for their drop events once they are gone.
-        let mut dropped = Vec::new();
-        for name in self.tables.list(p, &dir).await.map_err(mongo)? {
-            if let Ok(t) = self
-                .tables
-                .open(p, &format!("{dir}/{name}"), Right::Read)
-                .await
-            {
-                dropped.push(t);
-            }
-        }
+        // Each table's drop record commits with its removal (the change
+        // log's hook on the namespace).
         match self.tables.namespace().remove(p, &dir, true).await {
             Ok(()) => {}
             Err(e) if e.code == Code::NotFound => return Ok(()),
             Err(e) => return Err(mongo(berth_docs::table::from_meta(e))),
-        }
-        for t in dropped {
-            self.tables
-                .record_table_change(&t, OpType::Drop, None)
-                .await
-                .map_err(mongo)?;
         }
         Ok(())
     }
@@ -1731,12 +1715,12 @@ impl Backend for TablesBackend {
     ) -> Result<(), MongoError> {
         let from = self.path(&req.from)?;
         let to = self.path(&req.to)?;
-        let Some(t) = self.open(p, &req.from, Right::Admin).await? else {
+        if self.open(p, &req.from, Right::Admin).await?.is_none() {
             return Err(MongoError::new(
                 codes::NAMESPACE_NOT_FOUND,
                 format!("source namespace does not exist: {}", req.from),
             ));
-        };
+        }
         if self.open(p, &req.to, Right::Admin).await?.is_some() {
             if !req.drop_target {
                 return Err(MongoError::new(
@@ -1753,15 +1737,12 @@ impl Backend for TablesBackend {
                 .await
                 .map_err(|e| mongo(berth_docs::table::from_meta(e)))?;
         }
+        // The rename record commits with the rename (the change log's hook).
         self.tables
             .namespace()
             .rename(p, &from, &to, true)
             .await
-            .map_err(|e| mongo(berth_docs::table::from_meta(e)))?;
-        self.tables
-            .record_table_change(&t, OpType::Rename, Some(to))
-            .await
-            .map_err(mongo)
+            .map_err(|e| mongo(berth_docs::table::from_meta(e)))
     }
 
     async fn coll_stats(&self, p: &Principal, ns: Namespace) -> Result<CollStats, MongoError> {

@@ -590,6 +590,56 @@ async fn every_committed_change_is_in_the_change_log_in_commit_order() {
         .await
         .unwrap();
     assert_eq!(last.last().unwrap().1.op, OpType::Drop);
+
+    // Through the namespace (`berth mv`, `berth rm`, a rename over a
+    // table), each change's record commits with it, and a table a rename
+    // replaces goes with its documents.
+    let ns = k.tables.namespace().clone();
+    let x = k.tables.open_or_create(a, "/tables/db/x").await.unwrap();
+    let y = k.tables.open_or_create(a, "/tables/db/y").await.unwrap();
+    k.tables
+        .insert(a, &x, vec![doc! {"_id": "x"}], true)
+        .await
+        .unwrap();
+    k.tables
+        .insert(a, &y, vec![doc! {"_id": "y"}], true)
+        .await
+        .unwrap();
+    let from = k.tables.changes_now(vol).await.unwrap();
+    ns.rename(a, "/tables/db/x", "/tables/db/y", false)
+        .await
+        .unwrap();
+    ns.rename(a, "/tables/db/y", "/tables/db/z", false)
+        .await
+        .unwrap();
+    ns.remove(a, "/tables/db/z", false).await.unwrap();
+    let (records, _) = k.tables.changes_after(vol, from, 100).await.unwrap();
+    let got: Vec<_> = records
+        .iter()
+        .map(|(_, r)| (r.op, r.table, r.path.clone(), r.to.clone()))
+        .collect();
+    let (xi, yi) = (x.entry.ino, y.entry.ino);
+    assert_eq!(
+        got,
+        vec![
+            (OpType::Drop, yi, "/tables/db/y".to_string(), None),
+            (
+                OpType::Rename,
+                xi,
+                "/tables/db/x".to_string(),
+                Some("/tables/db/y".to_string())
+            ),
+            (
+                OpType::Rename,
+                xi,
+                "/tables/db/y".to_string(),
+                Some("/tables/db/z".to_string())
+            ),
+            (OpType::Drop, xi, "/tables/db/z".to_string(), None),
+        ]
+    );
+    let (left, _) = k.tables.page(a, &y, None, 10).await.unwrap();
+    assert!(left.is_empty(), "the replaced table's documents stayed");
 }
 
 #[tokio::test]
