@@ -122,7 +122,12 @@ impl Tables {
                 let entry: TtlTable = decode(raw, "TTL table").map_err(from_meta)?;
                 let t = match self.open(&system, &entry.path, Right::Read).await {
                     Ok(t) if t.vol.id == vol && t.entry.ino == ino => Some(t),
-                    _ => None,
+                    Ok(_) => None,
+                    Err(e) if e.code == crate::error::codes::NAMESPACE_NOT_FOUND => None,
+                    Err(e) => {
+                        tracing::debug!(table = %entry.path, error = %e, "TTL sweep cannot open a table; the next one retries");
+                        continue;
+                    }
                 };
                 match t {
                     Some(t) if has_ttl(&t.config) => match self.expire(&t, now).await {
