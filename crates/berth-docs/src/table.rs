@@ -2103,6 +2103,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn settings_of_format_1_decode_with_unknown_multikey_marks() {
+        // Format 1's layout: no `multikey` at the end.
+        #[derive(Serialize)]
+        struct V1 {
+            format: u32,
+            read_ace: Option<String>,
+            write_ace: Option<String>,
+            admin_ace: Option<String>,
+            key_format: u8,
+            indexes: Vec<IndexDef>,
+            next_index_id: u64,
+        }
+        let mut def = IndexDef::parse(1, &bson::doc! {"key": {"a": 1}}).unwrap();
+        def.ready = true;
+        let old = encode(&V1 {
+            format: 1,
+            read_ace: Some("u:x".into()),
+            write_ace: None,
+            admin_ace: None,
+            key_format: 1,
+            indexes: vec![def.clone()],
+            next_index_id: 2,
+        });
+        let c = TableConfig::decode(&old).unwrap();
+        assert_eq!((c.format, c.next_index_id), (1, 2));
+        assert_eq!(c.read_ace.as_deref(), Some("u:x"));
+        assert_eq!(c.indexes[0].multikey, None, "unknown: every field may be");
+        assert!(c.indexes[0].is_multikey(0));
+        // Format 2 keeps the marks, through the index definitions.
+        let mut now = c.clone();
+        now.indexes[0].multikey = Some(0b10);
+        let back = TableConfig::decode(&now.encode()).unwrap();
+        assert_eq!(back.format, CONFIG_FORMAT);
+        assert_eq!(back.indexes[0].multikey, Some(0b10));
+        assert_eq!(back.multikey, vec![(1, 0b10)]);
+        // A build that reads format 1 reads format 2 (the marks last).
+        let older: TableConfigV1 = decode(&now.encode(), "table settings").unwrap();
+        assert_eq!((older.indexes.len(), older.next_index_id), (1, 2));
+    }
+
+    #[test]
     fn dollar_prefixed_names_are_refused_only_inside_id() {
         assert!(check_id_field_names(&Bson::Int32(1)).is_ok());
         assert!(check_id_field_names(&Bson::Document(bson::doc! {"a.b": 1})).is_ok());
