@@ -9,7 +9,13 @@
 //! documents missing every indexed field. An array value makes the index
 //! multikey: one entry per element (an empty array is indexed as
 //! undefined, below null in MongoDB; here as null); two array fields in one
-//! compound key are refused ("cannot index parallel arrays").
+//! compound key are refused ("cannot index parallel arrays"). Which fields
+//! have met an array is kept per index (`multikey`, MongoDB's multikey
+//! paths), so the planner knows where bounds may be intersected.
+//!
+//! A TTL index (`expireAfterSeconds`, a single field) is an ordinary index
+//! whose expired entries the table service's sweep reads and deletes (see
+//! `Tables::expire`).
 
 use bson::{Bson, Document};
 use serde::{Deserialize, Serialize};
@@ -27,6 +33,8 @@ pub const KEY_FIELDS_MAX: usize = 32;
 pub const INDEXES_MAX: usize = 63;
 /// Most entries one document may give one index (multikey arrays).
 pub const ENTRIES_PER_DOC_MAX: usize = 10_000;
+/// The largest `expireAfterSeconds` (MongoDB's: a 32-bit signed integer).
+pub const EXPIRE_AFTER_SECS_MAX: i64 = i32::MAX as i64;
 
 /// A secondary index, stored in the table's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,11 +54,18 @@ pub struct IndexDef {
     /// being made; queries use it only once true. Writes maintain it
     /// either way.
     pub ready: bool,
+    /// A bit per key field that has met an array in some document (the
+    /// field is multikey); `None` when unknown (an index made before they
+    /// were kept: every field may be). Not in this struct's stored layout:
+    /// `TableConfig` keeps them after its other fields, so a reader of the
+    /// older layout still reads the settings.
+    #[serde(skip)]
+    pub multikey: Option<u64>,
 }
 
 impl IndexDef {
     /// Parses a `createIndexes` spec (`{key: {a: 1, b: -1}, name, unique,
-    /// sparse, partialFilterExpression}`).
+    /// sparse, partialFilterExpression, expireAfterSeconds}`).
     pub fn parse(id: u64, spec: &Document) -> Result<IndexDef, DocError> {
         let bad = |m: String| DocError::new(CANNOT_CREATE_INDEX, m);
         let key = spec
@@ -122,13 +137,8 @@ impl IndexDef {
                 | "partialFilterExpression"
                 | "v"
                 | "background"
-                | "ns" => {}
-                "expireAfterSeconds" => {
-                    return Err(DocError::new(
-                        115,
-                        "TTL indexes (expireAfterSeconds) are not supported by Berth tables yet",
-                    ))
-                }
+                | "ns"
+                | "expireAfterSeconds" => {}
                 other => {
                     return Err(DocError::new(
                         115,
@@ -137,6 +147,10 @@ impl IndexDef {
                 }
             }
         }
+        let expire = match spec.get("expireAfterSeconds") {
+            None => None,
+            Some(v) => Some(parse_expire(v, &keys)?),
+        };
         let unique = flag("unique")?;
         let sparse = flag("sparse")?;
         let mut listed = bson::doc! {"v": 2, "key": key.clone(), "name": &name};
@@ -148,6 +162,10 @@ impl IndexDef {
         }
         if let Some(Bson::Document(d)) = spec.get("partialFilterExpression") {
             listed.insert("partialFilterExpression", d.clone());
+        }
+        if let Some(secs) = expire {
+            // Within i32 (checked): listed as MongoDB lists it, an int.
+            listed.insert("expireAfterSeconds", secs as i32);
         }
         let mut spec_bytes = Vec::new();
         listed
@@ -162,7 +180,36 @@ impl IndexDef {
             partial,
             spec: spec_bytes,
             ready: false,
+            // A new index: its entries are all made by this build, which
+            // keeps the marks.
+            multikey: Some(0),
         })
+    }
+
+    /// `expireAfterSeconds` of a TTL index.
+    pub fn expire_after_secs(&self) -> Option<i64> {
+        match self.listed().get("expireAfterSeconds") {
+            Some(Bson::Int32(s)) => Some(i64::from(*s)),
+            Some(Bson::Int64(s)) => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// Whether key field `field` may hold arrays (it has met one, or that
+    /// is not known).
+    pub fn is_multikey(&self, field: usize) -> bool {
+        self.multikey.is_none_or(|bits| bits & (1 << field) != 0)
+    }
+
+    /// Marks key field `field` multikey; returns whether that is new.
+    pub fn set_multikey(&mut self, field: usize) -> bool {
+        match &mut self.multikey {
+            Some(bits) if *bits & (1 << field) == 0 => {
+                *bits |= 1 << field;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The spec as `listIndexes` shows it.
@@ -185,6 +232,7 @@ impl IndexDef {
             && self.unique == other.unique
             && self.sparse == other.sparse
             && self.partial == other.partial
+            && self.expire_after_secs() == other.expire_after_secs()
     }
 
     /// `doc`'s value at each of this index's paths (null when missing), as
@@ -214,17 +262,27 @@ impl IndexDef {
     /// The key parts of the entries `doc` gives this index (none when a
     /// sparse index or a partial filter leaves it out), without duplicates.
     pub fn entries(&self, doc: &Document) -> Result<Vec<Vec<u8>>, DocError> {
+        Ok(self.entries_and_array(doc)?.0)
+    }
+
+    /// [`IndexDef::entries`], and the key field at which `doc` has an
+    /// array (at most one: parallel arrays are refused).
+    pub fn entries_and_array(
+        &self,
+        doc: &Document,
+    ) -> Result<(Vec<Vec<u8>>, Option<usize>), DocError> {
         if let Some(p) = &self.partial {
             let filter = Document::from_reader(p.as_slice())
                 .map_err(|e| DocError::new(1, format!("stored partial filter: {e}")))?;
             if !Filter::parse(&filter)?.matches(doc) {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), None));
             }
         }
         let mut per_field: Vec<Vec<Bson>> = Vec::with_capacity(self.keys.len());
         let mut present = false;
         let mut arrays = 0;
-        for (path, _) in &self.keys {
+        let mut array_field = None;
+        for (i, (path, _)) in self.keys.iter().enumerate() {
             let mut vals = Vec::new();
             let mut is_array = false;
             values_at(doc, path, &mut vals, &mut is_array);
@@ -232,6 +290,7 @@ impl IndexDef {
                 present = true;
             }
             if is_array {
+                array_field = Some(i);
                 arrays += 1;
                 if arrays > 1 {
                     return Err(DocError::new(
@@ -246,7 +305,7 @@ impl IndexDef {
             per_field.push(vals);
         }
         if self.sparse && !present {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let mut out: Vec<Vec<u8>> = Vec::new();
         let mut combo = vec![0usize; per_field.len()];
@@ -274,7 +333,7 @@ impl IndexDef {
             let mut f = per_field.len();
             loop {
                 if f == 0 {
-                    return Ok(out);
+                    return Ok((out, array_field));
                 }
                 f -= 1;
                 combo[f] += 1;
@@ -285,6 +344,33 @@ impl IndexDef {
             }
         }
     }
+}
+
+/// A TTL index's `expireAfterSeconds`: a whole number of seconds from 0
+/// to [`EXPIRE_AFTER_SECS_MAX`], on a single-field index.
+fn parse_expire(v: &Bson, keys: &[(String, i32)]) -> Result<i64, DocError> {
+    let bad = |m: String| DocError::new(CANNOT_CREATE_INDEX, m);
+    let secs = match v {
+        Bson::Int32(s) => i64::from(*s),
+        Bson::Int64(s) => *s,
+        Bson::Double(f) if f.fract() == 0.0 && f.abs() <= 1e18 => *f as i64,
+        other => {
+            return Err(bad(format!(
+                "expireAfterSeconds must be a whole number of seconds, not {other}"
+            )))
+        }
+    };
+    if !(0..=EXPIRE_AFTER_SECS_MAX).contains(&secs) {
+        return Err(bad(format!(
+            "expireAfterSeconds must be within [0, {EXPIRE_AFTER_SECS_MAX}], not {secs}"
+        )));
+    }
+    if keys.len() != 1 {
+        return Err(bad(
+            "TTL indexes are single-field indexes; compound indexes do not support expireAfterSeconds".into(),
+        ));
+    }
+    Ok(secs)
 }
 
 /// MongoDB's default index name: `a_1_b_-1`.
@@ -365,12 +451,62 @@ mod tests {
             doc! {"key": {}},
             doc! {"key": {"a": 2}},
             doc! {"key": {"a": "text"}},
-            doc! {"key": {"a": 1}, "expireAfterSeconds": 5},
+            doc! {"key": {"a": 1}, "expireAfterSeconds": -1},
+            doc! {"key": {"a": 1}, "expireAfterSeconds": 1.5},
+            doc! {"key": {"a": 1}, "expireAfterSeconds": "5"},
+            doc! {"key": {"a": 1}, "expireAfterSeconds": 1i64 << 40},
+            doc! {"key": {"a": 1, "b": 1}, "expireAfterSeconds": 5},
             doc! {"key": {"_id": 1}},
             doc! {"name": "x"},
         ] {
             assert!(IndexDef::parse(1, &bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ttl_specs_keep_their_expiry() {
+        let d = def(doc! {"key": {"at": 1}, "expireAfterSeconds": 3600.0});
+        assert_eq!(d.expire_after_secs(), Some(3600));
+        assert_eq!(
+            d.listed(),
+            doc! {"v": 2, "key": {"at": 1}, "name": "at_1", "expireAfterSeconds": 3600}
+        );
+        assert_eq!(
+            def(doc! {"key": {"at": 1}, "expireAfterSeconds": 0}).expire_after_secs(),
+            Some(0)
+        );
+        assert_eq!(def(doc! {"key": {"at": 1}}).expire_after_secs(), None);
+        // Another expiry is another index's options.
+        assert!(!d.same_as(&def(doc! {"key": {"at": 1}, "expireAfterSeconds": 60})));
+        assert!(d.same_as(&def(doc! {"key": {"at": 1}, "expireAfterSeconds": 3600})));
+    }
+
+    #[test]
+    fn array_fields_are_reported_for_the_multikey_marks() {
+        let mut d = def(doc! {"key": {"a": 1, "b.c": 1}});
+        assert_eq!(
+            d.entries_and_array(&doc! {"a": 1, "b": {"c": 2}})
+                .unwrap()
+                .1,
+            None
+        );
+        assert_eq!(
+            d.entries_and_array(&doc! {"a": [1], "b": {"c": 2}})
+                .unwrap()
+                .1,
+            Some(0)
+        );
+        assert_eq!(
+            d.entries_and_array(&doc! {"a": 1, "b": [{"c": 2}]})
+                .unwrap()
+                .1,
+            Some(1)
+        );
+        assert!(!d.is_multikey(1));
+        assert!(d.set_multikey(1) && !d.set_multikey(1));
+        assert!(d.is_multikey(1) && !d.is_multikey(0));
+        d.multikey = None;
+        assert!(d.is_multikey(0), "unknown: may be");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod projection;
 pub mod retry;
 pub mod table;
+pub mod ttl;
 pub mod txn;
 pub mod update;
 

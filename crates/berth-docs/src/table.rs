@@ -42,8 +42,8 @@ use crate::DocError;
 /// The first byte of every stored document: the format of what follows
 /// (1: the document's BSON bytes).
 pub const DOC_FORMAT: u8 = 1;
-/// The version of [`TableConfig`]'s layout.
-pub const CONFIG_FORMAT: u32 = 1;
+/// The version of [`TableConfig`]'s layout (2: with `multikey`).
+pub const CONFIG_FORMAT: u32 = 2;
 /// Largest document, as MongoDB's `maxBsonObjectSize`.
 pub const DOC_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Documents read per page of a scan.
@@ -75,6 +75,69 @@ pub struct TableConfig {
     /// The id the next index gets (ids are never reused, so a dropped
     /// index's entries can be removed while a new one is built).
     pub next_index_id: u64,
+    /// The indexes' multikey marks (`IndexDef::multikey`): index id and a
+    /// bit per key field that met an array. An index missing here (made
+    /// before format 2) may be multikey on any field. Last, so a build
+    /// that reads format 1 reads these settings too (and ignores it).
+    pub multikey: Vec<(u64, u64)>,
+}
+
+/// [`TableConfig`] as stored before `multikey` (format 1).
+#[derive(Deserialize)]
+struct TableConfigV1 {
+    format: u32,
+    read_ace: Option<String>,
+    write_ace: Option<String>,
+    admin_ace: Option<String>,
+    key_format: u8,
+    indexes: Vec<IndexDef>,
+    next_index_id: u64,
+}
+
+impl TableConfig {
+    /// Decodes stored settings of any format this build has written, with
+    /// the multikey marks in the index definitions.
+    pub fn decode(b: &[u8]) -> Result<TableConfig, DocError> {
+        let mut c = match decode::<TableConfig>(b, "table settings") {
+            Ok(c) => c,
+            Err(e) => {
+                let Ok(v1) = decode::<TableConfigV1>(b, "table settings") else {
+                    return Err(from_meta(e));
+                };
+                TableConfig {
+                    format: v1.format,
+                    read_ace: v1.read_ace,
+                    write_ace: v1.write_ace,
+                    admin_ace: v1.admin_ace,
+                    key_format: v1.key_format,
+                    indexes: v1.indexes,
+                    next_index_id: v1.next_index_id,
+                    multikey: Vec::new(),
+                }
+            }
+        };
+        for def in &mut c.indexes {
+            def.multikey = c
+                .multikey
+                .iter()
+                .find(|(id, _)| *id == def.id)
+                .map(|(_, bits)| *bits);
+        }
+        Ok(c)
+    }
+
+    /// The stored form, the multikey marks taken from the index
+    /// definitions.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut c = self.clone();
+        c.format = CONFIG_FORMAT;
+        c.multikey = self
+            .indexes
+            .iter()
+            .filter_map(|d| d.multikey.map(|bits| (d.id, bits)))
+            .collect();
+        encode(&c)
+    }
 }
 
 /// What a caller wants to do with a table.
@@ -209,7 +272,7 @@ impl Tables {
         let vol = self.volume(entry.volume_id)?;
         let key = Key::new(vol.id, Kind::TableIndex, entry.ino).build();
         let config = match tx.peek(&key).await.map_err(from_meta)? {
-            Some(b) => decode(&b, "table settings").map_err(from_meta)?,
+            Some(b) => TableConfig::decode(&b)?,
             None => TableConfig::default(),
         };
         if config.key_format > crate::keys::KEY_FORMAT_VERSION {
@@ -270,7 +333,7 @@ impl Tables {
             key_format: crate::keys::KEY_FORMAT_VERSION,
             ..t.config.clone()
         };
-        tx.put(t.config_key(), encode(&config));
+        tx.put(t.config_key(), config.encode());
         tx.commit().await.map_err(from_meta)?;
         Ok(TableRef { config, ..t })
     }
@@ -297,6 +360,23 @@ impl Tables {
         // The change log's drop record commits with the removal (LogHook).
         self.ns.remove(p, path, false).await.map_err(from_meta)?;
         Ok(true)
+    }
+
+    /// After table `t` was renamed to `to`: its TTL sweep finds it there.
+    pub async fn ttl_renamed(&self, t: &TableRef, to: &str) -> Result<(), DocError> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.begin(t).await?;
+            let key = crate::ttl::registry_key(t.vol.id, t.entry.ino);
+            if tx.get(&key).await.map_err(from_meta)?.is_none() {
+                return Ok(());
+            }
+            Tables::register_ttl_table(&mut tx, t, to);
+            if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
+                return Ok(());
+            }
+        }
+        Err(transient("could not record the table's new path; retry"))
     }
 
     /// Up to `limit` records of volume `vol`'s change log after `after`,
@@ -704,7 +784,7 @@ impl Tables {
             let mut taken = Vec::new();
             let mut writes = 0u64;
             let mut seen = std::collections::HashSet::new();
-            let mut claimed = HashMap::new();
+            let mut w = IndexWrites::default();
             if let Some(r) = retry {
                 let (from, to) = r.stale_range(t.vol.id);
                 tx.delete_range(from, to);
@@ -728,16 +808,7 @@ impl Tables {
                 let result = if dup {
                     Err(duplicate_id(t, &d.id))
                 } else {
-                    write_indexes(
-                        &mut tx,
-                        t,
-                        &config,
-                        &d.id_enc,
-                        None,
-                        Some(&d.doc),
-                        &mut claimed,
-                    )
-                    .await
+                    write_indexes(&mut tx, t, &config, &d.id_enc, None, Some(&d.doc), &mut w).await
                 };
                 if let Err(error) = result {
                     taken.push(WriteError { index: *i, error });
@@ -757,6 +828,7 @@ impl Tables {
                 }
                 writes += 1;
             }
+            finish_index_writes(&mut tx, t, &w).await?;
             match tx.commit().await? {
                 Commit::Done(_) => {
                     out.n += writes;
@@ -940,12 +1012,15 @@ impl Tables {
         }
     }
 
-    /// The documents matching `filter` read through an index
-    /// (`plan`), in the index's order, without duplicates (a multikey
-    /// document is returned at its first entry), at most `stop_after`
-    /// (when the caller needs no more, e.g. a limit over a sort the index
-    /// provides) and at most `bytes_max` bytes of documents (error 292
-    /// beyond). Also returns the index entries and documents examined.
+    /// The documents matching `filter` read through an index (`plan`):
+    /// its intervals one after the other (in the index's order), or, when
+    /// the plan merges them for a sort, the runs merged by the key after
+    /// their point prefixes (in the sort's order). No duplicates: a
+    /// multikey document is returned at its first entry. At most
+    /// `stop_after` documents (when the caller needs no more, e.g. a limit
+    /// over a sort the index provides) and at most `bytes_max` bytes of
+    /// documents (error 292 beyond). Also returns the index entries and
+    /// documents examined.
     pub async fn index_scan(
         &self,
         p: &Principal,
@@ -956,54 +1031,86 @@ impl Tables {
         bytes_max: usize,
     ) -> Result<(Vec<Document>, u64, u64), DocError> {
         authorize(p, t, Right::Read)?;
-        let start = Key::new(t.vol.id, Kind::TableIndex, t.entry.ino)
-            .u64(plan.index_id)
-            .bytes_prefix(&plan.prefix)
-            .build();
-        let end = prefix_end(&start);
-        let mut from = start;
+        let mut runs = runs(t, plan.index_id, &plan.intervals);
+        let page = match plan.merge {
+            true => (SCAN_PAGE / runs.len().max(1)).clamp(8, SCAN_PAGE),
+            false => SCAN_PAGE,
+        };
         let mut seen = std::collections::HashSet::new();
         let (mut out, mut bytes, mut keys, mut docs) = (Vec::new(), 0usize, 0u64, 0u64);
+        let mut tx: Option<Work> = None;
+        let mut current = 0;
         loop {
-            let tx = self.work(t).await?;
-            let rows = tx
-                .peek_range(&from, &end, SCAN_PAGE)
-                .await
-                .map_err(from_meta)?;
-            let more = rows.len() == SCAN_PAGE;
-            for (k, id_enc) in &rows {
-                keys += 1;
-                from = k.to_vec();
-                if !seen.insert(id_enc.to_vec()) {
-                    continue;
-                }
-                let doc_key = Key::new(t.vol.id, Kind::TableDoc, t.entry.ino)
-                    .bytes(id_enc)
-                    .build();
-                // Deleted since the entry was read: skip it.
-                let Some(raw) = tx.peek(&doc_key).await.map_err(from_meta)? else {
-                    continue;
-                };
-                docs += 1;
-                let d = decode_doc(&raw)?;
-                if filter.matches(&d) {
-                    bytes += raw.len();
-                    if bytes > bytes_max {
-                        return Err(DocError::new(
-                            292,
-                            format!("the query needs more than {bytes_max} bytes of documents in memory; narrow it with a filter or a limit"),
-                        ));
+            // The run the next entry comes from, its pages read as needed
+            // (the documents are read in the transaction of the last page).
+            let next = if plan.merge {
+                if runs.iter().any(|r| r.rows.is_empty() && r.more) {
+                    // A transaction's view is taken again only once
+                    // released (one operation holds it at a time).
+                    drop(tx.take());
+                    let fresh = self.work(t).await?;
+                    for r in runs.iter_mut().filter(|r| r.rows.is_empty() && r.more) {
+                        r.fill(&fresh, page).await?;
                     }
-                    out.push(d);
-                    if stop_after.is_some_and(|n| out.len() >= n) {
-                        return Ok((out, keys, docs));
-                    }
+                    tx = Some(fresh);
                 }
-            }
-            if !more {
+                runs.iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| r.rows.front().map(|(k, _)| (i, r.order_key(k))))
+                    .min_by(|a, b| a.1.cmp(b.1))
+                    .map(|(i, _)| i)
+            } else {
+                loop {
+                    let Some(r) = runs.get_mut(current) else {
+                        break None;
+                    };
+                    if r.rows.is_empty() && r.more {
+                        // A transaction's view is taken again only once
+                        // released (one operation holds it at a time).
+                        drop(tx.take());
+                        let fresh = self.work(t).await?;
+                        r.fill(&fresh, page).await?;
+                        tx = Some(fresh);
+                    }
+                    if r.rows.is_empty() {
+                        current += 1;
+                        continue;
+                    }
+                    break Some(current);
+                }
+            };
+            let (Some(i), Some(tx)) = (next, tx.as_ref()) else {
                 return Ok((out, keys, docs));
+            };
+            let Some((_, id_enc)) = runs[i].rows.pop_front() else {
+                return Err(DocError::internal("an index run chosen with no entry"));
+            };
+            keys += 1;
+            if !seen.insert(id_enc.clone()) {
+                continue;
             }
-            from.push(0);
+            let doc_key = Key::new(t.vol.id, Kind::TableDoc, t.entry.ino)
+                .bytes(&id_enc)
+                .build();
+            // Deleted since the entry was read: skip it.
+            let Some(raw) = tx.peek(&doc_key).await.map_err(from_meta)? else {
+                continue;
+            };
+            docs += 1;
+            let d = decode_doc(&raw)?;
+            if filter.matches(&d) {
+                bytes += raw.len();
+                if bytes > bytes_max {
+                    return Err(DocError::new(
+                        292,
+                        format!("the query needs more than {bytes_max} bytes of documents in memory; narrow it with a filter or a limit"),
+                    ));
+                }
+                out.push(d);
+                if stop_after.is_some_and(|n| out.len() >= n) {
+                    return Ok((out, keys, docs));
+                }
+            }
         }
     }
 
@@ -1122,6 +1229,7 @@ impl Tables {
                         }
                         let value = encode_doc(&after)?;
                         let id_enc = id_encoding(after.get("_id"));
+                        let mut w = IndexWrites::default();
                         write_indexes(
                             &mut tx,
                             t,
@@ -1129,9 +1237,10 @@ impl Tables {
                             &id_enc,
                             Some(&before),
                             Some(&after),
-                            &mut HashMap::new(),
+                            &mut w,
                         )
                         .await?;
+                        finish_index_writes(&mut tx, t, &w).await?;
                         tx.put(key.clone(), value);
                         let id = after.get("_id").cloned().unwrap_or(Bson::Null);
                         if replacement {
@@ -1196,16 +1305,9 @@ impl Tables {
             if tx.get(&key).await.map_err(from_meta)?.is_some() {
                 return Err(duplicate_id(t, &id));
             }
-            write_indexes(
-                &mut tx,
-                t,
-                &config,
-                &d.id_enc,
-                None,
-                Some(&d.doc),
-                &mut HashMap::new(),
-            )
-            .await?;
+            let mut w = IndexWrites::default();
+            write_indexes(&mut tx, t, &config, &d.id_enc, None, Some(&d.doc), &mut w).await?;
+            finish_index_writes(&mut tx, t, &w).await?;
             tx.put(key, value.clone());
             record(&mut tx, t, OpType::Insert, &id, Some(&d.doc), None)?;
             if let Some(m) = mark {
@@ -1290,21 +1392,7 @@ impl Tables {
                     if !filter.matches(&now) {
                         break; // no longer matches
                     }
-                    let config = read_config(&mut tx, t).await?;
-                    let id_enc = id_encoding(now.get("_id"));
-                    write_indexes(
-                        &mut tx,
-                        t,
-                        &config,
-                        &id_enc,
-                        Some(&now),
-                        None,
-                        &mut HashMap::new(),
-                    )
-                    .await?;
-                    tx.delete(key.clone());
-                    let id = now.get("_id").cloned().unwrap_or(Bson::Null);
-                    record(&mut tx, t, OpType::Delete, &id, None, None)?;
+                    remove_doc(&mut tx, t, key.clone(), &now).await?;
                     if let Some(m) = &mark {
                         if tx.get(m).await.map_err(from_meta)?.is_some() {
                             return Err(transient("the statement is being retried concurrently"));
@@ -1441,7 +1529,14 @@ impl Tables {
             if made.is_empty() {
                 return Ok((before, before));
             }
-            tx.put(t.config_key(), encode(&config));
+            let ttl = config
+                .indexes
+                .iter()
+                .any(|d| made.contains(&d.id) && d.expire_after_secs().is_some());
+            if ttl {
+                Tables::register_ttl_table(&mut tx, &t, &t.entry.path);
+            }
+            tx.put(t.config_key(), config.encode());
             if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
                 break;
             }
@@ -1485,7 +1580,7 @@ impl Tables {
                     .await
                     .map_err(from_meta)?;
                 let more = rows.len() == SCAN_PAGE;
-                let mut claimed = HashMap::new();
+                let mut w = IndexWrites::default();
                 let mut next = from.clone();
                 for (k, _) in &rows {
                     // Read again under a condition: a change meanwhile conflicts.
@@ -1494,11 +1589,11 @@ impl Tables {
                     };
                     let doc = decode_doc(&now)?;
                     let id_enc = id_encoding(doc.get("_id"));
-                    write_indexes(&mut tx, t, &config, &id_enc, None, Some(&doc), &mut claimed)
-                        .await?;
+                    write_indexes(&mut tx, t, &config, &id_enc, None, Some(&doc), &mut w).await?;
                     next = k.to_vec();
                     next.push(0);
                 }
+                finish_index_writes(&mut tx, t, &w).await?;
                 match tx.commit().await.map_err(from_meta)? {
                     Commit::Done(_) => break (next, more),
                     Commit::Conflict if attempt + 1 >= TX_RETRIES_MAX => {
@@ -1527,7 +1622,7 @@ impl Tables {
                 i.ready = true;
             }
             let n = config.indexes.len() + 1;
-            tx.put(t.config_key(), encode(&config));
+            tx.put(t.config_key(), config.encode());
             if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
                 return Ok(n);
             }
@@ -1544,7 +1639,7 @@ impl Tables {
             let mut tx = self.begin(t).await?;
             let mut config = read_config(&mut tx, t).await?;
             config.indexes.retain(|i| !ids.contains(&i.id));
-            tx.put(t.config_key(), encode(&config));
+            tx.put(t.config_key(), config.encode());
             for id in ids {
                 let (s, e) = index_range(t, *id);
                 tx.delete_range(s, e);
@@ -1594,12 +1689,12 @@ impl Tables {
             let mut tx = self.begin(&t).await?;
             let key = t.config_key();
             let mut config: TableConfig = match tx.get(&key).await.map_err(from_meta)? {
-                Some(b) => decode(&b, "table settings").map_err(from_meta)?,
+                Some(b) => TableConfig::decode(&b)?,
                 None => TableConfig::default(),
             };
             change(&mut config);
             config.format = CONFIG_FORMAT;
-            tx.put(key, encode(&config));
+            tx.put(key, config.encode());
             if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
                 return Ok(config);
             }
@@ -1769,7 +1864,7 @@ fn check_id_field_names(id: &Bson) -> Result<(), DocError> {
 /// conflicts and is tried again with the new set of indexes.
 async fn read_config(tx: &mut Tx, t: &TableRef) -> Result<TableConfig, DocError> {
     match tx.get(&t.config_key()).await.map_err(from_meta)? {
-        Some(b) => decode(&b, "table settings").map_err(from_meta),
+        Some(b) => TableConfig::decode(&b),
         None => Ok(TableConfig::default()),
     }
 }
@@ -1796,13 +1891,108 @@ pub fn index_range(t: &TableRef, index_id: u64) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
+/// The entries of one index interval, read a page at a time.
+pub(crate) struct Run {
+    /// The next key to read from, and the end of the interval.
+    from: Vec<u8>,
+    end: Vec<u8>,
+    /// Where, in each of its keys, the part after the point prefix begins
+    /// (what orders a merge of several runs).
+    skip: usize,
+    /// Entries read and not yet taken: key, `_id` encoding.
+    pub(crate) rows: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+    /// Whether entries may follow the last page.
+    pub(crate) more: bool,
+}
+
+impl Run {
+    /// Reads the next page of at most `page` entries after those read.
+    pub(crate) async fn fill(&mut self, tx: &Tx, page: usize) -> Result<(), DocError> {
+        let rows = tx
+            .peek_range(&self.from, &self.end, page)
+            .await
+            .map_err(from_meta)?;
+        self.more = rows.len() == page;
+        if let Some((k, _)) = rows.last() {
+            self.from = k.to_vec();
+            self.from.push(0);
+        }
+        self.rows
+            .extend(rows.into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
+        Ok(())
+    }
+
+    fn order_key<'a>(&self, key: &'a [u8]) -> &'a [u8] {
+        &key[self.skip.min(key.len())..]
+    }
+}
+
+/// The store key ranges of an index's intervals: a key part bound `b` is
+/// the key `… · u64(index) · bytes_prefix(b)`, as the store's escaping
+/// keeps the order of key parts (a key part at or above `b` gives a key at
+/// or above it). The point prefix's escaped length is where the rest of a
+/// key begins.
+pub(crate) fn runs(t: &TableRef, index_id: u64, intervals: &[crate::plan::Interval]) -> Vec<Run> {
+    let head = Key::new(t.vol.id, Kind::TableIndex, t.entry.ino).u64(index_id);
+    let (_, index_end) = index_range(t, index_id);
+    let header_len = head.clone().build().len();
+    intervals
+        .iter()
+        .map(|i| {
+            let points = &i.start[..i.point_len.min(i.start.len())];
+            // The escaping doubles every 0x00 byte.
+            let escaped = points.len() + points.iter().filter(|b| **b == 0).count();
+            Run {
+                from: head.clone().bytes_prefix(&i.start).build(),
+                end: match &i.end {
+                    Some(e) => head.clone().bytes_prefix(e).build(),
+                    None => index_end.clone(),
+                },
+                // The bytes tag, then the escaped points.
+                skip: header_len + 1 + escaped,
+                rows: Default::default(),
+                more: true,
+            }
+        })
+        .collect()
+}
+
+/// Removes document `doc`, stored at `key` and read in `tx`, with its
+/// index entries and its change log record, in `tx`: how every document
+/// is deleted (by a filter, or by the TTL sweep).
+pub(crate) async fn remove_doc(
+    tx: &mut Tx,
+    t: &TableRef,
+    key: Vec<u8>,
+    doc: &Document,
+) -> Result<(), DocError> {
+    let config = read_config(tx, t).await?;
+    let id_enc = id_encoding(doc.get("_id"));
+    let mut w = IndexWrites::default();
+    write_indexes(tx, t, &config, &id_enc, Some(doc), None, &mut w).await?;
+    tx.delete(key);
+    let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
+    record(tx, t, OpType::Delete, &id, None, None)
+}
+
+/// What the index writes of one transaction did so far: the unique
+/// entries they claimed (for the documents after them in the same
+/// transaction), and the key fields that met an array for the first time
+/// (index id, field), for [`finish_index_writes`].
+#[derive(Default)]
+struct IndexWrites {
+    claimed: HashMap<Vec<u8>, Vec<u8>>,
+    multikey: Vec<(u64, usize)>,
+}
+
 /// The entry changes of every index of `config` when a document goes from
 /// `before` to `after` (either absent): `(key, Some(value))` to put,
-/// `(key, None)` to delete. A unique index's entry held by another `_id`
-/// (in the table, or `claimed` by a document earlier in this transaction:
-/// see [`write_indexes`]) is a duplicate
-/// key error (11000), read under a condition so a concurrent claim
-/// conflicts.
+/// `(key, None)` to delete, and the key fields of `after` that are arrays
+/// where the index has not met one yet. A unique index's entry held by
+/// another `_id` (in the table, or claimed by a document earlier in this
+/// transaction: see [`write_indexes`]) is a duplicate key error (11000),
+/// read under a condition so a concurrent claim conflicts.
+#[allow(clippy::type_complexity)]
 async fn index_changes(
     tx: &mut Tx,
     t: &TableRef,
@@ -1811,15 +2001,22 @@ async fn index_changes(
     before: Option<&Document>,
     after: Option<&Document>,
     claimed: &HashMap<Vec<u8>, Vec<u8>>,
-) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, DocError> {
+) -> Result<(Vec<(Vec<u8>, Option<Vec<u8>>)>, Vec<(u64, usize)>), DocError> {
     let mut out = Vec::new();
+    let mut arrays = Vec::new();
     for def in &config.indexes {
         let old = match before {
             Some(d) => def.entries(d)?,
             None => Vec::new(),
         };
         let new = match after {
-            Some(d) => def.entries(d)?,
+            Some(d) => {
+                let (new, array) = def.entries_and_array(d)?;
+                if let Some(f) = array.filter(|f| !def.is_multikey(*f)) {
+                    arrays.push((def.id, f));
+                }
+                new
+            }
             None => Vec::new(),
         };
         for part in old.iter().filter(|p| !new.contains(p)) {
@@ -1850,12 +2047,11 @@ async fn index_changes(
             out.push((key, Some(id_enc.to_vec())));
         }
     }
-    Ok(out)
+    Ok((out, arrays))
 }
 
 /// Writes [`index_changes`] into `tx`, all or (on an error) none, and
-/// records the entries put in `claimed`, for the documents after this one
-/// in the same transaction.
+/// notes what they did in `w`.
 #[allow(clippy::too_many_arguments)]
 async fn write_indexes(
     tx: &mut Tx,
@@ -1864,16 +2060,40 @@ async fn write_indexes(
     id_enc: &[u8],
     before: Option<&Document>,
     after: Option<&Document>,
-    claimed: &mut HashMap<Vec<u8>, Vec<u8>>,
+    w: &mut IndexWrites,
 ) -> Result<(), DocError> {
-    for (k, v) in index_changes(tx, t, config, id_enc, before, after, claimed).await? {
+    let (changes, arrays) = index_changes(tx, t, config, id_enc, before, after, &w.claimed).await?;
+    for (k, v) in changes {
         match v {
             Some(v) => {
-                claimed.insert(k.clone(), v.clone());
+                w.claimed.insert(k.clone(), v.clone());
                 tx.put(k, v);
             }
             None => tx.delete(k),
         }
+    }
+    w.multikey.extend(arrays);
+    Ok(())
+}
+
+/// Before a transaction that wrote index entries commits: marks the key
+/// fields that met their first array multikey in the table's settings
+/// (read under a condition, so the transaction conflicts with any other
+/// change of them, and the planner stops intersecting bounds on those
+/// fields from the commit on).
+async fn finish_index_writes(tx: &mut Tx, t: &TableRef, w: &IndexWrites) -> Result<(), DocError> {
+    if w.multikey.is_empty() {
+        return Ok(());
+    }
+    let mut config = read_config(tx, t).await?;
+    let mut changed = false;
+    for (id, field) in &w.multikey {
+        if let Some(def) = config.indexes.iter_mut().find(|d| d.id == *id) {
+            changed |= def.set_multikey(*field);
+        }
+    }
+    if changed {
+        tx.put(t.config_key(), config.encode());
     }
     Ok(())
 }
@@ -2031,6 +2251,47 @@ fn put_mark(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_of_format_1_decode_with_unknown_multikey_marks() {
+        // Format 1's layout: no `multikey` at the end.
+        #[derive(Serialize)]
+        struct V1 {
+            format: u32,
+            read_ace: Option<String>,
+            write_ace: Option<String>,
+            admin_ace: Option<String>,
+            key_format: u8,
+            indexes: Vec<IndexDef>,
+            next_index_id: u64,
+        }
+        let mut def = IndexDef::parse(1, &bson::doc! {"key": {"a": 1}}).unwrap();
+        def.ready = true;
+        let old = encode(&V1 {
+            format: 1,
+            read_ace: Some("u:x".into()),
+            write_ace: None,
+            admin_ace: None,
+            key_format: 1,
+            indexes: vec![def.clone()],
+            next_index_id: 2,
+        });
+        let c = TableConfig::decode(&old).unwrap();
+        assert_eq!((c.format, c.next_index_id), (1, 2));
+        assert_eq!(c.read_ace.as_deref(), Some("u:x"));
+        assert_eq!(c.indexes[0].multikey, None, "unknown: every field may be");
+        assert!(c.indexes[0].is_multikey(0));
+        // Format 2 keeps the marks, through the index definitions.
+        let mut now = c.clone();
+        now.indexes[0].multikey = Some(0b10);
+        let back = TableConfig::decode(&now.encode()).unwrap();
+        assert_eq!(back.format, CONFIG_FORMAT);
+        assert_eq!(back.indexes[0].multikey, Some(0b10));
+        assert_eq!(back.multikey, vec![(1, 0b10)]);
+        // A build that reads format 1 reads format 2 (the marks last).
+        let older: TableConfigV1 = decode(&now.encode(), "table settings").unwrap();
+        assert_eq!((older.indexes.len(), older.next_index_id), (1, 2));
+    }
 
     #[test]
     fn dollar_prefixed_names_are_refused_only_inside_id() {

@@ -84,6 +84,9 @@ pub struct Config {
     /// Interval of the stream retention / compaction sweep in ms; 0 = the
     /// default (60 s). Short intervals are for tests.
     pub stream_sweep_ms: u64,
+    /// Interval of the TTL index sweep in ms; 0 = the default (60 s, as
+    /// MongoDB's TTL monitor). Short intervals are for tests.
+    pub ttl_sweep_ms: u64,
     /// Per-principal overrides of `kafka_default_stream`.
     pub kafka_principal_streams: std::collections::HashMap<String, String>,
     /// `host:port` Kafka clients are told to connect to (Kafka's advertised
@@ -562,6 +565,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ms => Duration::from_millis(ms),
     });
     let change_trim = tables.spawn_change_retention(CHANGE_TRIM_INTERVAL, cfg.change_retention);
+    let ttl_sweep = tables.spawn_ttl_sweep(match cfg.ttl_sweep_ms {
+        0 => berth_docs::ttl::TTL_INTERVAL_DEFAULT,
+        ms => Duration::from_millis(ms),
+    });
     let cdc_pump = cdc::Pump::new(tables.clone(), streams.clone());
     let cdc_task = cdc_pump.spawn(cdc::PUMP_INTERVAL);
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
@@ -843,6 +850,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     retention.abort();
     change_trim.abort();
+    ttl_sweep.abort();
     cdc_task.abort();
     raft.shutdown();
     Ok(())

@@ -1715,12 +1715,12 @@ impl Backend for TablesBackend {
     ) -> Result<(), MongoError> {
         let from = self.path(&req.from)?;
         let to = self.path(&req.to)?;
-        if self.open(p, &req.from, Right::Admin).await?.is_none() {
+        let Some(t) = self.open(p, &req.from, Right::Admin).await? else {
             return Err(MongoError::new(
                 codes::NAMESPACE_NOT_FOUND,
                 format!("source namespace does not exist: {}", req.from),
             ));
-        }
+        };
         if self.open(p, &req.to, Right::Admin).await?.is_some() {
             if !req.drop_target {
                 return Err(MongoError::new(
@@ -1742,7 +1742,8 @@ impl Backend for TablesBackend {
             .namespace()
             .rename(p, &from, &to, true)
             .await
-            .map_err(|e| mongo(berth_docs::table::from_meta(e)))
+            .map_err(|e| mongo(berth_docs::table::from_meta(e)))?;
+        self.tables.ttl_renamed(&t, &to).await.map_err(mongo)
     }
 
     async fn coll_stats(&self, p: &Principal, ns: Namespace) -> Result<CollStats, MongoError> {
@@ -1882,8 +1883,11 @@ impl Backend for TablesBackend {
                     "stage": "IXSCAN",
                     "indexName": &plan.name,
                     "keyPattern": plan.key_pattern.clone(),
+                    "indexBounds": plan.bounds.clone(),
                     "equalityFields": plan.eq_fields as i32,
+                    "rangeField": plan.range,
                     "providesSort": plan.provides_sort,
+                    "mergedRuns": if plan.merge { plan.intervals.len() as i32 } else { 0 },
                     "direction": "forward",
                 },
             },

@@ -54,6 +54,10 @@ pub struct ServerArgs {
     /// [default: 60000]. Meant for tests.
     #[arg(long, value_name = "MS")]
     pub stream_sweep_ms: Option<u64>,
+    /// Interval of the sweep that deletes the documents TTL indexes say
+    /// have expired, in ms [default: 60000]. Meant for tests.
+    #[arg(long, value_name = "MS", hide = true)]
+    pub ttl_sweep_ms: Option<u64>,
     /// Kafka listen address, or `off` [default: 0.0.0.0:9092].
     #[arg(long, value_name = "ADDR|off")]
     pub kafka_addr: Option<String>,
@@ -120,6 +124,7 @@ struct FileConfig {
     insecure: Option<bool>,
     lock_lease_ms: Option<u64>,
     stream_sweep_ms: Option<u64>,
+    ttl_sweep_ms: Option<u64>,
     kafka_addr: Option<String>,
     kafka_default_stream: Option<String>,
     /// `{ alice = "/apps/alice/events" }`
@@ -186,6 +191,7 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
         insecure: args.insecure || file.insecure.unwrap_or(false),
         lock_lease_ms: args.lock_lease_ms.or(file.lock_lease_ms).unwrap_or(0),
         stream_sweep_ms: args.stream_sweep_ms.or(file.stream_sweep_ms).unwrap_or(0),
+        ttl_sweep_ms: args.ttl_sweep_ms.or(file.ttl_sweep_ms).unwrap_or(0),
         kafka_addr: match args.kafka_addr.or(file.kafka_addr).as_deref() {
             Some("off") => None,
             Some(a) => Some(a.parse().with_context(|| {

@@ -1023,3 +1023,358 @@ async fn many_document_writes_and_counts_go_page_by_page() {
         .unwrap();
     assert_eq!((n, first.and_then(|d| d.get_i32("_id").ok())), (2, Some(1)));
 }
+
+/// The `_id`s of the documents matching `q`, through the index the planner
+/// picks (it must pick one) and through a scan of the table, with the
+/// entries the index scan examined.
+async fn through_index_and_scan(
+    k: &Kernel,
+    t: &berth_docs::table::TableRef,
+    q: Document,
+    sort: Option<Document>,
+) -> (Vec<Document>, Vec<Bson>, u64, berth_docs::plan::IndexPlan) {
+    let a = &k.admin;
+    let plan = berth_docs::plan::choose(&t.config.indexes, &q, sort.as_ref())
+        .unwrap_or_else(|| panic!("{q}: no index chosen"));
+    let f = filter(q.clone());
+    let (docs, keys, _) = k
+        .tables
+        .index_scan(a, t, &plan, &f, None, usize::MAX)
+        .await
+        .unwrap();
+    let mut got: Vec<Bson> = docs.iter().map(|d| d.get("_id").unwrap().clone()).collect();
+    got.sort_by(berth_docs::order::compare);
+    let mut want: Vec<Bson> = k
+        .tables
+        .select(a, t, &f, 0, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, d, _)| d.get("_id").unwrap().clone())
+        .collect();
+    want.sort_by(berth_docs::order::compare);
+    assert_eq!(got, want, "{q} through {} ({:?})", plan.name, plan.bounds);
+    (docs, want, keys, plan)
+}
+
+#[tokio::test]
+async fn ranges_in_lists_and_regex_prefixes_through_indexes_find_what_a_scan_finds() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let path = "/tables/db/mixed";
+    let t = k.tables.create(a, path, true).await.unwrap();
+    // `v` of every kind (arrays too), `n` numbers only, `s` strings and
+    // arrays of them, `g` a group.
+    let kinds = |i: i32| -> Bson {
+        match i % 12 {
+            0 => Bson::Int32(i),
+            1 => Bson::Double(f64::from(i) + 0.5),
+            2 => Bson::Int64(i64::from(i)),
+            3 => Bson::String(format!("s{i:03}")),
+            4 => Bson::DateTime(bson::DateTime::from_millis(i64::from(i) * 1000)),
+            5 => Bson::Array(vec![Bson::Int32(i), Bson::String(format!("a{i}"))]),
+            6 => Bson::Null,
+            7 => Bson::Boolean(i % 2 == 0),
+            8 => Bson::Array(vec![Bson::Int32(i - 50), Bson::Int32(i + 50)]),
+            9 => Bson::Double(f64::NAN),
+            10 => Bson::Document(doc! {"x": i}),
+            _ => Bson::Array(vec![]),
+        }
+    };
+    let mut docs = Vec::new();
+    for i in 0..240 {
+        let mut d = doc! {"_id": i, "n": i, "g": format!("g{}", i % 4), "ts": 1000 - i};
+        if i % 13 != 0 {
+            d.insert("v", kinds(i));
+        }
+        let s = match i % 5 {
+            0 => Bson::String(format!("abc{i}")),
+            1 => Bson::String(format!("ab{i}")),
+            2 => Bson::Array(vec![
+                Bson::String(format!("x{i}")),
+                Bson::String("abz".into()),
+            ]),
+            3 => Bson::Symbol(format!("abc-sym{i}")),
+            _ => Bson::Int32(i),
+        };
+        d.insert("s", s);
+        docs.push(d);
+    }
+    let out = k.tables.insert(a, &t, docs, true).await.unwrap();
+    assert_eq!(out.n, 240);
+    k.tables
+        .create_indexes(
+            a,
+            path,
+            &[
+                doc! {"key": {"v": 1}},
+                doc! {"key": {"n": 1}},
+                doc! {"key": {"s": -1}},
+                doc! {"key": {"g": 1, "ts": 1}},
+            ],
+        )
+        .await
+        .unwrap();
+    let t = k.tables.open(a, path, Right::Read).await.unwrap();
+    // Built over documents with arrays: `v` and `s` are multikey, `n` not.
+    let mk: Vec<(String, bool)> = t
+        .config
+        .indexes
+        .iter()
+        .map(|d| (d.name.clone(), d.is_multikey(0)))
+        .collect();
+    assert_eq!(
+        mk,
+        vec![
+            ("v_1".into(), true),
+            ("n_1".into(), false),
+            ("s_-1".into(), true),
+            ("g_1_ts_1".into(), false),
+        ]
+    );
+    let date = |s: i64| bson::DateTime::from_millis(s * 1000);
+    for q in [
+        doc! {"v": {"$gt": 100}},
+        doc! {"v": {"$gte": 50, "$lt": 150}},
+        doc! {"v": {"$lte": 60.5}},
+        doc! {"v": {"$gt": "s1"}},
+        doc! {"v": {"$lt": "s100"}},
+        doc! {"v": {"$gte": date(0), "$lt": date(100)}},
+        doc! {"v": {"$gt": false}},
+        doc! {"v": {"$gt": 5, "$lt": "z"}},
+        doc! {"v": {"$in": [0, 24, "s003", null, true, 2.5]}},
+        doc! {"v": {"$in": [{"x": 10}, 96]}},
+        doc! {"v": null},
+        doc! {"v": {"$eq": 12}},
+        doc! {"$and": [{"v": {"$gt": 10}}, {"v": {"$lt": 30}}]},
+        doc! {"n": {"$gte": 10, "$lt": 20}},
+        doc! {"n": {"$gt": 200}, "g": "g1"},
+        doc! {"n": {"$in": [1, 5, 9, 1000]}},
+        doc! {"$and": [{"n": {"$gt": 10}}, {"n": {"$lt": 30}}, {"n": {"$ne": 20}}]},
+        doc! {"s": {"$regex": "^abc"}},
+        doc! {"s": {"$regex": "^ab"}},
+        doc! {"s": {"$in": [{"$regex": "^x1"}, "abz"]}},
+        doc! {"s": {"$gte": "ab1", "$lt": "ab2"}},
+        doc! {"s": {"$lt": 10}},
+        doc! {"g": {"$in": ["g1", "g3"]}, "ts": {"$gt": 900}},
+    ] {
+        // `$in` of a regex is written as an operator document above only
+        // for brevity: turn it into a regex value.
+        let q = match q
+            .get_document("s")
+            .ok()
+            .and_then(|s| s.get_array("$in").ok())
+        {
+            Some(items) => {
+                let items: Vec<Bson> = items
+                    .iter()
+                    .map(|i| match i {
+                        Bson::Document(d) => Bson::RegularExpression(bson::Regex {
+                            pattern: d.get_str("$regex").unwrap().try_into().unwrap(),
+                            options: "".try_into().unwrap(),
+                        }),
+                        v => v.clone(),
+                    })
+                    .collect();
+                doc! {"s": {"$in": items}}
+            }
+            None => q,
+        };
+        through_index_and_scan(&k, &t, q, None).await;
+    }
+    // A range over a field without arrays reads only its entries.
+    let (_, want, keys, plan) =
+        through_index_and_scan(&k, &t, doc! {"n": {"$gte": 10, "$lt": 20}}, None).await;
+    assert_eq!((want.len(), keys), (10, 10), "{:?}", plan.bounds);
+    assert_eq!(plan.bounds, doc! {"n": ["[10, 20)"]});
+    // Strings never come into a numeric range: $gt 100 on `v` reads only numbers.
+    let (_, want, keys, _) = through_index_and_scan(&k, &t, doc! {"v": {"$gt": 100}}, None).await;
+    assert!(
+        keys as usize >= want.len() && keys < 100,
+        "{keys} keys for {}",
+        want.len()
+    );
+    // Sorted through the index: ranges in order, $in runs merged in order.
+    let (docs, _, _, plan) = through_index_and_scan(
+        &k,
+        &t,
+        doc! {"n": {"$gt": 100, "$lte": 130}},
+        Some(doc! {"n": 1}),
+    )
+    .await;
+    assert!(plan.provides_sort);
+    let ns: Vec<i32> = docs.iter().map(|d| d.get_i32("n").unwrap()).collect();
+    assert_eq!(ns, (101..=130).collect::<Vec<_>>());
+    let (docs, _, _, plan) = through_index_and_scan(
+        &k,
+        &t,
+        doc! {"g": {"$in": ["g2", "g0", "g3"]}},
+        Some(doc! {"ts": 1}),
+    )
+    .await;
+    assert!(plan.provides_sort && plan.merge);
+    let ts: Vec<i32> = docs.iter().map(|d| d.get_i32("ts").unwrap()).collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
+    assert_eq!(ts.len(), 180);
+    // A limit over the merged order stops early, with the least first.
+    let f = filter(doc! {"g": {"$in": ["g2", "g0"]}});
+    let (first, keys, _) = k
+        .tables
+        .index_scan(
+            a,
+            &t,
+            &plan_of(&t, doc! {"g": {"$in": ["g2", "g0"]}}, doc! {"ts": 1}),
+            &f,
+            Some(3),
+            usize::MAX,
+        )
+        .await
+        .unwrap();
+    let ts: Vec<i32> = first.iter().map(|d| d.get_i32("ts").unwrap()).collect();
+    assert_eq!(ts, vec![762, 764, 766]);
+    assert!(keys <= 4, "{keys}");
+
+    // A document written with an array marks `n` multikey: its bounds are
+    // no longer intersected, and the query still finds it.
+    update(
+        &k,
+        a,
+        path,
+        doc! {"_id": 3},
+        doc! {"$set": {"n": [-5, 500]}},
+        false,
+        false,
+    )
+    .await;
+    let t = k.tables.open(a, path, Right::Read).await.unwrap();
+    assert!(t.config.indexes[1].is_multikey(0));
+    let (_, want, _, plan) =
+        through_index_and_scan(&k, &t, doc! {"n": {"$gt": 100, "$lt": 102}}, None).await;
+    assert!(want.contains(&Bson::Int32(3)), "{want:?} {:?}", plan.bounds);
+    assert_eq!(want.len(), 2);
+}
+
+/// The `_id`s in the table, in `_id` order.
+async fn ids(k: &Kernel, t: &berth_docs::table::TableRef) -> Vec<i32> {
+    let all = k
+        .tables
+        .select(&k.admin, t, &filter(doc! {}), 0, 0)
+        .await
+        .unwrap();
+    all.into_iter()
+        .map(|(_, d, _)| d.get_i32("_id").unwrap())
+        .collect()
+}
+
+fn plan_of(
+    t: &berth_docs::table::TableRef,
+    q: Document,
+    sort: Document,
+) -> berth_docs::plan::IndexPlan {
+    berth_docs::plan::choose(&t.config.indexes, &q, Some(&sort)).unwrap()
+}
+
+#[tokio::test]
+async fn ttl_indexes_expire_dated_documents_through_the_delete_path() {
+    use berth_docs::changes::OpType;
+    let k = kernel().await;
+    let a = &k.admin;
+    let path = "/tables/db/sessions";
+    let t = k.tables.create(a, path, true).await.unwrap();
+    let now = bson::DateTime::from_millis(10_000_000_000);
+    let ago = |s: i64| bson::DateTime::from_millis(now.timestamp_millis() - s * 1000);
+    k.tables
+        .create_indexes(
+            a,
+            path,
+            &[
+                doc! {"key": {"at": 1}, "expireAfterSeconds": 60},
+                doc! {"key": {"x": 1}},
+            ],
+        )
+        .await
+        .unwrap();
+    let t = k.tables.open(a, &t.entry.path, Right::Write).await.unwrap();
+    assert_eq!(
+        t.config.indexes[0]
+            .listed()
+            .get_i32("expireAfterSeconds")
+            .ok(),
+        Some(60)
+    );
+    let docs = vec![
+        doc! {"_id": 1, "x": 1, "at": ago(120)},
+        doc! {"_id": 2, "x": 2, "at": ago(30)},
+        doc! {"_id": 3, "x": 3, "at": [ago(10), ago(300)]},
+        doc! {"_id": 4, "x": 4, "at": [ago(10), "old"]},
+        doc! {"_id": 5, "x": 5, "at": "yesterday"},
+        doc! {"_id": 6, "x": 6},
+        doc! {"_id": 7, "x": 7, "at": 12},
+        doc! {"_id": 8, "x": 8, "at": ago(600)},
+    ];
+    k.tables.insert(a, &t, docs, true).await.unwrap();
+    let start = k.tables.changes_now(t.vol.id).await.unwrap();
+    // At `now`: those with a date (or, in an array, some date) over 60 s old.
+    assert_eq!(k.tables.expire_all(now).await, 3);
+    assert_eq!(ids(&k, &t).await, vec![2, 4, 5, 6, 7]);
+    // Through the delete path: the change log has the deletes, the other
+    // index lost their entries.
+    let (records, _) = k.tables.changes_after(t.vol.id, start, 100).await.unwrap();
+    let mut deleted: Vec<Bson> = records
+        .iter()
+        .filter(|(_, r)| r.op == OpType::Delete && r.path == path)
+        .map(|(_, r)| r.id.clone().unwrap())
+        .collect();
+    deleted.sort_by(berth_docs::order::compare);
+    assert_eq!(
+        deleted,
+        vec![Bson::Int32(1), Bson::Int32(3), Bson::Int32(8)]
+    );
+    let (_, want, keys, _) = through_index_and_scan(&k, &t, doc! {"x": {"$gte": 0}}, None).await;
+    assert_eq!((want.len(), keys), (5, 5));
+    // Nothing more now; an hour on, the rest of the dated ones.
+    assert_eq!(k.tables.expire_all(now).await, 0);
+    let later = bson::DateTime::from_millis(now.timestamp_millis() + 3_600_000);
+    assert_eq!(k.tables.expire_all(later).await, 2);
+    assert_eq!(ids(&k, &t).await, vec![5, 6, 7]);
+
+    // Renamed, the table is still swept.
+    let to = "/tables/db/sessions2";
+    k.tables
+        .namespace()
+        .rename(a, path, to, true)
+        .await
+        .unwrap();
+    k.tables.ttl_renamed(&t, to).await.unwrap();
+    let t = k.tables.open(a, to, Right::Write).await.unwrap();
+    k.tables
+        .insert(a, &t, vec![doc! {"_id": 9, "at": ago(61)}], true)
+        .await
+        .unwrap();
+    assert_eq!(k.tables.expire_all(now).await, 1);
+    let (records, _) = k.tables.changes_after(t.vol.id, start, 100).await.unwrap();
+    assert!(records
+        .iter()
+        .any(|(_, r)| r.op == OpType::Delete && r.path == to && r.id == Some(Bson::Int32(9))));
+
+    // Dropped, the index expires nothing (and the sweep forgets the table).
+    k.tables
+        .drop_indexes(a, to, |i| i.name == "at_1")
+        .await
+        .unwrap();
+    let t = k.tables.open(a, to, Right::Write).await.unwrap();
+    k.tables
+        .insert(a, &t, vec![doc! {"_id": 10, "at": ago(600)}], true)
+        .await
+        .unwrap();
+    assert_eq!(k.tables.expire_all(later).await, 0);
+    assert_eq!(ids(&k, &t).await, vec![5, 6, 7, 10]);
+    // Bad specs are refused as MongoDB refuses them.
+    for bad in [
+        doc! {"key": {"at": 1}, "expireAfterSeconds": -1},
+        doc! {"key": {"at": 1, "y": 1}, "expireAfterSeconds": 5},
+    ] {
+        let e = k.tables.create_indexes(a, to, &[bad]).await.unwrap_err();
+        assert_eq!(e.code, berth_docs::index::CANNOT_CREATE_INDEX);
+    }
+}

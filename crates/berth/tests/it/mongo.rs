@@ -90,6 +90,16 @@ fn pymongo_indexes_serve_queries_and_hold_unique_keys() {
 }
 
 #[test]
+fn pymongo_ttl_indexes_expire_documents() {
+    if !have("pymongo", python_has("pymongo")) {
+        return;
+    }
+    let s = TestServer::start_with(&["--ttl-sweep-ms", "300"]);
+    let (ok, text) = pymongo(&s, "ttl", "admin", &admin_ticket(&s), "PLAIN");
+    assert!(ok, "{text}\n{}", s.log());
+}
+
+#[test]
 fn a_user_without_rights_on_a_table_gets_unauthorized() {
     if !have("pymongo", python_has("pymongo")) {
         return;

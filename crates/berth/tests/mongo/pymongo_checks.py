@@ -3,12 +3,15 @@ application would use it. Usage:
 
     pymongo_checks.py CHECK --port P --ca CA --user U --password PW [--mechanism M]
 
-CHECK is one of: crud, indexes, seed (a document in shop.private), denied,
-transactions. Prints what failed and exits 1 on failure.
+CHECK is one of: crud, indexes, ttl (needs a short --ttl-sweep-ms), seed (a
+document in shop.private), denied, transactions. Prints what failed and exits 1
+on failure.
 """
 
 import argparse
+import datetime
 import sys
+import time
 
 import pymongo
 from pymongo.errors import DuplicateKeyError, OperationFailure
@@ -213,8 +216,33 @@ def indexes(a):
     check(stage["stage"] == "IXSCAN" and stage["indexName"] == "user_1_ts_-1", f"plan {plan}")
     stats = plan["executionStats"]
     check(stats["totalKeysExamined"] <= 6 and stats["nReturned"] == 5, f"examined {stats}")
+    # No index leads with ts: a range on it scans the collection.
     full = events.find({"ts": {"$gt": 1}}).explain()
-    check(full["queryPlanner"]["winningPlan"]["stage"] == "COLLSCAN", "a range scans for now")
+    check(full["queryPlanner"]["winningPlan"]["stage"] == "COLLSCAN", f"no index on ts: {full}")
+    # With one, a range reads only its keys.
+    events.create_index("ts")
+    rng = events.find({"ts": {"$gte": 100, "$lt": 150}}).explain()
+    stage = rng["queryPlanner"]["winningPlan"]["inputStage"]
+    check(stage["stage"] == "IXSCAN" and stage["indexName"] == "ts_1", f"range plan {rng}")
+    check(stage["indexBounds"] == {"ts": ["[100, 150)"]}, f"range bounds {stage}")
+    stats = rng["executionStats"]
+    check(stats["nReturned"] == 50 and stats["totalKeysExamined"] <= 50, f"range examined {stats}")
+    got = sorted(d["_id"] for d in events.find({"ts": {"$gte": 100, "$lt": 150}}))
+    check(got == list(range(100, 150)), f"range result {got}")
+    # $in on the leading field, sorted on the next: the runs merged in order.
+    query = {"user": {"$in": ["u1", "u2"]}}
+    top = [d["ts"] for d in events.find(query).sort("ts", -1).limit(4)]
+    check(top == [492, 491, 482, 481], f"$in sorted {top}")
+    plan = events.find(query).sort("ts", -1).limit(4).explain()
+    stage = plan["queryPlanner"]["winningPlan"]["inputStage"]
+    check(stage["indexName"] == "user_1_ts_-1" and stage["providesSort"], f"$in plan {plan}")
+    check(plan["executionStats"]["totalKeysExamined"] <= 6, f"$in examined {plan}")
+    # An anchored regex is a string range.
+    plan = events.find({"email": {"$regex": "^e12"}}).explain()
+    stage = plan["queryPlanner"]["winningPlan"]["inputStage"]
+    check(stage["stage"] == "IXSCAN" and stage["indexName"] == "email_1", f"regex plan {plan}")
+    stats = plan["executionStats"]
+    check(stats["nReturned"] == 11 and stats["totalKeysExamined"] <= 11, f"regex examined {stats}")
     check(events.count_documents({"user": "u7"}) == 50, "count through the index")
     # Writes keep the index: a moved document is found under its new key.
     events.update_one({"_id": 3}, {"$set": {"user": "moved"}})
@@ -233,6 +261,40 @@ def indexes(a):
     check("team_1" not in [i["name"] for i in events.list_indexes()], "failed index removed")
     events.drop_index("email_1")
     events.insert_one({"_id": 1001, "email": "e1@x"})
+    print("ok")
+
+
+def ttl(a):
+    # The server runs its TTL sweep often (--ttl-sweep-ms): a document
+    # past its date goes within seconds.
+    c = client(a)
+    sessions = c["shop"]["sessions"]
+    sessions.drop()
+    name = sessions.create_index("at", expireAfterSeconds=0)
+    spec = [i for i in sessions.list_indexes() if i["name"] == name]
+    check(spec and spec[0].get("expireAfterSeconds") == 0, f"listed {spec}")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    sessions.insert_many(
+        [
+            {"_id": 1, "at": now - datetime.timedelta(minutes=5)},
+            {"_id": 2, "at": now + datetime.timedelta(days=1)},
+            {"_id": 3, "at": "not a date"},
+            {"_id": 4, "at": [now + datetime.timedelta(days=1), datetime.datetime(2000, 1, 1)]},
+        ]
+    )
+    deadline = time.time() + 20
+    left = None
+    while time.time() < deadline:
+        left = sorted(d["_id"] for d in sessions.find())
+        if left == [2, 3]:
+            break
+        time.sleep(0.2)
+    check(left == [2, 3], f"after the sweep {left}")
+    try:
+        sessions.create_index([("a", 1), ("b", 1)], expireAfterSeconds=5)
+        check(False, "a compound TTL index was made")
+    except OperationFailure as e:
+        check(e.code == 67, f"compound TTL code {e.code}")
     print("ok")
 
 
@@ -351,7 +413,9 @@ def transactions(a):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("check", choices=["crud", "indexes", "seed", "denied", "transactions"])
+    p.add_argument(
+        "check", choices=["crud", "indexes", "ttl", "seed", "denied", "transactions"]
+    )
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--ca", required=True)
     p.add_argument("--user", required=True)
@@ -361,6 +425,7 @@ def main():
     checks = {
         "crud": crud,
         "indexes": indexes,
+        "ttl": ttl,
         "seed": seed,
         "denied": denied,
         "transactions": transactions,
