@@ -174,6 +174,9 @@ impl berth_fs::EntryHook for LogHook {
         kind: berth_fs::EntryKind,
         path: &str,
     ) -> Result<(), berth_meta::Error> {
+        if kind == berth_fs::EntryKind::Table {
+            crate::builds::forget(tx, vol, ino);
+        }
         self.record(tx, vol, ino, kind, OpType::Drop, path, None)
     }
 

@@ -3,6 +3,7 @@
 //! updating, projecting, expressions, pipelines) read no clock and do no I/O.
 
 pub mod aggregate;
+pub mod builds;
 pub mod cdc;
 pub mod changes;
 pub mod error;

@@ -225,12 +225,31 @@ pub type Change<'a> =
 /// The tables service.
 pub struct Tables {
     pub(crate) ns: Arc<Namespace>,
+    /// The tables (volume, inode) whose indexes this node is building.
+    building: Arc<std::sync::Mutex<std::collections::HashSet<(u64, u64)>>>,
+}
+
+/// This node builds the indexes of one table while held.
+pub(crate) struct BuildClaim {
+    building: Arc<std::sync::Mutex<std::collections::HashSet<(u64, u64)>>>,
+    table: (u64, u64),
+}
+
+impl Drop for BuildClaim {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.building.lock() {
+            b.remove(&self.table);
+        }
+    }
 }
 
 impl Tables {
     pub fn new(ns: Arc<Namespace>) -> Arc<Tables> {
         ns.set_hook(Arc::new(changes::LogHook));
-        Arc::new(Tables { ns })
+        Arc::new(Tables {
+            ns,
+            building: Arc::default(),
+        })
     }
 
     pub fn namespace(&self) -> &Arc<Namespace> {
@@ -1479,6 +1498,8 @@ impl Tables {
         specs: &[Document],
     ) -> Result<(usize, usize), DocError> {
         let mut made = Vec::new();
+        // Asked again for indexes whose build was cut short: built here.
+        let mut unfinished = Vec::new();
         let mut before = 0;
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
@@ -1487,6 +1508,7 @@ impl Tables {
             let mut config = read_config(&mut tx, &t).await?;
             before = config.indexes.len() + 1;
             made.clear();
+            unfinished.clear();
             for spec in specs {
                 let id = config.next_index_id.max(1);
                 let def = IndexDef::parse(id, spec)?;
@@ -1495,7 +1517,12 @@ impl Tables {
                     .iter()
                     .find(|i| i.name == def.name || i.keys == def.keys)
                 {
-                    Some(i) if i.name == def.name && i.same_as(&def) => continue,
+                    Some(i) if i.name == def.name && i.same_as(&def) => {
+                        if !i.ready {
+                            unfinished.push(i.id);
+                        }
+                        continue;
+                    }
                     Some(i) if i.name == def.name => {
                         return Err(DocError::new(
                             codes::INDEX_KEY_SPECS_CONFLICT,
@@ -1526,8 +1553,11 @@ impl Tables {
                 made.push(id);
                 config.indexes.push(def);
             }
-            if made.is_empty() {
+            if made.is_empty() && unfinished.is_empty() {
                 return Ok((before, before));
+            }
+            if made.is_empty() {
+                break; // only unfinished builds: nothing to add
             }
             let ttl = config
                 .indexes
@@ -1536,32 +1566,98 @@ impl Tables {
             if ttl {
                 Tables::register_ttl_table(&mut tx, &t, &t.entry.path);
             }
+            // Registered for resuming, with the indexes that need building.
+            crate::builds::register(&mut tx, &t, &t.entry.path);
             tx.put(t.config_key(), config.encode());
             if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
                 break;
             }
             made.clear();
         }
-        if made.is_empty() {
+        if made.is_empty() && unfinished.is_empty() {
             return Err(transient(
                 "too much contention on the table's settings; retry",
             ));
         }
         let t = self.open(p, path, Right::Write).await?;
-        if let Err(e) = self.build_indexes(&t, &made).await {
-            self.remove_indexes(&t, &made).await?;
+        let ids: Vec<u64> = made.iter().chain(&unfinished).copied().collect();
+        let _claim = self.claim_build(&t);
+        if let Err(e) = self.build_indexes(&t, &ids).await {
+            if e.code == codes::DUPLICATE_KEY || e.code == codes::INDEX_NOT_FOUND {
+                // Documents violate a unique index, or it was dropped.
+                self.remove_indexes(&t, &ids).await?;
+                self.finish_builds(&t, &ids).await?;
+            }
+            // Otherwise (a transient failure) the build stays registered
+            // and resumes where it got to.
             return Err(e);
         }
-        let after = self.set_ready(&t, &made).await?;
+        let after = self.set_ready(&t, &ids).await?;
+        self.finish_builds(&t, &ids).await?;
         Ok((before, after))
+    }
+
+    /// Claims the build of `t`'s indexes on this node (`None` when it is
+    /// running here already).
+    pub(crate) fn claim_build(&self, t: &TableRef) -> Option<BuildClaim> {
+        let table = (t.vol.id, t.entry.ino);
+        let mut b = self.building.lock().ok()?;
+        b.insert(table).then(|| BuildClaim {
+            building: self.building.clone(),
+            table,
+        })
+    }
+
+    /// After the indexes `ids` of `t` were made ready or removed: their
+    /// progress goes, and the table's registry entry once none of its
+    /// indexes is building.
+    pub(crate) async fn finish_builds(&self, t: &TableRef, ids: &[u64]) -> Result<(), DocError> {
+        for attempt in 0..TX_RETRIES_MAX {
+            backoff(attempt).await;
+            let mut tx = self.begin(t).await?;
+            let config = read_config(&mut tx, t).await?;
+            for id in ids {
+                tx.delete(crate::builds::progress_key(t.vol.id, t.entry.ino, *id));
+            }
+            if config.indexes.iter().all(|i| i.ready) {
+                crate::builds::unregister(&mut tx, t);
+            }
+            if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
+                return Ok(());
+            }
+        }
+        Err(transient(
+            "too much contention on the table's settings; retry",
+        ))
     }
 
     /// Makes the entries of the indexes `ids` for every document, a page
     /// per transaction, each conditional on the page's documents and the
     /// table's settings.
-    async fn build_indexes(&self, t: &TableRef, ids: &[u64]) -> Result<(), DocError> {
+    pub(crate) async fn build_indexes(&self, t: &TableRef, ids: &[u64]) -> Result<(), DocError> {
         let (start, end) = t.doc_range();
-        let mut from = start;
+        // Where an earlier run of the build got to: the least progress of
+        // the indexes (one without progress starts over).
+        let mut from = start.clone();
+        {
+            let tx = self.begin(t).await?;
+            let mut least: Option<Vec<u8>> = None;
+            for id in ids {
+                let key = crate::builds::progress_key(t.vol.id, t.entry.ino, *id);
+                match tx.peek(&key).await.map_err(from_meta)? {
+                    Some(at) if at.as_slice() >= start.as_slice() => {
+                        least = Some(least.map_or(at.clone(), |l| l.min(at)));
+                    }
+                    _ => {
+                        least = Some(start.clone());
+                        break;
+                    }
+                }
+            }
+            if let Some(l) = least {
+                from = l;
+            }
+        }
         loop {
             let mut attempt = 0;
             let (next, more) = loop {
@@ -1594,6 +1690,12 @@ impl Tables {
                     next.push(0);
                 }
                 finish_index_writes(&mut tx, t, &w).await?;
+                // How far the build got, with the page: a build cut short
+                // goes on from here.
+                for id in ids {
+                    let key = crate::builds::progress_key(t.vol.id, t.entry.ino, *id);
+                    tx.put(key, next.clone());
+                }
                 match tx.commit().await.map_err(from_meta)? {
                     Commit::Done(_) => break (next, more),
                     Commit::Conflict if attempt + 1 >= TX_RETRIES_MAX => {
@@ -1613,7 +1715,7 @@ impl Tables {
 
     /// Marks the indexes `ids` ready for queries; returns how many indexes
     /// the table has (the `_id` index included).
-    async fn set_ready(&self, t: &TableRef, ids: &[u64]) -> Result<usize, DocError> {
+    pub(crate) async fn set_ready(&self, t: &TableRef, ids: &[u64]) -> Result<usize, DocError> {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.begin(t).await?;
@@ -1633,7 +1735,7 @@ impl Tables {
     }
 
     /// Removes the indexes `ids` with their entries.
-    async fn remove_indexes(&self, t: &TableRef, ids: &[u64]) -> Result<(), DocError> {
+    pub(crate) async fn remove_indexes(&self, t: &TableRef, ids: &[u64]) -> Result<(), DocError> {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
             let mut tx = self.begin(t).await?;

@@ -71,13 +71,16 @@ pub fn cutoff(def: &IndexDef, now: bson::DateTime) -> Option<bson::DateTime> {
 }
 
 impl Tables {
-    /// Runs [`Tables::expire_all`] every `every`.
+    /// Runs [`Tables::expire_all`] and [`Tables::resume_builds`] every
+    /// `every`.
     pub fn spawn_ttl_sweep(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(tables) = me.upgrade() else { return };
+                // Index builds cut short go on too (see `builds`).
+                tables.resume_builds().await;
                 tables.expire_all(bson::DateTime::now()).await;
             }
         })

@@ -1378,3 +1378,98 @@ async fn ttl_indexes_expire_dated_documents_through_the_delete_path() {
         assert_eq!(e.code, berth_docs::index::CANNOT_CREATE_INDEX);
     }
 }
+
+/// An index build cut short (its settings say not ready, its registry
+/// entry and progress are there, as a crash leaves them) goes on from
+/// its progress when the volume's leader resumes builds, then is ready
+/// and its build keys are gone.
+#[tokio::test]
+async fn an_interrupted_index_build_resumes_from_its_progress() {
+    use berth_docs::builds::{progress_key, registry_key, Building};
+    use berth_docs::index::IndexDef;
+    let k = kernel().await;
+    let a = &k.admin;
+    let path = "/tables/db/building";
+    let t = k.tables.create(a, path, true).await.unwrap();
+    let docs: Vec<Document> = (0..600).map(|i| doc! {"_id": i, "g": i % 3}).collect();
+    k.tables.insert(a, &t, docs, true).await.unwrap();
+    // What a crash in the middle of `createIndexes({g: 1})` leaves: the
+    // index in the settings, not ready, with no entries below document
+    // 300 written yet (so the test sees where the build went on from).
+    let mut config = t.config.clone();
+    let mut def = IndexDef::parse(
+        config.next_index_id.max(1),
+        &doc! {"key": {"g": 1}, "name": "g_1"},
+    )
+    .unwrap();
+    def.ready = false;
+    let id = def.id;
+    config.next_index_id = id + 1;
+    config.indexes.push(def);
+    let router = k.meta.router();
+    let mut tx = router.begin(t.vol.shard_id).await.unwrap();
+    let settings =
+        berth_store::keys::Key::new(t.vol.id, berth_store::keys::Kind::TableIndex, t.entry.ino)
+            .build();
+    tx.put(settings, config.encode());
+    tx.put(
+        registry_key(t.vol.id, t.entry.ino),
+        berth_meta::codec::encode(&Building { path: path.into() }),
+    );
+    let mut at = t.doc_key(&Bson::Int32(300));
+    at.push(0);
+    tx.put(progress_key(t.vol.id, t.entry.ino, id), at);
+    assert!(matches!(
+        tx.commit().await.unwrap(),
+        berth_meta::Commit::Done(_)
+    ));
+
+    assert_eq!(k.tables.resume_builds().await, 1);
+    let t = k.tables.open(a, path, Right::Read).await.unwrap();
+    assert!(
+        t.config.indexes.iter().all(|i| i.ready),
+        "not ready after resuming"
+    );
+    // Entries from the progress on: documents 301.. (the 200 of them in
+    // each group from there), none before it.
+    let plan = berth_docs::plan::choose(&t.config.indexes, &doc! {"g": 1}, None).unwrap();
+    let (found, _, _) = k
+        .tables
+        .index_scan(a, &t, &plan, &filter(doc! {"g": 1}), None, usize::MAX)
+        .await
+        .unwrap();
+    let ids: Vec<i32> = found.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    assert!(
+        ids.iter().all(|i| *i > 300),
+        "entries before the progress: {ids:?}"
+    );
+    assert_eq!(ids.len(), 100);
+    // The build's keys are gone; nothing more to resume.
+    assert_eq!(
+        router
+            .get(t.vol.shard_id, &registry_key(t.vol.id, t.entry.ino))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        router
+            .get(t.vol.shard_id, &progress_key(t.vol.id, t.entry.ino, id))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(k.tables.resume_builds().await, 0);
+    // A real createIndexes on the table builds everything and leaves no keys.
+    k.tables
+        .create_indexes(a, path, &[doc! {"key": {"_id": 1, "g": 1}, "name": "both"}])
+        .await
+        .unwrap();
+    assert_eq!(
+        router
+            .get(t.vol.shard_id, &registry_key(t.vol.id, t.entry.ino))
+            .await
+            .unwrap(),
+        None
+    );
+}
