@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod cdc;
 pub mod changes;
+pub mod check;
 pub mod error;
 pub mod expr;
 pub mod index;
