@@ -53,6 +53,8 @@ pub const IDEMPOTENT: &[&str] = &[
     "/berth.v1.Streams/DescribeTopic",
     "/berth.v1.Tables/Info",
     "/berth.v1.Tables/List",
+    // Writes only a no-op (to have Raft confirm what it read).
+    "/berth.v1.Tables/Check",
     "/berth.v1.Security/WhoAmI",
     "/berth.v1.Security/UserList",
     "/berth.v1.Security/GroupList",

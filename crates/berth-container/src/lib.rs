@@ -10,9 +10,13 @@
 //!   0 and drops privileges (setgroups, setgid, setuid) between fork and
 //!   exec, checking that root cannot be regained.
 //! - *A ticket is never printed or logged*; the entrypoint hands it to the
-//!   application as a 0400 file owned by the application's uid, and as the
-//!   SASL password in the Kafka properties file (0600, same owner), never
-//!   in an environment variable.
+//!   application as a 0400 file owned by the application's uid, as the
+//!   SASL password in the Kafka properties file (0600, same owner), and as
+//!   the password in `MONGODB_URI` (the connection string MongoDB drivers
+//!   read), the one environment variable that holds it: set in the
+//!   application's process only (not in the container's configuration,
+//!   which `docker inspect` shows), where only its uid reads it, as it
+//!   reads the file.
 //! - *Every wait is bounded*: mounting (30 s), stopping a mount (15 s, then
 //!   SIGKILL and a lazy unmount), connecting (5 attempts).
 //! - Configuration problems are one line naming the variable and the fix
@@ -25,6 +29,7 @@ mod child;
 mod config;
 mod conn;
 mod kafka;
+mod mongo;
 mod plugin;
 mod run;
 

@@ -5,7 +5,8 @@
 //! non-root uid in its own process group (owning the terminal, if any),
 //! forwards signals to it, reaps every orphan (it is PID 1), exits with
 //! CMD's status and unmounts. CMD also gets the Kafka connection settings
-//! (`kafka`): environment variables and a properties file.
+//! (`kafka`: environment variables and a properties file) and MongoDB's
+//! (`mongo`: `MONGODB_URI`).
 //!
 //! Exit codes: CMD's own (128+N when killed by signal N); 2 for
 //! configuration errors (one `error:` line naming the variable); 1 when the
@@ -28,6 +29,7 @@ use crate::child::{self, Identity, MountChild, MountSpec};
 use crate::config::{self, ConfigError, Current, RunConfig, TicketSource};
 use crate::conn::Connection;
 use crate::kafka::{self, KafkaSettings};
+use crate::mongo::{self, MongoSettings};
 
 /// Where the entrypoint puts the application's copy of the ticket and CA.
 pub const DEFAULT_RUN_DIR: &str = "/run/berth";
@@ -128,7 +130,7 @@ pub async fn container_run(args: ContainerRunArgs) -> anyhow::Result<i32> {
         cfg,
         conn,
         who,
-        kafka_env,
+        app_env,
         notes,
     } = ready;
     eprintln!(
@@ -155,7 +157,7 @@ pub async fn container_run(args: ContainerRunArgs) -> anyhow::Result<i32> {
         }
     };
 
-    let code = match spawn_app(&args.command, &cfg, &conn, &who, &kafka_env) {
+    let code = match spawn_app(&args.command, &cfg, &conn, &who, &app_env) {
         Ok(app_pid) => supervise(app_pid, &mut mount, &mut signals, &mut chld).await,
         Err((code, text)) => {
             eprintln!("error: {text}");
@@ -168,13 +170,17 @@ pub async fn container_run(args: ContainerRunArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// Variables set for the application, in order.
+type AppEnv = Vec<(String, OsString)>;
+
 /// Settings checked against the cluster.
 struct Ready {
     cfg: RunConfig,
     conn: Connection,
     who: WhoAmIResponse,
-    /// The application's Kafka variables (see [`kafka_settings`]).
-    kafka_env: Vec<(String, OsString)>,
+    /// The application's Kafka and MongoDB variables (see
+    /// [`kafka_settings`], [`mongo_settings`]).
+    app_env: AppEnv,
     /// Lines for stderr after the greeting.
     notes: Vec<String>,
 }
@@ -245,8 +251,15 @@ async fn prepare(args: &ContainerRunArgs) -> Result<Ready, Failure> {
     check_path(&client, &cfg.path).await?;
 
     let conn = app_files(&args.run_dir, &cfg, &ticket, ca_pem.as_deref(), me)?;
-    let (kafka_env, notes) = kafka_settings(
-        &client,
+    // The nodes' Kafka and MongoDB addresses.
+    let nodes = client
+        .cluster()
+        .status(Empty {})
+        .await
+        .map(|s| s.into_inner().nodes)
+        .map_err(ClientError::from_status);
+    let (mut app_env, mut notes) = kafka_settings(
+        &nodes,
         &args.run_dir,
         &cfg,
         &conn,
@@ -254,8 +267,10 @@ async fn prepare(args: &ContainerRunArgs) -> Result<Ready, Failure> {
         &who,
         &ticket,
         me,
-    )
-    .await?;
+    )?;
+    let (uri, note) = mongo_settings(&nodes, &cfg, &conn, &client_cfg.servers, &who, &ticket);
+    app_env.push((mongo::ENV_NAME.to_string(), uri.into()));
+    notes.extend(note);
     let conn = Connection {
         servers: client_cfg.servers,
         ..conn
@@ -272,7 +287,7 @@ async fn prepare(args: &ContainerRunArgs) -> Result<Ready, Failure> {
         cfg,
         conn,
         who,
-        kafka_env,
+        app_env,
         notes,
     })
 }
@@ -420,15 +435,16 @@ fn app_files(
 }
 
 /// The application's Kafka settings: bootstrap servers from the cluster
-/// map (every node's Kafka advertised address, from Cluster/Status; when
-/// none is known, the hosts of `servers` with port 9092, said on stderr),
+/// map (`nodes`: every node's Kafka advertised address, from
+/// Cluster/Status; when none is known, the hosts of `servers` with port
+/// 9092, said on stderr),
 /// SASL PLAIN with the ticket as the password, the CA the application
 /// got. Writes the properties file (the one place the ticket goes as a
 /// Kafka password) into `run_dir`, mode 0600, owned by the application's
 /// uid. Returns the environment variables and lines for stderr.
 #[allow(clippy::too_many_arguments)]
-async fn kafka_settings(
-    client: &Client,
+fn kafka_settings(
+    nodes: &Result<Vec<berth_api::v1::Node>, ClientError>,
     run_dir: &Path,
     cfg: &RunConfig,
     conn: &Connection,
@@ -436,14 +452,9 @@ async fn kafka_settings(
     who: &WhoAmIResponse,
     ticket: &str,
     me: Current,
-) -> Result<(Vec<(String, OsString)>, Vec<String>), Failure> {
+) -> Result<(AppEnv, Vec<String>), Failure> {
     let mut notes = Vec::new();
-    let status = client
-        .cluster()
-        .status(Empty {})
-        .await
-        .map_err(ClientError::from_status);
-    let bootstrap = match status.map(|s| kafka::bootstrap_from_nodes(&s.into_inner().nodes)) {
+    let bootstrap = match nodes.as_ref().map(|n| kafka::bootstrap_from_nodes(n)) {
         Ok(b) if !b.is_empty() => b,
         other => {
             let b = kafka::fallback_bootstrap(servers);
@@ -492,6 +503,50 @@ async fn kafka_settings(
         }
     };
     Ok((settings.env(file), notes))
+}
+
+/// The application's `MONGODB_URI`: one node's MongoDB advertised address
+/// from the cluster map (`nodes`; one the container reaches through
+/// `servers` preferred; when none is known, the first host of `servers`
+/// with port 27017, said on stderr), PLAIN with the ticket as the
+/// password, the CA the application got. The URI holds the ticket, as
+/// the application's copy of it (`BERTH_TICKET_FILE`) does: only the
+/// application's uid reads either (`/proc/PID/environ` is the process
+/// owner's). Returns it and a line for stderr, if any.
+fn mongo_settings(
+    nodes: &Result<Vec<berth_api::v1::Node>, ClientError>,
+    cfg: &RunConfig,
+    conn: &Connection,
+    servers: &[String],
+    who: &WhoAmIResponse,
+    ticket: &str,
+) -> (String, Option<String>) {
+    let mut note = None;
+    let host = match nodes.as_ref().map(|n| mongo::host_from_nodes(n, servers)) {
+        Ok(Some(h)) => h,
+        other => {
+            let h = mongo::fallback_host(servers)
+                .unwrap_or_else(|| format!("localhost:{}", mongo::FALLBACK_PORT));
+            let why = match other {
+                Err(e) => format!("reading the cluster map (Cluster/Status) failed: {e}"),
+                Ok(_) => "no node in the cluster map has a MongoDB address".to_string(),
+            };
+            note = Some(format!(
+                "berth: {why}; assuming MongoDB on {h} (the first host of BERTH_SERVERS, \
+                 port {}) in MONGODB_URI",
+                mongo::FALLBACK_PORT
+            ));
+            h
+        }
+    };
+    let settings = MongoSettings {
+        host,
+        tls: !cfg.insecure,
+        username: who.principal.clone(),
+        password: ticket.to_string(),
+        ca_file: conn.ca_file.as_ref().map(|p| p.display().to_string()),
+    };
+    (settings.uri(), note)
 }
 
 /// Replaces `path` with a new file of `mode`, owned by `uid:gid`.
@@ -589,7 +644,7 @@ fn spawn_app(
     cfg: &RunConfig,
     conn: &Connection,
     who: &WhoAmIResponse,
-    kafka_env: &[(String, OsString)],
+    app_env: &[(String, OsString)],
 ) -> Result<libc::pid_t, (i32, String)> {
     let Some((prog, rest)) = command.split_first() else {
         return Err((EXIT_CONFIG, "no command to run".into()));
@@ -598,10 +653,10 @@ fn spawn_app(
     cmd.args(rest)
         .env_remove("BERTH_TICKET")
         .env_remove("BERTH_TICKET_FILE");
-    for k in kafka::ENV_NAMES {
+    for k in kafka::ENV_NAMES.iter().chain([&mongo::ENV_NAME]) {
         cmd.env_remove(k);
     }
-    for (k, v) in conn.env().into_iter().chain(kafka_env.iter().cloned()) {
+    for (k, v) in conn.env().into_iter().chain(app_env.iter().cloned()) {
         cmd.env(k, v);
     }
     cmd.env("BERTH_MOUNT", &cfg.mount)

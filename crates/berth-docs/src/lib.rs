@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod builds;
 pub mod cdc;
 pub mod changes;
+pub mod check;
 pub mod error;
 pub mod expr;
 pub mod index;

@@ -169,7 +169,7 @@ pub struct TableRef {
 }
 
 impl TableRef {
-    fn config_key(&self) -> Vec<u8> {
+    pub(crate) fn config_key(&self) -> Vec<u8> {
         Key::new(self.vol.id, Kind::TableIndex, self.entry.ino).build()
     }
 
@@ -177,8 +177,14 @@ impl TableRef {
     pub fn doc_key(&self, id: &Bson) -> Vec<u8> {
         let mut enc = Vec::new();
         crate::keys::encode_value(id, &mut enc);
+        self.doc_key_enc(&enc)
+    }
+
+    /// The key of the document whose `_id` encodes as `id_enc`
+    /// (`keys::encode_value`, what index entries hold).
+    pub fn doc_key_enc(&self, id_enc: &[u8]) -> Vec<u8> {
         Key::new(self.vol.id, Kind::TableDoc, self.entry.ino)
-            .bytes(&enc)
+            .bytes(id_enc)
             .build()
     }
 
@@ -701,7 +707,7 @@ impl Tables {
         }
     }
 
-    async fn begin(&self, t: &TableRef) -> Result<Tx, DocError> {
+    pub(crate) async fn begin(&self, t: &TableRef) -> Result<Tx, DocError> {
         self.ns
             .meta()
             .router()
@@ -1902,7 +1908,7 @@ struct Prepared {
 }
 
 /// `keys::encode_value` of an `_id` (null when missing).
-fn id_encoding(id: Option<&Bson>) -> Vec<u8> {
+pub(crate) fn id_encoding(id: Option<&Bson>) -> Vec<u8> {
     let mut enc = Vec::new();
     crate::keys::encode_value(id.unwrap_or(&Bson::Null), &mut enc);
     enc
@@ -1964,7 +1970,7 @@ fn check_id_field_names(id: &Bson) -> Result<(), DocError> {
 /// The table's settings as of this transaction, which is made conditional
 /// on them: a write that raced with an index being added or dropped
 /// conflicts and is tried again with the new set of indexes.
-async fn read_config(tx: &mut Tx, t: &TableRef) -> Result<TableConfig, DocError> {
+pub(crate) async fn read_config(tx: &mut Tx, t: &TableRef) -> Result<TableConfig, DocError> {
     match tx.get(&t.config_key()).await.map_err(from_meta)? {
         Some(b) => TableConfig::decode(&b),
         None => Ok(TableConfig::default()),
@@ -1982,6 +1988,23 @@ pub fn index_entry_key(t: &TableRef, def: &IndexDef, part: &[u8], id_enc: &[u8])
         true => k.build(),
         false => k.bytes(id_enc).build(),
     }
+}
+
+/// The keys of the entries document `doc` (whose `_id` encodes as
+/// `id_enc`) gives index `def`: what every write puts, deletes and, for a
+/// unique index, claims, and what `berth table check` expects to find.
+/// Each entry's value is `id_enc`.
+pub fn entry_keys(
+    t: &TableRef,
+    def: &IndexDef,
+    doc: &Document,
+    id_enc: &[u8],
+) -> Result<Vec<Vec<u8>>, DocError> {
+    Ok(def
+        .entries(doc)?
+        .iter()
+        .map(|part| index_entry_key(t, def, part, id_enc))
+        .collect())
 }
 
 /// The range of one index's entries.
@@ -2108,24 +2131,26 @@ async fn index_changes(
     let mut arrays = Vec::new();
     for def in &config.indexes {
         let old = match before {
-            Some(d) => def.entries(d)?,
+            Some(d) => entry_keys(t, def, d, id_enc)?,
             None => Vec::new(),
         };
         let new = match after {
             Some(d) => {
-                let (new, array) = def.entries_and_array(d)?;
+                let (parts, array) = def.entries_and_array(d)?;
                 if let Some(f) = array.filter(|f| !def.is_multikey(*f)) {
                     arrays.push((def.id, f));
                 }
-                new
+                parts
+                    .iter()
+                    .map(|part| index_entry_key(t, def, part, id_enc))
+                    .collect()
             }
             None => Vec::new(),
         };
-        for part in old.iter().filter(|p| !new.contains(p)) {
-            out.push((index_entry_key(t, def, part, id_enc), None));
+        for key in old.iter().filter(|k| !new.contains(k)) {
+            out.push((key.clone(), None));
         }
-        for part in new.iter().filter(|p| !old.contains(p)) {
-            let key = index_entry_key(t, def, part, id_enc);
+        for key in new.into_iter().filter(|k| !old.contains(k)) {
             if def.unique {
                 let holder = match claimed.get(&key) {
                     Some(h) => Some(h.clone()),

@@ -184,6 +184,23 @@ pub struct NodeRecord {
     /// Records stored before it existed are of nodes that were serving:
     /// [`NodeState::Up`].
     pub state: NodeState,
+    /// `HOST:PORT` MongoDB drivers are told to connect to (the MongoDB
+    /// listener's advertised address); empty when the listener is off, or
+    /// for records stored before the field.
+    pub mongo_addr: String,
+}
+
+/// [`NodeRecord`] as stored before `mongo_addr` existed.
+#[derive(Deserialize)]
+struct NodeRecordV4 {
+    id: NodeId,
+    native_addr: String,
+    admin_addr: String,
+    advertise: Vec<String>,
+    started_at: u64,
+    kafka_addr: String,
+    labels: std::collections::BTreeMap<String, String>,
+    state: NodeState,
 }
 
 /// [`NodeRecord`] as stored before `state` existed.
@@ -226,6 +243,19 @@ struct NodeRecordV1 {
 pub fn decode_node(b: &[u8]) -> Result<NodeRecord, crate::Error> {
     use crate::codec::{decode, decode_exact};
     decode::<NodeRecord>(b, "node").or_else(|e| {
+        if let Ok(v4) = decode_exact::<NodeRecordV4>(b, "node") {
+            return Ok(NodeRecord {
+                id: v4.id,
+                native_addr: v4.native_addr,
+                admin_addr: v4.admin_addr,
+                advertise: v4.advertise,
+                started_at: v4.started_at,
+                kafka_addr: v4.kafka_addr,
+                labels: v4.labels,
+                state: v4.state,
+                mongo_addr: String::new(),
+            });
+        }
         if let Ok(v3) = decode_exact::<NodeRecordV3>(b, "node") {
             return Ok(NodeRecord {
                 id: v3.id,
@@ -236,6 +266,7 @@ pub fn decode_node(b: &[u8]) -> Result<NodeRecord, crate::Error> {
                 kafka_addr: v3.kafka_addr,
                 labels: v3.labels,
                 state: NodeState::Up,
+                mongo_addr: String::new(),
             });
         }
         if let Ok(v2) = decode_exact::<NodeRecordV2>(b, "node") {
@@ -248,6 +279,7 @@ pub fn decode_node(b: &[u8]) -> Result<NodeRecord, crate::Error> {
                 kafka_addr: v2.kafka_addr,
                 labels: Default::default(),
                 state: NodeState::Up,
+                mongo_addr: String::new(),
             });
         }
         let Ok(v1) = decode_exact::<NodeRecordV1>(b, "node") else {
@@ -262,6 +294,7 @@ pub fn decode_node(b: &[u8]) -> Result<NodeRecord, crate::Error> {
             kafka_addr: String::new(),
             labels: Default::default(),
             state: NodeState::Up,
+            mongo_addr: String::new(),
         })
     })
 }
@@ -661,6 +694,7 @@ mod tests {
             kafka_addr: String::new(),
             labels: Default::default(),
             state: NodeState::Up,
+            mongo_addr: String::new(),
         };
         assert_eq!(decode_node(&old).unwrap(), want);
         // The layout with a Kafka address and no labels.
@@ -710,21 +744,52 @@ mod tests {
             ..with_kafka
         };
         assert_eq!(decode_node(&v3).unwrap(), with_labels);
+        // The layout with a state and no MongoDB address.
+        #[derive(Serialize)]
+        struct V4<'a> {
+            v3: V3<'a>,
+            state: NodeState,
+        }
+        let labels4 = with_labels.labels.clone();
+        let v4 = |state| {
+            crate::codec::encode(&V4 {
+                v3: V3 {
+                    v2: V2 {
+                        old: Old {
+                            id: 3,
+                            native_addr: "h:5660",
+                            admin_addr: "h:8443",
+                            advertise: vec!["h"],
+                            started_at: 9,
+                        },
+                        kafka_addr: "h:9092",
+                    },
+                    labels: labels4.clone(),
+                },
+                state,
+            })
+        };
         for state in [
             NodeState::Joining,
             NodeState::Up,
             NodeState::Draining,
             NodeState::Decommissioned,
         ] {
-            let new = NodeRecord {
+            let old = NodeRecord {
                 state,
                 ..with_labels.clone()
+            };
+            assert_eq!(decode_node(&v4(state)).unwrap(), old);
+            let new = NodeRecord {
+                mongo_addr: "h:27017".into(),
+                ..old
             };
             let bytes = crate::codec::encode(&new);
             assert_eq!(decode_node(&bytes).unwrap(), new);
         }
         let new = NodeRecord {
             state: NodeState::Joining,
+            mongo_addr: "h:27017".into(),
             ..with_labels
         };
         let bytes = crate::codec::encode(&new);
@@ -735,10 +800,20 @@ mod tests {
         assert_eq!(v2.kafka_addr, "h:9092");
         let v3: NodeRecordV3 = crate::codec::decode(&bytes, "node").unwrap();
         assert_eq!(v3.labels.len(), 1);
+        let v4_read: NodeRecordV4 = crate::codec::decode(&bytes, "node").unwrap();
+        assert_eq!(v4_read.state, NodeState::Joining);
         assert!(decode_node(&old[..old.len() - 1]).is_err());
-        // A state this build does not know is an error, not a guess.
-        let mut unknown = bytes.clone();
+        // A state this build does not know is an error, not a guess (in
+        // either layout that has one).
+        let mut unknown = v4(NodeState::Up);
         *unknown.last_mut().unwrap() = 9;
+        assert!(decode_node(&unknown).is_err());
+        let mut unknown = crate::codec::encode(&NodeRecord {
+            mongo_addr: String::new(),
+            ..new
+        });
+        let at = unknown.len() - 2; // the state, then the empty address's length
+        unknown[at] = 9;
         assert!(decode_node(&unknown).is_err());
     }
 

@@ -128,6 +128,8 @@ pub struct Applicant {
     /// Empty when the node runs no Kafka listener.
     pub kafka_addr: String,
     pub labels: BTreeMap<String, String>,
+    /// Empty when the node runs no MongoDB listener.
+    pub mongo_addr: String,
 }
 
 /// What a join gives the new node.
@@ -777,6 +779,7 @@ impl Meta {
                 kafka_addr: a.kafka_addr.clone(),
                 labels: a.labels.clone(),
                 state: NodeState::Joining,
+                mongo_addr: a.mongo_addr.clone(),
             };
             tx.put(node_key(id), encode(&node));
             tx.put(
@@ -1601,7 +1604,7 @@ fn check_applicant(a: &Applicant) -> Result<(), Error> {
             "a joining node must give its native and admin addresses",
         ));
     }
-    for addr in [&a.native_addr, &a.admin_addr, &a.kafka_addr] {
+    for addr in [&a.native_addr, &a.admin_addr, &a.kafka_addr, &a.mongo_addr] {
         if addr.len() > ADDR_LEN_MAX {
             return Err(Error::invalid(format!(
                 "an address longer than {ADDR_LEN_MAX} bytes"

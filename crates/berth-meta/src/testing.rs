@@ -87,6 +87,7 @@ pub async fn single_node() -> SingleNode {
             kafka_addr: String::new(),
             labels: Default::default(),
             state: NodeState::Up,
+            mongo_addr: String::new(),
         },
         ca: berth_security::tls::new_ca("test").unwrap(),
         now_secs: 0,

@@ -78,6 +78,7 @@ pub struct Application {
     pub admin_addr: String,
     pub kafka_addr: String,
     pub labels: std::collections::BTreeMap<String, String>,
+    pub mongo_addr: String,
 }
 
 /// One server's answer.
@@ -105,6 +106,7 @@ pub async fn join(cfg: &JoinConfig, app: Application) -> Result<Joined, JoinFail
         admin_addr: app.admin_addr,
         kafka_addr: app.kafka_addr,
         labels: app.labels.into_iter().collect(),
+        mongo_addr: app.mongo_addr,
     };
     let mut queue: VecDeque<String> = VecDeque::new();
     for s in std::iter::once(&cfg.addr).chain(&body.servers) {

@@ -1045,6 +1045,7 @@ mod tests {
                 .map(|z| [(RACK_LABEL.to_string(), z.to_string())].into())
                 .unwrap_or_default(),
             state,
+            mongo_addr: String::new(),
         }
     }
 

@@ -95,6 +95,10 @@ pub struct Config {
     pub kafka_advertise: Option<String>,
     /// MongoDB wire-protocol listener; `None`: none.
     pub mongo_addr: Option<SocketAddr>,
+    /// `host:port` MongoDB drivers are told to connect to (recorded in the
+    /// cluster map, for `berth container-run`'s `MONGODB_URI`), when not
+    /// this node's first advertised name and the listener's port.
+    pub mongo_advertise: Option<String>,
     /// The directory MongoDB databases are in (`<root>/db/coll`).
     pub mongo_root: String,
     /// How long table changes stay in the change log (`--change-retention`).
@@ -202,6 +206,18 @@ fn host_port(host: &str, port: i32) -> String {
     } else {
         format!("{host}:{port}")
     }
+}
+
+/// `--kafka-advertise` / `--mongo-advertise` `HOST:PORT` (`[v6]:PORT`)
+/// as a host and a port.
+fn split_advertise(flag: &str, hp: &str) -> anyhow::Result<(String, i32)> {
+    let (h, p) = hp
+        .rsplit_once(':')
+        .with_context(|| format!("{flag} {hp:?}: HOST:PORT"))?;
+    let p: u16 = p
+        .parse()
+        .with_context(|| format!("{flag} {hp:?}: bad port"))?;
+    Ok((h.trim_matches(['[', ']']).to_string(), i32::from(p)))
 }
 
 fn hostname() -> String {
@@ -415,16 +431,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // record in the cluster map).
     let kafka_advertised = match (kafka_addr, &cfg.kafka_advertise) {
         (None, _) => None,
-        (Some(_), Some(hp)) => {
-            let (h, p) = hp
-                .rsplit_once(':')
-                .with_context(|| format!("--kafka-advertise {hp:?}: HOST:PORT"))?;
-            let p: u16 = p
-                .parse()
-                .with_context(|| format!("--kafka-advertise {hp:?}: bad port"))?;
-            Some((h.trim_matches(['[', ']']).to_string(), i32::from(p)))
-        }
+        (Some(_), Some(hp)) => Some(split_advertise("--kafka-advertise", hp)?),
         (Some(a), None) => Some((advertise[0].clone(), i32::from(a.port()))),
+    };
+    let mongo_addr = mongo_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    let advertised_mongo = match (mongo_addr, &cfg.mongo_advertise) {
+        (None, _) => String::new(),
+        (Some(_), Some(hp)) => {
+            let (h, p) = split_advertise("--mongo-advertise", hp)?;
+            host_port(&h, p)
+        }
+        (Some(a), None) => host_port(&advertise[0], i32::from(a.port())),
     };
     let advertised_native = host_port(&advertise[0], i32::from(native_addr.port()));
     let advertised_admin = host_port(&advertise[0], i32::from(admin_addr.port()));
@@ -491,6 +511,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 admin_addr: advertised_admin.clone(),
                 kafka_addr: advertised_kafka.clone(),
                 labels: cfg.labels.clone(),
+                mongo_addr: advertised_mongo.clone(),
             };
             let (store, id) = join_cluster(join, app, &paths, cleanup).await?;
             (store, Start::Joined(id))
@@ -730,6 +751,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         kafka_addr: advertised_kafka,
         labels: cfg.labels.clone(),
         state: NodeState::Up,
+        mongo_addr: advertised_mongo,
     };
     if let Start::Bootstrap = start {
         let meta_desc = berth_meta::map::ShardRecord::meta(vec![node_id]).desc();

@@ -463,6 +463,10 @@ pub enum TableCmd {
     /// Change data capture: publish a table's changes into a Kafka topic.
     #[command(subcommand)]
     Cdc(CdcCmd),
+    /// Check a table's consistency: every document decodes, every index
+    /// holds exactly the entries its documents give (admin and read rights;
+    /// exit 1 on problems).
+    Check { path: String },
 }
 
 /// `berth table cdc`.
@@ -907,10 +911,17 @@ mod tests {
                 recursive: true
             })
         ));
+        let cli = Cli::try_parse_from(["berth", "table", "check", "/t", "--json"]).unwrap();
+        assert!(cli.global.json);
+        assert!(matches!(
+            cli.command,
+            Command::Table(TableCmd::Check { path }) if path == "/t"
+        ));
         for bad in [
             &["berth", "table", "edit", "/t", "--clear-ace", "produce"][..],
             &["berth", "table", "create"],
             &["berth", "table", "info"],
+            &["berth", "table", "check"],
             &["berth", "table", "create", "/t", "--produce-ace", "p"],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");

@@ -76,6 +76,11 @@ pub struct ServerArgs {
     /// MongoDB wire-protocol listen address, or `off` [default: 0.0.0.0:27017].
     #[arg(long, value_name = "ADDR|off")]
     pub mongo_addr: Option<String>,
+    /// HOST:PORT MongoDB drivers are told to connect to (`berth
+    /// container-run`'s MONGODB_URI), when not this node's first --advertise
+    /// name and the MongoDB port (NAT, port mapping, proxy).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub mongo_advertise: Option<String>,
     /// Directory holding MongoDB databases: database `db`, collection
     /// `coll` is the table `ROOT/db/coll` [default: /tables].
     #[arg(long, value_name = "PATH")]
@@ -131,6 +136,7 @@ struct FileConfig {
     kafka_principal_streams: Option<std::collections::HashMap<String, String>>,
     kafka_advertise: Option<String>,
     mongo_addr: Option<String>,
+    mongo_advertise: Option<String>,
     mongo_root: Option<String>,
     /// `"24h"`
     change_retention: Option<String>,
@@ -224,6 +230,7 @@ fn resolve(args: ServerArgs) -> Result<berth_server::Config> {
             })?),
             None => Some(addr(DEFAULT_MONGO_ADDR)),
         },
+        mongo_advertise: args.mongo_advertise.or(file.mongo_advertise),
         mongo_root: {
             let root = args
                 .mongo_root

@@ -113,6 +113,7 @@ fn status_json(s: &ClusterStatus) -> Value {
             "alive": n.alive,
             "started_at": n.started_at,
             "kafka_addr": n.kafka_addr,
+            "mongo_addr": n.mongo_addr,
             "labels": n.labels,
             "state": n.state,
         })).collect::<Vec<_>>(),

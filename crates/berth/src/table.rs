@@ -1,11 +1,11 @@
-//! `table …`: create, show, list, change and remove tables (their documents
-//! go through the MongoDB listener).
+//! `table …`: create, show, list, change, check and remove tables (their
+//! documents go through the MongoDB listener).
 
 use anyhow::{bail, Result};
 use berth_api::v1::tables_client::TablesClient;
 use berth_api::v1::{
-    Entry, PathRequest, TableCdc, TableCdcAddRequest, TableCdcRemoveRequest, TableCreateRequest,
-    TableEditRequest, TableInfo, TableListRequest,
+    Entry, PathRequest, TableCdc, TableCdcAddRequest, TableCdcRemoveRequest, TableCheck,
+    TableCreateRequest, TableEditRequest, TableInfo, TableListRequest,
 };
 use berth_client::{Client, ClientError, Transport};
 use serde_json::{json, Value};
@@ -153,6 +153,25 @@ pub async fn table(ctx: &Ctx, cmd: TableCmd) -> Result<()> {
                 .map_err(|s| at_path(ClientError::from_status(s), &path))?;
         }
         TableCmd::Cdc(cmd) => cdc(ctx, &mut tables, cmd).await?,
+        TableCmd::Check { path } => {
+            let path = abs(&path);
+            let r = tables
+                .check(PathRequest { path: path.clone() })
+                .await
+                .map_err(|s| at_path(ClientError::from_status(s), &path))?
+                .into_inner();
+            if ctx.json() {
+                print_json(&check_json(&r));
+            } else {
+                print_check(&r);
+            }
+            if r.problem_count > 0 {
+                bail!(
+                    "table {path} is inconsistent ({} problems)",
+                    r.problem_count
+                );
+            }
+        }
         TableCmd::Edit {
             path,
             aces,
@@ -179,6 +198,95 @@ pub async fn table(ctx: &Ctx, cmd: TableCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn check_json(r: &TableCheck) -> Value {
+    json!({
+        "path": r.path,
+        "ok": r.problem_count == 0,
+        "documents": r.documents,
+        "bad_documents": r.bad_documents,
+        "unindexable": r.unindexable,
+        "orphan_entries": r.orphan_entries,
+        "indexes": r.indexes.iter().map(|i| json!({
+            "id": i.id,
+            "name": i.name,
+            "unique": i.unique,
+            "ready": i.ready,
+            "entries": i.entries,
+            "missing": i.missing,
+            "dangling": i.dangling,
+            "stale": i.stale,
+            "duplicates": i.duplicates,
+            "malformed": i.malformed,
+        })).collect::<Vec<_>>(),
+        "problem_count": r.problem_count,
+        "problems": r.problems.iter().map(|p| json!({
+            "kind": p.kind,
+            "index": (!p.index.is_empty()).then_some(&p.index),
+            "id": p.id,
+            "detail": p.detail,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_check(r: &TableCheck) {
+    println!(
+        "table {}: {} documents, {} indexes, {} problems",
+        r.path,
+        r.documents,
+        r.indexes.len(),
+        r.problem_count
+    );
+    if r.bad_documents + r.unindexable + r.orphan_entries > 0 {
+        println!(
+            "  {} bad documents, {} unindexable documents, {} entries of no index",
+            r.bad_documents, r.unindexable, r.orphan_entries
+        );
+    }
+    if !r.indexes.is_empty() {
+        let mut t = Table::new(&[
+            ("INDEX", Align::Left),
+            ("ENTRIES", Align::Right),
+            ("MISSING", Align::Right),
+            ("DANGLING", Align::Right),
+            ("STALE", Align::Right),
+            ("DUPLICATE", Align::Right),
+            ("MALFORMED", Align::Right),
+        ]);
+        for i in &r.indexes {
+            let mut name = i.name.clone();
+            if i.unique {
+                name.push_str(" (unique)");
+            }
+            if !i.ready {
+                name.push_str(" (building: not checked for missing entries)");
+            }
+            t.row(vec![
+                name,
+                i.entries.to_string(),
+                i.missing.to_string(),
+                i.dangling.to_string(),
+                i.stale.to_string(),
+                i.duplicates.to_string(),
+                i.malformed.to_string(),
+            ]);
+        }
+        t.print();
+    }
+    for p in &r.problems {
+        let index = match p.index.as_str() {
+            "" => String::new(),
+            i => format!(" index {i}"),
+        };
+        println!("  {}{index} _id {}: {}", p.kind, p.id, p.detail);
+    }
+    if r.problem_count > r.problems.len() as u64 {
+        println!(
+            "  ... and {} more",
+            r.problem_count - r.problems.len() as u64
+        );
+    }
 }
 
 fn cdc_json(c: &TableCdc) -> Value {

@@ -1473,3 +1473,219 @@ async fn an_interrupted_index_build_resumes_from_its_progress() {
         None
     );
 }
+
+/// Writes raw keys into a table's shard, behind the table service's back
+/// (what a bug or a lost write would leave): `Some` puts, `None` deletes.
+async fn raw_write(
+    k: &Kernel,
+    t: &berth_docs::table::TableRef,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) {
+    let mut tx = k.meta.router().begin(t.vol.shard_id).await.unwrap();
+    for (key, value) in writes {
+        match value {
+            Some(v) => tx.put(key, v),
+            None => tx.delete(key),
+        }
+    }
+    assert!(matches!(
+        tx.commit().await.unwrap(),
+        berth_meta::Commit::Done(_)
+    ));
+}
+
+fn id_enc(id: impl Into<Bson>) -> Vec<u8> {
+    let mut out = Vec::new();
+    berth_docs::keys::encode_value(&id.into(), &mut out);
+    out
+}
+
+#[tokio::test]
+async fn check_finds_missing_stale_dangling_duplicate_and_orphan_entries() {
+    use berth_docs::check::ProblemKind;
+    use berth_docs::table::entry_keys;
+    let k = kernel().await;
+    let a = &k.admin;
+    let path = "/tables/db/checked";
+    let t = k.tables.create(a, path, true).await.unwrap();
+    // More than a page of documents (256), a unique and a multikey index.
+    let docs: Vec<Document> = (0..300)
+        .map(
+            |i| doc! {"_id": i, "email": format!("u{i}@x"), "tags": [format!("t{}", i % 7), "all"]},
+        )
+        .collect();
+    k.tables.insert(a, &t, docs, true).await.unwrap();
+    k.tables
+        .create_indexes(
+            a,
+            path,
+            &[
+                doc! {"key": {"email": 1}, "unique": true},
+                doc! {"key": {"tags": 1}},
+            ],
+        )
+        .await
+        .unwrap();
+    let t = k.tables.open(a, path, Right::Read).await.unwrap();
+    let healthy = k.tables.check(a, &t).await.unwrap();
+    assert!(healthy.ok(), "{healthy:?}");
+    assert_eq!(healthy.documents, 300);
+    let entries: Vec<(&str, u64)> = healthy
+        .indexes
+        .iter()
+        .map(|i| (i.name.as_str(), i.entries))
+        .collect();
+    assert_eq!(entries, vec![("email_1", 300), ("tags_1", 600)]);
+
+    let (email, tags) = (&t.config.indexes[0], &t.config.indexes[1]);
+    let keys_of = |def, d: &Document, id: Bson| entry_keys(&t, def, d, &id_enc(id)).unwrap();
+    // Doc 5 loses its email entry; doc 7 gets a tags entry it does not
+    // give (stale); an email entry points at no document (dangling); a
+    // document written without its entries takes doc 1's email
+    // (duplicate, and its tags entries are missing); an entry of an index
+    // the table does not have; a document that does not decode.
+    let d5 = doc! {"_id": 5, "email": "u5@x"};
+    let stale = keys_of(tags, &doc! {"tags": "zzz"}, Bson::Int32(7));
+    let dangling = keys_of(email, &doc! {"email": "ghost@x"}, Bson::Int32(9999));
+    let dup = doc! {"_id": 1000, "email": "u1@x", "tags": ["x"]};
+    let orphan =
+        berth_store::keys::Key::new(t.vol.id, berth_store::keys::Kind::TableIndex, t.entry.ino)
+            .u64(77)
+            .bytes(b"k")
+            .build();
+    let mut writes = vec![
+        (keys_of(email, &d5, Bson::Int32(5)).remove(0), None),
+        (stale[0].clone(), Some(id_enc(7))),
+        (dangling[0].clone(), Some(id_enc(9999))),
+        (
+            t.doc_key(&Bson::Int32(1000)),
+            Some(berth_docs::table::encode_doc(&dup).unwrap()),
+        ),
+        (orphan, Some(id_enc(3))),
+        (t.doc_key(&Bson::Int32(2000)), Some(vec![1, 0xff, 0xff])),
+    ];
+    raw_write(&k, &t, writes.clone()).await;
+    let r = k.tables.check(a, &t).await.unwrap();
+    assert!(!r.ok());
+    assert_eq!(r.documents, 302);
+    assert_eq!(
+        (r.bad_documents, r.orphan_entries, r.unindexable),
+        (1, 1, 0),
+        "{r:?}"
+    );
+    let counts = |name: &str| {
+        let i = r.indexes.iter().find(|i| i.name == name).unwrap();
+        (i.missing, i.dangling, i.stale, i.duplicates, i.malformed)
+    };
+    assert_eq!(counts("email_1"), (1, 1, 0, 1, 0), "{r:?}");
+    assert_eq!(counts("tags_1"), (1, 0, 1, 0, 0), "{r:?}");
+    assert_eq!(r.problem_count, 7);
+    assert_eq!(r.problems.len(), 7);
+    let has = |kind: ProblemKind, index: Option<&str>, id: &str| {
+        r.problems
+            .iter()
+            .any(|p| p.kind == kind && p.index.as_deref() == index && p.id == id)
+    };
+    assert!(has(ProblemKind::Missing, Some("email_1"), "5"), "{r:?}");
+    assert!(has(ProblemKind::Stale, Some("tags_1"), "7"), "{r:?}");
+    assert!(
+        has(ProblemKind::Duplicate, Some("email_1"), "1000"),
+        "{r:?}"
+    );
+    assert!(has(ProblemKind::Missing, Some("tags_1"), "1000"), "{r:?}");
+    assert!(r.problems.iter().any(|p| p.kind == ProblemKind::Dangling
+        && p.index.as_deref() == Some("email_1")
+        && p.id.starts_with("key:")));
+    assert!(r
+        .problems
+        .iter()
+        .any(|p| p.kind == ProblemKind::Orphan && p.detail.contains("77")));
+    assert!(r
+        .problems
+        .iter()
+        .any(|p| p.kind == ProblemKind::BadDocument));
+
+    // Undone, the table checks clean again.
+    for w in &mut writes {
+        w.1 = None;
+    }
+    writes[0].1 = Some(id_enc(5));
+    raw_write(&k, &t, writes).await;
+    let r = k.tables.check(a, &t).await.unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.documents, 300);
+
+    // The admin right is needed (the table's owner has it; another user not).
+    let bob = k.user("bob").await;
+    let e = k.tables.check(&bob, &t).await.unwrap_err();
+    assert_eq!(e.code, codes::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_nothing_for_writes_in_flight() {
+    // Updates moving unique and multikey entries while the check reads:
+    // its first looks may catch a document and its entries at different
+    // moments, and nothing may be reported for that.
+    let k = kernel().await;
+    let a = &k.admin;
+    let path = "/tables/db/busy";
+    let t = k.tables.create(a, path, true).await.unwrap();
+    let docs: Vec<Document> = (0..200)
+        .map(|i| doc! {"_id": i, "email": format!("u{i}@x"), "n": 0})
+        .collect();
+    k.tables.insert(a, &t, docs, true).await.unwrap();
+    k.tables
+        .create_indexes(
+            a,
+            path,
+            &[
+                doc! {"key": {"email": 1}, "unique": true},
+                doc! {"key": {"n": 1}},
+            ],
+        )
+        .await
+        .unwrap();
+    let t = k.tables.open(a, path, Right::Write).await.unwrap();
+    let writer = {
+        let (tables, a, t) = (k.tables.clone(), a.clone(), t.clone());
+        tokio::spawn(async move {
+            for round in 1..=3 {
+                for i in 0..200 {
+                    let spec = Update::parse(
+                        &doc! {"$set": {"email": format!("u{i}-{round}@x"), "n": round}},
+                        &[],
+                    )
+                    .unwrap();
+                    let change = move |d: &mut Document, ctx: &ApplyContext| spec.apply(d, ctx);
+                    let q = doc! {"_id": i};
+                    tables
+                        .update(
+                            &a,
+                            &t,
+                            &filter(q.clone()),
+                            &q,
+                            &change,
+                            false,
+                            false,
+                            bson::DateTime::from_millis(0),
+                            false,
+                            false,
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    };
+    let mut checks = 0;
+    while !writer.is_finished() {
+        let r = k.tables.check(a, &t).await.unwrap();
+        assert!(r.ok(), "a clean table under writes: {r:?}");
+        checks += 1;
+        assert!(checks < 10_000, "the writer does not finish");
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    assert!(checks > 0);
+    assert!(k.tables.check(a, &t).await.unwrap().ok());
+}

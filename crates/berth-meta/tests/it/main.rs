@@ -243,6 +243,7 @@ fn applicant(csr_pem: &str) -> berth_meta::Applicant {
         admin_addr: "n.example:8443".into(),
         kafka_addr: String::new(),
         labels: [("zone".to_string(), "b".to_string())].into(),
+        mongo_addr: String::new(),
     }
 }
 

@@ -64,6 +64,7 @@ fn node_record(id: NodeId) -> NodeRecord {
         kafka_addr: String::new(),
         labels: Default::default(),
         state: berth_meta::map::NodeState::Up,
+        mongo_addr: String::new(),
     }
 }
 

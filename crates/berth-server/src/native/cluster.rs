@@ -39,6 +39,7 @@ pub fn node_info(x: &NodeRecord, me: u64, alive: &std::collections::BTreeSet<u64
         kafka_addr: x.kafka_addr.clone(),
         labels: x.labels.clone().into_iter().collect(),
         state: x.state.as_str().to_string(),
+        mongo_addr: x.mongo_addr.clone(),
     }
 }
 
@@ -96,6 +97,7 @@ impl ClusterApi for ClusterService {
             admin_addr: r.admin_addr,
             kafka_addr: r.kafka_addr,
             labels: r.labels.into_iter().collect(),
+            mongo_addr: r.mongo_addr,
         };
         // Admissions are audited where they are decided (berth-meta).
         let result = n.meta.admit_node(&r.token, &applicant).await;

@@ -1,6 +1,6 @@
-//! `berth.v1.Tables`: creating, showing, listing, changing and removing
-//! tables. Documents themselves travel through the MongoDB listener; this
-//! service only manages. `berth_docs` authorizes every call (its errors are
+//! `berth.v1.Tables`: creating, showing, listing, changing, checking and
+//! removing tables. Documents themselves travel through the MongoDB
+//! listener; this service only manages. `berth_docs` authorizes every call (its errors are
 //! in MongoDB's terms); this file checks arguments and translates, in
 //! [`doc_error`], to the codes every native service answers with.
 
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use berth_api::v1::tables_server::Tables as TablesApi;
 use berth_api::v1::*;
 use berth_docs::cdc::CdcTarget;
+use berth_docs::check::CheckReport;
 use berth_docs::error::codes;
 use berth_docs::table::{authorize, Right, TableConfig, TableRef, Tables};
 use berth_docs::DocError;
@@ -28,6 +29,43 @@ pub struct TablesService {
     pub tables: Arc<Tables>,
     /// Where CDC targets publish.
     pub streams: Arc<berth_streams::Streams>,
+}
+
+fn to_check(r: CheckReport) -> TableCheck {
+    TableCheck {
+        path: r.path,
+        documents: r.documents,
+        bad_documents: r.bad_documents,
+        unindexable: r.unindexable,
+        orphan_entries: r.orphan_entries,
+        indexes: r
+            .indexes
+            .into_iter()
+            .map(|i| TableCheckIndex {
+                id: i.id,
+                name: i.name,
+                unique: i.unique,
+                ready: i.ready,
+                entries: i.entries,
+                missing: i.missing,
+                dangling: i.dangling,
+                stale: i.stale,
+                duplicates: i.duplicates,
+                malformed: i.malformed,
+            })
+            .collect(),
+        problem_count: r.problem_count,
+        problems: r
+            .problems
+            .into_iter()
+            .map(|p| TableCheckProblem {
+                kind: p.kind.name().to_string(),
+                index: p.index.unwrap_or_default(),
+                id: p.id,
+                detail: p.detail,
+            })
+            .collect(),
+    }
 }
 
 fn to_cdc(c: CdcTarget) -> TableCdc {
@@ -419,6 +457,20 @@ impl TablesApi for TablesService {
                         format!("{} has no CDC target {}", r.path, r.id),
                     )),
                 }
+            })
+            .await
+    }
+
+    async fn check(&self, req: Request<PathRequest>) -> Result<Response<TableCheck>, Status> {
+        self.native
+            .call("Tables/Check", req, |p, r| async move {
+                let t = self
+                    .tables
+                    .open(&p, &r.path, Right::Admin)
+                    .await
+                    .map_err(doc_error)?;
+                let report = self.tables.check(&p, &t).await.map_err(doc_error)?;
+                Ok(to_check(report))
             })
             .await
     }

@@ -75,6 +75,26 @@ fn status_shows_labels_and_the_kafka_address() {
     assert!(text.contains("rack=r1,zone=a"), "{text}");
 }
 
+/// The MongoDB listener's advertised address reaches the cluster map
+/// (what `berth container-run` builds MONGODB_URI from): the first
+/// --advertise name by default, --mongo-advertise when given, kept across
+/// restarts that change it.
+#[test]
+fn status_shows_the_mongodb_address() {
+    let mut s = TestServer::start();
+    let st = s.json(&["status"]);
+    assert_eq!(
+        st["nodes"][0]["mongo_addr"],
+        format!("127.0.0.1:{}", s.mongo_port),
+        "{st}"
+    );
+    let node = s.json(&["node", "info", "1"]);
+    assert_eq!(node["mongo_addr"], st["nodes"][0]["mongo_addr"], "{node}");
+    s.restart_with(&["--mongo-advertise", "db.example:27017"]);
+    let st = s.json(&["status"]);
+    assert_eq!(st["nodes"][0]["mongo_addr"], "db.example:27017", "{st}");
+}
+
 /// `berth node token create|list|revoke`: the token on stdout, its state in
 /// the list, and administrators only.
 #[test]

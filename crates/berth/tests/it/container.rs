@@ -3,13 +3,14 @@
 //! Docker (two containers on two Docker networks standing in for two hosts,
 //! a scoped ticket, the non-root application, signals, the volume plugin
 //! with an image that knows nothing of Berth, non-root containers on a
-//! plugin volume, and kcat in the image finding the streams with the Kafka
-//! settings the entrypoint exports).
+//! plugin volume, kcat in the image finding the streams with the Kafka
+//! settings the entrypoint exports, and the MongoDB C driver reaching the
+//! tables with `MONGODB_URI` alone).
 //!
 //! Skipped with a line on stderr where /dev/fuse, root (for mounting), or
 //! Docker is missing, or while the binary lacks the two subcommands.
 //!
-//! Networking: the server listens (native API and Kafka) on the gateway
+//! Networking: the server listens (native API, Kafka, MongoDB) on the gateway
 //! address of a Docker network the test creates (the host side of that
 //! bridge) and on nothing else but its loopback admin port; containers on either test network reach it there. Everything the
 //! test creates (containers, networks, images, volumes, processes, mounts)
@@ -593,6 +594,8 @@ struct BridgeServer {
     addr: String,
     /// The Kafka listener (TLS, SASL), as advertised.
     kafka_addr: String,
+    /// The MongoDB listener (TLS), as advertised.
+    mongo_addr: String,
     dir: PathBuf,
 }
 
@@ -603,6 +606,10 @@ impl BridgeServer {
             .expect("a free port on the bridge")
             .port();
         let kafka_port = TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port on the bridge")
+            .port();
+        let mongo_port = TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())
             .expect("a free port on the bridge")
             .port();
@@ -626,7 +633,8 @@ impl BridgeServer {
             .arg(format!("127.0.0.1:{admin_port}"))
             .arg("--kafka-addr")
             .arg(format!("{ip}:{kafka_port}"))
-            .args(["--mongo-addr", "off"])
+            .arg("--mongo-addr")
+            .arg(format!("{ip}:{mongo_port}"))
             .args(["--advertise", ip, "--advertise", "127.0.0.1"])
             .current_dir(dir)
             .stdin(Stdio::null())
@@ -639,6 +647,7 @@ impl BridgeServer {
             data,
             addr: format!("{ip}:{native_port}"),
             kafka_addr: format!("{ip}:{kafka_port}"),
+            mongo_addr: format!("{ip}:{mongo_port}"),
             dir: dir.to_path_buf(),
         };
         let sock = s.addr.parse().unwrap();
@@ -1053,6 +1062,40 @@ fn docker_image_end_to_end() {
                     explain(&what, &out)
                 );
             }
+        }
+    }
+
+    // 6b. MongoDB with MONGODB_URI alone: the C driver's check program
+    // (with its libraries, added to the example image) connects with the
+    // variable and nothing else, on the other "host"; the ticket's scope
+    // bounds its tables (Unauthorized, 13).
+    match crate::mongo_drivers::c_check() {
+        None => skip(
+            "docker_image_end_to_end (MongoDB part)",
+            "libmongoc is not installed on the host (scripts/test installs it)",
+        ),
+        Some(check) => {
+            let tag = format!("berth-mongoc:it-{id}");
+            junk.images.push(tag.clone());
+            build_derived_image(&app_image, &tag, &[(check, "/usr/bin/mongoc-check")], dir);
+            // Made by the administrator: creating a table (also MongoDB's
+            // implicit create on first insert) needs the admin scope,
+            // which the application's rw ticket lacks.
+            server.cli(&["table", "create", "/apps/a/users"]);
+            let cmd = ["/usr/bin/mongoc-check", "app", "x./apps/a/users"];
+            let out = app(&tag, &net_b, &[], true, &cmd);
+            assert_eq!(ok(&format!("{cmd:?}\n{}", server.log()), out), "ok\n");
+            let info = server.cli(&["table", "info", "/apps/a/users", "--json"]);
+            let info: Value = serde_json::from_str(&info).unwrap();
+            assert_eq!(info["documents"], 1, "{info}");
+            server.cli(&["mkdir", "-p", "/other"]);
+            server.cli(&["table", "create", "/other/users"]);
+            let cmd = ["/usr/bin/mongoc-check", "app-denied", "x./other/users"];
+            let out = app(&tag, &net_a, &[], true, &cmd);
+            assert_eq!(ok(&format!("{cmd:?}\n{}", server.log()), out), "ok\n");
+            // The URI names the node's advertised MongoDB address.
+            let status = server.cli(&["status", "--json"]);
+            assert!(status.contains(&server.mongo_addr), "{status}");
         }
     }
 

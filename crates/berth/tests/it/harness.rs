@@ -321,6 +321,13 @@ impl TestServer {
         }
     }
 
+    /// Starts the server again with `extra` arguments added (kept for
+    /// later restarts).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra_args.extend(extra.iter().map(|a| a.to_string()));
+        self.restart();
+    }
+
     /// Starts the server again on the same data directory and ports.
     pub fn restart(&mut self) {
         self.kill9();

@@ -21,6 +21,7 @@ mod kafka_go;
 mod linearizable;
 mod locks;
 mod mongo;
+mod mongo_crash;
 mod mongo_drivers;
 mod mongo_unified;
 mod mount;

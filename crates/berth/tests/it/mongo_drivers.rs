@@ -89,7 +89,7 @@ fn build_go() -> Result<PathBuf, String> {
     )
 }
 
-fn c_check() -> Option<&'static Path> {
+pub(crate) fn c_check() -> Option<&'static Path> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     built(&BIN, build_c)
 }

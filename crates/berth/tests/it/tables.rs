@@ -351,3 +351,114 @@ fn recursive_listing_pages_resume_depth_first() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
     });
 }
+
+/// Seeds `path` (database `db`) with documents `{_id: i, email}` and a
+/// unique index on `email`, through pymongo.
+fn seed_with_pymongo(s: &TestServer, coll: &str, n: u32) {
+    let ticket = std::fs::read_to_string(s.admin_ticket()).expect("admin ticket");
+    let code = format!(
+        "import pymongo\n\
+         c = pymongo.MongoClient('mongodb://admin:{}@127.0.0.1:{}/?tls=true&tlsCAFile={}\
+         &authMechanism=PLAIN&authSource=$external', directConnection=True)\n\
+         t = c['db']['{coll}']\n\
+         t.insert_many([{{'_id': i, 'email': f'u{{i}}@x'}} for i in range({n})])\n\
+         t.create_index('email', unique=True)\n",
+        ticket.trim(),
+        s.mongo_port,
+        s.ca_file().display()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &code])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn table_check_finds_a_table_damaged_on_disk() {
+    use berth_store::keys::{Key, Kind};
+    use berth_store::{Durability, Space, Store};
+    if !crate::kafka::have("pymongo", crate::kafka::python_has("pymongo")) {
+        return;
+    }
+    let mut s = TestServer::start();
+    seed_with_pymongo(&s, "checked", 30);
+    let path = "/tables/db/checked";
+    let text = s.ok(&["table", "check", path]);
+    assert!(
+        text.contains("30 documents, 1 indexes, 0 problems"),
+        "{text}"
+    );
+    let r = s.json(&["table", "check", path]);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["documents"], 30);
+    assert_eq!(r["indexes"][0]["name"], "email_1");
+    assert_eq!(r["indexes"][0]["unique"], true);
+    assert_eq!(r["indexes"][0]["entries"], 30);
+    assert_eq!(r["problems"], Value::Array(vec![]));
+
+    // Another user may not check it (the admin right), a missing table is ENOENT.
+    s.ok(&["user", "add", "carol", "--password", "carol-pw"]);
+    let carol = s.login("carol", "carol-pw");
+    let args = ["table", "check", path];
+    denied(&s, &args, as_user(&s, &carol, &args));
+    s.err(&["table", "check", "/tables/db/none"], "ENOENT");
+
+    // Behind the stopped server's back: one entry of the unique index
+    // removed, one entry of an index the table does not have added.
+    let info = s.json(&["table", "info", path]);
+    let (vol, ino) = (
+        info["entry"]["volume_id"].as_u64().expect("volume_id"),
+        info["entry"]["inode"].as_u64().expect("inode"),
+    );
+    s.kill9();
+    {
+        let store = Store::open(&s.data.join("store")).expect("open the node store");
+        let index = Key::new(vol, Kind::TableIndex, ino).u64(1).build();
+        let end = berth_store::keys::prefix_end(&index);
+        let entries = store
+            .scan(Space::Data, &index, &end, 1)
+            .expect("scan the index");
+        assert_eq!(entries.len(), 1, "the unique index's entries are on disk");
+        let mut batch = store.batch();
+        batch.delete(Space::Data, &entries[0].0);
+        let orphan = Key::new(vol, Kind::TableIndex, ino)
+            .u64(9)
+            .bytes(b"k")
+            .build();
+        batch.put(Space::Data, &orphan, &entries[0].1);
+        store.write(batch, Durability::Sync).expect("write");
+    }
+    s.restart();
+    let args = ["table", "check", path, "--json"];
+    let out = s.cli(&args);
+    assert_eq!(out.status.code(), Some(1), "problems fail the command");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["problem_count"], 2, "{r}");
+    assert_eq!(r["orphan_entries"], 1, "{r}");
+    assert_eq!(r["indexes"][0]["missing"], 1, "{r}");
+    assert_eq!(r["indexes"][0]["entries"], 29, "{r}");
+    let kinds: Vec<&str> = r["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["missing-entry", "orphan-entry"], "{r}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("inconsistent (2 problems)"), "{stderr}");
+    let text = String::from_utf8_lossy(&s.cli(&["table", "check", path]).stdout).into_owned();
+    for want in [
+        "2 problems",
+        "missing-entry index email_1 _id ",
+        "orphan-entry",
+    ] {
+        assert!(text.contains(want), "{want} in:\n{text}");
+    }
+}

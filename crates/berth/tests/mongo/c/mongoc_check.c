@@ -7,6 +7,7 @@
  *     cc -o mongoc-check mongoc_check.c $(pkg-config --cflags --libs libmongoc-1.0)
  *
  * Usage: mongoc-check CHECK URI
+ *        mongoc-check app|app-denied DB.COLL
  *
  * URI is the connection string a user would write, e.g.
  * mongodb://alice:pw@127.0.0.1:PORT/?tls=true&tlsCAFile=CA&authMechanism=SCRAM-SHA-256
@@ -22,6 +23,14 @@
  *   denied     reading and writing shop.private fail with code 13
  *   login      a ping succeeds (the client logged in)
  *   bad-login  the first command fails authentication
+ *
+ * The app checks take their connection string from MONGODB_URI, as an
+ * application started by `berth container-run` does (the container tests,
+ * crates/berth/tests/it/container.rs), and work on DB.COLL (the collection
+ * is what follows the first dot, e.g. x./apps/a/users):
+ *
+ *   app         writes, reads, updates and deletes documents of DB.COLL
+ *   app-denied  reading and writing DB.COLL fail with code 13
  */
 
 #include <mongoc/mongoc.h>
@@ -390,6 +399,57 @@ static void denied (mongoc_client_t *client)
    mongoc_collection_destroy (private);
 }
 
+/* The namespace of an app check: database and collection. */
+static const char *app_db;
+static const char *app_coll;
+
+static void app (mongoc_client_t *client)
+{
+   bson_error_t error;
+   bson_t reply;
+   bson_t *found[4];
+   mongoc_collection_t *coll = mongoc_client_get_collection (client, app_db, app_coll);
+   EXPECT (mongoc_collection_delete_many (coll, J ("{}"), NULL, NULL, &error), "clear: %s",
+           error.message);
+   const bson_t *two[] = {J ("{\"_id\": 1, \"n\": \"one\"}"), J ("{\"_id\": 2, \"n\": \"two\"}")};
+   EXPECT (mongoc_collection_insert_many (coll, two, 2, NULL, NULL, &error), "insert_many: %s",
+           error.message);
+   mongoc_cursor_t *cursor =
+      mongoc_collection_find_with_opts (coll, J ("{}"), J ("{\"sort\": {\"_id\": 1}}"), NULL);
+   int n = drain (cursor, found, 4, "find");
+   EXPECT (n == 2 && strcmp (str (found[0], "n"), "one") == 0 && strcmp (str (found[1], "n"), "two") == 0,
+           "read back %d: %s", n, n > 0 ? S (found[0]) : "");
+   EXPECT (mongoc_collection_update_one (coll, J ("{\"_id\": 1}"), J ("{\"$set\": {\"n\": \"uno\"}}"),
+                                         NULL, &reply, &error),
+           "update_one: %s", error.message);
+   EXPECT (num (&reply, "modifiedCount") == 1, "update_one %s", S (&reply));
+   bson_destroy (&reply);
+   EXPECT (mongoc_collection_delete_one (coll, J ("{\"_id\": 2}"), NULL, &reply, &error),
+           "delete_one: %s", error.message);
+   EXPECT (num (&reply, "deletedCount") == 1, "delete_one %s", S (&reply));
+   bson_destroy (&reply);
+   n = drain (mongoc_collection_find_with_opts (coll, J ("{}"), NULL, NULL), found, 4, "find after");
+   EXPECT (n == 1 && strcmp (str (found[0], "n"), "uno") == 0, "after update and delete %d: %s", n,
+           n > 0 ? S (found[0]) : "");
+   mongoc_collection_destroy (coll);
+}
+
+static void app_denied (mongoc_client_t *client)
+{
+   bson_error_t error;
+   const bson_t *doc;
+   mongoc_collection_t *coll = mongoc_client_get_collection (client, app_db, app_coll);
+   mongoc_cursor_t *cursor = mongoc_collection_find_with_opts (coll, J ("{}"), NULL, NULL);
+   EXPECT (!mongoc_cursor_next (cursor, &doc), "a read outside the ticket's scope succeeded");
+   EXPECT (mongoc_cursor_error (cursor, &error) && error.code == 13, "denied read: code %u: %s", error.code,
+           error.message);
+   mongoc_cursor_destroy (cursor);
+   EXPECT (!mongoc_collection_insert_one (coll, J ("{\"x\": 1}"), NULL, NULL, &error),
+           "a write outside the ticket's scope succeeded");
+   EXPECT (error.code == 13, "denied write: code %u: %s", error.code, error.message);
+   mongoc_collection_destroy (coll);
+}
+
 static void login (mongoc_client_t *client)
 {
    bson_error_t error;
@@ -409,12 +469,24 @@ static void bad_login (mongoc_client_t *client)
 int main (int argc, char **argv)
 {
    if (argc != 3) {
-      fprintf (stderr, "usage: mongoc-check crud|seed|denied|login|bad-login URI\n");
+      fprintf (stderr, "usage: mongoc-check crud|seed|denied|login|bad-login URI\n"
+                       "       mongoc-check app|app-denied DB.COLL (URI from MONGODB_URI)\n");
       return 2;
    }
    check_name = argv[1];
+   const char *uri = argv[2];
    void (*run) (mongoc_client_t *) = NULL;
-   if (strcmp (argv[1], "crud") == 0) {
+   if (strcmp (argv[1], "app") == 0 || strcmp (argv[1], "app-denied") == 0) {
+      run = strcmp (argv[1], "app") == 0 ? app : app_denied;
+      uri = getenv ("MONGODB_URI");
+      EXPECT (uri && *uri, "MONGODB_URI is not set");
+      char *ns = strdup (argv[2]);
+      char *dot = strchr (ns, '.');
+      EXPECT (dot && dot != ns && dot[1], "DB.COLL: %s", argv[2]);
+      *dot = '\0';
+      app_db = ns;
+      app_coll = dot + 1;
+   } else if (strcmp (argv[1], "crud") == 0) {
       run = crud;
    } else if (strcmp (argv[1], "seed") == 0) {
       run = seed;
@@ -428,7 +500,7 @@ int main (int argc, char **argv)
       fail ("unknown check");
    }
    mongoc_init ();
-   mongoc_client_t *client = open_client (argv[2]);
+   mongoc_client_t *client = open_client (uri);
    run (client);
    mongoc_client_destroy (client);
    free_docs ();
