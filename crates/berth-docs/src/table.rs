@@ -351,7 +351,10 @@ impl Tables {
             }
             Err(e) => return Err(from_meta(e)),
         }
-        let t = self.open(p, path, Right::Admin).await?;
+        // Its creator writes its first settings: creating needs the write
+        // right where it is made (as MongoDB's readWrite role creates
+        // collections), not the admin right a settings change needs.
+        let t = self.open(p, path, Right::Write).await?;
         let mut tx = self.begin(&t).await?;
         let config = TableConfig {
             format: CONFIG_FORMAT,

@@ -1689,3 +1689,46 @@ async fn check_reports_nothing_for_writes_in_flight() {
     assert!(checks > 0);
     assert!(k.tables.check(a, &t).await.unwrap().ok());
 }
+
+/// A ticket scoped read-write to a directory creates tables there (as
+/// MongoDB's readWrite role creates collections on first insert), and
+/// nowhere else.
+#[tokio::test]
+async fn a_read_write_ticket_creates_tables_in_its_scope_only() {
+    let k = kernel().await;
+    let a = &k.admin;
+    k.tables
+        .namespace()
+        .mkdir(a, "/tables/app", 0o777, true)
+        .await
+        .unwrap();
+    k.tables
+        .namespace()
+        .mkdir(a, "/tables/other", 0o777, true)
+        .await
+        .unwrap();
+    k.meta
+        .user_add(a, "app", Some("pw"), None, vec![], false)
+        .await
+        .unwrap();
+    let scope = berth_security::scope::Scope::parse("/tables/app:rw").unwrap();
+    let (ticket, _) = k.meta.sign_for("app", Some(scope), 3600).unwrap();
+    let app = k.meta.authenticate(&ticket).unwrap();
+    let t = k
+        .tables
+        .open_or_create(&app, "/tables/app/users")
+        .await
+        .unwrap();
+    let out = k
+        .tables
+        .insert(&app, &t, vec![doc! {"_id": 1}], true)
+        .await
+        .unwrap();
+    assert_eq!(out.n, 1);
+    let err = k
+        .tables
+        .open_or_create(&app, "/tables/other/users")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, codes::UNAUTHORIZED, "{err:?}");
+}

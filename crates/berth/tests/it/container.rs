@@ -1078,10 +1078,8 @@ fn docker_image_end_to_end() {
             let tag = format!("berth-mongoc:it-{id}");
             junk.images.push(tag.clone());
             build_derived_image(&app_image, &tag, &[(check, "/usr/bin/mongoc-check")], dir);
-            // Made by the administrator: creating a table (also MongoDB's
-            // implicit create on first insert) needs the admin scope,
-            // which the application's rw ticket lacks.
-            server.cli(&["table", "create", "/apps/a/users"]);
+            // The application's first insert creates the table, as
+            // MongoDB's readWrite role does (its rw ticket suffices).
             let cmd = ["/usr/bin/mongoc-check", "app", "x./apps/a/users"];
             let out = app(&tag, &net_b, &[], true, &cmd);
             assert_eq!(ok(&format!("{cmd:?}\n{}", server.log()), out), "ok\n");
