@@ -25,7 +25,7 @@ use bson::{doc, Bson, Document};
 use libfuzzer_sys::fuzz_target;
 
 /// Values taken from one document for the pairwise checks, at most.
-const VALUES_MAX: usize = 48;
+const VALUES_MAX: usize = 32;
 
 fuzz_target!(
     init: {
@@ -117,7 +117,7 @@ fn keys_agree_with_the_order(doc: &Document) {
     }
     // Compound keys: two components, each ascending or descending, compare
     // component by component.
-    let n = values.len().min(8);
+    let n = values.len().min(6);
     for i in 0..n {
         for j in 0..n {
             let (x1, y1, x2, y2) = (values[i], values[j], values[j], values[(i + j) % n]);
