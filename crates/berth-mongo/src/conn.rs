@@ -148,7 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
         };
         let to = walked.to;
         // The decoded request's memory, charged before it exists.
-        let cost_bytes = walked.size_bytes() + walked.elements.saturating_mul(ELEMENT_COST_BYTES);
+        let cost_bytes = decode_cost_bytes(&walked);
         let permits = cost_bytes.div_ceil(1024).max(1);
         if permits > self.shared.budget_kib {
             let e = MongoError::new(
@@ -169,19 +169,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
             Err(WireError::Fatal(why)) => return Err(Close::Malformed(why)),
             Err(WireError::Bad { to, error }) => return self.refuse(&to, &error).await,
         };
-        let (db, command) = match request {
-            Request::Msg { command } => match command.get("$db") {
-                Some(Bson::String(db)) => (db.clone(), command),
-                _ => {
-                    let e = MongoError::new(40571, "OP_MSG requests require a $db argument");
-                    return self.refuse(&to, &e).await;
-                }
-            },
-            Request::Query { collection, query } => {
-                let Some(db) = collection.strip_suffix(".$cmd") else {
-                    return self.legacy_query_refused(&to, &collection).await;
-                };
-                (db.to_string(), unwrap_query(query))
+        let (db, command) = match route(request) {
+            Route::Command { db, command } => (db, command),
+            Route::Refuse(e) => return self.refuse(&to, &e).await,
+            Route::LegacyQuery { collection } => {
+                return self.legacy_query_refused(&to, &collection).await
             }
         };
         tracing::trace!(
@@ -272,6 +264,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, B: Backend> Conn<S, B> {
         )
         .await
         .map_err(|_| Close::Io(std::io::ErrorKind::TimedOut.into()))?
+    }
+}
+
+/// The memory a walked message is charged before it is decoded: its bytes
+/// plus [`ELEMENT_COST_BYTES`] per BSON element.
+pub fn decode_cost_bytes(walked: &wire::Walked) -> usize {
+    walked
+        .size_bytes()
+        .saturating_add(walked.elements.saturating_mul(ELEMENT_COST_BYTES))
+}
+
+/// Where a decoded request goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// A command to run on database `db`.
+    Command { db: String, command: Document },
+    /// Answered with this error (an OP_MSG without `$db`).
+    Refuse(MongoError),
+    /// OP_QUERY on a collection rather than `<db>.$cmd`: refused with
+    /// QueryFailure.
+    LegacyQuery { collection: String },
+}
+
+/// The database and command of a decoded request: OP_MSG names its
+/// database in `$db`, OP_QUERY in its namespace `<db>.$cmd`.
+pub fn route(request: Request) -> Route {
+    match request {
+        Request::Msg { command } => match command.get("$db") {
+            Some(Bson::String(db)) => Route::Command {
+                db: db.clone(),
+                command,
+            },
+            _ => Route::Refuse(MongoError::new(
+                40571,
+                "OP_MSG requests require a $db argument",
+            )),
+        },
+        Request::Query { collection, query } => match collection.strip_suffix(".$cmd") {
+            Some(db) => Route::Command {
+                db: db.to_string(),
+                command: unwrap_query(query),
+            },
+            None => Route::LegacyQuery { collection },
+        },
     }
 }
 

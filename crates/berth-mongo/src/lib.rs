@@ -77,11 +77,25 @@ mod guard;
 mod wire;
 
 /// What the fuzz targets drive: the decoding path of messages exactly as a
-/// connection runs it (not an API; may change with it).
+/// connection runs it (not an API; may change with it): the frame reader,
+/// the walk, the decoded-size charge, the decoding, the routing to a
+/// database, and the encoders that make seeds and answers.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::guard::{check as guard_check, Counter};
-    pub use crate::wire::{parse, Limits, Walked, WireError};
+    pub use crate::compress::decompress;
+    pub use crate::conn::{
+        decode_cost_bytes, route, Close, Route, ELEMENT_COST_BYTES,
+        UNAUTHENTICATED_MESSAGE_BYTES_MAX,
+    };
+    pub use crate::frame::Reader;
+    pub use crate::guard::{
+        check as guard_check, BsonError, Counter, DEPTH_MAX, DOCUMENT_BYTES_MAX,
+    };
+    pub use crate::wire::{
+        compress_message, encode_msg, encode_reply, parse, read_header, Format, Header, Limits,
+        ReplyTo, Request, Walked, WireError, CHECKSUM_PRESENT, HEADER_BYTES, MORE_TO_COME,
+        OP_COMPRESSED, OP_MSG, OP_QUERY, SECTIONS_MAX, SEQUENCE_DOCUMENTS_MAX,
+    };
 }
 
 use std::collections::HashMap;
