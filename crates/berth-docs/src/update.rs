@@ -25,15 +25,18 @@
 //! $nin $exists`, `$and $or $nor`, with MongoDB's array traversal) and handed
 //! to [`crate::matcher::Filter`] for everything else.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use bson::{Bson, Document};
 
+use crate::aggregate::value_size;
 use crate::error::codes;
 use crate::matcher::Filter;
 use crate::order;
+use crate::table::DOC_BYTES_MAX;
 use crate::DocError;
 
 /// The most nulls an update may add to an array when a numeric path
@@ -42,6 +45,10 @@ pub const ARRAY_PADDING_MAX: usize = 1_500_000;
 
 /// MongoDB's CannotBackfillArray (not in [`codes`]: only this module uses it).
 const CANNOT_BACKFILL_ARRAY: i32 = 34;
+
+/// MongoDB's code for an update whose result is larger than a document
+/// may be (only this module uses it).
+const RESULT_TOO_LARGE: i32 = 17419;
 
 /// `$and`/`$or`/`$nor` nesting followed when seeding an upsert or evaluating
 /// a condition here; MongoDB refuses filters nested deeper than 100.
@@ -1070,13 +1077,34 @@ impl Operators {
         };
         let mut work = doc.clone();
         let mut changed = false;
+        // What the update wrote, in BSON bytes: the values at its paths
+        // after each operator, and the nulls it padded arrays with. The
+        // paths are disjoint (checked above), so this is at most the
+        // result's size; past the largest document the result could not be
+        // stored, and building it on would let one small update fill memory
+        // (`$[]` copying a value into every element, many paths each
+        // padding an array by `ARRAY_PADDING_MAX`).
+        let padded_bytes = Cell::new(0usize);
+        let mut written_bytes = 0usize;
         for (path, op) in &targets {
             let env = Env {
                 ctx,
                 id: &id_shown,
                 path: path.join("."),
+                padded_bytes: &padded_bytes,
             };
             changed |= apply_leaf(&mut work, path, op, &env)?;
+            written_bytes =
+                written_bytes.saturating_add(value_at(&work, path).map_or(0, value_size));
+            if written_bytes.saturating_add(padded_bytes.get()) > DOC_BYTES_MAX {
+                return Err(DocError::new(
+                    RESULT_TOO_LARGE,
+                    format!(
+                        "Resulting document after update is larger than {DOC_BYTES_MAX} \
+                         ({id_shown})"
+                    ),
+                ));
+            }
         }
         if !changed {
             return Ok(false);
@@ -1187,6 +1215,39 @@ fn array_index(part: &str) -> Option<usize> {
     part.parse().ok()
 }
 
+/// The value at a concrete path, if there is one.
+fn value_at<'d>(doc: &'d Document, path: &[String]) -> Option<&'d Bson> {
+    let (first, rest) = path.split_first()?;
+    let mut v = doc.get(first)?;
+    for part in rest {
+        v = match v {
+            Bson::Document(d) => d.get(part)?,
+            Bson::Array(items) => items.get(array_index(part)?)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// The BSON bytes of null elements at array indexes `from..to`: a type
+/// byte, the index as a decimal key, its terminator.
+fn null_elements_bytes(from: usize, to: usize) -> usize {
+    let mut bytes = 0;
+    let mut start = from;
+    let (mut digits, mut band_end) = (1, 10usize);
+    while start < to {
+        if start >= band_end {
+            digits += 1;
+            band_end = band_end.saturating_mul(10);
+            continue;
+        }
+        let end = to.min(band_end);
+        bytes += (end - start) * (2 + digits);
+        start = end;
+    }
+    bytes
+}
+
 /// What error messages need while one operator is applied.
 struct Env<'a> {
     ctx: &'a ApplyContext,
@@ -1194,6 +1255,8 @@ struct Env<'a> {
     id: &'a str,
     /// The concrete dotted path being updated.
     path: String,
+    /// BSON bytes of the nulls the update padded arrays with so far.
+    padded_bytes: &'a Cell<usize>,
 }
 
 impl Env<'_> {
@@ -1302,6 +1365,8 @@ fn modify(
                     format!("can't backfill more than {ARRAY_PADDING_MAX} elements"),
                 ));
             }
+            env.padded_bytes
+                .set(env.padded_bytes.get() + null_elements_bytes(items.len(), index));
             items.resize(index, Bson::Null);
             items.push(value);
         }
@@ -1356,6 +1421,7 @@ fn rename(
         ctx: env.ctx,
         id: env.id,
         path: to.join("."),
+        padded_bytes: env.padded_bytes,
     };
     modify(
         &mut Container::Doc(work),
@@ -1369,6 +1435,7 @@ fn rename(
         ctx: env.ctx,
         id: env.id,
         path: from.join("."),
+        padded_bytes: env.padded_bytes,
     };
     modify(
         &mut Container::Doc(work),
@@ -2329,6 +2396,61 @@ mod tests {
             "a failed update left {doc}"
         );
         err
+    }
+
+    /// Seen in the `update` fuzz target's runs (557 MB peak RSS on inputs
+    /// of a few hundred bytes; under its 2 GiB limit, so no crash file):
+    /// each path may pad an array by
+    /// `ARRAY_PADDING_MAX` nulls, and nothing bounded the sum, so one update
+    /// naming many arrays took about 150 MB of memory per path before the
+    /// table refused the result as too large. `$[]` copying one value into
+    /// every element multiplied the same way. What an update writes is now
+    /// bounded by the largest document.
+    #[test]
+    fn what_an_update_writes_is_bounded_by_the_largest_document() {
+        let mut doc = doc! {"_id": 1};
+        let mut spec = Document::new();
+        for i in 0..8 {
+            doc.insert(format!("a{i}"), Bson::Array(vec![]));
+            spec.insert(format!("a{i}.{}", ARRAY_PADDING_MAX - 1), 1);
+        }
+        let e = apply_err(doc.clone(), doc! {"$set": spec});
+        assert_eq!(e.code, RESULT_TOO_LARGE, "{e:?}");
+        // One array padded to the limit fits in a document, as in MongoDB.
+        let one = doc! {"$set": {format!("a0.{}", ARRAY_PADDING_MAX - 1): 1}};
+        let (d, changed) = run(doc.clone(), one);
+        assert!(changed);
+        assert_eq!(d.get_array("a0").unwrap().len(), ARRAY_PADDING_MAX);
+
+        // 2,000 elements, each set to a 10 KB string: 20 MB.
+        let big = doc! {"_id": 1, "a": vec![Bson::Int32(0); 2000]};
+        let e = apply_err(big.clone(), doc! {"$set": {"a.$[]": "x".repeat(10_000)}});
+        assert_eq!(e.code, RESULT_TOO_LARGE, "{e:?}");
+        let (d, _) = run(big, doc! {"$set": {"a.$[]": "x".repeat(1_000)}});
+        assert_eq!(
+            d.get_array("a").unwrap()[1999],
+            Bson::String("x".repeat(1_000))
+        );
+    }
+
+    #[test]
+    fn null_elements_bytes_counts_every_key() {
+        let slow = |from: usize, to: usize| (from..to).map(|j| 2 + j.to_string().len()).sum();
+        for (from, to) in [
+            (0, 0),
+            (0, 1),
+            (0, 10),
+            (5, 123),
+            (9, 11),
+            (99, 1001),
+            (0, 123_456),
+        ] {
+            assert_eq!(
+                null_elements_bytes(from, to),
+                slow(from, to),
+                "{from}..{to}"
+            );
+        }
     }
 
     /// Asserts exact equality, field order and types included.
