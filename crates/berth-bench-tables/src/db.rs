@@ -5,11 +5,15 @@
 //! decodes the whole document on both sides, an update sets one field on the
 //! server (`$set` / `jsonb_set`), a scan returns and decodes its rows.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
 use mongodb::options::ClientOptions;
 use mongodb::{Collection, IndexModel};
 use serde_json::Value;
@@ -46,13 +50,27 @@ impl Target {
 
     /// A handle that may be cloned into client tasks: one pooled
     /// driver for MongoDB; for PostgreSQL, sessions make their own
-    /// connections.
-    pub async fn connect(&self) -> Result<Conn> {
+    /// connections. With `count_commands`, the driver counts the commands
+    /// it sends (see [`commands_sent`]): a check of how many round trips an
+    /// operation takes, at some cost per command.
+    pub async fn connect(&self, count_commands: bool) -> Result<Conn> {
         match self {
             Target::Mongo(uri) => {
                 let mut options = ClientOptions::parse(uri)
                     .await
                     .context("parse the MongoDB connection string")?;
+                if count_commands {
+                    options.command_event_handler =
+                        Some(EventHandler::callback(|e: CommandEvent| {
+                            if let CommandEvent::Started(s) = e {
+                                *COMMANDS
+                                    .lock()
+                                    .expect("not poisoned")
+                                    .entry(s.command_name)
+                                    .or_default() += 1;
+                            }
+                        }));
+                }
                 options.server_selection_timeout = Some(Duration::from_secs(20));
                 // Enough pooled connections for every client task.
                 options.max_pool_size = Some(64);
@@ -62,6 +80,14 @@ impl Target {
             Target::Postgres(s) => Ok(Conn::Postgres(s.clone())),
         }
     }
+}
+
+/// Commands the MongoDB driver sent, by name (when counted).
+static COMMANDS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+/// The commands counted so far, by name.
+pub fn commands_sent() -> BTreeMap<String, u64> {
+    COMMANDS.lock().expect("not poisoned").clone()
 }
 
 #[derive(Clone)]
@@ -417,12 +443,18 @@ impl Session {
                         &[&user],
                     )
                     .await?;
-                let lines: Vec<String> = rows
+                // The plan's nodes, outermost first, without costs and
+                // conditions: "Limit <- Index Scan using big_user_ts on big".
+                let nodes: Vec<String> = rows
                     .iter()
                     .filter_map(|r| r.try_get::<_, String>(0).ok())
-                    .map(|l| l.trim().to_string())
+                    .filter_map(|l| {
+                        let l = l.trim().trim_start_matches("->").trim();
+                        let node = l.split("  (cost").next().unwrap_or(l);
+                        (l.contains("(cost")).then(|| node.to_string())
+                    })
                     .collect();
-                Ok(lines.join(" | "))
+                Ok(nodes.join(" <- "))
             }
         }
     }

@@ -64,6 +64,10 @@ struct Cli {
     /// Seed of every random choice (keys, values, operation mix).
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Count the commands the MongoDB driver sends (reported as
+    /// `commands`; costs a little per command).
+    #[arg(long)]
+    count_commands: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -210,7 +214,7 @@ async fn main() -> Result<()> {
         (None, Some(s)) => Target::Postgres(s.clone()),
         _ => bail!("give exactly one of --mongo and --postgres"),
     };
-    let conn = target.connect().await?;
+    let conn = target.connect(cli.count_commands).await?;
     let cpu_before = stats::process_cpu_s();
     let mut out = match cli.cmd {
         Cmd::Load {
@@ -274,6 +278,9 @@ async fn main() -> Result<()> {
             "client_cpu_s".into(),
             json!(stats::process_cpu_s() - cpu_before),
         );
+        if cli.count_commands {
+            m.insert("commands".into(), json!(db::commands_sent()));
+        }
     }
     println!("{out}");
     conn.shutdown().await;
