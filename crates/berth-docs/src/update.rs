@@ -2435,7 +2435,8 @@ mod tests {
 
     #[test]
     fn null_elements_bytes_counts_every_key() {
-        let slow = |from: usize, to: usize| (from..to).map(|j| 2 + j.to_string().len()).sum();
+        let slow =
+            |from: usize, to: usize| (from..to).map(|j| 2 + j.to_string().len()).sum::<usize>();
         for (from, to) in [
             (0, 0),
             (0, 1),
