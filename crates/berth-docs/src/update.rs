@@ -179,7 +179,9 @@ impl Update {
     ///
     /// On an error `doc` is left as it was. A replacement keeps the
     /// document's `_id` (one that names a different `_id` is code 66); an
-    /// operator update may not change `_id` either.
+    /// operator update may not change `_id` either. An operator update that
+    /// writes more than a document may hold (values at its paths and the
+    /// nulls padding arrays, over 16 MiB) stops there with code 17419.
     pub fn apply(&self, doc: &mut Document, ctx: &ApplyContext) -> Result<bool, DocError> {
         match self {
             Update::Replacement(replacement) => apply_replacement(replacement, doc),
