@@ -142,7 +142,7 @@ fn write_seeds(dir: &std::path::Path) {
     use bson::{Binary, Decimal128, JavaScriptCodeWithScope, Regex, Timestamp};
     std::fs::create_dir_all(dir).expect("seed dir");
     let dec = |s: &str| Bson::Decimal128(s.parse::<Decimal128>().unwrap());
-    let docs = vec![
+    let docs = [
         doc! {
             "double": 1.5, "string": "s", "doc": {"a": {"b": [1, 2, {"c": null}]}},
             "bin": Binary { subtype: BinarySubtype::Generic, bytes: vec![1, 2] },

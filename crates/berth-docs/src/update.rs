@@ -179,7 +179,9 @@ impl Update {
     ///
     /// On an error `doc` is left as it was. A replacement keeps the
     /// document's `_id` (one that names a different `_id` is code 66); an
-    /// operator update may not change `_id` either.
+    /// operator update may not change `_id` either. An operator update that
+    /// writes more than a document may hold (values at its paths and the
+    /// nulls padding arrays, over 16 MiB) stops there with code 17419.
     pub fn apply(&self, doc: &mut Document, ctx: &ApplyContext) -> Result<bool, DocError> {
         match self {
             Update::Replacement(replacement) => apply_replacement(replacement, doc),
@@ -1094,8 +1096,12 @@ impl Operators {
                 padded_bytes: &padded_bytes,
             };
             changed |= apply_leaf(&mut work, path, op, &env)?;
-            written_bytes =
-                written_bytes.saturating_add(value_at(&work, path).map_or(0, value_size));
+            // A `$rename`'s value counts where it lands, not where it left
+            // (its source may come first in the order).
+            if !matches!(op, Op::RenameFrom) {
+                written_bytes =
+                    written_bytes.saturating_add(value_at(&work, path).map_or(0, value_size));
+            }
             if written_bytes.saturating_add(padded_bytes.get()) > DOC_BYTES_MAX {
                 return Err(DocError::new(
                     RESULT_TOO_LARGE,
@@ -2431,6 +2437,16 @@ mod tests {
             d.get_array("a").unwrap()[1999],
             Bson::String("x".repeat(1_000))
         );
+
+        // A renamed value counts once, where it lands, whichever path
+        // comes first.
+        let ten_mb = "x".repeat(10 << 20);
+        for (from, to) in [("a", "b"), ("b", "a")] {
+            let d = doc! {"_id": 1, from: ten_mb.as_str()};
+            let (d, changed) = run(d, doc! {"$rename": {from: to}});
+            assert!(changed);
+            assert_eq!(d.get_str(to).unwrap().len(), 10 << 20);
+        }
     }
 
     #[test]
