@@ -2,13 +2,14 @@
 //! `MONGODB_URI`, the variable MongoDB drivers' examples read:
 //! `mongodb://USER:TICKET@HOST:PORT/?tls=true&tlsCAFile=CA&authMechanism=PLAIN&authSource=%24external`.
 //!
-//! The host is one node's MongoDB advertised address (Cluster/Status):
-//! Berth's listener answers `hello` as a standalone server, and drivers
-//! drop every standalone of a connection string that names several hosts
-//! (the server discovery spec), so naming them all would leave none. The
-//! node preferred is one the container reaches the native API through
-//! (`BERTH_SERVERS`), else the first of the map; when no node has one, the
-//! first host of `BERTH_SERVERS` with MongoDB's usual port. The login is
+//! The hosts are the MongoDB advertised addresses of the nodes
+//! (Cluster/Status). Every node routes any request, and its listener
+//! answers `hello` as a `mongos` does, so drivers treat the list as the
+//! routers of a sharded cluster: they spread operations over the ones
+//! that answer and carry on when one is down. The node the container
+//! reaches the native API through (`BERTH_SERVERS`) comes first, then the
+//! others in the map's order; when no node has an address, the first host
+//! of `BERTH_SERVERS` with MongoDB's usual port. The login is
 //! PLAIN with the container's ticket as the password (the gateway takes a
 //! ticket whatever the user name; the ticket's principal is given), so the
 //! ticket's scope bounds what the application reaches through MongoDB as
@@ -25,8 +26,8 @@ pub const ENV_NAME: &str = "MONGODB_URI";
 /// principal.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MongoSettings {
-    /// `HOST:PORT` of one node's MongoDB listener.
-    pub host: String,
+    /// `HOST:PORT[,HOST:PORT...]`: the nodes' MongoDB listeners.
+    pub hosts: String,
     /// TLS to the listener (false only for a server started with --insecure).
     pub tls: bool,
     /// The ticket's principal.
@@ -41,7 +42,7 @@ pub struct MongoSettings {
 impl std::fmt::Debug for MongoSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MongoSettings")
-            .field("host", &self.host)
+            .field("hosts", &self.hosts)
             .field("tls", &self.tls)
             .field("username", &self.username)
             .field("ca_file", &self.ca_file)
@@ -56,7 +57,7 @@ impl MongoSettings {
             "mongodb://{}:{}@{}/?tls={}",
             encode(&self.username),
             encode(&self.password),
-            self.host,
+            self.hosts,
             self.tls
         );
         if let (true, Some(ca)) = (self.tls, &self.ca_file) {
@@ -68,18 +69,24 @@ impl MongoSettings {
     }
 }
 
-/// The node whose MongoDB address the URI names: the first of `servers`
-/// (native API addresses, in the order the container tries them) that is
-/// a node's native address and has a MongoDB listener, else the first node
-/// in the map's order with one; `None` when no node has one (or the
+/// The MongoDB addresses the URI names, comma-separated: first the node
+/// of the first of `servers` (native API addresses, in the order the
+/// container tries them) that has a MongoDB listener, then every other
+/// node with one in the map's order; `None` when no node has one (or the
 /// servers predate the field).
-pub fn host_from_nodes(nodes: &[Node], servers: &[String]) -> Option<String> {
+pub fn hosts_from_nodes(nodes: &[Node], servers: &[String]) -> Option<String> {
     let has = |n: &&Node| !n.mongo_addr.trim().is_empty();
-    servers
+    let first = servers
         .iter()
-        .find_map(|s| nodes.iter().filter(has).find(|n| n.native_addr == *s))
-        .or_else(|| nodes.iter().find(has))
-        .map(|n| n.mongo_addr.trim().to_string())
+        .find_map(|s| nodes.iter().filter(has).find(|n| n.native_addr == *s));
+    let mut hosts: Vec<&str> = Vec::new();
+    for n in first.into_iter().chain(nodes.iter().filter(has)) {
+        let addr = n.mongo_addr.trim();
+        if !hosts.contains(&addr) {
+            hosts.push(addr);
+        }
+    }
+    (!hosts.is_empty()).then(|| hosts.join(","))
 }
 
 /// The host of the first native API address (`host:port`, `[v6]:port`)
@@ -117,7 +124,7 @@ mod tests {
 
     fn settings() -> MongoSettings {
         MongoSettings {
-            host: "m1:27017".into(),
+            hosts: "m1:27017".into(),
             tls: true,
             username: "app".into(),
             password: "berth1.SECRET.sig".into(),
@@ -177,24 +184,27 @@ mod tests {
     }
 
     #[test]
-    fn one_host_from_the_cluster_map() {
+    fn every_listener_from_the_cluster_map() {
         let nodes = [node(1, ""), node(2, " m2:27017 "), node(3, "m3:27017")];
-        // The first node with a listener...
-        assert_eq!(host_from_nodes(&nodes, &[]).as_deref(), Some("m2:27017"));
-        // ...unless the container talks to another one.
+        // Every node with a listener, in the map's order...
+        assert_eq!(
+            hosts_from_nodes(&nodes, &[]).as_deref(),
+            Some("m2:27017,m3:27017")
+        );
+        // ...the one the container talks to first.
         let servers = vec!["n9:5660".to_string(), "n3:5660".to_string()];
         assert_eq!(
-            host_from_nodes(&nodes, &servers).as_deref(),
-            Some("m3:27017")
+            hosts_from_nodes(&nodes, &servers).as_deref(),
+            Some("m3:27017,m2:27017")
         );
         // A server without a listener is passed over.
         let servers = vec!["n1:5660".to_string()];
         assert_eq!(
-            host_from_nodes(&nodes, &servers).as_deref(),
-            Some("m2:27017")
+            hosts_from_nodes(&nodes, &servers).as_deref(),
+            Some("m2:27017,m3:27017")
         );
-        assert_eq!(host_from_nodes(&[node(1, "")], &[]), None);
-        assert_eq!(host_from_nodes(&[], &servers), None);
+        assert_eq!(hosts_from_nodes(&[node(1, "")], &[]), None);
+        assert_eq!(hosts_from_nodes(&[], &servers), None);
     }
 
     #[test]

@@ -522,7 +522,7 @@ fn mongo_settings(
     ticket: &str,
 ) -> (String, Option<String>) {
     let mut note = None;
-    let host = match nodes.as_ref().map(|n| mongo::host_from_nodes(n, servers)) {
+    let hosts = match nodes.as_ref().map(|n| mongo::hosts_from_nodes(n, servers)) {
         Ok(Some(h)) => h,
         other => {
             let h = mongo::fallback_host(servers)
@@ -540,7 +540,7 @@ fn mongo_settings(
         }
     };
     let settings = MongoSettings {
-        host,
+        hosts,
         tls: !cfg.insecure,
         username: who.principal.clone(),
         password: ticket.to_string(),

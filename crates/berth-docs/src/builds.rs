@@ -32,9 +32,14 @@ pub struct Building {
 /// Registry entries read per page.
 const REGISTRY_PAGE: usize = 256;
 
+/// The registry's object id under `Kind::TableChange`.
+pub(crate) const REGISTRY_ID: u64 = 5;
+
 /// The registry entry of table `ino` of volume `vol`.
 pub fn registry_key(vol: u64, ino: u64) -> Vec<u8> {
-    Key::new(vol, Kind::TableChange, 5).u64(ino).build()
+    Key::new(vol, Kind::TableChange, REGISTRY_ID)
+        .u64(ino)
+        .build()
 }
 
 /// Where the build of index `id` of table `ino` goes on from.
@@ -89,7 +94,7 @@ impl Tables {
         let v = self.volume(vol)?;
         let router = self.ns.meta().router();
         let system = berth_fs::volumes::system_principal();
-        let (mut from, end) = object_range(vol, Kind::TableChange, 5);
+        let (mut from, end) = object_range(vol, Kind::TableChange, REGISTRY_ID);
         let mut done = 0;
         loop {
             let rows = router

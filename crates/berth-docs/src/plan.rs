@@ -313,6 +313,37 @@ fn plan_for(def: &IndexDef, conds: &[(String, Cond)], sort: &[(String, i32)]) ->
     })
 }
 
+/// How the documents themselves, which are stored in `_id` order (keyed
+/// by `keys::encode_value(_id)`, the encoding an ascending single-field
+/// index gives its key parts), serve a query: a range on `_id`, a sort on
+/// `{_id: 1}`, or both (MongoDB reads its `_id_` index for these). The
+/// plan's intervals are key parts of the documents' keys; `None` when the
+/// filter has no `_id` range and the sort is not `{_id: 1}`. Equality and
+/// `$in` on `_id` are read by key before this is asked
+/// (`Filter::id_candidates`).
+pub fn id_plan(filter: &Document, sort: Option<&Document>) -> Option<IndexPlan> {
+    let def = IndexDef {
+        id: 0,
+        name: "_id_".into(),
+        keys: vec![("_id".into(), 1)],
+        unique: true,
+        sparse: false,
+        partial: None,
+        spec: Vec::new(),
+        ready: true,
+        // `_id` is never an array.
+        multikey: Some(0),
+    };
+    let conds = conditions(filter);
+    let sort: Vec<(String, i32)> = sort
+        .map(|s| s.iter().map(|(k, v)| (k.clone(), direction(v))).collect())
+        .unwrap_or_default();
+    let plan = plan_for(&def, &conds, &sort)?;
+    // Points are read by key; a sort other than `{_id: 1}` is the
+    // caller's (a plan without a range that does not give it is no plan).
+    (plan.eq_fields == 0 && (plan.range || plan.provides_sort)).then_some(plan)
+}
+
 /// The interval of a single-field index's entries whose value is a date
 /// before `before` (a TTL index's expired documents; dates sort together,
 /// after every other class but timestamps, regexes and the rest).
@@ -1078,5 +1109,36 @@ mod tests {
             })));
             assert!(!has(Bson::Null));
         }
+    }
+
+    #[test]
+    fn id_ranges_and_the_id_sort_read_the_documents_in_order() {
+        let within = |p: &IndexPlan, v: Bson| {
+            let mut k = Vec::new();
+            keys::encode_value(&v, &mut k);
+            p.intervals.iter().any(|i| i.contains(&k))
+        };
+        // YCSB E: a range on `_id` sorted by it.
+        let p = id_plan(&doc! {"_id": {"$gte": "user5"}}, Some(&doc! {"_id": 1})).unwrap();
+        assert!(p.range && p.provides_sort);
+        assert!(within(&p, Bson::String("user5".into())));
+        assert!(within(&p, Bson::String("user9".into())));
+        assert!(!within(&p, Bson::String("user4".into())));
+        assert!(!within(&p, Bson::Int32(7)), "type bracketing");
+        // A range alone; numbers of every type are one class.
+        let p = id_plan(&doc! {"_id": {"$gt": 1, "$lt": 5}}, None).unwrap();
+        assert!(p.range && !p.provides_sort);
+        assert!(within(&p, Bson::Double(1.5)) && within(&p, Bson::Int64(4)));
+        assert!(!within(&p, Bson::Int32(1)) && !within(&p, Bson::Int32(5)));
+        // The sort alone: the whole table in order.
+        let p = id_plan(&doc! {"x": 1}, Some(&doc! {"_id": 1})).unwrap();
+        assert!(!p.range && p.provides_sort);
+        // Nothing to do: points (read by key), another sort, no condition.
+        assert!(id_plan(&doc! {"_id": 5}, None).is_none());
+        assert!(id_plan(&doc! {"x": 1}, Some(&doc! {"x": 1})).is_none());
+        assert!(id_plan(&doc! {}, None).is_none());
+        // A descending sort is not the documents' order.
+        let p = id_plan(&doc! {"_id": {"$gte": 3}}, Some(&doc! {"_id": -1})).unwrap();
+        assert!(p.range && !p.provides_sort);
     }
 }

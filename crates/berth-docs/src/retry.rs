@@ -39,14 +39,23 @@ impl Stmt<'_> {
             .build()
     }
 
-    /// The range of the marks of the session's earlier `txnNumber`s: a
+    /// The range of the marks of the session's previous `txnNumber`: a
     /// driver uses a session for one command at a time, so a new number
     /// means the earlier ones are never retried, and the write that
-    /// leaves the new mark removes them.
+    /// leaves the new mark removes them. Drivers number a session's
+    /// writes one after the other, so the previous number holds what is
+    /// left; the marks of a number skipped over (used on another volume,
+    /// or by a transaction) wait for the sweep ([`MARK_TTL_MS`]). Only
+    /// that one number: the store deletes a range by walking it, and the
+    /// session's older numbers are a run of deleted keys that would be
+    /// walked again by every write.
     pub fn stale_range(&self, vol: u64) -> (Vec<u8>, Vec<u8>) {
         let session = Key::new(vol, Kind::TableChange, 3).bytes(self.lsid);
         (
-            session.clone().u64(0).build(),
+            session
+                .clone()
+                .u64(self.txn_number.saturating_sub(1).max(0) as u64)
+                .build(),
             session.u64(self.txn_number as u64).build(),
         )
     }

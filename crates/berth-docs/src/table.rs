@@ -192,6 +192,18 @@ impl TableRef {
     pub fn doc_range(&self) -> (Vec<u8>, Vec<u8>) {
         object_range(self.vol.id, Kind::TableDoc, self.entry.ino)
     }
+
+    /// The store keys bounding the documents whose `_id` key part lies in
+    /// `iv` (an interval of [`crate::plan::id_plan`]).
+    pub fn doc_bounds(&self, iv: &crate::plan::Interval) -> (Vec<u8>, Vec<u8>) {
+        let head = Key::new(self.vol.id, Kind::TableDoc, self.entry.ino);
+        let start = head.clone().bytes_prefix(&iv.start).build();
+        let end = match &iv.end {
+            Some(e) => head.bytes_prefix(e).build(),
+            None => self.doc_range().1,
+        };
+        (start, end)
+    }
 }
 
 /// One document that could not be written, at its index in the request.
@@ -388,23 +400,6 @@ impl Tables {
         // The change log's drop record commits with the removal (LogHook).
         self.ns.remove(p, path, false).await.map_err(from_meta)?;
         Ok(true)
-    }
-
-    /// After table `t` was renamed to `to`: its TTL sweep finds it there.
-    pub async fn ttl_renamed(&self, t: &TableRef, to: &str) -> Result<(), DocError> {
-        for attempt in 0..TX_RETRIES_MAX {
-            backoff(attempt).await;
-            let mut tx = self.begin(t).await?;
-            let key = crate::ttl::registry_key(t.vol.id, t.entry.ino);
-            if tx.get(&key).await.map_err(from_meta)?.is_none() {
-                return Ok(());
-            }
-            Tables::register_ttl_table(&mut tx, t, to);
-            if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
-                return Ok(());
-            }
-        }
-        Err(transient("could not record the table's new path; retry"))
     }
 
     /// Up to `limit` records of volume `vol`'s change log after `after`,
@@ -879,8 +874,6 @@ impl Tables {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<(Vec<u8>, Document)>, bool), DocError> {
-        authorize(p, t, Right::Read)?;
-        let tx = self.work(t).await?;
         let (start, end) = t.doc_range();
         let start = match after {
             Some(k) => {
@@ -890,11 +883,23 @@ impl Tables {
             }
             None => start,
         };
+        self.page_between(p, t, &start, &end, limit).await
+    }
+
+    /// Up to `limit` documents with keys in `[start, end)`, in key (`_id`)
+    /// order, with their keys, and whether there may be more.
+    pub async fn page_between(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<(Vec<u8>, Document)>, bool), DocError> {
+        authorize(p, t, Right::Read)?;
+        let tx = self.work(t).await?;
         let limit = limit.max(1);
-        let rows = tx
-            .peek_range(&start, &end, limit)
-            .await
-            .map_err(from_meta)?;
+        let rows = tx.peek_range(start, end, limit).await.map_err(from_meta)?;
         let more = rows.len() == limit;
         let mut out = Vec::with_capacity(rows.len());
         for (k, v) in rows {

@@ -5,7 +5,8 @@
 //! The sweep runs on the node leading each volume's shard. It reads the
 //! volume's TTL tables from a registry, `vol · TableChange · 4 · u64(table
 //! ino)` holding the table's path (written in the transaction that adds a
-//! TTL index to the settings, rewritten by `renameCollection`, removed by
+//! TTL index to the settings, rewritten in the transaction of any rename
+//! of the table or of a directory above it (`changes::LogHook`), removed by
 //! the sweep once the table has no TTL index or is gone). For each ready
 //! TTL index it scans the index's entries from the first date to now −
 //! `expireAfterSeconds` (dates sort together in the key encoding, so this
@@ -44,13 +45,18 @@ const REGISTRY_PAGE: usize = 256;
 /// A table with a TTL index, in its volume's registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TtlTable {
-    /// The table's path (kept by `renameCollection`).
+    /// The table's path (kept up to date by every rename: `changes::LogHook`).
     pub path: String,
 }
 
+/// The registry's object id under `Kind::TableChange`.
+pub(crate) const REGISTRY_ID: u64 = 4;
+
 /// The registry entry of table `ino` in volume `vol`.
 pub fn registry_key(vol: u64, ino: u64) -> Vec<u8> {
-    Key::new(vol, Kind::TableChange, 4).u64(ino).build()
+    Key::new(vol, Kind::TableChange, REGISTRY_ID)
+        .u64(ino)
+        .build()
 }
 
 fn has_ttl(config: &TableConfig) -> bool {
@@ -111,7 +117,7 @@ impl Tables {
         let v = self.volume(vol)?;
         let router = self.ns.meta().router();
         let system = berth_fs::volumes::system_principal();
-        let (mut from, end) = object_range(vol, Kind::TableChange, 4);
+        let (mut from, end) = object_range(vol, Kind::TableChange, REGISTRY_ID);
         let mut deleted = 0;
         loop {
             let rows = router
@@ -155,8 +161,8 @@ impl Tables {
     /// Removes table `ino`'s registry entry when it has no TTL index (or
     /// is gone), conditional on its settings, so an index added meanwhile
     /// keeps it. A table with TTL indexes whose registered path names
-    /// another entry was moved outside `renameCollection`: it is left, and
-    /// said.
+    /// another entry was moved by a build older than the registry's rename
+    /// hook: it is left, and said.
     async fn forget_ttl_table(&self, vol: u64, ino: u64, path: &str) -> Result<(), DocError> {
         let v = self.volume(vol)?;
         let router = self.ns.meta().router();
@@ -167,7 +173,7 @@ impl Tables {
             None => None,
         };
         if config.as_ref().is_some_and(has_ttl) {
-            tracing::warn!(table = %path, ino, "a table with a TTL index is no longer at its registered path (moved outside renameCollection): its documents do not expire until it is moved back or the index is made again");
+            tracing::warn!(table = %path, ino, "a table with a TTL index is no longer at its registered path (moved by an older build): its documents do not expire until it is renamed again or the index is made again");
             return Ok(());
         }
         let key = registry_key(vol, ino);

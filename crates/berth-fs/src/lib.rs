@@ -24,6 +24,6 @@ pub mod xattr;
 
 pub use check::CheckReport;
 pub use data::OpenSpec;
-pub use namespace::{EntryHook, EntryInfo, Namespace, SetAttr};
+pub use namespace::{EntryHook, EntryInfo, HookFuture, Namespace, SetAttr};
 pub use records::{EntryAcl, EntryKind, Inode};
 pub use volumes::{VolumeChange, VolumeSpec, VolumeStatus};

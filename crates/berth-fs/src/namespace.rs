@@ -100,17 +100,23 @@ pub trait EntryHook: Send + Sync {
         path: &str,
     ) -> Result<(), Error>;
 
-    /// Entry `ino` is renamed from `from` to `to` by `tx`.
-    fn renamed(
-        &self,
-        tx: &mut Tx,
+    /// Entry `ino` is renamed from `from` to `to` by `tx`; for a
+    /// directory, everything below it moves too. The hook may read through
+    /// `tx` (making the rename conditional on what it read).
+    fn renamed<'a>(
+        &'a self,
+        tx: &'a mut Tx,
         vol: u64,
         ino: u64,
         kind: EntryKind,
-        from: &str,
-        to: &str,
-    ) -> Result<(), Error>;
+        from: &'a str,
+        to: &'a str,
+    ) -> HookFuture<'a>;
 }
+
+/// What [`EntryHook::renamed`] returns.
+pub type HookFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send + 'a>>;
 
 /// Reads across shards with one read barrier per shard per operation.
 struct Reader {
@@ -1094,7 +1100,8 @@ impl Namespace {
             }
             fi.ctime_ns = now;
             if let Some(h) = self.hook.get() {
-                h.renamed(&mut tx, vol.id, fd.ino, fi.kind, &from, &to)?;
+                h.renamed(&mut tx, vol.id, fd.ino, fi.kind, &from, &to)
+                    .await?;
             }
             tx.put(fikey, encode_inode(&fi));
             tx.delete(fdkey);

@@ -667,6 +667,11 @@ async fn hello<B: Backend>(
     } else {
         d.insert("ismaster", true);
     }
+    // Every Berth node routes any request to the shard that holds its data,
+    // as a mongos does, and a client may use any of them: drivers then see
+    // a sharded cluster, so they retry writes with a txnNumber, run
+    // transactions and balance over the nodes of the connection string.
+    d.insert("msg", "isdbgrid");
     d.insert(
         "maxBsonObjectSize",
         crate::guard::BSON_OBJECT_BYTES_MAX as i32,
@@ -1333,6 +1338,25 @@ fn parse_aggregate(a: &Args<'_>, db: &str) -> Result<Aggregate, MongoError> {
         None => return Err(missing(a, a.name)),
     };
     let pipeline = a.docs("pipeline")?.ok_or_else(|| missing(a, "pipeline"))?;
+    // MongoDB's rule: a pipeline that writes cannot read linearizably.
+    let linearizable = a
+        .cmd
+        .get_document("readConcern")
+        .ok()
+        .and_then(|rc| rc.get_str("level").ok())
+        == Some("linearizable");
+    if linearizable {
+        if let Some(stage) = pipeline
+            .last()
+            .and_then(|s| s.keys().next())
+            .filter(|k| *k == "$out" || *k == "$merge")
+        {
+            return Err(MongoError::new(
+                codes::INVALID_OPTIONS,
+                format!("{stage} cannot be used with a 'linearizable' read concern level"),
+            ));
+        }
+    }
     if a.doc("cursor")?.is_none() && !a.bool("explain", false)? {
         return Err(MongoError::failed_to_parse(
             "The 'cursor' option is required, except for aggregate with the explain argument",

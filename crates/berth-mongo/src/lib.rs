@@ -8,9 +8,10 @@
 //! into MongoDB's reply format (`commands`), and the one table of MongoDB
 //! error codes (`codes`).
 //!
-//! The gateway presents itself as a standalone MongoDB 7.0 server
-//! (wire version 21): no replica set, so drivers send no transactions and
-//! no retryable-write numbers.
+//! The gateway presents itself as a MongoDB 7.0 `mongos` (wire version
+//! 21, `msg: "isdbgrid"`): every node routes any request, as a mongos
+//! does, so drivers send retryable-write numbers and transactions and use
+//! every node of a connection string.
 //!
 //! Invariants:
 //! - *Translate, never decide*: the gateway holds no data and takes no

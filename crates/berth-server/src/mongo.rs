@@ -65,7 +65,9 @@ struct Scan {
     table: TableRef,
     filter: Filter,
     projection: Option<Projection>,
-    after: Vec<u8>,
+    /// The document keys still to read: `[from, end)`, in `_id` order.
+    from: Vec<u8>,
+    end: Vec<u8>,
     /// Matches still to skip, and to return (0: no limit).
     skip: u64,
     left: u64,
@@ -199,7 +201,8 @@ impl TablesBackend {
                     table,
                     filter,
                     projection,
-                    after,
+                    from,
+                    end,
                     skip,
                     left,
                     ready,
@@ -213,14 +216,14 @@ impl TablesBackend {
                 if full(&out, bytes) || *done {
                     break;
                 }
-                let from = (!after.is_empty()).then_some(after.as_slice());
                 let (page, more) = self
                     .tables
-                    .page(p, table, from, SCAN_PAGE)
+                    .page_between(p, table, from, end, SCAN_PAGE)
                     .await
                     .map_err(mongo)?;
                 if let Some((k, _)) = page.last() {
-                    *after = k.clone();
+                    *from = k.clone();
+                    from.push(0);
                 }
                 *done = !more;
                 for (_, d) in page {
@@ -388,17 +391,29 @@ impl TablesBackend {
             };
             return finish(docs, req, &filter, projection.as_ref());
         }
-        let Some(sort) = sort else {
-            return Ok(Rest::Scan(Box::new(Scan {
-                table: t,
-                filter,
-                projection,
-                after: Vec::new(),
-                skip: req.skip,
-                left: req.limit,
-                ready: VecDeque::new(),
-                done: false,
-            })));
+        // The documents are stored in `_id` order: a range on `_id` reads
+        // only its keys, and a sort on `{_id: 1}` is the scan's order, so
+        // a limit stops it early.
+        let id_plan = berth_docs::plan::id_plan(&req.filter, sort);
+        let sort = match sort {
+            Some(s) if !id_plan.as_ref().is_some_and(|p| p.provides_sort) => s,
+            _ => {
+                let (from, end) = match id_plan.as_ref().and_then(|p| id_span(&p.intervals)) {
+                    Some(iv) => t.doc_bounds(&iv),
+                    None => t.doc_range(),
+                };
+                return Ok(Rest::Scan(Box::new(Scan {
+                    table: t,
+                    filter,
+                    projection,
+                    from,
+                    end,
+                    skip: req.skip,
+                    left: req.limit,
+                    ready: VecDeque::new(),
+                    done: false,
+                })));
+            }
         };
         let docs = self.matching(p, &t, &filter).await?;
         let docs = sorted(docs, sort)?;
@@ -839,6 +854,18 @@ impl Rest {
             Rest::Changes(c) => c.is_done(),
         }
     }
+}
+
+/// The one interval covering `intervals` (in key order): a scan reads
+/// it and the filter drops what lies between them.
+fn id_span(intervals: &[berth_docs::plan::Interval]) -> Option<berth_docs::plan::Interval> {
+    let first = intervals.first()?;
+    let last = intervals.last()?;
+    Some(berth_docs::plan::Interval {
+        start: first.start.clone(),
+        end: last.end.clone(),
+        point_len: 0,
+    })
 }
 
 /// Sorts documents by a sort specification (MongoDB's `$sort` semantics).
@@ -1715,7 +1742,7 @@ impl Backend for TablesBackend {
     ) -> Result<(), MongoError> {
         let from = self.path(&req.from)?;
         let to = self.path(&req.to)?;
-        let Some(t) = self.open(p, &req.from, Right::Admin).await? else {
+        let Some(_) = self.open(p, &req.from, Right::Admin).await? else {
             return Err(MongoError::new(
                 codes::NAMESPACE_NOT_FOUND,
                 format!("source namespace does not exist: {}", req.from),
@@ -1742,8 +1769,7 @@ impl Backend for TablesBackend {
             .namespace()
             .rename(p, &from, &to, true)
             .await
-            .map_err(|e| mongo(berth_docs::table::from_meta(e)))?;
-        self.tables.ttl_renamed(&t, &to).await.map_err(mongo)
+            .map_err(|e| mongo(berth_docs::table::from_meta(e)))
     }
 
     async fn coll_stats(&self, p: &Principal, ns: Namespace) -> Result<CollStats, MongoError> {
@@ -1875,7 +1901,14 @@ impl Backend for TablesBackend {
         let chosen = table
             .as_ref()
             .and_then(|t| choose(&t.config.indexes, &filter, sort.as_ref()));
-        let winning = match &chosen {
+        // Without a secondary index: the documents' own `_id` order, as
+        // `query` reads them (MongoDB reads its `_id_` index).
+        let id_plan = match (&table, &chosen) {
+            (Some(_), None) => berth_docs::plan::id_plan(&filter, sort.as_ref())
+                .filter(|p| sort.is_none() || p.provides_sort),
+            _ => None,
+        };
+        let winning = match chosen.as_ref().or(id_plan.as_ref()) {
             Some(plan) => doc! {
                 "stage": "FETCH",
                 "filter": filter.clone(),
@@ -1915,23 +1948,35 @@ impl Backend for TablesBackend {
                     (keys, examined, returned) = (k, d, docs.len() as u64);
                 }
                 (Some(t), None) => {
-                    let mut after: Option<Vec<u8>> = None;
-                    loop {
+                    let (mut from, end) = match id_plan.as_ref().and_then(|p| id_span(&p.intervals))
+                    {
+                        Some(iv) => t.doc_bounds(&iv),
+                        None => t.doc_range(),
+                    };
+                    let ordered = sort.is_none() || id_plan.is_some();
+                    'pages: loop {
                         let (page, more) = self
                             .tables
-                            .page(p, t, after.as_deref(), SCAN_PAGE)
+                            .page_between(p, t, &from, &end, SCAN_PAGE)
                             .await
                             .map_err(mongo)?;
                         if let Some((k, _)) = page.last() {
-                            after = Some(k.clone());
+                            from = k.clone();
+                            from.push(0);
                         }
                         for (_, d) in &page {
                             examined += 1;
                             returned += u64::from(parsed.matches(d));
+                            if ordered && limit > 0 && returned >= limit {
+                                break 'pages;
+                            }
                         }
                         if !more {
                             break;
                         }
+                    }
+                    if id_plan.is_some() {
+                        keys = examined;
                     }
                     if limit > 0 && sort.is_none() {
                         returned = returned.min(limit);
@@ -1939,7 +1984,7 @@ impl Backend for TablesBackend {
                 }
                 _ => {}
             }
-            let stage = if chosen.is_some() {
+            let stage = if chosen.is_some() || id_plan.is_some() {
                 "FETCH"
             } else {
                 "COLLSCAN"

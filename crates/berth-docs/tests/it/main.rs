@@ -1338,14 +1338,14 @@ async fn ttl_indexes_expire_dated_documents_through_the_delete_path() {
     assert_eq!(k.tables.expire_all(later).await, 2);
     assert_eq!(ids(&k, &t).await, vec![5, 6, 7]);
 
-    // Renamed, the table is still swept.
+    // Renamed (as `berth mv` does: the namespace alone), the table is
+    // still swept.
     let to = "/tables/db/sessions2";
     k.tables
         .namespace()
         .rename(a, path, to, true)
         .await
         .unwrap();
-    k.tables.ttl_renamed(&t, to).await.unwrap();
     let t = k.tables.open(a, to, Right::Write).await.unwrap();
     k.tables
         .insert(a, &t, vec![doc! {"_id": 9, "at": ago(61)}], true)
@@ -1356,6 +1356,24 @@ async fn ttl_indexes_expire_dated_documents_through_the_delete_path() {
     assert!(records
         .iter()
         .any(|(_, r)| r.op == OpType::Delete && r.path == to && r.id == Some(Bson::Int32(9))));
+
+    // So is it when the directory holding it moves.
+    k.tables
+        .namespace()
+        .rename(a, "/tables/db", "/tables/db2", true)
+        .await
+        .unwrap();
+    let to = "/tables/db2/sessions2";
+    let t = k.tables.open(a, to, Right::Write).await.unwrap();
+    k.tables
+        .insert(a, &t, vec![doc! {"_id": 10, "at": ago(61)}], true)
+        .await
+        .unwrap();
+    assert_eq!(k.tables.expire_all(now).await, 1);
+    let (records, _) = k.tables.changes_after(t.vol.id, start, 100).await.unwrap();
+    assert!(records
+        .iter()
+        .any(|(_, r)| r.op == OpType::Delete && r.path == to && r.id == Some(Bson::Int32(10))));
 
     // Dropped, the index expires nothing (and the sweep forgets the table).
     k.tables
@@ -1423,6 +1441,15 @@ async fn an_interrupted_index_build_resumes_from_its_progress() {
         tx.commit().await.unwrap(),
         berth_meta::Commit::Done(_)
     ));
+
+    // Moved meanwhile (`berth mv`: the namespace alone), the build still
+    // resumes at the table's new path.
+    let path = "/tables/db/built";
+    k.tables
+        .namespace()
+        .rename(a, "/tables/db/building", path, true)
+        .await
+        .unwrap();
 
     assert_eq!(k.tables.resume_builds().await, 1);
     let t = k.tables.open(a, path, Right::Read).await.unwrap();

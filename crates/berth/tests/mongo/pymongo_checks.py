@@ -17,7 +17,9 @@ import pymongo
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 
-def client(a):
+def client(a, **kwargs):
+    """The connection string a user writes: no directConnection, so the
+    driver discovers what the server is (a mongos) as it would anywhere."""
     uri = (
         f"mongodb://{a.user}:{a.password}@127.0.0.1:{a.port}/"
         f"?tls=true&tlsCAFile={a.ca}&authMechanism={a.mechanism}"
@@ -25,7 +27,7 @@ def client(a):
     )
     if a.mechanism == "PLAIN":
         uri += "&authSource=$external"
-    return pymongo.MongoClient(uri, directConnection=True)
+    return pymongo.MongoClient(uri, **kwargs)
 
 
 def check(cond, what):
@@ -80,6 +82,26 @@ def crud(a):
         and stats["totalDocsExamined"] == 1 and stats["nReturned"] == 1,
         f"_id lookup plan {plan}",
     )
+    # A range on _id reads the documents in _id order from its bound: with
+    # the sort on _id and a limit, only as many as it returns (YCSB E).
+    ranged = db["ranged"]
+    ranged.drop()
+    ranged.insert_many([{"_id": f"k{i:03}", "n": i} for i in range(300)] + [{"_id": i} for i in range(5)])
+    got = [d["n"] for d in ranged.find({"_id": {"$gte": "k100"}}).sort("_id", 1).limit(3)]
+    check(got == [100, 101, 102], f"_id range with sort and limit {got}")
+    got = [d["n"] for d in ranged.find({"_id": {"$gt": "k297"}})]
+    check(got == [298, 299], f"_id range to the end, strings only {got}")
+    got = [d["_id"] for d in ranged.find({"_id": {"$lt": 3}}).sort("_id", 1)]
+    check(got == [0, 1, 2], f"_id range below a number {got}")
+    plan = ranged.find({"_id": {"$gte": "k100"}}).sort("_id", 1).limit(3).explain()
+    stats = plan["executionStats"]
+    ix = plan["queryPlanner"]["winningPlan"].get("inputStage", {})
+    check(
+        ix.get("indexName") == "_id_" and ix.get("providesSort")
+        and stats["totalDocsExamined"] == 3 and stats["nReturned"] == 3,
+        f"_id range plan {plan}",
+    )
+    ranged.drop()
     check(users.count_documents({"group": 0}) == 4, "count_documents")
     check(users.estimated_document_count() == 11, "estimated_document_count")
     check(sorted(users.distinct("group")) == [0, 1, 2], "distinct")
@@ -131,11 +153,11 @@ def crud(a):
     check(users.find_one({"_id": 1}) is not None, "served after an error")
     db.drop_collection("users")
     check("users" not in db.list_collection_names(), "dropped")
-    retryable(c)
+    retryable(a, c)
     print("ok")
 
 
-def retryable(c):
+def retryable(a, c):
     """A retried write (same session, same txnNumber, as a driver sends
     after a lost connection) is answered, not applied again. A driver
     retries a command only until it sends the session's next one."""
@@ -184,9 +206,41 @@ def retryable(c):
                 txnNumber=Int64(6), session=s,
             )
             check(r["value"] == {"_id": "k", "n": 1}, f"retried remove {r}")
-    # The driver's own retryable writes (retryWrites is on by default).
-    r = db["retry"].insert_one({"_id": "driver"})
+    # The driver's own retryable writes (retryWrites is on by default): it
+    # sees a mongos, so it numbers every retryable write itself.
+    from pymongo import monitoring
+
+    class Sent(monitoring.CommandListener):
+        def __init__(self):
+            self.commands = []
+
+        def started(self, event):
+            self.commands.append((event.command_name, event.command.get("txnNumber")))
+
+        def succeeded(self, event):
+            pass
+
+        def failed(self, event):
+            pass
+
+    sent = Sent()
+    watched = client(a, event_listeners=[sent])
+    check(
+        watched.admin.command("hello").get("msg") == "isdbgrid",
+        "the server answers hello as a mongos",
+    )
+    wdb = watched["shop"]
+    r = wdb["retry"].insert_one({"_id": "driver"})
     check(r.inserted_id == "driver", "insert_one with retryWrites")
+    wdb["retry"].update_one({"_id": "driver"}, {"$set": {"n": 1}})
+    wdb["retry"].find_one_and_update({"_id": "driver"}, {"$inc": {"n": 1}})
+    wdb["retry"].delete_one({"_id": "driver"})
+    numbered = [n for n, t in sent.commands if t is not None]
+    check(
+        numbered == ["insert", "update", "findAndModify", "delete"],
+        f"the driver's retryable writes carry txnNumber: {sent.commands}",
+    )
+    watched.close()
     db.drop_collection("retry")
 
 
