@@ -18,7 +18,7 @@ use berth_docs::aggregate::{Limits, Pipeline, StageContext};
 use berth_docs::expr::{let_variables, Variables};
 use berth_docs::matcher::Filter;
 use berth_docs::merge::{Merge, WhenNotMatched};
-use berth_docs::plan::choose;
+use berth_docs::plan::{IndexPlan, QueryPlan};
 use berth_docs::projection::Projection;
 use berth_docs::retry::Stmt;
 use berth_docs::table::{Right, TableRef, Tables};
@@ -372,18 +372,16 @@ impl TablesBackend {
             };
             return finish(docs, req, &filter, projection.as_ref());
         }
-        if let Some(plan) = choose(&t.config.indexes, &req.filter, sort) {
-            // Through an index: a limit stops the scan early when the
-            // index yields the sort's order (or no order is asked).
-            let ordered = plan.provides_sort || sort.is_none();
+        if let Some(plan) = berth_docs::plan::plan(&t.config.indexes, &req.filter, sort) {
+            // Through indexes: a limit stops the scans early when they
+            // yield the sort's order (or no order is asked).
+            let ordered = plan.provides_sort() || sort.is_none();
             let stop = (ordered && req.limit > 0).then(|| (req.skip + req.limit) as usize);
-            let (docs, _, _) = self
-                .tables
-                .index_scan(p, &t, &plan, &filter, stop, MEMORY_BYTES_MAX)
-                .await
-                .map_err(mongo)?;
+            let (docs, _) = self
+                .planned(p, &t, &plan, &filter, stop, MEMORY_BYTES_MAX)
+                .await?;
             let docs = match sort {
-                Some(s) if !plan.provides_sort => sorted(docs, s)?,
+                Some(s) if !plan.provides_sort() => sorted(docs, s)?,
                 _ => docs,
             };
             return finish(docs, req, &filter, projection.as_ref());
@@ -403,6 +401,35 @@ impl TablesBackend {
         let docs = self.matching(p, &t, &filter).await?;
         let docs = sorted(docs, sort)?;
         finish(docs, req, &filter, projection.as_ref())
+    }
+
+    /// The documents matching `filter` read as `plan` says (one index, or
+    /// the union of an `$or`'s), and the entries and documents each index
+    /// scan examined.
+    async fn planned(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        plan: &QueryPlan,
+        filter: &Filter,
+        stop: Option<usize>,
+        bytes_max: usize,
+    ) -> Result<(Vec<Document>, Vec<(u64, u64)>), MongoError> {
+        match plan {
+            QueryPlan::Index(one) => {
+                let (docs, keys, examined) = self
+                    .tables
+                    .index_scan(p, t, one, filter, stop, bytes_max)
+                    .await
+                    .map_err(mongo)?;
+                Ok((docs, vec![(keys, examined)]))
+            }
+            QueryPlan::Or(branches) => self
+                .tables
+                .union_scan(p, t, branches, filter, stop, bytes_max)
+                .await
+                .map_err(mongo),
+        }
     }
 
     /// Runs `pipeline` over a collection's documents.
@@ -1144,13 +1171,11 @@ impl Backend for TablesBackend {
             return Ok(0);
         };
         let filter = Filter::parse(&req.query).map_err(mongo)?;
-        if let Some(plan) = choose(&t.config.indexes, &req.query, None) {
+        if let Some(plan) = berth_docs::plan::plan(&t.config.indexes, &req.query, None) {
             let stop = (req.limit > 0).then(|| (req.skip + req.limit) as usize);
-            let (docs, _, _) = self
-                .tables
-                .index_scan(p, &t, &plan, &filter, stop, usize::MAX)
-                .await
-                .map_err(mongo)?;
+            let (docs, _) = self
+                .planned(p, &t, &plan, &filter, stop, usize::MAX)
+                .await?;
             return Ok((docs.len() as u64).saturating_sub(req.skip));
         }
         self.tables
@@ -1874,25 +1899,11 @@ impl Backend for TablesBackend {
         }
         let chosen = table
             .as_ref()
-            .and_then(|t| choose(&t.config.indexes, &filter, sort.as_ref()));
-        let winning = match &chosen {
-            Some(plan) => doc! {
-                "stage": "FETCH",
-                "filter": filter.clone(),
-                "inputStage": {
-                    "stage": "IXSCAN",
-                    "indexName": &plan.name,
-                    "keyPattern": plan.key_pattern.clone(),
-                    "indexBounds": plan.bounds.clone(),
-                    "equalityFields": plan.eq_fields as i32,
-                    "rangeField": plan.range,
-                    "providesSort": plan.provides_sort,
-                    "mergedRuns": if plan.merge { plan.intervals.len() as i32 } else { 0 },
-                    "direction": "forward",
-                },
-            },
-            None => doc! {"stage": "COLLSCAN", "filter": filter.clone(), "direction": "forward"},
-        };
+            .and_then(|t| berth_docs::plan::plan(&t.config.indexes, &filter, sort.as_ref()));
+        let blocking_sort = sort
+            .as_ref()
+            .filter(|_| !chosen.as_ref().is_some_and(QueryPlan::provides_sort));
+        let winning = explained_plan(chosen.as_ref(), &filter, blocking_sort, None);
         let mut out = doc! {
             "queryPlanner": {
                 "namespace": ns.to_string(),
@@ -1902,19 +1913,21 @@ impl Backend for TablesBackend {
             },
         };
         if req.verbosity != Verbosity::QueryPlanner {
-            let (mut keys, mut examined, mut returned) = (0u64, 0u64, 0u64);
+            let (mut examined, mut returned) = (Vec::new(), 0u64);
             match (&table, &chosen) {
                 (Some(t), Some(plan)) => {
-                    let ordered = plan.provides_sort || sort.is_none();
+                    let ordered = plan.provides_sort() || sort.is_none();
                     let stop = (ordered && limit > 0).then_some(limit as usize);
-                    let (docs, k, d) = self
-                        .tables
-                        .index_scan(p, t, plan, &parsed, stop, MEMORY_BYTES_MAX)
-                        .await
-                        .map_err(mongo)?;
-                    (keys, examined, returned) = (k, d, docs.len() as u64);
+                    let (docs, e) = self
+                        .planned(p, t, plan, &parsed, stop, MEMORY_BYTES_MAX)
+                        .await?;
+                    (examined, returned) = (e, docs.len() as u64);
+                    if limit > 0 {
+                        returned = returned.min(limit);
+                    }
                 }
                 (Some(t), None) => {
+                    let mut docs = 0u64;
                     let mut after: Option<Vec<u8>> = None;
                     loop {
                         let (page, more) = self
@@ -1926,41 +1939,125 @@ impl Backend for TablesBackend {
                             after = Some(k.clone());
                         }
                         for (_, d) in &page {
-                            examined += 1;
+                            docs += 1;
                             returned += u64::from(parsed.matches(d));
                         }
                         if !more {
                             break;
                         }
                     }
-                    if limit > 0 && sort.is_none() {
+                    examined.push((0, docs));
+                    if limit > 0 {
                         returned = returned.min(limit);
                     }
                 }
                 _ => {}
             }
-            let stage = if chosen.is_some() {
-                "FETCH"
-            } else {
-                "COLLSCAN"
-            };
+            let keys: u64 = examined.iter().map(|(k, _)| k).sum();
+            let docs: u64 = examined.iter().map(|(_, d)| d).sum();
+            let mut stages = explained_plan(
+                chosen.as_ref(),
+                &filter,
+                blocking_sort,
+                Some((examined.as_slice(), returned)),
+            );
+            stages.insert("keysExamined", keys as i64);
+            stages.insert("docsExamined", docs as i64);
             out.insert(
                 "executionStats",
                 doc! {
                     "nReturned": returned as i64,
                     "totalKeysExamined": keys as i64,
-                    "totalDocsExamined": examined as i64,
-                    "executionStages": {
-                        "stage": stage,
-                        "nReturned": returned as i64,
-                        "docsExamined": examined as i64,
-                        "keysExamined": keys as i64,
-                    },
+                    "totalDocsExamined": docs as i64,
+                    "executionStages": stages,
                 },
             );
         }
         Ok(out)
     }
+}
+
+/// MongoDB's explain of an index scan: `IXSCAN` with its bounds, in the
+/// direction it reads; with what it examined when run.
+fn explained_ixscan(plan: &IndexPlan, examined: Option<(u64, u64)>) -> Document {
+    let mut d = doc! {
+        "stage": "IXSCAN",
+        "indexName": &plan.name,
+        "keyPattern": plan.key_pattern.clone(),
+        "indexBounds": plan.bounds.clone(),
+        "equalityFields": plan.eq_fields as i32,
+        "rangeField": plan.range,
+        "providesSort": plan.provides_sort,
+        "mergedRuns": if plan.merge { plan.intervals.len() as i32 } else { 0 },
+        "direction": if plan.backward { "backward" } else { "forward" },
+    };
+    if let Some((keys, docs)) = examined {
+        d.insert("keysExamined", keys as i64);
+        d.insert("docsExamined", docs as i64);
+    }
+    d
+}
+
+/// MongoDB's stages for a plan (`None`: a collection scan): `FETCH` over
+/// an `IXSCAN`, or `SUBPLAN` over `FETCH` over `OR` with one `IXSCAN` per
+/// branch, under a blocking `SORT` when the plan gives no order the
+/// query asks. With `run` (what each index scan examined, documents
+/// returned), the execution's figures.
+fn explained_plan(
+    plan: Option<&QueryPlan>,
+    filter: &Document,
+    sort: Option<&Document>,
+    run: Option<(&[(u64, u64)], u64)>,
+) -> Document {
+    let examined = |i: usize| run.map(|(e, _)| e.get(i).copied().unwrap_or((0, 0)));
+    let returned = |d: &mut Document| {
+        if let Some((_, n)) = run {
+            d.insert("nReturned", n as i64);
+        }
+    };
+    let mut top = match plan {
+        None => doc! {"stage": "COLLSCAN", "filter": filter.clone(), "direction": "forward"},
+        Some(QueryPlan::Index(one)) => doc! {
+            "stage": "FETCH",
+            "filter": filter.clone(),
+            "inputStage": explained_ixscan(one, examined(0)),
+        },
+        Some(QueryPlan::Or(branches)) => {
+            let inputs: Vec<Document> = branches
+                .iter()
+                .enumerate()
+                .map(|(i, b)| explained_ixscan(b, examined(i)))
+                .collect();
+            let mut or = doc! {"stage": "OR", "inputStages": inputs};
+            let mut fetch = doc! {"stage": "FETCH", "filter": filter.clone()};
+            if let Some((e, _)) = run {
+                or.insert(
+                    "keysExamined",
+                    e.iter().map(|(k, _)| *k as i64).sum::<i64>(),
+                );
+                fetch.insert(
+                    "docsExamined",
+                    e.iter().map(|(_, d)| *d as i64).sum::<i64>(),
+                );
+            }
+            fetch.insert("inputStage", or);
+            doc! {"stage": "SUBPLAN", "inputStage": fetch}
+        }
+    };
+    if let Some(s) = sort {
+        // SUBPLAN stays on top: it is how the query was planned.
+        match top.get_str("stage") {
+            Ok("SUBPLAN") => {
+                if let Ok(fetch) = top.get_document("inputStage") {
+                    let sorted = doc! {"stage": "SORT", "sortPattern": s.clone(), "inputStage": fetch.clone()};
+                    top.insert("inputStage", sorted);
+                }
+            }
+            _ => top = doc! {"stage": "SORT", "sortPattern": s.clone(), "inputStage": top},
+        }
+    }
+    returned(&mut top);
+    top
 }
 
 #[cfg(test)]
