@@ -139,6 +139,8 @@ impl IndexPlan {
 }
 
 /// How a query reads the table when not by a scan of every document.
+// One plan per query, short-lived: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum QueryPlan {
     /// One index (see [`choose`]).
@@ -1500,11 +1502,11 @@ mod tests {
         }
     }
 
-    /// The entries of `def` (key part, `_id` encoding, document) in key order.
-    fn entries_of<'a>(
-        def: &IndexDef,
-        docs: &'a [Document],
-    ) -> Vec<(Vec<u8>, Vec<u8>, &'a Document)> {
+    /// An index entry of a test: key part, `_id` encoding, document.
+    type Entry<'a> = (Vec<u8>, Vec<u8>, &'a Document);
+
+    /// The entries of `def` in key order.
+    fn entries_of<'a>(def: &IndexDef, docs: &'a [Document]) -> Vec<Entry<'a>> {
         let mut out = Vec::new();
         for d in docs {
             let id = encode(d.get("_id").unwrap());
@@ -1537,7 +1539,7 @@ mod tests {
             .find(|d| d.id == plan.index_id)
             .unwrap();
         let entries = entries_of(def, docs);
-        let mut runs: Vec<Vec<&(Vec<u8>, Vec<u8>, &Document)>> = plan
+        let mut runs: Vec<Vec<&Entry>> = plan
             .intervals
             .iter()
             .map(|i| {
@@ -1548,15 +1550,15 @@ mod tests {
                 r
             })
             .collect();
-        let mut order: Vec<&(Vec<u8>, Vec<u8>, &Document)> = Vec::new();
+        let mut order: Vec<&Entry> = Vec::new();
         if plan.merge {
-            let key = |run: usize, e: &(Vec<u8>, Vec<u8>, &Document)| {
+            let key = |run: usize, e: &Entry| {
                 (e.0[plan.intervals[run].point_len..].to_vec(), e.1.clone())
             };
             let mut at = vec![0usize; runs.len()];
             loop {
                 let heads =
-                    (0..runs.len()).filter_map(|r| runs[r].get(at[r]).map(|e| (r, key(r, *e))));
+                    (0..runs.len()).filter_map(|r| runs[r].get(at[r]).map(|e| (r, key(r, e))));
                 let head = match plan.backward {
                     false => heads.min_by(|a, b| a.1.cmp(&b.1)),
                     true => heads.max_by(|a, b| a.1.cmp(&b.1)),
