@@ -14,14 +14,31 @@
 //!   regexes. Type bracketing bounds each range to its operand's type
 //!   class: `$gt: 5` reads numbers above 5 up to the end of the numbers,
 //!   never a string.
-//! - **A sort** on the fields after the points, in the index's directions:
-//!   the scan yields documents in the sort's order, so a limit stops it
-//!   early. With several point prefixes (`$in`), their runs are merged in
-//!   the order of the rest of the key (at most [`MERGE_RUNS_MAX`] runs;
-//!   with more, the caller sorts in memory). A range on the first sort
-//!   field keeps the order unless that field is multikey: a document is
-//!   returned at its first entry, which in a range need not be its least
-//!   element, the one MongoDB sorts an array by.
+//! - **A sort** on the index's fields, leaving out those pinned to one
+//!   value, in the index's directions or all in the opposite ones (then
+//!   the scan goes **backward**: the intervals in reverse, each from its
+//!   end): the scan yields documents in the sort's order, so a limit stops
+//!   it early. Either the sort follows the whole key (the intervals one
+//!   after the other), or it is on the fields after several point
+//!   prefixes (`$in`), whose runs are then merged by the rest of the key
+//!   (at most [`MERGE_RUNS_MAX`] runs; with more, the caller sorts in
+//!   memory). A sort field gives the order only when it is not multikey:
+//!   a document is returned at its first entry, which within several
+//!   points or a range need not be its least (or, backward, greatest)
+//!   element, the one MongoDB sorts an array by, and an empty array is
+//!   indexed as null but sorts below it. A pinned field left out of the
+//!   sort must not be multikey either.
+//! - **The `_id` index**: documents are stored under their `_id`'s
+//!   encoding, so the table's document range is an index on `{_id: 1}`
+//!   ([`ID_INDEX`], unique, never multikey) whose entries are the
+//!   documents themselves. It is planned for a sort on `_id` (either way)
+//!   and for `$or` branches; a filter pinning `_id` is read by key before
+//!   any plan (`Filter::id_candidates`).
+//! - **`$or`** ([`plan`]): when no index is bounded by the conditions
+//!   beside a top-level `$or`, and every branch (with those conditions) has
+//!   a bounded index, the query reads the union of one scan per branch
+//!   ([`QueryPlan::Or`]), each document once; it gives no order (the caller
+//!   sorts in memory). Otherwise the one-index plan or a scan.
 //!
 //! The filter is always applied again to the documents read: the index
 //! only narrows what is read, so every bound here is a superset of what
@@ -55,6 +72,14 @@ pub const INTERVALS_MAX: usize = 10_000;
 /// Most point runs merged in sort order; a plan with more does not
 /// provide the sort (the caller sorts in memory).
 pub const MERGE_RUNS_MAX: usize = 256;
+/// Most branches of a top-level `$or` planned as a union of index scans
+/// (with more, the query scans the table).
+pub const OR_BRANCHES_MAX: usize = 64;
+/// The `_id` index's number in a plan (secondary indexes are numbered from
+/// 1): its entries are the documents, under `vol · TableDoc · ino`.
+pub const ID_INDEX: u64 = 0;
+/// The `_id` index's name, as MongoDB lists it.
+pub const ID_INDEX_NAME: &str = "_id_";
 
 /// A range of key parts: `start <= k < end`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +112,9 @@ pub struct IndexPlan {
     pub range: bool,
     /// The scan yields documents in the query's sort order.
     pub provides_sort: bool,
+    /// Read the intervals in reverse key order, each from its end (a sort
+    /// against the index's directions).
+    pub backward: bool,
     /// The intervals are runs to merge by the key after their point prefix
     /// (for the sort); otherwise they are read one after the other.
     pub merge: bool,
@@ -95,6 +123,57 @@ pub struct IndexPlan {
     /// MongoDB's `indexBounds`: per field, its intervals as strings
     /// (`"(5, inf.0]"`).
     pub bounds: Document,
+}
+
+impl IndexPlan {
+    /// Whether the plan reads only part of the index (bounded by points or
+    /// a range), rather than all of it for a sort.
+    pub fn bounded(&self) -> bool {
+        self.eq_fields > 0 || self.range
+    }
+
+    /// Whether it reads the `_id` index (the documents themselves).
+    pub fn on_id(&self) -> bool {
+        self.index_id == ID_INDEX
+    }
+}
+
+/// How a query reads the table when not by a scan of every document.
+// One plan per query, short-lived: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryPlan {
+    /// One index (see [`choose`]).
+    Index(IndexPlan),
+    /// A top-level `$or`: one bounded index scan per branch, their
+    /// documents united (each once, by `_id`), in no particular order.
+    Or(Vec<IndexPlan>),
+}
+
+impl QueryPlan {
+    /// Whether the documents come in the query's sort order.
+    pub fn provides_sort(&self) -> bool {
+        match self {
+            QueryPlan::Index(p) => p.provides_sort,
+            QueryPlan::Or(_) => false,
+        }
+    }
+}
+
+/// The `_id` index as a definition (never stored: see [`ID_INDEX`]).
+fn id_index() -> IndexDef {
+    IndexDef {
+        id: ID_INDEX,
+        name: ID_INDEX_NAME.to_owned(),
+        keys: vec![("_id".to_owned(), 1)],
+        unique: true,
+        sparse: false,
+        partial: None,
+        spec: Vec::new(),
+        ready: true,
+        // An `_id` is never an array (inserts refuse one).
+        multikey: Some(0),
+    }
 }
 
 /// A cut between values, in MongoDB's order of values.
@@ -206,8 +285,53 @@ impl Cond {
     }
 }
 
+/// How a query with `filter` and `sort` should read the table, or `None`
+/// for a scan of every document: the index [`choose`] picks when the
+/// conditions beside a top-level `$or` bound it; else, when every branch
+/// of that `$or` (with those conditions) bounds an index, the union of
+/// their scans; else the index that gives the sort, if any.
+pub fn plan(indexes: &[IndexDef], filter: &Document, sort: Option<&Document>) -> Option<QueryPlan> {
+    let one = choose(indexes, filter, sort);
+    if one.as_ref().is_some_and(IndexPlan::bounded) {
+        return one.map(QueryPlan::Index);
+    }
+    if let Some(branches) = or_branches(indexes, filter) {
+        return Some(QueryPlan::Or(branches));
+    }
+    one.map(QueryPlan::Index)
+}
+
+/// A bounded plan for every branch of the filter's top-level `$or`, each
+/// with the filter's other conditions (`a ∧ (b ∨ c)` is `(a ∧ b) ∨ (a ∧
+/// c)`), at most [`INTERVALS_MAX`] intervals in all.
+fn or_branches(indexes: &[IndexDef], filter: &Document) -> Option<Vec<IndexPlan>> {
+    let Some(Bson::Array(items)) = filter.get("$or") else {
+        return None;
+    };
+    if items.is_empty() || items.len() > OR_BRANCHES_MAX {
+        return None;
+    }
+    let beside = conditions(filter);
+    let mut out = Vec::with_capacity(items.len());
+    let mut intervals = 0usize;
+    for item in items {
+        let Bson::Document(branch) = item else {
+            return None;
+        };
+        let mut conds = beside.clone();
+        conds.extend(conditions(branch));
+        let p = best(indexes, &conds, &[], true)?;
+        intervals += p.intervals.len();
+        if intervals > INTERVALS_MAX {
+            return None;
+        }
+        out.push(p);
+    }
+    Some(out)
+}
+
 /// The index a query with `filter` and `sort` should read, or `None` for
-/// a scan of the table.
+/// a scan of the table (a top-level `$or` is left to [`plan`]).
 pub fn choose(
     indexes: &[IndexDef],
     filter: &Document,
@@ -217,11 +341,39 @@ pub fn choose(
     let sort: Vec<(String, i32)> = sort
         .map(|s| s.iter().map(|(k, v)| (k.clone(), direction(v))).collect())
         .unwrap_or_default();
+    best(indexes, &conds, &sort, false)
+}
+
+/// The best plan over the ready, non-partial indexes and the `_id` index:
+/// most bounded fields, then most points, then one giving the sort. The
+/// `_id` index serves a query only when it gives its sort (a query it
+/// merely bounds reads the documents as a scan does, and a scan streams),
+/// and an `$or` branch (`branch`) only when bounded; a branch takes only a
+/// bounded plan.
+fn best(
+    indexes: &[IndexDef],
+    conds: &[(String, Cond)],
+    sort: &[(String, i32)],
+    branch: bool,
+) -> Option<IndexPlan> {
+    let id = id_index();
+    let candidates = indexes
+        .iter()
+        .filter(|d| d.ready && d.partial.is_none())
+        .chain(std::iter::once(&id));
     let mut best: Option<((usize, usize, bool), IndexPlan)> = None;
-    for def in indexes.iter().filter(|d| d.ready && d.partial.is_none()) {
-        let Some(plan) = plan_for(def, &conds, &sort) else {
+    for def in candidates {
+        let Some(plan) = plan_for(def, conds, sort) else {
             continue;
         };
+        let wanted = match (branch, plan.on_id()) {
+            (true, _) => plan.bounded(),
+            (false, true) => plan.provides_sort,
+            (false, false) => true,
+        };
+        if !wanted {
+            continue;
+        }
         let score = (
             plan.eq_fields + usize::from(plan.range),
             plan.eq_fields,
@@ -280,68 +432,128 @@ fn plan_for(def: &IndexDef, conds: &[(String, Cond)], sort: &[(String, i32)]) ->
         }
     }
     let constrained = k > 0 || range.is_some();
-    let rest = &def.keys[k..];
-    let mut provides_sort = !sort.is_empty()
-        && (constrained || !def.sparse)
-        && sort.len() <= rest.len()
-        && sort
-            .iter()
-            .zip(rest)
-            .all(|((sp, sd), (ip, id))| sp == ip && sd == id)
-        && !(range.is_some() && multikey(k));
-    if provides_sort && combos > MERGE_RUNS_MAX {
-        provides_sort = false;
-    }
-    if !constrained && !provides_sort {
-        return None;
-    }
     if def.sparse && !constrained {
         return None;
     }
+    // How many distinct keys each point field has (1 and 1.0 are one).
+    let distinct: Vec<usize> = points
+        .iter()
+        .map(|values| {
+            let mut e: Vec<Vec<u8>> = values.iter().map(encode).collect();
+            e.sort();
+            e.dedup();
+            e.len()
+        })
+        .collect();
+    let order = match sort.is_empty() {
+        true => None,
+        false => sort_order(def, &distinct, sort, combos),
+    };
+    if !constrained && order.is_none() {
+        return None;
+    }
+    let backward = order.is_some_and(|o| o.backward);
     let intervals = intervals(def, &points, range.as_deref());
-    let bounds = bounds(def, &points, range.as_deref());
+    let bounds = bounds(def, &points, range.as_deref(), backward);
     Some(IndexPlan {
         index_id: def.id,
         name: def.name.clone(),
         intervals,
         eq_fields: k,
         range: range.is_some(),
-        provides_sort,
-        merge: provides_sort && combos > 1,
+        provides_sort: order.is_some(),
+        backward,
+        merge: order.is_some_and(|o| o.merge),
         key_pattern: def.key_pattern(),
         bounds,
     })
 }
 
-/// How the documents themselves, which are stored in `_id` order (keyed
-/// by `keys::encode_value(_id)`, the encoding an ascending single-field
-/// index gives its key parts), serve a query: a range on `_id`, a sort on
-/// `{_id: 1}`, or both (MongoDB reads its `_id_` index for these). The
-/// plan's intervals are key parts of the documents' keys; `None` when the
-/// filter has no `_id` range and the sort is not `{_id: 1}`. Equality and
-/// `$in` on `_id` are read by key before this is asked
-/// (`Filter::id_candidates`).
-pub fn id_plan(filter: &Document, sort: Option<&Document>) -> Option<IndexPlan> {
-    let def = IndexDef {
-        id: 0,
-        name: "_id_".into(),
-        keys: vec![("_id".into(), 1)],
-        unique: true,
-        sparse: false,
-        partial: None,
-        spec: Vec::new(),
-        ready: true,
-        // `_id` is never an array.
-        multikey: Some(0),
+/// How a scan of an index gives a sort's order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SortOrder {
+    /// Against the index's directions.
+    backward: bool,
+    /// By merging the point prefixes' runs.
+    merge: bool,
+}
+
+/// Whether, and how, a scan of `def` with points on its first
+/// `distinct.len()` fields (that many distinct keys each), `combos` point
+/// prefixes in all (a range after them changes nothing), yields `sort`'s
+/// order (see the module doc).
+fn sort_order(
+    def: &IndexDef,
+    distinct: &[usize],
+    sort: &[(String, i32)],
+    combos: usize,
+) -> Option<SortOrder> {
+    let k = distinct.len();
+    let pinned = |i: usize| i < k && distinct[i] == 1;
+    let mut wanted: Vec<(&str, i32)> = Vec::with_capacity(sort.len());
+    for (path, dir) in sort {
+        match def.keys.iter().position(|(p, _)| p == path) {
+            // Every document read has the same value there: it orders
+            // nothing, unless an array's other elements sort it.
+            Some(i) if pinned(i) => {
+                if def.is_multikey(i) {
+                    return None;
+                }
+            }
+            _ => wanted.push((path.as_str(), *dir)),
+        }
+    }
+    // A multikey field gives no order: a document's first entry in the
+    // scan need not be the element its array sorts by (within several
+    // points or a range), and an empty array sorts below null while its
+    // entry is null's.
+    let unordered = |i: usize| def.is_multikey(i);
+    let follows = |fields: &[usize]| -> Option<bool> {
+        if wanted.len() > fields.len() {
+            return None;
+        }
+        let mut backward = None;
+        for ((path, dir), &i) in wanted.iter().zip(fields) {
+            let (ip, idir) = &def.keys[i];
+            if ip != path || unordered(i) {
+                return None;
+            }
+            let against = dir != idir;
+            if *backward.get_or_insert(against) != against {
+                return None;
+            }
+        }
+        Some(backward.unwrap_or(false))
     };
-    let conds = conditions(filter);
-    let sort: Vec<(String, i32)> = sort
-        .map(|s| s.iter().map(|(k, v)| (k.clone(), direction(v))).collect())
-        .unwrap_or_default();
-    let plan = plan_for(&def, &conds, &sort)?;
-    // Points are read by key; a sort other than `{_id: 1}` is the
-    // caller's (a plan without a range that does not give it is no plan).
-    (plan.eq_fields == 0 && (plan.range || plan.provides_sort)).then_some(plan)
+    // The whole key's order: the intervals one after the other.
+    let whole: Vec<usize> = (0..def.keys.len()).filter(|i| !pinned(*i)).collect();
+    if let Some(backward) = follows(&whole) {
+        return Some(SortOrder {
+            backward,
+            merge: false,
+        });
+    }
+    // The rest of the key after several point prefixes: their runs merged.
+    if combos > 1 && combos <= MERGE_RUNS_MAX {
+        let rest: Vec<usize> = (k..def.keys.len()).collect();
+        if let Some(backward) = follows(&rest) {
+            return Some(SortOrder {
+                backward,
+                merge: true,
+            });
+        }
+    }
+    None
+}
+
+/// The `_id` index's plan for a filter with a range on `_id` when no
+/// sort is asked ([`plan`] covers a sort on `_id`): the caller streams the
+/// documents of its key range in `_id` order, a page at a time, rather
+/// than holding a result. Equality and `$in` on `_id` are read by key
+/// before this is asked (`Filter::id_candidates`).
+pub fn id_range(filter: &Document) -> Option<IndexPlan> {
+    let plan = plan_for(&id_index(), &conditions(filter), &[])?;
+    (plan.eq_fields == 0 && plan.range).then_some(plan)
 }
 
 /// The interval of a single-field index's entries whose value is a date
@@ -671,11 +883,18 @@ pub fn regex_prefix(pattern: &str, options: &str) -> Option<String> {
 
 // -- explain ------------------------------------------------------------------
 
-/// MongoDB's `indexBounds`: every field of the index with its intervals.
-fn bounds(def: &IndexDef, points: &[Vec<Bson>], range: Option<&[Span]>) -> Document {
+/// MongoDB's `indexBounds`: every field of the index with its intervals,
+/// in the order the scan reads them (reversed, each from its upper end,
+/// when it goes backward).
+fn bounds(
+    def: &IndexDef,
+    points: &[Vec<Bson>],
+    range: Option<&[Span]>,
+    backward: bool,
+) -> Document {
     let mut out = Document::new();
     for (i, (path, dir)) in def.keys.iter().enumerate() {
-        let desc = *dir < 0;
+        let desc = (*dir < 0) != backward;
         let mut spans: Vec<Span> = if let Some(values) = points.get(i) {
             let mut v: Vec<Span> = values.iter().cloned().map(Span::point).collect();
             v.sort_by(|a, b| a.lo.compare(&b.lo));
@@ -826,9 +1045,10 @@ mod tests {
         // The longer equality prefix wins; with a sort on ts, the compound.
         let p = choose(&all, &doc! {"a": 5}, Some(&doc! {"ts": -1})).unwrap();
         assert_eq!((p.index_id, p.eq_fields, p.provides_sort), (2, 1, true));
-        // A sort in the other direction is not provided by it.
+        // A sort in the other direction is, backward.
         let p = choose(&all, &doc! {"a": 5}, Some(&doc! {"ts": 1})).unwrap();
-        assert!(!p.provides_sort);
+        assert_eq!((p.index_id, p.provides_sort, p.backward), (2, true, true));
+        assert_eq!(p.bounds, doc! {"a": ["[5, 5]"], "ts": ["[MinKey, MaxKey]"]});
         // Both fields equal.
         let p = choose(&all, &doc! {"a": 5, "ts": {"$eq": 3}}, None).unwrap();
         assert_eq!((p.index_id, p.eq_fields), (2, 2));
@@ -1088,6 +1308,417 @@ mod tests {
     }
 
     #[test]
+    fn sorts_against_the_index_read_it_backward() {
+        let d = idx(1, doc! {"key": {"a": 1, "ts": 1}});
+        let one = std::slice::from_ref(&d);
+        // find({a: 5}).sort({ts: -1}): the interval from its end.
+        let p = choose(one, &doc! {"a": 5}, Some(&doc! {"ts": -1})).unwrap();
+        assert_eq!(
+            (p.eq_fields, p.provides_sort, p.backward, p.merge),
+            (1, true, true, false)
+        );
+        assert_eq!(p.bounds, doc! {"a": ["[5, 5]"], "ts": ["[MaxKey, MinKey]"]});
+        // Every field against the index: the whole index backward.
+        let p = choose(one, &doc! {}, Some(&doc! {"a": -1, "ts": -1})).unwrap();
+        assert!(p.provides_sort && p.backward && !p.bounded());
+        assert_eq!(
+            p.bounds,
+            doc! {"a": ["[MaxKey, MinKey]"], "ts": ["[MaxKey, MinKey]"]}
+        );
+        // Mixed: neither direction gives it.
+        assert!(choose(one, &doc! {}, Some(&doc! {"a": 1, "ts": -1})).is_none());
+        let p = choose(one, &doc! {"a": 5}, Some(&doc! {"a": 1, "ts": -1})).unwrap();
+        assert!(p.provides_sort && p.backward, "a is pinned: only ts orders");
+        // A range read backward shows its bounds from the top.
+        let q = doc! {"a": 5, "ts": {"$gt": 3, "$lte": 9}};
+        let p = choose(one, &q, Some(&doc! {"ts": -1})).unwrap();
+        assert!(p.backward);
+        assert_eq!(p.bounds, doc! {"a": ["[5, 5]"], "ts": ["[9, 3)"]});
+        // $in on the sort's first field: the intervals in order, no merge;
+        // on the fields after it, the runs merged backward.
+        let q = doc! {"a": {"$in": [1, 2]}};
+        let p = choose(one, &q, Some(&doc! {"a": -1})).unwrap();
+        assert!(p.provides_sort && p.backward && !p.merge);
+        assert_eq!(
+            p.bounds,
+            doc! {"a": ["[2, 2]", "[1, 1]"], "ts": ["[MaxKey, MinKey]"]}
+        );
+        let p = choose(one, &q, Some(&doc! {"ts": -1})).unwrap();
+        assert!(p.provides_sort && p.backward && p.merge);
+        // Multikey fields: a pinned one in the sort, or several points on
+        // one, give no order.
+        let mut mk = d.clone();
+        mk.set_multikey(0);
+        let one = std::slice::from_ref(&mk);
+        assert!(
+            !choose(one, &doc! {"a": 5}, Some(&doc! {"a": 1, "ts": 1}))
+                .unwrap()
+                .provides_sort
+        );
+        assert!(
+            !choose(one, &q, Some(&doc! {"a": -1}))
+                .unwrap()
+                .provides_sort
+        );
+        assert!(
+            choose(one, &doc! {"a": 5}, Some(&doc! {"ts": -1}))
+                .unwrap()
+                .provides_sort
+        );
+        // Nor unbounded: an empty array is null's entry but sorts below it.
+        assert!(choose(one, &doc! {}, Some(&doc! {"a": -1})).is_none());
+    }
+
+    #[test]
+    fn the_id_index_serves_sorts_on_id() {
+        let a = idx(1, doc! {"key": {"a": 1}});
+        let all = std::slice::from_ref(&a);
+        let p = choose(all, &doc! {}, Some(&doc! {"_id": -1})).unwrap();
+        assert_eq!((p.index_id, p.name.as_str()), (ID_INDEX, ID_INDEX_NAME));
+        assert!(p.on_id() && p.provides_sort && p.backward && !p.bounded());
+        assert_eq!(p.bounds, doc! {"_id": ["[MaxKey, MinKey]"]});
+        let p = choose(all, &doc! {"_id": {"$gt": 5}}, Some(&doc! {"_id": 1})).unwrap();
+        assert!(p.on_id() && p.bounded() && !p.backward);
+        assert_eq!(p.bounds, doc! {"_id": ["(5, inf.0]"]});
+        // A bound alone is left to the (streaming) scan.
+        assert!(choose(all, &doc! {"_id": {"$gt": 5}}, None).is_none());
+        // A bounded secondary index beats it.
+        let p = choose(all, &doc! {"a": 1}, Some(&doc! {"_id": -1})).unwrap();
+        assert_eq!((p.index_id, p.provides_sort), (1, false));
+    }
+
+    #[test]
+    fn an_or_of_indexed_branches_is_a_union() {
+        let a = idx(1, doc! {"key": {"a": 1}});
+        let bg = idx(2, doc! {"key": {"b": 1, "g": 1}});
+        let x = idx(3, doc! {"key": {"x": 1}});
+        let all = [a, bg, x];
+        let q = doc! {"$or": [{"a": 1}, {"b": {"$gt": 2}}, {"_id": 7}]};
+        let Some(QueryPlan::Or(branches)) = plan(&all, &q, Some(&doc! {"a": 1})) else {
+            panic!("no union for {q}");
+        };
+        let used: Vec<u64> = branches.iter().map(|b| b.index_id).collect();
+        assert_eq!(used, vec![1, 2, ID_INDEX]);
+        assert!(branches.iter().all(IndexPlan::bounded));
+        // The conditions beside the $or bound every branch too.
+        let q = doc! {"g": 4, "$or": [{"a": 1}, {"b": 2}]};
+        let Some(QueryPlan::Or(branches)) = plan(&all, &q, None) else {
+            panic!("no union for {q}");
+        };
+        assert_eq!(branches[1].eq_fields, 2);
+        // An index bounded beside the $or wins.
+        let q = doc! {"x": 1, "$or": [{"a": 1}, {"b": 2}]};
+        assert!(matches!(plan(&all, &q, None), Some(QueryPlan::Index(p)) if p.index_id == 3));
+        // A branch without an index: no union, the sort's index or a scan.
+        let q = doc! {"$or": [{"a": 1}, {"c": 2}]};
+        assert!(plan(&all, &q, None).is_none());
+        assert!(matches!(
+            plan(&all, &q, Some(&doc! {"a": 1})),
+            Some(QueryPlan::Index(p)) if p.provides_sort && !p.bounded()
+        ));
+        for q in [doc! {"$or": []}, doc! {"$or": [{}]}, doc! {"$or": 1}] {
+            assert!(plan(&all, &q, None).is_none(), "{q}");
+        }
+    }
+
+    // -- planned reads against a scan of every document ----------------------
+
+    /// A small deterministic generator (xorshift), seeded by proptest.
+    struct Gen(u64);
+
+    impl Gen {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+
+        fn value(&mut self) -> Bson {
+            match self.below(9) {
+                0 => Bson::Null,
+                1 => Bson::Double(self.below(5) as f64 - 1.5),
+                2 => Bson::String(["x", "y", "xy", ""][self.below(4)].into()),
+                3 => Bson::Int64(self.below(5) as i64),
+                4 => Bson::Boolean(self.below(2) == 0),
+                _ => Bson::Int32(self.below(6) as i32 - 2),
+            }
+        }
+
+        fn field(&mut self) -> &'static str {
+            ["a", "b", "c"][self.below(3)]
+        }
+
+        fn doc(&mut self, id: i32, arrays: bool) -> Document {
+            let mut d = doc! {"_id": id};
+            // One array at most: two in one compound key are refused.
+            let mut array = arrays;
+            for f in ["a", "b", "c"] {
+                match self.below(8) {
+                    0 => {}
+                    1 if array => {
+                        array = false;
+                        let items: Vec<Bson> = (0..self.below(3)).map(|_| self.value()).collect();
+                        d.insert(f, items);
+                    }
+                    _ => {
+                        d.insert(f, self.value());
+                    }
+                }
+            }
+            d
+        }
+
+        fn condition(&mut self) -> Document {
+            let f = self.field();
+            match self.below(7) {
+                0 => doc! {f: self.value()},
+                1 => doc! {f: {"$in": [self.value(), self.value()]}},
+                2 => doc! {f: {"$gt": self.value()}},
+                3 => doc! {f: {"$gte": self.value(), "$lt": self.value()}},
+                4 => doc! {f: {"$lte": self.value()}},
+                5 => doc! {"_id": {"$gte": self.below(40) as i32}},
+                _ => doc! {f: {"$ne": self.value()}},
+            }
+        }
+
+        fn filter(&mut self) -> Document {
+            let mut q = Document::new();
+            for _ in 0..self.below(3) {
+                q.extend(self.condition());
+            }
+            if self.below(2) == 0 {
+                let branches: Vec<Bson> = (0..1 + self.below(3))
+                    .map(|_| Bson::Document(self.condition()))
+                    .collect();
+                q.insert("$or", branches);
+            }
+            q
+        }
+
+        fn sort(&mut self) -> Option<Document> {
+            let dir = |g: &mut Gen| if g.below(2) == 0 { 1 } else { -1 };
+            match self.below(4) {
+                0 => None,
+                1 => Some(doc! {"_id": dir(self)}),
+                2 => Some(doc! {self.field(): dir(self)}),
+                _ => {
+                    let (f, g) = (self.field(), self.field());
+                    let mut s = doc! {f: dir(self)};
+                    s.insert(g, dir(self));
+                    Some(s)
+                }
+            }
+        }
+    }
+
+    /// An index entry of a test: key part, `_id` encoding, document.
+    type Entry<'a> = (Vec<u8>, Vec<u8>, &'a Document);
+
+    /// The entries of `def` in key order.
+    fn entries_of<'a>(def: &IndexDef, docs: &'a [Document]) -> Vec<Entry<'a>> {
+        let mut out = Vec::new();
+        for d in docs {
+            let id = encode(d.get("_id").unwrap());
+            let parts = match def.id {
+                ID_INDEX => vec![id.clone()],
+                _ => def.entries(d).unwrap(),
+            };
+            for part in parts {
+                out.push((part, id.clone(), d));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
+
+    /// What the table service's scan of `plan` over `docs` returns (the
+    /// same reading: intervals in order or merged, forward or backward,
+    /// each document once, the filter applied).
+    fn scan(
+        defs: &[IndexDef],
+        plan: &IndexPlan,
+        docs: &[Document],
+        seen: &mut std::collections::HashSet<Vec<u8>>,
+        filter: &crate::matcher::Filter,
+    ) -> Vec<Document> {
+        let id = id_index();
+        let def = defs
+            .iter()
+            .chain([&id])
+            .find(|d| d.id == plan.index_id)
+            .unwrap();
+        let entries = entries_of(def, docs);
+        let mut runs: Vec<Vec<&Entry>> = plan
+            .intervals
+            .iter()
+            .map(|i| {
+                let mut r: Vec<_> = entries.iter().filter(|e| i.contains(&e.0)).collect();
+                if plan.backward {
+                    r.reverse();
+                }
+                r
+            })
+            .collect();
+        let mut order: Vec<&Entry> = Vec::new();
+        if plan.merge {
+            let key = |run: usize, e: &Entry| {
+                (e.0[plan.intervals[run].point_len..].to_vec(), e.1.clone())
+            };
+            let mut at = vec![0usize; runs.len()];
+            loop {
+                let heads =
+                    (0..runs.len()).filter_map(|r| runs[r].get(at[r]).map(|e| (r, key(r, e))));
+                let head = match plan.backward {
+                    false => heads.min_by(|a, b| a.1.cmp(&b.1)),
+                    true => heads.max_by(|a, b| a.1.cmp(&b.1)),
+                };
+                let Some((r, _)) = head else { break };
+                order.push(runs[r][at[r]]);
+                at[r] += 1;
+            }
+        } else {
+            if plan.backward {
+                runs.reverse();
+            }
+            order = runs.into_iter().flatten().collect();
+        }
+        order
+            .into_iter()
+            .filter(|e| seen.insert(e.1.clone()))
+            .filter(|e| filter.matches(e.2))
+            .map(|e| e.2.clone())
+            .collect()
+    }
+
+    struct NoLookups;
+
+    impl crate::aggregate::StageContext for NoLookups {
+        fn lookup(&mut self, _: &str) -> Result<Vec<Document>, crate::DocError> {
+            Ok(Vec::new())
+        }
+        fn now(&self) -> bson::DateTime {
+            bson::DateTime::from_millis(0)
+        }
+    }
+
+    fn sorted(docs: Vec<Document>, sort: &Document) -> Vec<Document> {
+        crate::aggregate::Pipeline::parse(&[doc! {"$sort": sort.clone()}])
+            .unwrap()
+            .run(docs, &mut NoLookups)
+            .unwrap()
+    }
+
+    /// How many plans of each kind a run checked: unions, backward scans,
+    /// sorts given by an index, merges.
+    #[derive(Default)]
+    struct Tally {
+        unions: usize,
+        backward: usize,
+        sorted: usize,
+        merged: usize,
+    }
+
+    fn planned_equals_scanned(seed: u64, tally: &mut Tally) {
+        let mut g = Gen(seed | 1);
+        let arrays = g.below(2) == 0;
+        let docs: Vec<Document> = (0..40).map(|i| g.doc(i, arrays)).collect();
+        let dir = |g: &mut Gen| if g.below(2) == 0 { 1 } else { -1 };
+        let mut defs = Vec::new();
+        for (n, spec) in [
+            doc! {"key": {"a": dir(&mut g)}},
+            doc! {"key": {"a": dir(&mut g), "b": dir(&mut g)}},
+            doc! {"key": {"b": dir(&mut g), "c": dir(&mut g)}},
+            doc! {"key": {"c": dir(&mut g)}, "sparse": true},
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if g.below(3) == 0 {
+                continue;
+            }
+            let mut def = idx(n as u64 + 1, spec);
+            for d in &docs {
+                if let (_, Some(field)) = def.entries_and_array(d).unwrap() {
+                    def.set_multikey(field);
+                }
+            }
+            defs.push(def);
+        }
+        for _ in 0..20 {
+            let q = g.filter();
+            let sort = g.sort();
+            let Ok(filter) = crate::matcher::Filter::parse(&q) else {
+                continue;
+            };
+            let want: Vec<Document> = docs.iter().filter(|d| filter.matches(d)).cloned().collect();
+            let Some(p) = plan(&defs, &q, sort.as_ref()) else {
+                continue;
+            };
+            match &p {
+                QueryPlan::Or(_) => tally.unions += 1,
+                QueryPlan::Index(one) => {
+                    tally.backward += usize::from(one.backward);
+                    tally.sorted += usize::from(one.provides_sort && sort.is_some());
+                    tally.merged += usize::from(one.merge);
+                }
+            }
+            let mut seen = Default::default();
+            let got = match &p {
+                QueryPlan::Index(one) => scan(&defs, one, &docs, &mut seen, &filter),
+                QueryPlan::Or(branches) => branches
+                    .iter()
+                    .flat_map(|b| scan(&defs, b, &docs, &mut seen, &filter))
+                    .collect(),
+            };
+            let ids = |v: &[Document]| {
+                let mut ids: Vec<Bson> = v.iter().map(|d| d.get("_id").unwrap().clone()).collect();
+                ids.sort_by(order::compare);
+                ids
+            };
+            assert_eq!(
+                ids(&got),
+                ids(&want),
+                "seed {seed}: {q} sort {sort:?} by {p:?}"
+            );
+            if let (Some(s), true) = (&sort, p.provides_sort()) {
+                // In the sort's order (a stable sort keeps it as it is).
+                assert_eq!(
+                    sorted(got.clone(), s),
+                    got,
+                    "seed {seed}: {q} sort {s} by {p:?}"
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        #[test]
+        fn planned_reads_find_what_a_scan_finds_in_the_sorts_order(seed in proptest::prelude::any::<u64>()) {
+            planned_equals_scanned(seed, &mut Tally::default());
+        }
+    }
+
+    #[test]
+    fn the_random_queries_meet_every_kind_of_plan() {
+        let mut tally = Tally::default();
+        for seed in 0..100 {
+            planned_equals_scanned(seed, &mut tally);
+        }
+        let Tally {
+            unions,
+            backward,
+            sorted,
+            merged,
+        } = tally;
+        assert!(
+            unions > 20 && backward > 20 && sorted > 40 && merged > 2,
+            "unions {unions}, backward {backward}, sorted {sorted}, merged {merged}"
+        );
+    }
+
+    #[test]
     fn ttl_interval_holds_the_dates_before_the_cut() {
         let cut = bson::DateTime::from_millis(1_000);
         for dir in [1, -1] {
@@ -1112,33 +1743,34 @@ mod tests {
     }
 
     #[test]
-    fn id_ranges_and_the_id_sort_read_the_documents_in_order() {
+    fn id_ranges_read_the_documents_in_order() {
         let within = |p: &IndexPlan, v: Bson| {
             let mut k = Vec::new();
             keys::encode_value(&v, &mut k);
             p.intervals.iter().any(|i| i.contains(&k))
         };
-        // YCSB E: a range on `_id` sorted by it.
-        let p = id_plan(&doc! {"_id": {"$gte": "user5"}}, Some(&doc! {"_id": 1})).unwrap();
-        assert!(p.range && p.provides_sort);
+        // YCSB E: a range on `_id` sorted by it is the `_id` index's.
+        let Some(QueryPlan::Index(p)) = plan(
+            &[],
+            &doc! {"_id": {"$gte": "user5"}},
+            Some(&doc! {"_id": 1}),
+        ) else {
+            panic!("no _id index plan");
+        };
+        assert!(p.index_id == ID_INDEX && p.range && p.provides_sort);
         assert!(within(&p, Bson::String("user5".into())));
         assert!(within(&p, Bson::String("user9".into())));
         assert!(!within(&p, Bson::String("user4".into())));
         assert!(!within(&p, Bson::Int32(7)), "type bracketing");
-        // A range alone; numbers of every type are one class.
-        let p = id_plan(&doc! {"_id": {"$gt": 1, "$lt": 5}}, None).unwrap();
-        assert!(p.range && !p.provides_sort);
+        // A range without a sort, streamed; numbers of every type are one
+        // class.
+        let p = id_range(&doc! {"_id": {"$gt": 1, "$lt": 5}}).unwrap();
+        assert!(p.range);
         assert!(within(&p, Bson::Double(1.5)) && within(&p, Bson::Int64(4)));
         assert!(!within(&p, Bson::Int32(1)) && !within(&p, Bson::Int32(5)));
-        // The sort alone: the whole table in order.
-        let p = id_plan(&doc! {"x": 1}, Some(&doc! {"_id": 1})).unwrap();
-        assert!(!p.range && p.provides_sort);
-        // Nothing to do: points (read by key), another sort, no condition.
-        assert!(id_plan(&doc! {"_id": 5}, None).is_none());
-        assert!(id_plan(&doc! {"x": 1}, Some(&doc! {"x": 1})).is_none());
-        assert!(id_plan(&doc! {}, None).is_none());
-        // A descending sort is not the documents' order.
-        let p = id_plan(&doc! {"_id": {"$gte": 3}}, Some(&doc! {"_id": -1})).unwrap();
-        assert!(p.range && !p.provides_sort);
+        // Nothing to stream: points (read by key), no condition on `_id`.
+        assert!(id_range(&doc! {"_id": 5}).is_none());
+        assert!(id_range(&doc! {"x": 1}).is_none());
+        assert!(id_range(&doc! {}).is_none());
     }
 }

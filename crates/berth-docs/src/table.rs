@@ -194,7 +194,7 @@ impl TableRef {
     }
 
     /// The store keys bounding the documents whose `_id` key part lies in
-    /// `iv` (an interval of [`crate::plan::id_plan`]).
+    /// `iv` (an interval of [`crate::plan::id_range`]).
     pub fn doc_bounds(&self, iv: &crate::plan::Interval) -> (Vec<u8>, Vec<u8>) {
         let head = Key::new(self.vol.id, Kind::TableDoc, self.entry.ino);
         let start = head.clone().bytes_prefix(&iv.start).build();
@@ -1046,14 +1046,14 @@ impl Tables {
     }
 
     /// The documents matching `filter` read through an index (`plan`):
-    /// its intervals one after the other (in the index's order), or, when
-    /// the plan merges them for a sort, the runs merged by the key after
-    /// their point prefixes (in the sort's order). No duplicates: a
-    /// multikey document is returned at its first entry. At most
-    /// `stop_after` documents (when the caller needs no more, e.g. a limit
-    /// over a sort the index provides) and at most `bytes_max` bytes of
-    /// documents (error 292 beyond). Also returns the index entries and
-    /// documents examined.
+    /// its intervals one after the other (in the index's order, or the
+    /// reverse when the plan goes backward), or, when the plan merges them
+    /// for a sort, the runs merged by the key after their point prefixes
+    /// (in the sort's order). No duplicates: a multikey document is
+    /// returned at its first entry. At most `stop_after` documents (when
+    /// the caller needs no more, e.g. a limit over a sort the index
+    /// provides) and at most `bytes_max` bytes of documents (error 292
+    /// beyond). Also returns the index entries and documents examined.
     pub async fn index_scan(
         &self,
         p: &Principal,
@@ -1064,16 +1064,60 @@ impl Tables {
         bytes_max: usize,
     ) -> Result<(Vec<Document>, u64, u64), DocError> {
         authorize(p, t, Right::Read)?;
-        let mut runs = runs(t, plan.index_id, &plan.intervals);
+        let mut acc = Scanned::new(stop_after, bytes_max);
+        let (keys, docs) = self.scan_into(t, plan, filter, &mut acc).await?;
+        Ok((acc.out, keys, docs))
+    }
+
+    /// The documents matching `filter` read through each of `plans` in
+    /// turn (the branches of an `$or`, `plan::QueryPlan::Or`), each
+    /// document once (by `_id`) however many branches reach it, in no
+    /// particular order; within `stop_after` and `bytes_max` as
+    /// [`Tables::index_scan`]. Also returns each plan's entries and
+    /// documents examined.
+    pub async fn union_scan(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        plans: &[crate::plan::IndexPlan],
+        filter: &Filter,
+        stop_after: Option<usize>,
+        bytes_max: usize,
+    ) -> Result<(Vec<Document>, Vec<(u64, u64)>), DocError> {
+        authorize(p, t, Right::Read)?;
+        let mut acc = Scanned::new(stop_after, bytes_max);
+        let mut examined = Vec::with_capacity(plans.len());
+        for plan in plans {
+            examined.push(self.scan_into(t, plan, filter, &mut acc).await?);
+        }
+        Ok((acc.out, examined))
+    }
+
+    /// Reads `plan`'s entries into `acc` (see [`Tables::index_scan`]);
+    /// returns the entries and documents it examined.
+    async fn scan_into(
+        &self,
+        t: &TableRef,
+        plan: &crate::plan::IndexPlan,
+        filter: &Filter,
+        acc: &mut Scanned,
+    ) -> Result<(u64, u64), DocError> {
+        let mut runs = runs(t, plan.index_id, &plan.intervals, plan.backward);
+        if plan.backward && !plan.merge {
+            // The intervals are in key order; backward, the last comes first.
+            runs.reverse();
+        }
         let page = match plan.merge {
             true => (SCAN_PAGE / runs.len().max(1)).clamp(8, SCAN_PAGE),
             false => SCAN_PAGE,
         };
-        let mut seen = std::collections::HashSet::new();
-        let (mut out, mut bytes, mut keys, mut docs) = (Vec::new(), 0usize, 0u64, 0u64);
+        let (mut keys, mut docs) = (0u64, 0u64);
         let mut tx: Option<Work> = None;
         let mut current = 0;
         loop {
+            if acc.full() {
+                return Ok((keys, docs));
+            }
             // The run the next entry comes from, its pages read as needed
             // (the documents are read in the transaction of the last page).
             let next = if plan.merge {
@@ -1087,11 +1131,15 @@ impl Tables {
                     }
                     tx = Some(fresh);
                 }
-                runs.iter()
+                let heads = runs
+                    .iter()
                     .enumerate()
-                    .filter_map(|(i, r)| r.rows.front().map(|(k, _)| (i, r.order_key(k))))
-                    .min_by(|a, b| a.1.cmp(b.1))
-                    .map(|(i, _)| i)
+                    .filter_map(|(i, r)| r.rows.front().map(|(k, _)| (i, r.order_key(k))));
+                let head = match plan.backward {
+                    false => heads.min_by(|a, b| a.1.cmp(b.1)),
+                    true => heads.max_by(|a, b| a.1.cmp(b.1)),
+                };
+                head.map(|(i, _)| i)
             } else {
                 loop {
                     let Some(r) = runs.get_mut(current) else {
@@ -1113,36 +1161,36 @@ impl Tables {
                 }
             };
             let (Some(i), Some(tx)) = (next, tx.as_ref()) else {
-                return Ok((out, keys, docs));
+                return Ok((keys, docs));
             };
-            let Some((_, id_enc)) = runs[i].rows.pop_front() else {
+            let Some((_, value)) = runs[i].rows.pop_front() else {
                 return Err(DocError::internal("an index run chosen with no entry"));
             };
             keys += 1;
-            if !seen.insert(id_enc.clone()) {
-                continue;
-            }
-            let doc_key = Key::new(t.vol.id, Kind::TableDoc, t.entry.ino)
-                .bytes(&id_enc)
-                .build();
-            // Deleted since the entry was read: skip it.
-            let Some(raw) = tx.peek(&doc_key).await.map_err(from_meta)? else {
-                continue;
+            let (raw, d) = if plan.on_id() {
+                // The `_id` index's entries are the documents.
+                let d = decode_doc(&value)?;
+                if !acc.seen.insert(id_encoding(d.get("_id"))) {
+                    continue;
+                }
+                (value, d)
+            } else {
+                if !acc.seen.insert(value.clone()) {
+                    continue;
+                }
+                let doc_key = Key::new(t.vol.id, Kind::TableDoc, t.entry.ino)
+                    .bytes(&value)
+                    .build();
+                // Deleted since the entry was read: skip it.
+                let Some(raw) = tx.peek(&doc_key).await.map_err(from_meta)? else {
+                    continue;
+                };
+                let d = decode_doc(&raw)?;
+                (raw, d)
             };
             docs += 1;
-            let d = decode_doc(&raw)?;
             if filter.matches(&d) {
-                bytes += raw.len();
-                if bytes > bytes_max {
-                    return Err(DocError::new(
-                        292,
-                        format!("the query needs more than {bytes_max} bytes of documents in memory; narrow it with a filter or a limit"),
-                    ));
-                }
-                out.push(d);
-                if stop_after.is_some_and(|n| out.len() >= n) {
-                    return Ok((out, keys, docs));
-                }
+                acc.push(d, raw.len())?;
             }
         }
     }
@@ -2024,11 +2072,54 @@ pub fn index_range(t: &TableRef, index_id: u64) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
-/// The entries of one index interval, read a page at a time.
+/// What index scans gathered: the matching documents, the `_id`s read
+/// (encoded), within a count and a byte bound.
+struct Scanned {
+    out: Vec<Document>,
+    seen: std::collections::HashSet<Vec<u8>>,
+    bytes: usize,
+    stop_after: Option<usize>,
+    bytes_max: usize,
+}
+
+impl Scanned {
+    fn new(stop_after: Option<usize>, bytes_max: usize) -> Scanned {
+        Scanned {
+            out: Vec::new(),
+            seen: Default::default(),
+            bytes: 0,
+            stop_after,
+            bytes_max,
+        }
+    }
+
+    /// Whether the caller needs no more documents.
+    fn full(&self) -> bool {
+        self.stop_after.is_some_and(|n| self.out.len() >= n)
+    }
+
+    /// Keeps a matching document of `len` stored bytes.
+    fn push(&mut self, d: Document, len: usize) -> Result<(), DocError> {
+        self.bytes += len;
+        if self.bytes > self.bytes_max {
+            return Err(DocError::new(
+                292,
+                format!("the query needs more than {} bytes of documents in memory; narrow it with a filter or a limit", self.bytes_max),
+            ));
+        }
+        self.out.push(d);
+        Ok(())
+    }
+}
+
+/// The entries of one index interval, read a page at a time, forward or
+/// backward.
 pub(crate) struct Run {
-    /// The next key to read from, and the end of the interval.
+    /// The interval not read yet: `[from, end)`. A forward run moves
+    /// `from` up past each page, a backward one `end` down to its last key.
     from: Vec<u8>,
     end: Vec<u8>,
+    backward: bool,
     /// Where, in each of its keys, the part after the point prefix begins
     /// (what orders a merge of several runs).
     skip: usize,
@@ -2041,14 +2132,19 @@ pub(crate) struct Run {
 impl Run {
     /// Reads the next page of at most `page` entries after those read.
     pub(crate) async fn fill(&mut self, tx: &Tx, page: usize) -> Result<(), DocError> {
-        let rows = tx
-            .peek_range(&self.from, &self.end, page)
-            .await
-            .map_err(from_meta)?;
+        let rows = match self.backward {
+            false => tx.peek_range(&self.from, &self.end, page).await,
+            true => tx.peek_range_rev(&self.from, &self.end, page).await,
+        }
+        .map_err(from_meta)?;
         self.more = rows.len() == page;
         if let Some((k, _)) = rows.last() {
-            self.from = k.to_vec();
-            self.from.push(0);
+            if self.backward {
+                self.end = k.to_vec();
+            } else {
+                self.from = k.to_vec();
+                self.from.push(0);
+            }
         }
         self.rows
             .extend(rows.into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
@@ -2063,11 +2159,25 @@ impl Run {
 /// The store key ranges of an index's intervals: a key part bound `b` is
 /// the key `… · u64(index) · bytes_prefix(b)`, as the store's escaping
 /// keeps the order of key parts (a key part at or above `b` gives a key at
-/// or above it). The point prefix's escaped length is where the rest of a
-/// key begins.
-pub(crate) fn runs(t: &TableRef, index_id: u64, intervals: &[crate::plan::Interval]) -> Vec<Run> {
-    let head = Key::new(t.vol.id, Kind::TableIndex, t.entry.ino).u64(index_id);
-    let (_, index_end) = index_range(t, index_id);
+/// or above it); for the `_id` index (`plan::ID_INDEX`), the document key
+/// `vol · TableDoc · ino · bytes_prefix(b)`. The point prefix's escaped
+/// length is where the rest of a key begins.
+pub(crate) fn runs(
+    t: &TableRef,
+    index_id: u64,
+    intervals: &[crate::plan::Interval],
+    backward: bool,
+) -> Vec<Run> {
+    let (head, index_end) = match index_id {
+        crate::plan::ID_INDEX => (
+            Key::new(t.vol.id, Kind::TableDoc, t.entry.ino),
+            t.doc_range().1,
+        ),
+        id => (
+            Key::new(t.vol.id, Kind::TableIndex, t.entry.ino).u64(id),
+            index_range(t, id).1,
+        ),
+    };
     let header_len = head.clone().build().len();
     intervals
         .iter()
@@ -2081,6 +2191,7 @@ pub(crate) fn runs(t: &TableRef, index_id: u64, intervals: &[crate::plan::Interv
                     Some(e) => head.clone().bytes_prefix(e).build(),
                     None => index_end.clone(),
                 },
+                backward,
                 // The bytes tag, then the escaped points.
                 skip: header_len + 1 + escaped,
                 rows: Default::default(),

@@ -215,7 +215,8 @@ impl Tables {
         cut: bson::DateTime,
     ) -> Result<usize, DocError> {
         let interval = crate::plan::dates_before(def, cut);
-        let Some(mut run) = crate::table::runs(t, def.id, std::slice::from_ref(&interval)).pop()
+        let Some(mut run) =
+            crate::table::runs(t, def.id, std::slice::from_ref(&interval), false).pop()
         else {
             return Ok(0);
         };

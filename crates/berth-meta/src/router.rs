@@ -76,6 +76,12 @@ pub enum ReadOp {
         end: Vec<u8>,
         limit: usize,
     },
+    /// The last pairs of `[start, end)`, in descending key order.
+    ScanRev {
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: usize,
+    },
 }
 
 /// A read served by another node's replica.
@@ -152,14 +158,18 @@ pub async fn serve_read(raft: &RaftNode, req: ReadRequest) -> Result<ReadReply, 
             format!("a read of more than {REMOTE_READ_BYTES_MAX} bytes from another node"),
         )
     };
+    let reverse = matches!(req.op, ReadOp::ScanRev { .. });
     let value = match req.op {
         ReadOp::Barrier => ReadValue::None,
         ReadOp::Get { key } => ReadValue::Value(raft.get(shard, &key)?),
         ReadOp::GetPart { key, from, len } => {
             ReadValue::Value(raft.get_range(shard, &key, from, len)?)
         }
-        ReadOp::Scan { start, end, limit } => {
-            let pairs = raft.scan(shard, &start, &end, limit)?;
+        ReadOp::Scan { start, end, limit } | ReadOp::ScanRev { start, end, limit } => {
+            let pairs = match reverse {
+                false => raft.scan(shard, &start, &end, limit)?,
+                true => raft.scan_rev(shard, &start, &end, limit)?,
+            };
             let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
             if bytes > REMOTE_READ_BYTES_MAX {
                 return Err(too_big());
@@ -309,6 +319,19 @@ impl Router {
         tx.peek_range(start, end, limit).await
     }
 
+    /// Scans `[start, end)` backward (its last pairs first) with a read
+    /// barrier (no transaction).
+    pub async fn scan_rev(
+        self: &Arc<Self>,
+        shard: ShardId,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<berth_store::KvPairs, Error> {
+        let tx = self.begin(shard).await?;
+        tx.peek_range_rev(start, end, limit).await
+    }
+
     /// The shard's leader: from the local replica when this node hosts one,
     /// else the hint the leader recorded in the cluster map.
     pub fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
@@ -450,6 +473,51 @@ impl Snap {
             .take(limit)
             .collect())
     }
+
+    /// [`Snap::scan`] backward: the last pairs of `[start, end)` under the
+    /// transaction's writes, in descending key order.
+    fn scan_rev(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<berth_store::KvPairs, Error> {
+        if limit == 0 || (!end.is_empty() && start >= end) {
+            return Ok(Vec::new());
+        }
+        let upper = match end.is_empty() {
+            true => Bound::Unbounded,
+            false => Bound::Excluded(end.to_vec()),
+        };
+        let mine: Vec<_> = self
+            .writes
+            .range((Bound::Included(start.to_vec()), upper))
+            .collect();
+        // Each deletion may hide one of the view's pairs: read that many more.
+        let hidden = mine.iter().filter(|(_, v)| v.is_none()).count();
+        let base = self
+            .view
+            .scan_rev(start, end, limit.saturating_add(hidden))?;
+        let full = base.len() >= limit.saturating_add(hidden);
+        // The view's pairs come last key first: the last is the least.
+        let least = base.last().map(|(k, _)| k.clone());
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            base.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        for (k, v) in mine.into_iter().rev() {
+            // Below the view's least pair when the view was cut short, the
+            // view's earlier pairs are unknown: they are read by a later page.
+            if full && least.as_ref().is_some_and(|l| k < l) {
+                break;
+            }
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .rev()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
+    }
 }
 
 /// The result of [`Tx::commit`].
@@ -580,6 +648,34 @@ impl Tx {
             return Ok(self.router.raft.scan(self.shard, start, end, limit)?);
         }
         let op = ReadOp::Scan {
+            start: start.to_vec(),
+            end: end.to_vec(),
+            limit,
+        };
+        match self.remote_read(op, false).await? {
+            ReadValue::Pairs(p) => Ok(p),
+            other => Err(mismatched(&other)),
+        }
+    }
+
+    /// Scans `[start, end)` backward (its last pairs first, at most
+    /// `limit`) without making the transaction depend on the result: from
+    /// the local replica, another node's, or a snapshot transaction's view
+    /// under its own writes. The next page is `[start, k)`, `k` the last
+    /// key returned.
+    pub async fn peek_range_rev(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<berth_store::KvPairs, Error> {
+        if let Some(s) = &self.snap {
+            return s.scan_rev(start, end, limit);
+        }
+        if self.remote.is_none() {
+            return Ok(self.router.raft.scan_rev(self.shard, start, end, limit)?);
+        }
+        let op = ReadOp::ScanRev {
             start: start.to_vec(),
             end: end.to_vec(),
             limit,

@@ -726,6 +726,26 @@ impl RaftNode {
         Ok(v)
     }
 
+    /// Like [`RaftNode::scan`], in descending key order (the last pairs of
+    /// the clamped range first).
+    pub fn scan_rev(
+        &self,
+        shard: ShardId,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<KvPairs, RaftError> {
+        let desc = self.desc(shard)?;
+        let (s, e) = desc.clamp(start, end);
+        let v = self
+            .inner
+            .store
+            .scan_rev(Space::Data, &s, &e, limit)
+            .map_err(RaftError::from_store)?;
+        self.still_here(shard)?;
+        Ok(v)
+    }
+
     /// Like [`RaftNode::scan`], keys only (values are not read).
     pub fn scan_keys(
         &self,
@@ -2914,6 +2934,14 @@ impl ShardSnapshot {
         let (s, e) = self.desc.clamp(start, end);
         self.view
             .scan(Space::Data, &s, &e, limit)
+            .map_err(RaftError::from_store)
+    }
+
+    /// Like [`ShardSnapshot::scan`], in descending key order.
+    pub fn scan_rev(&self, start: &[u8], end: &[u8], limit: usize) -> Result<KvPairs, RaftError> {
+        let (s, e) = self.desc.clamp(start, end);
+        self.view
+            .scan_rev(Space::Data, &s, &e, limit)
             .map_err(RaftError::from_store)
     }
 }

@@ -18,7 +18,7 @@ use berth_docs::aggregate::{Limits, Pipeline, StageContext};
 use berth_docs::expr::{let_variables, Variables};
 use berth_docs::matcher::Filter;
 use berth_docs::merge::{Merge, WhenNotMatched};
-use berth_docs::plan::choose;
+use berth_docs::plan::{IndexPlan, QueryPlan};
 use berth_docs::projection::Projection;
 use berth_docs::retry::Stmt;
 use berth_docs::table::{Right, TableRef, Tables};
@@ -375,49 +375,68 @@ impl TablesBackend {
             };
             return finish(docs, req, &filter, projection.as_ref());
         }
-        if let Some(plan) = choose(&t.config.indexes, &req.filter, sort) {
-            // Through an index: a limit stops the scan early when the
-            // index yields the sort's order (or no order is asked).
-            let ordered = plan.provides_sort || sort.is_none();
+        if let Some(plan) = berth_docs::plan::plan(&t.config.indexes, &req.filter, sort) {
+            // Through indexes: a limit stops the scans early when they
+            // yield the sort's order (or no order is asked).
+            let ordered = plan.provides_sort() || sort.is_none();
             let stop = (ordered && req.limit > 0).then(|| (req.skip + req.limit) as usize);
-            let (docs, _, _) = self
-                .tables
-                .index_scan(p, &t, &plan, &filter, stop, MEMORY_BYTES_MAX)
-                .await
-                .map_err(mongo)?;
+            let (docs, _) = self
+                .planned(p, &t, &plan, &filter, stop, MEMORY_BYTES_MAX)
+                .await?;
             let docs = match sort {
-                Some(s) if !plan.provides_sort => sorted(docs, s)?,
+                Some(s) if !plan.provides_sort() => sorted(docs, s)?,
                 _ => docs,
             };
             return finish(docs, req, &filter, projection.as_ref());
         }
-        // The documents are stored in `_id` order: a range on `_id` reads
-        // only its keys, and a sort on `{_id: 1}` is the scan's order, so
-        // a limit stops it early.
-        let id_plan = berth_docs::plan::id_plan(&req.filter, sort);
-        let sort = match sort {
-            Some(s) if !id_plan.as_ref().is_some_and(|p| p.provides_sort) => s,
-            _ => {
-                let (from, end) = match id_plan.as_ref().and_then(|p| id_span(&p.intervals)) {
-                    Some(iv) => t.doc_bounds(&iv),
-                    None => t.doc_range(),
-                };
-                return Ok(Rest::Scan(Box::new(Scan {
-                    table: t,
-                    filter,
-                    projection,
-                    from,
-                    end,
-                    skip: req.skip,
-                    left: req.limit,
-                    ready: VecDeque::new(),
-                    done: false,
-                })));
-            }
+        let Some(sort) = sort else {
+            // Streamed in `_id` order, the documents stored in it: only
+            // those in a range on `_id` when the filter has one.
+            let (from, end) = scan_bounds(&t, &req.filter);
+            return Ok(Rest::Scan(Box::new(Scan {
+                table: t,
+                filter,
+                projection,
+                from,
+                end,
+                skip: req.skip,
+                left: req.limit,
+                ready: VecDeque::new(),
+                done: false,
+            })));
         };
         let docs = self.matching(p, &t, &filter).await?;
         let docs = sorted(docs, sort)?;
         finish(docs, req, &filter, projection.as_ref())
+    }
+
+    /// The documents matching `filter` read as `plan` says (one index, or
+    /// the union of an `$or`'s), and the entries and documents each index
+    /// scan examined.
+    async fn planned(
+        &self,
+        p: &Principal,
+        t: &TableRef,
+        plan: &QueryPlan,
+        filter: &Filter,
+        stop: Option<usize>,
+        bytes_max: usize,
+    ) -> Result<(Vec<Document>, Vec<(u64, u64)>), MongoError> {
+        match plan {
+            QueryPlan::Index(one) => {
+                let (docs, keys, examined) = self
+                    .tables
+                    .index_scan(p, t, one, filter, stop, bytes_max)
+                    .await
+                    .map_err(mongo)?;
+                Ok((docs, vec![(keys, examined)]))
+            }
+            QueryPlan::Or(branches) => self
+                .tables
+                .union_scan(p, t, branches, filter, stop, bytes_max)
+                .await
+                .map_err(mongo),
+        }
     }
 
     /// Runs `pipeline` over a collection's documents.
@@ -856,16 +875,21 @@ impl Rest {
     }
 }
 
-/// The one interval covering `intervals` (in key order): a scan reads
-/// it and the filter drops what lies between them.
-fn id_span(intervals: &[berth_docs::plan::Interval]) -> Option<berth_docs::plan::Interval> {
-    let first = intervals.first()?;
-    let last = intervals.last()?;
-    Some(berth_docs::plan::Interval {
-        start: first.start.clone(),
-        end: last.end.clone(),
-        point_len: 0,
-    })
+/// The document keys an unsorted scan of `t` for `filter` reads: those of
+/// its range on `_id` (one interval over the plan's, in key order: the
+/// filter drops what lies between them), else every document.
+fn scan_bounds(t: &TableRef, filter: &Document) -> (Vec<u8>, Vec<u8>) {
+    let range = berth_docs::plan::id_range(filter);
+    match range.as_ref().map(|p| p.intervals.as_slice()) {
+        Some([first, .., last]) | Some([first @ last]) => {
+            t.doc_bounds(&berth_docs::plan::Interval {
+                start: first.start.clone(),
+                end: last.end.clone(),
+                point_len: 0,
+            })
+        }
+        _ => t.doc_range(),
+    }
 }
 
 /// Sorts documents by a sort specification (MongoDB's `$sort` semantics).
@@ -1171,13 +1195,11 @@ impl Backend for TablesBackend {
             return Ok(0);
         };
         let filter = Filter::parse(&req.query).map_err(mongo)?;
-        if let Some(plan) = choose(&t.config.indexes, &req.query, None) {
+        if let Some(plan) = berth_docs::plan::plan(&t.config.indexes, &req.query, None) {
             let stop = (req.limit > 0).then(|| (req.skip + req.limit) as usize);
-            let (docs, _, _) = self
-                .tables
-                .index_scan(p, &t, &plan, &filter, stop, usize::MAX)
-                .await
-                .map_err(mongo)?;
+            let (docs, _) = self
+                .planned(p, &t, &plan, &filter, stop, usize::MAX)
+                .await?;
             return Ok((docs.len() as u64).saturating_sub(req.skip));
         }
         self.tables
@@ -1900,32 +1922,20 @@ impl Backend for TablesBackend {
         }
         let chosen = table
             .as_ref()
-            .and_then(|t| choose(&t.config.indexes, &filter, sort.as_ref()));
-        // Without a secondary index: the documents' own `_id` order, as
-        // `query` reads them (MongoDB reads its `_id_` index).
-        let id_plan = match (&table, &chosen) {
-            (Some(_), None) => berth_docs::plan::id_plan(&filter, sort.as_ref())
-                .filter(|p| sort.is_none() || p.provides_sort),
-            _ => None,
-        };
-        let winning = match chosen.as_ref().or(id_plan.as_ref()) {
-            Some(plan) => doc! {
-                "stage": "FETCH",
-                "filter": filter.clone(),
-                "inputStage": {
-                    "stage": "IXSCAN",
-                    "indexName": &plan.name,
-                    "keyPattern": plan.key_pattern.clone(),
-                    "indexBounds": plan.bounds.clone(),
-                    "equalityFields": plan.eq_fields as i32,
-                    "rangeField": plan.range,
-                    "providesSort": plan.provides_sort,
-                    "mergedRuns": if plan.merge { plan.intervals.len() as i32 } else { 0 },
-                    "direction": "forward",
-                },
-            },
-            None => doc! {"stage": "COLLSCAN", "filter": filter.clone(), "direction": "forward"},
-        };
+            .and_then(|t| berth_docs::plan::plan(&t.config.indexes, &filter, sort.as_ref()))
+            // An unsorted range on `_id`: `query` streams its documents,
+            // the `_id` index's entries (MongoDB reads its `_id_` index).
+            .or_else(|| {
+                table.as_ref()?;
+                sort.is_none()
+                    .then(|| berth_docs::plan::id_range(&filter))
+                    .flatten()
+                    .map(QueryPlan::Index)
+            });
+        let blocking_sort = sort
+            .as_ref()
+            .filter(|_| !chosen.as_ref().is_some_and(QueryPlan::provides_sort));
+        let winning = explained_plan(chosen.as_ref(), &filter, blocking_sort, None);
         let mut out = doc! {
             "queryPlanner": {
                 "namespace": ns.to_string(),
@@ -1935,39 +1945,37 @@ impl Backend for TablesBackend {
             },
         };
         if req.verbosity != Verbosity::QueryPlanner {
-            let (mut keys, mut examined, mut returned) = (0u64, 0u64, 0u64);
+            let (mut examined, mut returned) = (Vec::new(), 0u64);
             match (&table, &chosen) {
                 (Some(t), Some(plan)) => {
-                    let ordered = plan.provides_sort || sort.is_none();
+                    let ordered = plan.provides_sort() || sort.is_none();
                     let stop = (ordered && limit > 0).then_some(limit as usize);
-                    let (docs, k, d) = self
-                        .tables
-                        .index_scan(p, t, plan, &parsed, stop, MEMORY_BYTES_MAX)
-                        .await
-                        .map_err(mongo)?;
-                    (keys, examined, returned) = (k, d, docs.len() as u64);
+                    let (docs, e) = self
+                        .planned(p, t, plan, &parsed, stop, MEMORY_BYTES_MAX)
+                        .await?;
+                    (examined, returned) = (e, docs.len() as u64);
+                    if limit > 0 {
+                        returned = returned.min(limit);
+                    }
                 }
                 (Some(t), None) => {
-                    let (mut from, end) = match id_plan.as_ref().and_then(|p| id_span(&p.intervals))
-                    {
-                        Some(iv) => t.doc_bounds(&iv),
-                        None => t.doc_range(),
-                    };
-                    let ordered = sort.is_none() || id_plan.is_some();
+                    let mut docs = 0u64;
+                    let mut after: Option<Vec<u8>> = None;
                     'pages: loop {
                         let (page, more) = self
                             .tables
-                            .page_between(p, t, &from, &end, SCAN_PAGE)
+                            .page(p, t, after.as_deref(), SCAN_PAGE)
                             .await
                             .map_err(mongo)?;
                         if let Some((k, _)) = page.last() {
-                            from = k.clone();
-                            from.push(0);
+                            after = Some(k.clone());
                         }
                         for (_, d) in &page {
-                            examined += 1;
+                            docs += 1;
                             returned += u64::from(parsed.matches(d));
-                            if ordered && limit > 0 && returned >= limit {
+                            // Unsorted, the scan stops at the limit, as
+                            // `query`'s does.
+                            if sort.is_none() && limit > 0 && returned >= limit {
                                 break 'pages;
                             }
                         }
@@ -1975,37 +1983,118 @@ impl Backend for TablesBackend {
                             break;
                         }
                     }
-                    if id_plan.is_some() {
-                        keys = examined;
-                    }
-                    if limit > 0 && sort.is_none() {
+                    examined.push((0, docs));
+                    if limit > 0 {
                         returned = returned.min(limit);
                     }
                 }
                 _ => {}
             }
-            let stage = if chosen.is_some() || id_plan.is_some() {
-                "FETCH"
-            } else {
-                "COLLSCAN"
-            };
+            let keys: u64 = examined.iter().map(|(k, _)| k).sum();
+            let docs: u64 = examined.iter().map(|(_, d)| d).sum();
+            let mut stages = explained_plan(
+                chosen.as_ref(),
+                &filter,
+                blocking_sort,
+                Some((examined.as_slice(), returned)),
+            );
+            stages.insert("keysExamined", keys as i64);
+            stages.insert("docsExamined", docs as i64);
             out.insert(
                 "executionStats",
                 doc! {
                     "nReturned": returned as i64,
                     "totalKeysExamined": keys as i64,
-                    "totalDocsExamined": examined as i64,
-                    "executionStages": {
-                        "stage": stage,
-                        "nReturned": returned as i64,
-                        "docsExamined": examined as i64,
-                        "keysExamined": keys as i64,
-                    },
+                    "totalDocsExamined": docs as i64,
+                    "executionStages": stages,
                 },
             );
         }
         Ok(out)
     }
+}
+
+/// MongoDB's explain of an index scan: `IXSCAN` with its bounds, in the
+/// direction it reads; with what it examined when run.
+fn explained_ixscan(plan: &IndexPlan, examined: Option<(u64, u64)>) -> Document {
+    let mut d = doc! {
+        "stage": "IXSCAN",
+        "indexName": &plan.name,
+        "keyPattern": plan.key_pattern.clone(),
+        "indexBounds": plan.bounds.clone(),
+        "equalityFields": plan.eq_fields as i32,
+        "rangeField": plan.range,
+        "providesSort": plan.provides_sort,
+        "mergedRuns": if plan.merge { plan.intervals.len() as i32 } else { 0 },
+        "direction": if plan.backward { "backward" } else { "forward" },
+    };
+    if let Some((keys, docs)) = examined {
+        d.insert("keysExamined", keys as i64);
+        d.insert("docsExamined", docs as i64);
+    }
+    d
+}
+
+/// MongoDB's stages for a plan (`None`: a collection scan): `FETCH` over
+/// an `IXSCAN`, or `SUBPLAN` over `FETCH` over `OR` with one `IXSCAN` per
+/// branch, under a blocking `SORT` when the plan gives no order the
+/// query asks. With `run` (what each index scan examined, documents
+/// returned), the execution's figures.
+fn explained_plan(
+    plan: Option<&QueryPlan>,
+    filter: &Document,
+    sort: Option<&Document>,
+    run: Option<(&[(u64, u64)], u64)>,
+) -> Document {
+    let examined = |i: usize| run.map(|(e, _)| e.get(i).copied().unwrap_or((0, 0)));
+    let returned = |d: &mut Document| {
+        if let Some((_, n)) = run {
+            d.insert("nReturned", n as i64);
+        }
+    };
+    let mut top = match plan {
+        None => doc! {"stage": "COLLSCAN", "filter": filter.clone(), "direction": "forward"},
+        Some(QueryPlan::Index(one)) => doc! {
+            "stage": "FETCH",
+            "filter": filter.clone(),
+            "inputStage": explained_ixscan(one, examined(0)),
+        },
+        Some(QueryPlan::Or(branches)) => {
+            let inputs: Vec<Document> = branches
+                .iter()
+                .enumerate()
+                .map(|(i, b)| explained_ixscan(b, examined(i)))
+                .collect();
+            let mut or = doc! {"stage": "OR", "inputStages": inputs};
+            let mut fetch = doc! {"stage": "FETCH", "filter": filter.clone()};
+            if let Some((e, _)) = run {
+                or.insert(
+                    "keysExamined",
+                    e.iter().map(|(k, _)| *k as i64).sum::<i64>(),
+                );
+                fetch.insert(
+                    "docsExamined",
+                    e.iter().map(|(_, d)| *d as i64).sum::<i64>(),
+                );
+            }
+            fetch.insert("inputStage", or);
+            doc! {"stage": "SUBPLAN", "inputStage": fetch}
+        }
+    };
+    if let Some(s) = sort {
+        // SUBPLAN stays on top: it is how the query was planned.
+        match top.get_str("stage") {
+            Ok("SUBPLAN") => {
+                if let Ok(fetch) = top.get_document("inputStage") {
+                    let sorted = doc! {"stage": "SORT", "sortPattern": s.clone(), "inputStage": fetch.clone()};
+                    top.insert("inputStage", sorted);
+                }
+            }
+            _ => top = doc! {"stage": "SORT", "sortPattern": s.clone(), "inputStage": top},
+        }
+    }
+    returned(&mut top);
+    top
 }
 
 #[cfg(test)]

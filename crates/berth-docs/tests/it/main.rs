@@ -1759,3 +1759,202 @@ async fn a_read_write_ticket_creates_tables_in_its_scope_only() {
         .unwrap_err();
     assert_eq!(err.code, codes::UNAUTHORIZED, "{err:?}");
 }
+
+/// The `_id`s of `docs`, in their order.
+fn order_of(docs: &[Document]) -> Vec<i32> {
+    docs.iter().map(|d| d.get_i32("_id").unwrap()).collect()
+}
+
+#[tokio::test]
+async fn backward_scans_read_indexes_and_ids_from_their_end_page_by_page() {
+    use berth_docs::plan::{choose, plan, QueryPlan};
+    let k = kernel().await;
+    let a = &k.admin;
+    let path = "/tables/db/events";
+    let t = k.tables.create(a, path, true).await.unwrap();
+    // More than a page (256 entries) of each, to cross pages backward.
+    let docs: Vec<Document> = (0..700)
+        .map(|i| doc! {"_id": i, "a": i % 3, "ts": (i * 37) % 701, "b": format!("b{}", i % 11)})
+        .collect();
+    k.tables.insert(a, &t, docs.clone(), true).await.unwrap();
+    k.tables
+        .create_indexes(
+            a,
+            path,
+            &[doc! {"key": {"a": 1, "ts": 1}}, doc! {"key": {"b": 1}}],
+        )
+        .await
+        .unwrap();
+    let t = k.tables.open(a, path, Right::Read).await.unwrap();
+    let by = |q: &Document, key: &str, desc: bool| -> Vec<i32> {
+        let f = filter(q.clone());
+        let mut m: Vec<&Document> = docs.iter().filter(|d| f.matches(d)).collect();
+        m.sort_by_key(|d| d.get_i32(key).unwrap());
+        if desc {
+            m.reverse();
+        }
+        m.iter().map(|d| d.get_i32("_id").unwrap()).collect()
+    };
+
+    // find({a: 1}).sort({ts: -1}): the index {a: 1, ts: 1} backward; a
+    // limit stops it after that many entries.
+    let q = doc! {"a": 1};
+    let p = choose(&t.config.indexes, &q, Some(&doc! {"ts": -1})).unwrap();
+    assert!(p.backward && p.provides_sort && p.name == "a_1_ts_1");
+    let (got, keys, _) = k
+        .tables
+        .index_scan(a, &t, &p, &filter(q.clone()), None, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(order_of(&got), by(&q, "ts", true));
+    assert_eq!(keys, 233);
+    let (top, keys, _) = k
+        .tables
+        .index_scan(a, &t, &p, &filter(q.clone()), Some(10), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(order_of(&top), by(&q, "ts", true)[..10]);
+    assert_eq!(keys, 10);
+    // A range, backward.
+    let q = doc! {"a": 2, "ts": {"$gte": 100, "$lt": 500}};
+    let p = choose(&t.config.indexes, &q, Some(&doc! {"a": -1, "ts": -1})).unwrap();
+    assert!(p.backward);
+    let (got, _, _) = k
+        .tables
+        .index_scan(a, &t, &p, &filter(q.clone()), None, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(order_of(&got), by(&q, "ts", true));
+    // $in runs merged backward.
+    let q = doc! {"a": {"$in": [0, 2]}};
+    let p = choose(&t.config.indexes, &q, Some(&doc! {"ts": -1})).unwrap();
+    assert!(p.backward && p.merge);
+    let (got, _, _) = k
+        .tables
+        .index_scan(a, &t, &p, &filter(q.clone()), None, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(order_of(&got), by(&q, "ts", true));
+    // find().sort({_id: -1}): the documents themselves, backward.
+    let all = doc! {};
+    let p = choose(&t.config.indexes, &all, Some(&doc! {"_id": -1})).unwrap();
+    assert!(p.on_id() && p.backward);
+    let (got, keys, docs_read) = k
+        .tables
+        .index_scan(a, &t, &p, &filter(all.clone()), None, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(order_of(&got), (0..700).rev().collect::<Vec<_>>());
+    assert_eq!((keys, docs_read), (700, 700));
+
+    // An $or of indexed branches: their union, each document once.
+    let q = doc! {"$or": [{"a": 1, "ts": {"$lt": 100}}, {"b": "b3"}, {"_id": {"$gte": 690}}]};
+    let Some(QueryPlan::Or(branches)) = plan(&t.config.indexes, &q, None) else {
+        panic!("no union for {q}");
+    };
+    let (got, examined) = k
+        .tables
+        .union_scan(a, &t, &branches, &filter(q.clone()), None, usize::MAX)
+        .await
+        .unwrap();
+    let mut ids = order_of(&got);
+    ids.sort();
+    assert_eq!(ids, {
+        let mut w = by(&q, "_id", false);
+        w.sort();
+        w
+    });
+    assert_eq!(examined.len(), 3);
+    assert_eq!(examined[1].0, 64, "the b3 entries");
+    assert!(examined.iter().map(|e| e.0).sum::<u64>() < 200);
+}
+
+#[tokio::test]
+async fn a_backward_scan_in_a_transaction_sees_its_own_writes() {
+    use berth_docs::plan::choose;
+    use berth_docs::txn::Txn;
+    let k = kernel().await;
+    let a = &k.admin;
+    let path = "/tables/db/feed";
+    let t = k.tables.create(a, path, true).await.unwrap();
+    let docs: Vec<Document> = (0..300)
+        .map(|i| doc! {"_id": i, "u": i % 2, "ts": i})
+        .collect();
+    k.tables.insert(a, &t, docs, true).await.unwrap();
+    k.tables
+        .create_indexes(a, path, &[doc! {"key": {"u": 1, "ts": 1}}])
+        .await
+        .unwrap();
+    let t = k.tables.open(a, path, Right::Read).await.unwrap();
+    let latest = |t: berth_docs::table::TableRef, sort: Document| {
+        let tables = k.tables.clone();
+        let a = a.clone();
+        async move {
+            let q = doc! {"u": 1};
+            let p = choose(&t.config.indexes, &q, Some(&sort)).unwrap();
+            assert!(p.backward);
+            let (got, _, _) = tables
+                .index_scan(&a, &t, &p, &filter(q), Some(3), usize::MAX)
+                .await
+                .unwrap();
+            order_of(&got)
+        }
+    };
+    let newest = |t: berth_docs::table::TableRef| {
+        let tables = k.tables.clone();
+        let a = a.clone();
+        async move {
+            let p = choose(&t.config.indexes, &doc! {}, Some(&doc! {"_id": -1})).unwrap();
+            let (got, _, _) = tables
+                .index_scan(&a, &t, &p, &filter(doc! {}), Some(2), usize::MAX)
+                .await
+                .unwrap();
+            order_of(&got)
+        }
+    };
+    assert_eq!(
+        latest(t.clone(), doc! {"ts": -1}).await,
+        vec![299, 297, 295]
+    );
+
+    let txn = Txn::new();
+    let mut in_txn = t.clone();
+    in_txn.txn = Some(txn.clone());
+    // Read first (the snapshot is taken), then write: an insert at the
+    // top of both orders and a delete just below it.
+    assert_eq!(newest(in_txn.clone()).await, vec![299, 298]);
+    k.tables
+        .insert(
+            a,
+            &in_txn,
+            vec![doc! {"_id": 1000, "u": 1, "ts": 5000}],
+            true,
+        )
+        .await
+        .unwrap();
+    k.tables
+        .delete(a, &in_txn, &filter(doc! {"_id": 299}), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        latest(in_txn.clone(), doc! {"ts": -1}).await,
+        vec![1000, 297, 295]
+    );
+    assert_eq!(
+        latest(in_txn.clone(), doc! {"u": -1, "ts": -1}).await,
+        vec![1000, 297, 295]
+    );
+    assert_eq!(newest(in_txn.clone()).await, vec![1000, 298]);
+    // Outside it: nothing yet.
+    assert_eq!(
+        latest(t.clone(), doc! {"ts": -1}).await,
+        vec![299, 297, 295]
+    );
+    assert_eq!(newest(t.clone()).await, vec![299, 298]);
+    txn.commit().await.unwrap();
+    assert_eq!(
+        latest(t.clone(), doc! {"ts": -1}).await,
+        vec![1000, 297, 295]
+    );
+    assert_eq!(newest(t.clone()).await, vec![1000, 298]);
+}

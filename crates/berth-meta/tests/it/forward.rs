@@ -40,9 +40,23 @@ async fn followers_read_and_commit_through_the_leader() {
     assert_eq!(tx.get(&key).await.unwrap(), None);
     tx.put(key.clone(), b"1".to_vec());
     assert!(matches!(tx.commit().await.unwrap(), Commit::Done(_)));
-    // Its next barrier sees its own write.
+    // Its next barrier sees its own write, forward and backward.
     let tx = follower.begin(META_SHARD).await.unwrap();
     assert_eq!(tx.peek(&key).await.unwrap(), Some(b"1".to_vec()));
+    let mut after = key.clone();
+    after.push(0);
+    assert_eq!(
+        tx.peek_range_rev(&key, &after, 5).await.unwrap(),
+        vec![(key.clone(), b"1".to_vec())]
+    );
+    assert_eq!(
+        follower
+            .scan_rev(META_SHARD, &key, &after, 5)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Two transactions that read the same value: the second commit conflicts.
     let mut a = follower.begin(META_SHARD).await.unwrap();
@@ -69,6 +83,8 @@ async fn followers_read_and_commit_through_the_leader() {
     let (start, end) = berth_meta::map::table_range(berth_meta::map::T_USER);
     let users = tx.peek_range(&start, &end, 10).await.unwrap();
     assert_eq!(users.len(), 1, "{users:?}");
+    // Backward through the other node's replica: the same pairs.
+    assert_eq!(tx.peek_range_rev(&start, &end, 10).await.unwrap(), users);
     assert_eq!(tx.peek_keys(&start, &end, 10).await.unwrap().len(), 1);
     assert_eq!(tx.peek_part(&key, 0, 1).await.unwrap(), Some(b"a".to_vec()));
     tx.put(key.clone(), b"4".to_vec());

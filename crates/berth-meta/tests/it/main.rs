@@ -462,6 +462,31 @@ async fn a_snapshot_transaction_reads_its_view_under_its_writes() {
         paged.extend(page);
     }
     assert_eq!(paged, want);
+    // Backward, whole and page by page (the next page ends at the last
+    // key read), under the same writes: the same pairs in reverse.
+    let mut backward = want.clone();
+    backward.reverse();
+    assert_eq!(
+        snap.peek_range_rev(&start, &end, 100).await.unwrap(),
+        backward
+    );
+    for page_len in [1, 2, 3, 4] {
+        let mut paged = Vec::new();
+        let mut to = end.clone();
+        loop {
+            let page = snap.peek_range_rev(&start, &to, page_len).await.unwrap();
+            let Some((last, _)) = page.last() else { break };
+            to = last.clone();
+            paged.extend(page);
+        }
+        assert_eq!(paged, backward, "pages of {page_len}");
+    }
+    // The view was cut short just above a deletion and an insert of the
+    // transaction: both are placed by the page that reaches them.
+    assert_eq!(
+        snap.peek_range_rev(&start, &key(6), 2).await.unwrap(),
+        vec![(key(5), vec![55]), (key(2), vec![2])]
+    );
     // The later write deleted key 0 after the view: writing key 0 now
     // conflicts, and nothing of the transaction is written.
     snap.put(key(0), vec![100]);

@@ -302,6 +302,9 @@ fn read_request_to(r: ReadRequest) -> ShardReadRequest {
         ReadOp::ScanKeys { start, end, limit } => {
             (m.op, m.key, m.end, m.limit) = (4, start, end, limit as u64)
         }
+        ReadOp::ScanRev { start, end, limit } => {
+            (m.op, m.key, m.end, m.limit) = (5, start, end, limit as u64)
+        }
     }
     m
 }
@@ -322,6 +325,11 @@ fn read_request_from(m: ShardReadRequest) -> Result<ReadRequest, Error> {
             limit,
         },
         4 => ReadOp::ScanKeys {
+            start: m.key,
+            end: m.end,
+            limit,
+        },
+        5 => ReadOp::ScanRev {
             start: m.key,
             end: m.end,
             limit,
@@ -364,7 +372,7 @@ fn read_reply_from(op: &ReadOp, m: ShardReadReply) -> Result<ReadReply, Error> {
     let value = match op {
         ReadOp::Barrier => ReadValue::None,
         ReadOp::Get { .. } | ReadOp::GetPart { .. } => ReadValue::Value(m.found.then_some(m.value)),
-        ReadOp::Scan { .. } => {
+        ReadOp::Scan { .. } | ReadOp::ScanRev { .. } => {
             if m.keys.len() != m.values.len() {
                 return Err(Error::new(
                     Code::Io,
@@ -941,5 +949,63 @@ async fn peer_loop(ctx: Arc<PeerContext>, to: NodeId, mut rx: mpsc::Receiver<Vec
             }
         }
         attempt = 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_operations_cross_the_wire_unchanged() {
+        let scan = |start: &[u8], end: &[u8]| (start.to_vec(), end.to_vec(), 7usize);
+        let (start, end, limit) = scan(b"a", b"z");
+        for op in [
+            ReadOp::Barrier,
+            ReadOp::Get { key: b"k".to_vec() },
+            ReadOp::GetPart {
+                key: b"k".to_vec(),
+                from: 3,
+                len: 9,
+            },
+            ReadOp::Scan {
+                start: start.clone(),
+                end: end.clone(),
+                limit,
+            },
+            ReadOp::ScanKeys {
+                start: start.clone(),
+                end: end.clone(),
+                limit,
+            },
+            ReadOp::ScanRev { start, end, limit },
+        ] {
+            let req = ReadRequest {
+                shard: 4,
+                op: op.clone(),
+                barrier: true,
+                min_applied: 11,
+            };
+            assert_eq!(
+                read_request_from(read_request_to(req.clone())).unwrap(),
+                req
+            );
+        }
+        // A backward scan's pairs come back in the order they were read.
+        let pairs = vec![
+            (b"b".to_vec(), b"2".to_vec()),
+            (b"a".to_vec(), b"1".to_vec()),
+        ];
+        let reply = ReadReply {
+            applied: 5,
+            value: ReadValue::Pairs(pairs.clone()),
+        };
+        let op = ReadOp::ScanRev {
+            start: Vec::new(),
+            end: Vec::new(),
+            limit: 2,
+        };
+        let back = read_reply_from(&op, read_reply_to(reply)).unwrap();
+        assert_eq!(back.value, ReadValue::Pairs(pairs));
     }
 }

@@ -90,6 +90,16 @@ fn pymongo_indexes_serve_queries_and_hold_unique_keys() {
 }
 
 #[test]
+fn pymongo_plans_scan_indexes_backward_and_unite_or_branches() {
+    if !have("pymongo", python_has("pymongo")) {
+        return;
+    }
+    let s = TestServer::start();
+    let (ok, text) = pymongo(&s, "planner", "admin", &admin_ticket(&s), "PLAIN");
+    assert!(ok, "{text}\n{}", s.log());
+}
+
+#[test]
 fn pymongo_ttl_indexes_expire_documents() {
     if !have("pymongo", python_has("pymongo")) {
         return;

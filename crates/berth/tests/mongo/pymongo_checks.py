@@ -3,7 +3,7 @@ application would use it. Usage:
 
     pymongo_checks.py CHECK --port P --ca CA --user U --password PW [--mechanism M]
 
-CHECK is one of: crud, indexes, ttl (needs a short --ttl-sweep-ms), seed (a
+CHECK is one of: crud, indexes, planner, ttl (needs a short --ttl-sweep-ms), seed (a
 document in shop.private), denied, transactions. Prints what failed and exits 1
 on failure.
 """
@@ -318,6 +318,120 @@ def indexes(a):
     print("ok")
 
 
+def planner(a):
+    """Reverse index scans, $or as a union of index scans, and what
+    explain says of them (MongoDB's stage names and directions)."""
+    c = client(a)
+    events = c["shop"]["planned"]
+    events.drop()
+    docs = [{"_id": i, "user": f"u{i % 10}", "ts": i, "kind": f"k{i % 7}"} for i in range(500)]
+    events.insert_many(docs)
+    events.create_index([("user", 1), ("ts", 1)])
+    events.create_index("kind")
+
+    def ixscan(plan):
+        stage = plan["queryPlanner"]["winningPlan"]
+        while stage.get("stage") != "IXSCAN":
+            stage = stage["inputStage"]
+        return stage
+
+    # The latest of a user: {user: 1, ts: 1} read backward.
+    cur = lambda: events.find({"user": "u3"}).sort("ts", -1).limit(5)
+    got = [d["ts"] for d in cur()]
+    check(got == [493, 483, 473, 463, 453], f"latest of u3 {got}")
+    plan = cur().explain()
+    stage = ixscan(plan)
+    check(stage["indexName"] == "user_1_ts_1", f"index {plan}")
+    check(stage["direction"] == "backward", f"direction {stage}")
+    check(
+        stage["indexBounds"] == {"user": ['["u3", "u3"]'], "ts": ["[MaxKey, MinKey]"]},
+        f"bounds {stage}",
+    )
+    check(plan["queryPlanner"]["winningPlan"]["stage"] == "FETCH", f"no blocking sort {plan}")
+    stats = plan["executionStats"]
+    check(stats["totalKeysExamined"] == 5 and stats["nReturned"] == 5, f"examined {stats}")
+    # Every field against the index.
+    got = [(d["user"], d["ts"]) for d in events.find().sort([("user", -1), ("ts", -1)]).limit(3)]
+    check(got == [("u9", 499), ("u9", 489), ("u9", 479)], f"both descending {got}")
+    plan = events.find().sort([("user", -1), ("ts", -1)]).limit(3).explain()
+    stage = ixscan(plan)
+    check(stage["direction"] == "backward", f"both descending plan {plan}")
+    check(plan["executionStats"]["totalKeysExamined"] == 3, f"both descending examined {plan}")
+    # A range backward.
+    q = {"user": "u4", "ts": {"$gte": 100, "$lt": 200}}
+    got = [d["ts"] for d in events.find(q).sort("ts", -1)]
+    check(got == list(range(194, 99, -10)), f"range backward {got}")
+    stage = ixscan(events.find(q).sort("ts", -1).explain())
+    check(stage["indexBounds"]["ts"] == ["(200, 100]"], f"range bounds {stage}")
+    # The newest documents: the _id index backward.
+    got = [d["_id"] for d in events.find().sort("_id", -1).limit(4)]
+    check(got == [499, 498, 497, 496], f"newest {got}")
+    plan = events.find().sort("_id", -1).limit(4).explain()
+    stage = ixscan(plan)
+    check(stage["indexName"] == "_id_" and stage["direction"] == "backward", f"_id plan {plan}")
+    check(plan["executionStats"]["totalKeysExamined"] == 4, f"_id examined {plan}")
+
+    # $or: one index scan per branch, united, each document once.
+    q = {"$or": [{"user": "u1", "ts": {"$lt": 50}}, {"kind": "k3"}]}
+    want = sorted(d["_id"] for d in docs if (d["user"] == "u1" and d["ts"] < 50) or d["kind"] == "k3")
+    got = sorted(d["_id"] for d in events.find(q))
+    check(got == want, f"$or result {got} != {want}")
+    check(events.count_documents(q) == len(want), "$or count")
+    plan = events.find(q).explain()
+    top = plan["queryPlanner"]["winningPlan"]
+    check(top["stage"] == "SUBPLAN", f"$or plan {plan}")
+    fetch = top["inputStage"]
+    check(fetch["stage"] == "FETCH" and fetch["inputStage"]["stage"] == "OR", f"$or stages {top}")
+    inputs = fetch["inputStage"]["inputStages"]
+    check(
+        [(s["stage"], s["indexName"]) for s in inputs]
+        == [("IXSCAN", "user_1_ts_1"), ("IXSCAN", "kind_1")],
+        f"$or inputs {inputs}",
+    )
+    stats = plan["executionStats"]
+    branch_keys = 5 + sum(1 for d in docs if d["kind"] == "k3")
+    check(stats["nReturned"] == len(want), f"$or returned {stats}")
+    check(stats["totalKeysExamined"] == branch_keys, f"$or keys {stats}")
+    # A document both branches reach is fetched once (31 is u1 and k3).
+    check(stats["totalDocsExamined"] == len(want), f"$or docs {stats}")
+    ex_inputs = stats["executionStages"]["inputStage"]["inputStage"]["inputStages"]
+    check([s["keysExamined"] for s in ex_inputs] == [5, branch_keys - 5], f"per branch {ex_inputs}")
+    # Sorted: a blocking sort of the union.
+    by_ts = sorted((d for d in docs if d["_id"] in set(want)), key=lambda d: -d["ts"])
+    got = [d["_id"] for d in events.find(q).sort("ts", -1).limit(6)]
+    check(got == [d["_id"] for d in by_ts[:6]], f"$or sorted {got}")
+    top = events.find(q).sort("ts", -1).limit(6).explain()["queryPlanner"]["winningPlan"]
+    check(top["stage"] == "SUBPLAN" and top["inputStage"]["stage"] == "SORT", f"$or sort {top}")
+    # With a condition beside the $or, applied to every document.
+    q2 = {"ts": {"$gt": 400}, "$or": [{"user": "u1"}, {"kind": "k3"}]}
+    got = sorted(d["_id"] for d in events.find(q2))
+    want2 = sorted(
+        d["_id"] for d in docs if d["ts"] > 400 and (d["user"] == "u1" or d["kind"] == "k3")
+    )
+    check(got == want2, f"$or beside {got} != {want2}")
+    # A branch without an index: the collection is scanned.
+    q3 = {"$or": [{"user": "u1"}, {"nothing": 1}]}
+    plan = events.find(q3).explain()
+    check(plan["queryPlanner"]["winningPlan"]["stage"] == "COLLSCAN", f"unindexed branch {plan}")
+    check(len(list(events.find(q3))) == 50, "unindexed branch result")
+
+    # In a transaction, a backward scan sees the transaction's own insert.
+    with c.start_session() as s:
+        s.start_transaction()
+        events.insert_one({"_id": 1000, "user": "u3", "ts": 9999, "kind": "k0"}, session=s)
+        got = [d["_id"] for d in events.find({"user": "u3"}, session=s).sort("ts", -1).limit(2)]
+        check(got == [1000, 493], f"in the transaction {got}")
+        got = [d["_id"] for d in events.find({}, session=s).sort("_id", -1).limit(1)]
+        check(got == [1000], f"newest in the transaction {got}")
+        got = [d["_id"] for d in events.find({"user": "u3"}).sort("ts", -1).limit(1)]
+        check(got == [493], f"outside the transaction {got}")
+        s.abort_transaction()
+    got = [d["_id"] for d in events.find().sort("_id", -1).limit(1)]
+    check(got == [499], f"after the abort {got}")
+    events.drop()
+    print("ok")
+
+
 def ttl(a):
     # The server runs its TTL sweep often (--ttl-sweep-ms): a document
     # past its date goes within seconds.
@@ -468,7 +582,8 @@ def transactions(a):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument(
-        "check", choices=["crud", "indexes", "ttl", "seed", "denied", "transactions"]
+        "check",
+        choices=["crud", "indexes", "planner", "ttl", "seed", "denied", "transactions"],
     )
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--ca", required=True)
@@ -479,6 +594,7 @@ def main():
     checks = {
         "crud": crud,
         "indexes": indexes,
+        "planner": planner,
         "ttl": ttl,
         "seed": seed,
         "denied": denied,
