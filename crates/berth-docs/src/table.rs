@@ -2180,12 +2180,8 @@ impl Writes {
 /// (a multi-document transaction's earlier statements).
 async fn volume_usage(tx: &Tx, t: &TableRef) -> Result<i64, DocError> {
     let key = berth_fs::records::usage_key(t.vol.id);
-    let stored = tx
-        .peek(&key)
-        .await
-        .map_err(from_meta)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map_or(0, i64::from_be_bytes);
+    let stored = berth_fs::records::read_usage(tx.peek(&key).await.map_err(from_meta)?);
+    let stored = i64::try_from(stored).unwrap_or(i64::MAX);
     Ok(stored.saturating_add(tx.pending_add_i64(&key)))
 }
 
