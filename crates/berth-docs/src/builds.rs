@@ -138,8 +138,10 @@ impl Tables {
                         self.finish_builds(&t, &ids).await?;
                         done += ids.len();
                     }
-                    Err(e) if e.code == codes::DUPLICATE_KEY => {
-                        tracing::warn!(table = %entry.path, error = %e, "a unique index's documents violate it: the index is removed");
+                    Err(e)
+                        if e.code == codes::DUPLICATE_KEY || e.code == codes::OUT_OF_DISK_SPACE =>
+                    {
+                        tracing::warn!(table = %entry.path, error = %e, "an index being built cannot be made (its documents violate it, or its entries do not fit in the volume's quota): the index is removed");
                         self.remove_indexes(&t, &ids).await?;
                         self.finish_builds(&t, &ids).await?;
                     }

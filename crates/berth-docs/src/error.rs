@@ -48,6 +48,8 @@ pub mod codes {
     pub const TRANSACTION_TOO_LARGE: i32 = 257;
     pub const NOT_WRITABLE_PRIMARY: i32 = 10107;
     pub const DUPLICATE_KEY: i32 = 11000;
+    /// A write that would grow its volume past the volume's quota.
+    pub const OUT_OF_DISK_SPACE: i32 = 14031;
     pub const LOCATION_40352: i32 = 40352;
     pub const INTERNAL_ERROR: i32 = 1;
     pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
@@ -120,6 +122,7 @@ pub fn code_name(code: i32) -> &'static str {
         WRITE_CONFLICT => "WriteConflict",
         NOT_WRITABLE_PRIMARY => "NotWritablePrimary",
         DUPLICATE_KEY => "DuplicateKey",
+        OUT_OF_DISK_SPACE => "OutOfDiskSpace",
         INTERNAL_ERROR => "InternalError",
         CHANGE_STREAM_HISTORY_LOST => "ChangeStreamHistoryLost",
         _ => "Location",

@@ -14,6 +14,20 @@
 //! every type that compare equal encode the same, so `1`, `1.0` and
 //! `NumberLong(1)` are the same `_id`, as in MongoDB. A document and its
 //! index entries change in one conditional Raft transaction.
+//!
+//! Usage: documents and index entries count in their volume's usage
+//! (`berth_fs::records::usage_key`, the counter file data counts in), key
+//! and value bytes of each stored pair ([`pair_bytes`]). Every write goes
+//! through `write_doc` (or, for an index build, `write_entries`), which
+//! adds its exact byte change to the transaction's `Writes`, refuses
+//! growth past the volume's quota (14031 OutOfDiskSpace) before anything
+//! is buffered, and `finish_writes` adds the total to the counter in the
+//! same transaction. Removals of whole ranges (a table, an index) subtract
+//! what they delete, keys and values, at apply time
+//! (`Op::DeleteRangeCountedPairs`), so a table's life leaves the counter
+//! where it found it. Not counted: the settings, the change log, retryable
+//! write marks and the build and TTL registries (each bounded by its own
+//! retention or by the number of tables).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -807,7 +821,7 @@ impl Tables {
             let mut taken = Vec::new();
             let mut writes = 0u64;
             let mut seen = std::collections::HashSet::new();
-            let mut w = IndexWrites::default();
+            let mut w = Writes::default();
             if let Some(r) = retry {
                 let (from, to) = r.stale_range(t.vol.id);
                 tx.delete_range(from, to);
@@ -826,21 +840,24 @@ impl Tables {
                         continue;
                     }
                 }
-                let dup = !seen.insert(d.key.clone())
-                    || tx.get(&d.key).await.map_err(from_meta)?.is_some();
+                let dup =
+                    seen.contains(&d.key) || tx.get(&d.key).await.map_err(from_meta)?.is_some();
                 let result = if dup {
                     Err(duplicate_id(t, &d.id))
                 } else {
-                    write_indexes(&mut tx, t, &config, &d.id_enc, None, Some(&d.doc), &mut w).await
+                    let after = Some((&d.doc, d.value.as_slice()));
+                    write_doc(&mut tx, t, &config, &mut w, &d.key, None, after).await
                 };
                 if let Err(error) = result {
+                    // A duplicate, or past the volume's quota: this
+                    // document's error, the others go on (unordered).
                     taken.push(WriteError { index: *i, error });
                     if ordered {
                         break;
                     }
                     continue;
                 }
-                tx.put(d.key.clone(), d.value.clone());
+                seen.insert(d.key.clone());
                 record(&mut tx, t, OpType::Insert, &d.id, Some(&d.doc), None)?;
                 if let Some(m) = mark {
                     let done = retry::Outcome {
@@ -851,7 +868,7 @@ impl Tables {
                 }
                 writes += 1;
             }
-            finish_index_writes(&mut tx, t, &w).await?;
+            finish_writes(&mut tx, t, w).await?;
             match tx.commit().await? {
                 Commit::Done(_) => {
                     out.n += writes;
@@ -1309,20 +1326,10 @@ impl Tables {
                         ));
                         }
                         let value = encode_doc(&after)?;
-                        let id_enc = id_encoding(after.get("_id"));
-                        let mut w = IndexWrites::default();
-                        write_indexes(
-                            &mut tx,
-                            t,
-                            &config,
-                            &id_enc,
-                            Some(&before),
-                            Some(&after),
-                            &mut w,
-                        )
-                        .await?;
-                        finish_index_writes(&mut tx, t, &w).await?;
-                        tx.put(key.clone(), value);
+                        let mut w = Writes::default();
+                        let (old, new) = (Some((&before, &raw[..])), Some((&after, &value[..])));
+                        write_doc(&mut tx, t, &config, &mut w, &key, old, new).await?;
+                        finish_writes(&mut tx, t, w).await?;
                         let id = after.get("_id").cloned().unwrap_or(Bson::Null);
                         if replacement {
                             record(&mut tx, t, OpType::Replace, &id, Some(&after), None)?;
@@ -1386,10 +1393,10 @@ impl Tables {
             if tx.get(&key).await.map_err(from_meta)?.is_some() {
                 return Err(duplicate_id(t, &id));
             }
-            let mut w = IndexWrites::default();
-            write_indexes(&mut tx, t, &config, &d.id_enc, None, Some(&d.doc), &mut w).await?;
-            finish_index_writes(&mut tx, t, &w).await?;
-            tx.put(key, value.clone());
+            let mut w = Writes::default();
+            let after = Some((&d.doc, value.as_slice()));
+            write_doc(&mut tx, t, &config, &mut w, &key, None, after).await?;
+            finish_writes(&mut tx, t, w).await?;
             record(&mut tx, t, OpType::Insert, &id, Some(&d.doc), None)?;
             if let Some(m) = mark {
                 let done = retry::Outcome {
@@ -1473,7 +1480,9 @@ impl Tables {
                     if !filter.matches(&now) {
                         break; // no longer matches
                     }
-                    remove_doc(&mut tx, t, key.clone(), &now).await?;
+                    let mut w = Writes::default();
+                    remove_doc(&mut tx, t, &mut w, key.clone(), &raw, &now).await?;
+                    finish_writes(&mut tx, t, w).await?;
                     if let Some(m) = &mark {
                         if tx.get(m).await.map_err(from_meta)?.is_some() {
                             return Err(transient("the statement is being retried concurrently"));
@@ -1645,8 +1654,15 @@ impl Tables {
         let ids: Vec<u64> = made.iter().chain(&unfinished).copied().collect();
         let _claim = self.claim_build(&t);
         if let Err(e) = self.build_indexes(&t, &ids).await {
-            if e.code == codes::DUPLICATE_KEY || e.code == codes::INDEX_NOT_FOUND {
-                // Documents violate a unique index, or it was dropped.
+            if [
+                codes::DUPLICATE_KEY,
+                codes::INDEX_NOT_FOUND,
+                codes::OUT_OF_DISK_SPACE,
+            ]
+            .contains(&e.code)
+            {
+                // Documents violate a unique index, it was dropped, or its
+                // entries do not fit in the volume's quota.
                 self.remove_indexes(&t, &ids).await?;
                 self.finish_builds(&t, &ids).await?;
             }
@@ -1738,7 +1754,7 @@ impl Tables {
                     .await
                     .map_err(from_meta)?;
                 let more = rows.len() == SCAN_PAGE;
-                let mut w = IndexWrites::default();
+                let mut w = Writes::default();
                 let mut next = from.clone();
                 for (k, _) in &rows {
                     // Read again under a condition: a change meanwhile conflicts.
@@ -1746,12 +1762,11 @@ impl Tables {
                         continue;
                     };
                     let doc = decode_doc(&now)?;
-                    let id_enc = id_encoding(doc.get("_id"));
-                    write_indexes(&mut tx, t, &config, &id_enc, None, Some(&doc), &mut w).await?;
+                    write_entries(&mut tx, t, &config, &mut w, &doc).await?;
                     next = k.to_vec();
                     next.push(0);
                 }
-                finish_index_writes(&mut tx, t, &w).await?;
+                finish_writes(&mut tx, t, w).await?;
                 // How far the build got, with the page: a build cut short
                 // goes on from here.
                 for id in ids {
@@ -1805,8 +1820,9 @@ impl Tables {
             config.indexes.retain(|i| !ids.contains(&i.id));
             tx.put(t.config_key(), config.encode());
             for id in ids {
+                // Its entries' bytes leave the volume's usage (see `Writes`).
                 let (s, e) = index_range(t, *id);
-                tx.delete_range(s, e);
+                tx.delete_range_counted_pairs(s, e, berth_fs::records::usage_key(t.vol.id));
             }
             if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
                 return Ok(());
@@ -1956,8 +1972,6 @@ pub fn decode_doc(raw: &[u8]) -> Result<Document, DocError> {
 /// A document ready to be inserted.
 struct Prepared {
     id: Bson,
-    /// `keys::encode_value` of the `_id`.
-    id_enc: Vec<u8>,
     key: Vec<u8>,
     value: Vec<u8>,
     doc: Document,
@@ -1997,7 +2011,6 @@ fn prepare_insert(t: &TableRef, mut doc: Document) -> Result<Prepared, DocError>
     let key = t.doc_key(&id);
     let value = encode_doc(&doc)?;
     Ok(Prepared {
-        id_enc: id_encoding(Some(&id)),
         id,
         key,
         value,
@@ -2201,42 +2214,204 @@ pub(crate) fn runs(
         .collect()
 }
 
-/// Removes document `doc`, stored at `key` and read in `tx`, with its
-/// index entries and its change log record, in `tx`: how every document
-/// is deleted (by a filter, or by the TTL sweep).
+/// Removes document `doc`, stored at `key` as `raw` and read in `tx`, with
+/// its index entries and its change log record, in `tx`, its bytes
+/// subtracted in `w`: how every document is deleted (by a filter, or by the
+/// TTL sweep). The caller settles `w` ([`finish_writes`]) before commit.
 pub(crate) async fn remove_doc(
     tx: &mut Tx,
     t: &TableRef,
+    w: &mut Writes,
     key: Vec<u8>,
+    raw: &[u8],
     doc: &Document,
 ) -> Result<(), DocError> {
     let config = read_config(tx, t).await?;
-    let id_enc = id_encoding(doc.get("_id"));
-    let mut w = IndexWrites::default();
-    write_indexes(tx, t, &config, &id_enc, Some(doc), None, &mut w).await?;
-    tx.delete(key);
+    write_doc(tx, t, &config, w, &key, Some((doc, raw)), None).await?;
     let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
     record(tx, t, OpType::Delete, &id, None, None)
 }
 
-/// What the index writes of one transaction did so far: the unique
-/// entries they claimed (for the documents after them in the same
-/// transaction), and the key fields that met an array for the first time
-/// (index id, field), for [`finish_index_writes`].
+/// The bytes a stored pair counts in its volume's usage: its key and its
+/// value (what `Op::DeleteRangeCountedPairs` subtracts when it deletes it).
+pub fn pair_bytes(key: &[u8], value_len: usize) -> i64 {
+    i64::try_from(key.len().saturating_add(value_len)).unwrap_or(i64::MAX)
+}
+
+/// What the document and index writes of one transaction did so far: the
+/// unique entries they claimed (for the documents after them in the same
+/// transaction), the key fields that met an array for the first time
+/// (index id, field), and the bytes they add to the volume's usage; all
+/// settled by [`finish_writes`] before the transaction commits.
 #[derive(Default)]
-struct IndexWrites {
+pub(crate) struct Writes {
     claimed: HashMap<Vec<u8>, Vec<u8>>,
     multikey: Vec<(u64, usize)>,
+    /// The change of the volume's usage the writes make (negative: they
+    /// free bytes).
+    grown_bytes: i64,
+    /// The volume's usage before them (read once, for the quota).
+    used_bytes: Option<i64>,
+}
+
+impl Writes {
+    /// Counts `grown` more bytes, unless they take the volume past its
+    /// quota (then nothing is counted and the write is refused: 14031).
+    /// Writes that do not grow usage always pass.
+    async fn admit(&mut self, tx: &Tx, t: &TableRef, grown: i64) -> Result<(), DocError> {
+        let quota = i64::try_from(t.vol.quota_bytes).unwrap_or(i64::MAX);
+        if grown > 0 && quota > 0 {
+            let used = match self.used_bytes {
+                Some(u) => u,
+                None => {
+                    let u = volume_usage(tx, t).await?;
+                    self.used_bytes = Some(u);
+                    u
+                }
+            };
+            let now = used.saturating_add(self.grown_bytes);
+            if now.saturating_add(grown) > quota {
+                return Err(over_quota(t, now, grown));
+            }
+        }
+        self.grown_bytes = self.grown_bytes.saturating_add(grown);
+        Ok(())
+    }
+
+    /// Buffers index entry changes that [`Writes::admit`] let through.
+    fn apply(&mut self, tx: &mut Tx, changes: Vec<EntryChange>) {
+        for c in changes {
+            match c.value {
+                Some(v) => {
+                    self.claimed.insert(c.key.clone(), v.clone());
+                    tx.put(c.key, v);
+                }
+                None => tx.delete(c.key),
+            }
+        }
+    }
+}
+
+/// The volume's usage as `tx` sees it, with what `tx` adds to it already
+/// (a multi-document transaction's earlier statements).
+async fn volume_usage(tx: &Tx, t: &TableRef) -> Result<i64, DocError> {
+    let key = berth_fs::records::usage_key(t.vol.id);
+    let stored = berth_fs::records::read_usage(tx.peek(&key).await.map_err(from_meta)?);
+    let stored = i64::try_from(stored).unwrap_or(i64::MAX);
+    Ok(stored.saturating_add(tx.pending_add_i64(&key)))
+}
+
+/// A write refused by the volume's quota (MongoDB's OutOfDiskSpace).
+fn over_quota(t: &TableRef, used: i64, grown: i64) -> DocError {
+    DocError::new(
+        codes::OUT_OF_DISK_SPACE,
+        format!(
+            "volume {} is at its quota of {} bytes ({} used): a write of {} more bytes to {} is refused; delete documents or raise the quota (berth volume set {} --quota SIZE)",
+            t.vol.path,
+            t.vol.quota_bytes,
+            used.max(0),
+            grown,
+            t.entry.path,
+            t.vol.path
+        ),
+    )
+}
+
+/// One index entry a document's change writes: its key, the value to put
+/// (`None`: the entry is deleted), and the length of the value there
+/// before (`None`: absent).
+struct EntryChange {
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    before_len: Option<usize>,
+}
+
+impl EntryChange {
+    /// The bytes it adds to the volume's usage.
+    fn grown(&self) -> i64 {
+        let after = self
+            .value
+            .as_ref()
+            .map_or(0, |v| pair_bytes(&self.key, v.len()));
+        let before = self.before_len.map_or(0, |n| pair_bytes(&self.key, n));
+        after - before
+    }
+}
+
+/// Writes one document's change into `tx`: the document at `key` going
+/// from `before` to `after` (each the document and its stored form;
+/// `None`: absent), with its index entries, its bytes counted in `w`. How
+/// every document is written. All or nothing: on an error (a duplicate
+/// key, the volume's quota) nothing of it is in `tx`.
+async fn write_doc(
+    tx: &mut Tx,
+    t: &TableRef,
+    config: &TableConfig,
+    w: &mut Writes,
+    key: &[u8],
+    before: Option<(&Document, &[u8])>,
+    after: Option<(&Document, &[u8])>,
+) -> Result<(), DocError> {
+    let id_enc = id_encoding(after.or(before).and_then(|(d, _)| d.get("_id")));
+    let (entries, arrays) = index_changes(
+        tx,
+        t,
+        config,
+        &id_enc,
+        before.map(|(d, _)| d),
+        after.map(|(d, _)| d),
+        &w.claimed,
+        false,
+    )
+    .await?;
+    let doc_bytes =
+        |v: Option<(&Document, &[u8])>| v.map_or(0, |(_, raw)| pair_bytes(key, raw.len()));
+    let grown =
+        entries.iter().map(EntryChange::grown).sum::<i64>() + doc_bytes(after) - doc_bytes(before);
+    w.admit(tx, t, grown).await?;
+    w.apply(tx, entries);
+    w.multikey.extend(arrays);
+    match after {
+        Some((_, raw)) => tx.put(key.to_vec(), raw.to_vec()),
+        None => tx.delete(key.to_vec()),
+    }
+    Ok(())
+}
+
+/// Writes the entries of the indexes of `config` for document `doc` (an
+/// index build), counting in `w` only those not there yet (a write since
+/// the index was added made them already).
+async fn write_entries(
+    tx: &mut Tx,
+    t: &TableRef,
+    config: &TableConfig,
+    w: &mut Writes,
+    doc: &Document,
+) -> Result<(), DocError> {
+    let id_enc = id_encoding(doc.get("_id"));
+    let (entries, arrays) =
+        index_changes(tx, t, config, &id_enc, None, Some(doc), &w.claimed, true).await?;
+    let grown = entries.iter().map(EntryChange::grown).sum::<i64>();
+    w.admit(tx, t, grown).await?;
+    w.apply(tx, entries);
+    w.multikey.extend(arrays);
+    Ok(())
 }
 
 /// The entry changes of every index of `config` when a document goes from
-/// `before` to `after` (either absent): `(key, Some(value))` to put,
-/// `(key, None)` to delete, and the key fields of `after` that are arrays
-/// where the index has not met one yet. A unique index's entry held by
-/// another `_id` (in the table, or claimed by a document earlier in this
-/// transaction: see [`write_indexes`]) is a duplicate key error (11000),
+/// `before` to `after` (either absent), and the key fields of `after` that
+/// are arrays where the index has not met one yet. A unique index's entry
+/// held by another `_id` (in the table, or claimed by a document earlier in
+/// this transaction: see [`Writes`]) is a duplicate key error (11000),
 /// read under a condition so a concurrent claim conflicts.
-#[allow(clippy::type_complexity)]
+///
+/// What was there before: a ready index holds exactly the entries of every
+/// document (the check's invariant), so `before`'s are there and `after`'s
+/// new ones are not; an index being built (or, with `build`, every index)
+/// may or may not hold a document's entries yet, so each changed entry is
+/// read, under a condition (a build and a write of the same document
+/// conflict rather than count one entry twice or not at all).
+#[allow(clippy::too_many_arguments)]
 async fn index_changes(
     tx: &mut Tx,
     t: &TableRef,
@@ -2245,10 +2420,12 @@ async fn index_changes(
     before: Option<&Document>,
     after: Option<&Document>,
     claimed: &HashMap<Vec<u8>, Vec<u8>>,
-) -> Result<(Vec<(Vec<u8>, Option<Vec<u8>>)>, Vec<(u64, usize)>), DocError> {
+    build: bool,
+) -> Result<(Vec<EntryChange>, Vec<(u64, usize)>), DocError> {
     let mut out = Vec::new();
     let mut arrays = Vec::new();
     for def in &config.indexes {
+        let known = def.ready && !build;
         let old = match before {
             Some(d) => entry_keys(t, def, d, id_enc)?,
             None => Vec::new(),
@@ -2267,15 +2444,23 @@ async fn index_changes(
             None => Vec::new(),
         };
         for key in old.iter().filter(|k| !new.contains(k)) {
-            out.push((key.clone(), None));
+            let before_len = match known {
+                true => Some(id_enc.len()),
+                false => tx.get(key).await.map_err(from_meta)?.map(|v| v.len()),
+            };
+            out.push(EntryChange {
+                key: key.clone(),
+                value: None,
+                before_len,
+            });
         }
         for key in new.into_iter().filter(|k| !old.contains(k)) {
-            if def.unique {
+            let before_len = if def.unique {
                 let holder = match claimed.get(&key) {
                     Some(h) => Some(h.clone()),
                     None => tx.get(&key).await.map_err(from_meta)?,
                 };
-                if holder.is_some_and(|h| h != id_enc) {
+                if holder.as_ref().is_some_and(|h| h != id_enc) {
                     let empty = Document::new();
                     let doc = after.unwrap_or(&empty);
                     return Err(DocError::new(
@@ -2289,45 +2474,32 @@ async fn index_changes(
                     )
                     .with_info(def.duplicate_info(doc)));
                 }
-            }
-            out.push((key, Some(id_enc.to_vec())));
+                holder.map(|h| h.len())
+            } else if known {
+                None
+            } else {
+                tx.get(&key).await.map_err(from_meta)?.map(|v| v.len())
+            };
+            out.push(EntryChange {
+                key,
+                value: Some(id_enc.to_vec()),
+                before_len,
+            });
         }
     }
     Ok((out, arrays))
 }
 
-/// Writes [`index_changes`] into `tx`, all or (on an error) none, and
-/// notes what they did in `w`.
-#[allow(clippy::too_many_arguments)]
-async fn write_indexes(
-    tx: &mut Tx,
-    t: &TableRef,
-    config: &TableConfig,
-    id_enc: &[u8],
-    before: Option<&Document>,
-    after: Option<&Document>,
-    w: &mut IndexWrites,
-) -> Result<(), DocError> {
-    let (changes, arrays) = index_changes(tx, t, config, id_enc, before, after, &w.claimed).await?;
-    for (k, v) in changes {
-        match v {
-            Some(v) => {
-                w.claimed.insert(k.clone(), v.clone());
-                tx.put(k, v);
-            }
-            None => tx.delete(k),
-        }
+/// Before a transaction that wrote documents or index entries commits:
+/// adds their bytes to the volume's usage, and marks the key fields that
+/// met their first array multikey in the table's settings (read under a
+/// condition, so the transaction conflicts with any other change of them,
+/// and the planner stops intersecting bounds on those fields from the
+/// commit on).
+pub(crate) async fn finish_writes(tx: &mut Tx, t: &TableRef, w: Writes) -> Result<(), DocError> {
+    if w.grown_bytes != 0 {
+        tx.add_i64(berth_fs::records::usage_key(t.vol.id), w.grown_bytes);
     }
-    w.multikey.extend(arrays);
-    Ok(())
-}
-
-/// Before a transaction that wrote index entries commits: marks the key
-/// fields that met their first array multikey in the table's settings
-/// (read under a condition, so the transaction conflicts with any other
-/// change of them, and the planner stops intersecting bounds on those
-/// fields from the commit on).
-async fn finish_index_writes(tx: &mut Tx, t: &TableRef, w: &IndexWrites) -> Result<(), DocError> {
     if w.multikey.is_empty() {
         return Ok(());
     }
@@ -2465,7 +2637,7 @@ pub fn from_meta(e: Error) -> DocError {
         Code::Invalid | Code::NameTooLong | Code::Loop | Code::IsDir => codes::INVALID_NAMESPACE,
         Code::Again if e.redirect.is_some() => codes::NOT_WRITABLE_PRIMARY,
         Code::Again => codes::WRITE_CONFLICT,
-        Code::Quota => 12501, // OutOfDiskSpace-like: the volume's quota
+        Code::Quota => codes::OUT_OF_DISK_SPACE,
         _ => codes::INTERNAL_ERROR,
     };
     DocError::new(code, e.message)

@@ -259,6 +259,7 @@ impl Tables {
             backoff(attempt).await;
             let mut tx = router.begin(t.vol.shard_id).await.map_err(from_meta)?;
             let mut n = 0;
+            let mut w = crate::table::Writes::default();
             for id in ids {
                 let key = Key::new(t.vol.id, Kind::TableDoc, t.entry.ino)
                     .bytes(id)
@@ -270,12 +271,13 @@ impl Tables {
                 if !def.entries(&doc)?.iter().any(|k| expired.contains(k)) {
                     continue;
                 }
-                crate::table::remove_doc(&mut tx, t, key, &doc).await?;
+                crate::table::remove_doc(&mut tx, t, &mut w, key, &raw, &doc).await?;
                 n += 1;
             }
             if n == 0 {
                 return Ok(0);
             }
+            crate::table::finish_writes(&mut tx, t, w).await?;
             if let Commit::Done(_) = tx.commit().await.map_err(from_meta)? {
                 return Ok(n);
             }

@@ -268,7 +268,7 @@ impl Namespace {
             }
             let size = read_u64(tx.peek(&file_size_key(vol.id, h.ino)).await?);
             if vol.quota_bytes > 0 && end > size {
-                let used = read_u64(tx.peek(&usage_key(vol.id)).await?);
+                let used = read_usage(tx.peek(&usage_key(vol.id)).await?);
                 if used.saturating_add(end - size) > vol.quota_bytes {
                     if optimistic {
                         continue; // confirm on fresh reads before refusing

@@ -901,17 +901,16 @@ impl Namespace {
         kind: EntryKind,
         path: &str,
     ) -> Result<(), Error> {
-        if kind == EntryKind::File {
-            crate::data::delete_data_ops(tx, vol, ino);
-        }
-        let kinds: &[Kind] = match kind {
-            EntryKind::Stream => &[Kind::StreamLog, Kind::StreamState],
-            EntryKind::Table => &[Kind::TableDoc, Kind::TableIndex],
-            _ => &[],
-        };
-        for &k in kinds {
-            let (s, e) = berth_store::keys::object_range(vol.id, k, ino);
-            tx.delete_range(s, e);
+        match kind {
+            EntryKind::File => crate::data::delete_data_ops(tx, vol, ino),
+            EntryKind::Table => delete_table_ops(tx, vol.id, ino),
+            EntryKind::Stream => {
+                for k in [Kind::StreamLog, Kind::StreamState] {
+                    let (s, e) = berth_store::keys::object_range(vol.id, k, ino);
+                    tx.delete_range(s, e);
+                }
+            }
+            _ => {}
         }
         let (xs, xe) = crate::xattr::xattr_range(vol.id, ino);
         tx.delete_range(xs, xe);
@@ -1279,6 +1278,23 @@ impl Namespace {
         }
         Err(too_much_contention(path))
     }
+}
+
+/// The operations that delete table `ino`'s documents and index entries
+/// and subtract their bytes from the volume's usage, keys and values, as
+/// the table service counts them when it writes them (`berth_docs::table`,
+/// "Usage"), so a table's removal takes the counter back to where it was
+/// before the table. Its settings (`TableIndex · ino` itself) are not
+/// counted and go uncounted.
+pub(crate) fn delete_table_ops(tx: &mut Tx, vol: u64, ino: u64) {
+    let (docs, docs_end) = berth_store::keys::object_range(vol, Kind::TableDoc, ino);
+    tx.delete_range_counted_pairs(docs, docs_end, usage_key(vol));
+    let (settings, end) = berth_store::keys::object_range(vol, Kind::TableIndex, ino);
+    // The first key after the settings: every index entry follows it.
+    let mut entries = settings.clone();
+    entries.push(0);
+    tx.delete(settings);
+    tx.delete_range_counted_pairs(entries, end, usage_key(vol));
 }
 
 #[cfg(test)]

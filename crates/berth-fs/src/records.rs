@@ -101,7 +101,7 @@ pub fn dirent_name(key: &[u8]) -> Result<String, Error> {
 //
 // | key                                        | value                         |
 // |--------------------------------------------|-------------------------------|
-// | `vol · FileAttr · 0`                       | bytes stored in chunks (i64)  |
+// | `vol · FileAttr · 0`                       | usage (i64): chunks + tables |
 // | `vol · FileAttr · ino`                     | file size (u64)               |
 // | `vol · FileAttr · ino · "mtime"`           | last write time, ns (u64)     |
 // | `vol · Chunk · ino · u64 index · u64 ver`  | chunk bytes (≤ chunk size)    |
@@ -114,6 +114,14 @@ pub fn dirent_name(key: &[u8]) -> Result<String, Error> {
 
 pub fn usage_key(vol: u64) -> Vec<u8> {
     Key::new(vol, Kind::FileAttr, 0).build()
+}
+/// The bytes a volume uses, from the stored value of [`usage_key`] (an
+/// i64, `AddI64`'s): below zero reads as 0. It is never below zero when
+/// every write counted what it stored; it can be once tables written by a
+/// build that did not count them yet are removed.
+pub fn read_usage(v: Option<Vec<u8>>) -> u64 {
+    v.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, |b| i64::from_be_bytes(b).max(0) as u64)
 }
 pub fn file_size_key(vol: u64, ino: u64) -> Vec<u8> {
     Key::new(vol, Kind::FileAttr, ino).build()
@@ -251,4 +259,17 @@ pub fn encode_dirent(d: &Dirent) -> Vec<u8> {
 }
 pub fn decode_dirent(b: &[u8]) -> Result<Dirent, Error> {
     decode(b, "dirent")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_usage;
+
+    #[test]
+    fn usage_reads_the_i64_counter_and_never_below_zero() {
+        assert_eq!(read_usage(None), 0);
+        assert_eq!(read_usage(Some(4096i64.to_be_bytes().to_vec())), 4096);
+        assert_eq!(read_usage(Some((-5i64).to_be_bytes().to_vec())), 0);
+        assert_eq!(read_usage(Some(vec![1, 2, 3])), 0);
+    }
 }

@@ -494,7 +494,7 @@ impl Namespace {
             entries = rows.len().saturating_sub(2) as u64;
         }
         let used_bytes = match leader {
-            Some(_) => read_u64(
+            Some(_) => read_usage(
                 self.meta
                     .router()
                     .get(record.shard_id, &usage_key(record.id))

@@ -842,6 +842,29 @@ impl Tx {
         });
     }
 
+    /// Deletes `[start, end)` and subtracts the deleted keys' and values'
+    /// bytes from `counter` (see `Op::DeleteRangeCountedPairs`).
+    pub fn delete_range_counted_pairs(&mut self, start: Vec<u8>, end: Vec<u8>, counter: Vec<u8>) {
+        self.ops.push(Op::DeleteRangeCountedPairs {
+            start,
+            end,
+            counter,
+        });
+    }
+
+    /// What this transaction's buffered [`Tx::add_i64`]s add to the i64 at
+    /// `key` (a reader of the counter, e.g. a quota check, adds it to the
+    /// stored value: a snapshot transaction's view does not show them).
+    pub fn pending_add_i64(&self, key: &[u8]) -> i64 {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::AddI64 { key: k, delta } if k == key => *delta,
+                _ => 0,
+            })
+            .fold(0i64, i64::saturating_add)
+    }
+
     /// Appends a raw operation (the versioned and snapshot ops of
     /// `berth_raft::cmd`).
     pub fn op(&mut self, op: Op) {

@@ -104,6 +104,8 @@ pub const UNSUPPORTED_OP_QUERY_COMMAND: i32 = 352;
 pub const NOT_WRITABLE_PRIMARY: i32 = 10107;
 pub const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 pub const DUPLICATE_KEY: i32 = 11000;
+/// A write that would grow its volume past the volume's quota.
+pub const OUT_OF_DISK_SPACE: i32 = 14031;
 /// IDL parsers' unknown field ("BSON field 'x.y' is an unknown field.").
 pub const UNKNOWN_FIELD: i32 = 40415;
 pub const INTERRUPTED_AT_SHUTDOWN: i32 = 11600;
@@ -158,6 +160,7 @@ pub fn code_name(code: i32) -> Cow<'static, str> {
         NOT_WRITABLE_PRIMARY => "NotWritablePrimary",
         BSON_OBJECT_TOO_LARGE => "BSONObjectTooLarge",
         DUPLICATE_KEY => "DuplicateKey",
+        OUT_OF_DISK_SPACE => "OutOfDiskSpace",
         INTERRUPTED_AT_SHUTDOWN => "InterruptedAtShutdown",
         INVALID_RESUME_TOKEN => "InvalidResumeToken",
         CHANGE_STREAM_FATAL_ERROR => "ChangeStreamFatalError",
@@ -189,6 +192,7 @@ mod tests {
             (59, "CommandNotFound"),
             (334, "MechanismUnavailable"),
             (11000, "DuplicateKey"),
+            (14031, "OutOfDiskSpace"),
             (260, "InvalidResumeToken"),
             (286, "ChangeStreamHistoryLost"),
         ];
@@ -251,6 +255,7 @@ mod tests {
             NOT_WRITABLE_PRIMARY,
             BSON_OBJECT_TOO_LARGE,
             DUPLICATE_KEY,
+            OUT_OF_DISK_SPACE,
             INTERRUPTED_AT_SHUTDOWN,
         ];
         let mut names = std::collections::HashSet::new();

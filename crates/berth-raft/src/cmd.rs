@@ -215,6 +215,21 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
+    /// Deletes every key in `[start, end)` like `DeleteRange` and subtracts
+    /// the total length of the deleted keys *and* values from the i64
+    /// `counter`: the accounting of records whose keys hold data too (a
+    /// table's documents and index entries, counted key + value by
+    /// `berth-docs`), where [`Op::DeleteRangeCounted`] counts values only.
+    /// Last in the enum, as every op added later: the encoding numbers
+    /// variants in order.
+    DeleteRangeCountedPairs {
+        /// Inclusive start.
+        start: Vec<u8>,
+        /// Exclusive end (not empty).
+        end: Vec<u8>,
+        /// Counter key.
+        counter: Vec<u8>,
+    },
 }
 
 /// Splices (and puts) at least this large leave the log entry for a blob segment when
@@ -431,6 +446,7 @@ impl Op {
             | Op::PutBlob { key, .. } => Some(key),
             Op::DeleteRange { .. }
             | Op::DeleteRangeCounted { .. }
+            | Op::DeleteRangeCountedPairs { .. }
             | Op::VSplice { .. }
             | Op::VTruncate { .. }
             | Op::VDeleteRange { .. }
@@ -488,6 +504,11 @@ impl Txn {
                 end,
                 counter,
             } => desc.contains_range(start, end) && desc.contains(counter),
+            Op::DeleteRangeCountedPairs {
+                start,
+                end,
+                counter,
+            } => !end.is_empty() && desc.contains_range(start, end) && desc.contains(counter),
             Op::Splice {
                 key,
                 counter: Some(c),
@@ -662,7 +683,16 @@ pub(crate) fn apply(
                 end,
                 counter,
             } => {
-                let bytes = range_bytes(store, batch, start, end)?;
+                let bytes = range_bytes(store, batch, start, end, false)?;
+                batch.delete_range(Space::Data, start, end)?;
+                add_i64(store, batch, counter, -(bytes as i64))?;
+            }
+            Op::DeleteRangeCountedPairs {
+                start,
+                end,
+                counter,
+            } => {
+                let bytes = range_bytes(store, batch, start, end, true)?;
                 batch.delete_range(Space::Data, start, end)?;
                 add_i64(store, batch, counter, -(bytes as i64))?;
             }
@@ -1002,24 +1032,28 @@ fn add_i64(
     Ok(())
 }
 
-/// Total length of the values in `[start, end)` as the batch would leave them.
+/// Total length of the values in `[start, end)` as the batch would leave
+/// them, and of their keys too with `with_keys`.
 fn range_bytes(
     store: &Store,
     batch: &WriteBatch,
     start: &[u8],
     end: &[u8],
+    with_keys: bool,
 ) -> Result<u64, StoreError> {
+    let key_len = |k: &[u8]| if with_keys { k.len() as u64 } else { 0 };
     let mut stored = Vec::new();
     each_stored_key(store, start, end, |k| stored.push(k.to_vec()))?;
     let mut lens = std::collections::BTreeMap::new();
     for k in stored {
         // Lengths without reading large values (or blobs).
         let n = store.size_of(Space::Data, &k)?.unwrap_or(0);
-        lens.insert(k, u64::from(n));
+        let n = u64::from(n) + key_len(&k);
+        lens.insert(k, n);
     }
     for (k, v) in batch.pending_range(Space::Data, start, end) {
         match v {
-            Some(v) => lens.insert(k.to_vec(), logical_len(store, v) as u64),
+            Some(v) => lens.insert(k.to_vec(), logical_len(store, v) as u64 + key_len(k)),
             None => lens.remove(k),
         };
     }
@@ -1097,6 +1131,13 @@ mod tests {
                 .prop_map(|(key, len, counter)| Op::Truncate { key, len, counter }),
             (bytes(), bytes(), bytes()).prop_map(|(start, end, counter)| {
                 Op::DeleteRangeCounted {
+                    start,
+                    end,
+                    counter,
+                }
+            }),
+            (bytes(), bytes(), bytes()).prop_map(|(start, end, counter)| {
+                Op::DeleteRangeCountedPairs {
                     start,
                     end,
                     counter,
@@ -1238,6 +1279,20 @@ mod tests {
                 end: b"kc".to_vec(),
                 counter: b"kd".to_vec(),
             },
+            // Keys count too: kp1 (3 + 2 bytes, pending) and kp22 (4 + 3).
+            Op::Put {
+                key: b"kp1".to_vec(),
+                value: b"ab".to_vec(),
+            },
+            Op::Put {
+                key: b"kp22".to_vec(),
+                value: b"abc".to_vec(),
+            },
+            Op::DeleteRangeCountedPairs {
+                start: b"kp".to_vec(),
+                end: b"kq".to_vec(),
+                counter: b"ke".to_vec(),
+            },
             Op::MaxU64 {
                 key: b"km".to_vec(),
                 value: 7,
@@ -1279,6 +1334,8 @@ mod tests {
         // kb1 (4 bytes, pending in the batch) and kb2 (3) were deleted.
         assert_eq!(get(b"kd").unwrap(), (-7i64).to_be_bytes());
         assert_eq!(get(b"kb1"), None);
+        assert_eq!(get(b"ke").unwrap(), (-12i64).to_be_bytes());
+        assert_eq!(get(b"kp22"), None);
         // Out-of-range value ops are refused like any other op.
         let outside = Txn::ops(vec![Op::MaxU64 {
             key: b"z".to_vec(),
@@ -1305,6 +1362,61 @@ mod tests {
         store
             .write(batch, berth_store::Durability::Buffered)
             .unwrap();
+    }
+
+    #[test]
+    fn a_pairs_counted_range_delete_subtracts_keys_and_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let big = vec![7u8; BLOB_MIN_BYTES + 1];
+        run(
+            &store,
+            vec![
+                Op::Put {
+                    key: b"t1".to_vec(),
+                    value: b"abc".to_vec(),
+                },
+                Op::Put {
+                    key: b"t22".to_vec(),
+                    value: big.clone(),
+                },
+                Op::Put {
+                    key: b"u".to_vec(),
+                    value: b"kept".to_vec(),
+                },
+                Op::AddI64 {
+                    key: b"c".to_vec(),
+                    delta: 100,
+                },
+            ],
+        );
+        // Stored pairs (one large value), and one the same entry adds.
+        run(
+            &store,
+            vec![
+                Op::Put {
+                    key: b"t3".to_vec(),
+                    value: b"x".to_vec(),
+                },
+                Op::DeleteRangeCountedPairs {
+                    start: b"t".to_vec(),
+                    end: b"u".to_vec(),
+                    counter: b"c".to_vec(),
+                },
+            ],
+        );
+        let get = |k: &[u8]| store.get(Space::Data, k).unwrap();
+        let removed = (2 + 3) + (3 + big.len() as i64) + (2 + 1);
+        assert_eq!(get(b"c").unwrap(), (100 - removed).to_be_bytes());
+        assert_eq!(get(b"t1"), None);
+        assert_eq!(get(b"u").unwrap(), b"kept");
+        // An unbounded end is refused: the range must be explicit.
+        let open = Txn::ops(vec![Op::DeleteRangeCountedPairs {
+            start: b"k".to_vec(),
+            end: Vec::new(),
+            counter: b"kc".to_vec(),
+        }]);
+        assert!(!open.within(&desc()));
     }
 
     #[test]

@@ -947,7 +947,8 @@ fn keys_storable(txn: &Txn) -> bool {
             | cmd::Op::MaxU64 { key, .. }
             | cmd::Op::AddI64 { key, .. } => key_ok(key),
             cmd::Op::DeleteRange { .. } => true,
-            cmd::Op::DeleteRangeCounted { counter, .. } => key_ok(counter),
+            cmd::Op::DeleteRangeCounted { counter, .. }
+            | cmd::Op::DeleteRangeCountedPairs { counter, .. } => key_ok(counter),
             cmd::Op::VSplice {
                 base,
                 offset,

@@ -2169,5 +2169,14 @@ mod tests {
             m.info.as_deref(),
             Some(&doc! {"keyPattern": {"x": 1}, "keyValue": {"x": "foo"}})
         );
+        // A volume's quota is MongoDB's OutOfDiskSpace, whichever layer
+        // refused the write.
+        let table = DocError::new(berth_docs::error::codes::OUT_OF_DISK_SPACE, "quota");
+        let namespace =
+            berth_docs::table::from_meta(berth_meta::Error::new(berth_meta::Code::Quota, "quota"));
+        for e in [table, namespace] {
+            let m = mongo(e);
+            assert_eq!((m.code, m.code_name().as_ref()), (14031, "OutOfDiskSpace"));
+        }
     }
 }

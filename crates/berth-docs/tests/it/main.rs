@@ -14,6 +14,8 @@ use berth_meta::Meta;
 use berth_security::principal::Principal;
 use bson::{doc, Bson, Document};
 
+mod usage;
+
 struct Kernel {
     _node: SingleNode,
     tables: Arc<Tables>,

@@ -101,8 +101,8 @@ pub fn doc_error(e: DocError) -> Error {
         codes::UNAUTHORIZED => Code::Access,
         codes::WRITE_CONFLICT | codes::NOT_WRITABLE_PRIMARY => Code::Again,
         codes::BAD_VALUE | codes::FAILED_TO_PARSE | codes::INVALID_NAMESPACE => Code::Invalid,
-        // What `berth_docs` makes of a volume's exhausted quota.
-        QUOTA_EXCEEDED => Code::Quota,
+        // A volume's exhausted quota.
+        codes::OUT_OF_DISK_SPACE => Code::Quota,
         code => {
             // Kept in the text: the code is the only clue to what failed.
             return Error::new(
@@ -113,9 +113,6 @@ pub fn doc_error(e: DocError) -> Error {
     };
     Error::new(code, e.message)
 }
-
-/// The MongoDB code `berth_docs` gives an exhausted volume quota.
-const QUOTA_EXCEEDED: i32 = 12501;
 
 fn check_aces(
     read: Option<&String>,
@@ -609,7 +606,7 @@ mod tests {
             (2, Code::Invalid, tonic::Code::InvalidArgument),
             (9, Code::Invalid, tonic::Code::InvalidArgument),
             (73, Code::Invalid, tonic::Code::InvalidArgument),
-            (12501, Code::Quota, tonic::Code::ResourceExhausted),
+            (14031, Code::Quota, tonic::Code::ResourceExhausted),
             (1, Code::Io, tonic::Code::Internal),
             (11000, Code::Io, tonic::Code::Internal),
         ] {

@@ -125,6 +125,20 @@ fn a_user_without_rights_on_a_table_gets_unauthorized() {
     assert!(!ok && text.contains("uthentication failed"), "{text}");
 }
 
+#[test]
+fn pymongo_writes_past_a_volume_quota_get_out_of_disk_space() {
+    if !have("pymongo", python_has("pymongo")) {
+        return;
+    }
+    let s = TestServer::start();
+    s.ok(&["volume", "create", "/quota", "--quota", "64K"]);
+    let (ok, text) = pymongo(&s, "quota", "admin", &admin_ticket(&s), "PLAIN");
+    assert!(ok, "{text}\n{}", s.log());
+    // The check dropped its table: the volume's usage is back to nothing.
+    let v = s.json(&["volume", "info", "/quota"]);
+    assert_eq!(v["used_bytes"], 0, "{v}");
+}
+
 const CHANGE_STREAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mongo/change_streams.py");
 
 /// `change_streams.py CHECK` as `user` (PLAIN with a ticket, or SCRAM).

@@ -4,8 +4,8 @@ application would use it. Usage:
     pymongo_checks.py CHECK --port P --ca CA --user U --password PW [--mechanism M]
 
 CHECK is one of: crud, indexes, planner, ttl (needs a short --ttl-sweep-ms), seed (a
-document in shop.private), denied, transactions. Prints what failed and exits 1
-on failure.
+document in shop.private), denied, transactions, quota (needs a volume at
+/quota with a quota of 64 KiB). Prints what failed and exits 1 on failure.
 """
 
 import argparse
@@ -14,7 +14,7 @@ import sys
 import time
 
 import pymongo
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 
 def client(a, **kwargs):
@@ -579,11 +579,67 @@ def transactions(a):
     print("ok")
 
 
+def quota(a):
+    """The table /quota/docs, in a volume of 64 KiB: inserts until the
+    quota refuses one with 14031 OutOfDiskSpace, bulk writes get a
+    writeError per document, the server keeps serving, and deletes make
+    room again."""
+    c = client(a)
+    docs = c["any"]["/quota/docs"]
+    docs.drop()
+    pad = "x" * 1000
+    n = 0
+    refused = None
+    while n < 1000:
+        try:
+            docs.insert_one({"_id": n, "pad": pad})
+            n += 1
+        except OperationFailure as e:
+            refused = e
+            break
+    check(refused is not None, "1000 documents of 1 KiB went into a 64 KiB volume")
+    check(refused.code == 14031, f"quota code {refused.code}: {refused}")
+    msg = str(refused)
+    check("/quota" in msg and "quota of" in msg, f"quota message: {msg}")
+    check(30 < n < 64, f"{n} documents of 1 KiB in 64 KiB")
+    bigger = pad + "y" * 200
+    try:
+        docs.insert_many([{"_id": 10000 + i, "pad": bigger} for i in range(3)], ordered=False)
+        check(False, "an unordered insert past the quota succeeded")
+    except BulkWriteError as e:
+        errs = e.details["writeErrors"]
+        check([w["index"] for w in errs] == [0, 1, 2], f"unordered writeErrors {errs}")
+        check(all(w["code"] == 14031 for w in errs), f"unordered codes {errs}")
+        check(e.details["nInserted"] == 0, f"unordered inserted {e.details}")
+    try:
+        docs.insert_many([{"_id": 20000 + i, "pad": bigger} for i in range(3)], ordered=True)
+        check(False, "an ordered insert past the quota succeeded")
+    except BulkWriteError as e:
+        errs = e.details["writeErrors"]
+        check([(w["index"], w["code"]) for w in errs] == [(0, 14031)], f"ordered {errs}")
+    # Still serving: reads, an update that shrinks, not one that grows.
+    check(docs.count_documents({}) == n, "count at the quota")
+    r = docs.update_one({"_id": 0}, {"$set": {"pad": ""}})
+    check(r.modified_count == 1, "a shrinking update")
+    try:
+        docs.update_one({"_id": 1}, {"$set": {"more": pad * 4}})
+        check(False, "a growing update past the quota succeeded")
+    except OperationFailure as e:
+        check(e.code == 14031, f"growing update code {e.code}")
+    # Deletes make room again.
+    r = docs.delete_many({"_id": {"$lt": 10}})
+    check(r.deleted_count == 10, f"deleted {r.deleted_count}")
+    r = docs.insert_many([{"_id": 30000 + i, "pad": pad} for i in range(5)])
+    check(len(r.inserted_ids) == 5, "inserts after deletes")
+    docs.drop()
+    print("ok")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument(
         "check",
-        choices=["crud", "indexes", "planner", "ttl", "seed", "denied", "transactions"],
+        choices=["crud", "indexes", "planner", "ttl", "seed", "denied", "transactions", "quota"],
     )
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--ca", required=True)
@@ -599,6 +655,7 @@ def main():
         "seed": seed,
         "denied": denied,
         "transactions": transactions,
+        "quota": quota,
     }
     checks[a.check](a)
 
