@@ -13,33 +13,20 @@
 //! building. Writes meanwhile keep every index, ready or not, so nothing
 //! blocks them.
 
-use berth_meta::codec::{decode, encode};
 use berth_meta::Tx;
-use berth_store::keys::{object_range, Key, KeyReader, Kind};
-use serde::{Deserialize, Serialize};
+use berth_store::keys::{Key, Kind};
 
 use crate::error::codes;
-use crate::table::{from_meta, Right, TableRef, Tables};
+use crate::registry;
+use crate::table::{Right, TableRef, Tables};
 use crate::DocError;
 
 /// A table with indexes being built, in its volume's registry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Building {
-    /// The table's path when the build started.
-    pub path: String,
-}
-
-/// Registry entries read per page.
-const REGISTRY_PAGE: usize = 256;
-
-/// The registry's object id under `Kind::TableChange`.
-pub(crate) const REGISTRY_ID: u64 = 5;
+pub type Building = crate::registry::Registered;
 
 /// The registry entry of table `ino` of volume `vol`.
 pub fn registry_key(vol: u64, ino: u64) -> Vec<u8> {
-    Key::new(vol, Kind::TableChange, REGISTRY_ID)
-        .u64(ino)
-        .build()
+    registry::key(registry::BUILDS, vol, ino)
 }
 
 /// Where the build of index `id` of table `ino` goes on from.
@@ -49,10 +36,7 @@ pub fn progress_key(vol: u64, ino: u64, id: u64) -> Vec<u8> {
 
 /// Registers table `t` (at `path`) as building, in `tx`.
 pub(crate) fn register(tx: &mut Tx, t: &TableRef, path: &str) {
-    let entry = Building {
-        path: path.to_owned(),
-    };
-    tx.put(registry_key(t.vol.id, t.entry.ino), encode(&entry));
+    registry::put(tx, registry::BUILDS, t.vol.id, t.entry.ino, path);
 }
 
 /// Every build key of table `ino` (registry entry and progress), deleted
@@ -91,70 +75,49 @@ impl Tables {
     }
 
     async fn resume_volume_builds(&self, vol: u64) -> Result<usize, DocError> {
-        let v = self.volume(vol)?;
-        let router = self.ns.meta().router();
         let system = berth_fs::volumes::system_principal();
-        let (mut from, end) = object_range(vol, Kind::TableChange, REGISTRY_ID);
         let mut done = 0;
-        loop {
-            let rows = router
-                .scan(v.shard_id, &from, &end, REGISTRY_PAGE)
-                .await
-                .map_err(from_meta)?;
-            for (k, raw) in &rows {
-                let ino = KeyReader::new(k)
-                    .and_then(|mut r| r.next_u64())
-                    .map_err(|e| DocError::internal(format!("index build registry key: {e}")))?;
-                let entry: Building = decode(raw, "index build").map_err(from_meta)?;
-                let t = match self.open(&system, &entry.path, Right::Read).await {
-                    Ok(t) if t.vol.id == vol && t.entry.ino == ino => t,
-                    Ok(_) => {
-                        tracing::warn!(table = %entry.path, ino, "a table building indexes is no longer at its registered path: its build resumes when createIndexes runs again");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::debug!(table = %entry.path, error = %e, "cannot open a table building indexes; the next sweep retries");
-                        continue;
-                    }
-                };
-                let ids: Vec<u64> = t
-                    .config
-                    .indexes
-                    .iter()
-                    .filter(|i| !i.ready)
-                    .map(|i| i.id)
-                    .collect();
-                if ids.is_empty() {
-                    self.finish_builds(&t, &[]).await?;
+        for (ino, path) in self.registered(registry::BUILDS, vol).await? {
+            let t = match self.open(&system, &path, Right::Read).await {
+                Ok(t) if t.vol.id == vol && t.entry.ino == ino => t,
+                Ok(_) => {
+                    tracing::warn!(table = %path, ino, "a table building indexes is no longer at its registered path (moved by an older build): its build resumes when createIndexes runs again");
                     continue;
                 }
-                let Some(_running) = self.claim_build(&t) else {
-                    continue; // its createIndexes is building it here
-                };
-                tracing::info!(table = %entry.path, indexes = ids.len(), "resuming index builds");
-                match self.build_indexes(&t, &ids).await {
-                    Ok(()) => {
-                        self.set_ready(&t, &ids).await?;
-                        self.finish_builds(&t, &ids).await?;
-                        done += ids.len();
-                    }
-                    Err(e)
-                        if e.code == codes::DUPLICATE_KEY || e.code == codes::OUT_OF_DISK_SPACE =>
-                    {
-                        tracing::warn!(table = %entry.path, error = %e, "an index being built cannot be made (its documents violate it, or its entries do not fit in the volume's quota): the index is removed");
-                        self.remove_indexes(&t, &ids).await?;
-                        self.finish_builds(&t, &ids).await?;
-                    }
-                    Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(table = %path, error = %e, "cannot open a table building indexes; the next sweep retries");
+                    continue;
                 }
+            };
+            let ids: Vec<u64> = t
+                .config
+                .indexes
+                .iter()
+                .filter(|i| !i.ready)
+                .map(|i| i.id)
+                .collect();
+            if ids.is_empty() {
+                self.finish_builds(&t, &[]).await?;
+                continue;
             }
-            match rows.last() {
-                Some((k, _)) if rows.len() == REGISTRY_PAGE => {
-                    from = k.to_vec();
-                    from.push(0);
+            let Some(_running) = self.claim_build(&t) else {
+                continue; // its createIndexes is building it here
+            };
+            tracing::info!(table = %path, indexes = ids.len(), "resuming index builds");
+            match self.build_indexes(&t, &ids).await {
+                Ok(()) => {
+                    self.set_ready(&t, &ids).await?;
+                    self.finish_builds(&t, &ids).await?;
+                    done += ids.len();
                 }
-                _ => return Ok(done),
+                Err(e) if e.code == codes::DUPLICATE_KEY || e.code == codes::OUT_OF_DISK_SPACE => {
+                    tracing::warn!(table = %path, error = %e, "an index being built cannot be made (its documents violate it, or its entries do not fit in the volume's quota): the index is removed");
+                    self.remove_indexes(&t, &ids).await?;
+                    self.finish_builds(&t, &ids).await?;
+                }
+                Err(e) => return Err(e),
             }
         }
+        Ok(done)
     }
 }

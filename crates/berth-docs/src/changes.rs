@@ -194,59 +194,12 @@ impl berth_fs::EntryHook for LogHook {
                 // The TTL sweep and the resumed index builds open tables by
                 // the paths these registries keep: they follow the table,
                 // or every table below a moved directory.
-                for registry in [crate::ttl::REGISTRY_ID, crate::builds::REGISTRY_ID] {
-                    move_registered(tx, vol, registry, from, to).await?;
+                for registry in [crate::registry::TTL, crate::registry::BUILDS] {
+                    crate::registry::move_paths(tx, registry, vol, from, to).await?;
                 }
             }
             self.record(tx, vol, ino, kind, OpType::Rename, from, Some(to))
         })
-    }
-}
-
-/// The layout both table registries share (`ttl::TtlTable`,
-/// `builds::Building`): the table's path.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Registered {
-    path: String,
-}
-
-/// Registry entries read per page while moving them.
-const REGISTRY_PAGE: usize = 256;
-
-/// Rewrites the paths kept in registry `id` of volume `vol` that are
-/// `from` or below it, in `tx` (the rename's transaction, conditional on
-/// each entry rewritten).
-async fn move_registered(
-    tx: &mut berth_meta::Tx,
-    vol: u64,
-    id: u64,
-    from: &str,
-    to: &str,
-) -> Result<(), berth_meta::Error> {
-    let (mut start, end) = keys::object_range(vol, Kind::TableChange, id);
-    loop {
-        let rows = tx.peek_range(&start, &end, REGISTRY_PAGE).await?;
-        for (k, v) in &rows {
-            let entry: Registered = berth_meta::codec::decode(v, "table registry entry")?;
-            let Some(rest) = entry.path.strip_prefix(from) else {
-                continue;
-            };
-            if !(rest.is_empty() || rest.starts_with('/')) {
-                continue;
-            }
-            tx.get(k).await?;
-            let moved = Registered {
-                path: format!("{to}{rest}"),
-            };
-            tx.put(k.clone(), berth_meta::codec::encode(&moved));
-        }
-        match rows.last() {
-            Some((k, _)) if rows.len() == REGISTRY_PAGE => {
-                start = k.clone();
-                start.push(0);
-            }
-            _ => return Ok(()),
-        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod merge;
 pub mod order;
 pub mod plan;
 pub mod projection;
+pub mod registry;
 pub mod retry;
 pub mod table;
 pub mod ttl;

@@ -21,13 +21,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_meta::codec::{decode, encode};
 use berth_meta::router::{backoff, TX_RETRIES_MAX};
 use berth_meta::Commit;
-use berth_store::keys::{object_range, Key, KeyReader, Kind};
-use serde::{Deserialize, Serialize};
+use berth_store::keys::{Key, Kind};
 
 use crate::index::IndexDef;
+use crate::registry;
 use crate::table::{decode_doc, from_meta, transient, Right, TableConfig, TableRef, Tables};
 use crate::DocError;
 
@@ -39,24 +38,9 @@ const EXPIRE_PAGE: usize = 256;
 /// Documents one pass deletes from one index at most; the rest wait for
 /// the next pass (so one table's backlog does not hold up the others).
 pub const EXPIRE_PER_PASS_MAX: usize = 100_000;
-/// Registry entries read per page.
-const REGISTRY_PAGE: usize = 256;
-
-/// A table with a TTL index, in its volume's registry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TtlTable {
-    /// The table's path (kept up to date by every rename: `changes::LogHook`).
-    pub path: String,
-}
-
-/// The registry's object id under `Kind::TableChange`.
-pub(crate) const REGISTRY_ID: u64 = 4;
-
 /// The registry entry of table `ino` in volume `vol`.
 pub fn registry_key(vol: u64, ino: u64) -> Vec<u8> {
-    Key::new(vol, Kind::TableChange, REGISTRY_ID)
-        .u64(ino)
-        .build()
+    registry::key(registry::TTL, vol, ino)
 }
 
 fn has_ttl(config: &TableConfig) -> bool {
@@ -114,48 +98,29 @@ impl Tables {
 
     /// [`Tables::expire_all`] for the tables of volume `vol`.
     pub async fn expire_volume(&self, vol: u64, now: bson::DateTime) -> Result<usize, DocError> {
-        let v = self.volume(vol)?;
-        let router = self.ns.meta().router();
         let system = berth_fs::volumes::system_principal();
-        let (mut from, end) = object_range(vol, Kind::TableChange, REGISTRY_ID);
         let mut deleted = 0;
-        loop {
-            let rows = router
-                .scan(v.shard_id, &from, &end, REGISTRY_PAGE)
-                .await
-                .map_err(from_meta)?;
-            for (k, raw) in &rows {
-                let ino = KeyReader::new(k)
-                    .and_then(|mut r| r.next_u64())
-                    .map_err(|e| DocError::internal(format!("TTL registry key: {e}")))?;
-                let entry: TtlTable = decode(raw, "TTL table").map_err(from_meta)?;
-                let t = match self.open(&system, &entry.path, Right::Read).await {
-                    Ok(t) if t.vol.id == vol && t.entry.ino == ino => Some(t),
-                    Ok(_) => None,
-                    Err(e) if e.code == crate::error::codes::NAMESPACE_NOT_FOUND => None,
+        for (ino, path) in self.registered(registry::TTL, vol).await? {
+            let t = match self.open(&system, &path, Right::Read).await {
+                Ok(t) if t.vol.id == vol && t.entry.ino == ino => Some(t),
+                Ok(_) => None,
+                Err(e) if e.code == crate::error::codes::NAMESPACE_NOT_FOUND => None,
+                Err(e) => {
+                    tracing::debug!(table = %path, error = %e, "TTL sweep cannot open a table; the next one retries");
+                    continue;
+                }
+            };
+            match t {
+                Some(t) if has_ttl(&t.config) => match self.expire(&t, now).await {
+                    Ok(n) => deleted += n,
                     Err(e) => {
-                        tracing::debug!(table = %entry.path, error = %e, "TTL sweep cannot open a table; the next one retries");
-                        continue;
+                        tracing::debug!(table = %path, error = %e, "TTL sweep of a table failed; the next one retries")
                     }
-                };
-                match t {
-                    Some(t) if has_ttl(&t.config) => match self.expire(&t, now).await {
-                        Ok(n) => deleted += n,
-                        Err(e) => {
-                            tracing::debug!(table = %entry.path, error = %e, "TTL sweep of a table failed; the next one retries")
-                        }
-                    },
-                    _ => self.forget_ttl_table(vol, ino, &entry.path).await?,
-                }
-            }
-            match rows.last() {
-                Some((k, _)) if rows.len() == REGISTRY_PAGE => {
-                    from = k.to_vec();
-                    from.push(0);
-                }
-                _ => return Ok(deleted),
+                },
+                _ => self.forget_ttl_table(vol, ino, &path).await?,
             }
         }
+        Ok(deleted)
     }
 
     /// Removes table `ino`'s registry entry when it has no TTL index (or
@@ -186,10 +151,7 @@ impl Tables {
     /// Registers table `t` for the sweep, in `tx` (the transaction adding
     /// its first TTL index).
     pub(crate) fn register_ttl_table(tx: &mut berth_meta::Tx, t: &TableRef, path: &str) {
-        let entry = TtlTable {
-            path: path.to_owned(),
-        };
-        tx.put(registry_key(t.vol.id, t.entry.ino), encode(&entry));
+        registry::put(tx, registry::TTL, t.vol.id, t.entry.ino, path);
     }
 
     /// Deletes `t`'s documents that its ready TTL indexes say have expired
