@@ -403,6 +403,78 @@ impl Tables {
         }
     }
 
+    /// [`Tables::open`] in the multi-document transaction `txn`, which
+    /// also sees the tables `txn` created.
+    pub async fn open_in(
+        &self,
+        p: &Principal,
+        path: &str,
+        right: Right,
+        txn: &Arc<Txn>,
+    ) -> Result<TableRef, DocError> {
+        let norm = berth_meta::map::normalize_path(path).map_err(from_meta)?;
+        let t = match txn.created(&norm) {
+            Some(t) => {
+                authorize(p, &t, right)?;
+                t
+            }
+            None => self.open(p, path, right).await?,
+        };
+        Ok(TableRef {
+            txn: Some(txn.clone()),
+            ..t
+        })
+    }
+
+    /// [`Tables::open_or_create`] in the multi-document transaction
+    /// `txn`: a table (and database directory) it creates is part of the
+    /// transaction, seen only by it until it commits and gone if it
+    /// aborts, as MongoDB creates collections in transactions. Another
+    /// writer creating the same table meanwhile makes the commit a write
+    /// conflict.
+    pub async fn open_or_create_in(
+        &self,
+        p: &Principal,
+        path: &str,
+        txn: &Arc<Txn>,
+    ) -> Result<TableRef, DocError> {
+        match self.open_in(p, path, Right::Write, txn).await {
+            Err(e) if e.code == codes::NAMESPACE_NOT_FOUND && !exists_as_other(&e) => {}
+            r => return r,
+        }
+        let path = berth_meta::map::normalize_path(path).map_err(from_meta)?;
+        let site = self.ns.create_site(p, &path).await.map_err(from_meta)?;
+        let vol = site.volume().clone();
+        let mut tx = txn
+            .join_volume(self.ns.meta().router(), &vol, &path)
+            .await?;
+        let entry = self
+            .ns
+            .create_in(&mut tx, p, &site, EntryKind::Table, 0o644, 0o755)
+            .await
+            .map_err(from_meta)?;
+        let mut t = TableRef {
+            entry,
+            vol,
+            config: TableConfig {
+                format: CONFIG_FORMAT,
+                key_format: crate::keys::KEY_FORMAT_VERSION,
+                ..TableConfig::default()
+            },
+            txn: None,
+        };
+        authorize(p, &t, Right::Write)?;
+        match tx.get(&t.config_key()).await.map_err(from_meta)? {
+            // Made by another writer since the open above.
+            Some(b) => t.config = TableConfig::decode(&b)?,
+            None => tx.put(t.config_key(), t.config.encode()),
+        }
+        drop(tx);
+        txn.add_created(&path, t.clone());
+        t.txn = Some(txn.clone());
+        Ok(t)
+    }
+
     /// Removes the table at `path` with its documents (admin right).
     /// `false` when there was none.
     pub async fn drop_table(&self, p: &Principal, path: &str) -> Result<bool, DocError> {

@@ -15,6 +15,7 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
+use berth_meta::map::VolumeRecord;
 use berth_meta::{Commit, Tx};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
@@ -30,6 +31,9 @@ pub const TXN_BYTES_MAX: usize = 16 * 1024 * 1024;
 #[derive(Default)]
 pub struct Txn {
     slot: Arc<Mutex<Slot>>,
+    /// The tables created in it (by path as the commands named them), which
+    /// only it sees until it commits; without their transaction.
+    created: std::sync::Mutex<Vec<(String, TableRef)>>,
 }
 
 #[derive(Default)]
@@ -61,6 +65,16 @@ impl Txn {
         router: &Arc<berth_meta::Router>,
         t: &TableRef,
     ) -> Result<OwnedMappedMutexGuard<Slot, Tx>, DocError> {
+        self.join_volume(router, &t.vol, &t.entry.path).await
+    }
+
+    /// [`Txn::join`] for what is at `path` in volume `vol`.
+    pub(crate) async fn join_volume(
+        &self,
+        router: &Arc<berth_meta::Router>,
+        vol: &VolumeRecord,
+        path: &str,
+    ) -> Result<OwnedMappedMutexGuard<Slot, Tx>, DocError> {
         let Ok(mut slot) = self.slot.clone().try_lock_owned() else {
             return Err(DocError::new(
                 codes::CONFLICTING_OPERATION,
@@ -71,26 +85,42 @@ impl Txn {
             return Err(no_such_transaction());
         }
         match slot.vol {
-            Some(v) if v != t.vol.id => {
+            Some(v) if v != vol.id => {
                 return Err(DocError::new(
                     codes::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
                     format!(
-                    "a transaction reaches the tables of one volume; {} is in another (volume {})",
-                    t.entry.path, t.vol.path
-                ),
+                        "a transaction reaches the tables of one volume; {path} is in another (volume {})",
+                        vol.path
+                    ),
                 ))
             }
             Some(_) => {}
             None => {
                 let tx = router
-                    .begin_snapshot(t.vol.shard_id)
+                    .begin_snapshot(vol.shard_id)
                     .await
                     .map_err(from_meta)?;
                 slot.tx = Some(tx);
-                slot.vol = Some(t.vol.id);
+                slot.vol = Some(vol.id);
             }
         }
         OwnedMutexGuard::try_map(slot, |s| s.tx.as_mut()).map_err(|_| no_such_transaction())
+    }
+
+    /// The table the transaction created at `path`, if it did.
+    pub(crate) fn created(&self, path: &str) -> Option<TableRef> {
+        let created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        created
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, t)| t.clone())
+    }
+
+    /// Remembers that the transaction created table `t` at `path`.
+    pub(crate) fn add_created(&self, path: &str, mut t: TableRef) {
+        t.txn = None;
+        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        created.push((path.to_string(), t));
     }
 
     /// Commits everything the transaction wrote, atomically; nothing when

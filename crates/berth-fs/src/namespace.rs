@@ -185,6 +185,101 @@ impl Reader {
     }
 }
 
+/// Where [`Namespace::create_in`] creates an entry
+/// ([`Namespace::create_site`]).
+#[derive(Debug, Clone)]
+pub struct CreateSite {
+    /// The deepest existing ancestor directory.
+    parent: Loc,
+    /// The names to create below it, the entry's own last.
+    missing: Vec<String>,
+    path: String,
+}
+
+impl CreateSite {
+    /// The volume the entry is created in.
+    pub fn volume(&self) -> &VolumeRecord {
+        &self.parent.vol
+    }
+
+    /// The entry's path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn entry(&self, path: String, name: &str, ino: u64, inode: Inode) -> EntryInfo {
+        EntryInfo {
+            path,
+            name: name.to_string(),
+            volume_id: self.parent.vol.id,
+            volume_path: self.parent.vol.path.clone(),
+            ino,
+            volume_root: false,
+            inode,
+            view: View::Live,
+        }
+    }
+}
+
+/// Writes, in `tx`, a new entry `name` (inode `ino`) of `kind` in the
+/// directory `(volume, ino, inode)`, owned by `p`, with the group and
+/// setgid bit a setgid directory passes on; updates the directory (its
+/// link count for a new subdirectory, its times). Returns the new inode.
+fn add_child(
+    tx: &mut Tx,
+    p: &Principal,
+    (vol, parent_ino, pinode): (u64, u64, &mut Inode),
+    (name, ino): (&str, u64),
+    kind: EntryKind,
+    mode: u32,
+    target: Option<String>,
+) -> Inode {
+    let now = now_ns();
+    let gid = if pinode.mode & 0o2000 != 0 {
+        pinode.gid
+    } else {
+        p.gids.first().copied().unwrap_or(NOGROUP_GID)
+    };
+    let mut mode = mode & 0o7777;
+    if kind == EntryKind::Dir && pinode.mode & 0o2000 != 0 {
+        mode |= 0o2000; // setgid directories propagate
+    }
+    let inode = Inode {
+        kind,
+        mode,
+        uid: p.uid,
+        gid,
+        size: target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+        nlink: if kind == EntryKind::Dir { 2 } else { 1 },
+        atime_ns: now,
+        mtime_ns: now,
+        ctime_ns: now,
+        parent: if kind == EntryKind::Dir {
+            parent_ino
+        } else {
+            0
+        },
+        target,
+        acl: EntryAcl::default(),
+    };
+    if kind == EntryKind::Dir {
+        pinode.nlink += 1;
+    }
+    pinode.mtime_ns = now;
+    pinode.ctime_ns = now;
+    tx.put(inode_key(vol, ino), encode_inode(&inode));
+    tx.put(
+        dirent_key(vol, parent_ino, name),
+        encode_dirent(&Dirent {
+            ino,
+            kind,
+            mount: None,
+        }),
+    );
+    tx.put(inode_key(vol, parent_ino), encode_inode(pinode));
+    inode
+}
+
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -759,49 +854,15 @@ impl Namespace {
             check_entry(p, &parent.path, &vol, &pinode, Need::Search)?;
             check_entry(p, &parent.path, &vol, &pinode, Need::Write)?;
             check_scope(p, path, Access::Write)?;
-            let now = now_ns();
-            let gid = if pinode.mode & 0o2000 != 0 {
-                pinode.gid
-            } else {
-                p.gids.first().copied().unwrap_or(NOGROUP_GID)
-            };
-            let mut mode = mode & 0o7777;
-            if kind == EntryKind::Dir && pinode.mode & 0o2000 != 0 {
-                mode |= 0o2000; // setgid directories propagate
-            }
-            let inode = Inode {
+            let inode = add_child(
+                &mut tx,
+                p,
+                (vol.id, parent.ino, &mut pinode),
+                (&name, ino),
                 kind,
                 mode,
-                uid: p.uid,
-                gid,
-                size: target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
-                nlink: if kind == EntryKind::Dir { 2 } else { 1 },
-                atime_ns: now,
-                mtime_ns: now,
-                ctime_ns: now,
-                parent: if kind == EntryKind::Dir {
-                    parent.ino
-                } else {
-                    0
-                },
-                target: target.clone(),
-                acl: EntryAcl::default(),
-            };
-            if kind == EntryKind::Dir {
-                pinode.nlink += 1;
-            }
-            pinode.mtime_ns = now;
-            pinode.ctime_ns = now;
-            tx.put(inode_key(vol.id, ino), encode_inode(&inode));
-            tx.put(
-                dkey,
-                encode_dirent(&Dirent {
-                    ino,
-                    kind,
-                    mount: None,
-                }),
+                target.clone(),
             );
-            tx.put(pkey, encode_inode(&pinode));
             if let Commit::Done(_) = tx.commit().await? {
                 return Ok(EntryInfo {
                     path: path.to_string(),
@@ -816,6 +877,119 @@ impl Namespace {
             }
         }
         Err(too_much_contention(path))
+    }
+
+    /// Where [`Namespace::create_in`] would create `path`: its deepest
+    /// existing ancestor directory (resolved now, following links, and
+    /// searchable and writable by `p`) and the names still missing below
+    /// it, the entry's own last.
+    pub async fn create_site(&self, p: &Principal, path: &str) -> Result<CreateSite, Error> {
+        let path = normalize_path(path)?;
+        let mut missing = Vec::new();
+        let mut at = path.clone();
+        let parent = loop {
+            let (loc, name) = match self.resolve_parent(p, &at).await {
+                Ok(r) => r,
+                Err(e) if e.code == Code::NotFound => {
+                    let (up, name) = split_parent(&at).ok_or(e)?;
+                    missing.push(name.to_string());
+                    at = up.to_string();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            missing.push(name);
+            break loc;
+        };
+        missing.reverse();
+        check_entry(p, &parent.path, &parent.vol, &parent.inode, Need::Search)?;
+        check_entry(p, &parent.path, &parent.vol, &parent.inode, Need::Write)?;
+        Ok(CreateSite {
+            parent,
+            missing,
+            path,
+        })
+    }
+
+    /// Creates, in `tx` (a transaction of `site`'s volume's shard, which
+    /// the caller commits), the entry `site` names with its missing parent
+    /// directories (mode `dir_mode`), as [`Namespace::create`] and
+    /// [`Namespace::mkdir`] would: the entry and every directory made are
+    /// there when `tx` commits and nowhere if it does not. Names that `tx`
+    /// already holds (made by an earlier call in it) are used, and an
+    /// existing entry of the same kind is returned (another kind is
+    /// `Exists`). The commit
+    /// fails as a conflict when another writer made or removed any of
+    /// these names meanwhile.
+    pub async fn create_in(
+        &self,
+        tx: &mut Tx,
+        p: &Principal,
+        site: &CreateSite,
+        kind: EntryKind,
+        mode: u32,
+        dir_mode: u32,
+    ) -> Result<EntryInfo, Error> {
+        if matches!(kind, EntryKind::Dir | EntryKind::Symlink) {
+            return Err(Error::invalid(
+                "create makes files, tables and streams; use mkdir or symlink",
+            ));
+        }
+        let vol = &site.parent.vol;
+        let mut dir = (site.parent.ino, site.parent.path.clone());
+        for (i, name) in site.missing.iter().enumerate() {
+            let last = i + 1 == site.missing.len();
+            let path = join(&dir.1, name);
+            let pkey = inode_key(vol.id, dir.0);
+            let mut pinode = decode_inode(
+                &tx.get(&pkey)
+                    .await?
+                    .ok_or_else(|| Error::not_found(&dir.1))?,
+            )?;
+            let dkey = dirent_key(vol.id, dir.0, name);
+            if let Some(b) = tx.get(&dkey).await? {
+                let d = decode_dirent(&b)?;
+                if d.mount.is_some() {
+                    return Err(Error::new(
+                        Code::Again,
+                        format!("{path} became a volume's mount point; retry"),
+                    ));
+                }
+                if !last {
+                    if d.kind != EntryKind::Dir {
+                        return Err(not_dir(&path));
+                    }
+                    dir = (d.ino, path);
+                    continue;
+                }
+                if d.kind != kind {
+                    return Err(Error::exists(&path));
+                }
+                let inode = decode_inode(
+                    &tx.get(&inode_key(vol.id, d.ino))
+                        .await?
+                        .ok_or_else(|| Error::not_found(&path))?,
+                )?;
+                return Ok(site.entry(path, name, d.ino, inode));
+            }
+            check_entry(p, &dir.1, vol, &pinode, Need::Search)?;
+            check_entry(p, &dir.1, vol, &pinode, Need::Write)?;
+            check_scope(p, &path, Access::Write)?;
+            let ino = self.alloc_ino(vol).await?;
+            let (k, m) = match last {
+                true => (kind, mode),
+                false => (EntryKind::Dir, dir_mode),
+            };
+            let inode = add_child(tx, p, (vol.id, dir.0, &mut pinode), (name, ino), k, m, None);
+            if last {
+                return Ok(site.entry(path, name, ino, inode));
+            }
+            dir = (ino, path);
+        }
+        Err(Error::invalid(format!(
+            "nothing to create at {}",
+            site.path
+        )))
     }
 
     /// Removes an entry; a non-empty directory only with `recursive`.

@@ -44,12 +44,6 @@ const DISTINCT_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Documents read per page of a streamed scan.
 const SCAN_PAGE: usize = 256;
 
-/// The table bound to the running command's transaction, if any.
-fn in_txn(mut t: TableRef) -> TableRef {
-    t.txn = txns::current();
-    t
-}
-
 /// What a cursor still has to give.
 enum Rest {
     /// Computed results (sorted queries, aggregations, listings).
@@ -127,8 +121,12 @@ impl TablesBackend {
         right: Right,
     ) -> Result<Option<TableRef>, MongoError> {
         let path = self.path(ns)?;
-        match self.tables.open(p, &path, right).await {
-            Ok(t) => Ok(Some(in_txn(t))),
+        let opened = match txns::current() {
+            Some(txn) => self.tables.open_in(p, &path, right, &txn).await,
+            None => self.tables.open(p, &path, right).await,
+        };
+        match opened {
+            Ok(t) => Ok(Some(t)),
             Err(e)
                 if e.code == codes::NAMESPACE_NOT_FOUND && !e.message.contains("not a table") =>
             {
@@ -139,12 +137,16 @@ impl TablesBackend {
     }
 
     /// Opens the table of a collection, creating it (and its database)
-    /// when missing, as MongoDB's first insert does. A table created by a
-    /// command in a transaction stays when the transaction aborts.
+    /// when missing, as MongoDB's first insert does. In a transaction, the
+    /// creation is part of it: seen by it alone until it commits, gone if
+    /// it aborts.
     async fn open_or_create(&self, p: &Principal, ns: &Namespace) -> Result<TableRef, MongoError> {
         let path = self.path(ns)?;
-        let t = self.tables.open_or_create(p, &path).await.map_err(mongo)?;
-        Ok(in_txn(t))
+        match txns::current() {
+            Some(txn) => self.tables.open_or_create_in(p, &path, &txn).await,
+            None => self.tables.open_or_create(p, &path).await,
+        }
+        .map_err(mongo)
     }
 
     /// A new cursor for `rest` (0 when it has nothing left).

@@ -965,6 +965,109 @@ async fn a_transaction_reads_one_snapshot_and_commits_all_or_nothing() {
 }
 
 #[tokio::test]
+async fn a_table_created_in_a_transaction_exists_once_it_commits() {
+    use berth_docs::txn::Txn;
+    let k = kernel().await;
+    let a = &k.admin;
+    let ns = k.tables.namespace().clone();
+    let select = |t: berth_docs::table::TableRef| {
+        let tables = k.tables.clone();
+        let a = a.clone();
+        async move {
+            let rows = tables.select(&a, &t, &filter(doc! {}), 0, 0).await.unwrap();
+            rows.into_iter().map(|(_, d, _)| d).collect::<Vec<_>>()
+        }
+    };
+    let missing = |path: &'static str| {
+        let tables = k.tables.clone();
+        let a = a.clone();
+        async move {
+            let e = tables.open(&a, path, Right::Read).await.unwrap_err();
+            assert_eq!(e.code, codes::NAMESPACE_NOT_FOUND, "{path}: {e:?}");
+        }
+    };
+
+    // Two tables of a new database, made and written in one transaction:
+    // seen by it (opened again by path), by nobody else until it commits.
+    let txn = Txn::new();
+    for (path, id) in [("/tables/newdb/x", 1), ("/tables/newdb/y", 2)] {
+        let t = k.tables.open_or_create_in(a, path, &txn).await.unwrap();
+        k.tables
+            .insert(a, &t, vec![doc! {"_id": id}], true)
+            .await
+            .unwrap();
+    }
+    let x = k
+        .tables
+        .open_in(a, "/tables/newdb/x", Right::Read, &txn)
+        .await
+        .unwrap();
+    assert_eq!(select(x).await, vec![doc! {"_id": 1}]);
+    let again = k
+        .tables
+        .open_or_create_in(a, "/tables//newdb/y", &txn)
+        .await
+        .unwrap();
+    assert_eq!(select(again).await, vec![doc! {"_id": 2}]);
+    missing("/tables/newdb/x").await;
+    assert!(ns.stat(a, "/tables/newdb").await.is_err());
+    txn.commit().await.unwrap();
+    for (path, id) in [("/tables/newdb/x", 1), ("/tables/newdb/y", 2)] {
+        let t = k.tables.open(a, path, Right::Read).await.unwrap();
+        assert_eq!(select(t).await, vec![doc! {"_id": id}]);
+    }
+
+    // Aborted: neither the table nor its new database stays.
+    let txn = Txn::new();
+    let t = k
+        .tables
+        .open_or_create_in(a, "/tables/gone/t", &txn)
+        .await
+        .unwrap();
+    k.tables
+        .insert(a, &t, vec![doc! {"_id": 1}], true)
+        .await
+        .unwrap();
+    txn.abort().await;
+    missing("/tables/gone/t").await;
+    assert!(ns.stat(a, "/tables/gone").await.is_err());
+
+    // The same table created outside meanwhile: the commit conflicts and
+    // the outside table is left as it was.
+    let txn = Txn::new();
+    let t = k
+        .tables
+        .open_or_create_in(a, "/tables/newdb/race", &txn)
+        .await
+        .unwrap();
+    k.tables
+        .insert(a, &t, vec![doc! {"_id": "in"}], true)
+        .await
+        .unwrap();
+    let out = k
+        .tables
+        .create(a, "/tables/newdb/race", true)
+        .await
+        .unwrap();
+    k.tables
+        .insert(a, &out, vec![doc! {"_id": "out"}], true)
+        .await
+        .unwrap();
+    assert_eq!(txn.commit().await.unwrap_err().code, codes::WRITE_CONFLICT);
+    assert_eq!(select(out).await, vec![doc! {"_id": "out"}]);
+
+    // Creating needs the write right where the table would be.
+    let bob = k.user("bob").await;
+    let txn = Txn::new();
+    let e = k
+        .tables
+        .open_or_create_in(&bob, "/tables/newdb/bobs", &txn)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, codes::UNAUTHORIZED, "{e:?}");
+}
+
+#[tokio::test]
 async fn many_document_writes_and_counts_go_page_by_page() {
     let k = kernel().await;
     let a = &k.admin;

@@ -543,6 +543,32 @@ def transactions(a):
             pass
     check(acc.find_one({"_id": "log2"}) is None, "a failed transaction's insert stayed")
 
+    # A collection (and its database) made by a first insert in a
+    # transaction is the transaction's: seen by it alone, there once it
+    # commits, gone when it aborts.
+    c.drop_database("txnmade")
+    made = c["txnmade"]["made"]
+    with c.start_session() as s:
+        with s.start_transaction():
+            made.insert_one({"_id": 1}, session=s)
+            made.update_one({"_id": 2}, {"$set": {"n": 2}}, upsert=True, session=s)
+            got = list(made.find({}, session=s).sort("_id", 1))
+            check(got == [{"_id": 1}, {"_id": 2, "n": 2}], f"the new collection inside: {got}")
+            names = c["txnmade"].list_collection_names()
+            check("made" not in names, f"a collection made in a transaction seen before commit: {names}")
+    got = list(made.find({}).sort("_id", 1))
+    check(got == [{"_id": 1}, {"_id": 2, "n": 2}], f"the new collection after commit: {got}")
+    with c.start_session() as s:
+        s.start_transaction()
+        c["txnmade"]["never"].insert_one({"_id": 1}, session=s)
+        c["txnnever"]["never"].insert_one({"_id": 1}, session=s)
+        s.abort_transaction()
+    names = c["txnmade"].list_collection_names()
+    check(names == ["made"], f"an aborted transaction's collection stayed: {names}")
+    dbs = c.list_database_names()
+    check("txnnever" not in dbs, f"an aborted transaction's database stayed: {dbs}")
+    c.drop_database("txnmade")
+
     # Commands a transaction cannot run are refused in its terms.
     with c.start_session() as s:
         s.start_transaction()
