@@ -1,6 +1,7 @@
 //! FIFOs, sockets and device nodes: namespace entries of their own kinds,
 //! with attributes (and a device number) but no contents.
 
+use berth_fs::records::{encode_inode, inode_key};
 use berth_fs::{EntryKind, SetAttr};
 use berth_meta::Code;
 
@@ -201,4 +202,21 @@ async fn special_files_are_entries_of_their_own_kinds() {
     );
     assert_eq!(k.names(a, "/d").await, ["big", "pipe"]);
     k.consistent("/").await;
+
+    // The check knows what special inodes may not hold.
+    let pipe = k.ns.stat(a, "/d/pipe").await.unwrap();
+    let mut bad = pipe.inode.clone();
+    (bad.rdev, bad.size) = (SDA1, 3);
+    let mut tx = k
+        .meta
+        .router()
+        .begin(berth_meta::map::ROOT_SHARD)
+        .await
+        .unwrap();
+    tx.put(inode_key(1, pipe.ino), encode_inode(&bad));
+    tx.commit().await.unwrap();
+    let r = k.ns.volume_check(a, "/").await.unwrap();
+    let text = r.problems.join("\n");
+    assert!(text.contains("socket with a device number"), "{text}");
+    assert!(text.contains("socket of 3 bytes"), "{text}");
 }
