@@ -161,6 +161,20 @@ impl Namespace {
                     problems.push(format!("inode {ino} has nlink {} but {n} entries", i.nlink));
                 }
             }
+            if i.rdev != 0 && !i.kind.is_device() {
+                problems.push(format!(
+                    "inode {ino} is a {} with a device number ({:#x})",
+                    i.kind.name(),
+                    i.rdev
+                ));
+            }
+            if i.kind.is_special() && i.size != 0 {
+                problems.push(format!(
+                    "inode {ino} is a {} of {} bytes (special files hold none)",
+                    i.kind.name(),
+                    i.size
+                ));
+            }
             if i.kind == EntryKind::Dir {
                 let want = 2 + subdirs.get(ino).copied().unwrap_or(0);
                 if i.nlink != want {

@@ -1,5 +1,6 @@
 //! berth-fs: the namespace service — directories, files (metadata and data
-//! in chunks), symlinks, typed entries for tables and streams — and volumes,
+//! in chunks), symlinks, FIFOs, sockets and device nodes (attributes only:
+//! their I/O is the kernel's), typed entries for tables and streams — and volumes,
 //! the subtrees that carry policy (replication, quota, ACEs) — and the
 //! advisory locks of the cluster (`locks`, in memory, not replicated).
 //!

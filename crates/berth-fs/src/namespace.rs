@@ -43,6 +43,16 @@ pub struct EntryInfo {
     pub view: View,
 }
 
+/// What a new entry of [`Namespace::make`] carries besides its attributes.
+#[derive(Clone)]
+enum Extra {
+    None,
+    /// A symbolic link's target.
+    Target(String),
+    /// A device node's device (0 for FIFOs and sockets).
+    Rdev(u64),
+}
+
 /// Attribute changes of [`Namespace::set_attr`].
 #[derive(Debug, Clone, Default)]
 pub struct SetAttr {
@@ -232,8 +242,13 @@ fn add_child(
     (name, ino): (&str, u64),
     kind: EntryKind,
     mode: u32,
-    target: Option<String>,
+    extra: Extra,
 ) -> Inode {
+    let (target, rdev) = match extra {
+        Extra::None => (None, 0),
+        Extra::Target(t) => (Some(t), 0),
+        Extra::Rdev(r) => (None, r),
+    };
     let now = now_ns();
     let gid = if pinode.mode & 0o2000 != 0 {
         pinode.gid
@@ -261,6 +276,7 @@ fn add_child(
         },
         target,
         acl: EntryAcl::default(),
+        rdev,
     };
     if kind == EntryKind::Dir {
         pinode.nlink += 1;
@@ -762,14 +778,16 @@ impl Namespace {
     ) -> Result<EntryInfo, Error> {
         let path = normalize_path(path)?;
         if !parents {
-            return self.make(p, &path, EntryKind::Dir, mode, None, true).await;
+            return self
+                .make(p, &path, EntryKind::Dir, mode, Extra::None, true)
+                .await;
         }
         let mut cur = String::from("/");
         let mut last = None;
         for c in components(&path) {
             cur = join(&cur, c);
             last = Some(
-                self.make(p, &cur, EntryKind::Dir, mode, None, false)
+                self.make(p, &cur, EntryKind::Dir, mode, Extra::None, false)
                     .await?,
             );
         }
@@ -789,13 +807,54 @@ impl Namespace {
         mode: u32,
         exclusive: bool,
     ) -> Result<EntryInfo, Error> {
-        if kind == EntryKind::Dir || kind == EntryKind::Symlink {
+        if kind == EntryKind::Dir || kind == EntryKind::Symlink || kind.is_special() {
             return Err(Error::invalid(
-                "create makes files, tables and streams; use mkdir or symlink",
+                "create makes files, tables and streams; use mkdir, symlink or mknod",
             ));
         }
         let path = normalize_path(path)?;
-        self.make(p, &path, kind, mode, None, exclusive).await
+        self.make(p, &path, kind, mode, Extra::None, exclusive)
+            .await
+    }
+
+    /// Creates a FIFO, a socket's name or a device node (mknod(2)): an
+    /// entry with attributes only, whose I/O is the kernel's. `rdev` (a
+    /// Linux `dev_t`) names the device of a device node and must be 0 for
+    /// the others. Device nodes need a superuser (uid 0 or an
+    /// administrator), as mknod(2) needs CAP_MKNOD: EPERM otherwise.
+    pub async fn mknod(
+        &self,
+        p: &Principal,
+        path: &str,
+        kind: EntryKind,
+        mode: u32,
+        rdev: u64,
+    ) -> Result<EntryInfo, Error> {
+        if !kind.is_special() {
+            return Err(Error::invalid(format!(
+                "mknod makes FIFOs, sockets and device nodes, not a {}",
+                kind.name()
+            )));
+        }
+        if kind.is_device() {
+            if p.uid != 0 && !p.is_admin() {
+                return Err(Error::new(
+                    Code::Perm,
+                    format!(
+                        "operation not permitted: only a superuser may make a {} ({path})",
+                        kind.name()
+                    ),
+                ));
+            }
+        } else if rdev != 0 {
+            return Err(Error::invalid(format!(
+                "a {} has no device number (rdev {rdev:#x})",
+                kind.name()
+            )));
+        }
+        let path = normalize_path(path)?;
+        self.make(p, &path, kind, mode, Extra::Rdev(rdev), true)
+            .await
     }
 
     pub async fn symlink(
@@ -815,7 +874,7 @@ impl Namespace {
             &path,
             EntryKind::Symlink,
             0o777,
-            Some(target.to_string()),
+            Extra::Target(target.to_string()),
             true,
         )
         .await
@@ -827,7 +886,7 @@ impl Namespace {
         path: &str,
         kind: EntryKind,
         mode: u32,
-        target: Option<String>,
+        extra: Extra,
         exclusive: bool,
     ) -> Result<EntryInfo, Error> {
         for attempt in 0..TX_RETRIES_MAX {
@@ -861,7 +920,7 @@ impl Namespace {
                 (&name, ino),
                 kind,
                 mode,
-                target.clone(),
+                extra.clone(),
             );
             if let Commit::Done(_) = tx.commit().await? {
                 return Ok(EntryInfo {
@@ -980,7 +1039,15 @@ impl Namespace {
                 true => (kind, mode),
                 false => (EntryKind::Dir, dir_mode),
             };
-            let inode = add_child(tx, p, (vol.id, dir.0, &mut pinode), (name, ino), k, m, None);
+            let inode = add_child(
+                tx,
+                p,
+                (vol.id, dir.0, &mut pinode),
+                (name, ino),
+                k,
+                m,
+                Extra::None,
+            );
             if last {
                 return Ok(site.entry(path, name, ino, inode));
             }

@@ -16,6 +16,10 @@ use berth_meta::Error;
 use berth_store::keys::{self, Key, Kind};
 use serde::{Deserialize, Serialize};
 
+/// What a namespace entry is. Stored by variant index (postcard): new kinds
+/// are only ever appended, so every record an earlier build wrote still
+/// decodes; a build that predates a kind refuses a record of it as
+/// undecodable rather than guess.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
     Dir,
@@ -23,6 +27,15 @@ pub enum EntryKind {
     Symlink,
     Table,
     Stream,
+    /// A named pipe (mkfifo). Its data is the kernel's: it never reaches
+    /// Berth.
+    Fifo,
+    /// A UNIX domain socket's name (bind). Connections are the kernel's.
+    Socket,
+    /// A character device node; [`Inode::rdev`] names the device.
+    CharDevice,
+    /// A block device node; [`Inode::rdev`] names the device.
+    BlockDevice,
 }
 
 impl EntryKind {
@@ -33,7 +46,25 @@ impl EntryKind {
             EntryKind::Symlink => "symlink",
             EntryKind::Table => "table",
             EntryKind::Stream => "stream",
+            EntryKind::Fifo => "fifo",
+            EntryKind::Socket => "socket",
+            EntryKind::CharDevice => "character device",
+            EntryKind::BlockDevice => "block device",
         }
+    }
+
+    /// FIFOs, sockets and device nodes: entries with attributes and no
+    /// contents of Berth's (their I/O is the kernel's).
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            EntryKind::Fifo | EntryKind::Socket | EntryKind::CharDevice | EntryKind::BlockDevice
+        )
+    }
+
+    /// Device nodes: the kinds whose [`Inode::rdev`] means something.
+    pub fn is_device(self) -> bool {
+        matches!(self, EntryKind::CharDevice | EntryKind::BlockDevice)
     }
 }
 
@@ -62,6 +93,51 @@ pub struct Inode {
     /// Symlinks: the target.
     pub target: Option<String>,
     pub acl: EntryAcl,
+    // Fields are added last: a record stored before one existed ends early
+    // and is read as the older layout by [`decode_inode`]; older builds
+    // ignore the trailing bytes.
+    /// Device nodes: the device, as Linux's `dev_t` (glibc `makedev`:
+    /// major in bits 8-19 and 32-63, minor in bits 0-7 and 20-31). 0 for
+    /// every other kind.
+    pub rdev: u64,
+}
+
+/// [`Inode`] as stored before `rdev` existed (and before FIFOs, sockets and
+/// device nodes, so its `rdev` is 0).
+#[derive(Deserialize)]
+struct InodeV1 {
+    kind: EntryKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    nlink: u32,
+    atime_ns: i64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    parent: u64,
+    target: Option<String>,
+    acl: EntryAcl,
+}
+
+impl From<InodeV1> for Inode {
+    fn from(v: InodeV1) -> Inode {
+        Inode {
+            kind: v.kind,
+            mode: v.mode,
+            uid: v.uid,
+            gid: v.gid,
+            size: v.size,
+            nlink: v.nlink,
+            atime_ns: v.atime_ns,
+            mtime_ns: v.mtime_ns,
+            ctime_ns: v.ctime_ns,
+            parent: v.parent,
+            target: v.target,
+            acl: v.acl,
+            rdev: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,8 +327,15 @@ pub fn read_u64(v: Option<Vec<u8>>) -> u64 {
 pub fn encode_inode(i: &Inode) -> Vec<u8> {
     encode(i)
 }
+/// Decodes an inode of any layout this build has written. An earlier
+/// layout must explain every byte, so a newer record is never misread as
+/// an older one.
 pub fn decode_inode(b: &[u8]) -> Result<Inode, Error> {
-    decode(b, "inode")
+    decode::<Inode>(b, "inode").or_else(|e| {
+        berth_meta::codec::decode_exact::<InodeV1>(b, "inode")
+            .map(Inode::from)
+            .map_err(|_| e)
+    })
 }
 pub fn encode_dirent(d: &Dirent) -> Vec<u8> {
     encode(d)
@@ -263,7 +346,178 @@ pub fn decode_dirent(b: &[u8]) -> Result<Dirent, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::read_usage;
+    use super::*;
+
+    /// [`Inode`] as the build before special files wrote it, field for
+    /// field: what is on disk in every volume made before them.
+    #[derive(Serialize)]
+    struct StoredV1 {
+        kind: EntryKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        size: u64,
+        nlink: u32,
+        atime_ns: i64,
+        mtime_ns: i64,
+        ctime_ns: i64,
+        parent: u64,
+        target: Option<String>,
+        acl: EntryAcl,
+    }
+
+    fn acl() -> EntryAcl {
+        EntryAcl {
+            read: Some("u:alice".into()),
+            write: None,
+            admin: None,
+        }
+    }
+
+    /// The bytes of a 0640 file of 1000:100, 12 bytes, two links, times
+    /// 1, 2 and 3 ns, read ACE `u:alice`, in the layout before `rdev`:
+    /// pinned, so a change to the stored layout fails here first.
+    fn old_file_bytes() -> Vec<u8> {
+        let mut b = vec![
+            1, // record version
+            1, // EntryKind::File
+            0xa0, 0x03, // mode 0o640 (varint)
+            0xe8, 0x07, // uid 1000
+            100,  // gid
+            12,   // size
+            2,    // nlink
+            2, 4, 6, // times 1, 2, 3 (zigzag)
+            0, // parent
+            0, // no symlink target
+            1, 7, // read ACE: Some, 7 bytes
+        ];
+        b.extend_from_slice(b"u:alice");
+        b.extend_from_slice(&[0, 0]); // no write, no admin ACE
+        b
+    }
+
+    #[test]
+    fn inodes_stored_before_rdev_still_decode() {
+        let old = StoredV1 {
+            kind: EntryKind::File,
+            mode: 0o640,
+            uid: 1000,
+            gid: 100,
+            size: 12,
+            nlink: 2,
+            atime_ns: 1,
+            mtime_ns: 2,
+            ctime_ns: 3,
+            parent: 0,
+            target: None,
+            acl: acl(),
+        };
+        assert_eq!(encode(&old), old_file_bytes());
+        let i = decode_inode(&old_file_bytes()).unwrap();
+        assert_eq!(
+            i,
+            Inode {
+                kind: EntryKind::File,
+                mode: 0o640,
+                uid: 1000,
+                gid: 100,
+                size: 12,
+                nlink: 2,
+                atime_ns: 1,
+                mtime_ns: 2,
+                ctime_ns: 3,
+                parent: 0,
+                target: None,
+                acl: acl(),
+                rdev: 0,
+            }
+        );
+        // Written again, it takes the current layout: one byte more.
+        let again = encode_inode(&i);
+        assert_eq!(again.len(), old_file_bytes().len() + 1);
+        assert_eq!(decode_inode(&again).unwrap(), i);
+        // A cut record is refused in either layout, not padded.
+        let cut = &old_file_bytes()[..old_file_bytes().len() - 1];
+        assert!(decode_inode(cut).is_err());
+    }
+
+    #[test]
+    fn special_files_round_trip_and_older_builds_read_the_rest() {
+        for (kind, rdev) in [
+            (EntryKind::Fifo, 0),
+            (EntryKind::Socket, 0),
+            (EntryKind::CharDevice, (4 << 8) | 64),
+            (
+                EntryKind::BlockDevice,
+                ((259 & 0xfff) << 8) | 7 | (0xfff << 32),
+            ),
+        ] {
+            let i = Inode {
+                kind,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                nlink: 1,
+                atime_ns: -1,
+                mtime_ns: 0,
+                ctime_ns: i64::MAX,
+                parent: 0,
+                target: None,
+                acl: EntryAcl::default(),
+                rdev,
+            };
+            assert_eq!(decode_inode(&encode_inode(&i)).unwrap(), i);
+        }
+        // An older build decodes with `decode`, which ignores what follows
+        // the fields it knows: a current record of a kind it knows reads
+        // there as it was written, without the device.
+        let mut file = decode_inode(&old_file_bytes()).unwrap();
+        file.rdev = 0;
+        let current = encode_inode(&file);
+        assert_eq!(&current[..old_file_bytes().len()], &old_file_bytes()[..]);
+        #[derive(Deserialize)]
+        struct OlderBuild {
+            kind: EntryKind,
+            mode: u32,
+        }
+        let seen: OlderBuild = decode(&current, "inode").unwrap();
+        assert_eq!((seen.kind, seen.mode), (EntryKind::File, 0o640));
+    }
+
+    #[test]
+    fn entry_kinds_keep_their_stored_numbers() {
+        // Variant indexes are the stored form: appended, never reordered.
+        for (kind, n) in [
+            (EntryKind::Dir, 0u8),
+            (EntryKind::File, 1),
+            (EntryKind::Symlink, 2),
+            (EntryKind::Table, 3),
+            (EntryKind::Stream, 4),
+            (EntryKind::Fifo, 5),
+            (EntryKind::Socket, 6),
+            (EntryKind::CharDevice, 7),
+            (EntryKind::BlockDevice, 8),
+        ] {
+            let d = Dirent {
+                ino: 5,
+                kind,
+                mount: None,
+            };
+            let b = encode_dirent(&d);
+            assert_eq!(b, [1, 5, n, 0], "{kind:?}");
+            assert_eq!(decode_dirent(&b).unwrap(), d);
+            assert_eq!(kind.is_special(), n >= 5, "{kind:?}");
+            assert_eq!(kind.is_device(), n >= 7, "{kind:?}");
+        }
+        // A kind this build does not know is refused, not guessed.
+        assert!(decode_dirent(&[1, 5, 9, 0]).is_err());
+        let mut unknown = old_file_bytes();
+        unknown[1] = 9;
+        assert!(decode_inode(&unknown).is_err());
+        unknown.push(0);
+        assert!(decode_inode(&unknown).is_err());
+    }
 
     #[test]
     fn usage_reads_the_i64_counter_and_never_below_zero() {

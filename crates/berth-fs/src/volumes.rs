@@ -117,6 +117,7 @@ impl Namespace {
                     parent: 0,
                     target: None,
                     acl: EntryAcl::default(),
+                    rdev: 0,
                 }),
             );
             if let Commit::Done(_) = tx.commit().await? {

@@ -125,9 +125,46 @@ fn kind(e: &Entry) -> FileType {
     match EntryType::try_from(e.r#type) {
         Ok(EntryType::Directory) => FileType::Directory,
         Ok(EntryType::Symlink) => FileType::Symlink,
+        Ok(EntryType::Fifo) => FileType::NamedPipe,
+        Ok(EntryType::Socket) => FileType::Socket,
+        Ok(EntryType::CharDevice) => FileType::CharDevice,
+        Ok(EntryType::BlockDevice) => FileType::BlockDevice,
         // Files, and tables and streams shown as files.
         _ => FileType::RegularFile,
     }
+}
+
+/// The special file `mknod(2)` asks for with `mode`'s type bits, as the
+/// API names it; `None` for a regular file, `Err` for what is no file type.
+fn special_type(mode: u32) -> Result<Option<EntryType>, Errno> {
+    match mode & libc::S_IFMT {
+        // mknod(2): a zero type makes a regular file.
+        0 | libc::S_IFREG => Ok(None),
+        libc::S_IFIFO => Ok(Some(EntryType::Fifo)),
+        libc::S_IFSOCK => Ok(Some(EntryType::Socket)),
+        libc::S_IFCHR => Ok(Some(EntryType::CharDevice)),
+        libc::S_IFBLK => Ok(Some(EntryType::BlockDevice)),
+        // Directories have mkdir, symbolic links symlink.
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// The kernel's 32-bit device number (`new_encode_dev`: minor bits 0-7 and
+/// 12-31, major bits 8-19) as the Linux `dev_t` the API stores.
+pub fn dev_from_kernel(rdev: u32) -> u64 {
+    let major = (rdev >> 8) & 0xfff;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
+/// A stored `dev_t` in the kernel's 32-bit encoding; devices the kernel
+/// cannot name (major over 12 bits, minor over 20) show as 0.
+pub fn dev_to_kernel(rdev: u64) -> u32 {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    if major > 0xfff || minor > 0xf_ffff {
+        return 0;
+    }
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
 }
 
 /// Kernel attributes of an entry shown as FUSE inode `ino`.
@@ -151,7 +188,10 @@ pub fn attr(ino: u64, e: &Entry) -> FileAttr {
         nlink: e.nlink.max(1),
         uid: e.uid,
         gid: e.gid,
-        rdev: 0,
+        rdev: match kind {
+            FileType::CharDevice | FileType::BlockDevice => dev_to_kernel(e.rdev),
+            _ => 0,
+        },
         blksize: IO_BYTES_MAX,
         flags: 0,
     }
@@ -877,23 +917,29 @@ impl Filesystem for BerthFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        // Only regular files exist in Berth; devices, FIFOs and sockets do not.
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            reply.error(Errno::EPERM);
-            return;
-        }
+        // Regular files, FIFOs, sockets (bind(2) of a UNIX socket) and
+        // device nodes; the kernel keeps their I/O, and the mount is nodev.
         let r = (|| {
+            let special = special_type(mode)?;
             let (path, mode, owner) = self.new_entry(req, parent, name, mode, umask)?;
+            let (r#type, rdev) = match special {
+                None => (EntryType::File, 0),
+                Some(t @ (EntryType::CharDevice | EntryType::BlockDevice)) => {
+                    (t, dev_from_kernel(rdev))
+                }
+                Some(t) => (t, 0),
+            };
             let e = self.local.block_on(call("create", &path, || {
                 let mut c = self.local.client().namespace();
                 let req = berth_api::v1::CreateRequest {
                     path: path.clone(),
-                    r#type: EntryType::File as i32,
+                    r#type: r#type as i32,
                     mode: Some(mode),
                     exclusive: true,
+                    rdev,
                 };
                 async move { c.create(req).await }
             }))?;
@@ -1648,6 +1694,60 @@ mod tests {
         assert_eq!(attr(3, &link).size, 4);
         assert_eq!(time(-1_000_000_000), UNIX_EPOCH - Duration::from_secs(1));
         assert_eq!(nanos(time(-5)), -5);
+    }
+
+    #[test]
+    fn special_files() {
+        // mknod(2)'s type bits: regular files (also with no type), the
+        // special kinds, and nothing else.
+        assert_eq!(special_type(0o644), Ok(None));
+        assert_eq!(special_type(libc::S_IFREG | 0o644), Ok(None));
+        assert_eq!(
+            special_type(libc::S_IFIFO | 0o600),
+            Ok(Some(EntryType::Fifo))
+        );
+        assert_eq!(special_type(libc::S_IFSOCK), Ok(Some(EntryType::Socket)));
+        assert_eq!(special_type(libc::S_IFCHR), Ok(Some(EntryType::CharDevice)));
+        assert_eq!(
+            special_type(libc::S_IFBLK),
+            Ok(Some(EntryType::BlockDevice))
+        );
+        assert_eq!(special_type(libc::S_IFDIR | 0o755), Err(Errno::EINVAL));
+        assert_eq!(special_type(libc::S_IFLNK), Err(Errno::EINVAL));
+        // The kernel's 32-bit device numbers and dev_t agree both ways for
+        // every device the kernel can name (12-bit major, 20-bit minor).
+        for (major, minor) in [(0, 0), (1, 3), (8, 17), (259, 4097), (0xfff, 0xf_ffff)] {
+            let dev = libc::makedev(major, minor);
+            let kernel = dev_to_kernel(dev);
+            assert_eq!(dev_from_kernel(kernel), dev, "{major}:{minor}");
+            // For these the two encodings are the same number.
+            assert_eq!(u64::from(kernel), dev, "{major}:{minor}");
+        }
+        assert_eq!(dev_to_kernel(libc::makedev(0x1000, 0)), 0);
+        assert_eq!(dev_to_kernel(libc::makedev(1, 0x10_0000)), 0);
+        // Attributes: the type, and the device (1:3) of device nodes only.
+        for (t, kind, rdev) in [
+            (EntryType::Fifo, FileType::NamedPipe, 0),
+            (EntryType::Socket, FileType::Socket, 0),
+            (EntryType::CharDevice, FileType::CharDevice, (1 << 8) | 3),
+            (EntryType::BlockDevice, FileType::BlockDevice, (1 << 8) | 3),
+        ] {
+            let e = Entry {
+                r#type: t as i32,
+                mode: 0o640,
+                rdev: libc::makedev(1, 3),
+                ..Default::default()
+            };
+            let a = attr(9, &e);
+            assert_eq!(
+                (a.kind, a.perm, a.size, a.rdev),
+                (kind, 0o640, 0, rdev),
+                "{t:?}"
+            );
+        }
+        let mut f = file(0o644, 1, 1);
+        f.rdev = libc::makedev(1, 3);
+        assert_eq!(attr(9, &f).rdev, 0, "a file has no device");
     }
 
     #[test]

@@ -33,6 +33,10 @@
 //!   creates then belongs to its uid/gid when the ticket may give entries
 //!   away (an administrator's); else to the ticket's uid.
 //!
+//! FIFOs, UNIX sockets and device nodes are entries of their own types
+//! (mknod, mkfifo, bind): the server keeps their attributes and device
+//! number, the kernel their I/O (it never sends it here); the mount is
+//! always `nodev,nosuid`.
 //! Hard links and extended attributes (`user.*`; `trusted.*`/`security.*`
 //! for administrators) go to the server, and so do advisory locks (fcntl
 //! and flock, through one lock session per mount: `locks`); rename handles
@@ -238,6 +242,10 @@ pub async fn mount(client: Client, cfg: MountConfig) -> Result<Mounted, MountErr
     let mut options = vec![
         MountOption::FSName(format!("{FS_NAME}:{path}")),
         MountOption::Subtype(FS_NAME.to_string()),
+        // Device nodes and setuid bits are kept, never honoured: a node or
+        // a setuid binary made through one host's mount must not open
+        // devices or grant privileges on every host that mounts the
+        // volume (ARCHITECTURE.md, berth-fuse, "nodev").
         MountOption::NoDev,
         MountOption::NoSuid,
     ];

@@ -236,6 +236,7 @@ async fn berth_worker(
                     r#type: EntryType::File as i32,
                     mode: None,
                     exclusive: true,
+                    rdev: 0,
                 };
                 ns.create(req).await.map(drop)
             }

@@ -17,8 +17,8 @@ use crate::cli::{
 };
 use crate::ctx::{abs, at_path, Ctx};
 use crate::output::{
-    entry_json, format_mode, format_size, format_time_ns, print_fields, print_json, type_name,
-    Align, Table,
+    entry_json, format_device, format_mode, format_size, format_time_ns, is_device, print_fields,
+    print_json, type_name, Align, Table,
 };
 use crate::Reported;
 
@@ -171,7 +171,12 @@ fn print_entries(entries: &[Entry], long: bool, show_path: bool) {
             e.nlink.to_string(),
             e.uid.to_string(),
             e.gid.to_string(),
-            format_size(e.size),
+            // Device nodes show their device where others show a size.
+            if is_device(e.r#type()) {
+                format_device(e.rdev)
+            } else {
+                format_size(e.size)
+            },
             format_time_ns(e.mtime_ns),
             n,
         ]);
@@ -264,6 +269,9 @@ pub async fn stat(ctx: &Ctx, args: PathArg) -> Result<()> {
     if e.r#type() == EntryType::Symlink {
         fields.push(("target", e.symlink_target.clone()));
     }
+    if is_device(e.r#type()) {
+        fields.push(("device", format_device(e.rdev)));
+    }
     fields.push(("access", format_time_ns(e.atime_ns)));
     fields.push(("modify", format_time_ns(e.mtime_ns)));
     fields.push(("change", format_time_ns(e.ctime_ns)));
@@ -296,6 +304,7 @@ pub async fn touch(ctx: &Ctx, args: PathsArg) -> Result<()> {
                 r#type: EntryType::File as i32,
                 mode: None,
                 exclusive: true,
+                rdev: 0,
             };
             match ns.create(req).await {
                 Ok(_) => Ok(()),

@@ -80,7 +80,9 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
     Ok(m)
 }
 
-/// `drwxr-xr-x`; tables show as `t`, streams as `s`.
+/// `drwxr-xr-x`, with `ls -l`'s letters for FIFOs (`p`) and device nodes
+/// (`c`, `b`); tables show as `t`, streams as `s`, so sockets take `=`
+/// (the mark `ls -F` gives them).
 pub fn format_mode(kind: EntryType, mode: u32) -> String {
     let mut out = String::with_capacity(10);
     out.push(match kind {
@@ -88,6 +90,10 @@ pub fn format_mode(kind: EntryType, mode: u32) -> String {
         EntryType::Symlink => 'l',
         EntryType::Table => 't',
         EntryType::Stream => 's',
+        EntryType::Fifo => 'p',
+        EntryType::Socket => '=',
+        EntryType::CharDevice => 'c',
+        EntryType::BlockDevice => 'b',
         EntryType::File | EntryType::Unspecified => '-',
     });
     let special = [(0o4000, 's', 'S'), (0o2000, 's', 'S'), (0o1000, 't', 'T')];
@@ -115,8 +121,22 @@ pub fn type_name(kind: EntryType) -> &'static str {
         EntryType::Symlink => "symlink",
         EntryType::Table => "table",
         EntryType::Stream => "stream",
+        EntryType::Fifo => "fifo",
+        EntryType::Socket => "socket",
+        EntryType::CharDevice => "char_device",
+        EntryType::BlockDevice => "block_device",
         EntryType::Unspecified => "unknown",
     }
+}
+
+/// Whether entries of `kind` are device nodes (their `rdev` names a device).
+pub fn is_device(kind: EntryType) -> bool {
+    matches!(kind, EntryType::CharDevice | EntryType::BlockDevice)
+}
+
+/// A device number as `ls -l` shows it: `major, minor`.
+pub fn format_device(rdev: u64) -> String {
+    format!("{}, {}", libc::major(rdev), libc::minor(rdev))
 }
 
 /// Nanoseconds since the epoch as RFC 3339 UTC, second precision.
@@ -255,6 +275,9 @@ pub fn entry_json(e: &Entry) -> Value {
         "symlink_target": e.symlink_target,
         "volume_root": e.volume_root,
         "volume_path": e.volume_path,
+        "rdev": e.rdev,
+        "rdev_major": libc::major(e.rdev),
+        "rdev_minor": libc::minor(e.rdev),
     })
 }
 
@@ -348,6 +371,12 @@ mod tests {
         assert_eq!(format_mode(EntryType::Directory, 0o1777), "drwxrwxrwt");
         assert_eq!(format_mode(EntryType::File, 0o6644), "-rwSr-Sr--");
         assert_eq!(format_mode(EntryType::Table, 0o4755), "trwsr-xr-x");
+        assert_eq!(format_mode(EntryType::Fifo, 0o644), "prw-r--r--");
+        assert_eq!(format_mode(EntryType::Socket, 0o755), "=rwxr-xr-x");
+        assert_eq!(format_mode(EntryType::CharDevice, 0o600), "crw-------");
+        assert_eq!(format_mode(EntryType::BlockDevice, 0o660), "brw-rw----");
+        assert_eq!(format_device(libc::makedev(8, 1)), "8, 1");
+        assert_eq!(format_device(libc::makedev(259, 70000)), "259, 70000");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use berth_security::principal::Principal;
 
 mod exchange;
 mod locks;
+mod special;
 
 struct Kernel {
     /// Keeps the node and its temp dir alive for the test.

@@ -20,6 +20,10 @@ pub fn entry_type(k: EntryKind) -> EntryType {
         EntryKind::Symlink => EntryType::Symlink,
         EntryKind::Table => EntryType::Table,
         EntryKind::Stream => EntryType::Stream,
+        EntryKind::Fifo => EntryType::Fifo,
+        EntryKind::Socket => EntryType::Socket,
+        EntryKind::CharDevice => EntryType::CharDevice,
+        EntryKind::BlockDevice => EntryType::BlockDevice,
     }
 }
 
@@ -47,6 +51,7 @@ pub fn to_entry(e: EntryInfo) -> Entry {
             View::SnapshotDir => u64::MAX,
             View::Snapshot(id) => id.saturating_add(1),
         },
+        rdev: i.rdev,
     }
 }
 
@@ -96,13 +101,34 @@ impl NamespaceApi for NamespaceService {
     async fn create(&self, req: Request<CreateRequest>) -> Result<Response<Entry>, Status> {
         let n = &self.0;
         n.call("Namespace/Create", req, |p, r| async move {
+            let mode = r.mode.unwrap_or(0o644);
+            let special = match EntryType::try_from(r.r#type) {
+                Ok(EntryType::Fifo) => Some(EntryKind::Fifo),
+                Ok(EntryType::Socket) => Some(EntryKind::Socket),
+                Ok(EntryType::CharDevice) => Some(EntryKind::CharDevice),
+                Ok(EntryType::BlockDevice) => Some(EntryKind::BlockDevice),
+                _ => None,
+            };
+            if let Some(kind) = special {
+                return n.ns.mknod(&p, &r.path, kind, mode, r.rdev).await.map(to_entry);
+            }
             let kind = match EntryType::try_from(r.r#type) {
                 Ok(EntryType::File) | Ok(EntryType::Unspecified) => EntryKind::File,
                 Ok(EntryType::Table) => EntryKind::Table,
                 Ok(EntryType::Stream) => EntryKind::Stream,
-                _ => return Err(Error::invalid("create makes FILE, TABLE or STREAM entries")),
+                _ => {
+                    return Err(Error::invalid(
+                        "create makes FILE, TABLE, STREAM, FIFO, SOCKET, CHAR_DEVICE or BLOCK_DEVICE entries",
+                    ))
+                }
             };
-            n.ns.create(&p, &r.path, kind, r.mode.unwrap_or(0o644), r.exclusive)
+            if r.rdev != 0 {
+                return Err(Error::invalid(format!(
+                    "a {} has no device number",
+                    kind.name()
+                )));
+            }
+            n.ns.create(&p, &r.path, kind, mode, r.exclusive)
                 .await
                 .map(to_entry)
         })

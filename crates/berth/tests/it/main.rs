@@ -28,6 +28,7 @@ mod mount;
 mod posix_user;
 mod security;
 mod snapshots;
+mod special_files;
 mod streams;
 mod tables;
 mod tour;
