@@ -14,6 +14,7 @@ mod cp;
 mod ctx;
 mod fs;
 mod mount;
+mod mount_helper;
 mod node;
 mod output;
 mod principals;
@@ -70,6 +71,11 @@ fn main() -> ExitCode {
         eprintln!("error: internal error (a bug in berth, please report it): {info}");
     }));
 
+    // mount(8) remounting a Berth mount runs `berth SOURCE MOUNTPOINT -o …`.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if mount_helper::is_helper_call(&args) {
+        return mount_helper::run(&args);
+    }
     let cli = Cli::parse();
     let long_running = matches!(
         cli.command,

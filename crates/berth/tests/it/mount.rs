@@ -490,3 +490,108 @@ fn mount_serves_posix_files() {
     let msg = s.err_any(&["umount", ro_arg]);
     assert!(msg.contains("not a Berth mount"), "{msg}");
 }
+
+/// The options of the mount at `mp` in /proc/mounts.
+fn mount_options(mp: &Path) -> Vec<String> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let at = mp.to_string_lossy();
+    mounts
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[1] == at)
+        .map(|f| f[3].split(',').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// `mount -o remount,ro` (as pjdfstest's EROFS cases and administrators
+/// do): mount(8) hands a `fuse.berth` mount to mount.fuse3, which runs
+/// `berth SOURCE MOUNTPOINT -o OPTIONS` through the shell; berth remounts,
+/// the kernel refuses writes with EROFS, and `remount,rw` gives them back.
+/// mount(8) runs its helper without the caller's PATH (`berth` must be in
+/// the shell's default one, /usr/local/bin say), so the test calls
+/// mount.fuse3 itself with mount(8)'s arguments and this build's `berth`
+/// on its PATH; scripts/pjdfstest goes through mount(8). Root only.
+#[test]
+fn the_mount_helper_remounts_read_only_and_back() {
+    if !fuse_available() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping the remount test: it needs root");
+        return;
+    }
+    let Some(helper) = ["/sbin/mount.fuse3", "/usr/sbin/mount.fuse3"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+    else {
+        eprintln!("skipping the remount test: mount.fuse3 not found (Debian package fuse3)");
+        return;
+    };
+    let s = TestServer::start();
+    let mp = s.dir.path().join("mnt");
+    fs::create_dir_all(&mp).unwrap();
+    let mp = mp.canonicalize().unwrap();
+    let mut m = Mount::start(&s, &mp, &[]);
+    let bin_dir = Path::new(BIN).parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let remount = |how: &str| {
+        // What mount(8) passes: the mount's source and its options.
+        let out = Command::new(helper)
+            .arg("berth:/")
+            .arg(&mp)
+            .args([
+                "-o",
+                &format!("{how},nosuid,nodev,relatime,remount,allow_other"),
+            ])
+            .args(["-t", "fuse.berth"])
+            .env("PATH", &path)
+            .output()
+            .expect("run mount.fuse3");
+        assert!(
+            out.status.success(),
+            "mount -o remount,{how}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let at = mp.clone();
+    bounded("before the remount", &mut m, move || {
+        fs::write(at.join("kept"), b"kept").unwrap();
+    });
+    remount("ro");
+    let opts = mount_options(&mp);
+    for o in ["ro", "nodev", "nosuid"] {
+        assert!(opts.iter().any(|x| x == o), "{o} not in {opts:?}");
+    }
+    let at = mp.clone();
+    bounded("read-only", &mut m, move || {
+        assert_eq!(fs::read(at.join("kept")).unwrap(), b"kept");
+        assert_eq!(errno(fs::write(at.join("new"), b"x")), libc::EROFS);
+        assert_eq!(errno(fs::remove_file(at.join("kept"))), libc::EROFS);
+        assert_eq!(errno(fs::create_dir(at.join("d"))), libc::EROFS);
+    });
+    remount("rw");
+    let opts = mount_options(&mp);
+    assert!(opts.iter().any(|x| x == "rw"), "{opts:?}");
+    assert!(opts.iter().any(|x| x == "nodev"), "{opts:?}");
+    let at = mp.clone();
+    bounded("read-write again", &mut m, move || {
+        fs::write(at.join("new"), b"x").unwrap();
+        fs::remove_file(at.join("kept")).unwrap();
+    });
+    // A new mount through mount(8) is refused, saying what to use.
+    let out = Command::new(BIN)
+        .args(["berth:/", mp.to_str().unwrap(), "-o", "rw"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("berth mount"), "{err}");
+    let st = m.terminate();
+    assert!(st.success(), "berth mount exited with {st}\n{}", m.log());
+}
