@@ -64,6 +64,12 @@ pub const DOC_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const SCAN_PAGE: usize = 256;
 /// Keys read per page when counting a whole table.
 const COUNT_PAGE: usize = 4096;
+/// Documents an index build reads per transaction: at least, at most.
+const BUILD_PAGE_MIN: usize = 16;
+const BUILD_PAGE_MAX: usize = 4096;
+/// Document bytes an index build reads per transaction at most (each is
+/// also in the transaction's conditions).
+const BUILD_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Bytes of documents one insert transaction carries at most (a batch is
 /// split into transactions of about this size).
 const INSERT_TXN_BYTES: usize = 4 * 1024 * 1024;
@@ -1782,8 +1788,8 @@ impl Tables {
     }
 
     /// Makes the entries of the indexes `ids` for every document, a page
-    /// per transaction, each conditional on the page's documents and the
-    /// table's settings.
+    /// per transaction, each conditional on the page's documents (as the
+    /// page read them) and the table's settings.
     pub(crate) async fn build_indexes(&self, t: &TableRef, ids: &[u64]) -> Result<(), DocError> {
         let (start, end) = t.doc_range();
         // Where an earlier run of the build got to: the least progress of
@@ -1808,6 +1814,10 @@ impl Tables {
                 from = l;
             }
         }
+        // Documents per page: doubled after a page commits, halved after a
+        // conflict with a concurrent write, so a quiet table is built in
+        // few large transactions and a busy one still makes progress.
+        let mut page = SCAN_PAGE;
         loop {
             let mut attempt = 0;
             let (next, more) = loop {
@@ -1821,22 +1831,24 @@ impl Tables {
                         "an index being built was dropped meanwhile",
                     ));
                 }
-                let rows = tx
-                    .peek_range(&from, &end, SCAN_PAGE)
-                    .await
-                    .map_err(from_meta)?;
-                let more = rows.len() == SCAN_PAGE;
+                let rows = tx.peek_range(&from, &end, page).await.map_err(from_meta)?;
+                let mut more = rows.len() == page;
                 let mut w = Writes::default();
                 let mut next = from.clone();
-                for (k, _) in &rows {
-                    // Read again under a condition: a change meanwhile conflicts.
-                    let Some(now) = tx.get(k).await.map_err(from_meta)? else {
-                        continue;
-                    };
-                    let doc = decode_doc(&now)?;
+                let mut bytes = 0;
+                for (k, v) in rows {
+                    if bytes >= BUILD_PAGE_BYTES {
+                        more = true;
+                        break;
+                    }
+                    bytes += k.len() + v.len();
+                    let doc = decode_doc(&v)?;
                     write_entries(&mut tx, t, &config, &mut w, &doc).await?;
-                    next = k.to_vec();
+                    next = k.clone();
                     next.push(0);
+                    // The page is conditional on each document as read: a
+                    // change meanwhile conflicts.
+                    tx.guard(&k, Some(v));
                 }
                 finish_writes(&mut tx, t, w).await?;
                 // How far the build got, with the page: a build cut short
@@ -1846,13 +1858,19 @@ impl Tables {
                     tx.put(key, next.clone());
                 }
                 match tx.commit().await.map_err(from_meta)? {
-                    Commit::Done(_) => break (next, more),
+                    Commit::Done(_) => {
+                        page = (page * 2).min(BUILD_PAGE_MAX);
+                        break (next, more);
+                    }
                     Commit::Conflict if attempt + 1 >= TX_RETRIES_MAX => {
                         return Err(transient(
                             "too much contention while building an index; retry",
                         ))
                     }
-                    Commit::Conflict => attempt += 1,
+                    Commit::Conflict => {
+                        page = (page / 2).max(BUILD_PAGE_MIN);
+                        attempt += 1;
+                    }
                 }
             };
             if !more {

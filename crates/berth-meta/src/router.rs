@@ -590,6 +590,23 @@ impl Tx {
         Ok(value)
     }
 
+    /// Makes the transaction conditional on `key` still holding `value`,
+    /// which the caller read of it in this transaction (with a scan, say):
+    /// [`Tx::get`] without reading the key again. Nothing for a key the
+    /// transaction wrote or is already conditional on (snapshot
+    /// transactions).
+    pub fn guard(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+        if let Some(s) = &mut self.snap {
+            if s.writes.contains_key(key) || !s.guarded.insert(key.to_vec()) {
+                return;
+            }
+        }
+        self.conditions.push(Condition::ValueIs {
+            key: key.to_vec(),
+            value,
+        });
+    }
+
     /// Reads `key` without making the transaction depend on it.
     pub async fn peek(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         if let Some(s) = &self.snap {

@@ -2063,3 +2063,62 @@ async fn a_backward_scan_in_a_transaction_sees_its_own_writes() {
     );
     assert_eq!(newest(t.clone()).await, vec![1000, 298]);
 }
+
+/// An index build on a table being written: the build's pages (growing
+/// while they commit, shrinking when a write conflicts) and the writes
+/// leave every entry agreeing with its document.
+#[tokio::test]
+async fn an_index_build_under_writes_agrees_with_the_documents() {
+    let k = kernel().await;
+    let a = &k.admin;
+    let path = "/tables/db/busy";
+    let t = k.tables.create(a, path, true).await.unwrap();
+    let docs: Vec<Document> = (0..3000).map(|i| doc! {"_id": i, "v": i % 7}).collect();
+    k.tables.insert(a, &t, docs, true).await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (tables, a, t, stop) = (k.tables.clone(), a.clone(), t.clone(), stop.clone());
+        tokio::spawn(async move {
+            let spec = Update::parse(&doc! {"$inc": {"v": 1}}, &[]).unwrap();
+            let change = move |d: &mut Document, ctx: &ApplyContext| spec.apply(d, ctx);
+            let mut n = 0u64;
+            let mut i = 0i32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Spread over the table, so some land in a page being built.
+                i = (i + 997) % 3000;
+                let q = doc! {"_id": i};
+                let r = tables
+                    .update(
+                        &a,
+                        &t,
+                        &filter(q.clone()),
+                        &q,
+                        &change,
+                        false,
+                        false,
+                        bson::DateTime::now(),
+                        false,
+                        false,
+                    )
+                    .await;
+                if r.is_ok() {
+                    n += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            n
+        })
+    };
+    k.tables
+        .create_indexes(a, path, &[doc! {"key": {"v": 1}, "name": "v_1"}])
+        .await
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let updates = writer.await.unwrap();
+    assert!(updates > 0, "no update ran during the build");
+    let t = k.tables.open(a, path, Right::Read).await.unwrap();
+    let report = k.tables.check(a, &t).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.documents, 3000);
+    assert_eq!(report.indexes[0].entries, 3000);
+}
