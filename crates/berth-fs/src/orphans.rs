@@ -289,16 +289,20 @@ impl Namespace {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if *stop.borrow() {
+                return;
+            }
             tokio::select! {
-                _ = tick.tick() => {
-                    if let Err(e) = self.reap_orphans().await {
-                        tracing::debug!(error = %e, "reaping orphans failed; next round retries");
+                _ = tick.tick() => {}
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        return; // the sender is gone: the server is stopping
                     }
+                    continue;
                 }
-                r = stop.wait_for(|s| *s) => {
-                    let _ = r;
-                    return;
-                }
+            }
+            if let Err(e) = self.reap_orphans().await {
+                tracing::debug!(error = %e, "reaping orphans failed; next round retries");
             }
         }
     }
