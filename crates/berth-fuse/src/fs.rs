@@ -824,19 +824,34 @@ impl Filesystem for BerthFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = (|| {
             let name = name_str(name)?;
-            let cached = self.inodes.lock().cached(parent.0, name).cloned();
+            // An entry cached from a listing or an earlier lookup, unless
+            // what it names changed here since (a write: its size).
+            let (cached, known) = {
+                let m = self.inodes.lock();
+                let known = m.ino_named(parent.0, name);
+                let changed = known.is_some_and(|i| m.fresh(i).is_none());
+                let cached = m.cached(parent.0, name).filter(|_| !changed).cloned();
+                (cached, known)
+            };
             let e = match cached {
                 Some(e) => e,
                 None => {
                     let dir = self.dir_address(parent.0)?;
-                    self.local.block_on(call("lookup", name, || {
-                        let mut c = self.local.client().inodes();
-                        let req = LookupRequest {
-                            dir: Some(dir.clone()),
-                            name: name.to_string(),
-                        };
-                        async move { c.lookup(req).await }
-                    }))?
+                    self.local.block_on(async {
+                        // This mount sees its own writes.
+                        if let Some(ino) = known {
+                            self.settle(ino).await;
+                        }
+                        call("lookup", name, || {
+                            let mut c = self.local.client().inodes();
+                            let req = LookupRequest {
+                                dir: Some(dir.clone()),
+                                name: name.to_string(),
+                            };
+                            async move { c.lookup(req).await }
+                        })
+                        .await
+                    })?
                 }
             };
             self.reference(parent.0, name, &e)
