@@ -70,7 +70,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use berth_api::v1::{Empty, EntryType, PathRequest};
+use berth_api::v1::{Empty, EntryType, InodeRef, NodeRequest, PathRequest};
 use berth_client::{Client, ClientError};
 use fuser::{Config, MountOption, SessionACL};
 
@@ -208,6 +208,31 @@ pub async fn mount(client: Client, cfg: MountConfig) -> Result<Mounted, MountErr
         .into_inner();
     if root.r#type != EntryType::Directory as i32 {
         return Err(MountError::Usage(format!("{path} is not a directory")));
+    }
+    // Every call of the mount is by inode: a server too old to serve them
+    // would fail each one, so say it now.
+    let by_inode = client
+        .inodes()
+        .get_attr(NodeRequest {
+            node: Some(InodeRef {
+                volume_id: root.volume_id,
+                inode: root.inode,
+                view: root.view,
+                parent: 0,
+                name: String::new(),
+            }),
+            handle: Vec::new(),
+        })
+        .await;
+    if let Err(s) = by_inode {
+        if s.code() == tonic::Code::Unimplemented {
+            return Err(MountError::Usage(
+                "the server does not serve calls by inode (berth.v1.Inodes): it is older \
+                 than this client; upgrade the servers before mounting with it"
+                    .to_string(),
+            ));
+        }
+        return Err(api(&path)(s));
     }
     let root_real = fuse_ino(root.volume_id, root.inode).ok_or_else(|| {
         MountError::Usage(format!(
