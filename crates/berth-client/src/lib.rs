@@ -20,8 +20,8 @@ pub mod failover;
 use std::time::Duration;
 
 use berth_api::v1::{
-    cluster_client::ClusterClient, files_client::FilesClient, locks_client::LocksClient,
-    namespace_client::NamespaceClient, security_client::SecurityClient,
+    cluster_client::ClusterClient, files_client::FilesClient, inodes_client::InodesClient,
+    locks_client::LocksClient, namespace_client::NamespaceClient, security_client::SecurityClient,
     streams_client::StreamsClient, tables_client::TablesClient, volumes_client::VolumesClient,
 };
 use std::sync::Arc;
@@ -159,6 +159,11 @@ impl Client {
     /// Namespace service: entries, directories, ACLs.
     pub fn namespace(&self) -> NamespaceClient<Transport> {
         NamespaceClient::new(self.transport())
+    }
+
+    /// The namespace addressed by inode (what a FUSE mount calls).
+    pub fn inodes(&self) -> InodesClient<Transport> {
+        InodesClient::new(self.transport())
     }
 
     /// Files service: open, read, write file data. Messages up to 64 MiB.

@@ -91,6 +91,12 @@ impl Namespace {
             let parent = r.object();
             dirents.push((parent, dirent_name(&k)?, decode_dirent(&v)?));
         }
+        let (os, oe) = crate::orphans::orphans_range(vol.id);
+        let mut orphans = BTreeSet::new();
+        for (k, v) in tx.peek_range(&os, &oe, CHECK_KEYS_MAX).await? {
+            crate::orphans::decode_orphan(&v)?;
+            orphans.insert(crate::orphans::orphan_ino(&k)?);
+        }
         let mut subdirs: BTreeMap<u64, u32> = BTreeMap::new();
         let mut links: BTreeMap<u64, u32> = BTreeMap::new();
         for (parent, name, d) in &dirents {
@@ -135,6 +141,13 @@ impl Namespace {
                             d.ino, i.parent
                         ));
                     }
+                    // An empty name is a directory stored before names were.
+                    if i.kind == EntryKind::Dir && !i.name.is_empty() && i.name != *name {
+                        problems.push(format!(
+                            "directory inode {} is entered as {name:?} but its name is {:?}",
+                            d.ino, i.name
+                        ));
+                    }
                 }
             }
             *links.entry(d.ino).or_default() += 1;
@@ -151,7 +164,15 @@ impl Namespace {
                 }
             } else {
                 let n = links.get(ino).copied().unwrap_or(0);
-                if n == 0 {
+                let orphan = orphans.contains(ino);
+                if orphan && (n != 0 || i.nlink != 0 || i.kind != EntryKind::File) {
+                    problems.push(format!(
+                        "inode {ino} ({}, nlink {}, {n} entries) is kept as an unlinked open file",
+                        i.kind.name(),
+                        i.nlink
+                    ));
+                }
+                if n == 0 && !orphan {
                     problems.push(format!(
                         "inode {ino} ({}) is not reachable from any entry",
                         i.kind.name()
@@ -184,6 +205,11 @@ impl Namespace {
                     ));
                 }
             }
+        }
+        for ino in orphans.iter().filter(|i| !inodes.contains_key(i)) {
+            problems.push(format!(
+                "an unlinked open file is kept as missing inode {ino}"
+            ));
         }
         if !inodes.contains_key(&ROOT_INODE) {
             problems.push("the volume has no root directory".to_string());

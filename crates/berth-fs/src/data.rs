@@ -36,6 +36,14 @@ pub const HANDLE_TTL_SECS: u64 = 24 * 3600;
 /// Largest file size (2^62 bytes), far below offset overflow.
 pub const FILE_SIZE_MAX: u64 = 1 << 62;
 
+/// What an open asks for: reading, writing, and truncation (with writing).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rights {
+    pub read: bool,
+    pub write: bool,
+    pub truncate: bool,
+}
+
 /// What `open` is asked for.
 #[derive(Debug, Clone, Default)]
 pub struct OpenSpec {
@@ -88,7 +96,28 @@ impl Namespace {
                 Err(e) => return Err(e),
             }
         }
-        let mut entry = entry.ok_or_else(|| too_much_contention(&spec.path))?;
+        let entry = entry.ok_or_else(|| too_much_contention(&spec.path))?;
+        let rights = Rights {
+            read: spec.read,
+            write: spec.write,
+            truncate: spec.truncate,
+        };
+        self.grant(p, entry, rights, created).await
+    }
+
+    /// Opens the file `entry` (found by path or by inode, authorized up to
+    /// it) for `rights`: checks them as open(2) does, unless the caller
+    /// just `created` it, truncates when asked, and returns a handle.
+    pub(crate) async fn grant(
+        &self,
+        p: &Principal,
+        mut entry: EntryInfo,
+        rights: Rights,
+        created: bool,
+    ) -> Result<(Vec<u8>, EntryInfo), Error> {
+        if !rights.read && !rights.write {
+            return Err(Error::invalid("open needs read, write or both"));
+        }
         match entry.inode.kind {
             EntryKind::File => {}
             EntryKind::Dir => {
@@ -106,17 +135,17 @@ impl Namespace {
             }
         }
         let vol = self.volume(entry.volume_id)?;
-        if spec.write && !entry.view.is_live() {
+        if rights.write && !entry.view.is_live() {
             return Err(read_only(&entry.path));
         }
         if !created {
-            if spec.read {
+            if rights.read {
                 check_entry(p, &entry.path, &vol, &entry.inode, Need::Read)?;
             }
-            if spec.write {
+            if rights.write {
                 check_entry(p, &entry.path, &vol, &entry.inode, Need::Write)?;
             }
-            if spec.write && spec.truncate {
+            if rights.write && rights.truncate {
                 entry = self.truncate_file(&vol, entry, 0).await?;
             }
         }
@@ -126,8 +155,8 @@ impl Namespace {
             principal: p.name.clone(),
             volume: vol.id,
             ino: entry.ino,
-            read: spec.read,
-            write: spec.write,
+            read: rights.read,
+            write: rights.write,
             expires_at: berth_security::now_secs() + HANDLE_TTL_SECS,
             snapshot: match entry.view {
                 View::Snapshot(id) => Some(id),

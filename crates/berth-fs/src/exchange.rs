@@ -15,7 +15,7 @@ use berth_security::principal::Principal;
 use berth_security::scope::Access;
 
 use crate::access::{check_entry, check_scope, Need};
-use crate::namespace::{now_ns, Namespace};
+use crate::namespace::{now_ns, Namespace, Site};
 use crate::records::*;
 
 /// Deepest directory tree walked when looking for a cycle.
@@ -79,10 +79,21 @@ impl Namespace {
                 "cannot exchange {a} and {b}: one lies inside the other"
             )));
         }
+        self.exchange_sites(p, &Site::Path(&a), &Site::Path(&b))
+            .await
+    }
+
+    /// Swaps the entries at two sites (RENAME_EXCHANGE).
+    pub(crate) async fn exchange_sites(
+        &self,
+        p: &Principal,
+        a_site: &Site<'_>,
+        b_site: &Site<'_>,
+    ) -> Result<(), Error> {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let (ap, aname) = self.resolve_parent(p, &a).await?;
-            let (bp, bname) = self.resolve_parent(p, &b).await?;
+            let (ap, aname, a) = self.site_parent(p, a_site).await?;
+            let (bp, bname, b) = self.site_parent(p, b_site).await?;
             if ap.vol.id != bp.vol.id {
                 return Err(Error::new(
                     Code::CrossVolume,
@@ -111,8 +122,10 @@ impl Namespace {
                         .ok_or_else(|| Error::not_found(&bp.path))?,
                 )?
             };
-            check_entry(p, &ap.path, &vol, &api, Need::Write)?;
-            check_entry(p, &bp.path, &vol, &bpi, Need::Write)?;
+            for (dir, inode) in [(&ap.path, &api), (&bp.path, &bpi)] {
+                check_entry(p, dir, &vol, inode, Need::Search)?;
+                check_entry(p, dir, &vol, inode, Need::Write)?;
+            }
             check_scope(p, &a, Access::Write)?;
             check_scope(p, &b, Access::Write)?;
             let adkey = dirent_key(vol.id, ap.ino, &aname);
@@ -166,6 +179,14 @@ impl Namespace {
             }
             ai.ctime_ns = now;
             bi.ctime_ns = now;
+            // Directories keep their own names (their paths are rebuilt
+            // from them): each takes the other's.
+            if a_dir {
+                ai.name = bname.clone();
+            }
+            if b_dir {
+                bi.name = aname.clone();
+            }
             tx.put(aikey, encode_inode(&ai));
             tx.put(bikey, encode_inode(&bi));
             tx.put(
@@ -199,7 +220,7 @@ impl Namespace {
                 return Ok(());
             }
         }
-        Err(too_much_contention(&a))
+        Err(too_much_contention(&a_site.describe()))
     }
 }
 

@@ -15,6 +15,8 @@ use berth_store::keys::Kind;
 use parking_lot::Mutex;
 
 use crate::access::{check_entry, check_owner, check_scope, check_sticky, validate_ace, Need};
+use crate::inodes::NodeRef;
+use crate::orphans::{Keep, Removal};
 use crate::records::*;
 
 /// Most symbolic links followed while resolving one path.
@@ -45,7 +47,7 @@ pub struct EntryInfo {
 
 /// What a new entry of [`Namespace::make`] carries besides its attributes.
 #[derive(Clone)]
-enum Extra {
+pub(crate) enum Extra {
     None,
     /// A symbolic link's target.
     Target(String),
@@ -87,12 +89,69 @@ impl Loc {
     }
 }
 
+/// Where a call creates, removes or renames an entry: a path, or a name in
+/// a directory addressed by inode.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Site<'a> {
+    /// A normalised path; its parent is resolved following links.
+    Path(&'a str),
+    /// A name in a directory addressed by inode.
+    At(&'a NodeRef, &'a str),
+}
+
+impl Site<'_> {
+    /// For error messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Site::Path(p) => p.to_string(),
+            Site::At(dir, name) => format!("{name:?} in {}", dir.describe()),
+        }
+    }
+}
+
+/// Which existing entry a call is about.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// A path; a final symbolic link is followed when the flag is set.
+    Path(&'a str, bool),
+    /// An entry addressed by inode (never followed).
+    Node(&'a NodeRef),
+    /// A file addressed by inode and authorized by an open handle of it,
+    /// which it needs when it has no name left (unlinked while open).
+    Handle(&'a NodeRef, &'a [u8]),
+}
+
+impl Target<'_> {
+    /// For error messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Target::Path(p, _) => p.to_string(),
+            Target::Node(n) | Target::Handle(n, _) => n.describe(),
+        }
+    }
+}
+
+/// An entry a [`Target`] named.
+pub(crate) struct Found {
+    pub loc: Loc,
+    /// Found through a handle: the principal to act as. The handle's open
+    /// checked the ticket's scope for the file; a handle open for writing
+    /// stands for that check, since the entry may have no path to check
+    /// again (a scoped principal with a read-only handle keeps its scope,
+    /// which then refuses changes).
+    pub acting: Option<Principal>,
+    /// Found through a handle open for writing.
+    pub handle_write: bool,
+}
+
 pub struct Namespace {
     pub(crate) meta: Arc<Meta>,
     /// Per volume: the next free inode number and the end of the reserved block.
     ids: Mutex<HashMap<u64, (u64, u64)>>,
     /// What another service writes when an entry's name changes.
     hook: std::sync::OnceLock<Arc<dyn EntryHook>>,
+    /// Lease of a file kept for its open handles (`orphans`).
+    pub(crate) orphan_lease_ms: std::sync::atomic::AtomicU64,
 }
 
 /// What a service keeping state about entries (the tables' change log)
@@ -128,24 +187,32 @@ pub trait EntryHook: Send + Sync {
 pub type HookFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send + 'a>>;
 
+/// What one step of a walk found.
+pub(crate) enum Step {
+    Found(Box<Loc>),
+    /// The entry's reads straddled a change: walk again through a new read
+    /// barrier.
+    Torn,
+}
+
 /// Reads across shards with one read barrier per shard per operation.
-struct Reader {
-    txs: HashMap<ShardId, Tx>,
+pub(crate) struct Reader {
+    pub(crate) txs: HashMap<ShardId, Tx>,
 }
 
 impl Reader {
-    fn new() -> Reader {
+    pub(crate) fn new() -> Reader {
         Reader {
             txs: HashMap::new(),
         }
     }
-    async fn tx(&mut self, meta: &Meta, shard: ShardId) -> Result<&Tx, Error> {
+    pub(crate) async fn tx(&mut self, meta: &Meta, shard: ShardId) -> Result<&Tx, Error> {
         if let std::collections::hash_map::Entry::Vacant(slot) = self.txs.entry(shard) {
             slot.insert(meta.router().begin(shard).await?);
         }
         Ok(&self.txs[&shard])
     }
-    async fn inode(
+    pub(crate) async fn inode(
         &mut self,
         meta: &Meta,
         vol: &VolumeRecord,
@@ -159,7 +226,7 @@ impl Reader {
             .transpose()
     }
     /// Overlays a file's size and write time onto its inode.
-    async fn overlay(
+    pub(crate) async fn overlay(
         &mut self,
         meta: &Meta,
         vol: &VolumeRecord,
@@ -174,12 +241,16 @@ impl Reader {
         crate::data::overlay_file_attrs(tx, view, vol.id, ino, inode).await
     }
 
-    async fn snapshots(&mut self, meta: &Meta, vol: &VolumeRecord) -> Result<SnapshotList, Error> {
+    pub(crate) async fn snapshots(
+        &mut self,
+        meta: &Meta,
+        vol: &VolumeRecord,
+    ) -> Result<SnapshotList, Error> {
         let tx = self.tx(meta, vol.shard_id).await?;
         decode_snapshots(tx.peek(&snapshots_key(vol.id)).await?.as_deref())
     }
 
-    async fn dirent(
+    pub(crate) async fn dirent(
         &mut self,
         meta: &Meta,
         vol: &VolumeRecord,
@@ -231,38 +302,89 @@ impl CreateSite {
     }
 }
 
-/// Writes, in `tx`, a new entry `name` (inode `ino`) of `kind` in the
-/// directory `(volume, ino, inode)`, owned by `p`, with the group and
-/// setgid bit a setgid directory passes on; updates the directory (its
-/// link count for a new subdirectory, its times). Returns the new inode.
+/// What [`Namespace::make_at_site`] makes.
+#[derive(Clone)]
+pub(crate) struct Made {
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub extra: Extra,
+    /// The owner to give the new entry instead of the caller (uid, gid), as
+    /// far as the caller could give it away with a chown (EPERM otherwise).
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Checks that `p` may give an entry of `path` that it would own as
+/// `(uid, gid)` to `to` instead, as chown(2) would let it: another uid
+/// needs an administrator, another group an administrator or the owner in
+/// that group.
+pub(crate) fn check_give(
+    p: &Principal,
+    path: &str,
+    (uid, gid): (u32, u32),
+    to: (u32, u32),
+) -> Result<(), Error> {
+    if p.is_admin() {
+        return Ok(());
+    }
+    if to.0 != uid {
+        return Err(Error::new(
+            Code::Perm,
+            format!(
+                "operation not permitted: only an administrator may give {path} to uid {}",
+                to.0
+            ),
+        ));
+    }
+    if to.1 != gid && !(to.0 == p.uid && p.gids.contains(&to.1)) {
+        return Err(Error::new(
+            Code::Perm,
+            format!(
+                "operation not permitted: the owner may only give {path} to one of their groups, not {}",
+                to.1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes, in `tx`, a new entry `name` (inode `ino`) in the directory
+/// `(volume, ino, inode)`, owned by `p` (or `made.owner`, if `p` may give
+/// it away), with the group and setgid bit a setgid directory passes on;
+/// updates the directory (its link count for a new subdirectory, its
+/// times). Returns the new inode.
 fn add_child(
     tx: &mut Tx,
     p: &Principal,
     (vol, parent_ino, pinode): (u64, u64, &mut Inode),
     (name, ino): (&str, u64),
-    kind: EntryKind,
-    mode: u32,
-    extra: Extra,
-) -> Inode {
-    let (target, rdev) = match extra {
+    made: &Made,
+    path: &str,
+) -> Result<Inode, Error> {
+    let kind = made.kind;
+    let (target, rdev) = match &made.extra {
         Extra::None => (None, 0),
-        Extra::Target(t) => (Some(t), 0),
-        Extra::Rdev(r) => (None, r),
+        Extra::Target(t) => (Some(t.clone()), 0),
+        Extra::Rdev(r) => (None, *r),
     };
     let now = now_ns();
-    let gid = if pinode.mode & 0o2000 != 0 {
+    let mut uid = p.uid;
+    let mut gid = if pinode.mode & 0o2000 != 0 {
         pinode.gid
     } else {
         p.gids.first().copied().unwrap_or(NOGROUP_GID)
     };
-    let mut mode = mode & 0o7777;
+    if let Some(to) = made.owner {
+        check_give(p, path, (uid, gid), to)?;
+        (uid, gid) = to;
+    }
+    let mut mode = made.mode & 0o7777;
     if kind == EntryKind::Dir && pinode.mode & 0o2000 != 0 {
         mode |= 0o2000; // setgid directories propagate
     }
     let inode = Inode {
         kind,
         mode,
-        uid: p.uid,
+        uid,
         gid,
         size: target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
         nlink: if kind == EntryKind::Dir { 2 } else { 1 },
@@ -277,6 +399,11 @@ fn add_child(
         target,
         acl: EntryAcl::default(),
         rdev,
+        name: if kind == EntryKind::Dir {
+            name.to_string()
+        } else {
+            String::new()
+        },
     };
     if kind == EntryKind::Dir {
         pinode.nlink += 1;
@@ -293,7 +420,52 @@ fn add_child(
         }),
     );
     tx.put(inode_key(vol, parent_ino), encode_inode(pinode));
-    inode
+    Ok(inode)
+}
+
+/// Refuses a symbolic link target that is empty, longer than 4096 bytes
+/// or holds a NUL.
+pub(crate) fn check_target(target: &str) -> Result<(), Error> {
+    if target.is_empty() || target.len() > 4096 || target.contains('\0') {
+        return Err(Error::invalid(
+            "symlink target must be 1-4096 bytes without NUL",
+        ));
+    }
+    Ok(())
+}
+
+/// What mknod(2) checks: a special kind; device nodes only by a superuser
+/// (uid 0 or an administrator, as mknod(2) needs CAP_MKNOD: EPERM), and no
+/// device number for the others.
+pub(crate) fn check_mknod(
+    p: &Principal,
+    kind: EntryKind,
+    rdev: u64,
+    path: &str,
+) -> Result<(), Error> {
+    if !kind.is_special() {
+        return Err(Error::invalid(format!(
+            "mknod makes FIFOs, sockets and device nodes, not a {}",
+            kind.name()
+        )));
+    }
+    if kind.is_device() {
+        if p.uid != 0 && !p.is_admin() {
+            return Err(Error::new(
+                Code::Perm,
+                format!(
+                    "operation not permitted: only a superuser may make a {} ({path})",
+                    kind.name()
+                ),
+            ));
+        }
+    } else if rdev != 0 {
+        return Err(Error::invalid(format!(
+            "a {} has no device number (rdev {rdev:#x})",
+            kind.name()
+        )));
+    }
+    Ok(())
 }
 
 pub fn now_ns() -> i64 {
@@ -303,7 +475,7 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-fn join(dir: &str, name: &str) -> String {
+pub(crate) fn join(dir: &str, name: &str) -> String {
     if dir == "/" {
         format!("/{name}")
     } else {
@@ -341,7 +513,7 @@ fn lexical(base: &str, target: &str) -> String {
 
 /// The virtual `.snapshot` directory of a volume root: read-only, owned
 /// like the root.
-fn snapshot_dir_inode(root: &Inode, root_ino: u64) -> Inode {
+pub(crate) fn snapshot_dir_inode(root: &Inode, root_ino: u64) -> Inode {
     Inode {
         kind: EntryKind::Dir,
         mode: 0o555,
@@ -367,12 +539,15 @@ pub(crate) async fn writable_parent(
             .await?
             .ok_or_else(|| Error::not_found(&parent.path))?,
     )?;
+    // Changing a directory's entries takes searching it too (Linux:
+    // MAY_WRITE | MAY_EXEC).
+    check_entry(p, &parent.path, &parent.vol, &pinode, Need::Search)?;
     check_entry(p, &parent.path, &parent.vol, &pinode, Need::Write)?;
     check_scope(p, path, Access::Write)?;
     Ok((pkey, pinode))
 }
 
-fn not_dir(path: &str) -> Error {
+pub(crate) fn not_dir(path: &str) -> Error {
     Error::new(Code::NotDir, format!("not a directory: {path}"))
 }
 
@@ -382,6 +557,9 @@ impl Namespace {
             meta,
             ids: Mutex::new(HashMap::new()),
             hook: std::sync::OnceLock::new(),
+            orphan_lease_ms: std::sync::atomic::AtomicU64::new(
+                crate::orphans::ORPHAN_LEASE_MS_DEFAULT,
+            ),
         })
     }
 
@@ -415,9 +593,100 @@ impl Namespace {
         self.resolve_in(&mut Reader::new(), p, path, follow).await
     }
 
+    /// The namespace root directory.
+    pub(crate) async fn root_loc(&self, reader: &mut Reader) -> Result<Loc, Error> {
+        let vol = self.volume(berth_meta::map::ROOT_VOLUME)?;
+        let inode = reader
+            .inode(&self.meta, &vol, View::Live, ROOT_INODE)
+            .await?
+            .ok_or_else(|| Error::new(Code::Again, "root directory not initialised yet; retry"))?;
+        Ok(Loc {
+            vol,
+            ino: ROOT_INODE,
+            inode,
+            path: "/".to_string(),
+            view: View::Live,
+        })
+    }
+
+    /// One step of a walk: the entry `name` in directory `dir`, which `p`
+    /// must be allowed to search. Crosses into a volume mounted there, into
+    /// a volume root's `.snapshot` directory and into a snapshot. The
+    /// entry's attributes are its inode's (no file size overlaid).
+    pub(crate) async fn step(
+        &self,
+        reader: &mut Reader,
+        p: &Principal,
+        dir: &Loc,
+        name: &str,
+    ) -> Result<Step, Error> {
+        if dir.inode.kind != EntryKind::Dir {
+            return Err(not_dir(&dir.path));
+        }
+        check_entry(p, &dir.path, &dir.vol, &dir.inode, Need::Search)?;
+        let path = join(&dir.path, name);
+        if dir.view == View::Live && dir.ino == dir.vol.root_inode && name == SNAPSHOT_DIR {
+            return Ok(Step::Found(Box::new(Loc {
+                vol: dir.vol.clone(),
+                ino: dir.ino,
+                inode: snapshot_dir_inode(&dir.inode, dir.ino),
+                path,
+                view: View::SnapshotDir,
+            })));
+        }
+        if dir.view == View::SnapshotDir {
+            let snaps = reader.snapshots(&self.meta, &dir.vol).await?;
+            let s = snaps.find(name).ok_or_else(|| Error::not_found(&path))?;
+            let view = View::Snapshot(s.id);
+            let inode = reader
+                .inode(&self.meta, &dir.vol, view, dir.ino)
+                .await?
+                .ok_or_else(|| Error::not_found(&path))?;
+            return Ok(Step::Found(Box::new(Loc {
+                vol: dir.vol.clone(),
+                ino: dir.ino,
+                inode,
+                path,
+                view,
+            })));
+        }
+        let d = reader
+            .dirent(&self.meta, &dir.vol, dir.view, dir.ino, name)
+            .await?
+            .ok_or_else(|| Error::not_found(&path))?;
+        let (vol, ino) = match d.mount {
+            // A snapshot holds one volume; volumes mounted in it are not
+            // part of it.
+            Some(_) if !dir.view.is_live() => return Err(Error::not_found(&path)),
+            Some(m) => {
+                let v = self.volume(m)?;
+                if v.state != VolumeState::Ready {
+                    return Err(Error::not_found(&path));
+                }
+                let root = v.root_inode;
+                (v, root)
+            }
+            None => (dir.vol.clone(), d.ino),
+        };
+        match reader.inode(&self.meta, &vol, dir.view, ino).await? {
+            Some(inode) => Ok(Step::Found(Box::new(Loc {
+                vol,
+                ino,
+                inode,
+                path,
+                view: dir.view,
+            }))),
+            // An entry names an inode that is gone: its reads straddled a
+            // change (a rename over it, an unlink), since every committed
+            // state has an inode for each entry.
+            None if d.mount.is_none() && dir.view.is_live() => Ok(Step::Torn),
+            None => Err(Error::not_found(&path)),
+        }
+    }
+
     /// [`Namespace::resolve`] through `reader`'s transactions (one read barrier per
     /// shard crossed), which the caller may go on reading with.
-    async fn resolve_in(
+    pub(crate) async fn resolve_in(
         &self,
         reader: &mut Reader,
         p: &Principal,
@@ -429,76 +698,25 @@ impl Namespace {
         let mut hops = 0;
         let mut torn = 0;
         'restart: loop {
-            let mut vol = self.volume(berth_meta::map::ROOT_VOLUME)?;
-            let mut ino = ROOT_INODE;
-            let mut view = View::Live;
-            let mut inode = reader
-                .inode(&self.meta, &vol, view, ino)
-                .await?
-                .ok_or_else(|| {
-                    Error::new(Code::Again, "root directory not initialised yet; retry")
-                })?;
-            let mut cur = "/".to_string();
+            let mut at = self.root_loc(reader).await?;
             let comps: Vec<String> = components(&path).map(str::to_string).collect();
             for (i, comp) in comps.iter().enumerate() {
-                if inode.kind != EntryKind::Dir {
-                    return Err(not_dir(&cur));
-                }
-                check_entry(p, &cur, &vol, &inode, Need::Search)?;
-                let next = join(&cur, comp);
-                if view == View::Live && ino == vol.root_inode && comp == SNAPSHOT_DIR {
-                    view = View::SnapshotDir;
-                    inode = snapshot_dir_inode(&inode, ino);
-                    cur = next;
-                    continue;
-                }
-                if view == View::SnapshotDir {
-                    let snaps = reader.snapshots(&self.meta, &vol).await?;
-                    let s = snaps.find(comp).ok_or_else(|| Error::not_found(&next))?;
-                    view = View::Snapshot(s.id);
-                    inode = reader
-                        .inode(&self.meta, &vol, view, ino)
-                        .await?
-                        .ok_or_else(|| Error::not_found(&next))?;
-                    cur = next;
-                    continue;
-                }
-                let d = reader
-                    .dirent(&self.meta, &vol, view, ino, comp)
-                    .await?
-                    .ok_or_else(|| Error::not_found(&next))?;
-                match d.mount {
-                    // A snapshot holds one volume; volumes mounted in it
-                    // are not part of it.
-                    Some(_) if !view.is_live() => return Err(Error::not_found(&next)),
-                    Some(m) => {
-                        let v = self.volume(m)?;
-                        if v.state != VolumeState::Ready {
-                            return Err(Error::not_found(&next));
-                        }
-                        ino = v.root_inode;
-                        vol = v;
-                    }
-                    None => ino = d.ino,
-                }
-                inode = match reader.inode(&self.meta, &vol, view, ino).await? {
-                    Some(inode) => inode,
-                    // An entry names an inode that is gone: its reads straddled a
-                    // change (a rename over it, an unlink), since every committed
-                    // state has an inode for each entry. Resolve again from the
-                    // start, through a new read barrier, instead of answering
-                    // ENOENT for a name that existed all along.
-                    None if d.mount.is_none() && view.is_live() && torn < TORN_READS_MAX => {
+                let next = match self.step(reader, p, &at, comp).await? {
+                    Step::Found(next) => *next,
+                    // Resolve again from the start, through a new read
+                    // barrier, instead of answering ENOENT for a name that
+                    // existed all along.
+                    Step::Torn if torn < TORN_READS_MAX => {
                         torn += 1;
                         *reader = Reader::new();
                         path = original.clone();
                         hops = 0;
                         continue 'restart;
                     }
-                    None => return Err(Error::not_found(&next)),
+                    Step::Torn => return Err(Error::not_found(join(&at.path, comp))),
                 };
                 let last = i + 1 == comps.len();
-                if inode.kind == EntryKind::Symlink && (!last || follow) {
+                if next.inode.kind == EntryKind::Symlink && (!last || follow) {
                     hops += 1;
                     if hops > SYMLINK_HOPS_MAX {
                         return Err(Error::new(
@@ -506,26 +724,20 @@ impl Namespace {
                             format!("too many levels of symbolic links: {path}"),
                         ));
                     }
-                    let target = inode.target.clone().unwrap_or_default();
-                    let mut rest = lexical(&cur, &target);
+                    let target = next.inode.target.clone().unwrap_or_default();
+                    let mut rest = lexical(&at.path, &target);
                     for c in &comps[i + 1..] {
                         rest = join(&rest, c);
                     }
                     path = rest;
                     continue 'restart;
                 }
-                cur = next;
+                at = next;
             }
             reader
-                .overlay(&self.meta, &vol, view, ino, &mut inode)
+                .overlay(&self.meta, &at.vol, at.view, at.ino, &mut at.inode)
                 .await?;
-            return Ok(Loc {
-                vol,
-                ino,
-                inode,
-                path: cur,
-                view,
-            });
+            return Ok(at);
         }
     }
 
@@ -562,7 +774,7 @@ impl Namespace {
         Ok(loc)
     }
 
-    fn info(loc: &Loc) -> EntryInfo {
+    pub(crate) fn info(loc: &Loc) -> EntryInfo {
         let name = split_parent(&loc.path)
             .map(|(_, n)| n.to_string())
             .unwrap_or_else(|| "/".to_string());
@@ -630,6 +842,17 @@ impl Namespace {
         limit: usize,
     ) -> Result<(Vec<EntryInfo>, bool), Error> {
         let loc = self.resolve(p, path, true).await?;
+        self.list_loc(p, &loc, start_after, limit).await
+    }
+
+    /// One page of the entries of directory `loc` (see [`Namespace::list`]).
+    pub(crate) async fn list_loc(
+        &self,
+        p: &Principal,
+        loc: &Loc,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<(Vec<EntryInfo>, bool), Error> {
         if loc.inode.kind != EntryKind::Dir {
             return Err(not_dir(&loc.path));
         }
@@ -639,7 +862,7 @@ impl Namespace {
             l => l.min(LIST_LIMIT_MAX),
         };
         if loc.view == View::SnapshotDir {
-            return self.list_snapshots(&loc, start_after, limit).await;
+            return self.list_snapshots(loc, start_after, limit).await;
         }
         let view = loc.view;
         let (mut start, end) = children_range(loc.vol.id, loc.ino);
@@ -751,7 +974,15 @@ impl Namespace {
     }
 
     pub async fn readlink(&self, p: &Principal, path: &str) -> Result<String, Error> {
-        let loc = self.resolve(p, path, false).await?;
+        self.readlink_of(p, &Target::Path(path, false)).await
+    }
+
+    pub(crate) async fn readlink_of(
+        &self,
+        p: &Principal,
+        target: &Target<'_>,
+    ) -> Result<String, Error> {
+        let loc = self.target_loc(p, target).await?.loc;
         check_scope(p, &loc.path, Access::Read)?;
         match (&loc.inode.kind, &loc.inode.target) {
             (EntryKind::Symlink, Some(t)) => Ok(t.clone()),
@@ -830,28 +1061,7 @@ impl Namespace {
         mode: u32,
         rdev: u64,
     ) -> Result<EntryInfo, Error> {
-        if !kind.is_special() {
-            return Err(Error::invalid(format!(
-                "mknod makes FIFOs, sockets and device nodes, not a {}",
-                kind.name()
-            )));
-        }
-        if kind.is_device() {
-            if p.uid != 0 && !p.is_admin() {
-                return Err(Error::new(
-                    Code::Perm,
-                    format!(
-                        "operation not permitted: only a superuser may make a {} ({path})",
-                        kind.name()
-                    ),
-                ));
-            }
-        } else if rdev != 0 {
-            return Err(Error::invalid(format!(
-                "a {} has no device number (rdev {rdev:#x})",
-                kind.name()
-            )));
-        }
+        check_mknod(p, kind, rdev, path)?;
         let path = normalize_path(path)?;
         self.make(p, &path, kind, mode, Extra::Rdev(rdev), true)
             .await
@@ -863,11 +1073,7 @@ impl Namespace {
         path: &str,
         target: &str,
     ) -> Result<EntryInfo, Error> {
-        if target.is_empty() || target.len() > 4096 || target.contains('\0') {
-            return Err(Error::invalid(
-                "symlink target must be 1-4096 bytes without NUL",
-            ));
-        }
+        check_target(target)?;
         let path = normalize_path(path)?;
         self.make(
             p,
@@ -889,9 +1095,28 @@ impl Namespace {
         extra: Extra,
         exclusive: bool,
     ) -> Result<EntryInfo, Error> {
+        let made = Made {
+            kind,
+            mode,
+            extra,
+            owner: None,
+        };
+        self.make_at_site(p, &Site::Path(path), &made, exclusive)
+            .await
+    }
+
+    /// Makes the entry `made` at `site`. Without `exclusive`, an existing
+    /// entry of the same kind is returned unchanged.
+    pub(crate) async fn make_at_site(
+        &self,
+        p: &Principal,
+        site: &Site<'_>,
+        made: &Made,
+        exclusive: bool,
+    ) -> Result<EntryInfo, Error> {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let (parent, name) = self.resolve_parent(p, path).await?;
+            let (parent, name, path) = self.site_parent(p, site).await?;
             let vol = parent.vol.clone();
             let ino = self.alloc_ino(&vol).await?;
             let mut tx = self.meta.router().begin(vol.shard_id).await?;
@@ -904,27 +1129,26 @@ impl Namespace {
             let dkey = dirent_key(vol.id, parent.ino, &name);
             if let Some(existing) = tx.peek(&dkey).await? {
                 let d = decode_dirent(&existing)?;
-                if !exclusive && d.kind == kind {
-                    return self.stat(p, path).await;
+                if !exclusive && d.kind == made.kind {
+                    return self.entry_at_site(p, site).await;
                 }
-                return Err(Error::exists(path));
+                return Err(Error::exists(&path));
             }
             tx.get(&dkey).await?; // condition: still absent
             check_entry(p, &parent.path, &vol, &pinode, Need::Search)?;
             check_entry(p, &parent.path, &vol, &pinode, Need::Write)?;
-            check_scope(p, path, Access::Write)?;
+            check_scope(p, &path, Access::Write)?;
             let inode = add_child(
                 &mut tx,
                 p,
                 (vol.id, parent.ino, &mut pinode),
                 (&name, ino),
-                kind,
-                mode,
-                extra.clone(),
-            );
+                made,
+                &path,
+            )?;
             if let Commit::Done(_) = tx.commit().await? {
                 return Ok(EntryInfo {
-                    path: path.to_string(),
+                    path,
                     name,
                     volume_id: vol.id,
                     volume_path: vol.path.clone(),
@@ -935,7 +1159,7 @@ impl Namespace {
                 });
             }
         }
-        Err(too_much_contention(path))
+        Err(too_much_contention(&site.describe()))
     }
 
     /// Where [`Namespace::create_in`] would create `path`: its deepest
@@ -1039,15 +1263,20 @@ impl Namespace {
                 true => (kind, mode),
                 false => (EntryKind::Dir, dir_mode),
             };
+            let made = Made {
+                kind: k,
+                mode: m,
+                extra: Extra::None,
+                owner: None,
+            };
             let inode = add_child(
                 tx,
                 p,
                 (vol.id, dir.0, &mut pinode),
                 (name, ino),
-                k,
-                m,
-                Extra::None,
-            );
+                &made,
+                &path,
+            )?;
             if last {
                 return Ok(site.entry(path, name, ino, inode));
             }
@@ -1068,9 +1297,26 @@ impl Namespace {
                 "the root directory cannot be removed",
             ));
         }
+        let how = Removal {
+            recursive,
+            ..Removal::default()
+        };
+        self.remove_at_site(p, &Site::Path(&path), &how)
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes the entry at `site` as `how` says; returns whether its inode
+    /// was kept for the caller's open handles (`how.keep`).
+    pub(crate) async fn remove_at_site(
+        &self,
+        p: &Principal,
+        site: &Site<'_>,
+        how: &Removal,
+    ) -> Result<bool, Error> {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let (parent, name) = self.resolve_parent(p, &path).await?;
+            let (parent, name, path) = self.site_parent(p, site).await?;
             let vol = parent.vol.clone();
             let mut tx = self.meta.router().begin(vol.shard_id).await?;
             let (pkey, mut pinode) = writable_parent(&mut tx, p, &parent, &path).await?;
@@ -1093,18 +1339,33 @@ impl Namespace {
                     .ok_or_else(|| Error::not_found(&path))?,
             )?;
             check_sticky(p, &path, &pinode, &inode)?;
+            // As unlink(2) and rmdir(2), after the permission checks.
+            match (how.expect_dir, inode.kind == EntryKind::Dir) {
+                (Some(true), false) => return Err(not_dir(&path)),
+                (Some(false), true) => {
+                    return Err(Error::new(Code::IsDir, format!("is a directory: {path}")))
+                }
+                _ => {}
+            }
             let now = now_ns();
+            let mut kept = false;
             if inode.kind == EntryKind::Dir {
                 let (cs, ce) = children_range(vol.id, d.ino);
                 if !tx.is_range_empty(&cs, &ce).await? {
-                    if !recursive {
+                    let Site::Path(dir) = site else {
+                        return Err(Error::new(
+                            Code::NotEmpty,
+                            format!("directory not empty: {path}"),
+                        ));
+                    };
+                    if !how.recursive {
                         return Err(Error::new(
                             Code::NotEmpty,
                             format!("directory not empty: {path}"),
                         ));
                     }
                     drop(tx);
-                    Box::pin(self.remove_children(p, &path)).await?;
+                    Box::pin(self.remove_children(p, dir)).await?;
                     continue;
                 }
                 pinode.nlink = pinode.nlink.saturating_sub(1);
@@ -1115,6 +1376,9 @@ impl Namespace {
                 inode.nlink -= 1;
                 inode.ctime_ns = now;
                 tx.put(ikey, encode_inode(&inode));
+            } else if let Some(keep) = how.keep.as_ref().filter(|k| k.keeps(d.ino, &inode)) {
+                self.orphan(&mut tx, p, &vol, d.ino, &mut inode, keep);
+                kept = true;
             } else {
                 self.last_name_goes(&mut tx, &vol, d.ino, inode.kind, &path)?;
                 tx.delete(ikey);
@@ -1124,17 +1388,17 @@ impl Namespace {
             pinode.ctime_ns = now;
             tx.put(pkey, encode_inode(&pinode));
             if let Commit::Done(_) = tx.commit().await? {
-                return Ok(());
+                return Ok(kept);
             }
         }
-        Err(too_much_contention(&path))
+        Err(too_much_contention(&site.describe()))
     }
 
     /// Deletes, in `tx`, what entry `ino` holds once its last name `path`
     /// goes: a file's data, a table's documents and indexes, a stream's
     /// topics and logs, its extended attributes; and lets the hook record
     /// the removal in the same transaction.
-    fn last_name_goes(
+    pub(crate) fn last_name_goes(
         &self,
         tx: &mut Tx,
         vol: &VolumeRecord,
@@ -1199,10 +1463,27 @@ impl Namespace {
                 "cannot move {from} into its own subdirectory {to}"
             )));
         }
+        self.rename_sites(p, &Site::Path(&from), &Site::Path(&to), no_replace, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Renames the entry at `from_site` to `to_site` (one volume), replacing
+    /// what is there unless `no_replace`. A replaced file whose last name
+    /// goes is kept for the caller's open handles when `keep` names it;
+    /// returns whether it was.
+    pub(crate) async fn rename_sites(
+        &self,
+        p: &Principal,
+        from_site: &Site<'_>,
+        to_site: &Site<'_>,
+        no_replace: bool,
+        keep: Option<&Keep>,
+    ) -> Result<bool, Error> {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let (fp, fname) = self.resolve_parent(p, &from).await?;
-            let (tp, tname) = self.resolve_parent(p, &to).await?;
+            let (fp, fname, from) = self.site_parent(p, from_site).await?;
+            let (tp, tname, to) = self.site_parent(p, to_site).await?;
             if fp.vol.id != tp.vol.id {
                 return Err(Error::new(
                     Code::CrossVolume,
@@ -1231,8 +1512,10 @@ impl Namespace {
                         .ok_or_else(|| Error::not_found(&tp.path))?,
                 )?
             };
-            check_entry(p, &fp.path, &vol, &fpi, Need::Write)?;
-            check_entry(p, &tp.path, &vol, &tpi, Need::Write)?;
+            for (dir, inode) in [(&fp.path, &fpi), (&tp.path, &tpi)] {
+                check_entry(p, dir, &vol, inode, Need::Search)?;
+                check_entry(p, dir, &vol, inode, Need::Write)?;
+            }
             check_scope(p, &from, Access::Write)?;
             check_scope(p, &to, Access::Write)?;
             let fdkey = dirent_key(vol.id, fp.ino, &fname);
@@ -1249,7 +1532,7 @@ impl Namespace {
                 ));
             }
             if same_parent && fname == tname {
-                return Ok(());
+                return Ok(false);
             }
             let fikey = inode_key(vol.id, fd.ino);
             let mut fi = decode_inode(
@@ -1260,6 +1543,7 @@ impl Namespace {
             check_sticky(p, &from, &fpi, &fi)?;
             let moving_dir = fi.kind == EntryKind::Dir;
             let now = now_ns();
+            let mut kept = false;
             if let Some(tdb) = tx.get(&tdkey).await? {
                 let td = decode_dirent(&tdb)?;
                 if no_replace {
@@ -1272,7 +1556,7 @@ impl Namespace {
                     ));
                 }
                 if td.ino == fd.ino {
-                    return Ok(()); // both names link the same inode: rename(2) does nothing
+                    return Ok(false); // both names link the same inode: rename(2) does nothing
                 }
                 let tikey = inode_key(vol.id, td.ino);
                 let mut ti =
@@ -1301,6 +1585,9 @@ impl Namespace {
                             ti.nlink -= 1;
                             ti.ctime_ns = now;
                             tx.put(tikey, encode_inode(&ti));
+                        } else if let Some(k) = keep.filter(|k| k.keeps(td.ino, &ti)) {
+                            self.orphan(&mut tx, p, &vol, td.ino, &mut ti, k);
+                            kept = true;
                         } else {
                             self.last_name_goes(&mut tx, &vol, td.ino, ti.kind, &to)?;
                             tx.delete(tikey);
@@ -1339,6 +1626,10 @@ impl Namespace {
                 tpi.nlink += 1;
             }
             fi.ctime_ns = now;
+            if moving_dir {
+                // A directory keeps its own name (its path is rebuilt from it).
+                fi.name = tname.clone();
+            }
             if let Some(h) = self.hook.get() {
                 h.renamed(&mut tx, vol.id, fd.ino, fi.kind, &from, &to)
                     .await?;
@@ -1367,10 +1658,10 @@ impl Namespace {
                 }
             }
             if let Commit::Done(_) = tx.commit().await? {
-                return Ok(());
+                return Ok(kept);
             }
         }
-        Err(too_much_contention(&from))
+        Err(too_much_contention(&from_site.describe()))
     }
 
     /// chmod, chown, utimes and truncate (the size is metadata only until
@@ -1381,9 +1672,24 @@ impl Namespace {
         path: &str,
         a: &SetAttr,
     ) -> Result<EntryInfo, Error> {
+        self.set_attr_of(p, &Target::Path(path, true), a).await
+    }
+
+    /// [`Namespace::set_attr`] of the entry `target` names (a symbolic link
+    /// addressed by inode is changed itself, as lchown(2) and
+    /// utimensat(AT_SYMLINK_NOFOLLOW) do).
+    pub(crate) async fn set_attr_of(
+        &self,
+        p: &Principal,
+        target: &Target<'_>,
+        a: &SetAttr,
+    ) -> Result<EntryInfo, Error> {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let loc = self.resolve_mut(p, path, true).await?;
+            let found = self.target_loc(p, target).await?;
+            found.loc.writable()?;
+            let p = found.acting.as_ref().unwrap_or(p);
+            let loc = found.loc;
             let vol = loc.vol.clone();
             let mut tx = self.meta.router().begin(vol.shard_id).await?;
             let key = inode_key(vol.id, loc.ino);
@@ -1456,7 +1762,11 @@ impl Namespace {
                         )))
                     }
                 }
-                check_entry(p, &loc.path, &vol, &i, Need::Write)?;
+                // ftruncate(2) through a handle open for writing needs no
+                // more; truncate(2) needs write permission.
+                if !found.handle_write {
+                    check_entry(p, &loc.path, &vol, &i, Need::Write)?;
+                }
                 crate::data::truncate_ops(&mut tx, &vol, loc.ino, size, now_ns());
                 i.size = size;
                 i.mtime_ns = now_ns();
@@ -1465,10 +1775,13 @@ impl Namespace {
             tx.put(key, encode_inode(&i));
             if let Commit::Done(_) = tx.commit().await? {
                 // Re-read so a file's size and times come from its data keys.
-                return self.stat_following(p, &loc.path).await;
+                return match target {
+                    Target::Path(..) => self.stat_following(p, &loc.path).await,
+                    _ => self.entry_of(p, target).await,
+                };
             }
         }
-        Err(too_much_contention(path))
+        Err(too_much_contention(&target.describe()))
     }
 
     /// Sets (or with `clear`, removes) an entry's access control expressions.

@@ -100,6 +100,51 @@ pub struct Inode {
     /// major in bits 8-19 and 32-63, minor in bits 0-7 and 20-31). 0 for
     /// every other kind.
     pub rdev: u64,
+    /// Directories: their own name in their parent (`parent`), so that the
+    /// path of a directory addressed by inode is rebuilt from its parent
+    /// chain (see `inodes`). Empty for a volume root, for every other kind,
+    /// and for a directory stored before names were (its name is then
+    /// found among its parent's entries).
+    pub name: String,
+}
+
+/// [`Inode`] as stored before `name` existed: `rdev` was its last field.
+#[derive(Deserialize)]
+struct InodeV2 {
+    kind: EntryKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    nlink: u32,
+    atime_ns: i64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    parent: u64,
+    target: Option<String>,
+    acl: EntryAcl,
+    rdev: u64,
+}
+
+impl From<InodeV2> for Inode {
+    fn from(v: InodeV2) -> Inode {
+        Inode {
+            kind: v.kind,
+            mode: v.mode,
+            uid: v.uid,
+            gid: v.gid,
+            size: v.size,
+            nlink: v.nlink,
+            atime_ns: v.atime_ns,
+            mtime_ns: v.mtime_ns,
+            ctime_ns: v.ctime_ns,
+            parent: v.parent,
+            target: v.target,
+            acl: v.acl,
+            rdev: v.rdev,
+            name: String::new(),
+        }
+    }
 }
 
 /// [`Inode`] as stored before `rdev` existed (and before FIFOs, sockets and
@@ -136,6 +181,7 @@ impl From<InodeV1> for Inode {
             target: v.target,
             acl: v.acl,
             rdev: 0,
+            name: String::new(),
         }
     }
 }
@@ -331,9 +377,11 @@ pub fn encode_inode(i: &Inode) -> Vec<u8> {
 /// layout must explain every byte, so a newer record is never misread as
 /// an older one.
 pub fn decode_inode(b: &[u8]) -> Result<Inode, Error> {
+    use berth_meta::codec::decode_exact;
     decode::<Inode>(b, "inode").or_else(|e| {
-        berth_meta::codec::decode_exact::<InodeV1>(b, "inode")
+        decode_exact::<InodeV2>(b, "inode")
             .map(Inode::from)
+            .or_else(|_| decode_exact::<InodeV1>(b, "inode").map(Inode::from))
             .map_err(|_| e)
     })
 }
@@ -430,11 +478,13 @@ mod tests {
                 target: None,
                 acl: acl(),
                 rdev: 0,
+                name: String::new(),
             }
         );
-        // Written again, it takes the current layout: one byte more.
+        // Written again, it takes the current layout: two bytes more (no
+        // device, no name).
         let again = encode_inode(&i);
-        assert_eq!(again.len(), old_file_bytes().len() + 1);
+        assert_eq!(again.len(), old_file_bytes().len() + 2);
         assert_eq!(decode_inode(&again).unwrap(), i);
         // A cut record is refused in either layout, not padded.
         let cut = &old_file_bytes()[..old_file_bytes().len() - 1];
@@ -466,6 +516,7 @@ mod tests {
                 target: None,
                 acl: EntryAcl::default(),
                 rdev,
+                name: String::new(),
             };
             assert_eq!(decode_inode(&encode_inode(&i)).unwrap(), i);
         }
@@ -483,6 +534,67 @@ mod tests {
         }
         let seen: OlderBuild = decode(&current, "inode").unwrap();
         assert_eq!((seen.kind, seen.mode), (EntryKind::File, 0o640));
+    }
+
+    /// A directory `d` below inode 7, mode 0755, of 0:0, in the layout
+    /// before names (with `rdev`): what every directory made before
+    /// inode-addressed calls holds.
+    fn old_dir_bytes() -> Vec<u8> {
+        vec![
+            1, // record version
+            0, // EntryKind::Dir
+            0xed, 0x03, // mode 0o755
+            0, 0, // uid, gid
+            0, // size
+            3, // nlink
+            2, 4, 6, // times 1, 2, 3
+            7, // parent
+            0, // no symlink target
+            0, 0, 0, // no ACEs
+            0, // rdev
+        ]
+    }
+
+    #[test]
+    fn directories_stored_before_names_decode_without_one() {
+        let i = decode_inode(&old_dir_bytes()).unwrap();
+        assert_eq!((i.kind, i.parent, i.nlink), (EntryKind::Dir, 7, 3));
+        assert_eq!(i.name, "");
+        // The current layout appends the name, and reads back whole.
+        let named = Inode {
+            name: "d".into(),
+            ..i.clone()
+        };
+        let current = encode_inode(&named);
+        assert_eq!(&current[..old_dir_bytes().len()], &old_dir_bytes()[..]);
+        assert_eq!(&current[old_dir_bytes().len()..], &[1, b'd']);
+        assert_eq!(decode_inode(&current).unwrap(), named);
+        // The build before names reads a named directory as it always did
+        // (postcard ignores the trailing name).
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct BuildBeforeNames {
+            kind: EntryKind,
+            mode: u32,
+            uid: u32,
+            gid: u32,
+            size: u64,
+            nlink: u32,
+            atime_ns: i64,
+            mtime_ns: i64,
+            ctime_ns: i64,
+            parent: u64,
+            target: Option<String>,
+            acl: EntryAcl,
+            rdev: u64,
+        }
+        let seen: BuildBeforeNames = decode(&current, "inode").unwrap();
+        assert_eq!((seen.kind, seen.parent, seen.nlink), (EntryKind::Dir, 7, 3));
+        // A record cut inside the name is refused, not read as the older
+        // layout.
+        let mut cut = current.clone();
+        cut[old_dir_bytes().len()] = 5;
+        assert!(decode_inode(&cut).is_err());
     }
 
     #[test]

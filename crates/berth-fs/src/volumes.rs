@@ -118,6 +118,7 @@ impl Namespace {
                     target: None,
                     acl: EntryAcl::default(),
                     rdev: 0,
+                    name: String::new(),
                 }),
             );
             if let Commit::Done(_) = tx.commit().await? {

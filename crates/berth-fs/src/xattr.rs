@@ -13,7 +13,7 @@ use berth_security::principal::Principal;
 use berth_store::keys::{self, Key, Kind};
 
 use crate::access::{check_entry, Need};
-use crate::namespace::{now_ns, writable_parent, EntryInfo, Namespace};
+use crate::namespace::{now_ns, writable_parent, EntryInfo, Namespace, Site, Target};
 use crate::records::*;
 
 /// Largest attribute value.
@@ -64,19 +64,32 @@ impl Namespace {
         path: &str,
     ) -> Result<EntryInfo, Error> {
         let path = normalize_path(path)?;
+        if path == "/" {
+            return Err(Error::exists("/"));
+        }
+        self.link_sites(p, &Target::Path(existing, false), &Site::Path(&path))
+            .await
+    }
+
+    /// Makes `site` a new name of the file `src` names (same volume).
+    pub(crate) async fn link_sites(
+        &self,
+        p: &Principal,
+        src: &Target<'_>,
+        site: &Site<'_>,
+    ) -> Result<EntryInfo, Error> {
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let src = self.resolve_mut(p, existing, false).await?;
+            let src_loc = self.target_loc(p, src).await?.loc;
+            src_loc.writable()?;
+            let src = src_loc;
             if src.inode.kind == EntryKind::Dir {
                 return Err(Error::new(
                     Code::Perm,
                     format!("cannot hard-link a directory: {}", src.path),
                 ));
             }
-            if path == "/" {
-                return Err(Error::exists("/"));
-            }
-            let (parent, name) = self.resolve_parent(p, &path).await?;
+            let (parent, name, path) = self.site_parent(p, site).await?;
             if parent.vol.id != src.vol.id {
                 return Err(Error::new(
                     Code::CrossVolume,
@@ -94,7 +107,7 @@ impl Namespace {
             let mut inode = decode_inode(
                 &tx.get(&ikey)
                     .await?
-                    .ok_or_else(|| Error::not_found(existing))?,
+                    .ok_or_else(|| Error::not_found(&src.path))?,
             )?;
             if inode.nlink >= u32::MAX - 1 {
                 return Err(Error::invalid("too many links"));
@@ -115,15 +128,24 @@ impl Namespace {
                 }),
             );
             if let Commit::Done(_) = tx.commit().await? {
-                return self.stat(p, &path).await;
+                return self.entry_at_site(p, site).await;
             }
         }
-        Err(too_much_contention(&path))
+        Err(too_much_contention(&site.describe()))
     }
 
     pub async fn get_xattr(&self, p: &Principal, path: &str, name: &str) -> Result<Vec<u8>, Error> {
+        self.get_xattr_of(p, &Target::Path(path, true), name).await
+    }
+
+    pub(crate) async fn get_xattr_of(
+        &self,
+        p: &Principal,
+        target: &Target<'_>,
+        name: &str,
+    ) -> Result<Vec<u8>, Error> {
         check_name(p, name)?;
-        let loc = self.resolve(p, path, true).await?;
+        let loc = self.target_loc(p, target).await?.loc;
         check_entry(p, &loc.path, &loc.vol, &loc.inode, Need::Read)?;
         self.meta()
             .router()
@@ -136,7 +158,15 @@ impl Namespace {
     }
 
     pub async fn list_xattr(&self, p: &Principal, path: &str) -> Result<Vec<String>, Error> {
-        let loc = self.resolve(p, path, true).await?;
+        self.list_xattr_of(p, &Target::Path(path, true)).await
+    }
+
+    pub(crate) async fn list_xattr_of(
+        &self,
+        p: &Principal,
+        target: &Target<'_>,
+    ) -> Result<Vec<String>, Error> {
+        let loc = self.target_loc(p, target).await?.loc;
         check_entry(p, &loc.path, &loc.vol, &loc.inode, Need::Read)?;
         let (s, e) = xattr_range(loc.vol.id, loc.ino);
         let rows = self
@@ -172,6 +202,21 @@ impl Namespace {
         create: bool,
         replace: bool,
     ) -> Result<(), Error> {
+        self.set_xattr_of(p, &Target::Path(path, true), name, value, create, replace)
+            .await
+    }
+
+    /// Sets (`Some`) or removes (`None`) an attribute of the entry `target`
+    /// names.
+    pub(crate) async fn set_xattr_of(
+        &self,
+        p: &Principal,
+        target: &Target<'_>,
+        name: &str,
+        value: Option<&[u8]>,
+        create: bool,
+        replace: bool,
+    ) -> Result<(), Error> {
         check_name(p, name)?;
         if value.is_some_and(|v| v.len() > XATTR_VALUE_MAX) {
             return Err(Error::new(
@@ -181,7 +226,8 @@ impl Namespace {
         }
         for attempt in 0..TX_RETRIES_MAX {
             backoff(attempt).await;
-            let loc = self.resolve_mut(p, path, true).await?;
+            let loc = self.target_loc(p, target).await?.loc;
+            loc.writable()?;
             let vol = loc.vol.clone();
             let mut tx = self.meta().router().begin(vol.shard_id).await?;
             let ikey = inode_key(vol.id, loc.ino);
@@ -233,6 +279,6 @@ impl Namespace {
                 return Ok(());
             }
         }
-        Err(too_much_contention(path))
+        Err(too_much_contention(&target.describe()))
     }
 }

@@ -10,9 +10,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_api::v1::{
-    Entry, EntryType, LinkRequest, ListRequest, MkdirRequest, OpenRequest, PathRequest,
-    ReadRequest, RemoveRequest, RenameRequest, SetAttrRequest, SetXattrRequest, SymlinkRequest,
-    XattrRequest,
+    Entry, EntryType, InodeRef, Keep, LookupRequest, MakeRequest, NodeCreateRequest,
+    NodeLinkRequest, NodeListRequest, NodeOpenRequest, NodeRemoveRequest, NodeRenameRequest,
+    NodeRequest, NodeSetAttrRequest, NodeSetXattrRequest, NodeXattrRequest, Owner, PathRequest,
+    ReadRequest, RemoveKind, RemovedResponse,
 };
 use berth_client::Client;
 use fuser::{
@@ -25,9 +26,10 @@ use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
 use crate::errors::call;
-use crate::inodes::{join, parent_of, Inodes, ROOT_INO, TTL};
+use crate::inodes::{Inodes, ROOT_INO, TTL};
 use crate::local::Local;
 use crate::locks::{Kind, LockClient, Want};
+use crate::orphans::Orphans;
 use crate::writes::{OpenFile, Writes};
 
 /// Largest read or write the kernel is asked to send (one chunk).
@@ -52,51 +54,6 @@ pub struct Caller {
     pub gids: Vec<u32>,
     pub admin: bool,
 }
-
-/// One open directory: its entries, fetched page by page as it is read.
-struct DirStream {
-    path: String,
-    ino: u64,
-    parent: u64,
-    entries: Vec<(u64, FileType, String)>,
-    after: String,
-    more: bool,
-}
-
-pub struct BerthFs {
-    /// The shared runtime: write-behind and lock-session work.
-    rt: Handle,
-    /// For write-behind (spawned on `rt`).
-    client: Client,
-    /// Every other call, made on the session thread that waits for it.
-    local: Local,
-    read_only: bool,
-    /// Mounted with allow_other (and default_permissions): entries created
-    /// belong to the requesting process when the ticket may give them away.
-    multi_user: bool,
-    /// Path of the volume holding the mount root (for statfs).
-    volume_path: String,
-    caller: Caller,
-    inodes: Mutex<Inodes>,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    /// Files unlinked while open here: FUSE inode → the hidden name they were
-    /// renamed to, removed on the last close (as NFS clients do), so open
-    /// handles keep working as POSIX promises.
-    doomed: Mutex<HashMap<u64, String>>,
-    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
-    next_fh: AtomicU64,
-    notifier: Arc<OnceLock<Notifier>>,
-    /// Advisory locks shared with every client of the cluster.
-    locks: Arc<LockClient>,
-    /// Extended attribute answers (value, or ENODATA) for the attribute
-    /// TTL, like other attributes. The kernel asks for
-    /// `security.capability` before every write(2); without this each
-    /// write would wait for a server round trip behind the previous one.
-    xattrs: Mutex<HashMap<(u64, String), CachedXattr>>,
-}
-
-/// The (uid, gid) a new entry is given on a multi-user mount, if any.
-type Owner = Option<(u32, u32)>;
 
 /// An extended attribute answer and when it was fetched.
 type CachedXattr = (Result<Vec<u8>, Errno>, Instant);
@@ -185,7 +142,8 @@ pub fn attr(ino: u64, e: &Entry) -> FileAttr {
         crtime: time(e.ctime_ns),
         kind,
         perm: (e.mode & 0o7777) as u16,
-        nlink: e.nlink.max(1),
+        // 0 for a file unlinked while open (kept for its handles).
+        nlink: e.nlink,
         uid: e.uid,
         gid: e.gid,
         rdev: match kind {
@@ -254,6 +212,50 @@ pub fn permits(who: &Caller, e: &Entry, mask: AccessFlags) -> bool {
     bits & want == want
 }
 
+/// One open directory: its entries, fetched page by page as it is read.
+struct DirStream {
+    ino: u64,
+    parent: u64,
+    entries: Vec<(u64, FileType, String)>,
+    after: String,
+    more: bool,
+}
+
+pub struct BerthFs {
+    /// The shared runtime: write-behind, lock-session and orphan work.
+    rt: Handle,
+    /// For write-behind (spawned on `rt`).
+    client: Client,
+    /// Every other call, made on the session thread that waits for it.
+    local: Local,
+    read_only: bool,
+    /// Mounted with allow_other (and default_permissions): entries created
+    /// belong to the requesting process when the ticket may give them away.
+    multi_user: bool,
+    /// Path of the volume holding the mount root (for statfs).
+    volume_path: String,
+    caller: Caller,
+    inodes: Mutex<Inodes>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Files unlinked while open here, kept by the server for this mount.
+    orphans: Arc<Orphans>,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
+    next_fh: AtomicU64,
+    notifier: Arc<OnceLock<Notifier>>,
+    /// Advisory locks shared with every client of the cluster.
+    locks: Arc<LockClient>,
+    /// Extended attribute answers (value, or ENODATA) for the attribute
+    /// TTL, like other attributes. The kernel asks for
+    /// `security.capability` before every write(2); without this each
+    /// write would wait for a server round trip behind the previous one.
+    xattrs: Mutex<HashMap<(u64, String), CachedXattr>>,
+}
+
+/// A name for log lines.
+fn label(ino: u64) -> String {
+    format!("inode {ino:#x}")
+}
+
 impl BerthFs {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -261,7 +263,6 @@ impl BerthFs {
         client: Client,
         read_only: bool,
         multi_user: bool,
-        root_path: &str,
         root_real: u64,
         root: Entry,
         caller: Caller,
@@ -279,9 +280,9 @@ impl BerthFs {
                 root.volume_path.clone()
             },
             caller,
-            inodes: Mutex::new(Inodes::new(root_path, root_real, root)),
+            inodes: Mutex::new(Inodes::new(root_real, root)),
             files: Mutex::new(HashMap::new()),
-            doomed: Mutex::new(HashMap::new()),
+            orphans: Orphans::new(client.clone()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             notifier,
@@ -299,21 +300,6 @@ impl BerthFs {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn path(&self, ino: u64) -> Result<String, Errno> {
-        let m = self.inodes.lock();
-        match m.node(ino) {
-            Some(n) => n.path.clone().ok_or(Errno::ESTALE),
-            None => Err(Errno::ENOENT),
-        }
-    }
-
-    fn child(&self, parent: u64, name: &OsStr) -> Result<(String, String), Errno> {
-        let name = name_str(name)?;
-        let dir = self.path(parent)?;
-        let path = join(&dir, name);
-        Ok((dir, path))
-    }
-
     fn writable(&self) -> Result<(), Errno> {
         if self.read_only {
             Err(Errno::EROFS)
@@ -322,43 +308,118 @@ impl BerthFs {
         }
     }
 
-    async fn stat(&self, path: &str) -> Result<Entry, Errno> {
-        call("stat", path, || {
-            let mut c = self.local.client().namespace();
-            let req = PathRequest {
-                path: path.to_string(),
+    /// The server address of directory `ino`.
+    fn dir_address(&self, ino: u64) -> Result<InodeRef, Errno> {
+        self.inodes
+            .lock()
+            .addresses(ino)
+            .and_then(|a| a.into_iter().next())
+            .map(|a| a.node)
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// Runs `f` with the server addresses of `ino` in turn: a name that no
+    /// longer leads to it (ESTALE: renamed or removed elsewhere) is dropped
+    /// and the next tried. ESTALE when none is left.
+    async fn by_node<T, F, Fut>(&self, ino: u64, mut f: F) -> Result<T, Errno>
+    where
+        F: FnMut(InodeRef) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Errno>>,
+    {
+        let addresses = self.inodes.lock().addresses(ino).ok_or(Errno::ENOENT)?;
+        for a in addresses {
+            match (f(a.node).await, a.name) {
+                (Err(Errno::ESTALE), Some((parent, name))) => {
+                    self.inodes.lock().drop_name(ino, parent, &name);
+                }
+                (r, _) => return r,
+            }
+        }
+        Err(Errno::ESTALE)
+    }
+
+    /// A handle of `ino` open here, preferring one open for writing.
+    fn open_handle(&self, ino: u64) -> Option<Vec<u8>> {
+        let files = self.files.lock();
+        let mut of = files.values().filter(|f| f.ino == ino);
+        let first = of.next()?;
+        if first.write {
+            return Some(first.handle.clone());
+        }
+        Some(
+            of.find(|f| f.write)
+                .map_or(&first.handle, |f| &f.handle)
+                .clone(),
+        )
+    }
+
+    fn open_here(&self, ino: u64) -> bool {
+        self.files.lock().values().any(|f| f.ino == ino)
+    }
+
+    async fn getattr_call(&self, node: InodeRef, handle: Vec<u8>) -> Result<Entry, Errno> {
+        call("getattr", &node.name, || {
+            let mut c = self.local.client().inodes();
+            let req = NodeRequest {
+                node: Some(node.clone()),
+                handle: handle.clone(),
             };
-            async move { c.stat(req).await }
+            async move { c.get_attr(req).await }
         })
         .await
     }
 
-    /// The entry at `path`, from the cache when fresh.
-    async fn stat_cached(&self, path: &str) -> Result<Entry, Errno> {
-        let cached = self.inodes.lock().cached(path).cloned();
-        if let Some(e) = cached {
-            return Ok(e);
+    /// Fresh attributes of `ino` from the server: by its names, else (no
+    /// name leads to it any more) through a handle open here — a file
+    /// unlinked while open — else the last ones seen.
+    async fn fetch(&self, ino: u64) -> Result<Entry, Errno> {
+        let r = self
+            .by_node(ino, |a| self.getattr_call(a, Vec::new()))
+            .await;
+        match r {
+            Ok(e) => {
+                self.inodes.lock().fetched(ino, &e);
+                Ok(e)
+            }
+            Err(Errno::ESTALE) => {
+                if let Some(h) = self.open_handle(ino) {
+                    let bare = self.inodes.lock().bare_address(ino).ok_or(Errno::ENOENT)?;
+                    if let Ok(e) = self.getattr_call(bare, h).await {
+                        self.inodes.lock().fetched(ino, &e);
+                        return Ok(e);
+                    }
+                }
+                // Removed or replaced behind our back: what we knew last.
+                let m = self.inodes.lock();
+                m.node(ino).map(|n| n.entry.clone()).ok_or(Errno::ENOENT)
+            }
+            Err(e) => Err(e),
         }
-        let e = self.stat(path).await?;
-        self.inodes.lock().cache(path, &e);
-        Ok(e)
     }
 
-    /// Records a new kernel reference to the entry at `path` and returns its
-    /// attributes.
-    fn reference(&self, path: &str, e: &Entry) -> Result<FileAttr, Errno> {
+    /// The attributes of `ino`, from the cache when fresh.
+    async fn entry(&self, ino: u64) -> Result<Entry, Errno> {
+        let fresh = self.inodes.lock().fresh(ino).cloned();
+        match fresh {
+            Some(e) => Ok(e),
+            None => self.fetch(ino).await,
+        }
+    }
+
+    /// Records a new kernel reference to the entry `name` in `parent` and
+    /// returns its attributes.
+    fn reference(&self, parent: u64, name: &str, e: &Entry) -> Result<FileAttr, Errno> {
         let mut m = self.inodes.lock();
         let ino = m.ino_of(e).ok_or_else(|| {
             tracing::warn!(
-                path,
+                name,
                 volume = e.volume_id,
                 inode = e.inode,
                 "inode number out of range"
             );
             Errno::EOVERFLOW
         })?;
-        m.remember(ino, path, e);
-        m.cache(path, e);
+        m.remember(ino, parent, name, e);
         if let Some(n) = m.node_mut(ino) {
             n.told = Some((e.size, e.mtime_ns));
         }
@@ -366,13 +427,10 @@ impl BerthFs {
     }
 
     /// Fresh attributes of `ino` (already referenced) for a reply.
-    fn told(&self, ino: u64, path: Option<&str>, e: &Entry) -> FileAttr {
+    fn told(&self, ino: u64, e: &Entry) -> FileAttr {
         let mut m = self.inodes.lock();
-        if let Some(p) = path {
-            m.cache(p, e);
-        }
+        m.fetched(ino, e);
         if let Some(n) = m.node_mut(ino) {
-            n.entry = Some(e.clone());
             n.told = Some((e.size, e.mtime_ns));
         }
         attr(ino, e)
@@ -399,165 +457,153 @@ impl BerthFs {
         self.files.lock().get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    fn invalidate_parent(&self, path: &str) {
-        if let Some(p) = parent_of(path) {
-            self.inodes.lock().invalidate(p);
-        }
-    }
-
     fn do_getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
         self.local.block_on(async {
             self.settle(ino).await;
-            let path = self.inodes.lock().path(ino).map(str::to_string);
-            if let Some(path) = path {
-                let e = self.stat_cached(&path).await;
-                let same = match &e {
-                    Ok(e) => self.inodes.lock().ino_of(e) == Some(ino),
-                    Err(_) => false,
-                };
-                match e {
-                    Ok(e) if same => return Ok(self.told(ino, Some(&path), &e)),
-                    // The path names another object now: this one was
-                    // replaced behind our back.
-                    Ok(_) => self.inodes.lock().unlinked(&path),
-                    Err(e) if e == Errno::ENOENT => self.inodes.lock().unlinked(&path),
-                    Err(e) => return Err(e),
-                }
-            }
-            let m = self.inodes.lock();
-            match m.node(ino).and_then(|n| n.entry.as_ref()) {
-                Some(e) => Ok(attr(ino, e)),
-                None => Err(Errno::ENOENT),
-            }
+            let e = self.entry(ino).await?;
+            Ok(self.told(ino, &e))
         })
     }
 
-    /// `req` holds the changes; its path is filled in here.
-    fn do_setattr(&self, ino: u64, mut req: SetAttrRequest) -> Result<FileAttr, Errno> {
+    /// `req` holds the changes; its address is filled in here. `fh`: the
+    /// kernel's file handle, for a truncation through an open file.
+    fn do_setattr(
+        &self,
+        ino: u64,
+        fh: Option<FileHandle>,
+        req: NodeSetAttrRequest,
+    ) -> Result<FileAttr, Errno> {
         self.writable()?;
-        let path = self.path(ino)?;
-        let is_link = self
-            .inodes
-            .lock()
-            .node(ino)
-            .and_then(|n| n.entry.as_ref())
-            .is_some_and(|e| kind(e) == FileType::Symlink);
-        if is_link {
-            // SetAttr follows symbolic links; changing the target instead of
-            // the link would be wrong.
-            return Err(Errno::EOPNOTSUPP);
-        }
-        req.path = path.clone();
+        // ftruncate(2) goes through the open file's handle (its rights, not
+        // the mode bits, decide); everything else through the names.
+        let through = match (req.size, fh) {
+            (Some(_), Some(fh)) => self
+                .files
+                .lock()
+                .get(&fh.0)
+                .filter(|f| f.ino == ino && f.write)
+                .map(|f| f.handle.clone()),
+            _ => None,
+        };
         // Writes in flight come first: they would undo a truncation, or
         // move an explicit mtime (futimens after write) to their own time.
         let after_writes = req.size.is_some() || req.mtime_ns.is_some();
+        let setattr = |node: InodeRef, handle: Vec<u8>| {
+            let mut req = req.clone();
+            req.node = Some(node);
+            req.handle = handle;
+            async move {
+                call("setattr", &label(ino), || {
+                    let mut c = self.local.client().inodes();
+                    let req = req.clone();
+                    async move { c.set_attr(req).await }
+                })
+                .await
+            }
+        };
         self.local.block_on(async {
             if after_writes {
                 self.settle(ino).await;
             }
-            let e = call("setattr", &path, || {
-                let mut c = self.local.client().namespace();
-                let req = req.clone();
-                async move { c.set_attr(req).await }
-            })
-            .await?;
-            Ok(self.told(ino, Some(&path), &e))
+            let bare = || self.inodes.lock().bare_address(ino).ok_or(Errno::ENOENT);
+            let e = match through {
+                Some(h) => setattr(bare()?, h).await,
+                None => match self.by_node(ino, |a| setattr(a, Vec::new())).await {
+                    // No name left: a file unlinked while open here.
+                    Err(Errno::ESTALE) => match self.open_handle(ino) {
+                        Some(h) => setattr(bare()?, h).await,
+                        None => Err(Errno::ESTALE),
+                    },
+                    r => r,
+                },
+            }?;
+            // The ctime changed under every name of the file.
+            self.inodes.lock().invalidate_file(e.volume_id, e.inode);
+            Ok(self.told(ino, &e))
         })
     }
 
-    fn do_unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
+    fn do_unlink(&self, parent: u64, name: &OsStr, rmdir: bool) -> Result<(), Errno> {
         self.writable()?;
-        let (_, path) = self.child(parent, name)?;
-        self.local.block_on(async {
-            // The API removes either kind: check it as unlink(2)/rmdir(2) do.
-            let e = self.stat_cached(&path).await?;
-            match (dir, kind(&e) == FileType::Directory) {
-                (true, false) => return Err(Errno::ENOTDIR),
-                (false, true) => return Err(Errno::EISDIR),
-                _ => {}
-            }
-            let ino = self.inodes.lock().ino_of(&e);
-            let open_here = ino.is_some_and(|i| self.files.lock().values().any(|f| f.ino == i));
-            if let (false, true, Some(ino)) = (dir, open_here, ino) {
-                // Keep the data for the open handles: hide the name instead.
-                let hidden = join(
-                    parent_of(&path).unwrap_or("/"),
-                    &format!(".berth-unlinked-{ino:x}-{}", self.fh()),
-                );
-                self.rename_on_server(&path, &hidden, true, false).await?;
-                self.inodes.lock().renamed(&path, &hidden);
-                self.doomed.lock().insert(ino, hidden);
-                self.invalidate_parent(&path);
-                return Ok(());
-            }
-            self.remove_path(&path).await?;
-            let mut m = self.inodes.lock();
-            m.unlinked(&path);
-            // Other names of the same file now show one link fewer: drop
-            // their cached entries, and keep the inode's last-known entry
-            // right for getattr until a lookup names it again.
-            m.invalidate_file(e.volume_id, e.inode);
-            if let Some(n) = ino.filter(|_| e.nlink > 1).and_then(|i| m.node_mut(i)) {
-                let mut left = e.clone();
-                left.nlink -= 1;
-                n.entry = Some(left);
-            }
-            drop(m);
-            self.invalidate_parent(&path);
-            Ok(())
-        })
-    }
-
-    async fn remove_path(&self, path: &str) -> Result<(), Errno> {
-        call("remove", path, || {
-            let mut c = self.local.client().namespace();
-            let req = RemoveRequest {
-                path: path.to_string(),
-                recursive: false,
+        let name = name_str(name)?;
+        let dir = self.dir_address(parent)?;
+        // A file open here keeps living for its handles (see `orphans`).
+        let target = self.inodes.lock().ino_named(parent, name);
+        let keep = self.keep_for(target.filter(|_| !rmdir));
+        let resp = self.local.block_on(call("remove", name, || {
+            let mut c = self.local.client().inodes();
+            let req = NodeRemoveRequest {
+                dir: Some(dir.clone()),
+                name: name.to_string(),
+                kind: if rmdir {
+                    RemoveKind::Rmdir
+                } else {
+                    RemoveKind::Unlink
+                } as i32,
+                keep,
             };
             async move { c.remove(req).await }
-        })
-        .await
-        .map(|_| ())
+        }))?;
+        let gone = self.inodes.lock().unlinked(parent, name);
+        self.after_name_went(gone, resp);
+        Ok(())
     }
 
-    fn do_open(
-        &self,
-        ino: u64,
-        flags: i32,
-        create: Option<(u32, bool)>,
-        path: &str,
-    ) -> Result<(Arc<OpenFile>, Entry), Errno> {
+    /// What `Keep` to send for inode `ino` whose last name may go: this
+    /// mount's, when the file is open here.
+    fn keep_for(&self, ino: Option<u64>) -> Option<Keep> {
+        let ino = ino.filter(|i| self.open_here(*i))?;
+        let m = self.inodes.lock();
+        let n = m.node(ino).filter(|n| !n.dir)?;
+        Some(Keep {
+            holder: self.orphans.holder(),
+            inode: n.inode,
+        })
+    }
+
+    /// A name of `gone` went: the object's other names show a new link
+    /// count and ctime; a file kept for this mount is renewed until its last
+    /// close.
+    fn after_name_went(&self, gone: Option<u64>, resp: RemovedResponse) {
+        let Some(ino) = gone else {
+            return;
+        };
+        let object = {
+            let mut m = self.inodes.lock();
+            let object = m.node(ino).map(|n| (n.volume, n.inode));
+            if let Some((v, i)) = object {
+                m.invalidate_file(v, i);
+            }
+            object
+        };
+        if let (true, Some((volume, inode))) = (resp.kept, object) {
+            self.orphans
+                .kept(&self.rt, ino, volume, inode, resp.lease_ms);
+        }
+    }
+
+    fn do_open(&self, ino: u64, flags: i32) -> Result<(Arc<OpenFile>, Entry), Errno> {
         let (read, write, truncate) = open_rights(flags);
-        if write || truncate || create.is_some() {
+        if write || truncate {
             self.writable()?;
         }
-        let (create_flag, exclusive, mode) = match create {
-            Some((mode, excl)) => (true, excl, mode),
-            None => (false, false, 0),
-        };
-        let resp = self.local.block_on(call("open", path, || {
-            let mut c = self.local.client().files();
-            let req = OpenRequest {
-                path: path.to_string(),
-                read,
-                write,
-                create: create_flag,
-                exclusive,
-                truncate,
-                mode: Some(mode),
-            };
-            async move { c.open(req).await }
+        let what = label(ino);
+        let resp = self.local.block_on(self.by_node(ino, |node| {
+            call("open", &what, move || {
+                let mut c = self.local.client().inodes();
+                let req = NodeOpenRequest {
+                    node: Some(node.clone()),
+                    read,
+                    write,
+                    truncate,
+                };
+                async move { c.open(req).await }
+            })
         }))?;
         let e = resp.entry.ok_or(Errno::EIO)?;
-        let ino = if create.is_some() {
-            self.inodes.lock().ino_of(&e).ok_or(Errno::EOVERFLOW)?
-        } else {
-            ino
-        };
         let file = Arc::new(OpenFile {
             ino,
-            path: path.to_string(),
+            path: label(ino),
             handle: resp.handle,
             write,
             writes: Arc::new(Writes::default()),
@@ -607,10 +653,11 @@ impl BerthFs {
     }
 
     async fn next_page(&self, d: &mut DirStream) -> Result<(), Errno> {
-        let resp = call("list", &d.path, || {
-            let mut c = self.local.client().namespace();
-            let req = ListRequest {
-                path: d.path.clone(),
+        let dir = self.dir_address(d.ino)?;
+        let resp = call("list", &label(d.ino), || {
+            let mut c = self.local.client().inodes();
+            let req = NodeListRequest {
+                dir: Some(dir.clone()),
                 start_after: d.after.clone(),
                 limit: 0,
             };
@@ -620,11 +667,10 @@ impl BerthFs {
         let mut m = self.inodes.lock();
         for e in &resp.entries {
             let Some(ino) = m.ino_of(e) else {
-                tracing::warn!(path = e.path, "inode number out of range; entry skipped");
+                tracing::warn!(name = e.name, "inode number out of range; entry skipped");
                 continue;
             };
-            let path = join(&d.path, &e.name);
-            m.cache(&path, e);
+            m.cache(d.ino, &e.name, e);
             d.entries.push((ino, kind(e), e.name.clone()));
         }
         if let Some(last) = resp.entries.last() {
@@ -634,7 +680,7 @@ impl BerthFs {
         d.more = resp.more && !resp.entries.is_empty();
         if d.entries.len() >= DIR_ENTRIES_MAX {
             tracing::warn!(
-                path = d.path,
+                dir = d.ino,
                 "directory listing cut at {DIR_ENTRIES_MAX} entries"
             );
             d.more = false;
@@ -661,126 +707,53 @@ impl BerthFs {
         Ok((blocks, free, STATFS_FILES, ffree))
     }
 
-    /// Who must own what `req` creates in directory `dir`: on a multi-user
-    /// mount whose ticket may give entries away (an administrator's), the
-    /// requesting process, with the directory's group when the directory is
-    /// setgid (as the server chose already). `None`: the server's choice
-    /// (the ticket's uid) stands.
-    /// What every creating call needs first: a writable mount, the new
-    /// path, the mode after the umask, and the owner to give the entry.
-    fn new_entry(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-    ) -> Result<(String, u32, Owner), Errno> {
-        self.writable()?;
-        let (dir, path) = self.child(parent.0, name)?;
-        let owner = self.owner_for(req, &dir)?;
-        Ok((path, mode & !umask & 0o7777, owner))
-    }
-
-    fn owner_for(&self, req: &Request, dir: &str) -> Result<Owner, Errno> {
+    /// Who must own what `req` creates in directory `parent`: on a
+    /// multi-user mount whose ticket may give entries away (an
+    /// administrator's), the requesting process, with the directory's group
+    /// when the directory is setgid. `None`: the server's choice (the
+    /// ticket's uid) stands.
+    fn owner_for(&self, req: &Request, parent: u64) -> Result<Option<Owner>, Errno> {
         if !self.multi_user || !self.caller.admin {
             return Ok(None);
         }
-        let d = self.local.block_on(self.stat_cached(dir))?;
+        let d = self.local.block_on(self.entry(parent))?;
         let gid = if d.mode & 0o2000 != 0 {
             d.gid
         } else {
             req.gid()
         };
-        Ok(Some((req.uid(), gid)))
+        Ok(Some(Owner {
+            uid: req.uid(),
+            gid,
+        }))
     }
 
-    /// Replies for a created entry. `fresh`: the call certainly created it
-    /// (not an existing entry opened); only then is its `owner` (from
-    /// [`BerthFs::owner_for`]) made right.
-    fn created(
+    /// mkdir, mknod and symlink: `name` in `parent`, made by the server
+    /// in one call (owner included).
+    fn make(
         &self,
-        path: &str,
-        e: Entry,
-        fresh: bool,
-        owner: Option<(u32, u32)>,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        make: MakeRequest,
     ) -> Result<FileAttr, Errno> {
-        self.invalidate_parent(path);
-        let mut fix = SetAttrRequest {
-            path: path.to_string(),
-            ..Default::default()
+        self.writable()?;
+        let name = name_str(name)?;
+        let owner = self.owner_for(req, parent)?;
+        let dir = self.dir_address(parent)?;
+        let make = MakeRequest {
+            dir: Some(dir),
+            name: name.to_string(),
+            owner,
+            ..make
         };
-        if fresh {
-            if let Some((uid, gid)) = owner {
-                fix.uid = (e.uid != uid).then_some(uid);
-                fix.gid = (e.gid != gid).then_some(gid);
-            }
-        }
-        if fix.uid.is_none() && fix.gid.is_none() {
-            return self.reference(path, &e);
-        }
-        let fixed = self.local.block_on(call("setattr", path, || {
-            let mut c = self.local.client().namespace();
-            let req = fix.clone();
-            async move { c.set_attr(req).await }
-        }));
-        match fixed {
-            Ok(e) => self.reference(path, &e),
-            Err(err) => {
-                // Fail whole: leave no entry with the wrong owner or mode.
-                if let Err(rm) = self.local.block_on(self.remove_path(path)) {
-                    tracing::warn!(path, errno = ?rm, "could not remove a new entry whose owner or mode could not be set");
-                }
-                Err(err)
-            }
-        }
-    }
-
-    /// The server's rename: `no_replace` is RENAME_NOREPLACE, `exchange`
-    /// RENAME_EXCHANGE.
-    async fn rename_on_server(
-        &self,
-        from: &str,
-        to: &str,
-        no_replace: bool,
-        exchange: bool,
-    ) -> Result<(), Errno> {
-        call("rename", from, || {
-            let mut c = self.local.client().namespace();
-            let req = RenameRequest {
-                from: from.to_string(),
-                to: to.to_string(),
-                no_replace,
-                exchange,
-            };
-            async move { c.rename(req).await }
-        })
-        .await
-        .map(|_| ())
-    }
-
-    /// RENAME_EXCHANGE: the server swaps the two entries atomically; here
-    /// the two paths (and everything below them) swap in the inode map, and
-    /// the cached entries of both files and both parents go.
-    fn exchange(&self, a: &str, b: &str) -> Result<(), Errno> {
-        self.local
-            .block_on(self.rename_on_server(a, b, false, true))?;
-        let mut m = self.inodes.lock();
-        // Both entries' ctime changed: other names of the same files too.
-        let files: Vec<(u64, u64)> = [a, b]
-            .into_iter()
-            .filter_map(|p| m.ino_at(p))
-            .filter_map(|i| m.node(i).and_then(|n| n.entry.as_ref()))
-            .map(|e| (e.volume_id, e.inode))
-            .collect();
-        m.exchanged(a, b);
-        for (vol, ino) in files {
-            m.invalidate_file(vol, ino);
-        }
-        for p in [parent_of(a), parent_of(b)].into_iter().flatten() {
-            m.invalidate(p);
-        }
-        Ok(())
+        let e = self.local.block_on(call("make", name, || {
+            let mut c = self.local.client().inodes();
+            let req = make.clone();
+            async move { c.make(req).await }
+        }))?;
+        self.inodes.lock().stale(parent);
+        self.reference(parent, name, &e)
     }
 
     fn notify_changed(&self, ino: u64, e: &Entry) {
@@ -799,6 +772,22 @@ impl BerthFs {
                 }
             }
         }
+    }
+
+    /// The server's value of extended attribute `name` of `ino`.
+    async fn getxattr_call(&self, ino: u64, name: &str) -> Result<Vec<u8>, Errno> {
+        self.by_node(ino, |node| {
+            call("getxattr", name, move || {
+                let mut c = self.local.client().inodes();
+                let req = NodeXattrRequest {
+                    node: Some(node.clone()),
+                    name: name.to_string(),
+                };
+                async move { c.get_xattr(req).await }
+            })
+        })
+        .await
+        .map(|v| v.value)
     }
 }
 
@@ -825,16 +814,47 @@ impl Filesystem for BerthFs {
         Ok(())
     }
 
-    /// Unmount: the mount's locks go with its lock session.
+    /// Unmount: the mount's locks go with its lock session, and files
+    /// unlinked while open here are released.
     fn destroy(&mut self) {
         self.rt.block_on(self.locks.close());
+        self.rt.block_on(self.orphans.release_all());
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = (|| {
-            let (_, path) = self.child(parent.0, name)?;
-            let e = self.local.block_on(self.stat_cached(&path))?;
-            self.reference(&path, &e)
+            let name = name_str(name)?;
+            // An entry cached from a listing or an earlier lookup, unless
+            // what it names changed here since (a write: its size).
+            let (cached, known) = {
+                let m = self.inodes.lock();
+                let known = m.ino_named(parent.0, name);
+                let changed = known.is_some_and(|i| m.fresh(i).is_none());
+                let cached = m.cached(parent.0, name).filter(|_| !changed).cloned();
+                (cached, known)
+            };
+            let e = match cached {
+                Some(e) => e,
+                None => {
+                    let dir = self.dir_address(parent.0)?;
+                    self.local.block_on(async {
+                        // This mount sees its own writes.
+                        if let Some(ino) = known {
+                            self.settle(ino).await;
+                        }
+                        call("lookup", name, || {
+                            let mut c = self.local.client().inodes();
+                            let req = LookupRequest {
+                                dir: Some(dir.clone()),
+                                name: name.to_string(),
+                            };
+                            async move { c.lookup(req).await }
+                        })
+                        .await
+                    })?
+                }
+            };
+            self.reference(parent.0, name, &e)
         })();
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
@@ -864,7 +884,7 @@ impl Filesystem for BerthFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -875,8 +895,9 @@ impl Filesystem for BerthFs {
             TimeOrNow::SpecificTime(t) => nanos(t),
             TimeOrNow::Now => nanos(SystemTime::now()),
         };
-        let req = SetAttrRequest {
-            path: String::new(),
+        let req = NodeSetAttrRequest {
+            node: None,
+            handle: Vec::new(),
             mode: mode.map(|m| m & 0o7777),
             uid,
             gid,
@@ -889,7 +910,7 @@ impl Filesystem for BerthFs {
                     .iter()
                     .all(|t| matches!(t, None | Some(TimeOrNow::Now))),
         };
-        match self.do_setattr(ino.0, req) {
+        match self.do_setattr(ino.0, fh, req) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
         }
@@ -897,12 +918,23 @@ impl Filesystem for BerthFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let r = (|| {
-            let path = self.path(ino.0)?;
-            let e = self.local.block_on(self.stat_cached(&path))?;
-            if kind(&e) != FileType::Symlink {
-                return Err(Errno::EINVAL);
+            let fresh = self.inodes.lock().fresh(ino.0).cloned();
+            if let Some(e) = fresh.filter(|e| kind(e) == FileType::Symlink) {
+                return Ok(e.symlink_target);
             }
-            Ok(e.symlink_target)
+            let what = label(ino.0);
+            self.local
+                .block_on(self.by_node(ino.0, |node| {
+                    call("readlink", &what, move || {
+                        let mut c = self.local.client().inodes();
+                        let req = NodeRequest {
+                            node: Some(node.clone()),
+                            handle: Vec::new(),
+                        };
+                        async move { c.readlink(req).await }
+                    })
+                }))
+                .map(|r| r.target)
         })();
         match r {
             Ok(t) => reply.data(t.as_bytes()),
@@ -922,9 +954,7 @@ impl Filesystem for BerthFs {
     ) {
         // Regular files, FIFOs, sockets (bind(2) of a UNIX socket) and
         // device nodes; the kernel keeps their I/O, and the mount is nodev.
-        let r = (|| {
-            let special = special_type(mode)?;
-            let (path, mode, owner) = self.new_entry(req, parent, name, mode, umask)?;
+        let r = special_type(mode).and_then(|special| {
             let (r#type, rdev) = match special {
                 None => (EntryType::File, 0),
                 Some(t @ (EntryType::CharDevice | EntryType::BlockDevice)) => {
@@ -932,19 +962,14 @@ impl Filesystem for BerthFs {
                 }
                 Some(t) => (t, 0),
             };
-            let e = self.local.block_on(call("create", &path, || {
-                let mut c = self.local.client().namespace();
-                let req = berth_api::v1::CreateRequest {
-                    path: path.clone(),
-                    r#type: r#type as i32,
-                    mode: Some(mode),
-                    exclusive: true,
-                    rdev,
-                };
-                async move { c.create(req).await }
-            }))?;
-            self.created(&path, e, true, owner)
-        })();
+            let make = MakeRequest {
+                r#type: r#type as i32,
+                mode: Some(mode & !umask & 0o7777),
+                rdev,
+                ..Default::default()
+            };
+            self.make(req, parent.0, name, make)
+        });
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
@@ -960,20 +985,12 @@ impl Filesystem for BerthFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = (|| {
-            let (path, mode, owner) = self.new_entry(req, parent, name, mode, umask)?;
-            let e = self.local.block_on(call("mkdir", &path, || {
-                let mut c = self.local.client().namespace();
-                let req = MkdirRequest {
-                    path: path.clone(),
-                    mode: Some(mode),
-                    parents: false,
-                };
-                async move { c.mkdir(req).await }
-            }))?;
-            self.created(&path, e, true, owner)
-        })();
-        match r {
+        let make = MakeRequest {
+            r#type: EntryType::Directory as i32,
+            mode: Some(mode & !umask & 0o7777),
+            ..Default::default()
+        };
+        match self.make(req, parent.0, name, make) {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -995,27 +1012,20 @@ impl Filesystem for BerthFs {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = (|| {
-            self.writable()?;
-            let (_, path) = self.child(parent.0, link_name)?;
-            let target = target.to_str().ok_or(Errno::EILSEQ)?.to_string();
-            let e = self.local.block_on(call("symlink", &path, || {
-                let mut c = self.local.client().namespace();
-                let req = SymlinkRequest {
-                    path: path.clone(),
-                    target: target.clone(),
-                };
-                async move { c.symlink(req).await }
-            }))?;
-            self.invalidate_parent(&path);
-            self.reference(&path, &e)
-        })();
+        let r = target.to_str().ok_or(Errno::EILSEQ).and_then(|target| {
+            let make = MakeRequest {
+                r#type: EntryType::Symlink as i32,
+                target: target.to_string(),
+                ..Default::default()
+            };
+            self.make(req, parent.0, link_name, make)
+        });
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
@@ -1038,33 +1048,56 @@ impl Filesystem for BerthFs {
             if flags.contains(RenameFlags::RENAME_WHITEOUT) {
                 return Err(Errno::EINVAL);
             }
-            let (_, from) = self.child(parent.0, name)?;
-            let (_, to) = self.child(newparent.0, newname)?;
             let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-            if flags.contains(RenameFlags::RENAME_EXCHANGE) {
-                if no_replace {
-                    return Err(Errno::EINVAL);
-                }
-                return self.exchange(&from, &to);
+            let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+            if exchange && no_replace {
+                return Err(Errno::EINVAL);
             }
-            // A replaced target may have other names: note it to fix their
-            // link counts below.
-            let replaced = self.local.block_on(self.stat_cached(&to)).ok();
-            self.local
-                .block_on(self.rename_on_server(&from, &to, no_replace, false))?;
-            let mut m = self.inodes.lock();
-            let replaced_ino = replaced.as_ref().and_then(|e| m.ino_of(e));
-            m.renamed(&from, &to);
-            if let (Some(e), Some(ino)) = (&replaced, replaced_ino) {
-                m.invalidate_file(e.volume_id, e.inode);
-                if let Some(n) = m.node_mut(ino).filter(|_| e.nlink > 1) {
-                    let mut left = e.clone();
-                    left.nlink -= 1;
-                    n.entry = Some(left);
+            let (name, newname) = (name_str(name)?, name_str(newname)?);
+            let from = self.dir_address(parent.0)?;
+            let to = self.dir_address(newparent.0)?;
+            let (moving, replaced) = {
+                let m = self.inodes.lock();
+                (
+                    m.ino_named(parent.0, name),
+                    m.ino_named(newparent.0, newname),
+                )
+            };
+            // A replaced file open here keeps living for its handles.
+            let keep = if exchange {
+                None
+            } else {
+                self.keep_for(replaced)
+            };
+            let resp = self.local.block_on(call("rename", name, || {
+                let mut c = self.local.client().inodes();
+                let req = NodeRenameRequest {
+                    from_dir: Some(from.clone()),
+                    from_name: name.to_string(),
+                    to_dir: Some(to.clone()),
+                    to_name: newname.to_string(),
+                    no_replace,
+                    exchange,
+                    keep,
+                };
+                async move { c.rename(req).await }
+            }))?;
+            {
+                let mut m = self.inodes.lock();
+                if exchange {
+                    m.exchanged((parent.0, name), (newparent.0, newname));
+                } else {
+                    m.renamed((parent.0, name), (newparent.0, newname));
+                }
+                // Their ctime changed, under every name.
+                for ino in [moving, replaced].into_iter().flatten() {
+                    if let Some((v, i)) = m.node(ino).map(|n| (n.volume, n.inode)) {
+                        m.invalidate_file(v, i);
+                    }
                 }
             }
-            for p in [parent_of(&from), parent_of(&to)].into_iter().flatten() {
-                m.invalidate(p);
+            if !exchange && replaced != moving {
+                self.after_name_went(replaced, resp);
             }
             Ok(())
         })();
@@ -1084,19 +1117,26 @@ impl Filesystem for BerthFs {
     ) {
         let r = (|| {
             self.writable()?;
-            let existing = self.path(ino.0)?;
-            let (_, path) = self.child(newparent.0, newname)?;
-            let e = self.local.block_on(call("link", &path, || {
-                let mut c = self.local.client().namespace();
-                let req = LinkRequest {
-                    existing: existing.clone(),
-                    path: path.clone(),
-                };
-                async move { c.link(req).await }
+            let name = name_str(newname)?;
+            let dir = self.dir_address(newparent.0)?;
+            let e = self.local.block_on(self.by_node(ino.0, |node| {
+                let dir = dir.clone();
+                call("link", name, move || {
+                    let mut c = self.local.client().inodes();
+                    let req = NodeLinkRequest {
+                        node: Some(node.clone()),
+                        dir: Some(dir.clone()),
+                        name: name.to_string(),
+                    };
+                    async move { c.link(req).await }
+                })
             }))?;
-            self.invalidate_parent(&path);
-            self.inodes.lock().invalidate_file(e.volume_id, e.inode);
-            self.reference(&path, &e)
+            {
+                let mut m = self.inodes.lock();
+                m.invalidate_file(e.volume_id, e.inode);
+                m.stale(newparent.0);
+            }
+            self.reference(newparent.0, name, &e)
         })();
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
@@ -1106,16 +1146,10 @@ impl Filesystem for BerthFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let r = (|| {
-            let path = self.path(ino.0)?;
-            let (file, e) = self.do_open(ino.0, flags.0, None, &path)?;
-            // Close-to-open: the path may name another object now.
-            let same = self.inodes.lock().ino_of(&e) == Some(ino.0);
-            if !same {
-                self.inodes.lock().unlinked(&path);
-                return Err(Errno::ESTALE);
-            }
+            let (file, e) = self.do_open(ino.0, flags.0)?;
+            // Close-to-open: tell the kernel when the file changed.
             self.notify_changed(ino.0, &e);
-            self.told(ino.0, Some(&path), &e);
+            self.told(ino.0, &e);
             let fh = self.fh();
             self.files.lock().insert(fh, file);
             Ok(fh)
@@ -1138,22 +1172,37 @@ impl Filesystem for BerthFs {
         reply: ReplyCreate,
     ) {
         let r = (|| {
-            let (path, mode, owner) = self.new_entry(req, parent, name, mode, umask)?;
-            let excl = flags & libc::O_EXCL != 0;
-            // Exclusively first, to know whether this call made the file
-            // (only then are its mode and owner set); without O_EXCL an
-            // existing file is then opened. The kernel asks to create after
-            // a negative lookup, so the second call is rare.
-            let (file, e, fresh) = match self.do_open(0, flags, Some((mode, true)), &path) {
-                Ok((file, e)) => (file, e, true),
-                Err(err) if err == Errno::EEXIST && !excl => {
-                    let (file, e) = self.do_open(0, flags, Some((mode, false)), &path)?;
-                    (file, e, false)
-                }
-                Err(err) => return Err(err),
+            self.writable()?;
+            let name = name_str(name)?;
+            let owner = self.owner_for(req, parent.0)?;
+            let dir = self.dir_address(parent.0)?;
+            let (read, write, truncate) = open_rights(flags);
+            let create = NodeCreateRequest {
+                dir: Some(dir),
+                name: name.to_string(),
+                read,
+                write,
+                truncate,
+                exclusive: flags & libc::O_EXCL != 0,
+                mode: Some(mode & !umask & 0o7777),
+                owner,
             };
-            let a = self.created(&path, e, fresh, owner)?;
+            let resp = self.local.block_on(call("create", name, || {
+                let mut c = self.local.client().inodes();
+                let req = create.clone();
+                async move { c.create(req).await }
+            }))?;
+            let e = resp.entry.ok_or(Errno::EIO)?;
+            self.inodes.lock().stale(parent.0);
+            let a = self.reference(parent.0, name, &e)?;
             let fh = self.fh();
+            let file = Arc::new(OpenFile {
+                ino: a.ino.0,
+                path: name.to_string(),
+                handle: resp.handle,
+                write,
+                writes: Arc::new(Writes::default()),
+            });
             self.files.lock().insert(fh, file);
             Ok((a, fh))
         })();
@@ -1222,10 +1271,7 @@ impl Filesystem for BerthFs {
             let len = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
             self.rt
                 .block_on(f.writes.submit(&self.client, &f, offset, data.to_vec()))?;
-            let mut m = self.inodes.lock();
-            if let Some(p) = m.path(f.ino).map(str::to_string) {
-                m.invalidate(&p);
-            }
+            self.inodes.lock().stale(f.ino);
             Ok(len)
         })();
         match r {
@@ -1278,29 +1324,20 @@ impl Filesystem for BerthFs {
                     self.rt
                         .block_on(self.locks.release(f.ino, &f.handle, owner.0, Kind::Posix));
                 if let Err(e) = released {
-                    tracing::warn!(path = %f.path, errno = ?e, "could not release a flock lock; it goes with the mount's lock session");
+                    tracing::warn!(file = %f.path, errno = ?e, "could not release a flock lock; it goes with the mount's lock session");
                 }
             }
             // And the open file description's own (F_OFD_*) locks.
             if let Err(e) = self.rt.block_on(self.locks.file_closed(fh.0, &f.handle)) {
-                tracing::warn!(path = %f.path, errno = ?e, "could not release an OFD lock; it goes with the mount's lock session");
+                tracing::warn!(file = %f.path, errno = ?e, "could not release an OFD lock; it goes with the mount's lock session");
             }
             // Errors were reported by flush; the data must still be out
             // before the handle is forgotten.
             self.local.block_on(f.writes.drain());
-            // The last close of a file unlinked while open removes it now.
-            let last = !self.files.lock().values().any(|o| o.ino == f.ino);
-            let hidden = if last {
-                self.doomed.lock().remove(&f.ino)
-            } else {
-                None
-            };
-            if let Some(hidden) = hidden {
-                if let Err(e) = self.local.block_on(self.remove_path(&hidden)) {
-                    tracing::warn!(path = %hidden, errno = ?e, "could not remove a file unlinked while open");
-                }
-                self.inodes.lock().unlinked(&hidden);
-                self.invalidate_parent(&hidden);
+            // The last close of a file unlinked while open here: the server
+            // may delete it now.
+            if !self.open_here(f.ino) && self.orphans.is_kept(f.ino) {
+                self.rt.block_on(self.orphans.release(f.ino));
             }
         }
         reply.ok();
@@ -1328,15 +1365,13 @@ impl Filesystem for BerthFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let r = (|| {
-            let path = self.path(ino.0)?;
-            let parent = match parent_of(&path) {
-                _ if ino.0 == ROOT_INO => ROOT_INO,
-                Some(p) => self.inodes.lock().ino_at(p).unwrap_or(ROOT_INO),
-                None => ROOT_INO,
+            let parent = {
+                let m = self.inodes.lock();
+                let n = m.node(ino.0).ok_or(Errno::ENOENT)?;
+                n.names.first().map_or(ROOT_INO, |(p, _)| *p)
             };
             let fh = self.fh();
             let ds = DirStream {
-                path,
                 ino: ino.0,
                 parent,
                 entries: Vec::new(),
@@ -1410,7 +1445,6 @@ impl Filesystem for BerthFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let r = (|| {
-            let path = self.path(ino.0)?;
             let name = name_str(name)?.to_string();
             let key = (ino.0, name.clone());
             if let Some((r, at)) = self.xattrs.lock().get(&key) {
@@ -1418,17 +1452,7 @@ impl Filesystem for BerthFs {
                     return r.clone();
                 }
             }
-            let r = self
-                .rt
-                .block_on(call("getxattr", &path, || {
-                    let mut c = self.local.client().namespace();
-                    let req = XattrRequest {
-                        path: path.clone(),
-                        name: name.clone(),
-                    };
-                    async move { c.get_xattr(req).await }
-                }))
-                .map(|v| v.value);
+            let r = self.local.block_on(self.getxattr_call(ino.0, &name));
             if matches!(r, Ok(_) | Err(Errno::ENODATA)) {
                 let mut cache = self.xattrs.lock();
                 if cache.len() >= XATTR_CACHE_MAX {
@@ -1445,14 +1469,17 @@ impl Filesystem for BerthFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let r = (|| {
-            let path = self.path(ino.0)?;
-            self.local.block_on(call("listxattr", &path, || {
-                let mut c = self.local.client().namespace();
-                let req = PathRequest { path: path.clone() };
+        let what = label(ino.0);
+        let r = self.local.block_on(self.by_node(ino.0, |node| {
+            call("listxattr", &what, move || {
+                let mut c = self.local.client().inodes();
+                let req = NodeRequest {
+                    node: Some(node.clone()),
+                    handle: Vec::new(),
+                };
                 async move { c.list_xattr(req).await }
-            }))
-        })();
+            })
+        }));
         match r {
             Ok(names) => {
                 // NUL-terminated names, as listxattr(2) returns them.
@@ -1479,26 +1506,30 @@ impl Filesystem for BerthFs {
     ) {
         let r = (|| {
             self.writable()?;
-            let path = self.path(ino.0)?;
             let name = name_str(name)?.to_string();
             let (create, replace) = (
                 flags & libc::XATTR_CREATE != 0,
                 flags & libc::XATTR_REPLACE != 0,
             );
-            self.local.block_on(call("setxattr", &path, || {
-                let mut c = self.local.client().namespace();
-                let req = SetXattrRequest {
-                    path: path.clone(),
-                    name: name.clone(),
-                    value: value.to_vec(),
-                    create,
-                    replace,
-                };
-                async move { c.set_xattr(req).await }
+            let what = label(ino.0);
+            self.local.block_on(self.by_node(ino.0, |node| {
+                let name = name.clone();
+                call("setxattr", &what, move || {
+                    let mut c = self.local.client().inodes();
+                    let req = NodeSetXattrRequest {
+                        node: Some(node.clone()),
+                        name: name.clone(),
+                        value: value.to_vec(),
+                        create,
+                        replace,
+                    };
+                    async move { c.set_xattr(req).await }
+                })
             }))?;
             Ok(())
         })();
         self.forget_xattrs(ino.0);
+        self.inodes.lock().stale(ino.0);
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1508,19 +1539,23 @@ impl Filesystem for BerthFs {
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = (|| {
             self.writable()?;
-            let path = self.path(ino.0)?;
             let name = name_str(name)?.to_string();
-            self.local.block_on(call("removexattr", &path, || {
-                let mut c = self.local.client().namespace();
-                let req = XattrRequest {
-                    path: path.clone(),
-                    name: name.clone(),
-                };
-                async move { c.remove_xattr(req).await }
+            let what = label(ino.0);
+            self.local.block_on(self.by_node(ino.0, |node| {
+                let name = name.clone();
+                call("removexattr", &what, move || {
+                    let mut c = self.local.client().inodes();
+                    let req = NodeXattrRequest {
+                        node: Some(node.clone()),
+                        name: name.clone(),
+                    };
+                    async move { c.remove_xattr(req).await }
+                })
             }))?;
             Ok(())
         })();
         self.forget_xattrs(ino.0);
+        self.inodes.lock().stale(ino.0);
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1613,8 +1648,7 @@ impl Filesystem for BerthFs {
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let r = (|| {
-            let path = self.path(ino.0)?;
-            let e = self.local.block_on(self.stat_cached(&path))?;
+            let e = self.local.block_on(self.entry(ino.0))?;
             // A read-only mount, and anything read from a snapshot.
             if mask.contains(AccessFlags::W_OK) && (self.read_only || e.view != 0) {
                 return Err(Errno::EROFS);
@@ -1679,6 +1713,10 @@ mod tests {
         e.size = 1000;
         e.mtime_ns = 1_500_000_000;
         e.nlink = 0;
+        let a = attr(42, &e);
+        // A file unlinked while open has no links.
+        assert_eq!(a.nlink, 0);
+        e.nlink = 1;
         let a = attr(42, &e);
         assert_eq!(a.ino, INodeNo(42));
         assert_eq!(a.kind, FileType::RegularFile);

@@ -1,17 +1,28 @@
-//! FUSE inode numbers and the inode → path map.
+//! FUSE inode numbers and what the mount knows of each inode the kernel
+//! holds.
 //!
 //! A FUSE inode number is `(volume_id << 48) | inode`, so it is the same
 //! for the same object in every mount and needs no allocation; the mount
-//! root is FUSE inode 1 whatever it really is. The native API names entries
-//! by path, so the map remembers the path of every inode the kernel holds
-//! (counted by lookups, released by forget) and follows renames, descendants
-//! included. An inode whose entry was unlinked or replaced keeps its last
-//! attributes but no path: open files stay readable through their handles.
+//! root is FUSE inode 1 whatever it really is, and snapshot entries get
+//! numbers of their own (they share the live entry's volume and inode).
+//!
+//! The server is called by inode (`berth.v1.Inodes`): a directory by its
+//! own address, any other entry with the directory and name the kernel
+//! reached it by (the server checks that the name still leads to it). So
+//! the map keeps, per inode, its address and the names it was looked up by
+//! — `(parent FUSE inode, name)`, several for a file with hard links —
+//! counted by lookups and released by forget. Renaming a directory changes
+//! one name; what lies below it keeps its addresses. A name that no longer
+//! leads to its inode (changed by another client) is dropped when the
+//! server says so, and the next one is tried.
+//!
+//! Attributes are cached per inode, and entries per (directory, name), for
+//! [`TTL`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use berth_api::v1::Entry;
+use berth_api::v1::{Entry, EntryType, InodeRef};
 
 /// FUSE inode number of the mount root.
 pub const ROOT_INO: u64 = 1;
@@ -21,6 +32,8 @@ pub const INODE_BITS: u32 = 48;
 pub const TTL: Duration = Duration::from_secs(1);
 /// Cached entries kept at most; past it expired ones are dropped, then all.
 pub const CACHE_ENTRIES_MAX: usize = 100_000;
+/// Names remembered per inode (hard links the kernel looked up).
+pub const NAMES_PER_INODE_MAX: usize = 16;
 
 /// `(volume_id << 48) | inode`, or `None` when either part does not fit
 /// (volume 0 does not exist; 2^16 volumes and 2^48 inodes per volume).
@@ -31,55 +44,52 @@ pub fn fuse_ino(volume_id: u64, inode: u64) -> Option<u64> {
     Some((volume_id << INODE_BITS) | inode)
 }
 
-/// `parent/name` for namespace paths (`/` joins without doubling).
-pub fn join(parent: &str, name: &str) -> String {
-    if parent.ends_with('/') {
-        format!("{parent}{name}")
-    } else {
-        format!("{parent}/{name}")
-    }
+/// A name the kernel reached an inode by.
+pub type Name = (u64, String);
+
+/// One server address of an inode, with the name it goes by (`None` for a
+/// directory, which the server finds by itself).
+#[derive(Debug, Clone)]
+pub struct Address {
+    pub name: Option<Name>,
+    pub node: InodeRef,
 }
 
-/// The parent of a namespace path (`/` for `/a`), `None` for `/`.
-pub fn parent_of(path: &str) -> Option<&str> {
-    if path == "/" {
-        return None;
-    }
-    match path.rfind('/') {
-        Some(0) => Some("/"),
-        Some(i) => Some(&path[..i]),
-        None => None,
-    }
-}
-
-/// True when `path` is `dir` or lies below it.
-fn within(path: &str, dir: &str) -> bool {
-    path == dir
-        || (path.starts_with(dir)
-            && (dir.ends_with('/') || path.as_bytes().get(dir.len()) == Some(&b'/')))
+fn is_dir(e: &Entry) -> bool {
+    e.r#type == EntryType::Directory as i32
 }
 
 /// What the map knows of one inode the kernel holds.
 #[derive(Debug, Clone)]
 pub struct Node {
-    /// Current path; `None` once unlinked or replaced by a rename.
-    pub path: Option<String>,
+    /// Its address on the server (volume, inode, view).
+    pub volume: u64,
+    pub inode: u64,
+    pub view: u64,
+    pub dir: bool,
+    /// Names it was reached by, the latest first: `(parent, name)`. A
+    /// directory has one; the mount root none.
+    pub names: Vec<Name>,
     /// Kernel references (lookups not yet forgotten).
     pub lookups: u64,
-    /// The latest attributes seen, for inodes that lost their path.
-    pub entry: Option<Entry>,
+    /// The latest attributes seen.
+    pub entry: Entry,
+    /// When `entry` came from the server; `None` once it may be stale.
+    pub fetched: Option<Instant>,
     /// (size, mtime) the kernel was last told, to notice changes on open.
     pub told: Option<(u64, i64)>,
 }
 
-/// The inode → path map plus a short-lived cache of entries by path.
+/// The inodes the kernel holds, and recently seen entries.
 #[derive(Debug)]
 pub struct Inodes {
     /// FUSE inode number the mount root has in other mounts.
     root_real: u64,
     nodes: HashMap<u64, Node>,
-    by_path: HashMap<String, u64>,
-    cache: HashMap<String, (Entry, Instant)>,
+    /// Which inode each remembered name leads to.
+    by_name: HashMap<Name, u64>,
+    /// Entries seen by (directory, name): lookups answered from a listing.
+    cache: HashMap<Name, (Entry, Instant)>,
     /// Numbers given to snapshot entries: (volume, view, inode) → ino.
     synthetic: HashMap<(u64, u64, u64), u64>,
 }
@@ -89,23 +99,26 @@ const SYNTHETIC_FIRST: u64 = 2;
 
 impl Inodes {
     /// A map holding only the mount root.
-    pub fn new(root_path: &str, root_real: u64, root: Entry) -> Inodes {
+    pub fn new(root_real: u64, root: Entry) -> Inodes {
         let mut nodes = HashMap::new();
         nodes.insert(
             ROOT_INO,
             Node {
-                path: Some(root_path.to_string()),
+                volume: root.volume_id,
+                inode: root.inode,
+                view: root.view,
+                dir: true,
+                names: Vec::new(),
                 lookups: 1,
-                entry: Some(root),
+                entry: root,
+                fetched: Some(Instant::now()),
                 told: None,
             },
         );
-        let mut by_path = HashMap::new();
-        by_path.insert(root_path.to_string(), ROOT_INO);
         Inodes {
             root_real,
             nodes,
-            by_path,
+            by_name: HashMap::new(),
             cache: HashMap::new(),
             synthetic: HashMap::new(),
         }
@@ -136,39 +149,104 @@ impl Inodes {
         self.nodes.get_mut(&ino)
     }
 
-    /// The current path of `ino`, if it has one.
-    pub fn path(&self, ino: u64) -> Option<&str> {
-        self.nodes.get(&ino).and_then(|n| n.path.as_deref())
+    /// The inode a name leads to, as far as this mount knows.
+    pub fn ino_named(&self, parent: u64, name: &str) -> Option<u64> {
+        self.by_name.get(&(parent, name.to_string())).copied()
     }
 
-    /// The inode the map holds at `path`.
-    pub fn ino_at(&self, path: &str) -> Option<u64> {
-        self.by_path.get(path).copied()
+    /// The server addresses of `ino`: a directory's own; for another entry
+    /// one per name it was reached by (the latest first), none when it has
+    /// no name left. `None` when the kernel holds no such inode.
+    pub fn addresses(&self, ino: u64) -> Option<Vec<Address>> {
+        let n = self.nodes.get(&ino)?;
+        let base = InodeRef {
+            volume_id: n.volume,
+            inode: n.inode,
+            view: n.view,
+            parent: 0,
+            name: String::new(),
+        };
+        if n.dir {
+            return Some(vec![Address {
+                name: None,
+                node: base,
+            }]);
+        }
+        Some(
+            n.names
+                .iter()
+                .filter_map(|(parent, name)| {
+                    let p = self.nodes.get(parent)?;
+                    Some(Address {
+                        name: Some((*parent, name.clone())),
+                        node: InodeRef {
+                            parent: p.inode,
+                            name: name.clone(),
+                            ..base.clone()
+                        },
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// The address of `ino` without a name (for calls authorized by an
+    /// open handle).
+    pub fn bare_address(&self, ino: u64) -> Option<InodeRef> {
+        self.nodes.get(&ino).map(|n| InodeRef {
+            volume_id: n.volume,
+            inode: n.inode,
+            view: n.view,
+            parent: 0,
+            name: String::new(),
+        })
     }
 
     /// Records a lookup: the kernel now holds one more reference to `ino`,
-    /// which lives at `path` with attributes `e`.
-    pub fn remember(&mut self, ino: u64, path: &str, e: &Entry) {
-        if let Some(other) = self.by_path.get(path).copied() {
+    /// reached as `name` in `parent`, with attributes `e`.
+    pub fn remember(&mut self, ino: u64, parent: u64, name: &str, e: &Entry) {
+        let key = (parent, name.to_string());
+        if let Some(other) = self.by_name.get(&key).copied() {
             if other != ino {
-                self.detach(other);
+                self.drop_name(other, parent, name);
             }
         }
         let node = self.nodes.entry(ino).or_insert_with(|| Node {
-            path: None,
+            volume: e.volume_id,
+            inode: e.inode,
+            view: e.view,
+            dir: is_dir(e),
+            names: Vec::new(),
             lookups: 0,
-            entry: None,
+            entry: e.clone(),
+            fetched: None,
             told: None,
         });
-        let old = node.path.replace(path.to_string());
         node.lookups += 1;
-        node.entry = Some(e.clone());
-        if let Some(old) = old.filter(|o| o != path) {
-            if self.by_path.get(&old) == Some(&ino) {
-                self.by_path.remove(&old);
+        node.entry = e.clone();
+        node.fetched = Some(Instant::now());
+        if ino != ROOT_INO {
+            let had = node.names.iter().position(|n| *n == key);
+            if let Some(i) = had {
+                node.names.remove(i);
             }
+            // A directory has one name: the latest.
+            let stale: Vec<Name> = if node.dir {
+                std::mem::take(&mut node.names)
+            } else if node.names.len() >= NAMES_PER_INODE_MAX {
+                node.names.split_off(NAMES_PER_INODE_MAX - 1)
+            } else {
+                Vec::new()
+            };
+            node.names.insert(0, key.clone());
+            for s in stale {
+                if self.by_name.get(&s) == Some(&ino) {
+                    self.by_name.remove(&s);
+                }
+            }
+            self.by_name.insert(key.clone(), ino);
         }
-        self.by_path.insert(path.to_string(), ino);
+        self.cache(parent, name, e);
     }
 
     /// Drops `n` kernel references; the node goes when none are left (the
@@ -182,107 +260,134 @@ impl Inodes {
         };
         node.lookups = node.lookups.saturating_sub(n);
         if node.lookups == 0 {
-            if let Some(p) = node.path.take() {
-                if self.by_path.get(&p) == Some(&ino) {
-                    self.by_path.remove(&p);
+            for name in std::mem::take(&mut node.names) {
+                if self.by_name.get(&name) == Some(&ino) {
+                    self.by_name.remove(&name);
                 }
             }
             self.nodes.remove(&ino);
         }
     }
 
-    /// The entry at `path` is gone (unlinked, or replaced): its inode keeps
-    /// its attributes but loses its path.
-    pub fn unlinked(&mut self, path: &str) {
-        if let Some(ino) = self.by_path.get(path).copied() {
-            self.detach(ino);
-        }
-        self.invalidate(path);
-    }
-
-    fn detach(&mut self, ino: u64) {
-        if ino == ROOT_INO {
-            return;
-        }
+    /// `name` in `parent` no longer leads to `ino`.
+    pub fn drop_name(&mut self, ino: u64, parent: u64, name: &str) {
+        let key = (parent, name.to_string());
         if let Some(node) = self.nodes.get_mut(&ino) {
-            if let Some(p) = node.path.take() {
-                if self.by_path.get(&p) == Some(&ino) {
-                    self.by_path.remove(&p);
+            node.names.retain(|n| *n != key);
+        }
+        if self.by_name.get(&key) == Some(&ino) {
+            self.by_name.remove(&key);
+        }
+    }
+
+    /// `name` in `parent` is gone (unlinked, or replaced): whatever it led
+    /// to keeps its attributes and other names. Returns that inode, if
+    /// known.
+    pub fn unlinked(&mut self, parent: u64, name: &str) -> Option<u64> {
+        let ino = self.ino_named(parent, name);
+        if let Some(ino) = ino {
+            self.drop_name(ino, parent, name);
+            self.stale(ino);
+        }
+        self.invalidate(parent, name);
+        self.stale(parent);
+        ino
+    }
+
+    /// `name` in `parent` was renamed to `new_name` in `new_parent`: what
+    /// was there is replaced. Everything below a renamed directory keeps
+    /// its names (they hang off the directory's inode).
+    pub fn renamed(&mut self, (parent, name): (u64, &str), (new_parent, new_name): (u64, &str)) {
+        if (parent, name) == (new_parent, new_name) {
+            return;
+        }
+        let moving = self.ino_named(parent, name);
+        if let Some(replaced) = self.ino_named(new_parent, new_name) {
+            if Some(replaced) != moving {
+                self.drop_name(replaced, new_parent, new_name);
+                self.stale(replaced);
+            }
+        }
+        if let Some(ino) = moving {
+            self.drop_name(ino, parent, name);
+            let key = (new_parent, new_name.to_string());
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                if node.dir {
+                    node.names.clear();
                 }
+                node.names.insert(0, key.clone());
+                node.names.truncate(NAMES_PER_INODE_MAX);
             }
+            self.by_name.insert(key, ino);
+            self.stale(ino);
+        }
+        for (p, n) in [(parent, name), (new_parent, new_name)] {
+            self.invalidate(p, n);
+            self.stale(p);
         }
     }
 
-    /// `from` was renamed to `to`: whatever was at `to` is replaced, and
-    /// `from` and everything below it move.
-    pub fn renamed(&mut self, from: &str, to: &str) {
-        if from == to {
-            return;
-        }
-        if let Some(replaced) = self.by_path.get(to).copied() {
-            if Some(replaced) != self.by_path.get(from).copied() {
-                self.detach(replaced);
+    /// `a` and `b` swapped places (RENAME_EXCHANGE).
+    pub fn exchanged(&mut self, a: (u64, &str), b: (u64, &str)) {
+        let ia = self.ino_named(a.0, a.1);
+        let ib = self.ino_named(b.0, b.1);
+        for (ino, from) in [(ia, a), (ib, b)] {
+            if let Some(ino) = ino {
+                self.drop_name(ino, from.0, from.1);
             }
         }
-        let moving: Vec<(String, u64)> = self
-            .by_path
-            .iter()
-            .filter(|(p, _)| within(p, from))
-            .map(|(p, i)| (p.clone(), *i))
-            .collect();
-        for (p, _) in &moving {
-            self.by_path.remove(p);
-        }
-        for (p, ino) in moving {
-            let new = format!("{to}{}", &p[from.len()..]);
+        for (ino, to) in [(ia, b), (ib, a)] {
+            let Some(ino) = ino else { continue };
+            let key = (to.0, to.1.to_string());
             if let Some(node) = self.nodes.get_mut(&ino) {
-                node.path = Some(new.clone());
+                if node.dir {
+                    node.names.clear();
+                }
+                node.names.insert(0, key.clone());
+                node.names.truncate(NAMES_PER_INODE_MAX);
             }
-            self.by_path.insert(new, ino);
+            self.by_name.insert(key, ino);
+            self.stale(ino);
         }
-        self.cache.retain(|p, _| !within(p, from) && !within(p, to));
+        for (p, n) in [a, b] {
+            self.invalidate(p, n);
+            self.stale(p);
+        }
     }
 
-    /// `a` and `b` swapped places (RENAME_EXCHANGE): each takes the other's
-    /// path, everything below them included. Neither lies inside the other
-    /// (the server refuses that).
-    pub fn exchanged(&mut self, a: &str, b: &str) {
-        if within(a, b) || within(b, a) {
-            return;
-        }
-        let moving: Vec<(String, u64)> = self
-            .by_path
-            .iter()
-            .filter(|(p, _)| within(p, a) || within(p, b))
-            .map(|(p, i)| (p.clone(), *i))
-            .collect();
-        for (p, _) in &moving {
-            self.by_path.remove(p);
-        }
-        for (p, ino) in moving {
-            let new = if within(&p, a) {
-                format!("{b}{}", &p[a.len()..])
-            } else {
-                format!("{a}{}", &p[b.len()..])
-            };
-            if let Some(node) = self.nodes.get_mut(&ino) {
-                node.path = Some(new.clone());
-            }
-            self.by_path.insert(new, ino);
-        }
-        self.cache.retain(|p, _| !within(p, a) && !within(p, b));
+    /// The attributes of `ino` if fetched less than [`TTL`] ago.
+    pub fn fresh(&self, ino: u64) -> Option<&Entry> {
+        self.nodes
+            .get(&ino)
+            .filter(|n| n.fetched.is_some_and(|at| at.elapsed() < TTL))
+            .map(|n| &n.entry)
     }
 
-    /// A cached entry for `path` younger than [`TTL`].
-    pub fn cached(&self, path: &str) -> Option<&Entry> {
+    /// New attributes of `ino` from the server.
+    pub fn fetched(&mut self, ino: u64, e: &Entry) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.entry = e.clone();
+            n.fetched = Some(Instant::now());
+        }
+    }
+
+    /// The attributes of `ino` may have changed.
+    pub fn stale(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.fetched = None;
+        }
+    }
+
+    /// A cached entry for `name` in `parent` younger than [`TTL`].
+    pub fn cached(&self, parent: u64, name: &str) -> Option<&Entry> {
         self.cache
-            .get(path)
+            .get(&(parent, name.to_string()))
             .filter(|(_, at)| at.elapsed() < TTL)
             .map(|(e, _)| e)
     }
 
-    /// Caches `e` as the entry at `path` for [`TTL`].
-    pub fn cache(&mut self, path: &str, e: &Entry) {
+    /// Caches `e` as the entry `name` in `parent` for [`TTL`].
+    pub fn cache(&mut self, parent: u64, name: &str, e: &Entry) {
         if self.cache.len() >= CACHE_ENTRIES_MAX {
             self.cache.retain(|_, (_, at)| at.elapsed() < TTL);
             if self.cache.len() >= CACHE_ENTRIES_MAX {
@@ -290,19 +395,24 @@ impl Inodes {
             }
         }
         self.cache
-            .insert(path.to_string(), (e.clone(), Instant::now()));
+            .insert((parent, name.to_string()), (e.clone(), Instant::now()));
     }
 
-    /// Forgets the cached entry of `path` (it changed).
-    pub fn invalidate(&mut self, path: &str) {
-        self.cache.remove(path);
+    /// Forgets the cached entry `name` in `parent` (it changed).
+    pub fn invalidate(&mut self, parent: u64, name: &str) {
+        self.cache.remove(&(parent, name.to_string()));
     }
 
-    /// Drops the cached entry of every path naming the file `(volume,
-    /// inode)`: its link count or times changed through one of its names.
+    /// Drops every cached view of the object `(volume, inode)`: its link
+    /// count or times changed through one of its names.
     pub fn invalidate_file(&mut self, volume_id: u64, inode: u64) {
         self.cache
             .retain(|_, (e, _)| !(e.volume_id == volume_id && e.inode == inode));
+        for n in self.nodes.values_mut() {
+            if n.volume == volume_id && n.inode == inode {
+                n.fetched = None;
+            }
+        }
     }
 
     /// Number of inodes held (root included).
@@ -320,8 +430,20 @@ mod tests {
         Entry {
             volume_id: vol,
             inode: ino,
+            r#type: EntryType::File as i32,
             ..Default::default()
         }
+    }
+
+    fn dir(vol: u64, ino: u64) -> Entry {
+        Entry {
+            r#type: EntryType::Directory as i32,
+            ..entry(vol, ino)
+        }
+    }
+
+    fn names(m: &Inodes, ino: u64) -> Vec<(u64, String)> {
+        m.node(ino).unwrap().names.clone()
     }
 
     #[test]
@@ -335,22 +457,9 @@ mod tests {
     }
 
     #[test]
-    fn paths() {
-        assert_eq!(join("/", "a"), "/a");
-        assert_eq!(join("/a", "b"), "/a/b");
-        assert_eq!(parent_of("/a/b"), Some("/a"));
-        assert_eq!(parent_of("/a"), Some("/"));
-        assert_eq!(parent_of("/"), None);
-        assert!(within("/a/b", "/a"));
-        assert!(within("/a", "/a"));
-        assert!(!within("/ab", "/a"));
-        assert!(within("/x", "/"));
-    }
-
-    #[test]
     fn root_is_one() {
-        let root = entry(1, 9);
-        let mut m = Inodes::new("/apps", fuse_ino(1, 9).unwrap(), root.clone());
+        let root = dir(1, 9);
+        let mut m = Inodes::new(fuse_ino(1, 9).unwrap(), root.clone());
         assert_eq!(m.ino_of(&root), Some(ROOT_INO));
         assert_eq!(m.ino_of(&entry(1, 10)), fuse_ino(1, 10));
         // The same file in a snapshot is another inode, stable per view.
@@ -363,97 +472,119 @@ mod tests {
         assert!(a != b && a != fuse_ino(1, 10).unwrap() && a > ROOT_INO);
         assert_eq!(a >> INODE_BITS, 0);
         assert_eq!(m.ino_of(&snap(4)), Some(a));
-        assert_eq!(m.path(ROOT_INO), Some("/apps"));
+        let addr = m.addresses(ROOT_INO).unwrap();
+        assert_eq!((addr[0].node.volume_id, addr[0].node.inode), (1, 9));
     }
 
     #[test]
-    fn rename_moves_descendants_and_replaces_target() {
-        let mut m = Inodes::new("/", fuse_ino(1, 1).unwrap(), entry(1, 1));
-        m.remember(10, "/d", &entry(1, 10));
-        m.remember(11, "/d/f", &entry(1, 11));
-        m.remember(12, "/d/sub/g", &entry(1, 12));
-        m.remember(13, "/dx", &entry(1, 13));
-        m.remember(14, "/e", &entry(1, 14));
-        m.renamed("/d", "/e");
-        assert_eq!(m.path(10), Some("/e"));
-        assert_eq!(m.path(11), Some("/e/f"));
-        assert_eq!(m.path(12), Some("/e/sub/g"));
-        assert_eq!(
-            m.path(13),
-            Some("/dx"),
-            "a sibling with a common prefix stays"
-        );
-        assert_eq!(m.path(14), None, "the replaced target lost its path");
-        assert_eq!(m.ino_at("/e/f"), Some(11));
-        assert_eq!(m.ino_at("/d/f"), None);
+    fn addresses_name_files_by_their_directory() {
+        let mut m = Inodes::new(fuse_ino(1, 1).unwrap(), dir(1, 1));
+        m.remember(10, ROOT_INO, "d", &dir(1, 10));
+        m.remember(11, 10, "f", &entry(1, 11));
+        m.remember(11, ROOT_INO, "hard", &entry(1, 11));
+        let d = m.addresses(10).unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].node.inode, d[0].node.name.as_str()), (10, ""));
+        assert!(d[0].name.is_none());
+        let f = m.addresses(11).unwrap();
+        let got: Vec<(u64, &str)> = f
+            .iter()
+            .map(|a| (a.node.parent, a.node.name.as_str()))
+            .collect();
+        assert_eq!(got, [(1, "hard"), (10, "f")]);
+        assert_eq!(f[1].name, Some((10, "f".to_string())));
+        assert!(m.addresses(99).is_none());
+        // A name that no longer leads there is dropped; the other stays.
+        m.drop_name(11, ROOT_INO, "hard");
+        assert_eq!(m.addresses(11).unwrap().len(), 1);
+        assert_eq!(m.ino_named(10, "f"), Some(11));
+        assert_eq!(m.ino_named(ROOT_INO, "hard"), None);
     }
 
     #[test]
-    fn exchange_swaps_both_subtrees() {
-        let mut m = Inodes::new("/", fuse_ino(1, 1).unwrap(), entry(1, 1));
-        m.remember(10, "/d", &entry(1, 10));
-        m.remember(11, "/d/f", &entry(1, 11));
-        m.remember(12, "/x/g", &entry(1, 12));
-        m.remember(13, "/dx", &entry(1, 13));
-        m.cache("/d/f", &entry(1, 11));
-        m.cache("/x/g", &entry(1, 12));
-        m.exchanged("/d", "/x/g");
-        assert_eq!(m.path(10), Some("/x/g"));
-        assert_eq!(m.path(11), Some("/x/g/f"));
-        assert_eq!(m.path(12), Some("/d"));
-        assert_eq!(
-            m.path(13),
-            Some("/dx"),
-            "a sibling with a common prefix stays"
-        );
-        assert_eq!(m.ino_at("/d"), Some(12));
-        assert_eq!(m.ino_at("/x/g/f"), Some(11));
-        assert_eq!(m.ino_at("/d/f"), None);
-        assert!(m.cached("/d/f").is_none() && m.cached("/x/g").is_none());
-        // Nested names are refused by the server; the map stays as it is.
-        m.exchanged("/x", "/x/g");
-        assert_eq!(m.path(10), Some("/x/g"));
+    fn renaming_a_directory_leaves_what_is_below_it_alone() {
+        let mut m = Inodes::new(fuse_ino(1, 1).unwrap(), dir(1, 1));
+        m.remember(10, ROOT_INO, "d", &dir(1, 10));
+        m.remember(11, 10, "f", &entry(1, 11));
+        m.remember(12, ROOT_INO, "e", &entry(1, 12));
+        m.renamed((ROOT_INO, "d"), (ROOT_INO, "e"));
+        assert_eq!(names(&m, 10), [(ROOT_INO, "e".to_string())]);
+        assert_eq!(names(&m, 11), [(10, "f".to_string())]);
+        assert!(names(&m, 12).is_empty(), "the replaced entry lost its name");
+        assert_eq!(m.ino_named(ROOT_INO, "e"), Some(10));
+        assert_eq!(m.ino_named(ROOT_INO, "d"), None);
+        assert!(m.fresh(12).is_none());
+    }
+
+    #[test]
+    fn exchange_swaps_names() {
+        let mut m = Inodes::new(fuse_ino(1, 1).unwrap(), dir(1, 1));
+        m.remember(10, ROOT_INO, "d", &dir(1, 10));
+        m.remember(11, 10, "f", &entry(1, 11));
+        m.remember(12, ROOT_INO, "g", &entry(1, 12));
+        m.cache(10, "f", &entry(1, 11));
+        m.exchanged((10, "f"), (ROOT_INO, "g"));
+        assert_eq!(names(&m, 11), [(ROOT_INO, "g".to_string())]);
+        assert_eq!(names(&m, 12), [(10, "f".to_string())]);
+        assert!(m.cached(10, "f").is_none());
+        assert_eq!(m.ino_named(10, "f"), Some(12));
     }
 
     #[test]
     fn forget_and_unlink() {
-        let mut m = Inodes::new("/", fuse_ino(1, 1).unwrap(), entry(1, 1));
-        m.remember(10, "/f", &entry(1, 10));
-        m.remember(10, "/f", &entry(1, 10));
+        let mut m = Inodes::new(fuse_ino(1, 1).unwrap(), dir(1, 1));
+        m.remember(10, ROOT_INO, "f", &entry(1, 10));
+        m.remember(10, ROOT_INO, "f", &entry(1, 10));
         m.forget(10, 1);
-        assert_eq!(m.path(10), Some("/f"));
-        m.unlinked("/f");
-        assert_eq!(m.path(10), None);
-        assert!(m.node(10).unwrap().entry.is_some());
+        assert_eq!(m.ino_named(ROOT_INO, "f"), Some(10));
+        assert_eq!(m.unlinked(ROOT_INO, "f"), Some(10));
+        assert!(names(&m, 10).is_empty());
+        assert!(m.addresses(10).unwrap().is_empty());
+        assert!(m.bare_address(10).is_some());
         m.forget(10, 1);
         assert!(m.node(10).is_none());
         m.forget(ROOT_INO, 100);
-        assert_eq!(m.path(ROOT_INO), Some("/"));
+        assert!(m.node(ROOT_INO).is_some());
         assert_eq!(m.len(), 1);
     }
 
     #[test]
-    fn a_new_object_at_a_known_path_takes_it_over() {
-        let mut m = Inodes::new("/", fuse_ino(1, 1).unwrap(), entry(1, 1));
-        m.remember(10, "/f", &entry(1, 10));
-        m.remember(20, "/f", &entry(1, 20));
-        assert_eq!(m.path(10), None);
-        assert_eq!(m.path(20), Some("/f"));
-        // The same object seen under a new path (renamed elsewhere) moves.
-        m.remember(20, "/g", &entry(1, 20));
-        assert_eq!(m.ino_at("/f"), None);
-        assert_eq!(m.path(20), Some("/g"));
+    fn a_new_object_at_a_known_name_takes_it_over() {
+        let mut m = Inodes::new(fuse_ino(1, 1).unwrap(), dir(1, 1));
+        m.remember(10, ROOT_INO, "f", &entry(1, 10));
+        m.remember(20, ROOT_INO, "f", &entry(1, 20));
+        assert!(names(&m, 10).is_empty());
+        assert_eq!(m.ino_named(ROOT_INO, "f"), Some(20));
+        // A directory seen under a new name (renamed elsewhere) moves.
+        m.remember(30, ROOT_INO, "d", &dir(1, 30));
+        m.remember(30, ROOT_INO, "d2", &dir(1, 30));
+        assert_eq!(names(&m, 30), [(ROOT_INO, "d2".to_string())]);
+        assert_eq!(m.ino_named(ROOT_INO, "d"), None);
     }
 
     #[test]
-    fn cache_expires_and_is_bounded() {
-        let mut m = Inodes::new("/", fuse_ino(1, 1).unwrap(), entry(1, 1));
-        m.cache("/a", &entry(1, 5));
-        assert!(m.cached("/a").is_some());
-        m.invalidate("/a");
-        assert!(m.cached("/a").is_none());
+    fn names_per_inode_are_bounded() {
+        let mut m = Inodes::new(fuse_ino(1, 1).unwrap(), dir(1, 1));
+        for i in 0..NAMES_PER_INODE_MAX + 4 {
+            m.remember(10, ROOT_INO, &format!("l{i}"), &entry(1, 10));
+        }
+        assert_eq!(names(&m, 10).len(), NAMES_PER_INODE_MAX);
+        assert_eq!(m.ino_named(ROOT_INO, "l0"), None);
+        let last = format!("l{}", NAMES_PER_INODE_MAX + 3);
+        assert_eq!(m.ino_named(ROOT_INO, &last), Some(10));
+    }
+
+    #[test]
+    fn attributes_and_entries_expire() {
+        let mut m = Inodes::new(fuse_ino(1, 1).unwrap(), dir(1, 1));
+        m.remember(10, ROOT_INO, "a", &entry(1, 10));
+        assert!(m.fresh(10).is_some());
+        assert!(m.cached(ROOT_INO, "a").is_some());
+        m.invalidate_file(1, 10);
+        assert!(m.fresh(10).is_none());
+        assert!(m.cached(ROOT_INO, "a").is_none());
         for i in 0..CACHE_ENTRIES_MAX + 5 {
-            m.cache(&format!("/n{i}"), &entry(1, 5));
+            m.cache(ROOT_INO, &format!("n{i}"), &entry(1, 5));
         }
         assert!(m.cache.len() <= CACHE_ENTRIES_MAX);
     }

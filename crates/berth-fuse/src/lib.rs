@@ -1,24 +1,32 @@
 //! The FUSE client of Berth: serves the namespace (or one subtree of it) as
 //! a local POSIX file system through the native gRPC API, authenticated with
 //! the caller's ticket. It owns the mount lifecycle (mount, serve, unmount),
-//! the FUSE inode numbering and inode → path map (`inodes`), the write-behind
-//! of open files (`writes`), the errno table (`errors`) and the mount table
-//! (`mounts`: the one `/proc/self/mountinfo` parser, behind `berth umount`
-//! and `berth-container`).
+//! the FUSE inode numbering and what it knows of each inode (`inodes`), the
+//! write-behind of open files (`writes`), files unlinked while open
+//! (`orphans`), the errno table (`errors`) and the mount table (`mounts`:
+//! the one `/proc/self/mountinfo` parser, behind `berth umount` and
+//! `berth-container`).
 //!
 //! Invariants:
+//! - *Calls by inode, as the kernel asks*: every request is made with the
+//!   entry's (volume, inode) and one name (`berth.v1.Inodes`), never a
+//!   path, so no path the application did not spell out is ever limited:
+//!   only names (255 bytes) are, and the kernel checks PATH_MAX on what the
+//!   caller passed. The server authorizes each call as the walk of the
+//!   entry's path would be.
 //! - *Close-to-open consistency, never stale across it*: `open` always asks
-//!   the server (`Files.Open`), tells the kernel when the attributes changed
-//!   and lets it drop the file's cached pages; between opens, attributes
-//!   and entries are cached for at most one second (`inodes::TTL`). This
-//!   mount always sees its own writes: reads, attribute reads and
-//!   truncation of an inode first wait for its writes in flight.
+//!   the server, tells the kernel when the attributes changed and lets it
+//!   drop the file's cached pages; between opens, attributes and entries
+//!   are cached for at most one second (`inodes::TTL`). This mount always
+//!   sees its own writes: reads, attribute reads and truncation of an inode
+//!   first wait for its writes in flight.
 //! - *Durable on fsync and close*: a write is answered once queued (bounded
 //!   per handle); `fsync` and `flush` wait for the handle's writes in flight,
 //!   each durable once `Files.Write` returns, and report the first failure.
 //! - *Calls stay on the thread that waits*: each FUSE session thread has
 //!   its own current-thread runtime and connection (`local`); only
-//!   write-behind and the lock session use the shared runtime.
+//!   write-behind, the lock session and orphan renewals use the shared
+//!   runtime.
 //! - *One errno table*: every API failure becomes a POSIX errno in
 //!   [`classify`] and nowhere else.
 //! - *Never hang forever*: every call has a per-attempt timeout and bounded
@@ -31,7 +39,7 @@
 //!   uid/gids against the mode bits (`default_permissions`), so another local
 //!   uid never borrows the ticket's rights: both must allow. What a process
 //!   creates then belongs to its uid/gid when the ticket may give entries
-//!   away (an administrator's); else to the ticket's uid.
+//!   away (an administrator's), set by the server in the creating call.
 //!
 //! FIFOs, UNIX sockets and device nodes are entries of their own types
 //! (mknod, mkfifo, bind): the server keeps their attributes and device
@@ -40,17 +48,14 @@
 //! Hard links and extended attributes (`user.*`; `trusted.*`/`security.*`
 //! for administrators) go to the server, and so do advisory locks (fcntl
 //! and flock, through one lock session per mount: `locks`); rename handles
-//! RENAME_NOREPLACE and RENAME_EXCHANGE. A file
-//! unlinked while open in this mount is renamed to a hidden
-//! `.berth-unlinked-*` name and removed at its last close here (as NFS
-//! clients do); unlinked from another mount or client, its open handles
-//! here fail with ENOENT.
+//! RENAME_NOREPLACE and RENAME_EXCHANGE; setattr of a symbolic link changes
+//! the link itself. A file unlinked (or renamed over) while open in this
+//! mount is kept by the server for this mount's handles, with no name and
+//! a link count of 0, until its last close here (`orphans`); unlinked from
+//! another mount or client, its open handles here fail with ENOENT.
 //! Known limits: the ticket is read once at mount (when it expires, calls
 //! fail with EACCES) and a file handle lives 24 h; `O_APPEND` writes at the
-//! size this mount last saw; setattr on a symbolic link is EOPNOTSUPP (the
-//! API's SetAttr follows links), so on a multi-user mount symbolic links
-//! keep the ticket's uid; a created entry gets its owner in a second call
-//! (it is removed again if that fails).
+//! size this mount last saw.
 
 mod errors;
 mod fs;
@@ -58,13 +63,14 @@ mod inodes;
 mod local;
 mod locks;
 mod mounts;
+mod orphans;
 mod writes;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use berth_api::v1::{Empty, EntryType, PathRequest};
+use berth_api::v1::{Empty, EntryType, InodeRef, NodeRequest, PathRequest};
 use berth_client::{Client, ClientError};
 use fuser::{Config, MountOption, SessionACL};
 
@@ -203,6 +209,31 @@ pub async fn mount(client: Client, cfg: MountConfig) -> Result<Mounted, MountErr
     if root.r#type != EntryType::Directory as i32 {
         return Err(MountError::Usage(format!("{path} is not a directory")));
     }
+    // Every call of the mount is by inode: a server too old to serve them
+    // would fail each one, so say it now.
+    let by_inode = client
+        .inodes()
+        .get_attr(NodeRequest {
+            node: Some(InodeRef {
+                volume_id: root.volume_id,
+                inode: root.inode,
+                view: root.view,
+                parent: 0,
+                name: String::new(),
+            }),
+            handle: Vec::new(),
+        })
+        .await;
+    if let Err(s) = by_inode {
+        if s.code() == tonic::Code::Unimplemented {
+            return Err(MountError::Usage(
+                "the server does not serve calls by inode (berth.v1.Inodes): it is older \
+                 than this client; upgrade the servers before mounting with it"
+                    .to_string(),
+            ));
+        }
+        return Err(api(&path)(s));
+    }
     let root_real = fuse_ino(root.volume_id, root.inode).ok_or_else(|| {
         MountError::Usage(format!(
             "{path}: inode {}/{} does not fit a FUSE inode number",
@@ -223,7 +254,7 @@ pub async fn mount(client: Client, cfg: MountConfig) -> Result<Mounted, MountErr
     let notifier = Arc::new(OnceLock::new());
     let rt = tokio::runtime::Handle::current();
     let make_fs = {
-        let (client, path, notifier) = (client.clone(), path.clone(), notifier.clone());
+        let (client, notifier) = (client.clone(), notifier.clone());
         let (read_only, multi_user) = (cfg.read_only, cfg.allow_other);
         move || {
             fs::BerthFs::new(
@@ -231,7 +262,6 @@ pub async fn mount(client: Client, cfg: MountConfig) -> Result<Mounted, MountErr
                 client.clone(),
                 read_only,
                 multi_user,
-                &path,
                 root_real,
                 root.clone(),
                 caller.clone(),

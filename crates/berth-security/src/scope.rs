@@ -71,11 +71,18 @@ pub enum ScopeError {
     TooManyEntries { count: usize },
 }
 
-/// Why `path` is not an absolute normalised path, or `Ok` if it is.
+/// Why `path` is not an absolute normalised path of at most
+/// [`SCOPE_PATH_LEN_MAX_BYTES`] (what a scope entry's prefix may be), or
+/// `Ok` if it is.
 pub fn check_path(path: &str) -> Result<(), &'static str> {
     if path.len() > SCOPE_PATH_LEN_MAX_BYTES {
         return Err("longer than 4096 bytes");
     }
+    check_form(path)
+}
+
+/// Why `path` is not an absolute normalised path, whatever its length.
+fn check_form(path: &str) -> Result<(), &'static str> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err("it must start with '/'");
     };
@@ -95,7 +102,8 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Whether `path` is absolute and normalised (see the module docs).
+/// Whether `path` is absolute and normalised (see the module docs), and
+/// short enough to be a scope entry's prefix.
 pub fn is_normalized_path(path: &str) -> bool {
     check_path(path).is_ok()
 }
@@ -229,9 +237,11 @@ impl Scope {
     /// `Read` needs an entry with at least `r` covering the path, `Write` at
     /// least `rw`, `Admin` needs `admin`. `Traverse` is allowed on any path an
     /// entry covers and on every ancestor of an entry's prefix. A path that is
-    /// not normalised is refused.
+    /// not normalised is refused. Only the prefixes are bounded in length: the
+    /// path asked about may be longer than PATH_MAX (an entry deep below a
+    /// directory reached by inode, whose full path no caller ever spelt out).
     pub fn allows(&self, path: &str, access: Access) -> bool {
-        is_normalized_path(path) && self.0.iter().any(|e| e.grants(path, access))
+        check_form(path).is_ok() && self.0.iter().any(|e| e.grants(path, access))
     }
 }
 
@@ -366,6 +376,20 @@ mod tests {
         let s = Scope(vec![]);
         assert!(!s.allows("/", Access::Traverse));
         assert!(!s.allows("/a", Access::Read));
+    }
+
+    #[test]
+    fn paths_longer_than_path_max_are_judged_like_others() {
+        let s = scope("/apps/a:rw");
+        let deep = format!("/apps/a{}", "/0123456789abcdef".repeat(300));
+        assert!(deep.len() > SCOPE_PATH_LEN_MAX_BYTES);
+        assert!(s.allows(&deep, Access::Write));
+        assert!(s.allows(&deep, Access::Traverse));
+        let outside = format!("/apps/b{}", "/0123456789abcdef".repeat(300));
+        assert!(!s.allows(&outside, Access::Read));
+        assert!(!s.allows(&outside, Access::Traverse));
+        // A prefix that long is still refused.
+        assert!(ScopeEntry::parse(&format!("{deep}:r")).is_err());
     }
 
     #[test]

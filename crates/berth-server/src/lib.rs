@@ -33,10 +33,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use berth_api::v1::{
-    cluster_server::ClusterServer, files_server::FilesServer, locks_server::LocksServer,
-    namespace_server::NamespaceServer, node_admin_server::NodeAdminServer,
-    raft_transport_server::RaftTransportServer, security_server::SecurityServer,
-    streams_server::StreamsServer, tables_server::TablesServer, volumes_server::VolumesServer,
+    cluster_server::ClusterServer, files_server::FilesServer, inodes_server::InodesServer,
+    locks_server::LocksServer, namespace_server::NamespaceServer,
+    node_admin_server::NodeAdminServer, raft_transport_server::RaftTransportServer,
+    security_server::SecurityServer, streams_server::StreamsServer, tables_server::TablesServer,
+    volumes_server::VolumesServer,
 };
 use berth_fs::Namespace;
 use berth_meta::map::{NodeRecord, NodeState, META_SHARD};
@@ -618,9 +619,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ms => ms,
     };
     let locks = berth_fs::locks::LockService::new(meta.clone(), lease_ms, rand::random());
+    // A file kept for the open handles of the client that unlinked it
+    // lives on that client's renewals, as its locks do.
+    ns.set_orphan_lease_ms(lease_ms);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(locks.clone().run_expiry(stop_rx.clone()));
+    tokio::spawn(ns.clone().run_orphan_reaper(stop_rx.clone()));
     let grpc = {
         // File data moves in 1 MiB messages, several in flight per
         // connection: h2's defaults (1 MiB windows, 16 KiB frames) made a
@@ -652,6 +657,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let router = builder
             .add_service(
                 NamespaceServer::new(native::NamespaceService(native.clone()))
+                    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+            )
+            .add_service(
+                InodesServer::new(native::InodesService(native.clone()))
                     .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
             )
             .add_service(

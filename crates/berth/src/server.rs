@@ -46,8 +46,9 @@ pub struct ServerArgs {
     /// `berth server --insecure` also reaches.
     #[arg(skip)]
     pub insecure: bool,
-    /// Lease of advisory-lock sessions in ms [default: 30000]. Meant for
-    /// tests: a shorter lease releases a dead client's locks sooner.
+    /// Lease of advisory-lock sessions, and of files a mount keeps open
+    /// after unlinking them, in ms [default: 30000]. Meant for tests: a
+    /// shorter lease releases a dead client's locks and files sooner.
     #[arg(long, env = "BERTH_LOCK_LEASE_MS", value_name = "MS")]
     pub lock_lease_ms: Option<u64>,
     /// Interval of the stream retention and compaction sweep in ms

@@ -10,6 +10,7 @@ use berth_meta::{Code, Meta};
 use berth_security::principal::Principal;
 
 mod exchange;
+mod inodes;
 mod locks;
 mod special;
 

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod errors;
 pub mod files;
+pub mod inodes;
 pub mod locks;
 pub mod namespace;
 pub mod node_admin;
@@ -178,6 +179,7 @@ impl Native {
 
 pub use cluster::ClusterService;
 pub use files::FilesService;
+pub use inodes::InodesService;
 pub use locks::LocksService;
 pub use namespace::NamespaceService;
 pub use raft::{

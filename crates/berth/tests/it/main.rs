@@ -13,6 +13,7 @@ mod failover;
 mod files;
 mod fsx;
 mod harness;
+mod inodes;
 mod join;
 mod kafka;
 mod kafka_cluster;
