@@ -570,25 +570,8 @@ mod tests {
         assert_eq!(&current[old_dir_bytes().len()..], &[1, b'd']);
         assert_eq!(decode_inode(&current).unwrap(), named);
         // The build before names reads a named directory as it always did
-        // (postcard ignores the trailing name).
-        #[derive(Deserialize)]
-        #[allow(dead_code)]
-        struct BuildBeforeNames {
-            kind: EntryKind,
-            mode: u32,
-            uid: u32,
-            gid: u32,
-            size: u64,
-            nlink: u32,
-            atime_ns: i64,
-            mtime_ns: i64,
-            ctime_ns: i64,
-            parent: u64,
-            target: Option<String>,
-            acl: EntryAcl,
-            rdev: u64,
-        }
-        let seen: BuildBeforeNames = decode(&current, "inode").unwrap();
+        // (postcard ignores the trailing name): its inode was `InodeV2`.
+        let seen: InodeV2 = decode(&current, "inode").unwrap();
         assert_eq!((seen.kind, seen.parent, seen.nlink), (EntryKind::Dir, 7, 3));
         // A record cut inside the name is refused, not read as the older
         // layout.

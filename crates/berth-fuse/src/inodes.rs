@@ -310,21 +310,26 @@ impl Inodes {
         }
         if let Some(ino) = moving {
             self.drop_name(ino, parent, name);
-            let key = (new_parent, new_name.to_string());
-            if let Some(node) = self.nodes.get_mut(&ino) {
-                if node.dir {
-                    node.names.clear();
-                }
-                node.names.insert(0, key.clone());
-                node.names.truncate(NAMES_PER_INODE_MAX);
-            }
-            self.by_name.insert(key, ino);
-            self.stale(ino);
+            self.named_now(ino, (new_parent, new_name));
         }
         for (p, n) in [(parent, name), (new_parent, new_name)] {
             self.invalidate(p, n);
             self.stale(p);
         }
+    }
+
+    /// `ino` moved to the name `to` (its first; a directory's only one).
+    fn named_now(&mut self, ino: u64, to: (u64, &str)) {
+        let key = (to.0, to.1.to_string());
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            if node.dir {
+                node.names.clear();
+            }
+            node.names.insert(0, key.clone());
+            node.names.truncate(NAMES_PER_INODE_MAX);
+        }
+        self.by_name.insert(key, ino);
+        self.stale(ino);
     }
 
     /// `a` and `b` swapped places (RENAME_EXCHANGE).
@@ -337,17 +342,9 @@ impl Inodes {
             }
         }
         for (ino, to) in [(ia, b), (ib, a)] {
-            let Some(ino) = ino else { continue };
-            let key = (to.0, to.1.to_string());
-            if let Some(node) = self.nodes.get_mut(&ino) {
-                if node.dir {
-                    node.names.clear();
-                }
-                node.names.insert(0, key.clone());
-                node.names.truncate(NAMES_PER_INODE_MAX);
+            if let Some(ino) = ino {
+                self.named_now(ino, to);
             }
-            self.by_name.insert(key, ino);
-            self.stale(ino);
         }
         for (p, n) in [a, b] {
             self.invalidate(p, n);
