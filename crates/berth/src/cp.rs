@@ -324,16 +324,35 @@ async fn download_file(
     dst: &Path,
     bar: &ProgressBar,
 ) -> Result<()> {
-    let opened = client
-        .files()
-        .open(OpenRequest {
-            path: src.to_string(),
-            read: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| at_path(ClientError::from_status(s), src))?
-        .into_inner();
+    // A read-only open is safe to repeat, which the client's failover does
+    // not assume of Files/Open (it may create or truncate): while a shard
+    // has no leader (an election after a failure), it is tried again.
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(50);
+    let opened = loop {
+        let r = client
+            .files()
+            .open(OpenRequest {
+                path: src.to_string(),
+                read: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(ClientError::from_status);
+        match r {
+            Err(ClientError::Api { code, .. })
+                if code == "EAGAIN"
+                    && start.elapsed()
+                        < std::time::Duration::from_millis(
+                            berth_client::failover::RETRY_BUDGET_MS,
+                        ) =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            r => break r.map_err(|e| at_path(e, src))?.into_inner(),
+        }
+    };
     let entry = opened.entry.unwrap_or_default();
     let len = entry.size;
     bar.inc_length(len);
